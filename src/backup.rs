@@ -1,0 +1,502 @@
+//! One backup run: select the sources, back them up with bounded
+//! parallelism into every repository, write the facts sidecar, and commit a
+//! manifest per repository — last, and only for what was stored completely.
+//!
+//! A failing source does not stop the others: the snapshot is committed with
+//! that artifact marked failed (exit 3). If nothing succeeded, nothing is
+//! committed and the data written so far is removed (exit 1).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::config::{Config, DatabaseSelection};
+use crate::error::{Exit, Failure};
+use crate::facts::Facts;
+use crate::manifest::{
+    Artifact, ArtifactKind, ArtifactStatus, MANIFEST_VERSION, Manifest, SnapshotStatus,
+    StoredObject,
+};
+use crate::pipeline::{self, EncodeSettings};
+use crate::repository::{Repository, facts_key};
+use crate::secret::Redactor;
+use crate::sources::{self, SourceContext, SourceRun, postgres};
+
+/// What to back up.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// `--source` names or globs; empty means every configured source.
+    pub sources: Vec<String>,
+    /// The policy the run belongs to, recorded in the manifest.
+    pub policy: Option<String>,
+}
+
+/// Overall outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Every source stored in every repository.
+    Ok,
+    /// A snapshot was committed, but something failed.
+    Partial,
+    /// Nothing was committed.
+    Failed,
+}
+
+/// One artifact in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactReport {
+    /// Source name.
+    pub source: String,
+    /// Ok or failed.
+    pub status: ArtifactStatus,
+    /// Key of the archive.
+    pub path: Option<String>,
+    /// Bytes before compression.
+    pub plaintext_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes.
+    pub sha256: Option<String>,
+    /// Seconds spent.
+    pub duration_seconds: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One repository in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryReport {
+    /// Its name.
+    pub name: String,
+    /// Where it is.
+    pub location: String,
+    /// Whether a manifest was committed there.
+    pub committed: bool,
+    /// What failed there, if anything.
+    pub errors: Vec<String>,
+}
+
+/// The result of a backup run, as printed (`--json`) and logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// Snapshot id (committed only if `status` is not failed).
+    pub snapshot: String,
+    /// Overall status.
+    pub status: RunStatus,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: DateTime<Utc>,
+    /// Seconds.
+    pub duration_seconds: f64,
+    /// Per source.
+    pub artifacts: Vec<ArtifactReport>,
+    /// Per repository.
+    pub repositories: Vec<RepositoryReport>,
+}
+
+impl BackupReport {
+    /// The exit status the run deserves.
+    pub fn exit(&self) -> Exit {
+        match self.status {
+            RunStatus::Ok => Exit::Ok,
+            RunStatus::Partial => Exit::Partial,
+            RunStatus::Failed => Exit::Failure,
+        }
+    }
+}
+
+type Job<'a> = Pin<Box<dyn Future<Output = SourceRun> + Send + 'a>>;
+
+/// Runs one backup.
+pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, Failure> {
+    let encryption = config.encryption.as_ref().ok_or_else(|| {
+        Failure::usage(format!(
+            "configuration {}: [encryption] recipients are needed to back up",
+            config.path.display()
+        ))
+    })?;
+    if config.repositories.is_empty() {
+        return Err(Failure::usage(format!(
+            "configuration {}: no [[repository]] is configured",
+            config.path.display()
+        )));
+    }
+    let mut repositories = Vec::new();
+    for rc in &config.repositories {
+        let repo = Repository::open(rc);
+        let marker = repo.marker().await?;
+        let ours: Vec<String> = encryption
+            .recipients
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        if marker.recipients != ours {
+            tracing::warn!(
+                repository = repo.name(),
+                "the configured recipients differ from those the repository was created with; new archives use the configured ones"
+            );
+        }
+        repositories.push(repo);
+    }
+
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let snapshot = crate::time::snapshot_id(started_at);
+    let redactor = Redactor::new(config.secrets());
+    let ctx = SourceContext {
+        snapshot: snapshot.clone(),
+        repositories: repositories.clone(),
+        encode: EncodeSettings {
+            level: config.compression.level,
+            recipients: encryption.recipients.clone(),
+        },
+        redactor: redactor.clone(),
+    };
+    tracing::info!(snapshot = %snapshot, "backup started");
+
+    let jobs = plan(config, opts, &ctx).await?;
+    let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
+    let runs: Vec<SourceRun> = futures::stream::iter(jobs)
+        .buffer_unordered(parallel)
+        .inspect(log_run)
+        .collect()
+        .await;
+    let mut runs = runs;
+    runs.sort_by(|a, b| a.source.cmp(&b.source));
+
+    let any_ok = runs.iter().any(|r| r.result.is_ok());
+    let mut repo_reports: Vec<RepositoryReport> = repositories
+        .iter()
+        .map(|r| RepositoryReport {
+            name: r.name().to_owned(),
+            location: r.location(),
+            committed: false,
+            errors: Vec::new(),
+        })
+        .collect();
+
+    // The facts sidecar, encrypted like everything else.
+    let facts = if any_ok {
+        let facts = Facts {
+            snapshot: snapshot.clone(),
+            sources: runs
+                .iter()
+                .filter(|r| r.result.is_ok())
+                .filter_map(|r| r.facts.clone().map(|f| (r.source.clone(), f)))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        let body = serde_json::to_vec(&facts).expect("facts serialise");
+        let key = facts_key(&snapshot);
+        match ctx
+            .encode(&key, pipeline::input_from_bytes(body.into()))
+            .await
+        {
+            Ok(enc) => ctx.finish(&key, enc, Ok(())).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        Err("no source succeeded".to_owned())
+    };
+
+    for (i, repo) in repositories.iter().enumerate() {
+        let report = &mut repo_reports[i];
+        let facts_obj = match &facts {
+            Ok(s) if s.repository_errors[i].is_none() => Some(StoredObject {
+                path: s.key.clone(),
+                stored_bytes: s.stored_bytes,
+                sha256: s.sha256.clone(),
+            }),
+            Ok(s) => {
+                report.errors.push(format!(
+                    "facts: {}",
+                    s.repository_errors[i].clone().unwrap_or_default()
+                ));
+                None
+            }
+            Err(e) => {
+                if any_ok {
+                    report.errors.push(format!("facts: {e}"));
+                }
+                None
+            }
+        };
+        let artifacts: Vec<Artifact> = runs.iter().map(|r| artifact_for(r, i)).collect();
+        for (a, r) in artifacts.iter().zip(&runs) {
+            if let Ok(s) = &r.result
+                && let Some(e) = &s.repository_errors[i]
+            {
+                report.errors.push(format!("{}: {e}", a.source));
+            }
+        }
+        if facts_obj.is_none() || !artifacts.iter().any(Artifact::is_ok) {
+            if let Err(e) = repo.discard_data(&snapshot).await {
+                tracing::warn!(repository = repo.name(), error = %e, "could not remove the data of the uncommitted snapshot; prune will");
+            }
+            continue;
+        }
+        let manifest = Manifest {
+            version: MANIFEST_VERSION,
+            id: snapshot.clone(),
+            repository: repo.name().to_owned(),
+            hostname: hostname(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            policy: opts.policy.clone(),
+            started_at,
+            finished_at: Utc::now(),
+            status: if artifacts.iter().all(Artifact::is_ok) {
+                SnapshotStatus::Ok
+            } else {
+                SnapshotStatus::Partial
+            },
+            artifacts,
+            facts: facts_obj,
+        };
+        match repo.commit(&manifest).await {
+            Ok(()) => {
+                report.committed = true;
+                tracing::info!(repository = repo.name(), snapshot = %snapshot, status = ?manifest.status, "snapshot committed");
+            }
+            Err(e) => {
+                tracing::error!(repository = repo.name(), error = %e, "could not commit the snapshot");
+                report.errors.push(format!("commit: {e}"));
+            }
+        }
+    }
+
+    let committed = repo_reports.iter().any(|r| r.committed);
+    let all_good = committed
+        && runs.iter().all(|r| r.result.is_ok())
+        && repo_reports
+            .iter()
+            .all(|r| r.committed && r.errors.is_empty());
+    let status = match (committed, all_good) {
+        (false, _) => RunStatus::Failed,
+        (true, true) => RunStatus::Ok,
+        (true, false) => RunStatus::Partial,
+    };
+    let finished_at = Utc::now();
+    Ok(BackupReport {
+        snapshot,
+        status,
+        started_at,
+        finished_at,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        artifacts: runs
+            .iter()
+            .map(|r| ArtifactReport {
+                source: r.source.clone(),
+                status: if r.result.is_ok() {
+                    ArtifactStatus::Ok
+                } else {
+                    ArtifactStatus::Failed
+                },
+                path: r.result.as_ref().ok().map(|s| s.key.clone()),
+                plaintext_bytes: r.result.as_ref().map_or(0, |s| s.plaintext_bytes),
+                stored_bytes: r.result.as_ref().map_or(0, |s| s.stored_bytes),
+                sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
+                duration_seconds: r.duration_seconds,
+                error: r.result.as_ref().err().cloned(),
+            })
+            .collect(),
+        repositories: repo_reports,
+    })
+}
+
+fn log_run(r: &SourceRun) {
+    match &r.result {
+        Ok(s) => tracing::info!(
+            source = %r.source,
+            bytes = s.plaintext_bytes,
+            stored = s.stored_bytes,
+            seconds = format_args!("{:.1}", r.duration_seconds),
+            "source backed up"
+        ),
+        Err(e) => tracing::error!(source = %r.source, error = %e, "source failed"),
+    }
+}
+
+fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The manifest entry of a run, as repository `i` holds it.
+fn artifact_for(r: &SourceRun, i: usize) -> Artifact {
+    let (status, error, stored) = match &r.result {
+        Ok(s) => match &s.repository_errors[i] {
+            None => (ArtifactStatus::Ok, None, Some(s)),
+            Some(e) => (ArtifactStatus::Failed, Some(e.clone()), None),
+        },
+        Err(e) => (ArtifactStatus::Failed, Some(e.clone()), None),
+    };
+    Artifact {
+        source: r.source.clone(),
+        kind: r.kind,
+        path: stored.map(|s| s.key.clone()),
+        captured_at: r.captured_at,
+        plaintext_bytes: stored.map_or(0, |s| s.plaintext_bytes),
+        stored_bytes: stored.map_or(0, |s| s.stored_bytes),
+        sha256: stored.map(|s| s.sha256.clone()),
+        status,
+        error,
+        tool_version: r.tool_version.clone(),
+        server_version: r.server_version.clone(),
+        duration_seconds: r.duration_seconds,
+        file: r.file.clone(),
+    }
+}
+
+/// Turns the configuration and `--source` patterns into jobs.
+async fn plan<'a>(
+    config: &'a Config,
+    opts: &BackupOptions,
+    ctx: &'a SourceContext,
+) -> Result<Vec<Job<'a>>, Failure> {
+    let matcher = sources::matcher(&opts.sources).map_err(Failure::usage)?;
+    let wanted = |name: &str| matcher.as_ref().is_none_or(|m| m.is_match(name));
+    let mut names: Vec<String> = Vec::new();
+    let mut jobs: Vec<Job<'a>> = Vec::new();
+    let mut pg_unknown = false; // postgres names could not be discovered
+
+    if let Some(pg) = &config.postgres {
+        let any_pg = matcher.as_ref().is_none_or(|m| {
+            opts.sources
+                .iter()
+                .any(|p| p.starts_with("postgres") || p.starts_with('*'))
+                || m.is_match("postgres/globals")
+        });
+        if any_pg {
+            let setup = async {
+                let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;
+                let server = postgres::server_version(&client).await?;
+                let dbs = match &pg.databases {
+                    DatabaseSelection::All => postgres::discover(&client).await?,
+                    DatabaseSelection::List(l) => l.clone(),
+                };
+                Ok::<_, String>((server, dbs))
+            }
+            .await;
+            match setup {
+                Ok((server, dbs)) => {
+                    let mut selected: Vec<String> = Vec::new();
+                    if pg.globals && wanted("postgres/globals") {
+                        selected.push("postgres/globals".into());
+                    }
+                    for db in &dbs {
+                        let name = format!("postgres/{db}");
+                        if wanted(&name) {
+                            selected.push(name);
+                        }
+                    }
+                    names.extend(selected.iter().cloned());
+                    if !selected.is_empty() {
+                        match postgres::choose_tool(pg, &server).await {
+                            Ok(tool) => {
+                                tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
+                                for name in selected {
+                                    let (tool, server) = (tool.clone(), server.clone());
+                                    if name == "postgres/globals" {
+                                        jobs.push(Box::pin(async move {
+                                            postgres::dump_globals(ctx, pg, &tool, &server).await
+                                        }));
+                                    } else {
+                                        let db = name["postgres/".len()..].to_owned();
+                                        jobs.push(Box::pin(async move {
+                                            postgres::dump_database(ctx, pg, &tool, &server, &db)
+                                                .await
+                                        }));
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                for name in selected {
+                                    let kind = if name == "postgres/globals" {
+                                        ArtifactKind::PostgresGlobals
+                                    } else {
+                                        ArtifactKind::PostgresDump
+                                    };
+                                    let run = SourceRun::failed(name, kind, e.clone());
+                                    jobs.push(Box::pin(async move { run }));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = ctx.redactor.scrub(&e);
+                    let failed: Vec<String> = match &pg.databases {
+                        DatabaseSelection::List(l) => {
+                            let mut v: Vec<String> = Vec::new();
+                            if pg.globals {
+                                v.push("postgres/globals".into());
+                            }
+                            v.extend(l.iter().map(|d| format!("postgres/{d}")));
+                            v.into_iter().filter(|n| wanted(n)).collect()
+                        }
+                        DatabaseSelection::All => {
+                            pg_unknown = true;
+                            vec!["postgres".into()]
+                        }
+                    };
+                    for name in failed {
+                        names.push(name.clone());
+                        let kind = if name == "postgres/globals" {
+                            ArtifactKind::PostgresGlobals
+                        } else {
+                            ArtifactKind::PostgresDump
+                        };
+                        let run = SourceRun::failed(name, kind, e.clone());
+                        jobs.push(Box::pin(async move { run }));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(redis) = &config.redis
+        && wanted("redis")
+    {
+        names.push("redis".into());
+        jobs.push(Box::pin(sources::redis::backup(ctx, redis)));
+    }
+    for f in &config.files {
+        let name = format!("files/{}", f.name);
+        if wanted(&name) {
+            names.push(name);
+            jobs.push(Box::pin(sources::files::backup(ctx, f)));
+        }
+    }
+
+    // Every pattern must select something: a typo must not back up nothing.
+    for p in &opts.sources {
+        let single = sources::matcher(std::slice::from_ref(p))
+            .map_err(Failure::usage)?
+            .expect("one pattern");
+        let hit =
+            names.iter().any(|n| single.is_match(n)) || (pg_unknown && p.starts_with("postgres"));
+        if !hit {
+            return Err(Failure::usage(format!(
+                "--source {p} matches no configured source; configured: {}",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+    }
+    if jobs.is_empty() {
+        return Err(Failure::usage(format!(
+            "configuration {}: no source is configured ([postgres], [redis] or [[files]])",
+            config.path.display()
+        )));
+    }
+    Ok(jobs)
+}

@@ -1,0 +1,172 @@
+//! The command line: global flags, one file per command, logging, and the
+//! mapping of results to exit codes (design §2).
+//!
+//! Commands return either an [`Exit`] or a [`Failure`]; only this module
+//! and [`output`] print. Logs go to stderr, `--json` documents to stdout.
+
+mod backup;
+mod init;
+pub mod output;
+mod snapshots;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::error::{Exit, Failure};
+use crate::repository::Repository;
+
+/// kompose-dr: backup, restore and disaster recovery for a Kompose stack.
+#[derive(Debug, Parser)]
+#[command(name = "kompose-dr", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "KOMPOSE_DR_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Print one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the repositories; --generate-key writes a new age identity.
+    Init(init::Args),
+    /// Back up every configured source (or --source NAME …) now: one snapshot.
+    Backup(backup::Args),
+    /// List snapshots, newest first.
+    Snapshots(snapshots::Args),
+}
+
+/// Global options every command sees.
+pub struct Globals {
+    /// Configuration path.
+    pub config: PathBuf,
+    /// JSON output.
+    pub json: bool,
+}
+
+impl Globals {
+    /// Loads the configuration.
+    pub fn load_config(&self) -> Result<Config, Failure> {
+        Config::load(&self.config).map_err(Failure::from)
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version exit 0; usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let globals = Globals {
+        config: cli.config.clone(),
+        json: cli.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Init(a) => init::run(&globals, a).await,
+            Command::Backup(a) => backup::run(&globals, a).await,
+            Command::Snapshots(a) => snapshots::run(&globals, a).await,
+        }
+    });
+    match result {
+        Ok(exit) => exit.into(),
+        Err(f) => {
+            output::failure(&globals, &f);
+            f.exit.into()
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "kompose_dr=debug,info",
+        (v, _) if v >= 2 => "kompose_dr=trace,debug",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter =
+        EnvFilter::try_from_env("KOMPOSE_DR_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// The repository to read from: `--repository NAME`, or the first
+/// configured one that answers.
+pub async fn pick_repository(config: &Config, name: Option<&str>) -> Result<Repository, Failure> {
+    if let Some(name) = name {
+        let rc = config.repository(name).ok_or_else(|| {
+            Failure::usage(format!(
+                "no repository named `{name}` in {}; configured: {}",
+                config.path.display(),
+                config
+                    .repositories
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let repo = Repository::open(rc);
+        repo.marker().await?;
+        return Ok(repo);
+    }
+    if config.repositories.is_empty() {
+        return Err(Failure::usage(format!(
+            "no [[repository]] is configured in {}",
+            config.path.display()
+        )));
+    }
+    let mut errors = Vec::new();
+    for rc in &config.repositories {
+        let repo = Repository::open(rc);
+        match repo.marker().await {
+            Ok(_) => return Ok(repo),
+            Err(e) => {
+                tracing::warn!(repository = %rc.name, error = %e, "repository does not answer; trying the next");
+                errors.push(e.to_string());
+            }
+        }
+    }
+    Err(Failure::failed(format!(
+        "no repository answers: {}",
+        errors.join("; ")
+    )))
+}

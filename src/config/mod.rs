@@ -1,0 +1,820 @@
+//! The configuration file (design §3), parsed once and validated into types
+//! that cannot be invalid.
+//!
+//! Parsing happens in two steps. First the TOML is read into `Raw*` structs
+//! with `deny_unknown_fields`, keeping the byte span of every value that is
+//! validated later. Then [`Config::from_toml`] expands `${VAR}` references,
+//! reads secret files, parses URLs and age recipients, and produces a
+//! [`Config`]. Every error names the file, the line and the key, and says
+//! how to fix it. Nothing downstream re-parses a string from here.
+
+pub mod env;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::secret::Secret;
+use env::Vars;
+
+/// Where the configuration is read from when neither `--config` nor
+/// `KOMPOSE_DR_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kompose-dr/kompose-dr.toml";
+
+/// A configuration problem, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line in `file`, when known.
+    pub line: Option<usize>,
+    /// The dotted key (`postgres.url`), when known.
+    pub key: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration {}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw, as written in the file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    repository: Vec<RawRepository>,
+    encryption: Option<RawEncryption>,
+    #[serde(default)]
+    compression: RawCompression,
+    postgres: Option<RawPostgres>,
+    redis: Option<RawRedis>,
+    #[serde(default)]
+    files: Vec<RawFile>,
+    env_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    name: Spanned<String>,
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    recipients: Spanned<Vec<Spanned<String>>>,
+    identity_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    level: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_credential: Option<Spanned<String>>,
+    databases: Option<Spanned<Vec<Spanned<String>>>>,
+    globals: Option<bool>,
+    docker_container: Option<Spanned<String>>,
+    bin_dir: Option<Spanned<String>>,
+    jobs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_credential: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    name: Spanned<String>,
+    path: Spanned<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated.
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Repositories, in configuration order; backup writes to every one.
+    pub repositories: Vec<RepositoryConfig>,
+    /// Encryption settings; absent only in configurations that never write.
+    pub encryption: Option<Encryption>,
+    /// zstd settings.
+    pub compression: Compression,
+    /// The PostgreSQL source, if configured.
+    pub postgres: Option<PostgresConfig>,
+    /// The Redis source, if configured.
+    pub redis: Option<RedisConfig>,
+    /// Plain files to back up.
+    pub files: Vec<FileConfig>,
+}
+
+/// One repository.
+#[derive(Debug, Clone)]
+pub struct RepositoryConfig {
+    /// Its name (`--repository NAME`).
+    pub name: String,
+    /// Where it lives.
+    pub location: Location,
+}
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on this host.
+    Local(PathBuf),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// age settings. Backup needs only the recipients (public keys).
+#[derive(Clone)]
+pub struct Encryption {
+    /// Every archive is encrypted to all of these.
+    pub recipients: Vec<age::x25519::Recipient>,
+    /// The private key, needed only to read archives back.
+    pub identity_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encryption")
+            .field(
+                "recipients",
+                &self
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field("identity_file", &self.identity_file)
+            .finish()
+    }
+}
+
+/// zstd settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// zstd level, 1..=19.
+    pub level: i32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { level: 3 }
+    }
+}
+
+/// Which databases to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseSelection {
+    /// Every non-template database the user may connect to (`["*"]`).
+    All,
+    /// Exactly these.
+    List(Vec<String>),
+}
+
+/// How to reach the PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgEndpoint {
+    /// Host name, address, or a unix socket directory (starts with `/`).
+    pub host: String,
+    /// TCP port (also names the unix socket).
+    pub port: u16,
+    /// Role to connect as.
+    pub user: String,
+    /// Database used for discovery and `pg_dumpall`.
+    pub maintenance_db: String,
+}
+
+/// The PostgreSQL source.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Connection target.
+    pub endpoint: PgEndpoint,
+    /// Password, if the server asks for one.
+    pub password: Option<Secret>,
+    /// Which databases.
+    pub databases: DatabaseSelection,
+    /// Back up roles and tablespaces (`pg_dumpall --globals-only`).
+    pub globals: bool,
+    /// Run pg_dump inside this container with `docker exec`.
+    pub docker_container: Option<String>,
+    /// Use the client tools from this directory only.
+    pub bin_dir: Option<PathBuf>,
+    /// Databases dumped at once.
+    pub jobs: NonZeroUsize,
+}
+
+/// The Redis source.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user, if any.
+    pub username: Option<String>,
+    /// Password, if the server requires one.
+    pub password: Option<Secret>,
+    /// The data directory as this host sees it; by default the server's
+    /// own `dir` setting (right when both run on one filesystem).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A plain file to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// Source name is `files/<name>`.
+    pub name: String,
+    /// Absolute path.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "file not found: pass --config FILE or set KOMPOSE_DR_CONFIG (default {DEFAULT_CONFIG_PATH})"
+                ),
+                _ => format!("cannot read it: {e}"),
+            },
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used for error
+    /// messages and to resolve relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cx = Cx {
+            text,
+            file: path,
+            vars: Vars::from_env(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: e.span().map(|s| cx.line_of(&s)),
+            key: None,
+            message: e.message().trim().to_owned(),
+        })?;
+        let mut cx = cx;
+        if let Some(env_file) = &raw.env_file {
+            let p = cx.path(env_file, "env_file")?;
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                cx.err(
+                    env_file.span(),
+                    "env_file",
+                    format!("cannot read env file {}: {e}", p.display()),
+                )
+            })?;
+            cx.vars = Vars::from_env()
+                .with_env_file_text(&text)
+                .map_err(|(line, msg)| {
+                    cx.err(
+                        env_file.span(),
+                        "env_file",
+                        format!("{} line {line}: {msg}", p.display()),
+                    )
+                })?;
+        }
+        cx.validate(raw)
+    }
+
+    /// The configured repository of that name.
+    pub fn repository(&self, name: &str) -> Option<&RepositoryConfig> {
+        self.repositories.iter().find(|r| r.name == name)
+    }
+
+    /// Every secret value in the configuration, for log and error scrubbing.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut v = Vec::new();
+        if let Some(p) = self.postgres.as_ref().and_then(|p| p.password.clone()) {
+            v.push(p);
+        }
+        if let Some(p) = self.redis.as_ref().and_then(|r| r.password.clone()) {
+            v.push(p);
+        }
+        v
+    }
+}
+
+/// Validation context: the source text (for line numbers) and variables.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a Path,
+    vars: Vars,
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !s.starts_with('.')
+}
+
+impl Cx<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].matches('\n').count() + 1
+    }
+
+    fn err(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: Some(self.line_of(&span)),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// The value with `${VAR}` references expanded.
+    fn string(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        self.vars
+            .expand(v.get_ref())
+            .map_err(|e| self.err(v.span(), key, e.to_string()))
+    }
+
+    /// A path, expanded, relative paths taken from the config file's folder.
+    fn path(&self, v: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let s = self.string(v, key)?;
+        if s.is_empty() {
+            return Err(self.err(v.span(), key, "empty path"));
+        }
+        let p = PathBuf::from(s);
+        Ok(if p.is_relative() {
+            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        } else {
+            p
+        })
+    }
+
+    /// A secret from exactly one of `password`, `password_file`,
+    /// `password_credential`.
+    fn secret(
+        &self,
+        section: &str,
+        inline: &Option<Spanned<String>>,
+        file: &Option<Spanned<String>>,
+        credential: &Option<Spanned<String>>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let given = [inline.is_some(), file.is_some(), credential.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if given > 1 {
+            let span = [inline, file, credential]
+                .into_iter()
+                .flatten()
+                .nth(1)
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(self.err(
+                span,
+                &format!("{section}.password"),
+                "set only one of password, password_file, password_credential",
+            ));
+        }
+        if let Some(v) = inline {
+            return Ok(Some(Secret::new(
+                self.string(v, &format!("{section}.password"))?,
+            )));
+        }
+        if let Some(v) = file {
+            let key = format!("{section}.password_file");
+            let p = self.path(v, &key)?;
+            let s = env::read_secret_file(&p).map_err(|e| {
+                self.err(v.span(), &key, format!("cannot read {}: {e}", p.display()))
+            })?;
+            return Ok(Some(Secret::new(s)));
+        }
+        if let Some(v) = credential {
+            let key = format!("{section}.password_credential");
+            let name = self.string(v, &key)?;
+            let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+                return Err(self.err(
+                    v.span(),
+                    &key,
+                    "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential= or use password_file",
+                ));
+            };
+            let p = Path::new(&dir).join(&name);
+            let s = env::read_secret_file(&p).map_err(|e| {
+                self.err(
+                    v.span(),
+                    &key,
+                    format!("cannot read credential {name} ({}): {e}", p.display()),
+                )
+            })?;
+            return Ok(Some(Secret::new(s)));
+        }
+        Ok(None)
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut repositories = Vec::new();
+        for (i, r) in raw.repository.iter().enumerate() {
+            let key = format!("repository[{i}]");
+            let name = self.string(&r.name, &format!("{key}.name"))?;
+            if !is_name(&name) {
+                return Err(self.err(
+                    r.name.span(),
+                    &format!("{key}.name"),
+                    "use letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if repositories
+                .iter()
+                .any(|x: &RepositoryConfig| x.name == name)
+            {
+                return Err(self.err(
+                    r.name.span(),
+                    &format!("{key}.name"),
+                    format!("repository `{name}` is defined twice"),
+                ));
+            }
+            let url = self.string(&r.url, &format!("{key}.url"))?;
+            let location = self.location(&url, &r.url, &format!("{key}.url"))?;
+            repositories.push(RepositoryConfig { name, location });
+        }
+
+        let encryption = match &raw.encryption {
+            None => None,
+            Some(e) => {
+                if e.recipients.get_ref().is_empty() {
+                    return Err(self.err(
+                        e.recipients.span(),
+                        "encryption.recipients",
+                        "at least one age recipient (age1…) is needed; create a key with `kompose-dr init --generate-key FILE`",
+                    ));
+                }
+                let mut recipients = Vec::new();
+                for (i, r) in e.recipients.get_ref().iter().enumerate() {
+                    let key = format!("encryption.recipients[{i}]");
+                    let s = self.string(r, &key)?;
+                    let parsed: age::x25519::Recipient = s.trim().parse().map_err(|_| {
+                        self.err(
+                            r.span(),
+                            &key,
+                            "not an age X25519 recipient (a public key starting with age1…); \
+                             print one with `age-keygen -y IDENTITY` or create a key with `kompose-dr init --generate-key FILE`",
+                        )
+                    })?;
+                    recipients.push(parsed);
+                }
+                let identity_file = e
+                    .identity_file
+                    .as_ref()
+                    .map(|p| self.path(p, "encryption.identity_file"))
+                    .transpose()?;
+                Some(Encryption {
+                    recipients,
+                    identity_file,
+                })
+            }
+        };
+
+        let compression = match &raw.compression.level {
+            None => Compression::default(),
+            Some(l) => {
+                let level = *l.get_ref();
+                if !(1..=19).contains(&level) {
+                    return Err(self.err(
+                        l.span(),
+                        "compression.level",
+                        format!(
+                            "zstd level {level} is out of range: use 1..=19 (3 is a good default)"
+                        ),
+                    ));
+                }
+                Compression {
+                    level: level as i32,
+                }
+            }
+        };
+
+        let postgres = raw
+            .postgres
+            .as_ref()
+            .map(|p| self.postgres(p))
+            .transpose()?;
+        let redis = raw.redis.as_ref().map(|r| self.redis(r)).transpose()?;
+
+        let mut files: Vec<FileConfig> = Vec::new();
+        for (i, f) in raw.files.iter().enumerate() {
+            let key = format!("files[{i}]");
+            let name = self.string(&f.name, &format!("{key}.name"))?;
+            if !is_name(&name) {
+                return Err(self.err(
+                    f.name.span(),
+                    &format!("{key}.name"),
+                    "use letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if files.iter().any(|x| x.name == name) {
+                return Err(self.err(
+                    f.name.span(),
+                    &format!("{key}.name"),
+                    format!("files `{name}` is defined twice"),
+                ));
+            }
+            let path = PathBuf::from(self.string(&f.path, &format!("{key}.path"))?);
+            if !path.is_absolute() {
+                return Err(self.err(
+                    f.path.span(),
+                    &format!("{key}.path"),
+                    "use an absolute path",
+                ));
+            }
+            files.push(FileConfig { name, path });
+        }
+
+        Ok(Config {
+            path: self.file.to_owned(),
+            repositories,
+            encryption,
+            compression,
+            postgres,
+            redis,
+            files,
+        })
+    }
+
+    fn location(
+        &self,
+        url: &str,
+        span: &Spanned<String>,
+        key: &str,
+    ) -> Result<Location, ConfigError> {
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(self.err(
+                    span.span(),
+                    key,
+                    "file:// URLs need an absolute path (file:///var/backups)",
+                ));
+            }
+            return Ok(Location::Local(PathBuf::from(rest)));
+        }
+        if url.contains("://") {
+            let scheme = url.split("://").next().unwrap_or_default();
+            return Err(self.err(
+                span.span(),
+                key,
+                format!(
+                    "`{scheme}://` repositories are not supported by this version: use a local directory (/path or file:///path)"
+                ),
+            ));
+        }
+        if url.is_empty() {
+            return Err(self.err(span.span(), key, "empty repository URL"));
+        }
+        let p = PathBuf::from(url);
+        Ok(Location::Local(if p.is_relative() {
+            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        } else {
+            p
+        }))
+    }
+
+    fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
+        let url_s = self.string(&p.url, "postgres.url")?;
+        let bad = |msg: String| self.err(p.url.span(), "postgres.url", msg);
+        let url = url::Url::parse(&url_s).map_err(|e| {
+            bad(format!(
+                "not a URL ({e}): write postgres://USER@HOST:PORT/DATABASE"
+            ))
+        })?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(bad(format!(
+                "scheme `{}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE",
+                url.scheme()
+            )));
+        }
+        let mut host = url.host_str().unwrap_or("").to_owned();
+        let mut port = url.port().unwrap_or(5432);
+        for (k, v) in url.query_pairs() {
+            match &*k {
+                "host" => host = v.into_owned(),
+                "port" => {
+                    port = v
+                        .parse()
+                        .map_err(|_| bad(format!("port `{v}` is not a number")))?
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unsupported URL parameter `{other}` (only host and port are understood)"
+                    )));
+                }
+            }
+        }
+        if host.is_empty() {
+            host = "localhost".to_owned();
+        }
+        let user = percent_decode(url.username());
+        if user.is_empty() {
+            return Err(bad(
+                "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)".into(),
+            ));
+        }
+        let maintenance_db = match url.path().trim_start_matches('/') {
+            "" => "postgres".to_owned(),
+            d => percent_decode(d),
+        };
+        let mut password = self.secret(
+            "postgres",
+            &p.password,
+            &p.password_file,
+            &p.password_credential,
+        )?;
+        if let Some(pw) = url.password() {
+            if password.is_some() {
+                return Err(bad(
+                    "the URL carries a password and postgres.password is set too: keep only postgres.password".into(),
+                ));
+            }
+            password = Some(Secret::new(percent_decode(pw)));
+        }
+        let databases = match &p.databases {
+            None => DatabaseSelection::All,
+            Some(list) => {
+                let names = list.get_ref();
+                if names.is_empty() {
+                    return Err(self.err(
+                        list.span(),
+                        "postgres.databases",
+                        "empty list: name the databases or write [\"*\"] for all",
+                    ));
+                }
+                if names.iter().any(|n| n.get_ref() == "*") {
+                    if names.len() != 1 {
+                        return Err(self.err(
+                            list.span(),
+                            "postgres.databases",
+                            "\"*\" means every database and must stand alone",
+                        ));
+                    }
+                    DatabaseSelection::All
+                } else {
+                    let mut v: Vec<String> = Vec::new();
+                    for (i, n) in names.iter().enumerate() {
+                        let key = format!("postgres.databases[{i}]");
+                        let s = self.string(n, &key)?;
+                        if s.is_empty() || s.contains('\0') || s.contains('/') {
+                            return Err(self.err(n.span(), &key, "not a database name"));
+                        }
+                        if v.contains(&s) {
+                            return Err(self.err(n.span(), &key, format!("`{s}` is listed twice")));
+                        }
+                        v.push(s);
+                    }
+                    DatabaseSelection::List(v)
+                }
+            }
+        };
+        let jobs = match &p.jobs {
+            None => NonZeroUsize::new(2).expect("2 > 0"),
+            Some(j) => usize::try_from(*j.get_ref())
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .and_then(NonZeroUsize::new)
+                .ok_or_else(|| self.err(j.span(), "postgres.jobs", "use a number from 1 to 64"))?,
+        };
+        let docker_container = p
+            .docker_container
+            .as_ref()
+            .map(|c| {
+                let s = self.string(c, "postgres.docker_container")?;
+                if s.is_empty() || s.starts_with('-') {
+                    return Err(self.err(
+                        c.span(),
+                        "postgres.docker_container",
+                        "not a container name",
+                    ));
+                }
+                Ok(s)
+            })
+            .transpose()?;
+        let bin_dir = p
+            .bin_dir
+            .as_ref()
+            .map(|b| self.path(b, "postgres.bin_dir"))
+            .transpose()?;
+        Ok(PostgresConfig {
+            endpoint: PgEndpoint {
+                host,
+                port,
+                user,
+                maintenance_db,
+            },
+            password,
+            databases,
+            globals: p.globals.unwrap_or(true),
+            docker_container,
+            bin_dir,
+            jobs,
+        })
+    }
+
+    fn redis(&self, r: &RawRedis) -> Result<RedisConfig, ConfigError> {
+        let url_s = self.string(&r.url, "redis.url")?;
+        let bad = |msg: String| self.err(r.url.span(), "redis.url", msg);
+        let url = url::Url::parse(&url_s)
+            .map_err(|e| bad(format!("not a URL ({e}): write redis://HOST:PORT")))?;
+        if url.scheme() != "redis" {
+            return Err(bad(format!(
+                "scheme `{}` is not supported: write redis://HOST:PORT",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host: write redis://HOST:PORT".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let mut password = self.secret(
+            "redis",
+            &r.password,
+            &r.password_file,
+            &r.password_credential,
+        )?;
+        if let Some(pw) = url.password() {
+            if password.is_some() {
+                return Err(bad(
+                    "the URL carries a password and redis.password is set too: keep only redis.password".into(),
+                ));
+            }
+            password = Some(Secret::new(percent_decode(pw)));
+        }
+        let username = Some(percent_decode(url.username())).filter(|u| !u.is_empty());
+        let data_dir = r
+            .data_dir
+            .as_ref()
+            .map(|d| self.path(d, "redis.data_dir"))
+            .transpose()?;
+        Ok(RedisConfig {
+            host,
+            port: url.port().unwrap_or(6379),
+            username,
+            password,
+            data_dir,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests;

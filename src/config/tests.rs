@@ -1,0 +1,162 @@
+use super::*;
+
+const R: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/etc/kompose-dr/test.toml"))
+}
+
+fn base() -> String {
+    format!(
+        "[[repository]]\nname = \"local\"\nurl = \"/var/backups\"\n\n[encryption]\nrecipients = [\"{R}\"]\n"
+    )
+}
+
+#[test]
+fn minimal_config_loads() {
+    let c = parse(&base()).unwrap();
+    assert_eq!(c.repositories[0].name, "local");
+    assert_eq!(
+        c.repositories[0].location,
+        Location::Local("/var/backups".into())
+    );
+    assert_eq!(c.compression.level, 3);
+    assert_eq!(c.encryption.unwrap().recipients.len(), 1);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = parse(&format!(
+        "{}\n[postgres]\nurl = \"postgres://u@h/db\"\nbogus = 1\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.line, Some(10), "{e}");
+    assert!(e.to_string().contains("bogus"), "{e}");
+    assert!(e.to_string().contains("test.toml line 10"), "{e}");
+}
+
+#[test]
+fn malformed_recipient_names_key_and_line() {
+    let e = parse("[encryption]\nrecipients = [\n  \"age1nope\",\n]\n").unwrap_err();
+    assert_eq!(e.line, Some(3));
+    assert_eq!(e.key.as_deref(), Some("encryption.recipients[0]"));
+}
+
+#[test]
+fn missing_recipients_is_an_error() {
+    let e = parse("[encryption]\nrecipients = []\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("encryption.recipients"));
+}
+
+#[test]
+fn bad_urls_are_errors() {
+    let e = parse(&format!("{}[postgres]\nurl = \"mysql://x@y/z\"\n", base())).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("postgres.url"));
+    assert_eq!(e.line, Some(8));
+    let e = parse(&format!(
+        "{}[postgres]\nurl = \"postgres://h/db\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("no user"), "{e}");
+    let e = parse(&format!("{}[redis]\nurl = \"redis:/\"\n", base())).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("redis.url"));
+    let e = parse("[[repository]]\nname = \"x\"\nurl = \"ftp://h/p\"\n").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("repository[0].url"));
+}
+
+#[test]
+fn postgres_url_parts_and_password_from_env_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.env"), "DB_PASSWORD=pa%ss\n").unwrap();
+    let text = format!(
+        "env_file = \"secrets.env\"\n{}[postgres]\nurl = \"postgres://kompose@core_postgres:5433/postgres\"\npassword = \"${{DB_PASSWORD}}\"\ndatabases = [\"a\", \"b\"]\njobs = 3\n",
+        base()
+    );
+    let c = Config::from_toml(&text, &dir.path().join("c.toml")).unwrap();
+    let pg = c.postgres.unwrap();
+    assert_eq!(pg.endpoint.host, "core_postgres");
+    assert_eq!(pg.endpoint.port, 5433);
+    assert_eq!(pg.endpoint.user, "kompose");
+    assert_eq!(pg.password.unwrap().expose(), "pa%ss");
+    assert_eq!(
+        pg.databases,
+        DatabaseSelection::List(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(pg.jobs.get(), 3);
+    assert!(pg.globals);
+}
+
+#[test]
+fn unreadable_env_file_names_the_key() {
+    let e = parse(&format!(
+        "env_file = \"/nonexistent/secrets.env\"\n{}",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("env_file"));
+    assert_eq!(e.line, Some(1));
+}
+
+#[test]
+fn unset_variable_names_key_and_variable() {
+    let e = parse(&format!(
+        "{}[redis]\nurl = \"redis://h:6379\"\npassword = \"${{KDR_SURELY_UNSET}}\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("redis.password"));
+    assert!(e.message.contains("KDR_SURELY_UNSET"));
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let text = format!(
+        "{}[redis]\nurl = \"redis://h\"\npassword_file = \"{}\"\n",
+        base(),
+        dir.path().join("pw").display()
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.redis.unwrap().password.unwrap().expose(), "s3cret");
+}
+
+#[test]
+fn two_password_sources_are_refused() {
+    let e = parse(&format!(
+        "{}[redis]\nurl = \"redis://h\"\npassword = \"a\"\npassword_file = \"/x\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("only one"), "{e}");
+}
+
+#[test]
+fn star_must_stand_alone_and_levels_are_checked() {
+    let e = parse(&format!(
+        "{}[postgres]\nurl = \"postgres://u@h/db\"\ndatabases = [\"*\", \"x\"]\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("postgres.databases"));
+    let e = parse(&format!("{}[compression]\nlevel = 40\n", base())).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("compression.level"));
+}
+
+#[test]
+fn files_need_absolute_unique_names() {
+    let e = parse(&format!(
+        "{}[[files]]\nname = \"a\"\npath = \"/x\"\n[[files]]\nname = \"a\"\npath = \"/y\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("twice"));
+    let e = parse(&format!(
+        "{}[[files]]\nname = \"a\"\npath = \"rel\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("absolute"));
+}

@@ -1,0 +1,35 @@
+//! kompose-dr: backup, restore and disaster recovery for a self-hosted
+//! Docker Compose stack (PostgreSQL, Redis, files such as Traefik's
+//! `acme.json`).
+//!
+//! The crate is a library with a thin binary. The layout follows the domain:
+//!
+//! - [`config`]: the TOML configuration, parsed and validated once into
+//!   types that cannot be invalid (recipients, URLs, secrets).
+//! - [`sources`]: what is backed up — PostgreSQL databases and globals,
+//!   Redis persistence files, plain files — each producing a byte stream.
+//! - [`pipeline`]: the bounded streaming chain source → zstd → age →
+//!   sha256 → storage, and its inverse for reading.
+//! - [`storage`]: repository backends behind one small trait
+//!   ([`storage::Backend`]); `local` today.
+//! - [`repository`]: the open repository layout on top of a backend —
+//!   marker, manifests (the commit point), artifact paths.
+//! - [`backup`]: one backup run: selects sources, runs them with bounded
+//!   parallelism, commits the manifest last.
+//! - [`cli`]: one file per command; maps errors to exit codes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backup;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod facts;
+pub mod manifest;
+pub mod pipeline;
+pub mod process;
+pub mod repository;
+pub mod secret;
+pub mod sources;
+pub mod storage;
+pub mod time;

@@ -1,0 +1,164 @@
+//! The snapshot manifest: plaintext JSON at `snapshots/<ID>.json`, written
+//! last, the commit point of a snapshot (design §4).
+//!
+//! It lists what each artifact is and where it is stored, with sizes and
+//! the sha256 of the stored bytes, so that listing, pruning and integrity
+//! checks work without a private key. Nothing derived from the data's
+//! content is in it (row counts and such live in the encrypted facts
+//! sidecar) and no secret ever is.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The manifest format version this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Status of a whole snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    /// Every source succeeded.
+    Ok,
+    /// Some source failed; the others are good.
+    Partial,
+}
+
+/// Status of one artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactStatus {
+    /// Stored completely and the source reported success.
+    Ok,
+    /// Not stored (the error says why).
+    Failed,
+}
+
+/// What kind of payload an artifact holds, and so how to open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactKind {
+    /// `pg_dump -Fc` of one database: `pg_restore`.
+    PostgresDump,
+    /// `pg_dumpall --globals-only`: `psql -f`.
+    PostgresGlobals,
+    /// tar of Redis' `appendonlydir/`.
+    RedisAof,
+    /// tar holding Redis' `dump.rdb`.
+    RedisRdb,
+    /// One file, as is.
+    File,
+}
+
+impl ArtifactKind {
+    /// The file-name extension of the stored archive.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ArtifactKind::PostgresDump => "dump.zst.age",
+            ArtifactKind::PostgresGlobals => "sql.zst.age",
+            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => "tar.zst.age",
+            ArtifactKind::File => "zst.age",
+        }
+    }
+}
+
+/// Ownership, mode and times of a backed-up file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// The original path.
+    pub path: String,
+    /// Permission bits (`0o600` for acme.json).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Group gid.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: DateTime<Utc>,
+}
+
+/// One artifact of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Source name: `postgres/<db>`, `postgres/globals`, `redis`, `files/<name>`.
+    pub source: String,
+    /// Payload kind.
+    pub kind: ArtifactKind,
+    /// Key of the stored archive in the repository (absent when failed
+    /// before anything was stored).
+    pub path: Option<String>,
+    /// The moment the artifact's data is consistent.
+    pub captured_at: Option<DateTime<Utc>>,
+    /// Bytes before compression.
+    pub plaintext_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes, hex.
+    pub sha256: Option<String>,
+    /// Ok or failed.
+    pub status: ArtifactStatus,
+    /// Why it failed (secrets scrubbed).
+    pub error: Option<String>,
+    /// The tool that produced the payload (`pg_dump (PostgreSQL) 15.4`).
+    pub tool_version: Option<String>,
+    /// The server's version.
+    pub server_version: Option<String>,
+    /// Seconds spent on this artifact.
+    pub duration_seconds: f64,
+    /// File metadata, for `files/*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileMeta>,
+}
+
+impl Artifact {
+    /// Whether it can be restored.
+    pub fn is_ok(&self) -> bool {
+        self.status == ArtifactStatus::Ok
+    }
+}
+
+/// A stored archive referenced by the manifest that is not itself a source
+/// (the facts sidecar).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// Key in the repository.
+    pub path: String,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes, hex.
+    pub sha256: String,
+}
+
+/// A snapshot manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub version: u32,
+    /// Snapshot id.
+    pub id: String,
+    /// The repository this manifest describes.
+    pub repository: String,
+    /// Host that made it.
+    pub hostname: String,
+    /// kompose-dr version that made it.
+    pub tool_version: String,
+    /// The policy it ran under, if any.
+    pub policy: Option<String>,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// When the run finished (just before commit).
+    pub finished_at: DateTime<Utc>,
+    /// Ok or partial.
+    pub status: SnapshotStatus,
+    /// Every artifact attempted, good or failed.
+    pub artifacts: Vec<Artifact>,
+    /// The encrypted facts sidecar.
+    pub facts: Option<StoredObject>,
+}
+
+impl Manifest {
+    /// Total bytes stored by the snapshot.
+    pub fn stored_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>()
+            + self.facts.as_ref().map_or(0, |f| f.stored_bytes)
+    }
+}

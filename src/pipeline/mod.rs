@@ -1,0 +1,333 @@
+//! The byte pipeline: source → zstd → age → sha256 → storage, and back.
+//!
+//! Writing is a chain of bounded stages joined by channels of at most
+//! [`DEPTH`] pieces of [`CHUNK`] bytes, so memory does not grow with the size
+//! of the data and a slow stage pushes back on the ones before it:
+//!
+//! ```text
+//! input ──▶ zstd thread ──▶ age thread ──▶ sha256 + fan-out to every sink
+//! ```
+//!
+//! Compression and encryption run on blocking threads, off the async
+//! workers. The archive format is plain `age(zstd(payload))` with zstd frame
+//! checksums, so `age -d | zstd -d` opens it.
+//!
+//! [`encode`] does not make anything visible: it returns an [`Encoded`]
+//! whose sinks the caller commits only after it has checked that the source
+//! itself succeeded (a child's exit status, for instance).
+
+mod chunks;
+
+use std::io::{self, Read, Write};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+pub use chunks::ChunkWriter;
+
+use crate::storage::{ObjectWriter, StorageError};
+
+/// Size of the pieces that flow between stages.
+pub const CHUNK: usize = 256 * 1024;
+/// Pieces buffered between two stages.
+pub const DEPTH: usize = 4;
+
+/// The input of the pipeline: pieces of plaintext, or the error that ended
+/// the source. The end of the channel is the end of the data.
+pub type Input = mpsc::Receiver<io::Result<Bytes>>;
+
+/// How archives are written.
+#[derive(Clone)]
+pub struct EncodeSettings {
+    /// zstd level.
+    pub level: i32,
+    /// age recipients; every archive is readable by each of them.
+    pub recipients: Vec<age::x25519::Recipient>,
+}
+
+/// Why an archive could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The source failed while being read.
+    #[error("reading the source failed: {0}")]
+    Source(io::Error),
+    /// zstd or age failed.
+    #[error("compressing or encrypting failed: {0}")]
+    Encode(io::Error),
+    /// Every sink failed; the first error is kept.
+    #[error("{0}")]
+    Storage(StorageError),
+}
+
+/// One sink of an [`Encoded`] stream: still open, or failed.
+pub enum SinkState {
+    /// Everything was written; not yet visible.
+    Open(Box<dyn ObjectWriter>),
+    /// Writing failed (already aborted).
+    Failed(StorageError),
+}
+
+/// A fully encoded archive, written to its sinks but not yet committed.
+pub struct Encoded {
+    /// Bytes read from the source.
+    pub plaintext_bytes: u64,
+    /// Bytes of the stored archive.
+    pub stored_bytes: u64,
+    /// sha256 of the stored archive, hex.
+    pub sha256: String,
+    /// The sinks, in the order given to [`encode`].
+    pub sinks: Vec<SinkState>,
+}
+
+impl Encoded {
+    /// Makes the archive visible in every sink that is still open; returns
+    /// per sink the result (sinks that failed while writing keep their error).
+    pub async fn commit(self) -> Vec<Result<(), StorageError>> {
+        let mut out = Vec::with_capacity(self.sinks.len());
+        for s in self.sinks {
+            out.push(match s {
+                SinkState::Open(w) => w.finish().await,
+                SinkState::Failed(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Discards the archive in every sink.
+    pub async fn abort(self) {
+        for s in self.sinks {
+            if let SinkState::Open(w) = s {
+                w.abort().await;
+            }
+        }
+    }
+}
+
+/// Feeds an [`AsyncRead`] into a new pipeline input, in [`CHUNK`] pieces.
+/// Returns the input and the task that pumps it.
+pub fn input_from_reader<R>(mut reader: R) -> (Input, tokio::task::JoinHandle<()>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(DEPTH);
+    let task = tokio::spawn(async move {
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            let mut eof = false;
+            while buf.len() < CHUNK {
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if !buf.is_empty() && tx.send(Ok(buf.freeze())).await.is_err() {
+                return;
+            }
+            if eof {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// A pipeline input fed by blocking code through an [`io::Write`]: returns
+/// the writer (for a blocking thread) and the input. Call
+/// [`ChunkWriter::close`] at the end, or [`ChunkWriter::fail`] to end the
+/// input with an error.
+pub fn input_from_writer() -> (ChunkWriter<io::Result<Bytes>>, Input) {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    (ChunkWriter::new(tx, Ok), rx)
+}
+
+/// A pipeline input holding one in-memory buffer.
+pub fn input_from_bytes(data: Bytes) -> Input {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    tokio::spawn(async move {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(CHUNK));
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Streams `input` through zstd and age into every sink.
+///
+/// Returns once the input has ended and every byte has reached the sinks.
+/// A sink that fails (or arrives failed) is aborted and recorded; the
+/// others go on. If the source or the encoder fails, or every sink fails,
+/// all sinks are aborted and an error is returned.
+pub async fn encode(
+    mut input: Input,
+    settings: &EncodeSettings,
+    sinks: Vec<SinkState>,
+) -> Result<Encoded, PipelineError> {
+    let (plain_tx, plain_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (zst_tx, zst_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (enc_tx, enc_rx) = mpsc::channel::<Bytes>(DEPTH);
+
+    let level = settings.level;
+    let compressor = tokio::task::spawn_blocking(move || compress(plain_rx, zst_tx, level));
+    let recipients = settings.recipients.clone();
+    let encryptor = tokio::task::spawn_blocking(move || encrypt(zst_rx, enc_tx, &recipients));
+    let sink_task = tokio::spawn(fan_out(enc_rx, sinks));
+
+    // Pump the input into the compressor.
+    let mut plaintext_bytes = 0u64;
+    let mut source_error = None;
+    while let Some(piece) = input.recv().await {
+        match piece {
+            Ok(b) => {
+                plaintext_bytes += b.len() as u64;
+                if plain_tx.send(b).await.is_err() {
+                    break; // a later stage failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                source_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(plain_tx);
+    drop(input);
+
+    let compressed = compressor.await.expect("compressor does not panic");
+    let encrypted = encryptor.await.expect("encryptor does not panic");
+    let (sinks, stored_bytes, sha256) = sink_task.await.expect("sink task does not panic");
+    let encoded = Encoded {
+        plaintext_bytes,
+        stored_bytes,
+        sha256,
+        sinks,
+    };
+
+    let failure = if let Some(e) = source_error {
+        Some(PipelineError::Source(e))
+    } else if let Err(e) = compressed.and(encrypted) {
+        Some(PipelineError::Encode(e))
+    } else if !encoded
+        .sinks
+        .iter()
+        .any(|s| matches!(s, SinkState::Open(_)))
+    {
+        encoded.sinks.iter().find_map(|s| match s {
+            SinkState::Failed(e) => Some(PipelineError::Storage(clone_err(e))),
+            SinkState::Open(_) => None,
+        })
+    } else {
+        None
+    };
+    match failure {
+        Some(err) => {
+            encoded.abort().await;
+            Err(err)
+        }
+        None => Ok(encoded),
+    }
+}
+
+fn clone_err(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Io {
+            op,
+            location,
+            source,
+        } => StorageError::Io {
+            op,
+            location: location.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        StorageError::NotFound(s) => StorageError::NotFound(s.clone()),
+        StorageError::AlreadyExists(s) => StorageError::AlreadyExists(s.clone()),
+    }
+}
+
+fn compress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, level: i32) -> io::Result<()> {
+    let mut z = zstd::stream::Encoder::new(ChunkWriter::new(tx, |b| b), level)?;
+    z.include_checksum(true)?;
+    while let Some(b) = rx.blocking_recv() {
+        z.write_all(&b)?;
+    }
+    z.finish()?.close()
+}
+
+fn encrypt(
+    mut rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    recipients: &[age::x25519::Recipient],
+) -> io::Result<()> {
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(io::Error::other)?;
+    let mut w = encryptor.wrap_output(ChunkWriter::new(tx, |b| b))?;
+    while let Some(b) = rx.blocking_recv() {
+        w.write_all(&b)?;
+    }
+    w.finish()?.close()
+}
+
+async fn fan_out(
+    mut rx: mpsc::Receiver<Bytes>,
+    mut states: Vec<SinkState>,
+) -> (Vec<SinkState>, u64, String) {
+    let mut hasher = Sha256::new();
+    let mut stored = 0u64;
+    while let Some(b) = rx.recv().await {
+        hasher.update(&b);
+        stored += b.len() as u64;
+        for state in states.iter_mut() {
+            if let SinkState::Open(w) = state
+                && let Err(e) = w.write(b.clone()).await
+            {
+                tracing::warn!(error = %e, "a repository failed while writing; the others go on");
+                let SinkState::Open(w) = std::mem::replace(state, SinkState::Failed(e)) else {
+                    unreachable!()
+                };
+                w.abort().await;
+            }
+        }
+        if !states.iter().any(|s| matches!(s, SinkState::Open(_))) {
+            break; // nobody left to write to: stop, upstream sees a closed channel
+        }
+    }
+    (states, stored, hex::encode(hasher.finalize()))
+}
+
+/// Opens an archive for reading: age-decrypts with `identities` and
+/// zstd-decompresses, verifying age authentication and zstd checksums as
+/// it goes.
+pub fn open_archive<'a, R: Read + 'a>(
+    stored: R,
+    identities: &[Box<dyn age::Identity>],
+) -> io::Result<impl Read + 'a> {
+    let decryptor = age::Decryptor::new(stored).map_err(io::Error::other)?;
+    let reader = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(io::Error::other)?;
+    zstd::stream::Decoder::new(reader)
+}
+
+/// Decodes a whole in-memory archive (for small ones such as the facts).
+pub fn decode_all(stored: &[u8], identities: &[Box<dyn age::Identity>]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_archive(stored, identities)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

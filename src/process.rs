@@ -1,0 +1,120 @@
+//! Child processes: capturing the tail of stderr, reading tool versions,
+//! running as another user.
+//!
+//! Secrets reach children only through their environment (never argv); the
+//! helpers here never put a secret on a command line.
+
+use std::ffi::OsStr;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::task::JoinHandle;
+
+use crate::secret::Redactor;
+
+/// Bytes of stderr kept for error messages.
+pub const STDERR_TAIL: usize = 4096;
+
+/// Reads a child's stderr to the end, logging each line at debug level
+/// (scrubbed) and keeping the last [`STDERR_TAIL`] bytes.
+pub fn stderr_tail<R>(stderr: Option<R>, program: &str, redactor: Redactor) -> JoinHandle<String>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let program = program.to_owned();
+    tokio::spawn(async move {
+        let Some(stderr) = stderr else {
+            return String::new();
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tail = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = redactor.scrub(&line);
+            tracing::debug!(program = %program, "{line}");
+            tail.push_str(&line);
+            tail.push('\n');
+            if tail.len() > 2 * STDERR_TAIL {
+                let cut = tail.len() - STDERR_TAIL;
+                let cut = (cut..tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(0);
+                tail.drain(..cut);
+            }
+        }
+        if tail.len() > STDERR_TAIL {
+            let cut = tail.len() - STDERR_TAIL;
+            let cut = (cut..tail.len())
+                .find(|i| tail.is_char_boundary(*i))
+                .unwrap_or(0);
+            tail.drain(..cut);
+        }
+        tail.trim_end().to_owned()
+    })
+}
+
+/// Describes how a child ended, for messages: `exit status 1`,
+/// `killed by signal 9 (SIGKILL)`.
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| "?".into());
+        format!("killed by signal {sig} ({name})")
+    } else {
+        "ended abnormally".into()
+    }
+}
+
+/// Runs `program args…` and returns its first line of stdout (for
+/// `--version`), or a message saying why not.
+pub async fn first_line<I, S>(program: impl AsRef<OsStr>, args: I) -> Result<String, String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let program = program.as_ref();
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            program.to_string_lossy(),
+            describe_status(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned())
+}
+
+/// Makes `cmd` run as `user` when this process runs as root (PostgreSQL
+/// refuses to run as root). Does nothing when not root.
+pub fn run_as(cmd: &mut std::process::Command, user: &str) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("cannot look up user `{user}`: {e}"))?
+        .ok_or_else(|| format!("user `{user}` does not exist: create it or configure another"))?;
+    cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    cmd.env("HOME", &u.dir)
+        .env("USER", user)
+        .env("LOGNAME", user);
+    Ok(())
+}

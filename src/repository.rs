@@ -1,0 +1,364 @@
+//! The open repository layout (design §4) on top of a storage backend.
+//!
+//! ```text
+//! kompose-dr.json                     marker: format version, recipients
+//! snapshots/<ID>.json                 manifest, written last (commit point)
+//! data/<ID>/postgres/<db>.dump.zst.age
+//! data/<ID>/postgres/globals.sql.zst.age
+//! data/<ID>/redis/<name>.tar.zst.age
+//! data/<ID>/files/<name>.zst.age
+//! data/<ID>/facts.json.zst.age        encrypted facts sidecar
+//! ```
+//!
+//! A snapshot exists iff its manifest exists: readers list `snapshots/`
+//! only and ignore data that no manifest names.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Location, RepositoryConfig};
+use crate::manifest::{ArtifactKind, MANIFEST_VERSION, Manifest};
+use crate::storage::local::LocalBackend;
+use crate::storage::{Backend, ObjectWriter, PutMode, StorageError};
+
+/// Key of the repository marker.
+pub const MARKER: &str = "kompose-dr.json";
+/// The repository format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The repository marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// Always `kompose-dr`.
+    pub format: String,
+    /// Repository format version.
+    pub version: u32,
+    /// When `init` ran.
+    pub created_at: DateTime<Utc>,
+    /// The age recipients archives are encrypted to (public keys).
+    pub recipients: Vec<String>,
+}
+
+/// A repository-level failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// No marker: `init` has not run.
+    #[error("repository `{name}` at {location} is not initialised: run `kompose-dr init`")]
+    NotInitialised {
+        /// Repository name.
+        name: String,
+        /// Where it is.
+        location: String,
+    },
+    /// `init` on an existing repository.
+    #[error("repository `{name}` at {location} already exists; nothing was changed")]
+    AlreadyInitialised {
+        /// Repository name.
+        name: String,
+        /// Where it is.
+        location: String,
+    },
+    /// The marker or a manifest could not be parsed.
+    #[error("repository `{name}`: {key} is damaged: {message}")]
+    Damaged {
+        /// Repository name.
+        name: String,
+        /// The object.
+        key: String,
+        /// Parser message.
+        message: String,
+    },
+    /// The repository is of a newer format than this build reads.
+    #[error(
+        "repository `{name}` has format version {found}; this kompose-dr reads up to {FORMAT_VERSION}: upgrade kompose-dr"
+    )]
+    TooNew {
+        /// Repository name.
+        name: String,
+        /// Version found.
+        found: u32,
+    },
+    /// Storage failed.
+    #[error("repository `{name}`: {source}")]
+    Storage {
+        /// Repository name.
+        name: String,
+        /// The storage error.
+        source: StorageError,
+    },
+}
+
+/// A snapshot manifest that could not be read, reported beside the good ones.
+#[derive(Debug, Clone)]
+pub struct DamagedManifest {
+    /// Its key.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// One repository: a name and a backend.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    name: String,
+    backend: Arc<dyn Backend>,
+}
+
+/// The key of an artifact's archive.
+pub fn artifact_key(snapshot: &str, source: &str, kind: ArtifactKind) -> String {
+    let (dir, name) = source.split_once('/').unwrap_or((source, source));
+    let name = path_component(name);
+    format!("data/{snapshot}/{dir}/{name}.{}", kind.extension())
+}
+
+/// The key of a snapshot's facts sidecar.
+pub fn facts_key(snapshot: &str) -> String {
+    format!("data/{snapshot}/facts.json.zst.age")
+}
+
+/// The key of a snapshot's manifest.
+pub fn manifest_key(snapshot: &str) -> String {
+    format!("snapshots/{snapshot}.json")
+}
+
+/// A name made safe as one path component: letters, digits, `-`, `_` and
+/// `.` stay; anything else becomes `%XX`.
+pub fn path_component(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Repository {
+    /// Opens the repository a configuration entry describes (no I/O).
+    pub fn open(cfg: &RepositoryConfig) -> Repository {
+        let backend: Arc<dyn Backend> = match &cfg.location {
+            Location::Local(p) => Arc::new(LocalBackend::new(p)),
+        };
+        Repository {
+            name: cfg.name.clone(),
+            backend,
+        }
+    }
+
+    /// A repository over any backend.
+    pub fn with_backend(name: impl Into<String>, backend: Arc<dyn Backend>) -> Repository {
+        Repository {
+            name: name.into(),
+            backend,
+        }
+    }
+
+    /// Its configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it is, for messages.
+    pub fn location(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn storage(&self, source: StorageError) -> RepositoryError {
+        RepositoryError::Storage {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Creates the repository; refuses an existing one.
+    pub async fn init(
+        &self,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<Marker, RepositoryError> {
+        let marker = Marker {
+            format: "kompose-dr".into(),
+            version: FORMAT_VERSION,
+            created_at: Utc::now(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        };
+        let already = || RepositoryError::AlreadyInitialised {
+            name: self.name.clone(),
+            location: self.location(),
+        };
+        // Anything already in the place (a marker, or foreign files) is refused.
+        match self.backend.list("").await {
+            Ok(objects) if !objects.is_empty() => return Err(already()),
+            Ok(_) => {}
+            Err(e) => return Err(self.storage(e)),
+        }
+        let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        match self
+            .backend
+            .put(MARKER, Bytes::from(body), PutMode::CreateNew)
+            .await
+        {
+            Ok(()) => Ok(marker),
+            Err(StorageError::AlreadyExists(_)) => Err(already()),
+            Err(e) => Err(self.storage(e)),
+        }
+    }
+
+    /// Reads the marker; fails if the repository is not initialised or of a
+    /// newer format.
+    pub async fn marker(&self) -> Result<Marker, RepositoryError> {
+        let body = match self.backend.get(MARKER).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound(_)) => {
+                return Err(RepositoryError::NotInitialised {
+                    name: self.name.clone(),
+                    location: self.location(),
+                });
+            }
+            Err(e) => return Err(self.storage(e)),
+        };
+        let marker: Marker =
+            serde_json::from_slice(&body).map_err(|e| RepositoryError::Damaged {
+                name: self.name.clone(),
+                key: MARKER.into(),
+                message: e.to_string(),
+            })?;
+        if marker.version > FORMAT_VERSION {
+            return Err(RepositoryError::TooNew {
+                name: self.name.clone(),
+                found: marker.version,
+            });
+        }
+        Ok(marker)
+    }
+
+    /// Starts writing an object (invisible until finished).
+    pub async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, RepositoryError> {
+        self.backend.create(key).await.map_err(|e| self.storage(e))
+    }
+
+    /// Commits a snapshot by writing its manifest. Call only after every
+    /// object it names is durable.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<(), RepositoryError> {
+        let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        self.backend
+            .put(
+                &manifest_key(&manifest.id),
+                Bytes::from(body),
+                PutMode::CreateNew,
+            )
+            .await
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Removes every object under `data/<snapshot>/` (for a run that
+    /// committed nothing).
+    pub async fn discard_data(&self, snapshot: &str) -> Result<(), RepositoryError> {
+        let objects = self
+            .backend
+            .list(&format!("data/{snapshot}/"))
+            .await
+            .map_err(|e| self.storage(e))?;
+        for o in objects {
+            self.backend
+                .delete(&o.key)
+                .await
+                .map_err(|e| self.storage(e))?;
+        }
+        Ok(())
+    }
+
+    /// Every snapshot, newest first, plus the manifests that could not be read.
+    pub async fn snapshots(
+        &self,
+    ) -> Result<(Vec<Manifest>, Vec<DamagedManifest>), RepositoryError> {
+        let objects = self
+            .backend
+            .list("snapshots/")
+            .await
+            .map_err(|e| self.storage(e))?;
+        let mut good = Vec::new();
+        let mut damaged = Vec::new();
+        for o in objects {
+            if !o.key.ends_with(".json") {
+                continue;
+            }
+            let body = match self.backend.get(&o.key).await {
+                Ok(b) => b,
+                Err(StorageError::NotFound(_)) => continue, // pruned meanwhile
+                Err(e) => return Err(self.storage(e)),
+            };
+            match serde_json::from_slice::<Manifest>(&body) {
+                Ok(m) if m.version <= MANIFEST_VERSION => good.push(m),
+                Ok(m) => damaged.push(DamagedManifest {
+                    key: o.key,
+                    message: format!(
+                        "manifest version {} is newer than this kompose-dr reads",
+                        m.version
+                    ),
+                }),
+                Err(e) => damaged.push(DamagedManifest {
+                    key: o.key,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        good.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok((good, damaged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let id = "20261127T030000Z-abcdef";
+        assert_eq!(
+            artifact_key(id, "postgres/keycloak", ArtifactKind::PostgresDump),
+            "data/20261127T030000Z-abcdef/postgres/keycloak.dump.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "postgres/globals", ArtifactKind::PostgresGlobals),
+            "data/20261127T030000Z-abcdef/postgres/globals.sql.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "redis", ArtifactKind::RedisAof),
+            "data/20261127T030000Z-abcdef/redis/redis.tar.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "files/traefik-acme", ArtifactKind::File),
+            "data/20261127T030000Z-abcdef/files/traefik-acme.zst.age"
+        );
+        assert_eq!(path_component("we ird/..db"), "we%20ird%2F..db");
+        assert_eq!(path_component(".hidden"), "%2Ehidden");
+    }
+
+    #[tokio::test]
+    async fn init_refuses_existing_and_marker_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo =
+            Repository::with_backend("local", Arc::new(LocalBackend::new(dir.path().join("r"))));
+        assert!(matches!(
+            repo.marker().await,
+            Err(RepositoryError::NotInitialised { .. })
+        ));
+        let r = age::x25519::Identity::generate().to_public();
+        repo.init(std::slice::from_ref(&r)).await.unwrap();
+        assert_eq!(repo.marker().await.unwrap().recipients, vec![r.to_string()]);
+        assert!(matches!(
+            repo.init(&[r]).await,
+            Err(RepositoryError::AlreadyInitialised { .. })
+        ));
+    }
+}

@@ -1,0 +1,253 @@
+//! What is backed up: PostgreSQL databases and globals, Redis, plain files.
+//!
+//! Each source turns into one artifact per run: a byte stream pushed
+//! through the [`pipeline`](crate::pipeline) into every repository, plus
+//! the metadata the manifest records and the facts verification needs.
+//! [`SourceContext`] holds what every source shares: the snapshot id, the
+//! repositories and the encoding settings, and the commit discipline —
+//! stream everything, check the producer, and only then make the archive
+//! visible.
+
+pub mod acme;
+pub mod files;
+pub mod postgres;
+pub mod redis;
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::facts::SourceFacts;
+use crate::manifest::{ArtifactKind, FileMeta};
+use crate::pipeline::{self, EncodeSettings, Encoded, Input, SinkState};
+use crate::process::{describe_status, stderr_tail};
+use crate::repository::Repository;
+use crate::secret::Redactor;
+
+/// Where a source's archive went, once committed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Key of the archive.
+    pub key: String,
+    /// Bytes before compression.
+    pub plaintext_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes.
+    pub sha256: String,
+    /// Per repository (in context order): `None` if it holds the archive,
+    /// else why not.
+    pub repository_errors: Vec<Option<String>>,
+}
+
+/// The outcome of backing up one source.
+#[derive(Debug, Clone)]
+pub struct SourceRun {
+    /// Source name.
+    pub source: String,
+    /// Payload kind.
+    pub kind: ArtifactKind,
+    /// When the data is consistent.
+    pub captured_at: Option<DateTime<Utc>>,
+    /// Producer version.
+    pub tool_version: Option<String>,
+    /// Server version.
+    pub server_version: Option<String>,
+    /// File metadata for `files/*`.
+    pub file: Option<FileMeta>,
+    /// Facts for the sidecar.
+    pub facts: Option<SourceFacts>,
+    /// The stored archive, or why the source failed.
+    pub result: Result<Stored, String>,
+    /// Seconds spent.
+    pub duration_seconds: f64,
+}
+
+impl SourceRun {
+    /// A run that failed before storing anything.
+    pub fn failed(
+        source: impl Into<String>,
+        kind: ArtifactKind,
+        error: impl Into<String>,
+    ) -> SourceRun {
+        SourceRun {
+            source: source.into(),
+            kind,
+            captured_at: None,
+            tool_version: None,
+            server_version: None,
+            file: None,
+            facts: None,
+            result: Err(error.into()),
+            duration_seconds: 0.0,
+        }
+    }
+}
+
+/// What every source of one run shares.
+pub struct SourceContext {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Target repositories.
+    pub repositories: Vec<Repository>,
+    /// How to encode.
+    pub encode: EncodeSettings,
+    /// Scrubs secrets from messages.
+    pub redactor: Redactor,
+}
+
+impl SourceContext {
+    /// Streams `input` into every repository under `key`; nothing is
+    /// visible until [`SourceContext::finish`].
+    pub async fn encode(&self, key: &str, input: Input) -> Result<Encoded, String> {
+        let mut sinks = Vec::with_capacity(self.repositories.len());
+        for repo in &self.repositories {
+            sinks.push(match repo.create(key).await {
+                Ok(w) => SinkState::Open(w),
+                Err(crate::repository::RepositoryError::Storage { source, .. }) => {
+                    SinkState::Failed(source)
+                }
+                Err(e) => SinkState::Failed(crate::storage::StorageError::Io {
+                    op: "create",
+                    location: key.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            });
+        }
+        pipeline::encode(input, &self.encode, sinks)
+            .await
+            .map_err(|e| self.redactor.scrub(&e.to_string()))
+    }
+
+    /// Commits an encoded archive if the producer succeeded (`verdict` is
+    /// `Ok`), else discards it.
+    pub async fn finish(
+        &self,
+        key: &str,
+        encoded: Encoded,
+        verdict: Result<(), String>,
+    ) -> Result<Stored, String> {
+        if let Err(e) = verdict {
+            encoded.abort().await;
+            return Err(self.redactor.scrub(&e));
+        }
+        let (plaintext_bytes, stored_bytes, sha256) = (
+            encoded.plaintext_bytes,
+            encoded.stored_bytes,
+            encoded.sha256.clone(),
+        );
+        let results = encoded.commit().await;
+        let repository_errors: Vec<Option<String>> = results
+            .into_iter()
+            .map(|r| r.err().map(|e| self.redactor.scrub(&e.to_string())))
+            .collect();
+        if repository_errors.iter().all(Option::is_some) {
+            return Err(repository_errors
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        Ok(Stored {
+            key: key.to_owned(),
+            plaintext_bytes,
+            stored_bytes,
+            sha256,
+            repository_errors,
+        })
+    }
+
+    /// Runs a child that writes the payload to stdout, streams it, reaps
+    /// the child, and commits only if it exited 0 and reported no error on
+    /// stderr. `program` names it in messages.
+    pub async fn store_child(
+        &self,
+        key: &str,
+        program: &str,
+        mut cmd: tokio::process::Command,
+    ) -> Result<Stored, String> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = stderr_tail(child.stderr.take(), program, self.redactor.clone());
+        let (input, pump) = pipeline::input_from_reader(stdout);
+        let encoded = self.encode(key, input).await;
+        if encoded.is_err() {
+            let _ = child.start_kill();
+        }
+        let status = child.wait().await;
+        let _ = pump.await;
+        let stderr = stderr.await.unwrap_or_default();
+        let encoded = encoded?;
+        let verdict = match status {
+            Err(e) => Err(format!("cannot wait for {program}: {e}")),
+            Ok(s) if !s.success() => Err(format!(
+                "{program} failed ({}){}",
+                describe_status(s),
+                if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {stderr}")
+                }
+            )),
+            Ok(_) if stderr_reports_error(&stderr) => {
+                Err(format!("{program} reported an error: {stderr}"))
+            }
+            Ok(_) => Ok(()),
+        };
+        self.finish(key, encoded, verdict).await
+    }
+}
+
+fn stderr_reports_error(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|l| l.contains("error:") || l.contains("FATAL:") || l.contains("ERROR:"))
+}
+
+/// Times a source and fills in its duration.
+pub async fn timed(f: impl std::future::Future<Output = SourceRun>) -> SourceRun {
+    let start = Instant::now();
+    let mut run = f.await;
+    run.duration_seconds = start.elapsed().as_secs_f64();
+    run
+}
+
+/// Compiles `--source` patterns (names or globs such as `postgres/*`).
+pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("--source {p}: {e}"))?,
+        );
+    }
+    b.build().map(Some).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_source_names() {
+        let m = matcher(&["postgres/*".into(), "redis".into()])
+            .unwrap()
+            .unwrap();
+        assert!(m.is_match("postgres/keycloak"));
+        assert!(m.is_match("redis"));
+        assert!(!m.is_match("files/acme"));
+        assert!(matcher(&[]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,430 @@
+//! The Redis source: a consistent copy of Redis' persistence files.
+//!
+//! With AOF on (Redis 7 multi-part: `appendonlydir/` and its manifest),
+//! automatic rewrites are paused, `BGREWRITEAOF` runs to completion, the
+//! manifest is read and exactly the base and incremental files it names are
+//! copied (incremental files up to their size at that moment); the setting
+//! is restored on every path. With AOF off, `BGSAVE` runs until a newer save
+//! completes and `dump.rdb` is copied. Either way the files stream as a tar
+//! archive, and the per-database key counts go into the facts.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
+
+use super::{SourceContext, SourceRun, timed};
+use crate::config::RedisConfig;
+use crate::facts::SourceFacts;
+use crate::manifest::ArtifactKind;
+use crate::pipeline;
+use crate::repository::artifact_key;
+
+/// How long to wait for a save or rewrite to finish.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
+const POLL: Duration = Duration::from_millis(100);
+
+/// Connects to the configured Redis.
+pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let base = format!("redis://{target}")
+        .into_connection_info()
+        .map_err(|e| format!("bad Redis address {target}: {e}"))?;
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(u) = &cfg.username {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = &cfg.password {
+        settings = settings.set_password(p.expose());
+    }
+    let info = base.set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
+    let connect = client.get_multiplexed_async_connection();
+    match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Err(_) => Err(format!("cannot connect to Redis at {target}: timed out")),
+        Ok(Err(e)) => Err(format!(
+            "cannot connect to Redis at {target}: {e}{}",
+            auth_hint(&e)
+        )),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+fn auth_hint(e: &redis::RedisError) -> &'static str {
+    let s = e.to_string();
+    if s.contains("NOAUTH") || s.contains("WRONGPASS") || s.contains("invalid password") {
+        " (check redis.password)"
+    } else {
+        ""
+    }
+}
+
+async fn config_get(con: &mut MultiplexedConnection, name: &str) -> Result<String, String> {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(con)
+        .await
+        .map_err(|e| format!("Redis CONFIG GET {name}: {e}"))?;
+    v.get(1)
+        .cloned()
+        .ok_or_else(|| format!("Redis has no setting `{name}`"))
+}
+
+async fn config_set(
+    con: &mut MultiplexedConnection,
+    name: &str,
+    value: &str,
+) -> Result<(), String> {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async::<()>(con)
+        .await
+        .map_err(|e| format!("Redis CONFIG SET {name}: {e}"))
+}
+
+async fn info(
+    con: &mut MultiplexedConnection,
+    section: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(con)
+        .await
+        .map_err(|e| format!("Redis INFO {section}: {e}"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+/// Key counts per database from `INFO keyspace` (`db0:keys=3,expires=0,…`).
+pub fn parse_keyspace(info: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("db"))
+        .filter_map(|(k, v)| {
+            let keys = v.split(',').find_map(|kv| kv.strip_prefix("keys="))?;
+            Some((k.clone(), keys.parse().ok()?))
+        })
+        .collect()
+}
+
+fn num(info: &BTreeMap<String, String>, key: &str) -> Option<i64> {
+    info.get(key).and_then(|v| v.parse().ok())
+}
+
+/// Backs up Redis.
+pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
+    timed(async {
+        let mut run = SourceRun::failed("redis", ArtifactKind::RedisRdb, "");
+        let result = async {
+            let mut con = connect(cfg).await?;
+            let server = info(&mut con, "server").await?;
+            run.server_version = server.get("redis_version").map(|v| format!("Redis {v}"));
+            let data_dir = match &cfg.data_dir {
+                Some(d) => d.clone(),
+                None => PathBuf::from(config_get(&mut con, "dir").await?),
+            };
+            let aof = config_get(&mut con, "appendonly").await? == "yes";
+            let files = if aof {
+                run.kind = ArtifactKind::RedisAof;
+                aof_files(&mut con, &data_dir).await?
+            } else {
+                rdb_files(&mut con, &data_dir).await?
+            };
+            run.captured_at = Some(Utc::now());
+            run.facts = Some(SourceFacts::Redis {
+                keys: parse_keyspace(&info(&mut con, "keyspace").await?),
+            });
+            let key = artifact_key(&ctx.snapshot, "redis", run.kind);
+            let (writer, input) = pipeline::input_from_writer();
+            let tar = tokio::task::spawn_blocking(move || write_tar(writer, files));
+            let encoded = ctx.encode(&key, input).await;
+            let verdict = tar.await.map_err(|e| format!("tar writer failed: {e}"))?;
+            ctx.finish(&key, encoded?, verdict).await
+        }
+        .await;
+        run.result = result.map_err(|e| ctx.redactor.scrub(&e));
+        run
+    })
+    .await
+}
+
+/// A file to put in the tar: its name inside the archive, an open handle
+/// (so a later rewrite cannot delete it from under us) and how many bytes
+/// to copy.
+struct TarFile {
+    name: String,
+    file: File,
+    len: u64,
+    meta: std::fs::Metadata,
+}
+
+fn open_for_tar(path: &Path, name: String) -> Result<TarFile, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    Ok(TarFile {
+        name,
+        len: meta.len(),
+        file,
+        meta,
+    })
+}
+
+async fn wait_until<F>(
+    con: &mut MultiplexedConnection,
+    what: &str,
+    mut done: F,
+) -> Result<BTreeMap<String, String>, String>
+where
+    F: FnMut(&BTreeMap<String, String>) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + SAVE_TIMEOUT;
+    loop {
+        let i = info(con, "persistence").await?;
+        if done(&i) {
+            return Ok(i);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "Redis {what} did not finish within {}s",
+                SAVE_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn rdb_files(
+    con: &mut MultiplexedConnection,
+    data_dir: &Path,
+) -> Result<Vec<TarFile>, String> {
+    // A save already running started before us: let it finish, then save anew.
+    wait_until(con, "BGSAVE", |i| {
+        num(i, "rdb_bgsave_in_progress") == Some(0)
+    })
+    .await?;
+    let before = info(con, "persistence").await?;
+    let saves_before = num(&before, "rdb_saves");
+    let last_before = num(&before, "rdb_last_save_time").unwrap_or(0);
+    if saves_before.is_none() {
+        // Without a save counter, make sure a new save gets a later timestamp.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let _: String = redis::cmd("BGSAVE")
+        .query_async(con)
+        .await
+        .map_err(|e| format!("Redis BGSAVE: {e}"))?;
+    let after = wait_until(con, "BGSAVE", |i| {
+        num(i, "rdb_bgsave_in_progress") == Some(0)
+            && match saves_before {
+                Some(n) => num(i, "rdb_saves").is_some_and(|m| m > n),
+                None => num(i, "rdb_last_save_time").unwrap_or(0) > last_before,
+            }
+    })
+    .await?;
+    if after.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
+        return Err(
+            "Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the Redis log".into(),
+        );
+    }
+    let name = config_get(con, "dbfilename").await?;
+    Ok(vec![open_for_tar(&data_dir.join(&name), name)?])
+}
+
+async fn aof_files(
+    con: &mut MultiplexedConnection,
+    data_dir: &Path,
+) -> Result<Vec<TarFile>, String> {
+    let original = config_get(con, "auto-aof-rewrite-percentage").await?;
+    config_set(con, "auto-aof-rewrite-percentage", "0").await?;
+    let result = aof_files_paused(con, data_dir).await;
+    let restored = config_set(con, "auto-aof-rewrite-percentage", &original).await;
+    let files = result?;
+    restored
+        .map_err(|e| format!("{e} (restore auto-aof-rewrite-percentage to {original} by hand)"))?;
+    Ok(files)
+}
+
+async fn aof_files_paused(
+    con: &mut MultiplexedConnection,
+    data_dir: &Path,
+) -> Result<Vec<TarFile>, String> {
+    let idle = |i: &BTreeMap<String, String>| {
+        num(i, "aof_rewrite_in_progress") == Some(0) && num(i, "aof_rewrite_scheduled") == Some(0)
+    };
+    wait_until(con, "BGREWRITEAOF", idle).await?;
+    let before = info(con, "persistence").await?;
+    let rewrites_before = num(&before, "aof_rewrites");
+    let _: String = redis::cmd("BGREWRITEAOF")
+        .query_async(con)
+        .await
+        .map_err(|e| format!("Redis BGREWRITEAOF: {e}"))?;
+    let after = wait_until(con, "BGREWRITEAOF", |i| {
+        idle(i)
+            && match rewrites_before {
+                Some(n) => num(i, "aof_rewrites").is_some_and(|m| m > n),
+                None => true,
+            }
+    })
+    .await?;
+    if after.get("aof_last_bgrewrite_status").map(String::as_str) != Some("ok") {
+        return Err(
+            "Redis BGREWRITEAOF failed (aof_last_bgrewrite_status is not ok): see the Redis log"
+                .into(),
+        );
+    }
+    let dir_name = config_get(con, "appenddirname").await?;
+    let base_name = config_get(con, "appendfilename").await?;
+    let dir = data_dir.join(&dir_name);
+    let manifest_name = format!("{base_name}.manifest");
+    let manifest_path = dir.join(&manifest_name);
+    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        format!(
+            "cannot read the AOF manifest {}: {e} (is redis.data_dir the Redis data directory as this host sees it?)",
+            manifest_path.display()
+        )
+    })?;
+    let mut files = vec![open_for_tar(
+        &manifest_path,
+        format!("{dir_name}/{manifest_name}"),
+    )?];
+    for name in aof_manifest_files(&manifest)? {
+        files.push(open_for_tar(
+            &dir.join(&name),
+            format!("{dir_name}/{name}"),
+        )?);
+    }
+    Ok(files)
+}
+
+/// The base and incremental files a Redis 7 AOF manifest names
+/// (`file NAME seq N type b|i|h`), skipping history files.
+pub fn aof_manifest_files(manifest: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let get = |k: &str| {
+            words
+                .windows(2)
+                .find(|w| w[0] == k)
+                .map(|w| w[1].trim_matches('"'))
+        };
+        let (Some(name), Some(kind)) = (get("file"), get("type")) else {
+            return Err(format!("unexpected AOF manifest line `{line}`"));
+        };
+        if name.contains('/') || name.starts_with('.') {
+            return Err(format!("unexpected file name in AOF manifest: `{name}`"));
+        }
+        if kind == "b" || kind == "i" {
+            out.push(name.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err("the AOF manifest names no base or incremental file".into());
+    }
+    Ok(out)
+}
+
+/// Writes the files as a tar into the pipeline (runs on a blocking thread).
+fn write_tar(
+    writer: pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>,
+    files: Vec<TarFile>,
+) -> Result<(), String> {
+    let mut builder = tar::Builder::new(writer);
+    let result = (|| -> std::io::Result<()> {
+        let mut dirs_done: Vec<String> = Vec::new();
+        for f in files {
+            if let Some((dir, _)) = f.name.rsplit_once('/')
+                && !dirs_done.iter().any(|d| d == dir)
+            {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(Utc::now().timestamp() as u64);
+                builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+                dirs_done.push(dir.to_owned());
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata(&f.meta);
+            h.set_size(f.len);
+            let reader = LenReader {
+                inner: f.file.take(f.len),
+                want: f.len,
+            };
+            builder.append_data(&mut h, &f.name, reader)?;
+        }
+        builder.finish()
+    })();
+    match result {
+        Ok(()) => {
+            let w = builder.into_inner().map_err(|e| e.to_string())?;
+            w.close().map_err(|e| e.to_string())
+        }
+        Err(e) => {
+            let msg = format!("cannot copy Redis files: {e}");
+            if let Ok(w) = builder.into_inner() {
+                w.fail(std::io::Error::other(msg.clone()));
+            }
+            Err(msg)
+        }
+    }
+}
+
+/// A reader that fails if the file ends before the length the tar header
+/// promised (a truncated file would corrupt the archive).
+struct LenReader<R> {
+    inner: R,
+    want: u64,
+}
+
+impl<R: Read> Read for LenReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.want > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being copied",
+            ));
+        }
+        self.want -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lists_base_and_incr_only() {
+        let m = "file appendonly.aof.2.base.rdb seq 2 type b\nfile appendonly.aof.1.incr.aof seq 1 type h\nfile appendonly.aof.3.incr.aof seq 3 type i\n";
+        assert_eq!(
+            aof_manifest_files(m).unwrap(),
+            vec!["appendonly.aof.2.base.rdb", "appendonly.aof.3.incr.aof"]
+        );
+        assert!(aof_manifest_files("file ../x seq 1 type b").is_err());
+        assert!(aof_manifest_files("").is_err());
+    }
+
+    #[test]
+    fn keyspace_is_parsed() {
+        let mut i = BTreeMap::new();
+        i.insert("db0".to_owned(), "keys=3,expires=1,avg_ttl=0".to_owned());
+        i.insert("db2".to_owned(), "keys=7,expires=0,avg_ttl=0".to_owned());
+        let k = parse_keyspace(&i);
+        assert_eq!(k.get("db0"), Some(&3));
+        assert_eq!(k.get("db2"), Some(&7));
+    }
+}

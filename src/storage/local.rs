@@ -1,0 +1,339 @@
+//! A repository in a local directory.
+//!
+//! Objects are files under the root. New files are written as
+//! `<name>.<random>.tmp` (mode 0600), fsynced, renamed into place, and the
+//! directory is fsynced, so a crash leaves either the old state or the new
+//! one, plus at most a `.tmp` leftover that no manifest names. Directories
+//! are created 0700.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::{Backend, ObjectMeta, ObjectReader, ObjectWriter, PutMode, StorageError};
+
+/// Suffix of files being written.
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// A local directory backend.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        op,
+        location: path.display().to_string(),
+        source,
+    }
+}
+
+/// Creates a directory and its parents with mode 0700.
+pub fn create_dir_private(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// fsyncs a directory so that a rename in it is durable.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".{:08x}{TMP_SUFFIX}", rand::random::<u32>()));
+    path.with_file_name(name)
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        debug_assert!(
+            !key.split('/').any(|c| c == ".." || c.is_empty()),
+            "bad key {key}"
+        );
+        self.root.join(key)
+    }
+}
+
+/// Writes `data` to `path` durably: temp file, fsync, rename (or link for
+/// create-new), fsync the directory.
+fn write_atomic(path: &Path, data: &[u8], mode: PutMode) -> Result<(), StorageError> {
+    let dir = path.parent().expect("keys have a parent");
+    create_dir_private(dir).map_err(io("create directory", dir))?;
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.write_all(data).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        drop(f);
+        match mode {
+            PutMode::Overwrite => std::fs::rename(&tmp, path).map_err(io("rename", path))?,
+            PutMode::CreateNew => match std::fs::hard_link(&tmp, path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(StorageError::AlreadyExists(path.display().to_string()));
+                }
+                Err(e) => return Err(io("link", path)(e)),
+            },
+        }
+        sync_dir(dir).map_err(io("fsync", dir))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let path = self.path(key);
+        let dir = path.parent().expect("keys have a parent").to_owned();
+        let tmp = tmp_path(&path);
+        let (file, tmp) = tokio::task::spawn_blocking(move || {
+            create_dir_private(&dir).map_err(io("create directory", &dir))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
+            Ok::<_, StorageError>((f, tmp))
+        })
+        .await
+        .expect("blocking task does not panic")?;
+        Ok(Box::new(LocalWriter {
+            file: Some(tokio::fs::File::from_std(file)),
+            tmp,
+            path,
+        }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data, mode))
+            .await
+            .expect("blocking task does not panic")
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Bytes::from(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(path.display().to_string()))
+            }
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    async fn open(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Box::pin(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(path.display().to_string()))
+            }
+            Err(e) => Err(io("open", &path)(e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            // Start from the deepest directory the prefix names.
+            let start_rel = match prefix.rfind('/') {
+                Some(i) => &prefix[..i],
+                None => "",
+            };
+            let start = if start_rel.is_empty() {
+                root.clone()
+            } else {
+                root.join(start_rel)
+            };
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("list", &dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io("list", &dir))?;
+                    let path = entry.path();
+                    let meta = entry.metadata().map_err(io("stat", &path))?;
+                    let Ok(rel) = path.strip_prefix(&root) else {
+                        continue;
+                    };
+                    let key = rel.to_string_lossy().into_owned();
+                    if meta.is_dir() {
+                        stack.push(path);
+                    } else if key.starts_with(&prefix) && !key.ends_with(TMP_SUFFIX) {
+                        out.push(ObjectMeta {
+                            key,
+                            size: meta.len(),
+                        });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .expect("blocking task does not panic")
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+}
+
+struct LocalWriter {
+    file: Option<tokio::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let f = self.file.as_mut().expect("writer used after finish");
+        f.write_all(&chunk).await.map_err(io("write", &self.tmp))
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        let mut f = self.file.take().expect("finish called once");
+        f.flush().await.map_err(io("write", &self.tmp))?;
+        f.sync_all().await.map_err(io("fsync", &self.tmp))?;
+        drop(f);
+        let (tmp, path) = (self.tmp.clone(), self.path.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+            let dir = path.parent().expect("has parent");
+            sync_dir(dir).map_err(io("fsync", dir))
+        })
+        .await
+        .expect("blocking task does not panic");
+        if res.is_ok() {
+            // Renamed: nothing left to clean up on drop.
+            self.tmp = PathBuf::new();
+        }
+        res
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+        self.tmp = PathBuf::new();
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn writer_is_invisible_until_finished_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        let mut w = b.create("data/x/a.bin").await.unwrap();
+        w.write(Bytes::from_static(b"hello")).await.unwrap();
+        assert!(b.list("data/").await.unwrap().is_empty());
+        w.finish().await.unwrap();
+        let l = b.list("data/").await.unwrap();
+        assert_eq!(
+            l,
+            vec![ObjectMeta {
+                key: "data/x/a.bin".into(),
+                size: 5
+            }]
+        );
+        let mode = std::fs::metadata(dir.path().join("repo/data/x/a.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(dir.path().join("repo/data/x"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[tokio::test]
+    async fn aborted_and_dropped_writers_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        let mut w = b.create("d/a").await.unwrap();
+        w.write(Bytes::from_static(b"x")).await.unwrap();
+        w.abort().await;
+        let w = b.create("d/b").await.unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path().join("d")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn put_create_new_refuses_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("m.json", Bytes::from_static(b"1"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        let e = b
+            .put("m.json", Bytes::from_static(b"2"), PutMode::CreateNew)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::AlreadyExists(_)));
+        b.put("m.json", Bytes::from_static(b"3"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(&b.get("m.json").await.unwrap()[..], b"3");
+        assert!(matches!(
+            b.get("nope").await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,107 @@
+//! Repository storage backends behind one small trait.
+//!
+//! A backend stores opaque objects under `/`-separated keys. Writes of large
+//! objects go through an [`ObjectWriter`] that becomes visible only on
+//! [`ObjectWriter::finish`]; small objects (markers, manifests) are written
+//! atomically with [`Backend::put`]. The repository layout on top of this
+//! lives in [`crate::repository`].
+
+pub mod local;
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+/// A storage failure, naming the object and what to do where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error on a named object.
+    #[error("{op} {location}: {source}{}", hint(source))]
+    Io {
+        /// What was being done (`write`, `rename`, …).
+        op: &'static str,
+        /// The object or directory.
+        location: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The object does not exist.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The object exists and must not be overwritten.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+}
+
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) => " (the disk is full: free space or prune old snapshots)",
+        Some(13) | Some(1) => {
+            " (permission denied: run as the repository's owner or fix its permissions)"
+        }
+        Some(30) => " (read-only file system)",
+        _ => "",
+    }
+}
+
+/// How [`Backend::put`] treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with [`StorageError::AlreadyExists`] if the object exists.
+    CreateNew,
+    /// Replace it atomically.
+    Overwrite,
+}
+
+/// One stored object, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A readable byte stream of one object.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A place that stores objects under keys.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// A human-readable location, for messages.
+    fn describe(&self) -> String;
+
+    /// Starts writing a new object; it becomes visible only on `finish`.
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError>;
+
+    /// Writes a small object atomically and durably.
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError>;
+
+    /// Reads a small object whole.
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError>;
+
+    /// Opens an object for streaming reads.
+    async fn open(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    /// Lists every finished object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Removes an object; a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+}
+
+/// A large object being written in pieces.
+///
+/// Dropping a writer without calling `finish` leaves nothing visible.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Appends a piece.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+    /// Makes the object durable and visible under its key.
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+    /// Discards everything written.
+    async fn abort(self: Box<Self>);
+}

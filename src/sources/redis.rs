@@ -57,7 +57,11 @@ pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, String>
 
 fn auth_hint(e: &redis::RedisError) -> &'static str {
     let s = e.to_string();
-    if s.contains("NOAUTH") || s.contains("WRONGPASS") || s.contains("invalid password") {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || s.contains("NOAUTH")
+        || s.contains("WRONGPASS")
+        || s.contains("invalid password")
+    {
         " (check redis.password)"
     } else {
         ""

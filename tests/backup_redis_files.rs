@@ -10,11 +10,20 @@ use support::{Redis, Workspace, require, run_ok, text};
 
 /// Extracts a tar archive produced by the stock decrypt into a new directory.
 fn untar(ws: &Workspace, archive: &std::path::Path) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("kdr-restored-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kdr-restored-")
+        .tempdir()
+        .unwrap();
     let tar = ws.stock_decrypt(archive);
     let tar_path = ws.dir.path().join("redis.tar");
     std::fs::write(&tar_path, tar).unwrap();
-    run_ok(Command::new("tar").arg("-xf").arg(&tar_path).arg("-C").arg(dir.path()));
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_path)
+            .arg("-C")
+            .arg(dir.path()),
+    );
     dir
 }
 
@@ -37,11 +46,20 @@ fn round_trip(aof: bool) {
     assert!(a["server_version"].as_str().unwrap().starts_with("Redis 7"));
 
     // The automatic rewrite setting is back where it was.
-    assert!(redis.cli(&["CONFIG", "GET", "auto-aof-rewrite-percentage"]).contains("100"));
+    assert!(
+        redis
+            .cli(&["CONFIG", "GET", "auto-aof-rewrite-percentage"])
+            .contains("100")
+    );
 
     let restored = untar(&ws, &ws.archive(a));
     if aof {
-        assert!(restored.path().join("appendonlydir/appendonly.aof.manifest").is_file());
+        assert!(
+            restored
+                .path()
+                .join("appendonlydir/appendonly.aof.manifest")
+                .is_file()
+        );
     } else {
         assert!(restored.path().join("dump.rdb").is_file());
     }
@@ -69,7 +87,10 @@ fn redis_rdb_round_trip() {
 fn wrong_redis_password_fails_clearly() {
     let redis = Redis::start(false, Some("right"));
     let ws = Workspace::new();
-    ws.configure(&format!("[redis]\nurl = \"redis://127.0.0.1:{}\"\npassword = \"wrong-pw-value\"\n", redis.port));
+    ws.configure(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}\"\npassword = \"wrong-pw-value\"\n",
+        redis.port
+    ));
     ws.init();
     let out = ws.run(&["backup"]);
     let (_, stderr) = text(&out);
@@ -83,15 +104,34 @@ fn certificate(dir: &std::path::Path, names: &[&str]) -> String {
     require("openssl");
     let key = dir.join("k.pem");
     let crt = dir.join("c.pem");
-    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     run_ok(
         Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "60"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "60",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
             .arg(&crt)
-            .args(["-subj", &format!("/CN={}", names[0]), "-addext", &format!("subjectAltName={san}")])
+            .args([
+                "-subj",
+                &format!("/CN={}", names[0]),
+                "-addext",
+                &format!("subjectAltName={san}"),
+            ])
             .stderr(std::process::Stdio::null()),
     );
     use base64::Engine;
@@ -113,7 +153,10 @@ fn acme_json_is_byte_identical_keeps_its_mode_and_records_certificates() {
     });
     std::fs::write(&acme, serde_json::to_vec_pretty(&body).unwrap()).unwrap();
     std::fs::set_permissions(&acme, std::fs::Permissions::from_mode(0o600)).unwrap();
-    ws.configure(&format!("[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n", acme.display()));
+    ws.configure(&format!(
+        "[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
+        acme.display()
+    ));
     ws.init();
     let out = ws.run(&["backup"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
@@ -121,18 +164,37 @@ fn acme_json_is_byte_identical_keeps_its_mode_and_records_certificates() {
     let a = Workspace::artifact(m, "files/traefik-acme");
     assert_eq!(a["file"]["mode"], 0o600);
     assert_eq!(a["file"]["uid"], std::fs::metadata(&acme).unwrap().uid());
-    assert!(ws.archive(a).to_string_lossy().ends_with("files/traefik-acme.zst.age"));
-    assert_eq!(ws.stock_decrypt(&ws.archive(a)), std::fs::read(&acme).unwrap());
+    assert!(
+        ws.archive(a)
+            .to_string_lossy()
+            .ends_with("files/traefik-acme.zst.age")
+    );
+    assert_eq!(
+        ws.stock_decrypt(&ws.archive(a)),
+        std::fs::read(&acme).unwrap()
+    );
 
     let facts_path = ws.repo.join(m["facts"]["path"].as_str().unwrap());
     let facts: serde_json::Value = serde_json::from_slice(&ws.stock_decrypt(&facts_path)).unwrap();
-    let certs = facts["sources"]["files/traefik-acme"]["certificates"].as_array().unwrap();
+    let certs = facts["sources"]["files/traefik-acme"]["certificates"]
+        .as_array()
+        .unwrap();
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["resolver"], "resolver");
-    assert_eq!(certs[0]["domains"], serde_json::json!(["example.org", "www.example.org"]));
+    assert_eq!(
+        certs[0]["domains"],
+        serde_json::json!(["example.org", "www.example.org"])
+    );
     assert!(certs[0]["not_after"].is_string());
-    let manifest_text = std::fs::read_to_string(ws.repo.join(format!("snapshots/{}.json", m["id"].as_str().unwrap()))).unwrap();
-    assert!(!manifest_text.contains("example.org"), "certificate domains must not be in plaintext");
+    let manifest_text = std::fs::read_to_string(
+        ws.repo
+            .join(format!("snapshots/{}.json", m["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        !manifest_text.contains("example.org"),
+        "certificate domains must not be in plaintext"
+    );
 }
 
 #[test]
@@ -148,7 +210,13 @@ fn nothing_succeeded_means_no_snapshot_and_exit_1() {
     assert!(ws.manifests().is_empty());
     // No data directory is left behind.
     let data = ws.repo.join("data");
-    assert!(!data.exists() || std::fs::read_dir(&data).unwrap().all(|e| {
-        std::fs::read_dir(e.unwrap().path()).unwrap().next().is_none()
-    }));
+    assert!(
+        !data.exists()
+            || std::fs::read_dir(&data).unwrap().all(|e| {
+                std::fs::read_dir(e.unwrap().path())
+                    .unwrap()
+                    .next()
+                    .is_none()
+            })
+    );
 }

@@ -422,9 +422,9 @@ impl Cx<'_> {
             ));
         }
         if let Some(v) = inline {
-            return Ok(Some(Secret::new(
-                self.string(v, &format!("{section}.password"))?,
-            )));
+            // An empty value (`${REDIS_PASSWORD:-}`) means no password.
+            let value = self.string(v, &format!("{section}.password"))?;
+            return Ok((!value.is_empty()).then(|| Secret::new(value)));
         }
         if let Some(v) = file {
             let key = format!("{section}.password_file");

@@ -1,0 +1,80 @@
+//! Every shipped example configuration parses and validates.
+
+use std::path::Path;
+
+use kompose_dr::config::{Config, DatabaseSelection, Location};
+
+/// Loads an example with its `env_file` pointed at a stand-in secrets file.
+fn load_example(path: &Path) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(&secrets, "DB_PASSWORD=example-db-pw\nREDIS_PASSWORD=\n").unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("env_file") {
+                format!("env_file = \"{}\"", secrets.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Config::from_toml(&text, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_example_parses() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load_example(&path);
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
+
+#[test]
+fn the_kompose_example_describes_the_real_stack() {
+    let c = load_example(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kompose-dr.toml"
+    )));
+    assert_eq!(
+        c.repositories[0].location,
+        Location::Local("/var/local/data/backups".into())
+    );
+    let pg = c.postgres.unwrap();
+    assert_eq!(pg.endpoint.host, "core_postgres");
+    assert_eq!(pg.endpoint.user, "kompose");
+    assert_eq!(pg.password.unwrap().expose(), "example-db-pw");
+    assert_eq!(pg.docker_container.as_deref(), Some("core_postgres"));
+    assert_eq!(
+        pg.databases,
+        DatabaseSelection::List(
+            [
+                "keycloak",
+                "linkwarden",
+                "letterspace",
+                "umami",
+                "grafana",
+                "kmps"
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
+    let redis = c.redis.unwrap();
+    assert_eq!(redis.host, "core_redis");
+    assert!(
+        redis.password.is_none(),
+        "an empty REDIS_PASSWORD means no password"
+    );
+    assert_eq!(
+        c.files[0].path,
+        Path::new("/var/local/data/traefik/letsencrypt/acme.json")
+    );
+}

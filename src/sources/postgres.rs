@@ -283,16 +283,31 @@ pub async fn dump_database(
                 .map_err(|e| db_error(&format!("database `{db}`: cannot export a snapshot"), e))?
                 .get(0);
             run.captured_at = Some(Utc::now());
-            let tables = count_rows(&client, db).await?;
-            run.facts = Some(SourceFacts::Postgres { tables });
 
+            // pg_dump and the row counts read the same exported snapshot, so
+            // they can run side by side: the counts cost no wall time.
             let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::PostgresDump);
             let mut cmd = command(cfg, tool, "pg_dump", db);
             cmd.args(["--format=custom", "--compress=0"])
                 .arg(format!("--snapshot={snapshot}"));
-            let stored = ctx.store_child(&key, "pg_dump", cmd).await;
+            let (stored, tables) = tokio::join!(
+                ctx.store_child(&key, "pg_dump", cmd),
+                count_rows(&client, db)
+            );
             // pg_dump has finished with the snapshot: end the transaction.
             let _ = client.batch_execute("ROLLBACK").await;
+            match tables {
+                Ok(tables) => run.facts = Some(SourceFacts::Postgres { tables }),
+                Err(e) => {
+                    // Without its facts the dump cannot be verified: fail it.
+                    if let Ok(s) = &stored {
+                        for repo in &ctx.repositories {
+                            let _ = repo.backend().delete(&s.key).await;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
             stored
         }
         .await;

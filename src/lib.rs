@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod process;
 pub mod repository;
+pub mod restore;
 pub mod secret;
 pub mod sources;
 pub mod storage;

@@ -7,6 +7,7 @@
 mod backup;
 mod init;
 pub mod output;
+mod restore;
 mod snapshots;
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub enum Command {
     Backup(backup::Args),
     /// List snapshots, newest first.
     Snapshots(snapshots::Args),
+    /// Restore from --snapshot ID or --point-in-time TIME (default: the newest good copy of each source).
+    Restore(restore::Args),
 }
 
 /// Global options every command sees.
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
             Command::Init(a) => init::run(&globals, a).await,
             Command::Backup(a) => backup::run(&globals, a).await,
             Command::Snapshots(a) => snapshots::run(&globals, a).await,
+            Command::Restore(a) => restore::run(&globals, a).await,
         }
     });
     match result {

@@ -626,60 +626,22 @@ impl Cx<'_> {
     fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
         let url_s = self.string(&p.url, "postgres.url")?;
         let bad = |msg: String| self.err(p.url.span(), "postgres.url", msg);
-        let url = url::Url::parse(&url_s).map_err(|e| {
-            bad(format!(
-                "not a URL ({e}): write postgres://USER@HOST:PORT/DATABASE"
-            ))
-        })?;
-        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(bad(format!(
-                "scheme `{}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE",
-                url.scheme()
-            )));
-        }
-        let mut host = url.host_str().unwrap_or("").to_owned();
-        let mut port = url.port().unwrap_or(5432);
-        for (k, v) in url.query_pairs() {
-            match &*k {
-                "host" => host = v.into_owned(),
-                "port" => {
-                    port = v
-                        .parse()
-                        .map_err(|_| bad(format!("port `{v}` is not a number")))?
-                }
-                other => {
-                    return Err(bad(format!(
-                        "unsupported URL parameter `{other}` (only host and port are understood)"
-                    )));
-                }
-            }
-        }
-        if host.is_empty() {
-            host = "localhost".to_owned();
-        }
-        let user = percent_decode(url.username());
-        if user.is_empty() {
-            return Err(bad(
-                "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)".into(),
-            ));
-        }
-        let maintenance_db = match url.path().trim_start_matches('/') {
-            "" => "postgres".to_owned(),
-            d => percent_decode(d),
-        };
+        let (endpoint, url_password) = parse_postgres_url(&url_s).map_err(bad)?;
         let mut password = self.secret(
             "postgres",
             &p.password,
             &p.password_file,
             &p.password_credential,
         )?;
-        if let Some(pw) = url.password() {
+        if let Some(pw) = url_password {
             if password.is_some() {
-                return Err(bad(
-                    "the URL carries a password and postgres.password is set too: keep only postgres.password".into(),
+                return Err(self.err(
+                    p.url.span(),
+                    "postgres.url",
+                    "the URL carries a password and postgres.password is set too: keep only postgres.password",
                 ));
             }
-            password = Some(Secret::new(percent_decode(pw)));
+            password = Some(pw);
         }
         let databases = match &p.databases {
             None => DatabaseSelection::All,
@@ -747,12 +709,7 @@ impl Cx<'_> {
             .map(|b| self.path(b, "postgres.bin_dir"))
             .transpose()?;
         Ok(PostgresConfig {
-            endpoint: PgEndpoint {
-                host,
-                port,
-                user,
-                maintenance_db,
-            },
+            endpoint,
             password,
             databases,
             globals: p.globals.unwrap_or(true),
@@ -808,6 +765,54 @@ impl Cx<'_> {
             data_dir,
         })
     }
+}
+
+/// Parses `postgres://USER@HOST:PORT/DATABASE` (also `?host=/socket/dir`)
+/// into an endpoint and the password the URL carries, if any.
+pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), String> {
+    let url = url::Url::parse(url_s)
+        .map_err(|e| format!("not a URL ({e}): write postgres://USER@HOST:PORT/DATABASE"))?;
+    if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+        return Err(format!(
+            "scheme `{}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE",
+            url.scheme()
+        ));
+    }
+    let mut host = url.host_str().unwrap_or("").to_owned();
+    let mut port = url.port().unwrap_or(5432);
+    for (k, v) in url.query_pairs() {
+        match &*k {
+            "host" => host = v.into_owned(),
+            "port" => port = v.parse().map_err(|_| format!("port `{v}` is not a number"))?,
+            other => {
+                return Err(format!(
+                    "unsupported URL parameter `{other}` (only host and port are understood)"
+                ));
+            }
+        }
+    }
+    if host.is_empty() {
+        host = "localhost".to_owned();
+    }
+    let user = percent_decode(url.username());
+    if user.is_empty() {
+        return Err(
+            "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)".into(),
+        );
+    }
+    let maintenance_db = match url.path().trim_start_matches('/') {
+        "" => "postgres".to_owned(),
+        d => percent_decode(d),
+    };
+    Ok((
+        PgEndpoint {
+            host,
+            port,
+            user,
+            maintenance_db,
+        },
+        url.password().map(|p| Secret::new(percent_decode(p))),
+    ))
 }
 
 fn percent_decode(s: &str) -> String {

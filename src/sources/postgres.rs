@@ -99,7 +99,7 @@ pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, String> {
     Ok(client)
 }
 
-fn db_error(context: &str, e: tokio_postgres::Error) -> String {
+pub(crate) fn db_error(context: &str, e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{context}: {}", d.message()),
         None => format!("{context}: {e}"),
@@ -146,13 +146,18 @@ pub fn parse_tool_major(version: &str) -> Option<u32> {
 
 /// Chooses how to run pg_dump for a server of this version.
 pub async fn choose_tool(cfg: &PostgresConfig, server: &ServerVersion) -> Result<DumpTool, String> {
+    choose_client(cfg, "pg_dump", server.major, &format!("the server (PostgreSQL {})", server.text)).await
+}
+
+/// Chooses how to run a PostgreSQL client `program` of major version
+/// `min_major` or newer: inside `docker_container`, or the first suitable
+/// local binary from `bin_dir`, `PATH`, `/usr/lib/postgresql/*/bin` (newest
+/// first). `what` names the reason for `min_major` in the error.
+pub async fn choose_client(cfg: &PostgresConfig, program: &str, min_major: u32, what: &str) -> Result<DumpTool, String> {
     if let Some(container) = &cfg.docker_container {
-        let version = first_line(
-            "docker",
-            ["exec", container.as_str(), "pg_dump", "--version"],
-        )
-        .await
-        .map_err(|e| format!("cannot run pg_dump in container `{container}`: {e}"))?;
+        let version = first_line("docker", ["exec", container.as_str(), program, "--version"])
+            .await
+            .map_err(|e| format!("cannot run {program} in container `{container}`: {e}"))?;
         return Ok(DumpTool::Docker {
             container: container.clone(),
             version,
@@ -183,41 +188,34 @@ pub async fn choose_tool(cfg: &PostgresConfig, server: &ServerVersion) -> Result
     };
     let mut seen: Vec<(PathBuf, String)> = Vec::new();
     for dir in candidates {
-        let exe = dir.join("pg_dump");
+        let exe = dir.join(program);
         if !exe.is_file() || seen.iter().any(|(p, _)| p == &exe) {
             continue;
         }
         let Ok(version) = first_line(&exe, ["--version"]).await else {
             continue;
         };
-        if parse_tool_major(&version).is_some_and(|m| m >= server.major) {
-            return Ok(DumpTool::Local {
-                bin_dir: dir,
-                version,
-            });
+        if parse_tool_major(&version).is_some_and(|m| m >= min_major) {
+            return Ok(DumpTool::Local { bin_dir: dir, version });
         }
         seen.push((exe, version));
     }
     let fix = format!(
-        "install postgresql-client-{0} (or newer), set postgres.bin_dir to a PostgreSQL {0}+ client, \
-         or set postgres.docker_container to run pg_dump inside the server's container",
-        server.major
+        "install postgresql-client-{min_major} (or newer), set postgres.bin_dir to a PostgreSQL {min_major}+ client, \
+         or set postgres.docker_container to run {program} inside the server's container"
     );
     Err(match seen.first() {
         Some((exe, version)) => format!(
-            "{} ({version}) is older than the server (PostgreSQL {}): pg_dump must be of the server's major version or newer; {fix}",
+            "{} ({version}) is older than {what}: {program} must be of major version {min_major} or newer; {fix}",
             exe.display(),
-            server.text
         ),
-        None => format!(
-            "no pg_dump found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"
-        ),
+        None => format!("no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"),
     })
 }
 
 /// A command running `program` (pg_dump or pg_dumpall) the chosen way,
 /// with connection settings and password in its environment.
-fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &str) -> Command {
+pub(crate) fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &str) -> Command {
     const ENV: [&str; 4] = ["PGUSER", "PGDATABASE", "PGAPPNAME", "PGPASSWORD"];
     let mut cmd = match tool {
         DumpTool::Local { bin_dir, .. } => {
@@ -252,7 +250,7 @@ fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &str)
     cmd
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

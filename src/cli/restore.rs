@@ -1,0 +1,224 @@
+//! `kompose-dr restore`: by snapshot or point in time, per source, plan
+//! first, nothing overwritten without `--replace`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{Globals, output, pick_repository};
+use crate::error::{Exit, Failure};
+use crate::restore::plan::{self, PlanError, Selector};
+use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions};
+use crate::secret::Redactor;
+use crate::time::{bytes, local};
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Restore this snapshot (an id, or `latest`).
+    #[arg(long, value_name = "ID", conflicts_with = "point_in_time")]
+    snapshot: Option<String>,
+    /// Per source, the newest good backup captured at or before this time:
+    /// RFC 3339 (2026-11-27T03:00:00Z) or "YYYY-MM-DD HH:MM[:SS]" local time.
+    /// Default: now.
+    #[arg(long, value_name = "TIME")]
+    point_in_time: Option<String>,
+    /// Restore only these sources: names or globs (postgres/*, redis, files/NAME).
+    #[arg(long = "source", value_name = "NAME", num_args = 1..)]
+    sources: Vec<String>,
+    /// Read this repository (default: the first configured one that answers).
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
+    /// Restore the one selected database under this name.
+    #[arg(long = "as", value_name = "NAME")]
+    as_name: Option<String>,
+    /// Write the one selected file, or Redis' files, here instead.
+    #[arg(long, value_name = "PATH")]
+    to: Option<PathBuf>,
+    /// Restore databases into this server instead of the configured one
+    /// (postgres://USER@HOST:PORT/DB; its password is postgres.password).
+    #[arg(long, value_name = "URL")]
+    target_url: Option<String>,
+    /// Replace existing non-empty databases, Redis data or files.
+    #[arg(long)]
+    replace: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+    /// Print the plan and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Parallel pg_restore jobs (stages each dump in a temporary file).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    repository: &'a str,
+    requested: String,
+    dry_run: bool,
+    plan: &'a [PlanItem],
+    results: &'a [ItemResult],
+}
+
+fn plan_error(e: PlanError) -> Failure {
+    match e {
+        PlanError::NoSuchSnapshot(_) | PlanError::NoMatch(..) | PlanError::FailedInSnapshot { .. } => {
+            Failure::usage(e.to_string())
+        }
+        _ => Failure::failed(e.to_string()),
+    }
+}
+
+fn distance(seconds: i64) -> String {
+    let d = humantime::format_duration(std::time::Duration::from_secs(seconds.unsigned_abs())).to_string();
+    let d: Vec<&str> = d.split(' ').take(2).collect();
+    format!("{} before", d.join(" "))
+}
+
+fn print_plan(requested: &str, items: &[PlanItem]) {
+    output::line(format!("Restore plan ({requested}):"));
+    output::line(format!(
+        "  {:<22} {:<24} {:<19} {:>16} {:>10}  TARGET",
+        "SOURCE", "SNAPSHOT", "CAPTURED AT", "DISTANCE", "SIZE"
+    ));
+    for i in items {
+        let c = &i.choice;
+        output::line(format!(
+            "  {:<22} {:<24} {:<19} {:>16} {:>10}  {}{}",
+            c.source,
+            c.snapshot,
+            c.artifact.captured_at.map(local).unwrap_or_default(),
+            c.distance_seconds.map(distance).unwrap_or_else(|| "-".into()),
+            bytes(c.artifact.plaintext_bytes),
+            i.target,
+            if i.replaces { "  (REPLACES existing data)" } else { "" }
+        ));
+        if !c.skipped_failed.is_empty() {
+            output::line(format!(
+                "  {:<22} newer backup(s) failed and were skipped: {}",
+                "",
+                c.skipped_failed.join(", ")
+            ));
+        }
+    }
+}
+
+fn confirm(n: usize) -> Result<(), Failure> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure::usage(
+            "refusing to restore without confirmation: there is no terminal to ask on; check the plan with --dry-run, then pass --yes",
+        ));
+    }
+    eprint!("Restore {n} item(s) as planned above? Type 'yes' to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer).map_err(|e| Failure::failed(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim(), "y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Failure::failed("declined: nothing was changed"))
+    }
+}
+
+/// Runs `restore`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+    let config = globals.load_config()?;
+    let selector = match (&args.snapshot, &args.point_in_time) {
+        (Some(s), _) if s == "latest" => Selector::Latest,
+        (Some(s), _) => Selector::Snapshot(s.clone()),
+        (None, Some(t)) => Selector::PointInTime(plan::parse_time(t).map_err(|e| Failure::usage(format!("--point-in-time: {e}")))?),
+        (None, None) => Selector::PointInTime(chrono::Utc::now()),
+    };
+    let requested = match &selector {
+        Selector::Latest => "latest snapshot".to_owned(),
+        Selector::Snapshot(id) => format!("snapshot {id}"),
+        Selector::PointInTime(t) => format!("point in time {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    };
+    let target = match &args.target_url {
+        None => None,
+        Some(u) => {
+            let (ep, pw) = crate::config::parse_postgres_url(u).map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
+            if pw.is_some() {
+                return Err(Failure::usage(
+                    "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
+                ));
+            }
+            Some(ep)
+        }
+    };
+    let options = RestoreOptions {
+        selector: selector.clone(),
+        sources: args.sources.clone(),
+        as_name: args.as_name.clone(),
+        to: args.to.clone(),
+        target,
+        replace: args.replace,
+        jobs: args.jobs.map(usize::from),
+    };
+
+    let repository = pick_repository(&config, args.repository.as_deref()).await?;
+    let (snapshots, _) = repository.snapshots().await?;
+    let matcher = crate::sources::matcher(&args.sources).map_err(Failure::usage)?;
+    let choices = plan::choose(&snapshots, &selector, matcher.as_ref().map(|m| (m, args.sources.as_slice()))).map_err(plan_error)?;
+    crate::restore::check_options(&choices, &options).map_err(Failure::usage)?;
+    let identities = if args.dry_run {
+        Vec::new()
+    } else {
+        crate::restore::load_identities(&config).map_err(Failure::usage)?
+    };
+    let ctx = RestoreContext {
+        config: &config,
+        repository,
+        identities: Arc::new(identities),
+        options: &options,
+        redactor: Redactor::new(config.secrets()),
+        progress: std::io::stderr().is_terminal() && !globals.json,
+    };
+    let items = crate::restore::prepare(&ctx, choices).await.map_err(Failure::failed)?;
+    if !globals.json {
+        print_plan(&requested, &items);
+    }
+    if args.dry_run {
+        if globals.json {
+            output::json(&Report {
+                repository: ctx.repository.name(),
+                requested,
+                dry_run: true,
+                plan: &items,
+                results: &[],
+            });
+        } else {
+            output::line("dry run: nothing was changed");
+        }
+        return Ok(Exit::Ok);
+    }
+    if !args.yes {
+        confirm(items.len())?;
+    }
+    let results = crate::restore::execute(&ctx, &items).await;
+    if globals.json {
+        output::json(&Report {
+            repository: ctx.repository.name(),
+            requested,
+            dry_run: false,
+            plan: &items,
+            results: &results,
+        });
+    } else {
+        for r in &results {
+            output::line(format!(
+                "  {}  {:<22} {} ({:.1}s)",
+                if r.ok { "ok    " } else { "FAILED" },
+                r.source,
+                r.message,
+                r.seconds
+            ));
+        }
+    }
+    Ok(if results.iter().all(|r| r.ok) { Exit::Ok } else { Exit::Failure })
+}

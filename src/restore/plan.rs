@@ -1,0 +1,240 @@
+//! Choosing what to restore: per source, which artifact of which snapshot.
+//!
+//! `--snapshot ID|latest` takes the artifacts of one snapshot;
+//! `--point-in-time T` (and the default, T = now) takes per source the newest
+//! *good* artifact captured at or before T, skipping failed ones and saying
+//! so. A time before every good artifact of a source is an error naming the
+//! earliest time available — never a silent fallback to something newer.
+
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
+use globset::GlobSet;
+use serde::Serialize;
+
+use crate::manifest::{Artifact, Manifest};
+
+/// Which snapshot(s) to take artifacts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// One snapshot by id.
+    Snapshot(String),
+    /// The newest snapshot.
+    Latest,
+    /// Per source, the newest good artifact captured at or before this time.
+    PointInTime(DateTime<Utc>),
+}
+
+/// One source to restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// Source name.
+    pub source: String,
+    /// The snapshot it comes from.
+    pub snapshot: String,
+    /// The artifact.
+    pub artifact: Artifact,
+    /// Seconds between `captured_at` and the requested time (point in time).
+    pub distance_seconds: Option<i64>,
+    /// Newer snapshots in which this source failed and was skipped.
+    pub skipped_failed: Vec<String>,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The repository has no snapshot at all.
+    #[error("the repository holds no snapshot")]
+    Empty,
+    /// `--snapshot ID` names no snapshot.
+    #[error("no snapshot `{0}`: list them with `kompose-dr snapshots`")]
+    NoSuchSnapshot(String),
+    /// A source selected explicitly failed in the chosen snapshot.
+    #[error("{name} failed in snapshot {snapshot} ({error}): choose another with --snapshot, or use --point-in-time to take its newest good copy")]
+    FailedInSnapshot {
+        /// Source.
+        name: String,
+        /// Snapshot.
+        snapshot: String,
+        /// The recorded error.
+        error: String,
+    },
+    /// The point in time is before every good artifact of a source.
+    #[error("{name} has no good backup at or before {requested}; the earliest available is {earliest} (snapshot {snapshot})")]
+    TooEarly {
+        /// Source.
+        name: String,
+        /// Requested time.
+        requested: String,
+        /// Earliest good captured_at.
+        earliest: String,
+        /// Its snapshot.
+        snapshot: String,
+    },
+    /// A source has no good artifact at all.
+    #[error("{0} has no good backup in this repository")]
+    NeverGood(String),
+    /// `--source` selected nothing.
+    #[error("--source {0} matches no source in the chosen snapshot(s); available: {1}")]
+    NoMatch(String, String),
+}
+
+/// Parses `--point-in-time`: RFC 3339 (`2026-11-27T03:00:00Z`) or
+/// `YYYY-MM-DD HH:MM[:SS]` in local time.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time_in(s, &Local)
+}
+
+/// [`parse_time`] in a given time zone (for tests).
+pub fn parse_time_in<Tz: TimeZone>(s: &str, tz: &Tz) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .ok_or_else(|| {
+            format!("`{s}` is not a time: write 2026-11-27T03:00:00Z (RFC 3339) or \"2026-11-27 03:00\" (local time)")
+        })?;
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        chrono::LocalResult::Ambiguous(..) => Err(format!(
+            "`{s}` happens twice in local time (a daylight-saving change): write it in RFC 3339 with an offset"
+        )),
+        chrono::LocalResult::None => Err(format!(
+            "`{s}` does not exist in local time (a daylight-saving change): write it in RFC 3339 with an offset"
+        )),
+    }
+}
+
+/// Chooses the artifacts to restore. `snapshots` is newest first;
+/// `sources` filters by name (None: every source).
+pub fn choose(snapshots: &[Manifest], selector: &Selector, sources: Option<(&GlobSet, &[String])>) -> Result<Vec<Choice>, PlanError> {
+    if snapshots.is_empty() {
+        return Err(PlanError::Empty);
+    }
+    let wanted = |name: &str| sources.is_none_or(|(m, _)| m.is_match(name));
+    let explicit = sources.is_some();
+    let mut out = Vec::new();
+    match selector {
+        Selector::Snapshot(_) | Selector::Latest => {
+            let m = match selector {
+                Selector::Snapshot(id) => snapshots
+                    .iter()
+                    .find(|m| &m.id == id)
+                    .ok_or_else(|| PlanError::NoSuchSnapshot(id.clone()))?,
+                _ => &snapshots[0],
+            };
+            for a in m.artifacts.iter().filter(|a| wanted(&a.source)) {
+                if a.is_ok() {
+                    out.push(Choice {
+                        source: a.source.clone(),
+                        snapshot: m.id.clone(),
+                        artifact: a.clone(),
+                        distance_seconds: None,
+                        skipped_failed: Vec::new(),
+                    });
+                } else if explicit {
+                    return Err(PlanError::FailedInSnapshot {
+                        name: a.source.clone(),
+                        snapshot: m.id.clone(),
+                        error: a.error.clone().unwrap_or_default(),
+                    });
+                } else {
+                    tracing::warn!(source = %a.source, snapshot = %m.id, "skipping a source that failed in this snapshot");
+                }
+            }
+            check_patterns(&out, sources, m.artifacts.iter().map(|a| a.source.as_str()))?;
+        }
+        Selector::PointInTime(t) => {
+            let mut names: Vec<&str> = snapshots
+                .iter()
+                .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str()))
+                .filter(|n| wanted(n))
+                .collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let mut skipped = Vec::new();
+                let mut chosen = None;
+                let mut earliest: Option<(&Manifest, &Artifact)> = None;
+                for m in snapshots {
+                    let Some(a) = m.artifacts.iter().find(|a| a.source == name) else { continue };
+                    let at = a.captured_at.unwrap_or(m.started_at);
+                    if a.is_ok() {
+                        earliest = Some((m, a));
+                    }
+                    if chosen.is_some() || at > *t {
+                        continue;
+                    }
+                    if a.is_ok() {
+                        chosen = Some((m, a, at));
+                    } else {
+                        skipped.push(m.id.clone());
+                    }
+                }
+                match chosen {
+                    Some((m, a, at)) => out.push(Choice {
+                        source: name.to_owned(),
+                        snapshot: m.id.clone(),
+                        artifact: a.clone(),
+                        distance_seconds: Some((*t - at).num_seconds()),
+                        skipped_failed: skipped,
+                    }),
+                    None => {
+                        return Err(match earliest {
+                            Some((m, a)) => PlanError::TooEarly {
+                                name: name.to_owned(),
+                                requested: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                earliest: a
+                                    .captured_at
+                                    .unwrap_or(m.started_at)
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                snapshot: m.id.clone(),
+                            },
+                            None if explicit => PlanError::NeverGood(name.to_owned()),
+                            None => {
+                                tracing::warn!(source = name, "skipping a source that has no good backup");
+                                continue;
+                            }
+                        });
+                    }
+                }
+            }
+            check_patterns(&out, sources, snapshots.iter().flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str())))?;
+        }
+    }
+    // Roles first, then databases, Redis, files.
+    out.sort_by_key(|c| (rank(&c.source), c.source.clone()));
+    Ok(out)
+}
+
+fn rank(source: &str) -> u8 {
+    match source {
+        "postgres/globals" => 0,
+        s if s.starts_with("postgres/") => 1,
+        "redis" => 2,
+        _ => 3,
+    }
+}
+
+fn check_patterns<'a>(
+    chosen: &[Choice],
+    sources: Option<(&GlobSet, &[String])>,
+    available: impl Iterator<Item = &'a str>,
+) -> Result<(), PlanError> {
+    let Some((_, patterns)) = sources else { return Ok(()) };
+    let mut avail: Vec<&str> = available.collect();
+    avail.sort();
+    avail.dedup();
+    for p in patterns {
+        let single = crate::sources::matcher(std::slice::from_ref(p)).ok().flatten();
+        let hit = single.is_some_and(|s| chosen.iter().any(|c| s.is_match(&c.source)));
+        if !hit {
+            return Err(PlanError::NoMatch(p.clone(), avail.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+//! Restoring PostgreSQL: roles (globals) with psql, databases with
+//! pg_restore.
+//!
+//! A database is always restored into a scratch database on the target
+//! server first, streamed storage → age → zstd → pg_restore's stdin (or
+//! staged in a private temporary file for `--jobs`). Only when pg_restore
+//! succeeded and the archive checked out is it renamed to its name; with
+//! `--replace` the existing database is closed to new connections, its
+//! sessions terminated, and swapped out and dropped. A failed restore leaves
+//! the existing database exactly as it was.
+
+use std::process::Stdio;
+
+use super::stream::{self, copy_archive};
+use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
+use crate::config::PostgresConfig;
+use crate::process::{describe_status, stderr_tail};
+use crate::restore::plan::Choice;
+use crate::sources::postgres::{DumpTool, choose_client, command, connect, db_error, parse_tool_major, quote_ident};
+
+fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, String> {
+    let mut cfg = ctx.config.postgres.clone().ok_or_else(|| {
+        format!(
+            "configuration {}: restoring PostgreSQL needs a [postgres] section (or --target-url)",
+            ctx.config.path.display()
+        )
+    })?;
+    if let Some(ep) = &ctx.options.target {
+        cfg.endpoint = ep.clone();
+        // The container runs the configured server, not the target.
+        cfg.docker_container = None;
+    }
+    Ok(cfg)
+}
+
+fn server(cfg: &PostgresConfig) -> String {
+    format!("{}:{}", cfg.endpoint.host, cfg.endpoint.port)
+}
+
+fn database_name(ctx: &RestoreContext<'_>, c: &Choice) -> String {
+    ctx.options
+        .as_name
+        .clone()
+        .unwrap_or_else(|| c.source.trim_start_matches("postgres/").to_owned())
+}
+
+fn archive_major(c: &Choice) -> u32 {
+    c.artifact.tool_version.as_deref().and_then(parse_tool_major).unwrap_or(0)
+}
+
+async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, String> {
+    let major = archive_major(c);
+    choose_client(
+        cfg,
+        "pg_restore",
+        major,
+        &format!(
+            "the archive's format ({} wrote it)",
+            c.artifact.tool_version.as_deref().unwrap_or("an unknown pg_dump")
+        ),
+    )
+    .await
+}
+
+/// The target of `postgres/globals`.
+pub fn globals_target(ctx: &RestoreContext<'_>) -> Result<Target, String> {
+    Ok(Target::Globals {
+        server: server(&target_config(ctx)?),
+    })
+}
+
+/// Whether database `name` exists and, if so, whether it holds anything.
+async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, String> {
+    let client = connect(cfg, &cfg.endpoint.maintenance_db).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| db_error("cannot list databases", e))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let db = connect(cfg, name).await?;
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error(&format!("cannot inspect database {name}"), e))?
+        .get(0);
+    Ok(Some(n > 0))
+}
+
+/// Checks a database target: refuses a non-empty one without `--replace`,
+/// and makes sure a suitable pg_restore exists.
+pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool), String> {
+    let cfg = target_config(ctx)?;
+    let name = database_name(ctx, c);
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("`{name}` is not a usable database name (1 to 63 bytes)"));
+    }
+    let target = Target::Database {
+        name: name.clone(),
+        server: server(&cfg),
+    };
+    let existing = state(&cfg, &name).await?;
+    if existing == Some(true) && !ctx.options.replace {
+        return Err(format!(
+            "database {name} on {} exists and is not empty: nothing was changed. \
+             Restore beside it with --as NEW_NAME and compare, or replace it with --replace",
+            server(&cfg)
+        ));
+    }
+    if ctx.options.jobs.is_some() && cfg.docker_container.is_some() {
+        return Err("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into());
+    }
+    restore_tool(&cfg, c).await?;
+    Ok((target, existing.is_some()))
+}
+
+/// Restores roles and tablespaces; roles that exist already are not an error.
+pub async fn restore_globals(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
+    let cfg = target_config(ctx)?;
+    let tool = choose_client(&cfg, "psql", 0, "any").await?;
+    let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
+    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "psql").await?;
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .collect();
+    if !status.success() || !errors.is_empty() {
+        return Err(format!(
+            "applying the roles to {} failed ({}): {}; roles applied before the error remain",
+            server(&cfg),
+            describe_status(status),
+            if errors.is_empty() { stderr.trim().to_owned() } else { errors.join("; ") }
+        ));
+    }
+    Ok((bytes, format!("roles applied to {}", server(&cfg))))
+}
+
+/// Streams an archive into a child's stdin; returns plaintext bytes, the
+/// child's stderr tail and exit status. The archive must check out.
+async fn pipe_into(
+    ctx: &RestoreContext<'_>,
+    item: &PlanItem,
+    mut cmd: tokio::process::Command,
+    program: &str,
+) -> Result<(u64, String, std::process::ExitStatus), String> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    let pb = progress_bar(ctx, item);
+    let stored = open_stored(ctx, item, &pb).await?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdin = std::fs::File::from(stdin.into_owned_fd().map_err(|e| format!("{program} stdin: {e}"))?);
+    let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
+    let ids = ctx.identities.clone();
+    let copy = tokio::task::spawn_blocking(move || {
+        let mut stdin = stdin;
+        copy_archive(stored, &ids, &mut stdin)
+    });
+    let copied = copy.await.map_err(|e| format!("restore thread failed: {e}"))?;
+    if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
+        // Do not let the program finish on a truncated input.
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await.map_err(|e| format!("cannot wait for {program}: {e}"))?;
+    let stderr = stderr.await.unwrap_or_default();
+    pb.finish_and_clear();
+    match copied {
+        Ok(bytes) => Ok((bytes, stderr, status)),
+        // pg_restore stopping early closes its stdin: its own error says more.
+        Err(stream::ReadError::Output(..)) if !status.success() => Ok((0, stderr, status)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Restores one database (see the module documentation for the steps).
+pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
+    let cfg = target_config(ctx)?;
+    let Target::Database { name, .. } = &item.target else {
+        unreachable!("database item")
+    };
+    let tool = restore_tool(&cfg, &item.choice).await?;
+    let admin = connect(&cfg, &cfg.endpoint.maintenance_db).await?;
+    let scratch = format!("kdr_restore_{:08x}", rand::random::<u32>());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&scratch)))
+        .await
+        .map_err(|e| db_error(&format!("cannot create the scratch database {scratch}; database {name} is unchanged"), e))?;
+    let drop_scratch = || async {
+        if let Err(e) = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch)))
+            .await
+        {
+            tracing::warn!(database = %scratch, error = %db_error("drop", e), "could not drop the scratch database: drop it by hand");
+        }
+    };
+
+    let restored = run_pg_restore(ctx, item, &cfg, &tool, &scratch).await;
+    let bytes = match restored {
+        Ok(b) => b,
+        Err(e) => {
+            drop_scratch().await;
+            return Err(format!("{e}; database {name} is unchanged"));
+        }
+    };
+
+    // Put it in place.
+    let exists = admin
+        .query_opt("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &[name])
+        .await
+        .map_err(|e| db_error("cannot list databases", e))?;
+    let Some(row) = exists else {
+        admin
+            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch), quote_ident(name)))
+            .await
+            .map_err(|e| db_error(&format!("restored into {scratch}, but cannot rename it to {name}: rename it by hand"), e))?;
+        return Ok((bytes, format!("restored into new database {name}")));
+    };
+    let owner: String = row.get(0);
+    let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
+        .await
+        .map_err(|e| db_error(&format!("cannot close database {name} to new connections; it is unchanged and the restored copy is {scratch}"), e))?;
+    let mut terminated = 0i64;
+    let mut renamed = Err(String::new());
+    for _ in 0..20 {
+        terminated += admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[name],
+            )
+            .await
+            .map_err(|e| db_error("cannot terminate sessions", e))?
+            .get::<_, i64>(0);
+        match admin
+            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(name), quote_ident(&old)))
+            .await
+        {
+            Ok(()) => {
+                renamed = Ok(());
+                break;
+            }
+            Err(e) => {
+                renamed = Err(db_error("rename", e));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    if let Err(e) = renamed {
+        let _ = admin
+            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(name)))
+            .await;
+        drop_scratch().await;
+        return Err(format!("cannot move database {name} aside ({e}); it is unchanged"));
+    }
+    if let Err(e) = admin
+        .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch), quote_ident(name)))
+        .await
+    {
+        return Err(format!(
+            "{}: the original database is now named {old} (closed to connections) and the restored copy is {scratch}; \
+             rename one of them to {name} by hand",
+            db_error("rename", e)
+        ));
+    }
+    let _ = admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            quote_ident(name),
+            quote_ident(&owner)
+        ))
+        .await;
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
+        .await
+    {
+        tracing::warn!(database = %old, error = %db_error("drop", e), "the replaced database is still there: drop it by hand");
+    }
+    Ok((
+        bytes,
+        format!("replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"),
+    ))
+}
+
+async fn run_pg_restore(
+    ctx: &RestoreContext<'_>,
+    item: &PlanItem,
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    scratch: &str,
+) -> Result<u64, String> {
+    let mut cmd = command(cfg, tool, "pg_restore", scratch);
+    cmd.args(["--exit-on-error", "--dbname", scratch]);
+    let label = stream::label(&item.choice.artifact);
+    let (bytes, stderr, status) = match ctx.options.jobs {
+        None => pipe_into(ctx, item, cmd, "pg_restore").await?,
+        Some(jobs) => {
+            // pg_restore -j needs a seekable file: stage the plaintext dump
+            // in a private temporary directory.
+            let dir = tempfile::Builder::new()
+                .prefix("kompose-dr-restore-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            let path = dir.path().join("dump");
+            let pb = progress_bar(ctx, item);
+            let stored = open_stored(ctx, item, &pb).await?;
+            let ids = ctx.identities.clone();
+            let p = path.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+                copy_archive(stored, &ids, &mut f).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("restore thread failed: {e}"))??;
+            pb.finish_and_clear();
+            cmd.arg(format!("--jobs={jobs}")).arg(&path);
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+            let out = cmd.output().await.map_err(|e| format!("cannot start pg_restore: {e}"))?;
+            (bytes, ctx.redactor.scrub(String::from_utf8_lossy(&out.stderr).trim()), out.status)
+        }
+    };
+    if !status.success() {
+        return Err(format!(
+            "pg_restore of {label} failed ({}): {}",
+            describe_status(status),
+            stderr.trim()
+        ));
+    }
+    Ok(bytes)
+}

@@ -312,7 +312,8 @@ impl Repository {
                 }),
             }
         }
-        good.sort_by(|a, b| b.id.cmp(&a.id));
+        // Newest first; ids of one second differ only by their random part.
+        good.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
         Ok((good, damaged))
     }
 }

@@ -66,15 +66,16 @@ struct Report<'a> {
 
 fn plan_error(e: PlanError) -> Failure {
     match e {
-        PlanError::NoSuchSnapshot(_) | PlanError::NoMatch(..) | PlanError::FailedInSnapshot { .. } => {
-            Failure::usage(e.to_string())
-        }
+        PlanError::NoSuchSnapshot(_)
+        | PlanError::NoMatch(..)
+        | PlanError::FailedInSnapshot { .. } => Failure::usage(e.to_string()),
         _ => Failure::failed(e.to_string()),
     }
 }
 
 fn distance(seconds: i64) -> String {
-    let d = humantime::format_duration(std::time::Duration::from_secs(seconds.unsigned_abs())).to_string();
+    let d = humantime::format_duration(std::time::Duration::from_secs(seconds.unsigned_abs()))
+        .to_string();
     let d: Vec<&str> = d.split(' ').take(2).collect();
     format!("{} before", d.join(" "))
 }
@@ -92,10 +93,16 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
             c.source,
             c.snapshot,
             c.artifact.captured_at.map(local).unwrap_or_default(),
-            c.distance_seconds.map(distance).unwrap_or_else(|| "-".into()),
+            c.distance_seconds
+                .map(distance)
+                .unwrap_or_else(|| "-".into()),
             bytes(c.artifact.plaintext_bytes),
             i.target,
-            if i.replaces { "  (REPLACES existing data)" } else { "" }
+            if i.replaces {
+                "  (REPLACES existing data)"
+            } else {
+                ""
+            }
         ));
         if !c.skipped_failed.is_empty() {
             output::line(format!(
@@ -117,7 +124,10 @@ fn confirm(n: usize) -> Result<(), Failure> {
     eprint!("Restore {n} item(s) as planned above? Type 'yes' to go on: ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    stdin.lock().read_line(&mut answer).map_err(|e| Failure::failed(format!("cannot read the answer: {e}")))?;
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::failed(format!("cannot read the answer: {e}")))?;
     if matches!(answer.trim(), "y" | "yes" | "YES" | "Yes") {
         Ok(())
     } else {
@@ -131,18 +141,24 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let selector = match (&args.snapshot, &args.point_in_time) {
         (Some(s), _) if s == "latest" => Selector::Latest,
         (Some(s), _) => Selector::Snapshot(s.clone()),
-        (None, Some(t)) => Selector::PointInTime(plan::parse_time(t).map_err(|e| Failure::usage(format!("--point-in-time: {e}")))?),
+        (None, Some(t)) => Selector::PointInTime(
+            plan::parse_time(t).map_err(|e| Failure::usage(format!("--point-in-time: {e}")))?,
+        ),
         (None, None) => Selector::PointInTime(chrono::Utc::now()),
     };
     let requested = match &selector {
         Selector::Latest => "latest snapshot".to_owned(),
         Selector::Snapshot(id) => format!("snapshot {id}"),
-        Selector::PointInTime(t) => format!("point in time {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        Selector::PointInTime(t) => format!(
+            "point in time {}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
     };
     let target = match &args.target_url {
         None => None,
         Some(u) => {
-            let (ep, pw) = crate::config::parse_postgres_url(u).map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
+            let (ep, pw) = crate::config::parse_postgres_url(u)
+                .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
             if pw.is_some() {
                 return Err(Failure::usage(
                     "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
@@ -164,7 +180,12 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, _) = repository.snapshots().await?;
     let matcher = crate::sources::matcher(&args.sources).map_err(Failure::usage)?;
-    let choices = plan::choose(&snapshots, &selector, matcher.as_ref().map(|m| (m, args.sources.as_slice()))).map_err(plan_error)?;
+    let choices = plan::choose(
+        &snapshots,
+        &selector,
+        matcher.as_ref().map(|m| (m, args.sources.as_slice())),
+    )
+    .map_err(plan_error)?;
     crate::restore::check_options(&choices, &options).map_err(Failure::usage)?;
     let identities = if args.dry_run {
         Vec::new()
@@ -179,7 +200,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         redactor: Redactor::new(config.secrets()),
         progress: std::io::stderr().is_terminal() && !globals.json,
     };
-    let items = crate::restore::prepare(&ctx, choices).await.map_err(Failure::failed)?;
+    let items = crate::restore::prepare(&ctx, choices)
+        .await
+        .map_err(Failure::failed)?;
     if !globals.json {
         print_plan(&requested, &items);
     }
@@ -220,5 +243,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             ));
         }
     }
-    Ok(if results.iter().all(|r| r.ok) { Exit::Ok } else { Exit::Failure })
+    Ok(if results.iter().all(|r| r.ok) {
+        Exit::Ok
+    } else {
+        Exit::Failure
+    })
 }

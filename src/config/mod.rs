@@ -783,7 +783,11 @@ pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), S
     for (k, v) in url.query_pairs() {
         match &*k {
             "host" => host = v.into_owned(),
-            "port" => port = v.parse().map_err(|_| format!("port `{v}` is not a number"))?,
+            "port" => {
+                port = v
+                    .parse()
+                    .map_err(|_| format!("port `{v}` is not a number"))?
+            }
             other => {
                 return Err(format!(
                     "unsupported URL parameter `{other}` (only host and port are understood)"

@@ -18,7 +18,11 @@ fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, String> 
         .map(|f| PathBuf::from(&f.path))
         .or_else(|| {
             let name = c.source.trim_start_matches("files/");
-            ctx.config.files.iter().find(|f| f.name == name).map(|f| f.path.clone())
+            ctx.config
+                .files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.path.clone())
         })
         .ok_or_else(|| format!("{}: the manifest records no path: pass --to PATH", c.source))?;
     Ok(match &ctx.options.to {
@@ -40,9 +44,16 @@ pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool),
             path.display()
         ));
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     if !parent.is_dir() {
-        return Err(format!("{}: the directory {} does not exist", c.source, parent.display()));
+        return Err(format!(
+            "{}: the directory {} does not exist",
+            c.source,
+            parent.display()
+        ));
     }
     Ok((Target::File { path }, exists))
 }
@@ -53,8 +64,15 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
         unreachable!("file item")
     };
     let path = path.clone();
-    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let tmp = path.with_file_name(format!(".{name}.kompose-dr-{:08x}.tmp", rand::random::<u32>()));
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let tmp = path.with_file_name(format!(
+        ".{name}.kompose-dr-{:08x}.tmp",
+        rand::random::<u32>()
+    ));
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();
@@ -79,7 +97,8 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
             f.set_modified(m.mtime.into())
                 .map_err(|e| format!("cannot set the mtime of {}: {e}", t.display()))?;
         }
-        f.sync_all().map_err(|e| format!("fsync {}: {e}", t.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("fsync {}: {e}", t.display()))?;
         drop(f);
         let mut bak = None;
         if p.symlink_metadata().is_ok() {
@@ -88,10 +107,12 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
                 p.display(),
                 chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
             ));
-            std::fs::hard_link(&p, &b).map_err(|e| format!("cannot keep {} as {}: {e}", p.display(), b.display()))?;
+            std::fs::hard_link(&p, &b)
+                .map_err(|e| format!("cannot keep {} as {}: {e}", p.display(), b.display()))?;
             bak = Some(b);
         }
-        std::fs::rename(&t, &p).map_err(|e| format!("cannot move the restored file into {}: {e}", p.display()))?;
+        std::fs::rename(&t, &p)
+            .map_err(|e| format!("cannot move the restored file into {}: {e}", p.display()))?;
         if let Some(dir) = p.parent() {
             let _ = crate::storage::local::sync_dir(dir);
         }
@@ -104,7 +125,11 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
         Ok((bytes, bak)) => Ok((
             bytes,
             match bak {
-                Some(b) => format!("restored {}; the previous file is {}", path.display(), b.display()),
+                Some(b) => format!(
+                    "restored {}; the previous file is {}",
+                    path.display(),
+                    b.display()
+                ),
                 None => format!("restored {}", path.display()),
             },
         )),

@@ -130,7 +130,9 @@ pub struct RestoreContext<'a> {
 }
 
 /// Loads the age identities from the configured identity file.
-pub fn load_identities(config: &Config) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
+pub fn load_identities(
+    config: &Config,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
     let path = config
         .encryption
         .as_ref()
@@ -147,20 +149,33 @@ pub fn load_identities(config: &Config) -> Result<Vec<Box<dyn age::Identity + Se
         .into_identities()
         .map_err(|e| format!("the identity file {} is not usable: {e}", path.display()))?;
     if ids.is_empty() {
-        return Err(format!("the identity file {} holds no identity", path.display()));
+        return Err(format!(
+            "the identity file {} holds no identity",
+            path.display()
+        ));
     }
     Ok(ids)
 }
 
 /// Checks that `--as` and `--to` fit the selection.
 pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), String> {
-    let dbs = choices.iter().filter(|c| c.artifact.kind == ArtifactKind::PostgresDump).count();
+    let dbs = choices
+        .iter()
+        .filter(|c| c.artifact.kind == ArtifactKind::PostgresDump)
+        .count();
     if o.as_name.is_some() && dbs != 1 {
-        return Err(format!("--as renames one database, but {dbs} are selected: add --source postgres/NAME"));
+        return Err(format!(
+            "--as renames one database, but {dbs} are selected: add --source postgres/NAME"
+        ));
     }
     let to_targets = choices
         .iter()
-        .filter(|c| matches!(c.artifact.kind, ArtifactKind::File | ArtifactKind::RedisAof | ArtifactKind::RedisRdb))
+        .filter(|c| {
+            matches!(
+                c.artifact.kind,
+                ArtifactKind::File | ArtifactKind::RedisAof | ArtifactKind::RedisRdb
+            )
+        })
         .count();
     if o.to.is_some() && to_targets != 1 {
         return Err(format!(
@@ -171,7 +186,10 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Strin
 }
 
 /// Works out every target and checks it can be written, before anything is.
-pub async fn prepare(ctx: &RestoreContext<'_>, choices: Vec<Choice>) -> Result<Vec<PlanItem>, String> {
+pub async fn prepare(
+    ctx: &RestoreContext<'_>,
+    choices: Vec<Choice>,
+) -> Result<Vec<PlanItem>, String> {
     check_options(&choices, ctx.options)?;
     let mut items = Vec::new();
     for c in choices {
@@ -256,7 +274,10 @@ pub async fn open_stored(
     ctx: &RestoreContext<'_>,
     item: &PlanItem,
     pb: &indicatif::ProgressBar,
-) -> Result<stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>, String> {
+) -> Result<
+    stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>,
+    String,
+> {
     let key = item
         .choice
         .artifact

@@ -48,7 +48,9 @@ pub enum PlanError {
     #[error("no snapshot `{0}`: list them with `kompose-dr snapshots`")]
     NoSuchSnapshot(String),
     /// A source selected explicitly failed in the chosen snapshot.
-    #[error("{name} failed in snapshot {snapshot} ({error}): choose another with --snapshot, or use --point-in-time to take its newest good copy")]
+    #[error(
+        "{name} failed in snapshot {snapshot} ({error}): choose another with --snapshot, or use --point-in-time to take its newest good copy"
+    )]
     FailedInSnapshot {
         /// Source.
         name: String,
@@ -58,7 +60,9 @@ pub enum PlanError {
         error: String,
     },
     /// The point in time is before every good artifact of a source.
-    #[error("{name} has no good backup at or before {requested}; the earliest available is {earliest} (snapshot {snapshot})")]
+    #[error(
+        "{name} has no good backup at or before {requested}; the earliest available is {earliest} (snapshot {snapshot})"
+    )]
     TooEarly {
         /// Source.
         name: String,
@@ -108,7 +112,11 @@ pub fn parse_time_in<Tz: TimeZone>(s: &str, tz: &Tz) -> Result<DateTime<Utc>, St
 
 /// Chooses the artifacts to restore. `snapshots` is newest first;
 /// `sources` filters by name (None: every source).
-pub fn choose(snapshots: &[Manifest], selector: &Selector, sources: Option<(&GlobSet, &[String])>) -> Result<Vec<Choice>, PlanError> {
+pub fn choose(
+    snapshots: &[Manifest],
+    selector: &Selector,
+    sources: Option<(&GlobSet, &[String])>,
+) -> Result<Vec<Choice>, PlanError> {
     if snapshots.is_empty() {
         return Err(PlanError::Empty);
     }
@@ -157,9 +165,16 @@ pub fn choose(snapshots: &[Manifest], selector: &Selector, sources: Option<(&Glo
                 let mut skipped = Vec::new();
                 let mut chosen = None;
                 let mut earliest: Option<(&Manifest, &Artifact)> = None;
-                for m in snapshots {
-                    let Some(a) = m.artifacts.iter().find(|a| a.source == name) else { continue };
-                    let at = a.captured_at.unwrap_or(m.started_at);
+                // This source's artifacts, newest capture first.
+                let mut history: Vec<(&Manifest, &Artifact, DateTime<Utc>)> = snapshots
+                    .iter()
+                    .filter_map(|m| {
+                        let a = m.artifacts.iter().find(|a| a.source == name)?;
+                        Some((m, a, a.captured_at.unwrap_or(m.started_at)))
+                    })
+                    .collect();
+                history.sort_by_key(|x| std::cmp::Reverse(x.2));
+                for (m, a, at) in history {
                     if a.is_ok() {
                         earliest = Some((m, a));
                     }
@@ -193,14 +208,23 @@ pub fn choose(snapshots: &[Manifest], selector: &Selector, sources: Option<(&Glo
                             },
                             None if explicit => PlanError::NeverGood(name.to_owned()),
                             None => {
-                                tracing::warn!(source = name, "skipping a source that has no good backup");
+                                tracing::warn!(
+                                    source = name,
+                                    "skipping a source that has no good backup"
+                                );
                                 continue;
                             }
                         });
                     }
                 }
             }
-            check_patterns(&out, sources, snapshots.iter().flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str())))?;
+            check_patterns(
+                &out,
+                sources,
+                snapshots
+                    .iter()
+                    .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str())),
+            )?;
         }
     }
     // Roles first, then databases, Redis, files.
@@ -222,12 +246,16 @@ fn check_patterns<'a>(
     sources: Option<(&GlobSet, &[String])>,
     available: impl Iterator<Item = &'a str>,
 ) -> Result<(), PlanError> {
-    let Some((_, patterns)) = sources else { return Ok(()) };
+    let Some((_, patterns)) = sources else {
+        return Ok(());
+    };
     let mut avail: Vec<&str> = available.collect();
     avail.sort();
     avail.dedup();
     for p in patterns {
-        let single = crate::sources::matcher(std::slice::from_ref(p)).ok().flatten();
+        let single = crate::sources::matcher(std::slice::from_ref(p))
+            .ok()
+            .flatten();
         let hit = single.is_some_and(|s| chosen.iter().any(|c| s.is_match(&c.source)));
         if !hit {
             return Err(PlanError::NoMatch(p.clone(), avail.join(", ")));

@@ -16,7 +16,9 @@ use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
 use crate::config::PostgresConfig;
 use crate::process::{describe_status, stderr_tail};
 use crate::restore::plan::Choice;
-use crate::sources::postgres::{DumpTool, choose_client, command, connect, db_error, parse_tool_major, quote_ident};
+use crate::sources::postgres::{
+    DumpTool, choose_client, command, connect, db_error, parse_tool_major, quote_ident,
+};
 
 fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, String> {
     let mut cfg = ctx.config.postgres.clone().ok_or_else(|| {
@@ -45,7 +47,11 @@ fn database_name(ctx: &RestoreContext<'_>, c: &Choice) -> String {
 }
 
 fn archive_major(c: &Choice) -> u32 {
-    c.artifact.tool_version.as_deref().and_then(parse_tool_major).unwrap_or(0)
+    c.artifact
+        .tool_version
+        .as_deref()
+        .and_then(parse_tool_major)
+        .unwrap_or(0)
 }
 
 async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, String> {
@@ -56,7 +62,10 @@ async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, Stri
         major,
         &format!(
             "the archive's format ({} wrote it)",
-            c.artifact.tool_version.as_deref().unwrap_or("an unknown pg_dump")
+            c.artifact
+                .tool_version
+                .as_deref()
+                .unwrap_or("an unknown pg_dump")
         ),
     )
     .await
@@ -99,7 +108,9 @@ pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, 
     let cfg = target_config(ctx)?;
     let name = database_name(ctx, c);
     if name.is_empty() || name.len() > 63 {
-        return Err(format!("`{name}` is not a usable database name (1 to 63 bytes)"));
+        return Err(format!(
+            "`{name}` is not a usable database name (1 to 63 bytes)"
+        ));
     }
     let target = Target::Database {
         name: name.clone(),
@@ -121,7 +132,10 @@ pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, 
 }
 
 /// Restores roles and tablespaces; roles that exist already are not an error.
-pub async fn restore_globals(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
+pub async fn restore_globals(
+    ctx: &RestoreContext<'_>,
+    item: &PlanItem,
+) -> Result<(u64, String), String> {
     let cfg = target_config(ctx)?;
     let tool = choose_client(&cfg, "psql", 0, "any").await?;
     let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
@@ -136,7 +150,11 @@ pub async fn restore_globals(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resul
             "applying the roles to {} failed ({}): {}; roles applied before the error remain",
             server(&cfg),
             describe_status(status),
-            if errors.is_empty() { stderr.trim().to_owned() } else { errors.join("; ") }
+            if errors.is_empty() {
+                stderr.trim().to_owned()
+            } else {
+                errors.join("; ")
+            }
         ));
     }
     Ok((bytes, format!("roles applied to {}", server(&cfg))))
@@ -150,24 +168,38 @@ async fn pipe_into(
     mut cmd: tokio::process::Command,
     program: &str,
 ) -> Result<(u64, String, std::process::ExitStatus), String> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {program}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
     let stdin = child.stdin.take().expect("stdin is piped");
-    let stdin = std::fs::File::from(stdin.into_owned_fd().map_err(|e| format!("{program} stdin: {e}"))?);
+    let stdin = std::fs::File::from(
+        stdin
+            .into_owned_fd()
+            .map_err(|e| format!("{program} stdin: {e}"))?,
+    );
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
     let ids = ctx.identities.clone();
     let copy = tokio::task::spawn_blocking(move || {
         let mut stdin = stdin;
         copy_archive(stored, &ids, &mut stdin)
     });
-    let copied = copy.await.map_err(|e| format!("restore thread failed: {e}"))?;
+    let copied = copy
+        .await
+        .map_err(|e| format!("restore thread failed: {e}"))?;
     if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
         // Do not let the program finish on a truncated input.
         let _ = child.start_kill();
     }
-    let status = child.wait().await.map_err(|e| format!("cannot wait for {program}: {e}"))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("cannot wait for {program}: {e}"))?;
     let stderr = stderr.await.unwrap_or_default();
     pb.finish_and_clear();
     match copied {
@@ -179,7 +211,10 @@ async fn pipe_into(
 }
 
 /// Restores one database (see the module documentation for the steps).
-pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
+pub async fn restore_database(
+    ctx: &RestoreContext<'_>,
+    item: &PlanItem,
+) -> Result<(u64, String), String> {
     let cfg = target_config(ctx)?;
     let Target::Database { name, .. } = &item.target else {
         unreachable!("database item")
@@ -188,12 +223,25 @@ pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resu
     let admin = connect(&cfg, &cfg.endpoint.maintenance_db).await?;
     let scratch = format!("kdr_restore_{:08x}", rand::random::<u32>());
     admin
-        .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&scratch)))
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(&scratch)
+        ))
         .await
-        .map_err(|e| db_error(&format!("cannot create the scratch database {scratch}; database {name} is unchanged"), e))?;
+        .map_err(|e| {
+            db_error(
+                &format!(
+                    "cannot create the scratch database {scratch}; database {name} is unchanged"
+                ),
+                e,
+            )
+        })?;
     let drop_scratch = || async {
         if let Err(e) = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch)))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&scratch)
+            ))
             .await
         {
             tracing::warn!(database = %scratch, error = %db_error("drop", e), "could not drop the scratch database: drop it by hand");
@@ -211,14 +259,28 @@ pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resu
 
     // Put it in place.
     let exists = admin
-        .query_opt("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &[name])
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[name],
+        )
         .await
         .map_err(|e| db_error("cannot list databases", e))?;
     let Some(row) = exists else {
         admin
-            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch), quote_ident(name)))
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&scratch),
+                quote_ident(name)
+            ))
             .await
-            .map_err(|e| db_error(&format!("restored into {scratch}, but cannot rename it to {name}: rename it by hand"), e))?;
+            .map_err(|e| {
+                db_error(
+                    &format!(
+                        "restored into {scratch}, but cannot rename it to {name}: rename it by hand"
+                    ),
+                    e,
+                )
+            })?;
         return Ok((bytes, format!("restored into new database {name}")));
     };
     let owner: String = row.get(0);
@@ -239,7 +301,11 @@ pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resu
             .map_err(|e| db_error("cannot terminate sessions", e))?
             .get::<_, i64>(0);
         match admin
-            .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(name), quote_ident(&old)))
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(name),
+                quote_ident(&old)
+            ))
             .await
         {
             Ok(()) => {
@@ -254,13 +320,22 @@ pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resu
     }
     if let Err(e) = renamed {
         let _ = admin
-            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(name)))
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                quote_ident(name)
+            ))
             .await;
         drop_scratch().await;
-        return Err(format!("cannot move database {name} aside ({e}); it is unchanged"));
+        return Err(format!(
+            "cannot move database {name} aside ({e}); it is unchanged"
+        ));
     }
     if let Err(e) = admin
-        .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch), quote_ident(name)))
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            quote_ident(&scratch),
+            quote_ident(name)
+        ))
         .await
     {
         return Err(format!(
@@ -284,7 +359,9 @@ pub async fn restore_database(ctx: &RestoreContext<'_>, item: &PlanItem) -> Resu
     }
     Ok((
         bytes,
-        format!("replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"),
+        format!(
+            "replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"
+        ),
     ))
 }
 
@@ -326,9 +403,20 @@ async fn run_pg_restore(
             .map_err(|e| format!("restore thread failed: {e}"))??;
             pb.finish_and_clear();
             cmd.arg(format!("--jobs={jobs}")).arg(&path);
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
-            let out = cmd.output().await.map_err(|e| format!("cannot start pg_restore: {e}"))?;
-            (bytes, ctx.redactor.scrub(String::from_utf8_lossy(&out.stderr).trim()), out.status)
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let out = cmd
+                .output()
+                .await
+                .map_err(|e| format!("cannot start pg_restore: {e}"))?;
+            (
+                bytes,
+                ctx.redactor
+                    .scrub(String::from_utf8_lossy(&out.stderr).trim()),
+                out.status,
+            )
         }
     };
     if !status.success() {

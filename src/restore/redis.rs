@@ -60,9 +60,12 @@ pub async fn preflight(ctx: &RestoreContext<'_>, _c: &Choice) -> Result<(Target,
         && (ctx.options.to.is_none() || is_configured_dir)
     {
         let addr = format!("{}:{}", redis.host, redis.port);
-        let answering = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let answering = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         if answering {
             return Err(format!(
                 "Redis is running at {addr}: it would overwrite the restored files when it shuts down. \
@@ -92,11 +95,13 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
     };
     let dir = dir.clone();
     if !dir.exists() {
-        crate::storage::local::create_dir_private(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::storage::local::create_dir_private(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let staging = dir.join(format!(".kompose-dr-restore-{:08x}", rand::random::<u32>()));
-    std::fs::create_dir(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    std::fs::create_dir(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();
@@ -117,9 +122,16 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
         });
         let copied = copy_archive(stored, &ids, &mut writer);
         drop(writer);
-        let unpack = unpacker.join().map_err(|_| "tar unpacker panicked".to_owned())?;
+        let unpack = unpacker
+            .join()
+            .map_err(|_| "tar unpacker panicked".to_owned())?;
         let bytes = copied.map_err(|e| e.to_string())?;
-        unpack.map_err(|e| format!("cannot unpack the Redis archive: {e}"))?;
+        unpack.map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            format!("cannot unpack the Redis archive: {e}{cause}")
+        })?;
         Ok(bytes)
     })
     .await
@@ -137,15 +149,22 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
         _ => "dump.rdb",
     };
     let restored = entries(&staging);
-    if !restored.iter().any(|p| p.file_name().is_some_and(|n| n == expected)) {
+    if !restored
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n == expected))
+    {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!("the archive holds no {expected}; {} is unchanged", dir.display()));
+        return Err(format!(
+            "the archive holds no {expected}; {} is unchanged",
+            dir.display()
+        ));
     }
     let existing = entries(&dir);
     let mut kept = None;
     if !existing.is_empty() {
         let aside = dir.join(format!(".kompose-dr-replaced-{stamp}"));
-        std::fs::create_dir(&aside).map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
+        std::fs::create_dir(&aside)
+            .map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
         for p in existing {
             let to = aside.join(p.file_name().expect("entries have names"));
             std::fs::rename(&p, &to).map_err(|e| {
@@ -161,7 +180,8 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
     }
     for p in restored {
         let to = dir.join(p.file_name().expect("entries have names"));
-        std::fs::rename(&p, &to).map_err(|e| format!("cannot move {} into place: {e}", p.display()))?;
+        std::fs::rename(&p, &to)
+            .map_err(|e| format!("cannot move {} into place: {e}", p.display()))?;
     }
     let _ = std::fs::remove_dir(&staging);
     let _ = crate::storage::local::sync_dir(&dir);
@@ -173,7 +193,11 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
     Ok((
         bytes,
         match kept {
-            Some(k) => format!("restored {expected} into {}; the previous files are in {}; {mode}", dir.display(), k.display()),
+            Some(k) => format!(
+                "restored {expected} into {}; the previous files are in {}; {mode}",
+                dir.display(),
+                k.display()
+            ),
             None => format!("restored {expected} into {}; {mode}", dir.display()),
         },
     ))

@@ -44,7 +44,11 @@ impl<R: Read> VerifyingReader<R> {
 
 /// `postgres/x (data/…/x.dump.zst.age)`, for messages.
 pub fn label(a: &Artifact) -> String {
-    format!("{} ({})", a.source, a.path.as_deref().unwrap_or("no archive"))
+    format!(
+        "{} ({})",
+        a.source,
+        a.path.as_deref().unwrap_or("no archive")
+    )
 }
 
 impl<R: Read> Read for VerifyingReader<R> {
@@ -69,7 +73,10 @@ impl<R: Read> Read for VerifyingReader<R> {
             if self.expected_sha.as_deref() != Some(got.as_str()) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: sha256 {got} differs from the manifest's: the archive is damaged", self.label),
+                    format!(
+                        "{}: sha256 {got} differs from the manifest's: the archive is damaged",
+                        self.label
+                    ),
                 ));
             }
         }
@@ -81,7 +88,9 @@ impl<R: Read> Read for VerifyingReader<R> {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The identity does not fit.
-    #[error("{0}: the identity cannot decrypt it (is encryption.identity_file the key whose public key is in kompose-dr.json?)")]
+    #[error(
+        "{0}: the identity cannot decrypt it (is encryption.identity_file the key whose public key is in kompose-dr.json?)"
+    )]
     WrongKey(String),
     /// age, zstd or the sha256 check failed.
     #[error("{0}: the archive is damaged or truncated: {1}")]
@@ -119,7 +128,8 @@ pub fn copy_archive<R: Read, W: Write>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(damaged(&e)),
         };
-        out.write_all(&buf[..n]).map_err(|e| ReadError::Output(label.clone(), e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| ReadError::Output(label.clone(), e))?;
         written += n as u64;
     }
     // Nothing may follow the zstd frame; then read the stored bytes to the
@@ -127,10 +137,13 @@ pub fn copy_archive<R: Read, W: Write>(
     let mut rest = z.finish();
     let trailing = io::copy(&mut rest, &mut io::sink()).map_err(|e| damaged(&e))?;
     if trailing != 0 {
-        return Err(damaged(&format!("{trailing} bytes follow the end of the compressed data")));
+        return Err(damaged(&format!(
+            "{trailing} bytes follow the end of the compressed data"
+        )));
     }
     drop(rest);
     io::copy(&mut stored, &mut io::sink()).map_err(|e| damaged(&e))?;
-    out.flush().map_err(|e| ReadError::Output(label.clone(), e))?;
+    out.flush()
+        .map_err(|e| ReadError::Output(label.clone(), e))?;
     Ok(written)
 }

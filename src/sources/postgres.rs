@@ -146,14 +146,25 @@ pub fn parse_tool_major(version: &str) -> Option<u32> {
 
 /// Chooses how to run pg_dump for a server of this version.
 pub async fn choose_tool(cfg: &PostgresConfig, server: &ServerVersion) -> Result<DumpTool, String> {
-    choose_client(cfg, "pg_dump", server.major, &format!("the server (PostgreSQL {})", server.text)).await
+    choose_client(
+        cfg,
+        "pg_dump",
+        server.major,
+        &format!("the server (PostgreSQL {})", server.text),
+    )
+    .await
 }
 
 /// Chooses how to run a PostgreSQL client `program` of major version
 /// `min_major` or newer: inside `docker_container`, or the first suitable
 /// local binary from `bin_dir`, `PATH`, `/usr/lib/postgresql/*/bin` (newest
 /// first). `what` names the reason for `min_major` in the error.
-pub async fn choose_client(cfg: &PostgresConfig, program: &str, min_major: u32, what: &str) -> Result<DumpTool, String> {
+pub async fn choose_client(
+    cfg: &PostgresConfig,
+    program: &str,
+    min_major: u32,
+    what: &str,
+) -> Result<DumpTool, String> {
     if let Some(container) = &cfg.docker_container {
         let version = first_line("docker", ["exec", container.as_str(), program, "--version"])
             .await
@@ -196,7 +207,10 @@ pub async fn choose_client(cfg: &PostgresConfig, program: &str, min_major: u32, 
             continue;
         };
         if parse_tool_major(&version).is_some_and(|m| m >= min_major) {
-            return Ok(DumpTool::Local { bin_dir: dir, version });
+            return Ok(DumpTool::Local {
+                bin_dir: dir,
+                version,
+            });
         }
         seen.push((exe, version));
     }
@@ -209,13 +223,20 @@ pub async fn choose_client(cfg: &PostgresConfig, program: &str, min_major: u32, 
             "{} ({version}) is older than {what}: {program} must be of major version {min_major} or newer; {fix}",
             exe.display(),
         ),
-        None => format!("no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"),
+        None => format!(
+            "no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"
+        ),
     })
 }
 
 /// A command running `program` (pg_dump or pg_dumpall) the chosen way,
 /// with connection settings and password in its environment.
-pub(crate) fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &str) -> Command {
+pub(crate) fn command(
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    program: &str,
+    database: &str,
+) -> Command {
     const ENV: [&str; 4] = ["PGUSER", "PGDATABASE", "PGAPPNAME", "PGPASSWORD"];
     let mut cmd = match tool {
         DumpTool::Local { bin_dir, .. } => {

@@ -352,11 +352,12 @@ fn write_tar(
             if let Some((dir, _)) = f.name.rsplit_once('/')
                 && !dirs_done.iter().any(|d| d == dir)
             {
+                // The directory belongs to whoever owns its files (Redis).
                 let mut h = tar::Header::new_gnu();
+                h.set_metadata(&f.meta);
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
-                h.set_mtime(Utc::now().timestamp() as u64);
                 builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
                 dirs_done.push(dir.to_owned());
             }

@@ -1,0 +1,448 @@
+//! `kompose-dr restore` against real servers: selection, safety, integrity.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Pg, Redis, Workspace, text};
+
+fn backup(ws: &Workspace, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json", "backup"];
+    args.extend_from_slice(extra);
+    let out = ws.run(&args);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        text(&out).1
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn captured(ws: &Workspace, snapshot: &str, source: &str) -> String {
+    let m = ws
+        .manifests()
+        .into_iter()
+        .find(|m| m["id"] == snapshot)
+        .unwrap();
+    Workspace::artifact(&m, source)["captured_at"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn point_in_time_chooses_per_source_among_three_snapshots() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+    let redis = Redis::start(false, None);
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "{}{}",
+        Workspace::pg_section(&pg, &["app"]),
+        Workspace::redis_section(&redis)
+    ));
+    ws.init();
+
+    redis.cli(&["SET", "k1", "v"]);
+    let s1 = backup(&ws, &[])["snapshot"].as_str().unwrap().to_owned();
+    pg.psql("app", "INSERT INTO t VALUES (2)");
+    redis.cli(&["SET", "k2", "v"]);
+    let s2 = backup(&ws, &[])["snapshot"].as_str().unwrap().to_owned();
+    pg.psql("app", "INSERT INTO t VALUES (3)");
+    // The third snapshot has only the database.
+    let s3 = backup(&ws, &["--source", "postgres/app"])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Just after the second capture: the database of s2.
+    let t2 = captured(&ws, &s2, "postgres/app");
+    let out = ws.run(&[
+        "restore",
+        "--point-in-time",
+        &t2,
+        "--source",
+        "postgres/app",
+        "--as",
+        "app_t2",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(pg.psql("app_t2", "SELECT count(*) FROM t"), "2");
+
+    // At the third: the database of s3, Redis still of s2 (independently).
+    let t3 = captured(&ws, &s3, "postgres/app");
+    let empty = tempfile::tempdir().unwrap();
+    let to = empty.path().display().to_string();
+    let out = ws.run(&[
+        "--json",
+        "restore",
+        "--point-in-time",
+        &t3,
+        "--replace",
+        "--to",
+        &to,
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pick = |src: &str| {
+        plan["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["source"] == src)
+            .unwrap()["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(pick("postgres/app"), s3);
+    assert_eq!(pick("redis"), s2);
+    assert_eq!(pick("postgres/globals"), s2);
+    assert_eq!(plan["dry_run"], true);
+
+    // Before everything: an error naming the earliest time.
+    let t1 = captured(&ws, &s1, "postgres/app");
+    let out = ws.run(&[
+        "restore",
+        "--point-in-time",
+        "2020-01-01T00:00:00Z",
+        "--source",
+        "postgres/app",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out).1;
+    assert!(
+        err.contains("earliest available") && err.contains(&t1[..19]),
+        "{err}"
+    );
+    assert!(err.contains(&s1), "{err}");
+}
+
+#[test]
+fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    let ws = Workspace::new();
+    ws.configure(&Workspace::pg_section(&pg, &["app"]));
+    ws.init();
+    backup(&ws, &[]);
+    pg.psql("app", "DELETE FROM t WHERE n > 10");
+
+    // Refused: nothing changes.
+    let out = ws.run(&["restore", "--source", "postgres/app", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("exists and is not empty"),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
+
+    // --dry-run changes nothing either, even with --replace.
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "postgres/app",
+        "--replace",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(text(&out).0.contains("REPLACES"));
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
+
+    // No terminal and no --yes: refused.
+    let out = ws.run(&["restore", "--source", "postgres/app", "--replace"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--yes"));
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
+
+    // --replace while a client holds a session open.
+    let mut client = pg
+        .client("psql")
+        .args(["-X", "-d", "app", "-c", "SELECT pg_sleep(60)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ws.run(&["restore", "--source", "postgres/app", "--replace", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(
+        text(&out).0.contains("replaced database app"),
+        "{}",
+        text(&out).0
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "1000");
+    assert!(
+        !client.wait().unwrap().success(),
+        "the connected session was terminated"
+    );
+    // No scratch databases are left.
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'kdr\\_%'"
+        ),
+        "0"
+    );
+
+    // --jobs stages the dump and restores in parallel.
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "postgres/app",
+        "--as",
+        "app_jobs",
+        "--jobs",
+        "2",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(pg.psql("app_jobs", "SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn a_declined_confirmation_changes_nothing() {
+    let ws = Workspace::new();
+    let file = ws.dir.path().join("acme.json");
+    std::fs::write(&file, "{}").unwrap();
+    ws.configure(&format!(
+        "[[files]]\nname = \"acme\"\npath = \"{}\"\n",
+        file.display()
+    ));
+    ws.init();
+    backup(&ws, &[]);
+    let target = ws.dir.path().join("restored.json");
+    // `script` gives the command a terminal; we answer "no".
+    let cmd = format!(
+        "{} --config {} restore --to {}",
+        env!("CARGO_BIN_EXE_kompose-dr"),
+        ws.config.display(),
+        target.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"no\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = format!("{}{}", text(&out).0, text(&out).1);
+    assert!(all.contains("Type 'yes'"), "{all}");
+    assert!(all.contains("declined"), "{all}");
+    assert!(!target.exists());
+}
+
+#[test]
+fn damaged_archives_and_wrong_keys_replace_nothing() {
+    let ws = Workspace::new();
+    let file = ws.dir.path().join("acme.json");
+    std::fs::write(&file, "{\"resolver\": {}}".repeat(1000)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ws.configure(&format!(
+        "[[files]]\nname = \"acme\"\npath = \"{}\"\n",
+        file.display()
+    ));
+    ws.init();
+    backup(&ws, &[]);
+    let m = &ws.manifests()[0];
+    let archive = ws.archive(Workspace::artifact(m, "files/acme"));
+    let good = std::fs::read(&archive).unwrap();
+    let original = std::fs::read(&file).unwrap();
+
+    // A flipped byte.
+    let mut bad = good.clone();
+    let i = bad.len() / 2;
+    bad[i] ^= 0x40;
+    std::fs::write(&archive, &bad).unwrap();
+    std::fs::write(&file, "current").unwrap();
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("files/acme") && err.contains("damaged"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "current",
+        "nothing replaced"
+    );
+    assert_eq!(
+        std::fs::read_dir(ws.dir.path())
+            .unwrap()
+            .filter(|e| {
+                let n = e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                n.ends_with(".tmp") || n.ends_with(".bak")
+            })
+            .count(),
+        0,
+        "no temporary or backup files left"
+    );
+
+    // A truncated archive.
+    std::fs::write(&archive, &good[..good.len() - 100]).unwrap();
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("files/acme"), "{}", text(&out).1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "current");
+
+    // The wrong identity.
+    std::fs::write(&archive, &good).unwrap();
+    let other = ws.dir.path().join("other.txt");
+    support::run_ok(Command::new("age-keygen").arg("-o").arg(&other));
+    let cfg = std::fs::read_to_string(&ws.config).unwrap().replace(
+        &ws.identity.display().to_string(),
+        &other.display().to_string(),
+    );
+    std::fs::write(&ws.config, cfg).unwrap();
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("files/acme") && err.contains("cannot decrypt"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "current");
+
+    // The right one, with --replace: restored with its mode and mtime, the
+    // replaced file kept as .bak.
+    let cfg = std::fs::read_to_string(&ws.config).unwrap().replace(
+        &other.display().to_string(),
+        &ws.identity.display().to_string(),
+    );
+    std::fs::write(&ws.config, cfg).unwrap();
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(std::fs::read(&file).unwrap(), original);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        meta.mtime().to_string(),
+        chrono::DateTime::parse_from_rfc3339(
+            Workspace::artifact(m, "files/acme")["file"]["mtime"]
+                .as_str()
+                .unwrap()
+        )
+        .unwrap()
+        .timestamp()
+        .to_string()
+    );
+    let baks: Vec<_> = std::fs::read_dir(ws.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bak"))
+        .collect();
+    assert_eq!(baks.len(), 1);
+    assert_eq!(std::fs::read_to_string(baks[0].path()).unwrap(), "current");
+}
+
+fn redis_round_trip(aof: bool) {
+    let redis = Redis::start(aof, None);
+    redis.fill(500);
+    let ws = Workspace::new();
+    let data_dir = redis.dir.path().to_path_buf();
+    ws.configure(&format!(
+        "[redis]\nurl = \"redis://127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
+        redis.port,
+        data_dir.display()
+    ));
+    ws.init();
+    backup(&ws, &[]);
+
+    // Refused while Redis runs on its data directory, with what to do.
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out).1;
+    assert!(
+        err.contains("is running") && err.contains("docker stop"),
+        "{err}"
+    );
+
+    // Into an empty directory, then loaded by redis-server.
+    let target = tempfile::Builder::new()
+        .prefix("kdr-redis-restore-")
+        .tempdir()
+        .unwrap();
+    let out = ws.run(&[
+        "restore",
+        "--to",
+        &target.path().display().to_string(),
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let copy = Redis::start_in(target, aof, None);
+    assert_eq!(copy.dbsize(), 500);
+    // A non-empty directory is refused without --replace.
+    let out = ws.run(&[
+        "restore",
+        "--to",
+        &copy.dir.path().display().to_string(),
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("is not empty"));
+}
+
+#[test]
+fn redis_aof_restore_loads() {
+    redis_round_trip(true);
+}
+
+#[test]
+fn redis_rdb_restore_loads() {
+    redis_round_trip(false);
+}
+
+#[test]
+fn good_sources_of_a_partial_snapshot_restore() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t AS SELECT generate_series(1, 5) n");
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "{}[[files]]\nname = \"gone\"\npath = \"/nonexistent/file\"\n",
+        Workspace::pg_section(&pg, &["app"])
+    ));
+    ws.init();
+    let r = backup(&ws, &[]);
+    assert_eq!(r["status"], "partial");
+    let id = r["snapshot"].as_str().unwrap().to_owned();
+    pg.psql("postgres", "DROP DATABASE app");
+    let out = ws.run(&["restore", "--snapshot", &id, "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "5");
+    // Asking for the failed one by name says why it cannot be had.
+    let out = ws.run(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--source",
+        "files/gone",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("failed in snapshot"),
+        "{}",
+        text(&out).1
+    );
+}

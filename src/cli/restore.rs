@@ -97,13 +97,18 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
                 .map(distance)
                 .unwrap_or_else(|| "-".into()),
             bytes(c.artifact.plaintext_bytes),
-            i.target,
+            i.target
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string),
             if i.replaces {
                 "  (REPLACES existing data)"
             } else {
                 ""
             }
         ));
+        if let Some(why) = &i.refused {
+            output::line(format!("  {:<22} REFUSED: {why}", ""));
+        }
         if !c.skipped_failed.is_empty() {
             output::line(format!(
                 "  {:<22} newer backup(s) failed and were skipped: {}",
@@ -206,7 +211,21 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     if !globals.json {
         print_plan(&requested, &items);
     }
+    let refused: Vec<String> = items
+        .iter()
+        .filter_map(|i| {
+            i.refused
+                .as_ref()
+                .map(|w| format!("{}: {w}", i.choice.source))
+        })
+        .collect();
     if args.dry_run {
+        if !refused.is_empty() {
+            tracing::warn!(
+                "dry run: {} item(s) would be refused as asked",
+                refused.len()
+            );
+        }
         if globals.json {
             output::json(&Report {
                 repository: ctx.repository.name(),
@@ -219,6 +238,12 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             output::line("dry run: nothing was changed");
         }
         return Ok(Exit::Ok);
+    }
+    if !refused.is_empty() {
+        return Err(Failure::failed(format!(
+            "nothing was changed: {}",
+            refused.join("; ")
+        )));
     }
     if !args.yes {
         confirm(items.len())?;

@@ -60,7 +60,7 @@ pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool),
 
 /// Restores one file.
 pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
-    let Target::File { path } = &item.target else {
+    let Target::File { path } = item.target() else {
         unreachable!("file item")
     };
     let path = path.clone();

@@ -90,10 +90,21 @@ pub struct PlanItem {
     /// What is restored from where.
     #[serde(flatten)]
     pub choice: Choice,
-    /// Where it goes.
-    pub target: Target,
+    /// Where it goes (unknown only when refused before it was worked out).
+    pub target: Option<Target>,
     /// Whether existing data will be replaced.
     pub replaces: bool,
+    /// Why this item cannot be restored as asked (nothing is restored then).
+    pub refused: Option<String>,
+}
+
+impl PlanItem {
+    /// The target, which every item that is not refused has.
+    pub fn target(&self) -> &Target {
+        self.target
+            .as_ref()
+            .expect("only refused items lack a target")
+    }
 }
 
 /// The outcome of one item.
@@ -193,16 +204,25 @@ pub async fn prepare(
     check_options(&choices, ctx.options)?;
     let mut items = Vec::new();
     for c in choices {
-        let (target, replaces) = match c.artifact.kind {
-            ArtifactKind::PostgresGlobals => (postgres::globals_target(ctx)?, false),
-            ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await?,
-            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await?,
-            ArtifactKind::File => files::preflight(ctx, &c)?,
+        let checked = match c.artifact.kind {
+            ArtifactKind::PostgresGlobals => postgres::globals_target(ctx).map(|t| (t, false)),
+            ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
+            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
+            ArtifactKind::File => files::preflight(ctx, &c),
         };
-        items.push(PlanItem {
-            choice: c,
-            target,
-            replaces,
+        items.push(match checked {
+            Ok((target, replaces)) => PlanItem {
+                choice: c,
+                target: Some(target),
+                replaces,
+                refused: None,
+            },
+            Err(why) => PlanItem {
+                choice: c,
+                target: None,
+                replaces: false,
+                refused: Some(ctx.redactor.scrub(&why)),
+            },
         });
     }
     Ok(items)
@@ -213,7 +233,7 @@ pub async fn execute(ctx: &RestoreContext<'_>, items: &[PlanItem]) -> Vec<ItemRe
     let mut results = Vec::new();
     for item in items {
         let start = Instant::now();
-        tracing::info!(source = %item.choice.source, snapshot = %item.choice.snapshot, target = %item.target, "restoring");
+        tracing::info!(source = %item.choice.source, snapshot = %item.choice.snapshot, target = %item.target(), "restoring");
         let outcome = match item.choice.artifact.kind {
             ArtifactKind::PostgresGlobals => postgres::restore_globals(ctx, item).await,
             ArtifactKind::PostgresDump => postgres::restore_database(ctx, item).await,
@@ -226,7 +246,7 @@ pub async fn execute(ctx: &RestoreContext<'_>, items: &[PlanItem]) -> Vec<ItemRe
                 tracing::info!(source = %item.choice.source, bytes, seconds = format_args!("{seconds:.1}"), "{message}");
                 ItemResult {
                     source: item.choice.source.clone(),
-                    target: item.target.clone(),
+                    target: item.target().clone(),
                     ok: true,
                     bytes,
                     seconds,
@@ -238,7 +258,7 @@ pub async fn execute(ctx: &RestoreContext<'_>, items: &[PlanItem]) -> Vec<ItemRe
                 tracing::error!(source = %item.choice.source, "{message}");
                 ItemResult {
                     source: item.choice.source.clone(),
-                    target: item.target.clone(),
+                    target: item.target().clone(),
                     ok: false,
                     bytes: 0,
                     seconds,

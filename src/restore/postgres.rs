@@ -216,7 +216,7 @@ pub async fn restore_database(
     item: &PlanItem,
 ) -> Result<(u64, String), String> {
     let cfg = target_config(ctx)?;
-    let Target::Database { name, .. } = &item.target else {
+    let Target::Database { name, .. } = item.target() else {
         unreachable!("database item")
     };
     let tool = restore_tool(&cfg, &item.choice).await?;

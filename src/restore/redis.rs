@@ -90,7 +90,7 @@ pub async fn preflight(ctx: &RestoreContext<'_>, _c: &Choice) -> Result<(Target,
 
 /// Restores the Redis files.
 pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
-    let Target::RedisDir { path: dir } = &item.target else {
+    let Target::RedisDir { path: dir } = item.target() else {
         unreachable!("redis item")
     };
     let dir = dir.clone();

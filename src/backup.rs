@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseSelection};
+use crate::config::{Config, DatabaseSelection, PostgresConfig};
 use crate::error::{Exit, Failure};
 use crate::facts::Facts;
 use crate::manifest::{
@@ -354,6 +354,99 @@ fn artifact_for(r: &SourceRun, i: usize) -> Artifact {
     }
 }
 
+/// A job that only reports a source as failed.
+fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
+    let kind = if name == "postgres/globals" {
+        ArtifactKind::PostgresGlobals
+    } else {
+        ArtifactKind::PostgresDump
+    };
+    let run = SourceRun::failed(name, kind, error);
+    Box::pin(async move { run })
+}
+
+/// The PostgreSQL jobs: connects once to learn the server version and, for
+/// `["*"]`, the databases. Returns the selected source names, the jobs, and
+/// whether the names could not be discovered.
+async fn plan_postgres<'a>(
+    pg: &'a PostgresConfig,
+    ctx: &'a SourceContext,
+    wanted: &dyn Fn(&str) -> bool,
+) -> (Vec<String>, Vec<Job<'a>>, bool) {
+    let setup = async {
+        let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;
+        let server = postgres::server_version(&client).await?;
+        let dbs = match &pg.databases {
+            DatabaseSelection::All => postgres::discover(&client).await?,
+            DatabaseSelection::List(l) => l.clone(),
+        };
+        Ok::<_, String>((server, dbs))
+    }
+    .await;
+    let (server, dbs) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            // Without a connection every selected database fails with the
+            // same error; unknown names (["*"]) fail as one `postgres` entry.
+            let e = ctx.redactor.scrub(&e);
+            let (names, unknown): (Vec<String>, bool) = match &pg.databases {
+                DatabaseSelection::List(l) => (
+                    pg.globals
+                        .then(|| "postgres/globals".to_owned())
+                        .into_iter()
+                        .chain(l.iter().map(|d| format!("postgres/{d}")))
+                        .filter(|n| wanted(n))
+                        .collect(),
+                    false,
+                ),
+                DatabaseSelection::All => (vec!["postgres".into()], true),
+            };
+            let jobs = names.iter().map(|n| failed_job(n.clone(), &e)).collect();
+            return (names, jobs, unknown);
+        }
+    };
+    let names: Vec<String> = (pg.globals && wanted("postgres/globals"))
+        .then(|| "postgres/globals".to_owned())
+        .into_iter()
+        .chain(
+            dbs.iter()
+                .map(|db| format!("postgres/{db}"))
+                .filter(|n| wanted(n)),
+        )
+        .collect();
+    if names.is_empty() {
+        return (names, Vec::new(), false);
+    }
+    let tool = match postgres::choose_tool(pg, &server).await {
+        Ok(tool) => tool,
+        Err(e) => {
+            let jobs = names.iter().map(|n| failed_job(n.clone(), &e)).collect();
+            return (names, jobs, false);
+        }
+    };
+    tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
+    let jobs = names
+        .iter()
+        .map(|name| {
+            let (tool, server) = (tool.clone(), server.clone());
+            match name.strip_prefix("postgres/") {
+                Some("globals") => {
+                    Box::pin(async move { postgres::dump_globals(ctx, pg, &tool, &server).await })
+                        as Job<'a>
+                }
+                Some(db) => {
+                    let db = db.to_owned();
+                    Box::pin(
+                        async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
+                    )
+                }
+                None => unreachable!("postgres names start with postgres/"),
+            }
+        })
+        .collect();
+    (names, jobs, false)
+}
+
 /// Turns the configuration and `--source` patterns into jobs.
 async fn plan<'a>(
     config: &'a Config,
@@ -366,99 +459,19 @@ async fn plan<'a>(
     let mut jobs: Vec<Job<'a>> = Vec::new();
     let mut pg_unknown = false; // postgres names could not be discovered
 
-    if let Some(pg) = &config.postgres {
-        let any_pg = matcher.as_ref().is_none_or(|m| {
-            opts.sources
-                .iter()
-                .any(|p| p.starts_with("postgres") || p.starts_with('*'))
-                || m.is_match("postgres/globals")
-        });
-        if any_pg {
-            let setup = async {
-                let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;
-                let server = postgres::server_version(&client).await?;
-                let dbs = match &pg.databases {
-                    DatabaseSelection::All => postgres::discover(&client).await?,
-                    DatabaseSelection::List(l) => l.clone(),
-                };
-                Ok::<_, String>((server, dbs))
-            }
-            .await;
-            match setup {
-                Ok((server, dbs)) => {
-                    let mut selected: Vec<String> = Vec::new();
-                    if pg.globals && wanted("postgres/globals") {
-                        selected.push("postgres/globals".into());
-                    }
-                    for db in &dbs {
-                        let name = format!("postgres/{db}");
-                        if wanted(&name) {
-                            selected.push(name);
-                        }
-                    }
-                    names.extend(selected.iter().cloned());
-                    if !selected.is_empty() {
-                        match postgres::choose_tool(pg, &server).await {
-                            Ok(tool) => {
-                                tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
-                                for name in selected {
-                                    let (tool, server) = (tool.clone(), server.clone());
-                                    if name == "postgres/globals" {
-                                        jobs.push(Box::pin(async move {
-                                            postgres::dump_globals(ctx, pg, &tool, &server).await
-                                        }));
-                                    } else {
-                                        let db = name["postgres/".len()..].to_owned();
-                                        jobs.push(Box::pin(async move {
-                                            postgres::dump_database(ctx, pg, &tool, &server, &db)
-                                                .await
-                                        }));
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                for name in selected {
-                                    let kind = if name == "postgres/globals" {
-                                        ArtifactKind::PostgresGlobals
-                                    } else {
-                                        ArtifactKind::PostgresDump
-                                    };
-                                    let run = SourceRun::failed(name, kind, e.clone());
-                                    jobs.push(Box::pin(async move { run }));
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    let e = ctx.redactor.scrub(&e);
-                    let failed: Vec<String> = match &pg.databases {
-                        DatabaseSelection::List(l) => {
-                            let mut v: Vec<String> = Vec::new();
-                            if pg.globals {
-                                v.push("postgres/globals".into());
-                            }
-                            v.extend(l.iter().map(|d| format!("postgres/{d}")));
-                            v.into_iter().filter(|n| wanted(n)).collect()
-                        }
-                        DatabaseSelection::All => {
-                            pg_unknown = true;
-                            vec!["postgres".into()]
-                        }
-                    };
-                    for name in failed {
-                        names.push(name.clone());
-                        let kind = if name == "postgres/globals" {
-                            ArtifactKind::PostgresGlobals
-                        } else {
-                            ArtifactKind::PostgresDump
-                        };
-                        let run = SourceRun::failed(name, kind, e.clone());
-                        jobs.push(Box::pin(async move { run }));
-                    }
-                }
-            }
-        }
+    // Skip connecting when every pattern clearly names Redis or files.
+    let any_pg = matcher.is_none()
+        || opts
+            .sources
+            .iter()
+            .any(|p| p != "redis" && !p.starts_with("files/"));
+    if let Some(pg) = &config.postgres
+        && any_pg
+    {
+        let (n, j, unknown) = plan_postgres(pg, ctx, &wanted).await;
+        names.extend(n);
+        jobs.extend(j);
+        pg_unknown = unknown;
     }
     if let Some(redis) = &config.redis
         && wanted("redis")

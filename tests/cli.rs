@@ -120,20 +120,25 @@ fn config_comes_from_the_environment_variable() {
     assert_eq!(v["snapshots"], serde_json::json!([]));
 }
 
-#[test]
-fn init_generates_a_private_key_and_refuses_to_reinitialise() {
-    let ws = Workspace::new();
-    let key = ws.dir.path().join("new-identity.txt");
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+/// `kompose-dr init --generate-key KEY` with no configuration.
+fn generate_key(key: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
         .args([
             "--config",
             "/nonexistent/kompose-dr.toml",
             "init",
             "--generate-key",
         ])
-        .arg(&key)
+        .arg(key)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn init_generates_a_private_key_and_refuses_to_reinitialise() {
+    let ws = Workspace::new();
+    let key = ws.dir.path().join("new-identity.txt");
+    let out = generate_key(&key);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(
@@ -146,16 +151,7 @@ fn init_generates_a_private_key_and_refuses_to_reinitialise() {
 
     // Never overwrites an identity.
     let before = std::fs::read(&key).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .args([
-            "--config",
-            "/nonexistent/kompose-dr.toml",
-            "init",
-            "--generate-key",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
+    let out = generate_key(&key);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(std::fs::read(&key).unwrap(), before);
 

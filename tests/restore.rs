@@ -446,3 +446,83 @@ fn good_sources_of_a_partial_snapshot_restore() {
         text(&out).1
     );
 }
+
+#[test]
+fn pg_restore_runs_in_the_container_and_must_read_the_archive() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE kmps");
+    pg.psql(
+        "kmps",
+        "CREATE TABLE events AS SELECT generate_series(1, 42) id",
+    );
+    let ws = Workspace::new();
+    ws.configure(&Workspace::pg_section(&pg, &["kmps"]));
+    ws.init();
+    backup(&ws, &[]);
+
+    // Through `docker exec -i core_postgres pg_restore` (a stand-in runs it locally).
+    let shimdir = ws.dir.path().join("shim");
+    std::fs::create_dir(&shimdir).unwrap();
+    let argv_log = ws.dir.path().join("docker-argv.log");
+    support::script(
+        &shimdir.join("docker"),
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\n[ \"$1\" = exec ] || exit 1; shift\nwhile [ \"$1\" = -i ] || [ \"$1\" = -e ]; do\n  if [ \"$1\" = -e ]; then shift; fi\n  shift\ndone\nshift\nexport PGHOST=127.0.0.1 PGPORT={port}\nPATH={pg}:$PATH exec \"$@\"\n",
+            log = argv_log.display(),
+            port = pg.port,
+            pg = support::PG_BIN
+        ),
+    );
+    let section = Workspace::pg_section(&pg, &["kmps"]);
+    ws.configure(&format!(
+        "{}\ndocker_container = \"core_postgres\"\n",
+        section.trim_end()
+    ));
+    let path = format!("{}:{}", shimdir.display(), std::env::var("PATH").unwrap());
+    let out = ws
+        .kdr()
+        .args([
+            "restore",
+            "--source",
+            "postgres/kmps",
+            "--as",
+            "kmps_docker",
+            "--yes",
+        ])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(pg.psql("kmps_docker", "SELECT count(*) FROM events"), "42");
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(argv.contains("core_postgres pg_restore"), "{argv}");
+    assert!(!argv.contains(&pg.password));
+
+    // A pg_restore older than the pg_dump that wrote the archive: both versions named.
+    let old = ws.dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    support::script(
+        &old.join("pg_restore"),
+        "#!/bin/sh\necho 'pg_restore (PostgreSQL) 13.9'\n",
+    );
+    ws.configure(&format!(
+        "{}\nbin_dir = \"{}\"\n",
+        section.trim_end(),
+        old.display()
+    ));
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "postgres/kmps",
+        "--as",
+        "kmps_old",
+        "--yes",
+    ]);
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("13.9") && err.contains("pg_dump (PostgreSQL) 15"),
+        "{err}"
+    );
+    assert!(err.contains("postgresql-client-15"), "{err}");
+}

@@ -420,8 +420,13 @@ async fn run_pg_restore(
         }
     };
     if !status.success() {
+        let hint = if stderr.contains("role") && stderr.contains("does not exist") {
+            " (restore the roles first: --source postgres/globals)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "pg_restore of {label} failed ({}): {}",
+            "pg_restore of {label} failed ({}): {}{hint}",
             describe_status(status),
             stderr.trim()
         ));

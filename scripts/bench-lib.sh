@@ -1,0 +1,45 @@
+# Shared by scripts/bench-backup and scripts/bench-restore: a throw-away
+# PostgreSQL 15 server in a temporary directory (stopped and removed on
+# exit) and make_db, which builds a realistic database (URLs, titles, tags,
+# jsonb events; zstd -3 shrinks its dump about 4x).
+# Expects PGBIN; sets work, port and the PG* variables.
+
+work=$(mktemp -d /tmp/kdr-bench.XXXXXX)
+chmod 755 "$work"
+asuser() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  asuser "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+asuser "$PGBIN/initdb" -D "$work/data" -U bench --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+asuser "$PGBIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+  -o "-p $port -k $work -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB" start >/dev/null
+export PGHOST=$work PGPORT=$port PGUSER=bench
+
+make_db() { # name rows
+  psql -q -d postgres -c "CREATE DATABASE $1"
+  psql -q -d "$1" <<SQL
+CREATE TABLE words (i int PRIMARY KEY, w text);
+INSERT INTO words SELECT i, (ARRAY['kompose','linkwarden','traefik','postgres','redis','backup','restore','docker','compose','grafana','umami','keycloak','dashboard','release','notes','guide','howto','security','update','weekly','digest','archive','photo','travel','recipe','garden','music','video','project','design','rust','python','server','cloud','home','lab','network','storage','monitor','alert'])[1 + (i % 40)] || CASE WHEN i % 3 = 0 THEN '' ELSE '-' || (i % 97) END FROM generate_series(0, 3999) i;
+CREATE TABLE "Link" (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  url text, title text, tags text[], created timestamptz, events jsonb);
+INSERT INTO "Link" (url, title, tags, created, events)
+SELECT 'https://' || w1.w || '.example.' || (ARRAY['org','com','net','io'])[1 + g % 4] || '/' || w2.w || '/' || (g::bigint * 7919 % 1000003) || '?ref=' || w3.w,
+       initcap(w1.w) || ' ' || w2.w || ' ' || w3.w || ' — ' || (g % 1000) || ' ' || substr(md5(g::text), 1, 6),
+       ARRAY[w2.w, w3.w, 'tag' || (g % 50)],
+       timestamptz '2024-01-01' + (g * interval '17 seconds'),
+       jsonb_build_object('views', g % 1013, 'clicks', g % 211, 'ua', w3.w || '/' || (g % 37),
+                          'hist', jsonb_build_array(g % 17, g % 31, (g * 31) % 1009, substr(md5((g*3)::text), 1, 8)))
+FROM generate_series(1, $2) g
+JOIN words w1 ON w1.i = g % 4000
+JOIN words w2 ON w2.i = (g * 13) % 4000
+JOIN words w3 ON w3.i = (g * 101) % 4000;
+CREATE INDEX link_created ON "Link" (created);
+CREATE INDEX link_url ON "Link" (url);
+SQL
+}
+

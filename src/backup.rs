@@ -57,6 +57,8 @@ pub struct ArtifactReport {
     pub status: ArtifactStatus,
     /// Key of the archive.
     pub path: Option<String>,
+    /// Repositories that hold it.
+    pub repositories: Vec<String>,
     /// Bytes before compression.
     pub plaintext_bytes: u64,
     /// Bytes stored.
@@ -298,6 +300,16 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
                     ArtifactStatus::Failed
                 },
                 path: r.result.as_ref().ok().map(|s| s.key.clone()),
+                repositories: match &r.result {
+                    Ok(s) => repositories
+                        .iter()
+                        .zip(&s.repository_errors)
+                        .zip(&repo_reports)
+                        .filter(|((_, e), rep)| e.is_none() && rep.committed)
+                        .map(|((repo, _), _)| repo.name().to_owned())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                },
                 plaintext_bytes: r.result.as_ref().map_or(0, |s| s.plaintext_bytes),
                 stored_bytes: r.result.as_ref().map_or(0, |s| s.stored_bytes),
                 sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),

@@ -16,6 +16,9 @@
 //!   marker, manifests (the commit point), artifact paths.
 //! - [`backup`]: one backup run: selects sources, runs them with bounded
 //!   parallelism, commits the manifest last.
+//! - [`restore`]: plan by snapshot or point in time, restore into scratch
+//!   targets and swap them in only after every check held.
+//! - [`events`]: MQTT events and the Prometheus textfile.
 //! - [`cli`]: one file per command; maps errors to exit codes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,6 +27,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod facts;
 pub mod manifest;
 pub mod pipeline;

@@ -26,6 +26,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         },
     )
     .await?;
+    crate::events::after_backup(&config, &report).await;
     if globals.json {
         output::json(&report);
     } else {

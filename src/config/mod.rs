@@ -68,7 +68,29 @@ struct RawConfig {
     redis: Option<RawRedis>,
     #[serde(default)]
     files: Vec<RawFile>,
+    mqtt: Option<RawMqtt>,
+    metrics: Option<RawMetrics>,
     env_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: Spanned<String>,
+    topic_prefix: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_credential: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +164,40 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Plain files to back up.
     pub files: Vec<FileConfig>,
+    /// Where events are published, if anywhere.
+    pub mqtt: Option<MqttConfig>,
+    /// Where metrics are written, if anywhere.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The MQTT broker events go to.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port (1883, or 8883 for mqtts).
+    pub port: u16,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+    /// Topics are `<prefix>/system/<category>/<action>`.
+    pub topic_prefix: String,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password, if the broker wants one.
+    pub password: Option<Secret>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// CA certificates (PEM) for TLS instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The most publishing may take, in all.
+    pub timeout: std::time::Duration,
+}
+
+/// The Prometheus textfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// For node_exporter's textfile collector.
+    pub textfile: PathBuf,
 }
 
 /// One repository.
@@ -338,6 +394,9 @@ impl Config {
             v.push(p);
         }
         if let Some(p) = self.redis.as_ref().and_then(|r| r.password.clone()) {
+            v.push(p);
+        }
+        if let Some(p) = self.mqtt.as_ref().and_then(|m| m.password.clone()) {
             v.push(p);
         }
         v
@@ -575,6 +634,17 @@ impl Cx<'_> {
             files.push(FileConfig { name, path });
         }
 
+        let mqtt = raw.mqtt.as_ref().map(|m| self.mqtt(m)).transpose()?;
+        let metrics = raw
+            .metrics
+            .as_ref()
+            .map(|m| {
+                Ok::<_, ConfigError>(MetricsConfig {
+                    textfile: self.path(&m.textfile, "metrics.textfile")?,
+                })
+            })
+            .transpose()?;
+
         Ok(Config {
             path: self.file.to_owned(),
             repositories,
@@ -583,6 +653,8 @@ impl Cx<'_> {
             postgres,
             redis,
             files,
+            mqtt,
+            metrics,
         })
     }
 
@@ -717,6 +789,118 @@ impl Cx<'_> {
             bin_dir,
             jobs,
         })
+    }
+
+    fn mqtt(&self, m: &RawMqtt) -> Result<MqttConfig, ConfigError> {
+        let url_s = self.string(&m.url, "mqtt.url")?;
+        let bad = |msg: String| self.err(m.url.span(), "mqtt.url", msg);
+        let url = url::Url::parse(&url_s).map_err(|e| {
+            bad(format!(
+                "not a URL ({e}): write mqtt://HOST:1883 or mqtts://HOST:8883"
+            ))
+        })?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(bad(format!(
+                    "scheme `{other}` is not supported: write mqtt://HOST:1883 or mqtts://HOST:8883"
+                )));
+            }
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host: write mqtt://HOST:1883".into()))?
+            .to_owned();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "put the user in mqtt.username and the password in mqtt.password, not in the URL"
+                    .into(),
+            ));
+        }
+        let topic_prefix = match &m.topic_prefix {
+            None => "kompose".to_owned(),
+            Some(p) => {
+                let v = self.string(p, "mqtt.topic_prefix")?;
+                if v.is_empty() || v.contains(['#', '+']) || v.starts_with('/') || v.ends_with('/')
+                {
+                    return Err(self.err(
+                        p.span(),
+                        "mqtt.topic_prefix",
+                        "use a topic level such as \"kompose\" (no #, + or leading/trailing /)",
+                    ));
+                }
+                v
+            }
+        };
+        let username = m
+            .username
+            .as_ref()
+            .map(|u| self.string(u, "mqtt.username"))
+            .transpose()?;
+        let password = self.secret(
+            "mqtt",
+            &m.password,
+            &m.password_file,
+            &m.password_credential,
+        )?;
+        if password.is_some() && username.is_none() {
+            return Err(self.missing_username(m));
+        }
+        let client_id = match &m.client_id {
+            Some(c) => self.string(c, "mqtt.client_id")?,
+            None => format!(
+                "kompose-dr-{}-{}",
+                hostname::get()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id()
+            ),
+        };
+        let ca_file = m
+            .ca_file
+            .as_ref()
+            .map(|c| self.path(c, "mqtt.ca_file"))
+            .transpose()?;
+        let timeout = match &m.timeout {
+            None => std::time::Duration::from_secs(10),
+            Some(t) => {
+                let s = self.string(t, "mqtt.timeout")?;
+                humantime::parse_duration(&s).map_err(|e| {
+                    self.err(
+                        t.span(),
+                        "mqtt.timeout",
+                        format!("`{s}` is not a duration ({e}): write 10s or 1m"),
+                    )
+                })?
+            }
+        };
+        Ok(MqttConfig {
+            host,
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+            topic_prefix,
+            username,
+            password,
+            client_id,
+            ca_file,
+            timeout,
+        })
+    }
+
+    fn missing_username(&self, m: &RawMqtt) -> ConfigError {
+        let span = [&m.password, &m.password_file, &m.password_credential]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        self.err(
+            span,
+            "mqtt.username",
+            "a password needs a user name: set mqtt.username",
+        )
     }
 
     fn redis(&self, r: &RawRedis) -> Result<RedisConfig, ConfigError> {

@@ -160,3 +160,35 @@ fn files_need_absolute_unique_names() {
     .unwrap_err();
     assert!(e.message.contains("absolute"));
 }
+
+#[test]
+fn mqtt_and_metrics_sections() {
+    let c = parse(&format!(
+        "{}[mqtt]\nurl = \"mqtts://broker\"\nusername = \"kdr\"\npassword = \"x\"\ntimeout = \"3s\"\n\n[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter/kompose_dr.prom\"\n",
+        base()
+    ))
+    .unwrap();
+    let m = c.mqtt.unwrap();
+    assert!(m.tls);
+    assert_eq!((m.host.as_str(), m.port), ("broker", 8883));
+    assert_eq!(m.topic_prefix, "kompose");
+    assert_eq!(m.timeout, std::time::Duration::from_secs(3));
+    assert_eq!(
+        c.metrics.unwrap().textfile,
+        Path::new("/var/lib/prometheus/node-exporter/kompose_dr.prom")
+    );
+    let e = parse(&format!("{}[mqtt]\nurl = \"mqtt://u:p@broker\"\n", base())).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("mqtt.url"));
+    let e = parse(&format!(
+        "{}[mqtt]\nurl = \"mqtt://broker\"\npassword = \"p\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("mqtt.username"));
+    let e = parse(&format!(
+        "{}[mqtt]\nurl = \"mqtt://broker\"\ntimeout = \"soon\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("mqtt.timeout"));
+}

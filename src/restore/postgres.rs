@@ -140,7 +140,7 @@ pub async fn restore_globals(
     let tool = choose_client(&cfg, "psql", 0, "any").await?;
     let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
-    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "psql").await?;
+    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "psql", None).await?;
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
@@ -167,6 +167,7 @@ async fn pipe_into(
     item: &PlanItem,
     mut cmd: tokio::process::Command,
     program: &str,
+    tee: Option<std::fs::File>,
 ) -> Result<(u64, String, std::process::ExitStatus), String> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -186,8 +187,11 @@ async fn pipe_into(
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
     let ids = ctx.identities.clone();
     let copy = tokio::task::spawn_blocking(move || {
-        let mut stdin = stdin;
-        copy_archive(stored, &ids, &mut stdin)
+        let mut out = Tee {
+            first: stdin,
+            second: tee,
+        };
+        copy_archive(stored, &ids, &mut out)
     });
     let copied = copy
         .await
@@ -376,47 +380,56 @@ async fn run_pg_restore(
     cmd.args(["--exit-on-error", "--dbname", scratch]);
     let label = stream::label(&item.choice.artifact);
     let (bytes, stderr, status) = match ctx.options.jobs {
-        None => pipe_into(ctx, item, cmd, "pg_restore").await?,
+        None => pipe_into(ctx, item, cmd, "pg_restore", None).await?,
         Some(jobs) => {
-            // pg_restore -j needs a seekable file: stage the plaintext dump
-            // in a private temporary directory.
+            // pg_restore -j needs a seekable file. Stream the schema and the
+            // data as usual while writing the plaintext dump to a private
+            // temporary file, then build indexes and constraints (the
+            // post-data section) from that file with N jobs.
             let dir = tempfile::Builder::new()
                 .prefix("kompose-dr-restore-")
                 .tempdir()
                 .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
             let path = dir.path().join("dump");
-            let pb = progress_bar(ctx, item);
-            let stored = open_stored(ctx, item, &pb).await?;
-            let ids = ctx.identities.clone();
-            let p = path.clone();
-            let bytes = tokio::task::spawn_blocking(move || {
+            let file = {
                 use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
+                std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&p)
-                    .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-                copy_archive(stored, &ids, &mut f).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| format!("restore thread failed: {e}"))??;
-            pb.finish_and_clear();
-            cmd.arg(format!("--jobs={jobs}")).arg(&path);
-            cmd.stdin(Stdio::null())
+                    .open(&path)
+                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?
+            };
+            cmd.args(["--section=pre-data", "--section=data"]);
+            let (bytes, stderr, status) =
+                pipe_into(ctx, item, cmd, "pg_restore", Some(file)).await?;
+            if !status.success() {
+                (bytes, stderr, status)
+            } else {
+                let mut post = command(cfg, tool, "pg_restore", scratch);
+                post.args([
+                    "--exit-on-error",
+                    "--section=post-data",
+                    "--dbname",
+                    scratch,
+                ])
+                .arg(format!("--jobs={jobs}"))
+                .arg(&path)
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
-            let out = cmd
-                .output()
-                .await
-                .map_err(|e| format!("cannot start pg_restore: {e}"))?;
-            (
-                bytes,
-                ctx.redactor
-                    .scrub(String::from_utf8_lossy(&out.stderr).trim()),
-                out.status,
-            )
+                let out = post
+                    .output()
+                    .await
+                    .map_err(|e| format!("cannot start pg_restore: {e}"))?;
+                (
+                    bytes,
+                    ctx.redactor
+                        .scrub(String::from_utf8_lossy(&out.stderr).trim()),
+                    out.status,
+                )
+            }
         }
     };
     if !status.success() {
@@ -432,4 +445,28 @@ async fn run_pg_restore(
         ));
     }
     Ok(bytes)
+}
+
+/// Writes to a child's stdin and, optionally, to a file as well.
+struct Tee {
+    first: std::fs::File,
+    second: Option<std::fs::File>,
+}
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.first.write_all(buf)?;
+        if let Some(f) = &mut self.second {
+            f.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()?;
+        if let Some(f) = &mut self.second {
+            f.flush()?;
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,308 @@
+//! Prometheus metrics for node_exporter's textfile collector.
+//!
+//! Each run is a new process, so the textfile is also the memory between
+//! runs: it is read back, this run's values replace their own series (a
+//! `--source` run keeps the other sources' last values; a failure sets
+//! `last_status` to 0 and leaves `last_success` alone), and the whole is
+//! written atomically (temporary file + rename). Rendering goes through the
+//! `prometheus-client` crate; the same text can be served at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::backup::BackupReport;
+use crate::manifest::{ArtifactStatus, Manifest};
+
+/// End of the last good backup of a source.
+pub const BACKUP_LAST_SUCCESS: &str = "kompose_dr_backup_last_success_timestamp_seconds";
+/// 1 ok, 0 failed, for the last attempt.
+pub const BACKUP_LAST_STATUS: &str = "kompose_dr_backup_last_status";
+/// Seconds the last attempt took.
+pub const BACKUP_LAST_DURATION: &str = "kompose_dr_backup_last_duration_seconds";
+/// Stored bytes of the last good backup.
+pub const BACKUP_LAST_BYTES: &str = "kompose_dr_backup_last_bytes";
+/// The first recoverability point of a repository.
+pub const REPO_OLDEST: &str = "kompose_dr_repository_oldest_snapshot_timestamp_seconds";
+/// Snapshots in a repository.
+pub const REPO_SNAPSHOTS: &str = "kompose_dr_repository_snapshots";
+/// End of the last good drill.
+pub const DRILL_LAST_SUCCESS: &str = "kompose_dr_drill_last_success_timestamp_seconds";
+/// 1 ok, 0 failed, for the last drill.
+pub const DRILL_LAST_STATUS: &str = "kompose_dr_drill_last_status";
+/// Measured restore time per drill and source.
+pub const DRILL_LAST_RESTORE: &str = "kompose_dr_drill_last_restore_seconds";
+/// Events that could not be published (a counter; exposed with `_total`).
+pub const PUBLISH_FAILURES: &str = "kompose_dr_events_publish_failures";
+
+const KNOWN: &[(&str, bool, &str)] = &[
+    (
+        BACKUP_LAST_SUCCESS,
+        false,
+        "End of the last good backup of the source (unix time).",
+    ),
+    (
+        BACKUP_LAST_STATUS,
+        false,
+        "1 if the last backup attempt of the source succeeded, else 0.",
+    ),
+    (
+        BACKUP_LAST_DURATION,
+        false,
+        "Seconds the last backup attempt of the source took.",
+    ),
+    (
+        BACKUP_LAST_BYTES,
+        false,
+        "Stored bytes of the last good backup of the source.",
+    ),
+    (
+        REPO_OLDEST,
+        false,
+        "Start of the oldest snapshot in the repository (unix time): the first recoverability point.",
+    ),
+    (REPO_SNAPSHOTS, false, "Snapshots in the repository."),
+    (
+        DRILL_LAST_SUCCESS,
+        false,
+        "End of the last successful restore drill (unix time).",
+    ),
+    (
+        DRILL_LAST_STATUS,
+        false,
+        "1 if the last restore drill passed, else 0.",
+    ),
+    (
+        DRILL_LAST_RESTORE,
+        false,
+        "Seconds the last drill took to restore the source.",
+    ),
+    (
+        PUBLISH_FAILURES,
+        true,
+        "Events that could not be published to the MQTT broker.",
+    ),
+];
+
+type Labels = Vec<(String, String)>;
+
+/// Metric values, keyed by name and labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    values: BTreeMap<String, BTreeMap<Labels, f64>>,
+}
+
+/// Parses `name{a="b",c="d"} value` lines of our own metrics.
+fn parse_line(line: &str) -> Option<(String, Labels, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        None => (series.to_owned(), Vec::new()),
+        Some((name, rest)) => {
+            let body = rest.strip_suffix('}')?;
+            let mut labels = Vec::new();
+            let mut rest = body;
+            while !rest.is_empty() {
+                let (k, after) = rest.split_once("=\"")?;
+                let mut v = String::new();
+                let mut chars = after.char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next()?.1 {
+                            'n' => v.push('\n'),
+                            other => v.push(other),
+                        },
+                        '"' => {
+                            end = Some(i);
+                            break;
+                        }
+                        c => v.push(c),
+                    }
+                }
+                let end = end?;
+                labels.push((k.trim_start_matches(',').to_owned(), v));
+                rest = after[end + 1..].trim_start_matches(',');
+            }
+            (name.to_owned(), labels)
+        }
+    };
+    let name = name.strip_suffix("_total").unwrap_or(&name).to_owned();
+    KNOWN
+        .iter()
+        .any(|(n, _, _)| *n == name)
+        .then_some((name, labels, value))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Metrics {
+    /// Reads the previous values from a textfile (missing: none).
+    pub fn load(path: &Path) -> Metrics {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Metrics::parse(&text)
+    }
+
+    /// Reads values from exposition text (only kompose-dr's metrics).
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = Metrics::default();
+        for (name, labels, value) in text.lines().filter_map(parse_line) {
+            m.values.entry(name).or_default().insert(labels, value);
+        }
+        m
+    }
+
+    /// Sets a series.
+    pub fn set(&mut self, name: &str, pairs: &[(&str, &str)], value: f64) {
+        self.values
+            .entry(name.to_owned())
+            .or_default()
+            .insert(labels(pairs), value);
+    }
+
+    /// Adds to a series (counters).
+    pub fn add(&mut self, name: &str, pairs: &[(&str, &str)], delta: f64) {
+        *self
+            .values
+            .entry(name.to_owned())
+            .or_default()
+            .entry(labels(pairs))
+            .or_insert(0.0) += delta;
+    }
+
+    /// A series' value.
+    pub fn get(&self, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
+        self.values.get(name)?.get(&labels(pairs)).copied()
+    }
+
+    /// Records a backup run: per source of this run, status and duration;
+    /// for good ones also the end time and stored bytes.
+    pub fn record_backup(&mut self, report: &BackupReport) {
+        let end = report.finished_at.timestamp() as f64;
+        for a in &report.artifacts {
+            let l = [("source", a.source.as_str())];
+            let ok =
+                a.status == ArtifactStatus::Ok && report.status != crate::backup::RunStatus::Failed;
+            self.set(BACKUP_LAST_STATUS, &l, if ok { 1.0 } else { 0.0 });
+            self.set(BACKUP_LAST_DURATION, &l, a.duration_seconds);
+            if ok {
+                self.set(BACKUP_LAST_SUCCESS, &l, end);
+                self.set(BACKUP_LAST_BYTES, &l, a.stored_bytes as f64);
+            }
+        }
+    }
+
+    /// Records a repository's snapshot count and oldest snapshot.
+    pub fn record_repository(&mut self, name: &str, snapshots: &[Manifest]) {
+        let l = [("repository", name)];
+        self.set(REPO_SNAPSHOTS, &l, snapshots.len() as f64);
+        match snapshots.iter().map(|m| m.started_at).min() {
+            Some(t) => self.set(REPO_OLDEST, &l, t.timestamp() as f64),
+            None => {
+                if let Some(series) = self.values.get_mut(REPO_OLDEST) {
+                    series.remove(&labels(&l));
+                }
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        for (name, counter, help) in KNOWN {
+            let Some(series) = self.values.get(*name) else {
+                continue;
+            };
+            if *counter {
+                let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+                for (l, v) in series {
+                    family.get_or_create(l).inc_by(*v);
+                }
+                registry.register(*name, *help, family);
+            } else {
+                let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                for (l, v) in series {
+                    family.get_or_create(l).set(*v);
+                }
+                registry.register(*name, *help, family);
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding to a String cannot fail");
+        out
+    }
+
+    /// Writes the textfile atomically. It holds no secret and node_exporter
+    /// (another user) must read it, so it is mode 0644.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.{:08x}.tmp",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            rand::random::<u32>()
+        ));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            f.write_all(self.render().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_a_render_and_parse() {
+        let mut m = Metrics::default();
+        m.set(BACKUP_LAST_STATUS, &[("source", "postgres/a\"b")], 1.0);
+        m.set(BACKUP_LAST_SUCCESS, &[("source", "redis")], 1_764_212_400.0);
+        m.add(PUBLISH_FAILURES, &[], 2.0);
+        let text = m.render();
+        assert!(
+            text.contains("kompose_dr_events_publish_failures_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP kompose_dr_backup_last_status"),
+            "{text}"
+        );
+        assert_eq!(Metrics::parse(&text), m);
+    }
+
+    #[test]
+    fn foreign_lines_are_ignored() {
+        let m = Metrics::parse("# EOF\nnode_cpu_seconds_total{cpu=\"0\"} 5\ngarbage\n");
+        assert_eq!(m, Metrics::default());
+    }
+}

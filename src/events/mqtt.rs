@@ -1,0 +1,165 @@
+//! Publishing to an MQTT broker with rumqttc, QoS 1, within a time bound.
+//!
+//! rumqttc's event loop must be polled for anything to happen: it runs in
+//! its own task, with exponential backoff after connection errors, and
+//! reports acknowledgements back. `publish` returns once every message is
+//! acknowledged, the broker refused the connection (bad credentials do not
+//! improve by retrying), or the timeout passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS, Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use tokio::sync::mpsc;
+
+use super::Event;
+use crate::config::MqttConfig;
+
+enum Progress {
+    Acked,
+    Refused(String),
+    Error(String),
+}
+
+fn tls_config(cfg: &MqttConfig) -> Result<rumqttc::TlsConfiguration, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read mqtt.ca_file {}: {e}", path.display()))?;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Publishes `events` (QoS 1) and waits for every acknowledgement, at most
+/// `cfg.timeout` in all.
+pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    opts.set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true);
+    if let Some(user) = &cfg.username {
+        opts.set_credentials(
+            user,
+            cfg.password
+                .as_ref()
+                .map(|p| p.expose())
+                .unwrap_or_default(),
+        );
+    }
+    if cfg.tls {
+        opts.set_transport(Transport::Tls(tls_config(cfg)?));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, events.len() + 4);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    if tx.send(Progress::Acked).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => {
+                    let _ = tx.send(Progress::Refused(format!(
+                        "the broker refused the connection: {code:?}"
+                    )));
+                    return;
+                }
+                Err(e) => {
+                    if tx.send(Progress::Error(e.to_string())).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let mut last_error: Option<String> = None;
+    let work = async {
+        for e in events {
+            let body = serde_json::to_vec(e).expect("events serialise");
+            if let Err(err) = client
+                .publish(&e.topic, QoS::AtLeastOnce, false, body)
+                .await
+            {
+                // The event loop may already have ended: say why it did.
+                while let Ok(p) = rx.try_recv() {
+                    if let Progress::Refused(why) = p {
+                        return Err(format!(
+                            "{why} ({target}); check mqtt.username and mqtt.password"
+                        ));
+                    }
+                }
+                return Err(format!("cannot queue the event for {target}: {err}"));
+            }
+        }
+        let mut acked = 0;
+        while acked < events.len() {
+            match rx.recv().await {
+                Some(Progress::Acked) => acked += 1,
+                Some(Progress::Refused(why)) => {
+                    return Err(format!(
+                        "{why} ({target}); check mqtt.username and mqtt.password"
+                    ));
+                }
+                Some(Progress::Error(e)) => {
+                    if last_error.is_none() {
+                        tracing::debug!(broker = %target, error = %e, "MQTT connection error; retrying");
+                    }
+                    last_error = Some(e);
+                }
+                None => break,
+            }
+        }
+        if acked < events.len() {
+            return Err(format!(
+                "the connection to {target} ended: {}",
+                last_error.clone().unwrap_or_default()
+            ));
+        }
+        Ok::<_, String>(())
+    };
+    let result = match tokio::time::timeout(cfg.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no acknowledgement from {target} within {}{}",
+            humantime::format_duration(cfg.timeout),
+            last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )),
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
+    driver.abort();
+    result
+}

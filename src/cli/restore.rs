@@ -50,7 +50,8 @@ pub struct Args {
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
-    /// Parallel pg_restore jobs (stages each dump in a temporary file).
+    /// Build indexes and constraints with N parallel jobs (the dump is also
+    /// written to a private temporary file while it streams).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: Option<u16>,
 }

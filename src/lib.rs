@@ -24,8 +24,10 @@
 #![warn(missing_docs)]
 
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod events;
 pub mod facts;
@@ -34,7 +36,9 @@ pub mod pipeline;
 pub mod process;
 pub mod repository;
 pub mod restore;
+pub mod scratch;
 pub mod secret;
 pub mod sources;
 pub mod storage;
 pub mod time;
+pub mod verify;

@@ -78,3 +78,15 @@ fn the_kompose_example_describes_the_real_stack() {
         Path::new("/var/local/data/traefik/letsencrypt/acme.json")
     );
 }
+
+#[test]
+fn shipped_drills_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/restore-drills");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let d = kompose_dr::drill::Drill::load(&e.unwrap().path()).unwrap();
+        assert!(!d.checks.is_empty());
+        n += 1;
+    }
+    assert!(n >= 1);
+}

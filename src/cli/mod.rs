@@ -5,10 +5,13 @@
 //! and [`output`] print. Logs go to stderr, `--json` documents to stdout.
 
 mod backup;
+mod check;
+mod drill;
 mod init;
 pub mod output;
 mod restore;
 mod snapshots;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +54,12 @@ pub enum Command {
     Snapshots(snapshots::Args),
     /// Restore from --snapshot ID or --point-in-time TIME (default: the newest good copy of each source).
     Restore(restore::Args),
+    /// Restore a snapshot (default: latest) into scratch instances and check it.
+    Verify(verify::Args),
+    /// Repository integrity; --read-data also decrypts and decompresses every archive.
+    Check(check::Args),
+    /// Run restore drills (drills_dir/*.toml or --drill FILE) and write reports.
+    Drill(drill::Args),
 }
 
 /// Global options every command sees.
@@ -103,6 +112,9 @@ pub fn main() -> ExitCode {
             Command::Backup(a) => backup::run(&globals, a).await,
             Command::Snapshots(a) => snapshots::run(&globals, a).await,
             Command::Restore(a) => restore::run(&globals, a).await,
+            Command::Verify(a) => verify::run(&globals, a).await,
+            Command::Check(a) => check::run(&globals, a).await,
+            Command::Drill(a) => drill::run(&globals, a).await,
         }
     });
     match result {
@@ -131,6 +143,20 @@ fn init_logging(verbose: u8, quiet: u8) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Runs `work` until it finishes or Ctrl-C/SIGTERM arrives; on a signal the
+/// work is dropped — which kills children and removes scratch instances
+/// through their guards — and the command fails.
+pub async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::failed(format!("cannot watch for SIGTERM: {e}")))?;
+    tokio::select! {
+        r = work => Ok(r),
+        _ = tokio::signal::ctrl_c() => Err(Failure::failed("interrupted (Ctrl-C): scratch instances removed, nothing committed")),
+        _ = term.recv() => Err(Failure::failed("terminated (SIGTERM): scratch instances removed, nothing committed")),
+    }
 }
 
 /// The repository to read from: `--repository NAME`, or the first

@@ -70,7 +70,18 @@ struct RawConfig {
     files: Vec<RawFile>,
     mqtt: Option<RawMqtt>,
     metrics: Option<RawMetrics>,
+    scratch: Option<RawScratch>,
     env_file: Option<Spanned<String>>,
+    drills_dir: Option<Spanned<String>>,
+    reports_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScratch {
+    runtime: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    postgres_bin: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +179,12 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// Where metrics are written, if anywhere.
     pub metrics: Option<MetricsConfig>,
+    /// How scratch instances for verify and drills run.
+    pub scratch: crate::scratch::process::ProcessRuntime,
+    /// Where drill files are found.
+    pub drills_dir: PathBuf,
+    /// Where drill reports are written.
+    pub reports_dir: PathBuf,
 }
 
 /// The MQTT broker events go to.
@@ -380,6 +397,11 @@ impl Config {
                 })?;
         }
         cx.validate(raw)
+    }
+
+    /// The scratch runtime for verify and drills.
+    pub fn scratch_runtime(&self) -> Box<dyn crate::scratch::ScratchRuntime> {
+        Box::new(self.scratch.clone())
     }
 
     /// The configured repository of that name.
@@ -645,6 +667,34 @@ impl Cx<'_> {
             })
             .transpose()?;
 
+        let mut scratch = crate::scratch::process::ProcessRuntime::default();
+        if let Some(sc) = &raw.scratch {
+            if let Some(r) = &sc.runtime {
+                let v = self.string(r, "scratch.runtime")?;
+                if v != "process" {
+                    return Err(self.err(
+                        r.span(),
+                        "scratch.runtime",
+                        format!("runtime `{v}` is not available in this version: use \"process\""),
+                    ));
+                }
+            }
+            if let Some(u) = &sc.user {
+                scratch.user = self.string(u, "scratch.user")?;
+            }
+            if let Some(b) = &sc.postgres_bin {
+                scratch.postgres_bin = self.string(b, "scratch.postgres_bin")?;
+            }
+        }
+        let drills_dir = match &raw.drills_dir {
+            Some(d) => self.path(d, "drills_dir")?,
+            None => PathBuf::from("/etc/kompose-dr/restore-drills"),
+        };
+        let reports_dir = match &raw.reports_dir {
+            Some(d) => self.path(d, "reports_dir")?,
+            None => PathBuf::from("/var/local/data/backups/reports"),
+        };
+
         Ok(Config {
             path: self.file.to_owned(),
             repositories,
@@ -655,6 +705,9 @@ impl Cx<'_> {
             files,
             mqtt,
             metrics,
+            scratch,
+            drills_dir,
+            reports_dir,
         })
     }
 

@@ -313,7 +313,7 @@ async fn fan_out(
 /// it goes.
 pub fn open_archive<'a, R: Read + 'a>(
     stored: R,
-    identities: &[Box<dyn age::Identity>],
+    identities: &[Box<dyn age::Identity + Send + Sync>],
 ) -> io::Result<impl Read + 'a> {
     let decryptor = age::Decryptor::new(stored).map_err(io::Error::other)?;
     let reader = decryptor
@@ -323,7 +323,10 @@ pub fn open_archive<'a, R: Read + 'a>(
 }
 
 /// Decodes a whole in-memory archive (for small ones such as the facts).
-pub fn decode_all(stored: &[u8], identities: &[Box<dyn age::Identity>]) -> io::Result<Vec<u8>> {
+pub fn decode_all(
+    stored: &[u8],
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     open_archive(stored, identities)?.read_to_end(&mut out)?;
     Ok(out)

@@ -43,7 +43,7 @@ fn key() -> (age::x25519::Identity, EncodeSettings) {
     (id, s)
 }
 
-fn ids(id: &age::x25519::Identity) -> Vec<Box<dyn age::Identity>> {
+fn ids(id: &age::x25519::Identity) -> Vec<Box<dyn age::Identity + Send + Sync>> {
     vec![Box::new(id.clone())]
 }
 

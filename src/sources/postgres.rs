@@ -339,7 +339,7 @@ pub async fn dump_database(
 /// Exact row counts of every ordinary table, in the current transaction's
 /// snapshot. Tables belonging to extensions are skipped (pg_dump does not
 /// dump their rows).
-async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u64>, String> {
+pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u64>, String> {
     let rows = client
         .query(
             "SELECT n.nspname, c.relname FROM pg_class c \

@@ -460,11 +460,23 @@ impl Workspace {
         s
     }
 
-    /// The real binary with `--config`.
+    /// The real binary with `--config`, and `TMPDIR` set to this
+    /// workspace's own `tmp/` (so scratch directories can be counted).
     pub fn kdr(&self) -> Command {
+        let tmp = self.tmp();
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_kompose-dr"));
-        c.arg("--config").arg(&self.config).stdin(Stdio::null());
+        c.arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .env("TMPDIR", tmp);
         c
+    }
+
+    /// The binary's `TMPDIR`.
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
     }
 
     /// Runs the binary with `args`.

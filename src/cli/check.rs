@@ -1,0 +1,69 @@
+//! `kompose-dr check`: repository integrity; `--read-data` also decrypts
+//! and decompresses every archive.
+
+use std::sync::Arc;
+
+use super::{Globals, output, pick_repository};
+use crate::error::{Exit, Failure};
+
+/// Arguments of `check`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also decrypt and decompress every archive (needs the identity).
+    #[arg(long)]
+    read_data: bool,
+    /// Check this repository (default: the first configured one that answers).
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
+}
+
+/// Runs `check`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+    let config = globals.load_config()?;
+    let repo = pick_repository(&config, args.repository.as_deref()).await?;
+    let identities = if args.read_data {
+        Some(Arc::new(
+            crate::restore::load_identities(&config).map_err(Failure::usage)?,
+        ))
+    } else {
+        None
+    };
+    let report = crate::check::run(&repo, identities)
+        .await
+        .map_err(Failure::failed)?;
+    if globals.json {
+        output::json(&report);
+    } else {
+        output::line(format!(
+            "repository {}: {} snapshot(s), {} archive(s) checked{}",
+            report.repository,
+            report.snapshots,
+            report.archives,
+            if report.read_data {
+                " and read end to end"
+            } else {
+                " (size and sha256)"
+            }
+        ));
+        for d in &report.damaged {
+            output::line(format!(
+                "  DAMAGED  {} {} ({}): {}",
+                d.snapshot.as_deref().unwrap_or("-"),
+                d.source,
+                d.path,
+                d.problem
+            ));
+        }
+        for u in &report.unreferenced {
+            output::line(format!(
+                "  unreferenced  {u} (no manifest names it; prune removes it)"
+            ));
+        }
+        output::line(if report.ok {
+            "no damage found"
+        } else {
+            "DAMAGE FOUND"
+        });
+    }
+    Ok(if report.ok { Exit::Ok } else { Exit::Failure })
+}

@@ -1,0 +1,49 @@
+//! `kompose-dr drill`: run restore drills and write their reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Globals, interruptible, output};
+use crate::error::{Exit, Failure};
+
+/// Arguments of `drill`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run this drill file instead of every one in drills_dir.
+    #[arg(long, value_name = "FILE")]
+    drill: Option<PathBuf>,
+}
+
+/// Runs `drill`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+    let config = globals.load_config()?;
+    let drills = crate::drill::find(&config, args.drill.as_deref()).map_err(Failure::usage)?;
+    let identities = Arc::new(crate::restore::load_identities(&config).map_err(|e| {
+        Failure::usage(format!(
+            "a drill restores, so it needs the private key: {e}"
+        ))
+    })?);
+    let mut reports = Vec::new();
+    let mut exit = Exit::Ok;
+    for d in &drills {
+        tracing::info!(drill = %d.name, "drill started");
+        let result = interruptible(crate::drill::run(&config, d, identities.clone())).await?;
+        match result {
+            Ok(r) => {
+                if !r.ok {
+                    exit = Exit::Failure;
+                }
+                tracing::info!(drill = %d.name, ok = r.ok, report = %r.report_files.first().map(|p| p.display().to_string()).unwrap_or_default(), "drill finished");
+                if !globals.json {
+                    output::line(crate::drill::markdown(&r));
+                }
+                reports.push(r);
+            }
+            Err(e) => return Err(Failure::failed(format!("drill {}: {e}", d.name))),
+        }
+    }
+    if globals.json {
+        output::json(&reports);
+    }
+    Ok(exit)
+}

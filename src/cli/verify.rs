@@ -1,0 +1,90 @@
+//! `kompose-dr verify`: restore a snapshot into scratch instances and check
+//! it against the facts recorded at backup time.
+
+use std::sync::Arc;
+
+use super::{Globals, interruptible, output, pick_repository};
+use crate::error::{Exit, Failure};
+use crate::verify::{self, Which};
+
+/// Arguments of `verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The snapshot to verify: an id, `latest` (default) or `oldest`.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    snapshot: String,
+    /// Verify only these sources: names or globs.
+    #[arg(long = "source", value_name = "NAME", num_args = 1..)]
+    sources: Vec<String>,
+    /// Read this repository (default: the first configured one that answers).
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
+}
+
+/// `latest`, `oldest` or an id.
+pub fn which(s: &str) -> Which {
+    match s {
+        "latest" => Which::Latest,
+        "oldest" => Which::Oldest,
+        id => Which::Id(id.to_owned()),
+    }
+}
+
+/// Runs `verify`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+    let config = globals.load_config()?;
+    let repo = pick_repository(&config, args.repository.as_deref()).await?;
+    let identities = Arc::new(crate::restore::load_identities(&config).map_err(Failure::usage)?);
+    let runtime = config.scratch_runtime();
+    let manifest = verify::find_snapshot(&repo, &which(&args.snapshot))
+        .await
+        .map_err(Failure::usage)?;
+    tracing::info!(snapshot = %manifest.id, repository = repo.name(), "verifying in scratch instances");
+    let work = verify::run(
+        &config,
+        &repo,
+        identities,
+        runtime.as_ref(),
+        &manifest,
+        &args.sources,
+    );
+    let (report, restored) = interruptible(work).await?.map_err(Failure::failed)?;
+    drop(restored); // tear the scratch instances down before reporting
+    if globals.json {
+        output::json(&report);
+    } else {
+        print(&report);
+    }
+    Ok(if report.ok { Exit::Ok } else { Exit::Failure })
+}
+
+/// Prints a verify report for people.
+pub fn print(report: &verify::VerifyReport) {
+    output::line(format!(
+        "snapshot {} in repository {}:",
+        report.snapshot, report.repository
+    ));
+    for v in &report.sources {
+        output::line(format!(
+            "  {}  {:<24} restored in {:.1}s",
+            if v.ok { "ok    " } else { "FAILED" },
+            v.source,
+            v.restore_seconds
+        ));
+        for c in &v.checks {
+            let mark = if c.ok {
+                "ok"
+            } else if c.warning {
+                "WARNING"
+            } else {
+                "FAILED"
+            };
+            output::line(format!("      {mark:<8} {}: {}", c.name, c.detail));
+        }
+    }
+    output::line(if report.ok {
+        "verified: every source restores and matches what was recorded"
+    } else {
+        "verification FAILED"
+    });
+}

@@ -1,0 +1,345 @@
+//! The `process` scratch runtime: local server binaries in private
+//! temporary directories.
+//!
+//! PostgreSQL refuses to run as root, so when kompose-dr runs as root
+//! `initdb` and `postgres` run as `[scratch] user` (default `postgres`). The
+//! cluster listens only on a unix socket inside its own 0700 directory
+//! (`listen_addresses = ''`), with `fsync=off`: it exists to be thrown away.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{PREFIX, ScratchPostgres, ScratchRedis, ScratchRuntime};
+use crate::config::PgEndpoint;
+
+/// Runs scratch servers as local processes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    /// The user PostgreSQL runs as when we are root.
+    pub user: String,
+    /// Where PostgreSQL server binaries live: `{major}` is replaced
+    /// (default `/usr/lib/postgresql/{major}/bin`).
+    pub postgres_bin: String,
+}
+
+impl Default for ProcessRuntime {
+    fn default() -> Self {
+        ProcessRuntime {
+            user: "postgres".into(),
+            postgres_bin: "/usr/lib/postgresql/{major}/bin".into(),
+        }
+    }
+}
+
+struct Guarded {
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let start = Instant::now();
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if start.elapsed() > Duration::from_secs(5) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        drop(self.dir.take());
+    }
+}
+
+fn private_dir(owner: Option<&nix::unistd::User>) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir_in(super::scratch_root())
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot protect {}: {e}", dir.path().display()))?;
+    if let Some(u) = owner {
+        std::os::unix::fs::chown(dir.path(), Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+            .map_err(|e| format!("cannot give {} to {}: {e}", dir.path().display(), u.name))?;
+    }
+    Ok(dir)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// A scratch PostgreSQL cluster.
+pub struct ProcessPostgres {
+    guard: Guarded,
+    socket_dir: PathBuf,
+    major: u32,
+}
+
+impl ScratchPostgres for ProcessPostgres {
+    fn endpoint(&self) -> PgEndpoint {
+        PgEndpoint {
+            host: self.socket_dir.display().to_string(),
+            port: 5432,
+            user: "kompose_dr".into(),
+            maintenance_db: "postgres".into(),
+        }
+    }
+
+    fn major(&self) -> u32 {
+        self.major
+    }
+}
+
+/// A scratch Redis.
+pub struct ProcessRedis {
+    _guard: Guarded,
+    port: u16,
+}
+
+impl ScratchRedis for ProcessRedis {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+}
+
+#[async_trait]
+impl ScratchRuntime for ProcessRuntime {
+    async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, String> {
+        let bin = PathBuf::from(self.postgres_bin.replace("{major}", &major.to_string()));
+        for tool in ["initdb", "postgres"] {
+            if !bin.join(tool).is_file() {
+                return Err(format!(
+                    "PostgreSQL {major} server binaries are missing ({} not found): install postgresql-{major}, \
+                     or set [scratch] postgres_bin to where they are",
+                    bin.join(tool).display()
+                ));
+            }
+        }
+        let owner = if nix::unistd::geteuid().is_root() {
+            Some(
+                nix::unistd::User::from_name(&self.user)
+                    .map_err(|e| format!("cannot look up user `{}`: {e}", self.user))?
+                    .ok_or_else(|| {
+                        format!(
+                            "[scratch] user `{}` does not exist: create it or set [scratch] user",
+                            self.user
+                        )
+                    })?,
+            )
+        } else {
+            None
+        };
+        let dir = private_dir(owner.as_ref())?;
+        let data = dir.path().join("data");
+        let log = dir.path().join("postgres.log");
+        let as_user = |mut c: Command| -> Result<Command, String> {
+            crate::process::run_as(&mut c, &self.user)?;
+            Ok(c)
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "kompose_dr",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C.UTF-8",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let out = tokio::task::spawn_blocking({
+            let mut c = as_user(initdb)?;
+            move || c.output()
+        })
+        .await
+        .map_err(|e| format!("initdb: {e}"))?
+        .map_err(|e| format!("cannot run initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        if let Some(u) = &owner {
+            let _ = std::os::unix::fs::chown(&log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
+        }
+        let mut postgres = Command::new(bin.join("postgres"));
+        postgres
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .args([
+                "-p",
+                "5432",
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "max_wal_size=4GB",
+            ])
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stderr(logf);
+        let child = as_user(postgres)?
+            .spawn()
+            .map_err(|e| format!("cannot start postgres: {e}"))?;
+        let mut scratch = ProcessPostgres {
+            socket_dir: dir.path().to_owned(),
+            guard: Guarded {
+                child: Some(child),
+                dir: Some(dir),
+            },
+            major,
+        };
+        let cfg = crate::config::PostgresConfig {
+            endpoint: scratch.endpoint(),
+            password: None,
+            databases: crate::config::DatabaseSelection::All,
+            globals: false,
+            docker_container: None,
+            bin_dir: None,
+            jobs: std::num::NonZeroUsize::new(1).expect("1 > 0"),
+        };
+        let start = Instant::now();
+        loop {
+            if crate::sources::postgres::connect(&cfg, "postgres")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let exited = scratch
+                .guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "the scratch PostgreSQL {major} did not start: {}",
+                    log_tail(&log)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Box::new(scratch))
+    }
+
+    async fn redis(&self, data_dir: &Path, aof: bool) -> Result<Box<dyn ScratchRedis>, String> {
+        let exe = which("redis-server").ok_or(
+            "redis-server is missing: install redis-server (Debian: apt install redis-server)",
+        )?;
+        let conf_dir = private_dir(None)?;
+        let port = free_port()?;
+        let conf = conf_dir.path().join("redis.conf");
+        let log = conf_dir.path().join("redis.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nappendonly {}\nsave \"\"\ndaemonize no\nlogfile {}\nprotected-mode yes\n",
+                data_dir.display(),
+                if aof { "yes" } else { "no" },
+                log.display()
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let child = Command::new(exe)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let mut guard = Guarded {
+            child: Some(child),
+            dir: Some(conf_dir),
+        };
+        let cfg = crate::config::RedisConfig {
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            data_dir: None,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = crate::sources::redis::connect(&cfg).await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                // Loading may still be going on: wait until it is done.
+                let info: String = redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                if info.contains("loading:0") {
+                    break;
+                }
+            }
+            let exited = guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(120) {
+                return Err(format!(
+                    "the scratch Redis did not load the restored files: {}",
+                    log_tail(&log)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Box::new(ProcessRedis {
+            _guard: guard,
+            port,
+        }))
+    }
+
+    fn tempdir(&self) -> Result<tempfile::TempDir, String> {
+        private_dir(None)
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|c| c.is_file())
+    })
+}

@@ -1,0 +1,339 @@
+//! verify, check and drill against real servers and scratch instances.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Mosquitto, Pg, Redis, Workspace, text};
+
+/// Scratch directories and processes of this workspace's kompose-dr runs.
+fn scratch_leftovers(ws: &Workspace) -> (Vec<String>, Vec<String>) {
+    let tmp = ws.tmp();
+    let dirs = std::fs::read_dir(&tmp)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("kompose-dr-scratch-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(&*tmp.to_string_lossy()) {
+                procs.push(c);
+            }
+        }
+    }
+    (dirs, procs)
+}
+
+struct Stack {
+    pg: Pg,
+    redis: Redis,
+    ws: Workspace,
+}
+
+fn stack() -> Stack {
+    let pg = Pg::start();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE app LOGIN; CREATE DATABASE linkwarden OWNER app",
+    );
+    pg.psql("linkwarden", "SET ROLE app; CREATE TABLE \"Link\" AS SELECT g AS id FROM generate_series(1, 250) g; CREATE TABLE tags (t text)");
+    let redis = Redis::start(true, None);
+    redis.fill(120);
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, r#"{"resolver":{"Account":null,"Certificates":[]}}"#).unwrap();
+    ws.configure(&format!(
+        "reports_dir = \"{}\"\n{}{}[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
+        ws.dir.path().join("reports").display(),
+        Workspace::pg_section(&pg, &["linkwarden"]),
+        Workspace::redis_section(&redis),
+        acme.display()
+    ));
+    // reports_dir must be top level: move it before the first table.
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    let line = cfg
+        .lines()
+        .find(|l| l.starts_with("reports_dir"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &ws.config,
+        format!("{line}\n{}", cfg.replace(&format!("{line}\n"), "")),
+    )
+    .unwrap();
+    ws.init();
+    let out = ws.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    Stack { pg, redis, ws }
+}
+
+#[test]
+fn verify_passes_a_good_snapshot_and_catches_damage() {
+    let s = stack();
+    let ws = &s.ws;
+    let out = ws.run(&["--json", "verify"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["ok"], true);
+    let sources: Vec<&str> = r["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "files/traefik-acme",
+            "postgres/globals",
+            "postgres/linkwarden",
+            "redis"
+        ]
+    );
+    let lw = r["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["source"] == "postgres/linkwarden")
+        .unwrap();
+    assert!(
+        lw["checks"].to_string().contains("2 tables, 250 rows"),
+        "{lw}"
+    );
+    assert!(r["sources"].to_string().contains("120 keys"), "{r}");
+    assert_eq!(
+        scratch_leftovers(ws),
+        (vec![], vec![]),
+        "scratch instances remain"
+    );
+
+    // `check` without a key, and with --read-data.
+    let out = ws.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let out = ws.run(&["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+
+    // A flipped byte: check catches it without any key; verify names the source.
+    let m = &ws.manifests()[0];
+    let archive = ws.archive(Workspace::artifact(m, "redis"));
+    let good = std::fs::read(&archive).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    std::fs::write(&archive, &bad).unwrap();
+    let keyless = ws.dir.path().join("keyless.toml");
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("identity_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&keyless, cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+        .args(["--config"])
+        .arg(&keyless)
+        .args(["--json", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["damaged"][0]["source"], "redis", "{c}");
+    let out = ws.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.contains("FAILED  redis"), "{}", text(&out).0);
+
+    // A truncated archive.
+    std::fs::write(&archive, &good[..n - 10]).unwrap();
+    let out = ws.run(&["--json", "verify", "--source", "redis"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.contains("truncated"), "{}", text(&out).0);
+
+    // A missing archive.
+    std::fs::remove_file(&archive).unwrap();
+    let out = ws.run(&["verify", "--source", "redis"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).0.contains("redis"), "{}", text(&out).0);
+    let out = ws.run(&["--json", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::write(&archive, &good).unwrap();
+
+    // Facts that do not match the data: one table's recorded count is off.
+    let facts_path = ws.repo.join(m["facts"]["path"].as_str().unwrap());
+    let mut facts: serde_json::Value =
+        serde_json::from_slice(&ws.stock_decrypt(&facts_path)).unwrap();
+    facts["sources"]["postgres/linkwarden"]["tables"]["public.Link"] = 251.into();
+    let plain = ws.dir.path().join("facts.json");
+    std::fs::write(&plain, facts.to_string()).unwrap();
+    let sh = format!(
+        "zstd -q -c {} | age -r {} > {}",
+        plain.display(),
+        ws.recipient,
+        facts_path.display()
+    );
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&sh)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bytes = std::fs::read(&facts_path).unwrap();
+    use sha2::Digest;
+    let manifest_path = ws
+        .repo
+        .join(format!("snapshots/{}.json", m["id"].as_str().unwrap()));
+    let mut mj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    mj["facts"]["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+    mj["facts"]["stored_bytes"] = bytes.len().into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&mj).unwrap()).unwrap();
+    let out = ws.run(&["verify", "--source", "postgres/linkwarden"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out)
+            .0
+            .contains("table public.Link has 250 rows, 251 recorded"),
+        "{}",
+        text(&out).0
+    );
+
+    // The wrong identity.
+    let other = ws.dir.path().join("other.txt");
+    support::run_ok(Command::new("age-keygen").arg("-o").arg(&other));
+    let cfg = std::fs::read_to_string(&ws.config).unwrap().replace(
+        &ws.identity.display().to_string(),
+        &other.display().to_string(),
+    );
+    std::fs::write(&ws.config, cfg).unwrap();
+    let out = ws.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("facts") && text(&out).1.contains("decrypt"),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(
+        scratch_leftovers(ws),
+        (vec![], vec![]),
+        "scratch instances remain"
+    );
+    drop(s.pg);
+    drop(s.redis);
+}
+
+#[test]
+fn drills_report_restore_times_and_fail_on_a_failing_check() {
+    let s = stack();
+    let ws = &s.ws;
+    let broker = Mosquitto::start(None);
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!(
+            "{cfg}\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let sub = broker.subscribe("kompose/#", None);
+    let drill = ws.dir.path().join("drill.toml");
+    std::fs::write(
+        &drill,
+        "name = \"quarterly\"\nsnapshot = \"oldest\"\n\n[[check]]\nsource = \"postgres/linkwarden\"\nsql = 'select count(*) from \"Link\"'\nmin = 200\n\n[[check]]\nsource = \"redis\"\nmin_keys = 100\n",
+    )
+    .unwrap();
+    let out = ws.run(&["--json", "drill", "--drill", drill.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = &reports[0];
+    assert_eq!(r["ok"], true);
+    for v in r["sources"].as_array().unwrap() {
+        assert!(v["restore_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert!(r["sources"].to_string().contains("returned 250"), "{r}");
+    let files = r["report_files"].as_array().unwrap();
+    let md = std::fs::read_to_string(files[1].as_str().unwrap()).unwrap();
+    assert!(
+        md.contains("PASSED") && md.contains("| postgres/linkwarden |"),
+        "{md}"
+    );
+    assert_eq!(sub.wait_for(1)[0].0, "kompose/system/drill/completed");
+
+    // A failing SQL check fails the drill and publishes drill/failed.
+    std::fs::write(&drill, "name = \"quarterly\"\n\n[[check]]\nsource = \"postgres/linkwarden\"\nsql = 'select count(*) from \"Link\"'\nequals = \"9999\"\n").unwrap();
+    let out = ws.run(&["drill", "--drill", drill.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+    let msgs = sub.wait_for(2);
+    assert_eq!(msgs[1].0, "kompose/system/drill/failed");
+    assert_eq!(
+        msgs[1].1["data"]["failed"][0]["source"],
+        "postgres/linkwarden"
+    );
+    assert_eq!(
+        std::fs::read_dir(ws.dir.path().join("reports"))
+            .unwrap()
+            .count(),
+        4,
+        "reports keep history"
+    );
+
+    // SIGTERM in the middle: nothing remains.
+    let mut child = ws
+        .kdr()
+        .args(["drill", "--drill", drill.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while scratch_leftovers(ws).0.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no scratch instance appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let start = Instant::now();
+    while scratch_leftovers(ws) != (vec![], vec![]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "left behind: {:?}",
+            scratch_leftovers(ws)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_drill_without_a_key_fails_loudly() {
+    let ws = Workspace::new();
+    ws.configure("");
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("identity_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&ws.config, cfg).unwrap();
+    let drill = ws.dir.path().join("d.toml");
+    std::fs::write(&drill, "name = \"d\"\n").unwrap();
+    let out = ws.run(&["drill", "--drill", drill.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("identity_file"), "{}", text(&out).1);
+}

@@ -337,3 +337,55 @@ fn a_drill_without_a_key_fails_loudly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("identity_file"), "{}", text(&out).1);
 }
+
+#[test]
+fn missing_scratch_binaries_are_named_with_what_to_install() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "{}[scratch]\npostgres_bin = \"/nonexistent/postgresql/{{major}}/bin\"\n",
+        Workspace::pg_section(&pg, &["app"])
+    ));
+    ws.init();
+    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    let out = ws.run(&["verify"]);
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("install postgresql-15") && err.contains("/nonexistent/postgresql/15/bin"),
+        "{err}"
+    );
+    assert_eq!(scratch_leftovers(&ws), (vec![], vec![]));
+}
+
+#[test]
+fn verify_without_globals_restores_the_data_without_owners() {
+    let pg = Pg::start();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE owner_only_here; CREATE DATABASE app OWNER owner_only_here",
+    );
+    pg.psql(
+        "app",
+        "SET ROLE owner_only_here; CREATE TABLE t AS SELECT generate_series(1, 7) n",
+    );
+    let ws = Workspace::new();
+    let section = Workspace::pg_section(&pg, &["app"]).replace("globals = true", "globals = false");
+    ws.configure(&section);
+    ws.init();
+    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    let out = ws.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out).0,
+        text(&out).1
+    );
+    assert!(
+        text(&out).0.contains("1 tables, 7 rows"),
+        "{}",
+        text(&out).0
+    );
+}

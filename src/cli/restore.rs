@@ -181,6 +181,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         target,
         replace: args.replace,
         jobs: args.jobs.map(usize::from),
+        no_owner: false,
     };
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;

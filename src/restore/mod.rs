@@ -43,6 +43,9 @@ pub struct RestoreOptions {
     pub replace: bool,
     /// `--jobs N`: parallel pg_restore (stages the dump in a temporary file).
     pub jobs: Option<usize>,
+    /// Restore without ownership and privileges (`--no-owner
+    /// --no-privileges`): for scratch servers that lack the roles.
+    pub no_owner: bool,
 }
 
 /// Where one artifact goes.

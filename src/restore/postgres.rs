@@ -378,6 +378,9 @@ async fn run_pg_restore(
 ) -> Result<u64, String> {
     let mut cmd = command(cfg, tool, "pg_restore", scratch);
     cmd.args(["--exit-on-error", "--dbname", scratch]);
+    if ctx.options.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
     let label = stream::label(&item.choice.artifact);
     let (bytes, stderr, status) = match ctx.options.jobs {
         None => pipe_into(ctx, item, cmd, "pg_restore", None).await?,
@@ -407,6 +410,9 @@ async fn run_pg_restore(
                 (bytes, stderr, status)
             } else {
                 let mut post = command(cfg, tool, "pg_restore", scratch);
+                if ctx.options.no_owner {
+                    post.args(["--no-owner", "--no-privileges"]);
+                }
                 post.args([
                     "--exit-on-error",
                     "--section=post-data",

@@ -34,6 +34,10 @@ pub struct BackupOptions {
     pub sources: Vec<String>,
     /// The policy the run belongs to, recorded in the manifest.
     pub policy: Option<String>,
+    /// Only these repositories (by name); empty means all.
+    pub repositories: Vec<String>,
+    /// How long to wait for another writer's lock.
+    pub lock_wait: std::time::Duration,
 }
 
 /// Overall outcome of a run.
@@ -130,8 +134,27 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
             config.path.display()
         )));
     }
+    for name in &opts.repositories {
+        if config.repository(name).is_none() {
+            return Err(Failure::usage(format!(
+                "no repository named `{name}` in {}; configured: {}",
+                config.path.display(),
+                config
+                    .repositories
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
     let mut repositories = Vec::new();
-    for rc in &config.repositories {
+    let mut locks = Vec::new();
+    for rc in config
+        .repositories
+        .iter()
+        .filter(|rc| opts.repositories.is_empty() || opts.repositories.contains(&rc.name))
+    {
         let repo = Repository::open(rc);
         let marker = repo.marker().await?;
         let ours: Vec<String> = encryption
@@ -145,6 +168,11 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
                 "the configured recipients differ from those the repository was created with; new archives use the configured ones"
             );
         }
+        locks.push(
+            repo.lock("backup", opts.lock_wait)
+                .await
+                .map_err(Failure::failed)?,
+        );
         repositories.push(repo);
     }
 
@@ -272,6 +300,7 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
         }
     }
 
+    drop(locks);
     let committed = repo_reports.iter().any(|r| r.committed);
     let all_good = committed
         && runs.iter().all(|r| r.result.is_ok())
@@ -506,7 +535,9 @@ async fn plan<'a>(
             .expect("one pattern");
         let hit =
             names.iter().any(|n| single.is_match(n)) || (pg_unknown && p.starts_with("postgres"));
-        if !hit {
+        if !hit && opts.policy.is_some() {
+            tracing::warn!(pattern = %p, policy = ?opts.policy, "the policy names a source that is not configured");
+        } else if !hit {
             return Err(Failure::usage(format!(
                 "--source {p} matches no configured source; configured: {}",
                 if names.is_empty() {

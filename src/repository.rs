@@ -241,6 +241,22 @@ impl Repository {
         Ok(marker)
     }
 
+    /// Takes the repository's writer lock (backup, prune), waiting up to
+    /// `wait`; `None` for backends without one.
+    pub async fn lock(
+        &self,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<crate::lock::RepoLock>, String> {
+        match self.backend.local_root() {
+            Some(root) => crate::lock::acquire(root, command, wait)
+                .await
+                .map(Some)
+                .map_err(|e| format!("repository `{}`: {e}", self.name)),
+            None => Ok(None),
+        }
+    }
+
     /// Starts writing an object (invisible until finished).
     pub async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, RepositoryError> {
         self.backend.create(key).await.map_err(|e| self.storage(e))

@@ -90,3 +90,18 @@ fn shipped_drills_parse() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn shipped_policies_parse() {
+    let p = kompose_dr::policy::Policy::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies"
+    )))
+    .unwrap();
+    let nightly = p.iter().find(|p| p.name == "nightly").unwrap();
+    assert_eq!(nightly.retention.keep_daily, Some(14));
+    assert_eq!(nightly.retention.keep_weekly, Some(8));
+    assert_eq!(nightly.retention.keep_monthly, Some(12));
+    assert_eq!(nightly.retention.keep_yearly, Some(2));
+    assert_eq!(nightly.schedule_text, "0 0 3 * * *");
+}

@@ -11,21 +11,49 @@ use crate::time::bytes;
 pub struct Args {
     /// Back up only these sources: names or globs (`postgres/*`, `redis`,
     /// `files/traefik-acme`).
-    #[arg(long = "source", value_name = "NAME", num_args = 1..)]
+    #[arg(long = "source", value_name = "NAME", num_args = 1.., conflicts_with = "policy")]
     sources: Vec<String>,
+    /// Run this policy (policies_dir/*.toml): its sources and repositories,
+    /// recorded in the manifest so prune applies its retention.
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
+    /// Wait this long for another writer's lock (`30s`, `10m`); default: fail at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    lock_wait: std::time::Duration,
 }
 
 /// Runs `backup`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let config = globals.load_config()?;
-    let report = crate::backup::run(
-        &config,
-        &BackupOptions {
-            sources: args.sources,
-            policy: None,
-        },
-    )
-    .await?;
+    let mut options = BackupOptions {
+        sources: args.sources,
+        policy: None,
+        repositories: Vec::new(),
+        lock_wait: args.lock_wait,
+    };
+    if let Some(name) = &args.policy {
+        let policies =
+            crate::policy::Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
+        let p = policies.iter().find(|p| &p.name == name).ok_or_else(|| {
+            Failure::usage(format!(
+                "no policy `{name}` in {}; available: {}",
+                config.policies_dir.display(),
+                if policies.is_empty() {
+                    "none".to_owned()
+                } else {
+                    policies
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ))
+        })?;
+        options.sources = p.sources.clone();
+        options.repositories = p.repositories.clone();
+        options.policy = Some(p.name.clone());
+    }
+    let report = crate::backup::run(&config, &options).await?;
     crate::events::after_backup(&config, &report).await;
     if globals.json {
         output::json(&report);

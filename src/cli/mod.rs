@@ -9,6 +9,7 @@ mod check;
 mod drill;
 mod init;
 pub mod output;
+mod prune;
 mod restore;
 mod snapshots;
 mod verify;
@@ -60,6 +61,8 @@ pub enum Command {
     Check(check::Args),
     /// Run restore drills (drills_dir/*.toml or --drill FILE) and write reports.
     Drill(drill::Args),
+    /// Apply the retention policies; --dry-run shows what would go and why.
+    Prune(prune::Args),
 }
 
 /// Global options every command sees.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
             Command::Verify(a) => verify::run(&globals, a).await,
             Command::Check(a) => check::run(&globals, a).await,
             Command::Drill(a) => drill::run(&globals, a).await,
+            Command::Prune(a) => prune::run(&globals, a).await,
         }
     });
     match result {

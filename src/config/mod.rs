@@ -74,6 +74,10 @@ struct RawConfig {
     env_file: Option<Spanned<String>>,
     drills_dir: Option<Spanned<String>>,
     reports_dir: Option<Spanned<String>>,
+    policies_dir: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    retention: crate::retention::Retention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +189,12 @@ pub struct Config {
     pub drills_dir: PathBuf,
     /// Where drill reports are written.
     pub reports_dir: PathBuf,
+    /// Where policies are found.
+    pub policies_dir: PathBuf,
+    /// Time zone for retention's calendar buckets (default: local time).
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Retention of snapshots made without a policy.
+    pub retention: crate::retention::Retention,
 }
 
 /// The MQTT broker events go to.
@@ -695,6 +705,19 @@ impl Cx<'_> {
             None => PathBuf::from("/var/local/data/backups/reports"),
         };
 
+        let policies_dir = match &raw.policies_dir {
+            Some(d) => self.path(d, "policies_dir")?,
+            None => PathBuf::from("/etc/kompose-dr/policies"),
+        };
+        let timezone = raw
+            .timezone
+            .as_ref()
+            .map(|t| {
+                let v = self.string(t, "timezone")?;
+                crate::policy::parse_timezone(&v).map_err(|e| self.err(t.span(), "timezone", e))
+            })
+            .transpose()?;
+
         Ok(Config {
             path: self.file.to_owned(),
             repositories,
@@ -708,6 +731,9 @@ impl Cx<'_> {
             scratch,
             drills_dir,
             reports_dir,
+            policies_dir,
+            timezone,
+            retention: raw.retention.clone(),
         })
     }
 

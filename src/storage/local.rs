@@ -220,6 +220,40 @@ impl Backend for LocalBackend {
             Err(e) => Err(io("remove", &path)(e)),
         }
     }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        let path = self.path(prefix.trim_end_matches('/'));
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(io("fsync", dir))?;
+        }
+        Ok(())
+    }
+
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let path = self.path(prefix.trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut rd = match tokio::fs::read_dir(&path).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io("list", &path)(e)),
+        };
+        while let Some(e) = rd.next_entry().await.map_err(io("list", &path))? {
+            if e.file_type().await.map_err(io("stat", &path))?.is_dir() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
 }
 
 struct LocalWriter {

@@ -91,6 +91,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Removes an object; a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Removes every object under `prefix` (ending in `/`), including
+    /// unfinished ones.
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
+
+    /// The names of the immediate "directories" under `prefix` (ending in
+    /// `/`), finished objects or not.
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// The local directory, for backends that are one (locking uses it).
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// A large object being written in pieces.

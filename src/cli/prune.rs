@@ -1,0 +1,98 @@
+//! `kompose-dr prune`: apply the retention policies; `--dry-run` shows
+//! what would go and which rule decided.
+
+use super::{Globals, output};
+use crate::error::{Exit, Failure};
+use crate::policy::Policy;
+use crate::prune::PruneOptions;
+use crate::repository::Repository;
+
+/// Arguments of `prune`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Show what would be removed, and why, without removing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune this repository only (default: every configured one).
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
+    /// Only snapshots made by this policy.
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
+    /// Wait this long for another writer's lock (`30s`, `10m`); default: fail at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    lock_wait: std::time::Duration,
+    /// Unreferenced data younger than this is left alone.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    grace: std::time::Duration,
+}
+
+/// Runs `prune`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+    let config = globals.load_config()?;
+    let policies = Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
+    if let Some(p) = &args.policy
+        && !policies.iter().any(|q| &q.name == p)
+    {
+        return Err(Failure::usage(format!(
+            "no policy `{p}` in {}",
+            config.policies_dir.display()
+        )));
+    }
+    let targets: Vec<_> = match &args.repository {
+        Some(name) => vec![config.repository(name).ok_or_else(|| {
+            Failure::usage(format!(
+                "no repository named `{name}` in {}",
+                config.path.display()
+            ))
+        })?],
+        None => config.repositories.iter().collect(),
+    };
+    let opts = PruneOptions {
+        dry_run: args.dry_run,
+        policy: args.policy.clone(),
+        grace: args.grace,
+    };
+    let mut reports = Vec::new();
+    for rc in targets {
+        let repo = Repository::open(rc);
+        repo.marker().await?;
+        let _lock = if args.dry_run {
+            None
+        } else {
+            repo.lock("prune", args.lock_wait)
+                .await
+                .map_err(Failure::failed)?
+        };
+        let report = crate::prune::run(&config, &policies, &repo, &opts, chrono::Utc::now())
+            .await
+            .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))?;
+        if !globals.json {
+            output::line(format!(
+                "repository {}{}:",
+                report.repository,
+                if report.dry_run {
+                    " (dry run: nothing removed)"
+                } else {
+                    ""
+                }
+            ));
+            for d in &report.snapshots {
+                output::line(format!(
+                    "  {}  {:<24} {}",
+                    if d.keep { "keep  " } else { "remove" },
+                    d.snapshot,
+                    d.reasons.join("; ")
+                ));
+            }
+            for u in &report.unreferenced {
+                output::line(format!("  remove  {u} (no manifest names it)"));
+            }
+        }
+        reports.push(report);
+    }
+    if globals.json {
+        output::json(&reports);
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,121 @@
+//! The exclusive writer lock of a repository.
+//!
+//! Writers (backup, prune) hold it; readers take none. On a local
+//! repository it is a `flock` on `<repo>/lock`, which the kernel releases
+//! when the process dies — a `kill -9` never leaves a stale lock behind.
+//! The holder writes who it is into the file, so a second writer that gives
+//! up (after `--lock-wait`, default: at once) can say who holds it.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// Who holds a lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// The command (`backup`, `prune`).
+    pub command: String,
+    /// Since when.
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`kompose-dr {}` (pid {} on {}, since {})",
+            self.command,
+            self.pid,
+            self.host,
+            self.since
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// A held lock; dropping it releases it.
+#[derive(Debug)]
+pub struct RepoLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the writer lock of the local repository at `root`, waiting up to
+/// `wait` for the current holder.
+pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoLock, String> {
+    crate::storage::local::create_dir_private(root)
+        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let path = root.join("lock");
+    let deadline = Instant::now() + wait;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot open the lock {}: {e}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let me = Holder {
+                    host: hostname::get()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    pid: std::process::id(),
+                    command: command.to_owned(),
+                    since: chrono::Utc::now(),
+                };
+                let body = serde_json::to_vec(&me).expect("holder serialises");
+                let _ = lock.set_len(0);
+                let _ = lock.rewind();
+                let _ = lock.write_all(&body);
+                let _ = lock.sync_all();
+                return Ok(RepoLock { _lock: lock });
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                if Instant::now() >= deadline {
+                    let mut text = String::new();
+                    let _ = file.read_to_string(&mut text);
+                    let holder = serde_json::from_str::<Holder>(&text)
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|_| "another kompose-dr".to_owned());
+                    return Err(format!(
+                        "repository {} is locked by {holder}; wait for it to finish, or pass --lock-wait 10m to wait",
+                        root.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused_with_the_holder_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = acquire(dir.path(), "backup", Duration::ZERO).await.unwrap();
+        let e = acquire(dir.path(), "prune", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("`kompose-dr backup`") && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        acquire(dir.path(), "prune", Duration::ZERO).await.unwrap();
+    }
+}

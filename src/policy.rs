@@ -1,0 +1,142 @@
+//! Policies (`policies_dir/*.toml`, design §6b): what to back up, where,
+//! when, and how long to keep it.
+//!
+//! ```toml
+//! name = "nightly"
+//! schedule = "0 0 3 * * *"   # cron with a seconds field: sec min hour day month weekday
+//! timezone = "Europe/Berlin" # optional; default: the configured or local zone
+//! sources = ["postgres/*", "redis", "files/*"]
+//! repositories = ["local", "offsite"]
+//!
+//! [retention]
+//! keep_daily = 14
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::retention::Retention;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: String,
+    schedule: String,
+    timezone: Option<String>,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
+    #[serde(default)]
+    retention: Retention,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Its name (`backup --policy NAME`; recorded in manifests).
+    pub name: String,
+    /// When it runs.
+    pub schedule: cron::Schedule,
+    /// The schedule as written.
+    pub schedule_text: String,
+    /// The time zone of the schedule and of retention's calendar buckets.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Sources (names or globs); empty means all.
+    pub sources: Vec<String>,
+    /// Repositories by name; empty means all.
+    pub repositories: Vec<String>,
+    /// How long its snapshots are kept.
+    pub retention: Retention,
+    /// The file it came from.
+    pub path: PathBuf,
+}
+
+/// Parses a time zone name (`Europe/Berlin`, `UTC`).
+pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str(s)
+        .map_err(|_| format!("`{s}` is not a time zone (write e.g. Europe/Berlin or UTC)"))
+}
+
+impl Policy {
+    /// Reads and validates a policy file; errors name the file and line.
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("policy {}: cannot read it: {e}", path.display()))?;
+        let raw: RawPolicy = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            format!(
+                "policy {}{}: {}",
+                path.display(),
+                line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                e.message().trim()
+            )
+        })?;
+        let at = |msg: String| format!("policy {}: {msg}", path.display());
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(at(format!(
+                "name `{}`: use letters, digits, '-', '_' or '.'",
+                raw.name
+            )));
+        }
+        let schedule = cron::Schedule::from_str(&raw.schedule).map_err(|e| {
+            at(format!(
+                "schedule `{}` is not a cron expression ({e}); it has a seconds field first: \"0 0 3 * * *\" is 03:00:00 daily",
+                raw.schedule
+            ))
+        })?;
+        let timezone = raw
+            .timezone
+            .as_deref()
+            .map(parse_timezone)
+            .transpose()
+            .map_err(at)?;
+        crate::sources::matcher(&raw.sources).map_err(at)?;
+        Ok(Policy {
+            name: raw.name,
+            schedule,
+            schedule_text: raw.schedule,
+            timezone,
+            sources: raw.sources,
+            repositories: raw.repositories,
+            retention: raw.retention,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Every policy in `dir` (none if it does not exist), sorted by file name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, String> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("cannot read policies_dir {}: {e}", dir.display())),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let policies: Vec<Policy> = paths
+            .iter()
+            .map(|p| Policy::load(p))
+            .collect::<Result<_, _>>()?;
+        for (i, p) in policies.iter().enumerate() {
+            if policies[..i].iter().any(|q| q.name == p.name) {
+                return Err(format!(
+                    "policy name `{}` is used twice in {}",
+                    p.name,
+                    dir.display()
+                ));
+            }
+        }
+        Ok(policies)
+    }
+}

@@ -1,0 +1,221 @@
+//! `prune`: apply retention, per policy and per source, and remove what no
+//! manifest names.
+//!
+//! Each snapshot is judged under the retention of the policy that made it
+//! (the top-level `[retention]` for snapshots made without one; no
+//! retention at all keeps everything). The newest good artifact of every
+//! source is always kept. A snapshot's manifest is removed before its data,
+//! so a crash in between leaves unreferenced data (removed next time), never
+//! a manifest naming missing data. Data that no manifest names and that is
+//! older than the grace period (so not a backup being written right now —
+//! the writer lock also excludes that) is removed too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::manifest::Manifest;
+use crate::policy::Policy;
+use crate::repository::{Repository, manifest_key};
+use crate::retention::{Retention, decide};
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Only say what would go.
+    pub dry_run: bool,
+    /// Only snapshots of this policy.
+    pub policy: Option<String>,
+    /// Unreferenced data younger than this stays.
+    pub grace: Duration,
+}
+
+/// One snapshot's fate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Its policy.
+    pub policy: Option<String>,
+    /// Kept or removed.
+    pub keep: bool,
+    /// The rules that kept it, or why it goes.
+    pub reasons: Vec<String>,
+}
+
+/// The result of `prune`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Repository pruned.
+    pub repository: String,
+    /// Whether nothing was removed on purpose.
+    pub dry_run: bool,
+    /// Every snapshot considered, newest first.
+    pub snapshots: Vec<Decision>,
+    /// Unreferenced objects removed (or that would be).
+    pub unreferenced: Vec<String>,
+}
+
+fn retention_for<'a>(
+    config: &'a Config,
+    policies: &'a [Policy],
+    name: Option<&str>,
+) -> Option<&'a Retention> {
+    match name {
+        Some(n) => policies.iter().find(|p| p.name == n).map(|p| &p.retention),
+        None => Some(&config.retention),
+    }
+}
+
+/// Decides which snapshots stay (pure: no I/O).
+pub fn plan(
+    config: &Config,
+    policies: &[Policy],
+    snapshots: &[Manifest],
+    only: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    let mut by_policy: BTreeMap<Option<String>, Vec<Manifest>> = BTreeMap::new();
+    for m in snapshots {
+        by_policy
+            .entry(m.policy.clone())
+            .or_default()
+            .push(m.clone());
+    }
+    let mut decisions = Vec::new();
+    for (policy, group) in by_policy {
+        if only.is_some_and(|o| policy.as_deref() != Some(o)) {
+            continue;
+        }
+        let retention = retention_for(config, policies, policy.as_deref());
+        let tz = policy
+            .as_deref()
+            .and_then(|n| policies.iter().find(|p| p.name == n))
+            .and_then(|p| p.timezone)
+            .or(config.timezone);
+        let kept = match (retention, tz) {
+            (Some(r), _) if r.is_empty() => None,
+            (Some(r), Some(tz)) => Some(decide(&group, r, now, &tz)),
+            (Some(r), None) => Some(decide(&group, r, now, &chrono::Local)),
+            (None, _) => None,
+        };
+        for m in &group {
+            let (keep, reasons) = match &kept {
+                None => (
+                    true,
+                    vec![match (policy.as_deref(), retention) {
+                        (Some(p), None) => format!("policy `{p}` is not configured any more: kept"),
+                        (None, _) => {
+                            "no [retention] for snapshots made without a policy: kept".to_owned()
+                        }
+                        (Some(p), Some(_)) => format!("policy `{p}` has no retention rules: kept"),
+                    }],
+                ),
+                Some(k) => match k.get(&m.id) {
+                    Some(r) => (true, r.iter().cloned().collect()),
+                    None => (false, vec!["matched no retention rule".to_owned()]),
+                },
+            };
+            decisions.push(Decision {
+                snapshot: m.id.clone(),
+                policy: policy.clone(),
+                keep,
+                reasons,
+            });
+        }
+    }
+    decisions.sort_by(|a, b| b.snapshot.cmp(&a.snapshot));
+    decisions
+}
+
+/// Prunes one repository (the caller holds its writer lock).
+pub async fn run(
+    config: &Config,
+    policies: &[Policy],
+    repo: &Repository,
+    opts: &PruneOptions,
+    now: DateTime<Utc>,
+) -> Result<PruneReport, String> {
+    let (snapshots, damaged) = repo.snapshots().await.map_err(|e| e.to_string())?;
+    if !damaged.is_empty() {
+        return Err(format!(
+            "{} manifest(s) cannot be read ({}): fix or move them before pruning, so that nothing they name is taken for unreferenced data",
+            damaged.len(),
+            damaged
+                .iter()
+                .map(|d| d.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let decisions = plan(config, policies, &snapshots, opts.policy.as_deref(), now);
+    let backend = repo.backend();
+    for d in decisions.iter().filter(|d| !d.keep) {
+        if opts.dry_run {
+            continue;
+        }
+        // The manifest first: from here on the snapshot no longer exists.
+        backend
+            .delete(&manifest_key(&d.snapshot))
+            .await
+            .map_err(|e| e.to_string())?;
+        backend
+            .delete_prefix(&format!("data/{}/", d.snapshot))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(repository = repo.name(), snapshot = %d.snapshot, "snapshot removed");
+    }
+
+    // Data no manifest names, older than the grace period.
+    let live: BTreeSet<String> = snapshots
+        .iter()
+        .filter(|m| decisions.iter().any(|d| d.snapshot == m.id && d.keep) || opts.policy.is_some())
+        .map(|m| m.id.clone())
+        .collect();
+    let removed: BTreeSet<String> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.snapshot.clone())
+        .collect();
+    let mut unreferenced = Vec::new();
+    for id in backend
+        .list_dirs("data/")
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if live.contains(&id) || removed.contains(&id) || snapshots.iter().any(|m| m.id == id) {
+            continue;
+        }
+        let young = id_time(&id).is_none_or(|t| {
+            now - t < chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX)
+        });
+        if young {
+            continue;
+        }
+        unreferenced.push(format!("data/{id}/"));
+        if !opts.dry_run {
+            backend
+                .delete_prefix(&format!("data/{id}/"))
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(repository = repo.name(), prefix = %format!("data/{id}/"), "unreferenced data removed");
+        }
+    }
+    Ok(PruneReport {
+        repository: repo.name().to_owned(),
+        dry_run: opts.dry_run,
+        snapshots: decisions,
+        unreferenced,
+    })
+}
+
+/// The time in a snapshot id.
+fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.get(..16)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|n| n.and_utc())
+}

@@ -1,0 +1,210 @@
+//! Policies, prune and the writer lock on real repositories.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{Pg, Workspace, script, text};
+
+fn file_workspace(extra: &str) -> Workspace {
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("f.txt");
+    std::fs::write(&f, "data").unwrap();
+    std::fs::create_dir_all(ws.dir.path().join("policies")).unwrap();
+    ws.configure(&format!(
+        "[[files]]\nname = \"f\"\npath = \"{}\"\n",
+        f.display()
+    ));
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!(
+            "policies_dir = \"{}\"\n{extra}\n{cfg}",
+            ws.dir.path().join("policies").display()
+        ),
+    )
+    .unwrap();
+    ws.init();
+    ws
+}
+
+#[test]
+fn backup_policy_is_recorded_and_prune_keeps_by_its_retention() {
+    let ws = file_workspace("");
+    std::fs::write(
+        ws.dir.path().join("policies/hourly.toml"),
+        "name = \"hourly\"\nschedule = \"0 0 * * * *\"\nsources = [\"files/*\"]\n[retention]\nkeep_last = 2\n",
+    )
+    .unwrap();
+    for _ in 0..4 {
+        let out = ws.run(&["backup", "--policy", "hourly"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    }
+    // One without a policy: no top-level [retention], so it is kept.
+    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    let before = ws.manifests();
+    assert_eq!(before.len(), 5);
+    assert_eq!(before.iter().filter(|m| m["policy"] == "hourly").count(), 4);
+
+    let out = ws.run(&["--json", "prune", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions = r[0]["snapshots"].as_array().unwrap();
+    assert_eq!(decisions.iter().filter(|d| d["keep"] == false).count(), 2);
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["reasons"].to_string().contains("keep_last 2")),
+        "{r}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["reasons"].to_string().contains("no [retention]")),
+        "{r}"
+    );
+    assert_eq!(ws.manifests().len(), 5, "dry run removes nothing");
+
+    let out = ws.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let after = ws.manifests();
+    assert_eq!(after.len(), 3);
+    // The removed snapshots' data is gone too; the kept ones' is intact.
+    let data: Vec<String> = std::fs::read_dir(ws.repo.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(data.len(), 3);
+    assert_eq!(ws.run(&["check"]).status.code(), Some(0));
+
+    // An unknown policy is a usage error.
+    assert_eq!(
+        ws.run(&["backup", "--policy", "nope"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_crash_between_manifest_and_data_removal_is_cleaned_up_next_time() {
+    let ws = file_workspace("[retention]\nkeep_last = 1\n");
+    for _ in 0..2 {
+        assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    }
+    // As if prune died after removing the older manifest.
+    let old = ws.manifests()[1]["id"].as_str().unwrap().to_owned();
+    std::fs::remove_file(ws.repo.join(format!("snapshots/{old}.json"))).unwrap();
+    assert!(ws.repo.join(format!("data/{old}")).exists());
+    assert_eq!(
+        ws.manifests().len(),
+        1,
+        "the snapshot is gone as soon as its manifest is"
+    );
+    // A fresh unfinished run's leftovers are younger than the grace period.
+    let fresh = format!("{}-abcdef", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    std::fs::create_dir_all(ws.repo.join(format!("data/{fresh}/files"))).unwrap();
+    std::fs::write(
+        ws.repo
+            .join(format!("data/{fresh}/files/f.zst.age.1234.tmp")),
+        "x",
+    )
+    .unwrap();
+
+    let out = ws.run(&["--json", "prune", "--grace", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r[0]["unreferenced"],
+        serde_json::json!([]),
+        "the old one is younger than 1h too"
+    );
+    let out = ws.run(&["--json", "prune", "--grace", "0s"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r[0]["unreferenced"].as_array().unwrap().len(), 2, "{r}");
+    assert!(!ws.repo.join(format!("data/{old}")).exists());
+    assert_eq!(ws.manifests().len(), 1);
+    assert_eq!(ws.run(&["check"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    let ws = Workspace::new();
+    // A pg_dump that takes its time after dumping.
+    let bin = ws.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let dumped = ws.dir.path().join("dumped");
+    script(
+        &bin.join("pg_dump"),
+        &format!(
+            "#!/bin/sh\n{}/pg_dump \"$@\"\ntouch {}\nsleep 2\n",
+            support::PG_BIN,
+            dumped.display()
+        ),
+    );
+    script(
+        &bin.join("pg_dumpall"),
+        &format!("#!/bin/sh\nexec {}/pg_dumpall \"$@\"\n", support::PG_BIN),
+    );
+    let section = Workspace::pg_section(&pg, &["app"]);
+    ws.configure(&format!(
+        "{}\nbin_dir = \"{}\"\n",
+        section.trim_end(),
+        bin.display()
+    ));
+    ws.init();
+
+    let wait_dumped = || {
+        let start = Instant::now();
+        while !dumped.exists() {
+            assert!(start.elapsed() < Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::remove_file(&dumped).unwrap();
+    };
+
+    let first = ws
+        .kdr()
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_dumped();
+    let out = ws.run(&["backup"]);
+    let err = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("locked by `kompose-dr backup`")
+            && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    // Waiting gets it once the first one is done.
+    let out = ws.run(&["backup", "--lock-wait", "30s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let mut first = first;
+    assert!(first.wait().unwrap().success());
+    assert_eq!(ws.manifests().len(), 2, "both backups are intact");
+
+    // kill -9 of the holder: the kernel frees the lock.
+    let holder = ws
+        .kdr()
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_dumped();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut holder = holder;
+    holder.wait().unwrap();
+    ws.configure(&section);
+    let out = ws.run(&["prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+}

@@ -37,7 +37,7 @@ fn every_unit_verifies() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stderr.trim().is_empty(), "systemd-analyze warned: {stderr}");
 
-    for name in ["backup", "prune", "drill"] {
+    for name in ["backup", "prune", "drill", "agent"] {
         let unit =
             std::fs::read_to_string(Path::new(UNITS).join(format!("kompose-dr-{name}.service")))
                 .unwrap();

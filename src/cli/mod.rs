@@ -4,6 +4,7 @@
 //! Commands return either an [`Exit`] or a [`Failure`]; only this module
 //! and [`output`] print. Logs go to stderr, `--json` documents to stdout.
 
+mod agent;
 mod backup;
 mod check;
 mod drill;
@@ -36,6 +37,9 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+    /// Log format on stderr: text, or json (for journald/Loki).
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
@@ -63,6 +67,8 @@ pub enum Command {
     Drill(drill::Args),
     /// Apply the retention policies; --dry-run shows what would go and why.
     Prune(prune::Args),
+    /// Long-running: run policies, prune and drills on their cron schedules.
+    Agent(agent::Args),
 }
 
 /// Global options every command sees.
@@ -94,7 +100,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format == "json");
     let globals = Globals {
         config: cli.config.clone(),
         json: cli.json,
@@ -119,6 +125,7 @@ pub fn main() -> ExitCode {
             Command::Check(a) => check::run(&globals, a).await,
             Command::Drill(a) => drill::run(&globals, a).await,
             Command::Prune(a) => prune::run(&globals, a).await,
+            Command::Agent(a) => agent::run(&globals, a).await,
         }
     });
     match result {
@@ -130,7 +137,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: u8) {
+fn init_logging(verbose: u8, quiet: u8, json: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match (verbose, quiet) {
         (0, 0) => "info",
@@ -141,12 +148,17 @@ fn init_logging(verbose: u8, quiet: u8) {
     };
     let filter =
         EnvFilter::try_from_env("KOMPOSE_DR_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Runs `work` until it finishes or Ctrl-C/SIGTERM arrives; on a signal the

@@ -78,6 +78,29 @@ struct RawConfig {
     timezone: Option<Spanned<String>>,
     #[serde(default)]
     retention: crate::retention::Retention,
+    prune_schedule: Option<Spanned<String>>,
+    drill_schedule: Option<Spanned<String>>,
+    agent: Option<RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    listen: Option<Spanned<String>>,
+    catch_up: Option<bool>,
+}
+
+/// Settings of the long-running agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    /// Where `/metrics` and `/healthz` are served (`127.0.0.1:9187`).
+    pub listen: Option<String>,
+    /// Run a policy once at start if its last scheduled run was missed.
+    pub catch_up: bool,
+    /// When `prune` runs (cron with seconds).
+    pub prune_schedule: Option<String>,
+    /// When `drill` runs (cron with seconds).
+    pub drill_schedule: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +218,8 @@ pub struct Config {
     pub timezone: Option<chrono_tz::Tz>,
     /// Retention of snapshots made without a policy.
     pub retention: crate::retention::Retention,
+    /// The agent's settings.
+    pub agent: AgentConfig,
 }
 
 /// The MQTT broker events go to.
@@ -718,6 +743,44 @@ impl Cx<'_> {
             })
             .transpose()?;
 
+        let mut agent = AgentConfig {
+            listen: None,
+            catch_up: raw.agent.as_ref().and_then(|a| a.catch_up).unwrap_or(false),
+            prune_schedule: None,
+            drill_schedule: None,
+        };
+        for (key, value, slot) in [
+            (
+                "prune_schedule",
+                &raw.prune_schedule,
+                &mut agent.prune_schedule,
+            ),
+            (
+                "drill_schedule",
+                &raw.drill_schedule,
+                &mut agent.drill_schedule,
+            ),
+        ] {
+            if let Some(v) = value {
+                let text = self.string(v, key)?;
+                <cron::Schedule as std::str::FromStr>::from_str(&text).map_err(|e| {
+                    self.err(v.span(), key, format!("`{text}` is not a cron expression ({e}); it has a seconds field first: \"0 30 4 * * *\""))
+                })?;
+                *slot = Some(text);
+            }
+        }
+        if let Some(l) = raw.agent.as_ref().and_then(|a| a.listen.as_ref()) {
+            let text = self.string(l, "agent.listen")?;
+            text.parse::<std::net::SocketAddr>().map_err(|_| {
+                self.err(
+                    l.span(),
+                    "agent.listen",
+                    format!("`{text}` is not an address: write 127.0.0.1:9187"),
+                )
+            })?;
+            agent.listen = Some(text);
+        }
+
         Ok(Config {
             path: self.file.to_owned(),
             repositories,
@@ -734,6 +797,7 @@ impl Cx<'_> {
             policies_dir,
             timezone,
             retention: raw.retention.clone(),
+            agent,
         })
     }
 

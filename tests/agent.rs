@@ -1,0 +1,202 @@
+//! The agent for real: a seconds-level schedule, /metrics and /healthz,
+//! SIGHUP, and SIGTERM in the middle of a backup.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{Pg, Workspace, free_port, script};
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what} did not happen within {secs}s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("f.txt");
+    std::fs::write(&f, "data").unwrap();
+    let policies = ws.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("fast.toml"),
+        "name = \"fast\"\nschedule = \"*/2 * * * * *\"\nsources = [\"files/*\"]\n",
+    )
+    .unwrap();
+    let port = free_port();
+    ws.configure(&format!(
+        "[[files]]\nname = \"f\"\npath = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n[agent]\nlisten = \"127.0.0.1:{port}\"\n",
+        f.display(),
+        ws.dir.path().join("m.prom").display()
+    ));
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
+    )
+    .unwrap();
+    ws.init();
+
+    let mut agent = ws
+        .kdr()
+        .args(["--log-format", "json", "agent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("two scheduled backups", 20, || {
+        let out = ws.run(&["--json", "snapshots"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["snapshots"].as_array().is_some_and(|a| a.len() >= 2)
+    });
+    let m = ws.manifests();
+    assert!(m.iter().all(|m| m["policy"] == "fast"));
+    assert!(get(port, "/healthz").ends_with("ok\n"));
+    let metrics = get(port, "/metrics");
+    assert!(
+        metrics.contains("kompose_dr_backup_last_status{source=\"files/f\"} 1"),
+        "{metrics}"
+    );
+    assert!(get(port, "/nope").starts_with("HTTP/1.1 404"));
+
+    // SIGHUP with a broken configuration keeps the old one.
+    std::fs::write(
+        policies.join("broken.toml"),
+        "name = \"broken\"\nschedule = \"every day\"\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent survives a broken reload"
+    );
+
+    sigterm(&agent);
+    let status = agent.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let first = log.lines().next().unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "--log-format json: {first}"
+    );
+    assert!(log.contains("keeping the old one"), "{log}");
+}
+
+#[test]
+fn sigterm_mid_backup_exits_0_and_commits_nothing() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    let ws = Workspace::new();
+    let bin = ws.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let dumped = ws.dir.path().join("dumped");
+    script(
+        &bin.join("pg_dump"),
+        &format!(
+            "#!/bin/sh\n{}/pg_dump \"$@\"\ntouch {}\nexec sleep 30\n",
+            support::PG_BIN,
+            dumped.display()
+        ),
+    );
+    script(
+        &bin.join("pg_dumpall"),
+        &format!("#!/bin/sh\nexec {}/pg_dumpall \"$@\"\n", support::PG_BIN),
+    );
+    let policies = ws.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.toml"),
+        "name = \"p\"\nschedule = \"* * * * * *\"\n",
+    )
+    .unwrap();
+    let section = Workspace::pg_section(&pg, &["app"]);
+    ws.configure(&format!(
+        "{}\nbin_dir = \"{}\"\n",
+        section.trim_end(),
+        bin.display()
+    ));
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
+    )
+    .unwrap();
+    ws.init();
+
+    let mut agent = ws
+        .kdr()
+        .arg("agent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the dump", 20, || dumped.exists());
+    let start = Instant::now();
+    sigterm(&agent);
+    let status = agent.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(ws.manifests().is_empty(), "no snapshot was committed");
+    let mut finished = Vec::new();
+    let mut stack = vec![ws.repo.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().to_string_lossy().ends_with(".zst.age") {
+                finished.push(e.path());
+            }
+        }
+    }
+    assert!(finished.is_empty(), "{finished:?}");
+    // The killed pg_dump is gone too.
+    wait_until("pg_dump to be killed", 5, || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&*bin.to_string_lossy()))
+                .unwrap_or(false)
+        })
+    });
+}

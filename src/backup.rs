@@ -135,18 +135,7 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
         )));
     }
     for name in &opts.repositories {
-        if config.repository(name).is_none() {
-            return Err(Failure::usage(format!(
-                "no repository named `{name}` in {}; configured: {}",
-                config.path.display(),
-                config
-                    .repositories
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        config.repository_named(name).map_err(Failure::usage)?;
     }
     let mut repositories = Vec::new();
     let mut locks = Vec::new();

@@ -195,8 +195,8 @@ pub async fn run(
     let repo = match &drill.repository {
         Some(name) => {
             let rc = config
-                .repository(name)
-                .ok_or_else(|| format!("drill {}: no repository named `{name}`", drill.name))?;
+                .repository_named(name)
+                .map_err(|e| format!("drill {}: {e}", drill.name))?;
             Repository::open(rc)
         }
         None => {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, free_port, script};
+use support::{Pg, Workspace, free_port, wait_until};
 
 fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -16,17 +16,6 @@ fn get(port: u16, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{what} did not happen within {secs}s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -125,21 +114,7 @@ fn sigterm_mid_backup_exits_0_and_commits_nothing() {
     let pg = Pg::start();
     pg.psql("postgres", "CREATE DATABASE app");
     let ws = Workspace::new();
-    let bin = ws.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let dumped = ws.dir.path().join("dumped");
-    script(
-        &bin.join("pg_dump"),
-        &format!(
-            "#!/bin/sh\n{}/pg_dump \"$@\"\ntouch {}\nexec sleep 30\n",
-            support::PG_BIN,
-            dumped.display()
-        ),
-    );
-    script(
-        &bin.join("pg_dumpall"),
-        &format!("#!/bin/sh\nexec {}/pg_dumpall \"$@\"\n", support::PG_BIN),
-    );
+    let (bin, dumped) = support::pg_dump_then(&ws, "exec sleep 30");
     let policies = ws.dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     std::fs::write(

@@ -319,23 +319,8 @@ fn kill_9_mid_backup_leaves_no_snapshot_and_the_next_backup_works() {
         "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g",
     );
     let ws = Workspace::new();
-    // A pg_dump that has written its dump and then hangs before exiting:
-    // kompose-dr is waiting for it, with the archive written but not committed.
-    let bin = ws.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let marker = ws.dir.path().join("dumped");
-    script(
-        &bin.join("pg_dump"),
-        &format!(
-            "#!/bin/sh\n{}/pg_dump \"$@\"\ntouch {}\nexec sleep 15\n",
-            support::PG_BIN,
-            marker.display()
-        ),
-    );
-    script(
-        &bin.join("pg_dumpall"),
-        &format!("#!/bin/sh\nexec {}/pg_dumpall \"$@\"\n", support::PG_BIN),
-    );
+    // A pg_dump that has written its dump and then hangs before exiting.
+    let (bin, marker) = support::pg_dump_then(&ws, "exec sleep 15");
     let section = Workspace::pg_section(&pg, &["grafana"]);
     ws.configure(&format!(
         "{}\nbin_dir = \"{}\"\n",

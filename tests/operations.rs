@@ -3,9 +3,8 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, script, text};
+use support::{Pg, Workspace, text};
 
 fn file_workspace(extra: &str) -> Workspace {
     let ws = Workspace::new();
@@ -132,21 +131,7 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     pg.psql("postgres", "CREATE DATABASE app");
     let ws = Workspace::new();
     // A pg_dump that takes its time after dumping.
-    let bin = ws.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let dumped = ws.dir.path().join("dumped");
-    script(
-        &bin.join("pg_dump"),
-        &format!(
-            "#!/bin/sh\n{}/pg_dump \"$@\"\ntouch {}\nsleep 2\n",
-            support::PG_BIN,
-            dumped.display()
-        ),
-    );
-    script(
-        &bin.join("pg_dumpall"),
-        &format!("#!/bin/sh\nexec {}/pg_dumpall \"$@\"\n", support::PG_BIN),
-    );
+    let (bin, dumped) = support::pg_dump_then(&ws, "sleep 2");
     let section = Workspace::pg_section(&pg, &["app"]);
     ws.configure(&format!(
         "{}\nbin_dir = \"{}\"\n",
@@ -156,11 +141,7 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     ws.init();
 
     let wait_dumped = || {
-        let start = Instant::now();
-        while !dumped.exists() {
-            assert!(start.elapsed() < Duration::from_secs(20));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::wait_until("the dump", 20, || dumped.exists());
         std::fs::remove_file(&dumped).unwrap();
     };
 

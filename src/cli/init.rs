@@ -100,12 +100,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         ))
     })?;
     let targets: Vec<_> = match &args.repository {
-        Some(name) => vec![config.repository(name).ok_or_else(|| {
-            Failure::usage(format!(
-                "no repository named `{name}` in {}",
-                config.path.display()
-            ))
-        })?],
+        Some(name) => vec![config.repository_named(name).map_err(Failure::usage)?],
         None => config.repositories.iter().collect(),
     };
     if targets.is_empty() {

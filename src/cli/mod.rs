@@ -179,18 +179,7 @@ pub async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Res
 /// configured one that answers.
 pub async fn pick_repository(config: &Config, name: Option<&str>) -> Result<Repository, Failure> {
     if let Some(name) = name {
-        let rc = config.repository(name).ok_or_else(|| {
-            Failure::usage(format!(
-                "no repository named `{name}` in {}; configured: {}",
-                config.path.display(),
-                config
-                    .repositories
-                    .iter()
-                    .map(|r| r.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let rc = config.repository_named(name).map_err(Failure::usage)?;
         let repo = Repository::open(rc);
         repo.marker().await?;
         return Ok(repo);

@@ -444,6 +444,22 @@ impl Config {
         self.repositories.iter().find(|r| r.name == name)
     }
 
+    /// The configured repository of that name, or a message naming the
+    /// ones that are configured.
+    pub fn repository_named(&self, name: &str) -> Result<&RepositoryConfig, String> {
+        self.repository(name).ok_or_else(|| {
+            format!(
+                "no repository named `{name}` in {}; configured: {}",
+                self.path.display(),
+                self.repositories
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
     /// Every secret value in the configuration, for log and error scrubbing.
     pub fn secrets(&self) -> Vec<Secret> {
         let mut v = Vec::new();

@@ -702,3 +702,30 @@ impl Drop for Subscriber {
         let _ = self.child.wait();
     }
 }
+
+/// A `bin_dir` whose pg_dump is the real one followed by `then` (a shell
+/// command such as `sleep 2`), touching the returned marker file once the
+/// dump is written: kompose-dr is then waiting for the child, with the
+/// archive written but not committed. Returns (bin_dir, marker).
+pub fn pg_dump_then(ws: &Workspace, then: &str) -> (PathBuf, PathBuf) {
+    let bin = ws.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = ws.dir.path().join("dumped");
+    script(
+        &bin.join("pg_dump"),
+        &format!(
+            "#!/bin/sh\n{PG_BIN}/pg_dump \"$@\"\ntouch {}\n{then}\n",
+            marker.display()
+        ),
+    );
+    script(
+        &bin.join("pg_dumpall"),
+        &format!("#!/bin/sh\nexec {PG_BIN}/pg_dumpall \"$@\"\n"),
+    );
+    (bin, marker)
+}
+
+/// Waits until `f` holds, failing the test after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(secs), f)
+}

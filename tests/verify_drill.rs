@@ -371,7 +371,10 @@ fn verify_without_globals_restores_the_data_without_owners() {
         "SET ROLE owner_only_here; CREATE TABLE t AS SELECT generate_series(1, 7) n",
     );
     let ws = Workspace::new();
-    let section = Workspace::pg_section(&pg, &["app"]).replace("globals = true", "globals = false");
+    // `postgres` itself too: replacing the maintenance database needs care.
+    pg.psql("postgres", "CREATE TABLE in_postgres AS SELECT 1 AS x");
+    let section = Workspace::pg_section(&pg, &["app", "postgres"])
+        .replace("globals = true", "globals = false");
     ws.configure(&section);
     ws.init();
     assert_eq!(ws.run(&["backup"]).status.code(), Some(0));

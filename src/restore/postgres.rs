@@ -224,7 +224,14 @@ pub async fn restore_database(
         unreachable!("database item")
     };
     let tool = restore_tool(&cfg, &item.choice).await?;
-    let admin = connect(&cfg, &cfg.endpoint.maintenance_db).await?;
+    // The swap needs a session outside the database being replaced: when
+    // that is the maintenance database itself (`postgres`), use template1.
+    let admin_db = if *name == cfg.endpoint.maintenance_db {
+        "template1"
+    } else {
+        cfg.endpoint.maintenance_db.as_str()
+    };
+    let admin = connect(&cfg, admin_db).await?;
     let scratch = format!("kdr_restore_{:08x}", rand::random::<u32>());
     admin
         .batch_execute(&format!(

@@ -162,3 +162,54 @@ impl Manifest {
             + self.facts.as_ref().map_or(0, |f| f.stored_bytes)
     }
 }
+
+/// Manifests for unit tests (restore plans, retention).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A UTC time from RFC 3339.
+    pub fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// An artifact of `source` captured at `at`, good or failed.
+    pub fn artifact(source: &str, at: &str, ok: bool) -> Artifact {
+        Artifact {
+            source: source.into(),
+            kind: ArtifactKind::PostgresDump,
+            path: ok.then(|| format!("data/x/{source}")),
+            captured_at: Some(t(at)),
+            plaintext_bytes: 10,
+            stored_bytes: 5,
+            sha256: ok.then(|| "00".into()),
+            status: if ok {
+                ArtifactStatus::Ok
+            } else {
+                ArtifactStatus::Failed
+            },
+            error: (!ok).then(|| "boom".into()),
+            tool_version: None,
+            server_version: None,
+            duration_seconds: 0.0,
+            file: None,
+        }
+    }
+
+    /// A snapshot started at `at`.
+    pub fn manifest(id: &str, at: &str, artifacts: Vec<Artifact>) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            id: id.into(),
+            repository: "local".into(),
+            hostname: "h".into(),
+            tool_version: "0".into(),
+            policy: None,
+            started_at: t(at),
+            finished_at: t(at),
+            status: SnapshotStatus::Ok,
+            artifacts,
+            facts: None,
+        }
+    }
+}

@@ -1,45 +1,12 @@
 use super::*;
-use crate::manifest::{Artifact, ArtifactKind, ArtifactStatus, SnapshotStatus};
-
-fn t(s: &str) -> DateTime<Utc> {
-    s.parse().unwrap()
-}
+use crate::manifest::fixtures::{artifact, manifest, t};
 
 fn snap(id: &str, at: &str, sources: &[(&str, bool)]) -> Manifest {
-    Manifest {
-        version: 1,
-        id: id.into(),
-        repository: "local".into(),
-        hostname: "h".into(),
-        tool_version: "0".into(),
-        policy: None,
-        started_at: t(at),
-        finished_at: t(at),
-        status: SnapshotStatus::Ok,
-        artifacts: sources
-            .iter()
-            .map(|(s, ok)| Artifact {
-                source: (*s).into(),
-                kind: ArtifactKind::PostgresDump,
-                path: None,
-                captured_at: Some(t(at)),
-                plaintext_bytes: 0,
-                stored_bytes: 0,
-                sha256: None,
-                status: if *ok {
-                    ArtifactStatus::Ok
-                } else {
-                    ArtifactStatus::Failed
-                },
-                error: None,
-                tool_version: None,
-                server_version: None,
-                duration_seconds: 0.0,
-                file: None,
-            })
-            .collect(),
-        facts: None,
-    }
+    manifest(
+        id,
+        at,
+        sources.iter().map(|(s, ok)| artifact(s, at, *ok)).collect(),
+    )
 }
 
 /// Nightly snapshots at 03:00 UTC for `days` days ending 2026-11-27.

@@ -1,47 +1,5 @@
 use super::*;
-use crate::manifest::{ArtifactKind, ArtifactStatus, SnapshotStatus};
-
-fn t(s: &str) -> DateTime<Utc> {
-    s.parse().unwrap()
-}
-
-fn art(source: &str, at: &str, ok: bool) -> Artifact {
-    Artifact {
-        source: source.into(),
-        kind: ArtifactKind::PostgresDump,
-        path: ok.then(|| format!("data/x/{source}")),
-        captured_at: Some(t(at)),
-        plaintext_bytes: 10,
-        stored_bytes: 5,
-        sha256: ok.then(|| "00".into()),
-        status: if ok {
-            ArtifactStatus::Ok
-        } else {
-            ArtifactStatus::Failed
-        },
-        error: (!ok).then(|| "boom".into()),
-        tool_version: None,
-        server_version: None,
-        duration_seconds: 0.0,
-        file: None,
-    }
-}
-
-fn snap(id: &str, at: &str, artifacts: Vec<Artifact>) -> Manifest {
-    Manifest {
-        version: 1,
-        id: id.into(),
-        repository: "local".into(),
-        hostname: "h".into(),
-        tool_version: "0".into(),
-        policy: None,
-        started_at: t(at),
-        finished_at: t(at),
-        status: SnapshotStatus::Ok,
-        artifacts,
-        facts: None,
-    }
-}
+use crate::manifest::fixtures::{artifact as art, manifest as snap, t};
 
 /// Three nightly snapshots, newest first; redis failed on the 26th.
 fn history() -> Vec<Manifest> {

@@ -238,8 +238,9 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
     std::fs::write(
         &ws.config,
         format!(
-            "{cfg}\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n",
-            broker.port
+            "{cfg}\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n\n[metrics]\ntextfile = \"{}\"\n",
+            broker.port,
+            ws.dir.path().join("m.prom").display()
         ),
     )
     .unwrap();
@@ -267,6 +268,16 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
         "{md}"
     );
     assert_eq!(sub.wait_for(1)[0].0, "kompose/system/drill/completed");
+    let prom = std::fs::read_to_string(ws.dir.path().join("m.prom")).unwrap();
+    assert!(
+        prom.contains("kompose_dr_drill_last_status{drill=\"quarterly\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("kompose_dr_drill_last_success_timestamp_seconds{drill=\"quarterly\"}"),
+        "{prom}"
+    );
+    assert!(prom.contains("kompose_dr_drill_last_restore_seconds{drill=\"quarterly\",source=\"postgres/linkwarden\"}"), "{prom}");
 
     // A failing SQL check fails the drill and publishes drill/failed.
     std::fs::write(&drill, "name = \"quarterly\"\n\n[[check]]\nsource = \"postgres/linkwarden\"\nsql = 'select count(*) from \"Link\"'\nequals = \"9999\"\n").unwrap();
@@ -274,6 +285,11 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
     let msgs = sub.wait_for(2);
     assert_eq!(msgs[1].0, "kompose/system/drill/failed");
+    let prom = std::fs::read_to_string(ws.dir.path().join("m.prom")).unwrap();
+    assert!(
+        prom.contains("kompose_dr_drill_last_status{drill=\"quarterly\"} 0"),
+        "{prom}"
+    );
     assert_eq!(
         msgs[1].1["data"]["failed"][0]["source"],
         "postgres/linkwarden"

@@ -122,12 +122,7 @@ fn sigterm_mid_backup_exits_0_and_commits_nothing() {
         "name = \"p\"\nschedule = \"* * * * * *\"\n",
     )
     .unwrap();
-    let section = Workspace::pg_section(&pg, &["app"]);
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        section.trim_end(),
-        bin.display()
-    ));
+    ws.configure(&Workspace::pg_section_bin(&pg, &["app"], &bin));
     let cfg = std::fs::read_to_string(&ws.config).unwrap();
     std::fs::write(
         &ws.config,

@@ -253,10 +253,10 @@ fn missing_database_and_killed_pg_dump_give_exit_3() {
     }
     let ws = Workspace::new();
     let bin = killing_shim(ws.dir.path());
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        Workspace::pg_section(&pg, &["good", "missing", "victim"]).trim_end(),
-        bin.display()
+    ws.configure(&Workspace::pg_section_bin(
+        &pg,
+        &["good", "missing", "victim"],
+        &bin,
     ));
     ws.init();
     let out = ws.run(&["--json", "backup"]);
@@ -326,11 +326,7 @@ fn too_old_pg_dump_is_refused_with_both_versions() {
         &bin.join("pg_dumpall"),
         "#!/bin/sh\necho 'pg_dumpall (PostgreSQL) 14.11'\n",
     );
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        Workspace::pg_section(&pg, &["postgres"]).trim_end(),
-        bin.display()
-    ));
+    ws.configure(&Workspace::pg_section_bin(&pg, &["postgres"], &bin));
     ws.init();
     let out = ws.run(&["backup"]);
     let (_, stderr) = text(&out);

@@ -322,11 +322,7 @@ fn kill_9_mid_backup_leaves_no_snapshot_and_the_next_backup_works() {
     // A pg_dump that has written its dump and then hangs before exiting.
     let (bin, marker) = support::pg_dump_then(&ws, "exec sleep 15");
     let section = Workspace::pg_section(&pg, &["grafana"]);
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        section.trim_end(),
-        bin.display()
-    ));
+    ws.configure(&Workspace::pg_section_bin(&pg, &["grafana"], &bin));
     ws.init();
     let mut child = ws
         .kdr()

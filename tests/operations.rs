@@ -133,11 +133,7 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     // A pg_dump that takes its time after dumping.
     let (bin, dumped) = support::pg_dump_then(&ws, "sleep 2");
     let section = Workspace::pg_section(&pg, &["app"]);
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        section.trim_end(),
-        bin.display()
-    ));
+    ws.configure(&Workspace::pg_section_bin(&pg, &["app"], &bin));
     ws.init();
 
     let wait_dumped = || {

@@ -505,11 +505,7 @@ fn pg_restore_runs_in_the_container_and_must_read_the_archive() {
         &old.join("pg_restore"),
         "#!/bin/sh\necho 'pg_restore (PostgreSQL) 13.9'\n",
     );
-    ws.configure(&format!(
-        "{}\nbin_dir = \"{}\"\n",
-        section.trim_end(),
-        old.display()
-    ));
+    ws.configure(&Workspace::pg_section_bin(&pg, &["kmps"], &old));
     let out = ws.run(&[
         "restore",
         "--source",

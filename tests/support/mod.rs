@@ -450,6 +450,15 @@ impl Workspace {
         )
     }
 
+    /// [`Workspace::pg_section`] with the client tools taken from `bin`.
+    pub fn pg_section_bin(pg: &Pg, databases: &[&str], bin: &Path) -> String {
+        format!(
+            "{}\nbin_dir = \"{}\"\n",
+            Self::pg_section(pg, databases).trim_end(),
+            bin.display()
+        )
+    }
+
     /// The configuration text for a Redis server.
     pub fn redis_section(r: &Redis) -> String {
         let mut s = format!("[redis]\nurl = \"redis://127.0.0.1:{}\"\n", r.port);

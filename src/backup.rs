@@ -23,7 +23,7 @@ use crate::manifest::{
     StoredObject,
 };
 use crate::pipeline::{self, EncodeSettings};
-use crate::repository::{Repository, facts_key};
+use crate::repository::{Repository, RepositoryError, facts_key};
 use crate::secret::Redactor;
 use crate::sources::{self, SourceContext, SourceRun, postgres};
 
@@ -139,13 +139,30 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     }
     let mut repositories = Vec::new();
     let mut locks = Vec::new();
+    // A repository that does not answer (or is locked) is reported and
+    // skipped; the others still get the backup.
+    let mut unavailable: Vec<RepositoryReport> = Vec::new();
+    let mut not_initialised = false;
     for rc in config
         .repositories
         .iter()
         .filter(|rc| opts.repositories.is_empty() || opts.repositories.contains(&rc.name))
     {
         let repo = Repository::open(rc);
-        let marker = repo.marker().await?;
+        let marker = match repo.marker().await {
+            Ok(m) => m,
+            Err(e) => {
+                not_initialised |= matches!(e, RepositoryError::NotInitialised { .. });
+                tracing::error!(repository = repo.name(), error = %e, "repository unavailable; backing up to the others");
+                unavailable.push(RepositoryReport {
+                    name: repo.name().to_owned(),
+                    location: repo.location(),
+                    committed: false,
+                    errors: vec![e.to_string()],
+                });
+                continue;
+            }
+        };
         let ours: Vec<String> = encryption
             .recipients
             .iter()
@@ -157,12 +174,31 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
                 "the configured recipients differ from those the repository was created with; new archives use the configured ones"
             );
         }
-        locks.push(
-            repo.lock("backup", opts.lock_wait)
-                .await
-                .map_err(Failure::failed)?,
-        );
+        match repo.lock("backup", opts.lock_wait).await {
+            Ok(l) => locks.push(l),
+            Err(e) => {
+                tracing::error!(repository = repo.name(), error = %e, "repository locked; backing up to the others");
+                unavailable.push(RepositoryReport {
+                    name: repo.name().to_owned(),
+                    location: repo.location(),
+                    committed: false,
+                    errors: vec![e],
+                });
+                continue;
+            }
+        }
         repositories.push(repo);
+    }
+    if repositories.is_empty() {
+        let why: Vec<String> = unavailable
+            .iter()
+            .flat_map(|r| r.errors.iter().cloned())
+            .collect();
+        let mut f = Failure::failed(why.join("; "));
+        if not_initialised {
+            f.exit = Exit::Usage;
+        }
+        return Err(f);
     }
 
     let started_at = Utc::now();
@@ -290,6 +326,7 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     }
 
     drop(locks);
+    repo_reports.extend(unavailable);
     let committed = repo_reports.iter().any(|r| r.committed);
     let all_good = committed
         && runs.iter().all(|r| r.result.is_ok())

@@ -28,6 +28,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod drill;
 pub mod error;
 pub mod events;

@@ -12,6 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub mod lease;
+
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +47,27 @@ impl std::fmt::Display for Holder {
 /// A held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct RepoLock {
-    _lock: Flock<File>,
+    _held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    Flock(#[allow(dead_code)] Flock<File>),
+    Lease(#[allow(dead_code)] lease::Lease),
+}
+
+impl Holder {
+    /// This process, running `command`.
+    pub fn me(command: &str) -> Holder {
+        Holder {
+            host: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            command: command.to_owned(),
+            since: chrono::Utc::now(),
+        }
+    }
 }
 
 /// Takes the writer lock of the local repository at `root`, waiting up to
@@ -66,20 +88,15 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
             .map_err(|e| format!("cannot open the lock {}: {e}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
-                let me = Holder {
-                    host: hostname::get()
-                        .map(|h| h.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    pid: std::process::id(),
-                    command: command.to_owned(),
-                    since: chrono::Utc::now(),
-                };
+                let me = Holder::me(command);
                 let body = serde_json::to_vec(&me).expect("holder serialises");
                 let _ = lock.set_len(0);
                 let _ = lock.rewind();
                 let _ = lock.write_all(&body);
                 let _ = lock.sync_all();
-                return Ok(RepoLock { _lock: lock });
+                return Ok(RepoLock {
+                    _held: Held::Flock(lock),
+                });
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 if Instant::now() >= deadline {

@@ -57,6 +57,9 @@ pub struct PruneReport {
     pub snapshots: Vec<Decision>,
     /// Unreferenced objects removed (or that would be).
     pub unreferenced: Vec<String>,
+    /// Unfinished writes older than the grace period — `.tmp` files of a
+    /// killed run, open S3 multipart uploads — removed (or that would be).
+    pub abandoned: Vec<String>,
 }
 
 fn retention_for<'a>(
@@ -204,11 +207,20 @@ pub async fn run(
             tracing::info!(repository = repo.name(), prefix = %format!("data/{id}/"), "unreferenced data removed");
         }
     }
+    let before = now - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    let abandoned = backend
+        .abandoned_writes(before, !opts.dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    for a in &abandoned {
+        tracing::info!(repository = repo.name(), write = %a, dry_run = opts.dry_run, "abandoned write removed");
+    }
     Ok(PruneReport {
         repository: repo.name().to_owned(),
         dry_run: opts.dry_run,
         snapshots: decisions,
         unreferenced,
+        abandoned,
     })
 }
 

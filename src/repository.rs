@@ -143,6 +143,7 @@ impl Repository {
     pub fn open(cfg: &RepositoryConfig) -> Repository {
         let backend: Arc<dyn Backend> = match &cfg.location {
             Location::Local(p) => Arc::new(LocalBackend::new(p)),
+            Location::S3(s3) => Arc::new(crate::storage::s3::S3Backend::new(s3)),
         };
         Repository {
             name: cfg.name.clone(),
@@ -248,13 +249,12 @@ impl Repository {
         command: &str,
         wait: std::time::Duration,
     ) -> Result<Option<crate::lock::RepoLock>, String> {
-        match self.backend.local_root() {
-            Some(root) => crate::lock::acquire(root, command, wait)
-                .await
-                .map(Some)
-                .map_err(|e| format!("repository `{}`: {e}", self.name)),
-            None => Ok(None),
-        }
+        let held = match self.backend.local_root() {
+            Some(root) => crate::lock::acquire(root, command, wait).await,
+            None => crate::lock::lease::acquire(self.backend.clone(), command, wait).await,
+        };
+        held.map(Some)
+            .map_err(|e| format!("repository `{}`: {e}", self.name))
     }
 
     /// Starts writing an object (invisible until finished).

@@ -53,7 +53,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         options.repositories = p.repositories.clone();
         options.policy = Some(p.name.clone());
     }
-    let report = crate::backup::run(&config, &options).await?;
+    // Ctrl-C or SIGTERM drops the run: children are killed, uploads
+    // aborted, and no manifest is written.
+    let report = super::interruptible(crate::backup::run(&config, &options)).await??;
     crate::events::after_backup(&config, &report).await;
     if globals.json {
         output::json(&report);

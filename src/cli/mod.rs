@@ -7,6 +7,7 @@
 mod agent;
 mod backup;
 mod check;
+mod doctor;
 mod drill;
 mod init;
 pub mod output;
@@ -69,6 +70,8 @@ pub enum Command {
     Prune(prune::Args),
     /// Long-running: run policies, prune and drills on their cron schedules.
     Agent(agent::Args),
+    /// Check the configuration: every repository reachable, credentials valid, writes permitted.
+    Doctor(doctor::Args),
 }
 
 /// Global options every command sees.
@@ -116,7 +119,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let result = match cli.command {
             Command::Init(a) => init::run(&globals, a).await,
             Command::Backup(a) => backup::run(&globals, a).await,
             Command::Snapshots(a) => snapshots::run(&globals, a).await,
@@ -126,7 +129,11 @@ pub fn main() -> ExitCode {
             Command::Drill(a) => drill::run(&globals, a).await,
             Command::Prune(a) => prune::run(&globals, a).await,
             Command::Agent(a) => agent::run(&globals, a).await,
-        }
+            Command::Doctor(a) => doctor::run(&globals, a).await,
+        };
+        // Aborted uploads and released leases finish before the exit.
+        crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;
+        result
     });
     match result {
         Ok(exit) => exit.into(),
@@ -170,8 +177,8 @@ pub async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Res
         .map_err(|e| Failure::failed(format!("cannot watch for SIGTERM: {e}")))?;
     tokio::select! {
         r = work => Ok(r),
-        _ = tokio::signal::ctrl_c() => Err(Failure::failed("interrupted (Ctrl-C): scratch instances removed, nothing committed")),
-        _ = term.recv() => Err(Failure::failed("terminated (SIGTERM): scratch instances removed, nothing committed")),
+        _ = tokio::signal::ctrl_c() => Err(Failure::failed("interrupted (Ctrl-C): children stopped, uploads aborted, scratch instances removed; nothing committed")),
+        _ = term.recv() => Err(Failure::failed("terminated (SIGTERM): children stopped, uploads aborted, scratch instances removed; nothing committed")),
     }
 }
 

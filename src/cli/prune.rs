@@ -83,6 +83,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             for u in &report.unreferenced {
                 output::line(format!("  remove  {u} (no manifest names it)"));
             }
+            for a in &report.abandoned {
+                output::line(format!(
+                    "  remove  {a} (unfinished write older than the grace period)"
+                ));
+            }
         }
         reports.push(report);
     }

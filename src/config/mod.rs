@@ -9,6 +9,7 @@
 //! how to fix it. Nothing downstream re-parses a string from here.
 
 pub mod env;
+pub mod repository;
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -20,6 +21,10 @@ use toml::Spanned;
 
 use crate::secret::Secret;
 use env::Vars;
+use repository::RawRepository;
+pub use repository::{
+    Location, ObjectLock, ObjectLockMode, RepositoryConfig, S3Config, S3Credentials,
+};
 
 /// Where the configuration is read from when neither `--config` nor
 /// `KOMPOSE_DR_CONFIG` says otherwise.
@@ -129,13 +134,6 @@ struct RawMqtt {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     textfile: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRepository {
-    name: Spanned<String>,
-    url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,30 +248,6 @@ pub struct MqttConfig {
 pub struct MetricsConfig {
     /// For node_exporter's textfile collector.
     pub textfile: PathBuf,
-}
-
-/// One repository.
-#[derive(Debug, Clone)]
-pub struct RepositoryConfig {
-    /// Its name (`--repository NAME`).
-    pub name: String,
-    /// Where it lives.
-    pub location: Location,
-}
-
-/// Where a repository lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A directory on this host.
-    Local(PathBuf),
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Local(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 /// age settings. Backup needs only the recipients (public keys).
@@ -472,6 +446,13 @@ impl Config {
         if let Some(p) = self.mqtt.as_ref().and_then(|m| m.password.clone()) {
             v.push(p);
         }
+        for r in &self.repositories {
+            if let Location::S3(s3) = &r.location
+                && let Some(c) = &s3.credentials
+            {
+                v.push(c.secret_access_key.clone());
+            }
+        }
         v
     }
 }
@@ -592,28 +573,18 @@ impl Cx<'_> {
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut repositories = Vec::new();
         for (i, r) in raw.repository.iter().enumerate() {
-            let key = format!("repository[{i}]");
-            let name = self.string(&r.name, &format!("{key}.name"))?;
-            if !is_name(&name) {
-                return Err(self.err(
-                    r.name.span(),
-                    &format!("{key}.name"),
-                    "use letters, digits, '-', '_' or '.'",
-                ));
-            }
+            let rc = self.repository(i, r)?;
             if repositories
                 .iter()
-                .any(|x: &RepositoryConfig| x.name == name)
+                .any(|x: &RepositoryConfig| x.name == rc.name)
             {
                 return Err(self.err(
-                    r.name.span(),
-                    &format!("{key}.name"),
-                    format!("repository `{name}` is defined twice"),
+                    r.name_span(),
+                    &format!("repository[{i}].name"),
+                    format!("repository `{}` is defined twice", rc.name),
                 ));
             }
-            let url = self.string(&r.url, &format!("{key}.url"))?;
-            let location = self.location(&url, &r.url, &format!("{key}.url"))?;
-            repositories.push(RepositoryConfig { name, location });
+            repositories.push(rc);
         }
 
         let encryption = match &raw.encryption {
@@ -815,43 +786,6 @@ impl Cx<'_> {
             retention: raw.retention.clone(),
             agent,
         })
-    }
-
-    fn location(
-        &self,
-        url: &str,
-        span: &Spanned<String>,
-        key: &str,
-    ) -> Result<Location, ConfigError> {
-        if let Some(rest) = url.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(self.err(
-                    span.span(),
-                    key,
-                    "file:// URLs need an absolute path (file:///var/backups)",
-                ));
-            }
-            return Ok(Location::Local(PathBuf::from(rest)));
-        }
-        if url.contains("://") {
-            let scheme = url.split("://").next().unwrap_or_default();
-            return Err(self.err(
-                span.span(),
-                key,
-                format!(
-                    "`{scheme}://` repositories are not supported by this version: use a local directory (/path or file:///path)"
-                ),
-            ));
-        }
-        if url.is_empty() {
-            return Err(self.err(span.span(), key, "empty repository URL"));
-        }
-        let p = PathBuf::from(url);
-        Ok(Location::Local(if p.is_relative() {
-            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
-        } else {
-            p
-        }))
     }
 
     fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {

@@ -184,7 +184,9 @@ pub async fn encode(
     let compressor = tokio::task::spawn_blocking(move || compress(plain_rx, zst_tx, level));
     let recipients = settings.recipients.clone();
     let encryptor = tokio::task::spawn_blocking(move || encrypt(zst_rx, enc_tx, &recipients));
-    let sink_task = tokio::spawn(fan_out(enc_rx, sinks));
+    // Dropping `encode` (Ctrl-C, SIGTERM) must drop the sinks now, while the
+    // runtime runs, so that unfinished uploads are aborted.
+    let sink_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fan_out(enc_rx, sinks)));
 
     // Pump the input into the compressor.
     let mut plaintext_bytes = 0u64;
@@ -216,19 +218,21 @@ pub async fn encode(
         sinks,
     };
 
-    let failure = if let Some(e) = source_error {
-        Some(PipelineError::Source(e))
-    } else if let Err(e) = compressed.and(encrypted) {
-        Some(PipelineError::Encode(e))
-    } else if !encoded
+    // When every repository failed, the encoder stopped because of that:
+    // the storage error is the one that says what to fix.
+    let all_sinks_failed = !encoded
         .sinks
         .iter()
-        .any(|s| matches!(s, SinkState::Open(_)))
-    {
+        .any(|s| matches!(s, SinkState::Open(_)));
+    let failure = if let Some(e) = source_error {
+        Some(PipelineError::Source(e))
+    } else if all_sinks_failed {
         encoded.sinks.iter().find_map(|s| match s {
             SinkState::Failed(e) => Some(PipelineError::Storage(clone_err(e))),
             SinkState::Open(_) => None,
         })
+    } else if let Err(e) = compressed.and(encrypted) {
+        Some(PipelineError::Encode(e))
     } else {
         None
     };
@@ -254,6 +258,19 @@ fn clone_err(e: &StorageError) -> StorageError {
         },
         StorageError::NotFound(s) => StorageError::NotFound(s.clone()),
         StorageError::AlreadyExists(s) => StorageError::AlreadyExists(s.clone()),
+        StorageError::Remote {
+            op,
+            location,
+            message,
+        } => StorageError::Remote {
+            op,
+            location: location.clone(),
+            message: message.clone(),
+        },
+        StorageError::TooLarge { location, message } => StorageError::TooLarge {
+            location: location.clone(),
+            message: message.clone(),
+        },
     }
 }
 

@@ -254,6 +254,53 @@ impl Backend for LocalBackend {
     fn local_root(&self) -> Option<&Path> {
         Some(&self.root)
     }
+
+    async fn abandoned_writes(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        remove: bool,
+    ) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("list", &dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io("list", &dir))?;
+                    let path = entry.path();
+                    let meta = entry.metadata().map_err(io("stat", &path))?;
+                    if meta.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let old = meta
+                        .modified()
+                        .map(|m| chrono::DateTime::<chrono::Utc>::from(m) < before)
+                        .unwrap_or(false);
+                    if path.to_string_lossy().ends_with(TMP_SUFFIX) && old {
+                        if remove {
+                            match std::fs::remove_file(&path) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => return Err(io("remove", &path)(e)),
+                            }
+                        }
+                        let rel = path.strip_prefix(&root).unwrap_or(&path);
+                        out.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+        .expect("blocking task does not panic")
+    }
 }
 
 struct LocalWriter {

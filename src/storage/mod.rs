@@ -7,6 +7,7 @@
 //! lives in [`crate::repository`].
 
 pub mod local;
+pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;
@@ -34,6 +35,25 @@ pub enum StorageError {
     /// The object exists and must not be overwritten.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// A remote store refused or failed a request; the message says what
+    /// to fix.
+    #[error("{op} {location}: {message}")]
+    Remote {
+        /// What was being done (`upload`, `list`, …).
+        op: &'static str,
+        /// The object, bucket or endpoint.
+        location: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// An artifact would exceed what the repository can store in one object.
+    #[error("{location}: {message}")]
+    TooLarge {
+        /// The object.
+        location: String,
+        /// The limit and how to raise it.
+        message: String,
+    },
 }
 
 fn hint(e: &std::io::Error) -> &'static str {
@@ -103,6 +123,84 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The local directory, for backends that are one (locking uses it).
     fn local_root(&self) -> Option<&std::path::Path> {
         None
+    }
+
+    /// Writes that were started before `before` and never finished: `.tmp`
+    /// files of a killed run, or open S3 multipart uploads. With `remove`
+    /// they are removed (aborted). Returns what was (or would be) removed.
+    async fn abandoned_writes(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        remove: bool,
+    ) -> Result<Vec<String>, StorageError>;
+}
+
+/// Clean-up work (aborting an upload, releasing a lease) started from a
+/// `Drop`, which the process waits for before it exits.
+static CLEANUPS: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Writers alive that may still need clean-up when dropped.
+static ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a live writer until dropped, so that [`finish_cleanups`] waits
+/// for writers being torn down after a cancellation.
+#[derive(Debug)]
+pub struct AliveWriter(());
+
+impl AliveWriter {
+    /// Counts one more live writer.
+    pub fn new() -> Self {
+        ALIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AliveWriter(())
+    }
+}
+
+impl Default for AliveWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AliveWriter {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `work` in the background; [`finish_cleanups`] waits for it.
+/// Without a runtime (a drop outside async code) it is skipped.
+pub fn spawn_cleanup(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let task = handle.spawn(work);
+        CLEANUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
+/// Waits up to `limit` for the clean-up work started so far.
+pub async fn finish_cleanups(limit: std::time::Duration) {
+    // Cancelled tasks drop their writers asynchronously: let them.
+    let deadline = tokio::time::Instant::now() + limit;
+    while ALIVE.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let tasks: Vec<_> = std::mem::take(&mut *CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    if tasks.is_empty() {
+        return;
+    }
+    if tokio::time::timeout(limit, futures::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "clean-up (aborting uploads, releasing locks) did not finish in {}s; prune removes what is left",
+            limit.as_secs()
+        );
     }
 }
 

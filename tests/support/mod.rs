@@ -9,6 +9,8 @@
 //! A missing tool fails the test loudly with what to install.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -433,6 +435,17 @@ impl Workspace {
         let text = format!(
             "[[repository]]\nname = \"local\"\nurl = \"{}\"\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{body}",
             self.repo.display(),
+            self.recipient,
+            self.identity.display()
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Writes the configuration with the given `[[repository]]` sections
+    /// (instead of the local one), the encryption section, then `body`.
+    pub fn configure_repositories(&self, repositories: &str, body: &str) {
+        let text = format!(
+            "{repositories}\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{body}",
             self.recipient,
             self.identity.display()
         );

@@ -1,0 +1,496 @@
+//! `[[repository]]` entries: a local directory or an S3 bucket and prefix.
+//!
+//! An S3 repository is `url = "s3://bucket/prefix"` plus its connection
+//! settings; every S3-only key is refused on a local repository, so a typo
+//! in the URL's scheme cannot silently turn an offsite copy into a local
+//! one.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Cx, env, is_name};
+use crate::secret::Secret;
+
+/// S3 allows at most this many parts in one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// The default part size: 16 MiB allows artifacts up to 156 GiB.
+pub const DEFAULT_PART_SIZE: u64 = 16 * 1024 * 1024;
+/// Parts of one repository in flight at once, by default.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRepository {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    path_style: Option<Spanned<bool>>,
+    access_key_id_file: Option<Spanned<String>>,
+    secret_access_key_file: Option<Spanned<String>>,
+    part_size: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+    object_lock: Option<Spanned<RawObjectLock>>,
+}
+
+impl RawRepository {
+    pub(super) fn name_span(&self) -> std::ops::Range<usize> {
+        self.name.span()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectLock {
+    mode: Spanned<String>,
+    days: Spanned<i64>,
+}
+
+/// One repository.
+#[derive(Debug, Clone)]
+pub struct RepositoryConfig {
+    /// Its name (`--repository NAME`).
+    pub name: String,
+    /// Where it lives.
+    pub location: Location,
+}
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on this host.
+    Local(PathBuf),
+    /// A bucket and prefix on an S3-compatible store.
+    S3(Box<S3Config>),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// An S3 repository's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// A custom endpoint (Garage, MinIO, B2, Wasabi); AWS when absent.
+    pub endpoint: Option<String>,
+    /// The region (`us-east-1` when absent; Garage's default is `garage`).
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most self-hosted
+    /// stores need.
+    pub path_style: bool,
+    /// Static credentials from files; the standard AWS chain when absent.
+    pub credentials: Option<S3Credentials>,
+    /// Multipart part size in bytes.
+    pub part_size: u64,
+    /// Parts of this repository in flight at once.
+    pub concurrency: usize,
+    /// How long one request attempt may take before it is retried.
+    pub timeout: Duration,
+    /// Attempts per request (the first one included).
+    pub attempts: u32,
+    /// Object Lock retention applied to every object written.
+    pub object_lock: Option<ObjectLock>,
+}
+
+impl S3Config {
+    /// The largest artifact the part size allows.
+    pub fn max_object_size(&self) -> u64 {
+        self.part_size * MAX_PARTS
+    }
+}
+
+impl fmt::Display for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "s3://{}/{}",
+            self.bucket,
+            self.prefix.trim_end_matches('/')
+        )?;
+        if let Some(e) = &self.endpoint {
+            write!(f, " at {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Static S3 credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    /// The access key id (not secret on its own, but never logged).
+    pub access_key_id: Secret,
+    /// The secret access key.
+    pub secret_access_key: Secret,
+}
+
+/// S3 Object Lock retention for every object written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Governance (privileged users may shorten) or compliance (nobody may).
+    pub mode: ObjectLockMode,
+    /// Days each object stays locked after it is written.
+    pub days: u32,
+}
+
+/// The Object Lock mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectLockMode {
+    /// `GOVERNANCE`.
+    Governance,
+    /// `COMPLIANCE`.
+    Compliance,
+}
+
+/// Parses `16MiB`, `8 MiB`, `5242880`, `1GiB` (binary units; `MB` is read
+/// as MiB too, since S3's limits are binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: write 16MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`: write 16MiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A byte count for messages: `16 MiB`, `156 GiB`.
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Cx<'_> {
+    pub(super) fn repository(
+        &self,
+        i: usize,
+        r: &RawRepository,
+    ) -> Result<RepositoryConfig, ConfigError> {
+        let key = format!("repository[{i}]");
+        let name = self.string(&r.name, &format!("{key}.name"))?;
+        if !is_name(&name) {
+            return Err(self.err(
+                r.name.span(),
+                &format!("{key}.name"),
+                "use letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let url_key = format!("{key}.url");
+        let url = self.string(&r.url, &url_key)?;
+        let location = if let Some(rest) = url.strip_prefix("s3://") {
+            Location::S3(Box::new(self.s3(&key, rest, r)?))
+        } else {
+            // Every S3-only key is an error on a local repository.
+            let s3_only: [(&str, Option<std::ops::Range<usize>>); 11] = [
+                ("endpoint", r.endpoint.as_ref().map(|v| v.span())),
+                ("region", r.region.as_ref().map(|v| v.span())),
+                ("path_style", r.path_style.as_ref().map(|v| v.span())),
+                (
+                    "access_key_id_file",
+                    r.access_key_id_file.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "secret_access_key_file",
+                    r.secret_access_key_file.as_ref().map(|v| v.span()),
+                ),
+                ("part_size", r.part_size.as_ref().map(|v| v.span())),
+                ("concurrency", r.concurrency.as_ref().map(|v| v.span())),
+                ("timeout", r.timeout.as_ref().map(|v| v.span())),
+                ("retries", r.retries.as_ref().map(|v| v.span())),
+                ("object_lock", r.object_lock.as_ref().map(|v| v.span())),
+                ("", None),
+            ];
+            if let Some((k, Some(span))) = s3_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.err(
+                    span,
+                    &format!("{key}.{k}"),
+                    format!("`{k}` applies only to s3:// repositories, and `{url}` is a local one"),
+                ));
+            }
+            self.local_location(&url, &r.url, &url_key)?
+        };
+        Ok(RepositoryConfig { name, location })
+    }
+
+    fn local_location(
+        &self,
+        url: &str,
+        span: &Spanned<String>,
+        key: &str,
+    ) -> Result<Location, ConfigError> {
+        if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(self.err(
+                    span.span(),
+                    key,
+                    "file:// URLs need an absolute path (file:///var/backups)",
+                ));
+            }
+            return Ok(Location::Local(PathBuf::from(rest)));
+        }
+        if url.contains("://") {
+            let scheme = url.split("://").next().unwrap_or_default();
+            return Err(self.err(
+                span.span(),
+                key,
+                format!(
+                    "`{scheme}://` repositories are not supported: use s3://bucket/prefix or a local directory (/path or file:///path)"
+                ),
+            ));
+        }
+        if url.is_empty() {
+            return Err(self.err(span.span(), key, "empty repository URL"));
+        }
+        let p = PathBuf::from(url);
+        Ok(Location::Local(if p.is_relative() {
+            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        } else {
+            p
+        }))
+    }
+
+    fn s3(&self, key: &str, rest: &str, r: &RawRepository) -> Result<S3Config, ConfigError> {
+        let url_key = format!("{key}.url");
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(self.err(
+                r.url.span(),
+                &url_key,
+                format!(
+                    "`{bucket}` is not a bucket name: write s3://bucket/prefix with a bucket of 3 to 63 lowercase letters, digits, '-' or '.'"
+                ),
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c == "." || c == "..")
+            || prefix.contains("//")
+            || prefix.contains('?')
+        {
+            return Err(self.err(
+                r.url.span(),
+                &url_key,
+                format!("`{prefix}` is not a usable key prefix: use plain names separated by '/'"),
+            ));
+        }
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let endpoint = match &r.endpoint {
+            None => None,
+            Some(v) => {
+                let k = format!("{key}.endpoint");
+                let s = self.string(v, &k)?;
+                let u = url::Url::parse(&s).map_err(|e| {
+                    self.err(
+                        v.span(),
+                        &k,
+                        format!("`{s}` is not a URL ({e}): write http://host:3900"),
+                    )
+                })?;
+                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                    return Err(self.err(
+                        v.span(),
+                        &k,
+                        format!("`{s}` must be an http:// or https:// URL with a host"),
+                    ));
+                }
+                if !u.username().is_empty() || u.password().is_some() {
+                    return Err(self.err(
+                        v.span(),
+                        &k,
+                        "credentials do not belong in the endpoint URL: use access_key_id_file and secret_access_key_file",
+                    ));
+                }
+                Some(s.trim_end_matches('/').to_owned())
+            }
+        };
+        let region = match &r.region {
+            None => "us-east-1".to_owned(),
+            Some(v) => self.string(v, &format!("{key}.region"))?,
+        };
+        let path_style = r.path_style.as_ref().is_some_and(|v| *v.get_ref());
+
+        let credentials = match (&r.access_key_id_file, &r.secret_access_key_file) {
+            (None, None) => None,
+            (Some(id), Some(secret)) => {
+                let read = |v: &Spanned<String>, k: &str| -> Result<Secret, ConfigError> {
+                    let k = format!("{key}.{k}");
+                    let p = self.path(v, &k)?;
+                    let s = env::read_secret_file(&p).map_err(|e| {
+                        self.err(v.span(), &k, format!("cannot read {}: {e}", p.display()))
+                    })?;
+                    let s = s.trim().to_owned();
+                    if s.is_empty() {
+                        return Err(self.err(v.span(), &k, format!("{} is empty", p.display())));
+                    }
+                    Ok(Secret::new(s))
+                };
+                Some(S3Credentials {
+                    access_key_id: read(id, "access_key_id_file")?,
+                    secret_access_key: read(secret, "secret_access_key_file")?,
+                })
+            }
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(self.err(
+                    v.span(),
+                    &format!("{key}.access_key_id_file"),
+                    "set both access_key_id_file and secret_access_key_file, or neither (the standard AWS chain: AWS_ACCESS_KEY_ID, ~/.aws, instance roles)",
+                ));
+            }
+        };
+
+        let part_size = match &r.part_size {
+            None => DEFAULT_PART_SIZE,
+            Some(v) => {
+                let k = format!("{key}.part_size");
+                let s = self.string(v, &k)?;
+                let n = parse_size(&s).map_err(|e| self.err(v.span(), &k, e))?;
+                if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
+                    return Err(self.err(
+                        v.span(),
+                        &k,
+                        format!(
+                            "{} is outside S3's part sizes: use 5MiB to 5GiB (16MiB allows artifacts up to {})",
+                            format_size(n),
+                            format_size(DEFAULT_PART_SIZE * MAX_PARTS)
+                        ),
+                    ));
+                }
+                n
+            }
+        };
+        let count = |v: &Option<Spanned<i64>>, k: &str, default: i64, max: i64| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(self.err(
+                v.span(),
+                &format!("{key}.{k}"),
+                format!("must be between 1 and {max}"),
+            )),
+        };
+        let concurrency = count(
+            &r.concurrency,
+            "concurrency",
+            DEFAULT_CONCURRENCY as i64,
+            64,
+        )?;
+        let retries = count(&r.retries, "retries", 5, 100)?;
+        let timeout = match &r.timeout {
+            None => Duration::from_secs(120),
+            Some(v) => {
+                let k = format!("{key}.timeout");
+                let s = self.string(v, &k)?;
+                humantime::parse_duration(&s).map_err(|e| {
+                    self.err(
+                        v.span(),
+                        &k,
+                        format!("`{s}` is not a duration ({e}): write 2m or 30s"),
+                    )
+                })?
+            }
+        };
+        let object_lock = match &r.object_lock {
+            None => None,
+            Some(l) => {
+                let l = l.get_ref();
+                let mode = match l.mode.get_ref().as_str() {
+                    "governance" => ObjectLockMode::Governance,
+                    "compliance" => ObjectLockMode::Compliance,
+                    other => {
+                        return Err(self.err(
+                            l.mode.span(),
+                            &format!("{key}.object_lock.mode"),
+                            format!(
+                                "`{other}` is not a mode: use \"governance\" or \"compliance\""
+                            ),
+                        ));
+                    }
+                };
+                let days = *l.days.get_ref();
+                if !(1..=36500).contains(&days) {
+                    return Err(self.err(
+                        l.days.span(),
+                        &format!("{key}.object_lock.days"),
+                        "must be between 1 and 36500, and longer than the retention policy keeps snapshots",
+                    ));
+                }
+                Some(ObjectLock {
+                    mode,
+                    days: days as u32,
+                })
+            }
+        };
+        Ok(S3Config {
+            bucket: bucket.to_owned(),
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            credentials,
+            part_size,
+            concurrency: concurrency as usize,
+            timeout,
+            attempts: retries as u32 + 1,
+            object_lock,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("8 MB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("5242880").unwrap(), 5 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("16 furlongs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert_eq!(format_size(DEFAULT_PART_SIZE * MAX_PARTS), "156.2 GiB");
+        assert_eq!(format_size(16 << 20), "16 MiB");
+    }
+}

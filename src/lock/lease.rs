@@ -1,0 +1,227 @@
+//! A writer lock for repositories without a local directory (S3): a lease
+//! object with owner and expiry, renewed while held.
+//!
+//! Every contender writes its own lease object `locks/<host>-<pid>-<rand>.json`
+//! and then lists `locks/`. It holds the lock only if no *other* live lease
+//! is there; otherwise it deletes its own and waits (or fails, naming the
+//! holder). Two writers that race both see each other and both back off, so
+//! the protocol needs no conditional writes, only S3's read-after-write
+//! consistency. A lease that has not been renewed for [`TTL`] — its writer
+//! was killed or lost its network — counts as expired: the next writer
+//! removes it and takes over, saying so in the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Held, Holder, RepoLock};
+use crate::storage::{Backend, PutMode, StorageError};
+
+/// How long a lease lives without renewal.
+pub const TTL: Duration = Duration::from_secs(300);
+/// How often the holder renews it.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Where leases live in the repository.
+pub const PREFIX: &str = "locks/";
+
+/// The body of a lease object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseBody {
+    /// Who holds it.
+    #[serde(flatten)]
+    pub holder: Holder,
+    /// When it expires unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A held lease; dropping it stops the renewal and removes the object.
+#[derive(Debug)]
+pub struct Lease {
+    key: String,
+    backend: Arc<dyn Backend>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (backend, key) = (self.backend.clone(), self.key.clone());
+        crate::storage::spawn_cleanup(async move {
+            if let Err(e) = backend.delete(&key).await {
+                tracing::warn!(error = %e, "could not remove the lock lease; it expires by itself");
+            }
+        });
+    }
+}
+
+/// The live and the expired leases other than `own`.
+async fn others(
+    backend: &dyn Backend,
+    own: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<LeaseBody>, Vec<(String, LeaseBody)>), StorageError> {
+    let mut live = Vec::new();
+    let mut expired = Vec::new();
+    for o in backend.list(PREFIX).await? {
+        if Some(o.key.as_str()) == own || !o.key.ends_with(".json") {
+            continue;
+        }
+        let body = match backend.get(&o.key).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        match serde_json::from_slice::<LeaseBody>(&body) {
+            Ok(l) if l.expires_at < now => expired.push((o.key, l)),
+            Ok(l) => live.push(l),
+            // An unreadable lease is treated as held, never silently taken.
+            Err(_) => live.push(LeaseBody {
+                holder: Holder {
+                    host: "unknown".into(),
+                    pid: 0,
+                    command: format!("(unreadable lease {})", o.key),
+                    since: now,
+                },
+                expires_at: now,
+            }),
+        }
+    }
+    Ok((live, expired))
+}
+
+fn body(holder: &Holder) -> Bytes {
+    let b = LeaseBody {
+        holder: holder.clone(),
+        expires_at: Utc::now() + chrono::Duration::from_std(TTL).expect("small"),
+    };
+    Bytes::from(serde_json::to_vec(&b).expect("lease serialises"))
+}
+
+/// Takes the lease lock of the repository on `backend`, waiting up to `wait`.
+pub async fn acquire(
+    backend: Arc<dyn Backend>,
+    command: &str,
+    wait: Duration,
+) -> Result<RepoLock, String> {
+    let me = Holder::me(command);
+    let key = format!(
+        "{PREFIX}{}-{}-{:08x}.json",
+        crate::repository::path_component(&me.host),
+        me.pid,
+        rand::random::<u32>()
+    );
+    let deadline = Instant::now() + wait;
+    let fail = |e: StorageError| format!("cannot take the lock: {e}");
+    loop {
+        let (live, _) = others(&*backend, None, Utc::now()).await.map_err(fail)?;
+        let contended = if live.is_empty() {
+            backend
+                .put(&key, body(&me), PutMode::Overwrite)
+                .await
+                .map_err(fail)?;
+            let (live, expired) = others(&*backend, Some(&key), Utc::now())
+                .await
+                .map_err(fail)?;
+            if live.is_empty() {
+                for (k, l) in expired {
+                    tracing::warn!(
+                        holder = %l.holder,
+                        expired_at = %l.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        "took over an expired lock (its holder stopped renewing it)"
+                    );
+                    let _ = backend.delete(&k).await;
+                }
+                let renew = tokio::spawn(renew(backend.clone(), key.clone(), me.clone()));
+                return Ok(RepoLock {
+                    _held: Held::Lease(Lease {
+                        key,
+                        backend,
+                        renew,
+                    }),
+                });
+            }
+            backend.delete(&key).await.map_err(fail)?;
+            live
+        } else {
+            live
+        };
+        if Instant::now() >= deadline {
+            let holders = contended
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} (lease expires {})",
+                        l.holder,
+                        l.expires_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(format!(
+                "repository {} is locked by {holders}; wait for it to finish, or pass --lock-wait 10m to wait",
+                backend.describe()
+            ));
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
+        tokio::time::sleep(Duration::from_millis(500) + jitter).await;
+    }
+}
+
+async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        if let Err(e) = backend.put(&key, body(&me), PutMode::Overwrite).await {
+            tracing::error!(error = %e, "could not renew the repository lock; another writer may take it over when it expires");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalBackend;
+
+    #[tokio::test]
+    async fn a_live_lease_is_respected_and_an_expired_one_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        let held = acquire(backend.clone(), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        let e = acquire(backend.clone(), "prune", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(e.contains("`kompose-dr backup`"), "{e}");
+        drop(held);
+        crate::storage::finish_cleanups(Duration::from_secs(5)).await;
+
+        // A lease of a killed writer, expired a minute ago.
+        let stale = LeaseBody {
+            holder: Holder {
+                host: "gone".into(),
+                pid: 4242,
+                command: "backup".into(),
+                since: Utc::now() - chrono::Duration::hours(1),
+            },
+            expires_at: Utc::now() - chrono::Duration::minutes(1),
+        };
+        backend
+            .put(
+                "locks/gone-4242-00000000.json",
+                Bytes::from(serde_json::to_vec(&stale).unwrap()),
+                PutMode::CreateNew,
+            )
+            .await
+            .unwrap();
+        let held = acquire(backend.clone(), "prune", Duration::ZERO)
+            .await
+            .unwrap();
+        let left = backend.list(PREFIX).await.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        drop(held);
+    }
+}

@@ -1,0 +1,489 @@
+//! S3 repositories against a real Garage server started by the harness,
+//! with a fault-injecting TCP proxy in between where the test needs one.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::s3::{FaultProxy, Garage};
+use support::{Pg, Workspace, text, wait_until};
+
+fn random_file(path: &std::path::Path, mib: usize) -> String {
+    support::run_ok(Command::new("sh").arg("-c").arg(format!(
+        "head -c {}M /dev/urandom > '{}'",
+        mib,
+        path.display()
+    )));
+    sha256_file(path)
+}
+
+fn sha256_file(path: &std::path::Path) -> String {
+    support::run_ok(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn files_section(name: &str, path: &std::path::Path) -> String {
+    format!(
+        "[[files]]\nname = \"{name}\"\npath = \"{}\"\n\n",
+        path.display()
+    )
+}
+
+#[test]
+fn a_large_stream_goes_up_in_parts_and_opens_with_the_stock_tools() {
+    let garage = Garage::start();
+    garage.bucket("kdr-big");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    let sum = random_file(&big, 110);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-big/prod",
+        &proxy.endpoint(),
+        "part_size = \"5MiB\"\nconcurrency = 3\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "backup failed: {err}");
+
+    let m = &ws.manifests()[0];
+    let a = Workspace::artifact(m, "files/big");
+    assert!(a["stored_bytes"].as_u64().unwrap() > 110 << 20, "{a:#}");
+    let parts = proxy
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with("PUT ") && h.contains("partNumber="))
+        .count();
+    assert!(parts >= 22, "expected 22+ parts of 5 MiB, saw {parts}");
+
+    // The object opens with `age -d | zstd -d`, byte for byte.
+    let key = format!("prod/{}", a["path"].as_str().unwrap());
+    assert!(garage.keys("kdr-big").contains(&key));
+    let local = ws.dir.path().join("fetched.age");
+    garage.download("kdr-big", &key, &local);
+    let plain = ws.stock_decrypt(&local);
+    let back = ws.dir.path().join("back.bin");
+    std::fs::write(&back, plain).unwrap();
+    assert_eq!(sha256_file(&back), sum);
+    assert!(garage.open_uploads("kdr-big").is_empty());
+}
+
+#[test]
+fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+    );
+    let garage = Garage::start();
+    garage.bucket("kdr-two");
+    let ws = Workspace::new();
+    let count = ws.dir.path().join("dumps");
+    let (bin, _) = support::pg_dump_then(
+        &ws,
+        &format!(
+            "case \"$*\" in *--version*) ;; *) echo dump >> '{}' ;; esac",
+            count.display()
+        ),
+    );
+    let repos = format!(
+        "[[repository]]\nname = \"local\"\nurl = \"{}\"\n\n{}",
+        ws.repo.display(),
+        garage.repository(
+            ws.dir.path(),
+            "offsite",
+            "s3://kdr-two/kompose",
+            &garage.endpoint(),
+            ""
+        )
+    );
+    ws.configure_repositories(&repos, &Workspace::pg_section_bin(&pg, &["app"], &bin));
+    ws.init();
+    let out = ws.run(&["--json", "backup"]);
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "backup failed: {err}");
+    // One pg_dump for the database, fanned out to both repositories.
+    let dumps = std::fs::read_to_string(&count).unwrap();
+    assert_eq!(dumps.lines().count(), 1, "pg_dump ran {dumps:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let repos = report["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 2);
+    assert!(repos.iter().all(|r| r["committed"] == true), "{report:#}");
+
+    let local = &ws.manifests()[0];
+    let out = ws.run(&["--json", "snapshots", "--repository", "offsite"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let remote = &v["snapshots"][0];
+    assert_eq!(remote["id"], local["id"]);
+    assert_eq!(
+        Workspace::artifact(remote, "postgres/app")["sha256"],
+        Workspace::artifact(local, "postgres/app")["sha256"]
+    );
+
+    // Stock tools on the S3 object: age -d | zstd -d | pg_restore.
+    let key = format!(
+        "kompose/{}",
+        Workspace::artifact(remote, "postgres/app")["path"]
+            .as_str()
+            .unwrap()
+    );
+    let fetched = ws.dir.path().join("app.dump.zst.age");
+    garage.download("kdr-two", &key, &fetched);
+    let dump = ws.stock_decrypt(&fetched);
+    let dump_file = ws.dir.path().join("app.dump");
+    std::fs::write(&dump_file, dump).unwrap();
+    let listing = support::run_ok(
+        Command::new(format!("{}/pg_restore", support::PG_BIN))
+            .arg("-l")
+            .arg(&dump_file),
+    );
+    assert!(listing.contains("TABLE DATA public t"), "{listing}");
+
+    // Restore from the S3 repository alone, with the local one gone.
+    std::fs::remove_dir_all(&ws.repo).unwrap();
+    let repos = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-two/kompose",
+        &garage.endpoint(),
+        "",
+    );
+    ws.configure_repositories(&repos, &Workspace::pg_section(&pg, &["app"]));
+    let out = ws.run(&[
+        "restore",
+        "--repository",
+        "offsite",
+        "--source",
+        "postgres/app",
+        "--as",
+        "app_from_s3",
+        "--yes",
+    ]);
+    assert!(out.status.success(), "restore failed: {}", text(&out).1);
+    assert_eq!(
+        pg.psql("app_from_s3", "SELECT count(*) FROM t").trim(),
+        "5000"
+    );
+}
+
+#[test]
+fn uploads_survive_resets_errors_and_stalls_through_retries() {
+    let garage = Garage::start();
+    garage.bucket("kdr-faults");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    let sum = random_file(&big, 40);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-faults",
+        &proxy.endpoint(),
+        "part_size = \"5MiB\"\nconcurrency = 2\ntimeout = \"3s\"\nretries = 8\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+    // Mid-upload: every connection cut, then three 503s, then (later) a
+    // stall longer than the request timeout.
+    proxy.reset_after_up(8 << 20, Some((503, 3)));
+    proxy.stall_after_up(20 << 20, Duration::from_secs(5));
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "backup failed despite retries: {err}");
+    assert!(
+        proxy.injected() >= 5,
+        "faults injected: {}",
+        proxy.injected()
+    );
+
+    // What was stored is intact: restore it through the proxy and compare.
+    let to = ws.dir.path().join("restored.bin");
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "files/big",
+        "--to",
+        to.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(out.status.success(), "restore failed: {}", text(&out).1);
+    assert_eq!(sha256_file(&to), sum);
+    assert!(garage.open_uploads("kdr-faults").is_empty());
+}
+
+#[test]
+fn downloads_resume_with_ranged_requests_after_a_dropped_connection() {
+    let garage = Garage::start();
+    garage.bucket("kdr-resume");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    let sum = random_file(&big, 30);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-resume",
+        &proxy.endpoint(),
+        "timeout = \"3s\"\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+    let out = ws.run(&["backup"]);
+    assert!(out.status.success(), "backup failed: {}", text(&out).1);
+
+    proxy.reset_after_down(12 << 20);
+    let to = ws.dir.path().join("restored.bin");
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "files/big",
+        "--to",
+        to.to_str().unwrap(),
+        "--yes",
+    ]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "restore failed: {err}");
+    assert!(err.contains("resuming with a ranged request"), "{err}");
+    assert!(
+        proxy
+            .heads()
+            .iter()
+            .any(|h| h.to_ascii_lowercase().contains("range: bytes=")),
+        "no ranged GET was sent"
+    );
+    assert_eq!(sha256_file(&to), sum);
+}
+
+#[test]
+fn a_failed_or_terminated_upload_leaves_no_manifest_and_no_open_upload() {
+    let garage = Garage::start();
+    garage.bucket("kdr-fail");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    random_file(&big, 30);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-fail",
+        &proxy.endpoint(),
+        "part_size = \"5MiB\"\ntimeout = \"2s\"\nretries = 2\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+
+    // Every part upload is answered 500: the run fails after its retries.
+    proxy.respond_matching("partNumber=", 500);
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 500"), "{err}");
+    let keys = garage.keys("kdr-fail");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("snapshots/")),
+        "{keys:?}"
+    );
+    assert!(
+        garage.open_uploads("kdr-fail").is_empty(),
+        "an upload was left open"
+    );
+
+    // SIGTERM while parts are going up: no manifest, no open upload.
+    let proxy2 = FaultProxy::start(garage.port);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-fail",
+        &proxy2.endpoint(),
+        "part_size = \"5MiB\"\ntimeout = \"5s\"\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    proxy2.stall_after_up(12 << 20, Duration::from_secs(60));
+    let child = ws
+        .kdr()
+        .arg("-v")
+        .arg("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("an upload to be open", 30, || {
+        !garage.open_uploads("kdr-fail").is_empty() && proxy2.injected() > 0
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    proxy2.set_down(false);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let keys = garage.keys("kdr-fail");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("snapshots/")),
+        "{keys:?}"
+    );
+    assert!(
+        garage.open_uploads("kdr-fail").is_empty(),
+        "SIGTERM left an upload open: {err}"
+    );
+}
+
+#[test]
+fn wrong_credentials_missing_bucket_and_no_server_are_named() {
+    let garage = Garage::start();
+    garage.bucket("kdr-auth");
+    let ws = Workspace::new();
+    let dir = ws.dir.path();
+    let doctor = |repo: &str| {
+        ws.configure_repositories(repo, "");
+        let out = ws.run(&["doctor", "--repository", "offsite"]);
+        let (o, e) = text(&out);
+        (out.status.code(), format!("{o}{e}"))
+    };
+
+    let good = garage.repository(dir, "offsite", "s3://kdr-auth", &garage.endpoint(), "");
+    ws.configure_repositories(&good, "");
+    ws.init();
+    let (code, out) = doctor(&good);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("writes permitted") || out.contains("read back and deleted"),
+        "{out}"
+    );
+
+    let (id, _) = garage.credential_files(dir);
+    let wrong_secret = dir.join("wrong-secret");
+    std::fs::write(&wrong_secret, "0".repeat(64)).unwrap();
+    let repo = format!(
+        "[[repository]]\nname = \"offsite\"\nurl = \"s3://kdr-auth\"\nendpoint = \"{}\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
+        garage.endpoint(),
+        id.display(),
+        wrong_secret.display()
+    );
+    let (code, out) = doctor(&repo);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("secret access key is wrong") || out.contains("secret_access_key_file"),
+        "{out}"
+    );
+    assert!(!out.contains(&"0".repeat(64)));
+
+    let wrong_id = dir.join("wrong-id");
+    std::fs::write(&wrong_id, "GK0000000000000000000000ff").unwrap();
+    let repo = format!(
+        "[[repository]]\nname = \"offsite\"\nurl = \"s3://kdr-auth\"\nendpoint = \"{}\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
+        garage.endpoint(),
+        wrong_id.display(),
+        wrong_secret.display()
+    );
+    let (code, out) = doctor(&repo);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("access key id") || out.contains("access_key_id_file"),
+        "{out}"
+    );
+
+    let missing = garage.repository(
+        dir,
+        "offsite",
+        "s3://no-such-bucket",
+        &garage.endpoint(),
+        "",
+    );
+    let (code, out) = doctor(&missing);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("bucket `no-such-bucket` does not exist"),
+        "{out}"
+    );
+
+    let port = support::free_port();
+    let nobody = garage.repository(
+        dir,
+        "offsite",
+        "s3://kdr-auth",
+        &format!("http://127.0.0.1:{port}"),
+        "timeout = \"2s\"\nretries = 1\n",
+    );
+    let (code, out) = doctor(&nobody);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("refused") || out.contains("unreachable"),
+        "{out}"
+    );
+
+    // init against a missing bucket says the same, and a backup to a
+    // local and a broken S3 repository still fills the local one (exit 3).
+    ws.configure_repositories(&missing, "");
+    let out = ws.run(&["init"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("does not exist"), "{}", text(&out).1);
+}
+
+#[test]
+fn a_broken_s3_repository_does_not_stop_the_local_one() {
+    let garage = Garage::start();
+    garage.bucket("kdr-half");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("acme.json");
+    std::fs::write(&f, "{}").unwrap();
+    let big = ws.dir.path().join("big.bin");
+    random_file(&big, 12);
+    let repos = format!(
+        "[[repository]]\nname = \"local\"\nurl = \"{}\"\n\n{}",
+        ws.repo.display(),
+        garage.repository(
+            ws.dir.path(),
+            "offsite",
+            "s3://kdr-half",
+            &proxy.endpoint(),
+            "part_size = \"5MiB\"\ntimeout = \"2s\"\nretries = 1\n"
+        )
+    );
+    ws.configure_repositories(
+        &repos,
+        &format!(
+            "{}{}",
+            files_section("acme", &f),
+            files_section("big", &big)
+        ),
+    );
+    ws.init();
+    proxy.respond_matching("partNumber=", 503);
+    let out = ws.run(&["--json", "backup"]);
+    let (stdout, err) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let offsite = report["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "offsite")
+        .unwrap()
+        .clone();
+    assert!(
+        offsite["errors"].to_string().contains("files/big"),
+        "{offsite:#}"
+    );
+    // The local repository holds both; the S3 manifest names only what it holds.
+    let local = &ws.manifests()[0];
+    assert_eq!(Workspace::artifact(local, "files/big")["status"], "ok");
+    let out = ws.run(&["--json", "snapshots", "--repository", "offsite"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let remote = &v["snapshots"][0];
+    assert_eq!(Workspace::artifact(remote, "files/big")["status"], "failed");
+    assert_eq!(Workspace::artifact(remote, "files/acme")["status"], "ok");
+    assert!(garage.open_uploads("kdr-half").is_empty());
+}

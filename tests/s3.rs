@@ -487,3 +487,247 @@ fn a_broken_s3_repository_does_not_stop_the_local_one() {
     assert_eq!(Workspace::artifact(remote, "files/acme")["status"], "ok");
     assert!(garage.open_uploads("kdr-half").is_empty());
 }
+
+fn lease(host: &str, pid: u32, expires_in_minutes: i64) -> Vec<u8> {
+    let now = chrono_like_now();
+    serde_json::to_vec(&serde_json::json!({
+        "host": host,
+        "pid": pid,
+        "command": "backup",
+        "since": now.0,
+        "expires_at": if expires_in_minutes >= 0 { now.1.clone() } else { now.2.clone() },
+    }))
+    .unwrap()
+}
+
+/// Now, an hour ahead and an hour ago, as RFC 3339 (via `date`, to keep
+/// the tests free of a date crate).
+fn chrono_like_now() -> (String, String, String) {
+    let d = |spec: &str| {
+        support::run_ok(Command::new("date").args(["-u", "-d", spec, "+%Y-%m-%dT%H:%M:%SZ"]))
+            .trim()
+            .to_owned()
+    };
+    (d("now"), d("+1 hour"), d("-1 hour"))
+}
+
+#[test]
+fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
+    let garage = Garage::start();
+    garage.bucket("kdr-lock");
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("acme.json");
+    std::fs::write(&f, "{}").unwrap();
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-lock/p",
+        &garage.endpoint(),
+        "",
+    );
+    ws.configure_repositories(&repo, &files_section("acme", &f));
+    ws.init();
+
+    // A live lease of another host: refused at once, with the holder named.
+    garage.put(
+        "kdr-lock",
+        "p/locks/nas-4242-00000001.json",
+        &lease("nas", 4242, 60),
+    );
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`kompose-dr backup` (pid 4242 on nas"),
+        "{err}"
+    );
+    assert!(err.contains("--lock-wait"), "{err}");
+    let out = ws.run(&["prune"]);
+    assert!(!out.status.success());
+
+    // The same lease, expired (its writer was killed): taken over.
+    garage.put(
+        "kdr-lock",
+        "p/locks/nas-4242-00000001.json",
+        &lease("nas", 4242, -60),
+    );
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("took over an expired lock"), "{err}");
+    // Released on exit, and the stale one removed.
+    let locks: Vec<String> = garage
+        .keys("kdr-lock")
+        .into_iter()
+        .filter(|k| k.starts_with("p/locks/"))
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
+
+    // Two real writers at once: the second is refused naming the first.
+    let proxy = FaultProxy::start(garage.port);
+    let slow = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-lock/p",
+        &proxy.endpoint(),
+        "timeout = \"30s\"\n",
+    );
+    let big = ws.dir.path().join("big.bin");
+    random_file(&big, 8);
+    let slow_config = ws.dir.path().join("slow.toml");
+    ws.configure_repositories(&slow, &files_section("big", &big));
+    std::fs::rename(&ws.config, &slow_config).unwrap();
+    ws.configure_repositories(&repo, &files_section("acme", &f));
+    proxy.stall_after_up(4 << 20, Duration::from_secs(8));
+    let first = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+        .args(["--config", slow_config.to_str().unwrap(), "backup"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first backup to stall", 30, || proxy.injected() > 0);
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prune_on_s3_removes_old_snapshots_unreferenced_data_and_abandoned_uploads() {
+    let garage = Garage::start();
+    garage.bucket("kdr-prune");
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("acme.json");
+    std::fs::write(&f, "{}").unwrap();
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-prune/r",
+        &garage.endpoint(),
+        "",
+    );
+    ws.configure_repositories(
+        &repo,
+        &format!("{}[retention]\nkeep_last = 1\n", files_section("acme", &f)),
+    );
+    ws.init();
+    for _ in 0..2 {
+        let out = ws.run(&["backup"]);
+        assert!(out.status.success(), "{}", text(&out).1);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let snapshots = ws.manifests();
+    assert_eq!(snapshots.len(), 2);
+    let (newest, oldest) = (
+        snapshots[0]["id"].as_str().unwrap().to_owned(),
+        snapshots[1]["id"].as_str().unwrap().to_owned(),
+    );
+    // What a killed run leaves: data no manifest names, an open upload.
+    garage.put(
+        "kdr-prune",
+        "r/data/20200101T000000Z-dead00/files/acme.zst.age",
+        b"x",
+    );
+    garage.start_upload(
+        "kdr-prune",
+        "r/data/20200101T000000Z-beef00/files/big.zst.age",
+    );
+    // An upload left open beside a snapshot that stays.
+    garage.start_upload("kdr-prune", &format!("r/data/{newest}/files/stray.zst.age"));
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let out = ws.run(&["--json", "prune", "--dry-run", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(ws.manifests().len(), 2, "a dry run removed something");
+    assert_eq!(garage.open_uploads("kdr-prune").len(), 2);
+
+    let out = ws.run(&["--json", "prune", "--grace", "0s"]);
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = &report[0];
+    assert!(
+        r["unreferenced"]
+            .to_string()
+            .contains("20200101T000000Z-dead00"),
+        "{r:#}"
+    );
+    assert!(
+        r["unreferenced"]
+            .to_string()
+            .contains("20200101T000000Z-beef00"),
+        "{r:#}"
+    );
+    assert!(
+        r["abandoned"].to_string().contains("stray.zst.age"),
+        "{r:#}"
+    );
+    let ids: Vec<String> = ws
+        .manifests()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![newest.clone()]);
+    let keys = garage.keys("kdr-prune");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains(&oldest) || k.contains("dead00")),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.contains(&newest)), "{keys:?}");
+    assert!(garage.open_uploads("kdr-prune").is_empty());
+}
+
+#[test]
+fn object_lock_retention_is_requested_for_every_object_but_leases() {
+    let garage = Garage::start();
+    garage.bucket("kdr-worm");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    random_file(&big, 7);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-worm",
+        &proxy.endpoint(),
+        "part_size = \"5MiB\"\nobject_lock = { mode = \"governance\", days = 30 }\n",
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+    let out = ws.run(&["backup"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let heads: Vec<String> = proxy
+        .heads()
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let writes: Vec<&String> = heads
+        .iter()
+        .filter(|h| {
+            (h.starts_with("put ") && !h.contains("partnumber="))
+                || h.starts_with("post ") && h.contains("?uploads")
+        })
+        .collect();
+    let (leases, objects): (Vec<&&String>, Vec<&&String>) = writes
+        .iter()
+        .partition(|h| h.lines().next().unwrap().contains("/locks/"));
+    assert!(
+        objects.len() >= 4,
+        "marker, multipart start, facts, manifest: {objects:?}"
+    );
+    for h in &objects {
+        assert!(h.contains("x-amz-object-lock-mode: governance"), "{h}");
+        assert!(h.contains("x-amz-object-lock-retain-until-date:"), "{h}");
+    }
+    assert!(!leases.is_empty());
+    for h in &leases {
+        assert!(!h.contains("x-amz-object-lock-mode"), "{h}");
+    }
+}

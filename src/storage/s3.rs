@@ -171,6 +171,13 @@ impl Inner {
     }
 }
 
+/// `Content-MD5` of a body: base64 of its MD5.
+fn content_md5(body: &[u8]) -> String {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
+}
+
 /// The HTTP status of a raw response.
 pub trait HasStatus {
     /// The status code.
@@ -338,7 +345,7 @@ impl Backend for S3Backend {
             .put_object()
             .bucket(&inner.cfg.bucket)
             .key(inner.full_key(key))
-            .body(ByteStream::from(data));
+            .body(ByteStream::from(data.clone()));
         if mode == PutMode::CreateNew {
             req = req.if_none_match("*");
         }
@@ -349,7 +356,7 @@ impl Backend for S3Backend {
             req = req
                 .object_lock_mode(mode)
                 .object_lock_retain_until_date(until)
-                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+                .content_md5(content_md5(&data));
         }
         req.send()
             .await
@@ -648,8 +655,7 @@ impl S3Writer {
             if let Some((mode, until)) = inner.lock_fields() {
                 req = req
                     .object_lock_mode(mode)
-                    .object_lock_retain_until_date(until)
-                    .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+                    .object_lock_retain_until_date(until);
             }
             let out = req
                 .send()
@@ -687,9 +693,10 @@ impl S3Writer {
                 .key(inner.full_key(&key))
                 .upload_id(&id)
                 .part_number(number)
-                .body(ByteStream::from(part));
+                .body(ByteStream::from(part.clone()));
             if inner.cfg.object_lock.is_some() {
-                req = req.checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+                // S3 wants an integrity header on Object Lock uploads.
+                req = req.content_md5(content_md5(&part));
             }
             let out = req.send().await.map_err(|e| {
                 inner.error(
@@ -700,7 +707,6 @@ impl S3Writer {
             })?;
             Ok(CompletedPart::builder()
                 .set_e_tag(out.e_tag().map(str::to_owned))
-                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
                 .part_number(number)
                 .build())
         });
@@ -732,12 +738,12 @@ impl S3Writer {
                 .put_object()
                 .bucket(&inner.cfg.bucket)
                 .key(inner.full_key(&self.key))
-                .body(ByteStream::from(body));
+                .body(ByteStream::from(body.clone()));
             if let Some((mode, until)) = inner.lock_fields() {
                 req = req
                     .object_lock_mode(mode)
                     .object_lock_retain_until_date(until)
-                    .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
+                    .content_md5(content_md5(&body));
             }
             return req
                 .send()

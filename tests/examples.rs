@@ -47,6 +47,17 @@ fn the_kompose_example_describes_the_real_stack() {
         c.repositories[0].location,
         Location::Local("/var/local/data/backups".into())
     );
+    match &c.repositories[1].location {
+        Location::S3(s3) => {
+            assert_eq!(
+                (s3.bucket.as_str(), s3.prefix.as_str()),
+                ("kompose-backups", "prod/")
+            );
+            assert_eq!(s3.endpoint.as_deref(), Some("http://garage:3900"));
+            assert!(s3.path_style && s3.credentials.is_none());
+        }
+        other => panic!("the offsite repository is {other:?}"),
+    }
     let pg = c.postgres.unwrap();
     assert_eq!(pg.endpoint.host, "core_postgres");
     assert_eq!(pg.endpoint.user, "kompose");

@@ -192,3 +192,114 @@ fn mqtt_and_metrics_sections() {
     .unwrap_err();
     assert_eq!(e.key.as_deref(), Some("mqtt.timeout"));
 }
+
+fn with_repo(repo: &str) -> Result<Config, ConfigError> {
+    parse(&format!("{repo}\n[encryption]\nrecipients = [\"{R}\"]\n"))
+}
+
+#[test]
+fn s3_repositories_load_with_defaults_and_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = (dir.path().join("id"), dir.path().join("secret"));
+    std::fs::write(&id, "GKexample\n").unwrap();
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let c = with_repo(&format!(
+        "[[repository]]\nname = \"offsite\"\nurl = \"s3://backups/prod/kompose/\"\nendpoint = \"http://garage:3900\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\npart_size = \"64MiB\"\nobject_lock = {{ mode = \"compliance\", days = 400 }}\n",
+        id.display(),
+        secret.display()
+    ))
+    .unwrap();
+    let Location::S3(s3) = &c.repositories[0].location else {
+        panic!("not S3")
+    };
+    assert_eq!(s3.bucket, "backups");
+    assert_eq!(s3.prefix, "prod/kompose/");
+    assert_eq!(s3.part_size, 64 << 20);
+    assert_eq!(s3.concurrency, 4);
+    assert_eq!(s3.attempts, 6);
+    assert_eq!(
+        s3.object_lock,
+        Some(ObjectLock {
+            mode: ObjectLockMode::Compliance,
+            days: 400
+        })
+    );
+    let creds = s3.credentials.as_ref().unwrap();
+    assert_eq!(creds.secret_access_key.expose(), "s3cr3t-value");
+    assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    assert!(c.secrets().iter().any(|s| s.expose() == "s3cr3t-value"));
+
+    let c = with_repo("[[repository]]\nname = \"aws\"\nurl = \"s3://my-bucket\"\n").unwrap();
+    let Location::S3(s3) = &c.repositories[0].location else {
+        panic!("not S3")
+    };
+    assert_eq!((s3.prefix.as_str(), s3.region.as_str()), ("", "us-east-1"));
+    assert_eq!(s3.part_size, 16 << 20);
+}
+
+#[test]
+fn s3_mistakes_name_key_and_line() {
+    let cases = [
+        (
+            "url = \"s3://Bad_Bucket/x\"",
+            "repository[0].url",
+            "not a bucket name",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\npart_size = \"1MiB\"",
+            "repository[0].part_size",
+            "5MiB to 5GiB",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\npart_size = \"16 parsecs\"",
+            "repository[0].part_size",
+            "unknown size unit",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\naccess_key_id_file = \"/nope\"",
+            "repository[0].access_key_id_file",
+            "set both",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\naccess_key_id_file = \"/nope/id\"\nsecret_access_key_file = \"/nope/s\"",
+            "repository[0].access_key_id_file",
+            "cannot read /nope/id",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\nendpoint = \"garage:3900\"",
+            "repository[0].endpoint",
+            "http://",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\nendpoint = \"http://k:s@garage:3900\"",
+            "repository[0].endpoint",
+            "credentials do not belong",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\nobject_lock = { mode = \"forever\", days = 3 }",
+            "repository[0].object_lock.mode",
+            "governance",
+        ),
+        (
+            "url = \"s3://ok-bucket/x\"\nconcurrency = 0",
+            "repository[0].concurrency",
+            "between 1 and 64",
+        ),
+        (
+            "url = \"/var/backups\"\nendpoint = \"http://garage:3900\"",
+            "repository[0].endpoint",
+            "only to s3://",
+        ),
+        (
+            "url = \"gs://bucket/x\"",
+            "repository[0].url",
+            "not supported",
+        ),
+    ];
+    for (body, key, message) in cases {
+        let e = with_repo(&format!("[[repository]]\nname = \"r\"\n{body}\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{body}: {e}");
+        assert!(e.to_string().contains(message), "{body}: {e}");
+        assert!(e.line.is_some_and(|l| l >= 3), "{body}: {e}");
+    }
+}

@@ -149,6 +149,10 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
     );
     assert!(listing.contains("TABLE DATA public t"), "{listing}");
 
+    // check reads every archive back from S3 (sha256, age, zstd).
+    let out = ws.run(&["check", "--repository", "offsite", "--read-data"]);
+    assert!(out.status.success(), "check failed: {}", text(&out).1);
+
     // Restore from the S3 repository alone, with the local one gone.
     std::fs::remove_dir_all(&ws.repo).unwrap();
     let repos = garage.repository(

@@ -5,6 +5,12 @@
 //! [`ObjectWriter::finish`]; small objects (markers, manifests) are written
 //! atomically with [`Backend::put`]. The repository layout on top of this
 //! lives in [`crate::repository`].
+//!
+//! Two backends: [`local`] (a directory: temp file, fsync, rename) and
+//! [`s3`] (any S3-compatible store: multipart uploads, retries, resumable
+//! reads). Clean-up that a `Drop` must start — aborting an upload when a
+//! run is cancelled — goes through [`spawn_cleanup`], and the binary waits
+//! for it with [`finish_cleanups`] before it exits.
 
 pub mod local;
 pub mod s3;

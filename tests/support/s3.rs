@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, run_ok};
+use super::free_port;
 
 /// The Garage binary, or a panic saying how to get it.
 pub fn garage_bin() -> PathBuf {
@@ -111,11 +111,8 @@ api_bind_addr = "127.0.0.1:{admin}"
             std::thread::sleep(Duration::from_millis(200));
         };
         let node = node.split('@').next().unwrap().to_owned();
-        run_ok(
-            g.cmd()
-                .args(["layout", "assign", "-z", "dc1", "-c", "1G", &node]),
-        );
-        run_ok(g.cmd().args(["layout", "apply", "--version", "1"]));
+        g.retry(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        g.retry(&["layout", "apply", "--version", "1"]);
         let out = g.retry(&["json-api", "CreateKey", r#"{"name":"kompose-dr-test"}"#]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         g.key_id = v["accessKeyId"].as_str().unwrap().to_owned();

@@ -427,6 +427,29 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
         "{out}"
     );
 
+    let nxdomain = garage.repository(
+        dir,
+        "offsite",
+        "s3://kdr-auth",
+        "http://kdr-no-such-host.invalid:3900",
+        "timeout = \"2s\"\nretries = 1\n",
+    );
+    let (code, out) = doctor(&nxdomain);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot resolve the host"), "{out}");
+
+    // https:// against a plain-HTTP store.
+    let tls = garage.repository(
+        dir,
+        "offsite",
+        "s3://kdr-auth",
+        &format!("https://127.0.0.1:{}", garage.port),
+        "timeout = \"2s\"\nretries = 1\n",
+    );
+    let (code, out) = doctor(&tls);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("TLS with https://127.0.0.1"), "{out}");
+
     // init against a missing bucket says the same, and a backup to a
     // local and a broken S3 repository still fills the local one (exit 3).
     ws.configure_repositories(&missing, "");

@@ -1008,6 +1008,26 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_artifact_over_10000_parts_fails_before_it_is_sent() {
+        // A 4-byte part size (below S3's minimum, only possible here)
+        // caps objects at 40,000 bytes; nothing reaches the network.
+        let mut c = cfg();
+        c.endpoint = Some("http://127.0.0.1:9".into());
+        c.part_size = 4;
+        c.credentials = Some(crate::config::S3Credentials {
+            access_key_id: crate::secret::Secret::new("id"),
+            secret_access_key: crate::secret::Secret::new("secret"),
+        });
+        let backend = S3Backend::new(&c);
+        let mut w = backend.create("data/x/big.zst.age").await.unwrap();
+        let e = w.write(Bytes::from(vec![0u8; 40_001])).await.unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("exceeds 10000 parts of 4 B"), "{m}");
+        assert!(m.contains("raise part_size"), "{m}");
+        w.abort().await;
+    }
+
     #[test]
     fn errors_say_what_to_fix() {
         let c = cfg();

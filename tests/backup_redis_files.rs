@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use support::{Redis, Workspace, require, run_ok, text};
+use support::{Redis, Workspace, run_ok, text};
 
 /// Extracts a tar archive produced by the stock decrypt into a new directory.
 fn untar(ws: &Workspace, archive: &std::path::Path) -> tempfile::TempDir {
@@ -99,50 +99,11 @@ fn wrong_redis_password_fails_clearly() {
     assert!(!stderr.contains("wrong-pw-value"), "{stderr}");
 }
 
-/// A self-signed certificate for `names`, base64 PEM as Traefik stores it.
-fn certificate(dir: &std::path::Path, names: &[&str]) -> String {
-    require("openssl");
-    let key = dir.join("k.pem");
-    let crt = dir.join("c.pem");
-    let san = names
-        .iter()
-        .map(|n| format!("DNS:{n}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "60",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .args([
-                "-subj",
-                &format!("/CN={}", names[0]),
-                "-addext",
-                &format!("subjectAltName={san}"),
-            ])
-            .stderr(std::process::Stdio::null()),
-    );
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(std::fs::read(&crt).unwrap())
-}
-
 #[test]
 fn acme_json_is_byte_identical_keeps_its_mode_and_records_certificates() {
     let ws = Workspace::new();
     let acme = ws.dir.path().join("acme.json");
-    let cert = certificate(ws.dir.path(), &["example.org", "www.example.org"]);
+    let cert = support::certificate(ws.dir.path(), &["example.org", "www.example.org"], 60);
     let body = serde_json::json!({
         "resolver": {
             "Account": { "Email": "ops@example.org" },

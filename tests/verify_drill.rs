@@ -408,3 +408,50 @@ fn verify_without_globals_restores_the_data_without_owners() {
         text(&out).0
     );
 }
+
+#[test]
+fn verify_warns_of_a_certificate_expiring_within_14_days_without_failing() {
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    let soon = support::certificate(ws.dir.path(), &["soon.example.org"], 7);
+    let later = support::certificate(ws.dir.path(), &["later.example.org"], 90);
+    let body = serde_json::json!({
+        "resolver": {
+            "Account": { "Email": "ops@example.org" },
+            "Certificates": [
+                { "domain": { "main": "soon.example.org" }, "certificate": soon, "key": "a2V5", "Store": "default" },
+                { "domain": { "main": "later.example.org" }, "certificate": later, "key": "a2V5", "Store": "default" }
+            ]
+        }
+    });
+    std::fs::write(&acme, serde_json::to_vec(&body).unwrap()).unwrap();
+    ws.configure(&format!(
+        "[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
+        acme.display()
+    ));
+    ws.init();
+    let out = ws.run(&["backup"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = ws.run(&["--json", "verify"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let checks = r["sources"][0]["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no checks in {r:#}"));
+    let warn = checks
+        .iter()
+        .find(|c| c["name"] == "certificate soon.example.org expiry")
+        .unwrap_or_else(|| panic!("no expiry warning in {checks:#?}"));
+    assert_eq!(warn["warning"], true, "{warn}");
+    assert!(
+        warn["detail"].as_str().unwrap().contains("within 14 days"),
+        "{warn}"
+    );
+    assert!(
+        !checks
+            .iter()
+            .any(|c| c["name"] == "certificate later.example.org expiry"),
+        "{checks:#?}"
+    );
+}

@@ -144,6 +144,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
                 policy: Some(p.name.clone()),
                 repositories: p.repositories.clone(),
                 lock_wait: std::time::Duration::from_secs(3600),
+                progress: false,
             };
             match crate::backup::run(&state.config, &opts).await {
                 Ok(report) => {

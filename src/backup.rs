@@ -38,6 +38,8 @@ pub struct BackupOptions {
     pub repositories: Vec<String>,
     /// How long to wait for another writer's lock.
     pub lock_wait: std::time::Duration,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
 }
 
 /// Overall outcome of a run.
@@ -213,6 +215,9 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
             recipients: encryption.recipients.clone(),
         },
         redactor: redactor.clone(),
+        progress: opts.progress.then(|| {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+        }),
     };
     tracing::info!(snapshot = %snapshot, "backup started");
 

@@ -181,3 +181,40 @@ fn nothing_succeeded_means_no_snapshot_and_exit_1() {
             })
     );
 }
+
+#[test]
+fn a_backup_on_a_terminal_shows_progress_and_none_without_one() {
+    support::require("script");
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("data.bin");
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c 3M /dev/urandom > '{}'", f.display())),
+    );
+    ws.configure(&format!(
+        "[[files]]\nname = \"blob\"\npath = \"{}\"\n",
+        f.display()
+    ));
+    ws.init();
+    let cmd = format!(
+        "{} --config {} backup",
+        env!("CARGO_BIN_EXE_kompose-dr"),
+        ws.config.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TMPDIR", ws.tmp())
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{all}");
+    // The bar names the archive and counts its bytes.
+    assert!(all.contains("files/blob"), "{all}");
+    assert!(all.contains("MiB"), "{all}");
+    // Without a terminal (a timer, a pipe): no bar, only the summary.
+    let out = ws.run(&["backup"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("B/s"), "{err}");
+}

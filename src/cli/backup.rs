@@ -30,6 +30,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         policy: None,
         repositories: Vec::new(),
         lock_wait: args.lock_wait,
+        progress: !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     if let Some(name) = &args.policy {
         let policies =

@@ -95,9 +95,46 @@ pub struct SourceContext {
     pub encode: EncodeSettings,
     /// Scrubs secrets from messages.
     pub redactor: Redactor,
+    /// Progress bars on a terminal (bytes read per archive), if wanted.
+    pub progress: Option<indicatif::MultiProgress>,
 }
 
 impl SourceContext {
+    /// Counts the bytes of `input` on a progress bar named after `key`.
+    fn with_progress(&self, key: &str, mut input: Input) -> Input {
+        let Some(multi) = &self.progress else {
+            return input;
+        };
+        let pb = multi.add(indicatif::ProgressBar::new_spinner());
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix:32} {bytes:>10} {bytes_per_sec:>12} {elapsed}",
+            )
+            .expect("valid template"),
+        );
+        // `data/<ID>/postgres/app.dump.zst.age` → `postgres/app.dump`
+        let name = key
+            .splitn(3, '/')
+            .nth(2)
+            .unwrap_or(key)
+            .trim_end_matches(".zst.age");
+        pb.set_prefix(name.to_owned());
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            while let Some(piece) = input.recv().await {
+                if let Ok(b) = &piece {
+                    pb.inc(b.len() as u64);
+                }
+                if tx.send(piece).await.is_err() {
+                    break;
+                }
+            }
+            pb.finish();
+        });
+        rx
+    }
+
     /// Streams `input` into every repository under `key`; nothing is
     /// visible until [`SourceContext::finish`].
     pub async fn encode(&self, key: &str, input: Input) -> Result<Encoded, String> {
@@ -115,6 +152,7 @@ impl SourceContext {
                 }),
             });
         }
+        let input = self.with_progress(key, input);
         pipeline::encode(input, &self.encode, sinks)
             .await
             .map_err(|e| self.redactor.scrub(&e.to_string()))

@@ -33,6 +33,57 @@ fn files_section(name: &str, path: &std::path::Path) -> String {
     )
 }
 
+/// A Garage with one bucket (bind `garage` when destructuring, or it is
+/// dropped — and stopped — at once), a fault proxy in front of it, and a workspace
+/// whose only repository (`offsite`, through the proxy) backs up one file
+/// of random bytes.
+struct Rig {
+    garage: Garage,
+    proxy: FaultProxy,
+    ws: Workspace,
+    big: std::path::PathBuf,
+    sum: String,
+}
+
+fn rig(bucket: &str, mib: usize, extra: &str) -> Rig {
+    let garage = Garage::start();
+    garage.bucket(bucket);
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let big = ws.dir.path().join("big.bin");
+    let sum = random_file(&big, mib);
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        &format!("s3://{bucket}"),
+        &proxy.endpoint(),
+        extra,
+    );
+    ws.configure_repositories(&repo, &files_section("big", &big));
+    ws.init();
+    Rig {
+        garage,
+        proxy,
+        ws,
+        big,
+        sum,
+    }
+}
+
+/// `restore --source files/big --to restored.bin --yes`.
+fn restore_big(ws: &Workspace) -> (std::process::Output, std::path::PathBuf) {
+    let to = ws.dir.path().join("restored.bin");
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "files/big",
+        "--to",
+        to.to_str().unwrap(),
+        "--yes",
+    ]);
+    (out, to)
+}
+
 #[test]
 fn a_large_stream_goes_up_in_parts_and_opens_with_the_stock_tools() {
     let garage = Garage::start();
@@ -182,21 +233,17 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
 
 #[test]
 fn uploads_survive_resets_errors_and_stalls_through_retries() {
-    let garage = Garage::start();
-    garage.bucket("kdr-faults");
-    let proxy = FaultProxy::start(garage.port);
-    let ws = Workspace::new();
-    let big = ws.dir.path().join("big.bin");
-    let sum = random_file(&big, 40);
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-faults",
-        &proxy.endpoint(),
+    let Rig {
+        garage,
+        proxy,
+        ws,
+        sum,
+        ..
+    } = rig(
+        "kdr-faults",
+        40,
         "part_size = \"5MiB\"\nconcurrency = 2\ntimeout = \"3s\"\nretries = 8\n",
     );
-    ws.configure_repositories(&repo, &files_section("big", &big));
-    ws.init();
     // Mid-upload: every connection cut, then three 503s, then (later) a
     // stall longer than the request timeout.
     proxy.reset_after_up(8 << 20, Some((503, 3)));
@@ -211,15 +258,7 @@ fn uploads_survive_resets_errors_and_stalls_through_retries() {
     );
 
     // What was stored is intact: restore it through the proxy and compare.
-    let to = ws.dir.path().join("restored.bin");
-    let out = ws.run(&[
-        "restore",
-        "--source",
-        "files/big",
-        "--to",
-        to.to_str().unwrap(),
-        "--yes",
-    ]);
+    let (out, to) = restore_big(&ws);
     assert!(out.status.success(), "restore failed: {}", text(&out).1);
     assert_eq!(sha256_file(&to), sum);
     assert!(garage.open_uploads("kdr-faults").is_empty());
@@ -227,34 +266,18 @@ fn uploads_survive_resets_errors_and_stalls_through_retries() {
 
 #[test]
 fn downloads_resume_with_ranged_requests_after_a_dropped_connection() {
-    let garage = Garage::start();
-    garage.bucket("kdr-resume");
-    let proxy = FaultProxy::start(garage.port);
-    let ws = Workspace::new();
-    let big = ws.dir.path().join("big.bin");
-    let sum = random_file(&big, 30);
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-resume",
-        &proxy.endpoint(),
-        "timeout = \"3s\"\n",
-    );
-    ws.configure_repositories(&repo, &files_section("big", &big));
-    ws.init();
+    let Rig {
+        garage: _garage,
+        proxy,
+        ws,
+        sum,
+        ..
+    } = rig("kdr-resume", 30, "timeout = \"3s\"\n");
     let out = ws.run(&["backup"]);
     assert!(out.status.success(), "backup failed: {}", text(&out).1);
 
     proxy.reset_after_down(12 << 20);
-    let to = ws.dir.path().join("restored.bin");
-    let out = ws.run(&[
-        "restore",
-        "--source",
-        "files/big",
-        "--to",
-        to.to_str().unwrap(),
-        "--yes",
-    ]);
+    let (out, to) = restore_big(&ws);
     let (_, err) = text(&out);
     assert!(out.status.success(), "restore failed: {err}");
     assert!(err.contains("resuming with a ranged request"), "{err}");
@@ -270,21 +293,17 @@ fn downloads_resume_with_ranged_requests_after_a_dropped_connection() {
 
 #[test]
 fn a_failed_or_terminated_upload_leaves_no_manifest_and_no_open_upload() {
-    let garage = Garage::start();
-    garage.bucket("kdr-fail");
-    let proxy = FaultProxy::start(garage.port);
-    let ws = Workspace::new();
-    let big = ws.dir.path().join("big.bin");
-    random_file(&big, 30);
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-fail",
-        &proxy.endpoint(),
+    let Rig {
+        garage,
+        proxy,
+        ws,
+        big,
+        ..
+    } = rig(
+        "kdr-fail",
+        30,
         "part_size = \"5MiB\"\ntimeout = \"2s\"\nretries = 2\n",
     );
-    ws.configure_repositories(&repo, &files_section("big", &big));
-    ws.init();
 
     // Every part upload is answered 500: the run fails after its retries.
     proxy.respond_matching("partNumber=", 500);
@@ -713,21 +732,16 @@ fn prune_on_s3_removes_old_snapshots_unreferenced_data_and_abandoned_uploads() {
 
 #[test]
 fn object_lock_retention_is_requested_for_every_object_but_leases() {
-    let garage = Garage::start();
-    garage.bucket("kdr-worm");
-    let proxy = FaultProxy::start(garage.port);
-    let ws = Workspace::new();
-    let big = ws.dir.path().join("big.bin");
-    random_file(&big, 7);
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-worm",
-        &proxy.endpoint(),
+    let Rig {
+        garage: _garage,
+        proxy,
+        ws,
+        ..
+    } = rig(
+        "kdr-worm",
+        7,
         "part_size = \"5MiB\"\nobject_lock = { mode = \"governance\", days = 30 }\n",
     );
-    ws.configure_repositories(&repo, &files_section("big", &big));
-    ws.init();
     let out = ws.run(&["backup"]);
     assert!(out.status.success(), "{}", text(&out).1);
     let heads: Vec<String> = proxy

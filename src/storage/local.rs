@@ -75,6 +75,32 @@ impl LocalBackend {
     }
 }
 
+/// Calls `f` for every file below `start` (a missing `start` has none).
+fn walk_files(
+    start: &Path,
+    mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut stack = vec![start.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io("list", &dir))?;
+            let path = entry.path();
+            let meta = entry.metadata().map_err(io("stat", &path))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                f(&path, &meta)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `data` to `path` durably: temp file, fsync, rename (or link for
 /// create-new), fsync the directory.
 fn write_atomic(path: &Path, data: &[u8], mode: PutMode) -> Result<(), StorageError> {
@@ -171,40 +197,23 @@ impl Backend for LocalBackend {
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             // Start from the deepest directory the prefix names.
-            let start_rel = match prefix.rfind('/') {
-                Some(i) => &prefix[..i],
-                None => "",
+            let start = match prefix.rfind('/') {
+                Some(i) => root.join(&prefix[..i]),
+                None => root.clone(),
             };
-            let start = if start_rel.is_empty() {
-                root.clone()
-            } else {
-                root.join(start_rel)
-            };
-            let mut stack = vec![start];
-            while let Some(dir) = stack.pop() {
-                let entries = match std::fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io("list", &dir)(e)),
+            walk_files(&start, |path, meta| {
+                let Ok(rel) = path.strip_prefix(&root) else {
+                    return Ok(());
                 };
-                for entry in entries {
-                    let entry = entry.map_err(io("list", &dir))?;
-                    let path = entry.path();
-                    let meta = entry.metadata().map_err(io("stat", &path))?;
-                    let Ok(rel) = path.strip_prefix(&root) else {
-                        continue;
-                    };
-                    let key = rel.to_string_lossy().into_owned();
-                    if meta.is_dir() {
-                        stack.push(path);
-                    } else if key.starts_with(&prefix) && !key.ends_with(TMP_SUFFIX) {
-                        out.push(ObjectMeta {
-                            key,
-                            size: meta.len(),
-                        });
-                    }
+                let key = rel.to_string_lossy().into_owned();
+                if key.starts_with(&prefix) && !key.ends_with(TMP_SUFFIX) {
+                    out.push(ObjectMeta {
+                        key,
+                        size: meta.len(),
+                    });
                 }
-            }
+                Ok(())
+            })?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -263,38 +272,25 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let mut stack = vec![root.clone()];
-            while let Some(dir) = stack.pop() {
-                let entries = match std::fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io("list", &dir)(e)),
-                };
-                for entry in entries {
-                    let entry = entry.map_err(io("list", &dir))?;
-                    let path = entry.path();
-                    let meta = entry.metadata().map_err(io("stat", &path))?;
-                    if meta.is_dir() {
-                        stack.push(path);
-                        continue;
-                    }
-                    let old = meta
-                        .modified()
-                        .map(|m| chrono::DateTime::<chrono::Utc>::from(m) < before)
-                        .unwrap_or(false);
-                    if path.to_string_lossy().ends_with(TMP_SUFFIX) && old {
-                        if remove {
-                            match std::fs::remove_file(&path) {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                                Err(e) => return Err(io("remove", &path)(e)),
-                            }
-                        }
-                        let rel = path.strip_prefix(&root).unwrap_or(&path);
-                        out.push(rel.to_string_lossy().into_owned());
+            walk_files(&root, |path, meta| {
+                let old = meta
+                    .modified()
+                    .map(|m| chrono::DateTime::<chrono::Utc>::from(m) < before)
+                    .unwrap_or(false);
+                if !(path.to_string_lossy().ends_with(TMP_SUFFIX) && old) {
+                    return Ok(());
+                }
+                if remove {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io("remove", path)(e)),
                     }
                 }
-            }
+                let rel = path.strip_prefix(&root).unwrap_or(path);
+                out.push(rel.to_string_lossy().into_owned());
+                Ok(())
+            })?;
             out.sort();
             Ok(out)
         })
@@ -394,6 +390,30 @@ mod tests {
         let w = b.create("d/b").await.unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path().join("d")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn abandoned_tmp_files_are_found_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        let w = b.create("data/x/a.bin").await.unwrap();
+        std::mem::forget(w); // as a kill -9 would leave it
+        b.put(
+            "data/x/done.bin",
+            Bytes::from_static(b"1"),
+            PutMode::CreateNew,
+        )
+        .await
+        .unwrap();
+        let past = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert!(b.abandoned_writes(past, true).await.unwrap().is_empty());
+        let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+        let found = b.abandoned_writes(later, false).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("data/x/a.bin.") && found[0].ends_with(TMP_SUFFIX));
+        b.abandoned_writes(later, true).await.unwrap();
+        assert!(b.abandoned_writes(later, false).await.unwrap().is_empty());
+        assert_eq!(b.list("data/").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

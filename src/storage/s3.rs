@@ -1032,63 +1032,101 @@ mod tests {
     fn errors_say_what_to_fix() {
         let c = cfg();
         let e = "http://garage:3900";
-        let m = explain(
-            &c,
-            e,
-            Some(403),
-            Some("InvalidAccessKeyId"),
-            None,
-            "",
-            false,
+        // (status, code, server message, transport detail, timed out) → expected text
+        type Case<'a> = (
+            Option<u16>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            bool,
+            &'a str,
         );
-        assert!(m.contains("access_key_id_file"), "{m}");
-        let m = explain(
-            &c,
-            e,
-            Some(403),
-            Some("SignatureDoesNotMatch"),
-            None,
-            "",
-            false,
-        );
-        assert!(m.contains("secret access key is wrong"), "{m}");
-        let m = explain(&c, e, Some(404), Some("NoSuchBucket"), None, "", false);
-        assert!(m.contains("bucket `backups` does not exist"), "{m}");
-        let m = explain(
-            &c,
-            e,
-            Some(403),
-            Some("RequestTimeTooSkewed"),
-            None,
-            "",
-            false,
-        );
-        assert!(m.contains("clock"), "{m}");
-        let m = explain(&c, e, Some(403), Some("AccessDenied"), None, "", false);
-        assert!(m.contains("grant this key"), "{m}");
-        let m = explain(&c, e, Some(503), Some("SlowDown"), None, "", false);
-        assert!(m.contains("after 6 attempts"), "{m}");
-        let m = explain(
-            &c,
-            e,
-            None,
-            None,
-            None,
-            "dns error: failed to lookup address",
-            false,
-        );
-        assert!(m.contains("cannot resolve"), "{m}");
-        let m = explain(
-            &c,
-            e,
-            None,
-            None,
-            None,
-            "invalid peer certificate: UnknownIssuer",
-            false,
-        );
-        assert!(m.contains("TLS"), "{m}");
-        let m = explain(&c, e, None, None, None, "", true);
-        assert!(m.contains("raise `timeout`"), "{m}");
+        let cases: [Case; 11] = [
+            (
+                Some(403),
+                Some("InvalidAccessKeyId"),
+                None,
+                "",
+                false,
+                "access_key_id_file",
+            ),
+            (
+                Some(403),
+                Some("SignatureDoesNotMatch"),
+                None,
+                "",
+                false,
+                "secret access key is wrong",
+            ),
+            (
+                Some(403),
+                Some("AccessDenied"),
+                Some("Forbidden: Invalid signature"),
+                "",
+                false,
+                "secret access key is wrong",
+            ),
+            (
+                Some(403),
+                Some("AccessDenied"),
+                Some("No such key: GK00"),
+                "",
+                false,
+                "access_key_id_file",
+            ),
+            (
+                Some(404),
+                Some("NoSuchBucket"),
+                None,
+                "",
+                false,
+                "bucket `backups` does not exist",
+            ),
+            (
+                Some(403),
+                Some("RequestTimeTooSkewed"),
+                None,
+                "",
+                false,
+                "clock",
+            ),
+            (
+                Some(403),
+                Some("AccessDenied"),
+                None,
+                "",
+                false,
+                "grant this key",
+            ),
+            (
+                Some(503),
+                Some("SlowDown"),
+                None,
+                "",
+                false,
+                "after 6 attempts",
+            ),
+            (
+                None,
+                None,
+                None,
+                "dns error: failed to lookup address",
+                false,
+                "cannot resolve",
+            ),
+            (
+                None,
+                None,
+                None,
+                "invalid peer certificate: UnknownIssuer",
+                false,
+                "TLS",
+            ),
+            (None, None, None, "", true, "raise `timeout`"),
+        ];
+        for (status, code, said, detail, timeout, want) in cases {
+            let m = explain(&c, e, status, code, said, detail, timeout);
+            assert!(m.contains(want), "{code:?} {said:?} {detail}: {m}");
+        }
     }
 }

@@ -166,7 +166,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
             let mut ok = true;
             for rc in &state.config.repositories {
                 let repo = crate::repository::Repository::open(rc);
-                let _lock = match repo
+                let lock = match repo
                     .lock("prune", std::time::Duration::from_secs(3600))
                     .await
                 {
@@ -177,9 +177,15 @@ async fn run_job(state: &State, job: &Job) -> bool {
                         continue;
                     }
                 };
-                if let Err(e) =
-                    crate::prune::run(&state.config, &state.policies, &repo, &opts, Utc::now())
-                        .await
+                if let Err(e) = crate::prune::run(
+                    &state.config,
+                    &state.policies,
+                    &repo,
+                    lock.as_ref(),
+                    &opts,
+                    Utc::now(),
+                )
+                .await
                 {
                     tracing::error!(repository = %rc.name, "prune failed: {e}");
                     ok = false;

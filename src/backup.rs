@@ -318,6 +318,15 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
             artifacts,
             facts: facts_obj,
         };
+        if locks[i].as_ref().is_some_and(|l| l.is_lost()) {
+            report.errors.push(
+                "lost the repository lock (its lease could not be renewed, so another writer may hold it now): not committed".to_owned(),
+            );
+            if let Err(e) = repo.discard_data(&snapshot).await {
+                tracing::warn!(repository = repo.name(), error = %e, "could not remove the data of the uncommitted snapshot; prune will");
+            }
+            continue;
+        }
         match repo.commit(&manifest).await {
             Ok(()) => {
                 report.committed = true;

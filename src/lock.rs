@@ -53,7 +53,18 @@ pub struct RepoLock {
 #[derive(Debug)]
 enum Held {
     Flock(#[allow(dead_code)] Flock<File>),
-    Lease(#[allow(dead_code)] lease::Lease),
+    Lease(lease::Lease),
+}
+
+impl RepoLock {
+    /// Whether the lock may have been taken over (an S3 lease that could
+    /// not be renewed); a flock is never lost while the process lives.
+    pub fn is_lost(&self) -> bool {
+        match &self._held {
+            Held::Flock(_) => false,
+            Held::Lease(l) => l.is_lost(),
+        }
+    }
 }
 
 impl Holder {

@@ -134,14 +134,24 @@ pub fn plan(
     decisions
 }
 
-/// Prunes one repository (the caller holds its writer lock).
+/// Prunes one repository. The caller holds its writer `lock` (none for a
+/// dry run); if the lock is lost midway, pruning stops before the next
+/// removal.
 pub async fn run(
     config: &Config,
     policies: &[Policy],
     repo: &Repository,
+    lock: Option<&crate::lock::RepoLock>,
     opts: &PruneOptions,
     now: DateTime<Utc>,
 ) -> Result<PruneReport, String> {
+    let still_held = || {
+        if lock.is_some_and(|l| l.is_lost()) {
+            Err("lost the repository lock (its lease could not be renewed): stopped before removing anything more; run prune again".to_owned())
+        } else {
+            Ok(())
+        }
+    };
     let (snapshots, damaged) = repo.snapshots().await.map_err(|e| e.to_string())?;
     if !damaged.is_empty() {
         return Err(format!(
@@ -160,6 +170,7 @@ pub async fn run(
         if opts.dry_run {
             continue;
         }
+        still_held()?;
         // The manifest first: from here on the snapshot no longer exists.
         backend
             .delete(&manifest_key(&d.snapshot))
@@ -200,6 +211,7 @@ pub async fn run(
         }
         unreferenced.push(format!("data/{id}/"));
         if !opts.dry_run {
+            still_held()?;
             backend
                 .delete_prefix(&format!("data/{id}/"))
                 .await
@@ -208,6 +220,9 @@ pub async fn run(
         }
     }
     let before = now - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    if !opts.dry_run {
+        still_held()?;
+    }
     let abandoned = backend
         .abandoned_writes(before, !opts.dry_run)
         .await

@@ -52,16 +52,23 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     for rc in targets {
         let repo = Repository::open(rc);
         repo.marker().await?;
-        let _lock = if args.dry_run {
+        let lock = if args.dry_run {
             None
         } else {
             repo.lock("prune", args.lock_wait)
                 .await
                 .map_err(Failure::failed)?
         };
-        let report = crate::prune::run(&config, &policies, &repo, &opts, chrono::Utc::now())
-            .await
-            .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))?;
+        let report = crate::prune::run(
+            &config,
+            &policies,
+            &repo,
+            lock.as_ref(),
+            &opts,
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))?;
         if !globals.json {
             output::line(format!(
                 "repository {}{}:",

@@ -11,6 +11,7 @@
 //! removes it and takes over, saying so in the log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +44,15 @@ pub struct Lease {
     key: String,
     backend: Arc<dyn Backend>,
     renew: tokio::task::JoinHandle<()>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Whether renewal failed for so long that another writer may have
+    /// taken the lease over: the holder must then not commit or delete.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Lease {
@@ -134,12 +144,19 @@ pub async fn acquire(
                     );
                     let _ = backend.delete(&k).await;
                 }
-                let renew = tokio::spawn(renew(backend.clone(), key.clone(), me.clone()));
+                let lost = Arc::new(AtomicBool::new(false));
+                let renew = tokio::spawn(renew(
+                    backend.clone(),
+                    key.clone(),
+                    me.clone(),
+                    lost.clone(),
+                ));
                 return Ok(RepoLock {
                     _held: Held::Lease(Lease {
                         key,
                         backend,
                         renew,
+                        lost,
                     }),
                 });
             }
@@ -171,11 +188,21 @@ pub async fn acquire(
     }
 }
 
-async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder) {
+async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder, lost: Arc<AtomicBool>) {
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        if let Err(e) = backend.put(&key, body(&me), PutMode::Overwrite).await {
-            tracing::error!(error = %e, "could not renew the repository lock; another writer may take it over when it expires");
+        match backend.put(&key, body(&me), PutMode::Overwrite).await {
+            Ok(()) => renewed = tokio::time::Instant::now(),
+            Err(e) => {
+                // One more missed renewal and the lease may have expired
+                // by the others' clocks: stop trusting it now.
+                if renewed.elapsed() + RENEW_EVERY >= TTL && !lost.swap(true, Ordering::SeqCst) {
+                    tracing::error!(error = %e, "lost the repository lock: it could not be renewed and may be taken over; nothing more is committed or deleted");
+                } else {
+                    tracing::warn!(error = %e, "could not renew the repository lock; retrying");
+                }
+            }
         }
     }
 }
@@ -184,6 +211,24 @@ async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder) {
 mod tests {
     use super::*;
     use crate::storage::local::LocalBackend;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_cannot_be_renewed_is_marked_lost_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&root));
+        let held = acquire(backend.clone(), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!held.is_lost());
+        // The store goes away: every renewal fails from now on.
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::write(&root, b"not a directory").unwrap();
+        tokio::time::sleep(RENEW_EVERY * 2 + Duration::from_secs(1)).await;
+        assert!(!held.is_lost(), "lost too early");
+        tokio::time::sleep(TTL).await;
+        assert!(held.is_lost());
+    }
 
     #[tokio::test]
     async fn a_live_lease_is_respected_and_an_expired_one_taken_over() {

@@ -772,3 +772,60 @@ fn object_lock_retention_is_requested_for_every_object_but_leases() {
         assert!(!h.contains("x-amz-object-lock-mode"), "{h}");
     }
 }
+
+#[test]
+fn the_agent_on_sigterm_aborts_its_s3_upload_and_exits_0() {
+    let Rig {
+        garage, proxy, ws, ..
+    } = rig("kdr-agent", 30, "part_size = \"5MiB\"\ntimeout = \"4s\"\n");
+    let policies = ws.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.toml"),
+        "name = \"p\"\nschedule = \"* * * * * *\"\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
+    )
+    .unwrap();
+    proxy.stall_after_up(12 << 20, Duration::from_secs(120));
+    let agent = ws
+        .kdr()
+        .arg("agent")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("an upload to hang", 30, || {
+        proxy.injected() > 0 && !garage.open_uploads("kdr-agent").is_empty()
+    });
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = agent.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    let keys = garage.keys("kdr-agent");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("snapshots/")),
+        "{keys:?}"
+    );
+    assert!(
+        garage.open_uploads("kdr-agent").is_empty(),
+        "the agent left an upload open: {err}"
+    );
+    assert!(
+        !keys.iter().any(|k| k.starts_with("locks/")),
+        "lease left: {keys:?}"
+    );
+}

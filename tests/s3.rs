@@ -204,6 +204,12 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
     let out = ws.run(&["check", "--repository", "offsite", "--read-data"]);
     assert!(out.status.success(), "check failed: {}", text(&out).1);
 
+    // verify restores from S3 into a scratch server and counts the rows.
+    let out = ws.run(&["--json", "verify", "--repository", "offsite"]);
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "verify failed: {stdout}\n{err}");
+    assert!(stdout.contains("5000 rows"), "{stdout}");
+
     // Restore from the S3 repository alone, with the local one gone.
     std::fs::remove_dir_all(&ws.repo).unwrap();
     let repos = garage.repository(

@@ -145,51 +145,33 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     // skipped; the others still get the backup.
     let mut unavailable: Vec<RepositoryReport> = Vec::new();
     let mut not_initialised = false;
+    let ours: Vec<String> = encryption
+        .recipients
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
     for rc in config
         .repositories
         .iter()
         .filter(|rc| opts.repositories.is_empty() || opts.repositories.contains(&rc.name))
     {
         let repo = Repository::open(rc);
-        let marker = match repo.marker().await {
-            Ok(m) => m,
-            Err(e) => {
-                not_initialised |= matches!(e, RepositoryError::NotInitialised { .. });
-                tracing::error!(repository = repo.name(), error = %e, "repository unavailable; backing up to the others");
+        match prepare(&repo, &ours, opts.lock_wait).await {
+            Ok(lock) => {
+                locks.push(lock);
+                repositories.push(repo);
+            }
+            Err((message, uninitialised)) => {
+                not_initialised |= uninitialised;
+                tracing::error!(repository = repo.name(), error = %message, "repository unavailable; backing up to the others");
                 unavailable.push(RepositoryReport {
                     name: repo.name().to_owned(),
                     location: repo.location(),
                     committed: false,
-                    errors: vec![e.to_string()],
+                    errors: vec![message],
                 });
-                continue;
-            }
-        };
-        let ours: Vec<String> = encryption
-            .recipients
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
-        if marker.recipients != ours {
-            tracing::warn!(
-                repository = repo.name(),
-                "the configured recipients differ from those the repository was created with; new archives use the configured ones"
-            );
-        }
-        match repo.lock("backup", opts.lock_wait).await {
-            Ok(l) => locks.push(l),
-            Err(e) => {
-                tracing::error!(repository = repo.name(), error = %e, "repository locked; backing up to the others");
-                unavailable.push(RepositoryReport {
-                    name: repo.name().to_owned(),
-                    location: repo.location(),
-                    committed: false,
-                    errors: vec![e],
-                });
-                continue;
             }
         }
-        repositories.push(repo);
     }
     if repositories.is_empty() {
         let why: Vec<String> = unavailable
@@ -388,6 +370,26 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
             .collect(),
         repositories: repo_reports,
     })
+}
+
+/// Checks that a repository answers and takes its writer lock. The error
+/// says why it cannot be written, and whether it is not initialised.
+async fn prepare(
+    repo: &Repository,
+    recipients: &[String],
+    lock_wait: std::time::Duration,
+) -> Result<Option<crate::lock::RepoLock>, (String, bool)> {
+    let marker = repo.marker().await.map_err(|e| {
+        let uninitialised = matches!(e, RepositoryError::NotInitialised { .. });
+        (e.to_string(), uninitialised)
+    })?;
+    if marker.recipients != recipients {
+        tracing::warn!(
+            repository = repo.name(),
+            "the configured recipients differ from those the repository was created with; new archives use the configured ones"
+        );
+    }
+    repo.lock("backup", lock_wait).await.map_err(|e| (e, false))
 }
 
 fn log_run(r: &SourceRun) {

@@ -44,12 +44,7 @@ fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
         f.display(),
         ws.dir.path().join("m.prom").display()
     ));
-    let cfg = std::fs::read_to_string(&ws.config).unwrap();
-    std::fs::write(
-        &ws.config,
-        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
-    )
-    .unwrap();
+    ws.prepend_top_level(&format!("policies_dir = \"{}\"", policies.display()));
     ws.init();
 
     let mut agent = ws
@@ -123,12 +118,7 @@ fn sigterm_mid_backup_exits_0_and_commits_nothing() {
     )
     .unwrap();
     ws.configure(&Workspace::pg_section_bin(&pg, &["app"], &bin));
-    let cfg = std::fs::read_to_string(&ws.config).unwrap();
-    std::fs::write(
-        &ws.config,
-        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
-    )
-    .unwrap();
+    ws.prepend_top_level(&format!("policies_dir = \"{}\"", policies.display()));
     ws.init();
 
     let mut agent = ws

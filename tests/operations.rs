@@ -15,15 +15,10 @@ fn file_workspace(extra: &str) -> Workspace {
         "[[files]]\nname = \"f\"\npath = \"{}\"\n",
         f.display()
     ));
-    let cfg = std::fs::read_to_string(&ws.config).unwrap();
-    std::fs::write(
-        &ws.config,
-        format!(
-            "policies_dir = \"{}\"\n{extra}\n{cfg}",
-            ws.dir.path().join("policies").display()
-        ),
-    )
-    .unwrap();
+    ws.prepend_top_level(&format!(
+        "policies_dir = \"{}\"\n{extra}",
+        ws.dir.path().join("policies").display()
+    ));
     ws.init();
     ws
 }

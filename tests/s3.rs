@@ -380,6 +380,30 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
         let (o, e) = text(&out);
         (out.status.code(), format!("{o}{e}"))
     };
+    // doctor exits 1 and its output names one of `any`.
+    let fails = |repo: &str, any: &[&str]| {
+        let (code, out) = doctor(repo);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(any.iter().any(|a| out.contains(a)), "{out}");
+        out
+    };
+    let repo_at = |url: &str, endpoint: &str| {
+        garage.repository(
+            dir,
+            "offsite",
+            url,
+            endpoint,
+            "timeout = \"2s\"\nretries = 1\n",
+        )
+    };
+    let with_keys = |id: &std::path::Path, secret: &std::path::Path| {
+        format!(
+            "[[repository]]\nname = \"offsite\"\nurl = \"s3://kdr-auth\"\nendpoint = \"{}\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
+            garage.endpoint(),
+            id.display(),
+            secret.display()
+        )
+    };
 
     let good = garage.repository(dir, "offsite", "s3://kdr-auth", &garage.endpoint(), "");
     ws.configure_repositories(&good, "");
@@ -394,89 +418,41 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
     let (id, _) = garage.credential_files(dir);
     let wrong_secret = dir.join("wrong-secret");
     std::fs::write(&wrong_secret, "0".repeat(64)).unwrap();
-    let repo = format!(
-        "[[repository]]\nname = \"offsite\"\nurl = \"s3://kdr-auth\"\nendpoint = \"{}\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
-        garage.endpoint(),
-        id.display(),
-        wrong_secret.display()
-    );
-    let (code, out) = doctor(&repo);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("secret access key is wrong") || out.contains("secret_access_key_file"),
-        "{out}"
+    let out = fails(
+        &with_keys(&id, &wrong_secret),
+        &["secret access key is wrong", "secret_access_key_file"],
     );
     assert!(!out.contains(&"0".repeat(64)));
 
     let wrong_id = dir.join("wrong-id");
     std::fs::write(&wrong_id, "GK0000000000000000000000ff").unwrap();
-    let repo = format!(
-        "[[repository]]\nname = \"offsite\"\nurl = \"s3://kdr-auth\"\nendpoint = \"{}\"\nregion = \"garage\"\npath_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
-        garage.endpoint(),
-        wrong_id.display(),
-        wrong_secret.display()
-    );
-    let (code, out) = doctor(&repo);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("access key id") || out.contains("access_key_id_file"),
-        "{out}"
+    fails(
+        &with_keys(&wrong_id, &wrong_secret),
+        &["access key id", "access_key_id_file"],
     );
 
-    let missing = garage.repository(
-        dir,
-        "offsite",
-        "s3://no-such-bucket",
-        &garage.endpoint(),
-        "",
-    );
-    let (code, out) = doctor(&missing);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("bucket `no-such-bucket` does not exist"),
-        "{out}"
-    );
+    let missing = repo_at("s3://no-such-bucket", &garage.endpoint());
+    fails(&missing, &["bucket `no-such-bucket` does not exist"]);
 
     let port = support::free_port();
-    let nobody = garage.repository(
-        dir,
-        "offsite",
-        "s3://kdr-auth",
-        &format!("http://127.0.0.1:{port}"),
-        "timeout = \"2s\"\nretries = 1\n",
+    fails(
+        &repo_at("s3://kdr-auth", &format!("http://127.0.0.1:{port}")),
+        &["refused", "unreachable"],
     );
-    let (code, out) = doctor(&nobody);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("refused") || out.contains("unreachable"),
-        "{out}"
+    fails(
+        &repo_at("s3://kdr-auth", "http://kdr-no-such-host.invalid:3900"),
+        &["cannot resolve the host"],
     );
-
-    let nxdomain = garage.repository(
-        dir,
-        "offsite",
-        "s3://kdr-auth",
-        "http://kdr-no-such-host.invalid:3900",
-        "timeout = \"2s\"\nretries = 1\n",
-    );
-    let (code, out) = doctor(&nxdomain);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("cannot resolve the host"), "{out}");
-
     // https:// against a plain-HTTP store.
-    let tls = garage.repository(
-        dir,
-        "offsite",
-        "s3://kdr-auth",
-        &format!("https://127.0.0.1:{}", garage.port),
-        "timeout = \"2s\"\nretries = 1\n",
+    fails(
+        &repo_at(
+            "s3://kdr-auth",
+            &format!("https://127.0.0.1:{}", garage.port),
+        ),
+        &["TLS with https://127.0.0.1"],
     );
-    let (code, out) = doctor(&tls);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("TLS with https://127.0.0.1"), "{out}");
 
-    // init against a missing bucket says the same, and a backup to a
-    // local and a broken S3 repository still fills the local one (exit 3).
+    // init against a missing bucket names it too.
     ws.configure_repositories(&missing, "");
     let out = ws.run(&["init"]);
     assert!(!out.status.success());
@@ -563,22 +539,24 @@ fn chrono_like_now() -> (String, String, String) {
     (d("now"), d("+1 hour"), d("-1 hour"))
 }
 
-#[test]
-fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
+/// A Garage with one bucket and a workspace whose only repository is
+/// `offsite` at `url` (direct, no proxy), backing up a small acme.json,
+/// with `extra` appended to the configuration; initialised.
+fn direct(bucket: &str, url: &str, extra: &str) -> (Garage, Workspace, String, std::path::PathBuf) {
     let garage = Garage::start();
-    garage.bucket("kdr-lock");
+    garage.bucket(bucket);
     let ws = Workspace::new();
     let f = ws.dir.path().join("acme.json");
     std::fs::write(&f, "{}").unwrap();
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-lock/p",
-        &garage.endpoint(),
-        "",
-    );
-    ws.configure_repositories(&repo, &files_section("acme", &f));
+    let repo = garage.repository(ws.dir.path(), "offsite", url, &garage.endpoint(), "");
+    ws.configure_repositories(&repo, &format!("{}{extra}", files_section("acme", &f)));
     ws.init();
+    (garage, ws, repo, f)
+}
+
+#[test]
+fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
+    let (garage, ws, repo, f) = direct("kdr-lock", "s3://kdr-lock/p", "");
 
     // A live lease of another host: refused at once, with the holder named.
     garage.put(
@@ -651,23 +629,11 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
 
 #[test]
 fn prune_on_s3_removes_old_snapshots_unreferenced_data_and_abandoned_uploads() {
-    let garage = Garage::start();
-    garage.bucket("kdr-prune");
-    let ws = Workspace::new();
-    let f = ws.dir.path().join("acme.json");
-    std::fs::write(&f, "{}").unwrap();
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
+    let (garage, ws, _, _) = direct(
+        "kdr-prune",
         "s3://kdr-prune/r",
-        &garage.endpoint(),
-        "",
+        "[retention]\nkeep_last = 1\n",
     );
-    ws.configure_repositories(
-        &repo,
-        &format!("{}[retention]\nkeep_last = 1\n", files_section("acme", &f)),
-    );
-    ws.init();
     for _ in 0..2 {
         let out = ws.run(&["backup"]);
         assert!(out.status.success(), "{}", text(&out).1);
@@ -791,12 +757,7 @@ fn the_agent_on_sigterm_aborts_its_s3_upload_and_exits_0() {
         "name = \"p\"\nschedule = \"* * * * * *\"\n",
     )
     .unwrap();
-    let cfg = std::fs::read_to_string(&ws.config).unwrap();
-    std::fs::write(
-        &ws.config,
-        format!("policies_dir = \"{}\"\n{cfg}", policies.display()),
-    )
-    .unwrap();
+    ws.prepend_top_level(&format!("policies_dir = \"{}\"", policies.display()));
     proxy.stall_after_up(12 << 20, Duration::from_secs(120));
     let agent = ws
         .kdr()

@@ -49,24 +49,15 @@ fn stack() -> Stack {
     let acme = ws.dir.path().join("acme.json");
     std::fs::write(&acme, r#"{"resolver":{"Account":null,"Certificates":[]}}"#).unwrap();
     ws.configure(&format!(
-        "reports_dir = \"{}\"\n{}{}[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
-        ws.dir.path().join("reports").display(),
+        "{}{}[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
         Workspace::pg_section(&pg, &["linkwarden"]),
         Workspace::redis_section(&redis),
         acme.display()
     ));
-    // reports_dir must be top level: move it before the first table.
-    let cfg = std::fs::read_to_string(&ws.config).unwrap();
-    let line = cfg
-        .lines()
-        .find(|l| l.starts_with("reports_dir"))
-        .unwrap()
-        .to_owned();
-    std::fs::write(
-        &ws.config,
-        format!("{line}\n{}", cfg.replace(&format!("{line}\n"), "")),
-    )
-    .unwrap();
+    ws.prepend_top_level(&format!(
+        "reports_dir = \"{}\"",
+        ws.dir.path().join("reports").display()
+    ));
     ws.init();
     let out = ws.run(&["backup"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);

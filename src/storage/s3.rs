@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -70,30 +71,6 @@ impl S3Backend {
             }),
         }
     }
-
-    /// The settings.
-    pub fn config(&self) -> &S3Config {
-        &self.inner.cfg
-    }
-
-    /// The SDK client, built on first use.
-    pub async fn client(&self) -> &Client {
-        self.inner.client().await
-    }
-
-    /// Checks that the bucket answers and the credentials are accepted.
-    pub async fn head_bucket(&self) -> Result<(), StorageError> {
-        let inner = &self.inner;
-        inner
-            .client()
-            .await
-            .head_bucket()
-            .bucket(&inner.cfg.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| inner.error("reach", &inner.bucket_location(), e))
-    }
 }
 
 impl Inner {
@@ -134,13 +111,68 @@ impl Inner {
         })
     }
 
+    /// One PUT of a whole object, with the repository's Object Lock
+    /// retention (lock leases excepted: they come and go).
+    async fn put_object(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        let mut req = self
+            .client()
+            .await
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(data.clone()));
+        if mode == PutMode::CreateNew {
+            req = req.if_none_match("*");
+        }
+        if let Some((lock, until)) = self.lock_fields()
+            && !key.starts_with(crate::lock::lease::PREFIX)
+        {
+            req = req
+                .object_lock_mode(lock)
+                .object_lock_retain_until_date(until)
+                .content_md5(content_md5(&data));
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("write", &self.location(key), e))
+    }
+
+    /// A GET of `key`, from byte `from` on, pinned to `etag` if given.
+    async fn get_object(
+        &self,
+        key: &str,
+        from: u64,
+        etag: Option<&str>,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        let mut req = self
+            .client()
+            .await
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(key));
+        if from > 0 {
+            req = req.range(format!("bytes={from}-"));
+        }
+        if let Some(t) = etag {
+            req = req.if_match(t);
+        }
+        req.send()
+            .await
+            .map_err(|e| self.error("read", &self.location(key), e))
+    }
+
     /// Maps an SDK error to a message that says what to fix.
-    fn error<E, R>(&self, op: &'static str, location: &str, err: SdkError<E, R>) -> StorageError
+    fn error<E>(
+        &self,
+        op: &'static str,
+        location: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HasStatus,
     {
-        let status = err.raw_response().map(|r| r.status_code());
+        let status = err.raw_response().map(|r| r.status().as_u16());
         let code = err.code().map(str::to_owned);
         let detail = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
         let endpoint = self
@@ -176,18 +208,6 @@ fn content_md5(body: &[u8]) -> String {
     use base64::Engine as _;
     use md5::Digest as _;
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
-}
-
-/// The HTTP status of a raw response.
-pub trait HasStatus {
-    /// The status code.
-    fn status_code(&self) -> u16;
-}
-
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
 }
 
 /// The message for a failed request: what happened and what to do.
@@ -338,43 +358,12 @@ impl Backend for S3Backend {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
-        let inner = &self.inner;
-        let mut req = inner
-            .client()
-            .await
-            .put_object()
-            .bucket(&inner.cfg.bucket)
-            .key(inner.full_key(key))
-            .body(ByteStream::from(data.clone()));
-        if mode == PutMode::CreateNew {
-            req = req.if_none_match("*");
-        }
-        // Lock leases come and go; everything else is retained.
-        if let Some((mode, until)) = inner.lock_fields()
-            && !key.starts_with(crate::lock::lease::PREFIX)
-        {
-            req = req
-                .object_lock_mode(mode)
-                .object_lock_retain_until_date(until)
-                .content_md5(content_md5(&data));
-        }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| inner.error("write", &inner.location(key), e))
+        self.inner.put_object(key, data, mode).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let inner = &self.inner;
-        let out = inner
-            .client()
-            .await
-            .get_object()
-            .bucket(&inner.cfg.bucket)
-            .key(inner.full_key(key))
-            .send()
-            .await
-            .map_err(|e| inner.error("read", &inner.location(key), e))?;
+        let out = inner.get_object(key, 0, None).await?;
         out.body
             .collect()
             .await
@@ -484,7 +473,7 @@ impl Backend for S3Backend {
         }
         // Unfinished uploads under the prefix go too.
         for (key, id, _) in self.uploads(prefix).await? {
-            self.abort_upload(&key, &id).await?;
+            abort(&self.inner, &key, &id).await?;
         }
         Ok(())
     }
@@ -538,7 +527,7 @@ impl Backend for S3Backend {
                 continue;
             }
             if remove {
-                self.abort_upload(&key, &id).await?;
+                abort(&self.inner, &key, &id).await?;
             }
             out.push(format!("{key} (multipart upload {id})"));
         }
@@ -591,10 +580,6 @@ impl S3Backend {
         }
         Ok(out)
     }
-
-    async fn abort_upload(&self, key: &str, id: &str) -> Result<(), StorageError> {
-        abort(&self.inner, key, id).await
-    }
 }
 
 async fn abort(inner: &Inner, key: &str, id: &str) -> Result<(), StorageError> {
@@ -613,6 +598,17 @@ async fn abort(inner: &Inner, key: &str, id: &str) -> Result<(), StorageError> {
             StorageError::NotFound(_) => Ok(()),
             e => Err(e),
         },
+    }
+}
+
+/// [`abort`], logging the outcome: a writer being torn down has nobody to
+/// return an error to, and prune removes what is left.
+async fn abort_logged(inner: &Inner, key: &str, id: &str) {
+    match abort(inner, key, id).await {
+        Ok(()) => tracing::debug!(key = %key, "multipart upload aborted"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not abort the multipart upload; prune removes it later")
+        }
     }
 }
 
@@ -732,24 +728,7 @@ impl S3Writer {
         if self.upload.is_none() {
             // Smaller than one part: a single PUT.
             let body = std::mem::take(&mut self.buf).freeze();
-            let mut req = inner
-                .client()
-                .await
-                .put_object()
-                .bucket(&inner.cfg.bucket)
-                .key(inner.full_key(&self.key))
-                .body(ByteStream::from(body.clone()));
-            if let Some((mode, until)) = inner.lock_fields() {
-                req = req
-                    .object_lock_mode(mode)
-                    .object_lock_retain_until_date(until)
-                    .content_md5(content_md5(&body));
-            }
-            return req
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| inner.error("upload", &inner.location(&self.key), e));
+            return inner.put_object(&self.key, body, PutMode::Overwrite).await;
         }
         if !self.buf.is_empty() {
             let last = std::mem::take(&mut self.buf).freeze();
@@ -785,12 +764,7 @@ impl S3Writer {
         self.inflight.abort_all();
         while self.inflight.join_next().await.is_some() {}
         if let Some(id) = self.upload.take() {
-            match abort(&self.inner, &self.key, &id).await {
-                Ok(()) => tracing::debug!(key = %self.key, "multipart upload aborted"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not abort the multipart upload; prune removes it later")
-                }
-            }
+            abort_logged(&self.inner, &self.key, &id).await;
         }
     }
 }
@@ -856,14 +830,7 @@ impl Drop for S3Writer {
         if let Some(id) = self.upload.take() {
             let inner = self.inner.clone();
             let key = self.key.clone();
-            super::spawn_cleanup(async move {
-                match abort(&inner, &key, &id).await {
-                    Ok(()) => tracing::debug!(key = %key, "multipart upload aborted"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not abort the multipart upload; prune removes it later")
-                    }
-                }
-            });
+            super::spawn_cleanup(async move { abort_logged(&inner, &key, &id).await });
         }
     }
 }
@@ -880,15 +847,7 @@ mod download {
     pub(super) async fn open(inner: Arc<Inner>, key: &str) -> Result<ObjectReader, StorageError> {
         // The first request is made here, so that a missing object or
         // refused credentials fail `open` itself.
-        let first = inner
-            .client()
-            .await
-            .get_object()
-            .bucket(&inner.cfg.bucket)
-            .key(inner.full_key(key))
-            .send()
-            .await
-            .map_err(|e| inner.error("read", &inner.location(key), e))?;
+        let first = inner.get_object(key, 0, None).await?;
         let size = first.content_length().unwrap_or(-1).max(-1);
         let etag = first.e_tag().map(str::to_owned);
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL);
@@ -959,20 +918,9 @@ mod download {
                 "{problem}; resuming with a ranged request"
             );
             tokio::time::sleep(backoff).await;
-            let mut req = inner
-                .client()
-                .await
-                .get_object()
-                .bucket(&inner.cfg.bucket)
-                .key(inner.full_key(key))
-                .range(format!("bytes={offset}-"));
-            if let Some(t) = &etag {
-                req = req.if_match(t);
-            }
-            match req.send().await {
+            match inner.get_object(key, offset as u64, etag.as_deref()).await {
                 Ok(out) => body = out.body,
                 Err(e) => {
-                    let e = inner.error("read", &inner.location(key), e);
                     if matches!(e, StorageError::AlreadyExists(_)) {
                         return Err(std::io::Error::other(format!(
                             "{} changed while it was being read",

@@ -452,6 +452,13 @@ impl Workspace {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Puts top-level settings (`policies_dir = "…"`) at the head of the
+    /// configuration, before its first table, where TOML wants them.
+    pub fn prepend_top_level(&self, lines: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{lines}\n{cfg}")).unwrap();
+    }
+
     /// The configuration text for a PostgreSQL server.
     pub fn pg_section(pg: &Pg, databases: &[&str]) -> String {
         let dbs: Vec<String> = databases.iter().map(|d| format!("\"{d}\"")).collect();

@@ -45,9 +45,10 @@ struct Rig {
     sum: String,
 }
 
-fn rig(bucket: &str, mib: usize, extra: &str) -> Rig {
+/// `place` is `bucket` or `bucket/prefix`.
+fn rig(place: &str, mib: usize, extra: &str) -> Rig {
     let garage = Garage::start();
-    garage.bucket(bucket);
+    garage.bucket(place.split('/').next().unwrap());
     let proxy = FaultProxy::start(garage.port);
     let ws = Workspace::new();
     let big = ws.dir.path().join("big.bin");
@@ -55,7 +56,7 @@ fn rig(bucket: &str, mib: usize, extra: &str) -> Rig {
     let repo = garage.repository(
         ws.dir.path(),
         "offsite",
-        &format!("s3://{bucket}"),
+        &format!("s3://{place}"),
         &proxy.endpoint(),
         extra,
     );
@@ -86,21 +87,17 @@ fn restore_big(ws: &Workspace) -> (std::process::Output, std::path::PathBuf) {
 
 #[test]
 fn a_large_stream_goes_up_in_parts_and_opens_with_the_stock_tools() {
-    let garage = Garage::start();
-    garage.bucket("kdr-big");
-    let proxy = FaultProxy::start(garage.port);
-    let ws = Workspace::new();
-    let big = ws.dir.path().join("big.bin");
-    let sum = random_file(&big, 110);
-    let repo = garage.repository(
-        ws.dir.path(),
-        "offsite",
-        "s3://kdr-big/prod",
-        &proxy.endpoint(),
+    let Rig {
+        garage,
+        proxy,
+        ws,
+        sum,
+        ..
+    } = rig(
+        "kdr-big/prod",
+        110,
         "part_size = \"5MiB\"\nconcurrency = 3\n",
     );
-    ws.configure_repositories(&repo, &files_section("big", &big));
-    ws.init();
     let out = ws.run(&["backup"]);
     let (_, err) = text(&out);
     assert!(out.status.success(), "backup failed: {err}");

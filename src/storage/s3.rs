@@ -420,10 +420,7 @@ impl Backend for S3Backend {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => match inner.error("delete", &inner.location(key), e) {
-                StorageError::NotFound(_) => Ok(()),
-                e => Err(e),
-            },
+            Err(e) => gone_is_fine(inner.error("delete", &inner.location(key), e)),
         }
     }
 
@@ -594,10 +591,15 @@ async fn abort(inner: &Inner, key: &str, id: &str) -> Result<(), StorageError> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) => match inner.error("abort upload", &inner.location(key), e) {
-            StorageError::NotFound(_) => Ok(()),
-            e => Err(e),
-        },
+        Err(e) => gone_is_fine(inner.error("abort upload", &inner.location(key), e)),
+    }
+}
+
+/// Removing something already gone is success.
+fn gone_is_fine(e: StorageError) -> Result<(), StorageError> {
+    match e {
+        StorageError::NotFound(_) => Ok(()),
+        e => Err(e),
     }
 }
 

@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::RwLock;
 
-use crate::backup::BackupOptions;
-use crate::config::Config;
-use crate::policy::Policy;
+use crate::model::config::Config;
+use crate::model::policy::Policy;
+use crate::ops::backup::BackupOptions;
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,10 +146,10 @@ async fn run_job(state: &State, job: &Job) -> bool {
                 lock_wait: std::time::Duration::from_secs(3600),
                 progress: false,
             };
-            match crate::backup::run(&state.config, &opts).await {
+            match crate::ops::backup::run(&state.config, &opts).await {
                 Ok(report) => {
-                    crate::events::after_backup(&state.config, &report).await;
-                    report.status == crate::backup::RunStatus::Ok
+                    crate::ops::notify::after_backup(&state.config, &report).await;
+                    report.status == crate::ops::backup::RunStatus::Ok
                 }
                 Err(e) => {
                     tracing::error!(job = %job.name(), "{}", e.message);
@@ -158,7 +158,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
             }
         }
         JobKind::Prune => {
-            let opts = crate::prune::PruneOptions {
+            let opts = crate::ops::prune::PruneOptions {
                 dry_run: false,
                 policy: None,
                 grace: std::time::Duration::from_secs(24 * 3600),
@@ -177,7 +177,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
                         continue;
                     }
                 };
-                if let Err(e) = crate::prune::run(
+                if let Err(e) = crate::ops::prune::run(
                     &state.config,
                     &state.policies,
                     &repo,
@@ -193,7 +193,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
             }
             ok
         }
-        JobKind::Drill => match crate::restore::load_identities(&state.config) {
+        JobKind::Drill => match crate::pipeline::load_identities(&state.config) {
             Err(e) => {
                 tracing::error!("the drill needs the private key: {e}");
                 false
@@ -201,14 +201,14 @@ async fn run_job(state: &State, job: &Job) -> bool {
             Ok(ids) => {
                 let ids = Arc::new(ids);
                 let mut ok = true;
-                match crate::drill::find(&state.config, None) {
+                match crate::ops::drill::find(&state.config, None) {
                     Err(e) => {
                         tracing::error!("{e}");
                         ok = false;
                     }
                     Ok(drills) => {
                         for d in drills {
-                            match crate::drill::run(&state.config, &d, ids.clone()).await {
+                            match crate::ops::drill::run(&state.config, &d, ids.clone()).await {
                                 Ok(r) => ok &= r.ok,
                                 Err(e) => {
                                     tracing::error!(drill = %d.name, "{e}");

@@ -68,8 +68,8 @@ impl Failure {
     }
 }
 
-impl From<crate::config::ConfigError> for Failure {
-    fn from(e: crate::config::ConfigError) -> Self {
+impl From<crate::model::config::ConfigError> for Failure {
+    fn from(e: crate::model::config::ConfigError) -> Self {
         Failure::usage(e.to_string())
     }
 }

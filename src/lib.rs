@@ -24,27 +24,15 @@
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod backup;
-pub mod check;
 pub mod cli;
-pub mod config;
-pub mod doctor;
-pub mod drill;
 pub mod error;
 pub mod events;
-pub mod facts;
-pub mod lock;
-pub mod manifest;
+pub mod model;
+pub mod ops;
 pub mod pipeline;
-pub mod policy;
 pub mod process;
-pub mod prune;
 pub mod repository;
 pub mod restore;
-pub mod retention;
 pub mod scratch;
-pub mod secret;
 pub mod sources;
 pub mod storage;
-pub mod time;
-pub mod verify;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use crate::secret::Redactor;
+use crate::model::secret::Redactor;
 
 /// Bytes of stderr kept for error messages.
 pub const STDERR_TAIL: usize = 4096;

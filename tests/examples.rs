@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use kompose_dr::config::{Config, DatabaseSelection, Location};
+use kompose_dr::model::config::{Config, DatabaseSelection, Location};
 
 /// Loads an example with its `env_file` pointed at a stand-in secrets file.
 fn load_example(path: &Path) -> Config {
@@ -95,7 +95,7 @@ fn shipped_drills_parse() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/restore-drills");
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
-        let d = kompose_dr::drill::Drill::load(&e.unwrap().path()).unwrap();
+        let d = kompose_dr::ops::drill::Drill::load(&e.unwrap().path()).unwrap();
         assert!(!d.checks.is_empty());
         n += 1;
     }
@@ -104,7 +104,7 @@ fn shipped_drills_parse() {
 
 #[test]
 fn shipped_policies_parse() {
-    let p = kompose_dr::policy::Policy::load_dir(std::path::Path::new(concat!(
+    let p = kompose_dr::model::policy::Policy::load_dir(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/policies"
     )))

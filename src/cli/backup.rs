@@ -2,9 +2,9 @@
 //! sources `--source` selects.
 
 use super::{Globals, output};
-use crate::backup::{BackupOptions, RunStatus};
 use crate::error::{Exit, Failure};
-use crate::time::bytes;
+use crate::model::units::bytes;
+use crate::ops::backup::{BackupOptions, RunStatus};
 
 /// Arguments of `backup`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     };
     if let Some(name) = &args.policy {
         let policies =
-            crate::policy::Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
+            crate::model::policy::Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
         let p = policies.iter().find(|p| &p.name == name).ok_or_else(|| {
             Failure::usage(format!(
                 "no policy `{name}` in {}; available: {}",
@@ -56,8 +56,8 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     }
     // Ctrl-C or SIGTERM drops the run: children are killed, uploads
     // aborted, and no manifest is written.
-    let report = super::interruptible(crate::backup::run(&config, &options)).await??;
-    crate::events::after_backup(&config, &report).await;
+    let report = super::interruptible(crate::ops::backup::run(&config, &options)).await??;
+    crate::ops::notify::after_backup(&config, &report).await;
     if globals.json {
         output::json(&report);
     } else {

@@ -23,12 +23,12 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = if args.read_data {
         Some(Arc::new(
-            crate::restore::load_identities(&config).map_err(Failure::usage)?,
+            crate::pipeline::load_identities(&config).map_err(Failure::usage)?,
         ))
     } else {
         None
     };
-    let report = crate::check::run(&repo, identities)
+    let report = crate::ops::check::run(&repo, identities)
         .await
         .map_err(Failure::failed)?;
     if globals.json {

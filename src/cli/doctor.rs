@@ -16,7 +16,7 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct Report {
     ok: bool,
-    checks: Vec<crate::doctor::Check>,
+    checks: Vec<crate::ops::doctor::Check>,
 }
 
 /// Runs `doctor`.
@@ -25,7 +25,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     if let Some(name) = &args.repository {
         config.repository_named(name).map_err(Failure::usage)?;
     }
-    let checks = crate::doctor::run(&config, args.repository.as_deref()).await;
+    let checks = crate::ops::doctor::run(&config, args.repository.as_deref()).await;
     let ok = checks.iter().all(|c| c.ok);
     if globals.json {
         output::json(&Report { ok, checks });

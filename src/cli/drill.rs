@@ -17,8 +17,8 @@ pub struct Args {
 /// Runs `drill`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let config = globals.load_config()?;
-    let drills = crate::drill::find(&config, args.drill.as_deref()).map_err(Failure::usage)?;
-    let identities = Arc::new(crate::restore::load_identities(&config).map_err(|e| {
+    let drills = crate::ops::drill::find(&config, args.drill.as_deref()).map_err(Failure::usage)?;
+    let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(|e| {
         Failure::usage(format!(
             "a drill restores, so it needs the private key: {e}"
         ))
@@ -27,7 +27,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let mut exit = Exit::Ok;
     for d in &drills {
         tracing::info!(drill = %d.name, "drill started");
-        let result = interruptible(crate::drill::run(&config, d, identities.clone())).await?;
+        let result = interruptible(crate::ops::drill::run(&config, d, identities.clone())).await?;
         match result {
             Ok(r) => {
                 if !r.ok {
@@ -35,7 +35,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
                 }
                 tracing::info!(drill = %d.name, ok = r.ok, report = %r.report_files.first().map(|p| p.display().to_string()).unwrap_or_default(), "drill finished");
                 if !globals.json {
-                    output::line(crate::drill::markdown(&r));
+                    output::line(crate::ops::drill::markdown(&r));
                 }
                 reports.push(r);
             }

@@ -21,8 +21,8 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::error::{Exit, Failure};
+use crate::model::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::repository::Repository;
 
 /// kompose-dr: backup, restore and disaster recovery for a Kompose stack.

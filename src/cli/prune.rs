@@ -3,8 +3,8 @@
 
 use super::{Globals, output};
 use crate::error::{Exit, Failure};
-use crate::policy::Policy;
-use crate::prune::PruneOptions;
+use crate::model::policy::Policy;
+use crate::ops::prune::PruneOptions;
 use crate::repository::Repository;
 
 /// Arguments of `prune`.
@@ -59,7 +59,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
                 .await
                 .map_err(Failure::failed)?
         };
-        let report = crate::prune::run(
+        let report = crate::ops::prune::run(
             &config,
             &policies,
             &repo,

@@ -9,10 +9,11 @@ use serde::Serialize;
 
 use super::{Globals, output, pick_repository};
 use crate::error::{Exit, Failure};
+use crate::model::secret::Redactor;
+use crate::model::time::local;
+use crate::model::units::bytes;
 use crate::restore::plan::{self, PlanError, Selector};
 use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions};
-use crate::secret::Redactor;
-use crate::time::{bytes, local};
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
@@ -163,7 +164,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let target = match &args.target_url {
         None => None,
         Some(u) => {
-            let (ep, pw) = crate::config::parse_postgres_url(u)
+            let (ep, pw) = crate::model::config::parse_postgres_url(u)
                 .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
             if pw.is_some() {
                 return Err(Failure::usage(
@@ -186,7 +187,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, _) = repository.snapshots().await?;
-    let matcher = crate::sources::matcher(&args.sources).map_err(Failure::usage)?;
+    let matcher = crate::model::selection::matcher(&args.sources).map_err(Failure::usage)?;
     let choices = plan::choose(
         &snapshots,
         &selector,
@@ -197,7 +198,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let identities = if args.dry_run {
         Vec::new()
     } else {
-        crate::restore::load_identities(&config).map_err(Failure::usage)?
+        crate::pipeline::load_identities(&config).map_err(Failure::usage)?
     };
     let ctx = RestoreContext {
         config: &config,

@@ -4,8 +4,9 @@ use serde::Serialize;
 
 use super::{Globals, output, pick_repository};
 use crate::error::{Exit, Failure};
-use crate::manifest::Manifest;
-use crate::time::{bytes, local};
+use crate::model::manifest::Manifest;
+use crate::model::time::local;
+use crate::model::units::bytes;
 
 /// Arguments of `snapshots`.
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Globals, interruptible, output, pick_repository};
 use crate::error::{Exit, Failure};
-use crate::verify::{self, Which};
+use crate::ops::verify::{self, Which};
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -34,8 +34,8 @@ pub fn which(s: &str) -> Which {
 pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
-    let identities = Arc::new(crate::restore::load_identities(&config).map_err(Failure::usage)?);
-    let runtime = config.scratch_runtime();
+    let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(Failure::usage)?);
+    let runtime = crate::scratch::runtime(&config.scratch);
     let manifest = verify::find_snapshot(&repo, &which(&args.snapshot))
         .await
         .map_err(Failure::usage)?;

@@ -17,8 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::backup::BackupReport;
-use crate::manifest::{ArtifactStatus, Manifest};
+use crate::model::manifest::Manifest;
 
 /// End of the last good backup of a source.
 pub const BACKUP_LAST_SUCCESS: &str = "kompose_dr_backup_last_success_timestamp_seconds";
@@ -188,23 +187,6 @@ impl Metrics {
     /// A series' value.
     pub fn get(&self, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
         self.values.get(name)?.get(&labels(pairs)).copied()
-    }
-
-    /// Records a backup run: per source of this run, status and duration;
-    /// for good ones also the end time and stored bytes.
-    pub fn record_backup(&mut self, report: &BackupReport) {
-        let end = report.finished_at.timestamp() as f64;
-        for a in &report.artifacts {
-            let l = [("source", a.source.as_str())];
-            let ok =
-                a.status == ArtifactStatus::Ok && report.status != crate::backup::RunStatus::Failed;
-            self.set(BACKUP_LAST_STATUS, &l, if ok { 1.0 } else { 0.0 });
-            self.set(BACKUP_LAST_DURATION, &l, a.duration_seconds);
-            if ok {
-                self.set(BACKUP_LAST_SUCCESS, &l, end);
-                self.set(BACKUP_LAST_BYTES, &l, a.stored_bytes as f64);
-            }
-        }
     }
 
     /// Records a repository's snapshot count and oldest snapshot.

@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 
 use super::Event;
-use crate::config::MqttConfig;
+use crate::model::config::MqttConfig;
 
 enum Progress {
     Acked,

@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::{Config, PgEndpoint};
-use crate::manifest::ArtifactKind;
+use crate::model::config::{Config, PgEndpoint};
+use crate::model::manifest::ArtifactKind;
+use crate::model::secret::Redactor;
 use crate::repository::Repository;
-use crate::secret::Redactor;
 pub use plan::{Choice, Selector};
 
 /// What the operator asked for.
@@ -141,34 +141,6 @@ pub struct RestoreContext<'a> {
     pub redactor: Redactor,
     /// Whether to draw progress bars.
     pub progress: bool,
-}
-
-/// Loads the age identities from the configured identity file.
-pub fn load_identities(
-    config: &Config,
-) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
-    let path = config
-        .encryption
-        .as_ref()
-        .and_then(|e| e.identity_file.clone())
-        .ok_or_else(|| {
-            format!(
-                "configuration {}: set [encryption] identity_file to the age identity (private key) to read archives",
-                config.path.display()
-            )
-        })?;
-    let file = age::IdentityFile::from_file(path.display().to_string())
-        .map_err(|e| format!("cannot read the identity file {}: {e}", path.display()))?;
-    let ids = file
-        .into_identities()
-        .map_err(|e| format!("the identity file {} is not usable: {e}", path.display()))?;
-    if ids.is_empty() {
-        return Err(format!(
-            "the identity file {} holds no identity",
-            path.display()
-        ));
-    }
-    Ok(ids)
 }
 
 /// Checks that `--as` and `--to` fit the selection.

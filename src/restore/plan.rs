@@ -10,7 +10,7 @@ use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use globset::GlobSet;
 use serde::Serialize;
 
-use crate::manifest::{Artifact, Manifest};
+use crate::model::manifest::{Artifact, Manifest};
 
 /// Which snapshot(s) to take artifacts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +253,7 @@ fn check_patterns<'a>(
     avail.sort();
     avail.dedup();
     for p in patterns {
-        let single = crate::sources::matcher(std::slice::from_ref(p))
+        let single = crate::model::selection::matcher(std::slice::from_ref(p))
             .ok()
             .flatten();
         let hit = single.is_some_and(|s| chosen.iter().any(|c| s.is_match(&c.source)));

@@ -13,7 +13,7 @@ use std::process::Stdio;
 
 use super::stream::{self, copy_archive};
 use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
-use crate::config::PostgresConfig;
+use crate::model::config::PostgresConfig;
 use crate::process::{describe_status, stderr_tail};
 use crate::restore::plan::Choice;
 use crate::sources::postgres::{

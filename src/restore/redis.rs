@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::stream::copy_archive;
 use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
-use crate::manifest::ArtifactKind;
+use crate::model::manifest::ArtifactKind;
 use crate::restore::plan::Choice;
 
 fn target_dir(ctx: &RestoreContext<'_>) -> Result<PathBuf, String> {

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Artifact;
+use crate::model::manifest::Artifact;
 
 /// Reads through, hashing and counting; at EOF compares with the manifest.
 pub struct VerifyingReader<R> {

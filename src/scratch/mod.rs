@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::config::PgEndpoint;
+use crate::model::config::PgEndpoint;
 
 /// A running scratch PostgreSQL.
 pub trait ScratchPostgres: Send + Sync {
@@ -39,6 +39,11 @@ pub trait ScratchRuntime: Send + Sync {
     async fn redis(&self, data_dir: &Path, aof: bool) -> Result<Box<dyn ScratchRedis>, String>;
     /// A private temporary directory (removed when dropped).
     fn tempdir(&self) -> Result<tempfile::TempDir, String>;
+}
+
+/// The scratch runtime `[scratch]` describes.
+pub fn runtime(config: &crate::model::config::ScratchConfig) -> Box<dyn ScratchRuntime> {
+    Box::new(process::ProcessRuntime::new(config))
 }
 
 /// The parent of every scratch directory: `$TMPDIR`.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{PREFIX, ScratchPostgres, ScratchRedis, ScratchRuntime};
-use crate::config::PgEndpoint;
+use crate::model::config::PgEndpoint;
 
 /// Runs scratch servers as local processes.
 #[derive(Debug, Clone)]
@@ -26,11 +26,12 @@ pub struct ProcessRuntime {
     pub postgres_bin: String,
 }
 
-impl Default for ProcessRuntime {
-    fn default() -> Self {
+impl ProcessRuntime {
+    /// The runtime `[scratch]` describes.
+    pub fn new(config: &crate::model::config::ScratchConfig) -> Self {
         ProcessRuntime {
-            user: "postgres".into(),
-            postgres_bin: "/usr/lib/postgresql/{major}/bin".into(),
+            user: config.user.clone(),
+            postgres_bin: config.postgres_bin.clone(),
         }
     }
 }
@@ -226,10 +227,10 @@ impl ScratchRuntime for ProcessRuntime {
             },
             major,
         };
-        let cfg = crate::config::PostgresConfig {
+        let cfg = crate::model::config::PostgresConfig {
             endpoint: scratch.endpoint(),
             password: None,
-            databases: crate::config::DatabaseSelection::All,
+            databases: crate::model::config::DatabaseSelection::All,
             globals: false,
             docker_container: None,
             bin_dir: None,
@@ -288,7 +289,7 @@ impl ScratchRuntime for ProcessRuntime {
             child: Some(child),
             dir: Some(conf_dir),
         };
-        let cfg = crate::config::RedisConfig {
+        let cfg = crate::model::config::RedisConfig {
             host: "127.0.0.1".into(),
             port,
             username: None,

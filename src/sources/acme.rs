@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use crate::facts::Certificate;
+use crate::model::facts::Certificate;
 
 #[derive(Deserialize)]
 struct Resolver {

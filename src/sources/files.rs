@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
 use super::{SourceContext, SourceRun, acme, timed};
-use crate::config::FileConfig;
-use crate::facts::SourceFacts;
-use crate::manifest::{ArtifactKind, FileMeta};
+use crate::model::config::FileConfig;
+use crate::model::facts::SourceFacts;
+use crate::model::manifest::{ArtifactKind, FileMeta};
 use crate::pipeline;
-use crate::repository::artifact_key;
+use crate::storage::keys::artifact_key;
 
 /// Files up to this size are read whole (and inspected for facts).
 pub const READ_WHOLE: u64 = 16 * 1024 * 1024;

@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::facts::SourceFacts;
-use crate::manifest::{ArtifactKind, FileMeta};
+use crate::model::facts::SourceFacts;
+use crate::model::manifest::{ArtifactKind, FileMeta};
+use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings, Encoded, Input, SinkState};
 use crate::process::{describe_status, stderr_tail};
 use crate::repository::Repository;
-use crate::secret::Redactor;
 
 /// Where a source's archive went, once committed.
 #[derive(Debug, Clone)]
@@ -258,37 +258,4 @@ pub async fn timed(f: impl std::future::Future<Output = SourceRun>) -> SourceRun
     let mut run = f.await;
     run.duration_seconds = start.elapsed().as_secs_f64();
     run
-}
-
-/// Compiles `--source` patterns (names or globs such as `postgres/*`).
-pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        b.add(
-            globset::GlobBuilder::new(p)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| format!("--source {p}: {e}"))?,
-        );
-    }
-    b.build().map(Some).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_match_source_names() {
-        let m = matcher(&["postgres/*".into(), "redis".into()])
-            .unwrap()
-            .unwrap();
-        assert!(m.is_match("postgres/keycloak"));
-        assert!(m.is_match("redis"));
-        assert!(!m.is_match("files/acme"));
-        assert!(matcher(&[]).unwrap().is_none());
-    }
 }

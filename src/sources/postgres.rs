@@ -21,11 +21,11 @@ use tokio::process::Command;
 use tokio_postgres::{Client, NoTls};
 
 use super::{SourceContext, SourceRun, timed};
-use crate::config::PostgresConfig;
-use crate::facts::SourceFacts;
-use crate::manifest::ArtifactKind;
+use crate::model::config::PostgresConfig;
+use crate::model::facts::SourceFacts;
+use crate::model::manifest::ArtifactKind;
 use crate::process::first_line;
-use crate::repository::artifact_key;
+use crate::storage::keys::artifact_key;
 
 /// The server being backed up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,11 +19,11 @@ use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{SourceContext, SourceRun, timed};
-use crate::config::RedisConfig;
-use crate::facts::SourceFacts;
-use crate::manifest::ArtifactKind;
+use crate::model::config::RedisConfig;
+use crate::model::facts::SourceFacts;
+use crate::model::manifest::ArtifactKind;
 use crate::pipeline;
-use crate::repository::artifact_key;
+use crate::storage::keys::artifact_key;
 
 /// How long to wait for a save or rewrite to finish.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -12,6 +12,7 @@
 //! run is cancelled — goes through [`spawn_cleanup`], and the binary waits
 //! for it with [`finish_cleanups`] before it exits.
 
+pub mod keys;
 pub mod local;
 pub mod s3;
 

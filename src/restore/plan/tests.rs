@@ -1,5 +1,5 @@
 use super::*;
-use crate::manifest::fixtures::{artifact as art, manifest as snap, t};
+use crate::model::manifest::fixtures::{artifact as art, manifest as snap, t};
 
 /// Three nightly snapshots, newest first; redis failed on the 26th.
 fn history() -> Vec<Manifest> {
@@ -58,7 +58,7 @@ fn exact_capture_time_is_included() {
         &history(),
         &Selector::PointInTime(t("2026-11-25T03:00:05Z")),
         Some((
-            &crate::sources::matcher(&["postgres/a".into()])
+            &crate::model::selection::matcher(&["postgres/a".into()])
                 .unwrap()
                 .unwrap(),
             &["postgres/a".into()],
@@ -88,7 +88,7 @@ fn snapshot_selection_skips_failed_unless_named() {
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].source, "postgres/a");
     let pats = vec!["redis".to_owned()];
-    let m = crate::sources::matcher(&pats).unwrap().unwrap();
+    let m = crate::model::selection::matcher(&pats).unwrap().unwrap();
     let e = choose(
         &history(),
         &Selector::Snapshot("s26".into()),
@@ -109,7 +109,7 @@ fn snapshot_selection_skips_failed_unless_named() {
 #[test]
 fn a_pattern_matching_nothing_is_an_error() {
     let pats = vec!["files/*".to_owned()];
-    let m = crate::sources::matcher(&pats).unwrap().unwrap();
+    let m = crate::model::selection::matcher(&pats).unwrap().unwrap();
     let e = choose(&history(), &Selector::Latest, Some((&m, &pats))).unwrap_err();
     assert!(
         e.to_string().contains("available: postgres/a, redis"),

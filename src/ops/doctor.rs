@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::model::config::Config;
 use crate::repository::{Repository, RepositoryError};
 use crate::storage::PutMode;
 
@@ -43,7 +43,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Vec<Check> {
             .as_ref()
             .and_then(|e| e.identity_file.as_ref())
         {
-            Some(p) => checks.push(match crate::restore::load_identities(config) {
+            Some(p) => checks.push(match crate::pipeline::load_identities(config) {
                 Ok(_) => Check {
                     name: "identity".into(),
                     ok: true,

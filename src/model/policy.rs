@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::retention::Retention;
+use crate::model::retention::Retention;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,12 +52,6 @@ pub struct Policy {
     pub retention: Retention,
     /// The file it came from.
     pub path: PathBuf,
-}
-
-/// Parses a time zone name (`Europe/Berlin`, `UTC`).
-pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
-    chrono_tz::Tz::from_str(s)
-        .map_err(|_| format!("`{s}` is not a time zone (write e.g. Europe/Berlin or UTC)"))
 }
 
 impl Policy {
@@ -95,10 +89,10 @@ impl Policy {
         let timezone = raw
             .timezone
             .as_deref()
-            .map(parse_timezone)
+            .map(crate::model::time::parse_timezone)
             .transpose()
             .map_err(at)?;
-        crate::sources::matcher(&raw.sources).map_err(at)?;
+        crate::model::selection::matcher(&raw.sources).map_err(at)?;
         Ok(Policy {
             name: raw.name,
             schedule,

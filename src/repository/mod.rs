@@ -15,17 +15,19 @@
 
 use std::sync::Arc;
 
+pub mod lock;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Location, RepositoryConfig};
-use crate::manifest::{ArtifactKind, MANIFEST_VERSION, Manifest};
+use crate::model::config::{Location, RepositoryConfig};
+use crate::model::manifest::{MANIFEST_VERSION, Manifest};
+use crate::storage::keys;
 use crate::storage::local::LocalBackend;
 use crate::storage::{Backend, ObjectWriter, PutMode, StorageError};
 
-/// Key of the repository marker.
-pub const MARKER: &str = "kompose-dr.json";
+pub use crate::storage::keys::MARKER;
 /// The repository format version this build writes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -105,37 +107,6 @@ pub struct DamagedManifest {
 pub struct Repository {
     name: String,
     backend: Arc<dyn Backend>,
-}
-
-/// The key of an artifact's archive.
-pub fn artifact_key(snapshot: &str, source: &str, kind: ArtifactKind) -> String {
-    let (dir, name) = source.split_once('/').unwrap_or((source, source));
-    let name = path_component(name);
-    format!("data/{snapshot}/{dir}/{name}.{}", kind.extension())
-}
-
-/// The key of a snapshot's facts sidecar.
-pub fn facts_key(snapshot: &str) -> String {
-    format!("data/{snapshot}/facts.json.zst.age")
-}
-
-/// The key of a snapshot's manifest.
-pub fn manifest_key(snapshot: &str) -> String {
-    format!("snapshots/{snapshot}.json")
-}
-
-/// A name made safe as one path component: letters, digits, `-`, `_` and
-/// `.` stay; anything else becomes `%XX`.
-pub fn path_component(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Repository {
@@ -248,10 +219,12 @@ impl Repository {
         &self,
         command: &str,
         wait: std::time::Duration,
-    ) -> Result<Option<crate::lock::RepoLock>, String> {
+    ) -> Result<Option<crate::repository::lock::RepoLock>, String> {
         let held = match self.backend.local_root() {
-            Some(root) => crate::lock::acquire(root, command, wait).await,
-            None => crate::lock::lease::acquire(self.backend.clone(), command, wait).await,
+            Some(root) => crate::repository::lock::acquire(root, command, wait).await,
+            None => {
+                crate::repository::lock::lease::acquire(self.backend.clone(), command, wait).await
+            }
         };
         held.map(Some)
             .map_err(|e| format!("repository `{}`: {e}", self.name))
@@ -268,7 +241,7 @@ impl Repository {
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         self.backend
             .put(
-                &manifest_key(&manifest.id),
+                &keys::manifest_key(&manifest.id),
                 Bytes::from(body),
                 PutMode::CreateNew,
             )
@@ -281,7 +254,7 @@ impl Repository {
     pub async fn discard_data(&self, snapshot: &str) -> Result<(), RepositoryError> {
         let objects = self
             .backend
-            .list(&format!("data/{snapshot}/"))
+            .list(&keys::snapshot_data_prefix(snapshot))
             .await
             .map_err(|e| self.storage(e))?;
         for o in objects {
@@ -299,7 +272,7 @@ impl Repository {
     ) -> Result<(Vec<Manifest>, Vec<DamagedManifest>), RepositoryError> {
         let objects = self
             .backend
-            .list("snapshots/")
+            .list(keys::SNAPSHOTS)
             .await
             .map_err(|e| self.storage(e))?;
         let mut good = Vec::new();
@@ -337,29 +310,6 @@ impl Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_follow_the_layout() {
-        let id = "20261127T030000Z-abcdef";
-        assert_eq!(
-            artifact_key(id, "postgres/keycloak", ArtifactKind::PostgresDump),
-            "data/20261127T030000Z-abcdef/postgres/keycloak.dump.zst.age"
-        );
-        assert_eq!(
-            artifact_key(id, "postgres/globals", ArtifactKind::PostgresGlobals),
-            "data/20261127T030000Z-abcdef/postgres/globals.sql.zst.age"
-        );
-        assert_eq!(
-            artifact_key(id, "redis", ArtifactKind::RedisAof),
-            "data/20261127T030000Z-abcdef/redis/redis.tar.zst.age"
-        );
-        assert_eq!(
-            artifact_key(id, "files/traefik-acme", ArtifactKind::File),
-            "data/20261127T030000Z-abcdef/files/traefik-acme.zst.age"
-        );
-        assert_eq!(path_component("we ird/..db"), "we%20ird%2F..db");
-        assert_eq!(path_component(".hidden"), "%2Ehidden");
-    }
 
     #[tokio::test]
     async fn init_refuses_existing_and_marker_reads_back() {

@@ -26,7 +26,7 @@ pub const TTL: Duration = Duration::from_secs(300);
 /// How often the holder renews it.
 const RENEW_EVERY: Duration = Duration::from_secs(60);
 /// Where leases live in the repository.
-pub const PREFIX: &str = "locks/";
+pub const PREFIX: &str = crate::storage::keys::LOCKS;
 
 /// The body of a lease object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,7 +119,7 @@ pub async fn acquire(
     let me = Holder::me(command);
     let key = format!(
         "{PREFIX}{}-{}-{:08x}.json",
-        crate::repository::path_component(&me.host),
+        crate::storage::keys::path_component(&me.host),
         me.pid,
         rand::random::<u32>()
     );

@@ -13,16 +13,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Cx, env, is_name};
-use crate::secret::Secret;
+use crate::model::secret::Secret;
+use crate::model::units::{bytes as format_size, parse_size};
+use crate::storage::s3::limits::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE};
 
-/// S3 allows at most this many parts in one multipart upload.
-pub const MAX_PARTS: u64 = 10_000;
-/// S3's smallest part (all but the last).
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// S3's largest part.
-pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-/// The default part size: 16 MiB allows artifacts up to 156 GiB.
-pub const DEFAULT_PART_SIZE: u64 = 16 * 1024 * 1024;
 /// Parts of one repository in flight at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
@@ -111,13 +105,6 @@ pub struct S3Config {
     pub object_lock: Option<ObjectLock>,
 }
 
-impl S3Config {
-    /// The largest artifact the part size allows.
-    pub fn max_object_size(&self) -> u64 {
-        self.part_size * MAX_PARTS
-    }
-}
-
 impl fmt::Display for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -158,42 +145,6 @@ pub enum ObjectLockMode {
     Governance,
     /// `COMPLIANCE`.
     Compliance,
-}
-
-/// Parses `16MiB`, `8 MiB`, `5242880`, `1GiB` (binary units; `MB` is read
-/// as MiB too, since S3's limits are binary).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: write 16MiB"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit `{other}` in `{s}`: write 16MiB")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
-
-/// A byte count for messages: `16 MiB`, `156 GiB`.
-pub fn format_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if v.fract() == 0.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 impl Cx<'_> {

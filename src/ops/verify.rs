@@ -18,14 +18,14 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::config::{Config, PostgresConfig, RedisConfig};
-use crate::facts::{Facts, SourceFacts};
-use crate::manifest::{ArtifactKind, Manifest};
+use crate::model::config::{Config, PostgresConfig, RedisConfig};
+use crate::model::facts::{Facts, SourceFacts};
+use crate::model::manifest::{ArtifactKind, Manifest};
+use crate::model::secret::Redactor;
 use crate::repository::Repository;
 use crate::restore::plan::{self, Choice, Selector};
 use crate::restore::{self, RestoreContext, RestoreOptions};
 use crate::scratch::{ScratchPostgres, ScratchRedis, ScratchRuntime};
-use crate::secret::Redactor;
 
 /// One check and its outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +126,7 @@ fn scratch_pg_config(p: &dyn ScratchPostgres) -> PostgresConfig {
     PostgresConfig {
         endpoint: p.endpoint(),
         password: None,
-        databases: crate::config::DatabaseSelection::All,
+        databases: crate::model::config::DatabaseSelection::All,
         globals: true,
         docker_container: None,
         bin_dir: None,
@@ -203,7 +203,7 @@ pub async fn run(
     patterns: &[String],
 ) -> Result<(VerifyReport, Restored), String> {
     let facts = load_facts(repo, manifest, &identities).await?;
-    let matcher = crate::sources::matcher(patterns)?;
+    let matcher = crate::model::selection::matcher(patterns)?;
     let wanted = |s: &str| matcher.as_ref().is_none_or(|m| m.is_match(s));
     let mut verdicts = Vec::new();
     // Sources that failed at backup time cannot be verified.

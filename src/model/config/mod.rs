@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::Secret;
+use crate::model::secret::Secret;
 use env::Vars;
 use repository::RawRepository;
 pub use repository::{
@@ -82,7 +82,7 @@ struct RawConfig {
     policies_dir: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     #[serde(default)]
-    retention: crate::retention::Retention,
+    retention: crate::model::retention::Retention,
     prune_schedule: Option<Spanned<String>>,
     drill_schedule: Option<Spanned<String>>,
     agent: Option<RawAgent>,
@@ -205,7 +205,7 @@ pub struct Config {
     /// Where metrics are written, if anywhere.
     pub metrics: Option<MetricsConfig>,
     /// How scratch instances for verify and drills run.
-    pub scratch: crate::scratch::process::ProcessRuntime,
+    pub scratch: ScratchConfig,
     /// Where drill files are found.
     pub drills_dir: PathBuf,
     /// Where drill reports are written.
@@ -215,7 +215,7 @@ pub struct Config {
     /// Time zone for retention's calendar buckets (default: local time).
     pub timezone: Option<chrono_tz::Tz>,
     /// Retention of snapshots made without a policy.
-    pub retention: crate::retention::Retention,
+    pub retention: crate::model::retention::Retention,
     /// The agent's settings.
     pub agent: AgentConfig,
 }
@@ -345,6 +345,25 @@ pub struct RedisConfig {
     pub data_dir: Option<PathBuf>,
 }
 
+/// How scratch instances for verify and drills run (`[scratch]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchConfig {
+    /// The user scratch servers run as when kompose-dr runs as root.
+    pub user: String,
+    /// Where PostgreSQL server binaries live: `{major}` is replaced
+    /// (default `/usr/lib/postgresql/{major}/bin`).
+    pub postgres_bin: String,
+}
+
+impl Default for ScratchConfig {
+    fn default() -> Self {
+        ScratchConfig {
+            user: "postgres".into(),
+            postgres_bin: "/usr/lib/postgresql/{major}/bin".into(),
+        }
+    }
+}
+
 /// A plain file to back up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileConfig {
@@ -406,11 +425,6 @@ impl Config {
                 })?;
         }
         cx.validate(raw)
-    }
-
-    /// The scratch runtime for verify and drills.
-    pub fn scratch_runtime(&self) -> Box<dyn crate::scratch::ScratchRuntime> {
-        Box::new(self.scratch.clone())
     }
 
     /// The configured repository of that name.
@@ -689,7 +703,7 @@ impl Cx<'_> {
             })
             .transpose()?;
 
-        let mut scratch = crate::scratch::process::ProcessRuntime::default();
+        let mut scratch = ScratchConfig::default();
         if let Some(sc) = &raw.scratch {
             if let Some(r) = &sc.runtime {
                 let v = self.string(r, "scratch.runtime")?;
@@ -726,7 +740,8 @@ impl Cx<'_> {
             .as_ref()
             .map(|t| {
                 let v = self.string(t, "timezone")?;
-                crate::policy::parse_timezone(&v).map_err(|e| self.err(t.span(), "timezone", e))
+                crate::model::time::parse_timezone(&v)
+                    .map_err(|e| self.err(t.span(), "timezone", e))
             })
             .transpose()?;
 

@@ -32,20 +32,10 @@ pub fn local(at: DateTime<Utc>) -> String {
         .to_string()
 }
 
-/// A byte count for people: `1.5 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+/// Parses a time zone name (`Europe/Berlin`, `UTC`).
+pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
+    <chrono_tz::Tz as std::str::FromStr>::from_str(s)
+        .map_err(|_| format!("`{s}` is not a time zone (write e.g. Europe/Berlin or UTC)"))
 }
 
 #[cfg(test)]
@@ -61,11 +51,5 @@ mod tests {
         assert!(is_snapshot_id(&a), "{a}");
         assert!(!is_snapshot_id("20261127T030000Z"));
         assert!(!is_snapshot_id("../../etc/passwd"));
-    }
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(bytes(12), "12 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
     }
 }

@@ -22,10 +22,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::events::metrics::{self, Metrics};
+use crate::model::config::Config;
+use crate::ops::verify::{self, Check, Restored, SourceVerdict, Which};
 use crate::repository::Repository;
-use crate::verify::{self, Check, Restored, SourceVerdict, Which};
 
 /// A drill file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +105,7 @@ impl Drill {
                 self.name
             ));
         }
-        crate::sources::matcher(&self.sources)?;
+        crate::model::selection::matcher(&self.sources)?;
         for (i, c) in self.checks.iter().enumerate() {
             let kinds = [
                 c.sql.is_some(),
@@ -213,7 +213,7 @@ pub async fn run(
         id => Which::Id(id.to_owned()),
     };
     let manifest = verify::find_snapshot(&repo, &which).await?;
-    let runtime = config.scratch_runtime();
+    let runtime = crate::scratch::runtime(&config.scratch);
     let (vr, restored) = verify::run(
         config,
         &repo,

@@ -15,17 +15,18 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseSelection, PostgresConfig};
 use crate::error::{Exit, Failure};
-use crate::facts::Facts;
-use crate::manifest::{
+use crate::model::config::{Config, DatabaseSelection, PostgresConfig};
+use crate::model::facts::Facts;
+use crate::model::manifest::{
     Artifact, ArtifactKind, ArtifactStatus, MANIFEST_VERSION, Manifest, SnapshotStatus,
     StoredObject,
 };
+use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings};
-use crate::repository::{Repository, RepositoryError, facts_key};
-use crate::secret::Redactor;
+use crate::repository::{Repository, RepositoryError};
 use crate::sources::{self, SourceContext, SourceRun, postgres};
+use crate::storage::keys::facts_key;
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]
@@ -187,7 +188,7 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
 
     let started_at = Utc::now();
     let clock = Instant::now();
-    let snapshot = crate::time::snapshot_id(started_at);
+    let snapshot = crate::model::time::snapshot_id(started_at);
     let redactor = Redactor::new(config.secrets());
     let ctx = SourceContext {
         snapshot: snapshot.clone(),
@@ -378,7 +379,7 @@ async fn prepare(
     repo: &Repository,
     recipients: &[String],
     lock_wait: std::time::Duration,
-) -> Result<Option<crate::lock::RepoLock>, (String, bool)> {
+) -> Result<Option<crate::repository::lock::RepoLock>, (String, bool)> {
     let marker = repo.marker().await.map_err(|e| {
         let uninitialised = matches!(e, RepositoryError::NotInitialised { .. });
         (e.to_string(), uninitialised)
@@ -536,7 +537,7 @@ async fn plan<'a>(
     opts: &BackupOptions,
     ctx: &'a SourceContext,
 ) -> Result<Vec<Job<'a>>, Failure> {
-    let matcher = sources::matcher(&opts.sources).map_err(Failure::usage)?;
+    let matcher = crate::model::selection::matcher(&opts.sources).map_err(Failure::usage)?;
     let wanted = |name: &str| matcher.as_ref().is_none_or(|m| m.is_match(name));
     let mut names: Vec<String> = Vec::new();
     let mut jobs: Vec<Job<'a>> = Vec::new();
@@ -572,7 +573,7 @@ async fn plan<'a>(
 
     // Every pattern must select something: a typo must not back up nothing.
     for p in &opts.sources {
-        let single = sources::matcher(std::slice::from_ref(p))
+        let single = crate::model::selection::matcher(std::slice::from_ref(p))
             .map_err(Failure::usage)?
             .expect("one pattern");
         let hit =

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::manifest::Artifact;
+use crate::model::manifest::Artifact;
 use crate::repository::Repository;
 use crate::restore::stream::{VerifyingReader, copy_archive};
 

@@ -16,11 +16,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::manifest::Manifest;
-use crate::policy::Policy;
-use crate::repository::{Repository, manifest_key};
-use crate::retention::{Retention, decide};
+use crate::model::config::Config;
+use crate::model::manifest::Manifest;
+use crate::model::policy::Policy;
+use crate::model::retention::{Retention, decide};
+use crate::repository::Repository;
+use crate::storage::keys::manifest_key;
 
 /// What to do.
 #[derive(Debug, Clone)]
@@ -141,7 +142,7 @@ pub async fn run(
     config: &Config,
     policies: &[Policy],
     repo: &Repository,
-    lock: Option<&crate::lock::RepoLock>,
+    lock: Option<&crate::repository::lock::RepoLock>,
     opts: &PruneOptions,
     now: DateTime<Utc>,
 ) -> Result<PruneReport, String> {

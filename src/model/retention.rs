@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use crate::manifest::Manifest;
+use crate::model::manifest::Manifest;
 
 /// A retention policy (`[retention]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

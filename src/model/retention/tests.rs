@@ -1,5 +1,5 @@
 use super::*;
-use crate::manifest::fixtures::{artifact, manifest, t};
+use crate::model::manifest::fixtures::{artifact, manifest, t};
 
 fn snap(id: &str, at: &str, sources: &[(&str, bool)]) -> Manifest {
     manifest(

@@ -36,8 +36,11 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{Backend, ObjectMeta, ObjectReader, ObjectWriter, PutMode, StorageError};
-use crate::config::repository::{MAX_PARTS, format_size};
-use crate::config::{ObjectLockMode, S3Config};
+pub mod limits;
+
+use crate::model::config::{ObjectLockMode, S3Config};
+use crate::model::units::bytes as format_size;
+use limits::{MAX_PARTS, max_object_size};
 
 /// An S3 bucket and prefix.
 #[derive(Clone)]
@@ -125,7 +128,7 @@ impl Inner {
             req = req.if_none_match("*");
         }
         if let Some((lock, until)) = self.lock_fields()
-            && !key.starts_with(crate::lock::lease::PREFIX)
+            && !key.starts_with(super::keys::LOCKS)
         {
             req = req
                 .object_lock_mode(lock)
@@ -719,7 +722,7 @@ impl S3Writer {
                 "the artifact exceeds {} parts of {} ({}), S3's limit for one object: raise part_size for this repository (64MiB allows {})",
                 MAX_PARTS,
                 format_size(self.inner.cfg.part_size),
-                format_size(self.inner.cfg.max_object_size()),
+                format_size(max_object_size(self.inner.cfg.part_size)),
                 format_size(64 * 1024 * 1024 * MAX_PARTS)
             ),
         }
@@ -788,7 +791,7 @@ fn joined(
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
         self.size += chunk.len() as u64;
-        if self.size > self.inner.cfg.max_object_size() {
+        if self.size > max_object_size(self.inner.cfg.part_size) {
             return Err(self.too_large());
         }
         let part = self.part_size();
@@ -965,9 +968,9 @@ mod tests {
         let mut c = cfg();
         c.endpoint = Some("http://127.0.0.1:9".into());
         c.part_size = 4;
-        c.credentials = Some(crate::config::S3Credentials {
-            access_key_id: crate::secret::Secret::new("id"),
-            secret_access_key: crate::secret::Secret::new("secret"),
+        c.credentials = Some(crate::model::config::S3Credentials {
+            access_key_id: crate::model::secret::Secret::new("id"),
+            secret_access_key: crate::model::secret::Secret::new("secret"),
         });
         let backend = S3Backend::new(&c);
         let mut w = backend.create("data/x/big.zst.age").await.unwrap();

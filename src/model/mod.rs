@@ -1,0 +1,17 @@
+//! Layer 0: plain data. The configuration as parsed and validated, the
+//! repository's documents (manifest, facts), policies and retention rules,
+//! source selection, secrets and time and size formats.
+//!
+//! Nothing here starts a process, opens a connection or touches a
+//! repository; every other layer builds on these types. Modules here import
+//! only each other (and [`crate::error`]).
+
+pub mod config;
+pub mod facts;
+pub mod manifest;
+pub mod policy;
+pub mod retention;
+pub mod secret;
+pub mod selection;
+pub mod time;
+pub mod units;

@@ -1,0 +1,86 @@
+//! The repository's key layout (docs/DESIGN.md §4): every key kompose-dr
+//! reads or writes is built here, from validated parts, never taken from a
+//! document in the repository.
+//!
+//! ```text
+//! kompose-dr.json                     marker
+//! snapshots/<ID>.json                 manifests (the commit point)
+//! data/<ID>/<kind>/<name>.<ext>       archives
+//! data/<ID>/facts.json.zst.age        encrypted facts sidecar
+//! locks/<host>-<pid>-<rand>.json      writer leases (S3)
+//! ```
+
+use crate::model::manifest::ArtifactKind;
+
+/// Key of the repository marker.
+pub const MARKER: &str = "kompose-dr.json";
+/// Prefix of every manifest.
+pub const SNAPSHOTS: &str = "snapshots/";
+/// Prefix of every snapshot's data.
+pub const DATA: &str = "data/";
+/// Prefix of the writer leases; these objects are never retention-locked.
+pub const LOCKS: &str = "locks/";
+
+/// The prefix holding one snapshot's data: `data/<ID>/`.
+pub fn snapshot_data_prefix(snapshot: &str) -> String {
+    format!("{DATA}{snapshot}/")
+}
+
+/// The key of an artifact's archive.
+pub fn artifact_key(snapshot: &str, source: &str, kind: ArtifactKind) -> String {
+    let (dir, name) = source.split_once('/').unwrap_or((source, source));
+    let name = path_component(name);
+    format!("{DATA}{snapshot}/{dir}/{name}.{}", kind.extension())
+}
+
+/// The key of a snapshot's facts sidecar.
+pub fn facts_key(snapshot: &str) -> String {
+    format!("{DATA}{snapshot}/facts.json.zst.age")
+}
+
+/// The key of a snapshot's manifest.
+pub fn manifest_key(snapshot: &str) -> String {
+    format!("{SNAPSHOTS}{snapshot}.json")
+}
+
+/// A name made safe as one path component: letters, digits, `-`, `_` and
+/// `.` stay; anything else becomes `%XX`.
+pub fn path_component(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let id = "20261127T030000Z-abcdef";
+        assert_eq!(
+            artifact_key(id, "postgres/keycloak", ArtifactKind::PostgresDump),
+            "data/20261127T030000Z-abcdef/postgres/keycloak.dump.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "postgres/globals", ArtifactKind::PostgresGlobals),
+            "data/20261127T030000Z-abcdef/postgres/globals.sql.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "redis", ArtifactKind::RedisAof),
+            "data/20261127T030000Z-abcdef/redis/redis.tar.zst.age"
+        );
+        assert_eq!(
+            artifact_key(id, "files/traefik-acme", ArtifactKind::File),
+            "data/20261127T030000Z-abcdef/files/traefik-acme.zst.age"
+        );
+        assert_eq!(path_component("we ird/..db"), "we%20ird%2F..db");
+        assert_eq!(path_component(".hidden"), "%2Ehidden");
+    }
+}

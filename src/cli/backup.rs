@@ -2,7 +2,7 @@
 //! sources `--source` selects.
 
 use super::{Globals, output};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::model::units::bytes;
 use crate::ops::backup::{BackupOptions, RunStatus};
 
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 /// Runs `backup`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let mut options = BackupOptions {
         sources: args.sources,
@@ -95,5 +95,5 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             .collect();
         tracing::error!("partial backup: {}", failed.join("; "));
     }
-    Ok(report.exit())
+    Ok(report.outcome())
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Globals, output, pick_repository};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 /// Runs `check`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = if args.read_data {
@@ -65,5 +65,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             "DAMAGE FOUND"
         });
     }
-    Ok(if report.ok { Exit::Ok } else { Exit::Failure })
+    Ok(if report.ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }

@@ -3,7 +3,7 @@
 //! readable. Exit 0 when all pass, 1 otherwise.
 
 use super::{Globals, output};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 
 /// Arguments of `doctor`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +20,7 @@ struct Report {
 }
 
 /// Runs `doctor`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     if let Some(name) = &args.repository {
         config.repository_named(name).map_err(Failure::usage)?;
@@ -39,5 +39,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             ));
         }
     }
-    Ok(if ok { Exit::Ok } else { Exit::Failure })
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }

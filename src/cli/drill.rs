@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Globals, interruptible, output};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 
 /// Arguments of `drill`.
 #[derive(Debug, clap::Args)]
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 /// Runs `drill`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let drills = crate::ops::drill::find(&config, args.drill.as_deref()).map_err(Failure::usage)?;
     let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(|e| {
@@ -24,14 +24,14 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         ))
     })?);
     let mut reports = Vec::new();
-    let mut exit = Exit::Ok;
+    let mut exit = Outcome::Success;
     for d in &drills {
         tracing::info!(drill = %d.name, "drill started");
         let result = interruptible(crate::ops::drill::run(&config, d, identities.clone())).await?;
         match result {
             Ok(r) => {
                 if !r.ok {
-                    exit = Exit::Failure;
+                    exit = Outcome::Failed;
                 }
                 tracing::info!(drill = %d.name, ok = r.ok, report = %r.report_files.first().map(|p| p.display().to_string()).unwrap_or_default(), "drill finished");
                 if !globals.json {

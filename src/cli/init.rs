@@ -9,7 +9,7 @@ use age::secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::{Globals, output};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::repository::{Repository, RepositoryError};
 
 /// Arguments of `init`.
@@ -66,7 +66,7 @@ fn write_identity(path: &Path) -> Result<String, Failure> {
 }
 
 /// Runs `init`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let mut report = Report {
         recipient: None,
         identity_file: None,
@@ -88,7 +88,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             if globals.json {
                 output::json(&report);
             }
-            return Ok(Exit::Ok);
+            return Ok(Outcome::Success);
         }
     }
 
@@ -109,7 +109,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             config.path.display()
         )));
     }
-    let mut exit = Exit::Ok;
+    let mut exit = Outcome::Success;
     for rc in targets {
         let repo = Repository::open(rc);
         let result = repo.init(&encryption.recipients).await;
@@ -127,9 +127,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
             Err(e) => {
                 tracing::error!("{e}");
                 exit = match (exit, e) {
-                    (Exit::Failure, _) => Exit::Failure,
-                    (_, RepositoryError::AlreadyInitialised { .. }) => Exit::Usage,
-                    _ => Exit::Failure,
+                    (Outcome::Failed, _) => Outcome::Failed,
+                    (_, RepositoryError::AlreadyInitialised { .. }) => Outcome::Refused,
+                    _ => Outcome::Failed,
                 };
             }
         }

@@ -1,8 +1,9 @@
 //! The command line: global flags, one file per command, logging, and the
 //! mapping of results to exit codes (design §2).
 //!
-//! Commands return either an [`Exit`] or a [`Failure`]; only this module
-//! and [`output`] print. Logs go to stderr, `--json` documents to stdout.
+//! Commands return an [`Outcome`](crate::error::Outcome) or a [`Failure`], and [`Exit::of`]
+//! chooses the exit status from it (the policy is in [`crate::error`]);
+//! only this module and [`output`] print. Logs go to stderr, `--json` documents to stdout.
 
 mod agent;
 mod backup;
@@ -135,13 +136,10 @@ pub fn main() -> ExitCode {
         crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;
         result
     });
-    match result {
-        Ok(exit) => exit.into(),
-        Err(f) => {
-            output::failure(&globals, &f);
-            f.exit.into()
-        }
+    if let Err(f) = &result {
+        output::failure(&globals, f);
     }
+    Exit::of(result.as_ref().copied()).into()
 }
 
 fn init_logging(verbose: u8, quiet: u8, json: bool) {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::Globals;
-use crate::error::Failure;
+use crate::error::{Exit, Failure};
 
 /// Prints one JSON document on stdout.
 pub fn json<T: Serialize>(value: &T) {
@@ -23,6 +23,6 @@ pub fn line(text: impl AsRef<str>) {
 pub fn failure(globals: &Globals, f: &Failure) {
     eprintln!("error: {}", f.message);
     if globals.json {
-        json(&serde_json::json!({ "error": f.message, "exit_code": f.exit.code() }));
+        json(&serde_json::json!({ "error": f.message, "exit_code": Exit::of(Err(f)).code() }));
     }
 }

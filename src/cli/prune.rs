@@ -2,7 +2,7 @@
 //! what would go and which rule decided.
 
 use super::{Globals, output};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::model::policy::Policy;
 use crate::ops::prune::PruneOptions;
 use crate::repository::Repository;
@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 /// Runs `prune`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let policies = Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
     if let Some(p) = &args.policy
@@ -55,9 +55,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         let lock = if args.dry_run {
             None
         } else {
-            repo.lock("prune", args.lock_wait)
-                .await
-                .map_err(Failure::failed)?
+            repo.lock("prune", args.lock_wait).await?
         };
         let report = crate::ops::prune::run(
             &config,
@@ -101,5 +99,5 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     if globals.json {
         output::json(&reports);
     }
-    Ok(Exit::Ok)
+    Ok(Outcome::Success)
 }

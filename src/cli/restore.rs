@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{Globals, output, pick_repository};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::model::secret::Redactor;
 use crate::model::time::local;
 use crate::model::units::bytes;
@@ -143,7 +143,7 @@ fn confirm(n: usize) -> Result<(), Failure> {
 }
 
 /// Runs `restore`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let selector = match (&args.snapshot, &args.point_in_time) {
         (Some(s), _) if s == "latest" => Selector::Latest,
@@ -240,7 +240,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         } else {
             output::line("dry run: nothing was changed");
         }
-        return Ok(Exit::Ok);
+        return Ok(Outcome::Success);
     }
     if !refused.is_empty() {
         return Err(Failure::failed(format!(
@@ -272,8 +272,8 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         }
     }
     Ok(if results.iter().all(|r| r.ok) {
-        Exit::Ok
+        Outcome::Success
     } else {
-        Exit::Failure
+        Outcome::Failed
     })
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{Globals, output, pick_repository};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::model::manifest::Manifest;
 use crate::model::time::local;
 use crate::model::units::bytes;
@@ -30,7 +30,7 @@ struct Report<'a> {
 }
 
 /// Runs `snapshots`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, damaged) = repo.snapshots().await?;
@@ -83,8 +83,8 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
         }
     }
     Ok(if damaged.is_empty() {
-        Exit::Ok
+        Outcome::Success
     } else {
-        Exit::Failure
+        Outcome::Failed
     })
 }

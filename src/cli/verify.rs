@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Globals, interruptible, output, pick_repository};
-use crate::error::{Exit, Failure};
+use crate::error::{Failure, Outcome};
 use crate::ops::verify::{self, Which};
 
 /// Arguments of `verify`.
@@ -31,7 +31,7 @@ pub fn which(s: &str) -> Which {
 }
 
 /// Runs `verify`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(Failure::usage)?);
@@ -55,7 +55,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Exit, Failure> {
     } else {
         print(&report);
     }
-    Ok(if report.ok { Exit::Ok } else { Exit::Failure })
+    Ok(if report.ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// Prints a verify report for people.

@@ -15,3 +15,10 @@ pub mod secret;
 pub mod selection;
 pub mod time;
 pub mod units;
+
+impl crate::error::Classify for config::ConfigError {
+    /// A configuration mistake is always the operator's to fix (exit 2).
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Usage
+    }
+}

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::{Exit, Failure};
+use crate::error::{Class, Classify, Failure, Outcome};
 use crate::model::config::{Config, DatabaseSelection, PostgresConfig};
 use crate::model::facts::Facts;
 use crate::model::manifest::{
@@ -24,8 +24,9 @@ use crate::model::manifest::{
 };
 use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings};
+use crate::repository::lock::RepoLock;
 use crate::repository::{Repository, RepositoryError};
-use crate::sources::{self, SourceContext, SourceRun, postgres};
+use crate::sources::{self, SourceContext, SourceRun, Stored, postgres};
 use crate::storage::keys::facts_key;
 
 /// What to back up.
@@ -111,17 +112,44 @@ pub struct BackupReport {
 }
 
 impl BackupReport {
-    /// The exit status the run deserves.
-    pub fn exit(&self) -> Exit {
+    /// How the run came out, for the exit status.
+    pub fn outcome(&self) -> Outcome {
         match self.status {
-            RunStatus::Ok => Exit::Ok,
-            RunStatus::Partial => Exit::Partial,
-            RunStatus::Failed => Exit::Failure,
+            RunStatus::Ok => Outcome::Success,
+            RunStatus::Partial => Outcome::Partial,
+            RunStatus::Failed => Outcome::Failed,
         }
     }
 }
 
 type Job<'a> = Pin<Box<dyn Future<Output = SourceRun> + Send + 'a>>;
+
+/// One repository the run writes to: its handle, its writer lock (held
+/// until the run ends) and what happened there.
+struct Target {
+    repo: Repository,
+    lock: Option<RepoLock>,
+    report: RepositoryReport,
+}
+
+impl Target {
+    fn new(repo: Repository, lock: Option<RepoLock>) -> Target {
+        let report = RepositoryReport {
+            name: repo.name().to_owned(),
+            location: repo.location(),
+            committed: false,
+            errors: Vec::new(),
+        };
+        Target { repo, lock, report }
+    }
+
+    /// Removes what this run wrote here without committing it.
+    async fn discard(&self, snapshot: &str) {
+        if let Err(e) = self.repo.discard_data(snapshot).await {
+            tracing::warn!(repository = self.repo.name(), error = %e, "could not remove the data of the uncommitted snapshot; prune will");
+        }
+    }
+}
 
 /// Runs one backup.
 pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, Failure> {
@@ -131,6 +159,86 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
             config.path.display()
         ))
     })?;
+    let (mut targets, unavailable) = open_targets(config, opts, &encryption.recipients).await?;
+
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let snapshot = crate::model::time::snapshot_id(started_at);
+    let ctx = SourceContext {
+        snapshot: snapshot.clone(),
+        repositories: targets.iter().map(|t| t.repo.clone()).collect(),
+        encode: EncodeSettings {
+            level: config.compression.level,
+            recipients: encryption.recipients.clone(),
+        },
+        redactor: Redactor::new(config.secrets()),
+        progress: opts.progress.then(|| {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+        }),
+    };
+    tracing::info!(snapshot = %snapshot, "backup started");
+
+    let jobs = plan(config, opts, &ctx).await?;
+    let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
+    let mut runs: Vec<SourceRun> = futures::stream::iter(jobs)
+        .buffer_unordered(parallel)
+        .inspect(log_run)
+        .collect()
+        .await;
+    runs.sort_by(|a, b| a.source.cmp(&b.source));
+
+    let facts = store_facts(&ctx, &runs).await;
+    let mut head = Manifest {
+        version: MANIFEST_VERSION,
+        id: snapshot.clone(),
+        repository: String::new(),
+        hostname: hostname(),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        policy: opts.policy.clone(),
+        started_at,
+        finished_at: started_at,
+        status: SnapshotStatus::Ok,
+        artifacts: Vec::new(),
+        facts: None,
+    };
+    for target in &mut targets {
+        commit_to(target, &mut head, &runs, &facts).await;
+    }
+
+    let artifacts = runs.iter().map(|r| report_artifact(r, &targets)).collect();
+    let mut repositories: Vec<RepositoryReport> = targets.into_iter().map(|t| t.report).collect();
+    repositories.extend(unavailable);
+    let committed = repositories.iter().any(|r| r.committed);
+    let all_good = committed
+        && runs.iter().all(|r| r.result.is_ok())
+        && repositories
+            .iter()
+            .all(|r| r.committed && r.errors.is_empty());
+    let status = match (committed, all_good) {
+        (false, _) => RunStatus::Failed,
+        (true, true) => RunStatus::Ok,
+        (true, false) => RunStatus::Partial,
+    };
+    Ok(BackupReport {
+        snapshot,
+        status,
+        started_at,
+        finished_at: Utc::now(),
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        artifacts,
+        repositories,
+    })
+}
+
+/// Opens the repositories the run writes to and takes their writer locks.
+/// A repository that does not answer (or is locked) is reported and
+/// skipped, so the others still get the backup; if none is left the run
+/// fails (as a usage error when one is not initialised).
+async fn open_targets(
+    config: &Config,
+    opts: &BackupOptions,
+    recipients: &[age::x25519::Recipient],
+) -> Result<(Vec<Target>, Vec<RepositoryReport>), Failure> {
     if config.repositories.is_empty() {
         return Err(Failure::usage(format!(
             "configuration {}: no [[repository]] is configured",
@@ -140,17 +248,10 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     for name in &opts.repositories {
         config.repository_named(name).map_err(Failure::usage)?;
     }
-    let mut repositories = Vec::new();
-    let mut locks = Vec::new();
-    // A repository that does not answer (or is locked) is reported and
-    // skipped; the others still get the backup.
-    let mut unavailable: Vec<RepositoryReport> = Vec::new();
-    let mut not_initialised = false;
-    let ours: Vec<String> = encryption
-        .recipients
-        .iter()
-        .map(|r| r.to_string())
-        .collect();
+    let ours: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    let mut targets = Vec::new();
+    let mut unavailable = Vec::new();
+    let mut class = Class::Failure;
     for rc in config
         .repositories
         .iter()
@@ -158,239 +259,171 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     {
         let repo = Repository::open(rc);
         match prepare(&repo, &ours, opts.lock_wait).await {
-            Ok(lock) => {
-                locks.push(lock);
-                repositories.push(repo);
-            }
-            Err((message, uninitialised)) => {
-                not_initialised |= uninitialised;
-                tracing::error!(repository = repo.name(), error = %message, "repository unavailable; backing up to the others");
-                unavailable.push(RepositoryReport {
-                    name: repo.name().to_owned(),
-                    location: repo.location(),
-                    committed: false,
-                    errors: vec![message],
-                });
+            Ok(lock) => targets.push(Target::new(repo, lock)),
+            Err(e) => {
+                if e.class() == Class::Usage {
+                    class = Class::Usage;
+                }
+                tracing::error!(repository = repo.name(), error = %e, "repository unavailable; backing up to the others");
+                let mut t = Target::new(repo, None);
+                t.report.errors.push(e.to_string());
+                unavailable.push(t.report);
             }
         }
     }
-    if repositories.is_empty() {
+    if targets.is_empty() {
         let why: Vec<String> = unavailable
             .iter()
             .flat_map(|r| r.errors.iter().cloned())
             .collect();
-        let mut f = Failure::failed(why.join("; "));
-        if not_initialised {
-            f.exit = Exit::Usage;
-        }
-        return Err(f);
+        return Err(Failure {
+            class,
+            message: why.join("; "),
+        });
     }
+    Ok((targets, unavailable))
+}
 
-    let started_at = Utc::now();
-    let clock = Instant::now();
-    let snapshot = crate::model::time::snapshot_id(started_at);
-    let redactor = Redactor::new(config.secrets());
-    let ctx = SourceContext {
-        snapshot: snapshot.clone(),
-        repositories: repositories.clone(),
-        encode: EncodeSettings {
-            level: config.compression.level,
-            recipients: encryption.recipients.clone(),
-        },
-        redactor: redactor.clone(),
-        progress: opts.progress.then(|| {
-            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
-        }),
+/// Stores the facts sidecar (encrypted like everything else) of the
+/// sources that succeeded.
+async fn store_facts(ctx: &SourceContext, runs: &[SourceRun]) -> Option<Result<Stored, String>> {
+    if !runs.iter().any(|r| r.result.is_ok()) {
+        return None;
+    }
+    let facts = Facts {
+        snapshot: ctx.snapshot.clone(),
+        sources: runs
+            .iter()
+            .filter(|r| r.result.is_ok())
+            .filter_map(|r| r.facts.clone().map(|f| (r.source.clone(), f)))
+            .collect::<BTreeMap<_, _>>(),
     };
-    tracing::info!(snapshot = %snapshot, "backup started");
-
-    let jobs = plan(config, opts, &ctx).await?;
-    let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
-    let runs: Vec<SourceRun> = futures::stream::iter(jobs)
-        .buffer_unordered(parallel)
-        .inspect(log_run)
-        .collect()
-        .await;
-    let mut runs = runs;
-    runs.sort_by(|a, b| a.source.cmp(&b.source));
-
-    let any_ok = runs.iter().any(|r| r.result.is_ok());
-    let mut repo_reports: Vec<RepositoryReport> = repositories
-        .iter()
-        .map(|r| RepositoryReport {
-            name: r.name().to_owned(),
-            location: r.location(),
-            committed: false,
-            errors: Vec::new(),
-        })
-        .collect();
-
-    // The facts sidecar, encrypted like everything else.
-    let facts = if any_ok {
-        let facts = Facts {
-            snapshot: snapshot.clone(),
-            sources: runs
-                .iter()
-                .filter(|r| r.result.is_ok())
-                .filter_map(|r| r.facts.clone().map(|f| (r.source.clone(), f)))
-                .collect::<BTreeMap<_, _>>(),
-        };
-        let body = serde_json::to_vec(&facts).expect("facts serialise");
-        let key = facts_key(&snapshot);
+    let body = serde_json::to_vec(&facts).expect("facts serialise");
+    let key = facts_key(&ctx.snapshot);
+    Some(
         match ctx
             .encode(&key, pipeline::input_from_bytes(body.into()))
             .await
         {
             Ok(enc) => ctx.finish(&key, enc, Ok(())).await,
             Err(e) => Err(e),
-        }
-    } else {
-        Err("no source succeeded".to_owned())
-    };
+        },
+    )
+}
 
-    for (i, repo) in repositories.iter().enumerate() {
-        let report = &mut repo_reports[i];
-        let facts_obj = match &facts {
-            Ok(s) if s.repository_errors[i].is_none() => Some(StoredObject {
+/// Commits the snapshot to one repository: its manifest names what this
+/// repository holds, and is written only if the facts and at least one
+/// archive are there and the writer lock was never lost.
+async fn commit_to(
+    target: &mut Target,
+    head: &mut Manifest,
+    runs: &[SourceRun],
+    facts: &Option<Result<Stored, String>>,
+) {
+    let name = target.repo.name().to_owned();
+    let facts_obj = match facts {
+        Some(Ok(s)) => match s.failure_in(&name) {
+            None => Some(StoredObject {
                 path: s.key.clone(),
                 stored_bytes: s.stored_bytes,
                 sha256: s.sha256.clone(),
             }),
-            Ok(s) => {
-                report.errors.push(format!(
-                    "facts: {}",
-                    s.repository_errors[i].clone().unwrap_or_default()
-                ));
+            Some(e) => {
+                target.report.errors.push(format!("facts: {e}"));
                 None
             }
-            Err(e) => {
-                if any_ok {
-                    report.errors.push(format!("facts: {e}"));
-                }
-                None
-            }
-        };
-        let artifacts: Vec<Artifact> = runs.iter().map(|r| artifact_for(r, i)).collect();
-        for (a, r) in artifacts.iter().zip(&runs) {
-            if let Ok(s) = &r.result
-                && let Some(e) = &s.repository_errors[i]
-            {
-                report.errors.push(format!("{}: {e}", a.source));
-            }
+        },
+        Some(Err(e)) => {
+            target.report.errors.push(format!("facts: {e}"));
+            None
         }
-        if facts_obj.is_none() || !artifacts.iter().any(Artifact::is_ok) {
-            if let Err(e) = repo.discard_data(&snapshot).await {
-                tracing::warn!(repository = repo.name(), error = %e, "could not remove the data of the uncommitted snapshot; prune will");
-            }
-            continue;
-        }
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            id: snapshot.clone(),
-            repository: repo.name().to_owned(),
-            hostname: hostname(),
-            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            policy: opts.policy.clone(),
-            started_at,
-            finished_at: Utc::now(),
-            status: if artifacts.iter().all(Artifact::is_ok) {
-                SnapshotStatus::Ok
-            } else {
-                SnapshotStatus::Partial
-            },
-            artifacts,
-            facts: facts_obj,
-        };
-        if locks[i].as_ref().is_some_and(|l| l.is_lost()) {
-            report.errors.push(
-                "lost the repository lock (its lease could not be renewed, so another writer may hold it now): not committed".to_owned(),
-            );
-            if let Err(e) = repo.discard_data(&snapshot).await {
-                tracing::warn!(repository = repo.name(), error = %e, "could not remove the data of the uncommitted snapshot; prune will");
-            }
-            continue;
-        }
-        match repo.commit(&manifest).await {
-            Ok(()) => {
-                report.committed = true;
-                tracing::info!(repository = repo.name(), snapshot = %snapshot, status = ?manifest.status, "snapshot committed");
-            }
-            Err(e) => {
-                tracing::error!(repository = repo.name(), error = %e, "could not commit the snapshot");
-                report.errors.push(format!("commit: {e}"));
-            }
+        None => None,
+    };
+    let artifacts: Vec<Artifact> = runs.iter().map(|r| artifact_for(r, &name)).collect();
+    for r in runs {
+        if let Ok(s) = &r.result
+            && let Some(e) = s.failure_in(&name)
+        {
+            target.report.errors.push(format!("{}: {e}", r.source));
         }
     }
-
-    drop(locks);
-    repo_reports.extend(unavailable);
-    let committed = repo_reports.iter().any(|r| r.committed);
-    let all_good = committed
-        && runs.iter().all(|r| r.result.is_ok())
-        && repo_reports
-            .iter()
-            .all(|r| r.committed && r.errors.is_empty());
-    let status = match (committed, all_good) {
-        (false, _) => RunStatus::Failed,
-        (true, true) => RunStatus::Ok,
-        (true, false) => RunStatus::Partial,
+    if facts_obj.is_none() || !artifacts.iter().any(Artifact::is_ok) {
+        target.discard(&head.id).await;
+        return;
+    }
+    if target.lock.as_ref().is_some_and(|l| l.is_lost()) {
+        target.report.errors.push(
+            "lost the repository lock (its lease could not be renewed, so another writer may hold it now): not committed".to_owned(),
+        );
+        target.discard(&head.id).await;
+        return;
+    }
+    let manifest = Manifest {
+        repository: name.clone(),
+        finished_at: Utc::now(),
+        status: if artifacts.iter().all(Artifact::is_ok) {
+            SnapshotStatus::Ok
+        } else {
+            SnapshotStatus::Partial
+        },
+        artifacts,
+        facts: facts_obj,
+        ..head.clone()
     };
-    let finished_at = Utc::now();
-    Ok(BackupReport {
-        snapshot,
-        status,
-        started_at,
-        finished_at,
-        duration_seconds: clock.elapsed().as_secs_f64(),
-        artifacts: runs
-            .iter()
-            .map(|r| ArtifactReport {
-                source: r.source.clone(),
-                status: if r.result.is_ok() {
-                    ArtifactStatus::Ok
-                } else {
-                    ArtifactStatus::Failed
-                },
-                path: r.result.as_ref().ok().map(|s| s.key.clone()),
-                repositories: match &r.result {
-                    Ok(s) => repositories
-                        .iter()
-                        .zip(&s.repository_errors)
-                        .zip(&repo_reports)
-                        .filter(|((_, e), rep)| e.is_none() && rep.committed)
-                        .map(|((repo, _), _)| repo.name().to_owned())
-                        .collect(),
-                    Err(_) => Vec::new(),
-                },
-                plaintext_bytes: r.result.as_ref().map_or(0, |s| s.plaintext_bytes),
-                stored_bytes: r.result.as_ref().map_or(0, |s| s.stored_bytes),
-                sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
-                duration_seconds: r.duration_seconds,
-                error: r.result.as_ref().err().cloned(),
-            })
-            .collect(),
-        repositories: repo_reports,
-    })
+    match target.repo.commit(&manifest).await {
+        Ok(()) => {
+            target.report.committed = true;
+            tracing::info!(repository = %name, snapshot = %manifest.id, status = ?manifest.status, "snapshot committed");
+        }
+        Err(e) => {
+            tracing::error!(repository = %name, error = %e, "could not commit the snapshot");
+            target.report.errors.push(format!("commit: {e}"));
+        }
+    }
+    head.finished_at = manifest.finished_at;
 }
 
-/// Checks that a repository answers and takes its writer lock. The error
-/// says why it cannot be written, and whether it is not initialised.
+/// One source's line in the report: the repositories that hold it are
+/// those that committed and did not fail to store it.
+fn report_artifact(r: &SourceRun, targets: &[Target]) -> ArtifactReport {
+    ArtifactReport {
+        source: r.source.clone(),
+        status: if r.result.is_ok() {
+            ArtifactStatus::Ok
+        } else {
+            ArtifactStatus::Failed
+        },
+        path: r.result.as_ref().ok().map(|s| s.key.clone()),
+        repositories: match &r.result {
+            Ok(s) => targets
+                .iter()
+                .filter(|t| t.report.committed && s.failure_in(t.repo.name()).is_none())
+                .map(|t| t.repo.name().to_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        plaintext_bytes: r.result.as_ref().map_or(0, |s| s.plaintext_bytes),
+        stored_bytes: r.result.as_ref().map_or(0, |s| s.stored_bytes),
+        sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
+        duration_seconds: r.duration_seconds,
+        error: r.result.as_ref().err().cloned(),
+    }
+}
+
+/// Checks that a repository answers and takes its writer lock.
 async fn prepare(
     repo: &Repository,
     recipients: &[String],
     lock_wait: std::time::Duration,
-) -> Result<Option<crate::repository::lock::RepoLock>, (String, bool)> {
-    let marker = repo.marker().await.map_err(|e| {
-        let uninitialised = matches!(e, RepositoryError::NotInitialised { .. });
-        (e.to_string(), uninitialised)
-    })?;
+) -> Result<Option<RepoLock>, RepositoryError> {
+    let marker = repo.marker().await?;
     if marker.recipients != recipients {
         tracing::warn!(
             repository = repo.name(),
             "the configured recipients differ from those the repository was created with; new archives use the configured ones"
         );
     }
-    repo.lock("backup", lock_wait).await.map_err(|e| (e, false))
+    repo.lock("backup", lock_wait).await
 }
 
 fn log_run(r: &SourceRun) {
@@ -412,12 +445,12 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The manifest entry of a run, as repository `i` holds it.
-fn artifact_for(r: &SourceRun, i: usize) -> Artifact {
+/// The manifest entry of a run, as `repository` holds it.
+fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
     let (status, error, stored) = match &r.result {
-        Ok(s) => match &s.repository_errors[i] {
+        Ok(s) => match s.failure_in(repository) {
             None => (ArtifactStatus::Ok, None, Some(s)),
-            Some(e) => (ArtifactStatus::Failed, Some(e.clone()), None),
+            Some(e) => (ArtifactStatus::Failed, Some(e.to_owned()), None),
         },
         Err(e) => (ArtifactStatus::Failed, Some(e.clone()), None),
     };

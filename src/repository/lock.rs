@@ -17,6 +17,40 @@ pub mod lease;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+/// Why the writer lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another writer holds it (and `--lock-wait` ran out).
+    #[error(
+        "repository {location} is locked by {holders}; wait for it to finish, or pass --lock-wait 10m to wait"
+    )]
+    Held {
+        /// The repository.
+        location: String,
+        /// Who holds it, for people.
+        holders: String,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The lease could not be written or listed.
+    #[error("cannot take the lock: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+impl crate::error::Classify for LockError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Failure
+    }
+}
+
 /// Who holds a lock.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Holder {
@@ -83,9 +117,12 @@ impl Holder {
 
 /// Takes the writer lock of the local repository at `root`, waiting up to
 /// `wait` for the current holder.
-pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoLock, String> {
-    crate::storage::local::create_dir_private(root)
-        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoLock, LockError> {
+    crate::storage::local::create_dir_private(root).map_err(|source| LockError::Io {
+        op: "create",
+        path: root.display().to_string(),
+        source,
+    })?;
     let path = root.join("lock");
     let deadline = Instant::now() + wait;
     loop {
@@ -96,7 +133,11 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("cannot open the lock {}: {e}", path.display()))?;
+            .map_err(|source| LockError::Io {
+                op: "open the lock",
+                path: path.display().to_string(),
+                source,
+            })?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 let me = Holder::me(command);
@@ -116,14 +157,20 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
                     let holder = serde_json::from_str::<Holder>(&text)
                         .map(|h| h.to_string())
                         .unwrap_or_else(|_| "another kompose-dr".to_owned());
-                    return Err(format!(
-                        "repository {} is locked by {holder}; wait for it to finish, or pass --lock-wait 10m to wait",
-                        root.display()
-                    ));
+                    return Err(LockError::Held {
+                        location: root.display().to_string(),
+                        holders: holder,
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+            Err((_, e)) => {
+                return Err(LockError::Io {
+                    op: "lock",
+                    path: path.display().to_string(),
+                    source: e.into(),
+                });
+            }
         }
     }
 }
@@ -138,7 +185,8 @@ mod tests {
         let first = acquire(dir.path(), "backup", Duration::ZERO).await.unwrap();
         let e = acquire(dir.path(), "prune", Duration::from_millis(300))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("`kompose-dr backup`") && e.contains(&format!("pid {}", std::process::id())),
             "{e}"

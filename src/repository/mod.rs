@@ -83,6 +83,14 @@ pub enum RepositoryError {
         /// Version found.
         found: u32,
     },
+    /// The writer lock could not be taken.
+    #[error("repository `{name}`: {source}")]
+    Lock {
+        /// Repository name.
+        name: String,
+        /// Why.
+        source: lock::LockError,
+    },
     /// Storage failed.
     #[error("repository `{name}`: {source}")]
     Storage {
@@ -91,6 +99,19 @@ pub enum RepositoryError {
         /// The storage error.
         source: StorageError,
     },
+}
+
+impl crate::error::Classify for RepositoryError {
+    /// An uninitialised or already initialised repository is a usage
+    /// mistake (run `init`, or don't); everything else a failure.
+    fn class(&self) -> crate::error::Class {
+        match self {
+            RepositoryError::NotInitialised { .. } | RepositoryError::AlreadyInitialised { .. } => {
+                crate::error::Class::Usage
+            }
+            _ => crate::error::Class::Failure,
+        }
+    }
 }
 
 /// A snapshot manifest that could not be read, reported beside the good ones.
@@ -219,15 +240,17 @@ impl Repository {
         &self,
         command: &str,
         wait: std::time::Duration,
-    ) -> Result<Option<crate::repository::lock::RepoLock>, String> {
+    ) -> Result<Option<lock::RepoLock>, RepositoryError> {
         let held = match self.backend.local_root() {
             Some(root) => crate::repository::lock::acquire(root, command, wait).await,
             None => {
                 crate::repository::lock::lease::acquire(self.backend.clone(), command, wait).await
             }
         };
-        held.map(Some)
-            .map_err(|e| format!("repository `{}`: {e}", self.name))
+        held.map(Some).map_err(|source| RepositoryError::Lock {
+            name: self.name.clone(),
+            source,
+        })
     }
 
     /// Starts writing an object (invisible until finished).

@@ -36,9 +36,16 @@ pub struct Stored {
     pub stored_bytes: u64,
     /// sha256 of the stored bytes.
     pub sha256: String,
-    /// Per repository (in context order): `None` if it holds the archive,
-    /// else why not.
-    pub repository_errors: Vec<Option<String>>,
+    /// The repositories (by name) that do not hold the archive, and why;
+    /// every other repository of the run holds it.
+    pub failed_in: std::collections::BTreeMap<String, String>,
+}
+
+impl Stored {
+    /// Why `repository` does not hold the archive, if it does not.
+    pub fn failure_in(&self, repository: &str) -> Option<&str> {
+        self.failed_in.get(repository).map(String::as_str)
+    }
 }
 
 /// The outcome of backing up one source.
@@ -176,23 +183,24 @@ impl SourceContext {
             encoded.sha256.clone(),
         );
         let results = encoded.commit().await;
-        let repository_errors: Vec<Option<String>> = results
-            .into_iter()
-            .map(|r| r.err().map(|e| self.redactor.scrub(&e.to_string())))
+        let failed_in: std::collections::BTreeMap<String, String> = self
+            .repositories
+            .iter()
+            .zip(results)
+            .filter_map(|(repo, r)| {
+                r.err()
+                    .map(|e| (repo.name().to_owned(), self.redactor.scrub(&e.to_string())))
+            })
             .collect();
-        if repository_errors.iter().all(Option::is_some) {
-            return Err(repository_errors
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("; "));
+        if failed_in.len() == self.repositories.len() {
+            return Err(failed_in.into_values().collect::<Vec<_>>().join("; "));
         }
         Ok(Stored {
             key: key.to_owned(),
             plaintext_bytes,
             stored_bytes,
             sha256,
-            repository_errors,
+            failed_in,
         })
     }
 

@@ -74,6 +74,13 @@ fn hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+impl crate::error::Classify for StorageError {
+    /// Storage failing is never a usage mistake: exit 1.
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Failure
+    }
+}
+
 /// How [`Backend::put`] treats an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {

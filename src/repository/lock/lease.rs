@@ -18,7 +18,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Held, Holder, RepoLock};
+use super::{Held, Holder, LockError, RepoLock};
 use crate::storage::{Backend, PutMode, StorageError};
 
 /// How long a lease lives without renewal.
@@ -115,7 +115,7 @@ pub async fn acquire(
     backend: Arc<dyn Backend>,
     command: &str,
     wait: Duration,
-) -> Result<RepoLock, String> {
+) -> Result<RepoLock, LockError> {
     let me = Holder::me(command);
     let key = format!(
         "{PREFIX}{}-{}-{:08x}.json",
@@ -124,17 +124,11 @@ pub async fn acquire(
         rand::random::<u32>()
     );
     let deadline = Instant::now() + wait;
-    let fail = |e: StorageError| format!("cannot take the lock: {e}");
     loop {
-        let (live, _) = others(&*backend, None, Utc::now()).await.map_err(fail)?;
+        let (live, _) = others(&*backend, None, Utc::now()).await?;
         let contended = if live.is_empty() {
-            backend
-                .put(&key, body(&me), PutMode::Overwrite)
-                .await
-                .map_err(fail)?;
-            let (live, expired) = others(&*backend, Some(&key), Utc::now())
-                .await
-                .map_err(fail)?;
+            backend.put(&key, body(&me), PutMode::Overwrite).await?;
+            let (live, expired) = others(&*backend, Some(&key), Utc::now()).await?;
             if live.is_empty() {
                 for (k, l) in expired {
                     tracing::warn!(
@@ -160,7 +154,7 @@ pub async fn acquire(
                     }),
                 });
             }
-            backend.delete(&key).await.map_err(fail)?;
+            backend.delete(&key).await?;
             live
         } else {
             live
@@ -178,10 +172,10 @@ pub async fn acquire(
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(format!(
-                "repository {} is locked by {holders}; wait for it to finish, or pass --lock-wait 10m to wait",
-                backend.describe()
-            ));
+            return Err(LockError::Held {
+                location: backend.describe(),
+                holders,
+            });
         }
         let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
         tokio::time::sleep(Duration::from_millis(500) + jitter).await;
@@ -239,7 +233,8 @@ mod tests {
             .unwrap();
         let e = acquire(backend.clone(), "prune", Duration::from_millis(200))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`kompose-dr backup`"), "{e}");
         drop(held);
         crate::storage::finish_cleanups(Duration::from_secs(5)).await;

@@ -25,39 +25,25 @@ pub struct Args {
 /// Runs `backup`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
-    let mut options = BackupOptions {
-        sources: args.sources,
-        policy: None,
-        repositories: Vec::new(),
-        lock_wait: args.lock_wait,
-        progress: !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    let progress = !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let options = match &args.policy {
+        Some(name) => {
+            let policies = crate::model::policy::Policy::load_dir(&config.policies_dir)
+                .map_err(Failure::usage)?;
+            crate::ops::backup::policy_options(&config, &policies, name, args.lock_wait, progress)?
+        }
+        None => BackupOptions {
+            sources: args.sources,
+            policy: None,
+            repositories: Vec::new(),
+            lock_wait: args.lock_wait,
+            progress,
+        },
     };
-    if let Some(name) = &args.policy {
-        let policies =
-            crate::model::policy::Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
-        let p = policies.iter().find(|p| &p.name == name).ok_or_else(|| {
-            Failure::usage(format!(
-                "no policy `{name}` in {}; available: {}",
-                config.policies_dir.display(),
-                if policies.is_empty() {
-                    "none".to_owned()
-                } else {
-                    policies
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            ))
-        })?;
-        options.sources = p.sources.clone();
-        options.repositories = p.repositories.clone();
-        options.policy = Some(p.name.clone());
-    }
     // Ctrl-C or SIGTERM drops the run: children are killed, uploads
     // aborted, and no manifest is written.
-    let report = super::interruptible(crate::ops::backup::run(&config, &options)).await??;
-    crate::ops::notify::after_backup(&config, &report).await;
+    let report =
+        super::interruptible(crate::ops::backup::run_and_notify(&config, &options)).await??;
     if globals.json {
         output::json(&report);
     } else {

@@ -5,7 +5,6 @@ use super::{Globals, output};
 use crate::error::{Failure, Outcome};
 use crate::model::policy::Policy;
 use crate::ops::prune::PruneOptions;
-use crate::repository::Repository;
 
 /// Arguments of `prune`.
 #[derive(Debug, clap::Args)]
@@ -50,23 +49,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     };
     let mut reports = Vec::new();
     for rc in targets {
-        let repo = Repository::open(rc);
-        repo.marker().await?;
-        let lock = if args.dry_run {
-            None
-        } else {
-            repo.lock("prune", args.lock_wait).await?
-        };
-        let report = crate::ops::prune::run(
-            &config,
-            &policies,
-            &repo,
-            lock.as_ref(),
-            &opts,
-            chrono::Utc::now(),
-        )
-        .await
-        .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))?;
+        let report =
+            crate::ops::prune::prune_repository(&config, &policies, rc, &opts, args.lock_wait)
+                .await?;
         if !globals.json {
             output::line(format!(
                 "repository {}{}:",

@@ -22,6 +22,7 @@ use crate::model::manifest::{
     Artifact, ArtifactKind, ArtifactStatus, MANIFEST_VERSION, Manifest, SnapshotStatus,
     StoredObject,
 };
+use crate::model::policy::Policy;
 use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::lock::RepoLock;
@@ -123,6 +124,52 @@ impl BackupReport {
 }
 
 type Job<'a> = Pin<Box<dyn Future<Output = SourceRun> + Send + 'a>>;
+
+/// The options of a policy's run: its sources and repositories, recorded
+/// in the manifest under its name. An unknown name is a usage error that
+/// lists the policies there are.
+pub fn policy_options(
+    config: &Config,
+    policies: &[Policy],
+    name: &str,
+    lock_wait: std::time::Duration,
+    progress: bool,
+) -> Result<BackupOptions, Failure> {
+    let p = policies.iter().find(|p| p.name == name).ok_or_else(|| {
+        Failure::usage(format!(
+            "no policy `{name}` in {}; available: {}",
+            config.policies_dir.display(),
+            if policies.is_empty() {
+                "none".to_owned()
+            } else {
+                policies
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+    })?;
+    Ok(BackupOptions {
+        sources: p.sources.clone(),
+        policy: Some(p.name.clone()),
+        repositories: p.repositories.clone(),
+        lock_wait,
+        progress,
+    })
+}
+
+/// Runs one backup and then tells the stack: the event on the bus and the
+/// series in the metrics textfile ([`crate::ops::notify::after_backup`]).
+/// What the CLI and the agent both run.
+pub async fn run_and_notify(
+    config: &Config,
+    opts: &BackupOptions,
+) -> Result<BackupReport, Failure> {
+    let report = run(config, opts).await?;
+    crate::ops::notify::after_backup(config, &report).await;
+    Ok(report)
+}
 
 /// One repository the run writes to: its handle, its writer lock (held
 /// until the run ends) and what happened there.

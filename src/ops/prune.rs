@@ -16,7 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::config::Config;
+use crate::error::Failure;
+use crate::model::config::{Config, RepositoryConfig};
 use crate::model::manifest::Manifest;
 use crate::model::policy::Policy;
 use crate::model::retention::{Retention, decide};
@@ -133,6 +134,28 @@ pub fn plan(
     }
     decisions.sort_by(|a, b| b.snapshot.cmp(&a.snapshot));
     decisions
+}
+
+/// Prunes one configured repository as `prune` and the agent both do: it
+/// must answer, its writer lock is taken (waiting up to `lock_wait`; none
+/// for a dry run) and held until the end, then [`run`] applies retention.
+pub async fn prune_repository(
+    config: &Config,
+    policies: &[Policy],
+    rc: &RepositoryConfig,
+    opts: &PruneOptions,
+    lock_wait: Duration,
+) -> Result<PruneReport, Failure> {
+    let repo = Repository::open(rc);
+    repo.marker().await?;
+    let lock = if opts.dry_run {
+        None
+    } else {
+        repo.lock("prune", lock_wait).await?
+    };
+    run(config, policies, &repo, lock.as_ref(), opts, Utc::now())
+        .await
+        .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))
 }
 
 /// Prunes one repository. The caller holds its writer `lock` (none for a

@@ -1,25 +1,25 @@
 //! kompose-dr: backup, restore and disaster recovery for a self-hosted
 //! Docker Compose stack (PostgreSQL, Redis, files such as Traefik's
-//! `acme.json`).
+//! `acme.json`). The product contract is docs/DESIGN.md; how the code is
+//! arranged is docs/ARCHITECTURE.md.
 //!
-//! The crate is a library with a thin binary. The layout follows the domain:
+//! The crate is a library with a thin binary, in five layers; a module uses
+//! only its own layer and those below (`scripts/module-graph --check`):
 //!
-//! - [`config`]: the TOML configuration, parsed and validated once into
-//!   types that cannot be invalid (recipients, URLs, secrets).
-//! - [`sources`]: what is backed up — PostgreSQL databases and globals,
-//!   Redis persistence files, plain files — each producing a byte stream.
-//! - [`pipeline`]: the bounded streaming chain source → zstd → age →
-//!   sha256 → storage, and its inverse for reading.
-//! - [`storage`]: repository backends behind one small trait
-//!   ([`storage::Backend`]); `local` today.
-//! - [`repository`]: the open repository layout on top of a backend —
-//!   marker, manifests (the commit point), artifact paths.
-//! - [`backup`]: one backup run: selects sources, runs them with bounded
-//!   parallelism, commits the manifest last.
-//! - [`restore`]: plan by snapshot or point in time, restore into scratch
-//!   targets and swap them in only after every check held.
-//! - [`events`]: MQTT events and the Prometheus textfile.
-//! - [`cli`]: one file per command; maps errors to exit codes.
+//! 0. [`model`] (plain data: configuration, manifest, facts, policies,
+//!    retention, selection, secrets, time and sizes) and [`error`] (the
+//!    error policy and the one mapping to exit codes).
+//! 1. [`storage`] (backends behind [`storage::Backend`] and the key
+//!    layout), [`pipeline`] (source → zstd → age → sha256 → storage, and
+//!    back) and [`process`] (children, their status and stderr).
+//! 2. [`repository`]: the open repository format on a backend — marker,
+//!    manifests (the commit point), the writer lock and lease.
+//! 3. [`sources`] (what is backed up), [`restore`] (plans and targets),
+//!    [`scratch`] (throw-away servers for verify and drills) and [`events`]
+//!    (MQTT and the metrics textfile).
+//! 4. [`ops`]: backup, verify, drill, prune, check, doctor — shared by the
+//!    CLI and the agent.
+//! 5. [`cli`] (one file per command) and [`agent`] (the scheduler).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! The command line: global flags, one file per command, logging, and the
-//! mapping of results to exit codes (design §2).
+//! mapping of results to exit codes (docs/DESIGN.md §2).
 //!
 //! Commands return an [`Outcome`](crate::error::Outcome) or a [`Failure`], and [`Exit::of`]
 //! chooses the exit status from it (the policy is in [`crate::error`]);

@@ -1,5 +1,5 @@
 //! Telling the rest of the stack what happened: MQTT events on the stack's
-//! event bus and Prometheus metrics for node_exporter (design §6).
+//! event bus and Prometheus metrics for node_exporter (docs/DESIGN.md §6).
 //!
 //! Both happen after the manifest is committed and neither can fail a
 //! backup: an unreachable broker is logged once and counted in
@@ -11,6 +11,8 @@
 
 pub mod metrics;
 pub mod mqtt;
+
+pub use mqtt::PublishError;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -60,7 +62,7 @@ pub async fn publish(config: &Config, events: &[Event]) -> bool {
             true
         }
         Err(e) => {
-            let e = crate::model::secret::Redactor::new(config.secrets()).scrub(&e);
+            let e = crate::model::secret::Redactor::new(config.secrets()).scrub(&e.to_string());
             tracing::warn!(broker = %format!("{}:{}", mqtt.host, mqtt.port), error = %e, "could not publish events (the backup itself is not affected)");
             false
         }

@@ -53,9 +53,58 @@ fn tls_config(cfg: &MqttConfig) -> Result<rumqttc::TlsConfiguration, String> {
     Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
 }
 
+/// Why events could not be published. Never fails a backup: the caller
+/// logs it and counts it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// TLS could not be set up (CA file, system roots).
+    #[error("TLS for the broker: {0}")]
+    Tls(String),
+    /// The broker refused the connection (credentials, ACL).
+    #[error("{why} ({target}); check mqtt.username and mqtt.password")]
+    Refused {
+        /// `host:port`.
+        target: String,
+        /// The broker's answer.
+        why: String,
+    },
+    /// The client could not queue an event.
+    #[error("cannot queue the event for {target}: {message}")]
+    Queue {
+        /// `host:port`.
+        target: String,
+        /// The client's error.
+        message: String,
+    },
+    /// The connection ended before every event was acknowledged.
+    #[error("the connection to {target} ended: {last}")]
+    Ended {
+        /// `host:port`.
+        target: String,
+        /// The last connection error seen.
+        last: String,
+    },
+    /// Not every event was acknowledged within `mqtt.timeout`.
+    #[error("no acknowledgement from {target} within {after}{last}")]
+    Timeout {
+        /// `host:port`.
+        target: String,
+        /// The timeout, for people.
+        after: String,
+        /// ` (last error: …)`, or empty.
+        last: String,
+    },
+}
+
+impl crate::error::Classify for PublishError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Failure
+    }
+}
+
 /// Publishes `events` (QoS 1) and waits for every acknowledgement, at most
 /// `cfg.timeout` in all.
-pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
+pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), PublishError> {
     if events.is_empty() {
         return Ok(());
     }
@@ -72,7 +121,7 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
         );
     }
     if cfg.tls {
-        opts.set_transport(Transport::Tls(tls_config(cfg)?));
+        opts.set_transport(Transport::Tls(tls_config(cfg).map_err(PublishError::Tls)?));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, events.len() + 4);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -115,12 +164,16 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
                 // The event loop may already have ended: say why it did.
                 while let Ok(p) = rx.try_recv() {
                     if let Progress::Refused(why) = p {
-                        return Err(format!(
-                            "{why} ({target}); check mqtt.username and mqtt.password"
-                        ));
+                        return Err(PublishError::Refused {
+                            target: target.clone(),
+                            why,
+                        });
                     }
                 }
-                return Err(format!("cannot queue the event for {target}: {err}"));
+                return Err(PublishError::Queue {
+                    target: target.clone(),
+                    message: err.to_string(),
+                });
             }
         }
         let mut acked = 0;
@@ -128,9 +181,10 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
             match rx.recv().await {
                 Some(Progress::Acked) => acked += 1,
                 Some(Progress::Refused(why)) => {
-                    return Err(format!(
-                        "{why} ({target}); check mqtt.username and mqtt.password"
-                    ));
+                    return Err(PublishError::Refused {
+                        target: target.clone(),
+                        why,
+                    });
                 }
                 Some(Progress::Error(e)) => {
                     if last_error.is_none() {
@@ -142,22 +196,22 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), String> {
             }
         }
         if acked < events.len() {
-            return Err(format!(
-                "the connection to {target} ended: {}",
-                last_error.clone().unwrap_or_default()
-            ));
+            return Err(PublishError::Ended {
+                target: target.clone(),
+                last: last_error.clone().unwrap_or_default(),
+            });
         }
-        Ok::<_, String>(())
+        Ok::<_, PublishError>(())
     };
     let result = match tokio::time::timeout(cfg.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "no acknowledgement from {target} within {}{}",
-            humantime::format_duration(cfg.timeout),
-            last_error
+        Err(_) => Err(PublishError::Timeout {
+            target: target.clone(),
+            after: humantime::format_duration(cfg.timeout).to_string(),
+            last: last_error
                 .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        )),
+                .unwrap_or_default(),
+        }),
     };
     let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
     driver.abort();

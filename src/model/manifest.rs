@@ -1,5 +1,5 @@
 //! The snapshot manifest: plaintext JSON at `snapshots/<ID>.json`, written
-//! last, the commit point of a snapshot (design §4).
+//! last, the commit point of a snapshot (docs/DESIGN.md §4).
 //!
 //! It lists what each artifact is and where it is stored, with sizes and
 //! the sha256 of the stored bytes, so that listing, pruning and integrity

@@ -1,4 +1,4 @@
-//! The open repository layout (design §4) on top of a storage backend.
+//! The open repository layout (docs/DESIGN.md §4) on top of a storage backend.
 //!
 //! ```text
 //! kompose-dr.json                     marker: format version, recipients

@@ -270,3 +270,6 @@ fn id_time(id: &str) -> Option<DateTime<Utc>> {
         .ok()
         .map(|n| n.and_utc())
 }
+
+#[cfg(test)]
+mod memory_tests;

@@ -266,3 +266,6 @@ fn check_patterns<'a>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod memory_tests;

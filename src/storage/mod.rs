@@ -11,9 +11,13 @@
 //! reads). Clean-up that a `Drop` must start — aborting an upload when a
 //! run is cancelled — goes through [`spawn_cleanup`], and the binary waits
 //! for it with [`finish_cleanups`] before it exits.
+//!
+//! A third, [`memory`], keeps objects in memory and fails on demand; it is
+//! for tests of the layers above and cannot be chosen in a configuration.
 
 pub mod keys;
 pub mod local;
+pub mod memory;
 pub mod s3;
 
 use std::fmt;

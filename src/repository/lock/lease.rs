@@ -264,4 +264,183 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
         drop(held);
     }
+
+    use crate::storage::memory::{Failure, MemoryBackend, Op};
+
+    /// A lease of another writer, expiring `in_minutes` from now (negative:
+    /// already expired).
+    fn foreign(backend: &MemoryBackend, host: &str, pid: u32, in_minutes: i64) -> String {
+        let key = format!("{PREFIX}{host}-{pid}-00000000.json");
+        let body = LeaseBody {
+            holder: Holder {
+                host: host.into(),
+                pid,
+                command: "backup".into(),
+                since: Utc::now() - chrono::Duration::hours(1),
+            },
+            expires_at: Utc::now() + chrono::Duration::minutes(in_minutes),
+        };
+        backend.insert(&key, serde_json::to_vec(&body).unwrap());
+        key
+    }
+
+    fn lease_keys(backend: &MemoryBackend) -> Vec<String> {
+        backend
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with(PREFIX))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn on_memory_a_lease_is_written_with_its_holder_and_removed_on_release() {
+        let mem = MemoryBackend::new();
+        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        let keys = lease_keys(&mem);
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let body: LeaseBody = serde_json::from_slice(&mem.object(&keys[0]).unwrap()).unwrap();
+        assert_eq!(body.holder.command, "backup");
+        assert_eq!(body.holder.pid, std::process::id());
+        assert!(body.expires_at > Utc::now() + chrono::Duration::minutes(4));
+        drop(held);
+        crate::storage::finish_cleanups(Duration::from_secs(5)).await;
+        assert!(lease_keys(&mem).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_foreign_live_lease_refuses_naming_its_holder_and_leaves_no_lease_of_ours() {
+        let mem = MemoryBackend::new();
+        let theirs = foreign(&mem, "db1", 77, 3);
+        let e = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("pid 77 on db1") && e.contains("--lock-wait"),
+            "{e}"
+        );
+        assert_eq!(lease_keys(&mem), vec![theirs]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lease_counts_as_held() {
+        let mem = MemoryBackend::new();
+        mem.insert("locks/odd.json", "{ not a lease");
+        let e = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(e.contains("unreadable lease locks/odd.json"), "{e}");
+        assert_eq!(lease_keys(&mem), vec!["locks/odd.json"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_removed() {
+        let mem = MemoryBackend::new();
+        let stale = foreign(&mem, "gone", 4242, -1);
+        let held = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
+            .await
+            .unwrap();
+        let keys = lease_keys(&mem);
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert_ne!(keys[0], stale);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_failed_listing_fails_acquisition_with_the_store_error() {
+        let mem = MemoryBackend::new();
+        mem.faults().fail_next(Op::List, 1, Failure::Unavailable);
+        let e = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("cannot take the lock:") && e.contains("no answer from the store"),
+            "{e}"
+        );
+        assert!(lease_keys(&mem).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_lease_write_fails_acquisition() {
+        let mem = MemoryBackend::new();
+        mem.faults().fail_next(Op::Put, 1, Failure::DiskFull);
+        let e = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(e.contains("disk is full"), "{e}");
+        assert!(lease_keys(&mem).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_writer_gets_the_lock_once_the_holder_releases_it() {
+        let mem = MemoryBackend::new();
+        let backend: Arc<dyn Backend> = Arc::new(mem.clone());
+        let first = acquire(backend.clone(), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(acquire(backend.clone(), "prune", Duration::from_secs(60)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        let second = waiter.await.unwrap().unwrap();
+        assert_eq!(lease_keys(&mem).len(), 1);
+        drop(second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_renewals_on_memory_mark_the_lease_lost_only_near_expiry() {
+        let mem = MemoryBackend::new();
+        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        mem.faults()
+            .fail_prefix(Op::Put, PREFIX, Failure::Unavailable);
+        // Three missed renewals (minutes 1, 2, 3): not lost yet.
+        tokio::time::sleep(RENEW_EVERY * 3 + Duration::from_secs(1)).await;
+        assert!(!held.is_lost(), "lost too early");
+        // The fourth leaves less than one renewal period: lost.
+        tokio::time::sleep(RENEW_EVERY).await;
+        assert!(held.is_lost());
+        let failed_puts = mem
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Put && !c.ok)
+            .count();
+        assert_eq!(failed_puts, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failed_renewal_is_retried_and_the_lease_stays_held() {
+        let mem = MemoryBackend::new();
+        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        let key = lease_keys(&mem).remove(0);
+        mem.faults().fail_next(Op::Put, 1, Failure::Unavailable);
+        tokio::time::sleep(RENEW_EVERY * 2 + Duration::from_secs(1)).await;
+        assert!(!held.is_lost());
+        // Written on acquisition, refused at minute 1, renewed at minute 2.
+        let puts: Vec<bool> = mem
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Put && c.key == key)
+            .map(|c| c.ok)
+            .collect();
+        assert_eq!(puts, vec![true, false, true]);
+    }
+
+    /// A listing that fails after our lease is written leaves that lease
+    /// behind: it blocks every other writer until it expires (5 minutes).
+    #[tokio::test]
+    #[ignore = "known bug: acquire does not remove its own lease when the second listing fails"]
+    async fn a_listing_failure_after_writing_our_lease_removes_it() {
+        let mem = MemoryBackend::new();
+        mem.faults()
+            .fail_after(Op::List, PREFIX, 1, 1, Failure::Unavailable);
+        acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(lease_keys(&mem).is_empty(), "{:?}", lease_keys(&mem));
+    }
 }

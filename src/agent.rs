@@ -148,7 +148,7 @@ async fn run_job(state: &State, job: &Job) -> bool {
             };
             match crate::ops::backup::run(&state.config, &opts).await {
                 Ok(report) => {
-                    crate::ops::notify::after_backup(&state.config, &report).await;
+                    crate::ops::backup::notify::after_backup(&state.config, &report).await;
                     report.status == crate::ops::backup::RunStatus::Ok
                 }
                 Err(e) => {

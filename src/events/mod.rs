@@ -7,7 +7,7 @@
 //! (`mqtt.timeout`, 10 s by default). The drill commands publish and record
 //! through the same functions ([`event`], [`publish`], [`metrics::Metrics`]);
 //! what goes into an event or a series is decided by the operations
-//! ([`crate::ops::notify`]).
+//! ([`crate::ops::backup::notify`]).
 
 pub mod metrics;
 pub mod mqtt;

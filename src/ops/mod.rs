@@ -8,6 +8,5 @@ pub mod backup;
 pub mod check;
 pub mod doctor;
 pub mod drill;
-pub mod notify;
 pub mod prune;
 pub mod verify;

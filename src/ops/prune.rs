@@ -243,7 +243,11 @@ pub async fn run(
             tracing::info!(repository = repo.name(), prefix = %format!("data/{id}/"), "unreferenced data removed");
         }
     }
-    let before = now - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    // A grace longer than the calendar means "nothing is old enough".
+    let before = chrono::Duration::from_std(opts.grace)
+        .ok()
+        .and_then(|g| now.checked_sub_signed(g))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     if !opts.dry_run {
         still_held()?;
     }

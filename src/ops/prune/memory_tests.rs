@@ -327,3 +327,16 @@ async fn a_lost_lease_stops_prune_before_the_first_removal() {
         .collect();
     assert_eq!(after, before);
 }
+
+#[tokio::test]
+async fn a_grace_longer_than_the_calendar_keeps_everything_instead_of_panicking() {
+    let f = fixture(&[1]).await;
+    std::mem::forget(f.mem.create("data/x/killed").await.unwrap());
+    let mut opts = options(false);
+    opts.grace = std::time::Duration::from_secs(300_000 * 365 * 24 * 3600);
+    let report = run(&config(5), &[], &f.repo, None, &opts, f.now)
+        .await
+        .unwrap();
+    assert!(report.abandoned.is_empty(), "{report:?}");
+    assert_eq!(f.mem.pending_writes().len(), 1);
+}

@@ -6,6 +6,8 @@
 //! that artifact marked failed (exit 3). If nothing succeeded, nothing is
 //! committed and the data written so far is removed (exit 1).
 
+pub mod notify;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -160,14 +162,14 @@ pub fn policy_options(
 }
 
 /// Runs one backup and then tells the stack: the event on the bus and the
-/// series in the metrics textfile ([`crate::ops::notify::after_backup`]).
+/// series in the metrics textfile ([`crate::ops::backup::notify::after_backup`]).
 /// What the CLI and the agent both run.
 pub async fn run_and_notify(
     config: &Config,
     opts: &BackupOptions,
 ) -> Result<BackupReport, Failure> {
     let report = run(config, opts).await?;
-    crate::ops::notify::after_backup(config, &report).await;
+    crate::ops::backup::notify::after_backup(config, &report).await;
     Ok(report)
 }
 

@@ -1,8 +1,9 @@
 //! `[agent]` and the top-level `prune_schedule` and `drill_schedule`: what
 //! the long-running agent serves and when it runs maintenance.
 //!
-//! The listen address and the schedules are checked here, so a typo is
-//! reported at load time with its line and key.
+//! The listen address and the schedules are parsed here, once, into a
+//! [`SocketAddr`] and [`Schedule`]s, so a typo is reported at load time
+//! with its line and key, and the agent never parses them again.
 
 use std::net::SocketAddr;
 
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigError, Cx};
+use crate::model::schedule::Schedule;
 
 /// `[agent]` as written.
 #[derive(Debug, Deserialize)]
@@ -23,13 +25,13 @@ pub(super) struct RawAgent {
 #[derive(Debug, Clone, Default)]
 pub struct AgentConfig {
     /// Where `/metrics` and `/healthz` are served (`127.0.0.1:9187`).
-    pub listen: Option<String>,
+    pub listen: Option<SocketAddr>,
     /// Run a policy once at start if its last scheduled run was missed.
     pub catch_up: bool,
     /// When `prune` runs (cron with seconds).
-    pub prune_schedule: Option<String>,
+    pub prune_schedule: Option<Schedule>,
     /// When `drill` runs (cron with seconds).
-    pub drill_schedule: Option<String>,
+    pub drill_schedule: Option<Schedule>,
 }
 
 impl Cx<'_> {
@@ -57,12 +59,12 @@ impl Cx<'_> {
         &self,
         value: &Option<Spanned<String>>,
         key: &str,
-    ) -> Result<Option<String>, ConfigError> {
+    ) -> Result<Option<Schedule>, ConfigError> {
         let Some(v) = value else {
             return Ok(None);
         };
         let text = self.string(v, key)?;
-        <cron::Schedule as std::str::FromStr>::from_str(&text).map_err(|e| {
+        text.parse().map(Some).map_err(|e| {
             self.err(
                 v.span(),
                 key,
@@ -70,20 +72,18 @@ impl Cx<'_> {
                     "`{text}` is not a cron expression ({e}); it has a seconds field first: \"0 30 4 * * *\""
                 ),
             )
-        })?;
-        Ok(Some(text))
+        })
     }
 
     /// `agent.listen`: an IP address and port.
-    fn listen(&self, l: &Spanned<String>) -> Result<String, ConfigError> {
+    fn listen(&self, l: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         let text = self.string(l, "agent.listen")?;
-        text.parse::<SocketAddr>().map_err(|_| {
+        text.parse().map_err(|_| {
             self.err(
                 l.span(),
                 "agent.listen",
                 format!("`{text}` is not an address: write 127.0.0.1:9187"),
             )
-        })?;
-        Ok(text)
+        })
     }
 }

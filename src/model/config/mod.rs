@@ -4,9 +4,10 @@
 //! Parsing happens in two steps. First the TOML is read into `Raw*` structs
 //! with `deny_unknown_fields`, keeping the byte span of every value that is
 //! validated later. Then [`Config::from_toml`] expands `${VAR}` references,
-//! reads secret files, parses URLs and age recipients, and produces a
-//! [`Config`]. Every error names the file, the line and the key, and says
-//! how to fix it.
+//! reads secret files, parses URLs, age recipients, addresses and cron
+//! schedules, and produces a [`Config`]. Every error names the file, the line
+//! and the key, and says how to fix it. Nothing downstream re-parses a string
+//! from here.
 //!
 //! The files of this folder follow the file's sections: each section's file
 //! holds its `Raw*` struct (as written), its validated type and the

@@ -21,7 +21,7 @@ pub(super) struct RawAgent {
     catch_up: Option<bool>,
 }
 
-/// Settings of the long-running agent.
+/// Settings of the long-running agent, with every value already parsed.
 #[derive(Debug, Clone, Default)]
 pub struct AgentConfig {
     /// Where `/metrics` and `/healthz` are served (`127.0.0.1:9187`).

@@ -54,7 +54,8 @@ impl fmt::Debug for Encryption {
     }
 }
 
-/// zstd settings.
+/// zstd settings for every archive; the level trades CPU for size and is
+/// the same for every source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
     /// zstd level, 1..=19.

@@ -1,4 +1,4 @@
-//! `[metrics]`: the Prometheus textfile every command updates, for
+//! `[metrics]`: the Prometheus textfile operations record results in, for
 //! node_exporter's textfile collector (and the agent's `/metrics`).
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ pub(super) struct RawMetrics {
     textfile: Spanned<String>,
 }
 
-/// The Prometheus textfile.
+/// The Prometheus textfile that operations record their results in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// For node_exporter's textfile collector.

@@ -1,5 +1,5 @@
-//! `[mqtt]`: the broker that backup, verify and drill events are published
-//! to, and how.
+//! `[mqtt]`: the broker that events (backups, verifies, drills, ...) are
+//! published to, and how.
 //!
 //! The broker is one `mqtt://` or `mqtts://` URL without credentials (they
 //! go in `username` and the password keys, so they are never logged with

@@ -55,7 +55,8 @@ pub struct PgEndpoint {
     pub maintenance_db: String,
 }
 
-/// The PostgreSQL source.
+/// The PostgreSQL source: where the server is, how to log in, which
+/// databases to dump, and with which client tools.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     /// Connection target.

@@ -25,7 +25,8 @@ pub(super) struct RawRedis {
     data_dir: Option<Spanned<String>>,
 }
 
-/// The Redis source.
+/// The Redis source: where the server is, how to log in, and where its
+/// data files (RDB or AOF) can be read from.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// Host name or address.

@@ -12,7 +12,6 @@
 //! agent is alive.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -78,21 +77,18 @@ pub fn jobs(config: &Config, policies: &[Policy]) -> Result<Vec<Job>, String> {
         .iter()
         .map(|p| Job {
             kind: JobKind::Backup(p.name.clone()),
-            schedule: p.schedule.clone(),
+            schedule: p.schedule.cron().clone(),
             timezone: p.timezone.or(config.timezone),
         })
         .collect();
-    for (kind, text) in [
+    for (kind, schedule) in [
         (JobKind::Prune, &config.agent.prune_schedule),
         (JobKind::Drill, &config.agent.drill_schedule),
     ] {
-        if let Some(text) = text {
-            let schedule = cron::Schedule::from_str(text).map_err(|e| {
-                format!("schedule `{text}` is not a cron expression ({e}); it has a seconds field first: \"0 30 4 * * *\"")
-            })?;
+        if let Some(schedule) = schedule {
             out.push(Job {
                 kind,
-                schedule,
+                schedule: schedule.cron().clone(),
                 timezone: config.timezone,
             });
         }
@@ -363,7 +359,7 @@ mod tests {
     fn job(kind: JobKind, cron: &str) -> Job {
         Job {
             kind,
-            schedule: cron::Schedule::from_str(cron).unwrap(),
+            schedule: cron.parse().unwrap(),
             timezone: Some(chrono_tz::UTC),
         }
     }

@@ -1,6 +1,6 @@
 //! Layer 0: plain data. The configuration as parsed and validated, the
 //! repository's documents (manifest, facts), policies and retention rules,
-//! source selection, secrets and time and size formats.
+//! source selection, cron schedules, secrets and time and size formats.
 //!
 //! Nothing here starts a process, opens a connection or touches a
 //! repository; every other layer builds on these types. Modules here import
@@ -11,6 +11,7 @@ pub mod facts;
 pub mod manifest;
 pub mod policy;
 pub mod retention;
+pub mod schedule;
 pub mod secret;
 pub mod selection;
 pub mod time;

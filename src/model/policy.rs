@@ -13,11 +13,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::Deserialize;
 
 use crate::model::retention::Retention;
+use crate::model::schedule::Schedule;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,9 +38,10 @@ struct RawPolicy {
 pub struct Policy {
     /// Its name (`backup --policy NAME`; recorded in manifests).
     pub name: String,
-    /// When it runs.
-    pub schedule: cron::Schedule,
-    /// The schedule as written.
+    /// When it runs, parsed once when the policy is loaded.
+    pub schedule: Schedule,
+    /// The schedule as written; the same text as `schedule.as_str()`, kept
+    /// as a field for the callers that read it so.
     pub schedule_text: String,
     /// The time zone of the schedule and of retention's calendar buckets.
     pub timezone: Option<chrono_tz::Tz>,
@@ -80,7 +81,7 @@ impl Policy {
                 raw.name
             )));
         }
-        let schedule = cron::Schedule::from_str(&raw.schedule).map_err(|e| {
+        let schedule: Schedule = raw.schedule.parse().map_err(|e| {
             at(format!(
                 "schedule `{}` is not a cron expression ({e}); it has a seconds field first: \"0 0 3 * * *\" is 03:00:00 daily",
                 raw.schedule

@@ -6,13 +6,15 @@
 //! one.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Cx, env, is_name};
+use super::cx::is_name;
+use super::{ConfigError, Cx, env};
 use crate::model::secret::Secret;
 use crate::model::units::{bytes as format_size, parse_size};
 use crate::storage::s3::limits::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE};
@@ -35,12 +37,6 @@ pub(super) struct RawRepository {
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     object_lock: Option<Spanned<RawObjectLock>>,
-}
-
-impl RawRepository {
-    pub(super) fn name_span(&self) -> std::ops::Range<usize> {
-        self.name.span()
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,11 +144,29 @@ pub enum ObjectLockMode {
 }
 
 impl Cx<'_> {
-    pub(super) fn repository(
+    /// Validates every `[[repository]]` entry; names must be distinct.
+    pub(super) fn repositories(
         &self,
-        i: usize,
-        r: &RawRepository,
-    ) -> Result<RepositoryConfig, ConfigError> {
+        raw: &[RawRepository],
+    ) -> Result<Vec<RepositoryConfig>, ConfigError> {
+        let mut repositories: Vec<RepositoryConfig> = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let rc = self.repository(i, r)?;
+            if repositories.iter().any(|x| x.name == rc.name) {
+                return Err(self.err(
+                    r.name.span(),
+                    &format!("repository[{i}].name"),
+                    format!("repository `{}` is defined twice", rc.name),
+                ));
+            }
+            repositories.push(rc);
+        }
+        Ok(repositories)
+    }
+
+    /// Validates the `i`th repository: its name, and an s3:// URL with its
+    /// settings or a local directory without any S3-only key.
+    fn repository(&self, i: usize, r: &RawRepository) -> Result<RepositoryConfig, ConfigError> {
         let key = format!("repository[{i}]");
         let name = self.string(&r.name, &format!("{key}.name"))?;
         if !is_name(&name) {
@@ -167,38 +181,50 @@ impl Cx<'_> {
         let location = if let Some(rest) = url.strip_prefix("s3://") {
             Location::S3(Box::new(self.s3(&key, rest, r)?))
         } else {
-            // Every S3-only key is an error on a local repository.
-            let s3_only: [(&str, Option<std::ops::Range<usize>>); 11] = [
-                ("endpoint", r.endpoint.as_ref().map(|v| v.span())),
-                ("region", r.region.as_ref().map(|v| v.span())),
-                ("path_style", r.path_style.as_ref().map(|v| v.span())),
-                (
-                    "access_key_id_file",
-                    r.access_key_id_file.as_ref().map(|v| v.span()),
-                ),
-                (
-                    "secret_access_key_file",
-                    r.secret_access_key_file.as_ref().map(|v| v.span()),
-                ),
-                ("part_size", r.part_size.as_ref().map(|v| v.span())),
-                ("concurrency", r.concurrency.as_ref().map(|v| v.span())),
-                ("timeout", r.timeout.as_ref().map(|v| v.span())),
-                ("retries", r.retries.as_ref().map(|v| v.span())),
-                ("object_lock", r.object_lock.as_ref().map(|v| v.span())),
-                ("", None),
-            ];
-            if let Some((k, Some(span))) = s3_only.into_iter().find(|(_, s)| s.is_some()) {
-                return Err(self.err(
-                    span,
-                    &format!("{key}.{k}"),
-                    format!("`{k}` applies only to s3:// repositories, and `{url}` is a local one"),
-                ));
-            }
+            self.refuse_s3_only_keys(&key, &url, r)?;
             self.local_location(&url, &r.url, &url_key)?
         };
         Ok(RepositoryConfig { name, location })
     }
 
+    /// Every S3-only key is an error on a local repository: a typo in the
+    /// scheme must not silently turn an offsite copy into a local one.
+    fn refuse_s3_only_keys(
+        &self,
+        key: &str,
+        url: &str,
+        r: &RawRepository,
+    ) -> Result<(), ConfigError> {
+        let s3_only: [(&str, Option<Range<usize>>); 10] = [
+            ("endpoint", r.endpoint.as_ref().map(|v| v.span())),
+            ("region", r.region.as_ref().map(|v| v.span())),
+            ("path_style", r.path_style.as_ref().map(|v| v.span())),
+            (
+                "access_key_id_file",
+                r.access_key_id_file.as_ref().map(|v| v.span()),
+            ),
+            (
+                "secret_access_key_file",
+                r.secret_access_key_file.as_ref().map(|v| v.span()),
+            ),
+            ("part_size", r.part_size.as_ref().map(|v| v.span())),
+            ("concurrency", r.concurrency.as_ref().map(|v| v.span())),
+            ("timeout", r.timeout.as_ref().map(|v| v.span())),
+            ("retries", r.retries.as_ref().map(|v| v.span())),
+            ("object_lock", r.object_lock.as_ref().map(|v| v.span())),
+        ];
+        match s3_only.into_iter().find_map(|(k, s)| Some((k, s?))) {
+            Some((k, span)) => Err(self.err(
+                span,
+                &format!("{key}.{k}"),
+                format!("`{k}` applies only to s3:// repositories, and `{url}` is a local one"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A local repository: `file:///path`, an absolute path, or a path
+    /// relative to the configuration file's folder.
     fn local_location(
         &self,
         url: &str,
@@ -228,15 +254,77 @@ impl Cx<'_> {
         if url.is_empty() {
             return Err(self.err(span.span(), key, "empty repository URL"));
         }
-        let p = PathBuf::from(url);
-        Ok(Location::Local(if p.is_relative() {
-            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
-        } else {
-            p
-        }))
+        Ok(Location::Local(self.relative_to_file(PathBuf::from(url))))
     }
 
+    /// An S3 repository: `rest` is the URL after `s3://`; `key` is
+    /// `repository[i]`. Settings are validated in the order they are
+    /// listed in the struct, so the first mistake in that order is reported.
     fn s3(&self, key: &str, rest: &str, r: &RawRepository) -> Result<S3Config, ConfigError> {
+        let (bucket, prefix) = self.bucket_and_prefix(key, rest, r)?;
+        let endpoint = r
+            .endpoint
+            .as_ref()
+            .map(|v| self.s3_endpoint(v, &format!("{key}.endpoint")))
+            .transpose()?;
+        let region = match &r.region {
+            None => "us-east-1".to_owned(),
+            Some(v) => self.string(v, &format!("{key}.region"))?,
+        };
+        let path_style = r.path_style.as_ref().is_some_and(|v| *v.get_ref());
+        let credentials = self.s3_credentials(key, r)?;
+        let part_size = match &r.part_size {
+            None => DEFAULT_PART_SIZE,
+            Some(v) => self.part_size(v, &format!("{key}.part_size"))?,
+        };
+        let count = |v: &Option<Spanned<i64>>, k: &str, default: i64, max: i64| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(self.err(
+                v.span(),
+                &format!("{key}.{k}"),
+                format!("must be between 1 and {max}"),
+            )),
+        };
+        let concurrency = count(
+            &r.concurrency,
+            "concurrency",
+            DEFAULT_CONCURRENCY as i64,
+            64,
+        )?;
+        let retries = count(&r.retries, "retries", 5, 100)?;
+        let timeout = match &r.timeout {
+            None => Duration::from_secs(120),
+            Some(v) => self.request_timeout(v, &format!("{key}.timeout"))?,
+        };
+        let object_lock = r
+            .object_lock
+            .as_ref()
+            .map(|l| self.object_lock(key, l.get_ref()))
+            .transpose()?;
+        Ok(S3Config {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            credentials,
+            part_size,
+            concurrency: concurrency as usize,
+            timeout,
+            attempts: retries as u32 + 1,
+            object_lock,
+        })
+    }
+
+    /// The bucket and the key prefix (empty or ending in `/`) of
+    /// `s3://bucket/prefix`.
+    fn bucket_and_prefix(
+        &self,
+        key: &str,
+        rest: &str,
+        r: &RawRepository,
+    ) -> Result<(String, String), ConfigError> {
         let url_key = format!("{key}.url");
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let bucket_ok = (3..=63).contains(&bucket.len())
@@ -268,163 +356,125 @@ impl Cx<'_> {
         } else {
             format!("{prefix}/")
         };
-        let endpoint = match &r.endpoint {
-            None => None,
-            Some(v) => {
-                let k = format!("{key}.endpoint");
-                let s = self.string(v, &k)?;
-                let u = url::Url::parse(&s).map_err(|e| {
-                    self.err(
-                        v.span(),
-                        &k,
-                        format!("`{s}` is not a URL ({e}): write http://host:3900"),
-                    )
-                })?;
-                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                    return Err(self.err(
-                        v.span(),
-                        &k,
-                        format!("`{s}` must be an http:// or https:// URL with a host"),
-                    ));
-                }
-                if !u.username().is_empty() || u.password().is_some() {
-                    return Err(self.err(
-                        v.span(),
-                        &k,
-                        "credentials do not belong in the endpoint URL: use access_key_id_file and secret_access_key_file",
-                    ));
-                }
-                Some(s.trim_end_matches('/').to_owned())
-            }
-        };
-        let region = match &r.region {
-            None => "us-east-1".to_owned(),
-            Some(v) => self.string(v, &format!("{key}.region"))?,
-        };
-        let path_style = r.path_style.as_ref().is_some_and(|v| *v.get_ref());
+        Ok((bucket.to_owned(), prefix))
+    }
 
-        let credentials = match (&r.access_key_id_file, &r.secret_access_key_file) {
-            (None, None) => None,
-            (Some(id), Some(secret)) => {
-                let read = |v: &Spanned<String>, k: &str| -> Result<Secret, ConfigError> {
-                    let k = format!("{key}.{k}");
-                    let p = self.path(v, &k)?;
-                    let s = env::read_secret_file(&p).map_err(|e| {
-                        self.err(v.span(), &k, format!("cannot read {}: {e}", p.display()))
-                    })?;
-                    let s = s.trim().to_owned();
-                    if s.is_empty() {
-                        return Err(self.err(v.span(), &k, format!("{} is empty", p.display())));
-                    }
-                    Ok(Secret::new(s))
-                };
-                Some(S3Credentials {
-                    access_key_id: read(id, "access_key_id_file")?,
-                    secret_access_key: read(secret, "secret_access_key_file")?,
-                })
-            }
-            (Some(v), None) | (None, Some(v)) => {
+    /// `endpoint`: an http(s) URL with a host and no credentials, without
+    /// a trailing `/`.
+    fn s3_endpoint(&self, v: &Spanned<String>, k: &str) -> Result<String, ConfigError> {
+        let s = self.string(v, k)?;
+        let u = url::Url::parse(&s).map_err(|e| {
+            self.err(
+                v.span(),
+                k,
+                format!("`{s}` is not a URL ({e}): write http://host:3900"),
+            )
+        })?;
+        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+            return Err(self.err(
+                v.span(),
+                k,
+                format!("`{s}` must be an http:// or https:// URL with a host"),
+            ));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(self.err(
+                v.span(),
+                k,
+                "credentials do not belong in the endpoint URL: use access_key_id_file and secret_access_key_file",
+            ));
+        }
+        Ok(s.trim_end_matches('/').to_owned())
+    }
+
+    /// Static credentials from both key files, or none (the standard AWS
+    /// chain) when neither is set.
+    fn s3_credentials(
+        &self,
+        key: &str,
+        r: &RawRepository,
+    ) -> Result<Option<S3Credentials>, ConfigError> {
+        match (&r.access_key_id_file, &r.secret_access_key_file) {
+            (None, None) => Ok(None),
+            (Some(id), Some(secret)) => Ok(Some(S3Credentials {
+                access_key_id: self.key_file(id, &format!("{key}.access_key_id_file"))?,
+                secret_access_key: self
+                    .key_file(secret, &format!("{key}.secret_access_key_file"))?,
+            })),
+            (Some(v), None) | (None, Some(v)) => Err(self.err(
+                v.span(),
+                &format!("{key}.access_key_id_file"),
+                "set both access_key_id_file and secret_access_key_file, or neither (the standard AWS chain: AWS_ACCESS_KEY_ID, ~/.aws, instance roles)",
+            )),
+        }
+    }
+
+    /// One credential file's content, trimmed; an empty file is refused.
+    fn key_file(&self, v: &Spanned<String>, k: &str) -> Result<Secret, ConfigError> {
+        let p = self.path(v, k)?;
+        let s = env::read_secret_file(&p)
+            .map_err(|e| self.err(v.span(), k, format!("cannot read {}: {e}", p.display())))?;
+        let s = s.trim().to_owned();
+        if s.is_empty() {
+            return Err(self.err(v.span(), k, format!("{} is empty", p.display())));
+        }
+        Ok(Secret::new(s))
+    }
+
+    /// `part_size`: a size within S3's multipart limits.
+    fn part_size(&self, v: &Spanned<String>, k: &str) -> Result<u64, ConfigError> {
+        let s = self.string(v, k)?;
+        let n = parse_size(&s).map_err(|e| self.err(v.span(), k, e))?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
+            return Err(self.err(
+                v.span(),
+                k,
+                format!(
+                    "{} is outside S3's part sizes: use 5MiB to 5GiB (16MiB allows artifacts up to {})",
+                    format_size(n),
+                    format_size(DEFAULT_PART_SIZE * MAX_PARTS)
+                ),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// `timeout`: how long one request attempt may take (`2m`, `30s`).
+    fn request_timeout(&self, v: &Spanned<String>, k: &str) -> Result<Duration, ConfigError> {
+        let s = self.string(v, k)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            self.err(
+                v.span(),
+                k,
+                format!("`{s}` is not a duration ({e}): write 2m or 30s"),
+            )
+        })
+    }
+
+    /// `object_lock`: a mode and a number of days.
+    fn object_lock(&self, key: &str, l: &RawObjectLock) -> Result<ObjectLock, ConfigError> {
+        let mode = match l.mode.get_ref().as_str() {
+            "governance" => ObjectLockMode::Governance,
+            "compliance" => ObjectLockMode::Compliance,
+            other => {
                 return Err(self.err(
-                    v.span(),
-                    &format!("{key}.access_key_id_file"),
-                    "set both access_key_id_file and secret_access_key_file, or neither (the standard AWS chain: AWS_ACCESS_KEY_ID, ~/.aws, instance roles)",
+                    l.mode.span(),
+                    &format!("{key}.object_lock.mode"),
+                    format!("`{other}` is not a mode: use \"governance\" or \"compliance\""),
                 ));
             }
         };
-
-        let part_size = match &r.part_size {
-            None => DEFAULT_PART_SIZE,
-            Some(v) => {
-                let k = format!("{key}.part_size");
-                let s = self.string(v, &k)?;
-                let n = parse_size(&s).map_err(|e| self.err(v.span(), &k, e))?;
-                if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
-                    return Err(self.err(
-                        v.span(),
-                        &k,
-                        format!(
-                            "{} is outside S3's part sizes: use 5MiB to 5GiB (16MiB allows artifacts up to {})",
-                            format_size(n),
-                            format_size(DEFAULT_PART_SIZE * MAX_PARTS)
-                        ),
-                    ));
-                }
-                n
-            }
-        };
-        let count = |v: &Option<Spanned<i64>>, k: &str, default: i64, max: i64| match v {
-            None => Ok(default),
-            Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => Err(self.err(
-                v.span(),
-                &format!("{key}.{k}"),
-                format!("must be between 1 and {max}"),
-            )),
-        };
-        let concurrency = count(
-            &r.concurrency,
-            "concurrency",
-            DEFAULT_CONCURRENCY as i64,
-            64,
-        )?;
-        let retries = count(&r.retries, "retries", 5, 100)?;
-        let timeout = match &r.timeout {
-            None => Duration::from_secs(120),
-            Some(v) => {
-                let k = format!("{key}.timeout");
-                let s = self.string(v, &k)?;
-                humantime::parse_duration(&s).map_err(|e| {
-                    self.err(
-                        v.span(),
-                        &k,
-                        format!("`{s}` is not a duration ({e}): write 2m or 30s"),
-                    )
-                })?
-            }
-        };
-        let object_lock = match &r.object_lock {
-            None => None,
-            Some(l) => {
-                let l = l.get_ref();
-                let mode = match l.mode.get_ref().as_str() {
-                    "governance" => ObjectLockMode::Governance,
-                    "compliance" => ObjectLockMode::Compliance,
-                    other => {
-                        return Err(self.err(
-                            l.mode.span(),
-                            &format!("{key}.object_lock.mode"),
-                            format!(
-                                "`{other}` is not a mode: use \"governance\" or \"compliance\""
-                            ),
-                        ));
-                    }
-                };
-                let days = *l.days.get_ref();
-                if !(1..=36500).contains(&days) {
-                    return Err(self.err(
-                        l.days.span(),
-                        &format!("{key}.object_lock.days"),
-                        "must be between 1 and 36500, and longer than the retention policy keeps snapshots",
-                    ));
-                }
-                Some(ObjectLock {
-                    mode,
-                    days: days as u32,
-                })
-            }
-        };
-        Ok(S3Config {
-            bucket: bucket.to_owned(),
-            prefix,
-            endpoint,
-            region,
-            path_style,
-            credentials,
-            part_size,
-            concurrency: concurrency as usize,
-            timeout,
-            attempts: retries as u32 + 1,
-            object_lock,
+        let days = *l.days.get_ref();
+        if !(1..=36500).contains(&days) {
+            return Err(self.err(
+                l.days.span(),
+                &format!("{key}.object_lock.days"),
+                "must be between 1 and 36500, and longer than the retention policy keeps snapshots",
+            ));
+        }
+        Ok(ObjectLock {
+            mode,
+            days: days as u32,
         })
     }
 }

@@ -303,3 +303,42 @@ fn s3_mistakes_name_key_and_line() {
         assert!(e.line.is_some_and(|l| l >= 3), "{body}: {e}");
     }
 }
+
+#[test]
+fn agent_listen_and_schedules_are_typed_at_load() {
+    let c = parse(&format!(
+        "prune_schedule = \"0 30 4 * * *\"\ndrill_schedule = \"0 0 5 1 * *\"\n{}\n[agent]\nlisten = \"127.0.0.1:9187\"\ncatch_up = true\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.agent.listen, Some(([127, 0, 0, 1], 9187).into()));
+    assert!(c.agent.catch_up);
+    let prune = c.agent.prune_schedule.unwrap();
+    assert_eq!(prune.as_str(), "0 30 4 * * *");
+    assert!(prune.cron().upcoming(chrono::Utc).next().is_some());
+    assert_eq!(c.agent.drill_schedule.unwrap().to_string(), "0 0 5 1 * *");
+
+    let c = parse(&base()).unwrap();
+    assert!(c.agent.listen.is_none() && c.agent.prune_schedule.is_none());
+}
+
+#[test]
+fn bad_listen_and_schedules_name_key_and_line() {
+    let e = parse(&format!("prune_schedule = \"30 4 * * *\"\n{}", base())).unwrap_err();
+    assert_eq!(
+        (e.key.as_deref(), e.line),
+        (Some("prune_schedule"), Some(1))
+    );
+    assert!(e.message.contains("seconds field first"), "{e}");
+    let e = parse(&format!("\ndrill_schedule = \"often\"\n{}", base())).unwrap_err();
+    assert_eq!(
+        (e.key.as_deref(), e.line),
+        (Some("drill_schedule"), Some(2))
+    );
+    let e = parse(&format!("{}[agent]\nlisten = \"localhost\"\n", base())).unwrap_err();
+    assert_eq!((e.key.as_deref(), e.line), (Some("agent.listen"), Some(8)));
+    assert_eq!(
+        e.message,
+        "`localhost` is not an address: write 127.0.0.1:9187"
+    );
+}

@@ -1,0 +1,134 @@
+//! The file as a whole: its top-level table, the few top-level keys that
+//! belong to no section (directories, the time zone), and the order in which
+//! the sections are validated.
+//!
+//! Validation stops at the first error, so that order is part of the
+//! behaviour: a file with two mistakes reports the one in the section
+//! validated first. [`Cx::validate`] therefore lists the sections in one
+//! place, one validator call each.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::agent::RawAgent;
+use super::archive::{RawCompression, RawEncryption};
+use super::files::RawFile;
+use super::metrics::RawMetrics;
+use super::mqtt::RawMqtt;
+use super::postgres::RawPostgres;
+use super::redis::RawRedis;
+use super::repository::RawRepository;
+use super::scratch::RawScratch;
+use super::{Config, ConfigError, Cx};
+use crate::model::retention::Retention;
+
+/// The top-level table, as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    repository: Vec<RawRepository>,
+    encryption: Option<RawEncryption>,
+    #[serde(default)]
+    compression: RawCompression,
+    postgres: Option<RawPostgres>,
+    redis: Option<RawRedis>,
+    #[serde(default)]
+    files: Vec<RawFile>,
+    mqtt: Option<RawMqtt>,
+    metrics: Option<RawMetrics>,
+    scratch: Option<RawScratch>,
+    env_file: Option<Spanned<String>>,
+    drills_dir: Option<Spanned<String>>,
+    reports_dir: Option<Spanned<String>>,
+    policies_dir: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    retention: Retention,
+    prune_schedule: Option<Spanned<String>>,
+    drill_schedule: Option<Spanned<String>>,
+    agent: Option<RawAgent>,
+}
+
+impl RawConfig {
+    /// The `env_file` key, read before anything else is expanded.
+    pub(super) fn env_file(&self) -> &Option<Spanned<String>> {
+        &self.env_file
+    }
+}
+
+impl Cx<'_> {
+    /// Validates every section in file order and assembles the [`Config`].
+    pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // Fields are evaluated in the order written: keep it the order in
+        // which errors have always been reported.
+        Ok(Config {
+            path: self.file().to_owned(),
+            repositories: self.repositories(&raw.repository)?,
+            encryption: raw
+                .encryption
+                .as_ref()
+                .map(|e| self.encryption(e))
+                .transpose()?,
+            compression: self.compression(&raw.compression)?,
+            postgres: raw
+                .postgres
+                .as_ref()
+                .map(|p| self.postgres(p))
+                .transpose()?,
+            redis: raw.redis.as_ref().map(|r| self.redis(r)).transpose()?,
+            files: self.files(&raw.files)?,
+            mqtt: raw.mqtt.as_ref().map(|m| self.mqtt(m)).transpose()?,
+            metrics: raw.metrics.as_ref().map(|m| self.metrics(m)).transpose()?,
+            scratch: self.scratch(raw.scratch.as_ref())?,
+            drills_dir: self.dir(
+                &raw.drills_dir,
+                "drills_dir",
+                "/etc/kompose-dr/restore-drills",
+            )?,
+            reports_dir: self.dir(
+                &raw.reports_dir,
+                "reports_dir",
+                "/var/local/data/backups/reports",
+            )?,
+            policies_dir: self.dir(
+                &raw.policies_dir,
+                "policies_dir",
+                "/etc/kompose-dr/policies",
+            )?,
+            timezone: self.timezone(&raw.timezone)?,
+            retention: raw.retention.clone(),
+            agent: self.agent(raw.agent.as_ref(), &raw.prune_schedule, &raw.drill_schedule)?,
+        })
+    }
+
+    /// A directory key, or its default when it is not set.
+    fn dir(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        match value {
+            Some(d) => self.path(d, key),
+            None => Ok(PathBuf::from(default)),
+        }
+    }
+
+    /// The `timezone` key: an IANA zone name, or local time when unset.
+    fn timezone(
+        &self,
+        value: &Option<Spanned<String>>,
+    ) -> Result<Option<chrono_tz::Tz>, ConfigError> {
+        value
+            .as_ref()
+            .map(|t| {
+                let v = self.string(t, "timezone")?;
+                crate::model::time::parse_timezone(&v)
+                    .map_err(|e| self.err(t.span(), "timezone", e))
+            })
+            .transpose()
+    }
+}

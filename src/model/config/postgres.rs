@@ -1,0 +1,236 @@
+//! `[postgres]`: the PostgreSQL source — where the server is, how to log in,
+//! which databases to dump and with which client tools.
+//!
+//! The server is named by one URL (`postgres://USER@HOST:PORT/DATABASE`, or
+//! `?host=/socket/dir` for a unix socket), parsed here into a [`PgEndpoint`]
+//! by [`parse_postgres_url`]; restore's `--target-url` uses the same parser.
+//! A password belongs in `password`, `password_file` or
+//! `password_credential`; one in the URL is accepted only if none of those
+//! is set.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::cx::percent_decode;
+use super::{ConfigError, Cx};
+use crate::model::secret::Secret;
+
+/// `[postgres]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_credential: Option<Spanned<String>>,
+    databases: Option<Spanned<Vec<Spanned<String>>>>,
+    globals: Option<bool>,
+    docker_container: Option<Spanned<String>>,
+    bin_dir: Option<Spanned<String>>,
+    jobs: Option<Spanned<i64>>,
+}
+
+/// Which databases to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseSelection {
+    /// Every non-template database the user may connect to (`["*"]`).
+    All,
+    /// Exactly these.
+    List(Vec<String>),
+}
+
+/// How to reach the PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgEndpoint {
+    /// Host name, address, or a unix socket directory (starts with `/`).
+    pub host: String,
+    /// TCP port (also names the unix socket).
+    pub port: u16,
+    /// Role to connect as.
+    pub user: String,
+    /// Database used for discovery and `pg_dumpall`.
+    pub maintenance_db: String,
+}
+
+/// The PostgreSQL source: where the server is, how to log in, which
+/// databases to dump, and with which client tools.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Connection target.
+    pub endpoint: PgEndpoint,
+    /// Password, if the server asks for one.
+    pub password: Option<Secret>,
+    /// Which databases.
+    pub databases: DatabaseSelection,
+    /// Back up roles and tablespaces (`pg_dumpall --globals-only`).
+    pub globals: bool,
+    /// Run pg_dump inside this container with `docker exec`.
+    pub docker_container: Option<String>,
+    /// Use the client tools from this directory only.
+    pub bin_dir: Option<PathBuf>,
+    /// Databases dumped at once.
+    pub jobs: NonZeroUsize,
+}
+
+impl Cx<'_> {
+    /// Validates `[postgres]`.
+    pub(super) fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
+        let url_s = self.string(&p.url, "postgres.url")?;
+        let bad = |msg: String| self.err(p.url.span(), "postgres.url", msg);
+        let (endpoint, url_password) = parse_postgres_url(&url_s).map_err(bad)?;
+        let mut password = self.secret(
+            "postgres",
+            &p.password,
+            &p.password_file,
+            &p.password_credential,
+        )?;
+        if let Some(pw) = url_password {
+            if password.is_some() {
+                return Err(self.err(
+                    p.url.span(),
+                    "postgres.url",
+                    "the URL carries a password and postgres.password is set too: keep only postgres.password",
+                ));
+            }
+            password = Some(pw);
+        }
+        let databases = match &p.databases {
+            None => DatabaseSelection::All,
+            Some(list) => self.databases(list)?,
+        };
+        let jobs = match &p.jobs {
+            None => NonZeroUsize::new(2).expect("2 > 0"),
+            Some(j) => usize::try_from(*j.get_ref())
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .and_then(NonZeroUsize::new)
+                .ok_or_else(|| self.err(j.span(), "postgres.jobs", "use a number from 1 to 64"))?,
+        };
+        let docker_container = p
+            .docker_container
+            .as_ref()
+            .map(|c| self.docker_container(c))
+            .transpose()?;
+        let bin_dir = p
+            .bin_dir
+            .as_ref()
+            .map(|b| self.path(b, "postgres.bin_dir"))
+            .transpose()?;
+        Ok(PostgresConfig {
+            endpoint,
+            password,
+            databases,
+            globals: p.globals.unwrap_or(true),
+            docker_container,
+            bin_dir,
+            jobs,
+        })
+    }
+
+    /// `postgres.databases`: `["*"]` alone, or distinct database names.
+    fn databases(
+        &self,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Result<DatabaseSelection, ConfigError> {
+        let names = list.get_ref();
+        if names.is_empty() {
+            return Err(self.err(
+                list.span(),
+                "postgres.databases",
+                "empty list: name the databases or write [\"*\"] for all",
+            ));
+        }
+        if names.iter().any(|n| n.get_ref() == "*") {
+            if names.len() != 1 {
+                return Err(self.err(
+                    list.span(),
+                    "postgres.databases",
+                    "\"*\" means every database and must stand alone",
+                ));
+            }
+            return Ok(DatabaseSelection::All);
+        }
+        let mut v: Vec<String> = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let key = format!("postgres.databases[{i}]");
+            let s = self.string(n, &key)?;
+            if s.is_empty() || s.contains('\0') || s.contains('/') {
+                return Err(self.err(n.span(), &key, "not a database name"));
+            }
+            if v.contains(&s) {
+                return Err(self.err(n.span(), &key, format!("`{s}` is listed twice")));
+            }
+            v.push(s);
+        }
+        Ok(DatabaseSelection::List(v))
+    }
+
+    /// `postgres.docker_container`: a name `docker exec` cannot mistake
+    /// for an option.
+    fn docker_container(&self, c: &Spanned<String>) -> Result<String, ConfigError> {
+        let s = self.string(c, "postgres.docker_container")?;
+        if s.is_empty() || s.starts_with('-') {
+            return Err(self.err(
+                c.span(),
+                "postgres.docker_container",
+                "not a container name",
+            ));
+        }
+        Ok(s)
+    }
+}
+
+/// Parses `postgres://USER@HOST:PORT/DATABASE` (also `?host=/socket/dir`)
+/// into an endpoint and the password the URL carries, if any.
+pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), String> {
+    let url = url::Url::parse(url_s)
+        .map_err(|e| format!("not a URL ({e}): write postgres://USER@HOST:PORT/DATABASE"))?;
+    if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+        return Err(format!(
+            "scheme `{}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE",
+            url.scheme()
+        ));
+    }
+    let mut host = url.host_str().unwrap_or("").to_owned();
+    let mut port = url.port().unwrap_or(5432);
+    for (k, v) in url.query_pairs() {
+        match &*k {
+            "host" => host = v.into_owned(),
+            "port" => {
+                port = v
+                    .parse()
+                    .map_err(|_| format!("port `{v}` is not a number"))?
+            }
+            other => {
+                return Err(format!(
+                    "unsupported URL parameter `{other}` (only host and port are understood)"
+                ));
+            }
+        }
+    }
+    if host.is_empty() {
+        host = "localhost".to_owned();
+    }
+    let user = percent_decode(url.username());
+    if user.is_empty() {
+        return Err(
+            "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)".into(),
+        );
+    }
+    let maintenance_db = match url.path().trim_start_matches('/') {
+        "" => "postgres".to_owned(),
+        d => percent_decode(d),
+    };
+    Ok((
+        PgEndpoint {
+            host,
+            port,
+            user,
+            maintenance_db,
+        },
+        url.password().map(|p| Secret::new(percent_decode(p))),
+    ))
+}

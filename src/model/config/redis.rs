@@ -1,0 +1,93 @@
+//! `[redis]`: the Redis source — where the server is, how to log in, and
+//! where its data directory is as this host sees it.
+//!
+//! The server is one `redis://[USER[:PASSWORD]@]HOST[:PORT]` URL. As for
+//! PostgreSQL, a password in the URL is accepted only if `password`,
+//! `password_file` and `password_credential` are all unset.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::cx::percent_decode;
+use super::{ConfigError, Cx};
+use crate::model::secret::Secret;
+
+/// `[redis]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_credential: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+}
+
+/// The Redis source: where the server is, how to log in, and where its
+/// data files (RDB or AOF) can be read from.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// ACL user, if any.
+    pub username: Option<String>,
+    /// Password, if the server requires one.
+    pub password: Option<Secret>,
+    /// The data directory as this host sees it; by default the server's
+    /// own `dir` setting (right when both run on one filesystem).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Cx<'_> {
+    /// Validates `[redis]`.
+    pub(super) fn redis(&self, r: &RawRedis) -> Result<RedisConfig, ConfigError> {
+        let url_s = self.string(&r.url, "redis.url")?;
+        let bad = |msg: String| self.err(r.url.span(), "redis.url", msg);
+        let url = url::Url::parse(&url_s)
+            .map_err(|e| bad(format!("not a URL ({e}): write redis://HOST:PORT")))?;
+        if url.scheme() != "redis" {
+            return Err(bad(format!(
+                "scheme `{}` is not supported: write redis://HOST:PORT",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host: write redis://HOST:PORT".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let mut password = self.secret(
+            "redis",
+            &r.password,
+            &r.password_file,
+            &r.password_credential,
+        )?;
+        if let Some(pw) = url.password() {
+            if password.is_some() {
+                return Err(bad(
+                    "the URL carries a password and redis.password is set too: keep only redis.password".into(),
+                ));
+            }
+            password = Some(Secret::new(percent_decode(pw)));
+        }
+        let username = Some(percent_decode(url.username())).filter(|u| !u.is_empty());
+        let data_dir = r
+            .data_dir
+            .as_ref()
+            .map(|d| self.path(d, "redis.data_dir"))
+            .transpose()?;
+        Ok(RedisConfig {
+            host,
+            port: url.port().unwrap_or(6379),
+            username,
+            password,
+            data_dir,
+        })
+    }
+}

@@ -1,4 +1,4 @@
-//! Policies (`policies_dir/*.toml`, design §6b): what to back up, where,
+//! Policies (`policies_dir/*.toml`, docs/DESIGN.md §6b): what to back up, where,
 //! when, and how long to keep it.
 //!
 //! ```toml

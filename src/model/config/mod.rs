@@ -1,4 +1,4 @@
-//! The configuration file (design §3), parsed once and validated into types
+//! The configuration file (docs/DESIGN.md §3), parsed once and validated into types
 //! that cannot be invalid.
 //!
 //! Parsing happens in two steps. First the TOML is read into `Raw*` structs

@@ -4,14 +4,12 @@
 //! test's values; `docker` is a stand-in that runs `docker exec` commands
 //! locally and stops/starts the test's Redis.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, free_port, require, run_ok, script, text};
+use crate::support::{self, Pg, Workspace, free_port, require, run_ok, script, text};
 
 fn sh_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();

@@ -1,13 +1,11 @@
 //! The agent for real: a seconds-level schedule, /metrics and /healthz,
 //! SIGHUP, and SIGTERM in the middle of a backup.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, free_port, wait_until};
+use crate::support::{self, Pg, Workspace, free_port, wait_until};
 
 fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -1,13 +1,11 @@
 //! The shipped systemd units verify, the timers' calendars parse, and
 //! scripts/install puts everything in place.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use support::{require, text};
+use crate::support::{require, text};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 

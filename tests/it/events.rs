@@ -1,11 +1,9 @@
 //! MQTT events and Prometheus metrics against a real Mosquitto and promtool.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, Pg, Workspace, free_port, require, text};
+use crate::support::{Mosquitto, Pg, Workspace, free_port, require, text};
 
 fn mqtt_section(broker_port: u16, extra: &str) -> String {
     format!(

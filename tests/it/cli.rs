@@ -1,13 +1,11 @@
 //! The binary's contract: exit codes, configuration errors, init, secrets,
 //! and crash safety.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Pg, Redis, Workspace, run_ok, script, text};
+use crate::support::{self, Pg, Redis, Workspace, run_ok, script, text};
 
 fn bad_config(ws: &Workspace, body: &str) -> (i32, String) {
     std::fs::write(&ws.config, body).unwrap();

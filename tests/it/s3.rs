@@ -1,13 +1,11 @@
 //! S3 repositories against a real Garage server started by the harness,
 //! with a fault-injecting TCP proxy in between where the test needs one.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::s3::{FaultProxy, Garage};
-use support::{Pg, Workspace, text, wait_until};
+use crate::support::s3::{FaultProxy, Garage};
+use crate::support::{self, Pg, Workspace, text, wait_until};
 
 fn random_file(path: &std::path::Path, mib: usize) -> String {
     support::run_ok(Command::new("sh").arg("-c").arg(format!(

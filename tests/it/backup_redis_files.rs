@@ -1,12 +1,10 @@
 //! Redis (AOF and RDB) and file backups against real servers, opened with
 //! the stock tools and loaded back into redis-server.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use support::{Redis, Workspace, run_ok, text};
+use crate::support::{self, Redis, Workspace, run_ok, text};
 
 /// Extracts a tar archive produced by the stock decrypt into a new directory.
 fn untar(ws: &Workspace, archive: &std::path::Path) -> tempfile::TempDir {

@@ -1,12 +1,10 @@
 //! `kompose-dr restore` against real servers: selection, safety, integrity.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Pg, Redis, Workspace, text};
+use crate::support::{self, Pg, Redis, Workspace, text};
 
 fn backup(ws: &Workspace, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json", "backup"];

@@ -1,11 +1,9 @@
 //! verify, check and drill against real servers and scratch instances.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, Pg, Redis, Workspace, text};
+use crate::support::{self, Mosquitto, Pg, Redis, Workspace, text};
 
 /// Scratch directories and processes of this workspace's kompose-dr runs.
 fn scratch_leftovers(ws: &Workspace) -> (Vec<String>, Vec<String>) {

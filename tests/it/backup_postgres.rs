@@ -1,12 +1,10 @@
 //! PostgreSQL backups against a real throw-away server, opened with the
 //! stock tools (`age -d | zstd -d | pg_restore`).
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use support::{Pg, Workspace, run_ok, script, text};
+use crate::support::{self, Pg, Workspace, run_ok, script, text};
 
 const VARIED: &str = r#"
 CREATE ROLE app LOGIN PASSWORD 'app-role-pw';

@@ -1,10 +1,8 @@
 //! Policies, prune and the writer lock on real repositories.
 
-mod support;
-
 use std::process::Stdio;
 
-use support::{Pg, Workspace, text};
+use crate::support::{self, Pg, Workspace, text};
 
 fn file_workspace(extra: &str) -> Workspace {
     let ws = Workspace::new();

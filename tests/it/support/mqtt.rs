@@ -8,7 +8,7 @@ use super::{free_port, rand_u64, require, run_ok, wait_until};
 
 /// A throw-away Mosquitto broker on a free port.
 pub struct Mosquitto {
-    pub dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub port: u16,
     child: Child,
 }

@@ -17,7 +17,7 @@ const THROWAWAY_PG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/throwaw
 /// A throw-away PostgreSQL 15 server with password authentication,
 /// listening on 127.0.0.1; stopped when dropped.
 pub struct Pg {
-    pub dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub port: u16,
     pub user: String,
     pub password: String,

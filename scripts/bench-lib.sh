@@ -1,23 +1,20 @@
-# Shared by scripts/bench-backup and scripts/bench-restore: a throw-away
-# PostgreSQL 15 server in a temporary directory (stopped and removed on
-# exit) and make_db, which builds a realistic database (URLs, titles, tags,
+# Shared by scripts/bench-backup, bench-restore and bench-verify: a
+# throw-away PostgreSQL 15 server (scripts/throwaway-pg, socket only) in a
+# temporary directory, stopped and removed on exit, and make_db, which builds a realistic database (URLs, titles, tags,
 # jsonb events; zstd -3 shrinks its dump about 4x).
 # Expects PGBIN; sets work, port and the PG* variables.
 
 work=$(mktemp -d /tmp/kdr-bench.XXXXXX)
-chmod 755 "$work"
-asuser() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
-  asuser "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  PGBIN=$PGBIN scripts/throwaway-pg stop "$work" --immediate >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-[ "$(id -u)" = 0 ] && chown postgres "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-asuser "$PGBIN/initdb" -D "$work/data" -U bench --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
-asuser "$PGBIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $port -k $work -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB" start >/dev/null
-export PGHOST=$work PGPORT=$port PGUSER=bench
+set -a
+eval "$(PGBIN=$PGBIN scripts/throwaway-pg start "$work" --port "$port" --socket-only \
+  --user bench -c max_wal_size=4GB)"
+set +a
 
 make_db() { # name rows
   psql -q -d postgres -c "CREATE DATABASE $1"

@@ -1,12 +1,10 @@
 //! Redis (AOF and RDB) and file backups against real servers, opened with
 //! the stock tools and loaded back into redis-server.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use support::{Redis, Workspace, run_ok, text};
+use crate::support::{self, Ran, Redis, Workspace, run_ok};
 
 /// Extracts a tar archive produced by the stock decrypt into a new directory.
 fn untar(ws: &Workspace, archive: &std::path::Path) -> tempfile::TempDir {
@@ -39,7 +37,7 @@ fn round_trip(aof: bool) {
     ws.configure(&Workspace::redis_section(&redis));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let m = &ws.manifests()[0];
     let a = Workspace::artifact(m, "redis");
     assert_eq!(a["kind"], if aof { "redis-aof" } else { "redis-rdb" });
@@ -93,8 +91,8 @@ fn wrong_redis_password_fails_clearly() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    out.assert_exit(1);
+    let stderr = out.stderr();
     assert!(stderr.contains("check redis.password"), "{stderr}");
     assert!(!stderr.contains("wrong-pw-value"), "{stderr}");
 }
@@ -120,7 +118,7 @@ fn acme_json_is_byte_identical_keeps_its_mode_and_records_certificates() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let m = &ws.manifests()[0];
     let a = Workspace::artifact(m, "files/traefik-acme");
     assert_eq!(a["file"]["mode"], 0o600);
@@ -164,8 +162,8 @@ fn nothing_succeeded_means_no_snapshot_and_exit_1() {
     ws.configure("[[files]]\nname = \"gone\"\npath = \"/nonexistent/acme.json\"\n");
     ws.init();
     let out = ws.run(&["backup"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    out.assert_exit(1);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
     assert!(stderr.contains("/nonexistent/acme.json"), "{stderr}");
     assert!(stdout.contains("no snapshot committed"), "{stdout}");
     assert!(ws.manifests().is_empty());
@@ -202,19 +200,19 @@ fn a_backup_on_a_terminal_shows_progress_and_none_without_one() {
         env!("CARGO_BIN_EXE_kompose-dr"),
         ws.config.display()
     );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("TMPDIR", ws.tmp())
-        .output()
-        .unwrap();
-    let all = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{all}");
+    let out = Ran::of(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TMPDIR", ws.tmp()),
+    );
+    let all = out.stdout();
+    out.assert_exit(0);
     // The bar names the archive and counts its bytes.
     assert!(all.contains("files/blob"), "{all}");
     assert!(all.contains("MiB"), "{all}");
     // Without a terminal (a timer, a pipe): no bar, only the summary.
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "{err}");
+    out.assert_exit(0);
+    let err = out.stderr();
     assert!(!err.contains("B/s"), "{err}");
 }

@@ -1,12 +1,10 @@
 //! PostgreSQL backups against a real throw-away server, opened with the
 //! stock tools (`age -d | zstd -d | pg_restore`).
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use support::{Pg, Workspace, run_ok, script, text};
+use crate::support::{self, Pg, Ran, Workspace, script};
 
 const VARIED: &str = r#"
 CREATE ROLE app LOGIN PASSWORD 'app-role-pw';
@@ -73,8 +71,8 @@ fn varied_database_restores_with_stock_tools() {
     ws.init();
 
     let out = ws.run(&["--json", "backup"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["status"], "ok");
 
@@ -115,21 +113,21 @@ fn varied_database_restores_with_stock_tools() {
 
     // Restore with the stock tools only.
     pg.psql("postgres", "CREATE DATABASE restored");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("age -d -i \"$1\" \"$2\" | zstd -d -q | \"$3\" --exit-on-error -d restored")
-        .arg("sh")
-        .arg(&ws.identity)
-        .arg(&archive)
-        .arg(format!("{}/pg_restore", support::PG_BIN))
-        .envs(
-            pg.client("true")
-                .get_envs()
-                .map(|(k, v)| (k.to_owned(), v.unwrap().to_owned())),
-        )
-        .status()
-        .unwrap();
-    assert!(status.success());
+    Ran::of(
+        Command::new("sh")
+            .arg("-c")
+            .arg("age -d -i \"$1\" \"$2\" | zstd -d -q | \"$3\" --exit-on-error -d restored")
+            .arg("sh")
+            .arg(&ws.identity)
+            .arg(&archive)
+            .arg(format!("{}/pg_restore", support::PG_BIN))
+            .envs(
+                pg.client("true")
+                    .get_envs()
+                    .map(|(k, v)| (k.to_owned(), v.unwrap().to_owned())),
+            ),
+    )
+    .assert_exit(0);
     for q in COMPARE {
         assert_eq!(pg.psql("linkwarden", q), pg.psql("restored", q), "{q}");
     }
@@ -191,7 +189,7 @@ fn all_databases_are_discovered_and_jobs_run_in_parallel() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let m = &ws.manifests()[0];
     let sources: Vec<&str> = m["artifacts"]
         .as_array()
@@ -211,18 +209,12 @@ fn all_databases_are_discovered_and_jobs_run_in_parallel() {
 
     // --source selects with globs; a pattern that matches nothing is an error.
     let out = ws.run(&["--json", "backup", "--source", "postgres/k*"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(0);
+    let r: serde_json::Value = out.json();
     assert_eq!(r["artifacts"].as_array().unwrap().len(), 1);
     let out = ws.run(&["backup", "--source", "postgres/nope"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out)
-            .1
-            .contains("--source postgres/nope matches no configured source"),
-        "{}",
-        text(&out).1
-    );
+    out.assert_exit(2);
+    out.assert_stderr_contains("--source postgres/nope matches no configured source");
 }
 
 /// A pg_dump stand-in: the real one, except that for the database named in
@@ -260,8 +252,8 @@ fn missing_database_and_killed_pg_dump_give_exit_3() {
     ));
     ws.init();
     let out = ws.run(&["--json", "backup"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    out.assert_exit(3);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
     assert!(stderr.contains("postgres/missing"), "{stderr}");
     assert!(stderr.contains("postgres/victim"), "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -329,8 +321,8 @@ fn too_old_pg_dump_is_refused_with_both_versions() {
     ws.configure(&Workspace::pg_section_bin(&pg, &["postgres"], &bin));
     ws.init();
     let out = ws.run(&["backup"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    out.assert_exit(1);
+    let stderr = out.stderr();
     assert!(stderr.contains("14.11"), "{stderr}");
     assert!(stderr.contains("PostgreSQL 15."), "{stderr}");
     assert!(stderr.contains("install postgresql-client-15"), "{stderr}");
@@ -379,8 +371,8 @@ PATH={pg}:$PATH exec "$@"
     ));
     ws.init();
     let path = format!("{}:{}", shimdir.display(), std::env::var("PATH").unwrap());
-    let out = ws.kdr().arg("backup").env("PATH", &path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let out = Ran::of(ws.kdr().arg("backup").env("PATH", &path));
+    out.assert_exit(0);
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert!(
         argv.contains(
@@ -405,5 +397,4 @@ PATH={pg}:$PATH exec "$@"
         pg.psql("kmps_restored", "SELECT count(*) FROM events"),
         "42"
     );
-    let _ = run_ok(&mut Command::new("true"));
 }

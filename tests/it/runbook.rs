@@ -4,14 +4,12 @@
 //! test's values; `docker` is a stand-in that runs `docker exec` commands
 //! locally and stops/starts the test's Redis.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, free_port, require, run_ok, script, text};
+use crate::support::{self, Pg, Ran, Workspace, free_port, require, run_ok, script};
 
 fn sh_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();
@@ -106,7 +104,7 @@ fn every_runbook_command_works() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
 
     // The incident.
     pg.psql("linkwarden", r#"DELETE FROM "Link" WHERE id > 5"#);
@@ -172,17 +170,10 @@ esac
         support::PG_BIN,
         std::env::var("PATH").unwrap()
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&body)
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "the runbook failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    // On failure, `set -x` in stderr shows which runbook command it was.
+    let out = Ran::of(Command::new("bash").arg("-c").arg(&body).env("PATH", path));
+    out.assert_exit(0);
+    let stdout = out.stdout();
 
     // Part A restored everything in place, part B beside it.
     for db in [

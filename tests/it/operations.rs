@@ -1,10 +1,8 @@
 //! Policies, prune and the writer lock on real repositories.
 
-mod support;
-
 use std::process::Stdio;
 
-use support::{Pg, Workspace, text};
+use crate::support::{self, Pg, Workspace};
 
 fn file_workspace(extra: &str) -> Workspace {
     let ws = Workspace::new();
@@ -33,17 +31,17 @@ fn backup_policy_is_recorded_and_prune_keeps_by_its_retention() {
     .unwrap();
     for _ in 0..4 {
         let out = ws.run(&["backup", "--policy", "hourly"]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+        out.assert_exit(0);
     }
     // One without a policy: no top-level [retention], so it is kept.
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    ws.run(&["backup"]).assert_exit(0);
     let before = ws.manifests();
     assert_eq!(before.len(), 5);
     assert_eq!(before.iter().filter(|m| m["policy"] == "hourly").count(), 4);
 
     let out = ws.run(&["--json", "prune", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(0);
+    let r: serde_json::Value = out.json();
     let decisions = r[0]["snapshots"].as_array().unwrap();
     assert_eq!(decisions.iter().filter(|d| d["keep"] == false).count(), 2);
     assert!(
@@ -61,7 +59,7 @@ fn backup_policy_is_recorded_and_prune_keeps_by_its_retention() {
     assert_eq!(ws.manifests().len(), 5, "dry run removes nothing");
 
     let out = ws.run(&["prune"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let after = ws.manifests();
     assert_eq!(after.len(), 3);
     // The removed snapshots' data is gone too; the kept ones' is intact.
@@ -70,20 +68,17 @@ fn backup_policy_is_recorded_and_prune_keeps_by_its_retention() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(data.len(), 3);
-    assert_eq!(ws.run(&["check"]).status.code(), Some(0));
+    ws.run(&["check"]).assert_exit(0);
 
     // An unknown policy is a usage error.
-    assert_eq!(
-        ws.run(&["backup", "--policy", "nope"]).status.code(),
-        Some(2)
-    );
+    ws.run(&["backup", "--policy", "nope"]).assert_exit(2);
 }
 
 #[test]
 fn a_crash_between_manifest_and_data_removal_is_cleaned_up_next_time() {
     let ws = file_workspace("[retention]\nkeep_last = 1\n");
     for _ in 0..2 {
-        assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+        ws.run(&["backup"]).assert_exit(0);
     }
     // As if prune died after removing the older manifest.
     let old = ws.manifests()[1]["id"].as_str().unwrap().to_owned();
@@ -105,19 +100,19 @@ fn a_crash_between_manifest_and_data_removal_is_cleaned_up_next_time() {
     .unwrap();
 
     let out = ws.run(&["--json", "prune", "--grace", "1h"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(0);
+    let r: serde_json::Value = out.json();
     assert_eq!(
         r[0]["unreferenced"],
         serde_json::json!([]),
         "the old one is younger than 1h too"
     );
     let out = ws.run(&["--json", "prune", "--grace", "0s"]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value = out.json();
     assert_eq!(r[0]["unreferenced"].as_array().unwrap().len(), 2, "{r}");
     assert!(!ws.repo.join(format!("data/{old}")).exists());
     assert_eq!(ws.manifests().len(), 1);
-    assert_eq!(ws.run(&["check"]).status.code(), Some(0));
+    ws.run(&["check"]).assert_exit(0);
 }
 
 #[test]
@@ -145,8 +140,8 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
         .unwrap();
     wait_dumped();
     let out = ws.run(&["backup"]);
-    let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("locked by `kompose-dr backup`")
             && err.contains(&format!("pid {}", first.id())),
@@ -154,7 +149,7 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     );
     // Waiting gets it once the first one is done.
     let out = ws.run(&["backup", "--lock-wait", "30s"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let mut first = first;
     assert!(first.wait().unwrap().success());
     assert_eq!(ws.manifests().len(), 2, "both backups are intact");
@@ -177,6 +172,6 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     holder.wait().unwrap();
     ws.configure(&section);
     let out = ws.run(&["prune"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    out.assert_exit(0);
+    ws.run(&["backup"]).assert_exit(0);
 }

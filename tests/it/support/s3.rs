@@ -5,7 +5,6 @@
 //! (`~/.cache/kompose-dr/tools/bin/garage`), then on PATH. Each
 //! [`Garage`] runs single-node in its own temporary directory on free ports,
 //! with one access key; it is killed when dropped.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -428,11 +427,6 @@ impl FaultProxy {
     /// How many faults were injected.
     pub fn injected(&self) -> u64 {
         self.state.injected.load(Ordering::SeqCst)
-    }
-
-    /// Bytes forwarded upstream so far.
-    pub fn up_bytes(&self) -> u64 {
-        self.state.up.load(Ordering::SeqCst)
     }
 
     /// The request heads seen (first 2 KiB of each).

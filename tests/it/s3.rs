@@ -1,13 +1,11 @@
 //! S3 repositories against a real Garage server started by the harness,
 //! with a fault-injecting TCP proxy in between where the test needs one.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::s3::{FaultProxy, Garage};
-use support::{Pg, Workspace, text, wait_until};
+use crate::support::s3::{FaultProxy, Garage};
+use crate::support::{self, Pg, Ran, Workspace, wait_until};
 
 fn random_file(path: &std::path::Path, mib: usize) -> String {
     support::run_ok(Command::new("sh").arg("-c").arg(format!(
@@ -72,7 +70,7 @@ fn rig(place: &str, mib: usize, extra: &str) -> Rig {
 }
 
 /// `restore --source files/big --to restored.bin --yes`.
-fn restore_big(ws: &Workspace) -> (std::process::Output, std::path::PathBuf) {
+fn restore_big(ws: &Workspace) -> (Ran, std::path::PathBuf) {
     let to = ws.dir.path().join("restored.bin");
     let out = ws.run(&[
         "restore",
@@ -99,8 +97,7 @@ fn a_large_stream_goes_up_in_parts_and_opens_with_the_stock_tools() {
         "part_size = \"5MiB\"\nconcurrency = 3\n",
     );
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "backup failed: {err}");
+    out.assert_exit(0);
 
     let m = &ws.manifests()[0];
     let a = Workspace::artifact(m, "files/big");
@@ -157,8 +154,8 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
     ws.configure_repositories(&repos, &Workspace::pg_section_bin(&pg, &["app"], &bin));
     ws.init();
     let out = ws.run(&["--json", "backup"]);
-    let (stdout, err) = text(&out);
-    assert!(out.status.success(), "backup failed: {err}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     // One pg_dump for the database, fanned out to both repositories.
     let dumps = std::fs::read_to_string(&count).unwrap();
     assert_eq!(dumps.lines().count(), 1, "pg_dump ran {dumps:?}");
@@ -169,8 +166,8 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
 
     let local = &ws.manifests()[0];
     let out = ws.run(&["--json", "snapshots", "--repository", "offsite"]);
-    assert!(out.status.success(), "{}", text(&out).1);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(0);
+    let v: serde_json::Value = out.json();
     let remote = &v["snapshots"][0];
     assert_eq!(remote["id"], local["id"]);
     assert_eq!(
@@ -199,12 +196,12 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
 
     // check reads every archive back from S3 (sha256, age, zstd).
     let out = ws.run(&["check", "--repository", "offsite", "--read-data"]);
-    assert!(out.status.success(), "check failed: {}", text(&out).1);
+    out.assert_exit(0);
 
     // verify restores from S3 into a scratch server and counts the rows.
     let out = ws.run(&["--json", "verify", "--repository", "offsite"]);
-    let (stdout, err) = text(&out);
-    assert!(out.status.success(), "verify failed: {stdout}\n{err}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     assert!(stdout.contains("5000 rows"), "{stdout}");
 
     // Restore from the S3 repository alone, with the local one gone.
@@ -227,7 +224,7 @@ fn one_pg_dump_feeds_a_local_and_an_s3_repository_and_s3_alone_restores() {
         "app_from_s3",
         "--yes",
     ]);
-    assert!(out.status.success(), "restore failed: {}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(
         pg.psql("app_from_s3", "SELECT count(*) FROM t").trim(),
         "5000"
@@ -252,8 +249,7 @@ fn uploads_survive_resets_errors_and_stalls_through_retries() {
     proxy.reset_after_up(8 << 20, Some((503, 3)));
     proxy.stall_after_up(20 << 20, Duration::from_secs(5));
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "backup failed despite retries: {err}");
+    out.assert_exit(0);
     assert!(
         proxy.injected() >= 5,
         "faults injected: {}",
@@ -262,7 +258,7 @@ fn uploads_survive_resets_errors_and_stalls_through_retries() {
 
     // What was stored is intact: restore it through the proxy and compare.
     let (out, to) = restore_big(&ws);
-    assert!(out.status.success(), "restore failed: {}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(sha256_file(&to), sum);
     assert!(garage.open_uploads("kdr-faults").is_empty());
 }
@@ -277,12 +273,12 @@ fn downloads_resume_with_ranged_requests_after_a_dropped_connection() {
         ..
     } = rig("kdr-resume", 30, "timeout = \"3s\"\n");
     let out = ws.run(&["backup"]);
-    assert!(out.status.success(), "backup failed: {}", text(&out).1);
+    out.assert_exit(0);
 
     proxy.reset_after_down(12 << 20);
     let (out, to) = restore_big(&ws);
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "restore failed: {err}");
+    out.assert_exit(0);
+    let err = out.stderr();
     assert!(err.contains("resuming with a ranged request"), "{err}");
     assert!(
         proxy
@@ -311,8 +307,8 @@ fn a_failed_or_terminated_upload_leaves_no_manifest_and_no_open_upload() {
     // Every part upload is answered 500: the run fails after its retries.
     proxy.respond_matching("partNumber=", 500);
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(err.contains("HTTP 500"), "{err}");
     let keys = garage.keys("kdr-fail");
     assert!(
@@ -351,9 +347,9 @@ fn a_failed_or_terminated_upload_leaves_no_manifest_and_no_open_upload() {
     )
     .unwrap();
     proxy2.set_down(false);
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let out = Ran::new("kompose-dr -v backup", child.wait_with_output().unwrap());
+    out.assert_failed();
+    let err = out.stderr();
     let keys = garage.keys("kdr-fail");
     assert!(
         !keys.iter().any(|k| k.starts_with("snapshots/")),
@@ -374,8 +370,7 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
     let doctor = |repo: &str| {
         ws.configure_repositories(repo, "");
         let out = ws.run(&["doctor", "--repository", "offsite"]);
-        let (o, e) = text(&out);
-        (out.status.code(), format!("{o}{e}"))
+        (out.code(), out.all())
     };
     // doctor exits 1 and its output names one of `any`.
     let fails = |repo: &str, any: &[&str]| {
@@ -452,8 +447,8 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
     // init against a missing bucket names it too.
     ws.configure_repositories(&missing, "");
     let out = ws.run(&["init"]);
-    assert!(!out.status.success());
-    assert!(text(&out).1.contains("does not exist"), "{}", text(&out).1);
+    out.assert_failed();
+    out.assert_stderr_contains("does not exist");
 }
 
 #[test]
@@ -488,8 +483,8 @@ fn a_broken_s3_repository_does_not_stop_the_local_one() {
     ws.init();
     proxy.respond_matching("partNumber=", 503);
     let out = ws.run(&["--json", "backup"]);
-    let (stdout, err) = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    out.assert_exit(3);
+    let stdout = out.stdout();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let offsite = report["repositories"]
         .as_array()
@@ -506,7 +501,7 @@ fn a_broken_s3_repository_does_not_stop_the_local_one() {
     let local = &ws.manifests()[0];
     assert_eq!(Workspace::artifact(local, "files/big")["status"], "ok");
     let out = ws.run(&["--json", "snapshots", "--repository", "offsite"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = out.json();
     let remote = &v["snapshots"][0];
     assert_eq!(Workspace::artifact(remote, "files/big")["status"], "failed");
     assert_eq!(Workspace::artifact(remote, "files/acme")["status"], "ok");
@@ -562,15 +557,15 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
         &lease("nas", 4242, 60),
     );
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("`kompose-dr backup` (pid 4242 on nas"),
         "{err}"
     );
     assert!(err.contains("--lock-wait"), "{err}");
     let out = ws.run(&["prune"]);
-    assert!(!out.status.success());
+    out.assert_failed();
 
     // The same lease, expired (its writer was killed): taken over.
     garage.put(
@@ -579,8 +574,8 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
         &lease("nas", 4242, -60),
     );
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert!(out.status.success(), "{err}");
+    out.assert_exit(0);
+    let err = out.stderr();
     assert!(err.contains("took over an expired lock"), "{err}");
     // Released on exit, and the stale one removed.
     let locks: Vec<String> = garage
@@ -613,15 +608,14 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
         .unwrap();
     wait_until("the first backup to stall", 30, || proxy.injected() > 0);
     let out = ws.run(&["backup"]);
-    let (_, err) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");
-    let out = first.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Ran::new(
+        "kompose-dr backup (the first writer)",
+        first.wait_with_output().unwrap(),
+    )
+    .assert_exit(0);
 }
 
 #[test]
@@ -633,7 +627,7 @@ fn prune_on_s3_removes_old_snapshots_unreferenced_data_and_abandoned_uploads() {
     );
     for _ in 0..2 {
         let out = ws.run(&["backup"]);
-        assert!(out.status.success(), "{}", text(&out).1);
+        out.assert_exit(0);
         std::thread::sleep(Duration::from_millis(1100));
     }
     let snapshots = ws.manifests();
@@ -657,13 +651,13 @@ fn prune_on_s3_removes_old_snapshots_unreferenced_data_and_abandoned_uploads() {
     std::thread::sleep(Duration::from_millis(1100));
 
     let out = ws.run(&["--json", "prune", "--dry-run", "--grace", "0s"]);
-    assert!(out.status.success(), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(ws.manifests().len(), 2, "a dry run removed something");
     assert_eq!(garage.open_uploads("kdr-prune").len(), 2);
 
     let out = ws.run(&["--json", "prune", "--grace", "0s"]);
-    let (stdout, err) = text(&out);
-    assert!(out.status.success(), "{err}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let r = &report[0];
     assert!(
@@ -712,7 +706,7 @@ fn object_lock_retention_is_requested_for_every_object_but_leases() {
         "part_size = \"5MiB\"\nobject_lock = { mode = \"governance\", days = 30 }\n",
     );
     let out = ws.run(&["backup"]);
-    assert!(out.status.success(), "{}", text(&out).1);
+    out.assert_exit(0);
     let heads: Vec<String> = proxy
         .heads()
         .iter()
@@ -771,9 +765,9 @@ fn the_agent_on_sigterm_aborts_its_s3_upload_and_exits_0() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = agent.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let out = Ran::new("kompose-dr agent", agent.wait_with_output().unwrap());
+    out.assert_exit(0);
+    let err = out.stderr();
     assert!(
         start.elapsed() < Duration::from_secs(30),
         "took {:?}",

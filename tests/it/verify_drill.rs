@@ -1,11 +1,9 @@
 //! verify, check and drill against real servers and scratch instances.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, Pg, Redis, Workspace, text};
+use crate::support::{self, Mosquitto, Pg, Ran, Redis, Workspace};
 
 /// Scratch directories and processes of this workspace's kompose-dr runs.
 fn scratch_leftovers(ws: &Workspace) -> (Vec<String>, Vec<String>) {
@@ -60,7 +58,7 @@ fn stack() -> Stack {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     Stack { pg, redis, ws }
 }
 
@@ -69,8 +67,8 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
     let s = stack();
     let ws = &s.ws;
     let out = ws.run(&["--json", "verify"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["ok"], true);
     let sources: Vec<&str> = r["sources"]
@@ -107,9 +105,9 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
 
     // `check` without a key, and with --read-data.
     let out = ws.run(&["check"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let out = ws.run(&["check", "--read-data"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
 
     // A flipped byte: check catches it without any key; verify names the source.
     let m = &ws.manifests()[0];
@@ -127,32 +125,32 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&keyless, cfg).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .args(["--config"])
-        .arg(&keyless)
-        .args(["--json", "check"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = Ran::of(
+        Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+            .args(["--config"])
+            .arg(&keyless)
+            .args(["--json", "check"]),
+    );
+    out.assert_exit(1);
+    let c: serde_json::Value = out.json();
     assert_eq!(c["damaged"][0]["source"], "redis", "{c}");
     let out = ws.run(&["verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).0.contains("FAILED  redis"), "{}", text(&out).0);
+    out.assert_exit(1);
+    out.assert_stdout_contains("FAILED  redis");
 
     // A truncated archive.
     std::fs::write(&archive, &good[..n - 10]).unwrap();
     let out = ws.run(&["--json", "verify", "--source", "redis"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).0.contains("truncated"), "{}", text(&out).0);
+    out.assert_exit(1);
+    out.assert_stdout_contains("truncated");
 
     // A missing archive.
     std::fs::remove_file(&archive).unwrap();
     let out = ws.run(&["verify", "--source", "redis"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).0.contains("redis"), "{}", text(&out).0);
+    out.assert_exit(1);
+    out.assert_stdout_contains("redis");
     let out = ws.run(&["--json", "check"]);
-    assert_eq!(out.status.code(), Some(1));
+    out.assert_exit(1);
     std::fs::write(&archive, &good).unwrap();
 
     // Facts that do not match the data: one table's recorded count is off.
@@ -187,14 +185,8 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
     mj["facts"]["stored_bytes"] = bytes.len().into();
     std::fs::write(&manifest_path, serde_json::to_vec(&mj).unwrap()).unwrap();
     let out = ws.run(&["verify", "--source", "postgres/linkwarden"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out)
-            .0
-            .contains("table public.Link has 250 rows, 251 recorded"),
-        "{}",
-        text(&out).0
-    );
+    out.assert_exit(1);
+    out.assert_stdout_contains("table public.Link has 250 rows, 251 recorded");
 
     // The wrong identity.
     let other = ws.dir.path().join("other.txt");
@@ -205,12 +197,9 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
     );
     std::fs::write(&ws.config, cfg).unwrap();
     let out = ws.run(&["verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).1.contains("facts") && text(&out).1.contains("decrypt"),
-        "{}",
-        text(&out).1
-    );
+    out.assert_exit(1);
+    out.assert_stderr_contains("facts")
+        .assert_stderr_contains("decrypt");
     assert_eq!(
         scratch_leftovers(ws),
         (vec![], vec![]),
@@ -243,8 +232,8 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
     )
     .unwrap();
     let out = ws.run(&["--json", "drill", "--drill", drill.to_str().unwrap()]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let r = &reports[0];
     assert_eq!(r["ok"], true);
@@ -273,7 +262,7 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
     // A failing SQL check fails the drill and publishes drill/failed.
     std::fs::write(&drill, "name = \"quarterly\"\n\n[[check]]\nsource = \"postgres/linkwarden\"\nsql = 'select count(*) from \"Link\"'\nequals = \"9999\"\n").unwrap();
     let out = ws.run(&["drill", "--drill", drill.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+    out.assert_exit(1);
     let msgs = sub.wait_for(2);
     assert_eq!(msgs[1].0, "kompose/system/drill/failed");
     let prom = std::fs::read_to_string(ws.dir.path().join("m.prom")).unwrap();
@@ -341,8 +330,8 @@ fn a_drill_without_a_key_fails_loudly() {
     let drill = ws.dir.path().join("d.toml");
     std::fs::write(&drill, "name = \"d\"\n").unwrap();
     let out = ws.run(&["drill", "--drill", drill.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("identity_file"), "{}", text(&out).1);
+    out.assert_exit(2);
+    out.assert_stderr_contains("identity_file");
 }
 
 #[test]
@@ -355,10 +344,10 @@ fn missing_scratch_binaries_are_named_with_what_to_install() {
         Workspace::pg_section(&pg, &["app"])
     ));
     ws.init();
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    ws.run(&["backup"]).assert_exit(0);
     let out = ws.run(&["verify"]);
-    let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("install postgresql-15") && err.contains("/nonexistent/postgresql/15/bin"),
         "{err}"
@@ -384,20 +373,10 @@ fn verify_without_globals_restores_the_data_without_owners() {
         .replace("globals = true", "globals = false");
     ws.configure(&section);
     ws.init();
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    ws.run(&["backup"]).assert_exit(0);
     let out = ws.run(&["verify"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out).0,
-        text(&out).1
-    );
-    assert!(
-        text(&out).0.contains("1 tables, 7 rows"),
-        "{}",
-        text(&out).0
-    );
+    out.assert_exit(0);
+    out.assert_stdout_contains("1 tables, 7 rows");
 }
 
 #[test]
@@ -422,10 +401,10 @@ fn verify_warns_of_a_certificate_expiring_within_14_days_without_failing() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    assert!(out.status.success(), "{}", text(&out).1);
+    out.assert_exit(0);
     let out = ws.run(&["--json", "verify"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    out.assert_exit(0);
+    let stdout = out.stdout();
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let checks = r["sources"][0]["checks"]
         .as_array()

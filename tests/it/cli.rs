@@ -1,18 +1,16 @@
 //! The binary's contract: exit codes, configuration errors, init, secrets,
 //! and crash safety.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Pg, Redis, Workspace, run_ok, script, text};
+use crate::support::{self, Pg, Ran, Redis, Workspace, run_ok, script};
 
 fn bad_config(ws: &Workspace, body: &str) -> (i32, String) {
     std::fs::write(&ws.config, body).unwrap();
     let out = ws.run(&["backup"]);
-    (out.status.code().unwrap(), text(&out).1)
+    (out.code().unwrap(), out.stderr())
 }
 
 #[test]
@@ -90,19 +88,17 @@ fn bad_configuration_exits_2_naming_key_and_line() {
     );
 
     // A missing configuration says how to point at one.
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .args(["--config", "/nonexistent/kompose-dr.toml", "snapshots"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("KOMPOSE_DR_CONFIG"));
+    let out = Ran::of(Command::new(env!("CARGO_BIN_EXE_kompose-dr")).args([
+        "--config",
+        "/nonexistent/kompose-dr.toml",
+        "snapshots",
+    ]));
+    out.assert_exit(2);
+    out.assert_stderr_contains("KOMPOSE_DR_CONFIG");
 
     // Bad usage is exit 2 as well.
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .arg("frobnicate")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = Ran::of(Command::new(env!("CARGO_BIN_EXE_kompose-dr")).arg("frobnicate"));
+    out.assert_exit(2);
 }
 
 #[test]
@@ -110,28 +106,28 @@ fn config_comes_from_the_environment_variable() {
     let ws = Workspace::new();
     ws.configure("");
     ws.init();
-    let out = Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .args(["--json", "snapshots"])
-        .env("KOMPOSE_DR_CONFIG", &ws.config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = Ran::of(
+        Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+            .args(["--json", "snapshots"])
+            .env("KOMPOSE_DR_CONFIG", &ws.config),
+    );
+    out.assert_exit(0);
+    let v: serde_json::Value = out.json();
     assert_eq!(v["snapshots"], serde_json::json!([]));
 }
 
 /// `kompose-dr init --generate-key KEY` with no configuration.
-fn generate_key(key: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
-        .args([
-            "--config",
-            "/nonexistent/kompose-dr.toml",
-            "init",
-            "--generate-key",
-        ])
-        .arg(key)
-        .output()
-        .unwrap()
+fn generate_key(key: &std::path::Path) -> Ran {
+    Ran::of(
+        Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+            .args([
+                "--config",
+                "/nonexistent/kompose-dr.toml",
+                "init",
+                "--generate-key",
+            ])
+            .arg(key),
+    )
 }
 
 #[test]
@@ -139,8 +135,8 @@ fn init_generates_a_private_key_and_refuses_to_reinitialise() {
     let ws = Workspace::new();
     let key = ws.dir.path().join("new-identity.txt");
     let out = generate_key(&key);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    out.assert_exit(0);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
@@ -152,28 +148,28 @@ fn init_generates_a_private_key_and_refuses_to_reinitialise() {
     // Never overwrites an identity.
     let before = std::fs::read(&key).unwrap();
     let out = generate_key(&key);
-    assert_eq!(out.status.code(), Some(2));
+    out.assert_exit(2);
     assert_eq!(std::fs::read(&key).unwrap(), before);
 
     // The repository marker records the format and the recipients.
     ws.configure("");
     let out = ws.run(&["--json", "init"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let marker: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ws.repo.join("kompose-dr.json")).unwrap()).unwrap();
     assert_eq!(marker["version"], 1);
     assert_eq!(marker["recipients"], serde_json::json!([ws.recipient]));
     let out = ws.run(&["init"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("already exists"), "{}", text(&out).1);
+    out.assert_exit(2);
+    out.assert_stderr_contains("already exists");
 
     // A backup into a repository that was never initialised says what to do.
     let ws2 = Workspace::new();
     ws2.configure("[[files]]\nname = \"x\"\npath = \"/etc/hostname\"\n");
     let out = ws2.run(&["--json", "backup"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("run `kompose-dr init`"));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(2);
+    out.assert_stderr_contains("run `kompose-dr init`");
+    let v: serde_json::Value = out.json();
     assert_eq!(v["exit_code"], 2);
 }
 
@@ -277,9 +273,17 @@ fn secrets_never_appear_in_argv_logs_manifest_or_json() {
             break status;
         }
     };
-    let (stdout, stderr) = (out_reader.join().unwrap(), err_reader.join().unwrap());
+    let out = Ran::new(
+        "kompose-dr --json -vv backup",
+        Output {
+            status,
+            stdout: out_reader.join().unwrap().into_bytes(),
+            stderr: err_reader.join().unwrap().into_bytes(),
+        },
+    );
     assert!(seen_argvs > 0);
-    assert_eq!(status.code(), Some(3), "{stderr}");
+    out.assert_exit(3);
+    let (stdout, stderr) = (out.stdout(), out.stderr());
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert!(
         argv.contains("pg_dump") && argv.contains("kompose-dr"),
@@ -357,6 +361,6 @@ fn kill_9_mid_backup_leaves_no_snapshot_and_the_next_backup_works() {
 
     ws.configure(&section);
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(ws.manifests().len(), 1);
 }

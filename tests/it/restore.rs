@@ -1,23 +1,17 @@
 //! `kompose-dr restore` against real servers: selection, safety, integrity.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Pg, Redis, Workspace, text};
+use crate::support::{self, Pg, Ran, Redis, Workspace};
 
 fn backup(ws: &Workspace, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--json", "backup"];
     args.extend_from_slice(extra);
     let out = ws.run(&args);
-    assert!(
-        matches!(out.status.code(), Some(0) | Some(3)),
-        "{}",
-        text(&out).1
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.assert_exit_in(&[0, 3]);
+    out.json()
 }
 
 fn captured(ws: &Workspace, snapshot: &str, source: &str) -> String {
@@ -70,7 +64,7 @@ fn point_in_time_chooses_per_source_among_three_snapshots() {
         "app_t2",
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(pg.psql("app_t2", "SELECT count(*) FROM t"), "2");
 
     // At the third: the database of s3, Redis still of s2 (independently).
@@ -87,8 +81,8 @@ fn point_in_time_chooses_per_source_among_three_snapshots() {
         &to,
         "--dry-run",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    out.assert_exit(0);
+    let plan: serde_json::Value = out.json();
     let pick = |src: &str| {
         plan["plan"]
             .as_array()
@@ -115,8 +109,8 @@ fn point_in_time_chooses_per_source_among_three_snapshots() {
         "postgres/app",
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out).1;
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("earliest available") && err.contains(&t1[..19]),
         "{err}"
@@ -140,12 +134,8 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
 
     // Refused: nothing changes.
     let out = ws.run(&["restore", "--source", "postgres/app", "--yes"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).1.contains("exists and is not empty"),
-        "{}",
-        text(&out).1
-    );
+    out.assert_exit(1);
+    out.assert_stderr_contains("exists and is not empty");
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
 
     // --dry-run changes nothing either, even with --replace.
@@ -156,14 +146,14 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         "--replace",
         "--dry-run",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    assert!(text(&out).0.contains("REPLACES"));
+    out.assert_exit(0);
+    out.assert_stdout_contains("REPLACES");
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
 
     // No terminal and no --yes: refused.
     let out = ws.run(&["restore", "--source", "postgres/app", "--replace"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("--yes"));
+    out.assert_exit(2);
+    out.assert_stderr_contains("--yes");
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "10");
 
     // --replace while a client holds a session open.
@@ -176,12 +166,8 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = ws.run(&["restore", "--source", "postgres/app", "--replace", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
-    assert!(
-        text(&out).0.contains("replaced database app"),
-        "{}",
-        text(&out).0
-    );
+    out.assert_exit(0);
+    out.assert_stdout_contains("replaced database app");
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "1000");
     assert!(
         !client.wait().unwrap().success(),
@@ -207,7 +193,7 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         "2",
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(pg.psql("app_jobs", "SELECT count(*) FROM t"), "1000");
 }
 
@@ -239,8 +225,11 @@ fn a_declined_confirmation_changes_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"no\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let all = format!("{}{}", text(&out).0, text(&out).1);
+    let out = Ran::new(
+        "script kompose-dr restore",
+        child.wait_with_output().unwrap(),
+    );
+    let all = out.all();
     assert!(all.contains("Type 'yes'"), "{all}");
     assert!(all.contains("declined"), "{all}");
     assert!(!target.exists());
@@ -270,8 +259,8 @@ fn damaged_archives_and_wrong_keys_replace_nothing() {
     std::fs::write(&archive, &bad).unwrap();
     std::fs::write(&file, "current").unwrap();
     let out = ws.run(&["restore", "--replace", "--yes"]);
-    let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("files/acme") && err.contains("damaged"),
         "{err}"
@@ -301,8 +290,8 @@ fn damaged_archives_and_wrong_keys_replace_nothing() {
     // A truncated archive.
     std::fs::write(&archive, &good[..good.len() - 100]).unwrap();
     let out = ws.run(&["restore", "--replace", "--yes"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).1.contains("files/acme"), "{}", text(&out).1);
+    out.assert_exit(1);
+    out.assert_stderr_contains("files/acme");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "current");
 
     // The wrong identity.
@@ -315,8 +304,8 @@ fn damaged_archives_and_wrong_keys_replace_nothing() {
     );
     std::fs::write(&ws.config, cfg).unwrap();
     let out = ws.run(&["restore", "--replace", "--yes"]);
-    let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(1));
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("files/acme") && err.contains("cannot decrypt"),
         "{err}"
@@ -331,7 +320,7 @@ fn damaged_archives_and_wrong_keys_replace_nothing() {
     );
     std::fs::write(&ws.config, cfg).unwrap();
     let out = ws.run(&["restore", "--replace", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(std::fs::read(&file).unwrap(), original);
     let meta = std::fs::metadata(&file).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -370,8 +359,8 @@ fn redis_round_trip(aof: bool) {
 
     // Refused while Redis runs on its data directory, with what to do.
     let out = ws.run(&["restore", "--replace", "--yes"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out).1;
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("is running") && err.contains("docker stop"),
         "{err}"
@@ -388,7 +377,7 @@ fn redis_round_trip(aof: bool) {
         &target.path().display().to_string(),
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let copy = Redis::start_in(target, aof, None);
     assert_eq!(copy.dbsize(), 500);
     // A non-empty directory is refused without --replace.
@@ -398,8 +387,8 @@ fn redis_round_trip(aof: bool) {
         &copy.dir.path().display().to_string(),
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).1.contains("is not empty"));
+    out.assert_exit(1);
+    out.assert_stderr_contains("is not empty");
 }
 
 #[test]
@@ -428,7 +417,7 @@ fn good_sources_of_a_partial_snapshot_restore() {
     let id = r["snapshot"].as_str().unwrap().to_owned();
     pg.psql("postgres", "DROP DATABASE app");
     let out = ws.run(&["restore", "--snapshot", &id, "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "5");
     // Asking for the failed one by name says why it cannot be had.
     let out = ws.run(&[
@@ -439,12 +428,8 @@ fn good_sources_of_a_partial_snapshot_restore() {
         "files/gone",
         "--yes",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).1.contains("failed in snapshot"),
-        "{}",
-        text(&out).1
-    );
+    out.assert_exit(2);
+    out.assert_stderr_contains("failed in snapshot");
 }
 
 #[test]
@@ -479,20 +464,19 @@ fn pg_restore_runs_in_the_container_and_must_read_the_archive() {
         section.trim_end()
     ));
     let path = format!("{}:{}", shimdir.display(), std::env::var("PATH").unwrap());
-    let out = ws
-        .kdr()
-        .args([
-            "restore",
-            "--source",
-            "postgres/kmps",
-            "--as",
-            "kmps_docker",
-            "--yes",
-        ])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let out = Ran::of(
+        ws.kdr()
+            .args([
+                "restore",
+                "--source",
+                "postgres/kmps",
+                "--as",
+                "kmps_docker",
+                "--yes",
+            ])
+            .env("PATH", &path),
+    );
+    out.assert_exit(0);
     assert_eq!(pg.psql("kmps_docker", "SELECT count(*) FROM events"), "42");
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert!(argv.contains("core_postgres pg_restore"), "{argv}");
@@ -514,8 +498,8 @@ fn pg_restore_runs_in_the_container_and_must_read_the_archive() {
         "kmps_old",
         "--yes",
     ]);
-    let err = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    out.assert_exit(1);
+    let err = out.stderr();
     assert!(
         err.contains("13.9") && err.contains("pg_dump (PostgreSQL) 15"),
         "{err}"

@@ -1,13 +1,11 @@
 //! The agent for real: a seconds-level schedule, /metrics and /healthz,
 //! SIGHUP, and SIGTERM in the middle of a backup.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Pg, Workspace, free_port, wait_until};
+use crate::support::{self, Pg, Ran, Workspace, free_port, wait_until};
 
 fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -56,7 +54,7 @@ fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
         .unwrap();
     wait_until("two scheduled backups", 20, || {
         let out = ws.run(&["--json", "snapshots"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap_or_default();
         v["snapshots"].as_array().is_some_and(|a| a.len() >= 2)
     });
     let m = ws.manifests();
@@ -87,15 +85,9 @@ fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
     );
 
     sigterm(&agent);
-    let status = agent.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let out = Ran::new("kompose-dr agent", agent.wait_with_output().unwrap());
+    out.assert_exit(0);
+    let log = out.stderr();
     let first = log.lines().next().unwrap();
     assert!(
         serde_json::from_str::<serde_json::Value>(first).is_ok(),

@@ -1,11 +1,9 @@
 //! MQTT events and Prometheus metrics against a real Mosquitto and promtool.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, Pg, Workspace, free_port, require, text};
+use crate::support::{Mosquitto, Pg, Ran, Workspace, free_port, require};
 
 fn mqtt_section(broker_port: u16, extra: &str) -> String {
     format!(
@@ -52,7 +50,7 @@ fn backup_events_carry_the_manifest_figures_and_failures() {
     let sub = broker.subscribe("kompose/#", None);
 
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    out.assert_exit(0);
     let msgs = sub.wait_for(1);
     let (topic, ev) = &msgs[0];
     assert_eq!(topic, "kompose/system/backup/completed");
@@ -106,13 +104,7 @@ fn backup_events_carry_the_manifest_figures_and_failures() {
         .spawn()
         .unwrap();
     std::io::Write::write_all(&mut check.stdin.take().unwrap(), prom.as_bytes()).unwrap();
-    let checked = check.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        text(&checked).0,
-        text(&checked).1
-    );
+    Ran::new("promtool check metrics", check.wait_with_output().unwrap()).assert_exit(0);
 
     // A failing source: `failed`, exit 3, the good sources still reported.
     ws.configure(&format!(
@@ -123,7 +115,7 @@ fn backup_events_carry_the_manifest_figures_and_failures() {
         metrics_section(&ws)
     ));
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    out.assert_exit(3);
     let msgs = sub.wait_for(2);
     let (topic, ev) = &msgs[1];
     assert_eq!(topic, "kompose/system/backup/failed");
@@ -179,8 +171,8 @@ fn an_unreachable_broker_never_fails_or_stalls_a_backup() {
     let start = Instant::now();
     let out = ws.run(&["backup"]);
     let took = start.elapsed();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    out.assert_exit(0);
+    let stderr = out.stderr();
     assert!(took < Duration::from_secs(8), "took {took:?}");
     assert_eq!(
         stderr.matches("could not publish events").count(),
@@ -195,7 +187,7 @@ fn an_unreachable_broker_never_fails_or_stalls_a_backup() {
     );
     // The counter accumulates across runs.
     let out = ws.run(&["backup"]);
-    assert_eq!(out.status.code(), Some(0));
+    out.assert_exit(0);
     assert_eq!(
         value(&textfile(&ws), "kompose_dr_events_publish_failures_total"),
         Some(2.0)
@@ -219,8 +211,8 @@ fn a_broker_with_a_password() {
     ));
     ws.init();
     let out = ws.run(&["backup"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    out.assert_exit(0);
+    let stderr = out.stderr();
     assert!(
         stderr.contains("refused") && stderr.contains("mqtt.username"),
         "{stderr}"
@@ -244,9 +236,9 @@ fn a_broker_with_a_password() {
         format!("env_file = \"{}\"\n{text_cfg}", env_file.display()),
     )
     .unwrap();
-    let out = ws.kdr().args(["-v", "backup"]).output().unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let out = Ran::of(ws.kdr().args(["-v", "backup"]));
+    out.assert_exit(0);
+    let stderr = out.stderr();
     assert!(!stderr.contains("mqtt-secret-77"));
     let msgs = sub.wait_for(1);
     assert_eq!(msgs[0].0, "kompose/system/backup/completed");
@@ -269,7 +261,7 @@ fn partial_runs_keep_the_other_sources_series() {
     };
     ws.configure(&files(&b));
     ws.init();
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(0));
+    ws.run(&["backup"]).assert_exit(0);
     let first = textfile(&ws);
     let b_success = value(
         &first,
@@ -279,10 +271,7 @@ fn partial_runs_keep_the_other_sources_series() {
     std::thread::sleep(Duration::from_millis(1100));
 
     // Only files/a: files/b's series stay as they were.
-    assert_eq!(
-        ws.run(&["backup", "--source", "files/a"]).status.code(),
-        Some(0)
-    );
+    ws.run(&["backup", "--source", "files/a"]).assert_exit(0);
     let second = textfile(&ws);
     assert_eq!(
         value(
@@ -302,7 +291,7 @@ fn partial_runs_keep_the_other_sources_series() {
 
     // files/b fails: status 0, last success kept.
     ws.configure(&files(std::path::Path::new("/nonexistent/b")));
-    assert_eq!(ws.run(&["backup"]).status.code(), Some(3));
+    ws.run(&["backup"]).assert_exit(3);
     let third = textfile(&ws);
     assert_eq!(
         value(&third, "kompose_dr_backup_last_status{source=\"files/b\"}"),
@@ -325,21 +314,16 @@ fn partial_runs_keep_the_other_sources_series() {
 fn shipped_alert_rules_pass_promtool() {
     require("promtool");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
-    let check = Command::new("promtool")
-        .args(["check", "rules", "alerts.yml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        text(&check).0,
-        text(&check).1
+    let check = Ran::of(
+        Command::new("promtool")
+            .args(["check", "rules", "alerts.yml"])
+            .current_dir(dir),
     );
-    let test = Command::new("promtool")
-        .args(["test", "rules", "alerts.test.yml", "alerts-drill.test.yml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(test.status.success(), "{}{}", text(&test).0, text(&test).1);
+    check.assert_exit(0);
+    let test = Ran::of(
+        Command::new("promtool")
+            .args(["test", "rules", "alerts.test.yml", "alerts-drill.test.yml"])
+            .current_dir(dir),
+    );
+    test.assert_exit(0);
 }

@@ -1,13 +1,11 @@
 //! The shipped systemd units verify, the timers' calendars parse, and
 //! scripts/install puts everything in place.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use support::{require, text};
+use crate::support::{Ran, require};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 
@@ -28,13 +26,13 @@ fn every_unit_verifies() {
         units.push(to);
     }
     assert!(units.len() >= 6);
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&units)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let out = Ran::of(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&units),
+    );
+    out.assert_exit(0);
+    let stderr = out.stderr();
     assert!(stderr.trim().is_empty(), "systemd-analyze warned: {stderr}");
 
     for name in ["backup", "prune", "drill", "agent"] {
@@ -68,21 +66,19 @@ fn every_timer_calendar_parses() {
         let unit = std::fs::read_to_string(&p).unwrap();
         assert!(unit.contains("Persistent=true"), "{}", p.display());
         for cal in unit.lines().filter_map(|l| l.strip_prefix("OnCalendar=")) {
-            let out = Command::new("systemd-analyze")
-                .args(["calendar", cal])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{cal}: {}", text(&out).1);
+            let out = Ran::of(Command::new("systemd-analyze").args(["calendar", cal]));
+            out.assert_exit(0);
             n += 1;
         }
     }
     assert!(n >= 2);
     // The drill runs on the first day of each quarter.
-    let out = Command::new("systemd-analyze")
-        .args(["calendar", "--iterations=4", "*-01,04,07,10-01 05:00:00"])
-        .output()
-        .unwrap();
-    let s = text(&out).0;
+    let out = Ran::of(Command::new("systemd-analyze").args([
+        "calendar",
+        "--iterations=4",
+        "*-01,04,07,10-01 05:00:00",
+    ]));
+    let s = out.stdout();
     for month in [
         "-01-01 05:00:00",
         "-04-01 05:00:00",
@@ -97,12 +93,12 @@ fn every_timer_calendar_parses() {
 fn install_puts_everything_in_place_and_keeps_edits() {
     let root = tempfile::tempdir().unwrap();
     let run = || {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install"))
-            .env("DESTDIR", root.path())
-            .env("KDR_BIN", env!("CARGO_BIN_EXE_kompose-dr"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out).1);
+        let out = Ran::of(
+            Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install"))
+                .env("DESTDIR", root.path())
+                .env("KDR_BIN", env!("CARGO_BIN_EXE_kompose-dr")),
+        );
+        out.assert_exit(0);
     };
     run();
     let r = root.path();

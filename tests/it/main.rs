@@ -1,0 +1,18 @@
+//! The integration tests: one binary, one module per area, sharing the
+//! harness in `support/` (throw-away servers, the workspace that drives the
+//! real `kompose-dr` binary, and the assertions on its outcome).
+
+mod support;
+
+mod agent;
+mod backup_postgres;
+mod backup_redis_files;
+mod cli;
+mod events;
+mod examples;
+mod operations;
+mod restore;
+mod runbook;
+mod s3;
+mod systemd;
+mod verify_drill;

@@ -1,0 +1,138 @@
+//! A throw-away PostgreSQL 15 server per test, started by
+//! `scripts/throwaway-pg` (the script the benchmarks use too), which runs
+//! PostgreSQL as the `postgres` user when the tests run as root.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::{Workspace, free_port, rand_u64, require, run_ok, script, wait_until};
+
+/// The PostgreSQL 15 binaries the tests use (never the system instance).
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The one script that starts and stops a throw-away server.
+const THROWAWAY_PG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/throwaway-pg");
+
+/// A throw-away PostgreSQL 15 server with password authentication,
+/// listening on 127.0.0.1; stopped when dropped.
+pub struct Pg {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl Pg {
+    /// Starts a new cluster (superuser `kompose`, scram-sha-256) on a free port.
+    pub fn start() -> Pg {
+        require("psql");
+        if !Path::new(PG_BIN).join("initdb").is_file() {
+            panic!(
+                "PostgreSQL 15 is not installed at {PG_BIN}: run scripts/setup (it installs postgresql-15)"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kdr-pg-")
+            .tempdir()
+            .unwrap();
+        let password = format!("pw-{:016x}", rand_u64());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &password).unwrap();
+        let port = free_port();
+        run_ok(
+            Command::new(THROWAWAY_PG)
+                .arg("start")
+                .arg(dir.path())
+                .args(["--port", &port.to_string(), "--user", "kompose"])
+                .arg("--pwfile")
+                .arg(&pwfile)
+                .args(["-c", "max_connections=50"])
+                .env("PGBIN", PG_BIN),
+        );
+        let pg = Pg {
+            dir,
+            port,
+            user: "kompose".into(),
+            password,
+        };
+        wait_until("postgres", 30, || {
+            pg.psql_raw("postgres", "select 1").status.success()
+        });
+        pg
+    }
+
+    /// `postgres://kompose@127.0.0.1:PORT/postgres` (no password in it).
+    pub fn url(&self) -> String {
+        format!("postgres://{}@127.0.0.1:{}/postgres", self.user, self.port)
+    }
+
+    fn psql_raw(&self, db: &str, sql: &str) -> Output {
+        self.client("psql")
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .arg("-d")
+            .arg(db)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(sql.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap()
+    }
+
+    /// Runs SQL in `db`; returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_raw(db, sql);
+        if !out.status.success() {
+            panic!("psql {db}: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    /// A command with this server's connection settings in its environment.
+    pub fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(Path::new(PG_BIN).join(program));
+        c.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", &self.user)
+            .env("PGPASSWORD", &self.password);
+        c
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new(THROWAWAY_PG)
+            .arg("stop")
+            .arg(self.dir.path())
+            .env("PGBIN", PG_BIN)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// A `bin_dir` whose pg_dump is the real one followed by `then` (a shell
+/// command such as `sleep 2`), touching the returned marker file once the
+/// dump is written: kompose-dr is then waiting for the child, with the
+/// archive written but not committed. Returns (bin_dir, marker).
+pub fn pg_dump_then(ws: &Workspace, then: &str) -> (PathBuf, PathBuf) {
+    let bin = ws.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = ws.dir.path().join("dumped");
+    script(
+        &bin.join("pg_dump"),
+        &format!(
+            "#!/bin/sh\n{PG_BIN}/pg_dump \"$@\"\ntouch {}\n{then}\n",
+            marker.display()
+        ),
+    );
+    script(
+        &bin.join("pg_dumpall"),
+        &format!("#!/bin/sh\nexec {PG_BIN}/pg_dumpall \"$@\"\n"),
+    );
+    (bin, marker)
+}

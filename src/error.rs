@@ -70,7 +70,7 @@ impl Classify for InvalidInput {
 /// [`Failure`]); [`Exit::of`] turns it into the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Everything succeeded.
+    /// Everything asked was done and every check held (exit 0).
     Success,
     /// A snapshot was written, but some source or repository failed.
     Partial,
@@ -96,7 +96,7 @@ impl Outcome {
 /// The exit status of the binary, as documented in docs/DESIGN.md §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// Everything succeeded.
+    /// Status 0: the command did all it was asked and every check held.
     Ok,
     /// The command failed.
     Failure,

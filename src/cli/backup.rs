@@ -22,7 +22,9 @@ pub struct Args {
     lock_wait: std::time::Duration,
 }
 
-/// Runs `backup`.
+/// Runs `backup`: one snapshot of the selected sources (or a policy's),
+/// one line per source. Ctrl-C or SIGTERM leaves no manifest; a partial
+/// run exits 3.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let progress = !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr());

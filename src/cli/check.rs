@@ -17,7 +17,8 @@ pub struct Args {
     repository: Option<String>,
 }
 
-/// Runs `check`.
+/// Runs `check` on one repository and lists what is damaged or unreferenced;
+/// any damage exits 1.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;

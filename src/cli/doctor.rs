@@ -19,7 +19,8 @@ struct Report {
     checks: Vec<crate::ops::doctor::Check>,
 }
 
-/// Runs `doctor`.
+/// Runs `doctor`: every health check of the configuration (or of one
+/// `--repository`); exits 1 if any check fails.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     if let Some(name) = &args.repository {

@@ -65,7 +65,9 @@ fn write_identity(path: &Path) -> Result<String, Failure> {
     Ok(recipient)
 }
 
-/// Runs `init`.
+/// Runs `init`: writes a new age identity first if `--generate-key` asks, then
+/// creates each selected repository. One that already exists is left unchanged
+/// and makes the exit 2 (1 if another repository failed).
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let mut report = Report {
         recipient: None,

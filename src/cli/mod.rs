@@ -30,7 +30,7 @@ use crate::repository::Repository;
 #[derive(Debug, Parser)]
 #[command(name = "kompose-dr", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Configuration file.
+    /// The configuration file (TOML): repositories, sources, schedules.
     #[arg(long, global = true, env = "KOMPOSE_DR_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Print one JSON document on stdout.
@@ -45,12 +45,13 @@ pub struct Cli {
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
-    /// The command.
+    /// The subcommand to run; each has its own `Args` in `cli/<command>.rs`.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The commands.
+/// Every subcommand, one file each under `cli/`; a variant's doc comment is its
+/// line in `--help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the repositories; --generate-key writes a new age identity.
@@ -77,9 +78,10 @@ pub enum Command {
 
 /// Global options every command sees.
 pub struct Globals {
-    /// Configuration path.
+    /// The configuration file (`--config` or `KOMPOSE_DR_CONFIG`). Loaded only
+    /// when a command asks, so `init --generate-key` works before one exists.
     pub config: PathBuf,
-    /// JSON output.
+    /// `--json`: print one JSON document on stdout instead of text for people.
     pub json: bool,
 }
 

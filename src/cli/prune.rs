@@ -26,7 +26,8 @@ pub struct Args {
     grace: std::time::Duration,
 }
 
-/// Runs `prune`.
+/// Runs `prune` on each selected repository in turn and prints every decision
+/// with its reasons; an unknown `--policy` is a usage error.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let policies = Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;

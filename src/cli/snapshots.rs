@@ -29,7 +29,8 @@ struct Report<'a> {
     damaged: Vec<Damaged>,
 }
 
-/// Runs `snapshots`.
+/// Runs `snapshots`: lists one repository's snapshots, newest first, and
+/// reports damaged manifests (exit 1 if there is any).
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;

@@ -25,15 +25,16 @@ pub struct Event {
     /// Full topic: `<prefix>/system/<category>/<action>`.
     #[serde(skip)]
     pub topic: String,
-    /// Unique id.
+    /// A random UUID (v4), unique to this event.
     pub event_id: String,
     /// When it happened.
     pub timestamp: DateTime<Utc>,
-    /// Always `kompose-dr`.
+    /// The service that sent the event: always `kompose-dr`.
     pub service: &'static str,
     /// `<category>.<action>`: `backup.completed`, `drill.failed`, …
     pub event_type: String,
-    /// What happened.
+    /// The event's payload, chosen by the operation that sends it; see
+    /// [`crate::ops::backup::notify`] for a backup's.
     pub data: serde_json::Value,
 }
 

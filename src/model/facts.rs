@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Everything recorded about one snapshot's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Facts {
-    /// Snapshot id.
+    /// The snapshot these facts describe: the same id as its manifest and as
+    /// the `data/<ID>/` prefix the sidecar is stored under.
     pub snapshot: String,
     /// Per source name.
     pub sources: BTreeMap<String, SourceFacts>,
@@ -49,7 +50,8 @@ pub struct Certificate {
     pub main: String,
     /// DNS names in the certificate.
     pub domains: Vec<String>,
-    /// Expiry.
+    /// When the certificate expires (its `notAfter`, UTC); absent when it could
+    /// not be decoded, and then `error` says why.
     pub not_after: Option<DateTime<Utc>>,
     /// Why it could not be decoded, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]

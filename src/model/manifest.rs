@@ -68,11 +68,13 @@ pub struct FileMeta {
     pub path: String,
     /// Permission bits (`0o600` for acme.json).
     pub mode: u32,
-    /// Owner uid.
+    /// Numeric owner (uid) of the original file. Restore sets it again; failing
+    /// to is an error only when running as root.
     pub uid: u32,
-    /// Group gid.
+    /// Numeric group (gid) of the original file, restored with the owner.
     pub gid: u32,
-    /// Modification time.
+    /// Modification time of the original file (UTC, nanoseconds kept), set
+    /// again on the restored file.
     pub mtime: DateTime<Utc>,
 }
 
@@ -81,7 +83,8 @@ pub struct FileMeta {
 pub struct Artifact {
     /// Source name: `postgres/<db>`, `postgres/globals`, `redis`, `files/<name>`.
     pub source: String,
-    /// Payload kind.
+    /// What the payload is: decides the archive's file extension and how
+    /// restore and verify open it.
     pub kind: ArtifactKind,
     /// Key of the stored archive in the repository (absent when failed
     /// before anything was stored).
@@ -90,7 +93,8 @@ pub struct Artifact {
     pub captured_at: Option<DateTime<Utc>>,
     /// Bytes before compression.
     pub plaintext_bytes: u64,
-    /// Bytes stored.
+    /// Size in bytes of the archive as this repository stores it (after zstd
+    /// and age); 0 when the artifact failed here.
     pub stored_bytes: u64,
     /// sha256 of the stored bytes, hex.
     pub sha256: Option<String>,
@@ -122,7 +126,7 @@ impl Artifact {
 pub struct StoredObject {
     /// Key in the repository.
     pub path: String,
-    /// Bytes stored.
+    /// Size in bytes of the stored object (compressed and encrypted).
     pub stored_bytes: u64,
     /// sha256 of the stored bytes, hex.
     pub sha256: String,
@@ -133,7 +137,8 @@ pub struct StoredObject {
 pub struct Manifest {
     /// Manifest format version.
     pub version: u32,
-    /// Snapshot id.
+    /// Snapshot id, derived from the time the run started (UTC); the manifest
+    /// is `snapshots/<ID>.json` and the data lies under `data/<ID>/`.
     pub id: String,
     /// The repository this manifest describes.
     pub repository: String,

@@ -24,7 +24,8 @@ pub struct Damage {
     pub snapshot: Option<String>,
     /// The source (or `facts`, or the manifest key).
     pub source: String,
-    /// The object.
+    /// Key of the damaged object in the repository: an archive, the facts
+    /// sidecar or a manifest.
     pub path: String,
     /// What is wrong.
     pub problem: String,
@@ -33,20 +34,23 @@ pub struct Damage {
 /// The result of `check`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
-    /// Repository checked.
+    /// Name of the repository checked (`--repository`, or the first configured
+    /// one that answers).
     pub repository: String,
     /// Snapshots whose manifest parsed.
     pub snapshots: usize,
-    /// Archives checked.
+    /// How many stored objects were checked: every good artifact's archive and
+    /// each snapshot's facts sidecar.
     pub archives: usize,
     /// Whether archives were also decrypted and decompressed.
     pub read_data: bool,
-    /// Everything damaged.
+    /// Every damaged manifest or object; empty when the repository is sound.
     pub damaged: Vec<Damage>,
     /// Objects under `data/` that no manifest names (unfinished or
     /// abandoned runs; prune removes them).
     pub unreferenced: Vec<String>,
-    /// No damage.
+    /// Whether nothing is damaged (`damaged` is empty); unreferenced objects do
+    /// not count against it. Decides the exit status.
     pub ok: bool,
 }
 

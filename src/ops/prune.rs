@@ -38,9 +38,10 @@ pub struct PruneOptions {
 /// One snapshot's fate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
-    /// Snapshot id.
+    /// Id of the snapshot judged, as in `snapshots/<ID>.json`.
     pub snapshot: String,
-    /// Its policy.
+    /// The policy that made the snapshot, whose retention judged it; `None` for
+    /// a snapshot made without one, judged by the top-level `[retention]`.
     pub policy: Option<String>,
     /// Kept or removed.
     pub keep: bool,
@@ -51,7 +52,7 @@ pub struct Decision {
 /// The result of `prune`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
-    /// Repository pruned.
+    /// Name of the repository pruned; `prune` makes one report per repository.
     pub repository: String,
     /// Whether nothing was removed on purpose.
     pub dry_run: bool,

@@ -41,7 +41,8 @@ pub type Input = mpsc::Receiver<io::Result<Bytes>>;
 /// How archives are written.
 #[derive(Clone)]
 pub struct EncodeSettings {
-    /// zstd level.
+    /// zstd level, 1 to 19 as validated in `[compression]`: higher means
+    /// smaller archives and more CPU.
     pub level: i32,
     /// age recipients; every archive is readable by each of them.
     pub recipients: Vec<age::x25519::Recipient>,

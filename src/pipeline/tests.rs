@@ -1,3 +1,8 @@
+//! Unit tests of the byte pipeline: any input round-trips through zstd and
+//! age and damage is detected (proptest), the archive is plain age of zstd
+//! with frame checksums, a failing sink does not stop the others, and a
+//! source error aborts everything.
+
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;

@@ -25,7 +25,8 @@ pub enum LockError {
         "repository {location} is locked by {holders}; wait for it to finish, or pass --lock-wait 10m to wait"
     )]
     Held {
-        /// The repository.
+        /// Where the repository is, for the message: its directory, or the
+        /// backend's own description.
         location: String,
         /// Who holds it, for people.
         holders: String,
@@ -54,13 +55,13 @@ impl crate::error::Classify for LockError {
 /// Who holds a lock.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Holder {
-    /// Host name.
+    /// Name of the machine the holder runs on.
     pub host: String,
-    /// Process id.
+    /// The holder's process id on that machine.
     pub pid: u32,
     /// The command (`backup`, `prune`).
     pub command: String,
-    /// Since when.
+    /// When the holder took the lock (UTC).
     pub since: chrono::DateTime<chrono::Utc>,
 }
 

@@ -34,7 +34,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The repository marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
-    /// Always `kompose-dr`.
+    /// Always `kompose-dr`: names the tool whose repository this is.
     pub format: String,
     /// Repository format version.
     pub version: u32,
@@ -50,7 +50,7 @@ pub enum RepositoryError {
     /// No marker: `init` has not run.
     #[error("repository `{name}` at {location} is not initialised: run `kompose-dr init`")]
     NotInitialised {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
         /// Where it is.
         location: String,
@@ -58,7 +58,7 @@ pub enum RepositoryError {
     /// `init` on an existing repository.
     #[error("repository `{name}` at {location} already exists; nothing was changed")]
     AlreadyInitialised {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
         /// Where it is.
         location: String,
@@ -66,11 +66,11 @@ pub enum RepositoryError {
     /// The marker or a manifest could not be parsed.
     #[error("repository `{name}`: {key} is damaged: {message}")]
     Damaged {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
-        /// The object.
+        /// Key of the damaged object: the marker or a manifest.
         key: String,
-        /// Parser message.
+        /// Why it could not be read: the JSON parser's message.
         message: String,
     },
     /// The repository is of a newer format than this build reads.
@@ -78,23 +78,25 @@ pub enum RepositoryError {
         "repository `{name}` has format version {found}; this kompose-dr reads up to {FORMAT_VERSION}: upgrade kompose-dr"
     )]
     TooNew {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
-        /// Version found.
+        /// The format version the marker declares, newer than
+        /// [`FORMAT_VERSION`], the newest this build reads.
         found: u32,
     },
     /// The writer lock could not be taken.
     #[error("repository `{name}`: {source}")]
     Lock {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
-        /// Why.
+        /// Why the lock could not be taken (held by another writer, or I/O).
         source: lock::LockError,
     },
-    /// Storage failed.
+    /// The backend failed (a disk, a remote store); the source error says
+    /// what to fix.
     #[error("repository `{name}`: {source}")]
     Storage {
-        /// Repository name.
+        /// The repository's configured name, for the message.
         name: String,
         /// The storage error.
         source: StorageError,
@@ -117,7 +119,7 @@ impl crate::error::Classify for RepositoryError {
 /// A snapshot manifest that could not be read, reported beside the good ones.
 #[derive(Debug, Clone)]
 pub struct DamagedManifest {
-    /// Its key.
+    /// Key of the manifest (`snapshots/<ID>.json`).
     pub key: String,
     /// What is wrong.
     pub message: String,
@@ -161,7 +163,8 @@ impl Repository {
         self.backend.describe()
     }
 
-    /// The backend.
+    /// The backend underneath, for what the repository does not wrap: streaming
+    /// reads and listings of archives.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }

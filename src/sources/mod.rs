@@ -1,8 +1,8 @@
 //! What is backed up: PostgreSQL databases and globals, Redis, plain files.
 //!
 //! Each source turns into one artifact per run: a byte stream pushed
-//! through the [`pipeline`](crate::pipeline) into every repository, plus
-//! the metadata the manifest records and the facts verification needs.
+//! through the [`pipeline`] into every repository, plus the metadata the
+//! manifest records and the facts verification needs.
 //! [`SourceContext`] holds what every source shares: the snapshot id, the
 //! repositories and the encoding settings, and the commit discipline —
 //! stream everything, check the producer, and only then make the archive
@@ -32,7 +32,8 @@ pub struct Stored {
     pub key: String,
     /// Bytes before compression.
     pub plaintext_bytes: u64,
-    /// Bytes stored.
+    /// Size in bytes of the archive as stored (after zstd and age); the same
+    /// bytes go to every repository.
     pub stored_bytes: u64,
     /// sha256 of the stored bytes.
     pub sha256: String,
@@ -51,15 +52,19 @@ impl Stored {
 /// The outcome of backing up one source.
 #[derive(Debug, Clone)]
 pub struct SourceRun {
-    /// Source name.
+    /// Source name, as `--source` selects it: `postgres/<db>`,
+    /// `postgres/globals`, `redis` or `files/<name>`.
     pub source: String,
-    /// Payload kind.
+    /// What kind of payload the archive holds, recorded in the manifest so
+    /// restore knows how to open it.
     pub kind: ArtifactKind,
     /// When the data is consistent.
     pub captured_at: Option<DateTime<Utc>>,
-    /// Producer version.
+    /// Version text of the tool that produced the payload (`pg_dump
+    /// --version`); absent for sources without such a tool.
     pub tool_version: Option<String>,
-    /// Server version.
+    /// Version of the server the data came from (PostgreSQL's `server_version`,
+    /// `Redis 7.2.4`); absent for plain files.
     pub server_version: Option<String>,
     /// File metadata for `files/*`.
     pub file: Option<FileMeta>,
@@ -67,7 +72,8 @@ pub struct SourceRun {
     pub facts: Option<SourceFacts>,
     /// The stored archive, or why the source failed.
     pub result: Result<Stored, String>,
-    /// Seconds spent.
+    /// Wall-clock seconds the source took, filled in by [`timed`]; 0 for a run
+    /// that failed before it began.
     pub duration_seconds: f64,
 }
 
@@ -94,9 +100,10 @@ impl SourceRun {
 
 /// What every source of one run shares.
 pub struct SourceContext {
-    /// Snapshot id.
+    /// The snapshot being written; each archive's key lies under `data/<ID>/`.
     pub snapshot: String,
-    /// Target repositories.
+    /// Every repository the run writes to. Each archive is streamed to all of
+    /// them at once, and a source succeeds if at least one holds it.
     pub repositories: Vec<Repository>,
     /// How to encode.
     pub encode: EncodeSettings,

@@ -48,7 +48,8 @@ pub enum DumpTool {
     },
     /// Inside the server's container.
     Docker {
-        /// Container name.
+        /// The container (`postgres.docker_container`) that pg_dump and
+        /// pg_dumpall run in, through `docker exec`.
         container: String,
         /// `pg_dump --version` output inside it.
         version: String,

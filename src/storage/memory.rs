@@ -31,27 +31,27 @@ use super::{Backend, ObjectMeta, ObjectReader, ObjectWriter, PutMode, StorageErr
 /// The operations a fault can be aimed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// [`Backend::create`].
+    /// Starting a write: [`Backend::create`].
     Create,
-    /// [`ObjectWriter::write`].
+    /// Each piece written to an open writer: [`ObjectWriter::write`].
     Write,
-    /// [`ObjectWriter::finish`].
+    /// Making a written object visible: [`ObjectWriter::finish`].
     Finish,
-    /// [`Backend::put`].
+    /// Writing a small object whole, such as a manifest: [`Backend::put`].
     Put,
-    /// [`Backend::get`].
+    /// Reading a small object whole: [`Backend::get`].
     Get,
-    /// [`Backend::open`].
+    /// Opening an object for a streaming read: [`Backend::open`].
     Open,
-    /// [`Backend::list`].
+    /// Listing finished objects under a prefix: [`Backend::list`].
     List,
-    /// [`Backend::delete`].
+    /// Removing one object: [`Backend::delete`].
     Delete,
-    /// [`Backend::delete_prefix`].
+    /// Removing everything under a prefix: [`Backend::delete_prefix`].
     DeletePrefix,
-    /// [`Backend::list_dirs`].
+    /// Listing the "directories" under a prefix: [`Backend::list_dirs`].
     ListDirs,
-    /// [`Backend::abandoned_writes`].
+    /// Finding (or removing) unfinished writes: [`Backend::abandoned_writes`].
     AbandonedWrites,
 }
 
@@ -66,11 +66,12 @@ pub enum Failure {
     Unavailable,
     /// [`StorageError::Remote`] with this message.
     Remote(String),
-    /// [`StorageError::NotFound`].
+    /// [`StorageError::NotFound`]: as if the object did not exist.
     NotFound,
-    /// [`StorageError::AlreadyExists`].
+    /// [`StorageError::AlreadyExists`]: as if the key were already taken.
     AlreadyExists,
-    /// [`StorageError::TooLarge`].
+    /// [`StorageError::TooLarge`]: as if the object exceeded what the store
+    /// takes in one object.
     TooLarge,
 }
 
@@ -262,7 +263,7 @@ impl Faults {
 /// the manifest went before the data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// The operation.
+    /// Which operation was called.
     pub op: Op,
     /// Its key or prefix.
     pub key: String,

@@ -60,7 +60,7 @@ pub enum StorageError {
     /// An artifact would exceed what the repository can store in one object.
     #[error("{location}: {message}")]
     TooLarge {
-        /// The object.
+        /// Where the object would have gone, as the store names it.
         location: String,
         /// The limit and how to raise it.
         message: String,
@@ -97,7 +97,7 @@ pub enum PutMode {
 /// One stored object, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
-    /// Its key.
+    /// The object's full key, the listed prefix included.
     pub key: String,
     /// Its size in bytes.
     pub size: u64,

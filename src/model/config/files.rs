@@ -25,7 +25,8 @@ pub(super) struct RawFile {
 pub struct FileConfig {
     /// Source name is `files/<name>`.
     pub name: String,
-    /// Absolute path.
+    /// The file to back up. Always absolute (validation refuses a relative
+    /// path), so it never depends on the working directory.
     pub path: PathBuf,
 }
 

@@ -88,7 +88,7 @@ pub struct Config {
     pub repositories: Vec<RepositoryConfig>,
     /// Encryption settings; absent only in configurations that never write.
     pub encryption: Option<Encryption>,
-    /// zstd settings.
+    /// The zstd level of every archive (`[compression]`; 3 when absent).
     pub compression: Compression,
     /// The PostgreSQL source, if configured.
     pub postgres: Option<PostgresConfig>,

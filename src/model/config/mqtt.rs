@@ -33,11 +33,12 @@ pub(super) struct RawMqtt {
 /// The MQTT broker events go to.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    /// Broker host.
+    /// The broker's host name or address, from `mqtt.url`.
     pub host: String,
     /// Broker port (1883, or 8883 for mqtts).
     pub port: u16,
-    /// `mqtts://`: TLS.
+    /// Whether to connect with TLS: `mqtts://` (or `ssl://`) in `mqtt.url`;
+    /// `mqtt://` and `tcp://` are in clear.
     pub tls: bool,
     /// Topics are `<prefix>/system/<category>/<action>`.
     pub topic_prefix: String,
@@ -61,7 +62,10 @@ struct Broker {
 }
 
 impl Cx<'_> {
-    /// Validates `[mqtt]`.
+    /// Validates `[mqtt]`: the broker from `mqtt.url` (no credentials in
+    /// it), the topic prefix (`kompose` by default), a password only
+    /// together with a user name, the client id, the CA file and the publish
+    /// timeout (10 s by default).
     pub(super) fn mqtt(&self, m: &RawMqtt) -> Result<MqttConfig, ConfigError> {
         let Broker { host, port, tls } = self.broker(&m.url)?;
         let topic_prefix = match &m.topic_prefix {

@@ -38,7 +38,8 @@ pub(super) struct RawPostgres {
 pub enum DatabaseSelection {
     /// Every non-template database the user may connect to (`["*"]`).
     All,
-    /// Exactly these.
+    /// Exactly the databases named in `postgres.databases`: distinct, non-empty
+    /// names, without `*`.
     List(Vec<String>),
 }
 
@@ -59,11 +60,13 @@ pub struct PgEndpoint {
 /// databases to dump, and with which client tools.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
-    /// Connection target.
+    /// Where the server listens, the role to log in as and the maintenance
+    /// database, all parsed from `postgres.url`.
     pub endpoint: PgEndpoint,
     /// Password, if the server asks for one.
     pub password: Option<Secret>,
-    /// Which databases.
+    /// Which databases get a dump: every one (`["*"]`, also when the key is
+    /// absent) or a fixed list.
     pub databases: DatabaseSelection,
     /// Back up roles and tablespaces (`pg_dumpall --globals-only`).
     pub globals: bool,
@@ -76,7 +79,10 @@ pub struct PostgresConfig {
 }
 
 impl Cx<'_> {
-    /// Validates `[postgres]`.
+    /// Validates `[postgres]`: the endpoint from `postgres.url`, the password
+    /// from the URL or the `postgres.password*` keys but never both, the
+    /// databases (all by default), `globals` (on by default),
+    /// `docker_container`, `bin_dir`, and `jobs` (1 to 64, 2 by default).
     pub(super) fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
         let url_s = self.string(&p.url, "postgres.url")?;
         let bad = |msg: String| self.err(p.url.span(), "postgres.url", msg);

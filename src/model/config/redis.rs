@@ -31,7 +31,7 @@ pub(super) struct RawRedis {
 pub struct RedisConfig {
     /// Host name or address.
     pub host: String,
-    /// TCP port.
+    /// TCP port, from `redis.url`; 6379 when the URL names none.
     pub port: u16,
     /// ACL user, if any.
     pub username: Option<String>,
@@ -43,7 +43,9 @@ pub struct RedisConfig {
 }
 
 impl Cx<'_> {
-    /// Validates `[redis]`.
+    /// Validates `[redis]`: host, port and ACL user from `redis.url` (scheme
+    /// `redis://` only), the password from the URL or the `redis.password*`
+    /// keys but never both, and `data_dir` as a path.
     pub(super) fn redis(&self, r: &RawRedis) -> Result<RedisConfig, ConfigError> {
         let url_s = self.string(&r.url, "redis.url")?;
         let bad = |msg: String| self.err(r.url.span(), "redis.url", msg);

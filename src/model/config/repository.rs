@@ -46,7 +46,9 @@ struct RawObjectLock {
     days: Spanned<i64>,
 }
 
-/// One repository.
+/// One `[[repository]]` entry: a name unique in the file and where the
+/// repository lives. Backup writes each snapshot to every configured repository
+/// unless a policy names fewer.
 #[derive(Debug, Clone)]
 pub struct RepositoryConfig {
     /// Its name (`--repository NAME`).
@@ -76,7 +78,8 @@ impl fmt::Display for Location {
 /// An S3 repository's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
-    /// The bucket.
+    /// The bucket, from the `s3://BUCKET/prefix` URL; its name is checked
+    /// against S3's rules (3 to 63 characters, …) at load.
     pub bucket: String,
     /// The key prefix, empty or ending in `/`.
     pub prefix: String,
@@ -137,9 +140,11 @@ pub struct ObjectLock {
 /// The Object Lock mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectLockMode {
-    /// `GOVERNANCE`.
+    /// `GOVERNANCE`: users with the bypass permission may still shorten or
+    /// remove an object's lock.
     Governance,
-    /// `COMPLIANCE`.
+    /// `COMPLIANCE`: nobody, not even the account's root user, may shorten or
+    /// remove the lock before it expires.
     Compliance,
 }
 

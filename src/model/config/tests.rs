@@ -1,3 +1,7 @@
+//! Unit tests of configuration loading: valid files load into typed values,
+//! and every mistake (unknown key, bad URL, two password sources, a relative
+//! path, a bad schedule) is refused with the key and line that caused it.
+
 use super::*;
 
 const R: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";

@@ -1,3 +1,7 @@
+//! Unit tests of retention on fixture manifests: which snapshots each rule
+//! keeps, the last good copy of a failed source, and calendar buckets that
+//! follow the configured time zone across DST changes.
+
 use super::*;
 use crate::model::manifest::fixtures::{artifact, manifest, t};
 

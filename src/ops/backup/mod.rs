@@ -62,7 +62,8 @@ pub enum RunStatus {
 /// One artifact in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactReport {
-    /// Source name.
+    /// Source name, as `--source` selects it: `postgres/<db>`,
+    /// `postgres/globals`, `redis` or `files/<name>`.
     pub source: String,
     /// Ok or failed.
     pub status: ArtifactStatus,
@@ -72,11 +73,13 @@ pub struct ArtifactReport {
     pub repositories: Vec<String>,
     /// Bytes before compression.
     pub plaintext_bytes: u64,
-    /// Bytes stored.
+    /// Size in bytes of the stored archive (after zstd and age); 0 when
+    /// nothing was stored.
     pub stored_bytes: u64,
     /// sha256 of the stored bytes.
     pub sha256: Option<String>,
-    /// Seconds spent.
+    /// Wall-clock seconds this source took, until its archive was committed
+    /// or it failed.
     pub duration_seconds: f64,
     /// Why it failed.
     pub error: Option<String>,
@@ -85,7 +88,7 @@ pub struct ArtifactReport {
 /// One repository in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepositoryReport {
-    /// Its name.
+    /// The repository's name as configured (`[[repository]]` `name`).
     pub name: String,
     /// Where it is.
     pub location: String,
@@ -100,17 +103,22 @@ pub struct RepositoryReport {
 pub struct BackupReport {
     /// Snapshot id (committed only if `status` is not failed).
     pub snapshot: String,
-    /// Overall status.
+    /// How the run came out as a whole (ok, partial or failed); decides the
+    /// exit status through [`BackupReport::outcome`].
     pub status: RunStatus,
-    /// Start.
+    /// When the run started (UTC), after the repositories were opened and
+    /// locked; the snapshot id is derived from it.
     pub started_at: DateTime<Utc>,
-    /// End.
+    /// When the run finished (UTC), after the last manifest was committed
+    /// (or given up).
     pub finished_at: DateTime<Utc>,
-    /// Seconds.
+    /// Wall-clock seconds from `started_at` to the end of the run. Sources run
+    /// in parallel, so this is less than the sum of theirs.
     pub duration_seconds: f64,
-    /// Per source.
+    /// One entry per source attempted, good or failed, sorted by source name.
     pub artifacts: Vec<ArtifactReport>,
-    /// Per repository.
+    /// One entry per repository the run meant to write to, including those that
+    /// could not be opened or locked.
     pub repositories: Vec<RepositoryReport>,
 }
 

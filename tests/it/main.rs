@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod architecture;
 mod backup_postgres;
 mod backup_redis_files;
 mod cli;

@@ -12,8 +12,8 @@ use crate::error::{Failure, Outcome};
 use crate::model::secret::Redactor;
 use crate::model::time::local;
 use crate::model::units::bytes;
-use crate::restore::plan::{self, PlanError, Selector};
-use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions};
+use crate::restore::plan::{self, Selector};
+use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions, RestoreTargets};
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
@@ -66,15 +66,6 @@ struct Report<'a> {
     results: &'a [ItemResult],
 }
 
-fn plan_error(e: PlanError) -> Failure {
-    match e {
-        PlanError::NoSuchSnapshot(_)
-        | PlanError::NoMatch(..)
-        | PlanError::FailedInSnapshot { .. } => Failure::usage(e.to_string()),
-        _ => Failure::failed(e.to_string()),
-    }
-}
-
 fn distance(seconds: i64) -> String {
     let d = humantime::format_duration(std::time::Duration::from_secs(seconds.unsigned_abs()))
         .to_string();
@@ -89,7 +80,7 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
         "SOURCE", "SNAPSHOT", "CAPTURED AT", "DISTANCE", "SIZE"
     ));
     for i in items {
-        let c = &i.choice;
+        let c = i.choice();
         output::line(format!(
             "  {:<22} {:<24} {:<19} {:>16} {:>10}  {}{}",
             c.source,
@@ -99,17 +90,16 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
                 .map(distance)
                 .unwrap_or_else(|| "-".into()),
             bytes(c.artifact.plaintext_bytes),
-            i.target
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string),
-            if i.replaces {
+            i.ready()
+                .map_or_else(|| "-".to_owned(), |r| r.target.to_string()),
+            if i.ready().is_some_and(|r| r.replaces) {
                 "  (REPLACES existing data)"
             } else {
                 ""
             }
         ));
-        if let Some(why) = &i.refused {
-            output::line(format!("  {:<22} REFUSED: {why}", ""));
+        if let Some(r) = i.refused() {
+            output::line(format!("  {:<22} REFUSED: {}", "", r.reason));
         }
         if !c.skipped_failed.is_empty() {
             output::line(format!(
@@ -149,7 +139,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         (Some(s), _) if s == "latest" => Selector::Latest,
         (Some(s), _) => Selector::Snapshot(s.clone()),
         (None, Some(t)) => Selector::PointInTime(
-            plan::parse_time(t).map_err(|e| Failure::usage(format!("--point-in-time: {e}")))?,
+            plan::parse_time(t).map_err(|e| Failure::from(e).context("--point-in-time"))?,
         ),
         (None, None) => Selector::PointInTime(chrono::Utc::now()),
     };
@@ -192,35 +182,29 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         &snapshots,
         &selector,
         matcher.as_ref().map(|m| (m, args.sources.as_slice())),
-    )
-    .map_err(plan_error)?;
-    crate::restore::check_options(&choices, &options).map_err(Failure::usage)?;
+    )?;
+    crate::restore::check_options(&choices, &options)?;
     let identities = if args.dry_run {
         Vec::new()
     } else {
         crate::pipeline::load_identities(&config).map_err(Failure::usage)?
     };
     let ctx = RestoreContext {
-        config: &config,
+        targets: RestoreTargets::from_config(&config),
         repository,
         identities: Arc::new(identities),
         options: &options,
         redactor: Redactor::new(config.secrets()),
         progress: std::io::stderr().is_terminal() && !globals.json,
     };
-    let items = crate::restore::prepare(&ctx, choices)
-        .await
-        .map_err(Failure::failed)?;
+    let items = crate::restore::prepare(&ctx, choices).await?;
     if !globals.json {
         print_plan(&requested, &items);
     }
     let refused: Vec<String> = items
         .iter()
-        .filter_map(|i| {
-            i.refused
-                .as_ref()
-                .map(|w| format!("{}: {w}", i.choice.source))
-        })
+        .filter_map(PlanItem::refused)
+        .map(|r| format!("{}: {}", r.choice.source, r.reason))
         .collect();
     if args.dry_run {
         if !refused.is_empty() {
@@ -251,7 +235,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     if !args.yes {
         confirm(items.len())?;
     }
-    let results = crate::restore::execute(&ctx, &items).await;
+    let results = crate::restore::execute(&ctx, items.iter().filter_map(PlanItem::ready)).await;
     if globals.json {
         output::json(&Report {
             repository: ctx.repository.name(),

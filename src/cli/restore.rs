@@ -132,48 +132,66 @@ fn confirm(n: usize) -> Result<(), Failure> {
     }
 }
 
-/// Runs `restore`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
-    let config = globals.load_config()?;
-    let selector = match (&args.snapshot, &args.point_in_time) {
-        (Some(s), _) if s == "latest" => Selector::Latest,
-        (Some(s), _) => Selector::Snapshot(s.clone()),
-        (None, Some(t)) => Selector::PointInTime(
-            plan::parse_time(t).map_err(|e| Failure::from(e).context("--point-in-time"))?,
-        ),
-        (None, None) => Selector::PointInTime(chrono::Utc::now()),
-    };
-    let requested = match &selector {
+impl Args {
+    /// `--snapshot`, `--point-in-time` or, by default, now.
+    fn selector(&self) -> Result<Selector, Failure> {
+        Ok(match (&self.snapshot, &self.point_in_time) {
+            (Some(s), _) if s == "latest" => Selector::Latest,
+            (Some(s), _) => Selector::Snapshot(s.clone()),
+            (None, Some(t)) => Selector::PointInTime(
+                plan::parse_time(t).map_err(|e| Failure::from(e).context("--point-in-time"))?,
+            ),
+            (None, None) => Selector::PointInTime(chrono::Utc::now()),
+        })
+    }
+
+    /// The options these arguments ask for; `--target-url` must not carry
+    /// a password.
+    fn options(&self, selector: Selector) -> Result<RestoreOptions, Failure> {
+        let target = match &self.target_url {
+            None => None,
+            Some(u) => {
+                let (ep, pw) = crate::model::config::parse_postgres_url(u)
+                    .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
+                if pw.is_some() {
+                    return Err(Failure::usage(
+                        "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
+                    ));
+                }
+                Some(ep)
+            }
+        };
+        Ok(RestoreOptions {
+            selector,
+            sources: self.sources.clone(),
+            as_name: self.as_name.clone(),
+            to: self.to.clone(),
+            target,
+            replace: self.replace,
+            jobs: self.jobs.map(usize::from),
+            no_owner: false,
+        })
+    }
+}
+
+/// What was asked for, in words (`snapshot ID`, `point in time T`).
+fn requested(selector: &Selector) -> String {
+    match selector {
         Selector::Latest => "latest snapshot".to_owned(),
         Selector::Snapshot(id) => format!("snapshot {id}"),
         Selector::PointInTime(t) => format!(
             "point in time {}",
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
-    };
-    let target = match &args.target_url {
-        None => None,
-        Some(u) => {
-            let (ep, pw) = crate::model::config::parse_postgres_url(u)
-                .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
-            if pw.is_some() {
-                return Err(Failure::usage(
-                    "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
-                ));
-            }
-            Some(ep)
-        }
-    };
-    let options = RestoreOptions {
-        selector: selector.clone(),
-        sources: args.sources.clone(),
-        as_name: args.as_name.clone(),
-        to: args.to.clone(),
-        target,
-        replace: args.replace,
-        jobs: args.jobs.map(usize::from),
-        no_owner: false,
-    };
+    }
+}
+
+/// Runs `restore`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
+    let config = globals.load_config()?;
+    let selector = args.selector()?;
+    let requested = requested(&selector);
+    let options = args.options(selector.clone())?;
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, _) = repository.snapshots().await?;
@@ -245,19 +263,20 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             results: &results,
         });
     } else {
-        for r in &results {
-            output::line(format!(
-                "  {}  {:<22} {} ({:.1}s)",
-                if r.ok { "ok    " } else { "FAILED" },
-                r.source,
-                r.message,
-                r.seconds
-            ));
-        }
+        print_results(&results);
     }
-    Ok(if results.iter().all(|r| r.ok) {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(Outcome::verdict(results.iter().all(|r| r.ok)))
+}
+
+/// Prints each item's outcome for people.
+fn print_results(results: &[ItemResult]) {
+    for r in results {
+        output::line(format!(
+            "  {}  {:<22} {} ({:.1}s)",
+            if r.ok { "ok    " } else { "FAILED" },
+            r.source,
+            r.message,
+            r.seconds
+        ));
+    }
 }

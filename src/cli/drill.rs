@@ -17,7 +17,7 @@ pub struct Args {
 /// Runs `drill`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
-    let drills = crate::ops::drill::find(&config, args.drill.as_deref()).map_err(Failure::usage)?;
+    let drills = crate::ops::drill::find(&config, args.drill.as_deref())?;
     let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(|e| {
         Failure::usage(format!(
             "a drill restores, so it needs the private key: {e}"
@@ -39,6 +39,8 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
                 }
                 reports.push(r);
             }
+            // Exit 1 for anything that stops a drill, as this command always
+            // did (an unknown repository name included).
             Err(e) => return Err(Failure::failed(format!("drill {}: {e}", d.name))),
         }
     }

@@ -12,8 +12,8 @@ use crate::error::{Failure, Outcome};
 use crate::model::secret::Redactor;
 use crate::model::time::local;
 use crate::model::units::bytes;
-use crate::restore::plan::{self, PlanError, Selector};
-use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions};
+use crate::restore::plan::{self, Selector};
+use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions, RestoreTargets};
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
@@ -66,15 +66,6 @@ struct Report<'a> {
     results: &'a [ItemResult],
 }
 
-fn plan_error(e: PlanError) -> Failure {
-    match e {
-        PlanError::NoSuchSnapshot(_)
-        | PlanError::NoMatch(..)
-        | PlanError::FailedInSnapshot { .. } => Failure::usage(e.to_string()),
-        _ => Failure::failed(e.to_string()),
-    }
-}
-
 fn distance(seconds: i64) -> String {
     let d = humantime::format_duration(std::time::Duration::from_secs(seconds.unsigned_abs()))
         .to_string();
@@ -89,7 +80,7 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
         "SOURCE", "SNAPSHOT", "CAPTURED AT", "DISTANCE", "SIZE"
     ));
     for i in items {
-        let c = &i.choice;
+        let c = i.choice();
         output::line(format!(
             "  {:<22} {:<24} {:<19} {:>16} {:>10}  {}{}",
             c.source,
@@ -99,17 +90,16 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
                 .map(distance)
                 .unwrap_or_else(|| "-".into()),
             bytes(c.artifact.plaintext_bytes),
-            i.target
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), ToString::to_string),
-            if i.replaces {
+            i.ready()
+                .map_or_else(|| "-".to_owned(), |r| r.target.to_string()),
+            if i.ready().is_some_and(|r| r.replaces) {
                 "  (REPLACES existing data)"
             } else {
                 ""
             }
         ));
-        if let Some(why) = &i.refused {
-            output::line(format!("  {:<22} REFUSED: {why}", ""));
+        if let Some(r) = i.refused() {
+            output::line(format!("  {:<22} REFUSED: {}", "", r.reason));
         }
         if !c.skipped_failed.is_empty() {
             output::line(format!(
@@ -142,48 +132,66 @@ fn confirm(n: usize) -> Result<(), Failure> {
     }
 }
 
-/// Runs `restore`.
-pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
-    let config = globals.load_config()?;
-    let selector = match (&args.snapshot, &args.point_in_time) {
-        (Some(s), _) if s == "latest" => Selector::Latest,
-        (Some(s), _) => Selector::Snapshot(s.clone()),
-        (None, Some(t)) => Selector::PointInTime(
-            plan::parse_time(t).map_err(|e| Failure::usage(format!("--point-in-time: {e}")))?,
-        ),
-        (None, None) => Selector::PointInTime(chrono::Utc::now()),
-    };
-    let requested = match &selector {
+impl Args {
+    /// `--snapshot`, `--point-in-time` or, by default, now.
+    fn selector(&self) -> Result<Selector, Failure> {
+        Ok(match (&self.snapshot, &self.point_in_time) {
+            (Some(s), _) if s == "latest" => Selector::Latest,
+            (Some(s), _) => Selector::Snapshot(s.clone()),
+            (None, Some(t)) => Selector::PointInTime(
+                plan::parse_time(t).map_err(|e| Failure::from(e).context("--point-in-time"))?,
+            ),
+            (None, None) => Selector::PointInTime(chrono::Utc::now()),
+        })
+    }
+
+    /// The options these arguments ask for; `--target-url` must not carry
+    /// a password.
+    fn options(&self, selector: Selector) -> Result<RestoreOptions, Failure> {
+        let target = match &self.target_url {
+            None => None,
+            Some(u) => {
+                let (ep, pw) = crate::model::config::parse_postgres_url(u)
+                    .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
+                if pw.is_some() {
+                    return Err(Failure::usage(
+                        "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
+                    ));
+                }
+                Some(ep)
+            }
+        };
+        Ok(RestoreOptions {
+            selector,
+            sources: self.sources.clone(),
+            as_name: self.as_name.clone(),
+            to: self.to.clone(),
+            target,
+            replace: self.replace,
+            jobs: self.jobs.map(usize::from),
+            no_owner: false,
+        })
+    }
+}
+
+/// What was asked for, in words (`snapshot ID`, `point in time T`).
+fn requested(selector: &Selector) -> String {
+    match selector {
         Selector::Latest => "latest snapshot".to_owned(),
         Selector::Snapshot(id) => format!("snapshot {id}"),
         Selector::PointInTime(t) => format!(
             "point in time {}",
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
-    };
-    let target = match &args.target_url {
-        None => None,
-        Some(u) => {
-            let (ep, pw) = crate::model::config::parse_postgres_url(u)
-                .map_err(|e| Failure::usage(format!("--target-url: {e}")))?;
-            if pw.is_some() {
-                return Err(Failure::usage(
-                    "--target-url must not carry a password (command lines are visible to every user): the target uses postgres.password",
-                ));
-            }
-            Some(ep)
-        }
-    };
-    let options = RestoreOptions {
-        selector: selector.clone(),
-        sources: args.sources.clone(),
-        as_name: args.as_name.clone(),
-        to: args.to.clone(),
-        target,
-        replace: args.replace,
-        jobs: args.jobs.map(usize::from),
-        no_owner: false,
-    };
+    }
+}
+
+/// Runs `restore`.
+pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
+    let config = globals.load_config()?;
+    let selector = args.selector()?;
+    let requested = requested(&selector);
+    let options = args.options(selector.clone())?;
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, _) = repository.snapshots().await?;
@@ -192,35 +200,29 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         &snapshots,
         &selector,
         matcher.as_ref().map(|m| (m, args.sources.as_slice())),
-    )
-    .map_err(plan_error)?;
-    crate::restore::check_options(&choices, &options).map_err(Failure::usage)?;
+    )?;
+    crate::restore::check_options(&choices, &options)?;
     let identities = if args.dry_run {
         Vec::new()
     } else {
         crate::pipeline::load_identities(&config).map_err(Failure::usage)?
     };
     let ctx = RestoreContext {
-        config: &config,
+        targets: RestoreTargets::from_config(&config),
         repository,
         identities: Arc::new(identities),
         options: &options,
         redactor: Redactor::new(config.secrets()),
         progress: std::io::stderr().is_terminal() && !globals.json,
     };
-    let items = crate::restore::prepare(&ctx, choices)
-        .await
-        .map_err(Failure::failed)?;
+    let items = crate::restore::prepare(&ctx, choices).await?;
     if !globals.json {
         print_plan(&requested, &items);
     }
     let refused: Vec<String> = items
         .iter()
-        .filter_map(|i| {
-            i.refused
-                .as_ref()
-                .map(|w| format!("{}: {w}", i.choice.source))
-        })
+        .filter_map(PlanItem::refused)
+        .map(|r| format!("{}: {}", r.choice.source, r.reason))
         .collect();
     if args.dry_run {
         if !refused.is_empty() {
@@ -251,7 +253,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     if !args.yes {
         confirm(items.len())?;
     }
-    let results = crate::restore::execute(&ctx, &items).await;
+    let results = crate::restore::execute(&ctx, items.iter().filter_map(PlanItem::ready)).await;
     if globals.json {
         output::json(&Report {
             repository: ctx.repository.name(),
@@ -261,19 +263,20 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             results: &results,
         });
     } else {
-        for r in &results {
-            output::line(format!(
-                "  {}  {:<22} {} ({:.1}s)",
-                if r.ok { "ok    " } else { "FAILED" },
-                r.source,
-                r.message,
-                r.seconds
-            ));
-        }
+        print_results(&results);
     }
-    Ok(if results.iter().all(|r| r.ok) {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(Outcome::verdict(results.iter().all(|r| r.ok)))
+}
+
+/// Prints each item's outcome for people.
+fn print_results(results: &[ItemResult]) {
+    for r in results {
+        output::line(format!(
+            "  {}  {:<22} {} ({:.1}s)",
+            if r.ok { "ok    " } else { "FAILED" },
+            r.source,
+            r.message,
+            r.seconds
+        ));
+    }
 }

@@ -21,24 +21,17 @@ pub struct Args {
     repository: Option<String>,
 }
 
-/// `latest`, `oldest` or an id.
-pub fn which(s: &str) -> Which {
-    match s {
-        "latest" => Which::Latest,
-        "oldest" => Which::Oldest,
-        id => Which::Id(id.to_owned()),
-    }
-}
-
 /// Runs `verify`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(Failure::usage)?);
     let runtime = crate::scratch::runtime(&config.scratch);
-    let manifest = verify::find_snapshot(&repo, &which(&args.snapshot))
+    // Exit 2 for any failure to find the snapshot, as this command always
+    // did (listing the snapshots failing included).
+    let manifest = verify::find_snapshot(&repo, &Which::parse(&args.snapshot))
         .await
-        .map_err(Failure::usage)?;
+        .map_err(|e| Failure::usage(e.to_string()))?;
     tracing::info!(snapshot = %manifest.id, repository = repo.name(), "verifying in scratch instances");
     let work = verify::run(
         &config,
@@ -48,7 +41,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         &manifest,
         &args.sources,
     );
-    let (report, restored) = interruptible(work).await?.map_err(Failure::failed)?;
+    // Exit 1 for anything that stops the verification, as this command
+    // always did (a bad --source pattern included).
+    let (report, restored) = interruptible(work)
+        .await?
+        .map_err(|e| Failure::failed(e.to_string()))?;
     drop(restored); // tear the scratch instances down before reporting
     if globals.json {
         output::json(&report);

@@ -4,13 +4,14 @@
 //! file as `<path>.kompose-dr-<time>.bak`.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::stream::copy_archive;
-use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
+use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
+use crate::model::manifest::FileMeta;
 use crate::restore::plan::Choice;
 
-fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, String> {
+fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, RestoreError> {
     let original = c
         .artifact
         .file
@@ -18,13 +19,18 @@ fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, String> 
         .map(|f| PathBuf::from(&f.path))
         .or_else(|| {
             let name = c.source.trim_start_matches("files/");
-            ctx.config
+            ctx.targets
                 .files
                 .iter()
                 .find(|f| f.name == name)
                 .map(|f| f.path.clone())
         })
-        .ok_or_else(|| format!("{}: the manifest records no path: pass --to PATH", c.source))?;
+        .ok_or_else(|| {
+            RestoreError::Refused(format!(
+                "{}: the manifest records no path: pass --to PATH",
+                c.source
+            ))
+        })?;
     Ok(match &ctx.options.to {
         Some(to) if to.is_dir() => to.join(original.file_name().unwrap_or_default()),
         Some(to) => to.clone(),
@@ -33,37 +39,37 @@ fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, String> 
 }
 
 /// Checks the target: an existing file needs `--replace`.
-pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool), String> {
+pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool), RestoreError> {
     let path = target_path(ctx, c)?;
     let exists = path.symlink_metadata().is_ok();
     if exists && !ctx.options.replace {
-        return Err(format!(
+        return Err(RestoreError::Refused(format!(
             "{} exists: nothing was changed. Write it elsewhere with --to PATH, or replace it with --replace \
              (the current file is kept as {}.kompose-dr-<time>.bak)",
             path.display(),
             path.display()
-        ));
+        )));
     }
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     if !parent.is_dir() {
-        return Err(format!(
+        return Err(RestoreError::Refused(format!(
             "{}: the directory {} does not exist",
             c.source,
             parent.display()
-        ));
+        )));
     }
     Ok((Target::File { path }, exists))
 }
 
-/// Restores one file.
-pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
-    let Target::File { path } = item.target() else {
-        unreachable!("file item")
-    };
-    let path = path.clone();
+/// Restores one file to `path`.
+pub async fn restore(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    path: &Path,
+) -> Result<(u64, String), RestoreError> {
     let name = path
         .file_name()
         .unwrap_or_default()
@@ -77,49 +83,14 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();
     let meta = item.choice.artifact.file.clone();
-    let (t, p) = (tmp.clone(), path.clone());
-    let result = tokio::task::spawn_blocking(move || -> Result<(u64, Option<PathBuf>), String> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&t)
-            .map_err(|e| format!("cannot create {}: {e}", t.display()))?;
-        let bytes = copy_archive(stored, &ids, &mut f).map_err(|e| e.to_string())?;
-        if let Some(m) = &meta {
-            f.set_permissions(std::fs::Permissions::from_mode(m.mode))
-                .map_err(|e| format!("cannot set the mode of {}: {e}", t.display()))?;
-            if let Err(e) = std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))
-                && nix::unistd::geteuid().is_root()
-            {
-                return Err(format!("cannot set the owner of {}: {e}", t.display()));
-            }
-            f.set_modified(m.mtime.into())
-                .map_err(|e| format!("cannot set the mtime of {}: {e}", t.display()))?;
-        }
-        f.sync_all()
-            .map_err(|e| format!("fsync {}: {e}", t.display()))?;
-        drop(f);
-        let mut bak = None;
-        if p.symlink_metadata().is_ok() {
-            let b = PathBuf::from(format!(
-                "{}.kompose-dr-{}.bak",
-                p.display(),
-                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-            ));
-            std::fs::hard_link(&p, &b)
-                .map_err(|e| format!("cannot keep {} as {}: {e}", p.display(), b.display()))?;
-            bak = Some(b);
-        }
-        std::fs::rename(&t, &p)
-            .map_err(|e| format!("cannot move the restored file into {}: {e}", p.display()))?;
-        if let Some(dir) = p.parent() {
-            let _ = crate::storage::local::sync_dir(dir);
-        }
-        Ok((bytes, bak))
+    let (t, p) = (tmp.clone(), path.to_owned());
+    let result = tokio::task::spawn_blocking(move || {
+        let bytes = write_temporary(&t, meta.as_ref(), |f| Ok(copy_archive(stored, &ids, f)?))?;
+        let bak = replace_with(&t, &p)?;
+        Ok::<_, RestoreError>((bytes, bak))
     })
     .await
-    .map_err(|e| format!("restore thread failed: {e}"))?;
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
     pb.finish_and_clear();
     match result {
         Ok((bytes, bak)) => Ok((
@@ -135,7 +106,73 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
         )),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(format!("{e}; {} is unchanged", path.display()))
+            Err(e.unchanged(path.display()))
         }
     }
+}
+
+/// Creates `t` (0600, new), fills it with `fill`, gives it the recorded
+/// mode, owner (an error only as root) and mtime, and syncs it.
+fn write_temporary(
+    t: &Path,
+    meta: Option<&FileMeta>,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<u64, RestoreError>,
+) -> Result<u64, RestoreError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(t)
+        .map_err(RestoreError::io(format!("cannot create {}", t.display())))?;
+    let bytes = fill(&mut f)?;
+    if let Some(m) = meta {
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode))
+            .map_err(RestoreError::io(format!(
+                "cannot set the mode of {}",
+                t.display()
+            )))?;
+        if let Err(e) = std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))
+            && nix::unistd::geteuid().is_root()
+        {
+            return Err(RestoreError::io(format!(
+                "cannot set the owner of {}",
+                t.display()
+            ))(e));
+        }
+        f.set_modified(m.mtime.into())
+            .map_err(RestoreError::io(format!(
+                "cannot set the mtime of {}",
+                t.display()
+            )))?;
+    }
+    f.sync_all()
+        .map_err(RestoreError::io(format!("fsync {}", t.display())))?;
+    Ok(bytes)
+}
+
+/// Renames `t` over `p`, first keeping an existing `p` as a `.bak` hard
+/// link (returned), then syncs the directory.
+fn replace_with(t: &Path, p: &Path) -> Result<Option<PathBuf>, RestoreError> {
+    let mut bak = None;
+    if p.symlink_metadata().is_ok() {
+        let b = PathBuf::from(format!(
+            "{}.kompose-dr-{}.bak",
+            p.display(),
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        std::fs::hard_link(p, &b).map_err(RestoreError::io(format!(
+            "cannot keep {} as {}",
+            p.display(),
+            b.display()
+        )))?;
+        bak = Some(b);
+    }
+    std::fs::rename(t, p).map_err(RestoreError::io(format!(
+        "cannot move the restored file into {}",
+        p.display()
+    )))?;
+    if let Some(dir) = p.parent() {
+        let _ = crate::storage::local::sync_dir(dir);
+    }
+    Ok(bak)
 }

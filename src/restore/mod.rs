@@ -9,6 +9,7 @@
 //! checksums all held — so a corrupted archive or a wrong key never replaces
 //! anything.
 
+mod error;
 pub mod files;
 pub mod plan;
 pub mod postgres;
@@ -20,10 +21,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::model::config::{Config, PgEndpoint};
+use crate::model::config::{Config, FileConfig, PgEndpoint, PostgresConfig, RedisConfig};
 use crate::model::manifest::ArtifactKind;
 use crate::model::secret::Redactor;
 use crate::repository::Repository;
+pub use error::RestoreError;
 pub use plan::{Choice, Selector};
 
 /// What the operator asked for.
@@ -46,6 +48,52 @@ pub struct RestoreOptions {
     /// Restore without ownership and privileges (`--no-owner
     /// --no-privileges`): for scratch servers that lack the roles.
     pub no_owner: bool,
+}
+
+impl RestoreOptions {
+    /// Options that restore one snapshot's artifacts as they are: to their
+    /// configured places, under their own names, replacing nothing.
+    pub fn default_for(snapshot: &str) -> RestoreOptions {
+        RestoreOptions {
+            selector: Selector::Snapshot(snapshot.to_owned()),
+            sources: Vec::new(),
+            as_name: None,
+            to: None,
+            target: None,
+            replace: false,
+            jobs: None,
+            no_owner: false,
+        }
+    }
+}
+
+/// The parts of the configuration a restore writes to: the servers and
+/// paths targets are worked out from, and the file to name in messages.
+///
+/// `verify` points these at scratch instances instead of production.
+#[derive(Debug, Clone)]
+pub struct RestoreTargets {
+    /// The PostgreSQL server databases and roles go to.
+    pub postgres: Option<PostgresConfig>,
+    /// The Redis whose data directory is restored into (and which must not
+    /// be running on it).
+    pub redis: Option<RedisConfig>,
+    /// The configured files, for artifacts whose manifest records no path.
+    pub files: Vec<FileConfig>,
+    /// The configuration file, named when a setting is missing.
+    pub config_path: PathBuf,
+}
+
+impl RestoreTargets {
+    /// The targets a configuration describes.
+    pub fn from_config(config: &Config) -> RestoreTargets {
+        RestoreTargets {
+            postgres: config.postgres.clone(),
+            redis: config.redis.clone(),
+            files: config.files.clone(),
+            config_path: config.path.clone(),
+        }
+    }
 }
 
 /// Where one artifact goes.
@@ -87,26 +135,91 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// One line of the plan.
-#[derive(Debug, Clone, Serialize)]
-pub struct PlanItem {
+/// One line of the plan: an item that can be restored, or one that the
+/// checks before the restore refused.
+#[derive(Debug, Clone)]
+pub enum PlanItem {
+    /// Its target was worked out and accepts the restore.
+    Ready(ReadyItem),
+    /// It cannot be restored as asked; nothing is restored then.
+    Refused(RefusedItem),
+}
+
+/// An item whose target is known and was checked.
+#[derive(Debug, Clone)]
+pub struct ReadyItem {
     /// What is restored from where.
-    #[serde(flatten)]
     pub choice: Choice,
-    /// Where it goes (unknown only when refused before it was worked out).
-    pub target: Option<Target>,
+    /// Where it goes.
+    pub target: Target,
     /// Whether existing data will be replaced.
     pub replaces: bool,
-    /// Why this item cannot be restored as asked (nothing is restored then).
-    pub refused: Option<String>,
+}
+
+/// An item refused before anything was written.
+#[derive(Debug, Clone)]
+pub struct RefusedItem {
+    /// What was asked for.
+    pub choice: Choice,
+    /// Why it cannot be restored as asked (secrets scrubbed).
+    pub reason: String,
 }
 
 impl PlanItem {
-    /// The target, which every item that is not refused has.
-    pub fn target(&self) -> &Target {
-        self.target
-            .as_ref()
-            .expect("only refused items lack a target")
+    /// What is restored from where.
+    pub fn choice(&self) -> &Choice {
+        match self {
+            PlanItem::Ready(r) => &r.choice,
+            PlanItem::Refused(r) => &r.choice,
+        }
+    }
+
+    /// The item, if it can be restored.
+    pub fn ready(&self) -> Option<&ReadyItem> {
+        match self {
+            PlanItem::Ready(r) => Some(r),
+            PlanItem::Refused(_) => None,
+        }
+    }
+
+    /// The refusal, if the item was refused.
+    pub fn refused(&self) -> Option<&RefusedItem> {
+        match self {
+            PlanItem::Ready(_) => None,
+            PlanItem::Refused(r) => Some(r),
+        }
+    }
+}
+
+/// The JSON form of a plan item, unchanged since items were one struct:
+/// the choice's fields, then `target` (null when refused), `replaces` and
+/// `refused` (null when ready).
+#[derive(Serialize)]
+struct PlanItemJson<'a> {
+    #[serde(flatten)]
+    choice: &'a Choice,
+    target: Option<&'a Target>,
+    replaces: bool,
+    refused: Option<&'a str>,
+}
+
+impl Serialize for PlanItem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let json = match self {
+            PlanItem::Ready(r) => PlanItemJson {
+                choice: &r.choice,
+                target: Some(&r.target),
+                replaces: r.replaces,
+                refused: None,
+            },
+            PlanItem::Refused(r) => PlanItemJson {
+                choice: &r.choice,
+                target: None,
+                replaces: false,
+                refused: Some(&r.reason),
+            },
+        };
+        json.serialize(s)
     }
 }
 
@@ -129,8 +242,8 @@ pub struct ItemResult {
 
 /// Everything a restore needs besides the plan.
 pub struct RestoreContext<'a> {
-    /// The configuration.
-    pub config: &'a Config,
+    /// Where targets are.
+    pub targets: RestoreTargets,
     /// The repository read from.
     pub repository: Repository,
     /// The private keys.
@@ -144,15 +257,15 @@ pub struct RestoreContext<'a> {
 }
 
 /// Checks that `--as` and `--to` fit the selection.
-pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), String> {
+pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), RestoreError> {
     let dbs = choices
         .iter()
         .filter(|c| c.artifact.kind == ArtifactKind::PostgresDump)
         .count();
     if o.as_name.is_some() && dbs != 1 {
-        return Err(format!(
+        return Err(RestoreError::Options(format!(
             "--as renames one database, but {dbs} are selected: add --source postgres/NAME"
-        ));
+        )));
     }
     let to_targets = choices
         .iter()
@@ -164,9 +277,9 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Strin
         })
         .count();
     if o.to.is_some() && to_targets != 1 {
-        return Err(format!(
+        return Err(RestoreError::Options(format!(
             "--to places one Redis or file source, but {to_targets} are selected: add --source redis or --source files/NAME"
-        ));
+        )));
     }
     Ok(())
 }
@@ -175,79 +288,86 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Strin
 pub async fn prepare(
     ctx: &RestoreContext<'_>,
     choices: Vec<Choice>,
-) -> Result<Vec<PlanItem>, String> {
+) -> Result<Vec<PlanItem>, RestoreError> {
     check_options(&choices, ctx.options)?;
     let mut items = Vec::new();
     for c in choices {
-        let checked = match c.artifact.kind {
-            ArtifactKind::PostgresGlobals => postgres::globals_target(ctx).map(|t| (t, false)),
-            ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
-            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
-            ArtifactKind::File => files::preflight(ctx, &c),
-        };
-        items.push(match checked {
-            Ok((target, replaces)) => PlanItem {
-                choice: c,
-                target: Some(target),
-                replaces,
-                refused: None,
-            },
-            Err(why) => PlanItem {
-                choice: c,
-                target: None,
-                replaces: false,
-                refused: Some(ctx.redactor.scrub(&why)),
-            },
-        });
+        items.push(plan_item(ctx, c).await);
     }
     Ok(items)
 }
 
+/// Works out one choice's target and checks it (the options must have
+/// passed [`check_options`]).
+pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
+    let checked = match c.artifact.kind {
+        ArtifactKind::PostgresGlobals => postgres::globals_target(ctx).map(|t| (t, false)),
+        ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
+        ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
+        ArtifactKind::File => files::preflight(ctx, &c),
+    };
+    match checked {
+        Ok((target, replaces)) => PlanItem::Ready(ReadyItem {
+            choice: c,
+            target,
+            replaces,
+        }),
+        Err(why) => PlanItem::Refused(RefusedItem {
+            choice: c,
+            reason: ctx.redactor.scrub(&why.to_string()),
+        }),
+    }
+}
+
 /// Restores every item in order; one failing does not stop the others.
-pub async fn execute(ctx: &RestoreContext<'_>, items: &[PlanItem]) -> Vec<ItemResult> {
+pub async fn execute<'i>(
+    ctx: &RestoreContext<'_>,
+    items: impl IntoIterator<Item = &'i ReadyItem>,
+) -> Vec<ItemResult> {
     let mut results = Vec::new();
     for item in items {
-        let start = Instant::now();
-        tracing::info!(source = %item.choice.source, snapshot = %item.choice.snapshot, target = %item.target(), "restoring");
-        let outcome = match item.choice.artifact.kind {
-            ArtifactKind::PostgresGlobals => postgres::restore_globals(ctx, item).await,
-            ArtifactKind::PostgresDump => postgres::restore_database(ctx, item).await,
-            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::restore(ctx, item).await,
-            ArtifactKind::File => files::restore(ctx, item).await,
-        };
-        let seconds = start.elapsed().as_secs_f64();
-        let result = match outcome {
-            Ok((bytes, message)) => {
-                tracing::info!(source = %item.choice.source, bytes, seconds = format_args!("{seconds:.1}"), "{message}");
-                ItemResult {
-                    source: item.choice.source.clone(),
-                    target: item.target().clone(),
-                    ok: true,
-                    bytes,
-                    seconds,
-                    message,
-                }
-            }
-            Err(message) => {
-                let message = ctx.redactor.scrub(&message);
-                tracing::error!(source = %item.choice.source, "{message}");
-                ItemResult {
-                    source: item.choice.source.clone(),
-                    target: item.target().clone(),
-                    ok: false,
-                    bytes: 0,
-                    seconds,
-                    message,
-                }
-            }
-        };
-        results.push(result);
+        results.push(execute_one(ctx, item).await);
     }
     results
 }
 
+/// Restores one item into its target, logging and timing it.
+pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResult {
+    let start = Instant::now();
+    let source = &item.choice.source;
+    tracing::info!(source = %source, snapshot = %item.choice.snapshot, target = %item.target, "restoring");
+    // The target was worked out from the artifact's kind, so it says which
+    // restore applies.
+    let outcome = match &item.target {
+        Target::Globals { .. } => postgres::restore_globals(ctx, item).await,
+        Target::Database { name, .. } => postgres::restore_database(ctx, item, name).await,
+        Target::RedisDir { path } => redis::restore(ctx, item, path).await,
+        Target::File { path } => files::restore(ctx, item, path).await,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let (ok, bytes, message) = match outcome {
+        Ok((bytes, message)) => {
+            tracing::info!(source = %source, bytes, seconds = format_args!("{seconds:.1}"), "{message}");
+            (true, bytes, message)
+        }
+        Err(e) => {
+            let message = ctx.redactor.scrub(&e.to_string());
+            tracing::error!(source = %source, "{message}");
+            (false, 0, message)
+        }
+    };
+    ItemResult {
+        source: source.clone(),
+        target: item.target.clone(),
+        ok,
+        bytes,
+        seconds,
+        message,
+    }
+}
+
 /// A progress bar for one artifact (hidden when not on a terminal).
-pub fn progress_bar(ctx: &RestoreContext<'_>, item: &PlanItem) -> indicatif::ProgressBar {
+pub fn progress_bar(ctx: &RestoreContext<'_>, item: &ReadyItem) -> indicatif::ProgressBar {
     if !ctx.progress {
         return indicatif::ProgressBar::hidden();
     }
@@ -267,28 +387,82 @@ pub fn progress_bar(ctx: &RestoreContext<'_>, item: &PlanItem) -> indicatif::Pro
 /// storage stream), reporting progress to `pb`.
 pub async fn open_stored(
     ctx: &RestoreContext<'_>,
-    item: &PlanItem,
+    item: &ReadyItem,
     pb: &indicatif::ProgressBar,
 ) -> Result<
     stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>,
-    String,
+    RestoreError,
 > {
     let key = item
         .choice
         .artifact
         .path
         .as_deref()
-        .ok_or_else(|| format!("{}: the manifest names no archive", item.choice.source))?;
-    let reader = ctx
-        .repository
-        .backend()
-        .open(key)
-        .await
-        .map_err(|e| format!("{}: {e}", stream::label(&item.choice.artifact)))?;
+        .ok_or_else(|| RestoreError::NoArchive(item.choice.source.clone()))?;
+    let reader =
+        ctx.repository
+            .backend()
+            .open(key)
+            .await
+            .map_err(|source| RestoreError::Storage {
+                label: stream::label(&item.choice.artifact),
+                source,
+            })?;
     let pb = pb.clone();
     Ok(stream::VerifyingReader::new(
         tokio_util::io::SyncIoBridge::new(reader),
         &item.choice.artifact,
         Box::new(move |n| pb.set_position(n)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::fixtures::artifact;
+
+    fn choice() -> Choice {
+        Choice {
+            source: "files/acme".into(),
+            snapshot: "s1".into(),
+            artifact: artifact("files/acme", "2026-11-27T03:00:05Z", true),
+            distance_seconds: None,
+            skipped_failed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn plan_items_serialise_as_one_shape_with_nulls() {
+        let ready = serde_json::to_value(PlanItem::Ready(ReadyItem {
+            choice: choice(),
+            target: Target::File {
+                path: "/x/acme.json".into(),
+            },
+            replaces: true,
+        }))
+        .unwrap();
+        assert_eq!(ready["source"], "files/acme");
+        assert_eq!(ready["snapshot"], "s1");
+        assert_eq!(
+            ready["target"],
+            serde_json::json!({"kind": "file", "path": "/x/acme.json"})
+        );
+        assert_eq!(ready["replaces"], true);
+        assert!(ready["refused"].is_null() && ready.get("refused").is_some());
+
+        let refused = serde_json::to_value(PlanItem::Refused(RefusedItem {
+            choice: choice(),
+            reason: "it exists".into(),
+        }))
+        .unwrap();
+        assert!(refused["target"].is_null() && refused.get("target").is_some());
+        assert_eq!(refused["replaces"], false);
+        assert_eq!(refused["refused"], "it exists");
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&ready), keys(&refused));
+    }
 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
 use globset::GlobSet;
 use serde::Serialize;
 
+use crate::error::InvalidInput;
 use crate::model::manifest::{Artifact, Manifest};
 
 /// Which snapshot(s) to take artifacts from.
@@ -81,14 +82,30 @@ pub enum PlanError {
     NoMatch(String, String),
 }
 
+impl crate::error::Classify for PlanError {
+    /// A snapshot or source that is not there, or one selected by name that
+    /// failed, asks the operator to choose again; an empty repository, or a
+    /// time before every good backup, is a failure of what is stored.
+    fn class(&self) -> crate::error::Class {
+        match self {
+            PlanError::NoSuchSnapshot(_)
+            | PlanError::NoMatch(..)
+            | PlanError::FailedInSnapshot { .. } => crate::error::Class::Usage,
+            PlanError::Empty | PlanError::TooEarly { .. } | PlanError::NeverGood(_) => {
+                crate::error::Class::Failure
+            }
+        }
+    }
+}
+
 /// Parses `--point-in-time`: RFC 3339 (`2026-11-27T03:00:00Z`) or
 /// `YYYY-MM-DD HH:MM[:SS]` in local time.
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, InvalidInput> {
     parse_time_in(s, &Local)
 }
 
 /// [`parse_time`] in a given time zone (for tests).
-pub fn parse_time_in<Tz: TimeZone>(s: &str, tz: &Tz) -> Result<DateTime<Utc>, String> {
+pub fn parse_time_in<Tz: TimeZone>(s: &str, tz: &Tz) -> Result<DateTime<Utc>, InvalidInput> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -97,16 +114,16 @@ pub fn parse_time_in<Tz: TimeZone>(s: &str, tz: &Tz) -> Result<DateTime<Utc>, St
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
         .ok_or_else(|| {
-            format!("`{s}` is not a time: write 2026-11-27T03:00:00Z (RFC 3339) or \"2026-11-27 03:00\" (local time)")
+            InvalidInput(format!("`{s}` is not a time: write 2026-11-27T03:00:00Z (RFC 3339) or \"2026-11-27 03:00\" (local time)"))
         })?;
     match tz.from_local_datetime(&naive) {
         chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
-        chrono::LocalResult::Ambiguous(..) => Err(format!(
+        chrono::LocalResult::Ambiguous(..) => Err(InvalidInput(format!(
             "`{s}` happens twice in local time (a daylight-saving change): write it in RFC 3339 with an offset"
-        )),
-        chrono::LocalResult::None => Err(format!(
+        ))),
+        chrono::LocalResult::None => Err(InvalidInput(format!(
             "`{s}` does not exist in local time (a daylight-saving change): write it in RFC 3339 with an offset"
-        )),
+        ))),
     }
 }
 
@@ -120,116 +137,140 @@ pub fn choose(
     if snapshots.is_empty() {
         return Err(PlanError::Empty);
     }
-    let wanted = |name: &str| sources.is_none_or(|(m, _)| m.is_match(name));
-    let explicit = sources.is_some();
-    let mut out = Vec::new();
-    match selector {
-        Selector::Snapshot(_) | Selector::Latest => {
-            let m = match selector {
-                Selector::Snapshot(id) => snapshots
-                    .iter()
-                    .find(|m| &m.id == id)
-                    .ok_or_else(|| PlanError::NoSuchSnapshot(id.clone()))?,
-                _ => &snapshots[0],
-            };
-            for a in m.artifacts.iter().filter(|a| wanted(&a.source)) {
-                if a.is_ok() {
-                    out.push(Choice {
-                        source: a.source.clone(),
-                        snapshot: m.id.clone(),
-                        artifact: a.clone(),
-                        distance_seconds: None,
-                        skipped_failed: Vec::new(),
-                    });
-                } else if explicit {
-                    return Err(PlanError::FailedInSnapshot {
-                        name: a.source.clone(),
-                        snapshot: m.id.clone(),
-                        error: a.error.clone().unwrap_or_default(),
-                    });
-                } else {
-                    tracing::warn!(source = %a.source, snapshot = %m.id, "skipping a source that failed in this snapshot");
-                }
-            }
-            check_patterns(&out, sources, m.artifacts.iter().map(|a| a.source.as_str()))?;
-        }
-        Selector::PointInTime(t) => {
-            let mut names: Vec<&str> = snapshots
+    let mut out = match selector {
+        Selector::Snapshot(id) => {
+            let m = snapshots
                 .iter()
-                .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str()))
-                .filter(|n| wanted(n))
-                .collect();
-            names.sort();
-            names.dedup();
-            for name in names {
-                let mut skipped = Vec::new();
-                let mut chosen = None;
-                let mut earliest: Option<(&Manifest, &Artifact)> = None;
-                // This source's artifacts, newest capture first.
-                let mut history: Vec<(&Manifest, &Artifact, DateTime<Utc>)> = snapshots
-                    .iter()
-                    .filter_map(|m| {
-                        let a = m.artifacts.iter().find(|a| a.source == name)?;
-                        Some((m, a, a.captured_at.unwrap_or(m.started_at)))
-                    })
-                    .collect();
-                history.sort_by_key(|x| std::cmp::Reverse(x.2));
-                for (m, a, at) in history {
-                    if a.is_ok() {
-                        earliest = Some((m, a));
-                    }
-                    if chosen.is_some() || at > *t {
-                        continue;
-                    }
-                    if a.is_ok() {
-                        chosen = Some((m, a, at));
-                    } else {
-                        skipped.push(m.id.clone());
-                    }
-                }
-                match chosen {
-                    Some((m, a, at)) => out.push(Choice {
-                        source: name.to_owned(),
-                        snapshot: m.id.clone(),
-                        artifact: a.clone(),
-                        distance_seconds: Some((*t - at).num_seconds()),
-                        skipped_failed: skipped,
-                    }),
-                    None => {
-                        return Err(match earliest {
-                            Some((m, a)) => PlanError::TooEarly {
-                                name: name.to_owned(),
-                                requested: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                earliest: a
-                                    .captured_at
-                                    .unwrap_or(m.started_at)
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                snapshot: m.id.clone(),
-                            },
-                            None if explicit => PlanError::NeverGood(name.to_owned()),
-                            None => {
-                                tracing::warn!(
-                                    source = name,
-                                    "skipping a source that has no good backup"
-                                );
-                                continue;
-                            }
-                        });
-                    }
-                }
-            }
-            check_patterns(
-                &out,
-                sources,
-                snapshots
-                    .iter()
-                    .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str())),
-            )?;
+                .find(|m| &m.id == id)
+                .ok_or_else(|| PlanError::NoSuchSnapshot(id.clone()))?;
+            choose_in(m, sources)?
         }
-    }
+        Selector::Latest => choose_in(&snapshots[0], sources)?,
+        Selector::PointInTime(t) => choose_at(snapshots, *t, sources)?,
+    };
     // Roles first, then databases, Redis, files.
     out.sort_by_key(|c| (rank(&c.source), c.source.clone()));
     Ok(out)
+}
+
+/// The good artifacts of one snapshot. A source that failed in it is
+/// skipped, or an error when it was selected by name.
+fn choose_in(
+    m: &Manifest,
+    sources: Option<(&GlobSet, &[String])>,
+) -> Result<Vec<Choice>, PlanError> {
+    let wanted = |name: &str| sources.is_none_or(|(g, _)| g.is_match(name));
+    let mut out = Vec::new();
+    for a in m.artifacts.iter().filter(|a| wanted(&a.source)) {
+        if a.is_ok() {
+            out.push(Choice {
+                source: a.source.clone(),
+                snapshot: m.id.clone(),
+                artifact: a.clone(),
+                distance_seconds: None,
+                skipped_failed: Vec::new(),
+            });
+        } else if sources.is_some() {
+            return Err(PlanError::FailedInSnapshot {
+                name: a.source.clone(),
+                snapshot: m.id.clone(),
+                error: a.error.clone().unwrap_or_default(),
+            });
+        } else {
+            tracing::warn!(source = %a.source, snapshot = %m.id, "skipping a source that failed in this snapshot");
+        }
+    }
+    check_patterns(&out, sources, m.artifacts.iter().map(|a| a.source.as_str()))?;
+    Ok(out)
+}
+
+/// Per source, the newest good artifact captured at or before `t`.
+fn choose_at(
+    snapshots: &[Manifest],
+    t: DateTime<Utc>,
+    sources: Option<(&GlobSet, &[String])>,
+) -> Result<Vec<Choice>, PlanError> {
+    let wanted = |name: &str| sources.is_none_or(|(g, _)| g.is_match(name));
+    let mut names: Vec<&str> = snapshots
+        .iter()
+        .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str()))
+        .filter(|n| wanted(n))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        match choose_source_at(snapshots, name, t) {
+            Ok(c) => out.push(c),
+            Err(None) if sources.is_some() => return Err(PlanError::NeverGood(name.to_owned())),
+            Err(None) => {
+                tracing::warn!(source = name, "skipping a source that has no good backup");
+            }
+            Err(Some(e)) => return Err(e),
+        }
+    }
+    check_patterns(
+        &out,
+        sources,
+        snapshots
+            .iter()
+            .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str())),
+    )?;
+    Ok(out)
+}
+
+/// Source `name`'s newest good artifact captured at or before `t`, noting
+/// the newer failed ones skipped. `Err(None)`: it has no good artifact at
+/// all; `Err(Some(TooEarly))`: only newer ones.
+fn choose_source_at(
+    snapshots: &[Manifest],
+    name: &str,
+    t: DateTime<Utc>,
+) -> Result<Choice, Option<PlanError>> {
+    let mut skipped = Vec::new();
+    let mut chosen = None;
+    let mut earliest: Option<(&Manifest, &Artifact)> = None;
+    // This source's artifacts, newest capture first.
+    let mut history: Vec<(&Manifest, &Artifact, DateTime<Utc>)> = snapshots
+        .iter()
+        .filter_map(|m| {
+            let a = m.artifacts.iter().find(|a| a.source == name)?;
+            Some((m, a, a.captured_at.unwrap_or(m.started_at)))
+        })
+        .collect();
+    history.sort_by_key(|x| std::cmp::Reverse(x.2));
+    for (m, a, at) in history {
+        if a.is_ok() {
+            earliest = Some((m, a));
+        }
+        if chosen.is_some() || at > t {
+            continue;
+        }
+        if a.is_ok() {
+            chosen = Some((m, a, at));
+        } else {
+            skipped.push(m.id.clone());
+        }
+    }
+    match (chosen, earliest) {
+        (Some((m, a, at)), _) => Ok(Choice {
+            source: name.to_owned(),
+            snapshot: m.id.clone(),
+            artifact: a.clone(),
+            distance_seconds: Some((t - at).num_seconds()),
+            skipped_failed: skipped,
+        }),
+        (None, Some((m, a))) => Err(Some(PlanError::TooEarly {
+            name: name.to_owned(),
+            requested: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            earliest: a
+                .captured_at
+                .unwrap_or(m.started_at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            snapshot: m.id.clone(),
+        })),
+        (None, None) => Err(None),
+    }
 }
 
 fn rank(source: &str) -> u8 {

@@ -9,24 +9,28 @@
 //! sessions terminated, and swapped out and dropped. A failed restore leaves
 //! the existing database exactly as it was.
 
+use std::path::Path;
 use std::process::Stdio;
 
+use tokio_postgres::Client;
+
 use super::stream::{self, copy_archive};
-use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
+use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::model::config::PostgresConfig;
 use crate::process::{describe_status, stderr_tail};
 use crate::restore::plan::Choice;
 use crate::sources::postgres::{
-    DumpTool, choose_client, command, connect, db_error, parse_tool_major, quote_ident,
+    DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
 };
 
-fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, String> {
-    let mut cfg = ctx.config.postgres.clone().ok_or_else(|| {
-        format!(
-            "configuration {}: restoring PostgreSQL needs a [postgres] section (or --target-url)",
-            ctx.config.path.display()
-        )
-    })?;
+fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
+    let mut cfg = ctx
+        .targets
+        .postgres
+        .clone()
+        .ok_or_else(|| RestoreError::NoPostgres {
+            config: ctx.targets.config_path.clone(),
+        })?;
     if let Some(ep) = &ctx.options.target {
         cfg.endpoint = ep.clone();
         // The container runs the configured server, not the target.
@@ -54,7 +58,7 @@ fn archive_major(c: &Choice) -> u32 {
         .unwrap_or(0)
 }
 
-async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, String> {
+async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, RestoreError> {
     let major = archive_major(c);
     choose_client(
         cfg,
@@ -69,27 +73,32 @@ async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, Stri
         ),
     )
     .await
+    .map_err(RestoreError::from_source)
+}
+
+async fn connect_to(cfg: &PostgresConfig, db: &str) -> Result<Client, RestoreError> {
+    connect(cfg, db).await.map_err(RestoreError::from_source)
 }
 
 /// The target of `postgres/globals`.
-pub fn globals_target(ctx: &RestoreContext<'_>) -> Result<Target, String> {
+pub fn globals_target(ctx: &RestoreContext<'_>) -> Result<Target, RestoreError> {
     Ok(Target::Globals {
         server: server(&target_config(ctx)?),
     })
 }
 
 /// Whether database `name` exists and, if so, whether it holds anything.
-async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, String> {
-    let client = connect(cfg, &cfg.endpoint.maintenance_db).await?;
+async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, RestoreError> {
+    let client = connect_to(cfg, &cfg.endpoint.maintenance_db).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await
-        .map_err(|e| db_error("cannot list databases", e))?
+        .map_err(RestoreError::db("cannot list databases"))?
         .is_some();
     if !exists {
         return Ok(None);
     }
-    let db = connect(cfg, name).await?;
+    let db = connect_to(cfg, name).await?;
     let n: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -97,20 +106,23 @@ async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, String>
             &[],
         )
         .await
-        .map_err(|e| db_error(&format!("cannot inspect database {name}"), e))?
+        .map_err(RestoreError::db(format!("cannot inspect database {name}")))?
         .get(0);
     Ok(Some(n > 0))
 }
 
 /// Checks a database target: refuses a non-empty one without `--replace`,
 /// and makes sure a suitable pg_restore exists.
-pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool), String> {
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    c: &Choice,
+) -> Result<(Target, bool), RestoreError> {
     let cfg = target_config(ctx)?;
     let name = database_name(ctx, c);
     if name.is_empty() || name.len() > 63 {
-        return Err(format!(
+        return Err(RestoreError::Refused(format!(
             "`{name}` is not a usable database name (1 to 63 bytes)"
-        ));
+        )));
     }
     let target = Target::Database {
         name: name.clone(),
@@ -118,14 +130,14 @@ pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, 
     };
     let existing = state(&cfg, &name).await?;
     if existing == Some(true) && !ctx.options.replace {
-        return Err(format!(
+        return Err(RestoreError::Refused(format!(
             "database {name} on {} exists and is not empty: nothing was changed. \
              Restore beside it with --as NEW_NAME and compare, or replace it with --replace",
             server(&cfg)
-        ));
+        )));
     }
     if ctx.options.jobs.is_some() && cfg.docker_container.is_some() {
-        return Err("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into());
+        return Err(RestoreError::Refused("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into()));
     }
     restore_tool(&cfg, c).await?;
     Ok((target, existing.is_some()))
@@ -134,10 +146,12 @@ pub async fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, 
 /// Restores roles and tablespaces; roles that exist already are not an error.
 pub async fn restore_globals(
     ctx: &RestoreContext<'_>,
-    item: &PlanItem,
-) -> Result<(u64, String), String> {
+    item: &ReadyItem,
+) -> Result<(u64, String), RestoreError> {
     let cfg = target_config(ctx)?;
-    let tool = choose_client(&cfg, "psql", 0, "any").await?;
+    let tool = choose_client(&cfg, "psql", 0, "any")
+        .await
+        .map_err(RestoreError::from_source)?;
     let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
     let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "psql", None).await?;
@@ -146,7 +160,7 @@ pub async fn restore_globals(
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
         .collect();
     if !status.success() || !errors.is_empty() {
-        return Err(format!(
+        return Err(RestoreError::Failed(format!(
             "applying the roles to {} failed ({}): {}; roles applied before the error remain",
             server(&cfg),
             describe_status(status),
@@ -155,7 +169,7 @@ pub async fn restore_globals(
             } else {
                 errors.join("; ")
             }
-        ));
+        )));
     }
     Ok((bytes, format!("roles applied to {}", server(&cfg))))
 }
@@ -164,11 +178,11 @@ pub async fn restore_globals(
 /// child's stderr tail and exit status. The archive must check out.
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
-    item: &PlanItem,
+    item: &ReadyItem,
     mut cmd: tokio::process::Command,
     program: &str,
     tee: Option<std::fs::File>,
-) -> Result<(u64, String, std::process::ExitStatus), String> {
+) -> Result<(u64, String, std::process::ExitStatus), RestoreError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -177,12 +191,12 @@ async fn pipe_into(
     let stored = open_stored(ctx, item, &pb).await?;
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+        .map_err(RestoreError::io(format!("cannot start {program}")))?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let stdin = std::fs::File::from(
         stdin
             .into_owned_fd()
-            .map_err(|e| format!("{program} stdin: {e}"))?,
+            .map_err(RestoreError::io(format!("{program} stdin")))?,
     );
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
     let ids = ctx.identities.clone();
@@ -195,7 +209,7 @@ async fn pipe_into(
     });
     let copied = copy
         .await
-        .map_err(|e| format!("restore thread failed: {e}"))?;
+        .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
     if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
         // Do not let the program finish on a truncated input.
         let _ = child.start_kill();
@@ -203,186 +217,202 @@ async fn pipe_into(
     let status = child
         .wait()
         .await
-        .map_err(|e| format!("cannot wait for {program}: {e}"))?;
+        .map_err(RestoreError::io(format!("cannot wait for {program}")))?;
     let stderr = stderr.await.unwrap_or_default();
     pb.finish_and_clear();
     match copied {
         Ok(bytes) => Ok((bytes, stderr, status)),
         // pg_restore stopping early closes its stdin: its own error says more.
         Err(stream::ReadError::Output(..)) if !status.success() => Ok((0, stderr, status)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// Restores one database (see the module documentation for the steps).
+/// Restores one database into `name` (see the module documentation for the
+/// steps): into a scratch database first, then put in place.
 pub async fn restore_database(
     ctx: &RestoreContext<'_>,
-    item: &PlanItem,
-) -> Result<(u64, String), String> {
+    item: &ReadyItem,
+    name: &str,
+) -> Result<(u64, String), RestoreError> {
     let cfg = target_config(ctx)?;
-    let Target::Database { name, .. } = item.target() else {
-        unreachable!("database item")
-    };
     let tool = restore_tool(&cfg, &item.choice).await?;
     // The swap needs a session outside the database being replaced: when
     // that is the maintenance database itself (`postgres`), use template1.
-    let admin_db = if *name == cfg.endpoint.maintenance_db {
+    let admin_db = if name == cfg.endpoint.maintenance_db {
         "template1"
     } else {
         cfg.endpoint.maintenance_db.as_str()
     };
-    let admin = connect(&cfg, admin_db).await?;
-    let scratch = format!("kdr_restore_{:08x}", rand::random::<u32>());
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            quote_ident(&scratch)
-        ))
-        .await
-        .map_err(|e| {
-            db_error(
-                &format!(
-                    "cannot create the scratch database {scratch}; database {name} is unchanged"
-                ),
-                e,
-            )
-        })?;
-    let drop_scratch = || async {
-        if let Err(e) = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&scratch)
-            ))
-            .await
-        {
-            tracing::warn!(database = %scratch, error = %db_error("drop", e), "could not drop the scratch database: drop it by hand");
-        }
+    let swap = Swap {
+        admin: connect_to(&cfg, admin_db).await?,
+        name,
+        scratch: format!("kdr_restore_{:08x}", rand::random::<u32>()),
     };
-
-    let restored = run_pg_restore(ctx, item, &cfg, &tool, &scratch).await;
-    let bytes = match restored {
+    swap.create_scratch().await?;
+    let bytes = match run_pg_restore(ctx, item, &cfg, &tool, &swap.scratch).await {
         Ok(b) => b,
         Err(e) => {
-            drop_scratch().await;
-            return Err(format!("{e}; database {name} is unchanged"));
+            swap.drop_scratch().await;
+            return Err(e.unchanged(format!("database {name}")));
         }
     };
+    let message = swap.put_in_place().await?;
+    Ok((bytes, message))
+}
 
-    // Put it in place.
-    let exists = admin
-        .query_opt(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
-            &[name],
-        )
-        .await
-        .map_err(|e| db_error("cannot list databases", e))?;
-    let Some(row) = exists else {
-        admin
+/// Moving a restored scratch database into place under `name`, through a
+/// session on another database.
+struct Swap<'a> {
+    admin: Client,
+    name: &'a str,
+    scratch: String,
+}
+
+impl Swap<'_> {
+    async fn create_scratch(&self) -> Result<(), RestoreError> {
+        let (name, scratch) = (self.name, &self.scratch);
+        self.admin
             .batch_execute(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(&scratch),
-                quote_ident(name)
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(scratch)
             ))
             .await
-            .map_err(|e| {
-                db_error(
-                    &format!(
-                        "restored into {scratch}, but cannot rename it to {name}: rename it by hand"
-                    ),
-                    e,
-                )
-            })?;
-        return Ok((bytes, format!("restored into new database {name}")));
-    };
-    let owner: String = row.get(0);
-    let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
-    admin
-        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
-        .await
-        .map_err(|e| db_error(&format!("cannot close database {name} to new connections; it is unchanged and the restored copy is {scratch}"), e))?;
-    let mut terminated = 0i64;
-    let mut renamed = Err(String::new());
-    for _ in 0..20 {
-        terminated += admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[name],
-            )
-            .await
-            .map_err(|e| db_error("cannot terminate sessions", e))?
-            .get::<_, i64>(0);
-        match admin
+            .map_err(RestoreError::db(format!(
+                "cannot create the scratch database {scratch}; database {name} is unchanged"
+            )))
+    }
+
+    async fn drop_scratch(&self) {
+        if let Err(e) = self
+            .admin
             .batch_execute(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                quote_ident(name),
-                quote_ident(&old)
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&self.scratch)
             ))
             .await
         {
-            Ok(()) => {
-                renamed = Ok(());
-                break;
-            }
-            Err(e) => {
-                renamed = Err(db_error("rename", e));
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            tracing::warn!(database = %self.scratch, error = %RestoreError::db("drop")(e), "could not drop the scratch database: drop it by hand");
         }
     }
-    if let Err(e) = renamed {
-        let _ = admin
+
+    async fn rename(&self, from: &str, to: &str) -> Result<(), tokio_postgres::Error> {
+        self.admin
             .batch_execute(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                quote_ident(name)
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(from),
+                quote_ident(to)
+            ))
+            .await
+    }
+
+    /// Renames the scratch database to `name`, replacing a database of
+    /// that name if there is one; returns what was done.
+    async fn put_in_place(&self) -> Result<String, RestoreError> {
+        let (name, scratch) = (self.name, &self.scratch);
+        let exists = self
+            .admin
+            .query_opt(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(RestoreError::db("cannot list databases"))?;
+        let Some(row) = exists else {
+            self.rename(scratch, name)
+                .await
+                .map_err(RestoreError::db(format!(
+                    "restored into {scratch}, but cannot rename it to {name}: rename it by hand"
+                )))?;
+            return Ok(format!("restored into new database {name}"));
+        };
+        let owner: String = row.get(0);
+        let (old, terminated) = self.move_aside().await?;
+        if let Err(e) = self.rename(scratch, name).await {
+            return Err(RestoreError::Failed(format!(
+                "{}: the original database is now named {old} (closed to connections) and the restored copy is {scratch}; \
+                 rename one of them to {name} by hand",
+                RestoreError::db("rename")(e)
+            )));
+        }
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote_ident(name),
+                quote_ident(&owner)
             ))
             .await;
-        drop_scratch().await;
-        return Err(format!(
-            "cannot move database {name} aside ({e}); it is unchanged"
-        ));
-    }
-    if let Err(e) = admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            quote_ident(&scratch),
-            quote_ident(name)
-        ))
-        .await
-    {
-        return Err(format!(
-            "{}: the original database is now named {old} (closed to connections) and the restored copy is {scratch}; \
-             rename one of them to {name} by hand",
-            db_error("rename", e)
-        ));
-    }
-    let _ = admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {} OWNER TO {}",
-            quote_ident(name),
-            quote_ident(&owner)
-        ))
-        .await;
-    if let Err(e) = admin
-        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
-        .await
-    {
-        tracing::warn!(database = %old, error = %db_error("drop", e), "the replaced database is still there: drop it by hand");
-    }
-    Ok((
-        bytes,
-        format!(
+        if let Err(e) = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
+            .await
+        {
+            tracing::warn!(database = %old, error = %RestoreError::db("drop")(e), "the replaced database is still there: drop it by hand");
+        }
+        Ok(format!(
             "replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"
-        ),
-    ))
+        ))
+    }
+
+    /// Closes database `name` to new connections, terminates its sessions
+    /// and renames it out of the way; returns its new name and the sessions
+    /// terminated. On failure it is opened again and the scratch dropped.
+    async fn move_aside(&self) -> Result<(String, i64), RestoreError> {
+        let (name, scratch) = (self.name, &self.scratch);
+        let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
+        self.admin
+            .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
+            .await
+            .map_err(RestoreError::db(format!("cannot close database {name} to new connections; it is unchanged and the restored copy is {scratch}")))?;
+        let mut terminated = 0i64;
+        let mut renamed = Err(String::new());
+        for _ in 0..20 {
+            terminated += self.admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
+                .map_err(RestoreError::db("cannot terminate sessions"))?
+                .get::<_, i64>(0);
+            match self.rename(name, &old).await {
+                Ok(()) => {
+                    renamed = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    renamed = Err(RestoreError::db("rename")(e).to_string());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if let Err(e) = renamed {
+            let _ = self
+                .admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                    quote_ident(name)
+                ))
+                .await;
+            self.drop_scratch().await;
+            return Err(RestoreError::Failed(format!(
+                "cannot move database {name} aside ({e}); it is unchanged"
+            )));
+        }
+        Ok((old, terminated))
+    }
 }
 
+/// Runs pg_restore into `scratch`: streamed, or with `--jobs` staged in a
+/// private file for a parallel post-data section.
 async fn run_pg_restore(
     ctx: &RestoreContext<'_>,
-    item: &PlanItem,
+    item: &ReadyItem,
     cfg: &PostgresConfig,
     tool: &DumpTool,
     scratch: &str,
-) -> Result<u64, String> {
+) -> Result<u64, RestoreError> {
     let mut cmd = command(cfg, tool, "pg_restore", scratch);
     cmd.args(["--exit-on-error", "--dbname", scratch]);
     if ctx.options.no_owner {
@@ -391,59 +421,7 @@ async fn run_pg_restore(
     let label = stream::label(&item.choice.artifact);
     let (bytes, stderr, status) = match ctx.options.jobs {
         None => pipe_into(ctx, item, cmd, "pg_restore", None).await?,
-        Some(jobs) => {
-            // pg_restore -j needs a seekable file. Stream the schema and the
-            // data as usual while writing the plaintext dump to a private
-            // temporary file, then build indexes and constraints (the
-            // post-data section) from that file with N jobs.
-            let dir = tempfile::Builder::new()
-                .prefix("kompose-dr-restore-")
-                .tempdir()
-                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-            let path = dir.path().join("dump");
-            let file = {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?
-            };
-            cmd.args(["--section=pre-data", "--section=data"]);
-            let (bytes, stderr, status) =
-                pipe_into(ctx, item, cmd, "pg_restore", Some(file)).await?;
-            if !status.success() {
-                (bytes, stderr, status)
-            } else {
-                let mut post = command(cfg, tool, "pg_restore", scratch);
-                if ctx.options.no_owner {
-                    post.args(["--no-owner", "--no-privileges"]);
-                }
-                post.args([
-                    "--exit-on-error",
-                    "--section=post-data",
-                    "--dbname",
-                    scratch,
-                ])
-                .arg(format!("--jobs={jobs}"))
-                .arg(&path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-                let out = post
-                    .output()
-                    .await
-                    .map_err(|e| format!("cannot start pg_restore: {e}"))?;
-                (
-                    bytes,
-                    ctx.redactor
-                        .scrub(String::from_utf8_lossy(&out.stderr).trim()),
-                    out.status,
-                )
-            }
-        }
+        Some(jobs) => run_staged(ctx, item, cmd, tool, cfg, scratch, jobs).await?,
     };
     if !status.success() {
         let hint = if stderr.contains("role") && stderr.contains("does not exist") {
@@ -451,13 +429,88 @@ async fn run_pg_restore(
         } else {
             ""
         };
-        return Err(format!(
+        return Err(RestoreError::Failed(format!(
             "pg_restore of {label} failed ({}): {}{hint}",
             describe_status(status),
             stderr.trim()
-        ));
+        )));
     }
     Ok(bytes)
+}
+
+/// pg_restore -j needs a seekable file. Streams the schema and the data as
+/// usual while writing the plaintext dump to a private temporary file, then
+/// builds indexes and constraints (the post-data section) from that file
+/// with `jobs` jobs.
+async fn run_staged(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    mut cmd: tokio::process::Command,
+    tool: &DumpTool,
+    cfg: &PostgresConfig,
+    scratch: &str,
+    jobs: usize,
+) -> Result<(u64, String, std::process::ExitStatus), RestoreError> {
+    let dir = tempfile::Builder::new()
+        .prefix("kompose-dr-restore-")
+        .tempdir()
+        .map_err(RestoreError::io("cannot create a temporary directory"))?;
+    let path = dir.path().join("dump");
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(RestoreError::io(format!(
+                "cannot create {}",
+                path.display()
+            )))?
+    };
+    cmd.args(["--section=pre-data", "--section=data"]);
+    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "pg_restore", Some(file)).await?;
+    if !status.success() {
+        return Ok((bytes, stderr, status));
+    }
+    let (stderr, status) = post_data(ctx, cfg, tool, scratch, jobs, &path).await?;
+    Ok((bytes, stderr, status))
+}
+
+/// The post-data section from the staged dump at `path`, with `jobs` jobs.
+async fn post_data(
+    ctx: &RestoreContext<'_>,
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    scratch: &str,
+    jobs: usize,
+    path: &Path,
+) -> Result<(String, std::process::ExitStatus), RestoreError> {
+    let mut post = command(cfg, tool, "pg_restore", scratch);
+    if ctx.options.no_owner {
+        post.args(["--no-owner", "--no-privileges"]);
+    }
+    post.args([
+        "--exit-on-error",
+        "--section=post-data",
+        "--dbname",
+        scratch,
+    ])
+    .arg(format!("--jobs={jobs}"))
+    .arg(path)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let out = post
+        .output()
+        .await
+        .map_err(RestoreError::io("cannot start pg_restore"))?;
+    Ok((
+        ctx.redactor
+            .scrub(String::from_utf8_lossy(&out.stderr).trim()),
+        out.status,
+    ))
 }
 
 /// Writes to a child's stdin and, optionally, to a file as well.

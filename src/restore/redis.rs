@@ -12,23 +12,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::stream::copy_archive;
-use super::{PlanItem, RestoreContext, Target, open_stored, progress_bar};
+use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::model::manifest::ArtifactKind;
 use crate::restore::plan::Choice;
 
-fn target_dir(ctx: &RestoreContext<'_>) -> Result<PathBuf, String> {
+fn target_dir(ctx: &RestoreContext<'_>) -> Result<PathBuf, RestoreError> {
     if let Some(to) = &ctx.options.to {
         return Ok(to.clone());
     }
-    ctx.config
+    ctx.targets
         .redis
         .as_ref()
         .and_then(|r| r.data_dir.clone())
-        .ok_or_else(|| {
-            format!(
-                "where should Redis' files go? Set redis.data_dir in {} or pass --to DIR",
-                ctx.config.path.display()
-            )
+        .ok_or_else(|| RestoreError::NoRedisDir {
+            config: ctx.targets.config_path.clone(),
         })
 }
 
@@ -48,15 +45,18 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 /// Checks the target: Redis must not be running on it, and a non-empty
 /// directory needs `--replace`.
-pub async fn preflight(ctx: &RestoreContext<'_>, _c: &Choice) -> Result<(Target, bool), String> {
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    _c: &Choice,
+) -> Result<(Target, bool), RestoreError> {
     let dir = target_dir(ctx)?;
     let is_configured_dir = ctx
-        .config
+        .targets
         .redis
         .as_ref()
         .and_then(|r| r.data_dir.as_ref())
         .is_some_and(|d| d == &dir);
-    if let Some(redis) = &ctx.config.redis
+    if let Some(redis) = &ctx.targets.redis
         && (ctx.options.to.is_none() || is_configured_dir)
     {
         let addr = format!("{}:{}", redis.host, redis.port);
@@ -67,124 +67,62 @@ pub async fn preflight(ctx: &RestoreContext<'_>, _c: &Choice) -> Result<(Target,
         .await
         .is_ok_and(|r| r.is_ok());
         if answering {
-            return Err(format!(
+            return Err(RestoreError::Refused(format!(
                 "Redis is running at {addr}: it would overwrite the restored files when it shuts down. \
                  Stop it (docker stop core_redis), run this restore again, then start it (docker start core_redis)"
-            ));
+            )));
         }
     }
     let occupied = !entries(&dir).is_empty();
     if occupied && !ctx.options.replace {
-        return Err(format!(
+        return Err(RestoreError::Refused(format!(
             "{} is not empty: nothing was changed. Restore elsewhere with --to DIR, or replace its contents with --replace \
              (they are kept in {}/.kompose-dr-replaced-<time>/)",
             dir.display(),
             dir.display()
-        ));
+        )));
     }
     if dir.exists() && !dir.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+        return Err(RestoreError::Refused(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     Ok((Target::RedisDir { path: dir }, occupied))
 }
 
-/// Restores the Redis files.
-pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, String), String> {
-    let Target::RedisDir { path: dir } = item.target() else {
-        unreachable!("redis item")
-    };
-    let dir = dir.clone();
+/// Restores the Redis files into `dir`: unpacked into a staging directory,
+/// checked, then moved into place.
+pub async fn restore(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    dir: &Path,
+) -> Result<(u64, String), RestoreError> {
     if !dir.exists() {
-        crate::storage::local::create_dir_private(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::storage::local::create_dir_private(dir)
+            .map_err(RestoreError::io(format!("cannot create {}", dir.display())))?;
     }
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let staging = dir.join(format!(".kompose-dr-restore-{:08x}", rand::random::<u32>()));
-    std::fs::create_dir(&staging)
-        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let pb = progress_bar(ctx, item);
-    let stored = open_stored(ctx, item, &pb).await?;
-    let ids = ctx.identities.clone();
-    let st = staging.clone();
-    let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-        let (reader, mut writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
-        let unpacker = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut reader = reader;
-            let mut ar = tar::Archive::new(&mut reader);
-            ar.set_preserve_permissions(true);
-            ar.set_preserve_ownerships(nix::unistd::geteuid().is_root());
-            ar.set_preserve_mtime(true);
-            ar.set_overwrite(false);
-            let r = ar.unpack(&st);
-            // Read to the end so the writer never sees a broken pipe.
-            std::io::copy(&mut reader, &mut std::io::sink())?;
-            r
-        });
-        let copied = copy_archive(stored, &ids, &mut writer);
-        drop(writer);
-        let unpack = unpacker
-            .join()
-            .map_err(|_| "tar unpacker panicked".to_owned())?;
-        let bytes = copied.map_err(|e| e.to_string())?;
-        unpack.map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            format!("cannot unpack the Redis archive: {e}{cause}")
-        })?;
-        Ok(bytes)
-    })
-    .await
-    .map_err(|e| format!("restore thread failed: {e}"))?;
-    pb.finish_and_clear();
-    let bytes = match unpacked {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(format!("{e}; {} is unchanged", dir.display()));
-        }
-    };
+    std::fs::create_dir(&staging).map_err(RestoreError::io(format!(
+        "cannot create {}",
+        staging.display()
+    )))?;
     let expected = match item.choice.artifact.kind {
         ArtifactKind::RedisAof => "appendonlydir",
         _ => "dump.rdb",
     };
-    let restored = entries(&staging);
-    if !restored
-        .iter()
-        .any(|p| p.file_name().is_some_and(|n| n == expected))
-    {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!(
-            "the archive holds no {expected}; {} is unchanged",
-            dir.display()
-        ));
-    }
-    let existing = entries(&dir);
-    let mut kept = None;
-    if !existing.is_empty() {
-        let aside = dir.join(format!(".kompose-dr-replaced-{stamp}"));
-        std::fs::create_dir(&aside)
-            .map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
-        for p in existing {
-            let to = aside.join(p.file_name().expect("entries have names"));
-            std::fs::rename(&p, &to).map_err(|e| {
-                format!(
-                    "cannot move {} aside: {e}; the restored files are in {}, the rest of {} is as it was",
-                    p.display(),
-                    staging.display(),
-                    dir.display()
-                )
-            })?;
+    let unpacked = match unpack(ctx, item, &staging).await {
+        Ok(bytes) => check_staged(&staging, expected).map(|restored| (bytes, restored)),
+        Err(e) => Err(e),
+    };
+    let (bytes, restored) = match unpacked {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.unchanged(dir.display()));
         }
-        kept = Some(aside);
-    }
-    for p in restored {
-        let to = dir.join(p.file_name().expect("entries have names"));
-        std::fs::rename(&p, &to)
-            .map_err(|e| format!("cannot move {} into place: {e}", p.display()))?;
-    }
-    let _ = std::fs::remove_dir(&staging);
-    let _ = crate::storage::local::sync_dir(&dir);
+    };
+    let kept = move_into_place(dir, &staging, restored)?;
     let mode = if item.choice.artifact.kind == ArtifactKind::RedisAof {
         "start Redis with appendonly yes"
     } else {
@@ -201,4 +139,104 @@ pub async fn restore(ctx: &RestoreContext<'_>, item: &PlanItem) -> Result<(u64, 
             None => format!("restored {expected} into {}; {mode}", dir.display()),
         },
     ))
+}
+
+/// Streams the archive through tar into `staging`, keeping the archived
+/// names, modes, owners (as root) and mtimes; returns plaintext bytes.
+async fn unpack(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    staging: &Path,
+) -> Result<u64, RestoreError> {
+    let pb = progress_bar(ctx, item);
+    let stored = open_stored(ctx, item, &pb).await?;
+    let ids = ctx.identities.clone();
+    let st = staging.to_owned();
+    let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
+        let (reader, mut writer) = std::io::pipe().map_err(RestoreError::io("pipe"))?;
+        let unpacker = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut reader = reader;
+            let mut ar = tar::Archive::new(&mut reader);
+            ar.set_preserve_permissions(true);
+            ar.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+            ar.set_preserve_mtime(true);
+            ar.set_overwrite(false);
+            let r = ar.unpack(&st);
+            // Read to the end so the writer never sees a broken pipe.
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            r
+        });
+        let copied = copy_archive(stored, &ids, &mut writer);
+        drop(writer);
+        let unpack = unpacker
+            .join()
+            .map_err(|_| RestoreError::Failed("tar unpacker panicked".to_owned()))?;
+        let bytes = copied?;
+        unpack.map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            RestoreError::Failed(format!("cannot unpack the Redis archive: {e}{cause}"))
+        })?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
+    pb.finish_and_clear();
+    unpacked
+}
+
+/// What was unpacked into `staging`, which must hold `expected`.
+fn check_staged(staging: &Path, expected: &str) -> Result<Vec<PathBuf>, RestoreError> {
+    let restored = entries(staging);
+    if !restored
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n == expected))
+    {
+        return Err(RestoreError::Failed(format!(
+            "the archive holds no {expected}"
+        )));
+    }
+    Ok(restored)
+}
+
+/// Moves what `dir` holds aside (returning where to) and the `restored`
+/// entries of `staging` into it.
+fn move_into_place(
+    dir: &Path,
+    staging: &Path,
+    restored: Vec<PathBuf>,
+) -> Result<Option<PathBuf>, RestoreError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let existing = entries(dir);
+    let mut kept = None;
+    if !existing.is_empty() {
+        let aside = dir.join(format!(".kompose-dr-replaced-{stamp}"));
+        std::fs::create_dir(&aside).map_err(RestoreError::io(format!(
+            "cannot create {}",
+            aside.display()
+        )))?;
+        for p in existing {
+            let to = aside.join(p.file_name().expect("entries have names"));
+            std::fs::rename(&p, &to).map_err(|e| {
+                RestoreError::Failed(format!(
+                    "cannot move {} aside: {e}; the restored files are in {}, the rest of {} is as it was",
+                    p.display(),
+                    staging.display(),
+                    dir.display()
+                ))
+            })?;
+        }
+        kept = Some(aside);
+    }
+    for p in restored {
+        let to = dir.join(p.file_name().expect("entries have names"));
+        std::fs::rename(&p, &to).map_err(RestoreError::io(format!(
+            "cannot move {} into place",
+            p.display()
+        )))?;
+    }
+    let _ = std::fs::remove_dir(staging);
+    let _ = crate::storage::local::sync_dir(dir);
+    Ok(kept)
 }

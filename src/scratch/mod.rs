@@ -14,7 +14,59 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::model::config::PgEndpoint;
+use crate::error::{Class, Classify};
+use crate::model::config::{DatabaseSelection, PgEndpoint, PostgresConfig, RedisConfig};
+
+/// Why a scratch instance could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    /// The PostgreSQL server binaries of a major version are not installed.
+    #[error(
+        "PostgreSQL {major} server binaries are missing ({} not found): install postgresql-{major}, \
+         or set [scratch] postgres_bin to where they are",
+        .missing.display()
+    )]
+    NoPostgres {
+        /// The major version needed.
+        major: u32,
+        /// The binary looked for.
+        missing: PathBuf,
+    },
+    /// `redis-server` is not on the `PATH`.
+    #[error("redis-server is missing: install redis-server (Debian: apt install redis-server)")]
+    NoRedis,
+    /// The user scratch servers run as (when we are root) is not usable.
+    #[error("{0}")]
+    User(String),
+    /// A directory, file, port or process could not be set up.
+    #[error("{doing}: {source}")]
+    Io {
+        /// What was being done.
+        doing: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The server was started but did not come up (or `initdb` failed);
+    /// the message carries the tail of its log.
+    #[error("{0}")]
+    DidNotStart(String),
+}
+
+impl ScratchError {
+    /// `doing: e` for an I/O error, as a closure for `map_err`.
+    pub fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> ScratchError {
+        let doing = doing.into();
+        move |source| ScratchError::Io { doing, source }
+    }
+}
+
+impl Classify for ScratchError {
+    /// A scratch instance that cannot run is a failure of the host
+    /// (`verify` and drills exit 1); the message says what to install.
+    fn class(&self) -> Class {
+        Class::Failure
+    }
+}
 
 /// A running scratch PostgreSQL.
 pub trait ScratchPostgres: Send + Sync {
@@ -22,23 +74,57 @@ pub trait ScratchPostgres: Send + Sync {
     fn endpoint(&self) -> PgEndpoint;
     /// Its major version.
     fn major(&self) -> u32;
+
+    /// Connection settings for it, as for a configured server: no password,
+    /// no container, the client tools found on the `PATH`.
+    fn connection(&self) -> PostgresConfig {
+        PostgresConfig {
+            endpoint: self.endpoint(),
+            password: None,
+            databases: DatabaseSelection::All,
+            globals: true,
+            docker_container: None,
+            bin_dir: None,
+            jobs: std::num::NonZeroUsize::MIN,
+        }
+    }
 }
 
 /// A running scratch Redis.
 pub trait ScratchRedis: Send + Sync {
     /// Its TCP port on 127.0.0.1.
     fn port(&self) -> u16;
+
+    /// Connection settings for it: 127.0.0.1, no user, no password.
+    fn connection(&self) -> RedisConfig {
+        redis_on(self.port())
+    }
+}
+
+/// Connection settings for a scratch Redis on `port` of 127.0.0.1.
+fn redis_on(port: u16) -> RedisConfig {
+    RedisConfig {
+        host: "127.0.0.1".into(),
+        port,
+        username: None,
+        password: None,
+        data_dir: None,
+    }
 }
 
 /// Starts scratch instances.
 #[async_trait]
 pub trait ScratchRuntime: Send + Sync {
     /// A PostgreSQL server of this major version.
-    async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, String>;
+    async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, ScratchError>;
     /// A Redis server on the files in `data_dir` (AOF or RDB).
-    async fn redis(&self, data_dir: &Path, aof: bool) -> Result<Box<dyn ScratchRedis>, String>;
+    async fn redis(
+        &self,
+        data_dir: &Path,
+        aof: bool,
+    ) -> Result<Box<dyn ScratchRedis>, ScratchError>;
     /// A private temporary directory (removed when dropped).
-    fn tempdir(&self) -> Result<tempfile::TempDir, String>;
+    fn tempdir(&self) -> Result<tempfile::TempDir, ScratchError>;
 }
 
 /// The scratch runtime `[scratch]` describes.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{PREFIX, ScratchPostgres, ScratchRedis, ScratchRuntime};
+use super::{PREFIX, ScratchError, ScratchPostgres, ScratchRedis, ScratchRuntime};
 use crate::model::config::PgEndpoint;
 
 /// Runs scratch servers as local processes.
@@ -41,6 +41,16 @@ struct Guarded {
     dir: Option<tempfile::TempDir>,
 }
 
+impl Guarded {
+    /// Whether the process has exited (or cannot be asked).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some()
+    }
+}
+
 impl Drop for Guarded {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -65,16 +75,22 @@ impl Drop for Guarded {
     }
 }
 
-fn private_dir(owner: Option<&nix::unistd::User>) -> Result<tempfile::TempDir, String> {
+fn private_dir(owner: Option<&nix::unistd::User>) -> Result<tempfile::TempDir, ScratchError> {
     let dir = tempfile::Builder::new()
         .prefix(PREFIX)
         .tempdir_in(super::scratch_root())
-        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot protect {}: {e}", dir.path().display()))?;
+        .map_err(ScratchError::io("cannot create a scratch directory"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
+        ScratchError::io(format!("cannot protect {}", dir.path().display())),
+    )?;
     if let Some(u) = owner {
-        std::os::unix::fs::chown(dir.path(), Some(u.uid.as_raw()), Some(u.gid.as_raw()))
-            .map_err(|e| format!("cannot give {} to {}: {e}", dir.path().display(), u.name))?;
+        std::os::unix::fs::chown(dir.path(), Some(u.uid.as_raw()), Some(u.gid.as_raw())).map_err(
+            ScratchError::io(format!(
+                "cannot give {} to {}",
+                dir.path().display(),
+                u.name
+            )),
+        )?;
     }
     Ok(dir)
 }
@@ -109,7 +125,7 @@ impl ScratchPostgres for ProcessPostgres {
 
 /// A scratch Redis.
 pub struct ProcessRedis {
-    _guard: Guarded,
+    guard: Guarded,
     port: u16,
 }
 
@@ -119,51 +135,164 @@ impl ScratchRedis for ProcessRedis {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> Result<u16, ScratchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+        .map_err(ScratchError::io("no free port on 127.0.0.1"))
 }
 
 #[async_trait]
 impl ScratchRuntime for ProcessRuntime {
-    async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, String> {
+    async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, ScratchError> {
         let bin = PathBuf::from(self.postgres_bin.replace("{major}", &major.to_string()));
         for tool in ["initdb", "postgres"] {
             if !bin.join(tool).is_file() {
-                return Err(format!(
-                    "PostgreSQL {major} server binaries are missing ({} not found): install postgresql-{major}, \
-                     or set [scratch] postgres_bin to where they are",
-                    bin.join(tool).display()
-                ));
+                return Err(ScratchError::NoPostgres {
+                    major,
+                    missing: bin.join(tool),
+                });
             }
         }
-        let owner = if nix::unistd::geteuid().is_root() {
-            Some(
-                nix::unistd::User::from_name(&self.user)
-                    .map_err(|e| format!("cannot look up user `{}`: {e}", self.user))?
-                    .ok_or_else(|| {
-                        format!(
-                            "[scratch] user `{}` does not exist: create it or set [scratch] user",
-                            self.user
-                        )
-                    })?,
-            )
-        } else {
-            None
-        };
+        let owner = self.postgres_owner()?;
         let dir = private_dir(owner.as_ref())?;
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
-        let as_user = |mut c: Command| -> Result<Command, String> {
-            crate::process::run_as(&mut c, &self.user)?;
-            Ok(c)
+        self.initdb(&bin, &data).await?;
+        let child = self.start_postgres(&bin, &data, dir.path(), &log, owner.as_ref())?;
+        let mut scratch = ProcessPostgres {
+            socket_dir: dir.path().to_owned(),
+            guard: Guarded {
+                child: Some(child),
+                dir: Some(dir),
+            },
+            major,
         };
+        let cfg = scratch.connection();
+        let start = Instant::now();
+        loop {
+            if crate::sources::postgres::connect(&cfg, "postgres")
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if scratch.guard.exited() || start.elapsed() > Duration::from_secs(60) {
+                return Err(ScratchError::DidNotStart(format!(
+                    "the scratch PostgreSQL {major} did not start: {}",
+                    log_tail(&log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Box::new(scratch))
+    }
+
+    async fn redis(
+        &self,
+        data_dir: &Path,
+        aof: bool,
+    ) -> Result<Box<dyn ScratchRedis>, ScratchError> {
+        let exe = which("redis-server").ok_or(ScratchError::NoRedis)?;
+        let conf_dir = private_dir(None)?;
+        let port = free_port()?;
+        let conf = conf_dir.path().join("redis.conf");
+        let log = conf_dir.path().join("redis.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nappendonly {}\nsave \"\"\ndaemonize no\nlogfile {}\nprotected-mode yes\n",
+                data_dir.display(),
+                if aof { "yes" } else { "no" },
+                log.display()
+            ),
+        )
+        .map_err(ScratchError::io(conf.display().to_string()))?;
+        let child = Command::new(exe)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(ScratchError::io("cannot start redis-server"))?;
+        let mut redis = ProcessRedis {
+            guard: Guarded {
+                child: Some(child),
+                dir: Some(conf_dir),
+            },
+            port,
+        };
+        let cfg = redis.connection();
+        let start = Instant::now();
+        while !loaded(&cfg).await {
+            if redis.guard.exited() || start.elapsed() > Duration::from_secs(120) {
+                return Err(ScratchError::DidNotStart(format!(
+                    "the scratch Redis did not load the restored files: {}",
+                    log_tail(&log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Box::new(redis))
+    }
+
+    fn tempdir(&self) -> Result<tempfile::TempDir, ScratchError> {
+        private_dir(None)
+    }
+}
+
+/// Whether the Redis at `cfg` answers and has finished loading its files.
+async fn loaded(cfg: &crate::model::config::RedisConfig) -> bool {
+    let Ok(mut c) = crate::sources::redis::connect(cfg).await else {
+        return false;
+    };
+    if redis::cmd("PING")
+        .query_async::<String>(&mut c)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    // Loading may still be going on: wait until it is done.
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    info.contains("loading:0")
+}
+
+impl ProcessRuntime {
+    /// The user PostgreSQL runs as, when we are root (it refuses root).
+    fn postgres_owner(&self) -> Result<Option<nix::unistd::User>, ScratchError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let user = nix::unistd::User::from_name(&self.user)
+            .map_err(|e| ScratchError::User(format!("cannot look up user `{}`: {e}", self.user)))?
+            .ok_or_else(|| {
+                ScratchError::User(format!(
+                    "[scratch] user `{}` does not exist: create it or set [scratch] user",
+                    self.user
+                ))
+            })?;
+        Ok(Some(user))
+    }
+
+    /// `cmd`, made to run as the scratch user when we are root.
+    fn as_user(&self, mut cmd: Command) -> Result<Command, ScratchError> {
+        crate::process::run_as(&mut cmd, &self.user)
+            .map_err(|e| ScratchError::User(e.to_string()))?;
+        Ok(cmd)
+    }
+
+    /// Creates the cluster in `data`: superuser `kompose_dr`, trust
+    /// authentication (the socket directory is private), UTF-8.
+    async fn initdb(&self, bin: &Path, data: &Path) -> Result<(), ScratchError> {
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .args([
                 "-U",
                 "kompose_dr",
@@ -176,29 +305,41 @@ impl ScratchRuntime for ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let out = tokio::task::spawn_blocking({
-            let mut c = as_user(initdb)?;
-            move || c.output()
-        })
-        .await
-        .map_err(|e| format!("initdb: {e}"))?
-        .map_err(|e| format!("cannot run initdb: {e}"))?;
+        let mut c = self.as_user(initdb)?;
+        let out = tokio::task::spawn_blocking(move || c.output())
+            .await
+            .map_err(|e| ScratchError::DidNotStart(format!("initdb: {e}")))?
+            .map_err(ScratchError::io("cannot run initdb"))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(ScratchError::DidNotStart(format!(
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
-        let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        if let Some(u) = &owner {
-            let _ = std::os::unix::fs::chown(&log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
+        Ok(())
+    }
+
+    /// Starts `postgres` on `data`, listening only on a socket in
+    /// `socket_dir`, logging to `log`.
+    fn start_postgres(
+        &self,
+        bin: &Path,
+        data: &Path,
+        socket_dir: &Path,
+        log: &Path,
+        owner: Option<&nix::unistd::User>,
+    ) -> Result<Child, ScratchError> {
+        let logf =
+            std::fs::File::create(log).map_err(ScratchError::io(log.display().to_string()))?;
+        if let Some(u) = owner {
+            let _ = std::os::unix::fs::chown(log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
         }
         let mut postgres = Command::new(bin.join("postgres"));
         postgres
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .arg("-k")
-            .arg(dir.path())
+            .arg(socket_dir)
             .args([
                 "-p",
                 "5432",
@@ -214,126 +355,14 @@ impl ScratchRuntime for ProcessRuntime {
                 "max_wal_size=4GB",
             ])
             .stdin(Stdio::null())
-            .stdout(logf.try_clone().map_err(|e| e.to_string())?)
+            .stdout(
+                logf.try_clone()
+                    .map_err(ScratchError::io(log.display().to_string()))?,
+            )
             .stderr(logf);
-        let child = as_user(postgres)?
+        self.as_user(postgres)?
             .spawn()
-            .map_err(|e| format!("cannot start postgres: {e}"))?;
-        let mut scratch = ProcessPostgres {
-            socket_dir: dir.path().to_owned(),
-            guard: Guarded {
-                child: Some(child),
-                dir: Some(dir),
-            },
-            major,
-        };
-        let cfg = crate::model::config::PostgresConfig {
-            endpoint: scratch.endpoint(),
-            password: None,
-            databases: crate::model::config::DatabaseSelection::All,
-            globals: false,
-            docker_container: None,
-            bin_dir: None,
-            jobs: std::num::NonZeroUsize::new(1).expect("1 > 0"),
-        };
-        let start = Instant::now();
-        loop {
-            if crate::sources::postgres::connect(&cfg, "postgres")
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            let exited = scratch
-                .guard
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || start.elapsed() > Duration::from_secs(60) {
-                return Err(format!(
-                    "the scratch PostgreSQL {major} did not start: {}",
-                    log_tail(&log)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Box::new(scratch))
-    }
-
-    async fn redis(&self, data_dir: &Path, aof: bool) -> Result<Box<dyn ScratchRedis>, String> {
-        let exe = which("redis-server").ok_or(
-            "redis-server is missing: install redis-server (Debian: apt install redis-server)",
-        )?;
-        let conf_dir = private_dir(None)?;
-        let port = free_port()?;
-        let conf = conf_dir.path().join("redis.conf");
-        let log = conf_dir.path().join("redis.log");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nappendonly {}\nsave \"\"\ndaemonize no\nlogfile {}\nprotected-mode yes\n",
-                data_dir.display(),
-                if aof { "yes" } else { "no" },
-                log.display()
-            ),
-        )
-        .map_err(|e| format!("{}: {e}", conf.display()))?;
-        let child = Command::new(exe)
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let mut guard = Guarded {
-            child: Some(child),
-            dir: Some(conf_dir),
-        };
-        let cfg = crate::model::config::RedisConfig {
-            host: "127.0.0.1".into(),
-            port,
-            username: None,
-            password: None,
-            data_dir: None,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut c) = crate::sources::redis::connect(&cfg).await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                // Loading may still be going on: wait until it is done.
-                let info: String = redis::cmd("INFO")
-                    .arg("persistence")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                if info.contains("loading:0") {
-                    break;
-                }
-            }
-            let exited = guard
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || start.elapsed() > Duration::from_secs(120) {
-                return Err(format!(
-                    "the scratch Redis did not load the restored files: {}",
-                    log_tail(&log)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Box::new(ProcessRedis {
-            _guard: guard,
-            port,
-        }))
-    }
-
-    fn tempdir(&self) -> Result<tempfile::TempDir, String> {
-        private_dir(None)
+            .map_err(ScratchError::io("cannot start postgres"))
     }
 }
 

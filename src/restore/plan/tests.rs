@@ -140,5 +140,5 @@ fn times_parse_in_both_formats() {
         parse_time_in("2026-11-27 04:00:30", &berlin).unwrap(),
         t("2026-11-27T03:00:30Z")
     );
-    assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    assert!(parse_time("yesterday").unwrap_err().0.contains("RFC 3339"));
 }

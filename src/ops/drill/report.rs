@@ -1,0 +1,150 @@
+//! What a drill leaves behind: its report as JSON and Markdown in
+//! `reports_dir`, the `drill/completed` or `drill/failed` event, and the
+//! drill metrics.
+
+use std::path::{Path, PathBuf};
+
+use super::{DrillError, DrillReport};
+use crate::events::metrics::{self, Metrics};
+use crate::model::config::Config;
+
+/// Writes the report as `<drill>-<time>.json` and `.md` (0600) into `dir`;
+/// returns their paths.
+pub(super) fn write_report(dir: &Path, report: &DrillReport) -> Result<Vec<PathBuf>, DrillError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::storage::local::create_dir_private(dir).map_err(DrillError::io(format!(
+        "cannot create reports_dir {}",
+        dir.display()
+    )))?;
+    let stem = format!(
+        "{}-{}",
+        report.drill,
+        report.started_at.format("%Y%m%dT%H%M%SZ")
+    );
+    let json = dir.join(format!("{stem}.json"));
+    let md = dir.join(format!("{stem}.md"));
+    let mut with_paths = report.clone();
+    with_paths.report_files = vec![json.clone(), md.clone()];
+    for (path, body) in [
+        (
+            &json,
+            serde_json::to_string_pretty(&with_paths).expect("report serialises"),
+        ),
+        (&md, markdown(&with_paths)),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(DrillError::io(format!("cannot write {}", path.display())))?;
+        f.write_all(body.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(DrillError::io(format!("cannot write {}", path.display())))?;
+    }
+    Ok(vec![json, md])
+}
+
+/// The Markdown report.
+pub fn markdown(r: &DrillReport) -> String {
+    let mut s = format!(
+        "# Restore drill {}: {}\n\n- repository: {}\n- snapshot: {} (taken {})\n- ran: {} to {}\n\n",
+        r.drill,
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.repository,
+        r.snapshot,
+        r.snapshot_time.to_rfc3339(),
+        r.started_at.to_rfc3339(),
+        r.finished_at.to_rfc3339()
+    );
+    s.push_str("| source | time to restore | verdict |\n| --- | ---: | --- |\n");
+    for v in &r.sources {
+        s.push_str(&format!(
+            "| {} | {:.1} s | {} |\n",
+            v.source,
+            v.restore_seconds,
+            if v.ok { "ok" } else { "FAILED" }
+        ));
+    }
+    for v in &r.sources {
+        s.push_str(&format!("\n## {}\n\n", v.source));
+        for c in &v.checks {
+            let mark = if c.ok {
+                "ok"
+            } else if c.warning {
+                "warning"
+            } else {
+                "FAILED"
+            };
+            s.push_str(&format!(
+                "- **{mark}** {}: {}\n",
+                c.name,
+                c.detail.replace('\n', " ")
+            ));
+        }
+    }
+    s
+}
+
+/// Publishes the drill's event and records its metrics; neither failing
+/// fails the drill.
+pub(super) async fn publish_and_record(config: &Config, r: &DrillReport) {
+    let prefix = config
+        .mqtt
+        .as_ref()
+        .map_or("kompose", |m| m.topic_prefix.as_str());
+    let failed: Vec<serde_json::Value> = r
+        .sources
+        .iter()
+        .flat_map(|v| {
+            v.checks
+                .iter()
+                .filter(|c| !c.ok && !c.warning)
+                .map(move |c| serde_json::json!({ "source": v.source, "check": c.name, "detail": c.detail }))
+        })
+        .collect();
+    let ev = crate::events::event(
+        prefix,
+        "drill",
+        if r.ok { "completed" } else { "failed" },
+        serde_json::json!({
+            "drill": r.drill,
+            "repository": r.repository,
+            "snapshot": r.snapshot,
+            "status": if r.ok { "ok" } else { "failed" },
+            "duration_seconds": (r.finished_at - r.started_at).num_milliseconds() as f64 / 1000.0,
+            "sources": r.sources.iter().map(|v| serde_json::json!({
+                "source": v.source, "restore_seconds": v.restore_seconds, "ok": v.ok,
+            })).collect::<Vec<_>>(),
+            "failed": failed,
+            "report": r.report_files,
+        }),
+    );
+    let published = crate::events::publish(config, &[ev]).await;
+    let Some(mc) = &config.metrics else { return };
+    let mut m = Metrics::load(&mc.textfile);
+    let l = [("drill", r.drill.as_str())];
+    m.set(metrics::DRILL_LAST_STATUS, &l, if r.ok { 1.0 } else { 0.0 });
+    if r.ok {
+        m.set(
+            metrics::DRILL_LAST_SUCCESS,
+            &l,
+            r.finished_at.timestamp() as f64,
+        );
+    }
+    for v in &r.sources {
+        m.set(
+            metrics::DRILL_LAST_RESTORE,
+            &[("drill", r.drill.as_str()), ("source", v.source.as_str())],
+            v.restore_seconds,
+        );
+    }
+    if !published {
+        m.add(metrics::PUBLISH_FAILURES, &[], 1.0);
+    }
+    if let Err(e) = m.write(&mc.textfile) {
+        tracing::warn!(path = %mc.textfile.display(), error = %e, "cannot write the metrics textfile");
+    }
+}

@@ -1,0 +1,80 @@
+use super::*;
+
+fn load(text: &str) -> Result<Drill, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.toml");
+    std::fs::write(&path, text).unwrap();
+    Drill::load(&path).map_err(|e| {
+        let msg = e.to_string();
+        let prefix = format!("drill {}", path.display());
+        assert!(msg.starts_with(&prefix), "{msg}");
+        msg[prefix.len()..].to_owned()
+    })
+}
+
+#[test]
+fn checks_parse_into_their_kinds() {
+    let d = load(
+        "name = \"q\"\nsnapshot = \"oldest\"\n\n[[check]]\nsource = \"postgres/a\"\nsql = \"select 1\"\nmin = 1\nmax = 3\n\n\
+         [[check]]\nsource = \"postgres/a\"\nsql = \"select 'x'\"\nequals = \"x\"\n\n\
+         [[check]]\nsource = \"redis\"\nmin_keys = 5\n\n\
+         [[check]]\nsource = \"files/acme\"\nmax_expired = 0\n",
+    )
+    .unwrap();
+    assert_eq!(d.snapshot, Which::Oldest);
+    assert_eq!(
+        d.checks[0],
+        DrillCheck::Sql {
+            source: "postgres/a".into(),
+            sql: "select 1".into(),
+            expect: SqlExpect::Within(Bound::Between(1.0, 3.0)),
+        }
+    );
+    assert_eq!(d.checks[0].describe(), "sql `select 1` in [1, 3]");
+    assert_eq!(d.checks[1].describe(), "sql `select 'x'` = x");
+    assert_eq!(
+        d.checks[2],
+        DrillCheck::MinKeys {
+            source: "redis".into(),
+            min: 5
+        }
+    );
+    assert_eq!(d.checks[2].describe(), "at least 5 keys");
+    assert_eq!(
+        d.checks[3].describe(),
+        "certificates (min -, max expired 0)"
+    );
+    assert_eq!(load("name = \"q\"\n").unwrap().snapshot, Which::Latest);
+}
+
+#[test]
+fn bad_combinations_name_the_check() {
+    assert_eq!(
+        load("name = \"q\"\n[[check]]\nsource = \"redis\"\n").unwrap_err(),
+        ": check[0] (redis): give exactly one of sql, min_keys, or min_certificates/max_expired"
+    );
+    assert_eq!(
+        load("name = \"q\"\n[[check]]\nsource = \"redis\"\nmin_keys = 1\nmin_certificates = 1\n")
+            .unwrap_err(),
+        ": check[0] (redis): give exactly one of sql, min_keys, or min_certificates/max_expired"
+    );
+    assert_eq!(
+        load("name = \"q\"\n[[check]]\nsource = \"redis\"\nmin_keys = 1\n[[check]]\nsource = \"postgres/a\"\nsql = \"select 1\"\n")
+            .unwrap_err(),
+        ": check[1] (postgres/a): an sql check needs min, max or equals"
+    );
+    assert_eq!(
+        load("name = \"q\"\n[[check]]\nsource = \"redis\"\nsql = \"select 1\"\nmin = 1\n")
+            .unwrap_err(),
+        ": check[0]: sql checks apply to postgres/<db> sources, not redis"
+    );
+    assert_eq!(
+        load("name = \"a b\"\n").unwrap_err(),
+        ": name `a b`: use letters, digits, '-', '_' or '.'"
+    );
+    assert!(
+        load("name = \"q\"\nbogus = 1\n")
+            .unwrap_err()
+            .starts_with(" line 2: unknown field `bogus`"),
+    );
+}

@@ -119,7 +119,7 @@ struct State {
 
 fn load(path: &Path) -> Result<State, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let policies = Policy::load_dir(&config.policies_dir)?;
+    let policies = Policy::load_dir(&config.policies_dir).map_err(|e| e.to_string())?;
     let jobs = jobs(&config, &policies)?;
     Ok(State {
         config,

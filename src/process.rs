@@ -69,9 +69,56 @@ pub fn describe_status(status: ExitStatus) -> String {
     }
 }
 
+/// Why a child could not be run, or how it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program could not be started (missing, not executable).
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The error from `exec`.
+        source: std::io::Error,
+    },
+    /// The program ran and failed.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// Its exit status or signal, for people.
+        status: String,
+        /// The end of what it wrote on stderr.
+        stderr: String,
+    },
+    /// The user a child should run as could not be looked up.
+    #[error("cannot look up user `{user}`: {message}")]
+    UserLookup {
+        /// The configured user.
+        user: String,
+        /// The system's error.
+        message: String,
+    },
+    /// The user a child should run as does not exist.
+    #[error("user `{user}` does not exist: create it or configure another")]
+    NoUser {
+        /// The configured user.
+        user: String,
+    },
+}
+
+impl crate::error::Classify for ProcessError {
+    /// A missing user is a configuration mistake; a failing program is not.
+    fn class(&self) -> crate::error::Class {
+        match self {
+            ProcessError::NoUser { .. } => crate::error::Class::Usage,
+            _ => crate::error::Class::Failure,
+        }
+    }
+}
+
 /// Runs `program args…` and returns its first line of stdout (for
-/// `--version`), or a message saying why not.
-pub async fn first_line<I, S>(program: impl AsRef<OsStr>, args: I) -> Result<String, String>
+/// `--version`), or why not.
+pub async fn first_line<I, S>(program: impl AsRef<OsStr>, args: I) -> Result<String, ProcessError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -85,14 +132,16 @@ where
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+        .map_err(|source| ProcessError::Spawn {
+            program: program.to_string_lossy().into_owned(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}): {}",
-            program.to_string_lossy(),
-            describe_status(out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ProcessError::Failed {
+            program: program.to_string_lossy().into_owned(),
+            status: describe_status(out.status),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -104,14 +153,19 @@ where
 
 /// Makes `cmd` run as `user` when this process runs as root (PostgreSQL
 /// refuses to run as root). Does nothing when not root.
-pub fn run_as(cmd: &mut std::process::Command, user: &str) -> Result<(), String> {
+pub fn run_as(cmd: &mut std::process::Command, user: &str) -> Result<(), ProcessError> {
     use std::os::unix::process::CommandExt;
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
     let u = nix::unistd::User::from_name(user)
-        .map_err(|e| format!("cannot look up user `{user}`: {e}"))?
-        .ok_or_else(|| format!("user `{user}` does not exist: create it or configure another"))?;
+        .map_err(|e| ProcessError::UserLookup {
+            user: user.to_owned(),
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| ProcessError::NoUser {
+            user: user.to_owned(),
+        })?;
     cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     cmd.env("HOME", &u.dir)
         .env("USER", user)

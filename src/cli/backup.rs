@@ -30,8 +30,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let progress = !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let options = match &args.policy {
         Some(name) => {
-            let policies = crate::model::policy::Policy::load_dir(&config.policies_dir)
-                .map_err(Failure::usage)?;
+            let policies = crate::model::policy::Policy::load_dir(&config.policies_dir)?;
             crate::ops::backup::policy_options(&config, &policies, name, args.lock_wait, progress)?
         }
         None => BackupOptions {

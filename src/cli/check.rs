@@ -23,15 +23,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = if args.read_data {
-        Some(Arc::new(
-            crate::pipeline::load_identities(&config).map_err(Failure::usage)?,
-        ))
+        Some(Arc::new(crate::pipeline::load_identities(&config)?))
     } else {
         None
     };
-    let report = crate::ops::check::run(&repo, identities)
-        .await
-        .map_err(Failure::failed)?;
+    let report = crate::ops::check::run(&repo, identities).await?;
     if globals.json {
         output::json(&report);
     } else {

@@ -24,7 +24,7 @@ struct Report {
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     if let Some(name) = &args.repository {
-        config.repository_named(name).map_err(Failure::usage)?;
+        config.repository_named(name)?;
     }
     let checks = crate::ops::doctor::run(&config, args.repository.as_deref()).await;
     let ok = checks.iter().all(|c| c.ok);

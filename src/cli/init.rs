@@ -102,7 +102,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         ))
     })?;
     let targets: Vec<_> = match &args.repository {
-        Some(name) => vec![config.repository_named(name).map_err(Failure::usage)?],
+        Some(name) => vec![config.repository_named(name)?],
         None => config.repositories.iter().collect(),
     };
     if targets.is_empty() {

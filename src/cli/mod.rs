@@ -186,7 +186,7 @@ pub async fn interruptible<T>(work: impl std::future::Future<Output = T>) -> Res
 /// configured one that answers.
 pub async fn pick_repository(config: &Config, name: Option<&str>) -> Result<Repository, Failure> {
     if let Some(name) = name {
-        let rc = config.repository_named(name).map_err(Failure::usage)?;
+        let rc = config.repository_named(name)?;
         let repo = Repository::open(rc);
         repo.marker().await?;
         return Ok(repo);

@@ -30,7 +30,7 @@ pub struct Args {
 /// with its reasons; an unknown `--policy` is a usage error.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
-    let policies = Policy::load_dir(&config.policies_dir).map_err(Failure::usage)?;
+    let policies = Policy::load_dir(&config.policies_dir)?;
     if let Some(p) = &args.policy
         && !policies.iter().any(|q| &q.name == p)
     {
@@ -40,7 +40,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         )));
     }
     let targets: Vec<_> = match &args.repository {
-        Some(name) => vec![config.repository_named(name).map_err(Failure::usage)?],
+        Some(name) => vec![config.repository_named(name)?],
         None => config.repositories.iter().collect(),
     };
     let opts = PruneOptions {

@@ -195,7 +195,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
     let (snapshots, _) = repository.snapshots().await?;
-    let matcher = crate::model::selection::matcher(&args.sources).map_err(Failure::usage)?;
+    let matcher = crate::model::selection::matcher(&args.sources)?;
     let choices = plan::choose(
         &snapshots,
         &selector,
@@ -205,7 +205,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let identities = if args.dry_run {
         Vec::new()
     } else {
-        crate::pipeline::load_identities(&config).map_err(Failure::usage)?
+        crate::pipeline::load_identities(&config)?
     };
     let ctx = RestoreContext {
         targets: RestoreTargets::from_config(&config),

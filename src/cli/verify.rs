@@ -25,7 +25,7 @@ pub struct Args {
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
-    let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(Failure::usage)?);
+    let identities = Arc::new(crate::pipeline::load_identities(&config)?);
     let runtime = crate::scratch::runtime(&config.scratch);
     // Exit 2 for any failure to find the snapshot, as this command always
     // did (listing the snapshots failing included).

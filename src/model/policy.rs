@@ -12,6 +12,7 @@
 //! keep_daily = 14
 //! ```
 
+use crate::error::InvalidInput;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -57,7 +58,11 @@ pub struct Policy {
 
 impl Policy {
     /// Reads and validates a policy file; errors name the file and line.
-    pub fn load(path: &Path) -> Result<Policy, String> {
+    pub fn load(path: &Path) -> Result<Policy, InvalidInput> {
+        Policy::parse_file(path).map_err(InvalidInput)
+    }
+
+    fn parse_file(path: &Path) -> Result<Policy, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("policy {}: cannot read it: {e}", path.display()))?;
         let raw: RawPolicy = toml::from_str(&text).map_err(|e| {
@@ -92,8 +97,8 @@ impl Policy {
             .as_deref()
             .map(crate::model::time::parse_timezone)
             .transpose()
-            .map_err(at)?;
-        crate::model::selection::matcher(&raw.sources).map_err(at)?;
+            .map_err(|e| at(e.0))?;
+        crate::model::selection::matcher(&raw.sources).map_err(|e| at(e.0))?;
         Ok(Policy {
             name: raw.name,
             schedule,
@@ -107,11 +112,16 @@ impl Policy {
     }
 
     /// Every policy in `dir` (none if it does not exist), sorted by file name.
-    pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, String> {
+    pub fn load_dir(dir: &Path) -> Result<Vec<Policy>, InvalidInput> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("cannot read policies_dir {}: {e}", dir.display())),
+            Err(e) => {
+                return Err(InvalidInput(format!(
+                    "cannot read policies_dir {}: {e}",
+                    dir.display()
+                )));
+            }
         };
         let mut paths: Vec<PathBuf> = entries
             .flatten()
@@ -125,11 +135,11 @@ impl Policy {
             .collect::<Result<_, _>>()?;
         for (i, p) in policies.iter().enumerate() {
             if policies[..i].iter().any(|q| q.name == p.name) {
-                return Err(format!(
+                return Err(InvalidInput(format!(
                     "policy name `{}` is used twice in {}",
                     p.name,
                     dir.display()
-                ));
+                )));
             }
         }
         Ok(policies)

@@ -2,8 +2,10 @@
 //! and a drill's `sources` are names or globs (`postgres/*`) matched
 //! against source names (`postgres/<db>`, `redis`, `files/<name>`).
 
+use crate::error::InvalidInput;
+
 /// Compiles `--source` patterns (names or globs such as `postgres/*`).
-pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> {
+pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, InvalidInput> {
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -13,10 +15,10 @@ pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, String> 
             globset::GlobBuilder::new(p)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("--source {p}: {e}"))?,
+                .map_err(|e| InvalidInput(format!("--source {p}: {e}")))?,
         );
     }
-    b.build().map(Some).map_err(|e| e.to_string())
+    b.build().map(Some).map_err(|e| InvalidInput(e.to_string()))
 }
 
 #[cfg(test)]

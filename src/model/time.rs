@@ -33,9 +33,12 @@ pub fn local(at: DateTime<Utc>) -> String {
 }
 
 /// Parses a time zone name (`Europe/Berlin`, `UTC`).
-pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
-    <chrono_tz::Tz as std::str::FromStr>::from_str(s)
-        .map_err(|_| format!("`{s}` is not a time zone (write e.g. Europe/Berlin or UTC)"))
+pub fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, crate::error::InvalidInput> {
+    <chrono_tz::Tz as std::str::FromStr>::from_str(s).map_err(|_| {
+        crate::error::InvalidInput(format!(
+            "`{s}` is not a time zone (write e.g. Europe/Berlin or UTC)"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -1,24 +1,30 @@
 //! Sizes as people write and read them: `16MiB` in the configuration,
 //! `1.5 GiB` in output. The one byte formatter of the crate.
 
+use crate::error::InvalidInput;
+
 /// Parses `16MiB`, `8 MiB`, `5242880`, `1GiB` (binary units; `MB` is read
 /// as MiB too, since S3's limits are binary).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, InvalidInput> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size: write 16MiB"))?;
+        .map_err(|_| InvalidInput(format!("`{s}` is not a size: write 16MiB")))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
         "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit `{other}` in `{s}`: write 16MiB")),
+        other => {
+            return Err(InvalidInput(format!(
+                "unknown size unit `{other}` in `{s}`: write 16MiB"
+            )));
+        }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| InvalidInput(format!("`{s}` is too large")))
 }
 
 /// A byte count for people: `16 MiB`, `1.5 GiB`, `512 B`.

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::model::manifest::Artifact;
-use crate::repository::Repository;
+use crate::repository::{Repository, RepositoryError};
 use crate::restore::stream::{VerifyingReader, copy_archive};
 
 /// One damaged thing.
@@ -98,8 +98,8 @@ async fn read_object(
 pub async fn run(
     repo: &Repository,
     identities: Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
-) -> Result<CheckReport, String> {
-    let (snapshots, damaged_manifests) = repo.snapshots().await.map_err(|e| e.to_string())?;
+) -> Result<CheckReport, RepositoryError> {
+    let (snapshots, damaged_manifests) = repo.snapshots().await?;
     let mut damaged: Vec<Damage> = damaged_manifests
         .into_iter()
         .map(|d| Damage {
@@ -151,9 +151,12 @@ pub async fn run(
     }
     let unreferenced: Vec<String> = repo
         .backend()
-        .list("data/")
+        .list(crate::storage::keys::DATA)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|source| RepositoryError::Storage {
+            name: repo.name().to_owned(),
+            source,
+        })?
         .into_iter()
         .map(|o| o.key)
         .filter(|k| !referenced.contains(k))

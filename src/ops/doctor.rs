@@ -55,7 +55,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Vec<Check> {
                 Err(e) => Check {
                     name: "identity".into(),
                     ok: false,
-                    message: e,
+                    message: e.to_string(),
                 },
             }),
             None => checks.push(Check {

@@ -159,6 +159,39 @@ pub async fn prune_repository(
         .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))
 }
 
+/// Why prune stopped. Whatever it removed before stopping was removed
+/// manifest first, so no manifest ever names missing data.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The lease could not be renewed: another writer may hold the lock.
+    #[error(
+        "lost the repository lock (its lease could not be renewed): stopped before removing anything more; run prune again"
+    )]
+    LockLost,
+    /// Manifests that cannot be read would make their data look unreferenced.
+    #[error(
+        "{} manifest(s) cannot be read ({}): fix or move them before pruning, so that nothing they name is taken for unreferenced data",
+        .0.len(),
+        .0.join(", ")
+    )]
+    DamagedManifests(Vec<String>),
+    /// Listing the snapshots failed.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::RepositoryError),
+    /// Listing or removing objects failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+impl crate::error::Classify for PruneError {
+    fn class(&self) -> crate::error::Class {
+        match self {
+            PruneError::Repository(e) => e.class(),
+            _ => crate::error::Class::Failure,
+        }
+    }
+}
+
 /// Prunes one repository. The caller holds its writer `lock` (none for a
 /// dry run); if the lock is lost midway, pruning stops before the next
 /// removal.
@@ -169,24 +202,18 @@ pub async fn run(
     lock: Option<&crate::repository::lock::RepoLock>,
     opts: &PruneOptions,
     now: DateTime<Utc>,
-) -> Result<PruneReport, String> {
+) -> Result<PruneReport, PruneError> {
     let still_held = || {
         if lock.is_some_and(|l| l.is_lost()) {
-            Err("lost the repository lock (its lease could not be renewed): stopped before removing anything more; run prune again".to_owned())
+            Err(PruneError::LockLost)
         } else {
             Ok(())
         }
     };
-    let (snapshots, damaged) = repo.snapshots().await.map_err(|e| e.to_string())?;
+    let (snapshots, damaged) = repo.snapshots().await?;
     if !damaged.is_empty() {
-        return Err(format!(
-            "{} manifest(s) cannot be read ({}): fix or move them before pruning, so that nothing they name is taken for unreferenced data",
-            damaged.len(),
-            damaged
-                .iter()
-                .map(|d| d.key.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+        return Err(PruneError::DamagedManifests(
+            damaged.into_iter().map(|d| d.key).collect(),
         ));
     }
     let decisions = plan(config, policies, &snapshots, opts.policy.as_deref(), now);
@@ -197,14 +224,10 @@ pub async fn run(
         }
         still_held()?;
         // The manifest first: from here on the snapshot no longer exists.
-        backend
-            .delete(&manifest_key(&d.snapshot))
-            .await
-            .map_err(|e| e.to_string())?;
+        backend.delete(&manifest_key(&d.snapshot)).await?;
         backend
             .delete_prefix(&format!("data/{}/", d.snapshot))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         tracing::info!(repository = repo.name(), snapshot = %d.snapshot, "snapshot removed");
     }
 
@@ -220,11 +243,7 @@ pub async fn run(
         .map(|d| d.snapshot.clone())
         .collect();
     let mut unreferenced = Vec::new();
-    for id in backend
-        .list_dirs("data/")
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    for id in backend.list_dirs("data/").await? {
         if live.contains(&id) || removed.contains(&id) || snapshots.iter().any(|m| m.id == id) {
             continue;
         }
@@ -237,10 +256,7 @@ pub async fn run(
         unreferenced.push(format!("data/{id}/"));
         if !opts.dry_run {
             still_held()?;
-            backend
-                .delete_prefix(&format!("data/{id}/"))
-                .await
-                .map_err(|e| e.to_string())?;
+            backend.delete_prefix(&format!("data/{id}/")).await?;
             tracing::info!(repository = repo.name(), prefix = %format!("data/{id}/"), "unreferenced data removed");
         }
     }
@@ -252,10 +268,7 @@ pub async fn run(
     if !opts.dry_run {
         still_held()?;
     }
-    let abandoned = backend
-        .abandoned_writes(before, !opts.dry_run)
-        .await
-        .map_err(|e| e.to_string())?;
+    let abandoned = backend.abandoned_writes(before, !opts.dry_run).await?;
     for a in &abandoned {
         tracing::info!(repository = repo.name(), write = %a, dry_run = opts.dry_run, "abandoned write removed");
     }

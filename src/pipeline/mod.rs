@@ -353,27 +353,34 @@ pub fn decode_all(
 /// Loads the age identities from the configured identity file.
 pub fn load_identities(
     config: &crate::model::config::Config,
-) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, String> {
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, crate::error::InvalidInput> {
     let path = config
         .encryption
         .as_ref()
         .and_then(|e| e.identity_file.clone())
         .ok_or_else(|| {
-            format!(
+            crate::error::InvalidInput(format!(
                 "configuration {}: set [encryption] identity_file to the age identity (private key) to read archives",
                 config.path.display()
-            )
+            ))
         })?;
-    let file = age::IdentityFile::from_file(path.display().to_string())
-        .map_err(|e| format!("cannot read the identity file {}: {e}", path.display()))?;
-    let ids = file
-        .into_identities()
-        .map_err(|e| format!("the identity file {} is not usable: {e}", path.display()))?;
+    let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|e| {
+        crate::error::InvalidInput(format!(
+            "cannot read the identity file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let ids = file.into_identities().map_err(|e| {
+        crate::error::InvalidInput(format!(
+            "the identity file {} is not usable: {e}",
+            path.display()
+        ))
+    })?;
     if ids.is_empty() {
-        return Err(format!(
+        return Err(crate::error::InvalidInput(format!(
             "the identity file {} holds no identity",
             path.display()
-        ));
+        )));
     }
     Ok(ids)
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
 
-use super::{SourceContext, SourceRun, acme, timed};
+use super::{SourceContext, SourceError, SourceRun, acme, timed};
 use crate::model::config::FileConfig;
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::{ArtifactKind, FileMeta};
@@ -30,13 +30,16 @@ pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
             let path = &cfg.path;
             let mut file = tokio::fs::File::open(path)
                 .await
-                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                .map_err(|e| SourceError::Data(format!("cannot open {}: {e}", path.display())))?;
             let meta = file
                 .metadata()
                 .await
-                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+                .map_err(|e| SourceError::Data(format!("cannot stat {}: {e}", path.display())))?;
             if !meta.is_file() {
-                return Err(format!("{} is not a regular file", path.display()));
+                return Err(SourceError::Data(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
             }
             run.captured_at = Some(Utc::now());
             run.file = Some(FileMeta {
@@ -50,9 +53,9 @@ pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
             let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::File);
             if meta.len() <= READ_WHOLE {
                 let mut data = Vec::with_capacity(meta.len() as usize);
-                file.read_to_end(&mut data)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                file.read_to_end(&mut data).await.map_err(|e| {
+                    SourceError::Data(format!("cannot read {}: {e}", path.display()))
+                })?;
                 run.facts = Some(SourceFacts::File {
                     certificates: acme::certificates(&data),
                 });
@@ -69,7 +72,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
             }
         }
         .await;
-        run.result = result;
+        run.result = result.map_err(|e| e.to_string());
         run
     })
     .await

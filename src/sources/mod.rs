@@ -25,6 +25,48 @@ use crate::pipeline::{self, EncodeSettings, Encoded, Input, SinkState};
 use crate::process::{describe_status, stderr_tail};
 use crate::repository::Repository;
 
+/// Why a source's server could not be used or its archive not stored.
+/// Each variant carries the operator's message (secrets already scrubbed
+/// where a server may echo them); the variant says which step failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    /// The server could not be reached, or refused the credentials.
+    #[error("{0}")]
+    Connect(String),
+    /// The server answered a query with an error.
+    #[error("{0}")]
+    Query(String),
+    /// A client tool (pg_dump, psql, docker) is missing, too old, or failed.
+    #[error("{0}")]
+    Tool(String),
+    /// The archive could not be written to any repository.
+    #[error("{0}")]
+    Store(String),
+    /// Data read from the server or a file is not what was expected.
+    #[error("{0}")]
+    Data(String),
+}
+
+impl SourceError {
+    /// The same error with every secret in its message replaced.
+    pub fn scrubbed(self, redactor: &Redactor) -> SourceError {
+        let scrub = |m: String| redactor.scrub(&m);
+        match self {
+            SourceError::Connect(m) => SourceError::Connect(scrub(m)),
+            SourceError::Query(m) => SourceError::Query(scrub(m)),
+            SourceError::Tool(m) => SourceError::Tool(scrub(m)),
+            SourceError::Store(m) => SourceError::Store(scrub(m)),
+            SourceError::Data(m) => SourceError::Data(scrub(m)),
+        }
+    }
+}
+
+impl crate::error::Classify for SourceError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Failure
+    }
+}
+
 /// Where a source's archive went, once committed.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -151,7 +193,7 @@ impl SourceContext {
 
     /// Streams `input` into every repository under `key`; nothing is
     /// visible until [`SourceContext::finish`].
-    pub async fn encode(&self, key: &str, input: Input) -> Result<Encoded, String> {
+    pub async fn encode(&self, key: &str, input: Input) -> Result<Encoded, SourceError> {
         let mut sinks = Vec::with_capacity(self.repositories.len());
         for repo in &self.repositories {
             sinks.push(match repo.create(key).await {
@@ -169,7 +211,7 @@ impl SourceContext {
         let input = self.with_progress(key, input);
         pipeline::encode(input, &self.encode, sinks)
             .await
-            .map_err(|e| self.redactor.scrub(&e.to_string()))
+            .map_err(|e| SourceError::Store(self.redactor.scrub(&e.to_string())))
     }
 
     /// Commits an encoded archive if the producer succeeded (`verdict` is
@@ -178,11 +220,11 @@ impl SourceContext {
         &self,
         key: &str,
         encoded: Encoded,
-        verdict: Result<(), String>,
-    ) -> Result<Stored, String> {
+        verdict: Result<(), SourceError>,
+    ) -> Result<Stored, SourceError> {
         if let Err(e) = verdict {
             encoded.abort().await;
-            return Err(self.redactor.scrub(&e));
+            return Err(e.scrubbed(&self.redactor));
         }
         let (plaintext_bytes, stored_bytes, sha256) = (
             encoded.plaintext_bytes,
@@ -200,7 +242,9 @@ impl SourceContext {
             })
             .collect();
         if failed_in.len() == self.repositories.len() {
-            return Err(failed_in.into_values().collect::<Vec<_>>().join("; "));
+            return Err(SourceError::Store(
+                failed_in.into_values().collect::<Vec<_>>().join("; "),
+            ));
         }
         Ok(Stored {
             key: key.to_owned(),
@@ -219,14 +263,14 @@ impl SourceContext {
         key: &str,
         program: &str,
         mut cmd: tokio::process::Command,
-    ) -> Result<Stored, String> {
+    ) -> Result<Stored, SourceError> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {program}: {e}"))?;
+            .map_err(|e| SourceError::Tool(format!("cannot start {program}: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         // A 1 MiB pipe (instead of 64 KiB) lets the producer write, and us
         // read, in larger pieces: fewer wake-ups on both sides.
@@ -257,7 +301,8 @@ impl SourceContext {
             }
             Ok(_) => Ok(()),
         };
-        self.finish(key, encoded, verdict).await
+        self.finish(key, encoded, verdict.map_err(SourceError::Tool))
+            .await
     }
 }
 

@@ -20,7 +20,7 @@ use chrono::Utc;
 use tokio::process::Command;
 use tokio_postgres::{Client, NoTls};
 
-use super::{SourceContext, SourceRun, timed};
+use super::{SourceContext, SourceError, SourceRun, timed};
 use crate::model::config::PostgresConfig;
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
@@ -66,7 +66,7 @@ impl DumpTool {
 }
 
 /// Connects to `db` with the configured credentials.
-pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, String> {
+pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, SourceError> {
     let ep = &cfg.endpoint;
     let mut pc = tokio_postgres::Config::new();
     if ep.host.starts_with('/') {
@@ -87,10 +87,10 @@ pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, String> {
             .as_db_error()
             .map(|d| d.message().to_owned())
             .unwrap_or_else(|| e.to_string());
-        format!(
+        SourceError::Connect(format!(
             "cannot connect to PostgreSQL database `{db}` at {}:{} as `{}`: {detail}",
             ep.host, ep.port, ep.user
-        )
+        ))
     })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -108,14 +108,14 @@ pub(crate) fn db_error(context: &str, e: tokio_postgres::Error) -> String {
 }
 
 /// The server's version.
-pub async fn server_version(client: &Client) -> Result<ServerVersion, String> {
+pub async fn server_version(client: &Client) -> Result<ServerVersion, SourceError> {
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
             &[],
         )
         .await
-        .map_err(|e| db_error("cannot read the server version", e))?;
+        .map_err(|e| SourceError::Query(db_error("cannot read the server version", e)))?;
     let num: i32 = row.get(0);
     Ok(ServerVersion {
         major: (num / 10000) as u32,
@@ -124,7 +124,7 @@ pub async fn server_version(client: &Client) -> Result<ServerVersion, String> {
 }
 
 /// Every non-template database the user may connect to.
-pub async fn discover(client: &Client) -> Result<Vec<String>, String> {
+pub async fn discover(client: &Client) -> Result<Vec<String>, SourceError> {
     let rows = client
         .query(
             "SELECT datname FROM pg_database \
@@ -134,7 +134,7 @@ pub async fn discover(client: &Client) -> Result<Vec<String>, String> {
             &[],
         )
         .await
-        .map_err(|e| db_error("cannot list databases", e))?;
+        .map_err(|e| SourceError::Query(db_error("cannot list databases", e)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -146,7 +146,10 @@ pub fn parse_tool_major(version: &str) -> Option<u32> {
 }
 
 /// Chooses how to run pg_dump for a server of this version.
-pub async fn choose_tool(cfg: &PostgresConfig, server: &ServerVersion) -> Result<DumpTool, String> {
+pub async fn choose_tool(
+    cfg: &PostgresConfig,
+    server: &ServerVersion,
+) -> Result<DumpTool, SourceError> {
     choose_client(
         cfg,
         "pg_dump",
@@ -165,11 +168,15 @@ pub async fn choose_client(
     program: &str,
     min_major: u32,
     what: &str,
-) -> Result<DumpTool, String> {
+) -> Result<DumpTool, SourceError> {
     if let Some(container) = &cfg.docker_container {
         let version = first_line("docker", ["exec", container.as_str(), program, "--version"])
             .await
-            .map_err(|e| format!("cannot run {program} in container `{container}`: {e}"))?;
+            .map_err(|e| {
+                SourceError::Tool(format!(
+                    "cannot run {program} in container `{container}`: {e}"
+                ))
+            })?;
         return Ok(DumpTool::Docker {
             container: container.clone(),
             version,
@@ -219,7 +226,7 @@ pub async fn choose_client(
         "install postgresql-client-{min_major} (or newer), set postgres.bin_dir to a PostgreSQL {min_major}+ client, \
          or set postgres.docker_container to run {program} inside the server's container"
     );
-    Err(match seen.first() {
+    Err(SourceError::Tool(match seen.first() {
         Some((exe, version)) => format!(
             "{} ({version}) is older than {what}: {program} must be of major version {min_major} or newer; {fix}",
             exe.display(),
@@ -227,7 +234,7 @@ pub async fn choose_client(
         None => format!(
             "no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"
         ),
-    })
+    }))
 }
 
 /// A command running `program` (pg_dump or pg_dumpall) the chosen way,
@@ -295,12 +302,20 @@ pub async fn dump_database(
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .await
                 .map_err(|e| {
-                    db_error(&format!("database `{db}`: cannot start a transaction"), e)
+                    SourceError::Query(db_error(
+                        &format!("database `{db}`: cannot start a transaction"),
+                        e,
+                    ))
                 })?;
             let snapshot: String = client
                 .query_one("SELECT pg_export_snapshot()", &[])
                 .await
-                .map_err(|e| db_error(&format!("database `{db}`: cannot export a snapshot"), e))?
+                .map_err(|e| {
+                    SourceError::Query(db_error(
+                        &format!("database `{db}`: cannot export a snapshot"),
+                        e,
+                    ))
+                })?
                 .get(0);
             run.captured_at = Some(Utc::now());
 
@@ -331,7 +346,7 @@ pub async fn dump_database(
             stored
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e));
+        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
         run
     })
     .await
@@ -340,7 +355,7 @@ pub async fn dump_database(
 /// Exact row counts of every ordinary table, in the current transaction's
 /// snapshot. Tables belonging to extensions are skipped (pg_dump does not
 /// dump their rows).
-pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u64>, String> {
+pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u64>, SourceError> {
     let rows = client
         .query(
             "SELECT n.nspname, c.relname FROM pg_class c \
@@ -354,7 +369,9 @@ pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u6
             &[],
         )
         .await
-        .map_err(|e| db_error(&format!("database `{db}`: cannot list tables"), e))?;
+        .map_err(|e| {
+            SourceError::Query(db_error(&format!("database `{db}`: cannot list tables"), e))
+        })?;
     let mut counts = BTreeMap::new();
     for r in rows {
         let (schema, table): (String, String) = (r.get(0), r.get(1));
@@ -369,10 +386,10 @@ pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u6
             )
             .await
             .map_err(|e| {
-                db_error(
+                SourceError::Query(db_error(
                     &format!("database `{db}`: cannot count rows of {schema}.{table}"),
                     e,
-                )
+                ))
             })?
             .get(0);
         counts.insert(format!("{schema}.{table}"), n as u64);
@@ -397,7 +414,10 @@ pub async fn dump_globals(
         let mut cmd = command(cfg, tool, "pg_dumpall", &cfg.endpoint.maintenance_db);
         cmd.arg("--globals-only")
             .arg(format!("--database={}", cfg.endpoint.maintenance_db));
-        run.result = ctx.store_child(&key, "pg_dumpall", cmd).await;
+        run.result = ctx
+            .store_child(&key, "pg_dumpall", cmd)
+            .await
+            .map_err(|e| e.to_string());
         run
     })
     .await

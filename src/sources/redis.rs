@@ -18,7 +18,7 @@ use chrono::Utc;
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{SourceContext, SourceRun, timed};
+use super::{SourceContext, SourceError, SourceRun, timed};
 use crate::model::config::RedisConfig;
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
@@ -30,7 +30,11 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
 
 /// Connects to the configured Redis.
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
+pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceError> {
+    connect_inner(cfg).await.map_err(SourceError::Connect)
+}
+
+async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
     let target = format!("{}:{}", cfg.host, cfg.port);
     let base = format!("redis://{target}")
         .into_connection_info()
@@ -131,32 +135,50 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
         let mut run = SourceRun::failed("redis", ArtifactKind::RedisRdb, "");
         let result = async {
             let mut con = connect(cfg).await?;
-            let server = info(&mut con, "server").await?;
+            let server = info(&mut con, "server").await.map_err(SourceError::Query)?;
             run.server_version = server.get("redis_version").map(|v| format!("Redis {v}"));
             let data_dir = match &cfg.data_dir {
                 Some(d) => d.clone(),
-                None => PathBuf::from(config_get(&mut con, "dir").await?),
+                None => PathBuf::from(
+                    config_get(&mut con, "dir")
+                        .await
+                        .map_err(SourceError::Query)?,
+                ),
             };
-            let aof = config_get(&mut con, "appendonly").await? == "yes";
+            let aof = config_get(&mut con, "appendonly")
+                .await
+                .map_err(SourceError::Query)?
+                == "yes";
             let files = if aof {
                 run.kind = ArtifactKind::RedisAof;
-                aof_files(&mut con, &data_dir).await?
+                aof_files(&mut con, &data_dir)
+                    .await
+                    .map_err(SourceError::Data)?
             } else {
-                rdb_files(&mut con, &data_dir).await?
+                rdb_files(&mut con, &data_dir)
+                    .await
+                    .map_err(SourceError::Data)?
             };
             run.captured_at = Some(Utc::now());
             run.facts = Some(SourceFacts::Redis {
-                keys: parse_keyspace(&info(&mut con, "keyspace").await?),
+                keys: parse_keyspace(
+                    &info(&mut con, "keyspace")
+                        .await
+                        .map_err(SourceError::Query)?,
+                ),
             });
             let key = artifact_key(&ctx.snapshot, "redis", run.kind);
             let (writer, input) = pipeline::input_from_writer();
             let tar = tokio::task::spawn_blocking(move || write_tar(writer, files));
             let encoded = ctx.encode(&key, input).await;
-            let verdict = tar.await.map_err(|e| format!("tar writer failed: {e}"))?;
+            let verdict = tar
+                .await
+                .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?
+                .map_err(SourceError::Data);
             ctx.finish(&key, encoded?, verdict).await
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e));
+        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
         run
     })
     .await

@@ -127,7 +127,7 @@ impl Cx<'_> {
             .map(|t| {
                 let v = self.string(t, "timezone")?;
                 crate::model::time::parse_timezone(&v)
-                    .map_err(|e| self.err(t.span(), "timezone", e))
+                    .map_err(|e| self.err(t.span(), "timezone", e.0))
             })
             .transpose()
     }

@@ -154,9 +154,12 @@ impl Config {
 
     /// The configured repository of that name, or a message naming the
     /// ones that are configured.
-    pub fn repository_named(&self, name: &str) -> Result<&RepositoryConfig, String> {
+    pub fn repository_named(
+        &self,
+        name: &str,
+    ) -> Result<&RepositoryConfig, crate::error::InvalidInput> {
         self.repository(name).ok_or_else(|| {
-            format!(
+            crate::error::InvalidInput(format!(
                 "no repository named `{name}` in {}; configured: {}",
                 self.path.display(),
                 self.repositories
@@ -164,7 +167,7 @@ impl Config {
                     .map(|r| r.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
+            ))
         })
     }
 

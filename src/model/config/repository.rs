@@ -429,7 +429,7 @@ impl Cx<'_> {
     /// `part_size`: a size within S3's multipart limits.
     fn part_size(&self, v: &Spanned<String>, k: &str) -> Result<u64, ConfigError> {
         let s = self.string(v, k)?;
-        let n = parse_size(&s).map_err(|e| self.err(v.span(), k, e))?;
+        let n = parse_size(&s).map_err(|e| self.err(v.span(), k, e.0))?;
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
             return Err(self.err(
                 v.span(),

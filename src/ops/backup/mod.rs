@@ -303,7 +303,7 @@ async fn open_targets(
         )));
     }
     for name in &opts.repositories {
-        config.repository_named(name).map_err(Failure::usage)?;
+        config.repository_named(name)?;
     }
     let ours: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     let mut targets = Vec::new();
@@ -343,7 +343,10 @@ async fn open_targets(
 
 /// Stores the facts sidecar (encrypted like everything else) of the
 /// sources that succeeded.
-async fn store_facts(ctx: &SourceContext, runs: &[SourceRun]) -> Option<Result<Stored, String>> {
+async fn store_facts(
+    ctx: &SourceContext,
+    runs: &[SourceRun],
+) -> Option<Result<Stored, crate::sources::SourceError>> {
     if !runs.iter().any(|r| r.result.is_ok()) {
         return None;
     }
@@ -375,7 +378,7 @@ async fn commit_to(
     target: &mut Target,
     head: &mut Manifest,
     runs: &[SourceRun],
-    facts: &Option<Result<Stored, String>>,
+    facts: &Option<Result<Stored, crate::sources::SourceError>>,
 ) {
     let name = target.repo.name().to_owned();
     let facts_obj = match facts {
@@ -554,7 +557,7 @@ async fn plan_postgres<'a>(
             DatabaseSelection::All => postgres::discover(&client).await?,
             DatabaseSelection::List(l) => l.clone(),
         };
-        Ok::<_, String>((server, dbs))
+        Ok::<_, crate::sources::SourceError>((server, dbs))
     }
     .await;
     let (server, dbs) = match setup {
@@ -562,7 +565,7 @@ async fn plan_postgres<'a>(
         Err(e) => {
             // Without a connection every selected database fails with the
             // same error; unknown names (["*"]) fail as one `postgres` entry.
-            let e = ctx.redactor.scrub(&e);
+            let e = ctx.redactor.scrub(&e.to_string());
             let (names, unknown): (Vec<String>, bool) = match &pg.databases {
                 DatabaseSelection::List(l) => (
                     pg.globals
@@ -594,6 +597,7 @@ async fn plan_postgres<'a>(
     let tool = match postgres::choose_tool(pg, &server).await {
         Ok(tool) => tool,
         Err(e) => {
+            let e = e.to_string();
             let jobs = names.iter().map(|n| failed_job(n.clone(), &e)).collect();
             return (names, jobs, false);
         }
@@ -627,7 +631,7 @@ async fn plan<'a>(
     opts: &BackupOptions,
     ctx: &'a SourceContext,
 ) -> Result<Vec<Job<'a>>, Failure> {
-    let matcher = crate::model::selection::matcher(&opts.sources).map_err(Failure::usage)?;
+    let matcher = crate::model::selection::matcher(&opts.sources)?;
     let wanted = |name: &str| matcher.as_ref().is_none_or(|m| m.is_match(name));
     let mut names: Vec<String> = Vec::new();
     let mut jobs: Vec<Job<'a>> = Vec::new();
@@ -663,9 +667,8 @@ async fn plan<'a>(
 
     // Every pattern must select something: a typo must not back up nothing.
     for p in &opts.sources {
-        let single = crate::model::selection::matcher(std::slice::from_ref(p))
-            .map_err(Failure::usage)?
-            .expect("one pattern");
+        let single =
+            crate::model::selection::matcher(std::slice::from_ref(p))?.expect("one pattern");
         let hit =
             names.iter().any(|n| single.is_match(n)) || (pg_unknown && p.starts_with("postgres"));
         if !hit && opts.policy.is_some() {

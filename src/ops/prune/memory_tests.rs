@@ -81,6 +81,7 @@ impl Fixture {
             self.now,
         )
         .await
+        .map_err(|e| e.to_string())
     }
 
     fn has_manifest(&self, id: &str) -> bool {
@@ -193,7 +194,7 @@ async fn a_failed_data_removal_leaves_unreferenced_data_that_the_next_prune_remo
     f.mem
         .faults()
         .fail_after(Op::DeletePrefix, "data/", 1, 1, Failure::Unavailable);
-    let e = f.prune(2, false).await.unwrap_err();
+    let e = f.prune(2, false).await.unwrap_err().to_string();
     assert!(e.contains("no answer from the store"), "{e}");
     // Both manifests are gone; the data of one of them is left over.
     assert!(!f.has_manifest(&f.ids[0]) && !f.has_manifest(&f.ids[1]));
@@ -224,7 +225,7 @@ async fn a_failed_manifest_removal_stops_prune_with_that_snapshot_whole() {
     f.mem
         .faults()
         .fail_after(Op::Delete, "snapshots/", 1, 1, Failure::PermissionDenied);
-    let e = f.prune(2, false).await.unwrap_err();
+    let e = f.prune(2, false).await.unwrap_err().to_string();
     assert!(e.contains("permission denied"), "{e}");
     // Newest first: the first to go (ids[1]) went entirely; the second
     // (ids[0]) is untouched, manifest and data.
@@ -239,7 +240,7 @@ async fn a_damaged_manifest_stops_prune_before_anything_is_removed() {
     f.mem
         .insert("snapshots/20260101T000000Z-bad000.json", "{ not json");
     let before = f.mem.keys();
-    let e = f.prune(1, false).await.unwrap_err();
+    let e = f.prune(1, false).await.unwrap_err().to_string();
     assert!(
         e.contains("snapshots/20260101T000000Z-bad000.json") && e.contains("cannot be read"),
         "{e}"
@@ -252,7 +253,7 @@ async fn a_failed_listing_fails_prune_before_anything_is_removed() {
     let f = fixture(&[3, 2, 1]).await;
     f.mem.faults().fail_next(Op::List, 1, Failure::Unavailable);
     let before = f.mem.keys();
-    let e = f.prune(1, false).await.unwrap_err();
+    let e = f.prune(1, false).await.unwrap_err().to_string();
     assert!(e.contains("no answer from the store"), "{e}");
     assert_eq!(f.mem.keys(), before);
 }
@@ -317,7 +318,8 @@ async fn a_lost_lease_stops_prune_before_the_first_removal() {
         f.now,
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("lost the repository lock"), "{e}");
     let after: Vec<String> = f
         .mem

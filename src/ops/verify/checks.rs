@@ -29,7 +29,7 @@ pub(super) async fn compare_tables(
     };
     let restored = match restored {
         Ok(r) => r,
-        Err(e) => return Check::new("row counts", false, e),
+        Err(e) => return Check::new("row counts", false, e.to_string()),
     };
     let problems = table_differences(recorded, &restored);
     if problems.is_empty() {
@@ -76,7 +76,9 @@ pub(super) async fn compare_keys(cfg: &RedisConfig, facts: Option<&SourceFacts>)
         );
     };
     let found = async {
-        let mut con = crate::sources::redis::connect(cfg).await?;
+        let mut con = crate::sources::redis::connect(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
         let text: String = redis::cmd("INFO")
             .arg("keyspace")
             .query_async(&mut con)

@@ -108,6 +108,29 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), PublishEr
     if events.is_empty() {
         return Ok(());
     }
+    let (client, eventloop) = AsyncClient::new(options(cfg)?, events.len() + 4);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(drive(eventloop, tx));
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let mut last_error: Option<String> = None;
+    let work = send_and_wait(&client, &mut rx, events, &target, &mut last_error);
+    let result = match tokio::time::timeout(cfg.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(PublishError::Timeout {
+            target: target.clone(),
+            after: humantime::format_duration(cfg.timeout).to_string(),
+            last: last_error
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default(),
+        }),
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
+    driver.abort();
+    result
+}
+
+/// The client options: id, keep-alive, credentials and TLS.
+fn options(cfg: &MqttConfig) -> Result<MqttOptions, PublishError> {
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     opts.set_keep_alive(Duration::from_secs(5))
         .set_clean_session(true);
@@ -123,97 +146,95 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), PublishEr
     if cfg.tls {
         opts.set_transport(Transport::Tls(tls_config(cfg).map_err(PublishError::Tls)?));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, events.len() + 4);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match eventloop.poll().await {
-                Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                    backoff = Duration::from_millis(100);
-                    if tx.send(Progress::Acked).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(ConnectionError::ConnectionRefused(code)) => {
-                    let _ = tx.send(Progress::Refused(format!(
-                        "the broker refused the connection: {code:?}"
-                    )));
+    Ok(opts)
+}
+
+/// Drives the connection, reporting acknowledgements and errors on `tx`;
+/// reconnects with exponential backoff until a refusal or the caller stops
+/// listening.
+async fn drive(mut eventloop: rumqttc::EventLoop, tx: mpsc::UnboundedSender<Progress>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
+                backoff = Duration::from_millis(100);
+                if tx.send(Progress::Acked).is_err() {
                     return;
                 }
-                Err(e) => {
-                    if tx.send(Progress::Error(e.to_string())).is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Ok(_) => {}
+            Err(ConnectionError::ConnectionRefused(code)) => {
+                let _ = tx.send(Progress::Refused(format!(
+                    "the broker refused the connection: {code:?}"
+                )));
+                return;
+            }
+            Err(e) => {
+                if tx.send(Progress::Error(e.to_string())).is_err() {
+                    return;
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-    });
-    let target = format!("{}:{}", cfg.host, cfg.port);
-    let mut last_error: Option<String> = None;
-    let work = async {
-        for e in events {
-            let body = serde_json::to_vec(e).expect("events serialise");
-            if let Err(err) = client
-                .publish(&e.topic, QoS::AtLeastOnce, false, body)
-                .await
-            {
-                // The event loop may already have ended: say why it did.
-                while let Ok(p) = rx.try_recv() {
-                    if let Progress::Refused(why) = p {
-                        return Err(PublishError::Refused {
-                            target: target.clone(),
-                            why,
-                        });
-                    }
-                }
-                return Err(PublishError::Queue {
-                    target: target.clone(),
-                    message: err.to_string(),
-                });
-            }
-        }
-        let mut acked = 0;
-        while acked < events.len() {
-            match rx.recv().await {
-                Some(Progress::Acked) => acked += 1,
-                Some(Progress::Refused(why)) => {
+    }
+}
+
+/// Queues every event and waits until each is acknowledged; the last
+/// connection error seen is kept in `last_error` for the caller's timeout
+/// message.
+async fn send_and_wait(
+    client: &AsyncClient,
+    rx: &mut mpsc::UnboundedReceiver<Progress>,
+    events: &[Event],
+    target: &str,
+    last_error: &mut Option<String>,
+) -> Result<(), PublishError> {
+    for e in events {
+        let body = serde_json::to_vec(e).expect("events serialise");
+        if let Err(err) = client
+            .publish(&e.topic, QoS::AtLeastOnce, false, body)
+            .await
+        {
+            // The event loop may already have ended: say why it did.
+            while let Ok(p) = rx.try_recv() {
+                if let Progress::Refused(why) = p {
                     return Err(PublishError::Refused {
-                        target: target.clone(),
+                        target: target.to_owned(),
                         why,
                     });
                 }
-                Some(Progress::Error(e)) => {
-                    if last_error.is_none() {
-                        tracing::debug!(broker = %target, error = %e, "MQTT connection error; retrying");
-                    }
-                    last_error = Some(e);
-                }
-                None => break,
             }
-        }
-        if acked < events.len() {
-            return Err(PublishError::Ended {
-                target: target.clone(),
-                last: last_error.clone().unwrap_or_default(),
+            return Err(PublishError::Queue {
+                target: target.to_owned(),
+                message: err.to_string(),
             });
         }
-        Ok::<_, PublishError>(())
-    };
-    let result = match tokio::time::timeout(cfg.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(PublishError::Timeout {
-            target: target.clone(),
-            after: humantime::format_duration(cfg.timeout).to_string(),
-            last: last_error
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default(),
-        }),
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
-    driver.abort();
-    result
+    }
+    let mut acked = 0;
+    while acked < events.len() {
+        match rx.recv().await {
+            Some(Progress::Acked) => acked += 1,
+            Some(Progress::Refused(why)) => {
+                return Err(PublishError::Refused {
+                    target: target.to_owned(),
+                    why,
+                });
+            }
+            Some(Progress::Error(e)) => {
+                if last_error.is_none() {
+                    tracing::debug!(broker = %target, error = %e, "MQTT connection error; retrying");
+                }
+                *last_error = Some(e);
+            }
+            None => break,
+        }
+    }
+    if acked < events.len() {
+        return Err(PublishError::Ended {
+            target: target.to_owned(),
+            last: last_error.clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
 }

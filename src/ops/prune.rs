@@ -217,21 +217,65 @@ pub async fn run(
         ));
     }
     let decisions = plan(config, policies, &snapshots, opts.policy.as_deref(), now);
+    if !opts.dry_run {
+        remove_snapshots(repo, &decisions, &still_held).await?;
+    }
+    let unreferenced =
+        remove_unreferenced(repo, &snapshots, &decisions, opts, now, &still_held).await?;
+    // A grace longer than the calendar means "nothing is old enough".
+    let before = chrono::Duration::from_std(opts.grace)
+        .ok()
+        .and_then(|g| now.checked_sub_signed(g))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    if !opts.dry_run {
+        still_held()?;
+    }
+    let abandoned = repo
+        .backend()
+        .abandoned_writes(before, !opts.dry_run)
+        .await?;
+    for a in &abandoned {
+        tracing::info!(repository = repo.name(), write = %a, dry_run = opts.dry_run, "abandoned write removed");
+    }
+    Ok(PruneReport {
+        repository: repo.name().to_owned(),
+        dry_run: opts.dry_run,
+        snapshots: decisions,
+        unreferenced,
+        abandoned,
+    })
+}
+
+/// Removes the snapshots `decisions` let go, each manifest first: from
+/// that moment the snapshot no longer exists, and a crash before its data
+/// is gone leaves only unreferenced data.
+async fn remove_snapshots(
+    repo: &Repository,
+    decisions: &[Decision],
+    still_held: &dyn Fn() -> Result<(), PruneError>,
+) -> Result<(), PruneError> {
     let backend = repo.backend();
     for d in decisions.iter().filter(|d| !d.keep) {
-        if opts.dry_run {
-            continue;
-        }
         still_held()?;
-        // The manifest first: from here on the snapshot no longer exists.
         backend.delete(&manifest_key(&d.snapshot)).await?;
         backend
-            .delete_prefix(&format!("data/{}/", d.snapshot))
+            .delete_prefix(&crate::storage::keys::snapshot_data_prefix(&d.snapshot))
             .await?;
         tracing::info!(repository = repo.name(), snapshot = %d.snapshot, "snapshot removed");
     }
+    Ok(())
+}
 
-    // Data no manifest names, older than the grace period.
+/// Removes (or, on a dry run, lists) data that no manifest names and that
+/// is older than the grace period, so not a backup being written now.
+async fn remove_unreferenced(
+    repo: &Repository,
+    snapshots: &[Manifest],
+    decisions: &[Decision],
+    opts: &PruneOptions,
+    now: DateTime<Utc>,
+    still_held: &dyn Fn() -> Result<(), PruneError>,
+) -> Result<Vec<String>, PruneError> {
     let live: BTreeSet<String> = snapshots
         .iter()
         .filter(|m| decisions.iter().any(|d| d.snapshot == m.id && d.keep) || opts.policy.is_some())
@@ -243,7 +287,7 @@ pub async fn run(
         .map(|d| d.snapshot.clone())
         .collect();
     let mut unreferenced = Vec::new();
-    for id in backend.list_dirs("data/").await? {
+    for id in repo.backend().list_dirs(crate::storage::keys::DATA).await? {
         if live.contains(&id) || removed.contains(&id) || snapshots.iter().any(|m| m.id == id) {
             continue;
         }
@@ -253,32 +297,15 @@ pub async fn run(
         if young {
             continue;
         }
-        unreferenced.push(format!("data/{id}/"));
+        let prefix = crate::storage::keys::snapshot_data_prefix(&id);
+        unreferenced.push(prefix.clone());
         if !opts.dry_run {
             still_held()?;
-            backend.delete_prefix(&format!("data/{id}/")).await?;
-            tracing::info!(repository = repo.name(), prefix = %format!("data/{id}/"), "unreferenced data removed");
+            repo.backend().delete_prefix(&prefix).await?;
+            tracing::info!(repository = repo.name(), prefix = %prefix, "unreferenced data removed");
         }
     }
-    // A grace longer than the calendar means "nothing is old enough".
-    let before = chrono::Duration::from_std(opts.grace)
-        .ok()
-        .and_then(|g| now.checked_sub_signed(g))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    if !opts.dry_run {
-        still_held()?;
-    }
-    let abandoned = backend.abandoned_writes(before, !opts.dry_run).await?;
-    for a in &abandoned {
-        tracing::info!(repository = repo.name(), write = %a, dry_run = opts.dry_run, "abandoned write removed");
-    }
-    Ok(PruneReport {
-        repository: repo.name().to_owned(),
-        dry_run: opts.dry_run,
-        snapshots: decisions,
-        unreferenced,
-        abandoned,
-    })
+    Ok(unreferenced)
 }
 
 /// The time in a snapshot id.

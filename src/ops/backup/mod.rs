@@ -210,13 +210,40 @@ impl Target {
 
 /// Runs one backup.
 pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, Failure> {
+    if config.repositories.is_empty() {
+        return Err(Failure::usage(format!(
+            "configuration {}: no [[repository]] is configured",
+            config.path.display()
+        )));
+    }
+    for name in &opts.repositories {
+        config.repository_named(name)?;
+    }
+    let repositories = config
+        .repositories
+        .iter()
+        .filter(|rc| opts.repositories.is_empty() || opts.repositories.contains(&rc.name))
+        .map(Repository::open)
+        .collect();
+    run_on(config, opts, repositories).await
+}
+
+/// Runs one backup of the sources `config` names into `repositories`
+/// (which need not be the configured ones: tests pass repositories on
+/// [`MemoryBackend`](crate::storage::memory::MemoryBackend)).
+pub async fn run_on(
+    config: &Config,
+    opts: &BackupOptions,
+    repositories: Vec<Repository>,
+) -> Result<BackupReport, Failure> {
     let encryption = config.encryption.as_ref().ok_or_else(|| {
         Failure::usage(format!(
             "configuration {}: [encryption] recipients are needed to back up",
             config.path.display()
         ))
     })?;
-    let (mut targets, unavailable) = open_targets(config, opts, &encryption.recipients).await?;
+    let (mut targets, unavailable) =
+        open_targets(repositories, opts.lock_wait, &encryption.recipients).await?;
 
     let started_at = Utc::now();
     let clock = Instant::now();
@@ -245,19 +272,7 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     runs.sort_by(|a, b| a.source.cmp(&b.source));
 
     let facts = store_facts(&ctx, &runs).await;
-    let mut head = Manifest {
-        version: MANIFEST_VERSION,
-        id: snapshot.clone(),
-        repository: String::new(),
-        hostname: hostname(),
-        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-        policy: opts.policy.clone(),
-        started_at,
-        finished_at: started_at,
-        status: SnapshotStatus::Ok,
-        artifacts: Vec::new(),
-        facts: None,
-    };
+    let mut head = manifest_head(&snapshot, opts, started_at);
     for target in &mut targets {
         commit_to(target, &mut head, &runs, &facts).await;
     }
@@ -287,35 +302,39 @@ pub async fn run(config: &Config, opts: &BackupOptions) -> Result<BackupReport, 
     })
 }
 
+/// What every repository's manifest of this run shares; each fills in its
+/// own artifacts, facts, status and end time.
+fn manifest_head(snapshot: &str, opts: &BackupOptions, started_at: DateTime<Utc>) -> Manifest {
+    Manifest {
+        version: MANIFEST_VERSION,
+        id: snapshot.to_owned(),
+        repository: String::new(),
+        hostname: hostname(),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        policy: opts.policy.clone(),
+        started_at,
+        finished_at: started_at,
+        status: SnapshotStatus::Ok,
+        artifacts: Vec::new(),
+        facts: None,
+    }
+}
+
 /// Opens the repositories the run writes to and takes their writer locks.
 /// A repository that does not answer (or is locked) is reported and
 /// skipped, so the others still get the backup; if none is left the run
 /// fails (as a usage error when one is not initialised).
 async fn open_targets(
-    config: &Config,
-    opts: &BackupOptions,
+    repositories: Vec<Repository>,
+    lock_wait: std::time::Duration,
     recipients: &[age::x25519::Recipient],
 ) -> Result<(Vec<Target>, Vec<RepositoryReport>), Failure> {
-    if config.repositories.is_empty() {
-        return Err(Failure::usage(format!(
-            "configuration {}: no [[repository]] is configured",
-            config.path.display()
-        )));
-    }
-    for name in &opts.repositories {
-        config.repository_named(name)?;
-    }
     let ours: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     let mut targets = Vec::new();
     let mut unavailable = Vec::new();
     let mut class = Class::Failure;
-    for rc in config
-        .repositories
-        .iter()
-        .filter(|rc| opts.repositories.is_empty() || opts.repositories.contains(&rc.name))
-    {
-        let repo = Repository::open(rc);
-        match prepare(&repo, &ours, opts.lock_wait).await {
+    for repo in repositories {
+        match prepare(&repo, &ours, lock_wait).await {
             Ok(lock) => targets.push(Target::new(repo, lock)),
             Err(e) => {
                 if e.class() == Class::Usage {
@@ -692,3 +711,6 @@ async fn plan<'a>(
     }
     Ok(jobs)
 }
+
+#[cfg(test)]
+mod memory_tests;

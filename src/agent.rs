@@ -9,13 +9,14 @@
 //! discarded, no manifest is written) and the agent exits 0; SIGHUP reloads
 //! the configuration and policies (a broken one is logged and the old one
 //! kept). `/metrics` serves the metrics textfile and `/healthz` says the
-//! agent is alive.
+//! agent is alive (`agent/http.rs`).
+
+mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::RwLock;
 
 use crate::model::config::Config;
@@ -237,63 +238,44 @@ async fn last_run(config: &Config, policy: &str) -> Option<DateTime<Utc>> {
     None
 }
 
-async fn serve(listener: tokio::net::TcpListener, textfile: Arc<RwLock<Option<PathBuf>>>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let textfile = textfile.clone();
-        tokio::spawn(async move {
-            // Read the request head (up to 8 KiB), then answer and close.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut chunk))
-                    .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let req = String::from_utf8_lossy(&buf);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, body, ctype) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_owned(), "text/plain"),
-                "/metrics" => {
-                    let tf = textfile.read().await.clone();
-                    let body = tf
-                        .map(|p| crate::events::metrics::Metrics::load(&p).render())
-                        .unwrap_or_default();
-                    ("200 OK", body, "text/plain; version=0.0.4")
-                }
-                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(config_path: &Path) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut state = load(config_path)?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let state = load(config_path)?;
+    let term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let textfile = Arc::new(RwLock::new(
         state.config.metrics.as_ref().map(|m| m.textfile.clone()),
     ));
-    if let Some(addr) = &state.config.agent.listen {
+    let endpoint = if let Some(addr) = &state.config.agent.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (agent.listen): {e}"))?;
         tracing::info!(address = %addr, "serving /metrics and /healthz");
-        tokio::spawn(serve(listener, textfile.clone()));
-    }
+        Some(http::Endpoint::start(
+            listener,
+            textfile.clone(),
+            http::Limits::default(),
+        ))
+    } else {
+        None
+    };
     tracing::info!(jobs = state.jobs.len(), "agent started");
+    let result = schedule(config_path, state, term, hup, textfile).await;
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
+    result
+}
+
+/// Runs the jobs on their schedules until SIGTERM or Ctrl-C; SIGHUP reloads.
+async fn schedule(
+    config_path: &Path,
+    mut state: State,
+    mut term: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
+    textfile: http::Textfile,
+) -> Result<(), String> {
     let mut catch_up = state.config.agent.catch_up;
     loop {
         // Jobs missed while the machine was down run once, at start.

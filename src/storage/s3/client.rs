@@ -22,6 +22,7 @@ impl Inner {
 async fn build_client(cfg: &S3Config) -> Client {
     use aws_config::retry::RetryConfig;
     use aws_config::timeout::TimeoutConfig;
+    use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig, tls};
     let retry = RetryConfig::standard()
         .with_max_attempts(cfg.attempts)
         .with_initial_backoff(Duration::from_millis(500))
@@ -30,7 +31,23 @@ async fn build_client(cfg: &S3Config) -> Client {
         .connect_timeout(Duration::from_secs(10).min(cfg.timeout))
         .operation_attempt_timeout(cfg.timeout)
         .build();
+    // The SDK's default HTTPS client (connector settings and sleep from the
+    // SDK, proxies from the environment), but on rustls with ring, the TLS
+    // provider MQTT uses: one for the whole binary, and no aws-lc to build.
+    let http_client =
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+            let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ));
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(ProxyConfig::from_env()));
+            connector.build()
+        });
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client)
         .region(aws_config::Region::new(cfg.region.clone()))
         .retry_config(retry)
         .timeout_config(timeouts);

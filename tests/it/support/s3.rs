@@ -203,6 +203,8 @@ api_bind_addr = "127.0.0.1:{admin}"
             .endpoint_url(self.endpoint())
             .credentials_provider(creds)
             .force_path_style(true)
+            // The SDK has no default HTTP client in this build (no aws-lc).
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }

@@ -13,15 +13,18 @@
 
 mod http;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, mpsc};
 
+use crate::error::{Class, Classify, InvalidInput};
 use crate::model::config::Config;
 use crate::model::policy::Policy;
-use crate::ops::backup::BackupOptions;
+use crate::ops;
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +75,9 @@ impl Job {
     }
 }
 
-/// The jobs of a configuration.
-pub fn jobs(config: &Config, policies: &[Policy]) -> Result<Vec<Job>, String> {
+/// The jobs of a configuration: every policy, and prune and drill when
+/// they have a schedule.
+pub fn jobs(config: &Config, policies: &[Policy]) -> Vec<Job> {
     let mut out: Vec<Job> = policies
         .iter()
         .map(|p| Job {
@@ -94,7 +98,7 @@ pub fn jobs(config: &Config, policies: &[Policy]) -> Result<Vec<Job>, String> {
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// The job due first after `now`, and when.
@@ -112,16 +116,46 @@ pub fn missed(job: &Job, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) ->
     job.next_after(last).is_some_and(|t| t <= now)
 }
 
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
+    /// A policy file is not valid.
+    #[error(transparent)]
+    Policy(#[from] InvalidInput),
+    /// `agent.listen` could not be bound.
+    #[error("cannot listen on {addr} (agent.listen): {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Classify for AgentError {
+    /// A broken configuration or policy is the operator's to fix (exit 2);
+    /// a port already taken is a failure (exit 1).
+    fn class(&self) -> Class {
+        match self {
+            AgentError::Config(_) | AgentError::Policy(_) => Class::Usage,
+            AgentError::Listen { .. } => Class::Failure,
+        }
+    }
+}
+
 struct State {
     config: Config,
     policies: Vec<Policy>,
     jobs: Vec<Job>,
 }
 
-fn load(path: &Path) -> Result<State, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let policies = Policy::load_dir(&config.policies_dir).map_err(|e| e.to_string())?;
-    let jobs = jobs(&config, &policies)?;
+fn load(path: &Path) -> Result<State, AgentError> {
+    let config = Config::load(path)?;
+    let policies = Policy::load_dir(&config.policies_dir)?;
+    let jobs = jobs(&config, &policies);
     Ok(State {
         config,
         policies,
@@ -129,97 +163,78 @@ fn load(path: &Path) -> Result<State, String> {
     })
 }
 
+/// How long a scheduled job waits for another writer's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Runs one job through the same operations the CLI runs; failures are
+/// logged, and the result says whether everything succeeded.
 async fn run_job(state: &State, job: &Job) -> bool {
     tracing::info!(job = %job.name(), "job started");
     let ok = match &job.kind {
-        JobKind::Backup(name) => {
-            let Some(p) = state.policies.iter().find(|p| &p.name == name) else {
-                return false;
-            };
-            let opts = BackupOptions {
-                sources: p.sources.clone(),
-                policy: Some(p.name.clone()),
-                repositories: p.repositories.clone(),
-                lock_wait: std::time::Duration::from_secs(3600),
-                progress: false,
-            };
-            match crate::ops::backup::run(&state.config, &opts).await {
-                Ok(report) => {
-                    crate::ops::backup::notify::after_backup(&state.config, &report).await;
-                    report.status == crate::ops::backup::RunStatus::Ok
-                }
-                Err(e) => {
-                    tracing::error!(job = %job.name(), "{}", e.message);
-                    false
-                }
-            }
-        }
-        JobKind::Prune => {
-            let opts = crate::ops::prune::PruneOptions {
-                dry_run: false,
-                policy: None,
-                grace: std::time::Duration::from_secs(24 * 3600),
-            };
-            let mut ok = true;
-            for rc in &state.config.repositories {
-                let repo = crate::repository::Repository::open(rc);
-                let lock = match repo
-                    .lock("prune", std::time::Duration::from_secs(3600))
-                    .await
-                {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        ok = false;
-                        continue;
-                    }
-                };
-                if let Err(e) = crate::ops::prune::run(
-                    &state.config,
-                    &state.policies,
-                    &repo,
-                    lock.as_ref(),
-                    &opts,
-                    Utc::now(),
-                )
-                .await
-                {
-                    tracing::error!(repository = %rc.name, "prune failed: {e}");
-                    ok = false;
-                }
-            }
-            ok
-        }
-        JobKind::Drill => match crate::pipeline::load_identities(&state.config) {
-            Err(e) => {
-                tracing::error!("the drill needs the private key: {e}");
-                false
-            }
-            Ok(ids) => {
-                let ids = Arc::new(ids);
-                let mut ok = true;
-                match crate::ops::drill::find(&state.config, None) {
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        ok = false;
-                    }
-                    Ok(drills) => {
-                        for d in drills {
-                            match crate::ops::drill::run(&state.config, &d, ids.clone()).await {
-                                Ok(r) => ok &= r.ok,
-                                Err(e) => {
-                                    tracing::error!(drill = %d.name, "{e}");
-                                    ok = false;
-                                }
-                            }
-                        }
-                    }
-                }
-                ok
-            }
-        },
+        JobKind::Backup(name) => backup_job(state, name).await,
+        JobKind::Prune => prune_job(state).await,
+        JobKind::Drill => drill_job(state).await,
     };
     tracing::info!(job = %job.name(), ok, "job finished");
+    ok
+}
+
+async fn backup_job(state: &State, policy: &str) -> bool {
+    let result = async {
+        let opts =
+            ops::backup::policy_options(&state.config, &state.policies, policy, LOCK_WAIT, false)?;
+        ops::backup::run_and_notify(&state.config, &opts).await
+    }
+    .await;
+    match result {
+        Ok(report) => report.status == ops::backup::RunStatus::Ok,
+        Err(e) => {
+            tracing::error!(policy, "{e}");
+            false
+        }
+    }
+}
+
+async fn prune_job(state: &State) -> bool {
+    let opts = ops::prune::PruneOptions {
+        dry_run: false,
+        policy: None,
+        grace: std::time::Duration::from_secs(24 * 3600),
+    };
+    let mut ok = true;
+    for rc in &state.config.repositories {
+        let pruned =
+            ops::prune::prune_repository(&state.config, &state.policies, rc, &opts, LOCK_WAIT)
+                .await;
+        if let Err(e) = pruned {
+            tracing::error!(repository = %rc.name, "prune failed: {e}");
+            ok = false;
+        }
+    }
+    ok
+}
+
+async fn drill_job(state: &State) -> bool {
+    let prepared = ops::drill::identities(&state.config).and_then(|ids| {
+        ops::drill::find(&state.config, None).map(|drills| (Arc::new(ids), drills))
+    });
+    let (ids, drills) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("{e}");
+            return false;
+        }
+    };
+    let mut ok = true;
+    for d in drills {
+        match ops::drill::run(&state.config, &d, ids.clone()).await {
+            Ok(r) => ok &= r.ok,
+            Err(e) => {
+                tracing::error!(drill = %d.name, "{e}");
+                ok = false;
+            }
+        }
+    }
     ok
 }
 
@@ -238,19 +253,26 @@ async fn last_run(config: &Config, policy: &str) -> Option<DateTime<Utc>> {
     None
 }
 
-/// Runs the agent until SIGTERM or Ctrl-C.
-pub async fn run(config_path: &Path) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
+/// Runs the agent until `shutdown` resolves; every message on `reload`
+/// reloads the configuration and policies (a broken one is logged and the
+/// old one kept). The binary wires `shutdown` to SIGTERM and Ctrl-C and
+/// `reload` to SIGHUP ([`signals`]); tests drive both in process.
+///
+/// A job in progress when `shutdown` resolves is dropped: its children are
+/// killed, unfinished archives discarded, and no manifest is written.
+pub async fn run(
+    config_path: &Path,
+    shutdown: impl Future<Output = ()>,
+    reload: mpsc::Receiver<()>,
+) -> Result<(), AgentError> {
     let state = load(config_path)?;
-    let term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let textfile = Arc::new(RwLock::new(
         state.config.metrics.as_ref().map(|m| m.textfile.clone()),
     ));
-    let endpoint = if let Some(addr) = &state.config.agent.listen {
+    let endpoint = if let Some(addr) = state.config.agent.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr} (agent.listen): {e}"))?;
+            .map_err(|source| AgentError::Listen { addr, source })?;
         tracing::info!(address = %addr, "serving /metrics and /healthz");
         Some(http::Endpoint::start(
             listener,
@@ -261,67 +283,110 @@ pub async fn run(config_path: &Path) -> Result<(), String> {
         None
     };
     tracing::info!(jobs = state.jobs.len(), "agent started");
-    let result = schedule(config_path, state, term, hup, textfile).await;
+    schedule(config_path, state, shutdown, reload, textfile).await;
     if let Some(endpoint) = endpoint {
         endpoint.stop().await;
     }
-    result
+    Ok(())
 }
 
-/// Runs the jobs on their schedules until SIGTERM or Ctrl-C; SIGHUP reloads.
+/// SIGTERM or Ctrl-C as a future, and SIGHUP as a channel: the signals
+/// [`run`] takes, as the binary receives them.
+pub fn signals() -> std::io::Result<(impl Future<Output = ()>, mpsc::Receiver<()>)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: exiting"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting"),
+        }
+    };
+    Ok((shutdown, rx))
+}
+
+/// The jobs that are due now: missed runs at start (with `catch_up`), else
+/// the next scheduled one after sleeping until its time. `None` when
+/// `shutdown` resolved or a reload was asked for first (`Some(vec![])`).
+async fn due_jobs(
+    state: &State,
+    catch_up: &mut bool,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    reload: &mut mpsc::Receiver<()>,
+) -> Option<Vec<Job>> {
+    // Jobs missed while the machine was down run once, at start.
+    let mut due: Vec<Job> = Vec::new();
+    if std::mem::take(catch_up) {
+        for j in &state.jobs {
+            if let JobKind::Backup(p) = &j.kind
+                && missed(j, last_run(&state.config, p).await, Utc::now())
+            {
+                tracing::info!(job = %j.name(), "catching up a missed run");
+                due.push(j.clone());
+            }
+        }
+    }
+    if !due.is_empty() {
+        return Some(due);
+    }
+    let wait = match next_due(&state.jobs, Utc::now()) {
+        Some((i, at)) => {
+            tracing::info!(job = %state.jobs[i].name(), at = %at.to_rfc3339(), "next job");
+            due.push(state.jobs[i].clone());
+            (at - Utc::now()).to_std().unwrap_or_default()
+        }
+        None => {
+            tracing::warn!("no job is scheduled: waiting for a reload or shutdown");
+            std::time::Duration::MAX
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait.min(std::time::Duration::from_secs(100 * 365 * 86400))) => Some(due),
+        _ = shutdown.as_mut() => None,
+        Some(()) = reload.recv() => Some(Vec::new()),
+    }
+}
+
+/// Runs the jobs on their schedules until `shutdown`; `reload` reloads.
 async fn schedule(
     config_path: &Path,
     mut state: State,
-    mut term: tokio::signal::unix::Signal,
-    mut hup: tokio::signal::unix::Signal,
+    shutdown: impl Future<Output = ()>,
+    mut reload: mpsc::Receiver<()>,
     textfile: http::Textfile,
-) -> Result<(), String> {
+) {
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
     let mut catch_up = state.config.agent.catch_up;
     loop {
-        // Jobs missed while the machine was down run once, at start.
-        let mut due: Vec<Job> = Vec::new();
-        if std::mem::take(&mut catch_up) {
-            for j in &state.jobs {
-                if let JobKind::Backup(p) = &j.kind
-                    && missed(j, last_run(&state.config, p).await, Utc::now())
-                {
-                    tracing::info!(job = %j.name(), "catching up a missed run");
-                    due.push(j.clone());
-                }
-            }
-        }
+        let Some(due) = due_jobs(&state, &mut catch_up, &mut shutdown, &mut reload).await else {
+            return;
+        };
         if due.is_empty() {
-            let Some((i, at)) = next_due(&state.jobs, Utc::now()) else {
-                tracing::warn!("no job is scheduled: waiting for SIGHUP or SIGTERM");
-                tokio::select! {
-                    _ = term.recv() => return Ok(()),
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                    _ = hup.recv() => { reload(config_path, &mut state, &textfile).await; continue; }
-                }
-            };
-            tracing::info!(job = %state.jobs[i].name(), at = %at.to_rfc3339(), "next job");
-            let wait = (at - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => due.push(state.jobs[i].clone()),
-                _ = term.recv() => { tracing::info!("SIGTERM: exiting"); return Ok(()); }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = hup.recv() => { reload(config_path, &mut state, &textfile).await; continue; }
-            }
+            reload_state(config_path, &mut state, &textfile).await;
+            continue;
         }
         for job in due {
             tokio::select! {
                 _ = run_job(&state, &job) => {}
-                _ = term.recv() => {
-                    tracing::info!(job = %job.name(), "SIGTERM: the current job was cancelled (nothing committed); exiting");
-                    return Ok(());
+                _ = shutdown.as_mut() => {
+                    tracing::info!(job = %job.name(), "the current job was cancelled (nothing committed)");
+                    return;
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
             }
         }
     }
 }
 
-async fn reload(path: &Path, state: &mut State, textfile: &Arc<RwLock<Option<PathBuf>>>) {
+async fn reload_state(path: &Path, state: &mut State, textfile: &Arc<RwLock<Option<PathBuf>>>) {
     match load(path) {
         Ok(s) => {
             *textfile.write().await = s.config.metrics.as_ref().map(|m| m.textfile.clone());
@@ -329,7 +394,7 @@ async fn reload(path: &Path, state: &mut State, textfile: &Arc<RwLock<Option<Pat
             *state = s;
         }
         Err(e) => {
-            tracing::error!("SIGHUP: the configuration is not valid, keeping the old one: {e}")
+            tracing::error!("reload: the configuration is not valid, keeping the old one: {e}")
         }
     }
 }
@@ -419,5 +484,85 @@ mod tests {
                 t("2026-11-27T12:00:30Z")
             ]
         );
+    }
+
+    /// The agent in process: `reload` switches to a new configuration (seen
+    /// through the textfile `/metrics` serves), a broken one is ignored,
+    /// and `shutdown` ends `run` promptly.
+    #[tokio::test]
+    async fn reload_and_shutdown_are_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let series =
+            |source: &str| format!("kompose_dr_backup_last_status{{source=\"{source}\"}} 1\n");
+        let (one, two) = (dir.path().join("one.prom"), dir.path().join("two.prom"));
+        std::fs::write(&one, series("one")).unwrap();
+        std::fs::write(&two, series("two")).unwrap();
+        let config = dir.path().join("kompose-dr.toml");
+        let write_config = |textfile: &Path| {
+            std::fs::write(
+                &config,
+                format!(
+                    "policies_dir = \"{}\"\n[[repository]]\nname = \"local\"\nurl = \"{}\"\n\
+                     [metrics]\ntextfile = \"{}\"\n[agent]\nlisten = \"127.0.0.1:{port}\"\n",
+                    dir.path().join("policies").display(),
+                    dir.path().join("repo").display(),
+                    textfile.display()
+                ),
+            )
+            .unwrap();
+        };
+        write_config(&one);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (reload, reloads) = mpsc::channel(1);
+        let path = config.clone();
+        let agent = tokio::spawn(async move {
+            run(
+                &path,
+                async {
+                    let _ = stopped.await;
+                },
+                reloads,
+            )
+            .await
+        });
+        let metrics = || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return String::new();
+            };
+            let _ = c
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out).await;
+            out
+        };
+        let until = |want: &'static str| async move {
+            for _ in 0..100 {
+                if metrics().await.contains(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("/metrics never showed {want}: {}", metrics().await);
+        };
+        until("source=\"one\"").await;
+        write_config(&two);
+        reload.send(()).await.unwrap();
+        until("source=\"two\"").await;
+        std::fs::write(&config, "this is = not [valid").unwrap();
+        reload.send(()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        until("source=\"two\"").await;
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), agent)
+            .await
+            .expect("run returns once shutdown resolves");
+        ended.unwrap().unwrap();
     }
 }

@@ -10,8 +10,8 @@ pub struct Args {}
 /// Runs `agent` until SIGTERM (exit 0).
 pub async fn run(globals: &Globals, _args: Args) -> Result<Outcome, Failure> {
     globals.load_config()?;
-    crate::agent::run(&globals.config)
-        .await
-        .map_err(Failure::failed)?;
+    let (shutdown, reload) = crate::agent::signals()
+        .map_err(|e| Failure::failed(format!("cannot watch for signals: {e}")))?;
+    crate::agent::run(&globals.config, shutdown, reload).await?;
     Ok(Outcome::Success)
 }

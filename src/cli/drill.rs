@@ -18,11 +18,7 @@ pub struct Args {
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let drills = crate::ops::drill::find(&config, args.drill.as_deref())?;
-    let identities = Arc::new(crate::pipeline::load_identities(&config).map_err(|e| {
-        Failure::usage(format!(
-            "a drill restores, so it needs the private key: {e}"
-        ))
-    })?);
+    let identities = Arc::new(crate::ops::drill::identities(&config)?);
     let mut reports = Vec::new();
     let mut exit = Outcome::Success;
     for d in &drills {

@@ -252,7 +252,7 @@ pub async fn run(
 async fn remove_snapshots(
     repo: &Repository,
     decisions: &[Decision],
-    still_held: &dyn Fn() -> Result<(), PruneError>,
+    still_held: &(dyn Fn() -> Result<(), PruneError> + Sync),
 ) -> Result<(), PruneError> {
     let backend = repo.backend();
     for d in decisions.iter().filter(|d| !d.keep) {
@@ -274,7 +274,7 @@ async fn remove_unreferenced(
     decisions: &[Decision],
     opts: &PruneOptions,
     now: DateTime<Utc>,
-    still_held: &dyn Fn() -> Result<(), PruneError>,
+    still_held: &(dyn Fn() -> Result<(), PruneError> + Sync),
 ) -> Result<Vec<String>, PruneError> {
     let live: BTreeSet<String> = snapshots
         .iter()

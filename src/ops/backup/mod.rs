@@ -567,7 +567,7 @@ fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
 async fn plan_postgres<'a>(
     pg: &'a PostgresConfig,
     ctx: &'a SourceContext,
-    wanted: &dyn Fn(&str) -> bool,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
 ) -> (Vec<String>, Vec<Job<'a>>, bool) {
     let setup = async {
         let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;

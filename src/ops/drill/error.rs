@@ -65,6 +65,9 @@ pub enum DrillError {
         /// Which repositories there are.
         message: String,
     },
+    /// The private key, which every drill needs to restore, is not usable.
+    #[error("a drill restores, so it needs the private key: {0}")]
+    Key(crate::error::InvalidInput),
     /// No repository is configured at all.
     #[error("no [[repository]] is configured")]
     NoRepository,
@@ -101,6 +104,7 @@ impl Classify for DrillError {
             | DrillError::DrillsDir { .. }
             | DrillError::NoDrills(_)
             | DrillError::Repository { .. }
+            | DrillError::Key(_)
             | DrillError::NoRepository => Class::Usage,
             DrillError::Verify(e) => e.class(),
             DrillError::Report { .. } => Class::Failure,

@@ -139,6 +139,14 @@ pub struct DrillReport {
     pub report_files: Vec<PathBuf>,
 }
 
+/// The private keys a drill restores with: what the CLI and the agent both
+/// load before running drills.
+pub fn identities(
+    config: &Config,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, DrillError> {
+    crate::pipeline::load_identities(config).map_err(DrillError::Key)
+}
+
 /// Every drill in `drills_dir` (sorted), or the one file given.
 pub fn find(config: &Config, file: Option<&Path>) -> Result<Vec<Drill>, DrillError> {
     if let Some(f) = file {

@@ -180,14 +180,20 @@ pub(crate) mod fixtures {
 
     /// An artifact of `source` captured at `at`, good or failed.
     pub fn artifact(source: &str, at: &str, ok: bool) -> Artifact {
+        let kind = match source {
+            "postgres/globals" => ArtifactKind::PostgresGlobals,
+            "redis" => ArtifactKind::RedisAof,
+            s if s.starts_with("files/") => ArtifactKind::File,
+            _ => ArtifactKind::PostgresDump,
+        };
         Artifact {
             source: source.into(),
-            kind: ArtifactKind::PostgresDump,
+            kind,
             path: ok.then(|| format!("data/x/{source}")),
             captured_at: Some(t(at)),
             plaintext_bytes: 10,
             stored_bytes: 5,
-            sha256: ok.then(|| "00".into()),
+            sha256: ok.then(|| "0".repeat(64)),
             status: if ok {
                 ArtifactStatus::Ok
             } else {
@@ -201,8 +207,15 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// A snapshot started at `at`.
-    pub fn manifest(id: &str, at: &str, artifacts: Vec<Artifact>) -> Manifest {
+    /// A snapshot started at `at`; the archives are where kompose-dr puts
+    /// them (`data/<id>/<kind>/<name>.<ext>`, plain names only).
+    pub fn manifest(id: &str, at: &str, mut artifacts: Vec<Artifact>) -> Manifest {
+        for a in &mut artifacts {
+            if a.path.is_some() {
+                let (dir, name) = a.source.split_once('/').unwrap_or((&a.source, &a.source));
+                a.path = Some(format!("data/{id}/{dir}/{name}.{}", a.kind.extension()));
+            }
+        }
         Manifest {
             version: MANIFEST_VERSION,
             id: id.into(),

@@ -272,6 +272,11 @@ fn clone_err(e: &StorageError) -> StorageError {
             location: location.clone(),
             message: message.clone(),
         },
+        StorageError::BadKey(k) => StorageError::BadKey(k.clone()),
+        StorageError::NotAnObject { location, message } => StorageError::NotAnObject {
+            location: location.clone(),
+            message: message.clone(),
+        },
     }
 }
 

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 pub mod lock;
+pub mod validate;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -307,13 +308,29 @@ impl Repository {
             if !o.key.ends_with(".json") {
                 continue;
             }
+            if o.size > validate::MAX_DOCUMENT {
+                damaged.push(DamagedManifest {
+                    key: o.key,
+                    message: format!(
+                        "{} bytes is more than any manifest kompose-dr writes",
+                        o.size
+                    ),
+                });
+                continue;
+            }
             let body = match self.backend.get(&o.key).await {
                 Ok(b) => b,
                 Err(StorageError::NotFound(_)) => continue, // pruned meanwhile
                 Err(e) => return Err(self.storage(e)),
             };
             match serde_json::from_slice::<Manifest>(&body) {
-                Ok(m) if m.version <= MANIFEST_VERSION => good.push(m),
+                Ok(m) if m.version <= MANIFEST_VERSION => match validate::manifest(&m, &o.key) {
+                    Ok(()) => good.push(m),
+                    Err(message) => damaged.push(DamagedManifest {
+                        key: o.key,
+                        message,
+                    }),
+                },
                 Ok(m) => damaged.push(DamagedManifest {
                     key: o.key,
                     message: format!(

@@ -66,13 +66,49 @@ impl LocalBackend {
         &self.root
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        debug_assert!(
-            !key.split('/').any(|c| c == ".." || c.is_empty()),
-            "bad key {key}"
-        );
-        self.root.join(key)
+    /// The file of `key`, for keys kompose-dr builds only: a key with an
+    /// empty part, `.` or `..` is refused (in release builds too), so no key
+    /// read from a repository can reach outside it.
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        if !super::is_valid_key(key) {
+            return Err(StorageError::BadKey(key.escape_debug().to_string()));
+        }
+        Ok(self.root.join(key))
     }
+}
+
+/// Opens `path` for reading if it is a regular file, never following a
+/// symlink in its last component (a repository holds no symlinks: one
+/// planted there could point at `/dev/zero` or a secret). Returns the file
+/// and its length.
+async fn open_regular(path: &Path) -> Result<(tokio::fs::File, u64), StorageError> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    let file = match options.open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StorageError::NotFound(path.display().to_string()));
+        }
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(StorageError::NotAnObject {
+                location: path.display().to_string(),
+                message:
+                    "it is a symbolic link, which kompose-dr never writes: refusing to follow it"
+                        .into(),
+            });
+        }
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let meta = file.metadata().await.map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Err(StorageError::NotAnObject {
+            location: path.display().to_string(),
+            message: "it is not a regular file".into(),
+        });
+    }
+    Ok((file, meta.len()))
 }
 
 /// Calls `f` for every file below `start` (a missing `start` has none).
@@ -140,7 +176,7 @@ impl Backend for LocalBackend {
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let dir = path.parent().expect("keys have a parent").to_owned();
         let tmp = tmp_path(&path);
         let (file, tmp) = tokio::task::spawn_blocking(move || {
@@ -163,32 +199,43 @@ impl Backend for LocalBackend {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         tokio::task::spawn_blocking(move || write_atomic(&path, &data, mode))
             .await
             .expect("blocking task does not panic")
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let path = self.path(key);
-        match tokio::fs::read(&path).await {
-            Ok(b) => Ok(Bytes::from(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NotFound(path.display().to_string()))
-            }
-            Err(e) => Err(io("read", &path)(e)),
+        use tokio::io::AsyncReadExt;
+        let path = self.path(key)?;
+        let (file, len) = open_regular(&path).await?;
+        if len > super::MAX_SMALL_OBJECT {
+            return Err(StorageError::NotAnObject {
+                location: path.display().to_string(),
+                message: format!(
+                    "{len} bytes is more than a manifest, marker or facts file can be"
+                ),
+            });
         }
+        let mut body = Vec::with_capacity(len as usize);
+        // Read at most the limit, whatever the file grows to meanwhile.
+        file.take(super::MAX_SMALL_OBJECT + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(io("read", &path))?;
+        if body.len() as u64 > super::MAX_SMALL_OBJECT {
+            return Err(StorageError::NotAnObject {
+                location: path.display().to_string(),
+                message: "it grew past the size of any small object while being read".into(),
+            });
+        }
+        Ok(Bytes::from(body))
     }
 
     async fn open(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        let path = self.path(key);
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => Ok(Box::pin(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StorageError::NotFound(path.display().to_string()))
-            }
-            Err(e) => Err(io("open", &path)(e)),
-        }
+        let path = self.path(key)?;
+        let (file, _) = open_regular(&path).await?;
+        Ok(Box::pin(file))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -222,7 +269,7 @@ impl Backend for LocalBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -231,7 +278,7 @@ impl Backend for LocalBackend {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
-        let path = self.path(prefix.trim_end_matches('/'));
+        let path = self.path(prefix.trim_end_matches('/'))?;
         match tokio::fs::remove_dir_all(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -244,7 +291,7 @@ impl Backend for LocalBackend {
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let path = self.path(prefix.trim_end_matches('/'));
+        let path = self.path(prefix.trim_end_matches('/'))?;
         let mut out = Vec::new();
         let mut rd = match tokio::fs::read_dir(&path).await {
             Ok(rd) => rd,
@@ -351,6 +398,50 @@ impl Drop for LocalWriter {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn keys_that_leave_the_repository_are_refused_in_every_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("canary"), "alive").unwrap();
+        let b = LocalBackend::new(dir.path().join("repo"));
+        for key in [
+            "../victim/",
+            "data/../../victim/",
+            "/etc/passwd",
+            "data//x",
+            "./x",
+        ] {
+            assert!(
+                matches!(b.delete_prefix(key).await, Err(StorageError::BadKey(_))),
+                "{key}"
+            );
+            assert!(
+                matches!(b.get(key).await, Err(StorageError::BadKey(_))),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(victim.join("canary")).unwrap(),
+            "alive"
+        );
+    }
+
+    #[tokio::test]
+    async fn symlinks_and_devices_are_not_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("snapshots")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("snapshots/zero.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("kompose-dr.json")).unwrap();
+        let b = LocalBackend::new(&root);
+        for key in ["snapshots/zero.json", "kompose-dr.json"] {
+            let e = b.get(key).await.unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{e}");
+            assert!(b.open(key).await.is_err());
+        }
+    }
 
     #[tokio::test]
     async fn writer_is_invisible_until_finished_and_private() {

@@ -57,6 +57,19 @@ pub enum StorageError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// A key that kompose-dr never builds (an empty part, `.` or `..`, a
+    /// leading `/`): refused before it reaches the filesystem or the store.
+    #[error("refusing the key `{0}`: it is not a repository key")]
+    BadKey(String),
+    /// An object is not what a repository holds (a symlink, a device, a
+    /// directory) or is larger than a small object may be.
+    #[error("{location}: {message}")]
+    NotAnObject {
+        /// The object.
+        location: String,
+        /// What it is instead.
+        message: String,
+    },
     /// An artifact would exceed what the repository can store in one object.
     #[error("{location}: {message}")]
     TooLarge {
@@ -83,6 +96,21 @@ impl crate::error::Classify for StorageError {
     fn class(&self) -> crate::error::Class {
         crate::error::Class::Failure
     }
+}
+
+/// The most [`Backend::get`] reads: manifests, markers and facts are far
+/// smaller; anything larger is refused rather than read into memory.
+pub const MAX_SMALL_OBJECT: u64 = 64 << 20;
+
+/// Whether `key` is one kompose-dr could have built: `/`-separated parts,
+/// none empty, `.` or `..`, no NUL or backslash. Backends refuse any other
+/// key, in release builds too.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains(['\0', '\\'])
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// How [`Backend::put`] treats an existing object.
@@ -118,7 +146,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Writes a small object atomically and durably.
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError>;
 
-    /// Reads a small object whole.
+    /// Reads a small object whole (at most [`MAX_SMALL_OBJECT`] bytes).
     async fn get(&self, key: &str) -> Result<Bytes, StorageError>;
 
     /// Opens an object for streaming reads.

@@ -11,6 +11,7 @@ mod backup_redis_files;
 mod cli;
 mod events;
 mod examples;
+mod hostile;
 mod operations;
 mod restore;
 mod runbook;

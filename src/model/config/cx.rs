@@ -23,15 +23,7 @@ pub(super) struct Cx<'a> {
     vars: Vars,
 }
 
-/// Whether `s` may name a repository or a file source: letters, digits,
-/// `-`, `_` and `.`, not starting with a dot, at most 64 bytes.
-pub(super) fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !s.starts_with('.')
-}
+pub(super) use crate::model::selection::is_name;
 
 /// Decodes `%XX` escapes in a URL component (user names, passwords,
 /// database names); invalid UTF-8 is replaced rather than refused.

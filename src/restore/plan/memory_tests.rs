@@ -13,18 +13,30 @@ use crate::storage::memory::MemoryBackend;
 async fn a_damaged_manifest_is_reported_and_the_good_ones_still_plan() {
     let mem = MemoryBackend::new();
     let repo = Repository::with_backend("mem", Arc::new(mem.clone()));
-    for (id, day, redis_ok) in [("s25", 25, true), ("s26", 26, false), ("s27", 27, true)] {
+    for (id, day, redis_ok) in [
+        ("20261125T030000Z-000025", 25, true),
+        ("20261126T030000Z-000026", 26, false),
+        ("20261127T030000Z-000027", 27, true),
+    ] {
         let at = format!("2026-11-{day}T03:00:00Z");
         let artifacts = vec![art("redis", &at, redis_ok)];
         repo.commit(&snap(id, &at, artifacts)).await.unwrap();
     }
-    mem.insert("snapshots/s28.json", "{ truncated");
+    mem.insert("snapshots/20261128T030000Z-000028.json", "{ truncated");
 
     let (good, damaged) = repo.snapshots().await.unwrap();
     assert_eq!(damaged.len(), 1);
-    assert_eq!(damaged[0].key, "snapshots/s28.json");
+    assert_eq!(damaged[0].key, "snapshots/20261128T030000Z-000028.json");
     let ids: Vec<&str> = good.iter().map(|m| m.id.as_str()).collect();
-    assert_eq!(ids, vec!["s27", "s26", "s25"], "newest first");
+    assert_eq!(
+        ids,
+        vec![
+            "20261127T030000Z-000027",
+            "20261126T030000Z-000026",
+            "20261125T030000Z-000025"
+        ],
+        "newest first"
+    );
 
     let c = choose(
         &good,
@@ -34,6 +46,9 @@ async fn a_damaged_manifest_is_reported_and_the_good_ones_still_plan() {
     .unwrap();
     assert_eq!(
         (c[0].snapshot.as_str(), c[0].skipped_failed.clone()),
-        ("s25", vec!["s26".to_owned()])
+        (
+            "20261125T030000Z-000025",
+            vec!["20261126T030000Z-000026".to_owned()]
+        )
     );
 }

@@ -1,0 +1,188 @@
+//! Nothing read from a repository is trusted: anyone who can write to the
+//! store can write anything there. Before a manifest is used its every
+//! field that a reader acts on is checked against what kompose-dr itself
+//! would have written — the id is the file's stem and has the id's shape,
+//! every key is the one kompose-dr builds for that snapshot and source
+//! (never taken as a path), source names follow the grammar, kinds match
+//! their sources, digests are digests — and documents are bounded in size.
+//! A manifest that fails is reported as damaged, never used. These are
+//! real checks in release builds, not debug assertions.
+
+use std::collections::BTreeSet;
+
+use crate::model::manifest::{ArtifactKind, Manifest};
+use crate::model::selection::is_source_name;
+use crate::model::time::is_snapshot_id;
+use crate::storage::keys;
+
+/// The largest manifest or marker read: far above any real one (a few KiB
+/// per source), far below what would hurt.
+pub const MAX_DOCUMENT: u64 = 4 << 20;
+
+/// Checks a manifest read from `key` (`snapshots/<ID>.json`); the error
+/// says what is wrong, for the operator.
+pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
+    let stem = key
+        .strip_prefix(keys::SNAPSHOTS)
+        .and_then(|k| k.strip_suffix(".json"))
+        .unwrap_or_default();
+    if !is_snapshot_id(stem) {
+        return Err(format!(
+            "the file name is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxx): {key}"
+        ));
+    }
+    if m.id != stem {
+        return Err(format!(
+            "its id `{}` is not its file name `{stem}`",
+            m.id.escape_debug()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for a in &m.artifacts {
+        let source = a.source.escape_debug().to_string();
+        if !is_source_name(&a.source) {
+            return Err(format!("`{source}` is not a source name kompose-dr writes"));
+        }
+        if !seen.insert(a.source.as_str()) {
+            return Err(format!("source `{source}` is listed twice"));
+        }
+        if !kind_fits(&a.source, a.kind) {
+            return Err(format!(
+                "source `{source}` cannot hold an artifact of kind {:?}",
+                a.kind
+            ));
+        }
+        if let Some(path) = &a.path {
+            let expected = keys::artifact_key(&m.id, &a.source, a.kind);
+            if *path != expected {
+                return Err(format!(
+                    "source `{source}` names the archive `{}`, not `{expected}`",
+                    path.escape_debug()
+                ));
+            }
+        }
+        if let Some(sha) = &a.sha256
+            && !is_sha256(sha)
+        {
+            return Err(format!(
+                "source `{source}`: `{}` is not a sha256",
+                sha.escape_debug()
+            ));
+        }
+        if a.is_ok() && (a.path.is_none() || a.sha256.is_none()) {
+            return Err(format!(
+                "source `{source}` is ok but names no archive or digest"
+            ));
+        }
+    }
+    if let Some(f) = &m.facts {
+        let expected = keys::facts_key(&m.id);
+        if f.path != expected {
+            return Err(format!(
+                "the facts sidecar is `{}`, not `{expected}`",
+                f.path.escape_debug()
+            ));
+        }
+        if !is_sha256(&f.sha256) {
+            return Err("the facts sidecar's digest is not a sha256".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether an artifact of `kind` can belong to `source`.
+fn kind_fits(source: &str, kind: ArtifactKind) -> bool {
+    match kind {
+        ArtifactKind::PostgresGlobals => source == "postgres/globals",
+        ArtifactKind::PostgresDump => {
+            source.starts_with("postgres/") && source != "postgres/globals"
+        }
+        ArtifactKind::RedisAof | ArtifactKind::RedisRdb => source == "redis",
+        ArtifactKind::File => source.starts_with("files/"),
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::fixtures::{artifact, manifest as fixture};
+
+    const ID: &str = "20261127T030000Z-abcdef";
+
+    fn good() -> Manifest {
+        let mut a = artifact("postgres/app", "2026-11-27T03:00:00Z", true);
+        a.path = Some(keys::artifact_key(
+            ID,
+            "postgres/app",
+            ArtifactKind::PostgresDump,
+        ));
+        a.sha256 = Some("0".repeat(64));
+        fixture(ID, "2026-11-27T03:00:00Z", vec![a])
+    }
+
+    fn key() -> String {
+        keys::manifest_key(ID)
+    }
+
+    #[test]
+    fn a_manifest_kompose_dr_wrote_passes() {
+        manifest(&good(), &key()).unwrap();
+    }
+
+    #[test]
+    fn every_forged_field_is_named() {
+        type Forge = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Forge)> = vec![
+            ("its id", Box::new(|m| m.id = "../../victim".into())),
+            (
+                "not a source name",
+                Box::new(|m| m.artifacts[0].source = "files/../../x".into()),
+            ),
+            (
+                "names the archive",
+                Box::new(|m| m.artifacts[0].path = Some("/etc/shadow".into())),
+            ),
+            (
+                "names the archive",
+                Box::new(|m| {
+                    m.artifacts[0].path = Some(keys::artifact_key(
+                        "20250101T000000Z-000000",
+                        "postgres/app",
+                        ArtifactKind::PostgresDump,
+                    ))
+                }),
+            ),
+            (
+                "cannot hold",
+                Box::new(|m| m.artifacts[0].kind = ArtifactKind::PostgresGlobals),
+            ),
+            (
+                "not a sha256",
+                Box::new(|m| m.artifacts[0].sha256 = Some("x".into())),
+            ),
+            (
+                "listed twice",
+                Box::new(|m| {
+                    let a = m.artifacts[0].clone();
+                    m.artifacts.push(a)
+                }),
+            ),
+        ];
+        for (want, forge) in cases {
+            let mut m = good();
+            forge(&mut m);
+            let e = manifest(&m, &key()).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_file_name_that_is_not_an_id_is_refused() {
+        let e = manifest(&good(), "snapshots/..%2F..%2Fvictim.json").unwrap_err();
+        assert!(e.contains("not a snapshot id"), "{e}");
+    }
+}

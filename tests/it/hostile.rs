@@ -1,0 +1,130 @@
+//! A repository is untrusted input: anyone who can write to the store can
+//! write anything there. Each test forges a repository the way an attacker
+//! would — by editing what the real binary wrote — and checks that
+//! kompose-dr refuses it with a clear message and leaves its canary alone.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::Workspace;
+
+/// A workspace with one real snapshot of a small file, and a canary
+/// directory outside the repository.
+fn backed_up() -> (Workspace, PathBuf) {
+    let ws = Workspace::new();
+    let file = ws.dir.path().join("acme.json");
+    std::fs::write(&file, br#"{"resolver":{}}"#).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    ws.configure(&format!(
+        "[retention]\nkeep_last = 1\n\n[[files]]\nname = \"acme\"\npath = \"{}\"\n",
+        file.display()
+    ));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    let victim = ws.dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("canary"), "alive").unwrap();
+    (ws, victim)
+}
+
+/// The real snapshot's manifest: the oldest, since every forged one is
+/// dated 2999.
+fn manifest_path(ws: &Workspace) -> PathBuf {
+    let dir = ws.repo.join("snapshots");
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    all.sort();
+    all.remove(0)
+}
+
+/// Writes a second snapshot, newer than the real one, whose manifest is
+/// the real one edited by `forge`.
+fn forge_newer(ws: &Workspace, forge: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    let real = std::fs::read_to_string(manifest_path(ws)).unwrap();
+    let real_id = serde_json::from_str::<serde_json::Value>(&real).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = "29991231T235959Z-ffffff";
+    // Everything but the forged field is what kompose-dr would write for a
+    // snapshot of that id: its data copied, its keys renamed.
+    let mut m: serde_json::Value = serde_json::from_str(&real.replace(&real_id, id)).unwrap();
+    if !ws.repo.join("data").join(id).exists() {
+        crate::support::run_ok(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(ws.repo.join("data").join(&real_id))
+                .arg(ws.repo.join("data").join(id)),
+        );
+    }
+    m["started_at"] = "2999-12-31T23:59:59Z".into();
+    forge(&mut m);
+    let path = ws.repo.join(format!("snapshots/{id}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    path
+}
+
+fn canary_alive(victim: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(victim.join("canary")).unwrap(),
+        "alive"
+    );
+}
+
+#[test]
+fn an_id_with_dot_dot_is_refused_and_prune_removes_nothing_outside() {
+    let (ws, victim) = backed_up();
+    let rel = format!("../../{}", victim.file_name().unwrap().to_str().unwrap());
+    forge_newer(&ws, |m| m["id"] = rel.clone().into());
+    let out = ws.run(&["snapshots"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("is not its file name");
+    // The forged snapshot is newer and keep_last = 1: believed, it would
+    // push the real one out and its "data" would be the victim.
+    ws.run(&["prune"]).assert_exit(1);
+    canary_alive(&victim);
+    assert!(manifest_path(&ws).exists());
+}
+
+#[test]
+fn a_source_with_dot_dot_and_a_foreign_archive_path_are_refused() {
+    let (ws, victim) = backed_up();
+    let canary = victim.join("canary");
+    forge_newer(&ws, |m| {
+        m["artifacts"][0]["source"] = "files/../../acme".into();
+    });
+    ws.run(&["snapshots"])
+        .assert_exit(1)
+        .assert_stderr_contains("is not a source name kompose-dr writes");
+    let forged = forge_newer(&ws, |m| {
+        m["artifacts"][0]["path"] = canary.display().to_string().into();
+    });
+    ws.run(&["snapshots"])
+        .assert_exit(1)
+        .assert_stderr_contains("names the archive");
+    // restore and check only ever see the real snapshot.
+    std::fs::remove_file(&forged).unwrap();
+    ws.run(&["check"]).assert_exit(0);
+    canary_alive(&victim);
+}
+
+#[test]
+fn facts_pointing_at_dev_zero_and_symlinked_manifests_are_refused() {
+    let (ws, victim) = backed_up();
+    let forged = forge_newer(&ws, |m| m["facts"]["path"] = "/dev/zero".into());
+    ws.run(&["snapshots"])
+        .assert_exit(1)
+        .assert_stderr_contains("the facts sidecar is `/dev/zero`");
+    std::fs::remove_file(&forged).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/zero",
+        ws.repo.join("snapshots/29991231T235959Z-eeeeee.json"),
+    )
+    .unwrap();
+    let out = ws.run(&["snapshots"]);
+    out.assert_exit_in(&[1]);
+    out.assert_stderr_contains("symbolic link");
+    canary_alive(&victim);
+}

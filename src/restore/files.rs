@@ -1,7 +1,9 @@
-//! Restoring files: to the original path or `--to PATH`, atomically
-//! (temporary file, fsync, rename), with the recorded mode (acme.json stays
-//! 0600), owner where permitted, and mtime. `--replace` keeps the replaced
-//! file as `<path>.kompose-dr-<time>.bak`.
+//! Restoring files: to the path `[[files]]` configures or `--to PATH` —
+//! never to a path read from the repository — atomically (temporary file,
+//! fsync, rename), with the recorded permission bits but never
+//! setuid/setgid/sticky (acme.json stays 0600), the replaced file's owner,
+//! and the recorded mtime. `--replace` keeps the replaced file as
+//! `<path>.kompose-dr-<time>.bak`.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -11,31 +13,48 @@ use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progre
 use crate::model::manifest::FileMeta;
 use crate::restore::plan::Choice;
 
+/// Where a file source goes: `--to`, else the path `[[files]]` configures
+/// for it — never a path read from the repository. A manifest whose
+/// recorded path differs from the configured one is refused (a forged
+/// manifest could aim a root restore anywhere), naming both.
 fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, RestoreError> {
-    let original = c
-        .artifact
-        .file
-        .as_ref()
-        .map(|f| PathBuf::from(&f.path))
-        .or_else(|| {
-            let name = c.source.trim_start_matches("files/");
-            ctx.targets
-                .files
-                .iter()
-                .find(|f| f.name == name)
-                .map(|f| f.path.clone())
-        })
-        .ok_or_else(|| {
-            RestoreError::Refused(format!(
-                "{}: the manifest records no path: pass --to PATH",
-                c.source
-            ))
-        })?;
-    Ok(match &ctx.options.to {
-        Some(to) if to.is_dir() => to.join(original.file_name().unwrap_or_default()),
-        Some(to) => to.clone(),
-        None => original,
-    })
+    let name = c.source.trim_start_matches("files/");
+    let configured = ctx
+        .targets
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.path.clone());
+    let recorded = c.artifact.file.as_ref().map(|f| PathBuf::from(&f.path));
+    if let Some(to) = &ctx.options.to {
+        let file_name = configured
+            .as_ref()
+            .and_then(|p| p.file_name().map(ToOwned::to_owned))
+            .unwrap_or_else(|| name.into());
+        return Ok(if to.is_dir() {
+            to.join(file_name)
+        } else {
+            to.clone()
+        });
+    }
+    let Some(configured) = configured else {
+        return Err(RestoreError::Refused(format!(
+            "no [[files]] entry named `{name}` in {}, and a target is never taken from the \
+             repository: pass --to PATH",
+            ctx.targets.config_path.display()
+        )));
+    };
+    if let Some(recorded) = recorded
+        && recorded != configured
+    {
+        return Err(RestoreError::Refused(format!(
+            "the snapshot says it came from {}, but [[files]] `{name}` is {}: refusing a target \
+             taken from the repository; pass --to PATH to write it elsewhere",
+            recorded.display(),
+            configured.display()
+        )));
+    }
+    Ok(configured)
 }
 
 /// Checks the target: an existing file needs `--replace`.
@@ -83,9 +102,16 @@ pub async fn restore(
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();
     let meta = item.choice.artifact.file.clone();
+    // The owner is the replaced file's, never the archive's.
+    let owner = std::fs::metadata(path).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.uid(), m.gid())
+    });
     let (t, p) = (tmp.clone(), path.to_owned());
     let result = tokio::task::spawn_blocking(move || {
-        let bytes = write_temporary(&t, meta.as_ref(), |f| Ok(copy_archive(stored, &ids, f)?))?;
+        let bytes = write_temporary(&t, meta.as_ref(), owner, |f| {
+            Ok(copy_archive(stored, &ids, f)?)
+        })?;
         let bak = replace_with(&t, &p)?;
         Ok::<_, RestoreError>((bytes, bak))
     })
@@ -111,11 +137,18 @@ pub async fn restore(
     }
 }
 
-/// Creates `t` (0600, new), fills it with `fill`, gives it the recorded
-/// mode, owner (an error only as root) and mtime, and syncs it.
+/// The permission bits restored from an archive: setuid, setgid and sticky
+/// are never among them (a forged archive could ask for a setuid root file).
+pub const RESTORABLE_MODE: u32 = 0o777;
+
+/// Creates `t` (0600, new), fills it with `fill`, gives it `owner` (the
+/// replaced file's; an error only as root), then the recorded permission
+/// bits without setuid/setgid/sticky (after the owner, which would clear
+/// them) and mtime, and syncs it.
 fn write_temporary(
     t: &Path,
     meta: Option<&FileMeta>,
+    owner: Option<(u32, u32)>,
     fill: impl FnOnce(&mut std::fs::File) -> Result<u64, RestoreError>,
 ) -> Result<u64, RestoreError> {
     let mut f = std::fs::OpenOptions::new()
@@ -125,20 +158,21 @@ fn write_temporary(
         .open(t)
         .map_err(RestoreError::io(format!("cannot create {}", t.display())))?;
     let bytes = fill(&mut f)?;
+    if let Some((uid, gid)) = owner
+        && let Err(e) = std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+        && nix::unistd::geteuid().is_root()
+    {
+        return Err(RestoreError::io(format!(
+            "cannot set the owner of {}",
+            t.display()
+        ))(e));
+    }
     if let Some(m) = meta {
-        f.set_permissions(std::fs::Permissions::from_mode(m.mode))
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode & RESTORABLE_MODE))
             .map_err(RestoreError::io(format!(
                 "cannot set the mode of {}",
                 t.display()
             )))?;
-        if let Err(e) = std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid))
-            && nix::unistd::geteuid().is_root()
-        {
-            return Err(RestoreError::io(format!(
-                "cannot set the owner of {}",
-                t.display()
-            ))(e));
-        }
         f.set_modified(m.mtime.into())
             .map_err(RestoreError::io(format!(
                 "cannot set the mtime of {}",

@@ -152,9 +152,15 @@ pub async fn restore_globals(
     let tool = choose_client(&cfg, "psql", 0, "any")
         .await
         .map_err(RestoreError::from_source)?;
+    // The whole archive is read and checked (age, zstd, sha256) and its SQL
+    // scanned before psql sees a byte: psql runs meta-commands (`\!`,
+    // `\copy … program`), so a forged archive must never reach it.
+    let sql = read_verified(ctx, item).await?;
+    check_globals_sql(&sql).map_err(|e| RestoreError::Refused(format!("the roles archive {e}")))?;
     let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
-    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "psql", None).await?;
+    let bytes = sql.len() as u64;
+    let (stderr, status) = feed(cmd, "psql", sql, ctx).await?;
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
@@ -172,6 +178,113 @@ pub async fn restore_globals(
         )));
     }
     Ok((bytes, format!("roles applied to {}", server(&cfg))))
+}
+
+/// The most a roles archive may hold once decompressed: pg_dumpall
+/// --globals-only writes kilobytes.
+const MAX_GLOBALS: u64 = 64 << 20;
+
+/// Reads a whole (small) archive into memory, every check held: age
+/// authentication, zstd checksums, size and sha256 against the manifest.
+async fn read_verified(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+) -> Result<Vec<u8>, RestoreError> {
+    let pb = progress_bar(ctx, item);
+    let stored = open_stored(ctx, item, &pb).await?;
+    let ids = ctx.identities.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Bounded {
+            data: Vec::new(),
+            limit: MAX_GLOBALS,
+        };
+        copy_archive(stored, &ids, &mut out).map(|_| out.data)
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
+    pb.finish_and_clear();
+    Ok(read?)
+}
+
+/// A `Vec` that refuses to grow past `limit`.
+struct Bounded {
+    data: Vec<u8>,
+    limit: u64,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.data.len() as u64 + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::other(format!(
+                "more than {} MiB of SQL: not a roles archive",
+                self.limit >> 20
+            )));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses SQL for psql that holds a meta-command: pg_dumpall
+/// --globals-only writes none except `\restrict`/`\unrestrict` (which
+/// themselves forbid meta-commands in between, on psql 15.14 and later).
+/// Any other line starting with a backslash — `\! cmd`, `\copy … program`,
+/// `\i`, `\o |cmd` — is refused, naming its line.
+pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
+    for (i, line) in sql.split(|&b| b == b'\n').enumerate() {
+        let trimmed = line.trim_ascii_start();
+        if trimmed.first() != Some(&b'\\') {
+            continue;
+        }
+        if trimmed.starts_with(b"\\restrict ") || trimmed.starts_with(b"\\unrestrict ") {
+            continue;
+        }
+        let shown: String = String::from_utf8_lossy(trimmed).chars().take(40).collect();
+        return Err(format!(
+            "holds a psql meta-command on line {} (`{}`), which pg_dumpall never writes: \
+             refusing to run it; the archive may have been forged",
+            i + 1,
+            shown.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on its stdin; returns its stderr tail and exit
+/// status.
+async fn feed(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    input: Vec<u8>,
+    ctx: &RestoreContext<'_>,
+) -> Result<(String, std::process::ExitStatus), RestoreError> {
+    use tokio::io::AsyncWriteExt;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(RestoreError::io(format!("cannot start {program}")))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
+    let written = stdin.write_all(&input).await;
+    drop(stdin);
+    let status = child
+        .wait()
+        .await
+        .map_err(RestoreError::io(format!("cannot wait for {program}")))?;
+    let stderr = stderr.await.unwrap_or_default();
+    if let Err(e) = written
+        && status.success()
+    {
+        return Err(RestoreError::io(format!("{program} stdin"))(e));
+    }
+    Ok((stderr, status))
 }
 
 /// Streams an archive into a child's stdin; returns plaintext bytes, the
@@ -534,5 +647,22 @@ impl std::io::Write for Tee {
             f.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn roles_sql_with_a_meta_command_is_refused_and_pg_dumpall_output_passes() {
+        let dumpall = b"\\restrict abc\nSET default_transaction_read_only = off;\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\n\\unrestrict abc\n";
+        super::check_globals_sql(dumpall).unwrap();
+        for evil in [
+            &b"CREATE ROLE a;\n\\! touch /tmp/canary\n"[..],
+            b"  \\copy (select 1) to program 'id'\n",
+            b"\\o |sh\n",
+        ] {
+            let e = super::check_globals_sql(evil).unwrap_err();
+            assert!(e.contains("meta-command on line"), "{e}");
+        }
     }
 }

@@ -141,8 +141,64 @@ pub async fn restore(
     ))
 }
 
-/// Streams the archive through tar into `staging`, keeping the archived
-/// names, modes, owners (as root) and mtimes; returns plaintext bytes.
+/// Unpacks a Redis tar into `staging`, trusting nothing in it: only
+/// regular files and directories with plain relative names (no `..`, no
+/// absolute path; no symlink, hard link or device), permission bits without
+/// setuid/setgid/sticky, mtimes kept, and the owner of `staging`'s parent
+/// (the Redis data directory) rather than the archive's.
+pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let owner = staging
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.uid(), m.gid()));
+    let mut ar = tar::Archive::new(reader);
+    ar.set_preserve_permissions(false);
+    ar.set_preserve_ownerships(false);
+    ar.set_preserve_mtime(true);
+    ar.set_overwrite(false);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        if name.as_os_str().is_empty()
+            || !name
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(bad(format!(
+                "entry `{}` is not a plain relative name: refusing the archive",
+                name.display()
+            )));
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(bad(format!(
+                "entry `{}` is a {kind:?}, not a file or directory: refusing the archive",
+                name.display()
+            )));
+        }
+        let mode = entry.header().mode()? & 0o777;
+        if !entry.unpack_in(staging)? {
+            return Err(bad(format!(
+                "entry `{}` would land outside the staging directory",
+                name.display()
+            )));
+        }
+        let path = staging.join(&name);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        if let Some((uid, gid)) = owner
+            && nix::unistd::geteuid().is_root()
+        {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Streams the archive through tar into `staging` ([`unpack_entries`]);
+/// returns plaintext bytes.
 async fn unpack(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
@@ -156,12 +212,7 @@ async fn unpack(
         let (reader, mut writer) = std::io::pipe().map_err(RestoreError::io("pipe"))?;
         let unpacker = std::thread::spawn(move || -> std::io::Result<()> {
             let mut reader = reader;
-            let mut ar = tar::Archive::new(&mut reader);
-            ar.set_preserve_permissions(true);
-            ar.set_preserve_ownerships(nix::unistd::geteuid().is_root());
-            ar.set_preserve_mtime(true);
-            ar.set_overwrite(false);
-            let r = ar.unpack(&st);
+            let r = unpack_entries(&mut reader, &st);
             // Read to the end so the writer never sees a broken pipe.
             std::io::copy(&mut reader, &mut std::io::sink())?;
             r
@@ -239,4 +290,92 @@ fn move_into_place(
     let _ = std::fs::remove_dir(staging);
     let _ = crate::storage::local::sync_dir(dir);
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(add: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        add(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn file_header(len: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        h
+    }
+
+    fn unpack(archive: &[u8]) -> (tempfile::TempDir, std::io::Result<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let r = unpack_entries(&mut &archive[..], &staging);
+        (dir, r)
+    }
+
+    #[test]
+    fn a_redis_archive_of_files_unpacks_without_special_bits() {
+        let archive = tar_of(|b| {
+            let mut h = file_header(3, 0o4755);
+            b.append_data(&mut h, "appendonlydir/a.aof", &b"abc"[..])
+                .unwrap();
+        });
+        let (dir, r) = unpack(&archive);
+        r.unwrap();
+        let meta = std::fs::metadata(dir.path().join("staging/appendonlydir/a.aof")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn links_escapes_and_devices_are_refused() {
+        let symlink = tar_of(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, "dump.rdb", "/etc/shadow").unwrap();
+        });
+        let hardlink = tar_of(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, "dump.rdb", "/etc/shadow").unwrap();
+        });
+        let dotdot = {
+            // tar::Builder refuses `..` itself: write the name into the header.
+            let mut h = file_header(1, 0o644);
+            h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            v.extend_from_slice(&[b'x'; 512]);
+            v.extend_from_slice(&[0; 1024]);
+            v
+        };
+        let absolute = {
+            let mut h = file_header(1, 0o644);
+            h.as_old_mut().name[..8].copy_from_slice(b"/tmp/abs");
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            v.extend_from_slice(&[b'x'; 512]);
+            v.extend_from_slice(&[0; 1024]);
+            v
+        };
+        for (what, archive) in [
+            ("Symlink", symlink),
+            ("Link", hardlink),
+            ("not a plain relative name", dotdot),
+            ("not a plain relative name", absolute),
+        ] {
+            let (dir, r) = unpack(&archive);
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+            assert!(!dir.path().join("escape").exists());
+        }
+        assert!(!std::path::Path::new("/tmp/abs").exists());
+    }
 }

@@ -128,3 +128,92 @@ fn facts_pointing_at_dev_zero_and_symlinked_manifests_are_refused() {
     out.assert_stderr_contains("symbolic link");
     canary_alive(&victim);
 }
+
+#[test]
+fn a_file_restore_goes_only_where_the_configuration_says_and_never_setuid() {
+    let (ws, victim) = backed_up();
+    let aimed = victim.join("authorized_keys");
+    forge_newer(&ws, |m| {
+        m["artifacts"][0]["file"]["path"] = aimed.display().to_string().into();
+        m["artifacts"][0]["file"]["mode"] = 0o4755.into();
+    });
+    let out = ws.run(&["restore", "--source", "files/acme", "--yes", "--replace"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("refusing a target taken from the repository");
+    assert!(
+        !aimed.exists(),
+        "a file was written where the repository said"
+    );
+    canary_alive(&victim);
+
+    // Written where the operator says, the archive's setuid bit is dropped.
+    let to = ws.dir.path().join("restored.json");
+    ws.run(&[
+        "restore",
+        "--source",
+        "files/acme",
+        "--to",
+        to.to_str().unwrap(),
+        "--yes",
+    ])
+    .assert_exit(0);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&to).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o755, "mode {mode:o}");
+}
+
+/// Writes `plain` as the stock tools would (`zstd | age -r`) over
+/// `archive`, and makes the manifest's figures for `source` match it, as a
+/// writer of the store could.
+fn replace_archive(ws: &Workspace, source: &str, plain: &[u8]) {
+    use sha2::Digest;
+    let manifest = manifest_path(ws);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let a = m["artifacts"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| a["source"] == source)
+        .unwrap();
+    let archive = ws.repo.join(a["path"].as_str().unwrap());
+    let plain_file = ws.dir.path().join("forged.plain");
+    std::fs::write(&plain_file, plain).unwrap();
+    crate::support::run_ok(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("zstd -q -c \"$1\" | age -r \"$2\" > \"$3\"")
+            .arg("sh")
+            .arg(&plain_file)
+            .arg(&ws.recipient)
+            .arg(&archive),
+    );
+    let stored = std::fs::read(&archive).unwrap();
+    a["sha256"] = hex::encode(sha2::Sha256::digest(&stored)).into();
+    a["stored_bytes"] = stored.len().into();
+    a["plaintext_bytes"] = plain.len().into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn a_roles_archive_with_a_shell_escape_never_reaches_psql() {
+    let pg = crate::support::Pg::start();
+    let ws = Workspace::new();
+    ws.configure(&Workspace::pg_section(&pg, &["postgres"]));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    let canary = ws.dir.path().join("canary");
+    let evil = format!("CREATE ROLE forged;\n\\! touch {}\n", canary.display());
+    replace_archive(&ws, "postgres/globals", evil.as_bytes());
+    // The forgery is complete: the stock tools and check --read-data agree.
+    ws.run(&["check", "--read-data"]).assert_exit(0);
+    let out = ws.run(&["restore", "--source", "postgres/globals", "--yes"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("psql meta-command on line 2");
+    assert!(!canary.exists(), "psql ran the forged shell escape");
+    let roles = pg.psql(
+        "postgres",
+        "select count(*) from pg_roles where rolname = 'forged'",
+    );
+    assert_eq!(roles.trim(), "0", "nothing of the archive was applied");
+}

@@ -288,7 +288,12 @@ async fn remove_unreferenced(
         .collect();
     let mut unreferenced = Vec::new();
     for id in repo.backend().list_dirs(crate::storage::keys::DATA).await? {
-        if live.contains(&id) || removed.contains(&id) || snapshots.iter().any(|m| m.id == id) {
+        // Only what kompose-dr could have written: a snapshot id.
+        if !crate::model::time::is_snapshot_id(&id)
+            || live.contains(&id)
+            || removed.contains(&id)
+            || snapshots.iter().any(|m| m.id == id)
+        {
             continue;
         }
         let young = id_time(&id).is_none_or(|t| {

@@ -350,8 +350,18 @@ pub fn decode_all(
     stored: &[u8],
     identities: &[Box<dyn age::Identity + Send + Sync>],
 ) -> io::Result<Vec<u8>> {
+    let limit = crate::storage::MAX_SMALL_OBJECT;
     let mut out = Vec::new();
-    open_archive(stored, identities)?.read_to_end(&mut out)?;
+    // A small archive that decompresses to gigabytes is not a facts file.
+    open_archive(stored, identities)?
+        .take(limit + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it decompresses to more than {} MiB", limit >> 20),
+        ));
+    }
     Ok(out)
 }
 

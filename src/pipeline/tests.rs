@@ -174,3 +174,18 @@ fn a_source_error_aborts_everything() {
     assert!(matches!(err, PipelineError::Source(_)), "{err}");
     assert!(sink.committed.lock().unwrap().is_none());
 }
+
+#[test]
+fn a_small_archive_that_decompresses_past_the_limit_is_refused() {
+    let (id, settings) = key();
+    let sink = MemSink::default();
+    let zeros = vec![0u8; (crate::storage::MAX_SMALL_OBJECT + 1) as usize];
+    rt().block_on(async {
+        let e = store(zeros, &settings, vec![sink.clone()]).await.unwrap();
+        e.commit().await
+    });
+    let stored = sink.committed.lock().unwrap().clone().unwrap();
+    assert!(stored.len() < 1 << 20, "zeros compress: {}", stored.len());
+    let e = decode_all(&stored, &ids(&id)).unwrap_err();
+    assert!(e.to_string().contains("decompresses to more than"), "{e}");
+}

@@ -37,6 +37,9 @@ pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
             m.id.escape_debug()
         ));
     }
+    if !m.artifacts.iter().any(|a| a.is_ok()) {
+        return Err("it names no good artifact, and kompose-dr commits none such".into());
+    }
     let mut seen = BTreeSet::new();
     for a in &m.artifacts {
         let source = a.source.escape_debug().to_string();

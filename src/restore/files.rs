@@ -137,14 +137,15 @@ pub async fn restore(
     }
 }
 
-/// The permission bits restored from an archive: setuid, setgid and sticky
-/// are never among them (a forged archive could ask for a setuid root file).
-pub const RESTORABLE_MODE: u32 = 0o777;
+/// The permission bits restored from an archive: setuid, setgid, sticky and
+/// group/other write are never among them (a forged archive could ask for a
+/// setuid root file, or a world-writable acme.json).
+pub const RESTORABLE_MODE: u32 = 0o755;
 
 /// Creates `t` (0600, new), fills it with `fill`, gives it `owner` (the
 /// replaced file's; an error only as root), then the recorded permission
-/// bits without setuid/setgid/sticky (after the owner, which would clear
-/// them) and mtime, and syncs it.
+/// bits within [`RESTORABLE_MODE`] (after the owner, which would clear
+/// special bits) and mtime, and syncs it.
 fn write_temporary(
     t: &Path,
     meta: Option<&FileMeta>,

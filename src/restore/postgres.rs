@@ -229,24 +229,29 @@ impl std::io::Write for Bounded {
     }
 }
 
-/// Refuses SQL for psql that holds a meta-command: pg_dumpall
-/// --globals-only writes none except `\restrict`/`\unrestrict` (which
-/// themselves forbid meta-commands in between, on psql 15.14 and later).
-/// Any other line starting with a backslash — `\! cmd`, `\copy … program`,
-/// `\i`, `\o |cmd` — is refused, naming its line.
+/// Refuses SQL for psql that could hold a meta-command. psql runs a
+/// backslash command anywhere outside quotes — mid-line (`SELECT 1; \\! id`)
+/// or after another meta-command's arguments — so no backslash at all is
+/// accepted, except pg_dumpall's own whole lines `\\restrict KEY` and
+/// `\\unrestrict KEY`. (A backslash inside a role comment is refused too:
+/// it fails closed, and the message says what to do.)
 pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
+    let is_restrict = |line: &[u8]| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let key = line
+            .strip_prefix(b"\\restrict ")
+            .or_else(|| line.strip_prefix(b"\\unrestrict "));
+        key.is_some_and(|k| !k.is_empty() && k.iter().all(u8::is_ascii_alphanumeric))
+    };
     for (i, line) in sql.split(|&b| b == b'\n').enumerate() {
-        let trimmed = line.trim_ascii_start();
-        if trimmed.first() != Some(&b'\\') {
+        if !line.contains(&b'\\') || is_restrict(line) {
             continue;
         }
-        if trimmed.starts_with(b"\\restrict ") || trimmed.starts_with(b"\\unrestrict ") {
-            continue;
-        }
-        let shown: String = String::from_utf8_lossy(trimmed).chars().take(40).collect();
+        let shown: String = String::from_utf8_lossy(line).chars().take(60).collect();
         return Err(format!(
-            "holds a psql meta-command on line {} (`{}`), which pg_dumpall never writes: \
-             refusing to run it; the archive may have been forged",
+            "has a backslash on line {} (`{}`): psql would run it as a meta-command, and \
+             pg_dumpall writes none; refusing to run it (the archive may have been forged; \
+             apply the roles by hand after reading them, see docs/RUNBOOK.md)",
             i + 1,
             shown.escape_debug()
         ));
@@ -660,9 +665,14 @@ mod tests {
             &b"CREATE ROLE a;\n\\! touch /tmp/canary\n"[..],
             b"  \\copy (select 1) to program 'id'\n",
             b"\\o |sh\n",
+            b"CREATE ROLE x; \\! id\n",
+            b"SELECT 1 \\! id\n",
+            b"\\unrestrict k \\! id\n",
+            b"\x0b\\! id\n",
+            b"\\restrict \n",
         ] {
             let e = super::check_globals_sql(evil).unwrap_err();
-            assert!(e.contains("meta-command on line"), "{e}");
+            assert!(e.contains("backslash on line"), "{e}");
         }
     }
 }

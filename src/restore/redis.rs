@@ -143,9 +143,10 @@ pub async fn restore(
 
 /// Unpacks a Redis tar into `staging`, trusting nothing in it: only
 /// regular files and directories with plain relative names (no `..`, no
-/// absolute path; no symlink, hard link or device), permission bits without
-/// setuid/setgid/sticky, mtimes kept, and the owner of `staging`'s parent
-/// (the Redis data directory) rather than the archive's.
+/// absolute path, not just `.`; no symlink, hard link or device),
+/// permission bits without setuid/setgid/sticky or group/other write, mtimes
+/// kept, and the owner of `staging`'s parent (the Redis data directory)
+/// rather than the archive's.
 pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     use std::path::Component;
@@ -155,14 +156,18 @@ pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| (m.uid(), m.gid()));
     let mut ar = tar::Archive::new(reader);
+    // Permission bits from the archive without setuid/setgid/sticky (not
+    // preserved) and without group/other write (masked), set by tar on the
+    // file it just wrote.
     ar.set_preserve_permissions(false);
+    ar.set_mask(0o022);
     ar.set_preserve_ownerships(false);
     ar.set_preserve_mtime(true);
     ar.set_overwrite(false);
     for entry in ar.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
-        if name.as_os_str().is_empty()
+        if !name.components().any(|c| matches!(c, Component::Normal(_)))
             || !name
                 .components()
                 .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
@@ -179,7 +184,6 @@ pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io
                 name.display()
             )));
         }
-        let mode = entry.header().mode()? & 0o777;
         if !entry.unpack_in(staging)? {
             return Err(bad(format!(
                 "entry `{}` would land outside the staging directory",
@@ -187,7 +191,6 @@ pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io
             )));
         }
         let path = staging.join(&name);
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         if let Some((uid, gid)) = owner
             && nix::unistd::geteuid().is_root()
         {
@@ -321,7 +324,7 @@ mod tests {
     #[test]
     fn a_redis_archive_of_files_unpacks_without_special_bits() {
         let archive = tar_of(|b| {
-            let mut h = file_header(3, 0o4755);
+            let mut h = file_header(3, 0o4777);
             b.append_data(&mut h, "appendonlydir/a.aof", &b"abc"[..])
                 .unwrap();
         });
@@ -365,7 +368,15 @@ mod tests {
             v.extend_from_slice(&[0; 1024]);
             v
         };
+        let dot = tar_of(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_data(&mut h, "./", &[][..]).unwrap();
+        });
         for (what, archive) in [
+            ("not a plain relative name", dot),
             ("Symlink", symlink),
             ("Link", hardlink),
             ("not a plain relative name", dotdot),

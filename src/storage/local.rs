@@ -73,7 +73,25 @@ impl LocalBackend {
         if !super::is_valid_key(key) {
             return Err(StorageError::BadKey(key.escape_debug().to_string()));
         }
-        Ok(self.root.join(key))
+        // No part below the root may be a symlink: one planted in the
+        // repository (`data -> /other/repo/data`) would make listings and
+        // removals reach outside it. The root itself is the operator's.
+        let mut path = self.root.clone();
+        for part in key.split('/') {
+            path.push(part);
+            match path.symlink_metadata() {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(StorageError::NotAnObject {
+                        location: path.display().to_string(),
+                        message: "it is a symbolic link, which kompose-dr never writes: \
+                                  refusing to follow it"
+                            .into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(path)
     }
 }
 
@@ -83,9 +101,11 @@ impl LocalBackend {
 /// and its length.
 async fn open_regular(path: &Path) -> Result<(tokio::fs::File, u64), StorageError> {
     let mut options = tokio::fs::OpenOptions::new();
+    // O_NONBLOCK: a FIFO planted in the repository must not hang the
+    // reader (and the lock it holds); regular files ignore the flag.
     options
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits());
     let file = match options.open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -129,7 +149,8 @@ fn walk_files(
             let meta = entry.metadata().map_err(io("stat", &path))?;
             if meta.is_dir() {
                 stack.push(path);
-            } else {
+            } else if meta.is_file() {
+                // Symlinks, FIFOs and devices are nothing kompose-dr wrote.
                 f(&path, &meta)?;
             }
         }
@@ -240,14 +261,15 @@ impl Backend for LocalBackend {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let root = self.root.clone();
+        // Start from the deepest directory the prefix names, checked like
+        // any key (no `..`, no symlinked part).
+        let start = match prefix.rfind('/') {
+            Some(i) => self.path(&prefix[..i])?,
+            None => root.clone(),
+        };
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            // Start from the deepest directory the prefix names.
-            let start = match prefix.rfind('/') {
-                Some(i) => root.join(&prefix[..i]),
-                None => root.clone(),
-            };
             walk_files(&start, |path, meta| {
                 let Ok(rel) = path.strip_prefix(&root) else {
                     return Ok(());
@@ -426,6 +448,38 @@ mod tests {
             std::fs::read_to_string(victim.join("canary")).unwrap(),
             "alive"
         );
+    }
+
+    #[tokio::test]
+    async fn a_planted_symlinked_directory_is_not_followed_and_a_fifo_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(other.join("20200101T000000Z-aaaaaa")).unwrap();
+        std::fs::write(other.join("20200101T000000Z-aaaaaa/canary"), "alive").unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("snapshots")).unwrap();
+        std::os::unix::fs::symlink(&other, root.join("data")).unwrap();
+        let b = LocalBackend::new(&root);
+        assert!(b.list_dirs("data/").await.is_err());
+        assert!(
+            b.delete_prefix("data/20200101T000000Z-aaaaaa/")
+                .await
+                .is_err()
+        );
+        assert!(b.list("data/").await.is_err());
+        assert!(other.join("20200101T000000Z-aaaaaa/canary").exists());
+        nix::unistd::mkfifo(
+            &root.join("snapshots/20200101T000000Z-aaaaaa.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            b.get("snapshots/20200101T000000Z-aaaaaa.json"),
+        )
+        .await
+        .expect("a FIFO must not block the reader");
+        assert!(got.unwrap_err().to_string().contains("not a regular file"));
     }
 
     #[tokio::test]

@@ -123,9 +123,11 @@ fn facts_pointing_at_dev_zero_and_symlinked_manifests_are_refused() {
         ws.repo.join("snapshots/29991231T235959Z-eeeeee.json"),
     )
     .unwrap();
-    let out = ws.run(&["snapshots"]);
-    out.assert_exit_in(&[1]);
-    out.assert_stderr_contains("symbolic link");
+    // Not something kompose-dr wrote: not listed, never opened (reading
+    // /dev/zero would never end).
+    let out = ws.run(&["snapshots", "--json"]);
+    out.assert_exit(0);
+    assert_eq!(out.json()["snapshots"].as_array().unwrap().len(), 1);
     canary_alive(&victim);
 }
 
@@ -209,7 +211,7 @@ fn a_roles_archive_with_a_shell_escape_never_reaches_psql() {
     ws.run(&["check", "--read-data"]).assert_exit(0);
     let out = ws.run(&["restore", "--source", "postgres/globals", "--yes"]);
     out.assert_exit(1);
-    out.assert_stderr_contains("psql meta-command on line 2");
+    out.assert_stderr_contains("backslash on line 2");
     assert!(!canary.exists(), "psql ran the forged shell escape");
     let roles = pg.psql(
         "postgres",

@@ -19,7 +19,8 @@ async fn a_damaged_manifest_is_reported_and_the_good_ones_still_plan() {
         ("20261127T030000Z-000027", 27, true),
     ] {
         let at = format!("2026-11-{day}T03:00:00Z");
-        let artifacts = vec![art("redis", &at, redis_ok)];
+        // A committed snapshot always holds some good artifact.
+        let artifacts = vec![art("redis", &at, redis_ok), art("files/acme", &at, true)];
         repo.commit(&snap(id, &at, artifacts)).await.unwrap();
     }
     mem.insert("snapshots/20261128T030000Z-000028.json", "{ truncated");

@@ -116,15 +116,32 @@ impl Backend for S3Backend {
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let inner = &self.inner;
         let out = inner.get_object(key, 0, None).await?;
-        out.body
-            .collect()
-            .await
-            .map(|b| b.into_bytes())
-            .map_err(|e| StorageError::Remote {
+        let limit = super::MAX_SMALL_OBJECT;
+        let too_large = || StorageError::NotAnObject {
+            location: inner.location(key),
+            message: format!(
+                "more than {} MiB: no manifest, marker or facts file is that large",
+                limit >> 20
+            ),
+        };
+        if out.content_length.is_some_and(|n| n as u64 > limit) {
+            return Err(too_large());
+        }
+        // Read at most the limit, whatever the store says the size is.
+        let mut body = out.body;
+        let mut data = bytes::BytesMut::new();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| StorageError::Remote {
                 op: "read",
                 location: inner.location(key),
                 message: format!("the connection broke: {e}"),
-            })
+            })?;
+            if data.len() as u64 + piece.len() as u64 > limit {
+                return Err(too_large());
+            }
+            data.extend_from_slice(&piece);
+        }
+        Ok(data.freeze())
     }
 
     async fn open(&self, key: &str) -> Result<ObjectReader, StorageError> {

@@ -249,6 +249,9 @@ impl Metrics {
                 .create_new(true)
                 .mode(0o644)
                 .open(&tmp)?;
+            // node_exporter must read it, whatever the umask (the units set
+            // UMask=0077): the mode is set on the file, not requested.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
             f.write_all(self.render().as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)
@@ -263,6 +266,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_textfile_is_readable_by_node_exporter_under_a_strict_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kompose_dr.prom");
+        let mut m = Metrics::default();
+        m.set(BACKUP_LAST_STATUS, &[("source", "redis")], 1.0);
+        // The umask is per process: set it only around this write.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let written = m.write(&path);
+        nix::sys::stat::umask(old);
+        written.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+    }
 
     #[test]
     fn values_survive_a_render_and_parse() {

@@ -27,10 +27,15 @@ where
         let Some(stderr) = stderr else {
             return String::new();
         };
-        let mut lines = BufReader::new(stderr).lines();
+        let mut reader = BufReader::new(stderr);
         let mut tail = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let line = redactor.scrub(&line);
+        let mut raw = Vec::new();
+        // Bytes, not UTF-8 lines: a tool printing Latin-1 (a locale, a file
+        // name) must not end the capture at that line.
+        while matches!(reader.read_until(b'\n', &mut raw).await, Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&raw);
+            let line = redactor.scrub(text.trim_end_matches(['\n', '\r']));
+            raw.clear();
             tracing::debug!(program = %program, "{line}");
             tail.push_str(&line);
             tail.push('\n');
@@ -171,4 +176,19 @@ pub fn run_as(cmd: &mut std::process::Command, user: &str) -> Result<(), Process
         .env("USER", user)
         .env("LOGNAME", user);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stderr_after_a_line_that_is_not_utf8_is_kept() {
+        let input: &[u8] = b"first\nna\xefve \xff line\nERROR: the real cause\n";
+        let tail = stderr_tail(Some(input), "tool", Redactor::new(Vec::new()))
+            .await
+            .unwrap();
+        assert!(tail.contains("ERROR: the real cause"), "{tail}");
+        assert!(tail.contains("na\u{fffd}ve"), "{tail}");
+    }
 }

@@ -274,6 +274,13 @@ fn drills_report_restore_times_and_fail_on_a_failing_check() {
         msgs[1].1["data"]["failed"][0]["source"],
         "postgres/linkwarden"
     );
+    // What the check found is data: it stays in the report, off the bus.
+    assert!(
+        msgs[1].1["data"]["failed"][0].get("detail").is_none(),
+        "{}",
+        msgs[1].1
+    );
+    assert!(!msgs[1].1.to_string().contains("returned"), "{}", msgs[1].1);
     assert_eq!(
         std::fs::read_dir(ws.dir.path().join("reports"))
             .unwrap()

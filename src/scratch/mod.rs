@@ -86,6 +86,8 @@ pub trait ScratchPostgres: Send + Sync {
             docker_container: None,
             bin_dir: None,
             jobs: std::num::NonZeroUsize::MIN,
+            // Nothing else uses a scratch server: no lock to wait for.
+            lock_wait: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -298,8 +298,12 @@ pub async fn dump_database(
         run.server_version = Some(server.text.clone());
         let result = async {
             let client = connect(cfg, db).await?;
+            // The row counts wait for locks no longer than pg_dump does.
             client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL lock_timeout = {}",
+                    cfg.lock_wait.as_millis()
+                ))
                 .await
                 .map_err(|e| {
                     SourceError::Query(db_error(
@@ -324,7 +328,8 @@ pub async fn dump_database(
             let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::PostgresDump);
             let mut cmd = command(cfg, tool, "pg_dump", db);
             cmd.args(["--format=custom", "--compress=0"])
-                .arg(format!("--snapshot={snapshot}"));
+                .arg(format!("--snapshot={snapshot}"))
+                .arg(format!("--lock-wait-timeout={}", cfg.lock_wait.as_millis()));
             let (stored, tables) = tokio::join!(
                 ctx.store_child(&key, "pg_dump", cmd),
                 count_rows(&client, db)

@@ -398,3 +398,58 @@ PATH={pg}:$PATH exec "$@"
         "42"
     );
 }
+
+#[test]
+fn a_table_lock_held_by_another_session_fails_the_source_in_time_not_forever() {
+    let pg = Pg::start();
+    for db in ["free", "locked"] {
+        pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+        pg.psql(
+            db,
+            "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g",
+        );
+    }
+    // Another session holds ACCESS EXCLUSIVE on locked.t for a minute.
+    let mut holder = pg
+        .client("psql")
+        .args([
+            "-d",
+            "locked",
+            "-c",
+            "BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until("the lock is held", 10, || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation IS NOT NULL",
+        ) != "0"
+    });
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "{}lock_wait = \"2s\"\n",
+        Workspace::pg_section(&pg, &["free", "locked"])
+    ));
+    ws.init();
+    let start = std::time::Instant::now();
+    let out = ws.run(&["backup"]);
+    let took = start.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    out.assert_exit(3);
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    let m = &ws.manifests()[0];
+    assert_eq!(Workspace::artifact(m, "postgres/free")["status"], "ok");
+    let locked = Workspace::artifact(m, "postgres/locked");
+    assert_eq!(locked["status"], "failed");
+    assert!(
+        locked["error"].as_str().unwrap().contains("lock"),
+        "{locked}"
+    );
+    // The repository lock went with the run: the next backup may start.
+    ws.run(&["backup", "--source", "postgres/free"])
+        .assert_exit(0);
+}

@@ -31,6 +31,7 @@ pub(super) struct RawPostgres {
     docker_container: Option<Spanned<String>>,
     bin_dir: Option<Spanned<String>>,
     jobs: Option<Spanned<i64>>,
+    lock_wait: Option<Spanned<String>>,
 }
 
 /// Which databases to back up.
@@ -76,6 +77,11 @@ pub struct PostgresConfig {
     pub bin_dir: Option<PathBuf>,
     /// Databases dumped at once.
     pub jobs: NonZeroUsize,
+    /// How long pg_dump and the row counts wait for a table lock another
+    /// session holds (`postgres.lock_wait`, 5 minutes by default) before the
+    /// source fails: one `ACCESS EXCLUSIVE` lock must not hang the nightly
+    /// run, and with it the repository lock.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Cx<'_> {
@@ -125,6 +131,22 @@ impl Cx<'_> {
             .as_ref()
             .map(|b| self.path(b, "postgres.bin_dir"))
             .transpose()?;
+        let lock_wait = match &p.lock_wait {
+            None => std::time::Duration::from_secs(300),
+            Some(w) => {
+                let s = self.string(w, "postgres.lock_wait")?;
+                humantime::parse_duration(&s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        self.err(
+                            w.span(),
+                            "postgres.lock_wait",
+                            format!("`{s}` is not a duration above zero: write 5m or 30s"),
+                        )
+                    })?
+            }
+        };
         Ok(PostgresConfig {
             endpoint,
             password,
@@ -133,6 +155,7 @@ impl Cx<'_> {
             docker_container,
             bin_dir,
             jobs,
+            lock_wait,
         })
     }
 

@@ -346,3 +346,24 @@ fn bad_listen_and_schedules_name_key_and_line() {
         "`localhost` is not an address: write 127.0.0.1:9187"
     );
 }
+
+#[test]
+fn the_lock_wait_defaults_to_five_minutes_and_a_bad_one_is_named() {
+    let c = parse(&format!(
+        "{}[postgres]\nurl = \"postgres://u@h/db\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(
+        c.postgres.unwrap().lock_wait,
+        std::time::Duration::from_secs(300)
+    );
+    let e = parse(&format!(
+        "{}[postgres]\nurl = \"postgres://u@h/db\"\nlock_wait = \"soon\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("postgres.lock_wait"));
+    assert_eq!(e.line, Some(9));
+    assert!(e.message.contains("5m"), "{e}");
+}

@@ -220,13 +220,14 @@ pub async fn run(
     if !opts.dry_run {
         remove_snapshots(repo, &decisions, &still_held).await?;
     }
-    let unreferenced =
-        remove_unreferenced(repo, &snapshots, &decisions, opts, now, &still_held).await?;
-    // A grace longer than the calendar means "nothing is old enough".
+    // Older than this is past the grace period; a grace longer than the
+    // calendar means "nothing is old enough".
     let before = chrono::Duration::from_std(opts.grace)
         .ok()
         .and_then(|g| now.checked_sub_signed(g))
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let unreferenced =
+        remove_unreferenced(repo, &snapshots, &decisions, opts, before, &still_held).await?;
     if !opts.dry_run {
         still_held()?;
     }
@@ -267,13 +268,13 @@ async fn remove_snapshots(
 }
 
 /// Removes (or, on a dry run, lists) data that no manifest names and that
-/// is older than the grace period, so not a backup being written now.
+/// started `before` the grace period, so not a backup being written now.
 async fn remove_unreferenced(
     repo: &Repository,
     snapshots: &[Manifest],
     decisions: &[Decision],
     opts: &PruneOptions,
-    now: DateTime<Utc>,
+    before: DateTime<Utc>,
     still_held: &(dyn Fn() -> Result<(), PruneError> + Sync),
 ) -> Result<Vec<String>, PruneError> {
     let live: BTreeSet<String> = snapshots
@@ -296,9 +297,7 @@ async fn remove_unreferenced(
         {
             continue;
         }
-        let young = id_time(&id).is_none_or(|t| {
-            now - t < chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX)
-        });
+        let young = id_time(&id).is_none_or(|t| t > before);
         if young {
             continue;
         }

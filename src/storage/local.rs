@@ -80,18 +80,21 @@ impl LocalBackend {
         for part in key.split('/') {
             path.push(part);
             match path.symlink_metadata() {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(StorageError::NotAnObject {
-                        location: path.display().to_string(),
-                        message: "it is a symbolic link, which kompose-dr never writes: \
-                                  refusing to follow it"
-                            .into(),
-                    });
-                }
+                Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(&path)),
                 _ => {}
             }
         }
         Ok(path)
+    }
+}
+
+/// The error for a symlink found in the repository: kompose-dr never
+/// writes one, and following it could reach anywhere.
+fn symlink_refused(path: &Path) -> StorageError {
+    StorageError::NotAnObject {
+        location: path.display().to_string(),
+        message: "it is a symbolic link, which kompose-dr never writes: refusing to follow it"
+            .into(),
     }
 }
 

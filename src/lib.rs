@@ -25,6 +25,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod model;

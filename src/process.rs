@@ -178,6 +178,146 @@ pub fn run_as(cmd: &mut std::process::Command, user: &str) -> Result<(), Process
     Ok(())
 }
 
+/// A readable end of a running program (its stdout or stderr).
+pub type Reader = std::pin::Pin<Box<dyn AsyncRead + Send>>;
+/// A writable end of a running program (its stdin).
+pub type Writer = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// How a program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Code(i64),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+impl Ended {
+    /// Exit status 0.
+    pub fn success(self) -> bool {
+        self == Ended::Code(0)
+    }
+}
+
+impl std::fmt::Display for Ended {
+    /// `exit status 1`, `killed by signal 9 (SIGKILL)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Code(code) => write!(f, "exit status {code}"),
+            Ended::Signal(sig) => {
+                let name = nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|_| "?".into());
+                write!(f, "killed by signal {sig} ({name})")
+            }
+        }
+    }
+}
+
+impl From<ExitStatus> for Ended {
+    fn from(status: ExitStatus) -> Ended {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Ended::Code(code.into()),
+            (None, Some(sig)) => Ended::Signal(sig),
+            (None, None) => Ended::Code(-1),
+        }
+    }
+}
+
+/// Waits for, or stops, a program started by [`Running`].
+#[async_trait::async_trait]
+pub trait Waiter: Send {
+    /// Waits until the program has ended and says how.
+    async fn wait(&mut self) -> std::io::Result<Ended>;
+    /// Stops the program now (best effort; [`Waiter::wait`] still reaps it).
+    fn kill(&mut self);
+}
+
+/// A program running here or inside a container, with whichever of its
+/// standard streams were asked for: the seam that lets a source or a
+/// restore run pg_dump, psql or redis-cli the same way in both places.
+pub struct Running {
+    /// Its stdin, if attached; dropping (or shutting down) it is EOF.
+    pub stdin: Option<Writer>,
+    /// Its stdout, if attached.
+    pub stdout: Option<Reader>,
+    /// Its stderr, if attached. Read it: an unread stderr can stall the
+    /// program.
+    pub stderr: Option<Reader>,
+    waiter: Box<dyn Waiter>,
+}
+
+impl Running {
+    /// A program whose streams and end come from elsewhere (a container
+    /// engine's exec).
+    pub fn new(
+        stdin: Option<Writer>,
+        stdout: Option<Reader>,
+        stderr: Option<Reader>,
+        waiter: Box<dyn Waiter>,
+    ) -> Running {
+        Running {
+            stdin,
+            stdout,
+            stderr,
+            waiter,
+        }
+    }
+
+    /// Starts `cmd` here, with stdin, stdout and stderr piped as asked (a
+    /// stream not asked for is closed), killed when dropped.
+    pub fn spawn(
+        mut cmd: Command,
+        program: &str,
+        stdin: bool,
+        stdout: bool,
+    ) -> Result<Running, ProcessError> {
+        let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(pipe(stdin))
+            .stdout(pipe(stdout))
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+        if let Some(out) = &child.stdout {
+            // A 1 MiB pipe (instead of 64 KiB) lets the producer write, and
+            // us read, in larger pieces: fewer wake-ups on both sides.
+            let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+        Ok(Running {
+            stdin: child.stdin.take().map(|s| Box::pin(s) as Writer),
+            stdout: child.stdout.take().map(|s| Box::pin(s) as Reader),
+            stderr: child.stderr.take().map(|s| Box::pin(s) as Reader),
+            waiter: Box::new(LocalChild(child)),
+        })
+    }
+
+    /// Waits until the program has ended.
+    pub async fn wait(&mut self) -> std::io::Result<Ended> {
+        self.waiter.wait().await
+    }
+
+    /// Stops the program now.
+    pub fn kill(&mut self) {
+        self.waiter.kill()
+    }
+}
+
+struct LocalChild(tokio::process::Child);
+
+#[async_trait::async_trait]
+impl Waiter for LocalChild {
+    async fn wait(&mut self) -> std::io::Result<Ended> {
+        self.0.wait().await.map(Ended::from)
+    }
+    fn kill(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

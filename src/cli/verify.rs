@@ -26,7 +26,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = Arc::new(crate::pipeline::load_identities(&config)?);
-    let runtime = crate::scratch::runtime(&config.scratch);
+    let runtime = crate::scratch::runtime(&config);
     // Exit 2 for any failure to find the snapshot, as this command always
     // did (listing the snapshots failing included).
     let manifest = verify::find_snapshot(&repo, &Which::parse(&args.snapshot))

@@ -59,12 +59,12 @@ pub async fn publish(config: &Config, events: &[Event]) -> bool {
     };
     match mqtt::publish(mqtt, events).await {
         Ok(()) => {
-            tracing::info!(broker = %format!("{}:{}", mqtt.host, mqtt.port), events = events.len(), "events published");
+            tracing::info!(broker = %mqtt::broker(mqtt), events = events.len(), "events published");
             true
         }
         Err(e) => {
             let e = crate::model::secret::Redactor::new(config.secrets()).scrub(&e.to_string());
-            tracing::warn!(broker = %format!("{}:{}", mqtt.host, mqtt.port), error = %e, "could not publish events (the backup itself is not affected)");
+            tracing::warn!(broker = %mqtt::broker(mqtt), error = %e, "could not publish events (the backup itself is not affected)");
             false
         }
     }

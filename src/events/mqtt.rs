@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 
 use super::Event;
-use crate::model::config::MqttConfig;
+use crate::model::config::{ContainerRef, MqttConfig};
 
 enum Progress {
     Acked,
@@ -57,6 +57,10 @@ fn tls_config(cfg: &MqttConfig) -> Result<rumqttc::TlsConfiguration, String> {
 /// logs it and counts it.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The broker's container (`mqtt.container`) could not be found or has
+    /// no address.
+    #[error("{0}")]
+    Container(String),
     /// TLS could not be set up (CA file, system roots).
     #[error("TLS for the broker: {0}")]
     Tls(String),
@@ -108,6 +112,17 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), PublishEr
     if events.is_empty() {
         return Ok(());
     }
+    let resolved;
+    let cfg = match &cfg.container {
+        None => cfg,
+        Some(c) => {
+            resolved = MqttConfig {
+                host: container_address(c).await?,
+                ..cfg.clone()
+            };
+            &resolved
+        }
+    };
     let (client, eventloop) = AsyncClient::new(options(cfg)?, events.len() + 4);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(drive(eventloop, tx));
@@ -127,6 +142,32 @@ pub async fn publish(cfg: &MqttConfig, events: &[Event]) -> Result<(), PublishEr
     let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
     driver.abort();
     result
+}
+
+/// The broker container's address on its network, as the engine reports
+/// it: the host routes to its bridge networks, so no port needs publishing.
+pub async fn container_address(c: &ContainerRef) -> Result<String, PublishError> {
+    let engine = crate::engine::Engine::connect(c.engine.as_deref())
+        .map_err(|e| PublishError::Container(e.to_string()))?;
+    let info = engine
+        .running(&c.name)
+        .await
+        .map_err(|e| PublishError::Container(e.to_string()))?;
+    info.address().map(|ip| ip.to_string()).ok_or_else(|| {
+        PublishError::Container(format!(
+            "container `{}` has no network address (network mode none or host?): \
+             attach it to a bridge network, or set mqtt.url",
+            c.name
+        ))
+    })
+}
+
+/// How the broker is named in logs: `host:port`, or its container.
+pub fn broker(cfg: &MqttConfig) -> String {
+    match &cfg.container {
+        Some(c) => format!("container {}:{}", c.name, cfg.port),
+        None => format!("{}:{}", cfg.host, cfg.port),
+    }
 }
 
 /// The client options: id, keep-alive, credentials and TLS.

@@ -7,6 +7,11 @@
 //! when one is configured. Every failure carries the storage layer's
 //! message, which says what to fix (unknown key, wrong secret, missing
 //! bucket, DNS, TLS, clock skew, permissions).
+//!
+//! Where sources or the broker are named by container, it asks the engine
+//! for each one — its image, state and server version, or the close
+//! matches of a name it does not know — and says which scratch runtime
+//! verify and drills will use, and why.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -38,6 +43,8 @@ pub async fn run(config: &Config, only: Option<&str>) -> Vec<Check> {
         repository(&repo, &mut checks).await;
     }
     if only.is_none() {
+        containers(config, &mut checks).await;
+        scratch_runtime(config, &mut checks);
         match config
             .encryption
             .as_ref()
@@ -131,4 +138,159 @@ async fn repository(repo: &Repository, checks: &mut Vec<Check>) {
             message: e.to_string(),
         },
     });
+}
+
+fn check(name: impl Into<String>, result: Result<String, String>) -> Check {
+    match result {
+        Ok(message) => Check {
+            name: name.into(),
+            ok: true,
+            message,
+        },
+        Err(message) => Check {
+            name: name.into(),
+            ok: false,
+            message,
+        },
+    }
+}
+
+/// The engine, and every container the configuration names.
+async fn containers(config: &Config, checks: &mut Vec<Check>) {
+    use crate::engine::Engine;
+    let named: Vec<(&str, &crate::model::config::ContainerRef)> = [
+        (
+            "postgres",
+            config.postgres.as_ref().and_then(|p| p.container.as_ref()),
+        ),
+        (
+            "redis",
+            config.redis.as_ref().and_then(|r| r.container.as_ref()),
+        ),
+        (
+            "mqtt",
+            config.mqtt.as_ref().and_then(|m| m.container.as_ref()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(s, c)| Some((s, c?)))
+    .collect();
+    let docker_scratch = config.scratch.runtime == crate::model::config::ScratchRuntimeKind::Docker;
+    if named.is_empty() && !docker_scratch {
+        return;
+    }
+    let engine = match Engine::connect(config.docker.host.as_deref()) {
+        Ok(e) => e,
+        Err(e) => {
+            checks.push(check("container engine", Err(e.to_string())));
+            return;
+        }
+    };
+    match engine.version().await {
+        Ok(v) => checks.push(check(
+            "container engine",
+            Ok(format!(
+                "{} answers (engine {v}); access to it is root-equivalent",
+                engine.endpoint()
+            )),
+        )),
+        Err(e) => {
+            checks.push(check("container engine", Err(e.to_string())));
+            return;
+        }
+    }
+    for (section, c) in named {
+        let name = format!("{section}: container {}", c.name);
+        let info = match engine.inspect(&c.name).await {
+            Ok(i) => i,
+            Err(e) => {
+                checks.push(check(name, Err(e.to_string())));
+                continue;
+            }
+        };
+        let described = format!("image {}, {}", info.image, info.state);
+        if !info.running {
+            checks.push(check(
+                name,
+                Err(format!("{described}: start it (docker start {})", c.name)),
+            ));
+            continue;
+        }
+        let server = match section {
+            "postgres" => postgres_version(config).await,
+            "redis" => redis_version(config).await,
+            _ => match crate::events::mqtt::container_address(c).await {
+                Ok(addr) => Ok(format!("reached at its address {addr}")),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        checks.push(check(
+            name,
+            server
+                .map(|v| format!("{described}, {v}"))
+                .map_err(|e| format!("{described}: {e}")),
+        ));
+    }
+}
+
+async fn postgres_version(config: &Config) -> Result<String, String> {
+    let pg = config.postgres.as_ref().expect("a postgres container");
+    let pg = crate::sources::postgres::resolve(pg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = crate::sources::postgres::connect(&pg, &pg.endpoint.maintenance_db)
+        .await
+        .map_err(|e| e.to_string())?;
+    let v = crate::sources::postgres::server_version(&client)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "PostgreSQL {} answers as `{}`",
+        v.text, pg.endpoint.user
+    ))
+}
+
+async fn redis_version(config: &Config) -> Result<String, String> {
+    let r = config.redis.as_ref().expect("a redis container");
+    let mut con = crate::sources::redis::connect(r)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = crate::sources::redis::info(&mut con, "server").await?;
+    Ok(format!(
+        "Redis {} answers",
+        info.get("redis_version").map(String::as_str).unwrap_or("?")
+    ))
+}
+
+/// Which scratch runtime verify and drills use, and why.
+fn scratch_runtime(config: &Config, checks: &mut Vec<Check>) {
+    use crate::model::config::ScratchRuntimeKind;
+    let message = match config.scratch.runtime {
+        ScratchRuntimeKind::Docker => {
+            let image = |configured: &Option<String>,
+                         c: Option<&crate::model::config::ContainerRef>| {
+                match (configured, c) {
+                    (Some(i), _) => format!("image {i} ([scratch])"),
+                    (None, Some(c)) => format!("the image of container {}", c.name),
+                    (None, None) => "no image: set [scratch] image".into(),
+                }
+            };
+            format!(
+                "docker ([scratch] runtime = \"docker\"): throw-away containers with no network; PostgreSQL from {}, Redis from {}",
+                image(
+                    &config.scratch.image,
+                    config.postgres.as_ref().and_then(|p| p.container.as_ref())
+                ),
+                image(
+                    &config.scratch.redis_image,
+                    config.redis.as_ref().and_then(|r| r.container.as_ref())
+                ),
+            )
+        }
+        ScratchRuntimeKind::Process => format!(
+            "process ([scratch] runtime is \"process\" or unset): local server binaries from {} run as `{}`",
+            config.scratch.postgres_bin, config.scratch.user
+        ),
+    };
+    checks.push(check("scratch runtime", Ok(message)));
 }

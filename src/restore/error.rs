@@ -75,6 +75,10 @@ pub enum RestoreError {
     /// failed; the message names it and what remains.
     #[error("{0}")]
     Failed(String),
+    /// The container engine could not be used, or the configured container
+    /// is not there.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// A failure that left the target as it was.
     #[error("{source}; {target} is unchanged")]
     Unchanged {
@@ -130,6 +134,7 @@ impl Classify for RestoreError {
             | RestoreError::NoRedisDir { .. }
             | RestoreError::Refused(_) => Class::Usage,
             RestoreError::Unchanged { source, .. } => source.class(),
+            RestoreError::Engine(e) => e.class(),
             _ => Class::Failure,
         }
     }

@@ -117,6 +117,16 @@ pub enum Target {
         /// The directory.
         path: PathBuf,
     },
+    /// The data directory of Redis' container, through the engine: the
+    /// container is stopped, its files replaced, and started again.
+    RedisContainer {
+        /// The container.
+        container: String,
+        /// Redis' data directory inside it.
+        dir: String,
+        /// Whether it runs now (the plan says it is stopped and started).
+        running: bool,
+    },
     /// A file.
     File {
         /// The path.
@@ -130,6 +140,15 @@ impl std::fmt::Display for Target {
             Target::Globals { server } => write!(f, "roles on {server}"),
             Target::Database { name, server } => write!(f, "database {name} on {server}"),
             Target::RedisDir { path } => write!(f, "Redis data directory {}", path.display()),
+            Target::RedisContainer {
+                container,
+                dir,
+                running,
+            } => write!(
+                f,
+                "Redis data {dir} in container {container} ({}replace the files, start it, wait for Redis)",
+                if *running { "stop it, " } else { "" }
+            ),
             Target::File { path } => write!(f, "file {}", path.display()),
         }
     }
@@ -342,6 +361,18 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
         Target::Globals { .. } => postgres::restore_globals(ctx, item).await,
         Target::Database { name, .. } => postgres::restore_database(ctx, item, name).await,
         Target::RedisDir { path } => redis::restore(ctx, item, path).await,
+        Target::RedisContainer { dir, .. } => {
+            let cfg = ctx
+                .targets
+                .redis
+                .as_ref()
+                .expect("a container target comes from [redis]");
+            let c = cfg
+                .container
+                .as_ref()
+                .expect("a container target has a container");
+            redis::container::restore(ctx, item, cfg, c, dir).await
+        }
         Target::File { path } => files::restore(ctx, item, path).await,
     };
     let seconds = start.elapsed().as_secs_f64();

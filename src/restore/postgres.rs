@@ -17,8 +17,9 @@ use tokio_postgres::Client;
 use super::stream::{self, copy_archive};
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::model::config::PostgresConfig;
-use crate::process::{describe_status, stderr_tail};
+use crate::process::{Ended, stderr_tail};
 use crate::restore::plan::Choice;
+use crate::sources::launch::Launch;
 use crate::sources::postgres::{
     DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
 };
@@ -34,13 +35,21 @@ fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreErro
     if let Some(ep) = &ctx.options.target {
         cfg.endpoint = ep.clone();
         // The container runs the configured server, not the target.
-        cfg.docker_container = None;
+        cfg.container = None;
     }
     Ok(cfg)
 }
 
+/// The target with what its container supplies (user, password) filled in.
+async fn resolved_target(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
+    Ok(crate::sources::postgres::resolve(&target_config(ctx)?).await?)
+}
+
 fn server(cfg: &PostgresConfig) -> String {
-    format!("{}:{}", cfg.endpoint.host, cfg.endpoint.port)
+    match &cfg.container {
+        Some(c) => format!("container {}", c.name),
+        None => format!("{}:{}", cfg.endpoint.host, cfg.endpoint.port),
+    }
 }
 
 fn database_name(ctx: &RestoreContext<'_>, c: &Choice) -> String {
@@ -117,7 +126,7 @@ pub async fn preflight(
     ctx: &RestoreContext<'_>,
     c: &Choice,
 ) -> Result<(Target, bool), RestoreError> {
-    let cfg = target_config(ctx)?;
+    let cfg = resolved_target(ctx).await?;
     let name = database_name(ctx, c);
     if name.is_empty() || name.len() > 63 {
         return Err(RestoreError::Refused(format!(
@@ -136,7 +145,7 @@ pub async fn preflight(
             server(&cfg)
         )));
     }
-    if ctx.options.jobs.is_some() && cfg.docker_container.is_some() {
+    if ctx.options.jobs.is_some() && cfg.container.is_some() {
         return Err(RestoreError::Refused("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into()));
     }
     restore_tool(&cfg, c).await?;
@@ -148,7 +157,7 @@ pub async fn restore_globals(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
 ) -> Result<(u64, String), RestoreError> {
-    let cfg = target_config(ctx)?;
+    let cfg = resolved_target(ctx).await?;
     let tool = choose_client(&cfg, "psql", 0, "any")
         .await
         .map_err(RestoreError::from_source)?;
@@ -169,7 +178,7 @@ pub async fn restore_globals(
         return Err(RestoreError::Failed(format!(
             "applying the roles to {} failed ({}): {}; roles applied before the error remain",
             server(&cfg),
-            describe_status(status),
+            status,
             if errors.is_empty() {
                 stderr.trim().to_owned()
             } else {
@@ -259,25 +268,26 @@ pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `cmd` with `input` on its stdin; returns its stderr tail and exit
-/// status.
+/// Runs `launch` with `input` on its stdin; returns its stderr tail and how
+/// it ended.
 async fn feed(
-    mut cmd: tokio::process::Command,
+    launch: Launch,
     program: &str,
     input: Vec<u8>,
     ctx: &RestoreContext<'_>,
-) -> Result<(String, std::process::ExitStatus), RestoreError> {
+) -> Result<(String, Ended), RestoreError> {
     use tokio::io::AsyncWriteExt;
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(RestoreError::io(format!("cannot start {program}")))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut child = launch
+        .start(program, true)
+        .await
+        .map_err(|e| RestoreError::Failed(format!("cannot start {program}: {e}")))?;
+    let mut stdin = child.stdin.take().expect("stdin is attached");
+    drop(child.stdout.take());
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
-    let written = stdin.write_all(&input).await;
+    let mut written = stdin.write_all(&input).await;
+    if written.is_ok() {
+        written = stdin.shutdown().await;
+    }
     drop(stdin);
     let status = child
         .wait()
@@ -292,45 +302,43 @@ async fn feed(
     Ok((stderr, status))
 }
 
-/// Streams an archive into a child's stdin; returns plaintext bytes, the
-/// child's stderr tail and exit status. The archive must check out.
+/// Streams an archive into a program's stdin; returns plaintext bytes, the
+/// program's stderr tail and how it ended. The archive must check out.
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
-    mut cmd: tokio::process::Command,
+    launch: Launch,
     program: &str,
     tee: Option<std::fs::File>,
-) -> Result<(u64, String, std::process::ExitStatus), RestoreError> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+) -> Result<(u64, String, Ended), RestoreError> {
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
-    let mut child = cmd
-        .spawn()
-        .map_err(RestoreError::io(format!("cannot start {program}")))?;
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stdin = std::fs::File::from(
-        stdin
-            .into_owned_fd()
-            .map_err(RestoreError::io(format!("{program} stdin")))?,
-    );
+    let mut child = launch
+        .start(program, true)
+        .await
+        .map_err(|e| RestoreError::Failed(format!("cannot start {program}: {e}")))?;
+    let stdin = child.stdin.take().expect("stdin is attached");
+    drop(child.stdout.take());
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
     let ids = ctx.identities.clone();
     let copy = tokio::task::spawn_blocking(move || {
+        // The decoder is synchronous; the program's stdin (a pipe here, an
+        // engine connection for a container) is not.
         let mut out = Tee {
-            first: stdin,
+            first: tokio_util::io::SyncIoBridge::new(stdin),
             second: tee,
         };
-        copy_archive(stored, &ids, &mut out)
+        let copied = copy_archive(stored, &ids, &mut out);
+        // EOF for the program.
+        let _ = out.first.shutdown();
+        copied
     });
     let copied = copy
         .await
         .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
     if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
         // Do not let the program finish on a truncated input.
-        let _ = child.start_kill();
+        child.kill();
     }
     let status = child
         .wait()
@@ -353,7 +361,7 @@ pub async fn restore_database(
     item: &ReadyItem,
     name: &str,
 ) -> Result<(u64, String), RestoreError> {
-    let cfg = target_config(ctx)?;
+    let cfg = resolved_target(ctx).await?;
     let tool = restore_tool(&cfg, &item.choice).await?;
     // The swap needs a session outside the database being replaced: when
     // that is the maintenance database itself (`postgres`), use template1.
@@ -549,7 +557,7 @@ async fn run_pg_restore(
         };
         return Err(RestoreError::Failed(format!(
             "pg_restore of {label} failed ({}): {}{hint}",
-            describe_status(status),
+            status,
             stderr.trim()
         )));
     }
@@ -563,12 +571,12 @@ async fn run_pg_restore(
 async fn run_staged(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
-    mut cmd: tokio::process::Command,
+    mut cmd: Launch,
     tool: &DumpTool,
     cfg: &PostgresConfig,
     scratch: &str,
     jobs: usize,
-) -> Result<(u64, String, std::process::ExitStatus), RestoreError> {
+) -> Result<(u64, String, Ended), RestoreError> {
     let dir = tempfile::Builder::new()
         .prefix("kompose-dr-restore-")
         .tempdir()
@@ -603,8 +611,12 @@ async fn post_data(
     scratch: &str,
     jobs: usize,
     path: &Path,
-) -> Result<(String, std::process::ExitStatus), RestoreError> {
-    let mut post = command(cfg, tool, "pg_restore", scratch);
+) -> Result<(String, Ended), RestoreError> {
+    let Launch::Local(mut post) = command(cfg, tool, "pg_restore", scratch) else {
+        return Err(RestoreError::Refused(
+            "--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into(),
+        ));
+    };
     if ctx.options.no_owner {
         post.args(["--no-owner", "--no-privileges"]);
     }
@@ -627,17 +639,17 @@ async fn post_data(
     Ok((
         ctx.redactor
             .scrub(String::from_utf8_lossy(&out.stderr).trim()),
-        out.status,
+        out.status.into(),
     ))
 }
 
-/// Writes to a child's stdin and, optionally, to a file as well.
-struct Tee {
-    first: std::fs::File,
+/// Writes to a program's stdin and, optionally, to a file as well.
+struct Tee<W> {
+    first: W,
     second: Option<std::fs::File>,
 }
 
-impl std::io::Write for Tee {
+impl<W: std::io::Write> std::io::Write for Tee<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.first.write_all(buf)?;
         if let Some(f) = &mut self.second {

@@ -8,6 +8,7 @@
 //! success, failure, panic or cancellation (Ctrl-C/SIGTERM are turned into
 //! cancellation by the CLI) — kills its process and removes its directory.
 
+pub mod docker;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use crate::error::{Class, Classify};
-use crate::model::config::{DatabaseSelection, PgEndpoint, PostgresConfig, RedisConfig};
+use crate::model::config::{
+    DatabaseSelection, PgEndpoint, PostgresConfig, RedisConfig, ScratchRuntimeKind,
+};
 
 /// Why a scratch instance could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,9 @@ pub enum ScratchError {
         /// The error.
         source: std::io::Error,
     },
+    /// The container engine could not run a scratch container.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// The server was started but did not come up (or `initdb` failed);
     /// the message carries the tail of its log.
     #[error("{0}")]
@@ -64,7 +70,10 @@ impl Classify for ScratchError {
     /// A scratch instance that cannot run is a failure of the host
     /// (`verify` and drills exit 1); the message says what to install.
     fn class(&self) -> Class {
-        Class::Failure
+        match self {
+            ScratchError::Engine(e) => e.class(),
+            _ => Class::Failure,
+        }
     }
 }
 
@@ -83,7 +92,9 @@ pub trait ScratchPostgres: Send + Sync {
             password: None,
             databases: DatabaseSelection::All,
             globals: true,
-            docker_container: None,
+            container: None,
+            credentials_from_container: false,
+            user_configured: true,
             bin_dir: None,
             jobs: std::num::NonZeroUsize::MIN,
             // Nothing else uses a scratch server: no lock to wait for.
@@ -111,6 +122,7 @@ fn redis_on(port: u16) -> RedisConfig {
         username: None,
         password: None,
         data_dir: None,
+        container: None,
     }
 }
 
@@ -129,9 +141,13 @@ pub trait ScratchRuntime: Send + Sync {
     fn tempdir(&self) -> Result<tempfile::TempDir, ScratchError>;
 }
 
-/// The scratch runtime `[scratch]` describes.
-pub fn runtime(config: &crate::model::config::ScratchConfig) -> Box<dyn ScratchRuntime> {
-    Box::new(process::ProcessRuntime::new(config))
+/// The scratch runtime `[scratch] runtime` names: local processes, or
+/// containers from the production images.
+pub fn runtime(config: &crate::model::config::Config) -> Box<dyn ScratchRuntime> {
+    match config.scratch.runtime {
+        ScratchRuntimeKind::Process => Box::new(process::ProcessRuntime::new(&config.scratch)),
+        ScratchRuntimeKind::Docker => Box::new(docker::DockerRuntime::new(config)),
+    }
 }
 
 /// The parent of every scratch directory: `$TMPDIR`.

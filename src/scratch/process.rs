@@ -75,7 +75,9 @@ impl Drop for Guarded {
     }
 }
 
-fn private_dir(owner: Option<&nix::unistd::User>) -> Result<tempfile::TempDir, ScratchError> {
+pub(super) fn private_dir(
+    owner: Option<&nix::unistd::User>,
+) -> Result<tempfile::TempDir, ScratchError> {
     let dir = tempfile::Builder::new()
         .prefix(PREFIX)
         .tempdir_in(super::scratch_root())
@@ -242,7 +244,7 @@ impl ScratchRuntime for ProcessRuntime {
 }
 
 /// Whether the Redis at `cfg` answers and has finished loading its files.
-async fn loaded(cfg: &crate::model::config::RedisConfig) -> bool {
+pub(super) async fn loaded(cfg: &crate::model::config::RedisConfig) -> bool {
     let Ok(mut c) = crate::sources::redis::connect(cfg).await else {
         return false;
     };

@@ -10,10 +10,10 @@
 
 pub mod acme;
 pub mod files;
+pub mod launch;
 pub mod postgres;
 pub mod redis;
 
-use std::process::Stdio;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use crate::model::facts::SourceFacts;
 use crate::model::manifest::{ArtifactKind, FileMeta};
 use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings, Encoded, Input, SinkState};
-use crate::process::{describe_status, stderr_tail};
+use crate::process::stderr_tail;
 use crate::repository::Repository;
 
 /// Why a source's server could not be used or its archive not stored.
@@ -262,24 +262,18 @@ impl SourceContext {
         &self,
         key: &str,
         program: &str,
-        mut cmd: tokio::process::Command,
+        launch: launch::Launch,
     ) -> Result<Stored, SourceError> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
+        let mut child = launch
+            .start(program, false)
+            .await
             .map_err(|e| SourceError::Tool(format!("cannot start {program}: {e}")))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        // A 1 MiB pipe (instead of 64 KiB) lets the producer write, and us
-        // read, in larger pieces: fewer wake-ups on both sides.
-        let _ = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let stdout = child.stdout.take().expect("stdout is attached");
         let stderr = stderr_tail(child.stderr.take(), program, self.redactor.clone());
         let (input, pump) = pipeline::input_from_reader(stdout);
         let encoded = self.encode(key, input).await;
         if encoded.is_err() {
-            let _ = child.start_kill();
+            child.kill();
         }
         let status = child.wait().await;
         let _ = pump.await;
@@ -288,8 +282,7 @@ impl SourceContext {
         let verdict = match status {
             Err(e) => Err(format!("cannot wait for {program}: {e}")),
             Ok(s) if !s.success() => Err(format!(
-                "{program} failed ({}){}",
-                describe_status(s),
+                "{program} failed ({s}){}",
                 if stderr.is_empty() {
                     String::new()
                 } else {

@@ -9,8 +9,22 @@
 //!
 //! pg_dump must be of the server's major version or newer: a local client is
 //! chosen from `bin_dir`, `PATH` or `/usr/lib/postgresql/*/bin`, or pg_dump
-//! runs inside the server's container with `docker exec -i`. The password
-//! reaches the child only through its environment (`PGPASSWORD`).
+//! runs inside the server's container (`postgres.container`) through the
+//! engine, where the versions always match. The password reaches the child
+//! only through its environment (`PGPASSWORD`).
+//!
+//! # Containers without a network path
+//!
+//! With `postgres.container`, the host needs no route to the server: the
+//! control session (version, discovery, `pg_export_snapshot()`, the row
+//! counts) is an ordinary tokio-postgres client connection whose bytes are
+//! carried over the stdin and stdout of a byte bridge exec'd in the
+//! container ([`crate::engine::bridge_command`]: `nc 127.0.0.1 5432`, or
+//! perl), so it speaks the real protocol — the snapshot stays exported for
+//! exactly as long as the session lives, as it does over TCP — and every
+//! query, restore step and check written for a URL works unchanged. The
+//! user and password come from the container's `POSTGRES_USER` and
+//! `POSTGRES_PASSWORD` (read by inspecting it) unless configured.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,10 +32,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::process::Command;
+
+use super::launch::Launch;
 use tokio_postgres::{Client, NoTls};
 
 use super::{SourceContext, SourceError, SourceRun, timed};
-use crate::model::config::PostgresConfig;
+use crate::engine::{Engine, EngineError, ExecSpec, bridge_command};
+use crate::model::config::{ContainerRef, PostgresConfig};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
 use crate::process::first_line;
@@ -47,10 +64,10 @@ pub enum DumpTool {
         version: String,
     },
     /// Inside the server's container.
-    Docker {
-        /// The container (`postgres.docker_container`) that pg_dump and
-        /// pg_dumpall run in, through `docker exec`.
-        container: String,
+    Container {
+        /// The container (`postgres.container`) the tools run in, through
+        /// the engine.
+        container: ContainerRef,
         /// `pg_dump --version` output inside it.
         version: String,
     },
@@ -60,7 +77,7 @@ impl DumpTool {
     /// The tool's version text.
     pub fn version(&self) -> &str {
         match self {
-            DumpTool::Local { version, .. } | DumpTool::Docker { version, .. } => version,
+            DumpTool::Local { version, .. } | DumpTool::Container { version, .. } => version,
         }
     }
 }
@@ -82,11 +99,41 @@ pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, SourceErr
     if let Some(pw) = &cfg.password {
         pc.password(pw.expose());
     }
-    let (client, connection) = pc.connect(NoTls).await.map_err(|e| {
-        let detail = e
-            .as_db_error()
+    let describe = |e: tokio_postgres::Error| {
+        e.as_db_error()
             .map(|d| d.message().to_owned())
-            .unwrap_or_else(|| e.to_string());
+            .unwrap_or_else(|| e.to_string())
+    };
+    if let Some(c) = &cfg.container {
+        let engine = Engine::connect(c.engine.as_deref())
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
+        let run = engine
+            .exec(&c.name, bridge_command(ep.port))
+            .await
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
+        let (stream, bridge) =
+            crate::engine::ExecStream::new(run).expect("stdin and stdout are attached");
+        return match pc.connect_raw(stream, NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "postgres connection ended");
+                    }
+                });
+                Ok(client)
+            }
+            Err(e) => {
+                let detail = describe(e);
+                let why = crate::engine::bridge_said(bridge).await;
+                Err(SourceError::Connect(format!(
+                    "cannot connect to PostgreSQL database `{db}` in container `{}` as `{}`: {detail}{why}",
+                    c.name, ep.user
+                )))
+            }
+        };
+    }
+    let (client, connection) = pc.connect(NoTls).await.map_err(|e| {
+        let detail = describe(e);
         SourceError::Connect(format!(
             "cannot connect to PostgreSQL database `{db}` at {}:{} as `{}`: {detail}",
             ep.host, ep.port, ep.user
@@ -98,6 +145,31 @@ pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, SourceErr
         }
     });
     Ok(client)
+}
+
+/// The configuration with what the container supplies filled in: its
+/// `POSTGRES_USER` and `POSTGRES_PASSWORD` where the configuration names no
+/// user or password and allows it (`credentials_from_container`). Without
+/// a container, the configuration as it is. Fails if the container does
+/// not exist (naming close matches) or does not run.
+pub async fn resolve(cfg: &PostgresConfig) -> Result<PostgresConfig, EngineError> {
+    let mut cfg = cfg.clone();
+    let Some(c) = &cfg.container else {
+        return Ok(cfg);
+    };
+    let engine = Engine::connect(c.engine.as_deref())?;
+    let info = engine.running(&c.name).await?;
+    if cfg.credentials_from_container {
+        if !cfg.user_configured {
+            cfg.endpoint.user = info.env("POSTGRES_USER").unwrap_or("postgres").to_owned();
+        }
+        if cfg.password.is_none()
+            && let Some(pw) = info.env("POSTGRES_PASSWORD")
+        {
+            cfg.password = Some(crate::model::secret::Secret::new(pw.to_owned()));
+        }
+    }
+    Ok(cfg)
 }
 
 pub(crate) fn db_error(context: &str, e: tokio_postgres::Error) -> String {
@@ -169,17 +241,21 @@ pub async fn choose_client(
     min_major: u32,
     what: &str,
 ) -> Result<DumpTool, SourceError> {
-    if let Some(container) = &cfg.docker_container {
-        let version = first_line("docker", ["exec", container.as_str(), program, "--version"])
+    if let Some(container) = &cfg.container {
+        let engine = Engine::connect(container.engine.as_deref())
+            .map_err(|e| SourceError::Tool(e.to_string()))?;
+        let version = engine
+            .output(&container.name, ExecSpec::new([program, "--version"]))
             .await
             .map_err(|e| {
                 SourceError::Tool(format!(
-                    "cannot run {program} in container `{container}`: {e}"
+                    "cannot run {program} in container `{}`: {e}",
+                    container.name
                 ))
             })?;
-        return Ok(DumpTool::Docker {
+        return Ok(DumpTool::Container {
             container: container.clone(),
-            version,
+            version: version.lines().next().unwrap_or_default().trim().to_owned(),
         });
     }
     let candidates: Vec<PathBuf> = match &cfg.bin_dir {
@@ -224,7 +300,7 @@ pub async fn choose_client(
     }
     let fix = format!(
         "install postgresql-client-{min_major} (or newer), set postgres.bin_dir to a PostgreSQL {min_major}+ client, \
-         or set postgres.docker_container to run {program} inside the server's container"
+         or set postgres.container to run {program} inside the server's container"
     );
     Err(SourceError::Tool(match seen.first() {
         Some((exe, version)) => format!(
@@ -237,46 +313,41 @@ pub async fn choose_client(
     }))
 }
 
-/// A command running `program` (pg_dump or pg_dumpall) the chosen way,
-/// with connection settings and password in its environment.
+/// A command running `program` (pg_dump, pg_dumpall, pg_restore, psql)
+/// the chosen way, with connection settings and password in its
+/// environment.
 pub(crate) fn command(
     cfg: &PostgresConfig,
     tool: &DumpTool,
     program: &str,
     database: &str,
-) -> Command {
-    const ENV: [&str; 4] = ["PGUSER", "PGDATABASE", "PGAPPNAME", "PGPASSWORD"];
-    let mut cmd = match tool {
+) -> Launch {
+    let mut launch = match tool {
         DumpTool::Local { bin_dir, .. } => {
             let mut c = Command::new(bin_dir.join(program));
             c.env("PGHOST", &cfg.endpoint.host)
-                .env("PGPORT", cfg.endpoint.port.to_string());
-            c
+                .env("PGPORT", cfg.endpoint.port.to_string())
+                .env_remove("PGPASSFILE")
+                .env_remove("PGSERVICE")
+                .env_remove("PGPASSWORD");
+            Launch::Local(c)
         }
-        DumpTool::Docker { container, .. } => {
-            let mut c = Command::new("docker");
-            c.arg("exec").arg("-i");
-            for name in ENV {
-                if name != "PGPASSWORD" || cfg.password.is_some() {
-                    // `-e NAME` without a value passes ours: nothing secret in argv.
-                    c.arg("-e").arg(name);
-                }
-            }
-            c.arg(container).arg(program);
-            c
+        DumpTool::Container { container, .. } => {
+            let mut l = Launch::container(container, program);
+            l.env("PGHOST", &cfg.endpoint.host)
+                .env("PGPORT", &cfg.endpoint.port.to_string());
+            l
         }
     };
-    cmd.env("PGUSER", &cfg.endpoint.user)
+    launch
+        .env("PGUSER", &cfg.endpoint.user)
         .env("PGDATABASE", database)
-        .env("PGAPPNAME", "kompose-dr")
-        .env_remove("PGPASSFILE")
-        .env_remove("PGSERVICE");
-    match &cfg.password {
-        Some(pw) => cmd.env("PGPASSWORD", pw.expose()),
-        None => cmd.env_remove("PGPASSWORD"),
-    };
-    cmd.arg("--no-password");
-    cmd
+        .env("PGAPPNAME", "kompose-dr");
+    if let Some(pw) = &cfg.password {
+        launch.env("PGPASSWORD", pw.expose());
+    }
+    launch.arg("--no-password");
+    launch
 }
 
 pub(crate) fn quote_ident(s: &str) -> String {

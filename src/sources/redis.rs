@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,7 +19,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{SourceContext, SourceError, SourceRun, timed};
-use crate::model::config::RedisConfig;
+use crate::engine::{Engine, ExecSpec, ExecStream, bridge_command};
+use crate::model::config::{ContainerRef, RedisConfig};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
 use crate::pipeline;
@@ -35,10 +36,6 @@ pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceE
 }
 
 async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let target = format!("{}:{}", cfg.host, cfg.port);
-    let base = format!("redis://{target}")
-        .into_connection_info()
-        .map_err(|e| format!("bad Redis address {target}: {e}"))?;
     let mut settings = RedisConnectionInfo::default();
     if let Some(u) = &cfg.username {
         settings = settings.set_username(u);
@@ -46,6 +43,56 @@ async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, Strin
     if let Some(p) = &cfg.password {
         settings = settings.set_password(p.expose());
     }
+    if let Some(c) = &cfg.container {
+        // No network path: the connection runs over a byte bridge exec'd
+        // in the container (see crate::sources::postgres).
+        let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
+        let run = engine
+            .exec(&c.name, bridge_command(cfg.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stream, bridge) = ExecStream::new(run).expect("stdin and stdout are attached");
+        // The driver borrows the settings: one task owns both.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            match MultiplexedConnection::new(&settings, stream).await {
+                Ok((con, driver)) => {
+                    if tx.send(Ok(con)).is_ok() {
+                        driver.await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let connect = async {
+            rx.await.unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::other(
+                    "the connection task ended",
+                )))
+            })
+        };
+        return match tokio::time::timeout(Duration::from_secs(15), connect).await {
+            Ok(Ok(con)) => Ok(con),
+            Ok(Err(e)) => {
+                let why = crate::engine::bridge_said(bridge).await;
+                Err(format!(
+                    "cannot connect to Redis in container `{}`: {e}{}{why}",
+                    c.name,
+                    auth_hint(&e)
+                ))
+            }
+            Err(_) => Err(format!(
+                "cannot connect to Redis in container `{}`: timed out",
+                c.name
+            )),
+        };
+    }
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let base = format!("redis://{target}")
+        .into_connection_info()
+        .map_err(|e| format!("bad Redis address {target}: {e}"))?;
     let info = base.set_redis_settings(settings);
     let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
     let connect = client.get_multiplexed_async_connection();
@@ -72,7 +119,8 @@ fn auth_hint(e: &redis::RedisError) -> &'static str {
     }
 }
 
-async fn config_get(con: &mut MultiplexedConnection, name: &str) -> Result<String, String> {
+/// A setting of the server (`CONFIG GET name`).
+pub async fn config_get(con: &mut MultiplexedConnection, name: &str) -> Result<String, String> {
     let v: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg(name)
@@ -98,7 +146,8 @@ async fn config_set(
         .map_err(|e| format!("Redis CONFIG SET {name}: {e}"))
 }
 
-async fn info(
+/// A section of `INFO`, as key → value.
+pub async fn info(
     con: &mut MultiplexedConnection,
     section: &str,
 ) -> Result<BTreeMap<String, String>, String> {
@@ -137,13 +186,21 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             let mut con = connect(cfg).await?;
             let server = info(&mut con, "server").await.map_err(SourceError::Query)?;
             run.server_version = server.get("redis_version").map(|v| format!("Redis {v}"));
-            let data_dir = match &cfg.data_dir {
-                Some(d) => d.clone(),
-                None => PathBuf::from(
-                    config_get(&mut con, "dir")
-                        .await
-                        .map_err(SourceError::Query)?,
-                ),
+            let data_dir = match (&cfg.data_dir, &cfg.container) {
+                (Some(d), None) => Where::Host(d.clone()),
+                (_, container) => {
+                    let dir = PathBuf::from(
+                        config_get(&mut con, "dir")
+                            .await
+                            .map_err(SourceError::Query)?,
+                    );
+                    match container {
+                        // The files are read inside the container, where
+                        // Redis' own `dir` is right.
+                        Some(c) => Where::Container(c.clone(), dir),
+                        None => Where::Host(dir),
+                    }
+                }
             };
             let aof = config_get(&mut con, "appendonly")
                 .await
@@ -169,7 +226,8 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             });
             let key = artifact_key(&ctx.snapshot, "redis", run.kind);
             let (writer, input) = pipeline::input_from_writer();
-            let tar = tokio::task::spawn_blocking(move || write_tar(writer, files));
+            let rt = tokio::runtime::Handle::current();
+            let tar = tokio::task::spawn_blocking(move || write_tar(writer, files, rt));
             let encoded = ctx.encode(&key, input).await;
             let verdict = tar
                 .await
@@ -184,27 +242,125 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
     .await
 }
 
-/// A file to put in the tar: its name inside the archive, an open handle
-/// (so a later rewrite cannot delete it from under us) and how many bytes
-/// to copy.
-struct TarFile {
-    name: String,
-    file: File,
-    len: u64,
-    meta: std::fs::Metadata,
+/// Where Redis' data directory is read: on this host, or inside the
+/// server's container through the engine (a named volume, or a data root
+/// the host cannot read).
+#[derive(Clone)]
+enum Where {
+    /// A directory on this host.
+    Host(PathBuf),
+    /// A directory inside the container.
+    Container(ContainerRef, PathBuf),
 }
 
-fn open_for_tar(path: &Path, name: String) -> Result<TarFile, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-    Ok(TarFile {
-        name,
-        len: meta.len(),
-        file,
-        meta,
-    })
+impl Where {
+    fn join(&self, name: &str) -> Where {
+        match self {
+            Where::Host(d) => Where::Host(d.join(name)),
+            Where::Container(c, d) => Where::Container(c.clone(), d.join(name)),
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Where::Host(d) => d.display().to_string(),
+            Where::Container(c, d) => format!("{} in container {}", d.display(), c.name),
+        }
+    }
+
+    /// The whole (small) file as text.
+    async fn read_to_string(&self) -> Result<String, String> {
+        match self {
+            Where::Host(p) => std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            Where::Container(c, p) => {
+                let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
+                engine
+                    .output(
+                        &c.name,
+                        ExecSpec::new(["cat", "--"]).args([p.to_string_lossy()]),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// A file to put in the tar: its name inside the archive, where it is, how
+/// many bytes to copy and its owner, mode and time.
+struct TarFile {
+    name: String,
+    source: TarSource,
+    len: u64,
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    mtime: u64,
+}
+
+enum TarSource {
+    /// An open handle, so a later rewrite cannot delete it from under us.
+    Host(File),
+    /// A file in a container, read with `head -c LEN` when its turn comes:
+    /// exactly the bytes it had when it was listed, even if it grew since.
+    Container(ContainerRef, PathBuf),
+}
+
+async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
+    match at {
+        Where::Host(path) => {
+            use std::os::unix::fs::MetadataExt;
+            let file =
+                File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+            Ok(TarFile {
+                name,
+                len: meta.len(),
+                uid: meta.uid().into(),
+                gid: meta.gid().into(),
+                mode: meta.mode() & 0o7777,
+                mtime: meta.mtime().max(0) as u64,
+                source: TarSource::Host(file),
+            })
+        }
+        Where::Container(c, path) => {
+            let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
+            let out = engine
+                .output(
+                    &c.name,
+                    ExecSpec::new(["stat", "-c", "%s %u %g %a %Y", "--"])
+                        .args([path.to_string_lossy()]),
+                )
+                .await
+                .map_err(|e| format!("cannot stat {}: {e}", at.display()))?;
+            let f: Vec<u64> = out
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let mode = out
+                .split_whitespace()
+                .nth(3)
+                .and_then(|m| u32::from_str_radix(m, 8).ok());
+            let (&[len, uid, gid, _, mtime], Some(mode)) = (f.as_slice(), mode) else {
+                return Err(format!(
+                    "cannot stat {}: unexpected answer `{}`",
+                    at.display(),
+                    out.trim()
+                ));
+            };
+            Ok(TarFile {
+                name,
+                len,
+                uid,
+                gid,
+                mode: mode & 0o7777,
+                mtime,
+                source: TarSource::Container(c.clone(), path.clone()),
+            })
+        }
+    }
 }
 
 async fn wait_until<F>(
@@ -233,7 +389,7 @@ where
 
 async fn rdb_files(
     con: &mut MultiplexedConnection,
-    data_dir: &Path,
+    data_dir: &Where,
 ) -> Result<Vec<TarFile>, String> {
     // A save already running started before us: let it finish, then save anew.
     wait_until(con, "BGSAVE", |i| {
@@ -265,12 +421,12 @@ async fn rdb_files(
         );
     }
     let name = config_get(con, "dbfilename").await?;
-    Ok(vec![open_for_tar(&data_dir.join(&name), name)?])
+    Ok(vec![open_for_tar(&data_dir.join(&name), name).await?])
 }
 
 async fn aof_files(
     con: &mut MultiplexedConnection,
-    data_dir: &Path,
+    data_dir: &Where,
 ) -> Result<Vec<TarFile>, String> {
     let original = config_get(con, "auto-aof-rewrite-percentage").await?;
     config_set(con, "auto-aof-rewrite-percentage", "0").await?;
@@ -284,7 +440,7 @@ async fn aof_files(
 
 async fn aof_files_paused(
     con: &mut MultiplexedConnection,
-    data_dir: &Path,
+    data_dir: &Where,
 ) -> Result<Vec<TarFile>, String> {
     let idle = |i: &BTreeMap<String, String>| {
         num(i, "aof_rewrite_in_progress") == Some(0) && num(i, "aof_rewrite_scheduled") == Some(0)
@@ -315,21 +471,16 @@ async fn aof_files_paused(
     let dir = data_dir.join(&dir_name);
     let manifest_name = format!("{base_name}.manifest");
     let manifest_path = dir.join(&manifest_name);
-    let manifest = std::fs::read_to_string(&manifest_path).map_err(|e| {
+    let manifest = manifest_path.read_to_string().await.map_err(|e| {
         format!(
             "cannot read the AOF manifest {}: {e} (is redis.data_dir the Redis data directory as this host sees it?)",
             manifest_path.display()
         )
     })?;
-    let mut files = vec![open_for_tar(
-        &manifest_path,
-        format!("{dir_name}/{manifest_name}"),
-    )?];
+    let mut files =
+        vec![open_for_tar(&manifest_path, format!("{dir_name}/{manifest_name}")).await?];
     for name in aof_manifest_files(&manifest)? {
-        files.push(open_for_tar(
-            &dir.join(&name),
-            format!("{dir_name}/{name}"),
-        )?);
+        files.push(open_for_tar(&dir.join(&name), format!("{dir_name}/{name}")).await?);
     }
     Ok(files)
 }
@@ -362,32 +513,58 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Writes the files as a tar into the pipeline (runs on a blocking thread).
+/// Writes the files as a tar into the pipeline (runs on a blocking thread;
+/// `rt` starts the reads of files inside a container).
 fn write_tar(
     writer: pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>,
     files: Vec<TarFile>,
+    rt: tokio::runtime::Handle,
 ) -> Result<(), String> {
     let mut builder = tar::Builder::new(writer);
     let result = (|| -> std::io::Result<()> {
         let mut dirs_done: Vec<String> = Vec::new();
         for f in files {
+            let header = |kind: tar::EntryType, size: u64, mode: u32| {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_size(size);
+                h.set_mode(mode);
+                h.set_uid(f.uid);
+                h.set_gid(f.gid);
+                h.set_mtime(f.mtime);
+                h
+            };
             if let Some((dir, _)) = f.name.rsplit_once('/')
                 && !dirs_done.iter().any(|d| d == dir)
             {
                 // The directory belongs to whoever owns its files (Redis).
-                let mut h = tar::Header::new_gnu();
-                h.set_metadata(&f.meta);
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
+                let mut h = header(tar::EntryType::Directory, 0, 0o755);
                 builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
                 dirs_done.push(dir.to_owned());
             }
-            let mut h = tar::Header::new_gnu();
-            h.set_metadata(&f.meta);
-            h.set_size(f.len);
+            let mut h = header(tar::EntryType::Regular, f.len, f.mode);
+            let reader: Box<dyn Read> = match f.source {
+                TarSource::Host(file) => Box::new(file.take(f.len)),
+                TarSource::Container(c, path) => {
+                    let run = rt.block_on(async {
+                        let engine = Engine::connect(c.engine.as_deref())?;
+                        engine
+                            .exec(
+                                &c.name,
+                                ExecSpec::new(["head", "-c", &f.len.to_string(), "--"])
+                                    .args([path.to_string_lossy()]),
+                            )
+                            .await
+                    });
+                    let mut run = run.map_err(std::io::Error::other)?;
+                    let out = run.stdout.take().expect("stdout is attached");
+                    Box::new(
+                        tokio_util::io::SyncIoBridge::new_with_handle(out, rt.clone()).take(f.len),
+                    )
+                }
+            };
             let reader = LenReader {
-                inner: f.file.take(f.len),
+                inner: reader,
                 want: f.len,
             };
             builder.append_data(&mut h, &f.name, reader)?;

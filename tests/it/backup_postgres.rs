@@ -326,77 +326,8 @@ fn too_old_pg_dump_is_refused_with_both_versions() {
     assert!(stderr.contains("14.11"), "{stderr}");
     assert!(stderr.contains("PostgreSQL 15."), "{stderr}");
     assert!(stderr.contains("install postgresql-client-15"), "{stderr}");
-    assert!(stderr.contains("docker_container"), "{stderr}");
+    assert!(stderr.contains("postgres.container"), "{stderr}");
     assert!(ws.manifests().is_empty());
-}
-
-#[test]
-fn docker_exec_path_runs_pg_dump_in_the_container() {
-    // A `docker` stand-in on PATH: it checks the container name and runs
-    // the command locally, as `docker exec -i -e VAR… CONTAINER cmd…` would
-    // inside the container, and logs its argv.
-    let pg = Pg::start();
-    pg.psql("postgres", "CREATE DATABASE kmps");
-    pg.psql(
-        "kmps",
-        "CREATE TABLE events AS SELECT g AS id FROM generate_series(1, 42) g",
-    );
-    let ws = Workspace::new();
-    let shimdir = ws.dir.path().join("shim");
-    std::fs::create_dir(&shimdir).unwrap();
-    let argv_log = ws.dir.path().join("docker-argv.log");
-    script(
-        &shimdir.join("docker"),
-        &format!(
-            r#"#!/bin/sh
-echo "$@" >> {log}
-[ "$1" = exec ] || exit 1; shift
-while [ "$1" = -i ] || [ "$1" = -e ]; do
-  if [ "$1" = -e ]; then shift; fi
-  shift
-done
-[ "$1" = core_postgres ] || {{ echo "Error: No such container: $1" >&2; exit 1; }}
-shift
-export PGHOST=127.0.0.1 PGPORT={port}
-PATH={pg}:$PATH exec "$@"
-"#,
-            log = argv_log.display(),
-            port = pg.port,
-            pg = support::PG_BIN
-        ),
-    );
-    ws.configure(&format!(
-        "{}\ndocker_container = \"core_postgres\"\n",
-        Workspace::pg_section(&pg, &["kmps"]).trim_end()
-    ));
-    ws.init();
-    let path = format!("{}:{}", shimdir.display(), std::env::var("PATH").unwrap());
-    let out = Ran::of(ws.kdr().arg("backup").env("PATH", &path));
-    out.assert_exit(0);
-    let argv = std::fs::read_to_string(&argv_log).unwrap();
-    assert!(
-        argv.contains(
-            "exec -i -e PGUSER -e PGDATABASE -e PGAPPNAME -e PGPASSWORD core_postgres pg_dump"
-        ),
-        "{argv}"
-    );
-    assert!(!argv.contains(&pg.password), "password in docker argv");
-    let m = &ws.manifests()[0];
-    let a = Workspace::artifact(m, "postgres/kmps");
-    pg.psql("postgres", "CREATE DATABASE kmps_restored");
-    let dump = ws.stock_decrypt(&ws.archive(a));
-    let mut child = pg
-        .client("pg_restore")
-        .args(["-d", "kmps_restored"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &dump).unwrap();
-    assert!(child.wait().unwrap().success());
-    assert_eq!(
-        pg.psql("kmps_restored", "SELECT count(*) FROM events"),
-        "42"
-    );
 }
 
 #[test]

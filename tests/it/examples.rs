@@ -59,10 +59,10 @@ fn the_kompose_example_describes_the_real_stack() {
         other => panic!("the offsite repository is {other:?}"),
     }
     let pg = c.postgres.unwrap();
-    assert_eq!(pg.endpoint.host, "core_postgres");
-    assert_eq!(pg.endpoint.user, "kompose");
-    assert_eq!(pg.password.unwrap().expose(), "example-db-pw");
-    assert_eq!(pg.docker_container.as_deref(), Some("core_postgres"));
+    // Everything through the engine, credentials from the container.
+    assert_eq!(pg.container.as_ref().unwrap().name, "core-postgres");
+    assert!(pg.credentials_from_container && !pg.user_configured);
+    assert!(pg.password.is_none());
     assert_eq!(
         pg.databases,
         DatabaseSelection::List(
@@ -79,7 +79,8 @@ fn the_kompose_example_describes_the_real_stack() {
         )
     );
     let redis = c.redis.unwrap();
-    assert_eq!(redis.host, "core_redis");
+    assert_eq!(redis.container.as_ref().unwrap().name, "core-redis");
+    assert!(redis.data_dir.is_none());
     assert!(
         redis.password.is_none(),
         "an empty REDIS_PASSWORD means no password"
@@ -87,6 +88,15 @@ fn the_kompose_example_describes_the_real_stack() {
     assert_eq!(
         c.files[0].path,
         Path::new("/var/local/data/traefik/letsencrypt/acme.json")
+    );
+    assert_eq!(
+        c.mqtt.unwrap().container.unwrap().name,
+        "core-mqtt",
+        "port 1883 is not published: the broker is reached by container"
+    );
+    assert_eq!(
+        c.scratch.runtime,
+        kompose_dr::model::config::ScratchRuntimeKind::Docker
     );
 }
 

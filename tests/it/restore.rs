@@ -445,43 +445,6 @@ fn pg_restore_runs_in_the_container_and_must_read_the_archive() {
     ws.init();
     backup(&ws, &[]);
 
-    // Through `docker exec -i core_postgres pg_restore` (a stand-in runs it locally).
-    let shimdir = ws.dir.path().join("shim");
-    std::fs::create_dir(&shimdir).unwrap();
-    let argv_log = ws.dir.path().join("docker-argv.log");
-    support::script(
-        &shimdir.join("docker"),
-        &format!(
-            "#!/bin/sh\necho \"$@\" >> {log}\n[ \"$1\" = exec ] || exit 1; shift\nwhile [ \"$1\" = -i ] || [ \"$1\" = -e ]; do\n  if [ \"$1\" = -e ]; then shift; fi\n  shift\ndone\nshift\nexport PGHOST=127.0.0.1 PGPORT={port}\nPATH={pg}:$PATH exec \"$@\"\n",
-            log = argv_log.display(),
-            port = pg.port,
-            pg = support::PG_BIN
-        ),
-    );
-    let section = Workspace::pg_section(&pg, &["kmps"]);
-    ws.configure(&format!(
-        "{}\ndocker_container = \"core_postgres\"\n",
-        section.trim_end()
-    ));
-    let path = format!("{}:{}", shimdir.display(), std::env::var("PATH").unwrap());
-    let out = Ran::of(
-        ws.kdr()
-            .args([
-                "restore",
-                "--source",
-                "postgres/kmps",
-                "--as",
-                "kmps_docker",
-                "--yes",
-            ])
-            .env("PATH", &path),
-    );
-    out.assert_exit(0);
-    assert_eq!(pg.psql("kmps_docker", "SELECT count(*) FROM events"), "42");
-    let argv = std::fs::read_to_string(&argv_log).unwrap();
-    assert!(argv.contains("core_postgres pg_restore"), "{argv}");
-    assert!(!argv.contains(&pg.password));
-
     // A pg_restore older than the pg_dump that wrote the archive: both versions named.
     let old = ws.dir.path().join("old");
     std::fs::create_dir(&old).unwrap();

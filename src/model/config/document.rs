@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::agent::RawAgent;
 use super::archive::{RawCompression, RawEncryption};
+use super::docker::RawDocker;
 use super::files::RawFile;
 use super::metrics::RawMetrics;
 use super::mqtt::RawMqtt;
@@ -40,6 +41,7 @@ pub(super) struct RawConfig {
     mqtt: Option<RawMqtt>,
     metrics: Option<RawMetrics>,
     scratch: Option<RawScratch>,
+    docker: Option<RawDocker>,
     env_file: Option<Spanned<String>>,
     drills_dir: Option<Spanned<String>>,
     reports_dir: Option<Spanned<String>>,
@@ -62,6 +64,9 @@ impl RawConfig {
 impl Cx<'_> {
     /// Validates every section in file order and assembles the [`Config`].
     pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // The engine comes first: the sections that name containers
+        // refer to it.
+        let docker = self.docker(raw.docker.as_ref())?;
         // Fields are evaluated in the order written: keep it the order in
         // which errors have always been reported.
         Ok(Config {
@@ -76,13 +81,22 @@ impl Cx<'_> {
             postgres: raw
                 .postgres
                 .as_ref()
-                .map(|p| self.postgres(p))
+                .map(|p| self.postgres(p, &docker))
                 .transpose()?,
-            redis: raw.redis.as_ref().map(|r| self.redis(r)).transpose()?,
+            redis: raw
+                .redis
+                .as_ref()
+                .map(|r| self.redis(r, &docker))
+                .transpose()?,
             files: self.files(&raw.files)?,
-            mqtt: raw.mqtt.as_ref().map(|m| self.mqtt(m)).transpose()?,
+            mqtt: raw
+                .mqtt
+                .as_ref()
+                .map(|m| self.mqtt(m, &docker))
+                .transpose()?,
             metrics: raw.metrics.as_ref().map(|m| self.metrics(m)).transpose()?,
-            scratch: self.scratch(raw.scratch.as_ref())?,
+            scratch: self.scratch(raw.scratch.as_ref(), &docker)?,
+            docker,
             drills_dir: self.dir(
                 &raw.drills_dir,
                 "drills_dir",

@@ -18,6 +18,7 @@
 mod agent;
 mod archive;
 mod cx;
+mod docker;
 mod document;
 pub mod env;
 mod files;
@@ -37,6 +38,7 @@ use document::RawConfig;
 
 pub use agent::AgentConfig;
 pub use archive::{Compression, Encryption};
+pub use docker::{ContainerRef, DockerConfig};
 pub use files::FileConfig;
 pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
@@ -45,7 +47,7 @@ pub use redis::RedisConfig;
 pub use repository::{
     Location, ObjectLock, ObjectLockMode, RepositoryConfig, S3Config, S3Credentials,
 };
-pub use scratch::ScratchConfig;
+pub use scratch::{ScratchConfig, ScratchRuntimeKind};
 
 /// Where the configuration is read from when neither `--config` nor
 /// `KOMPOSE_DR_CONFIG` says otherwise.
@@ -102,6 +104,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// How scratch instances for verify and drills run.
     pub scratch: ScratchConfig,
+    /// The container engine (`[docker]`).
+    pub docker: DockerConfig,
     /// Where drill files are found.
     pub drills_dir: PathBuf,
     /// Where drill reports are written.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::docker::{ContainerRef, DockerConfig};
 use super::{ConfigError, Cx};
 use crate::model::secret::Secret;
 
@@ -19,7 +20,8 @@ use crate::model::secret::Secret;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMqtt {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
     topic_prefix: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
@@ -52,6 +54,9 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// The most publishing may take, in all.
     pub timeout: Duration,
+    /// The broker's container (`mqtt.container`): its address on its
+    /// network, as the engine reports it, replaces `host` at publish time.
+    pub container: Option<ContainerRef>,
 }
 
 /// What `mqtt.url` says: the broker's host and port, and whether to use TLS.
@@ -66,8 +71,32 @@ impl Cx<'_> {
     /// it), the topic prefix (`kompose` by default), a password only
     /// together with a user name, the client id, the CA file and the publish
     /// timeout (10 s by default).
-    pub(super) fn mqtt(&self, m: &RawMqtt) -> Result<MqttConfig, ConfigError> {
-        let Broker { host, port, tls } = self.broker(&m.url)?;
+    pub(super) fn mqtt(
+        &self,
+        m: &RawMqtt,
+        docker: &DockerConfig,
+    ) -> Result<MqttConfig, ConfigError> {
+        let container = m
+            .container
+            .as_ref()
+            .map(|c| self.container(c, "mqtt.container", docker))
+            .transpose()?;
+        let Broker { host, port, tls } = match (&m.url, &container) {
+            (Some(url), _) => self.broker(url)?,
+            (None, Some(_)) => Broker {
+                host: String::new(),
+                port: 1883,
+                tls: false,
+            },
+            (None, None) => {
+                return Err(self.err(
+                    0..0,
+                    "mqtt",
+                    "neither url nor container is set: write container = \"core-mqtt\" \
+                     (the broker's container) or url = \"mqtt://HOST:1883\"",
+                ));
+            }
+        };
         let topic_prefix = match &m.topic_prefix {
             None => "kompose".to_owned(),
             Some(p) => self.topic_prefix(p)?,
@@ -109,6 +138,7 @@ impl Cx<'_> {
             client_id,
             ca_file,
             timeout,
+            container,
         })
     }
 

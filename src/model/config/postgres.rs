@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::cx::percent_decode;
+use super::docker::{ContainerRef, DockerConfig};
 use super::{ConfigError, Cx};
 use crate::model::secret::Secret;
 
@@ -22,7 +23,10 @@ use crate::model::secret::Secret;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPostgres {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    credentials_from_container: Option<bool>,
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     password_credential: Option<Spanned<String>>,
@@ -71,8 +75,16 @@ pub struct PostgresConfig {
     pub databases: DatabaseSelection,
     /// Back up roles and tablespaces (`pg_dumpall --globals-only`).
     pub globals: bool,
-    /// Run pg_dump inside this container with `docker exec`.
-    pub docker_container: Option<String>,
+    /// The server's container (`postgres.container`): everything — the
+    /// control session, pg_dump, pg_restore, psql — goes through the engine.
+    pub container: Option<ContainerRef>,
+    /// With a container: take the user from its `POSTGRES_USER` (unless
+    /// `user` or the URL names one) and the password from its
+    /// `POSTGRES_PASSWORD` (unless a password key is set).
+    /// `postgres.credentials_from_container`, on by default.
+    pub credentials_from_container: bool,
+    /// Whether the configuration named the user (`user`, or the URL).
+    pub user_configured: bool,
     /// Use the client tools from this directory only.
     pub bin_dir: Option<PathBuf>,
     /// Databases dumped at once.
@@ -89,10 +101,59 @@ impl Cx<'_> {
     /// from the URL or the `postgres.password*` keys but never both, the
     /// databases (all by default), `globals` (on by default),
     /// `docker_container`, `bin_dir`, and `jobs` (1 to 64, 2 by default).
-    pub(super) fn postgres(&self, p: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
-        let url_s = self.string(&p.url, "postgres.url")?;
-        let bad = |msg: String| self.err(p.url.span(), "postgres.url", msg);
-        let (endpoint, url_password) = parse_postgres_url(&url_s).map_err(bad)?;
+    pub(super) fn postgres(
+        &self,
+        p: &RawPostgres,
+        docker: &DockerConfig,
+    ) -> Result<PostgresConfig, ConfigError> {
+        if let (Some(_), Some(dc)) = (&p.container, &p.docker_container) {
+            let span = dc.span();
+            return Err(self.err(
+                span,
+                "postgres.docker_container",
+                "postgres.container is set too: keep only postgres.container",
+            ));
+        }
+        // `docker_container` is the older name of `container`.
+        let container = match (&p.container, &p.docker_container) {
+            (Some(c), _) => Some(self.container(c, "postgres.container", docker)?),
+            (None, Some(c)) => Some(self.container(c, "postgres.docker_container", docker)?),
+            (None, None) => None,
+        };
+        let (mut endpoint, url_password) = match (&p.url, &container) {
+            (Some(url), _) => {
+                let url_s = self.string(url, "postgres.url")?;
+                let bad = |msg: String| self.err(url.span(), "postgres.url", msg);
+                parse_postgres_url(&url_s).map_err(bad)?
+            }
+            (None, Some(_)) => (
+                // Inside the container: its own loopback.
+                PgEndpoint {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    user: "postgres".into(),
+                    maintenance_db: "postgres".into(),
+                },
+                None,
+            ),
+            (None, None) => {
+                return Err(self.err(
+                    0..0,
+                    "postgres",
+                    "neither url nor container is set: write container = \"core-postgres\" \
+                     (the server's container) or url = \"postgres://USER@HOST:5432/postgres\"",
+                ));
+            }
+        };
+        let mut user_configured = p.url.is_some();
+        if let Some(u) = &p.user {
+            let user = self.string(u, "postgres.user")?;
+            if user.is_empty() {
+                return Err(self.err(u.span(), "postgres.user", "empty user name"));
+            }
+            endpoint.user = user;
+            user_configured = true;
+        }
         let mut password = self.secret(
             "postgres",
             &p.password,
@@ -102,7 +163,7 @@ impl Cx<'_> {
         if let Some(pw) = url_password {
             if password.is_some() {
                 return Err(self.err(
-                    p.url.span(),
+                    p.url.as_ref().map(|u| u.span()).unwrap_or(0..0),
                     "postgres.url",
                     "the URL carries a password and postgres.password is set too: keep only postgres.password",
                 ));
@@ -121,11 +182,6 @@ impl Cx<'_> {
                 .and_then(NonZeroUsize::new)
                 .ok_or_else(|| self.err(j.span(), "postgres.jobs", "use a number from 1 to 64"))?,
         };
-        let docker_container = p
-            .docker_container
-            .as_ref()
-            .map(|c| self.docker_container(c))
-            .transpose()?;
         let bin_dir = p
             .bin_dir
             .as_ref()
@@ -152,7 +208,9 @@ impl Cx<'_> {
             password,
             databases,
             globals: p.globals.unwrap_or(true),
-            docker_container,
+            credentials_from_container: p.credentials_from_container.unwrap_or(true),
+            user_configured,
+            container,
             bin_dir,
             jobs,
             lock_wait,
@@ -195,20 +253,6 @@ impl Cx<'_> {
             v.push(s);
         }
         Ok(DatabaseSelection::List(v))
-    }
-
-    /// `postgres.docker_container`: a name `docker exec` cannot mistake
-    /// for an option.
-    fn docker_container(&self, c: &Spanned<String>) -> Result<String, ConfigError> {
-        let s = self.string(c, "postgres.docker_container")?;
-        if s.is_empty() || s.starts_with('-') {
-            return Err(self.err(
-                c.span(),
-                "postgres.docker_container",
-                "not a container name",
-            ));
-        }
-        Ok(s)
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::cx::percent_decode;
+use super::docker::{ContainerRef, DockerConfig};
 use super::{ConfigError, Cx};
 use crate::model::secret::Secret;
 
@@ -18,7 +19,8 @@ use crate::model::secret::Secret;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRedis {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     password_credential: Option<Spanned<String>>,
@@ -40,15 +42,57 @@ pub struct RedisConfig {
     /// The data directory as this host sees it; by default the server's
     /// own `dir` setting (right when both run on one filesystem).
     pub data_dir: Option<PathBuf>,
+    /// The server's container (`redis.container`): commands, the data
+    /// files and restore's stop and start go through the engine, and
+    /// `data_dir` is not needed.
+    pub container: Option<ContainerRef>,
 }
 
 impl Cx<'_> {
     /// Validates `[redis]`: host, port and ACL user from `redis.url` (scheme
     /// `redis://` only), the password from the URL or the `redis.password*`
     /// keys but never both, and `data_dir` as a path.
-    pub(super) fn redis(&self, r: &RawRedis) -> Result<RedisConfig, ConfigError> {
-        let url_s = self.string(&r.url, "redis.url")?;
-        let bad = |msg: String| self.err(r.url.span(), "redis.url", msg);
+    pub(super) fn redis(
+        &self,
+        r: &RawRedis,
+        docker: &DockerConfig,
+    ) -> Result<RedisConfig, ConfigError> {
+        let container = r
+            .container
+            .as_ref()
+            .map(|c| self.container(c, "redis.container", docker))
+            .transpose()?;
+        let Some(url_v) = &r.url else {
+            if container.is_none() {
+                return Err(self.err(
+                    0..0,
+                    "redis",
+                    "neither url nor container is set: write container = \"core-redis\" \
+                     (the server's container) or url = \"redis://HOST:6379\"",
+                ));
+            }
+            let password = self.secret(
+                "redis",
+                &r.password,
+                &r.password_file,
+                &r.password_credential,
+            )?;
+            let data_dir = r
+                .data_dir
+                .as_ref()
+                .map(|d| self.path(d, "redis.data_dir"))
+                .transpose()?;
+            return Ok(RedisConfig {
+                host: "127.0.0.1".into(),
+                port: 6379,
+                username: None,
+                password,
+                data_dir,
+                container,
+            });
+        };
+        let url_s = self.string(url_v, "redis.url")?;
+        let bad = |msg: String| self.err(url_v.span(), "redis.url", msg);
         let url = url::Url::parse(&url_s)
             .map_err(|e| bad(format!("not a URL ({e}): write redis://HOST:PORT")))?;
         if url.scheme() != "redis" {
@@ -90,6 +134,7 @@ impl Cx<'_> {
             username,
             password,
             data_dir,
+            container,
         })
     }
 }

@@ -242,6 +242,8 @@ pub async fn run_on(
             config.path.display()
         ))
     })?;
+    let resolved = resolve_containers(config).await?;
+    let config = &resolved;
     let (mut targets, unavailable) =
         open_targets(repositories, opts.lock_wait, &encryption.recipients).await?;
 
@@ -548,6 +550,39 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
         duration_seconds: r.duration_seconds,
         file: r.file.clone(),
     }
+}
+
+/// The configuration with what the sources' containers supply (the
+/// PostgreSQL user and password from the container's environment). A
+/// container name the engine does not know is a configuration error (exit
+/// 2, naming close matches) before anything is written; an engine that does
+/// not answer, or a stopped container, fails only the sources that need it.
+async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
+    use crate::engine::{Engine, EngineError};
+    let mut config = config.clone();
+    let fatal = |e: EngineError| match e {
+        e @ EngineError::NoSuchContainer { .. } | e @ EngineError::BadEndpoint(_) => Err(e),
+        e => {
+            tracing::warn!(error = %e, "container engine");
+            Ok(())
+        }
+    };
+    if let Some(pg) = &config.postgres {
+        match postgres::resolve(pg).await {
+            Ok(r) => config.postgres = Some(r),
+            Err(e) => fatal(e)?,
+        }
+    }
+    if let Some(c) = config.redis.as_ref().and_then(|r| r.container.as_ref()) {
+        let found = match Engine::connect(c.engine.as_deref()) {
+            Ok(engine) => engine.inspect(&c.name).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = found {
+            fatal(e)?;
+        }
+    }
+    Ok(config)
 }
 
 /// A job that only reports a source as failed.

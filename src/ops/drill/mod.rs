@@ -194,7 +194,7 @@ pub async fn run(
         ),
     };
     let manifest = verify::find_snapshot(&repo, &drill.snapshot).await?;
-    let runtime = crate::scratch::runtime(&config.scratch);
+    let runtime = crate::scratch::runtime(config);
     let (vr, restored) = verify::run(
         config,
         &repo,

@@ -8,6 +8,8 @@
 //! the archive checked out are the files moved into place. With
 //! `--replace`, what was there is kept in `.kompose-dr-replaced-<time>/`.
 
+pub mod container;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,6 +51,12 @@ pub async fn preflight(
     ctx: &RestoreContext<'_>,
     _c: &Choice,
 ) -> Result<(Target, bool), RestoreError> {
+    if let Some(redis) = &ctx.targets.redis
+        && let Some(c) = &redis.container
+        && ctx.options.to.is_none()
+    {
+        return container::preflight(ctx, redis, c).await;
+    }
     let dir = target_dir(ctx)?;
     let is_configured_dir = ctx
         .targets

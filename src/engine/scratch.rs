@@ -1,0 +1,177 @@
+//! Throw-away containers: created with a label naming kompose-dr and the
+//! process that made them, no network, data on tmpfs; removed when their
+//! guard drops — on success, failure, panic and cancellation — and swept
+//! at the next start if this process was killed before it could.
+
+use std::collections::HashMap;
+
+use super::{Engine, EngineError};
+
+/// The label every scratch container carries.
+pub const LABEL: &str = "io.kompose-dr.scratch";
+/// The label naming the host and process that made it: `HOST/PID`.
+pub const OWNER_LABEL: &str = "io.kompose-dr.owner";
+
+/// What to run.
+#[derive(Clone, Default)]
+pub struct ScratchSpec {
+    /// The image.
+    pub image: String,
+    /// A name prefix (`kompose-dr-scratch-postgres`); a random suffix follows.
+    pub name: String,
+    /// The command, if not the image's default.
+    pub cmd: Option<Vec<String>>,
+    /// Environment (may hold the scratch server's password).
+    pub env: Vec<(String, String)>,
+    /// tmpfs mounts: path inside → mount options (`mode=1777,size=…`).
+    pub tmpfs: Vec<(String, String)>,
+    /// The user the main process runs as; default the image's.
+    pub user: Option<String>,
+    /// The entrypoint, if not the image's.
+    pub entrypoint: Option<Vec<String>>,
+    /// Containers whose volumes it mounts at the same places
+    /// (`--volumes-from`).
+    pub volumes_from: Vec<String>,
+}
+
+/// A scratch container; removed (with its tmpfs) when dropped.
+pub struct ScratchContainer {
+    engine: Engine,
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+fn owner() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{host}/{}", std::process::id())
+}
+
+impl Engine {
+    /// Creates and starts a scratch container: `--network none`, labelled,
+    /// never restarted.
+    pub async fn run_scratch(&self, spec: ScratchSpec) -> Result<ScratchContainer, EngineError> {
+        let name = format!("{}-{:08x}", spec.name, rand::random::<u32>());
+        let host_config = bollard::models::HostConfig {
+            network_mode: Some("none".into()),
+            tmpfs: Some(spec.tmpfs.iter().cloned().collect::<HashMap<_, _>>()),
+            auto_remove: Some(false),
+            volumes_from: (!spec.volumes_from.is_empty()).then(|| spec.volumes_from.clone()),
+            ..Default::default()
+        };
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.cmd.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: spec.user.clone(),
+            labels: Some(HashMap::from([
+                (LABEL.to_owned(), "1".to_owned()),
+                (OWNER_LABEL.to_owned(), owner()),
+            ])),
+            network_disabled: Some(true),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = bollard::query_parameters::CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let doing = format!("creating a scratch container from image `{}`", spec.image);
+        let created = self
+            .control(&doing, self.docker().create_container(Some(opts), body))
+            .await?;
+        let guard = ScratchContainer {
+            engine: self.clone(),
+            id: created.id,
+            name,
+        };
+        self.start(&guard.id).await?;
+        Ok(guard)
+    }
+
+    /// Removes scratch containers left by kompose-dr processes of this host
+    /// that no longer run (killed before they could clean up). Containers
+    /// of a process still running, or of another host, stay. Returns how
+    /// many went.
+    pub async fn sweep(&self) -> Result<usize, EngineError> {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![LABEL.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .control(
+                "listing scratch containers",
+                self.docker().list_containers(Some(opts)),
+            )
+            .await?;
+        let mut removed = 0;
+        for c in list {
+            let owner = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(OWNER_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            let Some((h, pid)) = owner.rsplit_once('/') else {
+                continue;
+            };
+            let alive = pid.parse::<i32>().is_ok_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                    && std::fs::read_link(format!("/proc/{pid}/exe"))
+                        .ok()
+                        .zip(std::env::current_exe().ok())
+                        .is_some_and(|(a, b)| a.file_name() == b.file_name())
+            });
+            if h != host || alive {
+                continue;
+            }
+            if let Some(id) = c.id {
+                tracing::info!(container = %id, owner = %owner, "removing a leftover scratch container");
+                self.remove(&id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl ScratchContainer {
+    /// The engine it runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for ScratchContainer {
+    /// Removes the container before returning, even while the runtime
+    /// shuts down (Ctrl-C): on a thread of its own with its own client.
+    fn drop(&mut self) {
+        let endpoint = self.engine.endpoint().to_owned();
+        let id = self.id.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(rt) = rt else { return };
+            rt.block_on(async {
+                if let Ok(engine) = Engine::connect(Some(&endpoint))
+                    && let Err(e) = engine.remove(&id).await
+                {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a scratch container; the next run removes it");
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}

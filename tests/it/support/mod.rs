@@ -2,11 +2,13 @@
 //! directories, a workspace that runs the real `kompose-dr` binary against
 //! a generated configuration, and assertions on what a command left behind.
 //!
-//! One file per server (`postgres`, `redis`, `mqtt`, `s3`), the workspace
+//! One file per server (`postgres`, `redis`, `mqtt`, `s3`), a private
+//! Docker engine with a production imitation on it (`docker`), the workspace
 //! in `workspace`, the assertions in `outcome`. Servers are started from the
 //! machine's binaries, never the system instances, and stopped when dropped.
 //! A missing tool fails the test loudly with what to install.
 
+pub mod docker;
 mod mqtt;
 mod outcome;
 mod postgres;

@@ -193,6 +193,53 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Unpacks the tar stream `tar` into `dir` of the running container with
+    /// its own `tar`, run inside it: unlike the archive API this sees tmpfs
+    /// mounts. Files belong to the container's user.
+    pub async fn untar<S>(&self, container: &str, dir: &str, tar: S) -> Result<(), EngineError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let doing = format!("unpacking into {dir} of container `{container}`");
+        let mut spec = ExecSpec::new(["tar", "-x", "-f", "-", "-C", dir]);
+        spec.stdin = true;
+        let mut run = self.exec(container, spec).await?;
+        let mut stdin = run.stdin.take().expect("stdin is attached");
+        drop(run.stdout.take());
+        let mut stderr = run.stderr.take().expect("stderr is attached");
+        let copy = async {
+            let mut tar = std::pin::pin!(tar);
+            while let Some(piece) = tar.next().await {
+                stdin.write_all(&piece?).await?;
+            }
+            stdin.shutdown().await
+        };
+        let mut err = Vec::new();
+        let (copied, _) = tokio::join!(copy, async {
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut err).await;
+        });
+        let ended = run.wait().await.map_err(|e| EngineError::Api {
+            doing: doing.clone(),
+            detail: e.to_string(),
+        })?;
+        if let Err(e) = copied {
+            return Err(EngineError::Api {
+                doing,
+                detail: e.to_string(),
+            });
+        }
+        if !ended.success() {
+            return Err(EngineError::Api {
+                doing,
+                detail: format!("tar: {ended}: {}", String::from_utf8_lossy(&err).trim()),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Splits the engine's multiplexed output into stdout and stderr. A reader
 /// that went away is not an error: its bytes are dropped and the program
 /// runs on (it is killed separately when that is wanted).

@@ -373,6 +373,32 @@ impl Engine {
         self.change(&doing, CONTROL_TIMEOUT, &[404], call).await
     }
 
+    /// The last `lines` lines of the container's output, joined with ` | `
+    /// (for saying why a scratch server did not start); empty if the
+    /// engine cannot say.
+    pub async fn log_tail(&self, name: &str, lines: usize) -> String {
+        let opts = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let collect = self
+            .docker
+            .logs(name, Some(opts))
+            .filter_map(|r| async move { r.ok() })
+            .map(|l| {
+                String::from_utf8_lossy(&l.into_bytes())
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>();
+        match tokio::time::timeout(Duration::from_secs(5), collect).await {
+            Ok(v) => v.join(" | "),
+            Err(_) => String::new(),
+        }
+    }
+
     /// `path` inside the container as a tar stream (the engine's archive
     /// API: works on stopped containers and on data the host cannot read).
     pub fn download(

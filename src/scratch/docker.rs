@@ -21,6 +21,11 @@ use crate::model::config::{
 };
 use crate::model::secret::Secret;
 
+/// The tmpfs every scratch container keeps its data in: a path no image
+/// has, so the engine does not copy an image directory's owner and mode
+/// onto it and `mode=1777` holds for whatever uid the server runs as.
+const SCRATCH_DATA: &str = "/kompose-dr-scratch";
+
 /// Scratch servers in containers.
 pub struct DockerRuntime {
     engine_host: Option<String>,
@@ -172,12 +177,9 @@ impl ScratchRuntime for DockerRuntime {
                     ("POSTGRES_USER".into(), "postgres".into()),
                     // A directory the server creates inside the tmpfs, so
                     // that it owns it whatever its uid.
-                    ("PGDATA".into(), "/var/lib/postgresql/data/kdr".into()),
+                    ("PGDATA".into(), format!("{SCRATCH_DATA}/pgdata")),
                 ],
-                tmpfs: vec![(
-                    "/var/lib/postgresql/data".into(),
-                    "rw,nosuid,nodev,mode=1777".into(),
-                )],
+                tmpfs: vec![(SCRATCH_DATA.into(), "rw,nosuid,nodev,mode=1777".into())],
                 cmd: Some(
                     ["postgres", "-c", "fsync=off", "-c", "full_page_writes=off"]
                         .map(String::from)
@@ -205,9 +207,10 @@ impl ScratchRuntime for DockerRuntime {
                 .is_ok_and(|c| c.running);
             if !running || start.elapsed() > Duration::from_secs(120) {
                 return Err(ScratchError::DidNotStart(format!(
-                    "the scratch PostgreSQL container {} did not start{}: {last}",
+                    "the scratch PostgreSQL container {} did not start{}: {last}; its log: {}",
                     scratch.container.name,
-                    if running { "" } else { " (it exited)" }
+                    if running { "" } else { " (it exited)" },
+                    engine.log_tail(&scratch.container.id, 5).await
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -233,8 +236,8 @@ impl ScratchRuntime for DockerRuntime {
         // The server waits for its files: they are copied into the tmpfs
         // once it is mounted, then a marker lets it start.
         let script = format!(
-            "while [ ! -e /data/.kdr-go ]; do sleep 1; done; rm -f /data/.kdr-go; \
-             exec redis-server --dir /data --appendonly {} --save '' --bind 127.0.0.1 --port 6379",
+            "while [ ! -e {SCRATCH_DATA}/.kdr-go ]; do sleep 0.1; done; rm -f {SCRATCH_DATA}/.kdr-go; \
+             exec redis-server --dir {SCRATCH_DATA} --appendonly {} --save '' --bind 127.0.0.1 --port 6379",
             if aof { "yes" } else { "no" }
         );
         let container = engine
@@ -243,13 +246,17 @@ impl ScratchRuntime for DockerRuntime {
                 name: "kompose-dr-scratch-redis".into(),
                 entrypoint: Some(vec!["sh".into(), "-c".into()]),
                 cmd: Some(vec![script]),
-                tmpfs: vec![("/data".into(), "rw,nosuid,nodev,mode=1777".into())],
+                tmpfs: vec![(SCRATCH_DATA.into(), "rw,nosuid,nodev,mode=1777".into())],
                 user: Some("redis".into()),
                 ..ScratchSpec::default()
             })
             .await?;
         engine
-            .upload(&container.id, "/data", scratch_tar(data_dir.to_owned()))
+            .untar(
+                &container.id,
+                SCRATCH_DATA,
+                scratch_tar(data_dir.to_owned()),
+            )
             .await?;
         let redis = DockerRedis { container };
         let cfg = redis.connection();
@@ -261,9 +268,10 @@ impl ScratchRuntime for DockerRuntime {
                 .is_ok_and(|c| c.running);
             if !running || start.elapsed() > Duration::from_secs(120) {
                 return Err(ScratchError::DidNotStart(format!(
-                    "the scratch Redis container {} did not load the restored files{}",
+                    "the scratch Redis container {} did not load the restored files{}; its log: {}",
                     redis.container.name,
-                    if running { "" } else { " (it exited)" }
+                    if running { "" } else { " (it exited)" },
+                    engine.log_tail(&redis.container.id, 5).await
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

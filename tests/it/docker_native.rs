@@ -1,0 +1,345 @@
+//! The stack as it really runs: kompose-dr against a real Docker engine and
+//! a production imitation (`core-postgres` with a named volume and no
+//! published port, `core-redis` with AOF on a named volume and a password,
+//! `core-mqtt`), named only by container.
+//!
+//! kompose-dr runs inside the engine's network namespace (as on a real host,
+//! where the host routes to its bridges) so that it could reach container
+//! addresses — which only MQTT uses; PostgreSQL and Redis go through the
+//! engine alone.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::docker::{Engine, Stack, engine};
+use crate::support::{Ran, Workspace, wait_until};
+
+const SCRATCH_LABEL: &str = "io.kompose-dr.scratch";
+
+/// The binary with this workspace's configuration, run inside the engine's
+/// network namespace.
+fn kdr(ws: &Workspace, engine: &Engine) -> Command {
+    let tmp = ws.tmp();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
+    c.arg("--config")
+        .arg(&ws.config)
+        .stdin(Stdio::null())
+        .env("TMPDIR", tmp)
+        .env_remove("DOCKER_HOST");
+    c
+}
+
+fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
+    Ran::of(kdr(ws, engine).args(args))
+}
+
+/// A workspace whose configuration names the stack's containers only.
+fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::Path) {
+    ws.configure(&format!(
+        "[docker]\nhost = \"{host}\"\n\n\
+         [postgres]\ncontainer = \"{pg}\"\ndatabases = [\"*\"]\n\n\
+         [redis]\ncontainer = \"{redis}\"\npassword = \"{redis_pw}\"\n\n\
+         [[files]]\nname = \"traefik-acme\"\npath = \"{acme}\"\n\n\
+         [mqtt]\ncontainer = \"{mqtt}\"\ntimeout = \"20s\"\n\n\
+         [scratch]\nruntime = \"docker\"\n",
+        host = engine.host,
+        pg = stack.postgres,
+        redis = stack.redis,
+        redis_pw = stack.redis_password,
+        acme = acme.display(),
+        mqtt = stack.mqtt,
+    ));
+}
+
+fn links_fingerprint(stack: &Stack) -> String {
+    stack.psql(
+        "linkwarden",
+        r#"SELECT count(*) || ':' || md5(string_agg(id || '=' || url, ',' ORDER BY id)) FROM "Link""#,
+    )
+}
+
+fn redis_fingerprint(stack: &Stack) -> String {
+    format!(
+        "{}:{}:{}",
+        stack.redis_cli(&["DBSIZE"]).trim(),
+        stack.redis_cli(&["GET", "k77"]).trim(),
+        stack.redis_cli(&["HGET", "session:9", "user"]).trim()
+    )
+}
+
+/// Containers with the scratch label.
+fn scratch_containers(engine: &Engine) -> Vec<String> {
+    engine.containers_with_label(SCRATCH_LABEL)
+}
+
+#[test]
+fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql("postgres", "CREATE DATABASE linkwarden");
+    stack.psql(
+        "linkwarden",
+        r#"CREATE TABLE "Link" (id int PRIMARY KEY, url text NOT NULL);
+           INSERT INTO "Link" SELECT g, 'https://example.org/' || g FROM generate_series(1, 250) g;"#,
+    );
+    stack.psql("postgres", "CREATE DATABASE umami");
+    stack.psql(
+        "umami",
+        "CREATE TABLE website AS SELECT g AS id FROM generate_series(1, 40) g",
+    );
+    stack.psql(
+        "postgres",
+        "CREATE ROLE app_reader LOGIN PASSWORD 'reader-pw'",
+    );
+    stack.redis_cli(&[
+        "EVAL",
+        "for i=1,120 do redis.call('SET','k'..i,i) end redis.call('HSET','session:9','user','ada') return 1",
+        "0",
+    ]);
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, r#"{"resolver":{"Account":{}}}"#).unwrap();
+    std::fs::set_permissions(&acme, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    configure(&ws, engine, &stack, &acme);
+    run(&ws, engine, &["init"]).assert_exit(0);
+
+    // Events reach the broker by its container address.
+    let mut sub = stack
+        .exec(&stack.mqtt)
+        .args(["mosquitto_sub", "-t", "kompose/#", "-C", "1", "-W", "90"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let before_links = links_fingerprint(&stack);
+    let before_redis = redis_fingerprint(&stack);
+    let out = run(&ws, engine, &["--json", "backup"]);
+    out.assert_exit(0);
+    let report = out.json();
+    let sources: Vec<&str> = report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["source"].as_str().unwrap())
+        .collect();
+    for s in [
+        "postgres/globals",
+        "postgres/linkwarden",
+        "postgres/umami",
+        "redis",
+        "files/traefik-acme",
+    ] {
+        assert!(sources.contains(&s), "{s} missing from {sources:?}");
+    }
+    let mut event = String::new();
+    sub.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut event)
+        .unwrap();
+    let _ = sub.wait();
+    assert!(event.contains("\"backup.completed\""), "event: {event}");
+
+    // The archives are the open format: the dump opens with the stock tools
+    // and the counts recorded in the snapshot are exact.
+    let m = &ws.manifests()[0];
+    let a = Workspace::artifact(m, "postgres/linkwarden");
+    let dump = ws.stock_decrypt(&ws.archive(a));
+    assert!(dump.starts_with(b"PGDMP"), "not a pg_dump custom archive");
+    assert!(
+        Workspace::artifact(m, "redis")["kind"]
+            .as_str()
+            .unwrap()
+            .contains("aof"),
+        "{m}"
+    );
+
+    // verify in scratch containers from the production images, removed after.
+    let out = run(&ws, engine, &["--json", "verify"]);
+    out.assert_exit(0);
+    assert!(
+        scratch_containers(engine).is_empty(),
+        "scratch containers left after verify: {:?}",
+        scratch_containers(engine)
+    );
+
+    // A drill with its own checks, in scratch containers too.
+    let drill = ws.dir.path().join("drill.toml");
+    std::fs::write(
+        &drill,
+        "name = \"quarterly\"\n\n[[check]]\nsource = \"postgres/linkwarden\"\nsql = 'select count(*) from \"Link\"'\nequals = \"250\"\n\n[[check]]\nsource = \"redis\"\nmin_keys = 121\n",
+    )
+    .unwrap();
+    run(&ws, engine, &["drill", "--drill", drill.to_str().unwrap()]).assert_exit(0);
+    assert!(scratch_containers(engine).is_empty());
+
+    // The incident.
+    stack.psql("linkwarden", r#"DELETE FROM "Link" WHERE id > 10"#);
+    stack.redis_cli(&["FLUSHALL"]);
+    assert_ne!(links_fingerprint(&stack), before_links);
+
+    // The plan says the Redis container is stopped and started.
+    let out = run(
+        &ws,
+        engine,
+        &["restore", "--source", "redis", "--replace", "--dry-run"],
+    );
+    out.assert_exit(0);
+    assert!(
+        out.all().contains(&format!("in container {}", stack.redis))
+            && out.all().contains("stop it"),
+        "{}",
+        out.all()
+    );
+
+    run(
+        &ws,
+        engine,
+        &[
+            "restore",
+            "--source",
+            "postgres/linkwarden",
+            "--replace",
+            "--yes",
+        ],
+    )
+    .assert_exit(0);
+    assert_eq!(links_fingerprint(&stack), before_links);
+
+    run(
+        &ws,
+        engine,
+        &["restore", "--source", "redis", "--replace", "--yes"],
+    )
+    .assert_exit(0);
+    assert_eq!(
+        engine.inspect(&stack.redis, "{{.State.Running}}").trim(),
+        "true",
+        "Redis was not started again"
+    );
+    assert_eq!(redis_fingerprint(&stack), before_redis);
+    // The replaced files are kept beside the data.
+    let kept = stack
+        .exec(&stack.redis)
+        .args(["sh", "-c", "ls -A /data"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&kept.stdout).contains(".kompose-dr-replaced-"),
+        "{:?}",
+        kept
+    );
+
+    // kill -9 during a verify leaves its scratch container behind; the next
+    // run sweeps it.
+    let mut victim = kdr(&ws, engine)
+        .arg("verify")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while scratch_containers(engine).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "verify never started a scratch container"
+        );
+        assert!(victim.try_wait().unwrap().is_none(), "verify ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = victim.wait();
+    // The Drop of the killed process never ran.
+    std::thread::sleep(Duration::from_millis(500));
+    let left = scratch_containers(engine);
+    assert!(!left.is_empty(), "kill -9 left nothing to sweep");
+    run(&ws, engine, &["verify", "--source", "postgres/umami"]).assert_exit(0);
+    wait_until("the sweep", 10, || scratch_containers(engine).is_empty());
+}
+
+#[test]
+fn a_wrong_container_name_exits_2_naming_the_close_match() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    let ws = Workspace::new();
+    let wrong = stack.postgres.replace("core-postgres", "core_postgres");
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[postgres]\ncontainer = \"{wrong}\"\n",
+        engine.host
+    ));
+    run(&ws, engine, &["init"]).assert_exit(0);
+    let out = run(&ws, engine, &["backup"]);
+    out.assert_exit(2);
+    out.assert_stderr_contains(&format!("did you mean `{}`?", stack.postgres));
+    assert!(ws.manifests().is_empty());
+
+    // doctor names it too, and the container it does find.
+    let out = run(&ws, engine, &["doctor"]);
+    assert_ne!(out.code(), Some(0));
+    assert!(
+        out.all()
+            .contains(&format!("did you mean `{}`?", stack.postgres)),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
+fn doctor_reports_each_container_and_the_scratch_runtime() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, "{}").unwrap();
+    configure(&ws, engine, &stack, &acme);
+    run(&ws, engine, &["init"]).assert_exit(0);
+    let out = run(&ws, engine, &["doctor"]);
+    out.assert_exit(0);
+    let all = out.all();
+    for needle in [
+        format!("container {}", stack.postgres),
+        "PostgreSQL 15".to_owned(),
+        format!("container {}", stack.redis),
+        "Redis 7".to_owned(),
+        format!("container {}", stack.mqtt),
+        "scratch runtime".to_owned(),
+        "docker ([scratch] runtime".to_owned(),
+    ] {
+        assert!(
+            all.contains(&needle),
+            "doctor does not say `{needle}`:\n{all}"
+        );
+    }
+}
+
+#[test]
+fn an_engine_that_is_down_gives_a_clear_error() {
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, "{}").unwrap();
+    let socket = ws.dir.path().join("no-engine.sock");
+    ws.configure(&format!(
+        "[docker]\nhost = \"unix://{}\"\n\n[postgres]\ncontainer = \"core-postgres\"\ndatabases = [\"app\"]\n\n\
+         [[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
+        socket.display(),
+        acme.display()
+    ));
+    ws.init();
+    // The file is backed up; PostgreSQL fails, saying why: exit 3.
+    let out = ws.run(&["backup"]);
+    out.assert_exit(3);
+    out.assert_stderr_contains(&format!(
+        "cannot reach the container engine at unix://{}",
+        socket.display()
+    ));
+    let m = &ws.manifests()[0];
+    assert_eq!(Workspace::artifact(m, "files/traefik-acme")["status"], "ok");
+}

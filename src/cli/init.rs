@@ -15,8 +15,9 @@ use crate::repository::{Repository, RepositoryError};
 /// Arguments of `init`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Write a new age identity (private key, mode 0600) to this file and
-    /// print its public recipient.
+    /// Write a new age identity (private key, mode 0600) to this file and a
+    /// new signing key to FILE.sign (0600), and print the lines to paste
+    /// into the configuration. Never overwrites either.
     #[arg(long, value_name = "PATH")]
     generate_key: Option<PathBuf>,
     /// Initialise only this repository.
@@ -36,12 +37,13 @@ struct RepoResult {
 struct Report {
     recipient: Option<String>,
     identity_file: Option<PathBuf>,
+    public_key: Option<String>,
+    signing_key_file: Option<PathBuf>,
     repositories: Vec<RepoResult>,
 }
 
-fn write_identity(path: &Path) -> Result<String, Failure> {
-    let identity = age::x25519::Identity::generate();
-    let recipient = identity.to_public().to_string();
+/// Creates `path` (0600, never over an existing file) with `body`.
+fn write_private(path: &Path, body: &str, what: &str) -> Result<(), Failure> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -49,19 +51,45 @@ fn write_identity(path: &Path) -> Result<String, Failure> {
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => Failure::usage(format!(
-                "{} already exists: refusing to overwrite an identity (it may be the only key to your backups)",
+                "{} already exists: refusing to overwrite {what}",
                 path.display()
             )),
             _ => Failure::failed(format!("cannot create {}: {e}", path.display())),
         })?;
+    f.write_all(body.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Writes a new minisign signing key (unencrypted: the backup host signs
+/// unattended) to `path`; returns its public key.
+fn write_signing_key(path: &Path) -> Result<String, Failure> {
+    let kp = minisign::KeyPair::generate_unencrypted_keypair()
+        .map_err(|e| Failure::failed(format!("cannot make a signing key: {e}")))?;
+    let body = kp
+        .sk
+        .to_box(Some(
+            "kompose-dr signing key (minisign); keep on the backup host only",
+        ))
+        .map_err(|e| Failure::failed(format!("cannot encode the signing key: {e}")))?
+        .into_string();
+    write_private(path, &body, "a signing key")?;
+    Ok(kp.pk.to_base64())
+}
+
+fn write_identity(path: &Path) -> Result<String, Failure> {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
     let body = format!(
         "# created: {}\n# public key: {recipient}\n{}\n",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         identity.to_string().expose_secret()
     );
-    f.write_all(body.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", path.display())))?;
+    write_private(
+        path,
+        &body,
+        "an identity (it may be the only key to your backups)",
+    )?;
     Ok(recipient)
 }
 
@@ -72,16 +100,35 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let mut report = Report {
         recipient: None,
         identity_file: None,
+        public_key: None,
+        signing_key_file: None,
         repositories: Vec::new(),
     };
     if let Some(path) = &args.generate_key {
+        let mut sign_path = path.clone().into_os_string();
+        sign_path.push(".sign");
+        let sign_path = PathBuf::from(sign_path);
+        if sign_path.exists() {
+            return Err(Failure::usage(format!(
+                "{} already exists: refusing to overwrite a signing key",
+                sign_path.display()
+            )));
+        }
         let recipient = write_identity(path)?;
         tracing::info!(path = %path.display(), "age identity written (mode 0600): keep a copy offline, it is the only key to the backups");
+        let public_key = write_signing_key(&sign_path)?;
+        tracing::info!(path = %sign_path.display(), "signing key written (mode 0600): it stays on the backup host; readers need only its public key");
         if !globals.json {
-            output::line(&recipient);
+            output::line("# paste into the configuration: [encryption]");
+            output::line(format!("recipients = [\"{recipient}\"]"));
+            output::line("# [signing]");
+            output::line(format!("key_file = \"{}\"", sign_path.display()));
+            output::line(format!("public_key = \"{public_key}\""));
         }
         report.recipient = Some(recipient);
         report.identity_file = Some(path.clone());
+        report.public_key = Some(public_key);
+        report.signing_key_file = Some(sign_path);
         if !globals.config.exists() {
             tracing::info!(
                 config = %globals.config.display(),

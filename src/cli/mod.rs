@@ -42,6 +42,11 @@ pub struct Cli {
     /// Log format on stderr: text, or json (for journald/Loki).
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
     pub log_format: String,
+    /// Accept snapshots and markers without a signature (a repository
+    /// written before signing existed; check it by hand first,
+    /// docs/RUNBOOK.md). A wrong signature is refused all the same.
+    #[arg(long, global = true)]
+    pub allow_unsigned: bool,
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
@@ -83,12 +88,21 @@ pub struct Globals {
     pub config: PathBuf,
     /// `--json`: print one JSON document on stdout instead of text for people.
     pub json: bool,
+    /// `--allow-unsigned`: accept unsigned snapshots and markers.
+    pub allow_unsigned: bool,
 }
 
 impl Globals {
-    /// Loads the configuration.
+    /// Loads the configuration (with `--allow-unsigned` applied).
     pub fn load_config(&self) -> Result<Config, Failure> {
-        Config::load(&self.config).map_err(Failure::from)
+        let mut config = Config::load(&self.config).map_err(Failure::from)?;
+        if self.allow_unsigned {
+            tracing::warn!(
+                "--allow-unsigned: snapshots without a signature are accepted; anyone who can write to the repository can forge those"
+            );
+            config.allow_unsigned();
+        }
+        Ok(config)
     }
 }
 
@@ -110,6 +124,7 @@ pub fn main() -> ExitCode {
     let globals = Globals {
         config: cli.config.clone(),
         json: cli.json,
+        allow_unsigned: cli.allow_unsigned,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -259,6 +259,12 @@ async fn remove_snapshots(
     for d in decisions.iter().filter(|d| !d.keep) {
         still_held()?;
         backend.delete(&manifest_key(&d.snapshot)).await?;
+        // Its signature is worthless without it.
+        backend
+            .delete(&crate::storage::keys::signature_key(&manifest_key(
+                &d.snapshot,
+            )))
+            .await?;
         backend
             .delete_prefix(&crate::storage::keys::snapshot_data_prefix(&d.snapshot))
             .await?;

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 pub mod lock;
+pub mod signing;
 pub mod validate;
 
 use bytes::Bytes;
@@ -85,6 +86,14 @@ pub enum RepositoryError {
         /// [`FORMAT_VERSION`], the newest this build reads.
         found: u32,
     },
+    /// The marker's signature is missing or wrong (or cannot be made).
+    #[error("repository `{name}`: {message}")]
+    Signature {
+        /// The repository's configured name, for the message.
+        name: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The writer lock could not be taken.
     #[error("repository `{name}`: {source}")]
     Lock {
@@ -131,6 +140,7 @@ pub struct DamagedManifest {
 pub struct Repository {
     name: String,
     backend: Arc<dyn Backend>,
+    trust: crate::model::config::Trust,
 }
 
 impl Repository {
@@ -143,15 +153,70 @@ impl Repository {
         Repository {
             name: cfg.name.clone(),
             backend,
+            trust: cfg.trust.clone(),
         }
     }
 
-    /// A repository over any backend.
+    /// A repository over any backend that checks no signature (for tests
+    /// over in-memory backends); [`Repository::trusting`] sets one.
     pub fn with_backend(name: impl Into<String>, backend: Arc<dyn Backend>) -> Repository {
         Repository {
             name: name.into(),
             backend,
+            trust: crate::model::config::Trust::unchecked(),
         }
+    }
+
+    /// Whether this host signs what it commits here, or is allowed not to
+    /// (`--allow-unsigned`).
+    pub fn may_commit(&self) -> bool {
+        self.trust.signing_key.is_some() || self.trust.allow_unsigned
+    }
+
+    /// The same repository with these signing keys and rules.
+    pub fn trusting(mut self, trust: crate::model::config::Trust) -> Repository {
+        self.trust = trust;
+        self
+    }
+
+    /// Writes `body` at `key` after its signature (if this host signs): a
+    /// reader never sees the document without it.
+    async fn put_signed(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<(), RepositoryError> {
+        let sig = signing::sign(&self.trust, key, &body).map_err(|message| {
+            RepositoryError::Signature {
+                name: self.name.clone(),
+                message,
+            }
+        })?;
+        if let Some(sig) = sig {
+            self.backend
+                .put(
+                    &keys::signature_key(key),
+                    Bytes::from(sig),
+                    PutMode::Overwrite,
+                )
+                .await
+                .map_err(|e| self.storage(e))?;
+        }
+        self.backend
+            .put(key, Bytes::from(body), mode)
+            .await
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Checks the document `body` at `key` against its signature.
+    async fn check_signed(&self, key: &str, body: &[u8]) -> Result<signing::Signed, String> {
+        let sig = match self.backend.get(&keys::signature_key(key)).await {
+            Ok(b) => Some(b),
+            Err(StorageError::NotFound(_)) => None,
+            Err(e) => return Err(format!("{key}: cannot read its signature: {e}")),
+        };
+        signing::check(&self.trust, key, body, sig.as_deref())
     }
 
     /// Its configured name.
@@ -199,14 +264,13 @@ impl Repository {
             Err(e) => return Err(self.storage(e)),
         }
         let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
-        match self
-            .backend
-            .put(MARKER, Bytes::from(body), PutMode::CreateNew)
-            .await
-        {
+        match self.put_signed(MARKER, body, PutMode::CreateNew).await {
             Ok(()) => Ok(marker),
-            Err(StorageError::AlreadyExists(_)) => Err(already()),
-            Err(e) => Err(self.storage(e)),
+            Err(RepositoryError::Storage {
+                source: StorageError::AlreadyExists(_),
+                ..
+            }) => Err(already()),
+            Err(e) => Err(e),
         }
     }
 
@@ -223,6 +287,12 @@ impl Repository {
             }
             Err(e) => return Err(self.storage(e)),
         };
+        self.check_signed(MARKER, &body)
+            .await
+            .map_err(|message| RepositoryError::Signature {
+                name: self.name.clone(),
+                message,
+            })?;
         let marker: Marker =
             serde_json::from_slice(&body).map_err(|e| RepositoryError::Damaged {
                 name: self.name.clone(),
@@ -266,14 +336,8 @@ impl Repository {
     /// object it names is durable.
     pub async fn commit(&self, manifest: &Manifest) -> Result<(), RepositoryError> {
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-        self.backend
-            .put(
-                &keys::manifest_key(&manifest.id),
-                Bytes::from(body),
-                PutMode::CreateNew,
-            )
+        self.put_signed(&keys::manifest_key(&manifest.id), body, PutMode::CreateNew)
             .await
-            .map_err(|e| self.storage(e))
     }
 
     /// Removes every object under `data/<snapshot>/` (for a run that
@@ -323,6 +387,13 @@ impl Repository {
                 Err(StorageError::NotFound(_)) => continue, // pruned meanwhile
                 Err(e) => return Err(self.storage(e)),
             };
+            if let Err(message) = self.check_signed(&o.key, &body).await {
+                damaged.push(DamagedManifest {
+                    key: o.key,
+                    message,
+                });
+                continue;
+            }
             match serde_json::from_slice::<Manifest>(&body) {
                 Ok(m) if m.version <= MANIFEST_VERSION => match validate::manifest(&m, &o.key) {
                     Ok(()) => good.push(m),

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! kompose-dr.json                     marker
+//! kompose-dr.json.minisig             its signature (minisign)
 //! snapshots/<ID>.json                 manifests (the commit point)
+//! snapshots/<ID>.json.minisig         their signatures, written first
 //! data/<ID>/<kind>/<name>.<ext>       archives
 //! data/<ID>/facts.json.zst.age        encrypted facts sidecar
 //! locks/<host>-<pid>-<rand>.json      writer leases (S3)
@@ -41,6 +43,11 @@ pub fn facts_key(snapshot: &str) -> String {
 /// The key of a snapshot's manifest.
 pub fn manifest_key(snapshot: &str) -> String {
     format!("{SNAPSHOTS}{snapshot}.json")
+}
+
+/// The key of the detached minisign signature of the object at `key`.
+pub fn signature_key(key: &str) -> String {
+    format!("{key}.minisig")
 }
 
 /// A name made safe as one path component: letters, digits, `-`, `_` and

@@ -142,14 +142,49 @@ fn init_generates_a_private_key_and_refuses_to_reinitialise() {
         0o600
     );
     let recipient = run_ok(Command::new("age-keygen").arg("-y").arg(&key));
-    assert_eq!(stdout.trim(), recipient.trim());
+    // The lines to paste: the recipient and the signing key's public half.
+    assert!(
+        stdout.contains(&format!("recipients = [\"{}\"]", recipient.trim())),
+        "{stdout}"
+    );
+    let sign = std::path::PathBuf::from(format!("{}.sign", key.display()));
+    assert_eq!(
+        std::fs::metadata(&sign).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        stdout.contains(&format!("key_file = \"{}\"", sign.display())),
+        "{stdout}"
+    );
+    let public_key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no public_key line: {stdout}"));
     assert!(!stdout.contains("AGE-SECRET-KEY") && !stderr.contains("AGE-SECRET-KEY"));
+    // The stock minisign signs with the key and checks with the public key.
+    let doc = ws.dir.path().join("doc");
+    std::fs::write(&doc, "signed by the backup host\n").unwrap();
+    run_ok(
+        Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(&sign)
+            .arg("-m")
+            .arg(&doc),
+    );
+    run_ok(
+        Command::new("minisign")
+            .args(["-V", "-P", public_key, "-m"])
+            .arg(&doc),
+    );
 
-    // Never overwrites an identity.
+    // Never overwrites an identity or a signing key.
     let before = std::fs::read(&key).unwrap();
+    let before_sign = std::fs::read(&sign).unwrap();
     let out = generate_key(&key);
     out.assert_exit(2);
     assert_eq!(std::fs::read(&key).unwrap(), before);
+    assert_eq!(std::fs::read(&sign).unwrap(), before_sign);
 
     // The repository marker records the format and the recipients.
     ws.configure("");

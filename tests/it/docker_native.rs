@@ -263,6 +263,33 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     assert!(!left.is_empty(), "kill -9 left nothing to sweep");
     run(&ws, engine, &["verify", "--source", "postgres/umami"]).assert_exit(0);
     wait_until("the sweep", 10, || scratch_containers(engine).is_empty());
+
+    // SIGTERM (the systemd stop) and Ctrl-C remove them on the way out.
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let mut stopped = kdr(&ws, engine)
+            .arg("verify")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while scratch_containers(engine).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(120));
+            assert!(stopped.try_wait().unwrap().is_none(), "verify ended early");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped.id() as i32), signal).unwrap();
+        let status = stopped.wait().unwrap();
+        assert!(!status.success(), "{signal}: {status:?}");
+        assert!(
+            scratch_containers(engine).is_empty(),
+            "{signal} left scratch containers: {:?}",
+            scratch_containers(engine)
+        );
+    }
 }
 
 #[test]

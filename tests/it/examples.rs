@@ -9,12 +9,17 @@ fn load_example(path: &Path) -> Config {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets.env");
     std::fs::write(&secrets, "DB_PASSWORD=example-db-pw\nREDIS_PASSWORD=\n").unwrap();
+    let (key, public_key) = crate::support::signing_key(dir.path(), "example");
     let text = std::fs::read_to_string(path).unwrap();
     let text: String = text
         .lines()
         .map(|l| {
             if l.starts_with("env_file") {
                 format!("env_file = \"{}\"", secrets.display())
+            } else if l.starts_with("key_file") {
+                format!("key_file = \"{}\"", key.display())
+            } else if l.starts_with("public_key") {
+                format!("public_key = \"{public_key}\"")
             } else {
                 l.to_owned()
             }

@@ -2,6 +2,10 @@
 //! write anything there. Each test forges a repository the way an attacker
 //! would — by editing what the real binary wrote — and checks that
 //! kompose-dr refuses it with a clear message and leaves its canary alone.
+//!
+//! Forged manifests are signed with the workspace's own key (as if the
+//! backup host's key had leaked) unless a test is about signatures: the
+//! strict validation behind the signature check must hold on its own.
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +67,7 @@ fn forge_newer(ws: &Workspace, forge: impl Fn(&mut serde_json::Value)) -> PathBu
     forge(&mut m);
     let path = ws.repo.join(format!("snapshots/{id}.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    ws.sign(&path);
     path
 }
 
@@ -195,6 +200,7 @@ fn replace_archive(ws: &Workspace, source: &str, plain: &[u8]) {
     a["stored_bytes"] = stored.len().into();
     a["plaintext_bytes"] = plain.len().into();
     std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    ws.sign(&manifest);
 }
 
 #[test]
@@ -218,4 +224,131 @@ fn a_roles_archive_with_a_shell_escape_never_reaches_psql() {
         "select count(*) from pg_roles where rolname = 'forged'",
     );
     assert_eq!(roles.trim(), "0", "nothing of the archive was applied");
+}
+
+#[test]
+fn unsigned_and_tampered_snapshots_and_markers_are_refused_by_every_reader() {
+    let (ws, victim) = backed_up();
+    let real = manifest_path(&ws);
+    let real_id = real.file_stem().unwrap().to_str().unwrap().to_owned();
+    // The stock tool checks the real one by hand (docs/RUNBOOK.md).
+    crate::support::run_ok(
+        std::process::Command::new("minisign")
+            .args(["-V", "-P", &ws.public_key, "-m"])
+            .arg(&real),
+    );
+
+    // A forged newer snapshot without a signature: marked, never chosen.
+    let forged = forge_newer(&ws, |_| {});
+    std::fs::remove_file(format!("{}.minisig", forged.display())).unwrap();
+    let out = ws.run(&["snapshots"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("29991231T235959Z-ffffff.json is not signed");
+    let out = ws.run(&[
+        "restore",
+        "--dry-run",
+        "--source",
+        "files/acme",
+        "--to",
+        "/nonexistent/x",
+    ]);
+    assert!(
+        out.all().contains(&real_id) && !out.stdout().contains("29991231T235959Z-ffffff"),
+        "{}",
+        out.all()
+    );
+    ws.run(&["verify", "--snapshot", "29991231T235959Z-ffffff"])
+        .assert_exit_in(&[1, 2]);
+    // keep_last = 1: believed, the forgery would push the real one out.
+    ws.run(&["prune"]).assert_exit(1);
+    assert!(real.exists());
+    // --allow-unsigned: an explicit opt-in for repositories older than
+    // signing; it lists the unsigned one.
+    let out = ws.run(&["--allow-unsigned", "--json", "snapshots"]);
+    out.assert_exit(0);
+    assert_eq!(out.json()["snapshots"].as_array().unwrap().len(), 2);
+    std::fs::remove_file(&forged).unwrap();
+
+    // The real manifest with one figure changed: its signature no longer fits,
+    // and --allow-unsigned does not excuse a wrong signature.
+    let text = std::fs::read_to_string(&real).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["artifacts"][0]["plaintext_bytes"] = 1.into();
+    std::fs::write(&real, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    for args in [&["snapshots"][..], &["--allow-unsigned", "snapshots"][..]] {
+        let out = ws.run(args);
+        out.assert_exit(1);
+        out.assert_stderr_contains("is wrongly signed");
+    }
+    ws.run(&[
+        "restore",
+        "--source",
+        "files/acme",
+        "--to",
+        "/nonexistent/x",
+        "--yes",
+    ])
+    .assert_failed();
+    std::fs::write(&real, text).unwrap();
+    ws.run(&["snapshots"]).assert_exit(0);
+
+    // A signature made for another snapshot does not transfer.
+    let other = forge_newer(&ws, |_| {});
+    std::fs::copy(
+        format!("{}.minisig", real.display()),
+        format!("{}.minisig", other.display()),
+    )
+    .unwrap();
+    ws.run(&["snapshots"])
+        .assert_exit(1)
+        .assert_stderr_contains("wrongly signed");
+    std::fs::remove_file(&other).unwrap();
+
+    // The marker must be signed too.
+    std::fs::remove_file(ws.repo.join("kompose-dr.json.minisig")).unwrap();
+    let out = ws.run(&["backup"]);
+    out.assert_failed();
+    out.assert_stderr_contains("kompose-dr.json is not signed");
+    canary_alive(&victim);
+}
+
+#[test]
+fn a_backup_without_a_signing_key_is_refused_and_readers_without_a_public_key_say_what_to_do() {
+    let ws = Workspace::new();
+    let file = ws.dir.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    ws.configure(&format!(
+        "[[files]]\nname = \"f\"\npath = \"{}\"\n",
+        file.display()
+    ));
+    ws.init();
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    let key_line = format!("key_file = \"{}\"\n", ws.signing_key.display());
+    std::fs::write(&ws.config, cfg.replace(&key_line, "")).unwrap();
+    let out = ws.run(&["backup"]);
+    out.assert_exit(2);
+    out.assert_stderr_contains("kompose-dr init --generate-key");
+    assert!(ws.manifests().is_empty());
+    // A key that is not the public key's pair is a configuration error.
+    let (other, _) = crate::support::signing_key(ws.dir.path(), "other");
+    std::fs::write(
+        &ws.config,
+        cfg.replace(
+            &ws.signing_key.display().to_string(),
+            &other.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = ws.run(&["backup"]);
+    out.assert_exit(2);
+    out.assert_stderr_contains("does not belong to signing.public_key");
+    // Without a public key nothing can be checked.
+    std::fs::write(
+        &ws.config,
+        cfg.replace(&format!("public_key = \"{}\"\n", ws.public_key), ""),
+    )
+    .unwrap();
+    let out = ws.run(&["snapshots"]);
+    out.assert_failed();
+    out.assert_stderr_contains("no [signing] public_key is configured");
 }

@@ -22,6 +22,7 @@ use super::postgres::RawPostgres;
 use super::redis::RawRedis;
 use super::repository::RawRepository;
 use super::scratch::RawScratch;
+use super::signing::RawSigning;
 use super::{Config, ConfigError, Cx};
 use crate::model::retention::Retention;
 
@@ -42,6 +43,7 @@ pub(super) struct RawConfig {
     metrics: Option<RawMetrics>,
     scratch: Option<RawScratch>,
     docker: Option<RawDocker>,
+    signing: Option<RawSigning>,
     env_file: Option<Spanned<String>>,
     drills_dir: Option<Spanned<String>>,
     reports_dir: Option<Spanned<String>>,
@@ -67,11 +69,16 @@ impl Cx<'_> {
         // The engine comes first: the sections that name containers
         // refer to it.
         let docker = self.docker(raw.docker.as_ref())?;
+        let trust = self.signing(raw.signing.as_ref())?;
+        let mut repositories = self.repositories(&raw.repository)?;
+        for r in &mut repositories {
+            r.trust = trust.clone();
+        }
         // Fields are evaluated in the order written: keep it the order in
         // which errors have always been reported.
         Ok(Config {
             path: self.file().to_owned(),
-            repositories: self.repositories(&raw.repository)?,
+            repositories,
             encryption: raw
                 .encryption
                 .as_ref()

@@ -28,6 +28,7 @@ mod postgres;
 mod redis;
 pub mod repository;
 mod scratch;
+mod signing;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub use repository::{
     Location, ObjectLock, ObjectLockMode, RepositoryConfig, S3Config, S3Credentials,
 };
 pub use scratch::{ScratchConfig, ScratchRuntimeKind};
+pub use signing::{Trust, parse_secret_key};
 
 /// Where the configuration is read from when neither `--config` nor
 /// `KOMPOSE_DR_CONFIG` says otherwise.
@@ -121,6 +123,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Accept unsigned snapshots and markers in every repository
+    /// (`--allow-unsigned`).
+    pub fn allow_unsigned(&mut self) {
+        for r in &mut self.repositories {
+            r.trust.allow_unsigned = true;
+        }
+    }
+
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -193,6 +203,12 @@ impl Config {
             {
                 v.push(c.secret_access_key.clone());
             }
+        }
+        // The signing key's encoded line (the same for every repository).
+        if let Some(key) = self.repositories.first().and_then(|r| r.trust.signing_key.as_ref())
+            && let Some(line) = key.expose().lines().nth(1)
+        {
+            v.push(Secret::new(line.trim().to_owned()));
         }
         v
     }

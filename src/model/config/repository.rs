@@ -55,6 +55,9 @@ pub struct RepositoryConfig {
     pub name: String,
     /// Where it lives.
     pub location: Location,
+    /// Which signatures its readers accept and the key its writers sign
+    /// with (`[signing]`, the same for every repository).
+    pub trust: super::Trust,
 }
 
 /// Where a repository lives.
@@ -189,7 +192,11 @@ impl Cx<'_> {
             self.refuse_s3_only_keys(&key, &url, r)?;
             self.local_location(&url, &r.url, &url_key)?
         };
-        Ok(RepositoryConfig { name, location })
+        Ok(RepositoryConfig {
+            name,
+            location,
+            trust: super::Trust::default(),
+        })
     }
 
     /// Every S3-only key is an error on a local repository: a typo in the

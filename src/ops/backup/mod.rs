@@ -242,6 +242,15 @@ pub async fn run_on(
             config.path.display()
         ))
     })?;
+    if let Some(r) = repositories.iter().find(|r| !r.may_commit()) {
+        return Err(Failure::usage(format!(
+            "configuration {}: no [signing] key_file (or key_credential) to sign snapshots for repository `{}`: \
+             readers refuse unsigned snapshots. Make a key with `kompose-dr init --generate-key FILE` \
+             (it writes FILE.sign and prints the lines to paste), or pass --allow-unsigned",
+            config.path.display(),
+            r.name()
+        )));
+    }
     let resolved = resolve_containers(config).await?;
     let config = &resolved;
     let (mut targets, unavailable) =

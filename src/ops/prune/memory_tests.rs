@@ -222,9 +222,14 @@ async fn a_failed_data_removal_leaves_unreferenced_data_that_the_next_prune_remo
 #[tokio::test]
 async fn a_failed_manifest_removal_stops_prune_with_that_snapshot_whole() {
     let f = fixture(&[4, 3, 2, 1]).await;
-    f.mem
-        .faults()
-        .fail_after(Op::Delete, "snapshots/", 1, 1, Failure::PermissionDenied);
+    // The second manifest to go (ids[0]) cannot be removed.
+    f.mem.faults().fail_after(
+        Op::Delete,
+        &format!("snapshots/{}", f.ids[0]),
+        0,
+        1,
+        Failure::PermissionDenied,
+    );
     let e = f.prune(2, false).await.unwrap_err().to_string();
     assert!(e.contains("permission denied"), "{e}");
     // Newest first: the first to go (ids[1]) went entirely; the second

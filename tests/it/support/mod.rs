@@ -22,7 +22,7 @@ pub use outcome::Ran;
 pub use postgres::{PG_BIN, Pg, pg_dump_then};
 pub use redis::Redis;
 pub use tls::certificate;
-pub use workspace::Workspace;
+pub use workspace::{Workspace, signing_key};
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -14,8 +14,35 @@ pub struct Workspace {
     pub dir: tempfile::TempDir,
     pub identity: PathBuf,
     pub recipient: String,
+    /// The signing key (made by `kompose-dr init --generate-key`).
+    pub signing_key: PathBuf,
+    /// Its public key, as `[signing] public_key` takes it.
+    pub public_key: String,
     pub repo: PathBuf,
     pub config: PathBuf,
+}
+
+/// A new signing key in `dir` (`NAME.txt.sign`, made by `kompose-dr init
+/// --generate-key`, which also writes an age identity `NAME.txt`) and its
+/// public key.
+pub fn signing_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_kompose-dr"))
+            .args([
+                "--config",
+                "/nonexistent/kompose-dr.toml",
+                "init",
+                "--generate-key",
+            ])
+            .arg(dir.join(format!("{name}.txt"))),
+    );
+    let public_key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("init --generate-key prints public_key")
+        .to_owned();
+    (dir.join(format!("{name}.txt.sign")), public_key)
 }
 
 impl Workspace {
@@ -32,12 +59,15 @@ impl Workspace {
         let recipient = run_ok(Command::new("age-keygen").arg("-y").arg(&identity))
             .trim()
             .to_owned();
+        let (signing_key, public_key) = signing_key(dir.path(), "signing");
         let repo = dir.path().join("repo");
         let config = dir.path().join("kompose-dr.toml");
         Workspace {
             dir,
             identity,
             recipient,
+            signing_key,
+            public_key,
             repo,
             config,
         }
@@ -47,21 +77,56 @@ impl Workspace {
     /// section, then `body`.
     pub fn configure(&self, body: &str) {
         let text = format!(
-            "[[repository]]\nname = \"local\"\nurl = \"{}\"\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{body}",
+            "[[repository]]\nname = \"local\"\nurl = \"{}\"\n\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{}{body}",
             self.repo.display(),
             self.recipient,
-            self.identity.display()
+            self.identity.display(),
+            self.signing_section()
         );
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The `[signing]` section: this workspace's key and public key.
+    pub fn signing_section(&self) -> String {
+        format!(
+            "[signing]\nkey_file = \"{}\"\npublic_key = \"{}\"\n\n",
+            self.signing_key.display(),
+            self.public_key
+        )
+    }
+
+    /// Signs the document at `path` in the repository with this workspace's
+    /// key, as the backup host would (the stock `minisign -S`), writing
+    /// `path.minisig`; for tests that forge a document and need it past
+    /// the signature check.
+    pub fn sign(&self, path: &Path) {
+        let key = path
+            .strip_prefix(&self.repo)
+            .expect("a document in the repository")
+            .to_string_lossy()
+            .into_owned();
+        let sig = PathBuf::from(format!("{}.minisig", path.display()));
+        let _ = std::fs::remove_file(&sig);
+        run_ok(
+            Command::new("minisign")
+                .args(["-S", "-s"])
+                .arg(&self.signing_key)
+                .arg("-m")
+                .arg(path)
+                .arg("-x")
+                .arg(&sig)
+                .args(["-t", &format!("kompose-dr {key}")]),
+        );
     }
 
     /// Writes the configuration with the given `[[repository]]` sections
     /// (instead of the local one), the encryption section, then `body`.
     pub fn configure_repositories(&self, repositories: &str, body: &str) {
         let text = format!(
-            "{repositories}\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{body}",
+            "{repositories}\n[encryption]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n\n{}{body}",
             self.recipient,
-            self.identity.display()
+            self.identity.display(),
+            self.signing_section()
         );
         std::fs::write(&self.config, text).unwrap();
     }

@@ -1,0 +1,129 @@
+//! `[signing]`: the Ed25519 key (minisign format) that signs every
+//! manifest and the marker on the backup host, and the public key every
+//! reader checks them against (docs/DESIGN.md §10).
+//!
+//! Both are validated here: the public key must be a minisign public key,
+//! the secret key an unencrypted minisign secret key (`minisign -G -W`, or
+//! `kompose-dr init --generate-key FILE`, which writes `FILE.sign`), and
+//! when both are set they must be a pair. What the repository layer needs
+//! of them is copied into every repository's [`Trust`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Cx};
+use crate::model::secret::Secret;
+
+/// `[signing]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSigning {
+    key_file: Option<Spanned<String>>,
+    key_credential: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
+}
+
+/// What a repository trusts and how it signs.
+#[derive(Clone, Default)]
+pub struct Trust {
+    /// The minisign public key (base64) manifests and the marker must be
+    /// signed with; `None`: nothing can be checked, so readers accept
+    /// snapshots only with `allow_unsigned`.
+    pub public_key: Option<String>,
+    /// The unencrypted minisign secret key (the key file's text), for the
+    /// writers; `None` on hosts that only read.
+    pub signing_key: Option<Secret>,
+    /// `--allow-unsigned`: accept snapshots without a signature (written
+    /// before signing existed). A wrong signature is refused all the same.
+    pub allow_unsigned: bool,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust")
+            .field("public_key", &self.public_key)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "…"))
+            .field("allow_unsigned", &self.allow_unsigned)
+            .finish()
+    }
+}
+
+impl Trust {
+    /// Trust that checks nothing: for repositories built in tests over
+    /// in-memory backends.
+    pub fn unchecked() -> Trust {
+        Trust {
+            allow_unsigned: true,
+            ..Trust::default()
+        }
+    }
+}
+
+impl Cx<'_> {
+    /// Validates `[signing]`.
+    pub(super) fn signing(&self, raw: Option<&RawSigning>) -> Result<Trust, ConfigError> {
+        let Some(s) = raw else {
+            return Ok(Trust::default());
+        };
+        let public_key = match &s.public_key {
+            None => None,
+            Some(p) => {
+                let v = self.string(p, "signing.public_key")?;
+                minisign::PublicKey::from_base64(v.trim()).map_err(|_| {
+                    self.err(
+                        p.span(),
+                        "signing.public_key",
+                        "not a minisign public key: paste the public_key line `kompose-dr init --generate-key` printed (or the second line of a minisign .pub file)",
+                    )
+                })?;
+                Some(v.trim().to_owned())
+            }
+        };
+        let signing_key = self.secret("signing", &None, &s.key_file, &s.key_credential)?;
+        if let Some(sk) = &signing_key {
+            let span = s
+                .key_file
+                .as_ref()
+                .or(s.key_credential.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            let key_name = if s.key_file.is_some() {
+                "signing.key_file"
+            } else {
+                "signing.key_credential"
+            };
+            let secret =
+                parse_secret_key(sk.expose()).map_err(|m| self.err(span.clone(), key_name, m))?;
+            if let Some(pk) = &public_key {
+                let derived = minisign::PublicKey::from_secret_key(&secret)
+                    .map(|p| p.to_base64())
+                    .unwrap_or_default();
+                if &derived != pk {
+                    return Err(self.err(
+                        span,
+                        key_name,
+                        "this signing key does not belong to signing.public_key: readers would refuse every snapshot it signs",
+                    ));
+                }
+            }
+        }
+        Ok(Trust {
+            public_key,
+            signing_key,
+            allow_unsigned: false,
+        })
+    }
+}
+
+/// Parses the text of an unencrypted minisign secret key file.
+pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
+    let bad = "not an unencrypted minisign secret key: make one with `kompose-dr init --generate-key FILE` (FILE.sign) or `minisign -G -W`";
+    let sk_box = minisign::SecretKeyBox::from_string(text).map_err(|_| bad.to_owned())?;
+    let sk = sk_box
+        .into_unencrypted_secret_key()
+        .map_err(|_| bad.to_owned())?;
+    if sk.is_encrypted() {
+        return Err(bad.to_owned());
+    }
+    Ok(sk)
+}

@@ -1,0 +1,158 @@
+//! Signed manifests and markers: a detached minisign signature beside each
+//! (`<key>.minisig`), over the object's exact bytes, made with the backup
+//! host's key and checked by every reader against `[signing] public_key`.
+//!
+//! The format is minisign's own (prehashed Ed25519, BLAKE2b-512), so the
+//! stock tool checks it by hand: `minisign -V -P PUBLIC_KEY -m
+//! snapshots/ID.json` (docs/RUNBOOK.md). The trusted comment names the
+//! object, so a signature cannot be passed off for another snapshot's
+//! manifest either.
+
+use crate::model::config::{Trust, parse_secret_key};
+
+/// The most a signature file may hold: minisign's are about 300 bytes.
+pub const MAX_SIGNATURE: usize = 4096;
+
+/// How a document checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    /// Signed with the configured key.
+    Yes,
+    /// Not signed (or not checkable), accepted because of
+    /// `--allow-unsigned`.
+    AllowedUnsigned,
+}
+
+/// The trusted comment of the signature of `what`.
+fn comment(what: &str) -> String {
+    format!("kompose-dr {what}")
+}
+
+/// Signs `body` (the document at key `what`) with the trust's key; `None`
+/// when it holds none.
+pub fn sign(trust: &Trust, what: &str, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let Some(key) = &trust.signing_key else {
+        return Ok(None);
+    };
+    let sk = parse_secret_key(key.expose())?;
+    let sig = minisign::sign(
+        None,
+        &sk,
+        std::io::Cursor::new(body),
+        Some(&comment(what)),
+        Some("signature from kompose-dr secret key"),
+    )
+    .map_err(|e| format!("cannot sign {what}: {e}"))?;
+    Ok(Some(sig.into_string().into_bytes()))
+}
+
+/// Checks `body` (the document at key `what`) against its signature, if
+/// any. Refuses — saying why and what to do — an unsigned document unless
+/// `allow_unsigned`, and a wrongly signed one always.
+pub fn check(trust: &Trust, what: &str, body: &[u8], sig: Option<&[u8]>) -> Result<Signed, String> {
+    let Some(pk_text) = &trust.public_key else {
+        if trust.allow_unsigned {
+            return Ok(Signed::AllowedUnsigned);
+        }
+        return Err(format!(
+            "{what}: its signature cannot be checked: no [signing] public_key is configured \
+             (paste the one `kompose-dr init --generate-key` printed), or pass --allow-unsigned \
+             for a repository written before signing existed"
+        ));
+    };
+    let Some(sig) = sig else {
+        if trust.allow_unsigned {
+            return Ok(Signed::AllowedUnsigned);
+        }
+        return Err(format!(
+            "{what} is not signed: refusing it. Anyone who can write to the repository can forge \
+             an unsigned snapshot; if this repository was written before signing existed, check it \
+             by hand (docs/RUNBOOK.md) and pass --allow-unsigned"
+        ));
+    };
+    let wrong = |why: String| {
+        format!(
+            "{what} is wrongly signed ({why}): refusing it — it was not written by the backup host's key, or it was changed since"
+        )
+    };
+    if sig.len() > MAX_SIGNATURE {
+        return Err(wrong(format!("{} bytes of signature", sig.len())));
+    }
+    let text = std::str::from_utf8(sig).map_err(|_| wrong("not text".into()))?;
+    let sig_box = minisign::SignatureBox::from_string(text)
+        .map_err(|e| wrong(format!("not a minisign signature: {e}")))?;
+    let pk = minisign::PublicKey::from_base64(pk_text)
+        .map_err(|e| wrong(format!("the configured public key: {e}")))?;
+    minisign::verify(
+        &pk,
+        &sig_box,
+        std::io::Cursor::new(body),
+        true,
+        false,
+        false,
+    )
+    .map_err(|e| wrong(e.to_string()))?;
+    match sig_box.trusted_comment() {
+        Ok(c) if c == comment(what) => Ok(Signed::Yes),
+        Ok(c) => Err(wrong(format!("it was made for `{c}`"))),
+        Err(e) => Err(wrong(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::secret::Secret;
+
+    fn trust() -> Trust {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        Trust {
+            public_key: Some(kp.pk.to_base64()),
+            signing_key: Some(Secret::new(kp.sk.to_box(None).unwrap().into_string())),
+            allow_unsigned: false,
+        }
+    }
+
+    #[test]
+    fn a_signed_document_checks_out_and_any_change_is_refused() {
+        let t = trust();
+        let body = br#"{"id":"20261127T030000Z-abcdef"}"#;
+        let what = "snapshots/20261127T030000Z-abcdef.json";
+        let sig = sign(&t, what, body).unwrap().unwrap();
+        assert_eq!(check(&t, what, body, Some(&sig)), Ok(Signed::Yes));
+        let e = check(&t, what, br#"{"id":"20261127T030000Z-abcdeF"}"#, Some(&sig)).unwrap_err();
+        assert!(e.contains("wrongly signed"), "{e}");
+        // The same bytes under another name: the trusted comment differs.
+        let e = check(
+            &t,
+            "snapshots/20261128T030000Z-abcdef.json",
+            body,
+            Some(&sig),
+        )
+        .unwrap_err();
+        assert!(e.contains("made for"), "{e}");
+    }
+
+    #[test]
+    fn unsigned_is_refused_unless_allowed_and_another_key_is_refused_always() {
+        let t = trust();
+        let e = check(&t, "x", b"{}", None).unwrap_err();
+        assert!(e.contains("--allow-unsigned"), "{e}");
+        let allowed = Trust {
+            allow_unsigned: true,
+            ..t.clone()
+        };
+        assert_eq!(
+            check(&allowed, "x", b"{}", None),
+            Ok(Signed::AllowedUnsigned)
+        );
+        let other = sign(&trust(), "x", b"{}").unwrap().unwrap();
+        assert!(check(&allowed, "x", b"{}", Some(&other)).is_err());
+        let none = Trust::default();
+        assert!(
+            check(&none, "x", b"{}", None)
+                .unwrap_err()
+                .contains("public_key")
+        );
+    }
+}

@@ -1,195 +1,379 @@
-//! Runs every command of docs/RUNBOOK.md, in order, against throw-away
-//! servers: the fenced `sh` blocks are extracted and run in one bash
-//! session. The first block (the operator's settings) is followed by this
-//! test's values; `docker` is a stand-in that runs `docker exec` commands
-//! locally and stops/starts the test's Redis.
+//! Runs every command of docs/RUNBOOK.md, in order, against a real Docker
+//! engine and a production imitation ([`Stack`]: `core-postgres`,
+//! `core-redis` with AOF and a password, `core-mqtt`) plus Traefik's
+//! `proxy_app` and Linkwarden's `link_app`, all with the stack's random
+//! suffix. The fenced `sh` blocks are extracted, the runbook's production
+//! values (paths, container names, the incident time) replaced in their
+//! text by the test's, and run in bash with `DOCKER_HOST` at the private
+//! engine, inside the engine's network namespace (as on a real host, where
+//! kompose-dr reaches `core-mqtt` by its address).
+//!
+//! Two sessions, each starting with the settings block: part A with
+//! kompose-dr, then, after the incident is done again, part B without it.
+//! Host-side `psql`, `pg_restore`, `createdb`, `pg_dump` and `redis-cli`
+//! (and in part B `kompose-dr`) are replaced by guards that fail, so the
+//! runbook can only use the tools inside the containers.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
 
-use crate::support::{self, Pg, Ran, Workspace, free_port, require, run_ok, script};
+use crate::support::docker::{Engine, Stack, engine};
+use crate::support::{Ran, Workspace, require, run_ok, script};
 
-fn sh_blocks(markdown: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
+/// The runbook's `sh` blocks: the settings (before part A), part A and
+/// part B.
+struct Blocks {
+    settings: Vec<String>,
+    a: Vec<String>,
+    b: Vec<String>,
+}
+
+fn sh_blocks(markdown: &str) -> Blocks {
+    let mut blocks = Blocks {
+        settings: Vec::new(),
+        a: Vec::new(),
+        b: Vec::new(),
+    };
+    let mut part = ' ';
     let mut current: Option<String> = None;
     for line in markdown.lines() {
         match (&mut current, line.trim_end()) {
             (None, "```sh") => current = Some(String::new()),
-            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(_), "```") => {
+                let block = current.take().unwrap();
+                match part {
+                    'A' => blocks.a.push(block),
+                    'B' => blocks.b.push(block),
+                    _ => blocks.settings.push(block),
+                }
+            }
             (Some(b), l) => {
                 b.push_str(l);
                 b.push('\n');
             }
+            (None, l) if l.starts_with("## A.") => part = 'A',
+            (None, l) if l.starts_with("## B.") => part = 'B',
             (None, _) => {}
         }
     }
     blocks
 }
 
-struct RedisDaemon {
-    port: u16,
+/// Extra containers beside the stack (Traefik's and Linkwarden's stand-ins,
+/// real containers from the Mosquitto image), removed when dropped.
+struct Extra<'a> {
+    engine: &'a Engine,
+    names: Vec<String>,
 }
 
-impl Drop for RedisDaemon {
+impl Drop for Extra<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
-            .output();
+        let _ = self
+            .engine
+            .docker()
+            .args(["rm", "-f"])
+            .args(&self.names)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
-fn redis_ping(port: u16) -> bool {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "ping"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+fn links(stack: &Stack, db: &str) -> String {
+    stack.psql(db, r#"SELECT count(*) FROM "Link""#)
+}
+
+fn redis_state(stack: &Stack) -> String {
+    format!(
+        "{}:{}",
+        stack.redis_cli(&["DBSIZE"]),
+        stack.redis_cli(&["GET", "k42"])
+    )
+}
+
+/// The incident: most links deleted, Redis emptied, acme.json clobbered.
+fn incident(stack: &Stack, acme: &Path) {
+    stack.psql("linkwarden", r#"DELETE FROM "Link" WHERE id > 5"#);
+    stack.redis_cli(&["FLUSHALL"]);
+    std::fs::write(acme, "{}").unwrap();
+    assert_eq!(links(stack, "linkwarden"), "5");
+    assert_eq!(redis_state(stack), "0:");
+}
+
+/// `.State.StartedAt` of a container.
+fn started_at(engine: &Engine, container: &str) -> String {
+    engine.inspect(container, "{{.State.StartedAt}}")
+}
+
+/// A directory of guards named `tools`, each failing and saying so.
+fn guards(dir: &Path, tools: &[&str]) {
+    std::fs::create_dir(dir).unwrap();
+    for t in tools {
+        script(
+            &dir.join(t),
+            "#!/bin/sh\necho \"runbook: $0 on the host: use the one in the container\" >&2\nexit 97\n",
+        );
+    }
 }
 
 #[test]
-fn every_runbook_command_works() {
-    require("jq");
-    require("redis-server");
+fn every_runbook_command_works_against_the_containers() {
+    for tool in ["jq", "age", "zstd", "sha256sum", "stat"] {
+        require(tool);
+    }
     let runbook =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/RUNBOOK.md")).unwrap();
     let blocks = sh_blocks(&runbook);
-    assert!(blocks.len() >= 10, "the runbook's sh blocks were not found");
+    assert_eq!(blocks.settings.len(), 1, "one settings block before part A");
+    assert!(blocks.a.len() >= 5, "part A's sh blocks were not found");
+    assert!(blocks.b.len() >= 7, "part B's sh blocks were not found");
+    let t0 = Instant::now();
 
-    // The stack: PostgreSQL with linkwarden, Redis with AOF, an acme.json.
-    let pg = Pg::start();
-    pg.psql("postgres", "CREATE DATABASE linkwarden");
-    pg.psql("linkwarden", r#"CREATE TABLE "Link" AS SELECT g AS id, 'https://example.org/' || g AS url FROM generate_series(1, 300) g"#);
+    // The stack: linkwarden with 300 links, Redis (AOF, password) with 77
+    // keys, an acme.json that Traefik's container mounts.
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql("postgres", "CREATE DATABASE linkwarden");
+    stack.psql(
+        "linkwarden",
+        r#"CREATE TABLE "Link" (id int PRIMARY KEY, url text NOT NULL);
+           INSERT INTO "Link" SELECT g, 'https://example.org/' || g FROM generate_series(1, 300) g;"#,
+    );
+    stack.redis_cli(&[
+        "EVAL",
+        "for i=1,77 do redis.call('SET','k'..i,'v'..i) end return 1",
+        "0",
+    ]);
+    let before_redis = redis_state(&stack);
+    assert_eq!(before_redis, "77:v42");
+
     let ws = Workspace::new();
-    let redis_data = ws.dir.path().join("redis-data");
-    std::fs::create_dir(&redis_data).unwrap();
-    let port = free_port();
-    let conf = ws.dir.path().join("redis.conf");
+    let acme = ws.dir.path().join("acme.json");
+    let original_acme = r#"{"resolver":{"Account":null,"Certificates":[]}}"#;
+    std::fs::write(&acme, original_acme).unwrap();
+    std::fs::set_permissions(&acme, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let proxy = format!("proxy_app-{}", stack.suffix);
+    let link = format!("link_app-{}", stack.suffix);
+    let _extra = Extra {
+        engine,
+        names: vec![proxy.clone(), link.clone()],
+    };
+    let label = format!("kdr-test.stack={}", stack.suffix);
+    for (name, mount) in [
+        (
+            &proxy,
+            Some(format!("{}:/letsencrypt/acme.json", acme.display())),
+        ),
+        (&link, None),
+    ] {
+        let mut c = engine.docker();
+        c.args(["run", "-d", "--name", name, "--label", &label])
+            .args(["--network", &stack.network]);
+        if let Some(m) = mount {
+            c.args(["-v", &m]);
+        }
+        run_ok(c.arg(&engine.mosquitto_image));
+    }
+    let proxy_sees_acme = || {
+        run_ok(
+            engine
+                .docker()
+                .args(["exec", &proxy, "cat", "/letsencrypt/acme.json"]),
+        )
+    };
+    assert_eq!(proxy_sees_acme(), original_acme);
+
+    // kompose-dr configured as examples/kompose-dr.toml: container names,
+    // Redis' password from the stack's secrets file, the engine from
+    // DOCKER_HOST.
+    let secrets = ws.dir.path().join("secrets.env");
     std::fs::write(
-        &conf,
+        &secrets,
         format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nappendonly yes\nsave \"\"\ndaemonize yes\nlogfile {}\npidfile {}\n",
-            redis_data.display(),
-            ws.dir.path().join("redis.log").display(),
-            ws.dir.path().join("redis.pid").display()
+            "# the stack's secrets\nREDIS_PASSWORD={}\n",
+            stack.redis_password
         ),
     )
     .unwrap();
-    run_ok(Command::new("redis-server").arg(&conf));
-    let _redis = RedisDaemon { port };
-    let start = Instant::now();
-    while !redis_ping(port) {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for i in 0..77 {
-        run_ok(Command::new("redis-cli").args([
-            "-p",
-            &port.to_string(),
-            "SET",
-            &format!("k{i}"),
-            "v",
-        ]));
-    }
-    let acme = ws.dir.path().join("acme.json");
-    std::fs::write(&acme, r#"{"resolver":{"Account":null,"Certificates":[]}}"#).unwrap();
-    std::fs::set_permissions(&acme, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let original_acme = std::fs::read(&acme).unwrap();
-
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     ws.configure(&format!(
-        "{}[redis]\nurl = \"redis://127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[[files]]\nname = \"traefik-acme\"\npath = \"{}\"\n",
-        Workspace::pg_section(&pg, &["linkwarden"]),
-        redis_data.display(),
-        acme.display()
+        "[postgres]\ncontainer = \"{pg}\"\ndatabases = [\"linkwarden\"]\nglobals = true\n\n\
+         [redis]\ncontainer = \"{redis}\"\npassword = \"${{REDIS_PASSWORD:-}}\"\n\n\
+         [[files]]\nname = \"traefik-acme\"\npath = \"{acme}\"\n\n\
+         [mqtt]\ncontainer = \"{mqtt}\"\ntimeout = \"10s\"\n\n\
+         [scratch]\nruntime = \"docker\"\n",
+        pg = stack.postgres,
+        redis = stack.redis,
+        acme = acme.display(),
+        mqtt = stack.mqtt,
     ));
-    ws.init();
-    let out = ws.run(&["backup"]);
-    out.assert_exit(0);
+    ws.prepend_top_level(&format!("env_file = \"{}\"", secrets.display()));
 
-    // The incident.
-    pg.psql("linkwarden", r#"DELETE FROM "Link" WHERE id > 5"#);
-    run_ok(Command::new("redis-cli").args(["-p", &port.to_string(), "FLUSHALL"]));
-    std::fs::write(&acme, "{}").unwrap();
-
-    // A docker stand-in.
-    let shim = ws.dir.path().join("shim");
-    std::fs::create_dir(&shim).unwrap();
-    script(
-        &shim.join("docker"),
-        &format!(
-            r#"#!/bin/bash
-set -e
-case "$1" in
-  exec)
-    shift; [ "$1" = -i ] && shift; container=$1; shift
-    if [ "$container" = core_redis ] && [ "$1" = redis-cli ]; then shift; exec redis-cli -p {port} "$@"; fi
-    exec "$@" ;;
-  stop)
-    [ "$2" = core_redis ] || exit 0
-    redis-cli -p {port} shutdown >/dev/null 2>&1 || true
-    for i in $(seq 100); do redis-cli -p {port} ping >/dev/null 2>&1 || exit 0; sleep 0.05; done
-    echo "redis did not stop" >&2; exit 1 ;;
-  start)
-    [ "$2" = core_redis ] || exit 0
-    redis-server {conf}
-    for i in $(seq 100); do [ "$(redis-cli -p {port} ping 2>/dev/null)" = PONG ] && exit 0; sleep 0.05; done
-    echo "redis did not start" >&2; exit 1 ;;
-  restart) echo "restarted $2" ;;
-  *) echo "docker stand-in: unsupported $*" >&2; exit 1 ;;
-esac
-"#,
-            conf = conf.display()
-        ),
-    );
-
-    let overrides = format!(
-        "export KOMPOSE_DR_CONFIG={}\nREPO={}\nID_FILE={}\nREDIS_DATA={}\nACME={}\nINCIDENT={}\nexport PGHOST=127.0.0.1 PGPORT={} PGUSER=kompose PGPASSWORD={}\n",
-        ws.config.display(),
-        ws.repo.display(),
-        ws.identity.display(),
-        redis_data.display(),
-        acme.display(),
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        pg.port,
-        pg.password
-    );
-    let mut body = String::from("set -euo pipefail\nset -x\n");
-    body.push_str(&blocks[0]);
-    body.push_str(&overrides);
-    for b in &blocks[1..] {
-        body.push_str(b);
-    }
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kompose-dr"))
         .parent()
         .unwrap()
         .to_owned();
-    let path = format!(
-        "{}:{}:{}:{}",
-        shim.display(),
-        bin_dir.display(),
-        support::PG_BIN,
-        std::env::var("PATH").unwrap()
-    );
-    // On failure, `set -x` in stderr shows which runbook command it was.
-    let out = Ran::of(Command::new("bash").arg("-c").arg(&body).env("PATH", path));
-    out.assert_exit(0);
-    let stdout = out.stdout();
+    // bash (or the binary) with DOCKER_HOST at the engine, in its network
+    // namespace, with the guards first on PATH.
+    let in_engine = |program: &str, extra_path: &[&Path], guard_dir: &Path| {
+        let mut path: Vec<PathBuf> = vec![guard_dir.to_owned()];
+        path.extend(extra_path.iter().map(|p| p.to_path_buf()));
+        path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
+        let mut c = engine.in_netns(program);
+        c.env("PATH", std::env::join_paths(path).unwrap())
+            .env("DOCKER_HOST", &engine.host)
+            .env("DOCKER_CONFIG", engine.dir.join("cli"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("REDISCLI_AUTH")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null());
+        c
+    };
+    let host_tools = ["psql", "pg_restore", "createdb", "pg_dump", "redis-cli"];
+    let guard_a = ws.dir.path().join("guard-a");
+    guards(&guard_a, &host_tools);
+    let guard_b = ws.dir.path().join("guard-b");
+    guards(&guard_b, &[&host_tools[..], &["kompose-dr"]].concat());
 
-    // Part A restored everything in place, part B beside it.
-    for db in [
-        "linkwarden",
-        "linkwarden_restored",
-        "linkwarden_manual",
-        "linkwarden_manual2",
-    ] {
-        assert_eq!(pg.psql(db, r#"SELECT count(*) FROM "Link""#), "300", "{db}");
+    let kdr = |args: &[&str]| {
+        Ran::of(
+            in_engine(env!("CARGO_BIN_EXE_kompose-dr"), &[], &guard_a)
+                .arg("--config")
+                .arg(&ws.config)
+                .args(args),
+        )
+    };
+    kdr(&["init"]).assert_exit(0);
+    kdr(&["backup"]).assert_exit(0);
+    let incident_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let setup = t0.elapsed();
+
+    // The runbook's production values and the test's, replaced in the
+    // script text. Each must be in the runbook, or the substitution would
+    // silently miss it.
+    let substitutions: Vec<(&str, String)> = vec![
+        (
+            "/etc/kompose-dr/kompose-dr.toml",
+            ws.config.display().to_string(),
+        ),
+        ("/var/local/data/backups", ws.repo.display().to_string()),
+        (
+            "/etc/kompose-dr/identity.txt",
+            ws.identity.display().to_string(),
+        ),
+        (
+            "/var/local/data/traefik/letsencrypt/acme.json",
+            acme.display().to_string(),
+        ),
+        ("/opt/kompose/secrets.env", secrets.display().to_string()),
+        ("2026-11-27T03:30:00Z", incident_time),
+        ("core-postgres", stack.postgres.clone()),
+        ("core-redis", stack.redis.clone()),
+        ("proxy_app", proxy.clone()),
+        ("link_app", link.clone()),
+    ];
+    let session = |blocks: &[String]| {
+        let mut body = String::from("set -euo pipefail\nset -x\n");
+        body.push_str(&blocks.concat());
+        for (production, test) in &substitutions {
+            assert!(
+                body.contains(production),
+                "the runbook no longer says {production}"
+            );
+            body = body.replace(production, test);
+        }
+        body
+    };
+
+    // Part A, with kompose-dr.
+    incident(&stack, &acme);
+    let proxy_started = started_at(engine, &proxy);
+    let t_a = Instant::now();
+    // On failure, `set -x` in stderr shows which runbook command it was.
+    let out = Ran::of(
+        in_engine("bash", &[&bin_dir], &guard_a)
+            .arg("-c")
+            .arg(session(&[&blocks.settings[..], &blocks.a[..]].concat())),
+    );
+    out.assert_exit(0);
+    let part_a = t_a.elapsed();
+    let stdout = out.stdout();
+    for db in ["linkwarden", "linkwarden_restored"] {
+        assert_eq!(links(&stack, db), "300", "{db}");
     }
-    assert_eq!(std::fs::read(&acme).unwrap(), original_acme);
+    assert_eq!(redis_state(&stack), before_redis);
+    assert_eq!(std::fs::read_to_string(&acme).unwrap(), original_acme);
     assert_eq!(
         std::fs::metadata(&acme).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let dbsize = run_ok(Command::new("redis-cli").args(["-p", &port.to_string(), "DBSIZE"]));
-    assert_eq!(dbsize.trim(), "77");
     assert!(stdout.contains("600 "), "stat shows mode 600: {stdout}");
+    // The plan says Redis' container is stopped and started (A1, A4).
+    assert!(
+        stdout.contains(&format!(
+            "in container {} (stop it, replace the files, start it",
+            stack.redis
+        )),
+        "the plan does not say it stops {}: {stdout}",
+        stack.redis
+    );
+    assert_ne!(
+        started_at(engine, &proxy),
+        proxy_started,
+        "Traefik restarted"
+    );
+    assert_eq!(proxy_sees_acme(), original_acme);
+    assert_eq!(engine.inspect(&link, "{{.State.Running}}"), "true");
+    let kept = run_ok(stack.exec(&stack.redis).args(["ls", "-A", "/data"]));
+    assert!(kept.contains(".kompose-dr-replaced-"), "{kept}");
+
+    // Part B, by hand: the incident again, and no kompose-dr.
+    incident(&stack, &acme);
+    let proxy_started = started_at(engine, &proxy);
+    let t_b = Instant::now();
+    let out = Ran::of(
+        in_engine("bash", &[], &guard_b)
+            .arg("-c")
+            .arg(session(&[&blocks.settings[..], &blocks.b[..]].concat())),
+    );
+    out.assert_exit(0);
+    let part_b = t_b.elapsed();
+    assert_eq!(links(&stack, "linkwarden"), "300");
+    assert_eq!(links(&stack, "linkwarden_manual2"), "300");
+    assert_eq!(links(&stack, "linkwarden_before_restore"), "5");
+    assert_eq!(redis_state(&stack), before_redis);
+    let data = run_ok(stack.exec(&stack.redis).args(["ls", "-lA", "/data"]));
+    assert!(data.contains(".before-restore-"), "{data}");
+    assert_eq!(
+        run_ok(
+            stack
+                .exec(&stack.redis)
+                .args(["stat", "-c", "%U", "/data/appendonlydir"])
+        )
+        .trim(),
+        "redis"
+    );
+    assert_eq!(std::fs::read_to_string(&acme).unwrap(), original_acme);
+    assert_eq!(
+        std::fs::metadata(&acme).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_ne!(
+        started_at(engine, &proxy),
+        proxy_started,
+        "Traefik restarted"
+    );
+    assert_eq!(proxy_sees_acme(), original_acme);
+    assert_eq!(engine.inspect(&link, "{{.State.Running}}"), "true");
+    eprintln!(
+        "runbook: stack and backup {setup:?}, part A {part_a:?}, part B {part_b:?}, total {:?}",
+        t0.elapsed()
+    );
 }

@@ -447,6 +447,52 @@ pub async fn open_stored(
     ))
 }
 
+/// Copies the stored bytes of the item's archive into a private, unnamed
+/// temporary file (under `$TMPDIR`, gone when closed), checking their size
+/// and sha256 against the manifest on the way, and returns a reader of that
+/// verified copy. Archives whose content runs code when restored (pg_dump
+/// archives: functions, materialized views) go through this, so that not a
+/// byte of a replaced archive reaches pg_restore; it costs the archive's
+/// size in temporary space, no more (it stays compressed and encrypted).
+pub async fn spool_verified(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    pb: &indicatif::ProgressBar,
+) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
+    let mut stored = open_stored(ctx, item, pb).await?;
+    let label = stream::label(&item.choice.artifact);
+    let artifact = item.choice.artifact.clone();
+    tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
+        use std::io::{Seek, Write};
+        let mut spool = tempfile::tempfile().map_err(RestoreError::io(
+            "cannot create a private temporary file ($TMPDIR)",
+        ))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut spool);
+        std::io::copy(&mut stored, &mut out).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // The message names the archive and what differs.
+                RestoreError::Failed(e.to_string())
+            } else {
+                RestoreError::io(format!("{label}: cannot spool the archive to $TMPDIR"))(e)
+            }
+        })?;
+        out.flush().map_err(RestoreError::io(format!(
+            "{label}: cannot spool the archive"
+        )))?;
+        drop(out);
+        spool.rewind().map_err(RestoreError::io(format!(
+            "{label}: cannot spool the archive"
+        )))?;
+        Ok(stream::VerifyingReader::new(
+            spool,
+            &artifact,
+            Box::new(|_| {}),
+        ))
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

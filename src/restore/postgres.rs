@@ -312,7 +312,8 @@ async fn pipe_into(
     tee: Option<std::fs::File>,
 ) -> Result<(u64, String, Ended), RestoreError> {
     let pb = progress_bar(ctx, item);
-    let stored = open_stored(ctx, item, &pb).await?;
+    // Verified whole before pg_restore sees a byte: a dump runs code.
+    let stored = crate::restore::spool_verified(ctx, item, &pb).await?;
     let mut child = launch
         .start(program, true)
         .await

@@ -352,3 +352,91 @@ fn a_backup_without_a_signing_key_is_refused_and_readers_without_a_public_key_sa
     out.assert_failed();
     out.assert_stderr_contains("no [signing] public_key is configured");
 }
+
+#[test]
+fn a_replaced_dump_whose_view_runs_a_program_never_reaches_pg_restore() {
+    let pg = crate::support::Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 10) g",
+    );
+    let ws = Workspace::new();
+    ws.configure(&Workspace::pg_section(&pg, &["app"]));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+
+    // The attacker's dump: a materialized view whose refresh (at the end of
+    // any pg_restore) runs a program as the server's user.
+    let canary_dir = tempfile::Builder::new()
+        .prefix("kdr-canary-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        canary_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let canary = canary_dir.path().join("canary");
+    pg.psql("postgres", "CREATE DATABASE evil");
+    pg.psql(
+        "evil",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+         CREATE MATERIALIZED VIEW m AS SELECT f() AS x;",
+    );
+    pg.psql(
+        "evil",
+        &format!(
+            "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+             EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN 1; END $$;",
+            canary.display()
+        ),
+    );
+    let evil = pg
+        .client("pg_dump")
+        .args(["-Fc", "-Z0", "-d", "evil"])
+        .output()
+        .unwrap();
+    assert!(evil.status.success());
+    assert!(!canary.exists(), "building the dump ran the program");
+
+    // Written over the real archive with the stock tools; the signed
+    // manifest still names the real one's sha256.
+    let m = &ws.manifests()[0];
+    let archive = ws.archive(Workspace::artifact(m, "postgres/app"));
+    let plain = ws.dir.path().join("evil.dump");
+    std::fs::write(&plain, &evil.stdout).unwrap();
+    crate::support::run_ok(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("zstd -q -c \"$1\" | age -r \"$2\" > \"$3\"")
+            .arg("sh")
+            .arg(&plain)
+            .arg(&ws.recipient)
+            .arg(&archive),
+    );
+    for args in [
+        &[
+            "restore",
+            "--source",
+            "postgres/app",
+            "--as",
+            "app_copy",
+            "--yes",
+        ][..],
+        &["verify"][..],
+    ] {
+        let out = ws.run(args);
+        out.assert_failed();
+        out.assert_stderr_contains("the manifest says");
+        assert!(
+            !canary.exists(),
+            "{args:?}: pg_restore ran the replaced dump"
+        );
+    }
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%app_copy%' OR datname LIKE 'kdr_%'").trim(),
+        "0",
+        "nothing of the replaced dump was restored"
+    );
+}

@@ -184,6 +184,8 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
     mj["facts"]["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
     mj["facts"]["stored_bytes"] = bytes.len().into();
     std::fs::write(&manifest_path, serde_json::to_vec(&mj).unwrap()).unwrap();
+    // Signed as the backup host would: the facts themselves are what is wrong.
+    ws.sign(&manifest_path);
     let out = ws.run(&["verify", "--source", "postgres/linkwarden"]);
     out.assert_exit(1);
     out.assert_stdout_contains("table public.Link has 250 rows, 251 recorded");

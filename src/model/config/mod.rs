@@ -205,7 +205,10 @@ impl Config {
             }
         }
         // The signing key's encoded line (the same for every repository).
-        if let Some(key) = self.repositories.first().and_then(|r| r.trust.signing_key.as_ref())
+        if let Some(key) = self
+            .repositories
+            .first()
+            .and_then(|r| r.trust.signing_key.as_ref())
             && let Some(line) = key.expose().lines().nth(1)
         {
             v.push(Secret::new(line.trim().to_owned()));

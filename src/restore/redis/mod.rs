@@ -77,7 +77,8 @@ pub async fn preflight(
         if answering {
             return Err(RestoreError::Refused(format!(
                 "Redis is running at {addr}: it would overwrite the restored files when it shuts down. \
-                 Stop it (docker stop core_redis), run this restore again, then start it (docker start core_redis)"
+                 Stop it (docker stop core-redis), run this restore again, then start it (docker start core-redis); \
+                 or set [redis] container = \"core-redis\" and kompose-dr stops and starts it itself"
             )));
         }
     }

@@ -194,7 +194,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let options = args.options(selector.clone())?;
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
-    let (snapshots, _) = repository.snapshots().await?;
+    let (snapshots, damaged) = repository.snapshots().await?;
+    for d in &damaged {
+        // Never chosen, but the operator should know why it is not there.
+        tracing::warn!(repository = repository.name(), manifest = %d.key, "refused: {}", d.message);
+    }
     let matcher = crate::model::selection::matcher(&args.sources)?;
     let choices = plan::choose(
         &snapshots,

@@ -71,7 +71,20 @@ impl Drop for Guarded {
                 }
             }
         }
-        drop(self.dir.take());
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_owned();
+            // A program that was killed a moment ago may still be writing
+            // its last file: try again briefly rather than leave it.
+            if dir.close().is_err() {
+                for _ in 0..20 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    match std::fs::remove_dir_all(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -158,16 +171,20 @@ impl ScratchRuntime for ProcessRuntime {
         }
         let owner = self.postgres_owner()?;
         let dir = private_dir(owner.as_ref())?;
-        let data = dir.path().join("data");
-        let log = dir.path().join("postgres.log");
+        let socket_dir = dir.path().to_owned();
+        let data = socket_dir.join("data");
+        let log = socket_dir.join("postgres.log");
+        // Guarded from here: a cancellation during initdb kills it and
+        // removes the directory.
+        let mut guard = Guarded {
+            child: None,
+            dir: Some(dir),
+        };
         self.initdb(&bin, &data).await?;
-        let child = self.start_postgres(&bin, &data, dir.path(), &log, owner.as_ref())?;
+        guard.child = Some(self.start_postgres(&bin, &data, &socket_dir, &log, owner.as_ref())?);
         let mut scratch = ProcessPostgres {
-            socket_dir: dir.path().to_owned(),
-            guard: Guarded {
-                child: Some(child),
-                dir: Some(dir),
-            },
+            socket_dir,
+            guard,
             major,
         };
         let cfg = scratch.connection();
@@ -307,10 +324,12 @@ impl ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut c = self.as_user(initdb)?;
-        let out = tokio::task::spawn_blocking(move || c.output())
+        // Killed if the restore is cancelled (Ctrl-C, SIGTERM) meanwhile.
+        let mut c = tokio::process::Command::from(self.as_user(initdb)?);
+        let out = c
+            .kill_on_drop(true)
+            .output()
             .await
-            .map_err(|e| ScratchError::DidNotStart(format!("initdb: {e}")))?
             .map_err(ScratchError::io("cannot run initdb"))?;
         if !out.status.success() {
             return Err(ScratchError::DidNotStart(format!(

@@ -18,6 +18,15 @@ pub enum VerifyError {
         /// The repository searched.
         repository: String,
     },
+    /// `--snapshot ID` names a snapshot that is refused: unsigned, wrongly
+    /// signed or invalid.
+    #[error("snapshot `{id}` is refused: {reason}")]
+    Refused {
+        /// The id asked for.
+        id: String,
+        /// Why (names what to do).
+        reason: String,
+    },
     /// The repository holds no snapshot.
     #[error("repository {0} holds no snapshot")]
     NoSnapshot(String),
@@ -62,6 +71,7 @@ impl Classify for VerifyError {
             VerifyError::NoSuchSnapshot { .. }
             | VerifyError::NoSnapshot(_)
             | VerifyError::Selection(_) => Class::Usage,
+            VerifyError::Refused { .. } => Class::Failure,
             VerifyError::Repository(e) => e.class(),
             VerifyError::Plan(e) => e.class(),
             VerifyError::Scratch(e) => e.class(),

@@ -155,7 +155,20 @@ impl Which {
 
 /// Finds the snapshot to verify.
 pub async fn find_snapshot(repo: &Repository, which: &Which) -> Result<Manifest, VerifyError> {
-    let (snaps, _) = repo.snapshots().await?;
+    let (snaps, damaged) = repo.snapshots().await?;
+    for d in &damaged {
+        tracing::warn!(repository = repo.name(), manifest = %d.key, "refused: {}", d.message);
+    }
+    if let Which::Id(id) = which
+        && let Some(d) = damaged
+            .iter()
+            .find(|d| d.key == crate::storage::keys::manifest_key(id))
+    {
+        return Err(VerifyError::Refused {
+            id: id.clone(),
+            reason: d.message.clone(),
+        });
+    }
     let found = match which {
         Which::Latest => snaps.first(),
         Which::Oldest => snaps.last(),

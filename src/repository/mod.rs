@@ -299,6 +299,13 @@ impl Repository {
                 key: MARKER.into(),
                 message: e.to_string(),
             })?;
+        if let Err(message) = validate::marker(&marker, body.len()) {
+            return Err(RepositoryError::Damaged {
+                name: self.name.clone(),
+                key: MARKER.into(),
+                message,
+            });
+        }
         if marker.version > FORMAT_VERSION {
             return Err(RepositoryError::TooNew {
                 name: self.name.clone(),

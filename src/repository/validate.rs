@@ -19,6 +19,34 @@ use crate::storage::keys;
 /// per source), far below what would hurt.
 pub const MAX_DOCUMENT: u64 = 4 << 20;
 
+/// Checks the marker (`kompose-dr.json`, `size` bytes): kompose-dr's
+/// format, and between 1 and 64 recipients that are age public keys.
+pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
+    if size as u64 > MAX_DOCUMENT {
+        return Err(format!(
+            "{size} bytes is more than any marker kompose-dr writes"
+        ));
+    }
+    if m.format != "kompose-dr" {
+        return Err(format!(
+            "format `{}` is not kompose-dr's",
+            m.format.escape_debug()
+        ));
+    }
+    if m.recipients.is_empty() || m.recipients.len() > 64 {
+        return Err(format!(
+            "{} recipients: kompose-dr writes 1 to 64",
+            m.recipients.len()
+        ));
+    }
+    for r in &m.recipients {
+        if r.parse::<age::x25519::Recipient>().is_err() {
+            return Err(format!("`{}` is not an age recipient", r.escape_debug()));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a manifest read from `key` (`snapshots/<ID>.json`); the error
 /// says what is wrong, for the operator.
 pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
@@ -125,6 +153,22 @@ mod tests {
         ));
         a.sha256 = Some("0".repeat(64));
         fixture(ID, "2026-11-27T03:00:00Z", vec![a])
+    }
+
+    #[test]
+    fn a_marker_must_be_kompose_drs_with_age_recipients() {
+        let r = age::x25519::Identity::generate().to_public().to_string();
+        let m = |format: &str, recipients: Vec<String>| crate::repository::Marker {
+            format: format.into(),
+            version: 1,
+            created_at: chrono::Utc::now(),
+            recipients,
+        };
+        assert!(marker(&m("kompose-dr", vec![r.clone()]), 300).is_ok());
+        assert!(marker(&m("restic", vec![r.clone()]), 300).is_err());
+        assert!(marker(&m("kompose-dr", vec![]), 300).is_err());
+        assert!(marker(&m("kompose-dr", vec!["age1nonsense".into()]), 300).is_err());
+        assert!(marker(&m("kompose-dr", vec![r]), 5 << 20).is_err());
     }
 
     fn key() -> String {

@@ -199,6 +199,22 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         // Never chosen, but the operator should know why it is not there.
         tracing::warn!(repository = repository.name(), manifest = %d.key, "refused: {}", d.message);
     }
+    // Asked for by id, or nothing else left: say why, and fail (exit 1).
+    let asked = match &selector {
+        Selector::Snapshot(id) => damaged
+            .iter()
+            .find(|d| d.key == crate::storage::keys::manifest_key(id)),
+        _ if snapshots.is_empty() => damaged.first(),
+        _ => None,
+    };
+    if let Some(d) = asked {
+        return Err(Failure::failed(format!(
+            "repository {}: refusing {}: {}",
+            repository.name(),
+            d.key,
+            d.message
+        )));
+    }
     let matcher = crate::model::selection::matcher(&args.sources)?;
     let choices = plan::choose(
         &snapshots,

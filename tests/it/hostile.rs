@@ -440,3 +440,37 @@ fn a_replaced_dump_whose_view_runs_a_program_never_reaches_pg_restore() {
         "nothing of the replaced dump was restored"
     );
 }
+
+#[test]
+fn an_archive_swapped_in_from_another_snapshot_is_refused() {
+    let (ws, victim) = backed_up();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, br#"{"resolver":{"changed":true}}"#).unwrap();
+    ws.run(&["backup"]).assert_exit(0);
+    let mut ids: Vec<String> = ws
+        .manifests()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    // The older snapshot's archive copied over the newer one's: a valid
+    // archive, decrypting fine, of the wrong snapshot.
+    let archive = |id: &str| ws.repo.join(format!("data/{id}/files/acme.zst.age"));
+    std::fs::copy(archive(&ids[0]), archive(&ids[1])).unwrap();
+    let target = ws.dir.path().join("restored.json");
+    let out = ws.run(&[
+        "restore",
+        "--snapshot",
+        &ids[1],
+        "--source",
+        "files/acme",
+        "--to",
+        target.to_str().unwrap(),
+        "--yes",
+    ]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("the manifest");
+    assert!(!target.exists(), "the swapped archive was restored");
+    ws.run(&["check"]).assert_exit(1);
+    canary_alive(&victim);
+}

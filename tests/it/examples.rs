@@ -16,7 +16,7 @@ fn load_example(path: &Path) -> Config {
         .map(|l| {
             if l.starts_with("env_file") {
                 format!("env_file = \"{}\"", secrets.display())
-            } else if l.starts_with("key_file") {
+            } else if l.starts_with("key_credential") {
                 format!("key_file = \"{}\"", key.display())
             } else if l.starts_with("public_key") {
                 format!("public_key = \"{public_key}\"")

@@ -45,6 +45,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Vec<Check> {
     if only.is_none() {
         containers(config, &mut checks).await;
         scratch_runtime(config, &mut checks);
+        signing(config, &mut checks);
         match config
             .encryption
             .as_ref()
@@ -293,4 +294,23 @@ fn scratch_runtime(config: &Config, checks: &mut Vec<Check>) {
         ),
     };
     checks.push(check("scratch runtime", Ok(message)));
+}
+
+/// Whether snapshots get signed here and can be checked.
+fn signing(config: &Config, checks: &mut Vec<Check>) {
+    let Some(trust) = config.repositories.first().map(|r| &r.trust) else {
+        return;
+    };
+    let result = match (&trust.signing_key, &trust.public_key) {
+        (Some(_), Some(_)) => Ok("snapshots are signed with [signing] key and checked against public_key".to_owned()),
+        (None, Some(_)) => Ok(
+            "public_key set: snapshots are checked (no signing key: this host cannot back up, which is right for a restore-only host)"
+                .to_owned(),
+        ),
+        (_, None) => Err(
+            "no [signing] public_key: every reader refuses snapshots it cannot check; paste the public_key line `kompose-dr init --generate-key` printed"
+                .to_owned(),
+        ),
+    };
+    checks.push(check("signing", result));
 }

@@ -1,24 +1,39 @@
-# Shared by scripts/bench-backup, bench-restore and bench-verify: a
-# throw-away PostgreSQL 15 server (scripts/throwaway-pg, socket only) in a
-# temporary directory, stopped and removed on exit, and make_db, which builds a realistic database (URLs, titles, tags,
-# jsonb events; zstd -3 shrinks its dump about 4x).
-# Expects PGBIN; sets work, port and the PG* variables.
+# Shared by scripts/bench-backup, bench-restore, bench-verify and
+# bench-docker: a temporary directory ($work, removed on exit), a throw-away
+# PostgreSQL 15 server (scripts/throwaway-pg, socket only) in it, stopped on
+# exit, unless BENCH_SERVER=no; db_sql, the SQL of a realistic database (URLs,
+# titles, tags, jsonb events; zstd -3 shrinks its dump about 4x), and
+# make_db, which builds one on that server; now, secs and median for timing.
+# Expects PGBIN; sets work, and with the server port and the PG* variables.
 
 work=$(mktemp -d /tmp/kdr-bench.XXXXXX)
 cleanup() {
-  PGBIN=$PGBIN scripts/throwaway-pg stop "$work" --immediate >/dev/null 2>&1 || true
+  if [ "${BENCH_SERVER:-yes}" != no ]; then
+    PGBIN=$PGBIN scripts/throwaway-pg stop "$work" --immediate >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-set -a
-eval "$(PGBIN=$PGBIN scripts/throwaway-pg start "$work" --port "$port" --socket-only \
-  --user bench -c max_wal_size=4GB)"
-set +a
+if [ "${BENCH_SERVER:-yes}" != no ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  set -a
+  eval "$(PGBIN=$PGBIN scripts/throwaway-pg start "$work" --port "$port" --socket-only \
+    --user bench -c max_wal_size=4GB)"
+  set +a
+fi
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.3f}')"; }
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
 
 make_db() { # name rows
   psql -q -d postgres -c "CREATE DATABASE $1"
-  psql -q -d "$1" <<SQL
+  db_sql "$2" | psql -q -d "$1"
+}
+
+db_sql() { # rows
+  local rows=$1
+  cat <<SQL
 CREATE TABLE words (i int PRIMARY KEY, w text);
 INSERT INTO words SELECT i, (ARRAY['kompose','linkwarden','traefik','postgres','redis','backup','restore','docker','compose','grafana','umami','keycloak','dashboard','release','notes','guide','howto','security','update','weekly','digest','archive','photo','travel','recipe','garden','music','video','project','design','rust','python','server','cloud','home','lab','network','storage','monitor','alert'])[1 + (i % 40)] || CASE WHEN i % 3 = 0 THEN '' ELSE '-' || (i % 97) END FROM generate_series(0, 3999) i;
 CREATE TABLE "Link" (
@@ -31,7 +46,7 @@ SELECT 'https://' || w1.w || '.example.' || (ARRAY['org','com','net','io'])[1 + 
        timestamptz '2024-01-01' + (g * interval '17 seconds'),
        jsonb_build_object('views', g % 1013, 'clicks', g % 211, 'ua', w3.w || '/' || (g % 37),
                           'hist', jsonb_build_array(g % 17, g % 31, (g * 31) % 1009, substr(md5((g*3)::text), 1, 8)))
-FROM generate_series(1, $2) g
+FROM generate_series(1, $rows) g
 JOIN words w1 ON w1.i = g % 4000
 JOIN words w2 ON w2.i = (g * 13) % 4000
 JOIN words w3 ON w3.i = (g * 101) % 4000;

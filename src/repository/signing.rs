@@ -79,6 +79,7 @@ pub fn check(trust: &Trust, what: &str, body: &[u8], sig: Option<&[u8]>) -> Resu
         return Err(wrong(format!("{} bytes of signature", sig.len())));
     }
     let text = std::str::from_utf8(sig).map_err(|_| wrong("not text".into()))?;
+    well_formed(text).map_err(wrong)?;
     let sig_box = minisign::SignatureBox::from_string(text)
         .map_err(|e| wrong(format!("not a minisign signature: {e}")))?;
     let pk = minisign::PublicKey::from_base64(pk_text)
@@ -96,6 +97,35 @@ pub fn check(trust: &Trust, what: &str, body: &[u8], sig: Option<&[u8]>) -> Resu
         Ok(c) if c == comment(what) => Ok(Signed::Yes),
         Ok(c) => Err(wrong(format!("it was made for `{c}`"))),
         Err(e) => Err(wrong(e.to_string())),
+    }
+}
+
+/// Checks the shape of a minisign signature file before the minisign crate
+/// parses it: four lines, the signature 74 bytes and the global signature 64
+/// bytes once decoded. minisign 0.10.0 panics on a shorter global signature
+/// (found by the `signature` fuzz target, fuzz/regressions/signature).
+fn well_formed(text: &str) -> Result<(), String> {
+    use base64::Engine;
+    let lines: Vec<&str> = text.lines().collect();
+    let decoded = |line: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(line.trim())
+            .map(|b| b.len())
+            .unwrap_or(0)
+    };
+    match lines.as_slice() {
+        [untrusted, sig, trusted, global, ..]
+            if untrusted.starts_with("untrusted comment: ")
+                && trusted.starts_with("trusted comment: ") =>
+        {
+            match (decoded(sig), decoded(global)) {
+                (74, 64) => Ok(()),
+                (s, g) => Err(format!(
+                    "a {s}-byte signature and a {g}-byte global signature, not 74 and 64"
+                )),
+            }
+        }
+        _ => Err("not the four lines of a minisign signature".into()),
     }
 }
 
@@ -131,6 +161,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("made for"), "{e}");
+    }
+
+    #[test]
+    fn a_short_global_signature_is_refused_not_a_panic() {
+        use base64::Engine;
+        let t = trust();
+        let sig = String::from_utf8(sign(&t, "x", b"{}").unwrap().unwrap()).unwrap();
+        let mut lines: Vec<String> = sig.lines().map(str::to_owned).collect();
+        let global = base64::engine::general_purpose::STANDARD
+            .decode(&lines[3])
+            .unwrap();
+        lines[3] = base64::engine::general_purpose::STANDARD.encode(&global[..62]);
+        let cut = lines.join("\n") + "\n";
+        let e = check(&t, "x", b"{}", Some(cut.as_bytes())).unwrap_err();
+        assert!(e.contains("62-byte global signature"), "{e}");
     }
 
     #[test]

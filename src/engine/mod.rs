@@ -274,19 +274,28 @@ impl Engine {
         Ok(c)
     }
 
-    /// Names of every container, running or not.
-    pub async fn names(&self) -> Result<Vec<String>, EngineError> {
+    /// Every container, running or not; only those carrying `label` if given.
+    async fn list(
+        &self,
+        label: Option<&str>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
         let opts = bollard::query_parameters::ListContainersOptions {
             all: true,
+            filters: label.map(|l| HashMap::from([("label".to_owned(), vec![l.to_owned()])])),
             ..Default::default()
         };
-        let list = self
-            .control(
-                "listing containers",
-                self.docker.list_containers(Some(opts)),
-            )
-            .await?;
-        Ok(list
+        self.control(
+            "listing containers",
+            self.docker.list_containers(Some(opts)),
+        )
+        .await
+    }
+
+    /// Names of every container, running or not.
+    pub async fn names(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .list(None)
+            .await?
             .into_iter()
             .flat_map(|c| c.names.unwrap_or_default())
             .map(|n| n.trim_start_matches('/').to_owned())
@@ -297,25 +306,6 @@ impl Engine {
     /// and case, a prefix or suffix of it, or at most two edits away.
     pub async fn close_matches(&self, name: &str) -> Result<Vec<String>, EngineError> {
         Ok(close_matches(name, &self.names().await?))
-    }
-
-    /// Ids of the containers (running or not) that carry `label`.
-    pub async fn labelled(&self, label: &str) -> Result<Vec<String>, EngineError> {
-        let opts = bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![label.to_owned()],
-            )])),
-            ..Default::default()
-        };
-        let list = self
-            .control(
-                "listing containers",
-                self.docker.list_containers(Some(opts)),
-            )
-            .await?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
     /// Runs a call that changes a container's state within `limit`; the

@@ -101,20 +101,7 @@ impl Engine {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let opts = bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![LABEL.to_owned()],
-            )])),
-            ..Default::default()
-        };
-        let list = self
-            .control(
-                "listing scratch containers",
-                self.docker().list_containers(Some(opts)),
-            )
-            .await?;
+        let list = self.list(Some(LABEL)).await?;
         let mut removed = 0;
         for c in list {
             let owner = c

@@ -74,6 +74,26 @@ fn scratch_containers(engine: &Engine) -> Vec<String> {
     engine.containers_with_label(SCRATCH_LABEL)
 }
 
+/// A `verify` started in the background, once its scratch container runs.
+fn verify_with_a_scratch_container(ws: &Workspace, engine: &Engine) -> std::process::Child {
+    let mut child = kdr(ws, engine)
+        .arg("verify")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while scratch_containers(engine).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "verify never started a scratch container"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "verify ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
 #[test]
 fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     let engine = engine();
@@ -236,21 +256,7 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
 
     // kill -9 during a verify leaves its scratch container behind; the next
     // run sweeps it.
-    let mut victim = kdr(&ws, engine)
-        .arg("verify")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while scratch_containers(engine).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "verify never started a scratch container"
-        );
-        assert!(victim.try_wait().unwrap().is_none(), "verify ended early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut victim = verify_with_a_scratch_container(&ws, engine);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -269,18 +275,7 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
     ] {
-        let mut stopped = kdr(&ws, engine)
-            .arg("verify")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while scratch_containers(engine).is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(120));
-            assert!(stopped.try_wait().unwrap().is_none(), "verify ended early");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut stopped = verify_with_a_scratch_container(&ws, engine);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped.id() as i32), signal).unwrap();
         let status = stopped.wait().unwrap();
         assert!(!status.success(), "{signal}: {status:?}");

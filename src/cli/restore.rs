@@ -45,6 +45,15 @@ pub struct Args {
     /// Replace existing non-empty databases, Redis data or files.
     #[arg(long)]
     replace: bool,
+    /// Reset roles that exist on the target to the snapshot's attributes,
+    /// passwords, settings and memberships. Without it existing roles are
+    /// left as they are and only missing ones are created.
+    #[arg(long)]
+    overwrite_roles: bool,
+    /// Restore databases without their owner and privileges: objects
+    /// belong to the restoring user (for a server that lacks the roles).
+    #[arg(long)]
+    no_owner: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
@@ -169,7 +178,8 @@ impl Args {
             target,
             replace: self.replace,
             jobs: self.jobs.map(usize::from),
-            no_owner: false,
+            no_owner: self.no_owner,
+            overwrite_roles: self.overwrite_roles,
         })
     }
 }
@@ -222,8 +232,10 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         matcher.as_ref().map(|m| (m, args.sources.as_slice())),
     )?;
     crate::restore::check_options(&choices, &options)?;
+    // A dry run needs no key, but with one at hand the plan can say which
+    // roles the roles archive creates and which it leaves alone.
     let identities = if args.dry_run {
-        Vec::new()
+        crate::pipeline::load_identities(&config).unwrap_or_default()
     } else {
         crate::pipeline::load_identities(&config)?
     };
@@ -234,6 +246,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         options: &options,
         redactor: Redactor::new(config.secrets()),
         progress: std::io::stderr().is_terminal() && !globals.json,
+        cancel: tokio_util::sync::CancellationToken::new(),
     };
     let items = crate::restore::prepare(&ctx, choices).await?;
     if !globals.json {
@@ -273,7 +286,9 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     if !args.yes {
         confirm(items.len())?;
     }
+    let watch = watch_signals(ctx.cancel.clone())?;
     let results = crate::restore::execute(&ctx, items.iter().filter_map(PlanItem::ready)).await;
+    watch.abort();
     if globals.json {
         output::json(&Report {
             repository: ctx.repository.name(),
@@ -286,6 +301,37 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         print_results(&results);
     }
     Ok(Outcome::verdict(results.iter().all(|r| r.ok)))
+}
+
+/// Cancels `cancel` on the first Ctrl-C or SIGTERM; the restore then
+/// stops at a safe point (see [`RestoreContext::cancel`]) and reports. A
+/// second signal ends the process at once.
+fn watch_signals(
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::failed(format!("cannot watch for SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Failure::failed(format!("cannot watch for Ctrl-C: {e}")))?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!(
+            "interrupted: stopping at a safe point (a swap in progress completes or rolls back; a scratch database is dropped); signal again to exit at once"
+        );
+        cancel.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::error!(
+            "interrupted twice: exiting now; a scratch database left behind is dropped by the next restore"
+        );
+        std::process::exit(130);
+    }))
 }
 
 /// Prints each item's outcome for people.

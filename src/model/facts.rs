@@ -27,6 +27,10 @@ pub enum SourceFacts {
     Postgres {
         /// Row count per table.
         tables: BTreeMap<String, u64>,
+        /// The database object itself (owner, ACL, settings, locale…);
+        /// absent in snapshots taken before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        database: Option<Box<DatabaseFacts>>,
     },
     /// Redis: keys per logical database (`db0` …) right after the save.
     Redis {
@@ -39,6 +43,53 @@ pub enum SourceFacts {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certificates: Option<Vec<Certificate>>,
     },
+}
+
+/// The database object as `pg_database` and its satellites describe it at
+/// backup time: what `pg_restore --create` would bring back, and what a
+/// restore into a scratch database must set itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseFacts {
+    /// The owning role.
+    pub owner: String,
+    /// Server encoding (`UTF8`, `LATIN1`).
+    pub encoding: String,
+    /// Locale provider: `libc`, `icu` or `builtin` (PostgreSQL 15+; `libc`
+    /// before).
+    pub locale_provider: String,
+    /// `LC_COLLATE`.
+    pub collate: String,
+    /// `LC_CTYPE`.
+    pub ctype: String,
+    /// The ICU (or builtin) locale, when the provider is not libc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// ICU tailoring rules (PostgreSQL 16+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icu_rules: Option<String>,
+    /// `CONNECTION LIMIT` (-1: none).
+    pub connection_limit: i32,
+    /// The ACL as `aclitem` texts (`=Tc/postgres`, `app=c/postgres`);
+    /// absent when it is the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// `COMMENT ON DATABASE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// `ALTER DATABASE … SET` (role absent) and `ALTER ROLE … IN DATABASE …
+    /// SET` settings, as `name=value` texts like `pg_db_role_setting` holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<RoleSettings>,
+}
+
+/// The settings of one role in the database, or of every role.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RoleSettings {
+    /// The role; absent for `ALTER DATABASE … SET` (every role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// `name=value` texts.
+    pub settings: Vec<String>,
 }
 
 /// A certificate in an ACME store.

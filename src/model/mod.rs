@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod facts;
+pub mod host;
 pub mod manifest;
 pub mod policy;
 pub mod retention;

@@ -28,6 +28,7 @@ pub fn is_source_name(s: &str) -> bool {
         return is_name(name);
     }
     if let Some(db) = s.strip_prefix("postgres/") {
+        let db = db.strip_prefix('~').unwrap_or(db);
         return !db.is_empty()
             && db.len() <= 63
             && db != "."
@@ -36,6 +37,28 @@ pub fn is_source_name(s: &str) -> bool {
             && !db.chars().any(char::is_control);
     }
     false
+}
+
+/// The source name of database `db`: `postgres/<db>`, except that a
+/// database named `globals` (which would be the roles' `postgres/globals`)
+/// or starting with `~` gets one `~` in front (`postgres/~globals`), so
+/// every database has a name of its own.
+pub fn database_source(db: &str) -> String {
+    if db == "globals" || db.starts_with('~') {
+        format!("postgres/~{db}")
+    } else {
+        format!("postgres/{db}")
+    }
+}
+
+/// The database a `postgres/…` source name (other than `postgres/globals`)
+/// stands for: the inverse of [`database_source`].
+pub fn source_database(source: &str) -> Option<&str> {
+    let name = source.strip_prefix("postgres/")?;
+    if source == "postgres/globals" {
+        return None;
+    }
+    Some(name.strip_prefix('~').unwrap_or(name))
 }
 
 /// Compiles `--source` patterns (names or globs such as `postgres/*`).
@@ -58,6 +81,18 @@ pub fn matcher(patterns: &[String]) -> Result<Option<globset::GlobSet>, InvalidI
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_named_globals_does_not_take_the_roles_name() {
+        for db in ["keycloak", "globals", "~globals", "~", "glob~als"] {
+            let s = database_source(db);
+            assert_ne!(s, "postgres/globals");
+            assert_eq!(source_database(&s), Some(db), "{s}");
+            assert!(is_source_name(&s), "{s}");
+        }
+        assert_eq!(database_source("globals"), "postgres/~globals");
+        assert_eq!(source_database("postgres/globals"), None);
+    }
 
     #[test]
     fn only_source_names_kompose_dr_writes_are_accepted() {

@@ -48,6 +48,10 @@ pub struct RestoreOptions {
     /// Restore without ownership and privileges (`--no-owner
     /// --no-privileges`): for scratch servers that lack the roles.
     pub no_owner: bool,
+    /// `--overwrite-roles`: reset roles that exist on the target to the
+    /// snapshot's attributes, passwords, settings and memberships (by
+    /// default they are left as they are and only missing roles created).
+    pub overwrite_roles: bool,
 }
 
 impl RestoreOptions {
@@ -63,6 +67,7 @@ impl RestoreOptions {
             replace: false,
             jobs: None,
             no_owner: false,
+            overwrite_roles: false,
         }
     }
 }
@@ -104,6 +109,9 @@ pub enum Target {
     Globals {
         /// `host:port`.
         server: String,
+        /// What the archive will create, keep and reset there (absent when
+        /// the plan was made without the key to read the archive).
+        roles: Option<postgres::globals::RolesPlan>,
     },
     /// A database.
     Database {
@@ -137,7 +145,18 @@ pub enum Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Globals { server } => write!(f, "roles on {server}"),
+            Target::Globals {
+                server,
+                roles: Some(plan),
+            } => write!(f, "roles on {server}: {plan}"),
+            Target::Globals {
+                server,
+                roles: None,
+            } => write!(
+                f,
+                "roles on {server}: create the missing ones; existing roles are left as they are \
+                 unless --overwrite-roles (listing them needs the key)"
+            ),
             Target::Database { name, server } => write!(f, "database {name} on {server}"),
             Target::RedisDir { path } => write!(f, "Redis data directory {}", path.display()),
             Target::RedisContainer {
@@ -273,6 +292,10 @@ pub struct RestoreContext<'a> {
     pub redactor: Redactor,
     /// Whether to draw progress bars.
     pub progress: bool,
+    /// Cancelled on Ctrl-C or SIGTERM: a pg_restore in progress stops and
+    /// its scratch database is dropped, a swap in progress completes or
+    /// rolls back, and the items not started are not restored.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Checks that `--as` and `--to` fit the selection.
@@ -320,7 +343,13 @@ pub async fn prepare(
 /// passed [`check_options`]).
 pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
     let checked = match c.artifact.kind {
-        ArtifactKind::PostgresGlobals => postgres::globals_target(ctx).map(|t| (t, false)),
+        ArtifactKind::PostgresGlobals => {
+            postgres::globals::globals_target(ctx, &c).await.map(|t| {
+                let resets =
+                    matches!(&t, Target::Globals { roles: Some(p), .. } if !p.reset.is_empty());
+                (t, resets)
+            })
+        }
         ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
         ArtifactKind::File => files::preflight(ctx, &c),
@@ -345,6 +374,17 @@ pub async fn execute<'i>(
 ) -> Vec<ItemResult> {
     let mut results = Vec::new();
     for item in items {
+        if ctx.cancel.is_cancelled() {
+            results.push(ItemResult {
+                source: item.choice.source.clone(),
+                target: item.target.clone(),
+                ok: false,
+                bytes: 0,
+                seconds: 0.0,
+                message: format!("not restored (interrupted); {} is unchanged", item.target),
+            });
+            continue;
+        }
         results.push(execute_one(ctx, item).await);
     }
     results
@@ -358,7 +398,7 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
     // The target was worked out from the artifact's kind, so it says which
     // restore applies.
     let outcome = match &item.target {
-        Target::Globals { .. } => postgres::restore_globals(ctx, item).await,
+        Target::Globals { .. } => postgres::globals::restore_globals(ctx, item).await,
         Target::Database { name, .. } => postgres::restore_database(ctx, item, name).await,
         Target::RedisDir { path } => redis::restore(ctx, item, path).await,
         Target::RedisContainer { dir, .. } => {
@@ -505,6 +545,7 @@ mod tests {
             artifact: artifact("files/acme", "2026-11-27T03:00:05Z", true),
             distance_seconds: None,
             skipped_failed: Vec::new(),
+            facts: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Choice {
     pub distance_seconds: Option<i64>,
     /// Newer snapshots in which this source failed and was skipped.
     pub skipped_failed: Vec<String>,
+    /// The snapshot's facts sidecar (what the restore sets and checks
+    /// beyond the archive: a database's own properties).
+    #[serde(skip)]
+    pub facts: Option<crate::model::manifest::StoredObject>,
 }
 
 /// Why no plan could be made.
@@ -164,6 +168,7 @@ fn choose_in(
     for a in m.artifacts.iter().filter(|a| wanted(&a.source)) {
         if a.is_ok() {
             out.push(Choice {
+                facts: m.facts.clone(),
                 source: a.source.clone(),
                 snapshot: m.id.clone(),
                 artifact: a.clone(),
@@ -254,6 +259,7 @@ fn choose_source_at(
     }
     match (chosen, earliest) {
         (Some((m, a, at)), _) => Ok(Choice {
+            facts: m.facts.clone(),
             source: name.to_owned(),
             snapshot: m.id.clone(),
             artifact: a.clone(),

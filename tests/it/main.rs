@@ -13,6 +13,7 @@ mod docker_native;
 mod docker_rig;
 mod events;
 mod examples;
+mod fidelity;
 mod hostile;
 mod operations;
 mod restore;

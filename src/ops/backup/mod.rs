@@ -26,6 +26,7 @@ use crate::model::manifest::{
 };
 use crate::model::policy::Policy;
 use crate::model::secret::Redactor;
+use crate::model::selection::{database_source, source_database};
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::lock::RepoLock;
 use crate::repository::{Repository, RepositoryError};
@@ -320,7 +321,7 @@ fn manifest_head(snapshot: &str, opts: &BackupOptions, started_at: DateTime<Utc>
         version: MANIFEST_VERSION,
         id: snapshot.to_owned(),
         repository: String::new(),
-        hostname: hostname(),
+        hostname: crate::model::host::name(),
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         policy: opts.policy.clone(),
         started_at,
@@ -529,12 +530,6 @@ fn log_run(r: &SourceRun) {
     }
 }
 
-fn hostname() -> String {
-    hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// The manifest entry of a run, as `repository` holds it.
 fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
     let (status, error, stored) = match &r.result {
@@ -634,7 +629,7 @@ async fn plan_postgres<'a>(
                     pg.globals
                         .then(|| "postgres/globals".to_owned())
                         .into_iter()
-                        .chain(l.iter().map(|d| format!("postgres/{d}")))
+                        .chain(l.iter().map(|d| database_source(d)))
                         .filter(|n| wanted(n))
                         .collect(),
                     false,
@@ -650,7 +645,7 @@ async fn plan_postgres<'a>(
         .into_iter()
         .chain(
             dbs.iter()
-                .map(|db| format!("postgres/{db}"))
+                .map(|db| database_source(db))
                 .filter(|n| wanted(n)),
         )
         .collect();
@@ -670,8 +665,8 @@ async fn plan_postgres<'a>(
         .iter()
         .map(|name| {
             let (tool, server) = (tool.clone(), server.clone());
-            match name.strip_prefix("postgres/") {
-                Some("globals") => {
+            match source_database(name) {
+                None if name == "postgres/globals" => {
                     Box::pin(async move { postgres::dump_globals(ctx, pg, &tool, &server).await })
                         as Job<'a>
                 }
@@ -681,7 +676,7 @@ async fn plan_postgres<'a>(
                         async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
                     )
                 }
-                None => unreachable!("postgres names start with postgres/"),
+                None => unreachable!("postgres names are postgres/globals or a database's"),
             }
         })
         .collect();

@@ -245,7 +245,13 @@ async fn sql_check(
     let Some(pg) = restored.postgres_config() else {
         return Check::new(name, false, "no database was restored");
     };
-    let db = source.trim_start_matches("postgres/");
+    let Some(db) = crate::model::selection::source_database(source) else {
+        return Check::new(
+            name,
+            false,
+            "sql checks apply to databases, not postgres/globals",
+        );
+    };
     let value = async {
         let client = crate::sources::postgres::connect(&pg, db)
             .await

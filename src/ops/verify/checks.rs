@@ -8,6 +8,7 @@ use chrono::Utc;
 use super::Check;
 use crate::model::config::{PostgresConfig, RedisConfig};
 use crate::model::facts::SourceFacts;
+use crate::sources::postgres::database::{self, Ownership};
 
 /// Compares the row counts of database `db` on the scratch server `pg`
 /// with those recorded in the facts.
@@ -16,7 +17,10 @@ pub(super) async fn compare_tables(
     db: &str,
     facts: Option<&SourceFacts>,
 ) -> Check {
-    let Some(SourceFacts::Postgres { tables: recorded }) = facts else {
+    let Some(SourceFacts::Postgres {
+        tables: recorded, ..
+    }) = facts
+    else {
         return Check::new(
             "row counts",
             false,
@@ -45,6 +49,58 @@ pub(super) async fn compare_tables(
     } else {
         Check::new("row counts", false, problems.join("; "))
     }
+}
+
+/// Compares the restored database object (owner, ACL, settings, comment,
+/// encoding, locale) with the one recorded at backup time. With
+/// [`Ownership::Skip`] (no roles were restored) owner, ACL and per-role
+/// settings are not compared, and the check says so.
+pub(super) async fn compare_database(
+    pg: &PostgresConfig,
+    db: &str,
+    facts: Option<&SourceFacts>,
+    ownership: Ownership,
+) -> Check {
+    const NAME: &str = "database properties";
+    let Some(SourceFacts::Postgres {
+        database: Some(recorded),
+        ..
+    }) = facts
+    else {
+        return Check::new(
+            NAME,
+            true,
+            "not recorded in this snapshot (taken before kompose-dr recorded them): not compared",
+        );
+    };
+    let restored = match crate::sources::postgres::connect(pg, &pg.endpoint.maintenance_db).await {
+        Ok(client) => database::read(&client, db).await,
+        Err(e) => Err(e),
+    };
+    let restored = match restored {
+        Ok(r) => r,
+        Err(e) => return Check::new(NAME, false, e.to_string()),
+    };
+    let problems = database::differences(recorded, &restored, ownership);
+    if !problems.is_empty() {
+        return Check::new(NAME, false, problems.join("; "));
+    }
+    let mut detail = format!(
+        "encoding {}, {} locale {}, settings and comment as recorded",
+        recorded.encoding,
+        recorded.locale_provider,
+        recorded.locale.as_deref().unwrap_or(&recorded.collate)
+    );
+    match ownership {
+        Ownership::Recorded => detail.push_str(&format!(
+            "; owner {} and privileges as recorded",
+            recorded.owner
+        )),
+        Ownership::Skip => {
+            detail.push_str("; owner and privileges not compared (the snapshot has no roles)")
+        }
+    }
+    Check::new(NAME, true, detail)
 }
 
 /// What differs between the recorded and the restored row counts.

@@ -193,25 +193,12 @@ pub async fn load_facts(
         .facts
         .as_ref()
         .ok_or_else(|| VerifyError::NoFacts(manifest.id.clone()))?;
-    let problem = |problem: String| VerifyError::Facts {
-        path: f.path.clone(),
-        problem,
-    };
-    let body = repo
-        .backend()
-        .get(&f.path)
-        .await
-        .map_err(VerifyError::FactsStorage)?;
-    use sha2::Digest;
-    let sha = hex::encode(sha2::Sha256::digest(&body));
-    if sha != f.sha256 || body.len() as u64 != f.stored_bytes {
-        return Err(problem(
-            "the stored bytes differ from the manifest: the sidecar is damaged".into(),
-        ));
-    }
-    let plain = crate::pipeline::decode_all(&body, identities)
-        .map_err(|e| problem(format!("cannot decrypt: {e}")))?;
-    serde_json::from_slice(&plain).map_err(|e| problem(format!("not readable: {e}")))
+    repo.facts(f, identities).await.map_err(|e| match e {
+        crate::repository::facts::FactsError::Storage(e) => VerifyError::FactsStorage(e),
+        crate::repository::facts::FactsError::Damaged { path, problem } => {
+            VerifyError::Facts { path, problem }
+        }
+    })
 }
 
 /// Restores `manifest` (the sources `patterns` select; all by default) into
@@ -362,9 +349,16 @@ impl Session<'_> {
             }
             let mut checks = vec![Check::restore(&result)];
             if result.is_ok() && c.source != "postgres/globals" {
-                let db = c.source.trim_start_matches("postgres/");
+                let db = crate::model::selection::source_database(&c.source)
+                    .expect("a database's source");
                 let facts = self.facts.sources.get(&c.source);
                 checks.push(checks::compare_tables(&pg, db, facts).await);
+                let ownership = if no_owner {
+                    crate::sources::postgres::database::Ownership::Skip
+                } else {
+                    crate::sources::postgres::database::Ownership::Recorded
+                };
+                checks.push(checks::compare_database(&pg, db, facts, ownership).await);
             }
             verdicts.push(SourceVerdict::new(&c.source, seconds, checks));
         }
@@ -432,6 +426,8 @@ impl Session<'_> {
             options: &options,
             redactor: self.redactor.clone(),
             progress: false,
+            // verify runs under `interruptible`, which drops it whole.
+            cancel: tokio_util::sync::CancellationToken::new(),
         };
         let result = match restore::check_options(std::slice::from_ref(choice), &options) {
             Err(e) => Err(e.to_string()),

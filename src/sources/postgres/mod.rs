@@ -26,6 +26,8 @@
 //! user and password come from the container's `POSTGRES_USER` and
 //! `POSTGRES_PASSWORD` (read by inspecting it) unless configured.
 
+pub mod database;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -362,7 +364,7 @@ pub async fn dump_database(
     server: &ServerVersion,
     db: &str,
 ) -> SourceRun {
-    let source = format!("postgres/{db}");
+    let source = crate::model::selection::database_source(db);
     timed(async {
         let mut run = SourceRun::failed(&source, ArtifactKind::PostgresDump, "");
         run.tool_version = Some(tool.version().to_owned());
@@ -401,14 +403,21 @@ pub async fn dump_database(
             cmd.args(["--format=custom", "--compress=0"])
                 .arg(format!("--snapshot={snapshot}"))
                 .arg(format!("--lock-wait-timeout={}", cfg.lock_wait.as_millis()));
-            let (stored, tables) = tokio::join!(
-                ctx.store_child(&key, "pg_dump", cmd),
-                count_rows(&client, db)
-            );
+            let facts = async {
+                let tables = count_rows(&client, db).await?;
+                let object = database::read(&client, db).await?;
+                Ok::<_, SourceError>((tables, object))
+            };
+            let (stored, tables) = tokio::join!(ctx.store_child(&key, "pg_dump", cmd), facts);
             // pg_dump has finished with the snapshot: end the transaction.
             let _ = client.batch_execute("ROLLBACK").await;
             match tables {
-                Ok(tables) => run.facts = Some(SourceFacts::Postgres { tables }),
+                Ok((tables, object)) => {
+                    run.facts = Some(SourceFacts::Postgres {
+                        tables,
+                        database: Some(Box::new(object)),
+                    })
+                }
                 Err(e) => {
                     // Without its facts the dump cannot be verified: fail it.
                     if let Ok(s) = &stored {

@@ -1,0 +1,799 @@
+//! Restoring PostgreSQL: roles (globals) with psql, databases with
+//! pg_restore.
+//!
+//! A database is always restored into a scratch database on the target
+//! server first — created with the snapshot's encoding, locale provider,
+//! collation, ctype and ICU locale, and marked (a comment naming this host
+//! and process) so that one left by a killed restore is dropped by the
+//! next — streamed storage → age → zstd → pg_restore's stdin (or staged in
+//! a private temporary file for `--jobs`). When pg_restore succeeded and the
+//! archive checked out, the scratch database is given the recorded owner,
+//! ACL, connection limit, settings, per-role settings and comment
+//! ([`database`]), and swapped in under its name in one transaction
+//! ([`Swap`]). A failed or interrupted restore leaves the existing database
+//! exactly as it was, open to connections.
+//!
+//! Roles: the roles archive only creates the roles the target lacks; roles
+//! that exist are left as they are (their passwords, attributes,
+//! memberships) unless `--overwrite-roles` asks to reset them, and the plan
+//! names both ([`globals`]).
+
+pub mod globals;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio_postgres::Client;
+
+use super::stream::{self, copy_archive};
+use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
+use crate::model::config::PostgresConfig;
+use crate::model::facts::{DatabaseFacts, SourceFacts};
+use crate::process::{Ended, stderr_tail};
+use crate::restore::plan::Choice;
+use crate::sources::launch::Launch;
+use crate::sources::postgres::database::{self, Ownership};
+use crate::sources::postgres::{
+    DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
+};
+
+fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
+    let mut cfg = ctx
+        .targets
+        .postgres
+        .clone()
+        .ok_or_else(|| RestoreError::NoPostgres {
+            config: ctx.targets.config_path.clone(),
+        })?;
+    if let Some(ep) = &ctx.options.target {
+        cfg.endpoint = ep.clone();
+        // The container runs the configured server, not the target.
+        cfg.container = None;
+    }
+    Ok(cfg)
+}
+
+/// The target with what its container supplies (user, password) filled in.
+async fn resolved_target(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
+    Ok(crate::sources::postgres::resolve(&target_config(ctx)?).await?)
+}
+
+fn server(cfg: &PostgresConfig) -> String {
+    match &cfg.container {
+        Some(c) => format!("container {}", c.name),
+        None => format!("{}:{}", cfg.endpoint.host, cfg.endpoint.port),
+    }
+}
+
+fn database_name(ctx: &RestoreContext<'_>, c: &Choice) -> String {
+    ctx.options.as_name.clone().unwrap_or_else(|| {
+        crate::model::selection::source_database(&c.source)
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
+fn archive_major(c: &Choice) -> u32 {
+    c.artifact
+        .tool_version
+        .as_deref()
+        .and_then(parse_tool_major)
+        .unwrap_or(0)
+}
+
+async fn restore_tool(cfg: &PostgresConfig, c: &Choice) -> Result<DumpTool, RestoreError> {
+    let major = archive_major(c);
+    choose_client(
+        cfg,
+        "pg_restore",
+        major,
+        &format!(
+            "the archive's format ({} wrote it)",
+            c.artifact
+                .tool_version
+                .as_deref()
+                .unwrap_or("an unknown pg_dump")
+        ),
+    )
+    .await
+    .map_err(RestoreError::from_source)
+}
+
+async fn connect_to(cfg: &PostgresConfig, db: &str) -> Result<Client, RestoreError> {
+    connect(cfg, db).await.map_err(RestoreError::from_source)
+}
+
+/// Whether database `name` exists and, if so, whether it holds anything.
+async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, RestoreError> {
+    let client = connect_to(cfg, &cfg.endpoint.maintenance_db).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(RestoreError::db("cannot list databases"))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let db = connect_to(cfg, name).await?;
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'",
+            &[],
+        )
+        .await
+        .map_err(RestoreError::db(format!("cannot inspect database {name}")))?
+        .get(0);
+    Ok(Some(n > 0))
+}
+
+/// Checks a database target: refuses a non-empty one without `--replace`,
+/// and makes sure a suitable pg_restore exists.
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    c: &Choice,
+) -> Result<(Target, bool), RestoreError> {
+    let cfg = resolved_target(ctx).await?;
+    let name = database_name(ctx, c);
+    if name.is_empty() || name.len() > 63 {
+        return Err(RestoreError::Refused(format!(
+            "`{name}` is not a usable database name (1 to 63 bytes)"
+        )));
+    }
+    let target = Target::Database {
+        name: name.clone(),
+        server: server(&cfg),
+    };
+    let existing = state(&cfg, &name).await?;
+    if existing == Some(true) && !ctx.options.replace {
+        return Err(RestoreError::Refused(format!(
+            "database {name} on {} exists and is not empty: nothing was changed. \
+             Restore beside it with --as NEW_NAME and compare, or replace it with --replace",
+            server(&cfg)
+        )));
+    }
+    if ctx.options.jobs.is_some() && cfg.container.is_some() {
+        return Err(RestoreError::Refused("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into()));
+    }
+    restore_tool(&cfg, c).await?;
+    Ok((target, existing.is_some()))
+}
+
+/// Streams an archive into a program's stdin; returns plaintext bytes, the
+/// program's stderr tail and how it ended. The archive must check out.
+async fn pipe_into(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    launch: Launch,
+    program: &str,
+    tee: Option<std::fs::File>,
+) -> Result<(u64, String, Ended), RestoreError> {
+    let pb = progress_bar(ctx, item);
+    // Verified whole before pg_restore sees a byte: a dump runs code.
+    let stored = crate::restore::spool_verified(ctx, item, &pb).await?;
+    let mut child = launch
+        .start(program, true)
+        .await
+        .map_err(|e| RestoreError::Failed(format!("cannot start {program}: {e}")))?;
+    let stdin = child.stdin.take().expect("stdin is attached");
+    drop(child.stdout.take());
+    let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
+    let ids = ctx.identities.clone();
+    let copy = tokio::task::spawn_blocking(move || {
+        // The decoder is synchronous; the program's stdin (a pipe here, an
+        // engine connection for a container) is not.
+        let mut out = Tee {
+            first: tokio_util::io::SyncIoBridge::new(stdin),
+            second: tee,
+        };
+        let copied = copy_archive(stored, &ids, &mut out);
+        // EOF for the program.
+        let _ = out.first.shutdown();
+        copied
+    });
+    let copied = copy
+        .await
+        .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
+    if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
+        // Do not let the program finish on a truncated input.
+        child.kill();
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(RestoreError::io(format!("cannot wait for {program}")))?;
+    let stderr = stderr.await.unwrap_or_default();
+    pb.finish_and_clear();
+    match copied {
+        Ok(bytes) => Ok((bytes, stderr, status)),
+        // pg_restore stopping early closes its stdin: its own error says more.
+        Err(stream::ReadError::Output(..)) if !status.success() => Ok((0, stderr, status)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The recorded database object of the choice's snapshot, if its facts
+/// record one (snapshots before they did: `None`).
+async fn recorded_object(
+    ctx: &RestoreContext<'_>,
+    c: &Choice,
+) -> Result<Option<DatabaseFacts>, RestoreError> {
+    let Some(stored) = &c.facts else {
+        return Ok(None);
+    };
+    if ctx.identities.is_empty() {
+        // A dry run holds no key: the plan cannot read the facts.
+        return Ok(None);
+    }
+    let facts = ctx
+        .repository
+        .facts(stored, &ctx.identities)
+        .await
+        .map_err(|e| RestoreError::Failed(format!("snapshot {}: facts: {e}", c.snapshot)))?;
+    Ok(match facts.sources.get(&c.source) {
+        Some(SourceFacts::Postgres { database, .. }) => database.as_deref().cloned(),
+        _ => None,
+    })
+}
+
+/// The roles that exist on the server `client` is connected to.
+async fn role_names(client: &Client) -> Result<BTreeSet<String>, RestoreError> {
+    Ok(client
+        .query("SELECT rolname FROM pg_roles", &[])
+        .await
+        .map_err(RestoreError::db("cannot list roles"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The roles the recorded object names (owner, ACL grantees, per-role
+/// settings) that `roles` lacks.
+fn missing_roles(f: &DatabaseFacts, roles: &BTreeSet<String>) -> Vec<String> {
+    let named = std::iter::once(f.owner.clone())
+        .chain(
+            f.acl
+                .iter()
+                .flatten()
+                .filter_map(|a| database::AclItem::parse(a)?.grantee),
+        )
+        .chain(f.settings.iter().filter_map(|s| s.role.clone()));
+    let mut missing: Vec<String> = named.filter(|r| !roles.contains(r)).collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// The refusal when roles the database needs are missing on the target.
+fn roles_refusal(name: &str, server: &str, missing: &[String]) -> RestoreError {
+    RestoreError::Refused(format!(
+        "database {name} needs role(s) {} on {server}, which do not exist: \
+         restore the roles first (--source postgres/globals), or restore with --no-owner \
+         (owner and privileges of the restoring user)",
+        missing.join(", ")
+    ))
+}
+
+/// The comment a scratch database carries until it is put in place: which
+/// process on which host made it, so that one left by a killed restore can
+/// be told from one still in use.
+fn scratch_marker() -> String {
+    format!(
+        "kompose-dr restore in progress: host={} pid={}",
+        crate::model::host::name(),
+        std::process::id()
+    )
+}
+
+/// Drops the scratch databases of restores on this host whose process is
+/// gone (killed: `kill -9`, a power cut), and names databases an
+/// unfinished `--replace` kept aside: those hold production's data as it
+/// was, so they are never dropped silently.
+async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
+    let rows = match admin
+        .query(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
+             WHERE datname LIKE 'kdr\\_restore\\_%' OR datname LIKE 'kdr\\_replaced\\_%'",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %RestoreError::db("list")(e), "cannot look for the leftovers of interrupted restores");
+            return Vec::new();
+        }
+    };
+    let host = crate::model::host::name();
+    let mut notes = Vec::new();
+    for r in rows {
+        let (db, comment): (String, Option<String>) = (r.get(0), r.get(1));
+        if db.starts_with("kdr_replaced_") {
+            notes.push(format!(
+                "database {db} on {server} holds what a database held before an earlier `restore --replace` \
+                 that did not finish; check it, then drop it: DROP DATABASE \"{db}\""
+            ));
+            continue;
+        }
+        let Some(pid) = comment.as_deref().and_then(|c| {
+            let rest = c.strip_prefix("kompose-dr restore in progress: host=")?;
+            let (h, pid) = rest.split_once(" pid=")?;
+            (h == host).then(|| pid.parse::<i32>().ok())?
+        }) else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if alive {
+            continue;
+        }
+        match admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&db)
+            ))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(database = %db, pid, "dropped the scratch database of an interrupted restore")
+            }
+            Err(e) => {
+                tracing::warn!(database = %db, error = %RestoreError::db("drop")(e), "cannot drop the scratch database of an interrupted restore: drop it by hand")
+            }
+        }
+    }
+    notes
+}
+
+/// Restores one database into `name` (see the module documentation for the
+/// steps): into a scratch database created with the recorded encoding and
+/// locale, given the recorded owner, ACL, settings and comment, then
+/// swapped into place in one transaction.
+pub async fn restore_database(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    name: &str,
+) -> Result<(u64, String), RestoreError> {
+    let cfg = resolved_target(ctx).await?;
+    let tool = restore_tool(&cfg, &item.choice).await?;
+    let object = recorded_object(ctx, &item.choice).await?;
+    // The swap needs a session outside the database being replaced: when
+    // that is the maintenance database itself (`postgres`), use template1.
+    let admin_db = if name == cfg.endpoint.maintenance_db {
+        "template1"
+    } else {
+        cfg.endpoint.maintenance_db.as_str()
+    };
+    let admin = connect_to(&cfg, admin_db).await?;
+    let mut notes = sweep_leftovers(&admin, &server(&cfg)).await;
+    let major = crate::sources::postgres::server_version(&admin)
+        .await
+        .map_err(RestoreError::from_source)?
+        .major;
+    let roles = role_names(&admin).await?;
+    let ownership = if ctx.options.no_owner {
+        Ownership::Skip
+    } else {
+        Ownership::Recorded
+    };
+    if let Some(f) = &object
+        && ownership == Ownership::Recorded
+    {
+        let missing = missing_roles(f, &roles);
+        if !missing.is_empty() {
+            return Err(roles_refusal(name, &server(&cfg), &missing));
+        }
+    }
+    let mut swap = Swap {
+        admin,
+        cfg: &cfg,
+        name,
+        scratch: format!("kdr_restore_{:08x}", rand::random::<u32>()),
+        replace: ctx.options.replace,
+    };
+    let create = match &object {
+        Some(f) => database::create_sql(&swap.scratch, f, major).map_err(|e| {
+            RestoreError::Refused(format!("database {name} cannot be created as it was: {e}"))
+        })?,
+        None => format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(&swap.scratch)
+        ),
+    };
+    swap.create_scratch(&create).await?;
+    let restored = tokio::select! {
+        r = run_pg_restore(ctx, item, &cfg, &tool, &swap.scratch) => r,
+        () = ctx.cancel.cancelled() => Err(RestoreError::Failed("interrupted during pg_restore".into())),
+    };
+    let bytes = match restored {
+        Ok(b) => b,
+        Err(e) => {
+            swap.drop_scratch().await;
+            return Err(e.unchanged(format!("database {name}")));
+        }
+    };
+    let (sql, skipped) = match &object {
+        Some(f) => database::apply_sql(&swap.scratch, f, ownership, &roles),
+        None => {
+            notes.push(
+                "the snapshot predates recorded database properties: owner, privileges, settings and locale are the server's defaults".into(),
+            );
+            (
+                vec![format!(
+                    "COMMENT ON DATABASE {} IS NULL",
+                    quote_ident(&swap.scratch)
+                )],
+                Vec::new(),
+            )
+        }
+    };
+    notes.extend(skipped.into_iter().map(|s| format!("not restored: {s}")));
+    if let Err(e) = swap.apply(&sql).await {
+        swap.drop_scratch().await;
+        return Err(e.unchanged(format!("database {name}")));
+    }
+    if ctx.cancel.is_cancelled() {
+        swap.drop_scratch().await;
+        return Err(RestoreError::Failed("interrupted before the swap".into())
+            .unchanged(format!("database {name}")));
+    }
+    let mut message = swap.put_in_place(object.is_none()).await?;
+    for n in notes {
+        message.push_str("; ");
+        message.push_str(&n);
+    }
+    Ok((bytes, message))
+}
+
+/// Moving a restored scratch database into place under `name`, through a
+/// session on another database.
+///
+/// The swap is one transaction: the sessions on `name` are terminated,
+/// `name` is renamed aside and the scratch database renamed to `name`, and
+/// the transaction commits or rolls back as a whole — a failure, a signal
+/// or `kill -9` at any moment leaves either the original or the restored
+/// database under `name`, never neither, and never a database closed to
+/// connections. Only then is the original dropped.
+struct Swap<'a> {
+    admin: Client,
+    cfg: &'a PostgresConfig,
+    name: &'a str,
+    scratch: String,
+    replace: bool,
+}
+
+/// How often the swap tries again when sessions keep reconnecting to the
+/// database being replaced (each try waits up to 5 s for them to go).
+const SWAP_ATTEMPTS: u32 = 5;
+
+impl Swap<'_> {
+    async fn create_scratch(&self, create: &str) -> Result<(), RestoreError> {
+        let (name, scratch) = (self.name, &self.scratch);
+        self.admin.batch_execute(create).await.map_err(RestoreError::db(format!(
+            "cannot create the scratch database {scratch} with the snapshot's encoding and locale; database {name} is unchanged"
+        )))?;
+        let marker = format!(
+            "COMMENT ON DATABASE {} IS {}",
+            quote_ident(scratch),
+            database::literal(&scratch_marker())
+        );
+        if let Err(e) = self.admin.batch_execute(&marker).await {
+            self.drop_scratch().await;
+            return Err(RestoreError::db(format!(
+                "cannot mark the scratch database {scratch}; database {name} is unchanged"
+            ))(e));
+        }
+        Ok(())
+    }
+
+    /// Gives the scratch database the recorded properties, statement by
+    /// statement; the first failure names the statement.
+    async fn apply(&self, sql: &[String]) -> Result<(), RestoreError> {
+        for stmt in sql {
+            self.admin
+                .batch_execute(stmt)
+                .await
+                .map_err(RestoreError::db(format!(
+                    "cannot give the restored database its recorded properties (`{stmt}`)"
+                )))?;
+        }
+        Ok(())
+    }
+
+    async fn drop_scratch(&self) {
+        if let Err(e) = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&self.scratch)
+            ))
+            .await
+        {
+            tracing::warn!(database = %self.scratch, error = %RestoreError::db("drop")(e), "could not drop the scratch database: drop it by hand");
+        }
+    }
+
+    /// The owner of database `db`, if it exists.
+    async fn owner(&self, db: &str) -> Result<Option<String>, RestoreError> {
+        Ok(self
+            .admin
+            .query_opt(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .map_err(RestoreError::db("cannot list databases"))?
+            .map(|r| r.get(0)))
+    }
+
+    /// In one transaction: terminates the sessions on `name`, renames it
+    /// to `aside` and `incoming` to `name`. Returns the sessions terminated,
+    /// or the last error after [`SWAP_ATTEMPTS`] tries (nothing changed).
+    async fn exchange(&mut self, incoming: &str, aside: &str) -> Result<u64, String> {
+        let name = self.name;
+        let mut last = String::new();
+        for attempt in 1..=SWAP_ATTEMPTS {
+            let tried = async {
+                let tx = self.admin.transaction().await?;
+                let n: i64 = tx
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[&name],
+                    )
+                    .await?
+                    .get(0);
+                tx.batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}",
+                    quote_ident(name),
+                    quote_ident(aside),
+                    quote_ident(incoming),
+                    quote_ident(name)
+                ))
+                .await?;
+                tx.commit().await?;
+                Ok::<u64, tokio_postgres::Error>(n as u64)
+            }
+            .await;
+            match tried {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    last = RestoreError::db("swap")(e).to_string();
+                    tracing::warn!(database = %name, attempt, error = %last, "swap rolled back; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                        .await;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Puts the scratch database in place under `name`, replacing a
+    /// database of that name if there is one (re-checking, now, that it
+    /// may: `--replace`, or empty); returns what was done. `keep_owner`:
+    /// without a recorded owner, a replaced database's owner is kept.
+    async fn put_in_place(&mut self, keep_owner: bool) -> Result<String, RestoreError> {
+        let (name, scratch) = (self.name, self.scratch.clone());
+        let Some(owner) = self.owner(name).await? else {
+            let renamed = self
+                .admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    quote_ident(&scratch),
+                    quote_ident(name)
+                ))
+                .await;
+            return match renamed {
+                Ok(()) => Ok(format!("restored into new database {name}")),
+                Err(e) => {
+                    self.drop_scratch().await;
+                    Err(RestoreError::db(format!(
+                        "cannot rename the restored copy to {name} (was it created meanwhile?); the restored copy was dropped"
+                    ))(e)
+                    .unchanged(format!("database {name}")))
+                }
+            };
+        };
+        // Checked again now, not only when the plan was made: rows written
+        // since (during the question, during pg_restore) are not dropped.
+        if !self.replace && state(self.cfg, name).await? == Some(true) {
+            self.drop_scratch().await;
+            return Err(RestoreError::Refused(format!(
+                "database {name} holds data now (it was empty or absent when the plan was made): \
+                 nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
+            )));
+        }
+        if keep_owner {
+            let stmt = format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote_ident(&scratch),
+                quote_ident(&owner)
+            );
+            if let Err(e) = self.apply(&[stmt]).await {
+                self.drop_scratch().await;
+                return Err(e.unchanged(format!("database {name}")));
+            }
+        }
+        let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
+        let terminated = match self.exchange(&scratch, &old).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.drop_scratch().await;
+                return Err(RestoreError::Failed(format!(
+                    "cannot swap the restored copy in ({e}): sessions may keep reconnecting; stop the application and try again; \
+                     the restored copy was dropped"
+                ))
+                .unchanged(format!("database {name} (open to connections, under its name)")));
+            }
+        };
+        if !self.replace && state(self.cfg, &old).await? == Some(true) {
+            // Rows arrived between the check and the swap: put it back.
+            return match self.exchange(&old, &scratch).await {
+                Ok(_) => {
+                    self.drop_scratch().await;
+                    Err(RestoreError::Refused(format!(
+                        "database {name} received data during the swap: it was put back as it was and the restored copy dropped; \
+                         restore with --as NEW_NAME, or --replace"
+                    )))
+                }
+                Err(e) => Err(RestoreError::Failed(format!(
+                    "database {name} received data during the swap, and putting it back failed ({e}): \
+                     {name} now holds the restored copy and the original is database {old}; rename them by hand"
+                ))),
+            };
+        }
+        match self
+            .admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
+            .await
+        {
+            Ok(()) => Ok(format!(
+                "replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"
+            )),
+            Err(e) => {
+                let e = RestoreError::db("drop")(e);
+                tracing::warn!(database = %old, error = %e, "the replaced database is still there: drop it by hand");
+                Ok(format!(
+                    "replaced database {name} ({terminated} session(s) terminated); the old one is still there as {old} ({e}): drop it by hand"
+                ))
+            }
+        }
+    }
+}
+
+/// Runs pg_restore into `scratch`: streamed, or with `--jobs` staged in a
+/// private file for a parallel post-data section.
+async fn run_pg_restore(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    scratch: &str,
+) -> Result<u64, RestoreError> {
+    let mut cmd = command(cfg, tool, "pg_restore", scratch);
+    cmd.args(["--exit-on-error", "--dbname", scratch]);
+    if ctx.options.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    let label = stream::label(&item.choice.artifact);
+    let (bytes, stderr, status) = match ctx.options.jobs {
+        None => pipe_into(ctx, item, cmd, "pg_restore", None).await?,
+        Some(jobs) => run_staged(ctx, item, cmd, tool, cfg, scratch, jobs).await?,
+    };
+    if !status.success() {
+        let hint = if stderr.contains("role") && stderr.contains("does not exist") {
+            " (restore the roles first: --source postgres/globals)"
+        } else {
+            ""
+        };
+        return Err(RestoreError::Failed(format!(
+            "pg_restore of {label} failed ({}): {}{hint}",
+            status,
+            stderr.trim()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// pg_restore -j needs a seekable file. Streams the schema and the data as
+/// usual while writing the plaintext dump to a private temporary file, then
+/// builds indexes and constraints (the post-data section) from that file
+/// with `jobs` jobs.
+async fn run_staged(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    mut cmd: Launch,
+    tool: &DumpTool,
+    cfg: &PostgresConfig,
+    scratch: &str,
+    jobs: usize,
+) -> Result<(u64, String, Ended), RestoreError> {
+    let dir = tempfile::Builder::new()
+        .prefix("kompose-dr-restore-")
+        .tempdir()
+        .map_err(RestoreError::io("cannot create a temporary directory"))?;
+    let path = dir.path().join("dump");
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(RestoreError::io(format!(
+                "cannot create {}",
+                path.display()
+            )))?
+    };
+    cmd.args(["--section=pre-data", "--section=data"]);
+    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "pg_restore", Some(file)).await?;
+    if !status.success() {
+        return Ok((bytes, stderr, status));
+    }
+    let (stderr, status) = post_data(ctx, cfg, tool, scratch, jobs, &path).await?;
+    Ok((bytes, stderr, status))
+}
+
+/// The post-data section from the staged dump at `path`, with `jobs` jobs.
+async fn post_data(
+    ctx: &RestoreContext<'_>,
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    scratch: &str,
+    jobs: usize,
+    path: &Path,
+) -> Result<(String, Ended), RestoreError> {
+    let Launch::Local(mut post) = command(cfg, tool, "pg_restore", scratch) else {
+        return Err(RestoreError::Refused(
+            "--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into(),
+        ));
+    };
+    if ctx.options.no_owner {
+        post.args(["--no-owner", "--no-privileges"]);
+    }
+    post.args([
+        "--exit-on-error",
+        "--section=post-data",
+        "--dbname",
+        scratch,
+    ])
+    .arg(format!("--jobs={jobs}"))
+    .arg(path)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let out = post
+        .output()
+        .await
+        .map_err(RestoreError::io("cannot start pg_restore"))?;
+    Ok((
+        ctx.redactor
+            .scrub(String::from_utf8_lossy(&out.stderr).trim()),
+        out.status.into(),
+    ))
+}
+
+/// Writes to a program's stdin and, optionally, to a file as well.
+struct Tee<W> {
+    first: W,
+    second: Option<std::fs::File>,
+}
+
+impl<W: std::io::Write> std::io::Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.first.write_all(buf)?;
+        if let Some(f) = &mut self.second {
+            f.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()?;
+        if let Some(f) = &mut self.second {
+            f.flush()?;
+        }
+        Ok(())
+    }
+}

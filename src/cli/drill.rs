@@ -12,12 +12,23 @@ pub struct Args {
     /// Run this drill file instead of every one in drills_dir.
     #[arg(long, value_name = "FILE")]
     drill: Option<PathBuf>,
+    /// Drill against this repository (for example the offsite one) instead
+    /// of the one each drill file names (default: the first configured).
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
 }
 
 /// Runs `drill`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
-    let drills = crate::ops::drill::find(&config, args.drill.as_deref())?;
+    let mut drills = crate::ops::drill::find(&config, args.drill.as_deref())?;
+    if let Some(name) = &args.repository {
+        // A name that is not configured is a usage error (exit 2).
+        config.repository_named(name)?;
+        for d in &mut drills {
+            d.repository = Some(name.clone());
+        }
+    }
     let identities = Arc::new(crate::ops::drill::identities(&config)?);
     let mut reports = Vec::new();
     let mut exit = Outcome::Success;

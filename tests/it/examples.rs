@@ -131,3 +131,58 @@ fn shipped_policies_parse() {
     assert_eq!(nightly.retention.keep_yearly, Some(2));
     assert_eq!(nightly.schedule_text, "0 0 3 * * *");
 }
+
+#[test]
+fn the_agent_port_is_none_the_stack_already_uses() {
+    // The stack's own listeners: node_exporter, postgres_exporter,
+    // redis_exporter, Prometheus, Alertmanager, Pushgateway, Grafana,
+    // Gotify, Traefik, and the services themselves.
+    const TAKEN: [u16; 12] = [
+        9100, 9187, 9121, 9090, 9093, 9091, 3000, 80, 443, 8080, 5432, 6379,
+    ];
+    let c = load_example(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kompose-dr.toml"
+    )));
+    let port = c
+        .agent
+        .listen
+        .expect("the example sets [agent] listen")
+        .port();
+    assert!(!TAKEN.contains(&port), "port {port} is taken in the stack");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(&format!("127.0.0.1:{port}")));
+}
+
+#[test]
+fn the_quick_start_installs_only_what_a_backup_needs() {
+    let quickstart =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/quickstart"))
+            .unwrap();
+    assert!(
+        quickstart.contains("scripts/setup --runtime"),
+        "{quickstart}"
+    );
+    // The runtime part of setup ends before any test tool or the S3 server.
+    let setup =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup")).unwrap();
+    let runtime = setup
+        .split("if [ \"${1:-}\" = \"--runtime\" ]; then")
+        .nth(1)
+        .and_then(|rest| rest.split("\nfi\n").next())
+        .expect("setup has a --runtime branch");
+    for not_needed in [
+        "garage",
+        "docker",
+        "mosquitto",
+        "prometheus",
+        "redis-server",
+    ] {
+        assert!(
+            !runtime.contains(not_needed),
+            "--runtime installs {not_needed}"
+        );
+    }
+    assert!(runtime.contains("exit 0"));
+}

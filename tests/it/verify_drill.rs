@@ -434,3 +434,38 @@ fn verify_warns_of_a_certificate_expiring_within_14_days_without_failing() {
         "{checks:#?}"
     );
 }
+
+#[test]
+fn drill_repository_drills_the_offsite_copy_and_an_unknown_name_is_a_usage_error() {
+    let pg = crate::support::Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (n int); INSERT INTO t VALUES (1), (2)",
+    );
+    let ws = Workspace::new();
+    let offsite = ws.dir.path().join("offsite");
+    ws.configure_repositories(
+        &format!(
+            "[[repository]]\nname = \"onsite\"\nurl = \"{}\"\n\n[[repository]]\nname = \"offsite\"\nurl = \"{}\"\n",
+            ws.repo.display(),
+            offsite.display()
+        ),
+        &Workspace::pg_section(&pg, &["app"]),
+    );
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    let drill = ws.dir.path().join("d.toml");
+    std::fs::write(
+        &drill,
+        "name = \"q\"\n\n[[check]]\nsource = \"postgres/app\"\nsql = 'select count(*) from t'\nequals = \"2\"\n",
+    )
+    .unwrap();
+    let d = drill.to_str().unwrap();
+    let out = ws.run(&["--json", "drill", "--drill", d, "--repository", "offsite"]);
+    out.assert_exit(0);
+    assert_eq!(out.json()[0]["repository"], "offsite", "{}", out.stdout());
+    let out = ws.run(&["drill", "--drill", d, "--repository", "nowhere"]);
+    out.assert_exit(2);
+    out.assert_stderr_contains("nowhere");
+}

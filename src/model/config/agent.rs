@@ -24,7 +24,7 @@ pub(super) struct RawAgent {
 /// Settings of the long-running agent, with every value already parsed.
 #[derive(Debug, Clone, Default)]
 pub struct AgentConfig {
-    /// Where `/metrics` and `/healthz` are served (`127.0.0.1:9187`).
+    /// Where `/metrics` and `/healthz` are served (`127.0.0.1:9731`).
     pub listen: Option<SocketAddr>,
     /// Run a policy once at start if its last scheduled run was missed.
     pub catch_up: bool,
@@ -82,7 +82,7 @@ impl Cx<'_> {
             self.err(
                 l.span(),
                 "agent.listen",
-                format!("`{text}` is not an address: write 127.0.0.1:9187"),
+                format!("`{text}` is not an address: write 127.0.0.1:9731"),
             )
         })
     }

@@ -311,11 +311,11 @@ fn s3_mistakes_name_key_and_line() {
 #[test]
 fn agent_listen_and_schedules_are_typed_at_load() {
     let c = parse(&format!(
-        "prune_schedule = \"0 30 4 * * *\"\ndrill_schedule = \"0 0 5 1 * *\"\n{}\n[agent]\nlisten = \"127.0.0.1:9187\"\ncatch_up = true\n",
+        "prune_schedule = \"0 30 4 * * *\"\ndrill_schedule = \"0 0 5 1 * *\"\n{}\n[agent]\nlisten = \"127.0.0.1:9731\"\ncatch_up = true\n",
         base()
     ))
     .unwrap();
-    assert_eq!(c.agent.listen, Some(([127, 0, 0, 1], 9187).into()));
+    assert_eq!(c.agent.listen, Some(([127, 0, 0, 1], 9731).into()));
     assert!(c.agent.catch_up);
     let prune = c.agent.prune_schedule.unwrap();
     assert_eq!(prune.as_str(), "0 30 4 * * *");
@@ -343,7 +343,7 @@ fn bad_listen_and_schedules_name_key_and_line() {
     assert_eq!((e.key.as_deref(), e.line), (Some("agent.listen"), Some(8)));
     assert_eq!(
         e.message,
-        "`localhost` is not an address: write 127.0.0.1:9187"
+        "`localhost` is not an address: write 127.0.0.1:9731"
     );
 }
 

@@ -258,11 +258,23 @@ impl Repository {
             name: self.name.clone(),
             location: self.location(),
         };
-        // Anything already in the place (a marker, or foreign files) is refused.
-        match self.backend.list("").await {
-            Ok(objects) if !objects.is_empty() => return Err(already()),
-            Ok(_) => {}
-            Err(e) => return Err(self.storage(e)),
+        // A repository may live beside other files (the stack's own dumps
+        // in the same directory): only kompose-dr's own layout is looked at
+        // — the marker, snapshots/, data/, locks/ — and anything of it
+        // already there is refused. Other files are never read or touched.
+        for prefix in [keys::SNAPSHOTS, keys::DATA, keys::LOCKS] {
+            match self.backend.list(prefix).await {
+                Ok(objects) if !objects.is_empty() => return Err(already()),
+                Ok(_) | Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(self.storage(e)),
+            }
+        }
+        for key in [keys::MARKER.to_owned(), keys::signature_key(keys::MARKER)] {
+            match self.backend.get(&key).await {
+                Ok(_) => return Err(already()),
+                Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(self.storage(e)),
+            }
         }
         let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
         match self.put_signed(MARKER, body, PutMode::CreateNew).await {

@@ -175,3 +175,34 @@ fn a_second_writer_is_refused_or_waits_and_a_killed_holder_frees_the_lock() {
     out.assert_exit(0);
     ws.run(&["backup"]).assert_exit(0);
 }
+
+#[test]
+fn init_beside_the_stacks_own_dumps_leaves_them_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = crate::support::Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    let ws = Workspace::new();
+    // The stack's backup directory, as it is today: its own gzip dumps.
+    let dumps = ws.repo.join("postgres");
+    std::fs::create_dir_all(&dumps).unwrap();
+    std::fs::set_permissions(&ws.repo, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let theirs = dumps.join("keycloak-20261128.sql.gz");
+    std::fs::write(&theirs, b"not ours").unwrap();
+    std::fs::write(ws.repo.join("README.txt"), b"the stack's notes").unwrap();
+    ws.configure(&Workspace::pg_section(&pg, &["app"]));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    ws.run(&["check", "--read-data"]).assert_exit(0);
+    ws.run(&["prune"]).assert_exit(0);
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"not ours");
+    assert_eq!(
+        std::fs::read(ws.repo.join("README.txt")).unwrap(),
+        b"the stack's notes"
+    );
+    let mode = std::fs::metadata(&ws.repo).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o750, "the directory's mode is not taken over");
+    // A second init finds its own marker and refuses.
+    let out = ws.run(&["init"]);
+    out.assert_exit_in(&[1, 2]);
+    out.assert_stderr_contains("already exists");
+}

@@ -327,3 +327,101 @@ fn shipped_alert_rules_pass_promtool() {
     );
     test.assert_exit(0);
 }
+
+/// Metric names in a textfile: its `# TYPE` families and its samples.
+fn metric_names(prom: &str) -> std::collections::BTreeSet<String> {
+    prom.lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_kompose_dr_emits_and_shows_each() {
+    require("promtool");
+    // Every series kompose-dr writes: a backup, and a drill.
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql("app", "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+    let ws = Workspace::new();
+    let broker_port = free_port(); // nothing listens: publish failures are counted
+    ws.configure(&format!(
+        "{}{}{}",
+        Workspace::pg_section(&pg, &["app"]),
+        metrics_section(&ws),
+        mqtt_section(broker_port, "timeout = \"1s\"\n")
+    ));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    let drill = ws.dir.path().join("d.toml");
+    std::fs::write(&drill, "name = \"q\"\n").unwrap();
+    ws.run(&["drill", "--drill", drill.to_str().unwrap()])
+        .assert_exit(0);
+    let emitted = metric_names(&textfile(&ws));
+    assert!(emitted.len() >= 10, "{emitted:?}");
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/kompose-dr.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        exprs.extend(
+            targets
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned()),
+        );
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let names: Vec<&str> = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("kompose_dr_"))
+            .collect();
+        assert!(!names.is_empty(), "`{e}` names no kompose-dr metric");
+        for n in names {
+            assert!(
+                emitted.contains(n),
+                "`{e}`: kompose-dr emits no {n} (it emits {emitted:?})"
+            );
+            used.insert(n.trim_end_matches("_total").to_owned());
+        }
+    }
+    // Every family kompose-dr emits is on the dashboard.
+    for n in emitted.iter().filter(|n| !n.ends_with("_total")) {
+        assert!(used.contains(n), "{n} is on no panel");
+    }
+    // Every query is PromQL promtool accepts.
+    let rules = ws.dir.path().join("dashboard-rules.yml");
+    let body: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "      - record: dashboard:q{i}\n        expr: '{}'\n",
+                e.replace('\'', "''")
+            )
+        })
+        .collect();
+    std::fs::write(
+        &rules,
+        format!("groups:\n  - name: dashboard\n    rules:\n{body}"),
+    )
+    .unwrap();
+    Ran::new(
+        "promtool check rules",
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(&rules)
+            .output()
+            .unwrap(),
+    )
+    .assert_exit(0);
+}

@@ -76,6 +76,9 @@ pub struct DatabaseFacts {
     /// `COMMENT ON DATABASE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// The default tablespace, when it is not `pg_default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
     /// `ALTER DATABASE … SET` (role absent) and `ALTER ROLE … IN DATABASE …
     /// SET` settings, as `name=value` texts like `pg_db_role_setting` holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

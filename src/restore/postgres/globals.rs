@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use super::roles_sql::{self, Subject};
 use super::{
     ReadyItem, RestoreContext, RestoreError, Target, choose_client, command, connect_to,
     open_stored, progress_bar, resolved_target, role_names, server, target_config,
@@ -206,30 +207,18 @@ async fn read_archive(ctx: &RestoreContext<'_>, c: &Choice) -> Result<Vec<u8>, R
     Ok(sql)
 }
 
-/// What one statement of the roles archive changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Subject {
-    /// Only the session (`SET`, `SELECT pg_catalog.set_config`).
-    Session,
-    /// A role: its creation, attributes, password, settings, comment, or a
-    /// membership granted to it.
-    Role(String),
-    /// A tablespace: its creation, owner, options, comment or privileges.
-    Tablespace(String),
-}
-
 /// The statements of a roles archive with what each changes. A statement
 /// this does not understand is refused, naming it: applying it blindly
 /// could change a live role.
 fn parse(sql: &[u8]) -> Result<Vec<(String, Subject)>, RestoreError> {
     let text = String::from_utf8_lossy(sql);
-    split(&text)
+    roles_sql::split(&text)
         .into_iter()
-        .map(|stmt| match subject(&stmt) {
+        .map(|stmt| match roles_sql::subject(&stmt) {
             Some(s) => Ok((stmt, s)),
             None => Err(RestoreError::Refused(format!(
-                "the roles archive holds a statement kompose-dr does not recognise (`{}`): nothing was applied; \
-                 read the archive and apply it by hand (docs/RUNBOOK.md)",
+                "the roles archive holds a statement that is not one pg_dumpall writes (`{}`): nothing was applied \
+                 (the archive may have been forged); read it and apply the roles by hand (docs/RUNBOOK.md)",
                 stmt.chars().take(80).collect::<String>().escape_debug()
             ))),
         })
@@ -280,171 +269,6 @@ fn select(
         }
     }
     (chosen, plan)
-}
-
-/// Splits SQL into statements at `;` outside quotes, dropping `--`
-/// comments, blank statements and psql's `\restrict` lines (checked by
-/// [`check_globals_sql`] to be the only backslash lines).
-fn split(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = text.chars().peekable();
-    let mut line_start = true;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if line_start => {
-                // \restrict KEY / \unrestrict KEY: skip the line.
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                line_start = true;
-                continue;
-            }
-            '\'' | '"' => {
-                cur.push(c);
-                while let Some(d) = chars.next() {
-                    cur.push(d);
-                    if d == c {
-                        if chars.peek() == Some(&c) {
-                            cur.push(chars.next().expect("peeked"));
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                cur.push('\n');
-                line_start = true;
-                continue;
-            }
-            ';' => {
-                let stmt = cur.trim();
-                if !stmt.is_empty() {
-                    out.push(stmt.to_owned());
-                }
-                cur.clear();
-            }
-            c => cur.push(c),
-        }
-        line_start = c == '\n' || (line_start && c.is_whitespace());
-    }
-    let stmt = cur.trim();
-    if !stmt.is_empty() {
-        out.push(stmt.to_owned());
-    }
-    out
-}
-
-/// Words and identifiers of a statement: bare words lower-cased (as
-/// PostgreSQL folds them), quoted identifiers as they are, punctuation and
-/// literals as single tokens.
-fn tokens(stmt: &str) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    let mut chars = stmt.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-        } else if c == '"' {
-            chars.next();
-            let mut id = String::new();
-            while let Some(d) = chars.next() {
-                if d == '"' {
-                    if chars.peek() == Some(&'"') {
-                        chars.next();
-                        id.push('"');
-                    } else {
-                        break;
-                    }
-                } else {
-                    id.push(d);
-                }
-            }
-            out.push((id, true));
-        } else if c.is_alphanumeric() || c == '_' {
-            let mut w = String::new();
-            while let Some(&d) = chars.peek() {
-                if d.is_alphanumeric() || d == '_' || d == '$' || d == '.' {
-                    w.push(d);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            out.push((w.to_lowercase(), false));
-        } else if c == '\'' {
-            chars.next();
-            while let Some(d) = chars.next() {
-                if d == '\'' {
-                    if chars.peek() == Some(&'\'') {
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-            }
-            out.push(("'".into(), false));
-        } else {
-            chars.next();
-            out.push((c.to_string(), false));
-        }
-    }
-    out
-}
-
-/// What `stmt` changes, if it is a statement pg_dumpall --globals-only
-/// writes.
-fn subject(stmt: &str) -> Option<Subject> {
-    let t = tokens(stmt);
-    let kw = |i: usize, w: &str| t.get(i).is_some_and(|(s, q)| !q && s == w);
-    let name = |i: usize| t.get(i).map(|(s, _)| s.clone());
-    if kw(0, "set")
-        || (kw(0, "select") && t.get(1).is_some_and(|(s, _)| s == "pg_catalog.set_config"))
-    {
-        return Some(Subject::Session);
-    }
-    if (kw(0, "create") || kw(0, "alter") || kw(0, "drop")) && kw(1, "role") {
-        return name(2).map(Subject::Role);
-    }
-    if (kw(0, "create") || kw(0, "alter")) && kw(1, "tablespace") {
-        return name(2).map(Subject::Tablespace);
-    }
-    if kw(0, "comment") && kw(1, "on") && kw(2, "role") {
-        return name(3).map(Subject::Role);
-    }
-    if kw(0, "comment") && kw(1, "on") && kw(2, "tablespace") {
-        return name(3).map(Subject::Tablespace);
-    }
-    if kw(0, "security") && kw(1, "label") {
-        let on = t.iter().position(|(s, q)| !q && s == "on")?;
-        return match t.get(on + 1) {
-            Some((s, false)) if s == "role" => name(on + 2).map(Subject::Role),
-            Some((s, false)) if s == "tablespace" => name(on + 2).map(Subject::Tablespace),
-            _ => None,
-        };
-    }
-    if kw(0, "grant") || kw(0, "revoke") {
-        // Privileges on a tablespace, or a role membership: `GRANT a TO m`
-        // changes member m (`REVOKE a FROM m` likewise).
-        if let Some(on) = t.iter().position(|(s, q)| !q && s == "on") {
-            return kw(on + 1, "tablespace")
-                .then(|| name(on + 2))
-                .flatten()
-                .map(Subject::Tablespace);
-        }
-        let to = t
-            .iter()
-            .position(|(s, q)| !q && (s == "to" || s == "from"))?;
-        return name(to + 1).map(Subject::Role);
-    }
-    None
 }
 
 /// The most a roles archive may hold once decompressed: pg_dumpall
@@ -646,7 +470,7 @@ CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CRE
     #[test]
     fn an_unknown_statement_is_refused_not_applied() {
         let e = parse(b"CREATE ROLE a;\nDO $$ BEGIN PERFORM 1; END $$;\n").unwrap_err();
-        assert!(e.to_string().contains("does not recognise"), "{e}");
+        assert!(e.to_string().contains("not one pg_dumpall writes"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! names both ([`globals`]).
 
 pub mod globals;
+mod roles_sql;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -312,19 +313,42 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
         if db.starts_with("kdr_replaced_") {
             notes.push(format!(
                 "database {db} on {server} holds what a database held before an earlier `restore --replace` \
-                 that did not finish; check it, then drop it: DROP DATABASE \"{db}\""
+                 that did not finish; check it, then drop it: DROP DATABASE {}",
+                quote_ident(&db)
             ));
             continue;
         }
-        let Some(pid) = comment.as_deref().and_then(|c| {
+        let marker = comment.as_deref().and_then(|c| {
             let rest = c.strip_prefix("kompose-dr restore in progress: host=")?;
             let (h, pid) = rest.split_once(" pid=")?;
-            (h == host).then(|| pid.parse::<i32>().ok())?
-        }) else {
-            continue;
+            Some((h.to_owned(), pid.parse::<i32>().ok()?))
+        });
+        let pid = match marker {
+            Some((h, pid)) if h == host => pid,
+            Some((h, _)) => {
+                notes.push(format!(
+                    "database {db} on {server} is the scratch database of a restore on host {h}: \
+                     drop it (DROP DATABASE {}) if that restore is not running",
+                    quote_ident(&db)
+                ));
+                continue;
+            }
+            None => {
+                notes.push(format!(
+                    "database {db} on {server} looks like a restore's scratch database but carries no marker: \
+                     check it, then drop it (DROP DATABASE {})",
+                    quote_ident(&db)
+                ));
+                continue;
+            }
         };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if alive {
+        // Gone only if the process does not exist (ESRCH): EPERM means a
+        // process of another user runs under that pid.
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if !gone || pid == std::process::id() as i32 {
             continue;
         }
         match admin
@@ -365,6 +389,19 @@ pub async fn restore_database(
         cfg.endpoint.maintenance_db.as_str()
     };
     let admin = connect_to(&cfg, admin_db).await?;
+    // The literals built here assume standard strings; no statement of the
+    // restore waits on a lock for long, nor leaves the server waiting on
+    // this client inside a transaction.
+    admin
+        .batch_execute(
+            "SET standard_conforming_strings = on; SET lock_timeout = '30s'; \
+             SET idle_in_transaction_session_timeout = '60s'",
+        )
+        .await
+        .map_err(RestoreError::db(format!(
+            "cannot prepare the session on {}",
+            server(&cfg)
+        )))?;
     let mut notes = sweep_leftovers(&admin, &server(&cfg)).await;
     let major = crate::sources::postgres::server_version(&admin)
         .await
@@ -412,7 +449,7 @@ pub async fn restore_database(
             return Err(e.unchanged(format!("database {name}")));
         }
     };
-    let (sql, skipped) = match &object {
+    let (mut sql, skipped) = match &object {
         Some(f) => database::apply_sql(&swap.scratch, f, ownership, &roles),
         None => {
             notes.push(
@@ -427,6 +464,9 @@ pub async fn restore_database(
             )
         }
     };
+    // The comment replaces the scratch marker only in the swap itself, so
+    // a copy left by a kill before it is still recognised and swept.
+    let comment = sql.pop().expect("the last statement sets the comment");
     notes.extend(skipped.into_iter().map(|s| format!("not restored: {s}")));
     if let Err(e) = swap.apply(&sql).await {
         swap.drop_scratch().await;
@@ -437,7 +477,7 @@ pub async fn restore_database(
         return Err(RestoreError::Failed("interrupted before the swap".into())
             .unchanged(format!("database {name}")));
     }
-    let mut message = swap.put_in_place(object.is_none()).await?;
+    let mut message = swap.put_in_place(object.is_none(), &comment).await?;
     for n in notes {
         message.push_str("; ");
         message.push_str(&n);
@@ -490,8 +530,10 @@ impl Swap<'_> {
     /// statement; the first failure names the statement.
     async fn apply(&self, sql: &[String]) -> Result<(), RestoreError> {
         for stmt in sql {
+            // One statement per call (the extended protocol refuses a
+            // second): nothing built from the facts can smuggle another in.
             self.admin
-                .batch_execute(stmt)
+                .execute(stmt.as_str(), &[])
                 .await
                 .map_err(RestoreError::db(format!(
                     "cannot give the restored database its recorded properties (`{stmt}`)"
@@ -526,39 +568,67 @@ impl Swap<'_> {
             .map(|r| r.get(0)))
     }
 
-    /// In one transaction: terminates the sessions on `name`, renames it
-    /// to `aside` and `incoming` to `name`. Returns the sessions terminated,
-    /// or the last error after [`SWAP_ATTEMPTS`] tries (nothing changed).
-    async fn exchange(&mut self, incoming: &str, aside: &str) -> Result<u64, String> {
+    /// In one transaction, sent as one batch so that the server never
+    /// waits on this client in the middle of it: terminates the sessions on
+    /// `name`, renames it to `aside` and `incoming` to `name`, and runs
+    /// `first` (the restored copy's own comment, which replaces the scratch
+    /// marker only as it goes live). Returns the sessions terminated, or the
+    /// last error after [`SWAP_ATTEMPTS`] tries (nothing changed). When the
+    /// answer is lost, a fresh session tells whether the commit happened.
+    async fn exchange(
+        &mut self,
+        incoming: &str,
+        aside: &str,
+        first: Option<&str>,
+    ) -> Result<u64, String> {
         let name = self.name;
+        let batch = format!(
+            "BEGIN; {}SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = {} AND pid <> pg_backend_pid(); \
+             ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}; COMMIT",
+            first.map(|f| format!("{f}; ")).unwrap_or_default(),
+            database::literal(name),
+            quote_ident(name),
+            quote_ident(aside),
+            quote_ident(incoming),
+            quote_ident(name)
+        );
         let mut last = String::new();
         for attempt in 1..=SWAP_ATTEMPTS {
-            let tried = async {
-                let tx = self.admin.transaction().await?;
-                let n: i64 = tx
-                    .query_one(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                         WHERE datname = $1 AND pid <> pg_backend_pid()",
-                        &[&name],
-                    )
-                    .await?
-                    .get(0);
-                tx.batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}",
-                    quote_ident(name),
-                    quote_ident(aside),
-                    quote_ident(incoming),
-                    quote_ident(name)
-                ))
-                .await?;
-                tx.commit().await?;
-                Ok::<u64, tokio_postgres::Error>(n as u64)
-            }
-            .await;
-            match tried {
-                Ok(n) => return Ok(n),
+            match self.admin.simple_query(&batch).await {
+                Ok(messages) => {
+                    let n = messages
+                        .iter()
+                        .find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+                            _ => None,
+                        })
+                        .unwrap_or(0);
+                    return Ok(n);
+                }
                 Err(e) => {
                     last = RestoreError::db("swap")(e).to_string();
+                    if self.admin.is_closed() {
+                        // The answer was lost: ask a fresh session what
+                        // happened before saying anything.
+                        return match connect_to(self.cfg, "template1").await {
+                            Ok(fresh) => {
+                                self.admin = fresh;
+                                match self.owner(aside).await {
+                                    Ok(Some(_)) => Ok(0),
+                                    Ok(None) => Err(last),
+                                    Err(e) => Err(format!(
+                                        "{last}; and whether the swap happened is unknown ({e}): look for database {aside}"
+                                    )),
+                                }
+                            }
+                            Err(e) => Err(format!(
+                                "{last}; the connection was lost and whether the swap happened is unknown ({e}): \
+                                 if database {aside} exists, {name} holds the restored copy and {aside} the original"
+                            )),
+                        };
+                    }
+                    let _ = self.admin.batch_execute("ROLLBACK").await;
                     tracing::warn!(database = %name, attempt, error = %last, "swap rolled back; trying again");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
                         .await;
@@ -572,13 +642,27 @@ impl Swap<'_> {
     /// database of that name if there is one (re-checking, now, that it
     /// may: `--replace`, or empty); returns what was done. `keep_owner`:
     /// without a recorded owner, a replaced database's owner is kept.
-    async fn put_in_place(&mut self, keep_owner: bool) -> Result<String, RestoreError> {
+    /// `comment` gives the restored copy its comment in the same
+    /// transaction that puts it in place.
+    async fn put_in_place(
+        &mut self,
+        keep_owner: bool,
+        comment: &str,
+    ) -> Result<String, RestoreError> {
         let (name, scratch) = (self.name, self.scratch.clone());
-        let Some(owner) = self.owner(name).await? else {
+        let unchanged = format!("database {name}");
+        let owner = match self.owner(name).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.drop_scratch().await;
+                return Err(e.unchanged(unchanged));
+            }
+        };
+        let Some(owner) = owner else {
             let renamed = self
                 .admin
                 .batch_execute(&format!(
-                    "ALTER DATABASE {} RENAME TO {}",
+                    "BEGIN; {comment}; ALTER DATABASE {} RENAME TO {}; COMMIT",
                     quote_ident(&scratch),
                     quote_ident(name)
                 ))
@@ -586,22 +670,32 @@ impl Swap<'_> {
             return match renamed {
                 Ok(()) => Ok(format!("restored into new database {name}")),
                 Err(e) => {
+                    let _ = self.admin.batch_execute("ROLLBACK").await;
                     self.drop_scratch().await;
                     Err(RestoreError::db(format!(
                         "cannot rename the restored copy to {name} (was it created meanwhile?); the restored copy was dropped"
                     ))(e)
-                    .unchanged(format!("database {name}")))
+                    .unchanged(unchanged))
                 }
             };
         };
         // Checked again now, not only when the plan was made: rows written
         // since (during the question, during pg_restore) are not dropped.
-        if !self.replace && state(self.cfg, name).await? == Some(true) {
-            self.drop_scratch().await;
-            return Err(RestoreError::Refused(format!(
-                "database {name} holds data now (it was empty or absent when the plan was made): \
-                 nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
-            )));
+        if !self.replace {
+            match state(self.cfg, name).await {
+                Ok(Some(true)) => {
+                    self.drop_scratch().await;
+                    return Err(RestoreError::Refused(format!(
+                        "database {name} holds data now (it was empty or absent when the plan was made): \
+                         nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.drop_scratch().await;
+                    return Err(e.unchanged(unchanged));
+                }
+            }
         }
         if keep_owner {
             let stmt = format!(
@@ -611,11 +705,11 @@ impl Swap<'_> {
             );
             if let Err(e) = self.apply(&[stmt]).await {
                 self.drop_scratch().await;
-                return Err(e.unchanged(format!("database {name}")));
+                return Err(e.unchanged(unchanged));
             }
         }
         let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
-        let terminated = match self.exchange(&scratch, &old).await {
+        let terminated = match self.exchange(&scratch, &old, Some(comment)).await {
             Ok(n) => n,
             Err(e) => {
                 self.drop_scratch().await;
@@ -626,21 +720,33 @@ impl Swap<'_> {
                 .unchanged(format!("database {name} (open to connections, under its name)")));
             }
         };
-        if !self.replace && state(self.cfg, &old).await? == Some(true) {
-            // Rows arrived between the check and the swap: put it back.
-            return match self.exchange(&old, &scratch).await {
-                Ok(_) => {
-                    self.drop_scratch().await;
-                    Err(RestoreError::Refused(format!(
-                        "database {name} received data during the swap: it was put back as it was and the restored copy dropped; \
-                         restore with --as NEW_NAME, or --replace"
-                    )))
+        if !self.replace {
+            let late = match state(self.cfg, &old).await {
+                Ok(s) => s == Some(true),
+                Err(e) => {
+                    return Err(RestoreError::Failed(format!(
+                        "database {name} now holds the restored copy; the original is kept as database {old}, \
+                         because it could not be checked to be empty ({e}): drop it once you have looked (DROP DATABASE {})",
+                        quote_ident(&old)
+                    )));
                 }
-                Err(e) => Err(RestoreError::Failed(format!(
-                    "database {name} received data during the swap, and putting it back failed ({e}): \
-                     {name} now holds the restored copy and the original is database {old}; rename them by hand"
-                ))),
             };
+            if late {
+                // Rows arrived between the check and the swap: put it back.
+                return match self.exchange(&old, &scratch, None).await {
+                    Ok(_) => {
+                        self.drop_scratch().await;
+                        Err(RestoreError::Refused(format!(
+                            "database {name} received data during the swap: it was put back as it was and the restored copy dropped; \
+                             restore with --as NEW_NAME, or --replace"
+                        )))
+                    }
+                    Err(e) => Err(RestoreError::Failed(format!(
+                        "database {name} received data during the swap, and putting it back failed ({e}): \
+                         {name} now holds the restored copy and the original is database {old}; rename them by hand"
+                    ))),
+                };
+            }
         }
         match self
             .admin

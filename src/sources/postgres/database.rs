@@ -26,8 +26,9 @@ pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, SourceErro
         .query_opt(
             "SELECT (to_jsonb(d) - 'datacl')::text, pg_get_userbyid(d.datdba), \
                     pg_encoding_to_char(d.encoding), shobj_description(d.oid, 'pg_database'), \
-                    d.datacl::text[] \
-             FROM pg_database d WHERE d.datname = $1",
+                    d.datacl::text[], t.spcname \
+             FROM pg_database d LEFT JOIN pg_tablespace t ON t.oid = d.dattablespace \
+             WHERE d.datname = $1",
             &[&db],
         )
         .await
@@ -82,6 +83,9 @@ pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, SourceErro
         acl: row.get(4),
         comment: row.get(3),
         settings,
+        tablespace: row
+            .get::<_, Option<String>>(5)
+            .filter(|t| t != "pg_default"),
     })
 }
 
@@ -101,7 +105,16 @@ pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, S
         literal(&f.collate),
         literal(&f.ctype)
     );
+    if let Some(t) = &f.tablespace {
+        sql.push_str(&format!(" TABLESPACE {}", quote_ident(t)));
+    }
     match (f.locale_provider.as_str(), &f.locale) {
+        (provider, _) if !["libc", "icu", "builtin"].contains(&provider) => {
+            return Err(format!(
+                "the recorded locale provider `{}` is not one PostgreSQL has (libc, icu, builtin)",
+                provider.escape_debug()
+            ));
+        }
         ("libc", _) => {
             if major >= 15 {
                 sql.push_str(" LOCALE_PROVIDER libc");
@@ -214,11 +227,16 @@ const LIST_SETTINGS: [&str; 6] = [
 pub fn set_clause(setting: &str) -> Option<String> {
     let (name, value) = setting.split_once('=')?;
     let values = if LIST_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
-        split_list(value)
-            .iter()
-            .map(|v| literal(v))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let items = split_list(value);
+        if items.is_empty() {
+            literal("")
+        } else {
+            items
+                .iter()
+                .map(|v| literal(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     } else {
         literal(value)
     };
@@ -234,7 +252,8 @@ fn split_list(value: &str) -> Vec<String> {
             chars.next();
         }
         let mut item = String::new();
-        if chars.peek() == Some(&'"') {
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
             chars.next();
             while let Some(c) = chars.next() {
                 if c == '"' {
@@ -258,12 +277,15 @@ fn split_list(value: &str) -> Vec<String> {
             }
             item = item.trim_end().to_owned();
         }
-        items.push(item);
+        // `""` is an item (an empty search_path is stored as `""`); an
+        // unquoted empty one is nothing.
+        if quoted || !item.is_empty() {
+            items.push(item);
+        }
         if chars.next().is_none() {
             break;
         }
     }
-    items.retain(|i| !i.is_empty());
     items
 }
 
@@ -416,6 +438,11 @@ pub fn differences(
         format!("{:?}", restored.icu_rules),
     );
     same(
+        "tablespace",
+        format!("{:?}", recorded.tablespace),
+        format!("{:?}", restored.tablespace),
+    );
+    same(
         "connection limit",
         recorded.connection_limit.to_string(),
         restored.connection_limit.to_string(),
@@ -497,6 +524,18 @@ mod tests {
             }
         );
         assert!(AclItem::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn an_empty_list_setting_stays_empty() {
+        assert_eq!(
+            set_clause("search_path=\"\"").unwrap(),
+            "SET \"search_path\" TO ''"
+        );
+        assert_eq!(
+            set_clause("search_path=\"\", public").unwrap(),
+            "SET \"search_path\" TO '', 'public'"
+        );
     }
 
     #[test]

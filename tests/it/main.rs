@@ -15,6 +15,7 @@ mod events;
 mod examples;
 mod hostile;
 mod operations;
+mod redis_fidelity;
 mod restore;
 mod runbook;
 mod s3;

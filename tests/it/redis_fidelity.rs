@@ -1,0 +1,203 @@
+//! Redis restore fidelity: key counts taken from the saved file and
+//! compared like with like (TTL'd session keys that expire between a backup
+//! and a drill do not fail it; a real difference does).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kompose_dr::sources::redis::rdb;
+
+use crate::support::{Redis, Workspace, run_ok};
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `INFO keyspace` of `redis` as counts per database.
+fn keyspace(redis: &Redis) -> std::collections::BTreeMap<String, rdb::Counts> {
+    let text = redis.cli(&["INFO", "keyspace"]);
+    let info = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect();
+    kompose_dr::sources::redis::parse_keyspace_counts(&info)
+}
+
+/// Keys of every type and encoding Redis 7 writes, in three databases, some
+/// with a TTL far away.
+fn every_type(redis: &Redis) {
+    let long = "x".repeat(1000);
+    let mut cmds = format!("SET s1 hello\nSET n1 12345\nSET big {long}\nSET t1 v EX 100000\n");
+    cmds.push_str("RPUSH l1 a b c\nEXPIRE l1 100000\n");
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("element-{i}-{}", &long[..100]))
+        .collect();
+    cmds.push_str(&format!("RPUSH l2 {}\n", many.join(" ")));
+    cmds.push_str("SADD st1 1 2 3\nSADD st2 a b c\n");
+    let members: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    cmds.push_str(&format!("SADD st3 {}\n", members.join(" ")));
+    cmds.push_str("ZADD z1 1 a 2 b\n");
+    let scored: Vec<String> = (0..500).map(|i| format!("{i}.5 m{i}")).collect();
+    cmds.push_str(&format!("ZADD z2 {}\n", scored.join(" ")));
+    cmds.push_str("HSET h1 f v\nPEXPIRE h1 900000000\n");
+    let fields: Vec<String> = (0..1000).map(|i| format!("f{i} v{i}")).collect();
+    cmds.push_str(&format!("HSET h2 {}\n", fields.join(" ")));
+    cmds.push_str("XADD x1 * f v\nXADD x1 * g w\nXGROUP CREATE x1 grp 0\n");
+    cmds.push_str("XREADGROUP GROUP grp consumer COUNT 1 STREAMS x1 >\n");
+    cmds.push_str("XADD x2 MAXLEN 0 * f v\n");
+    cmds.push_str("SELECT 3\nSET other v\nSET other2 v PX 100000000\n");
+    cmds.push_str("SELECT 5\nSADD s5 1\nEXPIRE s5 100000\n");
+    redis.pipe(&cmds);
+    redis.cli(&[
+        "FUNCTION",
+        "LOAD",
+        "#!lua name=kdrlib\nredis.register_function('kdr_f', function() return 1 end)",
+    ]);
+}
+
+#[test]
+fn the_rdb_count_agrees_with_redis_for_every_type_and_encoding() {
+    let redis = Redis::start(false, None);
+    every_type(&redis);
+    redis.cli(&["SAVE"]);
+    let file = std::fs::File::open(redis.dir.path().join("dump.rdb")).unwrap();
+    let counted = rdb::scan(file).unwrap().counts_at(now_ms());
+    assert_eq!(counted, keyspace(&redis));
+    assert_eq!(counted["db0"].volatile, 3, "{counted:?}");
+
+    // The same data as an AOF base.
+    let redis = Redis::start(true, None);
+    every_type(&redis);
+    redis.cli(&["BGREWRITEAOF"]);
+    crate::support::wait_until("the rewrite", 30, || {
+        redis
+            .cli(&["INFO", "persistence"])
+            .contains("aof_rewrite_in_progress:0")
+            && !redis
+                .cli(&["INFO", "persistence"])
+                .contains("aof_rewrite_scheduled:1")
+    });
+    let dir = redis.dir.path().join("appendonlydir");
+    let base = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".base.rdb"))
+        .expect("an RDB base");
+    let counted = rdb::scan(std::fs::File::open(base).unwrap())
+        .unwrap()
+        .counts_at(now_ms());
+    assert_eq!(counted, keyspace(&redis));
+}
+
+/// Rewrites a snapshot's facts with `edit`, re-encrypted with the stock
+/// tools and the manifest signed again, as the backup host could.
+fn forge_facts(ws: &Workspace, edit: impl FnOnce(&mut serde_json::Value)) {
+    use sha2::Digest;
+    let m = &ws.manifests()[0];
+    let facts_path = ws.repo.join(m["facts"]["path"].as_str().unwrap());
+    let mut facts: serde_json::Value =
+        serde_json::from_slice(&ws.stock_decrypt(&facts_path)).unwrap();
+    edit(&mut facts);
+    let plain = ws.dir.path().join("facts.json");
+    std::fs::write(&plain, facts.to_string()).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("zstd -q -c \"$1\" | age -r \"$2\" > \"$3\"")
+            .arg("sh")
+            .arg(&plain)
+            .arg(&ws.recipient)
+            .arg(&facts_path),
+    );
+    let bytes = std::fs::read(&facts_path).unwrap();
+    let manifest_path = ws
+        .repo
+        .join(format!("snapshots/{}.json", m["id"].as_str().unwrap()));
+    let mut mj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    mj["facts"]["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+    mj["facts"]["stored_bytes"] = bytes.len().into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&mj).unwrap()).unwrap();
+    ws.sign(&manifest_path);
+}
+
+/// 300 keys and 1000 session keys with a 5 s TTL; a backup before they
+/// expire, a verify and a drill after: both pass, and the facts say what
+/// the file held. Facts that differ from the file by one key fail.
+fn sessions_expire_between_backup_and_drill(aof: bool) {
+    let redis = Redis::start(aof, Some("redis-secret-pw"));
+    redis.fill(300);
+    let set_at = Instant::now();
+    let sessions: String = (0..1000)
+        .map(|i| format!("SET session:{i} token-{i} PX 5000\n"))
+        .collect();
+    redis.pipe(&sessions);
+    let ws = Workspace::new();
+    ws.configure(&Workspace::redis_section(&redis));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    assert!(
+        set_at.elapsed() < Duration::from_secs(5),
+        "the backup took so long that the sessions expired first"
+    );
+    let m = &ws.manifests()[0];
+    let facts: serde_json::Value = serde_json::from_slice(
+        &ws.stock_decrypt(&ws.repo.join(m["facts"]["path"].as_str().unwrap())),
+    )
+    .unwrap();
+    let redis_facts = &facts["sources"]["redis"];
+    assert_eq!(redis_facts["keys"]["db0"], 1300, "{redis_facts}");
+    assert_eq!(redis_facts["volatile"]["db0"], 1000, "{redis_facts}");
+    assert!(redis_facts["counted_at"].is_string(), "{redis_facts}");
+
+    // Past the sessions' expiry.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(set_at.elapsed()));
+    let out = ws.run(&["--json", "verify"]);
+    out.assert_exit(0);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains("1300 keys in 1 database(s), as recorded; 1000 with a TTL"),
+        "{stdout}"
+    );
+    if !aof {
+        assert!(stdout.contains("of which Redis still held 0"), "{stdout}");
+    }
+    let drill = ws.dir.path().join("drill.toml");
+    std::fs::write(
+        &drill,
+        "name = \"sessions\"\n\n[[check]]\nsource = \"redis\"\nmin_keys = 300\n",
+    )
+    .unwrap();
+    ws.prepend_top_level(&format!(
+        "reports_dir = \"{}\"",
+        ws.dir.path().join("reports").display()
+    ));
+    ws.run(&["drill", "--drill", drill.to_str().unwrap()])
+        .assert_exit(0);
+
+    // The facts say one key more than the file holds: a real difference.
+    forge_facts(&ws, |f| {
+        f["sources"]["redis"]["keys"]["db0"] = 1301.into();
+    });
+    let out = ws.run(&["verify"]);
+    out.assert_exit(1);
+    out.assert_stdout_contains(
+        "db0: the restored file holds 1300 keys (1000 with a TTL) at the backup's time, the backup recorded 1301 (1000)",
+    );
+}
+
+#[test]
+fn rdb_sessions_that_expire_after_the_backup_do_not_fail_verify_or_a_drill() {
+    sessions_expire_between_backup_and_drill(false);
+}
+
+#[test]
+fn aof_sessions_that_expire_after_the_backup_do_not_fail_verify_or_a_drill() {
+    sessions_expire_between_backup_and_drill(true);
+}

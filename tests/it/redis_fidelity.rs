@@ -201,3 +201,167 @@ fn rdb_sessions_that_expire_after_the_backup_do_not_fail_verify_or_a_drill() {
 fn aof_sessions_that_expire_after_the_backup_do_not_fail_verify_or_a_drill() {
     sessions_expire_between_backup_and_drill(true);
 }
+
+/// A Redis with data in its own directory, backed up with `data_dir` set,
+/// then stopped (SIGKILL: it writes nothing more); and the workspace.
+fn backed_up_then_stopped() -> (Workspace, Redis) {
+    let mut redis = Redis::start(false, None);
+    redis.fill(50);
+    let ws = Workspace::new();
+    ws.configure(&redis_with_dir(&redis, "127.0.0.1", redis.port));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    redis.kill();
+    (ws, redis)
+}
+
+/// `[redis]` at `host:port` with `redis`' directory as `data_dir`.
+fn redis_with_dir(redis: &Redis, host: &str, port: u16) -> String {
+    format!(
+        "[redis]\nurl = \"redis://{host}:{port}\"\ndata_dir = \"{}\"\n",
+        redis.dir.path().display()
+    )
+}
+
+/// Every entry under `dir` with its bytes (directories: empty).
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p.clone());
+                out.insert(p, Vec::new());
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_redis_host_that_does_not_resolve_refuses_the_restore() {
+    let (ws, redis) = backed_up_then_stopped();
+    let before = contents(redis.dir.path());
+    ws.configure(&redis_with_dir(&redis, "no-such-host.invalid", redis.port));
+    let out = ws.run(&["restore", "--source", "redis", "--replace", "--yes"]);
+    out.assert_exit(1);
+    let all = out.all();
+    assert!(
+        all.contains("cannot tell whether Redis at no-such-host.invalid:")
+            && all.contains("does not resolve")
+            && all.contains("--to ANOTHER_DIR"),
+        "{all}"
+    );
+    assert_eq!(
+        contents(redis.dir.path()),
+        before,
+        "the data directory changed"
+    );
+}
+
+#[test]
+fn a_redis_port_that_never_answers_refuses_the_restore() {
+    let (ws, redis) = backed_up_then_stopped();
+    let before = contents(redis.dir.path());
+    // A listener that accepts nothing, its queue full: further connections
+    // neither succeed nor are refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        held.push(s);
+        assert!(held.len() < 5000, "the listen queue never filled");
+    }
+    ws.configure(&redis_with_dir(&redis, "127.0.0.1", addr.port()));
+    let out = ws.run(&["restore", "--source", "redis", "--replace", "--yes"]);
+    out.assert_exit(1);
+    let all = out.all();
+    assert!(
+        all.contains(&format!(
+            "cannot tell whether Redis at 127.0.0.1:{}",
+            addr.port()
+        )) && all.contains("neither answered nor refused"),
+        "{all}"
+    );
+    assert_eq!(
+        contents(redis.dir.path()),
+        before,
+        "the data directory changed"
+    );
+    drop(held);
+}
+
+#[test]
+fn a_redis_started_after_the_question_is_caught_before_the_move() {
+    crate::support::require("script");
+    let (ws, redis) = backed_up_then_stopped();
+    let before = contents(redis.dir.path());
+    std::fs::create_dir_all(ws.tmp()).unwrap();
+    let cmd = format!(
+        "{} --config {} restore --source redis --replace",
+        env!("CARGO_BIN_EXE_kompose-dr"),
+        ws.config.display()
+    );
+    // On a terminal (script), so that it asks.
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TMPDIR", ws.tmp())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    crate::support::wait_until("the question", 60, || {
+        seen.lock().unwrap().contains("Type 'yes'")
+    });
+    // Someone starts Redis while the question waits.
+    let again = Redis::start_on(
+        tempfile::Builder::new()
+            .prefix("kdr-redis-again-")
+            .tempdir()
+            .unwrap(),
+        redis.port,
+        false,
+        None,
+    );
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"yes\n").unwrap();
+        let status = child.wait().unwrap();
+        drop(stdin);
+        reader.join().unwrap();
+        let all = seen.lock().unwrap().clone();
+        assert_ne!(status.code(), Some(0), "{all}");
+        assert!(
+            all.contains(&format!("Redis is running at 127.0.0.1:{}", redis.port)),
+            "{all}"
+        );
+    }
+    assert_eq!(
+        contents(redis.dir.path()),
+        before,
+        "the data directory changed"
+    );
+    drop(again);
+}

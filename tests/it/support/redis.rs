@@ -125,6 +125,13 @@ impl Redis {
         assert!(child.wait().unwrap().success());
     }
 
+    /// Stops the server at once (SIGKILL: it saves nothing), keeping its
+    /// directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `DBSIZE`.
     pub fn dbsize(&self) -> u64 {
         self.cli(&["DBSIZE"])

@@ -47,7 +47,8 @@ pub mod rdb;
 const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
 
-/// Connects to the configured Redis.
+/// Connects to the configured Redis: at `host:port`, through its container,
+/// or at a unix socket when `host` is a path (only scratch servers are).
 pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceError> {
     connect_inner(cfg).await.map_err(SourceError::Connect)
 }
@@ -106,10 +107,18 @@ async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, Strin
             )),
         };
     }
-    let target = format!("{}:{}", cfg.host, cfg.port);
-    let base = format!("redis://{target}")
-        .into_connection_info()
-        .map_err(|e| format!("bad Redis address {target}: {e}"))?;
+    // A host that is a path is a unix socket (the scratch Redis).
+    let (target, base) = if cfg.host.starts_with('/') {
+        (
+            cfg.host.clone(),
+            redis::ConnectionAddr::Unix(PathBuf::from(&cfg.host)).into_connection_info(),
+        )
+    } else {
+        let target = format!("{}:{}", cfg.host, cfg.port);
+        let info = format!("redis://{target}").into_connection_info();
+        (target, info)
+    };
+    let base = base.map_err(|e| format!("bad Redis address {target}: {e}"))?;
     let info = base.set_redis_settings(settings);
     let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
     let connect = client.get_multiplexed_async_connection();

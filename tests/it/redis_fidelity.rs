@@ -365,3 +365,306 @@ fn a_redis_started_after_the_question_is_caught_before_the_move() {
     );
     drop(again);
 }
+
+/// `(pid, ppid, state, comm)` of every process, from `/proc/*/stat`.
+fn processes() -> Vec<(i32, i32, char, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, state, comm));
+    }
+    out
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: i32) -> bool {
+    processes()
+        .iter()
+        .any(|(p, _, state, _)| *p == pid && *state != 'Z')
+}
+
+/// The TCP ports and unix socket paths `pid` listens on.
+fn listening(pid: i32) -> (Vec<u16>, Vec<std::path::PathBuf>) {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    l.to_string_lossy()
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tcp = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                tcp.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    let mut unix = Vec::new();
+    for line in std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 7 && f[3] == "00010000" && inodes.iter().any(|i| i == f[6]) {
+            unix.push(std::path::PathBuf::from(f[7]));
+        }
+    }
+    (tcp, unix)
+}
+
+/// A `verify` of a Redis snapshot, stopped (SIGSTOP) while its scratch
+/// Redis runs: the scratch server can be looked at from outside. Dropping
+/// it kills both.
+struct Frozen {
+    _ws: Workspace,
+    _redis: Redis,
+    kdr: std::process::Child,
+    scratch: i32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = self.kdr.kill();
+        let _ = self.kdr.wait();
+        if alive(self.scratch) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.scratch),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn frozen_verify() -> Frozen {
+    let redis = Redis::start(false, None);
+    // Enough keys that loading them takes a moment.
+    redis.fill(30_000);
+    let ws = Workspace::new();
+    ws.configure(&Workspace::redis_section(&redis));
+    ws.init();
+    ws.run(&["backup"]).assert_exit(0);
+    let mut kdr = ws
+        .kdr()
+        .args(["verify", "--source", "redis"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = kdr.id() as i32;
+    let start = Instant::now();
+    let scratch = loop {
+        let found = processes()
+            .into_iter()
+            .find(|(_, ppid, _, comm)| *ppid == pid && comm == "redis-server");
+        if let Some((p, ..)) = found {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            )
+            .unwrap();
+            break p;
+        }
+        assert!(
+            kdr.try_wait().unwrap().is_none(),
+            "verify ended before its scratch Redis was seen"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no scratch Redis appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let frozen = Frozen {
+        _ws: ws,
+        _redis: redis,
+        kdr,
+        scratch,
+    };
+    assert!(alive(scratch), "the scratch Redis ended before it was seen");
+    crate::support::wait_until("the scratch Redis to listen", 20, || {
+        let (tcp, unix) = listening(scratch);
+        !tcp.is_empty() || !unix.is_empty()
+    });
+    frozen
+}
+
+/// The scratch user's uid and gid (`[scratch] user`, default `postgres`).
+fn scratch_user() -> (u32, u32) {
+    let u = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("the postgres user (scripts/setup creates it)");
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+#[test]
+fn the_scratch_redis_has_no_tcp_port_only_a_socket_in_a_private_directory() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = frozen_verify();
+    let (tcp, unix) = listening(f.scratch);
+    assert!(
+        tcp.is_empty(),
+        "the scratch Redis listens on TCP ports {tcp:?}"
+    );
+    assert_eq!(unix.len(), 1, "{unix:?}");
+    let dir = unix[0].parent().unwrap();
+    let meta = std::fs::metadata(dir).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o700,
+        "{}",
+        dir.display()
+    );
+    assert_eq!(
+        meta.uid(),
+        scratch_user().0,
+        "{} belongs to uid {}",
+        dir.display(),
+        meta.uid()
+    );
+    let conf = std::fs::metadata(dir.join("redis.conf")).unwrap();
+    assert_eq!(conf.permissions().mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn the_scratch_redis_runs_as_the_scratch_user() {
+    let f = frozen_verify();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.scratch)).unwrap();
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids, vec![scratch_user().0; 4], "{status}");
+}
+
+#[test]
+fn the_scratch_redis_wants_a_password_that_no_command_line_shows() {
+    use std::io::{Read, Write};
+    let f = frozen_verify();
+    let (tcp, unix) = listening(f.scratch);
+    let mut answer = [0u8; 64];
+    let n = match (unix.first(), tcp.first()) {
+        (Some(path), _) => {
+            let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            s.read(&mut answer).unwrap()
+        }
+        (None, Some(port)) => {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            s.read(&mut answer).unwrap()
+        }
+        (None, None) => panic!("the scratch Redis listens nowhere"),
+    };
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("-NOAUTH"),
+        "PING without a password got {answer:?}"
+    );
+    let conf = std::fs::read_to_string(unix[0].parent().unwrap().join("redis.conf")).unwrap();
+    let password = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("requirepass "))
+        .unwrap();
+    assert!(password.len() >= 32, "a short password: {password:?}");
+    for pid in [f.scratch, f.kdr.id() as i32] {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(password),
+            "the password is on the command line of {pid}"
+        );
+    }
+}
+
+#[test]
+fn the_scratch_redis_dies_when_kompose_dr_is_killed() {
+    let mut f = frozen_verify();
+    let scratch = f.scratch;
+    f.kdr.kill().unwrap();
+    f.kdr.wait().unwrap();
+    let start = Instant::now();
+    while alive(scratch) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the scratch Redis still serves the restored data after kill -9 of kompose-dr"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_docker_scratch_redis_wants_a_password_its_container_does_not_show() {
+    use kompose_dr::scratch::ScratchRuntime;
+    let engine = crate::support::docker::engine();
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[scratch]\nruntime = \"docker\"\nredis_image = \"{}\"\n",
+        engine.host, engine.redis_image
+    ));
+    let config = kompose_dr::model::config::Config::load(&ws.config).unwrap();
+    let redis = Redis::start(false, None);
+    redis.fill(12);
+    redis.cli(&["SAVE"]);
+    let data = tempfile::Builder::new()
+        .prefix("kdr-scratch-data-")
+        .tempdir()
+        .unwrap();
+    std::fs::copy(
+        redis.dir.path().join("dump.rdb"),
+        data.path().join("dump.rdb"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let runtime = kompose_dr::scratch::docker::DockerRuntime::new(&config);
+        let scratch = runtime.redis(data.path(), false).await.unwrap();
+        let cfg = scratch.connection();
+        let password = cfg
+            .password
+            .as_ref()
+            .expect("a password")
+            .expose()
+            .to_owned();
+        let name = cfg.container.as_ref().unwrap().name.clone();
+        assert_eq!(engine.inspect(&name, "{{.HostConfig.NetworkMode}}"), "none");
+        let ports = engine.inspect(&name, "{{json .HostConfig.PortBindings}}");
+        assert!(ports == "{}" || ports == "null", "published: {ports}");
+        let seen = engine.inspect(&name, "{{json .Config}} {{json .Args}} {{json .Path}}");
+        assert!(!seen.contains(&password), "the password shows in {seen}");
+        let out =
+            crate::support::Ran::of(engine.docker().args(["exec", &name, "redis-cli", "PING"]));
+        assert!(out.all().contains("NOAUTH"), "{}", out.all());
+        let mut con = kompose_dr::sources::redis::connect(&cfg).await.unwrap();
+        let n: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+        assert_eq!(n, 12);
+        drop(scratch);
+    });
+}

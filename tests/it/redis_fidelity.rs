@@ -146,16 +146,6 @@ fn sessions_expire_between_backup_and_drill(aof: bool) {
         set_at.elapsed() < Duration::from_secs(5),
         "the backup took so long that the sessions expired first"
     );
-    let m = &ws.manifests()[0];
-    let facts: serde_json::Value = serde_json::from_slice(
-        &ws.stock_decrypt(&ws.repo.join(m["facts"]["path"].as_str().unwrap())),
-    )
-    .unwrap();
-    let redis_facts = &facts["sources"]["redis"];
-    assert_eq!(redis_facts["keys"]["db0"], 1300, "{redis_facts}");
-    assert_eq!(redis_facts["volatile"]["db0"], 1000, "{redis_facts}");
-    assert!(redis_facts["counted_at"].is_string(), "{redis_facts}");
-
     // Past the sessions' expiry.
     std::thread::sleep(Duration::from_secs(6).saturating_sub(set_at.elapsed()));
     let out = ws.run(&["--json", "verify"]);
@@ -180,6 +170,17 @@ fn sessions_expire_between_backup_and_drill(aof: bool) {
     ));
     ws.run(&["drill", "--drill", drill.to_str().unwrap()])
         .assert_exit(0);
+
+    // The facts say what the file held at the backup.
+    let m = &ws.manifests()[0];
+    let facts: serde_json::Value = serde_json::from_slice(
+        &ws.stock_decrypt(&ws.repo.join(m["facts"]["path"].as_str().unwrap())),
+    )
+    .unwrap();
+    let redis_facts = &facts["sources"]["redis"];
+    assert_eq!(redis_facts["keys"]["db0"], 1300, "{redis_facts}");
+    assert_eq!(redis_facts["volatile"]["db0"], 1000, "{redis_facts}");
+    assert!(redis_facts["counted_at"].is_string(), "{redis_facts}");
 
     // The facts say one key more than the file holds: a real difference.
     forge_facts(&ws, |f| {

@@ -337,8 +337,7 @@ impl ScratchRuntime for ProcessRuntime {
         let log = root.join("redis.log");
         let text = format!(
             "port 0\nunixsocket {}\nunixsocketperm 700\ndir {}\nappendonly {}\nsave \"\"\n\
-             daemonize no\nlogfile {}\nprotected-mode yes\nrequirepass {}\n\
-             enable-debug-command no\nenable-module-command no\n",
+             daemonize no\nlogfile {}\nprotected-mode yes\nrequirepass {}\n",
             conf_quoted(&socket),
             conf_quoted(&data),
             if aof { "yes" } else { "no" },

@@ -318,9 +318,62 @@ impl Waiter for LocalChild {
     }
 }
 
+/// Makes the program `cmd` starts get SIGKILL when the thread that starts
+/// it ends — above all when this process dies, even by `kill -9` — so that
+/// a throw-away server never outlives kompose-dr (`PR_SET_PDEATHSIG`, set
+/// in the child after any change of user, which would clear it). Once the
+/// signal is armed the child checks that its parent is still this process;
+/// if it died first, the program is not run. The kernel ties the signal to
+/// the starting *thread*: start the program from one that lives as long as
+/// it should run (not a blocking-pool thread, which ends when idle).
+#[allow(unsafe_code)]
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes two system calls
+    // (prctl, getppid) and allocates nothing (its errors are raw OS
+    // errors).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_set_to_die_with_its_parent_dies_with_the_thread_that_started_it() {
+        let mut child = std::thread::spawn(|| {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            die_with_parent(&mut cmd);
+            cmd.spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("the child outlived the thread that started it");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+    }
 
     #[tokio::test]
     async fn stderr_after_a_line_that_is_not_utf8_is_kept() {

@@ -32,10 +32,20 @@ pub enum SourceFacts {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         database: Option<Box<DatabaseFacts>>,
     },
-    /// Redis: keys per logical database (`db0` …) right after the save.
+    /// Redis: keys per logical database (`db0` …).
     Redis {
-        /// Key count per database.
+        /// Key count per database: counted in the saved file, without the
+        /// keys whose expiry was before `counted_at`. Facts without
+        /// `counted_at` (older versions, or a file that could not be
+        /// counted) hold the server's own count right after the save.
         keys: BTreeMap<String, u64>,
+        /// Of those, the keys with a TTL, per database (absent: none).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        volatile: BTreeMap<String, u64>,
+        /// The moment the counts hold for, when they were counted in the
+        /// file: a key counts unless its expiry is before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counted_at: Option<DateTime<Utc>>,
     },
     /// A file; certificates when it is an ACME store such as acme.json.
     File {

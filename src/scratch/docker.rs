@@ -26,6 +26,9 @@ use crate::model::secret::Secret;
 /// onto it and `mode=1777` holds for whatever uid the server runs as.
 const SCRATCH_DATA: &str = "/kompose-dr-scratch";
 
+/// The scratch Redis' configuration file, in [`SCRATCH_DATA`].
+const CONF: &str = ".kdr-redis.conf";
+
 /// Scratch servers in containers.
 pub struct DockerRuntime {
     engine_host: Option<String>,
@@ -129,22 +132,19 @@ impl ScratchPostgres for DockerPostgres {
     }
 }
 
-/// A scratch Redis container.
+/// A scratch Redis container, with a password.
 pub struct DockerRedis {
     container: ScratchContainer,
+    password: Secret,
 }
 
 impl ScratchRedis for DockerRedis {
-    fn port(&self) -> u16 {
-        6379
-    }
-
     fn connection(&self) -> RedisConfig {
         RedisConfig {
             host: "127.0.0.1".into(),
             port: 6379,
             username: None,
-            password: None,
+            password: Some(self.password.clone()),
             data_dir: None,
             container: Some(ContainerRef {
                 name: self.container.name.clone(),
@@ -234,11 +234,19 @@ impl ScratchRuntime for DockerRuntime {
             )
             .await?;
         // The server waits for its files: they are copied into the tmpfs
-        // once it is mounted, then a marker lets it start.
+        // once it is mounted, with its configuration (which alone holds the
+        // password: not the command line, not the environment), then a
+        // marker lets it start.
         let script = format!(
             "while [ ! -e {SCRATCH_DATA}/.kdr-go ]; do sleep 0.1; done; rm -f {SCRATCH_DATA}/.kdr-go; \
-             exec redis-server --dir {SCRATCH_DATA} --appendonly {} --save '' --bind 127.0.0.1 --port 6379",
-            if aof { "yes" } else { "no" }
+             exec redis-server {SCRATCH_DATA}/{CONF}"
+        );
+        let password = Secret::new(format!("{:032x}", rand::random::<u128>()));
+        let conf = format!(
+            "dir {SCRATCH_DATA}\nappendonly {}\nsave \"\"\nbind 127.0.0.1\nport 6379\n\
+             protected-mode yes\nrequirepass {}\n",
+            if aof { "yes" } else { "no" },
+            password.expose()
         );
         let container = engine
             .run_scratch(ScratchSpec {
@@ -255,10 +263,13 @@ impl ScratchRuntime for DockerRuntime {
             .untar(
                 &container.id,
                 SCRATCH_DATA,
-                scratch_tar(data_dir.to_owned()),
+                scratch_tar(data_dir.to_owned(), conf.into_bytes()),
             )
             .await?;
-        let redis = DockerRedis { container };
+        let redis = DockerRedis {
+            container,
+            password,
+        };
         let cfg = redis.connection();
         let start = Instant::now();
         while !super::process::loaded(&cfg).await {
@@ -285,10 +296,12 @@ impl ScratchRuntime for DockerRuntime {
 }
 
 /// The files of `dir`, readable and writable by any user (the scratch
-/// server's uid is the image's), plus the marker that starts the server,
-/// as a tar stream.
+/// server's uid is the image's), the server's configuration `conf` (0600:
+/// the container's user unpacks it and owns it), and the marker that
+/// starts the server, as a tar stream.
 fn scratch_tar(
     dir: std::path::PathBuf,
+    conf: Vec<u8>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     crate::engine::tar_stream(move |b| {
         for entry in walk(&dir)? {
@@ -307,6 +320,11 @@ fn scratch_tar(
                 b.append_data(&mut h, rel, std::fs::File::open(&entry)?)?;
             }
         }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(conf.len() as u64);
+        b.append_data(&mut h, CONF, &conf[..])?;
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o666);

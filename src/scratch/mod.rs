@@ -2,9 +2,9 @@
 //! production, for `verify` and `drill` to restore into.
 //!
 //! [`ScratchRuntime`] is the seam: `process` runs local binaries (an
-//! `initdb` cluster on a unix socket in a private 0700 directory, a
-//! `redis-server` on a free loopback port); a Docker runtime can implement
-//! the same trait later. Every instance is a guard: dropping it — on
+//! `initdb` cluster and a `redis-server`, each on a unix socket in a
+//! private 0700 directory), `docker` throw-away containers. Every instance
+//! is a guard: dropping it — on
 //! success, failure, panic or cancellation (Ctrl-C/SIGTERM are turned into
 //! cancellation by the CLI) — kills its process and removes its directory.
 
@@ -105,25 +105,9 @@ pub trait ScratchPostgres: Send + Sync {
 
 /// A running scratch Redis.
 pub trait ScratchRedis: Send + Sync {
-    /// Its TCP port on 127.0.0.1.
-    fn port(&self) -> u16;
-
-    /// Connection settings for it: 127.0.0.1, no user, no password.
-    fn connection(&self) -> RedisConfig {
-        redis_on(self.port())
-    }
-}
-
-/// Connection settings for a scratch Redis on `port` of 127.0.0.1.
-fn redis_on(port: u16) -> RedisConfig {
-    RedisConfig {
-        host: "127.0.0.1".into(),
-        port,
-        username: None,
-        password: None,
-        data_dir: None,
-        container: None,
-    }
+    /// Connection settings for it (its unix socket or container, and its
+    /// password).
+    fn connection(&self) -> RedisConfig;
 }
 
 /// Starts scratch instances.
@@ -131,7 +115,9 @@ fn redis_on(port: u16) -> RedisConfig {
 pub trait ScratchRuntime: Send + Sync {
     /// A PostgreSQL server of this major version.
     async fn postgres(&self, major: u32) -> Result<Box<dyn ScratchPostgres>, ScratchError>;
-    /// A Redis server on the files in `data_dir` (AOF or RDB).
+    /// A Redis server on the files in `data_dir` (AOF or RDB). The files
+    /// may be taken: moved into the server's own directory, removed with
+    /// it.
     async fn redis(
         &self,
         data_dir: &Path,

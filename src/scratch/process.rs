@@ -5,6 +5,15 @@
 //! `initdb` and `postgres` run as `[scratch] user` (default `postgres`). The
 //! cluster listens only on a unix socket inside its own 0700 directory
 //! (`listen_addresses = ''`), with `fsync=off`: it exists to be thrown away.
+//!
+//! The scratch Redis holds restored production data, so it is shut away the
+//! same way: as `[scratch] user` when we are root, listening on no TCP port
+//! (`port 0`) but on a unix socket in its own 0700 directory owned by that
+//! user (`unixsocketperm 700`), with a random password that only its 0600
+//! configuration file holds (never an argument). The restored files are
+//! moved into that directory. It gets SIGKILL if kompose-dr dies, even by
+//! `kill -9` ([`crate::process::die_with_parent`]), from a thread kept for
+//! that purpose as long as the server runs.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +23,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{PREFIX, ScratchError, ScratchPostgres, ScratchRedis, ScratchRuntime};
-use crate::model::config::PgEndpoint;
+use crate::model::config::{PgEndpoint, RedisConfig};
+use crate::model::secret::Secret;
 
 /// Runs scratch servers as local processes.
 #[derive(Debug, Clone)]
@@ -39,6 +49,8 @@ impl ProcessRuntime {
 struct Guarded {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
+    /// The thread the child was started from, if it must die with it.
+    holder: Option<Holder>,
 }
 
 impl Guarded {
@@ -71,6 +83,7 @@ impl Drop for Guarded {
                 }
             }
         }
+        drop(self.holder.take());
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_owned();
             // A program that was killed a moment ago may still be writing
@@ -86,6 +99,54 @@ impl Drop for Guarded {
             }
         }
     }
+}
+
+/// The thread a scratch server was started from. The kernel kills the
+/// server when that thread ends ([`crate::process::die_with_parent`]), so
+/// it waits until this is dropped — or dies with the whole process.
+struct Holder {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts `cmd`, set to die with its parent, from a thread of its own that
+/// lives until the returned [`Holder`] is dropped.
+async fn spawn_held(mut cmd: Command, what: &str) -> Result<(Child, Holder), ScratchError> {
+    crate::process::die_with_parent(&mut cmd);
+    let (started, spawned) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("kdr-scratch".into())
+        .spawn(move || {
+            let child = cmd.spawn();
+            let ok = child.is_ok();
+            if started.send(child).is_ok() && ok {
+                // Until the holder is dropped: the sender goes with it.
+                let _ = stopped.recv();
+            }
+        })
+        .map_err(ScratchError::io(format!("cannot start {what}")))?;
+    let holder = Holder {
+        stop: Some(stop),
+        thread: Some(thread),
+    };
+    let child = spawned
+        .await
+        .map_err(|_| ScratchError::Io {
+            doing: format!("cannot start {what}"),
+            source: std::io::Error::other("the starting thread ended"),
+        })?
+        .map_err(ScratchError::io(format!("cannot start {what}")))?;
+    Ok((child, holder))
 }
 
 pub(super) fn private_dir(
@@ -138,24 +199,52 @@ impl ScratchPostgres for ProcessPostgres {
     }
 }
 
-/// A scratch Redis.
+/// A scratch Redis, on a unix socket with a password.
 pub struct ProcessRedis {
     guard: Guarded,
-    port: u16,
+    socket: PathBuf,
+    password: Secret,
 }
 
 impl ScratchRedis for ProcessRedis {
-    fn port(&self) -> u16 {
-        self.port
+    fn connection(&self) -> RedisConfig {
+        RedisConfig {
+            host: self.socket.display().to_string(),
+            port: 0,
+            username: None,
+            password: Some(self.password.clone()),
+            data_dir: None,
+            container: None,
+        }
     }
 }
 
-fn free_port() -> Result<u16, ScratchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(ScratchError::io("no free port on 127.0.0.1"))
+/// `path` as a double-quoted value of a Redis configuration file.
+fn conf_quoted(path: &Path) -> String {
+    let mut q = String::from('"');
+    for c in path.display().to_string().chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
 }
+
+/// Gives `path` and everything under it (not following links) to `user`.
+fn chown_tree(path: &Path, user: &nix::unistd::User) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), user)?;
+        }
+    }
+    Ok(())
+}
+
+/// The longest unix socket path (`sun_path` holds 108 bytes, with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
 
 #[async_trait]
 impl ScratchRuntime for ProcessRuntime {
@@ -169,7 +258,7 @@ impl ScratchRuntime for ProcessRuntime {
                 });
             }
         }
-        let owner = self.postgres_owner()?;
+        let owner = self.scratch_owner()?;
         let dir = private_dir(owner.as_ref())?;
         let socket_dir = dir.path().to_owned();
         let data = socket_dir.join("data");
@@ -179,6 +268,7 @@ impl ScratchRuntime for ProcessRuntime {
         let mut guard = Guarded {
             child: None,
             dir: Some(dir),
+            holder: None,
         };
         self.initdb(&bin, &data).await?;
         guard.child = Some(self.start_postgres(&bin, &data, &socket_dir, &log, owner.as_ref())?);
@@ -213,33 +303,62 @@ impl ScratchRuntime for ProcessRuntime {
         aof: bool,
     ) -> Result<Box<dyn ScratchRedis>, ScratchError> {
         let exe = which("redis-server").ok_or(ScratchError::NoRedis)?;
-        let conf_dir = private_dir(None)?;
-        let port = free_port()?;
-        let conf = conf_dir.path().join("redis.conf");
-        let log = conf_dir.path().join("redis.log");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nappendonly {}\nsave \"\"\ndaemonize no\nlogfile {}\nprotected-mode yes\n",
-                data_dir.display(),
-                if aof { "yes" } else { "no" },
-                log.display()
-            ),
-        )
-        .map_err(ScratchError::io(conf.display().to_string()))?;
-        let child = Command::new(exe)
-            .arg(&conf)
+        let owner = self.scratch_owner()?;
+        let dir = private_dir(owner.as_ref())?;
+        let root = dir.path().to_owned();
+        let mut guard = Guarded {
+            child: None,
+            dir: Some(dir),
+            holder: None,
+        };
+        let socket = root.join("redis.sock");
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(ScratchError::User(format!(
+                "{} is too long for a unix socket ({SOCKET_PATH_MAX} bytes at most): set TMPDIR to a shorter directory",
+                socket.display()
+            )));
+        }
+        // The restored files move in and become the scratch user's.
+        let data = root.join("data");
+        std::fs::rename(data_dir, &data).map_err(ScratchError::io(format!(
+            "cannot move {} into {}",
+            data_dir.display(),
+            root.display()
+        )))?;
+        if let Some(u) = &owner {
+            chown_tree(&data, u).map_err(ScratchError::io(format!(
+                "cannot give {} to {}",
+                data.display(),
+                u.name
+            )))?;
+        }
+        let password = Secret::new(format!("{:032x}", rand::random::<u128>()));
+        let conf = root.join("redis.conf");
+        let log = root.join("redis.log");
+        let text = format!(
+            "port 0\nunixsocket {}\nunixsocketperm 700\ndir {}\nappendonly {}\nsave \"\"\n\
+             daemonize no\nlogfile {}\nprotected-mode yes\nrequirepass {}\n",
+            conf_quoted(&socket),
+            conf_quoted(&data),
+            if aof { "yes" } else { "no" },
+            conf_quoted(&log),
+            password.expose()
+        );
+        write_private(&conf, text.as_bytes(), owner.as_ref())
+            .map_err(ScratchError::io(format!("cannot write {}", conf.display())))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(ScratchError::io("cannot start redis-server"))?;
+            .stderr(Stdio::null());
+        let cmd = self.as_user(cmd)?;
+        let (child, holder) = spawn_held(cmd, "redis-server").await?;
+        guard.child = Some(child);
+        guard.holder = Some(holder);
         let mut redis = ProcessRedis {
-            guard: Guarded {
-                child: Some(child),
-                dir: Some(conf_dir),
-            },
-            port,
+            guard,
+            socket,
+            password,
         };
         let cfg = redis.connection();
         let start = Instant::now();
@@ -282,8 +401,9 @@ pub(super) async fn loaded(cfg: &crate::model::config::RedisConfig) -> bool {
 }
 
 impl ProcessRuntime {
-    /// The user PostgreSQL runs as, when we are root (it refuses root).
-    fn postgres_owner(&self) -> Result<Option<nix::unistd::User>, ScratchError> {
+    /// The user scratch servers run as, when we are root (PostgreSQL
+    /// refuses root; Redis must not hold restored data as root).
+    fn scratch_owner(&self) -> Result<Option<nix::unistd::User>, ScratchError> {
         if !nix::unistd::geteuid().is_root() {
             return Ok(None);
         }
@@ -385,6 +505,25 @@ impl ProcessRuntime {
             .spawn()
             .map_err(ScratchError::io("cannot start postgres"))
     }
+}
+
+/// Writes a new file readable by its owner only (0600), given to `owner`.
+fn write_private(
+    path: &Path,
+    body: &[u8],
+    owner: Option<&nix::unistd::User>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Some(u) = owner {
+        std::os::unix::fs::fchown(&f, Some(u.uid.as_raw()), Some(u.gid.as_raw()))?;
+    }
+    f.write_all(body)
 }
 
 fn which(program: &str) -> Option<PathBuf> {

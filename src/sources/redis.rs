@@ -2,11 +2,26 @@
 //!
 //! With AOF on (Redis 7 multi-part: `appendonlydir/` and its manifest),
 //! automatic rewrites are paused, `BGREWRITEAOF` runs to completion, the
-//! manifest is read and exactly the base and incremental files it names are
-//! copied (incremental files up to their size at that moment); the setting
-//! is restored on every path. With AOF off, `BGSAVE` runs until a newer save
-//! completes and `dump.rdb` is copied. Either way the files stream as a tar
-//! archive, and the per-database key counts go into the facts.
+//! manifest is read and the files it names are copied: the base whole, the
+//! incremental files empty. A rewrite forks, writes the data set of that
+//! moment as the new base and opens a new incremental file at the same
+//! moment for every write after it, so the base alone is exactly the state
+//! at the fork — the same point-in-time copy a `BGSAVE` makes, and one
+//! whose keys can be counted from the file. The setting is restored on
+//! every path. With AOF off, `BGSAVE` runs until a newer save completes and
+//! `dump.rdb` is copied. Either way the files stream as a tar archive.
+//!
+//! The facts record the keys per database counted in the saved file itself
+//! ([`rdb`]: `dump.rdb`, or the AOF base in RDB form) as its bytes stream
+//! into the archive, and the moment the counts hold for (`counted_at`, the
+//! artifact's `captured_at`): a key whose TTL ran out before that moment is
+//! not counted, and each database's count of keys with a TTL is recorded
+//! beside it. Verify counts the restored file the same way, so TTL'd keys
+//! (sessions) that expire between the backup and a drill cannot make the
+//! counts differ. Only when the file cannot be counted (an AOF base written
+//! as commands, `aof-use-rdb-preamble no`; a format this version does not
+//! know) are the counts read from the server right after the save, as
+//! before, and a warning says so.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +29,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
@@ -26,11 +41,14 @@ use crate::model::manifest::ArtifactKind;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
+pub mod rdb;
+
 /// How long to wait for a save or rewrite to finish.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
 
-/// Connects to the configured Redis.
+/// Connects to the configured Redis: at `host:port`, through its container,
+/// or at a unix socket when `host` is a path (only scratch servers are).
 pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceError> {
     connect_inner(cfg).await.map_err(SourceError::Connect)
 }
@@ -89,10 +107,18 @@ async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, Strin
             )),
         };
     }
-    let target = format!("{}:{}", cfg.host, cfg.port);
-    let base = format!("redis://{target}")
-        .into_connection_info()
-        .map_err(|e| format!("bad Redis address {target}: {e}"))?;
+    // A host that is a path is a unix socket (the scratch Redis).
+    let (target, base) = if cfg.host.starts_with('/') {
+        (
+            cfg.host.clone(),
+            redis::ConnectionAddr::Unix(PathBuf::from(&cfg.host)).into_connection_info(),
+        )
+    } else {
+        let target = format!("{}:{}", cfg.host, cfg.port);
+        let info = format!("redis://{target}").into_connection_info();
+        (target, info)
+    };
+    let base = base.map_err(|e| format!("bad Redis address {target}: {e}"))?;
     let info = base.set_redis_settings(settings);
     let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
     let connect = client.get_multiplexed_async_connection();
@@ -174,6 +200,28 @@ pub fn parse_keyspace(info: &BTreeMap<String, String>) -> BTreeMap<String, u64> 
         .collect()
 }
 
+/// Keys and keys with a TTL per database from `INFO keyspace`
+/// (`db0:keys=3,expires=1,…`).
+pub fn parse_keyspace_counts(info: &BTreeMap<String, String>) -> BTreeMap<String, rdb::Counts> {
+    info.iter()
+        .filter(|(k, _)| k.starts_with("db"))
+        .filter_map(|(k, v)| {
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|n| n.parse::<u64>().ok())
+            };
+            Some((
+                k.clone(),
+                rdb::Counts {
+                    keys: field("keys")?,
+                    volatile: field("expires")?,
+                },
+            ))
+        })
+        .collect()
+}
+
 fn num(info: &BTreeMap<String, String>, key: &str) -> Option<i64> {
     info.get(key).and_then(|v| v.parse().ok())
 }
@@ -216,23 +264,31 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
                     .await
                     .map_err(SourceError::Data)?
             };
-            run.captured_at = Some(Utc::now());
-            run.facts = Some(SourceFacts::Redis {
-                keys: parse_keyspace(
-                    &info(&mut con, "keyspace")
-                        .await
-                        .map_err(SourceError::Query)?,
-                ),
-            });
+            // The moment the file's counts hold for, to the millisecond the
+            // facts keep.
+            let captured =
+                DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default();
+            run.captured_at = Some(captured);
+            // The server's own count, for a file that cannot be counted.
+            let live = parse_keyspace(
+                &info(&mut con, "keyspace")
+                    .await
+                    .map_err(SourceError::Query)?,
+            );
             let key = artifact_key(&ctx.snapshot, "redis", run.kind);
             let (writer, input) = pipeline::input_from_writer();
             let rt = tokio::runtime::Handle::current();
             let tar = tokio::task::spawn_blocking(move || write_tar(writer, files, rt));
             let encoded = ctx.encode(&key, input).await;
-            let verdict = tar
+            let written = tar
                 .await
                 .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?
                 .map_err(SourceError::Data);
+            let (verdict, counted) = match written {
+                Ok(counted) => (Ok(()), counted),
+                Err(e) => (Err(e), None),
+            };
+            run.facts = Some(key_facts(counted, captured, live));
             ctx.finish(&key, encoded?, verdict).await
         }
         .await;
@@ -240,6 +296,94 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
         run
     })
     .await
+}
+
+/// The facts of a backup: the keys counted in the saved file at `at`, or,
+/// when the file could not be counted, the server's count `live`.
+fn key_facts(
+    counted: Option<Result<rdb::FileKeys, rdb::RdbError>>,
+    at: DateTime<Utc>,
+    live: BTreeMap<String, u64>,
+) -> SourceFacts {
+    match counted {
+        Some(Ok(keys)) => {
+            let counts = keys.counts_at(at.timestamp_millis());
+            SourceFacts::Redis {
+                keys: counts.iter().map(|(db, c)| (db.clone(), c.keys)).collect(),
+                volatile: counts
+                    .iter()
+                    .filter(|(_, c)| c.volatile > 0)
+                    .map(|(db, c)| (db.clone(), c.volatile))
+                    .collect(),
+                counted_at: Some(at),
+            }
+        }
+        not => {
+            let why = match not {
+                Some(Err(e)) => e.to_string(),
+                _ => "the AOF base is written as commands (aof-use-rdb-preamble no)".to_owned(),
+            };
+            tracing::warn!(
+                source = "redis",
+                "cannot count the keys in the saved file ({why}): the facts hold the server's \
+                 count right after the save, which keys with a TTL can make differ from the file"
+            );
+            SourceFacts::Redis {
+                keys: live,
+                volatile: BTreeMap::new(),
+                counted_at: None,
+            }
+        }
+    }
+}
+
+/// Counts the keys of restored Redis files in `dir` — `dump.rdb`, or the
+/// base of `appendonlydir/` — as Redis will load them. An AOF whose
+/// incremental files hold writes (made by a version that copied them)
+/// cannot be counted without replaying it: that is an error, as is a base
+/// written as commands.
+pub fn count_restored(dir: &std::path::Path, aof: bool) -> Result<rdb::FileKeys, String> {
+    let open = |p: &std::path::Path| {
+        File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+    };
+    let file = if aof {
+        let adir = dir.join("appendonlydir");
+        let manifest = std::fs::read_dir(&adir)
+            .map_err(|e| format!("cannot read {}: {e}", adir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "manifest"))
+            .ok_or_else(|| format!("{} holds no AOF manifest", adir.display()))?;
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+        let files = aof_manifest_files(&text)?;
+        for f in files.iter().filter(|f| !f.base) {
+            let p = adir.join(&f.name);
+            let len = std::fs::metadata(&p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .len();
+            if len > 0 {
+                return Err(format!(
+                    "the AOF holds {len} bytes of writes after its base ({}), which only replaying can count",
+                    f.name
+                ));
+            }
+        }
+        let base = files
+            .iter()
+            .find(|f| f.base)
+            .ok_or("the AOF manifest names no base")?;
+        if !base.name.ends_with(".rdb") {
+            return Err(format!(
+                "the AOF base {} is written as commands (aof-use-rdb-preamble no)",
+                base.name
+            ));
+        }
+        open(&adir.join(&base.name))?
+    } else {
+        open(&dir.join("dump.rdb"))?
+    };
+    rdb::scan(file).map_err(|e| e.to_string())
 }
 
 /// Where Redis' data directory is read: on this host, or inside the
@@ -287,7 +431,8 @@ impl Where {
 }
 
 /// A file to put in the tar: its name inside the archive, where it is, how
-/// many bytes to copy and its owner, mode and time.
+/// many bytes to copy and its owner, mode and time; and whether its keys
+/// are counted ([`rdb`]) as it streams.
 struct TarFile {
     name: String,
     source: TarSource,
@@ -296,6 +441,7 @@ struct TarFile {
     gid: u64,
     mode: u32,
     mtime: u64,
+    count: bool,
 }
 
 enum TarSource {
@@ -323,6 +469,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                 mode: meta.mode() & 0o7777,
                 mtime: meta.mtime().max(0) as u64,
                 source: TarSource::Host(file),
+                count: false,
             })
         }
         Where::Container(c, path) => {
@@ -358,6 +505,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                 mode: mode & 0o7777,
                 mtime,
                 source: TarSource::Container(c.clone(), path.clone()),
+                count: false,
             })
         }
     }
@@ -421,7 +569,9 @@ async fn rdb_files(
         );
     }
     let name = config_get(con, "dbfilename").await?;
-    Ok(vec![open_for_tar(&data_dir.join(&name), name).await?])
+    let mut file = open_for_tar(&data_dir.join(&name), name).await?;
+    file.count = true;
+    Ok(vec![file])
 }
 
 async fn aof_files(
@@ -479,15 +629,34 @@ async fn aof_files_paused(
     })?;
     let mut files =
         vec![open_for_tar(&manifest_path, format!("{dir_name}/{manifest_name}")).await?];
-    for name in aof_manifest_files(&manifest)? {
-        files.push(open_for_tar(&dir.join(&name), format!("{dir_name}/{name}")).await?);
+    for f in aof_manifest_files(&manifest)? {
+        let mut tf = open_for_tar(&dir.join(&f.name), format!("{dir_name}/{}", f.name)).await?;
+        if f.base {
+            // The base in RDB form is counted; one written as commands
+            // (`aof-use-rdb-preamble no`) is not.
+            tf.count = f.name.ends_with(".rdb");
+        } else {
+            // The writes after the rewrite's fork: left out, so that the
+            // copy is the state at the fork (see the module documentation).
+            tf.len = 0;
+        }
+        files.push(tf);
     }
     Ok(files)
 }
 
+/// A file a Redis 7 AOF manifest names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AofFile {
+    /// Its name inside the AOF directory.
+    pub name: String,
+    /// Whether it is the base (else an incremental file).
+    pub base: bool,
+}
+
 /// The base and incremental files a Redis 7 AOF manifest names
 /// (`file NAME seq N type b|i|h`), skipping history files.
-pub fn aof_manifest_files(manifest: &str) -> Result<Vec<String>, String> {
+pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
     let mut out = Vec::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -504,7 +673,10 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<String>, String> {
             return Err(format!("unexpected file name in AOF manifest: `{name}`"));
         }
         if kind == "b" || kind == "i" {
-            out.push(name.to_owned());
+            out.push(AofFile {
+                name: name.to_owned(),
+                base: kind == "b",
+            });
         }
     }
     if out.is_empty() {
@@ -513,14 +685,19 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// What counting the keys of the saved file gave, if a file was counted.
+type Counted = Option<Result<rdb::FileKeys, rdb::RdbError>>;
+
 /// Writes the files as a tar into the pipeline (runs on a blocking thread;
-/// `rt` starts the reads of files inside a container).
+/// `rt` starts the reads of files inside a container), counting the keys
+/// of the file marked `count` from the very bytes that go into the tar.
 fn write_tar(
     writer: pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>,
     files: Vec<TarFile>,
     rt: tokio::runtime::Handle,
-) -> Result<(), String> {
+) -> Result<Counted, String> {
     let mut builder = tar::Builder::new(writer);
+    let mut counted = None;
     let result = (|| -> std::io::Result<()> {
         let mut dirs_done: Vec<String> = Vec::new();
         for f in files {
@@ -544,6 +721,7 @@ fn write_tar(
             }
             let mut h = header(tar::EntryType::Regular, f.len, f.mode);
             let reader: Box<dyn Read> = match f.source {
+                _ if f.len == 0 => Box::new(std::io::empty()),
                 TarSource::Host(file) => Box::new(file.take(f.len)),
                 TarSource::Container(c, path) => {
                     let run = rt.block_on(async {
@@ -567,14 +745,42 @@ fn write_tar(
                 inner: reader,
                 want: f.len,
             };
-            builder.append_data(&mut h, &f.name, reader)?;
+            if f.count {
+                // A copy of every byte goes to the key count on a thread of
+                // its own; a bounded channel keeps it in step.
+                let (to, from) = std::sync::mpsc::sync_channel(16);
+                let scanner = std::thread::spawn(move || {
+                    rdb::scan(Chunks {
+                        from,
+                        chunk: Vec::new(),
+                        at: 0,
+                    })
+                });
+                let appended = builder.append_data(
+                    &mut h,
+                    &f.name,
+                    Tee {
+                        inner: reader,
+                        to: Some(to),
+                    },
+                );
+                counted = Some(scanner.join().unwrap_or_else(|_| {
+                    Err(rdb::RdbError::Io(std::io::Error::other(
+                        "the key count panicked",
+                    )))
+                }));
+                appended?;
+            } else {
+                builder.append_data(&mut h, &f.name, reader)?;
+            }
         }
         builder.finish()
     })();
     match result {
         Ok(()) => {
             let w = builder.into_inner().map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())
+            w.close().map_err(|e| e.to_string())?;
+            Ok(counted)
         }
         Err(e) => {
             let msg = format!("cannot copy Redis files: {e}");
@@ -583,6 +789,53 @@ fn write_tar(
             }
             Err(msg)
         }
+    }
+}
+
+/// A reader that hands a copy of what it reads to the key count; once the
+/// count has stopped (at the file's end marker, or on an error) it only
+/// reads.
+struct Tee<R> {
+    inner: R,
+    to: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0
+            && let Some(to) = &self.to
+            && to.send(buf[..n].to_vec()).is_err()
+        {
+            self.to = None;
+        }
+        Ok(n)
+    }
+}
+
+/// The key count's side of a [`Tee`]: the copied pieces as one stream,
+/// ending when the tee is dropped.
+struct Chunks {
+    from: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.from.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -614,9 +867,17 @@ mod tests {
     #[test]
     fn manifest_lists_base_and_incr_only() {
         let m = "file appendonly.aof.2.base.rdb seq 2 type b\nfile appendonly.aof.1.incr.aof seq 1 type h\nfile appendonly.aof.3.incr.aof seq 3 type i\n";
+        let names: Vec<(String, bool)> = aof_manifest_files(m)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.name, f.base))
+            .collect();
         assert_eq!(
-            aof_manifest_files(m).unwrap(),
-            vec!["appendonly.aof.2.base.rdb", "appendonly.aof.3.incr.aof"]
+            names,
+            vec![
+                ("appendonly.aof.2.base.rdb".to_owned(), true),
+                ("appendonly.aof.3.incr.aof".to_owned(), false)
+            ]
         );
         assert!(aof_manifest_files("file ../x seq 1 type b").is_err());
         assert!(aof_manifest_files("").is_err());
@@ -630,5 +891,13 @@ mod tests {
         let k = parse_keyspace(&i);
         assert_eq!(k.get("db0"), Some(&3));
         assert_eq!(k.get("db2"), Some(&7));
+        let c = parse_keyspace_counts(&i);
+        assert_eq!(
+            c.get("db0"),
+            Some(&rdb::Counts {
+                keys: 3,
+                volatile: 1
+            })
+        );
     }
 }

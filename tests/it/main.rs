@@ -16,6 +16,7 @@ mod examples;
 mod fidelity;
 mod hostile;
 mod operations;
+mod redis_fidelity;
 mod restore;
 mod runbook;
 mod s3;

@@ -31,7 +31,8 @@ pub(super) struct RawRedis {
 /// data files (RDB or AOF) can be read from.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Host name or address.
+    /// Host name or address; a path (starting with `/`) is a unix socket,
+    /// which only scratch servers use (a URL cannot name one).
     pub host: String,
     /// TCP port, from `redis.url`; 6379 when the URL names none.
     pub port: u16,

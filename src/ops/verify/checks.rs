@@ -9,6 +9,7 @@ use super::Check;
 use crate::model::config::{PostgresConfig, RedisConfig};
 use crate::model::facts::SourceFacts;
 use crate::sources::postgres::database::{self, Ownership};
+use crate::sources::redis::rdb::{Counts, DbKeys, FileKeys};
 
 /// Compares the row counts of database `db` on the scratch server `pg`
 /// with those recorded in the facts.
@@ -122,49 +123,211 @@ pub fn table_differences(
     problems
 }
 
-/// Compares the key counts of the scratch Redis at `cfg` with the facts.
-pub(super) async fn compare_keys(cfg: &RedisConfig, facts: Option<&SourceFacts>) -> Check {
-    let Some(SourceFacts::Redis { keys: recorded }) = facts else {
+/// When the scratch Redis loaded the restored files: it started loading
+/// after `started` and its counts were read before `read` (milliseconds
+/// since the epoch); `aof` if it loaded an AOF.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LoadWindow {
+    pub started: i64,
+    pub read: i64,
+    pub aof: bool,
+}
+
+/// How far apart the clocks of kompose-dr and the scratch Redis may read
+/// (one host clock, read at different moments by two processes).
+const SLACK_MS: i64 = 1000;
+
+/// Compares the scratch Redis at `cfg`, which loaded the restored files in
+/// `window`, with `file` (those files counted before it loaded them) and
+/// with the facts.
+pub(super) async fn compare_keys(
+    cfg: &RedisConfig,
+    facts: Option<&SourceFacts>,
+    file: Result<FileKeys, String>,
+    started: i64,
+    aof: bool,
+) -> Check {
+    let Some(SourceFacts::Redis {
+        keys,
+        volatile,
+        counted_at,
+    }) = facts
+    else {
         return Check::new(
             "key counts",
             false,
             "the facts hold no key counts for Redis",
         );
     };
-    let found = async {
+    let loaded = async {
         let mut con = crate::sources::redis::connect(cfg)
             .await
             .map_err(|e| e.to_string())?;
-        let text: String = redis::cmd("INFO")
-            .arg("keyspace")
-            .query_async(&mut con)
-            .await
-            .map_err(|e| format!("INFO keyspace: {e}"))?;
-        let info = text
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-            .collect();
-        Ok::<_, String>(crate::sources::redis::parse_keyspace(&info))
+        let info = crate::sources::redis::info(&mut con, "keyspace").await?;
+        Ok::<_, String>(crate::sources::redis::parse_keyspace_counts(&info))
     }
     .await;
-    match found {
+    let window = LoadWindow {
+        started,
+        read: Utc::now().timestamp_millis(),
+        aof,
+    };
+    match loaded {
         Err(e) => Check::new("key counts", false, e),
-        Ok(found) if &found == recorded => Check::new(
-            "key counts",
-            true,
-            format!(
-                "{} keys in {} database(s), as recorded",
-                found.values().sum::<u64>(),
-                found.len()
-            ),
-        ),
-        Ok(found) => Check::new(
-            "key counts",
-            false,
-            format!("Redis loaded {found:?}, the backup recorded {recorded:?}"),
+        Ok(loaded) => key_check(
+            &Recorded {
+                keys,
+                volatile,
+                counted_at: counted_at.map(|t| t.timestamp_millis()),
+            },
+            file.as_ref().map_err(String::as_str),
+            &loaded,
+            window,
         ),
     }
+}
+
+/// The key counts of the facts.
+pub(super) struct Recorded<'a> {
+    pub keys: &'a BTreeMap<String, u64>,
+    pub volatile: &'a BTreeMap<String, u64>,
+    /// When they were counted in the file (absent: read from the server).
+    pub counted_at: Option<i64>,
+}
+
+/// The verdict on Redis' keys, like with like:
+///
+/// 1. the restored file, counted at the facts' moment by the backup's own
+///    rule, must hold exactly the recorded counts (the archive is the file
+///    the backup counted);
+/// 2. what Redis loaded from it must be what the file holds now: every key
+///    without a TTL, and of the keys with one, at least those whose expiry
+///    is after the counts were read and at most those not yet expired when
+///    loading started (Redis skips those when it loads an RDB; from an AOF
+///    base it loads them all and reclaims them later).
+///
+/// Keys with a TTL that ran out between the backup and the load are the
+/// only difference allowed, so expiring sessions cannot fail a drill and a
+/// key missing for any other reason does. Facts from an older version
+/// (counted on the server after the save) are compared as they were: they
+/// must equal what Redis loaded, unless the restored file can be counted,
+/// which is then the reference.
+pub(super) fn key_check(
+    recorded: &Recorded<'_>,
+    file: Result<&FileKeys, &str>,
+    loaded: &BTreeMap<String, Counts>,
+    w: LoadWindow,
+) -> Check {
+    let loaded_total: u64 = loaded.values().map(|c| c.keys).sum();
+    let recorded_total: u64 = recorded.keys.values().sum();
+    let file = match file {
+        Ok(f) => f,
+        Err(why) if recorded.counted_at.is_some() => {
+            return Check::new(
+                "key counts",
+                false,
+                format!("cannot count the keys in the restored files: {why}"),
+            );
+        }
+        Err(_) => {
+            let found: BTreeMap<String, u64> =
+                loaded.iter().map(|(db, c)| (db.clone(), c.keys)).collect();
+            return if &found == recorded.keys {
+                Check::new(
+                    "key counts",
+                    true,
+                    format!(
+                        "{loaded_total} keys in {} database(s), as recorded",
+                        found.len()
+                    ),
+                )
+            } else {
+                Check::new(
+                    "key counts",
+                    false,
+                    format!(
+                        "Redis loaded {found:?}, the backup recorded {:?}",
+                        recorded.keys
+                    ),
+                )
+            };
+        }
+    };
+    let mut problems = Vec::new();
+    if let Some(at) = recorded.counted_at {
+        let in_file = file.counts_at(at);
+        let dbs: std::collections::BTreeSet<&String> =
+            in_file.keys().chain(recorded.keys.keys()).collect();
+        for db in dbs {
+            let f = in_file.get(db).copied().unwrap_or_default();
+            let rk = recorded.keys.get(db).copied().unwrap_or(0);
+            let rv = recorded.volatile.get(db).copied().unwrap_or(0);
+            if (f.keys, f.volatile) != (rk, rv) {
+                problems.push(format!(
+                    "{db}: the restored file holds {} keys ({} with a TTL) at the backup's time, the backup recorded {rk} ({rv})",
+                    f.keys, f.volatile
+                ));
+            }
+        }
+    }
+    let file_dbs: BTreeMap<String, &DbKeys> = file
+        .dbs
+        .iter()
+        .map(|(n, k)| (format!("db{n}"), k))
+        .collect();
+    let dbs: std::collections::BTreeSet<&String> = file_dbs.keys().chain(loaded.keys()).collect();
+    let empty = DbKeys::default();
+    for db in dbs {
+        let k = file_dbs.get(db).copied().unwrap_or(&empty);
+        let l = loaded.get(db).copied().unwrap_or_default();
+        let persistent = l.keys.saturating_sub(l.volatile);
+        if persistent > k.persistent || persistent + k.may_vanish < k.persistent {
+            problems.push(format!(
+                "{db}: Redis loaded {persistent} keys without a TTL, the restored file holds {}",
+                k.persistent
+            ));
+        }
+        let least = k
+            .volatile_at(w.read + SLACK_MS)
+            .saturating_sub(k.may_vanish);
+        let most = if w.aof {
+            k.expiries.len() as u64
+        } else {
+            k.volatile_at(w.started - SLACK_MS)
+        };
+        if l.volatile < least || l.volatile > most {
+            problems.push(format!(
+                "{db}: Redis loaded {} keys with a TTL, but {least} of the restored file's {} had not expired yet",
+                l.volatile,
+                k.expiries.len()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Check::new("key counts", false, problems.join("; "));
+    }
+    let loaded_volatile: u64 = loaded.values().map(|c| c.volatile).sum();
+    let detail = match recorded.counted_at {
+        Some(_) => {
+            let recorded_volatile: u64 = recorded.volatile.values().sum();
+            let mut d = format!(
+                "{recorded_total} keys in {} database(s), as recorded",
+                recorded.keys.len()
+            );
+            if recorded_volatile > 0 {
+                d.push_str(&format!(
+                    "; {recorded_volatile} with a TTL, of which Redis still held {loaded_volatile}"
+                ));
+            }
+            d
+        }
+        None => format!(
+            "{loaded_total} keys in {} database(s), as the restored file holds them \
+             (the backup recorded {recorded_total}, read from the server after the save)",
+            loaded.len()
+        ),
+    };
+    Check::new("key counts", true, detail)
 }
 
 /// Checks a restored ACME store: its certificates decode as recorded, and
@@ -243,6 +406,131 @@ pub(super) fn check_file(path: &std::path::Path, facts: Option<&SourceFacts>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of 100 keys without a TTL and 1000 expiring at 10 000 ms in
+    /// db0; the facts counted at 5 000 ms.
+    fn sessions() -> (FileKeys, BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let mut file = FileKeys::default();
+        file.dbs.insert(
+            0,
+            DbKeys {
+                persistent: 100,
+                expiries: vec![10_000; 1000],
+                may_vanish: 0,
+            },
+        );
+        let keys = [("db0".to_owned(), 1100)].into();
+        let volatile = [("db0".to_owned(), 1000)].into();
+        (file, keys, volatile)
+    }
+
+    fn loaded(keys: u64, volatile: u64) -> BTreeMap<String, Counts> {
+        [("db0".to_owned(), Counts { keys, volatile })].into()
+    }
+
+    const AFTER_EXPIRY: LoadWindow = LoadWindow {
+        started: 20_000,
+        read: 20_100,
+        aof: false,
+    };
+
+    #[test]
+    fn keys_whose_ttl_ran_out_since_the_backup_do_not_fail_the_check() {
+        let (file, keys, volatile) = sessions();
+        let rec = Recorded {
+            keys: &keys,
+            volatile: &volatile,
+            counted_at: Some(5_000),
+        };
+        let c = key_check(&rec, Ok(&file), &loaded(100, 0), AFTER_EXPIRY);
+        assert!(c.ok, "{c:?}");
+        assert_eq!(
+            c.detail,
+            "1100 keys in 1 database(s), as recorded; 1000 with a TTL, of which Redis still held 0"
+        );
+        // Loaded from an AOF base they are all there until reclaimed.
+        let aof = LoadWindow {
+            aof: true,
+            ..AFTER_EXPIRY
+        };
+        assert!(key_check(&rec, Ok(&file), &loaded(1100, 1000), aof).ok);
+        // Before they expire they must all be there.
+        let early = LoadWindow {
+            started: 6_000,
+            read: 6_100,
+            aof: false,
+        };
+        assert!(key_check(&rec, Ok(&file), &loaded(1100, 1000), early).ok);
+        let c = key_check(&rec, Ok(&file), &loaded(1099, 999), early);
+        assert!(!c.ok);
+        assert!(
+            c.detail
+                .contains("db0: Redis loaded 999 keys with a TTL, but 1000 of the restored file's 1000 had not expired yet"),
+            "{}",
+            c.detail
+        );
+    }
+
+    #[test]
+    fn a_missing_key_or_facts_that_differ_from_the_file_fail() {
+        let (file, keys, volatile) = sessions();
+        let rec = Recorded {
+            keys: &keys,
+            volatile: &volatile,
+            counted_at: Some(5_000),
+        };
+        let c = key_check(&rec, Ok(&file), &loaded(99, 0), AFTER_EXPIRY);
+        assert!(!c.ok);
+        assert_eq!(
+            c.detail,
+            "db0: Redis loaded 99 keys without a TTL, the restored file holds 100"
+        );
+        let more: BTreeMap<String, u64> = [("db0".to_owned(), 1101)].into();
+        let rec = Recorded { keys: &more, ..rec };
+        let c = key_check(&rec, Ok(&file), &loaded(100, 0), AFTER_EXPIRY);
+        assert!(!c.ok);
+        assert_eq!(
+            c.detail,
+            "db0: the restored file holds 1100 keys (1000 with a TTL) at the backup's time, the backup recorded 1101 (1000)"
+        );
+        // Facts that need the file counted, and a file that cannot be.
+        let c = key_check(
+            &rec,
+            Err("the file ends early"),
+            &loaded(100, 0),
+            AFTER_EXPIRY,
+        );
+        assert!(!c.ok);
+        assert!(c.detail.contains("the file ends early"), "{}", c.detail);
+    }
+
+    #[test]
+    fn facts_of_older_versions_compare_as_before_or_with_the_file() {
+        let (file, keys, _) = sessions();
+        let none = BTreeMap::new();
+        let rec = Recorded {
+            keys: &keys,
+            volatile: &none,
+            counted_at: None,
+        };
+        assert!(
+            key_check(
+                &rec,
+                Err("AOF with writes"),
+                &loaded(1100, 1000),
+                AFTER_EXPIRY
+            )
+            .ok
+        );
+        assert!(!key_check(&rec, Err("AOF with writes"), &loaded(100, 0), AFTER_EXPIRY).ok);
+        let c = key_check(&rec, Ok(&file), &loaded(100, 0), AFTER_EXPIRY);
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.detail.contains("as the restored file holds them"),
+            "{}",
+            c.detail
+        );
+    }
 
     #[test]
     fn table_differences_are_named() {

@@ -4,7 +4,11 @@
 //! Every database is restored into a scratch PostgreSQL of the source's
 //! major version (roles first), and its tables and exact row counts must
 //! equal those counted in the dump's own snapshot; Redis must load the
-//! restored files with the recorded key counts; an acme.json must parse and
+//! restored files with the recorded key counts, compared like with like
+//! (the facts were counted in the saved file; the restored file is counted
+//! the same way, and what Redis loaded is held against it, with keys whose
+//! TTL ran out since the backup the only difference allowed: see
+//! `checks::key_check`); an acme.json must parse and
 //! every certificate decode with the recorded domains and expiry (a warning
 //! for any expiring within 14 days). The restore itself goes through the
 //! same code as `restore` (sha256, age authentication, zstd checksums).
@@ -396,14 +400,26 @@ impl Session<'_> {
                     checks.extend(checks::check_file(&target, facts));
                     restored.files.insert(c.source.clone(), target);
                 }
-                kind => match runtime.redis(&target, kind == ArtifactKind::RedisAof).await {
-                    Ok(r) => {
-                        let cfg = r.connection();
-                        restored.redis = Some(r);
-                        checks.push(checks::compare_keys(&cfg, facts).await);
+                kind => {
+                    let aof = kind == ArtifactKind::RedisAof;
+                    // Counted before Redis sees the files: what it must load.
+                    let t = target.clone();
+                    let file = tokio::task::spawn_blocking(move || {
+                        crate::sources::redis::count_restored(&t, aof)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the key count failed: {e}")));
+                    let started = chrono::Utc::now().timestamp_millis();
+                    match runtime.redis(&target, aof).await {
+                        Ok(r) => {
+                            let cfg = r.connection();
+                            restored.redis = Some(r);
+                            checks
+                                .push(checks::compare_keys(&cfg, facts, file, started, aof).await);
+                        }
+                        Err(e) => checks.push(Check::new("redis loads", false, e.to_string())),
                     }
-                    Err(e) => checks.push(Check::new("redis loads", false, e.to_string())),
-                },
+                }
             }
         }
         restored.dirs.push(dir);

@@ -2,7 +2,16 @@
 //! configured `data_dir` (or `--to DIR`).
 //!
 //! Redis rewrites its files when it shuts down, so a restore into the data
-//! directory of a Redis that is running is refused with the steps to take.
+//! directory of a Redis that is running would be undone by it. The guard
+//! fails closed: Redis counts as stopped only when every address of its
+//! configured host definitely refuses the connection (nothing listens
+//! there); an answer of any kind means it runs, and a host name that does
+//! not resolve, a timeout or any other error means the state cannot be
+//! told — each refuses the restore with the steps to take. The guard runs
+//! before the plan is shown and again right before the files are moved
+//! into place, so a Redis started in between (during the question, or
+//! while the archive was unpacked) is caught too.
+//!
 //! The tar is unpacked into a staging directory inside the target (same
 //! file system), keeping the archived names, modes and owners; only when
 //! the archive checked out are the files moved into place. With
@@ -45,8 +54,104 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Checks the target: Redis must not be running on it, and a non-empty
-/// directory needs `--replace`.
+/// The Redis whose data directory `dir` is, when the restore writes into
+/// it (no `--to`, or `--to` naming the configured data directory): the one
+/// that must not be running.
+fn guarded<'a>(
+    ctx: &'a RestoreContext<'_>,
+    dir: &Path,
+) -> Option<&'a crate::model::config::RedisConfig> {
+    let redis = ctx.targets.redis.as_ref()?;
+    let is_configured_dir = redis.data_dir.as_deref() == Some(dir);
+    (ctx.options.to.is_none() || is_configured_dir).then_some(redis)
+}
+
+/// How long the guard waits for a host name to resolve, and for each
+/// address to accept or refuse a connection.
+const GUARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Refuses unless Redis is definitely stopped: every address `host:port`
+/// resolves to refuses a TCP connection (or, with `[redis] container`, the
+/// engine says the container is not running). Anything else — an answer, a
+/// name that does not resolve, a timeout, another error — refuses, saying
+/// what to do about `dir`.
+pub async fn ensure_stopped(
+    redis: &crate::model::config::RedisConfig,
+    dir: &Path,
+) -> Result<(), RestoreError> {
+    let target = match &redis.container {
+        Some(c) => format!("in container {}", c.name),
+        None => format!("at {}:{}", redis.host, redis.port),
+    };
+    let undecided = |why: String| {
+        RestoreError::Refused(format!(
+            "cannot tell whether Redis {target} is stopped ({why}): nothing was changed. \
+             Redis rewrites its files when it shuts down, so a restore into {} needs it stopped. \
+             Make [redis] url name the Redis that uses this directory and make sure it is stopped \
+             (docker stop core-redis), then run this restore again; or restore with --to ANOTHER_DIR \
+             and move the files into place yourself while Redis is stopped",
+            dir.display()
+        ))
+    };
+    if let Some(c) = &redis.container {
+        // Redis runs in its container: the engine says whether it runs.
+        let engine = crate::engine::Engine::connect(c.engine.as_deref())
+            .map_err(|e| undecided(e.to_string()))?;
+        return match engine.inspect(&c.name).await {
+            Ok(info) if !info.running => Ok(()),
+            Ok(_) => Err(RestoreError::Refused(format!(
+                "container {} is running Redis: it would overwrite the restored files in {} when it shuts down; \
+                 nothing was changed. Stop it (docker stop {}), or restore without --to: kompose-dr then stops and starts it itself",
+                c.name,
+                dir.display(),
+                c.name
+            ))),
+            Err(e) => Err(undecided(e.to_string())),
+        };
+    }
+    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
+        GUARD_TIMEOUT,
+        tokio::net::lookup_host((redis.host.as_str(), redis.port)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(undecided(format!(
+                "resolving {} took longer than {}s",
+                redis.host,
+                GUARD_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(e)) => return Err(undecided(format!("{} does not resolve: {e}", redis.host))),
+        Ok(Ok(a)) => a.collect(),
+    };
+    if addrs.is_empty() {
+        return Err(undecided(format!("{} resolves to no address", redis.host)));
+    }
+    for addr in addrs {
+        match tokio::time::timeout(GUARD_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Ok(Ok(_)) => {
+                return Err(RestoreError::Refused(format!(
+                    "Redis is running at {addr}: it would overwrite the restored files when it shuts down; nothing was changed. \
+                     Stop it (docker stop core-redis), run this restore again, then start it (docker start core-redis); \
+                     or set [redis] container = \"core-redis\" and kompose-dr stops and starts it itself"
+                )));
+            }
+            Ok(Err(e)) => return Err(undecided(format!("connecting to {addr}: {e}"))),
+            Err(_) => {
+                return Err(undecided(format!(
+                    "{addr} neither answered nor refused within {}s",
+                    GUARD_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the target: Redis must be stopped (see [`ensure_stopped`]), and
+/// a non-empty directory needs `--replace`.
 pub async fn preflight(
     ctx: &RestoreContext<'_>,
     _c: &Choice,
@@ -58,29 +163,8 @@ pub async fn preflight(
         return container::preflight(ctx, redis, c).await;
     }
     let dir = target_dir(ctx)?;
-    let is_configured_dir = ctx
-        .targets
-        .redis
-        .as_ref()
-        .and_then(|r| r.data_dir.as_ref())
-        .is_some_and(|d| d == &dir);
-    if let Some(redis) = &ctx.targets.redis
-        && (ctx.options.to.is_none() || is_configured_dir)
-    {
-        let addr = format!("{}:{}", redis.host, redis.port);
-        let answering = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&addr),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
-        if answering {
-            return Err(RestoreError::Refused(format!(
-                "Redis is running at {addr}: it would overwrite the restored files when it shuts down. \
-                 Stop it (docker stop core-redis), run this restore again, then start it (docker start core-redis); \
-                 or set [redis] container = \"core-redis\" and kompose-dr stops and starts it itself"
-            )));
-        }
+    if let Some(redis) = guarded(ctx, &dir) {
+        ensure_stopped(redis, &dir).await?;
     }
     let occupied = !entries(&dir).is_empty();
     if occupied && !ctx.options.replace {
@@ -123,6 +207,12 @@ pub async fn restore(
     let unpacked = match unpack(ctx, item, &staging).await {
         Ok(bytes) => check_staged(&staging, expected).map(|restored| (bytes, restored)),
         Err(e) => Err(e),
+    };
+    // Again right before the move: a Redis started since the plan was
+    // checked (during the question, or the unpacking) would undo it.
+    let unpacked = match (unpacked, guarded(ctx, dir)) {
+        (Ok(u), Some(redis)) => ensure_stopped(redis, dir).await.map(|()| u),
+        (u, _) => u,
     };
     let (bytes, restored) = match unpacked {
         Ok(u) => u,

@@ -29,8 +29,12 @@ impl Redis {
 
     /// Starts redis-server on an existing data directory.
     pub fn start_in(dir: tempfile::TempDir, aof: bool, password: Option<&str>) -> Redis {
+        Self::start_on(dir, free_port(), aof, password)
+    }
+
+    /// Starts redis-server on an existing data directory and a given port.
+    pub fn start_on(dir: tempfile::TempDir, port: u16, aof: bool, password: Option<&str>) -> Redis {
         let bin = require("redis-server");
-        let port = free_port();
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly {}\ndaemonize no\nlogfile {}\n",
             dir.path().display(),
@@ -97,6 +101,11 @@ impl Redis {
                 _ => cmds.push_str(&format!("RPUSH list:{i} a b c\n")),
             }
         }
+        self.pipe(&cmds);
+    }
+
+    /// Runs commands, one a line, through redis-cli --pipe.
+    pub fn pipe(&self, cmds: &str) {
         let mut c = Command::new("redis-cli");
         c.arg("-p").arg(self.port.to_string()).arg("--pipe");
         if let Some(p) = &self.password {
@@ -114,6 +123,13 @@ impl Redis {
             .write_all(cmds.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success());
+    }
+
+    /// Stops the server at once (SIGKILL: it saves nothing), keeping its
+    /// directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `DBSIZE`.

@@ -170,6 +170,9 @@ impl Backend for S3Backend {
                 out.push(ObjectMeta {
                     key: rel.to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
         }

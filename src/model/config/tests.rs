@@ -367,3 +367,28 @@ fn the_lock_wait_defaults_to_five_minutes_and_a_bad_one_is_named() {
     assert_eq!(e.line, Some(9));
     assert!(e.message.contains("5m"), "{e}");
 }
+
+#[test]
+fn the_lease_ttl_is_an_s3_key_of_whole_seconds() {
+    let s3 = "[[repository]]\nname = \"off\"\nurl = \"s3://bucket/p\"\n";
+    let c = parse(&format!("{s3}lease_ttl = \"90s\"\n")).unwrap();
+    let Location::S3(s) = &c.repositories[0].location else {
+        panic!("an S3 repository")
+    };
+    assert_eq!(s.lease_ttl, std::time::Duration::from_secs(90));
+    let c = parse(s3).unwrap();
+    let Location::S3(s) = &c.repositories[0].location else {
+        panic!("an S3 repository")
+    };
+    assert_eq!(s.lease_ttl, std::time::Duration::from_secs(300));
+    for bad in ["1s", "1500ms", "2d", "soon"] {
+        let e = parse(&format!("{s3}lease_ttl = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("repository[0].lease_ttl"),
+            "{bad}: {e}"
+        );
+    }
+    let e = parse("[[repository]]\nname = \"l\"\nurl = \"/x\"\nlease_ttl = \"1m\"\n").unwrap_err();
+    assert!(e.message.contains("only to s3://"), "{e}");
+}

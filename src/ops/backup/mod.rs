@@ -275,11 +275,29 @@ pub async fn run_on(
 
     let jobs = plan(config, opts, &ctx).await?;
     let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
-    let mut runs: Vec<SourceRun> = futures::stream::iter(jobs)
+    let all_runs = futures::stream::iter(jobs)
         .buffer_unordered(parallel)
         .inspect(log_run)
-        .collect()
-        .await;
+        .collect::<Vec<SourceRun>>();
+    // Once every repository's lock is lost, another writer may hold each:
+    // nothing of this run may be committed anywhere, so it stops now
+    // (children killed, uploads aborted) instead of finishing for nothing.
+    let mut runs = tokio::select! {
+        runs = all_runs => runs,
+        () = every_lock_lost(&targets) => {
+            for target in &targets {
+                target.discard(&snapshot).await;
+            }
+            return Err(Failure {
+                class: Class::Failure,
+                message: format!(
+                    "lost the repository lock of {} (its lease could not be renewed in time, so another writer may hold it): \
+                     the backup was stopped and nothing was committed",
+                    targets.iter().map(|t| t.repo.name()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    };
     runs.sort_by(|a, b| a.source.cmp(&b.source));
 
     let facts = store_facts(&ctx, &runs).await;
@@ -311,6 +329,21 @@ pub async fn run_on(
         artifacts,
         repositories,
     })
+}
+
+/// Resolves once the lock of every target is lost; never if one of them
+/// cannot be lost (a local flock) or holds none.
+async fn every_lock_lost(targets: &[Target]) {
+    if targets.iter().any(|t| t.lock.is_none()) {
+        return std::future::pending().await;
+    }
+    futures::future::join_all(
+        targets
+            .iter()
+            .filter_map(|t| t.lock.as_ref())
+            .map(|l| l.lost()),
+    )
+    .await;
 }
 
 /// What every repository's manifest of this run shares; each fills in its
@@ -441,7 +474,13 @@ async fn commit_to(
         target.discard(&head.id).await;
         return;
     }
-    if target.lock.as_ref().is_some_and(|l| l.is_lost()) {
+    // A lease is renewed (and checked by the store's clock) right before
+    // the commit: a host paused since its last renewal finds out here.
+    let held = match &target.lock {
+        Some(lock) => lock.confirm().await,
+        None => true,
+    };
+    if !held {
         target.report.errors.push(
             "lost the repository lock (its lease could not be renewed, so another writer may hold it now): not committed".to_owned(),
         );

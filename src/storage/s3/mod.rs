@@ -319,5 +319,6 @@ fn test_config() -> S3Config {
         timeout: std::time::Duration::from_secs(120),
         attempts: 6,
         object_lock: None,
+        lease_ttl: std::time::Duration::from_secs(300),
     }
 }

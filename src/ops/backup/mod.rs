@@ -270,6 +270,7 @@ pub async fn run_on(
         progress: opts.progress.then(|| {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
         }),
+        timeouts: config.timeouts.clone(),
     };
     tracing::info!(snapshot = %snapshot, "backup started");
 
@@ -633,6 +634,39 @@ async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// `job`, backing up `source`, under the stall watchdog: once it has moved
+/// no data for its stall limit (`stall_timeout`, else `[timeouts] stall`)
+/// it is stopped — dropped, which kills its tools and aborts its uploads —
+/// and the source fails, so that one hung server or lock cannot hold the
+/// run, and the repository lock, for ever.
+fn watched<'a>(
+    ctx: &'a SourceContext,
+    source: String,
+    kind: ArtifactKind,
+    job: impl Future<Output = SourceRun> + Send + 'a,
+) -> Job<'a> {
+    let limit = ctx.timeouts.stall_for(&source);
+    Box::pin(async move {
+        let start = Instant::now();
+        match crate::process::stall::watch(limit, job).await {
+            Ok(run) => run,
+            Err(stalled) => {
+                let mut run = SourceRun::failed(
+                    source.clone(),
+                    kind,
+                    format!(
+                        "{source} {stalled} (a lock not granted, a server or tool that stopped answering): \
+                         stopped it, its tools killed and nothing stored; if it needs longer, raise {} or [timeouts] stall",
+                        crate::model::config::Timeouts::stall_key(&source)
+                    ),
+                );
+                run.duration_seconds = start.elapsed().as_secs_f64();
+                run
+            }
+        }
+    })
+}
+
 /// A job that only reports a source as failed.
 fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
     let kind = if name == "postgres/globals" {
@@ -652,16 +686,27 @@ async fn plan_postgres<'a>(
     ctx: &'a SourceContext,
     wanted: &(dyn Fn(&str) -> bool + Sync),
 ) -> (Vec<String>, Vec<Job<'a>>, bool) {
+    let limit = ctx.timeouts.stall_for("postgres");
     let setup = async {
-        let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;
+        let client =
+            postgres::connect_within(pg, &pg.endpoint.maintenance_db, ctx.timeouts.connect).await?;
         let server = postgres::server_version(&client).await?;
         let dbs = match &pg.databases {
             DatabaseSelection::All => postgres::discover(&client).await?,
             DatabaseSelection::List(l) => l.clone(),
         };
         Ok::<_, crate::sources::SourceError>((server, dbs))
-    }
-    .await;
+    };
+    let setup = tokio::time::timeout(limit, setup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::sources::SourceError::Query(format!(
+                "PostgreSQL did not answer the version and database queries within {}: \
+             is the server overloaded? ({} sets the limit)",
+                humantime::format_duration(limit),
+                crate::model::config::Timeouts::stall_key("postgres/")
+            )))
+        });
     let (server, dbs) = match setup {
         Ok(x) => x,
         Err(e) => {
@@ -696,7 +741,14 @@ async fn plan_postgres<'a>(
     if names.is_empty() {
         return (names, Vec::new(), false);
     }
-    let tool = match postgres::choose_tool(pg, &server).await {
+    let tool = match tokio::time::timeout(limit, postgres::choose_tool(pg, &server))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::sources::SourceError::Tool(format!(
+                "pg_dump --version did not answer within {}",
+                humantime::format_duration(limit)
+            )))
+        }) {
         Ok(tool) => tool,
         Err(e) => {
             let e = e.to_string();
@@ -710,15 +762,17 @@ async fn plan_postgres<'a>(
         .map(|name| {
             let (tool, server) = (tool.clone(), server.clone());
             match name.strip_prefix("postgres/") {
-                Some("globals") => {
-                    Box::pin(async move { postgres::dump_globals(ctx, pg, &tool, &server).await })
-                        as Job<'a>
-                }
+                Some("globals") => watched(
+                    ctx,
+                    name.clone(),
+                    ArtifactKind::PostgresGlobals,
+                    async move { postgres::dump_globals(ctx, pg, &tool, &server).await },
+                ),
                 Some(db) => {
                     let db = db.to_owned();
-                    Box::pin(
-                        async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
-                    )
+                    watched(ctx, name.clone(), ArtifactKind::PostgresDump, async move {
+                        postgres::dump_database(ctx, pg, &tool, &server, &db).await
+                    })
                 }
                 None => unreachable!("postgres names start with postgres/"),
             }
@@ -757,13 +811,23 @@ async fn plan<'a>(
         && wanted("redis")
     {
         names.push("redis".into());
-        jobs.push(Box::pin(sources::redis::backup(ctx, redis)));
+        jobs.push(watched(
+            ctx,
+            "redis".into(),
+            ArtifactKind::RedisRdb,
+            sources::redis::backup(ctx, redis),
+        ));
     }
     for f in &config.files {
         let name = format!("files/{}", f.name);
         if wanted(&name) {
+            jobs.push(watched(
+                ctx,
+                name.clone(),
+                ArtifactKind::File,
+                sources::files::backup(ctx, f),
+            ));
             names.push(name);
-            jobs.push(Box::pin(sources::files::backup(ctx, f)));
         }
     }
 

@@ -212,16 +212,23 @@ impl Lease {
     /// Renews the lease now, and says whether it is still held: for the
     /// moment before a commit, so that a host that was paused since its
     /// last renewal finds out from the store before it writes.
+    ///
+    /// If this renewal fails but the lease is not lost yet, it is still
+    /// held as long as a tenth of its time to live is left before the
+    /// deadline (time for the commit itself); with less, it is not.
     pub async fn confirm(&self) -> bool {
-        match self.state.renew(&*self.backend).await {
-            Ok(()) => !self.is_lost(),
-            Err(e) => {
-                if !self.is_lost() {
-                    tracing::warn!(error = %e, "could not renew the repository lock before committing");
-                }
-                !self.is_lost()
+        if let Err(e) = self.state.renew(&*self.backend).await {
+            if self.is_lost() {
+                return false;
             }
+            let left = self
+                .state
+                .deadline()
+                .saturating_duration_since(Instant::now());
+            tracing::warn!(error = %e, left_seconds = left.as_secs(), "could not renew the repository lock before committing");
+            return left >= self.state.ttl / 10;
         }
+        !self.is_lost()
     }
 }
 
@@ -782,6 +789,21 @@ mod tests {
         let before = puts();
         assert!(held.confirm().await);
         assert_eq!(puts(), before + 1);
+    }
+
+    /// A renewal that fails right before a commit: the lease still counts
+    /// while a tenth of its life is left before the deadline, not after.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_confirm_holds_only_with_time_left_for_the_commit() {
+        let mem = MemoryBackend::new();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        mem.faults()
+            .fail_prefix(Op::Put, PREFIX, Failure::Unavailable);
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert!(held.confirm().await, "70 s are left");
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!held.confirm().await, "20 s are left: not enough");
+        assert!(!held.is_lost(), "not lost before its deadline");
     }
 
     /// A listing that fails after our lease is written must not leave that

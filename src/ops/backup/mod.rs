@@ -655,8 +655,8 @@ fn watched<'a>(
                     source.clone(),
                     kind,
                     format!(
-                        "{source} {stalled} (a lock not granted, a server or tool that stopped answering): \
-                         stopped it, its tools killed and nothing stored; if it needs longer, raise {} or [timeouts] stall",
+                        "{source} {stalled} (a lock not granted, or a server or tool that stopped answering): \
+                         it was stopped, its tools killed, nothing stored; if it needs longer, raise {} or [timeouts] stall",
                         crate::model::config::Timeouts::stall_key(&source)
                     ),
                 );

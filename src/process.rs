@@ -1,11 +1,21 @@
 //! Child processes: capturing the tail of stderr, reading tool versions,
-//! running as another user.
+//! running as another user, and bounding every wait on them.
 //!
 //! Secrets reach children only through their environment (never argv); the
 //! helpers here never put a secret on a command line.
+//!
+//! Waits on children are bounded: [`Running::wait_within`] kills a child
+//! that does not exit in time once its output has ended, [`first_line`]
+//! gives a `--version` [`VERSION_TIMEOUT`], a [`Running`] marked
+//! [`Running::killed_on_drop`] is killed if dropped before it was reaped
+//! (here or in its container), and [`stall`] stops a whole piece of work
+//! that stops making progress.
+
+pub mod stall;
 
 use std::ffi::OsStr;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
@@ -121,26 +131,39 @@ impl crate::error::Classify for ProcessError {
     }
 }
 
+/// How long a tool may take to print its version.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs `program args…` and returns its first line of stdout (for
-/// `--version`), or why not.
+/// `--version`), or why not; a program that has not ended within
+/// [`VERSION_TIMEOUT`] is killed.
 pub async fn first_line<I, S>(program: impl AsRef<OsStr>, args: I) -> Result<String, ProcessError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let program = program.as_ref();
-    let out = Command::new(program)
+    let run = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| ProcessError::Spawn {
-            program: program.to_string_lossy().into_owned(),
-            source,
-        })?;
+        .output();
+    let out = match tokio::time::timeout(VERSION_TIMEOUT, run).await {
+        Ok(out) => out,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "it did not answer within {}s (killed)",
+                VERSION_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+    .map_err(|source| ProcessError::Spawn {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(ProcessError::Failed {
             program: program.to_string_lossy().into_owned(),
@@ -237,6 +260,9 @@ pub trait Waiter: Send {
 /// A program running here or inside a container, with whichever of its
 /// standard streams were asked for: the seam that lets a source or a
 /// restore run pg_dump, psql or redis-cli the same way in both places.
+///
+/// A local child is killed when dropped; a program in a container runs on
+/// (its output is drained) unless [`Running::killed_on_drop`] says otherwise.
 pub struct Running {
     /// Its stdin, if attached; dropping (or shutting down) it is EOF.
     pub stdin: Option<Writer>,
@@ -246,6 +272,20 @@ pub struct Running {
     /// program.
     pub stderr: Option<Reader>,
     waiter: Box<dyn Waiter>,
+    /// Its end was seen: nothing to kill on drop.
+    reaped: bool,
+    /// Kill it if dropped before it was reaped.
+    kill_on_drop: bool,
+}
+
+/// A program that did not exit in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{program} did not exit within {}s after its output ended: killed", .limit.as_secs())]
+pub struct ExitTimeout {
+    /// The program.
+    pub program: String,
+    /// How long it was given.
+    pub limit: Duration,
 }
 
 impl Running {
@@ -262,6 +302,8 @@ impl Running {
             stdout,
             stderr,
             waiter,
+            reaped: false,
+            kill_on_drop: false,
         }
     }
 
@@ -292,17 +334,56 @@ impl Running {
             stdout: child.stdout.take().map(|s| Box::pin(s) as Reader),
             stderr: child.stderr.take().map(|s| Box::pin(s) as Reader),
             waiter: Box::new(LocalChild(child)),
+            reaped: false,
+            kill_on_drop: true,
         })
+    }
+
+    /// The same program, killed if this handle is dropped before the
+    /// program was reaped (a cancelled or stalled run): for a program whose
+    /// output is only wanted while someone reads it.
+    pub fn killed_on_drop(mut self) -> Running {
+        self.kill_on_drop = true;
+        self
     }
 
     /// Waits until the program has ended.
     pub async fn wait(&mut self) -> std::io::Result<Ended> {
-        self.waiter.wait().await
+        let ended = self.waiter.wait().await;
+        self.reaped = ended.is_ok();
+        ended
+    }
+
+    /// Waits at most `limit` for the program to end (its output has ended,
+    /// so it should be exiting); past that it is killed, reaped (for at
+    /// most a few more seconds) and reported as [`ExitTimeout`], in an
+    /// `io::Error` of kind `TimedOut`.
+    pub async fn wait_within(&mut self, limit: Duration, program: &str) -> std::io::Result<Ended> {
+        if let Ok(ended) = tokio::time::timeout(limit, self.wait()).await {
+            return ended;
+        }
+        self.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            ExitTimeout {
+                program: program.to_owned(),
+                limit,
+            },
+        ))
     }
 
     /// Stops the program now.
     pub fn kill(&mut self) {
         self.waiter.kill()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.kill_on_drop && !self.reaped {
+            self.waiter.kill();
+        }
     }
 }
 

@@ -25,6 +25,12 @@ const STDOUT_PIPE: usize = 1 << 20;
 /// the buffer.
 const FRAME_CAPACITY: usize = 64 * 1024;
 
+/// How long [`Engine::output`]'s short commands (`--version`, `stat`,
+/// moving a data directory aside) may run before they are killed: long
+/// enough for a slow disk, short enough that a hung exec cannot hold a
+/// backup (and its repository lock) for ever.
+pub const OUTPUT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A program to run inside a container.
 #[derive(Clone, Default)]
 pub struct ExecSpec {
@@ -156,11 +162,31 @@ impl Engine {
 
     /// Runs `spec` in `container` to the end and returns its stdout, or
     /// why it failed (its stderr). For short commands (`--version`,
-    /// `redis-cli INFO`): stdout is capped at 1 MiB.
+    /// `redis-cli INFO`): stdout is capped at 1 MiB, and a command that has
+    /// not ended within [`OUTPUT_TIMEOUT`] is killed and reported.
     pub async fn output(&self, container: &str, spec: ExecSpec) -> Result<String, EngineError> {
-        use tokio::io::AsyncReadExt;
         let program = spec.cmd.first().cloned().unwrap_or_default();
-        let mut run = self.exec(container, spec).await?;
+        let run = self.exec(container, spec).await?.killed_on_drop();
+        match tokio::time::timeout(OUTPUT_TIMEOUT, self.collect(container, &program, run)).await {
+            Ok(out) => out,
+            Err(_) => Err(EngineError::Api {
+                doing: format!("running {program} in container `{container}`"),
+                detail: format!(
+                    "it did not end within {}s: killed",
+                    OUTPUT_TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// Reads a short command's output to the end and reaps it.
+    async fn collect(
+        &self,
+        container: &str,
+        program: &str,
+        mut run: Running,
+    ) -> Result<String, EngineError> {
+        use tokio::io::AsyncReadExt;
         drop(run.stdin.take());
         let mut out = Vec::new();
         let mut err = Vec::new();
@@ -301,10 +327,12 @@ impl Waiter for ExecWaiter {
         for attempt in 0..200u32 {
             let r = self
                 .engine
-                .docker()
-                .inspect_exec(&self.id)
+                .control(
+                    "asking for a program's exit status",
+                    self.engine.docker().inspect_exec(&self.id),
+                )
                 .await
-                .map_err(|e| std::io::Error::other(super::api_detail(&e)))?;
+                .map_err(std::io::Error::other)?;
             if r.running != Some(true) {
                 return Ok(Ended::Code(r.exit_code.unwrap_or(-1)));
             }
@@ -325,7 +353,11 @@ impl Waiter for ExecWaiter {
         }
         let engine = self.engine.clone();
         let id = self.id.clone();
-        tokio::spawn(async move {
+        // Killed from a drop, possibly as the runtime shuts down.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
             if !engine.endpoint().starts_with("unix://") {
                 return;
             }

@@ -199,6 +199,8 @@ pub async fn encode(
                 if plain_tx.send(b).await.is_err() {
                     break; // a later stage failed; its error is reported below
                 }
+                // Data moved: the source is alive (see process::stall).
+                crate::process::stall::progress();
             }
             Err(e) => {
                 source_error = Some(e);

@@ -92,12 +92,31 @@ enum Held {
 }
 
 impl RepoLock {
-    /// Whether the lock may have been taken over (an S3 lease that could
-    /// not be renewed); a flock is never lost while the process lives.
+    /// Whether the lock may have been taken over (an S3 lease that was not
+    /// renewed in time); a flock is never lost while the process lives.
+    /// Once lost, always lost.
     pub fn is_lost(&self) -> bool {
         match &self._held {
             Held::Flock(_) => false,
             Held::Lease(l) => l.is_lost(),
+        }
+    }
+
+    /// Resolves once the lock is lost; never, for a flock.
+    pub async fn lost(&self) {
+        match &self._held {
+            Held::Flock(_) => std::future::pending().await,
+            Held::Lease(l) => l.lost().await,
+        }
+    }
+
+    /// Whether the lock is still held, checked with the store right now (a
+    /// lease is renewed, and its renewal checked by the store's clock): for
+    /// the moment before a commit.
+    pub async fn confirm(&self) -> bool {
+        match &self._held {
+            Held::Flock(_) => true,
+            Held::Lease(l) => l.confirm().await,
         }
     }
 }

@@ -142,19 +142,26 @@ pub struct Repository {
     name: String,
     backend: Arc<dyn Backend>,
     trust: crate::model::config::Trust,
+    /// How long the writer lock's lease lives without renewal (backends
+    /// without a local directory).
+    lease_ttl: std::time::Duration,
 }
 
 impl Repository {
     /// Opens the repository a configuration entry describes (no I/O).
     pub fn open(cfg: &RepositoryConfig) -> Repository {
-        let backend: Arc<dyn Backend> = match &cfg.location {
-            Location::Local(p) => Arc::new(LocalBackend::new(p)),
-            Location::S3(s3) => Arc::new(crate::storage::s3::S3Backend::new(s3)),
+        let (backend, lease_ttl): (Arc<dyn Backend>, _) = match &cfg.location {
+            Location::Local(p) => (Arc::new(LocalBackend::new(p)), lock::lease::TTL),
+            Location::S3(s3) => (
+                Arc::new(crate::storage::s3::S3Backend::new(s3)),
+                s3.lease_ttl,
+            ),
         };
         Repository {
             name: cfg.name.clone(),
             backend,
             trust: cfg.trust.clone(),
+            lease_ttl,
         }
     }
 
@@ -165,6 +172,7 @@ impl Repository {
             name: name.into(),
             backend,
             trust: crate::model::config::Trust::unchecked(),
+            lease_ttl: lock::lease::TTL,
         }
     }
 
@@ -177,6 +185,13 @@ impl Repository {
     /// The same repository with these signing keys and rules.
     pub fn trusting(mut self, trust: crate::model::config::Trust) -> Repository {
         self.trust = trust;
+        self
+    }
+
+    /// The same repository with leases that live `ttl` without renewal
+    /// (for tests that need a lease to lapse within seconds).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Repository {
+        self.lease_ttl = ttl;
         self
     }
 
@@ -338,7 +353,13 @@ impl Repository {
         let held = match self.backend.local_root() {
             Some(root) => crate::repository::lock::acquire(root, command, wait).await,
             None => {
-                crate::repository::lock::lease::acquire(self.backend.clone(), command, wait).await
+                crate::repository::lock::lease::acquire(
+                    self.backend.clone(),
+                    command,
+                    wait,
+                    self.lease_ttl,
+                )
+                .await
             }
         };
         held.map(Some).map_err(|source| RepositoryError::Lock {

@@ -153,6 +153,8 @@ pub struct SourceContext {
     pub redactor: Redactor,
     /// Progress bars on a terminal (bytes read per archive), if wanted.
     pub progress: Option<indicatif::MultiProgress>,
+    /// How long to wait for what can hang: a connection, a child's exit.
+    pub timeouts: crate::model::config::Timeouts,
 }
 
 impl SourceContext {
@@ -258,6 +260,11 @@ impl SourceContext {
     /// Runs a child that writes the payload to stdout, streams it, reaps
     /// the child, and commits only if it exited 0 and reported no error on
     /// stderr. `program` names it in messages.
+    ///
+    /// Every wait is bounded: a child that has not exited
+    /// `timeouts.child_exit` after its output ended is killed and fails the
+    /// source; dropped unfinished (the run was cancelled, or stalled), the
+    /// child is killed, here or in its container.
     pub async fn store_child(
         &self,
         key: &str,
@@ -267,7 +274,8 @@ impl SourceContext {
         let mut child = launch
             .start(program, false)
             .await
-            .map_err(|e| SourceError::Tool(format!("cannot start {program}: {e}")))?;
+            .map_err(|e| SourceError::Tool(format!("cannot start {program}: {e}")))?
+            .killed_on_drop();
         let stdout = child.stdout.take().expect("stdout is attached");
         let stderr = stderr_tail(child.stderr.take(), program, self.redactor.clone());
         let (input, pump) = pipeline::input_from_reader(stdout);
@@ -275,11 +283,16 @@ impl SourceContext {
         if encoded.is_err() {
             child.kill();
         }
-        let status = child.wait().await;
+        let status = child.wait_within(self.timeouts.child_exit, program).await;
         let _ = pump.await;
-        let stderr = stderr.await.unwrap_or_default();
+        // A grandchild may hold stderr open after the child is gone.
+        let stderr = match tokio::time::timeout(STDERR_GRACE, stderr).await {
+            Ok(tail) => tail.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let encoded = encoded?;
         let verdict = match status {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(e.to_string()),
             Err(e) => Err(format!("cannot wait for {program}: {e}")),
             Ok(s) if !s.success() => Err(format!(
                 "{program} failed ({s}){}",
@@ -299,6 +312,9 @@ impl SourceContext {
     }
 }
 
+/// How long the rest of a child's stderr is waited for once it has exited.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn stderr_reports_error(stderr: &str) -> bool {
     stderr
         .lines()
@@ -311,4 +327,102 @@ pub async fn timed(f: impl std::future::Future<Output = SourceRun>) -> SourceRun
     let mut run = f.await;
     run.duration_seconds = start.elapsed().as_secs_f64();
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::config::Timeouts;
+    use crate::storage::memory::MemoryBackend;
+
+    fn context(mem: &MemoryBackend, child_exit: Duration) -> SourceContext {
+        SourceContext {
+            snapshot: "20261127T030000Z-000000".into(),
+            repositories: vec![Repository::with_backend("mem", Arc::new(mem.clone()))],
+            encode: EncodeSettings {
+                level: 1,
+                recipients: vec![age::x25519::Identity::generate().to_public()],
+            },
+            redactor: Redactor::new(Vec::new()),
+            progress: None,
+            timeouts: Timeouts {
+                child_exit,
+                ..Timeouts::default()
+            },
+        }
+    }
+
+    fn sh(script: &str) -> launch::Launch {
+        let mut c = tokio::process::Command::new("sh");
+        c.args(["-c", script]);
+        launch::Launch::Local(c)
+    }
+
+    /// A tool that closes its output and then hangs (a dump that ended,
+    /// a process that never exits): killed after `child_exit`, the source
+    /// fails, nothing is stored.
+    #[tokio::test]
+    async fn a_child_that_does_not_exit_after_its_output_ended_is_killed() {
+        let mem = MemoryBackend::new();
+        let ctx = context(&mem, Duration::from_secs(1));
+        let start = std::time::Instant::now();
+        let e = ctx
+            .store_child(
+                "data/x/a.zst.age",
+                "tool",
+                sh("echo data; exec >&-; sleep 60"),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.contains("tool did not exit within 1s"), "{e}");
+        assert!(mem.keys().is_empty(), "{:?}", mem.keys());
+    }
+
+    /// A tool that prints nothing, under the stall watchdog: the work is
+    /// stopped after the limit and the child is killed with it.
+    #[tokio::test]
+    async fn a_silent_child_is_stopped_by_the_watchdog_and_killed() {
+        let mem = MemoryBackend::new();
+        let ctx = context(&mem, Duration::from_secs(60));
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
+        let out = crate::process::stall::watch(
+            Duration::from_secs(1),
+            ctx.store_child("data/x/a.zst.age", "tool", sh(&script)),
+        )
+        .await;
+        assert!(out.is_err());
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed: gone, or a zombie tokio has not reaped yet.
+        let dead = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        };
+        let mut gone = false;
+        for _ in 0..100 {
+            if dead() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the child still runs");
+        assert!(mem.keys().is_empty());
+    }
 }

@@ -282,6 +282,10 @@ impl Backend for LocalBackend {
                     out.push(ObjectMeta {
                         key,
                         size: meta.len(),
+                        modified: meta
+                            .modified()
+                            .ok()
+                            .map(chrono::DateTime::<chrono::Utc>::from),
                     });
                 }
                 Ok(())
@@ -510,12 +514,12 @@ mod tests {
         w.finish().await.unwrap();
         let l = b.list("data/").await.unwrap();
         assert_eq!(
-            l,
-            vec![ObjectMeta {
-                key: "data/x/a.bin".into(),
-                size: 5
-            }]
+            l.iter()
+                .map(|o| (o.key.as_str(), o.size))
+                .collect::<Vec<_>>(),
+            vec![("data/x/a.bin", 5)]
         );
+        assert!(l[0].modified.is_some(), "the listing carries the mtime");
         let mode = std::fs::metadata(dir.path().join("repo/data/x/a.bin"))
             .unwrap()
             .permissions()

@@ -149,6 +149,8 @@ struct WriterRule {
 struct FaultState {
     rules: Vec<Rule>,
     writers: Vec<WriterRule>,
+    /// Calls that hang (answer nothing) while armed.
+    hangs: Vec<(Op, String)>,
 }
 
 /// The handle that arms failures of a [`MemoryBackend`]; cheap to clone,
@@ -223,11 +225,32 @@ impl Faults {
         self
     }
 
+    /// Makes every call of `op` on a key starting with `prefix` hang, as
+    /// a request to a store that stopped answering would, until
+    /// [`clear`](Faults::clear) (the call then goes ahead).
+    pub fn hang_prefix(&self, op: Op, prefix: &str) -> &Self {
+        self.lock().hangs.push((op, prefix.to_owned()));
+        self
+    }
+
     /// Disarms every fault.
     pub fn clear(&self) {
         let mut s = self.lock();
         s.rules.clear();
         s.writers.clear();
+        s.hangs.clear();
+    }
+
+    /// Waits while a call of `op` on `key` is made to hang.
+    async fn hang(&self, op: Op, key: &str) {
+        while self
+            .lock()
+            .hangs
+            .iter()
+            .any(|(o, p)| *o == op && key.starts_with(p.as_str()))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The error for a call of `op` on `key`, if a rule fires.
@@ -281,6 +304,8 @@ struct Pending {
 #[derive(Debug, Default)]
 struct State {
     objects: BTreeMap<String, Bytes>,
+    /// When each object was last written, by the store's clock.
+    modified: BTreeMap<String, DateTime<Utc>>,
     /// Unfinished writes by writer id.
     pending: BTreeMap<u64, Pending>,
     next_writer: u64,
@@ -291,6 +316,33 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     faults: Faults,
+    clock: Clock,
+}
+
+/// The store's own clock: it follows tokio's (so a test with paused time
+/// moves it), and a test may set it apart from this host's wall clock.
+#[derive(Debug)]
+struct Clock {
+    start: DateTime<Utc>,
+    at: tokio::time::Instant,
+    skew: Mutex<chrono::Duration>,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            start: Utc::now(),
+            at: tokio::time::Instant::now(),
+            skew: Mutex::new(chrono::Duration::zero()),
+        }
+    }
+}
+
+impl Clock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.at.elapsed()).unwrap_or_default();
+        self.start + elapsed + *self.skew.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Objects in memory behind [`Backend`]; clones share them.
@@ -323,7 +375,32 @@ impl MemoryBackend {
     /// Stores an object directly, bypassing faults and the call log: for
     /// setting up a test.
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) {
-        self.state().objects.insert(key.to_owned(), data.into());
+        let now = self.now();
+        self.insert_modified(key, data, now);
+    }
+
+    /// [`MemoryBackend::insert`] with the time the store records as its
+    /// last write (a lease renewed long ago, say).
+    pub fn insert_modified(&self, key: &str, data: impl Into<Bytes>, modified: DateTime<Utc>) {
+        let mut state = self.state();
+        state.objects.insert(key.to_owned(), data.into());
+        state.modified.insert(key.to_owned(), modified);
+    }
+
+    /// The store's clock now: what it records as the time of a write.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    /// Sets the store's clock `skew` away from this host's (plus the time
+    /// tokio has advanced): for tests of what must not trust either clock.
+    pub fn skew_clock(&self, skew: chrono::Duration) {
+        *self
+            .shared
+            .clock
+            .skew
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = skew;
     }
 
     /// The keys of unfinished writes, sorted.
@@ -371,6 +448,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.shared.faults.hang(Op::Create, key).await;
         let mut state = self.enter(Op::Create, key)?;
         let id = state.next_writer;
         state.next_writer += 1;
@@ -394,15 +472,18 @@ impl Backend for MemoryBackend {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
+        self.shared.faults.hang(Op::Put, key).await;
         let mut state = self.enter(Op::Put, key)?;
         if mode == PutMode::CreateNew && state.objects.contains_key(key) {
             return Err(StorageError::AlreadyExists(Self::location(key)));
         }
         state.objects.insert(key.to_owned(), data);
+        state.modified.insert(key.to_owned(), self.now());
         Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.shared.faults.hang(Op::Get, key).await;
         let state = self.enter(Op::Get, key)?;
         state
             .objects
@@ -422,6 +503,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.shared.faults.hang(Op::List, prefix).await;
         let state = self.enter(Op::List, prefix)?;
         Ok(state
             .objects
@@ -430,19 +512,23 @@ impl Backend for MemoryBackend {
             .map(|(k, v)| ObjectMeta {
                 key: k.clone(),
                 size: v.len() as u64,
+                modified: state.modified.get(k).copied(),
             })
             .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.shared.faults.hang(Op::Delete, key).await;
         let mut state = self.enter(Op::Delete, key)?;
         state.objects.remove(key);
+        state.modified.remove(key);
         Ok(())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
         let mut state = self.enter(Op::DeletePrefix, prefix)?;
         state.objects.retain(|k, _| !k.starts_with(prefix));
+        state.modified.retain(|k, _| !k.starts_with(prefix));
         state.pending.retain(|_, p| !p.key.starts_with(prefix));
         Ok(())
     }
@@ -546,6 +632,7 @@ impl ObjectWriter for MemoryWriter {
         } else {
             let data = std::mem::take(&mut self.buf).freeze();
             state.objects.insert(self.key.clone(), data);
+            state.modified.insert(self.key.clone(), backend.now());
             Ok(())
         };
         drop(state);
@@ -591,13 +678,15 @@ mod tests {
         // file or an open multipart upload does.
         assert_eq!(m.list_dirs("data/").await.unwrap(), vec!["s1"]);
         w.finish().await.unwrap();
+        let listed = m.list("data/").await.unwrap();
         assert_eq!(
-            m.list("data/").await.unwrap(),
-            vec![ObjectMeta {
-                key: "data/s1/postgres/a.dump".into(),
-                size: 11
-            }]
+            listed
+                .iter()
+                .map(|o| (o.key.as_str(), o.size))
+                .collect::<Vec<_>>(),
+            vec![("data/s1/postgres/a.dump", 11)]
         );
+        assert!(listed[0].modified.is_some());
         let mut text = String::new();
         m.open("data/s1/postgres/a.dump")
             .await

@@ -129,6 +129,10 @@ pub struct ObjectMeta {
     pub key: String,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written, by the store's own clock (S3's
+    /// `LastModified`, a file's mtime), if the store says. Lock leases are
+    /// judged by it, never by the clock of the host that wrote them.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A readable byte stream of one object.

@@ -322,7 +322,13 @@ fn shipped_alert_rules_pass_promtool() {
     check.assert_exit(0);
     let test = Ran::of(
         Command::new("promtool")
-            .args(["test", "rules", "alerts.test.yml", "alerts-drill.test.yml"])
+            .args([
+                "test",
+                "rules",
+                "alerts.test.yml",
+                "alerts-drill.test.yml",
+                "alerts-absent.test.yml",
+            ])
             .current_dir(dir),
     );
     test.assert_exit(0);

@@ -21,4 +21,5 @@ mod restore;
 mod runbook;
 mod s3;
 mod systemd;
+mod timeouts;
 mod verify_drill;

@@ -512,7 +512,10 @@ fn a_broken_s3_repository_does_not_stop_the_local_one() {
     assert!(garage.open_uploads("kdr-half").is_empty());
 }
 
-fn lease(host: &str, pid: u32, expires_in_minutes: i64) -> Vec<u8> {
+/// A lease of another writer whose body says it expires in an hour (or,
+/// with a negative `expires_in_minutes`, expired an hour ago) by that
+/// writer's clock, and lives `ttl_seconds` after its last write.
+fn lease(host: &str, pid: u32, expires_in_minutes: i64, ttl_seconds: u64) -> Vec<u8> {
     let now = chrono_like_now();
     serde_json::to_vec(&serde_json::json!({
         "host": host,
@@ -520,6 +523,7 @@ fn lease(host: &str, pid: u32, expires_in_minutes: i64) -> Vec<u8> {
         "command": "backup",
         "since": now.0,
         "expires_at": if expires_in_minutes >= 0 { now.1.clone() } else { now.2.clone() },
+        "ttl_seconds": ttl_seconds,
     }))
     .unwrap()
 }
@@ -558,7 +562,7 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
     garage.put(
         "kdr-lock",
         "p/locks/nas-4242-00000001.json",
-        &lease("nas", 4242, 60),
+        &lease("nas", 4242, 60, 300),
     );
     let out = ws.run(&["backup"]);
     out.assert_exit(1);
@@ -571,12 +575,14 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
     let out = ws.run(&["prune"]);
     out.assert_failed();
 
-    // The same lease, expired (its writer was killed): taken over.
+    // A lease whose writer was killed: taken over once the store's clock
+    // says it has not been renewed for its time to live (3 s here).
     garage.put(
         "kdr-lock",
         "p/locks/nas-4242-00000001.json",
-        &lease("nas", 4242, -60),
+        &lease("nas", 4242, 60, 3),
     );
+    std::thread::sleep(Duration::from_secs(4));
     let out = ws.run(&["backup"]);
     out.assert_exit(0);
     let err = out.stderr();
@@ -620,6 +626,108 @@ fn s3_writers_hold_a_lease_that_names_its_holder_and_expires() {
         first.wait_with_output().unwrap(),
     )
     .assert_exit(0);
+}
+
+/// Leases are judged by the store's clock (`LastModified`), never by the
+/// `expires_at` a writer's own clock put in the body: a writer whose clock
+/// runs an hour behind does not lose its lease to the next one, and one
+/// whose clock runs ahead does not keep it after it stopped renewing.
+#[test]
+fn a_lease_of_a_writer_with_a_skewed_clock_is_judged_by_last_modified() {
+    let (garage, ws, _repo, _f) = direct("kdr-skew", "s3://kdr-skew/p", "");
+    let key = "p/locks/skewed-77-00000001.json";
+
+    // Written just now by a clock running behind: its body says it expired
+    // an hour ago. It is live, and the backup is refused.
+    garage.put("kdr-skew", key, &lease("skewed", 77, -60, 300));
+    let out = ws.run(&["backup"]);
+    out.assert_exit(1);
+    let err = out.stderr();
+    assert!(err.contains("(pid 77 on skewed"), "{err}");
+    assert!(err.contains("by the store's clock"), "{err}");
+    assert!(
+        garage
+            .keys("kdr-skew")
+            .iter()
+            .all(|k| !k.contains("/snapshots/"))
+    );
+
+    // Written by a clock running ahead: its body says it lives another
+    // hour, but it lives 3 s after its LastModified, and the store saw no
+    // renewal since: taken over.
+    garage.put("kdr-skew", key, &lease("skewed", 77, 60, 3));
+    std::thread::sleep(Duration::from_secs(4));
+    let out = ws.run(&["backup"]);
+    out.assert_exit(0);
+    assert!(out.stderr().contains("took over an expired lock"));
+    assert!(!garage.keys("kdr-skew").iter().any(|k| k == key));
+}
+
+/// A renewal that hangs (the proxy holds every request to `locks/`) past
+/// the lease's time to live marks the lease lost at its deadline, not when
+/// the request gives up: the backup stops, commits nothing and exits 1,
+/// long before the stalled data upload or the renewal could have ended.
+#[test]
+fn a_renewal_stalled_past_the_lease_ttl_loses_the_lock_and_commits_nothing() {
+    let garage = Garage::start();
+    garage.bucket("kdr-lost");
+    let proxy = FaultProxy::start(garage.port);
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("acme.json");
+    std::fs::write(&f, "{}").unwrap();
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-lost/p",
+        &proxy.endpoint(),
+        "lease_ttl = \"4s\"\ntimeout = \"60s\"\n",
+    );
+    ws.configure_repositories(&repo, &files_section("acme", &f));
+    ws.init();
+
+    // The archive's upload hangs; once it does, the lease is held, and
+    // its renewals hang too.
+    let pause = Duration::from_secs(40);
+    proxy.stall_matching("/p/data/", pause);
+    let start = std::time::Instant::now();
+    let mut backup = ws
+        .kdr()
+        .arg("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Each line of the log, with when it came.
+    let stderr = backup.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (start.elapsed(), l))
+            .collect::<Vec<_>>()
+    });
+    wait_until("the upload to hang", 30, || proxy.injected() > 0);
+    let stalled_at = start.elapsed();
+    proxy.stall_matching("/p/locks/", pause);
+    let status = backup.wait().unwrap();
+    let log = log.join().unwrap();
+    let text: String = log.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert_eq!(status.code(), Some(1), "{text}");
+    let (lost_at, _) = log
+        .iter()
+        .find(|(_, l)| l.contains("lost the repository lock"))
+        .unwrap_or_else(|| panic!("the lease was never lost: {text}"));
+    // Lost within the lease's life after the renewals began to hang (4 s,
+    // plus a renewal period and a loaded machine), not when the hung
+    // requests ended 40 s later.
+    assert!(
+        *lost_at < stalled_at + Duration::from_secs(15),
+        "lost at {lost_at:?}, renewals hung from {stalled_at:?}: {text}"
+    );
+    assert!(text.contains("nothing was committed"), "{text}");
+    assert!(text.contains("the backup was stopped"), "{text}");
+    let keys = garage.keys("kdr-lost");
+    assert!(!keys.iter().any(|k| k.contains("/snapshots/")), "{keys:?}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ use super::redis::RawRedis;
 use super::repository::RawRepository;
 use super::scratch::RawScratch;
 use super::signing::RawSigning;
+use super::timeouts::RawTimeouts;
 use super::{Config, ConfigError, Cx};
 use crate::model::retention::Retention;
 
@@ -54,6 +55,7 @@ pub(super) struct RawConfig {
     prune_schedule: Option<Spanned<String>>,
     drill_schedule: Option<Spanned<String>>,
     agent: Option<RawAgent>,
+    timeouts: Option<RawTimeouts>,
 }
 
 impl RawConfig {
@@ -61,6 +63,28 @@ impl RawConfig {
     pub(super) fn env_file(&self) -> &Option<Spanned<String>> {
         &self.env_file
     }
+}
+
+/// The sources' `stall_timeout` keys: the source name each applies to,
+/// the dotted key, the value.
+fn stall_timeouts(raw: &RawConfig) -> Vec<(String, String, &Spanned<String>)> {
+    let mut out = Vec::new();
+    if let Some(v) = raw.postgres.as_ref().and_then(|p| p.stall_timeout()) {
+        out.push(("postgres".into(), "postgres.stall_timeout".into(), v));
+    }
+    if let Some(v) = raw.redis.as_ref().and_then(|r| r.stall_timeout()) {
+        out.push(("redis".into(), "redis.stall_timeout".into(), v));
+    }
+    for (i, f) in raw.files.iter().enumerate() {
+        if let Some((name, v)) = f.stall_timeout() {
+            out.push((
+                format!("files/{name}"),
+                format!("files[{i}].stall_timeout"),
+                v,
+            ));
+        }
+    }
+    out
 }
 
 impl Cx<'_> {
@@ -122,6 +146,7 @@ impl Cx<'_> {
             timezone: self.timezone(&raw.timezone)?,
             retention: raw.retention.clone(),
             agent: self.agent(raw.agent.as_ref(), &raw.prune_schedule, &raw.drill_schedule)?,
+            timeouts: self.timeouts(raw.timeouts.as_ref(), &stall_timeouts(&raw))?,
         })
     }
 

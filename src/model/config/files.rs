@@ -18,6 +18,17 @@ use super::{ConfigError, Cx};
 pub(super) struct RawFile {
     name: Spanned<String>,
     path: Spanned<String>,
+    stall_timeout: Option<Spanned<String>>,
+}
+
+impl RawFile {
+    /// The entry's name as written (validated by [`Cx::files`]) and its
+    /// `stall_timeout`, validated with `[timeouts]`.
+    pub(super) fn stall_timeout(&self) -> Option<(&str, &Spanned<String>)> {
+        self.stall_timeout
+            .as_ref()
+            .map(|t| (self.name.get_ref().as_str(), t))
+    }
 }
 
 /// A plain file to back up.

@@ -29,6 +29,7 @@ mod redis;
 pub mod repository;
 mod scratch;
 mod signing;
+mod timeouts;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ pub use repository::{
 };
 pub use scratch::{ScratchConfig, ScratchRuntimeKind};
 pub use signing::{Trust, parse_secret_key};
+pub use timeouts::{DEFAULT_CHILD_EXIT, DEFAULT_CONNECT, DEFAULT_STALL, Timeouts};
 
 /// Where the configuration is read from when neither `--config` nor
 /// `KOMPOSE_DR_CONFIG` says otherwise.
@@ -120,6 +122,9 @@ pub struct Config {
     pub retention: crate::model::retention::Retention,
     /// The agent's settings.
     pub agent: AgentConfig,
+    /// How long a backup waits for what can hang (`[timeouts]` and the
+    /// sources' `stall_timeout`).
+    pub timeouts: Timeouts,
 }
 
 impl Config {

@@ -36,6 +36,14 @@ pub(super) struct RawPostgres {
     bin_dir: Option<Spanned<String>>,
     jobs: Option<Spanned<i64>>,
     lock_wait: Option<Spanned<String>>,
+    stall_timeout: Option<Spanned<String>>,
+}
+
+impl RawPostgres {
+    /// `postgres.stall_timeout`, validated with `[timeouts]`.
+    pub(super) fn stall_timeout(&self) -> Option<&Spanned<String>> {
+        self.stall_timeout.as_ref()
+    }
 }
 
 /// Which databases to back up.

@@ -25,6 +25,14 @@ pub(super) struct RawRedis {
     password_file: Option<Spanned<String>>,
     password_credential: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
+    stall_timeout: Option<Spanned<String>>,
+}
+
+impl RawRedis {
+    /// `redis.stall_timeout`, validated with `[timeouts]`.
+    pub(super) fn stall_timeout(&self) -> Option<&Spanned<String>> {
+        self.stall_timeout.as_ref()
+    }
 }
 
 /// The Redis source: where the server is, how to log in, and where its

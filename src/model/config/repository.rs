@@ -22,6 +22,9 @@ use crate::storage::s3::limits::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MAX_PARTS, MI
 /// Parts of one repository in flight at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
+/// How long a writer lock's lease lives without renewal, by default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRepository {
@@ -37,6 +40,7 @@ pub(super) struct RawRepository {
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<i64>>,
     object_lock: Option<Spanned<RawObjectLock>>,
+    lease_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +109,11 @@ pub struct S3Config {
     pub attempts: u32,
     /// Object Lock retention applied to every object written.
     pub object_lock: Option<ObjectLock>,
+    /// How long the writer lock's lease lives without renewal (`lease_ttl`,
+    /// 5 minutes by default, whole seconds): a writer that stops renewing
+    /// (killed, cut off, paused) is taken over this long after its last
+    /// renewal, by the store's clock, and stops itself before that.
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Display for S3Config {
@@ -207,7 +216,7 @@ impl Cx<'_> {
         url: &str,
         r: &RawRepository,
     ) -> Result<(), ConfigError> {
-        let s3_only: [(&str, Option<Range<usize>>); 10] = [
+        let s3_only: [(&str, Option<Range<usize>>); 11] = [
             ("endpoint", r.endpoint.as_ref().map(|v| v.span())),
             ("region", r.region.as_ref().map(|v| v.span())),
             ("path_style", r.path_style.as_ref().map(|v| v.span())),
@@ -224,6 +233,7 @@ impl Cx<'_> {
             ("timeout", r.timeout.as_ref().map(|v| v.span())),
             ("retries", r.retries.as_ref().map(|v| v.span())),
             ("object_lock", r.object_lock.as_ref().map(|v| v.span())),
+            ("lease_ttl", r.lease_ttl.as_ref().map(|v| v.span())),
         ];
         match s3_only.into_iter().find_map(|(k, s)| Some((k, s?))) {
             Some((k, span)) => Err(self.err(
@@ -314,6 +324,10 @@ impl Cx<'_> {
             .as_ref()
             .map(|l| self.object_lock(key, l.get_ref()))
             .transpose()?;
+        let lease_ttl = match &r.lease_ttl {
+            None => DEFAULT_LEASE_TTL,
+            Some(v) => self.lease_ttl(v, &format!("{key}.lease_ttl"))?,
+        };
         Ok(S3Config {
             bucket,
             prefix,
@@ -326,6 +340,7 @@ impl Cx<'_> {
             timeout,
             attempts: retries as u32 + 1,
             object_lock,
+            lease_ttl,
         })
     }
 
@@ -461,6 +476,26 @@ impl Cx<'_> {
                 format!("`{s}` is not a duration ({e}): write 2m or 30s"),
             )
         })
+    }
+
+    /// `lease_ttl`: whole seconds, from 2 seconds to a day.
+    fn lease_ttl(&self, v: &Spanned<String>, k: &str) -> Result<Duration, ConfigError> {
+        let s = self.string(v, k)?;
+        let d = humantime::parse_duration(&s).map_err(|e| {
+            self.err(
+                v.span(),
+                k,
+                format!("`{s}` is not a duration ({e}): write 5m or 90s"),
+            )
+        })?;
+        if d.subsec_nanos() != 0 || !(2..=86_400).contains(&d.as_secs()) {
+            return Err(self.err(
+                v.span(),
+                k,
+                format!("`{s}` must be whole seconds from 2s to 1d (5m by default)"),
+            ));
+        }
+        Ok(d)
     }
 
     /// `object_lock`: a mode and a number of days.

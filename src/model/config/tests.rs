@@ -367,3 +367,83 @@ fn the_lock_wait_defaults_to_five_minutes_and_a_bad_one_is_named() {
     assert_eq!(e.line, Some(9));
     assert!(e.message.contains("5m"), "{e}");
 }
+
+#[test]
+fn timeouts_default_to_minutes_and_seconds_not_forever() {
+    let c = parse(&base()).unwrap();
+    let t = &c.timeouts;
+    assert_eq!(t.stall, std::time::Duration::from_secs(600));
+    assert_eq!(t.connect, std::time::Duration::from_secs(15));
+    assert_eq!(t.child_exit, std::time::Duration::from_secs(60));
+    assert_eq!(t.stall_for("postgres/app"), t.stall);
+}
+
+#[test]
+fn stall_timeouts_are_set_globally_and_per_source() {
+    let c = parse(&format!(
+        "{}[timeouts]\nstall = \"2m\"\nconnect = \"5s\"\nchild_exit = \"30s\"\n\n\
+         [postgres]\nurl = \"postgres://u@h/db\"\nstall_timeout = \"1h\"\n\n\
+         [redis]\nurl = \"redis://h\"\nstall_timeout = \"20m\"\n\n\
+         [[files]]\nname = \"acme\"\npath = \"/a.json\"\nstall_timeout = \"30s\"\n\n\
+         [[files]]\nname = \"other\"\npath = \"/b\"\n",
+        base()
+    ))
+    .unwrap();
+    let t = &c.timeouts;
+    let d = std::time::Duration::from_secs;
+    assert_eq!((t.stall, t.connect, t.child_exit), (d(120), d(5), d(30)));
+    assert_eq!(t.stall_for("postgres/app"), d(3600));
+    assert_eq!(t.stall_for("postgres/globals"), d(3600));
+    assert_eq!(t.stall_for("redis"), d(1200));
+    assert_eq!(t.stall_for("files/acme"), d(30));
+    assert_eq!(t.stall_for("files/other"), d(120));
+    assert_eq!(
+        Timeouts::stall_key("postgres/app"),
+        "postgres.stall_timeout"
+    );
+    assert_eq!(
+        Timeouts::stall_key("files/acme"),
+        "stall_timeout of [[files]] `acme`"
+    );
+}
+
+#[test]
+fn a_bad_or_zero_timeout_is_named_with_its_key_and_line() {
+    let e = parse(&format!("{}[timeouts]\nstall = \"0s\"\n", base())).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("timeouts.stall"));
+    assert_eq!(e.line, Some(8));
+    assert!(e.message.contains("above zero"), "{e}");
+    let e = parse(&format!(
+        "{}[[files]]\nname = \"a\"\npath = \"/a\"\nstall_timeout = \"never\"\n",
+        base()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("files[0].stall_timeout"));
+    let e = parse(&format!("{}[timeouts]\nstal = \"1m\"\n", base())).unwrap_err();
+    assert!(e.to_string().contains("stal"), "{e}");
+}
+
+#[test]
+fn the_lease_ttl_is_an_s3_key_of_whole_seconds() {
+    let s3 = "[[repository]]\nname = \"off\"\nurl = \"s3://bucket/p\"\n";
+    let c = parse(&format!("{s3}lease_ttl = \"90s\"\n")).unwrap();
+    let Location::S3(s) = &c.repositories[0].location else {
+        panic!("an S3 repository")
+    };
+    assert_eq!(s.lease_ttl, std::time::Duration::from_secs(90));
+    let c = parse(s3).unwrap();
+    let Location::S3(s) = &c.repositories[0].location else {
+        panic!("an S3 repository")
+    };
+    assert_eq!(s.lease_ttl, std::time::Duration::from_secs(300));
+    for bad in ["1s", "1500ms", "2d", "soon"] {
+        let e = parse(&format!("{s3}lease_ttl = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("repository[0].lease_ttl"),
+            "{bad}: {e}"
+        );
+    }
+    let e = parse("[[repository]]\nname = \"l\"\nurl = \"/x\"\nlease_ttl = \"1m\"\n").unwrap_err();
+    assert!(e.message.contains("only to s3://"), "{e}");
+}

@@ -188,3 +188,35 @@ async fn no_repository_that_answers_is_a_failure_of_the_right_class() {
     // Not initialised: run `init` (exit 2).
     assert_eq!(f.class, Class::Usage, "{}", f.message);
 }
+
+/// The lease of the only repository is lost while a source is still being
+/// written (its renewals fail, its upload hangs): the run stops there,
+/// commits nothing and says why, instead of waiting for the upload.
+#[tokio::test]
+async fn a_run_whose_every_lease_is_lost_stops_and_commits_nothing() {
+    let s = setup();
+    let (repo, mem) = repository("a", &s).await;
+    let repo = repo.with_lease_ttl(std::time::Duration::from_secs(2));
+    // The lease is written once, then never again.
+    mem.faults().fail_after(
+        Op::Put,
+        crate::storage::keys::LOCKS,
+        1,
+        usize::MAX,
+        Fault::Unavailable,
+    );
+    mem.faults()
+        .hang_prefix(Op::Create, crate::storage::keys::DATA);
+    let start = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        run_on(&s.config, &BackupOptions::default(), vec![repo]),
+    )
+    .await
+    .expect("the run stops once the lease is lost")
+    .unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    assert!(e.message.contains("lost the repository lock of a"), "{e:?}");
+    assert!(e.message.contains("nothing was committed"), "{e:?}");
+    assert!(manifests(&mem).is_empty());
+}

@@ -271,16 +271,35 @@ pub async fn run_on(
         progress: opts.progress.then(|| {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
         }),
+        timeouts: config.timeouts.clone(),
     };
     tracing::info!(snapshot = %snapshot, "backup started");
 
     let jobs = plan(config, opts, &ctx).await?;
     let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
-    let mut runs: Vec<SourceRun> = futures::stream::iter(jobs)
+    let all_runs = futures::stream::iter(jobs)
         .buffer_unordered(parallel)
         .inspect(log_run)
-        .collect()
-        .await;
+        .collect::<Vec<SourceRun>>();
+    // Once every repository's lock is lost, another writer may hold each:
+    // nothing of this run may be committed anywhere, so it stops now
+    // (children killed, uploads aborted) instead of finishing for nothing.
+    let mut runs = tokio::select! {
+        runs = all_runs => runs,
+        () = every_lock_lost(&targets) => {
+            for target in &targets {
+                target.discard(&snapshot).await;
+            }
+            return Err(Failure {
+                class: Class::Failure,
+                message: format!(
+                    "lost the repository lock of {} (its lease could not be renewed in time, so another writer may hold it): \
+                     the backup was stopped and nothing was committed",
+                    targets.iter().map(|t| t.repo.name()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    };
     runs.sort_by(|a, b| a.source.cmp(&b.source));
 
     let facts = store_facts(&ctx, &runs).await;
@@ -312,6 +331,21 @@ pub async fn run_on(
         artifacts,
         repositories,
     })
+}
+
+/// Resolves once the lock of every target is lost; never if one of them
+/// cannot be lost (a local flock) or holds none.
+async fn every_lock_lost(targets: &[Target]) {
+    if targets.iter().any(|t| t.lock.is_none()) {
+        return std::future::pending().await;
+    }
+    futures::future::join_all(
+        targets
+            .iter()
+            .filter_map(|t| t.lock.as_ref())
+            .map(|l| l.lost()),
+    )
+    .await;
 }
 
 /// What every repository's manifest of this run shares; each fills in its
@@ -442,7 +476,13 @@ async fn commit_to(
         target.discard(&head.id).await;
         return;
     }
-    if target.lock.as_ref().is_some_and(|l| l.is_lost()) {
+    // A lease is renewed (and checked by the store's clock) right before
+    // the commit: a host paused since its last renewal finds out here.
+    let held = match &target.lock {
+        Some(lock) => lock.confirm().await,
+        None => true,
+    };
+    if !held {
         target.report.errors.push(
             "lost the repository lock (its lease could not be renewed, so another writer may hold it now): not committed".to_owned(),
         );
@@ -589,6 +629,39 @@ async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// `job`, backing up `source`, under the stall watchdog: once it has moved
+/// no data for its stall limit (`stall_timeout`, else `[timeouts] stall`)
+/// it is stopped — dropped, which kills its tools and aborts its uploads —
+/// and the source fails, so that one hung server or lock cannot hold the
+/// run, and the repository lock, for ever.
+fn watched<'a>(
+    ctx: &'a SourceContext,
+    source: String,
+    kind: ArtifactKind,
+    job: impl Future<Output = SourceRun> + Send + 'a,
+) -> Job<'a> {
+    let limit = ctx.timeouts.stall_for(&source);
+    Box::pin(async move {
+        let start = Instant::now();
+        match crate::process::stall::watch(limit, job).await {
+            Ok(run) => run,
+            Err(stalled) => {
+                let mut run = SourceRun::failed(
+                    source.clone(),
+                    kind,
+                    format!(
+                        "{source} {stalled} (a lock not granted, or a server or tool that stopped answering): \
+                         it was stopped, its tools killed, nothing stored; if it needs longer, raise {} or [timeouts] stall",
+                        crate::model::config::Timeouts::stall_key(&source)
+                    ),
+                );
+                run.duration_seconds = start.elapsed().as_secs_f64();
+                run
+            }
+        }
+    })
+}
+
 /// A job that only reports a source as failed.
 fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
     let kind = if name == "postgres/globals" {
@@ -608,16 +681,27 @@ async fn plan_postgres<'a>(
     ctx: &'a SourceContext,
     wanted: &(dyn Fn(&str) -> bool + Sync),
 ) -> (Vec<String>, Vec<Job<'a>>, bool) {
+    let limit = ctx.timeouts.stall_for("postgres");
     let setup = async {
-        let client = postgres::connect(pg, &pg.endpoint.maintenance_db).await?;
+        let client =
+            postgres::connect_within(pg, &pg.endpoint.maintenance_db, ctx.timeouts.connect).await?;
         let server = postgres::server_version(&client).await?;
         let dbs = match &pg.databases {
             DatabaseSelection::All => postgres::discover(&client).await?,
             DatabaseSelection::List(l) => l.clone(),
         };
         Ok::<_, crate::sources::SourceError>((server, dbs))
-    }
-    .await;
+    };
+    let setup = tokio::time::timeout(limit, setup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::sources::SourceError::Query(format!(
+                "PostgreSQL did not answer the version and database queries within {}: \
+             is the server overloaded? ({} sets the limit)",
+                humantime::format_duration(limit),
+                crate::model::config::Timeouts::stall_key("postgres/")
+            )))
+        });
     let (server, dbs) = match setup {
         Ok(x) => x,
         Err(e) => {
@@ -652,7 +736,14 @@ async fn plan_postgres<'a>(
     if names.is_empty() {
         return (names, Vec::new(), false);
     }
-    let tool = match postgres::choose_tool(pg, &server).await {
+    let tool = match tokio::time::timeout(limit, postgres::choose_tool(pg, &server))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::sources::SourceError::Tool(format!(
+                "pg_dump --version did not answer within {}",
+                humantime::format_duration(limit)
+            )))
+        }) {
         Ok(tool) => tool,
         Err(e) => {
             let e = e.to_string();
@@ -666,15 +757,17 @@ async fn plan_postgres<'a>(
         .map(|name| {
             let (tool, server) = (tool.clone(), server.clone());
             match source_database(name) {
-                None if name == "postgres/globals" => {
-                    Box::pin(async move { postgres::dump_globals(ctx, pg, &tool, &server).await })
-                        as Job<'a>
-                }
+                None if name == "postgres/globals" => watched(
+                    ctx,
+                    name.clone(),
+                    ArtifactKind::PostgresGlobals,
+                    async move { postgres::dump_globals(ctx, pg, &tool, &server).await },
+                ),
                 Some(db) => {
                     let db = db.to_owned();
-                    Box::pin(
-                        async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
-                    )
+                    watched(ctx, name.clone(), ArtifactKind::PostgresDump, async move {
+                        postgres::dump_database(ctx, pg, &tool, &server, &db).await
+                    })
                 }
                 None => unreachable!("postgres names are postgres/globals or a database's"),
             }
@@ -713,13 +806,23 @@ async fn plan<'a>(
         && wanted("redis")
     {
         names.push("redis".into());
-        jobs.push(Box::pin(sources::redis::backup(ctx, redis)));
+        jobs.push(watched(
+            ctx,
+            "redis".into(),
+            ArtifactKind::RedisRdb,
+            sources::redis::backup(ctx, redis),
+        ));
     }
     for f in &config.files {
         let name = format!("files/{}", f.name);
         if wanted(&name) {
+            jobs.push(watched(
+                ctx,
+                name.clone(),
+                ArtifactKind::File,
+                sources::files::backup(ctx, f),
+            ));
             names.push(name);
-            jobs.push(Box::pin(sources::files::backup(ctx, f)));
         }
     }
 

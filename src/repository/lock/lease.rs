@@ -1,30 +1,54 @@
 //! A writer lock for repositories without a local directory (S3): a lease
-//! object with owner and expiry, renewed while held.
+//! object with owner and time to live, renewed while held.
 //!
 //! Every contender writes its own lease object `locks/<host>-<pid>-<rand>.json`
 //! and then lists `locks/`. It holds the lock only if no *other* live lease
 //! is there; otherwise it deletes its own and waits (or fails, naming the
 //! holder). Two writers that race both see each other and both back off, so
 //! the protocol needs no conditional writes, only S3's read-after-write
-//! consistency. A lease that has not been renewed for [`TTL`] — its writer
-//! was killed or lost its network — counts as expired: the next writer
-//! removes it and takes over, saying so in the log.
+//! consistency.
+//!
+//! # Whose clock
+//!
+//! No host's wall clock decides anything: a writer whose clock is skewed,
+//! or whose VM was paused, must not make two holders.
+//!
+//! - **Someone else's lease** is judged by the *store's* clock: it has
+//!   expired when the store's `LastModified` of our own lease, written just
+//!   now, is more than its time to live (`ttl_seconds` in its body, [`TTL`]
+//!   for leases without one) past the `LastModified` of theirs. The
+//!   `expires_at` in a body is for people reading it, never trusted. Its
+//!   writer was killed or lost its network: the next writer removes it and
+//!   takes over, saying so in the log.
+//! - **Our own lease** is lost at a **monotonic deadline**: 90% of the time
+//!   to live after the *start* of the last renewal that succeeded
+//!   ([`tokio::time::Instant`], which no clock change moves). Every renewal
+//!   attempt is cut off at that deadline, so a hung request cannot outlive
+//!   the lease; once lost, the lease stays lost — a renewal that would have
+//!   succeeded later resurrects nothing, and the holder must not commit or
+//!   delete (see [`super::RepoLock::is_lost`], [`super::RepoLock::lost`]).
+//! - Each renewal also lists our lease back and compares its new
+//!   `LastModified` with the previous one: a gap longer than the time to
+//!   live (this host was paused, or its requests hung, longer than the
+//!   store waits) means another writer may have taken over meanwhile,
+//!   whatever this host's clocks say — lost. So is a lease that another
+//!   writer removed as expired.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::{Held, Holder, LockError, RepoLock};
-use crate::storage::{Backend, PutMode, StorageError};
+use crate::storage::{Backend, ObjectMeta, PutMode, StorageError};
 
-/// How long a lease lives without renewal.
-pub const TTL: Duration = Duration::from_secs(300);
-/// How often the holder renews it.
-const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// How long a lease lives without renewal, unless the repository says
+/// otherwise (`lease_ttl`); also the life of a lease whose body names none
+/// (written by an older kompose-dr).
+pub const TTL: Duration = crate::model::config::repository::DEFAULT_LEASE_TTL;
 /// Where leases live in the repository.
 pub const PREFIX: &str = crate::storage::keys::LOCKS;
 
@@ -34,8 +58,37 @@ pub struct LeaseBody {
     /// Who holds it.
     #[serde(flatten)]
     pub holder: Holder,
-    /// When it expires unless renewed.
+    /// When it expires unless renewed, by its writer's clock: for people
+    /// reading the object. Expiry is judged by the store's clock instead.
     pub expires_at: DateTime<Utc>,
+    /// How long it lives after its last write (`LastModified`), in
+    /// seconds; [`TTL`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+impl LeaseBody {
+    /// How long the lease lives after its last write.
+    pub fn ttl(&self) -> Duration {
+        self.ttl_seconds.map_or(TTL, Duration::from_secs)
+    }
+}
+
+/// How often a lease of this time to live is renewed.
+fn renew_every(ttl: Duration) -> Duration {
+    ttl / 5
+}
+
+/// How soon a failed renewal is tried again.
+fn retry_every(ttl: Duration) -> Duration {
+    ttl / 20
+}
+
+/// How long after the start of a renewal that succeeded the lease counts
+/// as held: a tenth of the time to live is left for the store to have
+/// stamped the renewal later than it was sent, and for clock rates.
+fn held_for(ttl: Duration) -> Duration {
+    ttl - ttl / 10
 }
 
 /// A held lease; dropping it stops the renewal and removes the object.
@@ -43,15 +96,139 @@ pub struct LeaseBody {
 pub struct Lease {
     key: String,
     backend: Arc<dyn Backend>,
+    state: Arc<State>,
     renew: tokio::task::JoinHandle<()>,
-    lost: Arc<AtomicBool>,
+}
+
+/// What the holder and its renewal task share.
+#[derive(Debug)]
+struct State {
+    key: String,
+    me: Holder,
+    ttl: Duration,
+    /// The deadline and the last `LastModified` seen.
+    clock: std::sync::Mutex<Clock>,
+    /// Set, once and for good, when the lease is lost.
+    lost: tokio::sync::watch::Sender<bool>,
+    /// One renewal at a time (the task's, or [`Lease::confirm`]'s).
+    renewing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// Lost from this instant on, unless renewed before.
+    deadline: Instant,
+    /// The store's `LastModified` of our lease at its last write.
+    modified: Option<DateTime<Utc>>,
+}
+
+impl State {
+    fn deadline(&self) -> Instant {
+        self.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deadline
+    }
+
+    /// Marks the lease lost (once: the first reason is logged).
+    fn lose(&self, why: &str) {
+        if self.lost.send_if_modified(|l| !std::mem::replace(l, true)) {
+            tracing::error!(
+                lease = %self.key,
+                reason = why,
+                "lost the repository lock: another writer may take it over; nothing more is committed or deleted"
+            );
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        if *self.lost.borrow() {
+            return true;
+        }
+        if Instant::now() >= self.deadline() {
+            self.lose("it was not renewed before its deadline");
+            return true;
+        }
+        false
+    }
+
+    /// One renewal: write the lease, list it back, check the store's clock.
+    /// Never runs past the deadline.
+    async fn renew(&self, backend: &dyn Backend) -> Result<(), String> {
+        let _one = self.renewing.lock().await;
+        if self.is_lost() {
+            return Err("the lease is lost".into());
+        }
+        let Clock { deadline, modified } = *self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let attempt = async {
+            backend
+                .put(&self.key, body(&self.me, self.ttl), PutMode::Overwrite)
+                .await?;
+            let listed = backend.list(PREFIX).await?;
+            Ok::<_, StorageError>(listed.into_iter().find(|o| o.key == self.key))
+        };
+        let own = match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => {
+                self.lose("a renewal did not finish before the lease's deadline");
+                return Err("the renewal did not finish in time".into());
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(own)) => own,
+        };
+        let Some(own) = own else {
+            self.lose("our lease object is gone: another writer removed it as expired");
+            return Err("the lease object is gone".into());
+        };
+        if let (Some(before), Some(now)) = (modified, own.modified)
+            && (now - before).to_std().unwrap_or_default() > self.ttl
+        {
+            self.lose(
+                "the store saw no renewal for longer than the lease lives (this host paused, or its requests hung)",
+            );
+            return Err("renewed too late".into());
+        }
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        clock.deadline = start + held_for(self.ttl);
+        clock.modified = own.modified.or(modified);
+        Ok(())
+    }
 }
 
 impl Lease {
-    /// Whether renewal failed for so long that another writer may have
-    /// taken the lease over: the holder must then not commit or delete.
+    /// Whether the lease is lost: its deadline passed without a renewal,
+    /// or the store showed it lapsed. The holder must then not commit or
+    /// delete; a lost lease is never held again.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.state.is_lost()
+    }
+
+    /// Resolves once the lease is lost.
+    pub async fn lost(&self) {
+        let mut rx = self.state.lost.subscribe();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Renews the lease now, and says whether it is still held: for the
+    /// moment before a commit, so that a host that was paused since its
+    /// last renewal finds out from the store before it writes.
+    ///
+    /// If this renewal fails but the lease is not lost yet, it is still
+    /// held as long as a tenth of its time to live is left before the
+    /// deadline (time for the commit itself); with less, it is not.
+    pub async fn confirm(&self) -> bool {
+        if let Err(e) = self.state.renew(&*self.backend).await {
+            if self.is_lost() {
+                return false;
+            }
+            let left = self
+                .state
+                .deadline()
+                .saturating_duration_since(Instant::now());
+            tracing::warn!(error = %e, left_seconds = left.as_secs(), "could not renew the repository lock before committing");
+            return left >= self.state.ttl / 10;
+        }
+        !self.is_lost()
     }
 }
 
@@ -67,55 +244,111 @@ impl Drop for Lease {
     }
 }
 
-/// The live and the expired leases other than `own`.
+/// A lease found in the listing, with its body.
+struct Found {
+    key: String,
+    body: LeaseBody,
+    /// When the store last saw it written.
+    modified: Option<DateTime<Utc>>,
+    readable: bool,
+}
+
+impl Found {
+    /// Whether it has expired at `store_now` (the store's clock). Without
+    /// the store's times (a backend that keeps none), its body's own
+    /// expiry is taken, by this host's clock.
+    fn expired(&self, store_now: Option<DateTime<Utc>>) -> bool {
+        if !self.readable {
+            // An unreadable lease is treated as held, never silently taken.
+            return false;
+        }
+        match (store_now, self.modified) {
+            (Some(now), Some(then)) => (now - then).to_std().unwrap_or_default() > self.body.ttl(),
+            _ => self.body.expires_at < Utc::now(),
+        }
+    }
+
+    /// Who holds it and until when, for messages.
+    fn describe(&self) -> String {
+        match self.modified {
+            Some(m) => format!(
+                "{} (lease written {}, lives {}s after that by the store's clock)",
+                self.body.holder,
+                m.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                self.body.ttl().as_secs()
+            ),
+            None => format!(
+                "{} (lease expires {})",
+                self.body.holder,
+                self.body
+                    .expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }
+    }
+}
+
+/// Every lease in `listed` other than `own`, with its body.
 async fn others(
     backend: &dyn Backend,
-    own: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<(Vec<LeaseBody>, Vec<(String, LeaseBody)>), StorageError> {
-    let mut live = Vec::new();
-    let mut expired = Vec::new();
-    for o in backend.list(PREFIX).await? {
-        if Some(o.key.as_str()) == own || !o.key.ends_with(".json") {
+    listed: &[ObjectMeta],
+    own: &str,
+) -> Result<Vec<Found>, StorageError> {
+    let mut out = Vec::new();
+    for o in listed {
+        if o.key == own || !o.key.ends_with(".json") {
             continue;
         }
-        let body = match backend.get(&o.key).await {
+        let raw = match backend.get(&o.key).await {
             Ok(b) => b,
             Err(StorageError::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        match serde_json::from_slice::<LeaseBody>(&body) {
-            Ok(l) if l.expires_at < now => expired.push((o.key, l)),
-            Ok(l) => live.push(l),
-            // An unreadable lease is treated as held, never silently taken.
-            Err(_) => live.push(LeaseBody {
-                holder: Holder {
-                    host: "unknown".into(),
-                    pid: 0,
-                    command: format!("(unreadable lease {})", o.key),
-                    since: now,
+        let (body, readable) = match serde_json::from_slice::<LeaseBody>(&raw) {
+            Ok(b) => (b, true),
+            Err(_) => (
+                LeaseBody {
+                    holder: Holder {
+                        host: "unknown".into(),
+                        pid: 0,
+                        command: format!("(unreadable lease {})", o.key),
+                        since: Utc::now(),
+                    },
+                    expires_at: Utc::now(),
+                    ttl_seconds: None,
                 },
-                expires_at: now,
-            }),
-        }
+                false,
+            ),
+        };
+        out.push(Found {
+            key: o.key.clone(),
+            body,
+            modified: o.modified,
+            readable,
+        });
     }
-    Ok((live, expired))
+    Ok(out)
 }
 
-fn body(holder: &Holder) -> Bytes {
+fn body(holder: &Holder, ttl: Duration) -> Bytes {
     let b = LeaseBody {
         holder: holder.clone(),
-        expires_at: Utc::now() + chrono::Duration::from_std(TTL).expect("small"),
+        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+        ttl_seconds: Some(ttl.as_secs().max(1)),
     };
     Bytes::from(serde_json::to_vec(&b).expect("lease serialises"))
 }
 
-/// Takes the lease lock of the repository on `backend`, waiting up to `wait`.
+/// Takes the lease lock of the repository on `backend`, waiting up to
+/// `wait`; the lease lives `ttl` without renewal (whole seconds, at least
+/// one).
 pub async fn acquire(
     backend: Arc<dyn Backend>,
     command: &str,
     wait: Duration,
+    ttl: Duration,
 ) -> Result<RepoLock, LockError> {
+    let ttl = Duration::from_secs(ttl.as_secs().max(1));
     let me = Holder::me(command);
     let key = format!(
         "{PREFIX}{}-{}-{:08x}.json",
@@ -123,62 +356,73 @@ pub async fn acquire(
         me.pid,
         rand::random::<u32>()
     );
-    let deadline = Instant::now() + wait;
+    let give_up = Instant::now() + wait;
     loop {
-        let (live, _) = others(&*backend, None, Utc::now()).await?;
-        let contended = if live.is_empty() {
-            backend.put(&key, body(&me), PutMode::Overwrite).await?;
-            let (live, expired) = match others(&*backend, Some(&key), Utc::now()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    // Ours is written: leave none behind to block every writer.
-                    let _ = backend.delete(&key).await;
-                    return Err(e.into());
-                }
-            };
-            if live.is_empty() {
-                for (k, l) in expired {
-                    tracing::warn!(
-                        holder = %l.holder,
-                        expired_at = %l.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        "took over an expired lock (its holder stopped renewing it)"
-                    );
-                    let _ = backend.delete(&k).await;
-                }
-                let lost = Arc::new(AtomicBool::new(false));
-                let renew = tokio::spawn(renew(
-                    backend.clone(),
-                    key.clone(),
-                    me.clone(),
-                    lost.clone(),
-                ));
-                return Ok(RepoLock {
-                    _held: Held::Lease(Lease {
-                        key,
-                        backend,
-                        renew,
-                        lost,
-                    }),
-                });
+        let start = Instant::now();
+        backend
+            .put(&key, body(&me, ttl), PutMode::Overwrite)
+            .await?;
+        let judged = async {
+            let listed = backend.list(PREFIX).await?;
+            let own = listed.iter().find(|o| o.key == key).cloned();
+            let found = others(&*backend, &listed, &key).await?;
+            Ok::<_, StorageError>((own, found))
+        }
+        .await;
+        let (own, found) = match judged {
+            Ok(x) => x,
+            Err(e) => {
+                // Ours is written: leave none behind to block every writer.
+                let _ = backend.delete(&key).await;
+                return Err(e.into());
             }
-            backend.delete(&key).await?;
-            live
-        } else {
-            live
         };
-        if Instant::now() >= deadline {
-            let holders = contended
-                .iter()
-                .map(|l| {
-                    format!(
-                        "{} (lease expires {})",
-                        l.holder,
-                        l.expires_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+        // The store's clock now: the time it stamped on our lease.
+        let store_now = own.as_ref().and_then(|o| o.modified);
+        let (expired, live): (Vec<Found>, Vec<Found>) =
+            found.into_iter().partition(|f| f.expired(store_now));
+        if live.is_empty() && own.is_some() {
+            for f in expired {
+                tracing::warn!(
+                    holder = %f.body.holder,
+                    lease = %f.key,
+                    "took over an expired lock (its holder stopped renewing it)"
+                );
+                let _ = backend.delete(&f.key).await;
+            }
+            let (lost, _) = tokio::sync::watch::channel(false);
+            let state = Arc::new(State {
+                key: key.clone(),
+                me,
+                ttl,
+                clock: std::sync::Mutex::new(Clock {
+                    deadline: start + held_for(ttl),
+                    modified: store_now,
+                }),
+                lost,
+                renewing: tokio::sync::Mutex::new(()),
+            });
+            let renew = tokio::spawn(renew(backend.clone(), state.clone()));
+            return Ok(RepoLock {
+                _held: Held::Lease(Lease {
+                    key,
+                    backend,
+                    state,
+                    renew,
+                }),
+            });
+        }
+        backend.delete(&key).await?;
+        if Instant::now() >= give_up {
+            let holders = if live.is_empty() {
+                "nobody the store lists (it did not list our own lease back: is it consistent?)"
+                    .to_owned()
+            } else {
+                live.iter()
+                    .map(Found::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             return Err(LockError::Held {
                 location: backend.describe(),
                 holders,
@@ -189,20 +433,21 @@ pub async fn acquire(
     }
 }
 
-async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder, lost: Arc<AtomicBool>) {
-    let mut renewed = tokio::time::Instant::now();
+/// Renews the lease every fifth of its time to live, sooner again after a
+/// failure, until it is dropped or lost.
+async fn renew(backend: Arc<dyn Backend>, state: Arc<State>) {
+    let mut next = renew_every(state.ttl);
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        match backend.put(&key, body(&me), PutMode::Overwrite).await {
-            Ok(()) => renewed = tokio::time::Instant::now(),
+        // Wake at the deadline at the latest, so that a lease whose
+        // renewals keep failing is marked lost on time.
+        let at = (Instant::now() + next).min(state.deadline());
+        tokio::time::sleep_until(at).await;
+        match state.renew(&*backend).await {
+            Ok(()) => next = renew_every(state.ttl),
+            Err(_) if state.is_lost() => return,
             Err(e) => {
-                // One more missed renewal and the lease may have expired
-                // by the others' clocks: stop trusting it now.
-                if renewed.elapsed() + RENEW_EVERY >= TTL && !lost.swap(true, Ordering::SeqCst) {
-                    tracing::error!(error = %e, "lost the repository lock: it could not be renewed and may be taken over; nothing more is committed or deleted");
-                } else {
-                    tracing::warn!(error = %e, "could not renew the repository lock; retrying");
-                }
+                tracing::warn!(error = %e, "could not renew the repository lock; retrying");
+                next = retry_every(state.ttl);
             }
         }
     }
@@ -212,20 +457,25 @@ async fn renew(backend: Arc<dyn Backend>, key: String, me: Holder, lost: Arc<Ato
 mod tests {
     use super::*;
     use crate::storage::local::LocalBackend;
+    use crate::storage::memory::{Failure, MemoryBackend, Op};
+
+    const EVERY: Duration = Duration::from_secs(60);
+
+    async fn take(backend: Arc<dyn Backend>, command: &str) -> Result<RepoLock, LockError> {
+        acquire(backend, command, Duration::ZERO, TTL).await
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_that_cannot_be_renewed_is_marked_lost_before_it_expires() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("repo");
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&root));
-        let held = acquire(backend.clone(), "backup", Duration::ZERO)
-            .await
-            .unwrap();
+        let held = take(backend.clone(), "backup").await.unwrap();
         assert!(!held.is_lost());
         // The store goes away: every renewal fails from now on.
         std::fs::remove_dir_all(&root).unwrap();
         std::fs::write(&root, b"not a directory").unwrap();
-        tokio::time::sleep(RENEW_EVERY * 2 + Duration::from_secs(1)).await;
+        tokio::time::sleep(EVERY * 2 + Duration::from_secs(1)).await;
         assert!(!held.is_lost(), "lost too early");
         tokio::time::sleep(TTL).await;
         assert!(held.is_lost());
@@ -235,10 +485,8 @@ mod tests {
     async fn a_live_lease_is_respected_and_an_expired_one_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
-        let held = acquire(backend.clone(), "backup", Duration::ZERO)
-            .await
-            .unwrap();
-        let e = acquire(backend.clone(), "prune", Duration::from_millis(200))
+        let held = take(backend.clone(), "backup").await.unwrap();
+        let e = acquire(backend.clone(), "prune", Duration::from_millis(200), TTL)
             .await
             .unwrap_err()
             .to_string();
@@ -246,7 +494,8 @@ mod tests {
         drop(held);
         crate::storage::finish_cleanups(Duration::from_secs(5)).await;
 
-        // A lease of a killed writer, expired a minute ago.
+        // A lease of a killed writer, last written an hour ago (its mtime
+        // is the store's clock here).
         let stale = LeaseBody {
             holder: Holder {
                 host: "gone".into(),
@@ -254,8 +503,10 @@ mod tests {
                 command: "backup".into(),
                 since: Utc::now() - chrono::Duration::hours(1),
             },
-            expires_at: Utc::now() - chrono::Duration::minutes(1),
+            expires_at: Utc::now() + chrono::Duration::days(365),
+            ttl_seconds: None,
         };
+        let path = dir.path().join("locks/gone-4242-00000000.json");
         backend
             .put(
                 "locks/gone-4242-00000000.json",
@@ -264,19 +515,29 @@ mod tests {
             )
             .await
             .unwrap();
-        let held = acquire(backend.clone(), "prune", Duration::ZERO)
-            .await
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(hour_ago)
             .unwrap();
+        let held = take(backend.clone(), "prune").await.unwrap();
         let left = backend.list(PREFIX).await.unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
         drop(held);
     }
 
-    use crate::storage::memory::{Failure, MemoryBackend, Op};
-
-    /// A lease of another writer, expiring `in_minutes` from now (negative:
-    /// already expired).
-    fn foreign(backend: &MemoryBackend, host: &str, pid: u32, in_minutes: i64) -> String {
+    /// A lease of another writer, last written `minutes_ago` by the store's
+    /// clock, whose body says it expires `body_expires_in` minutes from
+    /// this host's now (a skewed writer's clock says anything).
+    fn foreign(
+        backend: &MemoryBackend,
+        host: &str,
+        pid: u32,
+        minutes_ago: i64,
+        body_expires_in: i64,
+    ) -> String {
         let key = format!("{PREFIX}{host}-{pid}-00000000.json");
         let body = LeaseBody {
             holder: Holder {
@@ -285,9 +546,14 @@ mod tests {
                 command: "backup".into(),
                 since: Utc::now() - chrono::Duration::hours(1),
             },
-            expires_at: Utc::now() + chrono::Duration::minutes(in_minutes),
+            expires_at: Utc::now() + chrono::Duration::minutes(body_expires_in),
+            ttl_seconds: Some(TTL.as_secs()),
         };
-        backend.insert(&key, serde_json::to_vec(&body).unwrap());
+        backend.insert_modified(
+            &key,
+            serde_json::to_vec(&body).unwrap(),
+            backend.now() - chrono::Duration::minutes(minutes_ago),
+        );
         key
     }
 
@@ -302,14 +568,13 @@ mod tests {
     #[tokio::test]
     async fn on_memory_a_lease_is_written_with_its_holder_and_removed_on_release() {
         let mem = MemoryBackend::new();
-        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
-            .await
-            .unwrap();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
         let keys = lease_keys(&mem);
         assert_eq!(keys.len(), 1, "{keys:?}");
         let body: LeaseBody = serde_json::from_slice(&mem.object(&keys[0]).unwrap()).unwrap();
         assert_eq!(body.holder.command, "backup");
         assert_eq!(body.holder.pid, std::process::id());
+        assert_eq!(body.ttl_seconds, Some(300));
         assert!(body.expires_at > Utc::now() + chrono::Duration::minutes(4));
         drop(held);
         crate::storage::finish_cleanups(Duration::from_secs(5)).await;
@@ -319,8 +584,8 @@ mod tests {
     #[tokio::test]
     async fn a_foreign_live_lease_refuses_naming_its_holder_and_leaves_no_lease_of_ours() {
         let mem = MemoryBackend::new();
-        let theirs = foreign(&mem, "db1", 77, 3);
-        let e = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
+        let theirs = foreign(&mem, "db1", 77, 2, 3);
+        let e = take(Arc::new(mem.clone()), "prune")
             .await
             .unwrap_err()
             .to_string();
@@ -328,14 +593,19 @@ mod tests {
             e.contains("pid 77 on db1") && e.contains("--lock-wait"),
             "{e}"
         );
+        assert!(e.contains("by the store's clock"), "{e}");
         assert_eq!(lease_keys(&mem), vec![theirs]);
     }
 
     #[tokio::test]
     async fn an_unreadable_lease_counts_as_held() {
         let mem = MemoryBackend::new();
-        mem.insert("locks/odd.json", "{ not a lease");
-        let e = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
+        mem.insert_modified(
+            "locks/odd.json",
+            "{ not a lease",
+            mem.now() - chrono::Duration::days(1),
+        );
+        let e = take(Arc::new(mem.clone()), "prune")
             .await
             .unwrap_err()
             .to_string();
@@ -346,13 +616,51 @@ mod tests {
     #[tokio::test]
     async fn an_expired_lease_is_taken_over_and_removed() {
         let mem = MemoryBackend::new();
-        let stale = foreign(&mem, "gone", 4242, -1);
-        let held = acquire(Arc::new(mem.clone()), "prune", Duration::ZERO)
-            .await
-            .unwrap();
+        let stale = foreign(&mem, "gone", 4242, 6, -1);
+        let held = take(Arc::new(mem.clone()), "prune").await.unwrap();
         let keys = lease_keys(&mem);
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert_ne!(keys[0], stale);
+        drop(held);
+    }
+
+    /// A writer whose clock runs behind wrote a body that says "expired an
+    /// hour ago"; the store wrote it a minute ago: it is live.
+    #[tokio::test]
+    async fn a_lease_written_by_a_clock_running_behind_is_judged_by_the_store() {
+        let mem = MemoryBackend::new();
+        let theirs = foreign(&mem, "slow-clock", 5, 1, -60);
+        let e = take(Arc::new(mem.clone()), "backup")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pid 5 on slow-clock"), "{e}");
+        assert_eq!(lease_keys(&mem), vec![theirs]);
+    }
+
+    /// A writer whose clock runs ahead wrote a body that says "expires in
+    /// a year"; the store last saw it written six minutes ago: expired.
+    #[tokio::test]
+    async fn a_lease_written_by_a_clock_running_ahead_expires_by_the_store() {
+        let mem = MemoryBackend::new();
+        let theirs = foreign(&mem, "fast-clock", 6, 6, 365 * 24 * 60);
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        assert!(!lease_keys(&mem).contains(&theirs));
+        drop(held);
+    }
+
+    /// The store's clock is a day away from this host's: leases are judged
+    /// by its times alone, so nothing changes.
+    #[tokio::test]
+    async fn a_store_clock_far_from_ours_changes_nothing() {
+        let mem = MemoryBackend::new();
+        mem.skew_clock(chrono::Duration::days(1));
+        let live = foreign(&mem, "db1", 7, 2, 3);
+        take(Arc::new(mem.clone()), "backup").await.unwrap_err();
+        mem.delete(&live).await.unwrap();
+        let stale = foreign(&mem, "db1", 8, 6, 3);
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        assert!(!lease_keys(&mem).contains(&stale));
         drop(held);
     }
 
@@ -360,7 +668,7 @@ mod tests {
     async fn a_failed_listing_fails_acquisition_with_the_store_error() {
         let mem = MemoryBackend::new();
         mem.faults().fail_next(Op::List, 1, Failure::Unavailable);
-        let e = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+        let e = take(Arc::new(mem.clone()), "backup")
             .await
             .unwrap_err()
             .to_string();
@@ -375,7 +683,7 @@ mod tests {
     async fn a_failed_lease_write_fails_acquisition() {
         let mem = MemoryBackend::new();
         mem.faults().fail_next(Op::Put, 1, Failure::DiskFull);
-        let e = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
+        let e = take(Arc::new(mem.clone()), "backup")
             .await
             .unwrap_err()
             .to_string();
@@ -387,10 +695,13 @@ mod tests {
     async fn a_waiting_writer_gets_the_lock_once_the_holder_releases_it() {
         let mem = MemoryBackend::new();
         let backend: Arc<dyn Backend> = Arc::new(mem.clone());
-        let first = acquire(backend.clone(), "backup", Duration::ZERO)
-            .await
-            .unwrap();
-        let waiter = tokio::spawn(acquire(backend.clone(), "prune", Duration::from_secs(60)));
+        let first = take(backend.clone(), "backup").await.unwrap();
+        let waiter = tokio::spawn(acquire(
+            backend.clone(),
+            "prune",
+            Duration::from_secs(60),
+            TTL,
+        ));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!waiter.is_finished());
         drop(first);
@@ -400,38 +711,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn failed_renewals_on_memory_mark_the_lease_lost_only_near_expiry() {
+    async fn failed_renewals_mark_the_lease_lost_at_its_deadline_not_before() {
         let mem = MemoryBackend::new();
-        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
-            .await
-            .unwrap();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
         mem.faults()
             .fail_prefix(Op::Put, PREFIX, Failure::Unavailable);
-        // Three missed renewals (minutes 1, 2, 3): not lost yet.
-        tokio::time::sleep(RENEW_EVERY * 3 + Duration::from_secs(1)).await;
+        // 4 minutes 20 seconds after the last renewal: still held.
+        tokio::time::sleep(Duration::from_secs(260)).await;
         assert!(!held.is_lost(), "lost too early");
-        // The fourth leaves less than one renewal period: lost.
-        tokio::time::sleep(RENEW_EVERY).await;
-        assert!(held.is_lost());
+        // 90% of the 5-minute life: lost, and the holder is told.
+        let lost = tokio::time::timeout(Duration::from_secs(11), held.lost()).await;
+        assert!(lost.is_ok() && held.is_lost());
+        // Renewals were retried every 15 s after the first failure.
         let failed_puts = mem
             .calls()
             .iter()
             .filter(|c| c.op == Op::Put && !c.ok)
             .count();
-        assert_eq!(failed_puts, 4);
+        assert!(failed_puts >= 10, "{failed_puts}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn one_failed_renewal_is_retried_and_the_lease_stays_held() {
         let mem = MemoryBackend::new();
-        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
-            .await
-            .unwrap();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
         let key = lease_keys(&mem).remove(0);
         mem.faults().fail_next(Op::Put, 1, Failure::Unavailable);
-        tokio::time::sleep(RENEW_EVERY * 2 + Duration::from_secs(1)).await;
+        tokio::time::sleep(EVERY + Duration::from_secs(16)).await;
         assert!(!held.is_lost());
-        // Written on acquisition, refused at minute 1, renewed at minute 2.
+        // Written on acquisition, refused at minute 1, renewed 15 s later.
         let puts: Vec<bool> = mem
             .calls()
             .iter()
@@ -441,17 +749,71 @@ mod tests {
         assert_eq!(puts, vec![true, false, true]);
     }
 
+    /// A renewal that hangs is cut off at the deadline: the lease is lost
+    /// then, not when (or if) the request returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_cannot_outlive_the_deadline() {
+        let mem = MemoryBackend::new();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        mem.faults().hang_prefix(Op::Put, PREFIX);
+        let start = Instant::now();
+        held.lost().await;
+        let took = start.elapsed();
+        assert!(took <= Duration::from_secs(270), "{took:?}");
+        assert!(took >= Duration::from_secs(269), "{took:?}");
+        // The store answers again: nothing brings the lease back.
+        mem.faults().clear();
+        tokio::time::sleep(EVERY * 3).await;
+        assert!(held.is_lost());
+        assert!(!held.confirm().await);
+    }
+
+    /// The store stamped two renewals further apart than the lease lives
+    /// (this host was paused, its timers did not run): lost, even though
+    /// the renewal itself succeeded.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_the_store_saw_too_late_loses_the_lease() {
+        let mem = MemoryBackend::new();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        mem.skew_clock(chrono::Duration::minutes(6));
+        tokio::time::sleep(EVERY + Duration::from_secs(1)).await;
+        assert!(held.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirm_renews_now_and_keeps_a_healthy_lease() {
+        let mem = MemoryBackend::new();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let puts = || mem.calls().iter().filter(|c| c.op == Op::Put).count();
+        let before = puts();
+        assert!(held.confirm().await);
+        assert_eq!(puts(), before + 1);
+    }
+
+    /// A renewal that fails right before a commit: the lease still counts
+    /// while a tenth of its life is left before the deadline, not after.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_confirm_holds_only_with_time_left_for_the_commit() {
+        let mem = MemoryBackend::new();
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        mem.faults()
+            .fail_prefix(Op::Put, PREFIX, Failure::Unavailable);
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert!(held.confirm().await, "70 s are left");
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!held.confirm().await, "20 s are left: not enough");
+        assert!(!held.is_lost(), "not lost before its deadline");
+    }
+
     /// A listing that fails after our lease is written must not leave that
     /// lease behind: it would block every writer until it expires (5 minutes).
     #[tokio::test]
     async fn a_listing_failure_after_writing_our_lease_removes_it() {
         let mem = MemoryBackend::new();
         mem.faults()
-            .fail_after(Op::List, PREFIX, 1, 1, Failure::Unavailable);
-        acquire(Arc::new(mem.clone()), "backup", Duration::ZERO)
-            .await
-            .unwrap_err()
-            .to_string();
+            .fail_after(Op::List, PREFIX, 0, 1, Failure::Unavailable);
+        take(Arc::new(mem.clone()), "backup").await.unwrap_err();
         assert!(lease_keys(&mem).is_empty(), "{:?}", lease_keys(&mem));
     }
 }

@@ -84,8 +84,45 @@ impl DumpTool {
     }
 }
 
-/// Connects to `db` with the configured credentials.
+/// How long [`connect`] waits for a connection and the login.
+pub const CONNECT_TIMEOUT: Duration = crate::model::config::DEFAULT_CONNECT;
+
+/// Connects to `db` with the configured credentials, giving up after
+/// [`CONNECT_TIMEOUT`].
 pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, SourceError> {
+    connect_within(cfg, db, CONNECT_TIMEOUT).await
+}
+
+/// Connects to `db`, giving up after `limit`: the TCP (or bridge)
+/// connection and the whole login, so that a server that accepts and then
+/// says nothing cannot hang the caller.
+pub async fn connect_within(
+    cfg: &PostgresConfig,
+    db: &str,
+    limit: Duration,
+) -> Result<Client, SourceError> {
+    let ep = &cfg.endpoint;
+    let what = match &cfg.container {
+        Some(c) => format!("in container `{}`", c.name),
+        None => format!("at {}:{}", ep.host, ep.port),
+    };
+    tokio::time::timeout(limit, connect_unbounded(cfg, db, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(SourceError::Connect(format!(
+                "cannot connect to PostgreSQL database `{db}` {what} as `{}`: no answer within {}s \
+                 (is the server up and not overloaded? [timeouts] connect sets the limit)",
+                ep.user,
+                limit.as_secs()
+            )))
+        })
+}
+
+async fn connect_unbounded(
+    cfg: &PostgresConfig,
+    db: &str,
+    limit: Duration,
+) -> Result<Client, SourceError> {
     let ep = &cfg.endpoint;
     let mut pc = tokio_postgres::Config::new();
     if ep.host.starts_with('/') {
@@ -97,7 +134,7 @@ pub async fn connect(cfg: &PostgresConfig, db: &str) -> Result<Client, SourceErr
         .user(&ep.user)
         .dbname(db)
         .application_name("kompose-dr")
-        .connect_timeout(Duration::from_secs(15));
+        .connect_timeout(limit);
     if let Some(pw) = &cfg.password {
         pc.password(pw.expose());
     }
@@ -370,7 +407,10 @@ pub async fn dump_database(
         run.tool_version = Some(tool.version().to_owned());
         run.server_version = Some(server.text.clone());
         let result = async {
-            let client = connect(cfg, db).await?;
+            let client = connect_within(cfg, db, ctx.timeouts.connect).await?;
+            // Stopped halfway (the stall watchdog, Ctrl-C), the session's
+            // query is cancelled in the server, not left waiting on a lock.
+            let mut cancel = CancelOnDrop(Some(client.cancel_token()));
             // The row counts wait for locks no longer than pg_dump does.
             client
                 .batch_execute(&format!(
@@ -409,6 +449,7 @@ pub async fn dump_database(
                 Ok::<_, SourceError>((tables, object))
             };
             let (stored, tables) = tokio::join!(ctx.store_child(&key, "pg_dump", cmd), facts);
+            cancel.0 = None;
             // pg_dump has finished with the snapshot: end the transaction.
             let _ = client.batch_execute("ROLLBACK").await;
             match tables {
@@ -478,8 +519,26 @@ pub async fn count_rows(client: &Client, db: &str) -> Result<BTreeMap<String, u6
             })?
             .get(0);
         counts.insert(format!("{schema}.{table}"), n as u64);
+        // One table counted: alive, even while pg_dump moves no data.
+        crate::process::stall::progress();
     }
     Ok(counts)
+}
+
+/// Cancels the query its session is running when dropped still armed.
+struct CancelOnDrop(Option<tokio_postgres::CancelToken>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take() {
+            // Over a container's bridge there is no path for a cancel
+            // request; that session ends when its bridge is killed.
+            crate::storage::spawn_cleanup(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), token.cancel_query(NoTls)).await;
+            });
+        }
+    }
 }
 
 /// Backs up roles and tablespaces.

@@ -170,6 +170,9 @@ impl Backend for S3Backend {
                 out.push(ObjectMeta {
                     key: rel.to_owned(),
                     size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
         }
@@ -316,5 +319,6 @@ fn test_config() -> S3Config {
         timeout: std::time::Duration::from_secs(120),
         attempts: 6,
         object_lock: None,
+        lease_ttl: std::time::Duration::from_secs(300),
     }
 }

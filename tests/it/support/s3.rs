@@ -326,6 +326,9 @@ struct Faults {
     respond_after_reset: Option<(u16, u32)>,
     /// Answer this status to every request whose head contains the text.
     respond_matching: Option<(String, u16)>,
+    /// Hold every request whose first line contains the text, forwarding
+    /// nothing, until the instant; then cut its connection.
+    stall_matching: Vec<(String, Instant)>,
 }
 
 #[derive(Default)]
@@ -421,6 +424,18 @@ impl FaultProxy {
         self.state.faults.lock().unwrap().respond_matching = Some((text.to_owned(), status));
     }
 
+    /// From now on for `pause`, every request whose first line contains
+    /// `text` hangs (nothing is forwarded) until the pause is over, and its
+    /// connection is then cut; later requests pass.
+    pub fn stall_matching(&self, text: &str, pause: Duration) {
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .stall_matching
+            .push((text.to_owned(), Instant::now() + pause));
+    }
+
     /// Refuse (close) every new connection.
     pub fn set_down(&self, down: bool) {
         self.state.down_switch.store(down, Ordering::SeqCst);
@@ -471,6 +486,20 @@ async fn serve(st: Arc<State>, client: tokio::net::TcpStream, server: tokio::net
                 let head = String::from_utf8_lossy(&chunk[..n.min(2048)]).into_owned();
                 st_up.heads.lock().unwrap().push(head.clone());
                 let first_line = head.lines().next().unwrap_or_default().to_owned();
+                let hold = st_up
+                    .faults
+                    .lock()
+                    .unwrap()
+                    .stall_matching
+                    .iter()
+                    .filter(|(t, until)| first_line.contains(t.as_str()) && Instant::now() < *until)
+                    .map(|(_, until)| *until)
+                    .max();
+                if let Some(until) = hold {
+                    st_up.injected.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep_until(until.into()).await;
+                    return;
+                }
                 let status = {
                     let f = st_up.faults.lock().unwrap();
                     f.respond_matching

@@ -522,6 +522,9 @@ where
     let deadline = tokio::time::Instant::now() + SAVE_TIMEOUT;
     loop {
         let i = info(con, "persistence").await?;
+        // Redis answered while it saves: alive, not stalled (SAVE_TIMEOUT
+        // bounds the save itself).
+        crate::process::stall::progress();
         if done(&i) {
             return Ok(i);
         }

@@ -100,6 +100,9 @@ pub async fn globals_target(ctx: &RestoreContext<'_>, c: &Choice) -> Result<Targ
     })
 }
 
+/// How long psql may take to apply a roles archive.
+const ROLES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The roles and tablespaces that exist on the target.
 async fn existing(admin: &tokio_postgres::Client) -> Result<Existing, RestoreError> {
     let tablespaces = admin
@@ -146,7 +149,18 @@ pub async fn restore_globals(
     let mut cmd = command(&cfg, &tool, "psql", &cfg.endpoint.maintenance_db);
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
     let bytes = sql.len() as u64;
-    let (stderr, status) = feed(cmd, "psql", script.into_bytes(), ctx).await?;
+    // Kilobytes of SQL: minutes mean psql waits on a lock (a role in use
+    // by a long transaction); it is stopped rather than waited on forever.
+    let (stderr, status) = tokio::time::timeout(ROLES_TIMEOUT, feed(cmd, "psql", script.into_bytes(), ctx))
+        .await
+        .map_err(|_| {
+            RestoreError::Failed(format!(
+                "psql did not finish applying the roles to {} within {} (waiting on a lock?): it was stopped; \
+                 statements it had run remain ({plan})",
+                server(&cfg),
+                humantime::format_duration(ROLES_TIMEOUT)
+            ))
+        })??;
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))

@@ -50,9 +50,16 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     };
     let mut reports = Vec::new();
     for rc in targets {
-        let report =
-            crate::ops::prune::prune_repository(&config, &policies, rc, &opts, args.lock_wait)
-                .await?;
+        // Stopped (systemctl stop, Ctrl-C): the work is dropped and its S3
+        // lease released on the way out, like backup's.
+        let report = super::interruptible(crate::ops::prune::prune_repository(
+            &config,
+            &policies,
+            rc,
+            &opts,
+            args.lock_wait,
+        ))
+        .await??;
         if !globals.json {
             output::line(format!(
                 "repository {}{}:",

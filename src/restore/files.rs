@@ -190,16 +190,27 @@ fn write_temporary(
 fn replace_with(t: &Path, p: &Path) -> Result<Option<PathBuf>, RestoreError> {
     let mut bak = None;
     if p.symlink_metadata().is_ok() {
-        let b = PathBuf::from(format!(
-            "{}.kompose-dr-{}.bak",
-            p.display(),
-            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-        ));
-        std::fs::hard_link(p, &b).map_err(RestoreError::io(format!(
-            "cannot keep {} as {}",
-            p.display(),
-            b.display()
-        )))?;
+        // The time names the copy; a second restore within the same second
+        // (a retry right after an interrupted one) gets `-2`, `-3`…
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let mut n = 1;
+        let b = loop {
+            let b = PathBuf::from(match n {
+                1 => format!("{}.kompose-dr-{stamp}.bak", p.display()),
+                n => format!("{}.kompose-dr-{stamp}-{n}.bak", p.display()),
+            });
+            match std::fs::hard_link(p, &b) {
+                Ok(()) => break b,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                Err(e) => {
+                    return Err(RestoreError::io(format!(
+                        "cannot keep {} as {}",
+                        p.display(),
+                        b.display()
+                    ))(e));
+                }
+            }
+        };
         bak = Some(b);
     }
     std::fs::rename(t, p).map_err(RestoreError::io(format!(

@@ -152,9 +152,12 @@ async fn spawn_held(mut cmd: Command, what: &str) -> Result<(Child, Holder), Scr
 pub(super) fn private_dir(
     owner: Option<&nix::unistd::User>,
 ) -> Result<tempfile::TempDir, ScratchError> {
+    let root = super::scratch_root();
+    sweep_dead(&root);
+    // The pid in the name says whose it is, for the next sweep.
     let dir = tempfile::Builder::new()
-        .prefix(PREFIX)
-        .tempdir_in(super::scratch_root())
+        .prefix(&format!("{PREFIX}{}-", std::process::id()))
+        .tempdir_in(&root)
         .map_err(ScratchError::io("cannot create a scratch directory"))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
         ScratchError::io(format!("cannot protect {}", dir.path().display())),
@@ -169,6 +172,40 @@ pub(super) fn private_dir(
         )?;
     }
     Ok(dir)
+}
+
+/// Removes the scratch directories in `root` of kompose-dr processes that
+/// are gone (killed with `kill -9`: their servers died with them, but the
+/// restored data stayed on disk).
+fn sweep_dead(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        let ours = e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink());
+        if gone && ours {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %e.path().display(), pid, "removed the scratch directory of a killed kompose-dr")
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove the scratch directory of a killed kompose-dr")
+                }
+            }
+        }
+    }
 }
 
 fn log_tail(path: &Path) -> String {
@@ -271,7 +308,11 @@ impl ScratchRuntime for ProcessRuntime {
             holder: None,
         };
         self.initdb(&bin, &data).await?;
-        guard.child = Some(self.start_postgres(&bin, &data, &socket_dir, &log, owner.as_ref())?);
+        let (child, holder) = self
+            .start_postgres(&bin, &data, &socket_dir, &log, owner.as_ref())
+            .await?;
+        guard.child = Some(child);
+        guard.holder = Some(holder);
         let mut scratch = ProcessPostgres {
             socket_dir,
             guard,
@@ -462,14 +503,14 @@ impl ProcessRuntime {
 
     /// Starts `postgres` on `data`, listening only on a socket in
     /// `socket_dir`, logging to `log`.
-    fn start_postgres(
+    async fn start_postgres(
         &self,
         bin: &Path,
         data: &Path,
         socket_dir: &Path,
         log: &Path,
         owner: Option<&nix::unistd::User>,
-    ) -> Result<Child, ScratchError> {
+    ) -> Result<(Child, Holder), ScratchError> {
         let logf =
             std::fs::File::create(log).map_err(ScratchError::io(log.display().to_string()))?;
         if let Some(u) = owner {
@@ -501,9 +542,10 @@ impl ProcessRuntime {
                     .map_err(ScratchError::io(log.display().to_string()))?,
             )
             .stderr(logf);
-        self.as_user(postgres)?
-            .spawn()
-            .map_err(ScratchError::io("cannot start postgres"))
+        // Dies with kompose-dr (kill -9, the OOM killer): the postmaster gets
+        // SIGKILL and its backends follow it; nothing stays serving the
+        // restored data.
+        spawn_held(self.as_user(postgres)?, "postgres").await
     }
 }
 

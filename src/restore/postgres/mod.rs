@@ -276,9 +276,28 @@ fn roles_refusal(name: &str, server: &str, missing: &[String]) -> RestoreError {
     ))
 }
 
-/// The comment a scratch database carries until it is put in place: which
-/// process on which host made it, so that one left by a killed restore can
-/// be told from one still in use.
+/// This host, as the 8 hex digits scratch database names carry.
+fn host_tag() -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(crate::model::host::name().as_bytes())[..4])
+}
+
+/// A new scratch database's name: `kdr_restore_<host>_<pid>_<random>`. The
+/// name itself says which process on which host made it — the server may
+/// create the database after a killed client is gone, before anything else
+/// could be recorded — so one left by a killed restore can be told from one
+/// still in use, and dropped by the next restore.
+fn scratch_name() -> String {
+    format!(
+        "kdr_restore_{}_{}_{:08x}",
+        host_tag(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// The comment a scratch database carries until it is put in place (for
+/// people: the name is what the sweep reads).
 fn scratch_marker() -> String {
     format!(
         "kompose-dr restore in progress: host={} pid={}",
@@ -294,7 +313,7 @@ fn scratch_marker() -> String {
 async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
     let rows = match admin
         .query(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database \
+            "SELECT datname FROM pg_database \
              WHERE datname LIKE 'kdr\\_restore\\_%' OR datname LIKE 'kdr\\_replaced\\_%'",
             &[],
         )
@@ -306,10 +325,10 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
             return Vec::new();
         }
     };
-    let host = crate::model::host::name();
+    let host = host_tag();
     let mut notes = Vec::new();
     for r in rows {
-        let (db, comment): (String, Option<String>) = (r.get(0), r.get(1));
+        let db: String = r.get(0);
         if db.starts_with("kdr_replaced_") {
             notes.push(format!(
                 "database {db} on {server} holds what a database held before an earlier `restore --replace` \
@@ -318,24 +337,23 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
             ));
             continue;
         }
-        let marker = comment.as_deref().and_then(|c| {
-            let rest = c.strip_prefix("kompose-dr restore in progress: host=")?;
-            let (h, pid) = rest.split_once(" pid=")?;
-            Some((h.to_owned(), pid.parse::<i32>().ok()?))
-        });
-        let pid = match marker {
-            Some((h, pid)) if h == host => pid,
-            Some((h, _)) => {
+        let parts: Vec<&str> = db.trim_start_matches("kdr_restore_").split('_').collect();
+        let pid = match parts.as_slice() {
+            [h, pid, _] if *h == host => match pid.parse::<i32>() {
+                Ok(pid) => pid,
+                Err(_) => continue,
+            },
+            [_, _, _] => {
                 notes.push(format!(
-                    "database {db} on {server} is the scratch database of a restore on host {h}: \
+                    "database {db} on {server} is the scratch database of a restore on another host: \
                      drop it (DROP DATABASE {}) if that restore is not running",
                     quote_ident(&db)
                 ));
                 continue;
             }
-            None => {
+            _ => {
                 notes.push(format!(
-                    "database {db} on {server} looks like a restore's scratch database but carries no marker: \
+                    "database {db} on {server} looks like a restore's scratch database: \
                      check it, then drop it (DROP DATABASE {})",
                     quote_ident(&db)
                 ));
@@ -425,7 +443,7 @@ pub async fn restore_database(
         admin,
         cfg: &cfg,
         name,
-        scratch: format!("kdr_restore_{:08x}", rand::random::<u32>()),
+        scratch: scratch_name(),
         replace: ctx.options.replace,
     };
     let create = match &object {

@@ -971,6 +971,11 @@ impl Rig {
         };
         let before = self.prod();
         let visible_before = self.visible.clone();
+        let unfinished_before = if op.kind.is_backup() {
+            self.unfinished_writes()
+        } else {
+            BTreeSet::new()
+        };
         let t1 = Instant::now();
         let ended = self.interrupted(op, blow);
         let t2 = Instant::now();
@@ -987,6 +992,7 @@ impl Rig {
         self.proxy.clear();
         self.quiesce_pg();
         self.leases_after(op, blow, ended.pid, ended.finished_first);
+        self.sigterm_cleaned_up(op, blow, &ended, &unfinished_before);
         // 1 and 2.
         self.check_written_by(op);
         self.check_visible(op, &visible_before, &removable, &before, false);
@@ -1153,6 +1159,41 @@ impl Rig {
         Ended {
             pid,
             finished_first,
+        }
+    }
+
+    /// The unfinished writes in the repositories: `.tmp` files in the
+    /// local one, open multipart uploads in the S3 one.
+    fn unfinished_writes(&self) -> BTreeSet<String> {
+        files_under(&self.ws.repo)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .filter(|p| p.ends_with(".tmp"))
+            .chain(self.garage.open_uploads(BUCKET))
+            .collect()
+    }
+
+    /// A backup stopped with SIGTERM discards what it was writing: no new
+    /// `.tmp` file in the local repository, no new open multipart upload
+    /// (what the README promises; after a SIGKILL, prune removes them).
+    fn sigterm_cleaned_up(
+        &mut self,
+        op: &Op,
+        blow: &Blow,
+        ended: &Ended,
+        before: &BTreeSet<String>,
+    ) {
+        let sigterm = matches!(blow.how, How::Signal(s) if s.signal == Signal::SIGTERM);
+        if !(sigterm && op.kind.is_backup() && !ended.finished_first) {
+            return;
+        }
+        let new: Vec<String> = self
+            .unfinished_writes()
+            .difference(before)
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            self.violate(format!("unfinished writes left after SIGTERM: {new:?}"));
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! One file per server (`postgres`, `redis`, `mqtt`, `s3`), a private
 //! Docker engine with a production imitation on it (`docker`), the workspace
-//! in `workspace`, the assertions in `outcome`. Servers are started from the
+//! in `workspace`, the assertions in `outcome`, what runs left behind in
+//! `stray`. Servers are started from the
 //! machine's binaries, never the system instances, and stopped when dropped.
 //! A missing tool fails the test loudly with what to install.
 
@@ -14,6 +15,7 @@ mod outcome;
 mod postgres;
 mod redis;
 pub mod s3;
+pub mod stray;
 mod tls;
 mod workspace;
 

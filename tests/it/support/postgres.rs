@@ -136,3 +136,16 @@ pub fn pg_dump_then(ws: &Workspace, then: &str) -> (PathBuf, PathBuf) {
     );
     (bin, marker)
 }
+
+impl Pg {
+    /// Runs SQL in `db` like [`Pg::psql`], but returns psql's error
+    /// instead of failing the test: for checks that report what they find.
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = self.psql_raw(db, sql);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}

@@ -617,3 +617,48 @@ async fn gate(st: &State, epoch: u64, id: u64) -> bool {
         }
     }
 }
+
+impl FaultProxy {
+    /// Cuts every connection open now (at its next byte either way), as a
+    /// network that drops; connections opened later pass.
+    pub fn cut_all(&self) {
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.injected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every connection open now hangs for `pause` and is then cut;
+    /// connections opened later pass.
+    pub fn stall_now(&self, pause: Duration) {
+        *self.state.stall_until.lock().unwrap() = Some(Instant::now() + pause);
+        self.state
+            .frozen_below
+            .store(self.state.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.state.injected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Back to a clean network: no pending fault, no stall, new
+    /// connections accepted. Connections cut or stalled before stay so.
+    pub fn clear(&self) {
+        *self.state.faults.lock().unwrap() = Faults::default();
+        *self.state.respond_left.lock().unwrap() = None;
+        *self.state.stall_until.lock().unwrap() = None;
+        self.state.down_switch.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Garage {
+    /// The body of an object.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        block_on(async {
+            let out = self
+                .client()
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            out.body.collect().await.unwrap().into_bytes().to_vec()
+        })
+    }
+}

@@ -17,8 +17,16 @@ fn use_facts(f: &Facts) {
             SourceFacts::Postgres { tables } => {
                 let _ = tables.values().fold(0u64, |a, b| a.saturating_add(*b));
             }
-            SourceFacts::Redis { keys } => {
-                let _ = keys.len();
+            SourceFacts::Redis {
+                keys,
+                volatile,
+                counted_at,
+            } => {
+                let _ = (
+                    keys.len(),
+                    volatile.len(),
+                    counted_at.map(|t| t.timestamp_millis()),
+                );
             }
             SourceFacts::File { certificates } => {
                 for c in certificates.iter().flatten() {

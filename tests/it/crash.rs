@@ -1744,10 +1744,6 @@ fn kill_now(child: &mut Child, signal: Signal) {
 }
 
 #[test]
-#[ignore = "bug: a verify killed with SIGKILL (kompose-dr alone, as `kill -9` or the OOM killer do) leaves its \
-            scratch postgres running and its kompose-dr-scratch-* directory in TMPDIR for ever: the scratch \
-            servers are plain children with no parent-death signal, and nothing looks for leftovers of the \
-            process runtime (the docker runtime sweeps its labelled containers)"]
 fn a_verify_killed_with_sigkill_leaves_no_scratch_server() {
     let pg = Pg::start();
     let ws = backed_up_database(&pg);
@@ -1773,9 +1769,6 @@ fn a_verify_killed_with_sigkill_leaves_no_scratch_server() {
 }
 
 #[test]
-#[ignore = "bug: a restore killed while the server runs its CREATE DATABASE of the scratch database leaves \
-            kdr_restore_* behind for ever: the server finishes the statement after the client is gone, and the \
-            database only gets the comment that lets the next restore recognise and drop it afterwards"]
 fn a_restore_killed_during_create_database_leaves_no_scratch_database() {
     use std::io::Write;
     let pg = Pg::start();
@@ -1881,9 +1874,6 @@ fn a_file_restore_killed_midway_leaves_no_temporary_file() {
 }
 
 #[test]
-#[ignore = "bug: a second `restore --replace` of a file within the same second as the previous one fails \
-            (\"cannot keep FILE as FILE.kompose-dr-<second>.bak: File exists\"): the name of the kept copy \
-            has a resolution of one second, and a retry right after an interrupted restore meets it"]
 fn a_file_restored_twice_within_a_second_is_replaced_both_times() {
     let (ws, file) = backed_up_file(4096);
     for n in 0..3 {
@@ -1919,9 +1909,6 @@ fn a_backup_interrupted_during_the_aof_rewrite_turns_automatic_rewrites_back_on(
 }
 
 #[test]
-#[ignore = "bug: prune has no SIGTERM (or Ctrl-C) handler, unlike backup, restore and verify: stopped with \
-            SIGTERM (systemctl stop, a timer's TimeoutStopSec) it dies at once without releasing its S3 lease, \
-            and every writer of that repository is refused for up to 5 minutes (the lease's TTL)"]
 fn a_prune_stopped_with_sigterm_releases_its_s3_lease() {
     let garage = Garage::start();
     garage.bucket("kdr-prune-term");

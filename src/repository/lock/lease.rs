@@ -262,10 +262,29 @@ impl Found {
             // An unreadable lease is treated as held, never silently taken.
             return false;
         }
+        if self.holder_is_gone() {
+            return true;
+        }
         match (store_now, self.modified) {
             (Some(now), Some(then)) => (now - then).to_std().unwrap_or_default() > self.body.ttl(),
             _ => self.body.expires_at < Utc::now(),
         }
+    }
+
+    /// Whether its holder was a process on this host that no longer exists
+    /// (killed with `kill -9`, the machine rebooted): its lease is stale at
+    /// once, as restic treats such locks, rather than blocking every writer
+    /// until it expires. A pid now used by another process keeps it live.
+    fn holder_is_gone(&self) -> bool {
+        let h = &self.body.holder;
+        h.host == crate::model::host::name()
+            && h.pid != std::process::id()
+            && i32::try_from(h.pid).is_ok_and(|pid| {
+                matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
+            })
     }
 
     /// Who holds it and until when, for messages.
@@ -622,6 +641,25 @@ mod tests {
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert_ne!(keys[0], stale);
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_a_dead_process_on_this_host_is_stale_and_one_of_a_live_one_holds() {
+        let mem = MemoryBackend::new();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let host = crate::model::host::name();
+        let stale = foreign(&mem, &host, dead, 0, 5);
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        assert!(!lease_keys(&mem).contains(&stale));
+        drop(held);
+        crate::storage::finish_cleanups(Duration::from_secs(5)).await;
+
+        let mem = MemoryBackend::new();
+        // pid 1 is alive (and not ours): its fresh lease holds.
+        foreign(&mem, &host, 1, 0, 5);
+        assert!(take(Arc::new(mem.clone()), "backup").await.is_err());
     }
 
     /// A writer whose clock runs behind wrote a body that says "expired an

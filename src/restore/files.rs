@@ -83,6 +83,48 @@ pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool),
     Ok((Target::File { path }, exists))
 }
 
+/// Removes the temporary files beside `path` that restores of it killed
+/// before they finished (`kill -9`) left: `.NAME.kompose-dr-<pid>-<rand>.tmp`
+/// whose process no longer exists.
+fn sweep_temporaries(path: &Path, name: &str) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    let prefix = format!(".{name}.kompose-dr-");
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone && e.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed the temporary file of a killed restore")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove the temporary file of a killed restore")
+                }
+            }
+        }
+    }
+}
+
 /// Restores one file to `path`.
 pub async fn restore(
     ctx: &RestoreContext<'_>,
@@ -94,8 +136,11 @@ pub async fn restore(
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
+    sweep_temporaries(path, &name);
+    // The pid in the name says whose it is, for the next restore's sweep.
     let tmp = path.with_file_name(format!(
-        ".{name}.kompose-dr-{:08x}.tmp",
+        ".{name}.kompose-dr-{}-{:08x}.tmp",
+        std::process::id(),
         rand::random::<u32>()
     ));
     let pb = progress_bar(ctx, item);

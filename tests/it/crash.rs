@@ -1848,9 +1848,6 @@ fn others_in(dir: &Path, keep: &str) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "bug: a file restore killed while it writes leaves its temporary file \
-            (.NAME.kompose-dr-XXXXXXXX.tmp, up to the file's size) beside the target for ever: \
-            nothing removes it, unlike the .tmp files of repository writes, which prune removes"]
 fn a_file_restore_killed_midway_leaves_no_temporary_file() {
     let (ws, file) = backed_up_file(48 << 20);
     let dir = file.parent().unwrap().to_owned();

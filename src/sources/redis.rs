@@ -582,13 +582,42 @@ async fn aof_files(
     data_dir: &Where,
 ) -> Result<Vec<TarFile>, String> {
     let original = config_get(con, "auto-aof-rewrite-percentage").await?;
+    // Put back even when this future is dropped (SIGTERM, Ctrl-C, the stall
+    // watchdog): the guard hands the CONFIG SET to the clean-ups the
+    // process waits for before it exits. (kill -9 leaves 0: a known bug.)
+    let mut guard = PutBack {
+        con: Some(con.clone()),
+        original: original.clone(),
+    };
     config_set(con, "auto-aof-rewrite-percentage", "0").await?;
     let result = aof_files_paused(con, data_dir).await;
+    guard.con = None;
     let restored = config_set(con, "auto-aof-rewrite-percentage", &original).await;
     let files = result?;
     restored
         .map_err(|e| format!("{e} (restore auto-aof-rewrite-percentage to {original} by hand)"))?;
     Ok(files)
+}
+
+/// Sets `auto-aof-rewrite-percentage` back to `original` when dropped
+/// while still armed (`con` present).
+struct PutBack {
+    con: Option<MultiplexedConnection>,
+    original: String,
+}
+
+impl Drop for PutBack {
+    fn drop(&mut self) {
+        if let Some(mut con) = self.con.take() {
+            let original = std::mem::take(&mut self.original);
+            crate::storage::spawn_cleanup(async move {
+                if let Err(e) = config_set(&mut con, "auto-aof-rewrite-percentage", &original).await
+                {
+                    tracing::warn!(error = %e, "could not put auto-aof-rewrite-percentage back to {original}: set it by hand");
+                }
+            });
+        }
+    }
 }
 
 async fn aof_files_paused(

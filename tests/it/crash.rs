@@ -1881,10 +1881,6 @@ fn a_file_restored_twice_within_a_second_is_replaced_both_times() {
 }
 
 #[test]
-#[ignore = "bug: a backup interrupted (SIGTERM, Ctrl-C or SIGKILL) while Redis rewrites its AOF leaves the \
-            production Redis with auto-aof-rewrite-percentage 0, automatic rewrites off for good: the setting \
-            is put back after the rewrite by code that a dropped future never runs, and the next backup takes 0 \
-            for the original value"]
 fn a_backup_interrupted_during_the_aof_rewrite_turns_automatic_rewrites_back_on() {
     let redis = Redis::start(true, None);
     redis.fill(2000);

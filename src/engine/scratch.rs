@@ -41,6 +41,13 @@ pub struct ScratchContainer {
     pub id: String,
     /// Its name.
     pub name: String,
+    /// Whether it is ours to remove: not while the engine refused to create
+    /// it.
+    armed: bool,
+    /// Whether the create request was sent but not answered (this future
+    /// was dropped meanwhile): the engine may still be creating it, so the
+    /// removal by name is repeated for a moment.
+    pending: bool,
 }
 
 fn owner() -> String {
@@ -81,14 +88,27 @@ impl Engine {
             ..Default::default()
         };
         let doing = format!("creating a scratch container from image `{}`", spec.image);
-        let created = self
-            .control(&doing, self.docker().create_container(Some(opts), body))
-            .await?;
-        let guard = ScratchContainer {
+        // Armed before the request: a signal that drops this future while
+        // the engine creates the container still removes it (by name).
+        let mut guard = ScratchContainer {
             engine: self.clone(),
-            id: created.id,
+            id: name.clone(),
             name,
+            armed: true,
+            pending: true,
         };
+        let created = match self
+            .control(&doing, self.docker().create_container(Some(opts), body))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                guard.armed = false;
+                return Err(e);
+            }
+        };
+        guard.id = created.id;
+        guard.pending = false;
         self.start(&guard.id).await?;
         Ok(guard)
     }
@@ -144,18 +164,29 @@ impl Drop for ScratchContainer {
     /// Removes the container before returning, even while the runtime
     /// shuts down (Ctrl-C): on a thread of its own with its own client.
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let endpoint = self.engine.endpoint().to_owned();
         let id = self.id.clone();
+        let tries = if self.pending { 10 } else { 1 };
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             let Ok(rt) = rt else { return };
             rt.block_on(async {
-                if let Ok(engine) = Engine::connect(Some(&endpoint))
-                    && let Err(e) = engine.remove(&id).await
-                {
-                    tracing::warn!(container = %id, error = %e, "cannot remove a scratch container; the next run removes it");
+                let Ok(engine) = Engine::connect(Some(&endpoint)) else {
+                    return;
+                };
+                for attempt in 1..=tries {
+                    if let Err(e) = engine.remove(&id).await {
+                        tracing::warn!(container = %id, error = %e, "cannot remove a scratch container; the next run removes it");
+                        return;
+                    }
+                    if attempt < tries {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
                 }
             });
         });

@@ -427,6 +427,16 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Whether process `pid` of this host no longer exists (ESRCH). EPERM —
+/// a process of another user under that pid — counts as alive, so a
+/// leftover is only ever judged abandoned when its owner is really gone.
+pub fn is_gone(pid: i32) -> bool {
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

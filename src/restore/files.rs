@@ -108,10 +108,7 @@ fn sweep_temporaries(path: &Path, name: &str) {
         else {
             continue;
         };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        let gone = crate::process::is_gone(pid);
         if gone && e.file_type().is_ok_and(|t| t.is_file()) {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => {

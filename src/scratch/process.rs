@@ -190,10 +190,7 @@ fn sweep_dead(root: &Path) {
         else {
             continue;
         };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        let gone = crate::process::is_gone(pid);
         let ours = e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink());
         if gone && ours {
             match std::fs::remove_dir_all(e.path()) {

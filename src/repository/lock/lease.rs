@@ -279,12 +279,7 @@ impl Found {
         let h = &self.body.holder;
         h.host == crate::model::host::name()
             && h.pid != std::process::id()
-            && i32::try_from(h.pid).is_ok_and(|pid| {
-                matches!(
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                    Err(nix::errno::Errno::ESRCH)
-                )
-            })
+            && i32::try_from(h.pid).is_ok_and(crate::process::is_gone)
     }
 
     /// Who holds it and until when, for messages.

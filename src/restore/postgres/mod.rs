@@ -362,10 +362,7 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
         };
         // Gone only if the process does not exist (ESRCH): EPERM means a
         // process of another user runs under that pid.
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        let gone = crate::process::is_gone(pid);
         if !gone || pid == std::process::id() as i32 {
             continue;
         }

@@ -283,7 +283,28 @@ pub async fn run(
         None
     };
     tracing::info!(jobs = state.jobs.len(), "agent started");
+    // [postgres.wal]: the archiver runs beside the schedule, for as long as
+    // the agent does (a reload does not restart it).
+    let wal_stop = tokio_util::sync::CancellationToken::new();
+    let wal = state
+        .config
+        .postgres
+        .as_ref()
+        .is_some_and(|p| p.wal.is_some())
+        .then(|| {
+            let config = Arc::new(state.config.clone());
+            let stop = wal_stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::ops::wal::run(config, stop).await {
+                    tracing::error!("{e}");
+                }
+            })
+        });
     schedule(config_path, state, shutdown, reload, textfile).await;
+    wal_stop.cancel();
+    if let Some(w) = wal {
+        let _ = w.await;
+    }
     if let Some(endpoint) = endpoint {
         endpoint.stop().await;
     }

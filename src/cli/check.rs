@@ -51,6 +51,23 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
                 d.problem
             ));
         }
+        for w in &report.wal {
+            output::line(format!(
+                "  WAL of cluster {}: {} file(s), {} … {}, covers until {}{}",
+                w.system_identifier,
+                w.files,
+                w.first.as_deref().unwrap_or("-"),
+                w.last.as_deref().unwrap_or("-"),
+                w.covered_until
+                    .map(crate::model::time::local)
+                    .unwrap_or_else(|| "-".into()),
+                if w.gaps.is_empty() {
+                    String::new()
+                } else {
+                    format!("; GAPS at {}", w.gaps.join(", "))
+                }
+            ));
+        }
         for u in &report.unreferenced {
             output::line(format!(
                 "  unreferenced  {u} (no manifest names it; prune removes it)"

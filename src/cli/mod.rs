@@ -16,6 +16,7 @@ mod prune;
 mod restore;
 mod snapshots;
 mod verify;
+mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Check the configuration: every repository reachable, credentials valid, writes permitted.
     Doctor(doctor::Args),
+    /// Archive PostgreSQL's WAL continuously ([postgres.wal]), in the foreground until SIGTERM.
+    Wal(wal::Args),
 }
 
 /// Global options every command sees.
@@ -148,6 +151,7 @@ pub fn main() -> ExitCode {
             Command::Prune(a) => prune::run(&globals, a).await,
             Command::Agent(a) => agent::run(&globals, a).await,
             Command::Doctor(a) => doctor::run(&globals, a).await,
+            Command::Wal(a) => wal::run(&globals, a).await,
         };
         // Aborted uploads and released leases finish before the exit.
         crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;

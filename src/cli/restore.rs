@@ -110,6 +110,29 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
         if let Some(r) = i.refused() {
             output::line(format!("  {:<22} REFUSED: {}", "", r.reason));
         }
+        if let Some(r) = &c.recovery {
+            output::line(format!(
+                "  {:<22} path: base backup {} ({}) + WAL {} … {} ({} file(s)); the archive covers until {}{}",
+                "",
+                r.base_snapshot,
+                r.base_captured_at.map(local).unwrap_or_default(),
+                r.first_wal.as_deref().unwrap_or("-"),
+                r.last_wal.as_deref().unwrap_or("-"),
+                r.wal_files,
+                r.covered_until.map(local).unwrap_or_else(|| "-".into()),
+                match (r.target, r.covered_until) {
+                    (Some(t), Some(u)) => format!(
+                        ", {} after the target",
+                        distance((u - t).num_seconds()).trim_end_matches(" before")
+                    ),
+                    _ => String::new(),
+                }
+            ));
+        } else if let Some(n) = &c.path_note {
+            output::line(format!("  {:<22} path: {n}", ""));
+        } else if c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresDump {
+            output::line(format!("  {:<22} path: dump", ""));
+        }
         if !c.skipped_failed.is_empty() {
             output::line(format!(
                 "  {:<22} newer backup(s) failed and were skipped: {}",
@@ -226,11 +249,19 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         )));
     }
     let matcher = crate::model::selection::matcher(&args.sources)?;
-    let choices = plan::choose(
+    let mut choices = plan::choose(
         &snapshots,
         &selector,
         matcher.as_ref().map(|m| (m, args.sources.as_slice())),
     )?;
+    // A whole cluster is recovered only when named: it goes to a new data
+    // directory, not over the running server.
+    if !args.sources.iter().any(|s| s == "postgres/cluster") {
+        choices
+            .retain(|c| c.artifact.kind != crate::model::manifest::ArtifactKind::PostgresCluster);
+    }
+    let choices =
+        crate::restore::postgres::pitr::attach(&repository, &snapshots, &selector, choices).await?;
     crate::restore::check_options(&choices, &options)?;
     // A dry run needs no key, but with one at hand the plan can say which
     // roles the roles archive creates and which it leaves alone.

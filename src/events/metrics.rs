@@ -37,6 +37,12 @@ pub const DRILL_LAST_SUCCESS: &str = "kompose_dr_drill_last_success_timestamp_se
 pub const DRILL_LAST_STATUS: &str = "kompose_dr_drill_last_status";
 /// Measured restore time per drill and source.
 pub const DRILL_LAST_RESTORE: &str = "kompose_dr_drill_last_restore_seconds";
+/// Every commit the server made before this moment is archived (unix
+/// time, the server's clock): the newest point a recovery can reach.
+pub const WAL_LAST_ARCHIVED: &str = "kompose_dr_wal_last_archived_timestamp_seconds";
+/// Seconds between now and [`WAL_LAST_ARCHIVED`] when the archiver last
+/// looked: the recovery point objective being met, or not.
+pub const WAL_LAG: &str = "kompose_dr_wal_archive_lag_seconds";
 /// Events that could not be published (a counter; exposed with `_total`).
 pub const PUBLISH_FAILURES: &str = "kompose_dr_events_publish_failures";
 
@@ -67,6 +73,16 @@ const KNOWN: &[(&str, bool, &str)] = &[
         "Start of the oldest snapshot in the repository (unix time): the first recoverability point.",
     ),
     (REPO_SNAPSHOTS, false, "Snapshots in the repository."),
+    (
+        WAL_LAST_ARCHIVED,
+        false,
+        "Every commit before this moment (unix time, server clock) is in the WAL archive.",
+    ),
+    (
+        WAL_LAG,
+        false,
+        "Seconds the WAL archive was behind the server when the archiver last looked.",
+    ),
     (
         DRILL_LAST_SUCCESS,
         false,
@@ -228,6 +244,29 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("encoding to a String cannot fail");
         out
+    }
+
+    /// Reads the textfile, lets `change` set this process's series, and
+    /// writes it back, under a lock beside it (`.<name>.lock`), so that two
+    /// writers (the WAL archiver and a backup) do not lose each other's
+    /// series.
+    pub fn update(path: &Path, change: impl FnOnce(&mut Metrics)) -> std::io::Result<()> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!(
+                ".{}.lock",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )))?;
+        lock.lock()?;
+        let mut m = Metrics::load(path);
+        change(&mut m);
+        m.write(path)
     }
 
     /// Writes the textfile atomically. It holds no secret and node_exporter

@@ -47,6 +47,8 @@ pub enum ArtifactKind {
     RedisRdb,
     /// One file, as is.
     File,
+    /// `pg_basebackup -F tar` of the whole server (`postgres/cluster`).
+    PostgresCluster,
 }
 
 impl ArtifactKind {
@@ -55,7 +57,9 @@ impl ArtifactKind {
         match self {
             ArtifactKind::PostgresDump => "dump.zst.age",
             ArtifactKind::PostgresGlobals => "sql.zst.age",
-            ArtifactKind::RedisAof | ArtifactKind::RedisRdb => "tar.zst.age",
+            ArtifactKind::RedisAof | ArtifactKind::RedisRdb | ArtifactKind::PostgresCluster => {
+                "tar.zst.age"
+            }
             ArtifactKind::File => "zst.age",
         }
     }
@@ -111,9 +115,33 @@ pub struct Artifact {
     /// File metadata, for `files/*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileMeta>,
+    /// Where a base backup (`postgres/cluster`) lies in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::model::wal::BasePosition>,
 }
 
 impl Artifact {
+    /// A WAL record seen as an artifact (path, sizes, sha256), so that the
+    /// readers and checks written for archives read it the same way.
+    pub fn of_wal(r: &crate::model::wal::WalRecord) -> Artifact {
+        Artifact {
+            source: format!("wal/{}", r.name),
+            kind: ArtifactKind::File,
+            path: Some(r.path.clone()),
+            captured_at: r.covered_until,
+            plaintext_bytes: r.plaintext_bytes,
+            stored_bytes: r.stored_bytes,
+            sha256: Some(r.sha256.clone()),
+            status: ArtifactStatus::Ok,
+            error: None,
+            tool_version: None,
+            server_version: None,
+            duration_seconds: 0.0,
+            file: None,
+            wal: None,
+        }
+    }
+
     /// Whether it can be restored.
     pub fn is_ok(&self) -> bool {
         self.status == ArtifactStatus::Ok
@@ -182,6 +210,7 @@ pub(crate) mod fixtures {
     pub fn artifact(source: &str, at: &str, ok: bool) -> Artifact {
         let kind = match source {
             "postgres/globals" => ArtifactKind::PostgresGlobals,
+            "postgres/cluster" => ArtifactKind::PostgresCluster,
             "redis" => ArtifactKind::RedisAof,
             s if s.starts_with("files/") => ArtifactKind::File,
             _ => ArtifactKind::PostgresDump,
@@ -204,6 +233,7 @@ pub(crate) mod fixtures {
             server_version: None,
             duration_seconds: 0.0,
             file: None,
+            wal: None,
         }
     }
 

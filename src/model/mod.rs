@@ -17,6 +17,7 @@ pub mod secret;
 pub mod selection;
 pub mod time;
 pub mod units;
+pub mod wal;
 
 impl crate::error::Classify for config::ConfigError {
     /// A configuration mistake is always the operator's to fix (exit 2).

@@ -40,11 +40,11 @@ pub fn is_source_name(s: &str) -> bool {
 }
 
 /// The source name of database `db`: `postgres/<db>`, except that a
-/// database named `globals` (which would be the roles' `postgres/globals`)
-/// or starting with `~` gets one `~` in front (`postgres/~globals`), so
+/// database named `globals` (which would be the roles' `postgres/globals`),
+/// `cluster` (the base backups' `postgres/cluster`) or starting with `~` gets one `~` in front (`postgres/~globals`), so
 /// every database has a name of its own.
 pub fn database_source(db: &str) -> String {
-    if db == "globals" || db.starts_with('~') {
+    if db == "globals" || db == "cluster" || db.starts_with('~') {
         format!("postgres/~{db}")
     } else {
         format!("postgres/{db}")
@@ -55,7 +55,7 @@ pub fn database_source(db: &str) -> String {
 /// stands for: the inverse of [`database_source`].
 pub fn source_database(source: &str) -> Option<&str> {
     let name = source.strip_prefix("postgres/")?;
-    if source == "postgres/globals" {
+    if source == "postgres/globals" || source == "postgres/cluster" {
         return None;
     }
     Some(name.strip_prefix('~').unwrap_or(name))

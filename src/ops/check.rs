@@ -49,9 +49,128 @@ pub struct CheckReport {
     /// Objects under `data/` that no manifest names (unfinished or
     /// abandoned runs; prune removes them).
     pub unreferenced: Vec<String>,
+    /// The archived WAL of each cluster: how far it goes, and its gaps.
+    pub wal: Vec<WalReport>,
     /// Whether nothing is damaged (`damaged` is empty); unreferenced objects do
     /// not count against it. Decides the exit status.
     pub ok: bool,
+}
+
+/// The archived WAL of one cluster, as `check` found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalReport {
+    /// The cluster's system identifier.
+    pub system_identifier: String,
+    /// Archived files (segments, partial segments, histories) with a record.
+    pub files: usize,
+    /// The oldest archived segment.
+    pub first: Option<String>,
+    /// The newest archived segment.
+    pub last: Option<String>,
+    /// Every commit before this moment (server time) is archived.
+    pub covered_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Segments missing between a retained base backup (or the first
+    /// archived segment) and the newest: recovery cannot cross them.
+    pub gaps: Vec<String>,
+}
+
+/// Checks the archived WAL: every record and its file, and continuity from
+/// every retained base backup to the newest segment.
+async fn check_wal(
+    repo: &Repository,
+    snapshots: &[crate::model::manifest::Manifest],
+    identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
+    damaged: &mut Vec<Damage>,
+    referenced: &mut BTreeSet<String>,
+) -> Result<(Vec<WalReport>, usize), RepositoryError> {
+    use crate::model::wal::{BasePosition, WalArchive};
+    let mut reports = Vec::new();
+    let mut checked = 0;
+    for id in repo.wal_clusters().await? {
+        let (records, bad) = repo.wal_records(&id).await?;
+        for d in bad {
+            damaged.push(Damage {
+                snapshot: None,
+                source: "wal".into(),
+                path: d.key,
+                problem: d.message,
+            });
+        }
+        for r in &records {
+            referenced.insert(r.path.clone());
+            checked += 1;
+            let a = crate::model::manifest::Artifact::of_wal(r);
+            let result = match identities {
+                None => hash_object(repo, &a).await,
+                Some(ids) => read_object(repo, &a, ids.clone()).await,
+            };
+            if let Err(problem) = result {
+                damaged.push(Damage {
+                    snapshot: None,
+                    source: format!("wal/{}", r.name),
+                    path: r.path.clone(),
+                    problem,
+                });
+            }
+        }
+        let archive = WalArchive::from_records(records.iter().cloned());
+        let mut bases: Vec<(String, BasePosition)> = snapshots
+            .iter()
+            .flat_map(|m| {
+                m.artifacts
+                    .iter()
+                    .filter(|a| a.is_ok())
+                    .filter_map(|a| a.wal.clone())
+                    .filter(|w| w.system_identifier == id)
+                    .map(|w| (m.id.clone(), w))
+            })
+            .collect();
+        if bases.is_empty()
+            && let Some(first) = archive.segments.values().next()
+        {
+            let seg = first.segment().expect("a segment");
+            bases.push((
+                String::new(),
+                BasePosition {
+                    system_identifier: id.clone(),
+                    timeline: seg.timeline,
+                    start_lsn: seg.start(first.segment_size),
+                    end_lsn: seg.start(first.segment_size),
+                    segment_size: first.segment_size,
+                },
+            ));
+        }
+        let mut gaps = BTreeSet::new();
+        for (snapshot, base) in &bases {
+            for g in archive.gaps(base) {
+                if gaps.insert(g.clone()) {
+                    damaged.push(Damage {
+                        snapshot: (!snapshot.is_empty()).then(|| snapshot.clone()),
+                        source: "wal".into(),
+                        path: g.clone(),
+                        problem: format!(
+                            "WAL segment {g} is missing: {} cannot be recovered past it; take a new base backup                              (kompose-dr backup --source postgres/cluster)",
+                            if snapshot.is_empty() {
+                                "the archived WAL".to_owned()
+                            } else {
+                                format!("base backup {snapshot}")
+                            }
+                        ),
+                    });
+                }
+            }
+        }
+        let size = records.first().map(|r| r.segment_size).unwrap_or(16 << 20);
+        reports.push(WalReport {
+            system_identifier: id.clone(),
+            files: records.len(),
+            first: archive.segments.keys().next().map(|s| s.name(size)),
+            last: archive.segments.keys().next_back().map(|s| s.name(size)),
+            covered_until: archive.covered_until(),
+            gaps: gaps.into_iter().collect(),
+        });
+    }
+    Ok((reports, checked))
 }
 
 async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
@@ -149,6 +268,9 @@ pub async fn run(
             }
         }
     }
+    let (wal, wal_checked) =
+        check_wal(repo, &snapshots, &identities, &mut damaged, &mut referenced).await?;
+    archives += wal_checked;
     let unreferenced: Vec<String> = repo
         .backend()
         .list(crate::storage::keys::DATA)
@@ -167,6 +289,7 @@ pub async fn run(
         archives,
         read_data: identities.is_some(),
         ok: damaged.is_empty(),
+        wal,
         damaged,
         unreferenced,
     })

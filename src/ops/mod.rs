@@ -10,3 +10,4 @@ pub mod doctor;
 pub mod drill;
 pub mod prune;
 pub mod verify;
+pub mod wal;

@@ -19,6 +19,7 @@ pub mod facts;
 pub mod lock;
 pub mod signing;
 pub mod validate;
+pub mod wal;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

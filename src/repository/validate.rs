@@ -126,14 +126,17 @@ fn kind_fits(source: &str, kind: ArtifactKind) -> bool {
     match kind {
         ArtifactKind::PostgresGlobals => source == "postgres/globals",
         ArtifactKind::PostgresDump => {
+            // A database named `cluster` was `postgres/cluster` before base
+            // backups took the name; the kind tells them apart.
             source.starts_with("postgres/") && source != "postgres/globals"
         }
+        ArtifactKind::PostgresCluster => source == "postgres/cluster",
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => source == "redis",
         ArtifactKind::File => source.starts_with("files/"),
     }
 }
 
-fn is_sha256(s: &str) -> bool {
+pub(crate) fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

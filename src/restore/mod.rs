@@ -87,6 +87,8 @@ pub struct RestoreTargets {
     pub files: Vec<FileConfig>,
     /// The configuration file, named when a setting is missing.
     pub config_path: PathBuf,
+    /// How scratch servers run (a point-in-time recovery runs one).
+    pub scratch: crate::model::config::ScratchConfig,
 }
 
 impl RestoreTargets {
@@ -97,6 +99,7 @@ impl RestoreTargets {
             redis: config.redis.clone(),
             files: config.files.clone(),
             config_path: config.path.clone(),
+            scratch: config.scratch.clone(),
         }
     }
 }
@@ -140,6 +143,12 @@ pub enum Target {
         /// The path.
         path: PathBuf,
     },
+    /// A new data directory for a whole cluster recovered to a point in
+    /// time.
+    Cluster {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -169,6 +178,7 @@ impl std::fmt::Display for Target {
                 if *running { "stop it, " } else { "" }
             ),
             Target::File { path } => write!(f, "file {}", path.display()),
+            Target::Cluster { path } => write!(f, "new data directory {}", path.display()),
         }
     }
 }
@@ -314,13 +324,16 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Resto
         .filter(|c| {
             matches!(
                 c.artifact.kind,
-                ArtifactKind::File | ArtifactKind::RedisAof | ArtifactKind::RedisRdb
+                ArtifactKind::File
+                    | ArtifactKind::RedisAof
+                    | ArtifactKind::RedisRdb
+                    | ArtifactKind::PostgresCluster
             )
         })
         .count();
     if o.to.is_some() && to_targets != 1 {
         return Err(RestoreError::Options(format!(
-            "--to places one Redis or file source, but {to_targets} are selected: add --source redis or --source files/NAME"
+            "--to places one Redis, file or cluster source, but {to_targets} are selected: add --source redis, --source files/NAME or --source postgres/cluster"
         )));
     }
     Ok(())
@@ -353,6 +366,7 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
         ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
         ArtifactKind::File => files::preflight(ctx, &c),
+        ArtifactKind::PostgresCluster => postgres::pitr::preflight(ctx, &c).await,
     };
     match checked {
         Ok((target, replaces)) => PlanItem::Ready(ReadyItem {
@@ -414,6 +428,10 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
             redis::container::restore(ctx, item, cfg, c, dir).await
         }
         Target::File { path } => files::restore(ctx, item, path).await,
+        Target::Cluster { path } => match &item.choice.recovery {
+            Some(r) => postgres::pitr::restore_cluster(ctx, r, path).await,
+            None => Err(RestoreError::Refused("no recovery was planned".into())),
+        },
     };
     let seconds = start.elapsed().as_secs_f64();
     let (ok, bytes, message) = match outcome {
@@ -546,6 +564,8 @@ mod tests {
             distance_seconds: None,
             skipped_failed: Vec::new(),
             facts: None,
+            recovery: None,
+            path_note: None,
         }
     }
 

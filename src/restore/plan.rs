@@ -41,6 +41,43 @@ pub struct Choice {
     /// beyond the archive: a database's own properties).
     #[serde(skip)]
     pub facts: Option<crate::model::manifest::StoredObject>,
+    /// The path through a base backup and archived WAL, when the database
+    /// (or the cluster) is recovered to a point in time rather than taken
+    /// from a dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Box<Recovery>>,
+    /// Why the plan took the path it did, when that needs saying (a dump
+    /// because the time is before the first base backup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_note: Option<String>,
+}
+
+/// A recovery from a base backup and the archived WAL (docs/DESIGN.md §11).
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    /// The snapshot holding the base backup.
+    pub base_snapshot: String,
+    /// When the base backup was consistent.
+    pub base_captured_at: Option<DateTime<Utc>>,
+    /// The time recovered to (None: the base backup's own end).
+    pub target: Option<DateTime<Utc>>,
+    /// The first WAL file recovery reads.
+    pub first_wal: Option<String>,
+    /// The last WAL segment recovery reads.
+    pub last_wal: Option<String>,
+    /// How many WAL files are fetched (segments and timeline histories).
+    pub wal_files: usize,
+    /// How far the archive covers (the newest commit it holds, server time).
+    pub covered_until: Option<DateTime<Utc>>,
+    /// The base backup.
+    #[serde(skip)]
+    pub base: Artifact,
+    /// Where it lies in the log.
+    #[serde(skip)]
+    pub position: crate::model::wal::BasePosition,
+    /// The WAL files to fetch, in order.
+    #[serde(skip)]
+    pub records: Vec<crate::model::wal::WalRecord>,
 }
 
 /// Why no plan could be made.
@@ -174,6 +211,8 @@ fn choose_in(
                 artifact: a.clone(),
                 distance_seconds: None,
                 skipped_failed: Vec::new(),
+                recovery: None,
+                path_note: None,
             });
         } else if sources.is_some() {
             return Err(PlanError::FailedInSnapshot {
@@ -265,6 +304,8 @@ fn choose_source_at(
             artifact: a.clone(),
             distance_seconds: Some((t - at).num_seconds()),
             skipped_failed: skipped,
+            recovery: None,
+            path_note: None,
         }),
         (None, Some((m, a))) => Err(Some(PlanError::TooEarly {
             name: name.to_owned(),

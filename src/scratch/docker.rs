@@ -127,6 +127,7 @@ impl ScratchPostgres for DockerPostgres {
             user_configured: true,
             bin_dir: None,
             jobs: std::num::NonZeroUsize::MIN,
+            wal: None,
             lock_wait: Duration::from_secs(300),
         }
     }

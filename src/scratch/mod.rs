@@ -97,6 +97,7 @@ pub trait ScratchPostgres: Send + Sync {
             user_configured: true,
             bin_dir: None,
             jobs: std::num::NonZeroUsize::MIN,
+            wal: None,
             // Nothing else uses a scratch server: no lock to wait for.
             lock_wait: std::time::Duration::from_secs(300),
         }

@@ -572,3 +572,282 @@ fn which(program: &str) -> Option<PathBuf> {
             .find(|c| c.is_file())
     })
 }
+
+/// A cluster being brought back from a base backup and archived WAL: a
+/// private directory (owned by the scratch user) holding the data
+/// directory to fill, a directory for the WAL files recovery will ask
+/// for, and the socket.
+pub struct RecoveryDir {
+    dir: tempfile::TempDir,
+    /// Where the data directory goes (unless the caller names another).
+    pub data: PathBuf,
+    /// Where the WAL files go; `restore_command` copies from here.
+    pub wal: PathBuf,
+    owner: Option<nix::unistd::User>,
+}
+
+impl RecoveryDir {
+    /// The private directory (for temporary files of the caller's).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Where a recovery stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// After the last commit at or before this time
+    /// (`recovery_target_time`, inclusive).
+    Time(chrono::DateTime<chrono::Utc>),
+    /// As soon as the base backup is consistent.
+    Immediate,
+    /// At the end of the WAL available.
+    EndOfWal,
+}
+
+/// A cluster recovered to its target and promoted: serves like any scratch
+/// PostgreSQL; [`RecoveredPostgres::shut_down`] stops it cleanly (a
+/// data directory meant to be kept).
+pub struct RecoveredPostgres {
+    inner: ProcessPostgres,
+    user: String,
+}
+
+impl ScratchPostgres for RecoveredPostgres {
+    fn endpoint(&self) -> PgEndpoint {
+        PgEndpoint {
+            user: self.user.clone(),
+            ..self.inner.endpoint()
+        }
+    }
+
+    fn major(&self) -> u32 {
+        self.inner.major
+    }
+}
+
+impl RecoveredPostgres {
+    /// Stops the server with a fast shutdown (a checkpoint, then exit) and
+    /// waits for it, at most `limit`.
+    pub async fn shut_down(mut self, limit: Duration) -> Result<(), ScratchError> {
+        let Some(mut child) = self.inner.guard.child.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) if s.success() => return Ok(()),
+                Ok(Some(s)) => {
+                    return Err(ScratchError::DidNotStart(format!(
+                        "the recovered PostgreSQL did not shut down cleanly ({s})"
+                    )));
+                }
+                Err(e) => return Err(ScratchError::io("cannot wait for PostgreSQL")(e)),
+                Ok(None) if start.elapsed() > limit => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ScratchError::DidNotStart(format!(
+                        "the recovered PostgreSQL did not shut down within {}s",
+                        limit.as_secs()
+                    )));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl ProcessRuntime {
+    /// A private directory for a recovery (see [`RecoveryDir`]).
+    pub fn recovery_dir(&self) -> Result<RecoveryDir, ScratchError> {
+        let owner = self.scratch_owner()?;
+        let dir = private_dir(owner.as_ref())?;
+        let data = dir.path().join("data");
+        let wal = dir.path().join("wal");
+        for d in [&data, &wal] {
+            std::fs::create_dir(d)
+                .map_err(ScratchError::io(format!("cannot create {}", d.display())))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(ScratchError::io(format!("cannot protect {}", d.display())))?;
+        }
+        Ok(RecoveryDir {
+            dir,
+            data,
+            wal,
+            owner,
+        })
+    }
+
+    /// Starts PostgreSQL `major` on `data` (filled by the caller from a base
+    /// backup; `dir.data` unless another directory is named) in archive
+    /// recovery: WAL from `dir.wal`, up to `target` (`recovery_target_time`,
+    /// inclusive) or, without one, to consistency; then promoted. Connects
+    /// as `user` (a role of the recovered cluster: trust, on the private
+    /// socket only). Waits until the promotion, at most `limit`, or until
+    /// `cancel`; a recovery that cannot reach its target is an error with
+    /// the server's own words.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn recover(
+        &self,
+        major: u32,
+        dir: RecoveryDir,
+        data: Option<&Path>,
+        target: RecoveryTarget,
+        user: &str,
+        limit: Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<RecoveredPostgres, ScratchError> {
+        let bin = PathBuf::from(self.postgres_bin.replace("{major}", &major.to_string()));
+        if !bin.join("postgres").is_file() {
+            return Err(ScratchError::NoPostgres {
+                major,
+                missing: bin.join("postgres"),
+            });
+        }
+        let data = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
+        let socket_dir = dir.dir.path().to_owned();
+        let log = socket_dir.join("postgres.log");
+        let hba = socket_dir.join("pg_hba.conf");
+        let ident = socket_dir.join("pg_ident.conf");
+        let owner = dir.owner.clone();
+        write_private(&hba, b"local all all trust\n", owner.as_ref())
+            .map_err(ScratchError::io(format!("cannot write {}", hba.display())))?;
+        write_private(&ident, b"", owner.as_ref()).map_err(ScratchError::io(format!(
+            "cannot write {}",
+            ident.display()
+        )))?;
+        // What a cluster started elsewhere must not bring: a standby's
+        // signal, a running server's pid file.
+        for stale in ["standby.signal", "postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data.join(stale));
+        }
+        let conf = data.join("postgresql.conf");
+        if !conf.exists() {
+            // Debian keeps it in /etc: the base backup has none.
+            write_private(&conf, b"", owner.as_ref())
+                .map_err(ScratchError::io(format!("cannot write {}", conf.display())))?;
+        }
+        write_private(&data.join("recovery.signal"), b"", owner.as_ref())
+            .map_err(ScratchError::io("cannot write recovery.signal"))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(
+            ScratchError::io(format!("cannot protect {}", data.display())),
+        )?;
+        if let Some(u) = &owner {
+            for p in [&data, &dir.wal] {
+                chown_tree(p, u).map_err(ScratchError::io(format!(
+                    "cannot give {} to {}",
+                    p.display(),
+                    u.name
+                )))?;
+            }
+        }
+        let restore_command = format!("cp '{}/%f' '%p'", dir.wal.display());
+        let mut settings: Vec<(&str, String)> = vec![
+            ("listen_addresses", String::new()),
+            ("unix_socket_directories", socket_dir.display().to_string()),
+            ("hba_file", hba.display().to_string()),
+            ("ident_file", ident.display().to_string()),
+            ("ssl", "off".into()),
+            ("archive_mode", "off".into()),
+            ("logging_collector", "off".into()),
+            ("synchronous_standby_names", String::new()),
+            ("primary_conninfo", String::new()),
+            ("primary_slot_name", String::new()),
+            ("fsync", "off".into()),
+            ("hot_standby", "on".into()),
+            ("restore_command", restore_command),
+            ("recovery_target_action", "promote".into()),
+            ("recovery_target_timeline", "latest".into()),
+            ("cluster_name", "kompose-dr-recovery".into()),
+        ];
+        match target {
+            RecoveryTarget::Time(t) => {
+                settings.push((
+                    "recovery_target_time",
+                    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+                ));
+                settings.push(("recovery_target_inclusive", "on".into()));
+            }
+            RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
+            RecoveryTarget::EndOfWal => {}
+        }
+        let logf =
+            std::fs::File::create(&log).map_err(ScratchError::io(log.display().to_string()))?;
+        if let Some(u) = &owner {
+            let _ = std::os::unix::fs::chown(&log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
+        }
+        let mut postgres = Command::new(bin.join("postgres"));
+        postgres.arg("-D").arg(&data).args(["-p", "5432"]);
+        for (k, v) in &settings {
+            postgres.arg("-c").arg(format!("{k}={v}"));
+        }
+        postgres
+            .stdin(Stdio::null())
+            .stdout(
+                logf.try_clone()
+                    .map_err(ScratchError::io(log.display().to_string()))?,
+            )
+            .stderr(logf);
+        let mut guard = Guarded {
+            child: None,
+            dir: Some(dir.dir),
+            holder: None,
+        };
+        let (child, holder) = spawn_held(self.as_user(postgres)?, "postgres").await?;
+        guard.child = Some(child);
+        guard.holder = Some(holder);
+        let mut server = RecoveredPostgres {
+            inner: ProcessPostgres {
+                guard,
+                socket_dir,
+                major,
+            },
+            user: user.to_owned(),
+        };
+        let cfg = server.connection();
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = crate::sources::postgres::connect(&cfg, "postgres").await
+                && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
+                && !row.get::<_, bool>(0)
+            {
+                return Ok(server);
+            }
+            if server.inner.guard.exited() {
+                return Err(ScratchError::DidNotStart(format!(
+                    "the recovery failed: {}",
+                    recovery_log(&log)
+                )));
+            }
+            if start.elapsed() > limit {
+                return Err(ScratchError::DidNotStart(format!(
+                    "the recovery did not finish within {}s: {}",
+                    limit.as_secs(),
+                    log_tail(&log)
+                )));
+            }
+            if cancel.is_cancelled() {
+                return Err(ScratchError::DidNotStart(
+                    "interrupted during the recovery".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The lines of a recovery's log that say why it stopped.
+fn recovery_log(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let wanted: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("FATAL") || l.contains("PANIC") || l.contains("ERROR"))
+        .collect();
+    if wanted.is_empty() {
+        log_tail(path)
+    } else {
+        wanted[wanted.len().saturating_sub(3)..].join(" | ")
+    }
+}

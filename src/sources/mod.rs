@@ -110,6 +110,8 @@ pub struct SourceRun {
     pub server_version: Option<String>,
     /// File metadata for `files/*`.
     pub file: Option<FileMeta>,
+    /// Where a base backup (`postgres/cluster`) lies in the log.
+    pub wal: Option<crate::model::wal::BasePosition>,
     /// Facts for the sidecar.
     pub facts: Option<SourceFacts>,
     /// The stored archive, or why the source failed.
@@ -133,6 +135,7 @@ impl SourceRun {
             tool_version: None,
             server_version: None,
             file: None,
+            wal: None,
             facts: None,
             result: Err(error.into()),
             duration_seconds: 0.0,
@@ -271,11 +274,27 @@ impl SourceContext {
         program: &str,
         launch: launch::Launch,
     ) -> Result<Stored, SourceError> {
-        let mut child = launch
-            .start(program, false)
-            .await
-            .map_err(|e| SourceError::Tool(format!("cannot start {program}: {e}")))?
-            .killed_on_drop();
+        self.store_child_logged(key, program, launch).await.0
+    }
+
+    /// [`SourceContext::store_child`], also returning the tail of the
+    /// child's stderr (secrets scrubbed), for tools that report what they
+    /// did there (pg_basebackup's WAL positions).
+    pub async fn store_child_logged(
+        &self,
+        key: &str,
+        program: &str,
+        launch: launch::Launch,
+    ) -> (Result<Stored, SourceError>, String) {
+        let mut child = match launch.start(program, false).await {
+            Ok(c) => c.killed_on_drop(),
+            Err(e) => {
+                return (
+                    Err(SourceError::Tool(format!("cannot start {program}: {e}"))),
+                    String::new(),
+                );
+            }
+        };
         let stdout = child.stdout.take().expect("stdout is attached");
         let stderr = stderr_tail(child.stderr.take(), program, self.redactor.clone());
         let (input, pump) = pipeline::input_from_reader(stdout);
@@ -290,7 +309,10 @@ impl SourceContext {
             Ok(tail) => tail.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let encoded = encoded?;
+        let encoded = match encoded {
+            Ok(e) => e,
+            Err(e) => return (Err(e), stderr),
+        };
         let verdict = match status {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(e.to_string()),
             Err(e) => Err(format!("cannot wait for {program}: {e}")),
@@ -307,8 +329,10 @@ impl SourceContext {
             }
             Ok(_) => Ok(()),
         };
-        self.finish(key, encoded, verdict.map_err(SourceError::Tool))
-            .await
+        let stored = self
+            .finish(key, encoded, verdict.map_err(SourceError::Tool))
+            .await;
+        (stored, stderr)
     }
 }
 

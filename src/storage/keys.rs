@@ -10,6 +10,8 @@
 //! data/<ID>/<kind>/<name>.<ext>       archives
 //! data/<ID>/facts.json.zst.age        encrypted facts sidecar
 //! locks/<host>-<pid>-<rand>.json      writer leases (S3)
+//! wal/<sysid>/<TL>/<name>.zst.age     archived WAL (docs/DESIGN.md §11)
+//! wal/<sysid>/<TL>/<name>.json        its record, written last
 //! ```
 
 use crate::model::manifest::ArtifactKind;
@@ -22,6 +24,36 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const DATA: &str = "data/";
 /// Prefix of the writer leases; these objects are never retention-locked.
 pub const LOCKS: &str = "locks/";
+
+/// Prefix of the archived WAL.
+pub const WAL: &str = "wal/";
+
+/// The prefix of one cluster's archived WAL: `wal/<system identifier>/`.
+pub fn wal_cluster_prefix(system_identifier: &str) -> String {
+    format!("{WAL}{system_identifier}/")
+}
+
+/// The key of an archived WAL file (`name` as PostgreSQL names it); a
+/// partial segment's key carries `tag` so that a new shipment never
+/// overwrites the one its record names.
+pub fn wal_file_key(
+    system_identifier: &str,
+    timeline: u32,
+    name: &str,
+    partial_tag: Option<&str>,
+) -> String {
+    match partial_tag {
+        None => format!("{WAL}{system_identifier}/{timeline:08X}/{name}.zst.age"),
+        Some(t) => format!("{WAL}{system_identifier}/{timeline:08X}/{name}.partial-{t}.zst.age"),
+    }
+}
+
+/// The key of an archived WAL file's record: `.partial.json` for the
+/// segment being written, `.json` otherwise.
+pub fn wal_record_key(system_identifier: &str, timeline: u32, name: &str, partial: bool) -> String {
+    let suffix = if partial { ".partial" } else { "" };
+    format!("{WAL}{system_identifier}/{timeline:08X}/{name}{suffix}.json")
+}
 
 /// The prefix holding one snapshot's data: `data/<ID>/`.
 pub fn snapshot_data_prefix(snapshot: &str) -> String {

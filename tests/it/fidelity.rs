@@ -180,9 +180,9 @@ fn replace_and_as_bring_back_the_database_object_and_everything_in_it() {
     );
     assert!(legacy_before == dump_of(&pg, "legacy"), "legacy differs");
     assert_eq!(
-        databases_like(&pg, "kdr\\_%"),
+        databases_like(&pg, "kdr\\_restore\\_%"),
         "",
-        "no scratch or replaced database is left"
+        "no scratch database is left (a replaced one is kept, by design)"
     );
 
     // --as: the same object under another name (the name is the only
@@ -430,7 +430,7 @@ fn rows_written_into_an_empty_target_during_the_restore_are_not_dropped() {
         "{err}"
     );
     assert_eq!(pg.psql("late", "SELECT n FROM arrived"), "42");
-    assert_eq!(databases_like(&pg, "kdr\\_%"), "");
+    assert_eq!(databases_like(&pg, "kdr\\_restore\\_%"), "");
 }
 
 #[test]
@@ -563,5 +563,5 @@ fn an_interrupted_restore_leaves_production_as_it_was_and_a_killed_one_is_swept_
     ws.run(&["restore", "--source", "postgres/app", "--replace", "--yes"])
         .assert_exit(0);
     assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "1");
-    assert_eq!(databases_like(&pg, "kdr\\_%"), "");
+    assert_eq!(databases_like(&pg, "kdr\\_restore\\_%"), "");
 }

@@ -17,6 +17,7 @@ mod examples;
 mod fidelity;
 mod hostile;
 mod operations;
+mod pitr;
 mod redis_fidelity;
 mod restore;
 mod runbook;

@@ -173,13 +173,20 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         !client.wait().unwrap().success(),
         "the connected session was terminated"
     );
-    // No scratch databases are left.
+    // No scratch databases are left; what `app` held is kept, renamed.
     assert_eq!(
         pg.psql(
             "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'kdr\\_%'"
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'kdr\\_restore\\_%'"
         ),
         "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'kdr\\_replaced\\_%\\_app'"
+        ),
+        "1"
     );
 
     // --jobs stages the dump and restores in parallel.

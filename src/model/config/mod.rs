@@ -44,7 +44,9 @@ pub use docker::{ContainerRef, DockerConfig};
 pub use files::FileConfig;
 pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
-pub use postgres::{DatabaseSelection, PgEndpoint, PostgresConfig, parse_postgres_url};
+pub use postgres::{
+    DEFAULT_WAL_SPOOL, DatabaseSelection, PgEndpoint, PostgresConfig, WalConfig, parse_postgres_url,
+};
 pub use redis::RedisConfig;
 pub use repository::{
     Location, ObjectLock, ObjectLockMode, RepositoryConfig, S3Config, S3Credentials,

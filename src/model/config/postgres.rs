@@ -37,7 +37,35 @@ pub(super) struct RawPostgres {
     jobs: Option<Spanned<i64>>,
     lock_wait: Option<Spanned<String>>,
     stall_timeout: Option<Spanned<String>>,
+    wal: Option<RawWal>,
 }
+
+/// `[postgres.wal]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWal {
+    enabled: Option<bool>,
+    max_lag: Option<Spanned<String>>,
+    slot: Option<Spanned<String>>,
+    spool_dir: Option<Spanned<String>>,
+}
+
+/// `[postgres.wal]`: continuous WAL archiving (docs/DESIGN.md §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// The segment being written is shipped at least this often: the
+    /// recovery point objective (`max_lag`, 60 s by default).
+    pub max_lag: std::time::Duration,
+    /// A replication slot to stream from (created if missing), so the
+    /// server keeps WAL the archiver has not received.
+    pub slot: Option<String>,
+    /// Where pg_receivewal writes before a file is shipped (a few
+    /// segments at most): `/var/lib/kompose-dr/wal` by default.
+    pub spool_dir: PathBuf,
+}
+
+/// The default spool directory of the WAL archiver.
+pub const DEFAULT_WAL_SPOOL: &str = "/var/lib/kompose-dr/wal";
 
 impl RawPostgres {
     /// `postgres.stall_timeout`, validated with `[timeouts]`.
@@ -102,6 +130,9 @@ pub struct PostgresConfig {
     /// source fails: one `ACCESS EXCLUSIVE` lock must not hang the nightly
     /// run, and with it the repository lock.
     pub lock_wait: std::time::Duration,
+    /// Continuous WAL archiving and base backups (`[postgres.wal]` with
+    /// `enabled = true`); `None` when off.
+    pub wal: Option<WalConfig>,
 }
 
 impl Cx<'_> {
@@ -211,7 +242,12 @@ impl Cx<'_> {
                     })?
             }
         };
+        let wal = match &p.wal {
+            Some(w) if w.enabled.unwrap_or(true) => Some(self.wal(w)?),
+            _ => None,
+        };
         Ok(PostgresConfig {
+            wal,
             endpoint,
             password,
             databases,
@@ -222,6 +258,57 @@ impl Cx<'_> {
             bin_dir,
             jobs,
             lock_wait,
+        })
+    }
+
+    /// `[postgres.wal]`: `max_lag` (1 s to 1 h, 60 s by default), `slot` (a
+    /// replication slot name: lower-case letters, digits, `_`), `spool_dir`.
+    fn wal(&self, w: &RawWal) -> Result<WalConfig, ConfigError> {
+        let max_lag = match &w.max_lag {
+            None => std::time::Duration::from_secs(60),
+            Some(v) => {
+                let s = self.string(v, "postgres.wal.max_lag")?;
+                humantime::parse_duration(&s)
+                    .ok()
+                    .filter(|d| (1..=3600).contains(&d.as_secs()))
+                    .ok_or_else(|| {
+                        self.err(
+                            v.span(),
+                            "postgres.wal.max_lag",
+                            format!("`{s}` is not a duration from 1s to 1h: write 60s or 5m"),
+                        )
+                    })?
+            }
+        };
+        let slot = match &w.slot {
+            None => None,
+            Some(v) => {
+                let s = self.string(v, "postgres.wal.slot")?;
+                if s.is_empty()
+                    || s.len() > 63
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    return Err(self.err(
+                        v.span(),
+                        "postgres.wal.slot",
+                        format!(
+                            "`{s}` is not a replication slot name: use lower-case letters, digits and _ (at most 63)"
+                        ),
+                    ));
+                }
+                Some(s)
+            }
+        };
+        let spool_dir = match &w.spool_dir {
+            None => PathBuf::from(DEFAULT_WAL_SPOOL),
+            Some(v) => self.path(v, "postgres.wal.spool_dir")?,
+        };
+        Ok(WalConfig {
+            max_lag,
+            slot,
+            spool_dir,
         })
     }
 

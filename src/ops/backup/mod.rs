@@ -593,6 +593,7 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
         server_version: r.server_version.clone(),
         duration_seconds: r.duration_seconds,
         file: r.file.clone(),
+        wal: r.wal.clone(),
     }
 }
 
@@ -666,6 +667,8 @@ fn watched<'a>(
 fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
     let kind = if name == "postgres/globals" {
         ArtifactKind::PostgresGlobals
+    } else if name == postgres::cluster::SOURCE {
+        ArtifactKind::PostgresCluster
     } else {
         ArtifactKind::PostgresDump
     };
@@ -713,6 +716,11 @@ async fn plan_postgres<'a>(
                     pg.globals
                         .then(|| "postgres/globals".to_owned())
                         .into_iter()
+                        .chain(
+                            pg.wal
+                                .is_some()
+                                .then(|| postgres::cluster::SOURCE.to_owned()),
+                        )
                         .chain(l.iter().map(|d| database_source(d)))
                         .filter(|n| wanted(n))
                         .collect(),
@@ -727,6 +735,10 @@ async fn plan_postgres<'a>(
     let names: Vec<String> = (pg.globals && wanted("postgres/globals"))
         .then(|| "postgres/globals".to_owned())
         .into_iter()
+        .chain(
+            (pg.wal.is_some() && wanted(postgres::cluster::SOURCE))
+                .then(|| postgres::cluster::SOURCE.to_owned()),
+        )
         .chain(
             dbs.iter()
                 .map(|db| database_source(db))
@@ -757,6 +769,12 @@ async fn plan_postgres<'a>(
         .map(|name| {
             let (tool, server) = (tool.clone(), server.clone());
             match source_database(name) {
+                None if name == postgres::cluster::SOURCE => watched(
+                    ctx,
+                    name.clone(),
+                    ArtifactKind::PostgresCluster,
+                    async move { postgres::cluster::base_backup(ctx, pg, &server).await },
+                ),
                 None if name == "postgres/globals" => watched(
                     ctx,
                     name.clone(),

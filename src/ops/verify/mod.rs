@@ -238,8 +238,14 @@ pub async fn run(
         facts,
     };
     let mut restored = Restored::default();
-    let (pg, local): (Vec<&Choice>, Vec<&Choice>) = choices
+    let (cluster, choices): (Vec<&Choice>, Vec<&Choice>) = choices
         .iter()
+        .partition(|c| c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresCluster);
+    for c in cluster {
+        verdicts.push(session.verify_cluster(c).await);
+    }
+    let (pg, local): (Vec<&Choice>, Vec<&Choice>) = choices
+        .into_iter()
         .partition(|c| c.source.starts_with("postgres/"));
     if !pg.is_empty() {
         let found = session
@@ -428,6 +434,51 @@ impl Session<'_> {
 
     /// Plans and restores one choice into `targets`: the seconds it took
     /// and the restore's message, or why it was refused or failed.
+    /// A base backup: recovered in scratch to its consistent end, started,
+    /// its databases listed, shut down cleanly.
+    async fn verify_cluster(&self, c: &Choice) -> SourceVerdict {
+        let start = std::time::Instant::now();
+        let options = RestoreOptions::default_for(&self.manifest.id);
+        let ctx = RestoreContext {
+            targets: self.targets.clone(),
+            repository: self.repo.clone(),
+            identities: self.identities.clone(),
+            options: &options,
+            redactor: self.redactor.clone(),
+            progress: false,
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let result = async {
+            let chosen = restore::postgres::pitr::attach(
+                self.repo,
+                std::slice::from_ref(self.manifest),
+                &Selector::Snapshot(self.manifest.id.clone()),
+                vec![c.clone()],
+            )
+            .await?;
+            let recovery = chosen
+                .first()
+                .and_then(|c| c.recovery.as_deref())
+                .ok_or_else(|| {
+                    restore::RestoreError::Refused("no recovery could be planned".into())
+                })?;
+            restore::postgres::pitr::check_recovery(&ctx, recovery).await
+        }
+        .await;
+        let check = match result {
+            Ok(dbs) => Check::new(
+                "recovers",
+                true,
+                format!(
+                    "recovered to consistency and shut down cleanly; databases: {}",
+                    dbs.join(", ")
+                ),
+            ),
+            Err(e) => Check::new("recovers", false, self.redactor.scrub(&e.to_string())),
+        };
+        SourceVerdict::new(&c.source, start.elapsed().as_secs_f64(), vec![check])
+    }
+
     async fn restore_one(
         &self,
         targets: &RestoreTargets,

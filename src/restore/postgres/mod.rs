@@ -19,6 +19,7 @@
 //! names both ([`globals`]).
 
 pub mod globals;
+pub mod pitr;
 mod roles_sql;
 
 use std::collections::BTreeSet;
@@ -73,6 +74,19 @@ fn database_name(ctx: &RestoreContext<'_>, c: &Choice) -> String {
             .unwrap_or_default()
             .to_owned()
     })
+}
+
+/// The major version of the server an artifact came from (0: unknown).
+fn server_version_of(a: &crate::model::manifest::Artifact) -> u32 {
+    a.server_version
+        .as_deref()
+        .map(|v| {
+            v.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 fn archive_major(c: &Choice) -> u32 {
@@ -395,7 +409,16 @@ pub async fn restore_database(
 ) -> Result<(u64, String), RestoreError> {
     let cfg = resolved_target(ctx).await?;
     let tool = restore_tool(&cfg, &item.choice).await?;
-    let object = recorded_object(ctx, &item.choice).await?;
+    // Base backup + WAL: the database as it was at the time, dumped from a
+    // scratch cluster recovered to it.
+    let mut recovered = match &item.choice.recovery {
+        Some(r) => Some(pitr::recovered_dump(ctx, &item.choice.source, r).await?),
+        None => None,
+    };
+    let object = match &recovered {
+        Some(d) => Some(d.object.clone()),
+        None => recorded_object(ctx, &item.choice).await?,
+    };
     // The swap needs a session outside the database being replaced: when
     // that is the maintenance database itself (`postgres`), use template1.
     let admin_db = if name == cfg.endpoint.maintenance_db {
@@ -454,7 +477,12 @@ pub async fn restore_database(
     };
     swap.create_scratch(&create).await?;
     let restored = tokio::select! {
-        r = run_pg_restore(ctx, item, &cfg, &tool, &swap.scratch) => r,
+        r = async {
+            match recovered.take() {
+                Some(d) => pg_restore_file(ctx, &cfg, &tool, &swap.scratch, d).await,
+                None => run_pg_restore(ctx, item, &cfg, &tool, &swap.scratch).await,
+            }
+        } => r,
         () = ctx.cancel.cancelled() => Err(RestoreError::Failed("interrupted during pg_restore".into())),
     };
     let bytes = match restored {
@@ -723,7 +751,7 @@ impl Swap<'_> {
                 return Err(e.unchanged(unchanged));
             }
         }
-        let old = format!("kdr_replaced_{:08x}", rand::random::<u32>());
+        let old = replaced_name(name);
         let terminated = match self.exchange(&scratch, &old, Some(comment)).await {
             Ok(n) => n,
             Err(e) => {
@@ -763,6 +791,15 @@ impl Swap<'_> {
                 };
             }
         }
+        if self.replace {
+            // What production held stays, renamed, until the operator has
+            // looked: an incident must not lose it twice.
+            return Ok(format!(
+                "replaced database {name} ({terminated} session(s) terminated); what it held is kept as database {old}: \
+                 drop it once the restore is confirmed (DROP DATABASE {} — docs/RUNBOOK.md)",
+                quote_ident(&old)
+            ));
+        }
         match self
             .admin
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
@@ -780,6 +817,23 @@ impl Swap<'_> {
             }
         }
     }
+}
+
+/// The name a replaced database is kept under:
+/// `kdr_replaced_<UTC time>_<name>` (cut to PostgreSQL's 63 bytes).
+fn replaced_name(name: &str) -> String {
+    let mut s = format!(
+        "kdr_replaced_{}_{:04x}_",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        rand::random::<u16>()
+    );
+    for c in name.chars() {
+        if s.len() + c.len_utf8() > 63 {
+            break;
+        }
+        s.push(c);
+    }
+    s
 }
 
 /// Runs pg_restore into `scratch`: streamed, or with `--jobs` staged in a
@@ -814,6 +868,48 @@ async fn run_pg_restore(
         )));
     }
     Ok(bytes)
+}
+
+/// Runs pg_restore into `scratch` from a dump made here (a recovered
+/// cluster's), fed on its stdin so that it works in a container too.
+async fn pg_restore_file(
+    ctx: &RestoreContext<'_>,
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    scratch: &str,
+    dump: pitr::RecoveredDump,
+) -> Result<u64, RestoreError> {
+    let mut cmd = command(cfg, tool, "pg_restore", scratch);
+    cmd.args(["--exit-on-error", "--dbname", scratch]);
+    if ctx.options.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    let mut child = cmd
+        .start("pg_restore", true)
+        .await
+        .map_err(|e| RestoreError::Failed(format!("cannot start pg_restore: {e}")))?
+        .killed_on_drop();
+    let mut stdin = child.stdin.take().expect("stdin is attached");
+    drop(child.stdout.take());
+    let stderr = stderr_tail(child.stderr.take(), "pg_restore", ctx.redactor.clone());
+    let mut file = tokio::fs::File::from_std(dump.file);
+    let copied = tokio::io::copy(&mut file, &mut stdin).await;
+    use tokio::io::AsyncWriteExt;
+    let _ = stdin.shutdown().await;
+    drop(stdin);
+    let status = child
+        .wait()
+        .await
+        .map_err(RestoreError::io("cannot wait for pg_restore"))?;
+    let stderr = stderr.await.unwrap_or_default();
+    if !status.success() {
+        return Err(RestoreError::Failed(format!(
+            "pg_restore of the recovered database failed ({status}): {}",
+            stderr.trim()
+        )));
+    }
+    copied.map_err(RestoreError::io("cannot feed pg_restore"))?;
+    Ok(dump.bytes)
 }
 
 /// pg_restore -j needs a seekable file. Streams the schema and the data as

@@ -26,7 +26,9 @@
 //! user and password come from the container's `POSTGRES_USER` and
 //! `POSTGRES_PASSWORD` (read by inspecting it) unless configured.
 
+pub mod cluster;
 pub mod database;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,270 @@
+//! The archived WAL in a repository (docs/DESIGN.md §11): records read,
+//! checked and signed like manifests, and removed record first.
+//!
+//! A record is trusted only as far as a manifest is: its signature must
+//! check out (unless `--allow-unsigned`), its key must be the one built from
+//! its own fields, and the file it names must be the key kompose-dr builds
+//! for it. The archived file is then read against the record's size and
+//! sha256, as an artifact is against its manifest.
+
+use bytes::Bytes;
+
+use super::validate::{MAX_DOCUMENT, is_sha256};
+use super::{DamagedManifest, Repository, RepositoryError};
+use crate::model::wal::{
+    Segment, WAL_RECORD_VERSION, WalKind, WalRecord, parse_history, valid_segment_size,
+};
+use crate::storage::{PutMode, StorageError, keys};
+
+/// Whether `s` is a system identifier as PostgreSQL prints it.
+pub fn is_system_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks a record read at `key`: everything in it that names a key or a
+/// file must be what kompose-dr would have written.
+pub fn validate(r: &WalRecord, key: &str) -> Result<(), String> {
+    if r.version > WAL_RECORD_VERSION {
+        return Err(format!(
+            "record version {} is newer than this kompose-dr reads",
+            r.version
+        ));
+    }
+    if !is_system_identifier(&r.system_identifier) {
+        return Err("its system identifier is not a number".into());
+    }
+    if !valid_segment_size(r.segment_size) {
+        return Err(format!(
+            "segment size {} is not one PostgreSQL uses",
+            r.segment_size
+        ));
+    }
+    match r.kind {
+        WalKind::History => {
+            if parse_history(&r.name) != Some(r.timeline) {
+                return Err(format!(
+                    "`{}` is not timeline {}'s history",
+                    r.name.escape_debug(),
+                    r.timeline
+                ));
+            }
+        }
+        _ => match Segment::parse(&r.name, r.segment_size) {
+            Some(s) if s.timeline == r.timeline => {}
+            _ => {
+                return Err(format!(
+                    "`{}` is not a WAL segment of timeline {}",
+                    r.name.escape_debug(),
+                    r.timeline
+                ));
+            }
+        },
+    }
+    let partial = r.kind == WalKind::Partial;
+    let expected = keys::wal_record_key(&r.system_identifier, r.timeline, &r.name, partial);
+    if key != expected {
+        return Err(format!("a record at {key} must be at {expected}"));
+    }
+    let path_ok = if partial {
+        let stem = keys::wal_file_key(&r.system_identifier, r.timeline, &r.name, Some(""));
+        let stem = stem.trim_end_matches(".zst.age");
+        r.path
+            .strip_prefix(stem)
+            .and_then(|t| t.strip_suffix(".zst.age"))
+            .is_some_and(|t| {
+                t.len() == 16
+                    && t.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+    } else {
+        r.path == keys::wal_file_key(&r.system_identifier, r.timeline, &r.name, None)
+    };
+    if !path_ok {
+        return Err(format!(
+            "it names the file `{}`, which is not its own",
+            r.path.escape_debug()
+        ));
+    }
+    if !is_sha256(&r.sha256) {
+        return Err("its digest is not a sha256".into());
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// The clusters with archived WAL (their system identifiers).
+    pub async fn wal_clusters(&self) -> Result<Vec<String>, RepositoryError> {
+        let dirs = self
+            .backend()
+            .list_dirs(keys::WAL)
+            .await
+            .map_err(|e| self.storage(e))?;
+        Ok(dirs
+            .into_iter()
+            .filter(|d| is_system_identifier(d))
+            .collect())
+    }
+
+    /// Every WAL record of cluster `system_identifier` that checks out, and
+    /// the ones that do not (named, with why).
+    pub async fn wal_records(
+        &self,
+        system_identifier: &str,
+    ) -> Result<(Vec<WalRecord>, Vec<DamagedManifest>), RepositoryError> {
+        let objects = self
+            .backend()
+            .list(&keys::wal_cluster_prefix(system_identifier))
+            .await
+            .map_err(|e| self.storage(e))?;
+        let mut good = Vec::new();
+        let mut damaged = Vec::new();
+        for o in objects.into_iter().filter(|o| o.key.ends_with(".json")) {
+            let bad = |message: String| DamagedManifest {
+                key: o.key.clone(),
+                message,
+            };
+            if o.size > MAX_DOCUMENT {
+                damaged.push(bad(format!(
+                    "{} bytes is more than any record kompose-dr writes",
+                    o.size
+                )));
+                continue;
+            }
+            let body = match self.backend().get(&o.key).await {
+                Ok(b) => b,
+                Err(StorageError::NotFound(_)) => continue,
+                Err(e) => return Err(self.storage(e)),
+            };
+            if let Err(m) = self.check_signed(&o.key, &body).await {
+                damaged.push(bad(m));
+                continue;
+            }
+            match serde_json::from_slice::<WalRecord>(&body) {
+                Ok(r) if r.system_identifier == system_identifier => match validate(&r, &o.key) {
+                    Ok(()) => good.push(r),
+                    Err(m) => damaged.push(bad(m)),
+                },
+                Ok(_) => damaged.push(bad("it names another cluster".into())),
+                Err(e) => damaged.push(bad(e.to_string())),
+            }
+        }
+        Ok((good, damaged))
+    }
+
+    /// The current record of `r`'s file (a partial segment's record is
+    /// replaced as the archiver ships newer copies), checked like any.
+    pub async fn wal_record_again(&self, r: &WalRecord) -> Result<WalRecord, String> {
+        let key = keys::wal_record_key(
+            &r.system_identifier,
+            r.timeline,
+            &r.name,
+            r.kind == WalKind::Partial,
+        );
+        let body = self.backend().get(&key).await.map_err(|e| e.to_string())?;
+        self.check_signed(&key, &body).await?;
+        let again: WalRecord = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        validate(&again, &key)?;
+        if again.system_identifier != r.system_identifier {
+            return Err("it names another cluster".into());
+        }
+        Ok(again)
+    }
+
+    /// Writes (or replaces) a record, signed: the archived file it names
+    /// must already be durable.
+    pub async fn put_wal_record(&self, r: &WalRecord) -> Result<(), RepositoryError> {
+        let key = keys::wal_record_key(
+            &r.system_identifier,
+            r.timeline,
+            &r.name,
+            r.kind == WalKind::Partial,
+        );
+        let body = serde_json::to_vec_pretty(r).expect("a record serialises");
+        self.put_signed(&key, body, PutMode::Overwrite).await
+    }
+
+    /// Removes an archived WAL file: its record (and signature) first, so
+    /// that no reader ever finds a record without its file.
+    pub async fn delete_wal(&self, r: &WalRecord) -> Result<(), RepositoryError> {
+        let key = keys::wal_record_key(
+            &r.system_identifier,
+            r.timeline,
+            &r.name,
+            r.kind == WalKind::Partial,
+        );
+        self.delete_object(&key).await?;
+        self.delete_object(&keys::signature_key(&key)).await?;
+        self.delete_object(&r.path).await
+    }
+
+    /// Removes one object (a missing one is not an error).
+    pub async fn delete_object(&self, key: &str) -> Result<(), RepositoryError> {
+        self.backend()
+            .delete(key)
+            .await
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Reads a small object whole.
+    pub async fn get_object(&self, key: &str) -> Result<Bytes, RepositoryError> {
+        self.backend().get(key).await.map_err(|e| self.storage(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> (WalRecord, String) {
+        let r = WalRecord {
+            version: 1,
+            system_identifier: "7312345678901234567".into(),
+            name: "000000010000000000000003".into(),
+            timeline: 1,
+            kind: WalKind::Segment,
+            segment_size: 16 << 20,
+            path: "wal/7312345678901234567/00000001/000000010000000000000003.zst.age".into(),
+            plaintext_bytes: 16 << 20,
+            stored_bytes: 100,
+            sha256: "a".repeat(64),
+            archived_at: chrono::Utc::now(),
+            covered_until: None,
+            end_lsn: None,
+        };
+        let key = keys::wal_record_key(&r.system_identifier, 1, &r.name, false);
+        (r, key)
+    }
+
+    #[test]
+    fn a_record_kompose_dr_writes_passes_and_forgeries_are_named() {
+        let (r, key) = record();
+        validate(&r, &key).unwrap();
+        type Forgery = Box<dyn Fn(&mut WalRecord)>;
+        let forged: Vec<Forgery> = vec![
+            Box::new(|r| r.path = "data/x/postgres/app.dump.zst.age".into()),
+            Box::new(|r| r.name = "000000020000000000000003".into()),
+            Box::new(|r| r.name = "../../etc/passwd".into()),
+            Box::new(|r| r.segment_size = 1000),
+            Box::new(|r| r.sha256 = "x".into()),
+            Box::new(|r| r.system_identifier = "../1".into()),
+            Box::new(|r| r.version = 99),
+            Box::new(|r| r.kind = WalKind::Partial),
+        ];
+        for (i, f) in forged.iter().enumerate() {
+            let mut bad = r.clone();
+            f(&mut bad);
+            assert!(validate(&bad, &key).is_err(), "forgery {i} passed");
+        }
+        let mut p = r.clone();
+        p.kind = WalKind::Partial;
+        p.path = format!(
+            "wal/7312345678901234567/00000001/000000010000000000000003.partial-{}.zst.age",
+            "0123456789abcdef"
+        );
+        validate(
+            &p,
+            &keys::wal_record_key(&p.system_identifier, 1, &p.name, true),
+        )
+        .unwrap();
+    }
+}

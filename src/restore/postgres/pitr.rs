@@ -1,0 +1,649 @@
+//! Point-in-time recovery from a base backup and the archived WAL
+//! (docs/DESIGN.md §11).
+//!
+//! **One database to any second.** `restore --point-in-time T --source
+//! postgres/<db>`, when a base backup and the WAL after it cover T: the
+//! base backup is unpacked into a private scratch directory, the WAL files
+//! recovery needs are fetched, checked and decrypted beside it, and a
+//! scratch PostgreSQL replays them to T (`recovery_target_time`, inclusive,
+//! then promoted). That one database is dumped from it and restored through
+//! the usual plan and swap: the other databases of the server are not
+//! touched, and `--replace` keeps the replaced database, renamed, until the
+//! operator drops it.
+//!
+//! **A whole cluster.** `--source postgres/cluster --to DIR` recovers the
+//! data directory itself into DIR, shuts it down cleanly and leaves it for
+//! the operator to swap in (docs/RUNBOOK.md).
+//!
+//! **The window.** A T after the newest archived WAL, or a gap in the WAL
+//! between the base backup and T, is refused, naming the covered window or
+//! the missing segment — never a silent recovery to the end of the log. A T
+//! before the first base backup takes the newest dump at or before it, and
+//! the plan says so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::{quote_ident, server_version_of};
+use crate::model::manifest::{Artifact, ArtifactKind, Manifest};
+use crate::model::selection::source_database;
+use crate::model::wal::{BasePosition, CoverageError, WalArchive, WalRecord};
+use crate::repository::Repository;
+use crate::restore::plan::{Choice, Recovery, Selector};
+use crate::restore::stream::{self, VerifyingReader};
+use crate::restore::{RestoreContext, RestoreError, Target};
+use crate::scratch::ScratchPostgres;
+use crate::scratch::process::{ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryTarget};
+
+/// How long a recovery may replay WAL before it is given up.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One cluster's base backups (oldest first) and archived WAL.
+struct Coverage {
+    bases: Vec<(String, Artifact, BasePosition)>,
+    archive: WalArchive,
+}
+
+impl Coverage {
+    /// The window `[first base backup, newest covered commit]`.
+    fn window(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let from = self
+            .bases
+            .iter()
+            .filter_map(|(_, a, _)| a.captured_at)
+            .min();
+        (from, self.archive.covered_until())
+    }
+
+    fn describe(&self) -> String {
+        match self.window() {
+            (Some(f), Some(u)) => format!("{} … {}", rfc(f), rfc(u)),
+            (Some(f), None) => format!("from {} (no WAL is archived after it)", rfc(f)),
+            _ => "nothing".into(),
+        }
+    }
+}
+
+/// Reads the base backups of `snapshots` and the WAL of their clusters.
+async fn coverage(
+    repo: &Repository,
+    snapshots: &[Manifest],
+) -> Result<BTreeMap<String, Coverage>, RestoreError> {
+    let mut out: BTreeMap<String, Coverage> = BTreeMap::new();
+    for m in snapshots {
+        for a in &m.artifacts {
+            if a.kind == ArtifactKind::PostgresCluster
+                && a.is_ok()
+                && let Some(w) = &a.wal
+            {
+                out.entry(w.system_identifier.clone())
+                    .or_insert_with(|| Coverage {
+                        bases: Vec::new(),
+                        archive: WalArchive::default(),
+                    })
+                    .bases
+                    .push((m.id.clone(), a.clone(), w.clone()));
+            }
+        }
+    }
+    for (id, c) in out.iter_mut() {
+        c.bases.sort_by_key(|(_, a, _)| a.captured_at);
+        let (records, damaged) = repo
+            .wal_records(id)
+            .await
+            .map_err(|e| RestoreError::Failed(format!("cannot list the archived WAL: {e}")))?;
+        for d in damaged {
+            tracing::warn!(record = %d.key, "refused: {}", d.message);
+        }
+        c.archive = WalArchive::from_records(records);
+    }
+    Ok(out)
+}
+
+/// The recovery that brings `cov`'s cluster to `target` (None: the newest
+/// base backup's consistent end), or why none can.
+fn recovery_for(
+    cov: &Coverage,
+    target: Option<DateTime<Utc>>,
+    base_snapshot: Option<&str>,
+) -> Result<Recovery, RestoreError> {
+    let base = match (target, base_snapshot) {
+        (_, Some(id)) => cov.bases.iter().find(|(s, _, _)| s == id),
+        (Some(t), None) => cov
+            .bases
+            .iter()
+            .rev()
+            .find(|(_, a, _)| a.captured_at.is_some_and(|c| c <= t)),
+        (None, None) => cov.bases.last(),
+    };
+    let Some((snapshot, artifact, position)) = base else {
+        return Err(RestoreError::Refused(format!(
+            "no base backup is at or before {}: base backups and archived WAL cover {}",
+            target.map(rfc).unwrap_or_default(),
+            cov.describe()
+        )));
+    };
+    let (chain, covered) = match target {
+        None => (Vec::new(), None),
+        Some(t) => match cov.archive.chain(position, Some(t)) {
+            Ok(x) => x,
+            Err(CoverageError::EndsBefore(_)) => {
+                return Err(RestoreError::Refused(format!(
+                    "{} is after the newest archived WAL: base backups and archived WAL cover {} \
+                     (is the WAL archiver running? `kompose-dr check` says how far it got); pick a time inside it",
+                    rfc(t),
+                    cov.describe()
+                )));
+            }
+            Err(CoverageError::Missing(seg)) => {
+                return Err(RestoreError::Refused(format!(
+                    "WAL segment {seg} is missing from the archive, so base backup {snapshot} cannot be carried \
+                     forward to {}: `kompose-dr check` lists the gaps; restore a nightly dump with --snapshot \
+                     instead, or a time before the gap",
+                    rfc(t)
+                )));
+            }
+        },
+    };
+    let mut files: Vec<WalRecord> = chain.into_iter().cloned().collect();
+    files.extend(cov.archive.histories.values().cloned());
+    Ok(Recovery {
+        base_snapshot: snapshot.clone(),
+        base_captured_at: artifact.captured_at,
+        target,
+        first_wal: files.first().map(|r| r.name.clone()),
+        last_wal: files
+            .iter()
+            .rev()
+            .find(|r| r.segment().is_some())
+            .map(|r| r.name.clone()),
+        wal_files: files.len(),
+        covered_until: covered.or(cov.archive.covered_until()),
+        base: artifact.clone(),
+        position: position.clone(),
+        records: files,
+    })
+}
+
+/// Gives the PostgreSQL choices of a point-in-time plan their path: base
+/// backup + WAL where those cover the time (the choice is rewritten to
+/// it), the dump otherwise; a time the WAL should cover but does not is an
+/// error naming the window. `postgres/cluster` always recovers (to its own
+/// end with `--snapshot`).
+pub async fn attach(
+    repo: &Repository,
+    snapshots: &[Manifest],
+    selector: &Selector,
+    choices: Vec<Choice>,
+) -> Result<Vec<Choice>, RestoreError> {
+    let wants = choices.iter().any(|c| {
+        c.artifact.kind == ArtifactKind::PostgresCluster
+            || (matches!(selector, Selector::PointInTime(_))
+                && c.artifact.kind == ArtifactKind::PostgresDump)
+    });
+    if !wants {
+        return Ok(choices);
+    }
+    let cov = coverage(repo, snapshots).await?;
+    // The cluster this server is: the newest base backup's.
+    let newest = cov
+        .values()
+        .filter_map(|c| c.bases.last().map(|b| (b.1.captured_at, c)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, c)| c);
+    let mut out = Vec::with_capacity(choices.len());
+    for mut c in choices {
+        match (c.artifact.kind, selector, newest) {
+            (ArtifactKind::PostgresCluster, sel, Some(cov)) => {
+                let (target, base) = match sel {
+                    Selector::PointInTime(t) => (Some(*t), None),
+                    _ => (None, Some(c.snapshot.as_str())),
+                };
+                c.recovery = Some(Box::new(recovery_for(cov, target, base)?));
+            }
+            (ArtifactKind::PostgresCluster, _, None) => {
+                return Err(RestoreError::Refused(
+                    "no base backup records its WAL position: take one with `kompose-dr backup --source postgres/cluster`".into(),
+                ));
+            }
+            (ArtifactKind::PostgresDump, Selector::PointInTime(t), Some(cov)) => {
+                let (from, _) = cov.window();
+                if from.is_some_and(|f| *t < f) {
+                    c.path_note = Some(format!(
+                        "dump: {} is before the first base backup ({})",
+                        rfc(*t),
+                        from.map(rfc).unwrap_or_default()
+                    ));
+                } else {
+                    let r = recovery_for(cov, Some(*t), None)?;
+                    let mut a = r.base.clone();
+                    a.source = c.source.clone();
+                    a.kind = ArtifactKind::PostgresDump;
+                    a.captured_at = Some(*t);
+                    c.snapshot = r.base_snapshot.clone();
+                    c.artifact = a;
+                    c.distance_seconds = Some(0);
+                    c.skipped_failed.clear();
+                    c.facts = None;
+                    c.recovery = Some(Box::new(r));
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The cluster target: a new data directory, `--to DIR` (absent or empty).
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    c: &Choice,
+) -> Result<(Target, bool), RestoreError> {
+    let Some(dir) = &ctx.options.to else {
+        return Err(RestoreError::Refused(
+            "a whole cluster is recovered into a new data directory: add --to DIR (then swap it in: docs/RUNBOOK.md)".into(),
+        ));
+    };
+    if c.recovery.is_none() {
+        return Err(RestoreError::Refused(
+            "this base backup records no WAL position (taken before kompose-dr recorded them)"
+                .into(),
+        ));
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(RestoreError::Refused(format!(
+            "{} exists and is not empty: recover into a new directory",
+            dir.display()
+        )));
+    }
+    Ok((Target::Cluster { path: dir.clone() }, false))
+}
+
+/// The scratch runtime recoveries run in: local server binaries.
+fn runtime(ctx: &RestoreContext<'_>) -> ProcessRuntime {
+    ProcessRuntime::new(&ctx.targets.scratch)
+}
+
+/// Who to connect to the recovered cluster as: the configured user (it
+/// took the base backup, so it exists there).
+fn cluster_user(ctx: &RestoreContext<'_>) -> String {
+    ctx.targets
+        .postgres
+        .as_ref()
+        .map(|p| p.endpoint.user.clone())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// Reads a stored object against what its record or manifest says, into a
+/// private temporary file, and returns a verifying reader of that copy.
+async fn fetch_verified(
+    repo: &Repository,
+    artifact: &Artifact,
+) -> Result<VerifyingReader<std::fs::File>, RestoreError> {
+    let key = artifact
+        .path
+        .clone()
+        .ok_or_else(|| RestoreError::NoArchive(artifact.source.clone()))?;
+    let reader = repo
+        .backend()
+        .open(&key)
+        .await
+        .map_err(|source| RestoreError::Storage {
+            label: stream::label(artifact),
+            source,
+        })?;
+    let artifact = artifact.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, Write};
+        let label = stream::label(&artifact);
+        let mut stored = VerifyingReader::new(
+            tokio_util::io::SyncIoBridge::new(reader),
+            &artifact,
+            Box::new(|_| {}),
+        );
+        let mut spool = tempfile::tempfile().map_err(RestoreError::io(
+            "cannot create a private temporary file ($TMPDIR)",
+        ))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut spool);
+        std::io::copy(&mut stored, &mut out).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                RestoreError::Failed(e.to_string())
+            } else {
+                RestoreError::io(format!("{label}: cannot spool it to $TMPDIR"))(e)
+            }
+        })?;
+        out.flush()
+            .map_err(RestoreError::io(format!("{label}: cannot spool it")))?;
+        drop(out);
+        spool
+            .rewind()
+            .map_err(RestoreError::io(format!("{label}: cannot spool it")))?;
+        Ok(VerifyingReader::new(spool, &artifact, Box::new(|_| {})))
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
+}
+
+/// Unpacks the base backup into `data` and puts the WAL files recovery
+/// needs, checked and decrypted, into `wal`.
+async fn fill(
+    ctx: &RestoreContext<'_>,
+    recovery: &Recovery,
+    data: &Path,
+    wal: &Path,
+) -> Result<u64, RestoreError> {
+    let stored = fetch_verified(&ctx.repository, &recovery.base).await?;
+    let ids = ctx.identities.clone();
+    let data_dir = data.to_owned();
+    let label = stream::label(&recovery.base);
+    let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
+        let (reader, writer) = std::io::pipe().map_err(RestoreError::io("cannot make a pipe"))?;
+        let ids2 = ids.clone();
+        let producer = std::thread::spawn(move || {
+            let mut w = writer;
+            stream::copy_archive(stored, &ids2, &mut w)
+        });
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(false);
+        let unpacked = archive.unpack(&data_dir);
+        // Whatever the tar reader left unread ends the producer.
+        drop(archive);
+        let copied = producer
+            .join()
+            .map_err(|_| RestoreError::Failed(format!("{label}: the decoder thread failed")))?;
+        let bytes = copied.map_err(RestoreError::from)?;
+        unpacked.map_err(|e| RestoreError::Failed(format!("{label}: cannot unpack it: {e}")))?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
+    for r in &recovery.records {
+        if ctx.cancel.is_cancelled() {
+            return Err(RestoreError::Failed(
+                "interrupted while fetching WAL".into(),
+            ));
+        }
+        // A partial segment's copy is replaced while the archiver runs:
+        // read its record again when the copy named is gone.
+        let mut r = r.clone();
+        let mut tries = 0;
+        let stored = loop {
+            match fetch_verified(
+                &ctx.repository,
+                &crate::model::manifest::Artifact::of_wal(&r),
+            )
+            .await
+            {
+                Ok(s) => break s,
+                Err(RestoreError::Storage {
+                    source: crate::storage::StorageError::NotFound(_),
+                    ..
+                }) if r.kind == crate::model::wal::WalKind::Partial && tries < 5 => {
+                    tries += 1;
+                    r = ctx
+                        .repository
+                        .wal_record_again(&r)
+                        .await
+                        .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let ids = ctx.identities.clone();
+        let to = wal.join(&r.name);
+        tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
+            let tmp = to.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)
+                .map_err(RestoreError::io(format!("cannot create {}", tmp.display())))?;
+            stream::copy_archive(stored, &ids, &mut f).map_err(RestoreError::from)?;
+            std::fs::rename(&tmp, &to)
+                .map_err(RestoreError::io(format!("cannot create {}", to.display())))
+        })
+        .await
+        .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
+    }
+    Ok(unpacked)
+}
+
+/// Recovers the choice's cluster into a scratch server (or into `data`).
+///
+/// PostgreSQL stops a recovery to a time at the first commit after it; when
+/// the archive holds no commit after T (the newest moments, a quiet
+/// server) it refuses, having reached the end of the log first. The plan
+/// has already proven that the archive holds every commit made before T,
+/// so the end of that log *is* the state at T: the recovery is then run
+/// again to the end of the log.
+async fn recover(
+    ctx: &RestoreContext<'_>,
+    recovery: &Recovery,
+    data: Option<&Path>,
+) -> Result<(RecoveredPostgres, u64), RestoreError> {
+    let first = match recovery.target {
+        Some(t) => RecoveryTarget::Time(t),
+        None => RecoveryTarget::Immediate,
+    };
+    match recover_to(ctx, recovery, data, first).await {
+        Err(RestoreError::Failed(m))
+            if first != RecoveryTarget::Immediate
+                && m.contains("recovery ended before configured recovery target was reached") =>
+        {
+            tracing::info!(
+                "the archive holds no commit after the target, and every commit before it: recovering to the end of the archived WAL"
+            );
+            if let Some(d) = data {
+                let _ = std::fs::remove_dir_all(d);
+                std::fs::create_dir_all(d)
+                    .map_err(RestoreError::io(format!("cannot create {}", d.display())))?;
+            }
+            recover_to(ctx, recovery, data, RecoveryTarget::EndOfWal).await
+        }
+        r => r,
+    }
+}
+
+async fn recover_to(
+    ctx: &RestoreContext<'_>,
+    recovery: &Recovery,
+    data: Option<&Path>,
+    target: RecoveryTarget,
+) -> Result<(RecoveredPostgres, u64), RestoreError> {
+    let rt = runtime(ctx);
+    let dir: RecoveryDir = rt
+        .recovery_dir()
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    let data_dir = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
+    let bytes = fill(ctx, recovery, &data_dir, &dir.wal).await?;
+    let major = server_version_of(&recovery.base);
+    tracing::info!(
+        base = %recovery.base_snapshot,
+        target = ?recovery.target.map(rfc),
+        wal_files = recovery.wal_files,
+        "recovering a scratch cluster"
+    );
+    let server = rt
+        .recover(
+            major,
+            dir,
+            Some(&data_dir),
+            target,
+            &cluster_user(ctx),
+            RECOVERY_LIMIT,
+            &ctx.cancel,
+        )
+        .await
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    Ok((server, bytes))
+}
+
+/// A database dumped from a recovered cluster, ready for pg_restore.
+pub struct RecoveredDump {
+    /// The dump (pg_dump custom format), in a private temporary file.
+    pub file: std::fs::File,
+    /// The database object as it was at the target time.
+    pub object: crate::model::facts::DatabaseFacts,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Recovers the cluster to the choice's time and dumps the database the
+/// choice names from it.
+pub async fn recovered_dump(
+    ctx: &RestoreContext<'_>,
+    source: &str,
+    recovery: &Recovery,
+) -> Result<RecoveredDump, RestoreError> {
+    let db = source_database(source)
+        .ok_or_else(|| RestoreError::Refused(format!("{source} is not a database")))?;
+    let (server, _) = recover(ctx, recovery, None).await?;
+    let cfg = server.connection();
+    let client = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+        .await
+        .map_err(RestoreError::from_source)?;
+    let exists: bool = client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(RestoreError::db("cannot list the recovered databases"))?
+        .get(0);
+    if !exists {
+        return Err(RestoreError::Refused(format!(
+            "database {} did not exist at {} (recovered from base backup {})",
+            quote_ident(db),
+            recovery.target.map(rfc).unwrap_or_default(),
+            recovery.base_snapshot
+        )));
+    }
+    let dbc = crate::sources::postgres::connect(&cfg, db)
+        .await
+        .map_err(RestoreError::from_source)?;
+    let object = crate::sources::postgres::database::read(&dbc, db)
+        .await
+        .map_err(RestoreError::from_source)?;
+    drop(dbc);
+    drop(client);
+    let tool = crate::sources::postgres::choose_client(
+        &cfg,
+        "pg_dump",
+        server.major(),
+        &format!("the recovered PostgreSQL {}", server.major()),
+    )
+    .await
+    .map_err(RestoreError::from_source)?;
+    let mut file = tempfile::tempfile().map_err(RestoreError::io(
+        "cannot create a private temporary file ($TMPDIR)",
+    ))?;
+    let crate::sources::launch::Launch::Local(mut cmd) =
+        crate::sources::postgres::command(&cfg, &tool, "pg_dump", db)
+    else {
+        unreachable!("a recovered cluster is local");
+    };
+    cmd.args(["--format=custom", "--compress=0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            file.try_clone()
+                .map_err(RestoreError::io("cannot share the temporary file"))?,
+        )
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // Not `output()`: it would pipe stdout, not write the file.
+    let out = cmd
+        .spawn()
+        .map_err(RestoreError::io("cannot run pg_dump"))?
+        .wait_with_output()
+        .await
+        .map_err(RestoreError::io("cannot run pg_dump"))?;
+    if !out.status.success() {
+        return Err(RestoreError::Failed(format!(
+            "pg_dump of {db} from the recovered cluster failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    use std::io::Seek;
+    let bytes = file
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(RestoreError::io("cannot read the dump"))?;
+    file.rewind()
+        .map_err(RestoreError::io("cannot read the dump"))?;
+    drop(server);
+    Ok(RecoveredDump {
+        file,
+        object,
+        bytes,
+    })
+}
+
+/// Recovers the whole cluster into `path`, shut down cleanly.
+pub async fn restore_cluster(
+    ctx: &RestoreContext<'_>,
+    recovery: &Recovery,
+    path: &PathBuf,
+) -> Result<(u64, String), RestoreError> {
+    std::fs::create_dir_all(path).map_err(RestoreError::io(format!(
+        "cannot create {}",
+        path.display()
+    )))?;
+    let (server, bytes) = match recover(ctx, recovery, Some(path)).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Not a usable data directory: leave nothing that looks like one.
+            let _ = std::fs::remove_dir_all(path);
+            return Err(e);
+        }
+    };
+    server
+        .shut_down(Duration::from_secs(600))
+        .await
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    Ok((
+        bytes,
+        format!(
+            "data directory {} recovered to {} from base backup {} and {} WAL file(s), shut down cleanly; \
+             swap it in as docs/RUNBOOK.md says",
+            path.display(),
+            recovery
+                .target
+                .map(rfc)
+                .unwrap_or_else(|| "the base backup's end".into()),
+            recovery.base_snapshot,
+            recovery.wal_files
+        ),
+    ))
+}
+
+/// Recovers the choice's cluster in scratch (to its target, or the base
+/// backup's end) and lists its databases: what `verify` and drills check
+/// of a base backup. Returns the databases found.
+pub async fn check_recovery(
+    ctx: &RestoreContext<'_>,
+    recovery: &Recovery,
+) -> Result<Vec<String>, RestoreError> {
+    let (server, _) = recover(ctx, recovery, None).await?;
+    let cfg = server.connection();
+    let client = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+        .await
+        .map_err(RestoreError::from_source)?;
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(RestoreError::db("cannot list the recovered databases"))?;
+    drop(client);
+    server
+        .shut_down(Duration::from_secs(120))
+        .await
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

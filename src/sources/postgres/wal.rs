@@ -1,0 +1,826 @@
+//! The WAL archiver (docs/DESIGN.md §11): continuous archiving of the
+//! server's write-ahead log into every repository, so a database can be
+//! brought back to any second, not only to last night's dump.
+//!
+//! `pg_receivewal` (the replication protocol, run like pg_dump is run)
+//! writes the log into a spool directory, `spool_dir/<system id>/`, a few
+//! segments deep. The archiver watches it:
+//!
+//! - a **complete segment** is compressed, encrypted, stored in every
+//!   repository, and only then gets its record (the commit point); it then
+//!   leaves the spool, except the newest file, from which pg_receivewal
+//!   resumes after a restart — so a restart neither skips nor repeats;
+//! - the **segment being written** is shipped at least every `max_lag`
+//!   under a fresh key, its record replaced after, the previous shipment
+//!   removed last: kill -9 at any moment leaves one complete, named copy,
+//!   and loses at most `max_lag` of log even if the spool is lost too;
+//! - **history files** (a promotion started a new timeline) are stored
+//!   once.
+//!
+//! Every record says until when the server's commits are covered
+//! (`covered_until`, by the server's clock): the archiver asks the server
+//! for its time and its insert position, and claims that time only once
+//! pg_receivewal has reported that position flushed — so a recovery to
+//! any moment up to it finds every commit made before it.
+//!
+//! With an empty spool and an archive that already holds log, the spool is
+//! seeded with a zero-filled `.partial` of the segment after the newest
+//! archived one, which makes pg_receivewal start there: a server that
+//! recycled that log meanwhile is reported as a gap, naming the segment,
+//! and archiving resumes at the server's current position.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::{ClusterIdentity, identity};
+use super::{choose_client, command, connect_within, server_version};
+use crate::model::config::{PostgresConfig, WalConfig};
+use crate::model::wal::{Lsn, Segment, WAL_RECORD_VERSION, WalKind, WalRecord, parse_history};
+use crate::pipeline;
+use crate::sources::{SourceContext, SourceError};
+use crate::storage::keys;
+
+/// The application name pg_receivewal connects with; the archiver finds
+/// its flush position in `pg_stat_replication` by it.
+pub const APPLICATION_NAME: &str = "kompose-dr-wal";
+
+/// How often the spool is looked at.
+const TICK: Duration = Duration::from_millis(500);
+
+/// A commit is claimed covered this long after the observation that
+/// covers it: a commit's timestamp is taken a moment before its record is
+/// inserted.
+const COMMIT_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// What the archiver is doing, for metrics, `/healthz` and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalStatus {
+    /// The cluster being archived.
+    pub system_identifier: Option<String>,
+    /// The newest file stored.
+    pub last_archived: Option<String>,
+    /// Every commit before this moment (server time) is archived.
+    pub covered_until: Option<DateTime<Utc>>,
+    /// When the archiver last stored anything (its clock).
+    pub last_shipped_at: Option<DateTime<Utc>>,
+    /// Files stored since start.
+    pub shipped: u64,
+    /// Whether pg_receivewal is running now.
+    pub streaming: bool,
+    /// The last problem, if the archiver is not healthy.
+    pub last_error: Option<String>,
+    /// Gaps reported since start (the first missing segment of each).
+    pub gaps: Vec<String>,
+}
+
+/// Shared view of the status.
+pub type SharedStatus = Arc<Mutex<WalStatus>>;
+
+/// One observation of the server: its clock and insert position.
+#[derive(Debug, Clone, Copy)]
+struct Observation {
+    at: DateTime<Utc>,
+    lsn: Lsn,
+}
+
+/// The archiver of one server.
+pub struct Archiver {
+    cfg: PostgresConfig,
+    wal: WalConfig,
+    ctx: SourceContext,
+    status: SharedStatus,
+}
+
+/// A file in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spooled {
+    Complete(Segment),
+    Partial(Segment),
+    History(u32),
+}
+
+/// What has been stored of a partial segment.
+#[derive(Debug, Clone)]
+struct Shipped {
+    record: WalRecord,
+    /// The flush position the shipped copy holds.
+    flushed: Lsn,
+}
+
+impl Archiver {
+    /// An archiver of `cfg`'s server into `ctx`'s repositories.
+    pub fn new(cfg: PostgresConfig, wal: WalConfig, ctx: SourceContext) -> Archiver {
+        Archiver {
+            cfg,
+            wal,
+            ctx,
+            status: SharedStatus::default(),
+        }
+    }
+
+    /// The status, updated as it runs.
+    pub fn status(&self) -> SharedStatus {
+        self.status.clone()
+    }
+
+    fn set_error(&self, e: impl Into<String>) {
+        let e = self.ctx.redactor.scrub(&e.into());
+        tracing::error!("WAL archiving: {e}");
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(e);
+    }
+
+    /// Archives until `stop` is cancelled. Errors that a restart may cure
+    /// (the server restarting, a repository down) are retried with
+    /// backoff; only what needs the operator (configuration, a missing
+    /// tool, another archiver on the spool) ends it.
+    pub async fn run(&self, stop: CancellationToken) -> Result<(), SourceError> {
+        if self.cfg.container.is_some() {
+            return Err(SourceError::Tool(
+                "[postgres.wal] with postgres.container is not supported yet: pg_receivewal must run on this host \
+                 and reach the server (set postgres.url); base backups work in container mode"
+                    .into(),
+            ));
+        }
+        let mut backoff = Duration::from_secs(1);
+        let mut state: Option<(ClusterIdentity, PathBuf, std::fs::File)> = None;
+        let mut shipped: BTreeMap<Segment, Shipped> = BTreeMap::new();
+        let mut done: std::collections::BTreeSet<String> = Default::default();
+        while !stop.is_cancelled() {
+            let round = async {
+                if state.is_none() {
+                    let (id, spool, lock) = self.prepare().await?;
+                    done = self.archived_names(&id).await;
+                    state = Some((id, spool, lock));
+                }
+                let (id, spool, _) = state.as_ref().expect("prepared");
+                self.stream(id, spool, &stop, &mut shipped, &mut done).await
+            };
+            match round.await {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(e @ SourceError::Tool(_)) if state.is_none() => return Err(e),
+                Err(e) => {
+                    self.set_error(e.to_string());
+                    if state.is_none() && matches!(e, SourceError::Data(_)) {
+                        return Err(e);
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        Ok(())
+    }
+
+    /// Learns the cluster, checks the tool, makes and locks the spool.
+    async fn prepare(&self) -> Result<(ClusterIdentity, PathBuf, std::fs::File), SourceError> {
+        let client = connect_within(
+            &self.cfg,
+            &self.cfg.endpoint.maintenance_db,
+            self.ctx.timeouts.connect,
+        )
+        .await?;
+        let id = identity(&client).await?;
+        let server = server_version(&client).await?;
+        drop(client);
+        choose_client(
+            &self.cfg,
+            "pg_receivewal",
+            server.major,
+            &format!("the server (PostgreSQL {})", server.text),
+        )
+        .await?;
+        let spool = self.wal.spool_dir.join(&id.system_identifier);
+        make_private_dir(&self.wal.spool_dir)
+            .and_then(|()| make_private_dir(&spool))
+            .map_err(|e| {
+                SourceError::Data(format!(
+                    "cannot create the WAL spool {}: {e}; set [postgres.wal] spool_dir to a directory this user may write",
+                    spool.display()
+                ))
+            })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(spool.join(".lock"))
+            .map_err(|e| {
+                SourceError::Data(format!("cannot open {}/.lock: {e}", spool.display()))
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(SourceError::Data(format!(
+                "another WAL archiver uses {} (kompose-dr agent or kompose-dr wal): run only one",
+                spool.display()
+            )));
+        }
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .system_identifier = Some(id.system_identifier.clone());
+        tracing::info!(system_identifier = %id.system_identifier, timeline = id.timeline, spool = %spool.display(), "WAL archiving");
+        Ok((id, spool, lock))
+    }
+
+    /// The complete segments and history files every repository holds.
+    async fn archived_names(&self, id: &ClusterIdentity) -> std::collections::BTreeSet<String> {
+        let mut per_repo = Vec::new();
+        for repo in &self.ctx.repositories {
+            match repo.wal_records(&id.system_identifier).await {
+                Ok((records, _)) => per_repo.push(
+                    records
+                        .into_iter()
+                        .filter(|r| r.kind != WalKind::Partial)
+                        .map(|r| r.name)
+                        .collect::<std::collections::BTreeSet<_>>(),
+                ),
+                Err(_) => per_repo.push(Default::default()),
+            }
+        }
+        let mut it = per_repo.into_iter();
+        let first = it.next().unwrap_or_default();
+        it.fold(first, |acc, s| acc.intersection(&s).cloned().collect())
+    }
+
+    /// Seeds an empty spool so that pg_receivewal starts right after the
+    /// newest archived log.
+    async fn seed(&self, id: &ClusterIdentity, spool: &Path) -> Result<(), SourceError> {
+        if !list_spool(spool, id.segment_size)?.is_empty() {
+            return Ok(());
+        }
+        let mut newest: Option<(Segment, WalKind)> = None;
+        for repo in &self.ctx.repositories {
+            if let Ok((records, _)) = repo.wal_records(&id.system_identifier).await {
+                for r in records {
+                    if let Some(s) = r.segment()
+                        && newest
+                            .is_none_or(|(n, _)| (s.number, s.timeline) > (n.number, n.timeline))
+                    {
+                        newest = Some((s, r.kind));
+                    }
+                }
+            }
+        }
+        let Some((seg, kind)) = newest else {
+            return Ok(());
+        };
+        let next = if kind == WalKind::Segment {
+            Segment {
+                timeline: seg.timeline,
+                number: seg.number + 1,
+            }
+        } else {
+            seg
+        };
+        let path = spool.join(format!("{}.partial", next.name(id.segment_size)));
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SourceError::Data(format!("cannot create {}: {e}", path.display())))?;
+        f.set_len(id.segment_size)
+            .map_err(|e| SourceError::Data(format!("cannot size {}: {e}", path.display())))?;
+        tracing::info!(segment = %next.name(id.segment_size), "resuming after the newest archived WAL");
+        Ok(())
+    }
+
+    /// One life of pg_receivewal: start it, ship what it writes, until it
+    /// exits or `stop`.
+    async fn stream(
+        &self,
+        id: &ClusterIdentity,
+        spool: &Path,
+        stop: &CancellationToken,
+        shipped: &mut BTreeMap<Segment, Shipped>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Result<(), SourceError> {
+        // Whatever an earlier life left complete goes first.
+        let client = connect_within(
+            &self.cfg,
+            &self.cfg.endpoint.maintenance_db,
+            self.ctx.timeouts.connect,
+        )
+        .await?;
+        let server = server_version(&client).await?;
+        let tool = choose_client(
+            &self.cfg,
+            "pg_receivewal",
+            server.major,
+            &format!("the server (PostgreSQL {})", server.text),
+        )
+        .await?;
+        self.seed(id, spool).await?;
+        if let Some(slot) = &self.wal.slot {
+            let mut create = command(
+                &self.cfg,
+                &tool,
+                "pg_receivewal",
+                &self.cfg.endpoint.maintenance_db,
+            );
+            create
+                .arg("--create-slot")
+                .arg("--if-not-exists")
+                .arg(format!("--slot={slot}"));
+            let mut running = create
+                .start("pg_receivewal", false)
+                .await
+                .map_err(SourceError::Tool)?
+                .killed_on_drop();
+            let tail = crate::process::stderr_tail(
+                running.stderr.take(),
+                "pg_receivewal",
+                self.ctx.redactor.clone(),
+            );
+            let ended = running
+                .wait_within(self.ctx.timeouts.child_exit, "pg_receivewal")
+                .await
+                .map_err(|e| SourceError::Tool(e.to_string()))?;
+            if !ended.success() {
+                return Err(SourceError::Tool(format!(
+                    "cannot create replication slot `{slot}`: {}",
+                    tail.await.unwrap_or_default().trim()
+                )));
+            }
+        }
+        let mut cmd = command(
+            &self.cfg,
+            &tool,
+            "pg_receivewal",
+            &self.cfg.endpoint.maintenance_db,
+        );
+        cmd.env("PGAPPNAME", APPLICATION_NAME)
+            .env("LC_ALL", "C")
+            .env("LC_MESSAGES", "C")
+            .arg(format!("--directory={}", spool.display()))
+            .arg("--synchronous")
+            .arg("--no-loop")
+            .arg("--status-interval=1")
+            .arg("--verbose");
+        if let Some(slot) = &self.wal.slot {
+            cmd.arg(format!("--slot={slot}"));
+        }
+        if let crate::sources::launch::Launch::Local(c) = &mut cmd {
+            crate::process::die_with_parent(c.as_std_mut());
+        }
+        let mut child = cmd
+            .start("pg_receivewal", false)
+            .await
+            .map_err(SourceError::Tool)?
+            .killed_on_drop();
+        drop(child.stdout.take());
+        let stderr = crate::process::stderr_tail(
+            child.stderr.take(),
+            "pg_receivewal",
+            self.ctx.redactor.clone(),
+        );
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streaming = true;
+        let mut observations: VecDeque<Observation> = VecDeque::new();
+        let mut last_partial_ship = Instant::now()
+            .checked_sub(self.wal.max_lag)
+            .unwrap_or_else(Instant::now);
+        let exited = loop {
+            tokio::select! {
+                ended = child.wait() => break Some(ended),
+                () = stop.cancelled() => break None,
+                () = tokio::time::sleep(TICK) => {}
+            }
+            let due = last_partial_ship.elapsed() >= self.wal.max_lag;
+            if let Err(e) = self
+                .tick(&client, id, spool, &mut observations, shipped, done, due)
+                .await
+            {
+                self.set_error(e.to_string());
+            } else if due {
+                last_partial_ship = Instant::now();
+            }
+        };
+        // Stopping: the newest log goes out before we do.
+        if exited.is_none() {
+            if let Err(e) = self
+                .tick(&client, id, spool, &mut observations, shipped, done, true)
+                .await
+            {
+                self.set_error(e.to_string());
+            }
+            child.kill();
+            let _ = child.wait().await;
+        }
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streaming = false;
+        let tail = tokio::time::timeout(Duration::from_secs(5), stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        // What was complete when it stopped.
+        let _ = self
+            .tick(&client, id, spool, &mut observations, shipped, done, false)
+            .await;
+        match exited {
+            None => Ok(()),
+            Some(_) if tail.contains("has already been removed") => {
+                let gap = self.report_gap(id, spool, &tail);
+                Err(SourceError::Data(gap))
+            }
+            Some(ended) => Err(SourceError::Tool(format!(
+                "pg_receivewal stopped ({}): {}",
+                ended
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                tail.trim()
+            ))),
+        }
+    }
+
+    /// The server recycled log before it was archived: says which, clears
+    /// the spool so the next start takes the server's current position.
+    fn report_gap(&self, id: &ClusterIdentity, spool: &Path, tail: &str) -> String {
+        let first = list_spool(spool, id.segment_size)
+            .ok()
+            .and_then(|files| {
+                files.into_iter().find_map(|(f, _)| match f {
+                    Spooled::Partial(s) | Spooled::Complete(s) => Some(s.name(id.segment_size)),
+                    Spooled::History(_) => None,
+                })
+            })
+            .unwrap_or_else(|| "?".into());
+        for (_, p) in list_spool(spool, id.segment_size).unwrap_or_default() {
+            let _ = std::fs::remove_file(p);
+        }
+        let msg = format!(
+            "the server recycled WAL from segment {first} on before it was archived: recovery cannot cross this gap. \
+             Archiving resumes at the server's current position; take a base backup now \
+             (kompose-dr backup --source postgres/cluster), and set [postgres.wal] slot so the server keeps WAL \
+             until it is archived ({})",
+            tail.lines().last().unwrap_or_default().trim()
+        );
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gaps
+            .push(first);
+        msg
+    }
+
+    /// Observes the server, then ships what is due.
+    #[allow(clippy::too_many_arguments)]
+    async fn tick(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &ClusterIdentity,
+        spool: &Path,
+        observations: &mut VecDeque<Observation>,
+        shipped: &mut BTreeMap<Segment, Shipped>,
+        done: &mut std::collections::BTreeSet<String>,
+        partial_due: bool,
+    ) -> Result<(), SourceError> {
+        let flushed = observe(client, observations).await;
+        let files = list_spool(spool, id.segment_size)?;
+        let newest = files.iter().rev().find_map(|(f, _)| match f {
+            Spooled::Complete(s) | Spooled::Partial(s) => Some(*s),
+            Spooled::History(_) => None,
+        });
+        for (file, path) in &files {
+            match file {
+                Spooled::History(tl) => {
+                    let name = crate::model::wal::history_name(*tl);
+                    if !done.contains(&name) {
+                        self.ship(id, *tl, &name, WalKind::History, path, None, None)
+                            .await?;
+                        done.insert(name);
+                    }
+                }
+                Spooled::Complete(seg) => {
+                    let name = seg.name(id.segment_size);
+                    if !done.contains(&name) {
+                        let end = Segment {
+                            timeline: seg.timeline,
+                            number: seg.number + 1,
+                        }
+                        .start(id.segment_size);
+                        let covered = covered_by(observations, end, Some(end));
+                        self.ship(
+                            id,
+                            seg.timeline,
+                            &name,
+                            WalKind::Segment,
+                            path,
+                            covered,
+                            Some(end),
+                        )
+                        .await?;
+                        done.insert(name);
+                    }
+                    // Its partial copies are superseded.
+                    if let Some(old) = shipped.remove(seg) {
+                        for repo in &self.ctx.repositories {
+                            let _ = repo.delete_wal(&old.record).await;
+                        }
+                    }
+                    if Some(*seg) != newest {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                Spooled::Partial(seg) => {
+                    let Some(flushed) = flushed else { continue };
+                    let end = Segment {
+                        timeline: seg.timeline,
+                        number: seg.number + 1,
+                    }
+                    .start(id.segment_size);
+                    let holds = flushed.min(end);
+                    if holds <= seg.start(id.segment_size) {
+                        continue; // nothing of it received yet (a seed)
+                    }
+                    let last = shipped.get(seg);
+                    let newer_data = last.is_none_or(|l| l.flushed < holds);
+                    let covered = covered_by(observations, holds, Some(end));
+                    if !(partial_due || Some(*seg) != newest && newer_data) {
+                        continue;
+                    }
+                    if !newer_data {
+                        // Same bytes: only the covered time moves on.
+                        if let (Some(l), Some(c)) = (last, covered)
+                            && l.record.covered_until.is_none_or(|x| x < c)
+                        {
+                            let mut r = l.record.clone();
+                            r.covered_until = Some(c);
+                            r.archived_at = Utc::now();
+                            for repo in &self.ctx.repositories {
+                                repo.put_wal_record(&r)
+                                    .await
+                                    .map_err(|e| SourceError::Store(e.to_string()))?;
+                            }
+                            self.note(&r);
+                            shipped.insert(
+                                *seg,
+                                Shipped {
+                                    record: r,
+                                    flushed: holds,
+                                },
+                            );
+                        }
+                        continue;
+                    }
+                    let name = seg.name(id.segment_size);
+                    let record = self
+                        .ship(
+                            id,
+                            seg.timeline,
+                            &name,
+                            WalKind::Partial,
+                            path,
+                            covered,
+                            Some(holds),
+                        )
+                        .await?;
+                    if let Some(old) = shipped.insert(
+                        *seg,
+                        Shipped {
+                            record,
+                            flushed: holds,
+                        },
+                    ) {
+                        // The new record is in place: the old copy is not named.
+                        for repo in &self.ctx.repositories {
+                            let _ = repo.delete_object(&old.record.path).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&self, r: &WalRecord) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.last_archived = Some(r.name.clone());
+        s.last_shipped_at = Some(r.archived_at);
+        if let Some(c) = r.covered_until
+            && s.covered_until.is_none_or(|x| x < c)
+        {
+            s.covered_until = Some(c);
+        }
+        s.shipped += 1;
+        s.last_error = None;
+    }
+
+    /// Stores one spooled file in every repository, then its record.
+    #[allow(clippy::too_many_arguments)]
+    async fn ship(
+        &self,
+        id: &ClusterIdentity,
+        timeline: u32,
+        name: &str,
+        kind: WalKind,
+        path: &Path,
+        covered_until: Option<DateTime<Utc>>,
+        end_lsn: Option<Lsn>,
+    ) -> Result<WalRecord, SourceError> {
+        let tag = (kind == WalKind::Partial).then(|| format!("{:016x}", rand::random::<u64>()));
+        let key = keys::wal_file_key(&id.system_identifier, timeline, name, tag.as_deref());
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| SourceError::Data(format!("cannot open {}: {e}", path.display())))?;
+        let (input, pump) = pipeline::input_from_reader(file);
+        let encoded = self.ctx.encode(&key, input).await;
+        let _ = pump.await;
+        let stored = self.ctx.finish(&key, encoded?, Ok(())).await?;
+        let record = WalRecord {
+            version: WAL_RECORD_VERSION,
+            system_identifier: id.system_identifier.clone(),
+            name: name.to_owned(),
+            timeline,
+            kind,
+            segment_size: id.segment_size,
+            path: key,
+            plaintext_bytes: stored.plaintext_bytes,
+            stored_bytes: stored.stored_bytes,
+            sha256: stored.sha256.clone(),
+            archived_at: Utc::now(),
+            covered_until,
+            end_lsn,
+        };
+        let mut stored_somewhere = false;
+        for repo in &self.ctx.repositories {
+            if stored.failure_in(repo.name()).is_some() {
+                continue;
+            }
+            match repo.put_wal_record(&record).await {
+                Ok(()) => stored_somewhere = true,
+                Err(e) => self.set_error(format!("{name}: {e}")),
+            }
+        }
+        if !stored_somewhere {
+            return Err(SourceError::Store(format!(
+                "{name}: no repository took its record"
+            )));
+        }
+        if !stored.failed_in.is_empty() {
+            self.set_error(format!(
+                "{name} is missing from {}: {}",
+                stored
+                    .failed_in
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                stored
+                    .failed_in
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        tracing::debug!(file = %name, kind = ?kind, covered_until = ?covered_until, "WAL archived");
+        self.note(&record);
+        Ok(record)
+    }
+}
+
+/// Asks the server for its clock and insert position, and pg_receivewal's
+/// flush position; keeps the observations the flush has not reached yet
+/// (and the newest reached). Returns the flush position, if known.
+async fn observe(
+    client: &tokio_postgres::Client,
+    observations: &mut VecDeque<Observation>,
+) -> Option<Lsn> {
+    let row = client
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8, pg_current_wal_insert_lsn()::text, \
+                    (SELECT max(flush_lsn)::text FROM pg_stat_replication WHERE application_name = $1)",
+            &[&APPLICATION_NAME],
+        )
+        .await
+        .ok()?;
+    let at = DateTime::from_timestamp_micros(row.get::<_, i64>(0))?;
+    let lsn = row
+        .get::<_, Option<String>>(1)
+        .as_deref()
+        .and_then(Lsn::parse)?;
+    observations.push_back(Observation { at, lsn });
+    while observations.len() > 600 {
+        observations.pop_front();
+    }
+    row.get::<_, Option<String>>(2)
+        .as_deref()
+        .and_then(Lsn::parse)
+}
+
+/// The latest moment (less a margin) at which the server's insert position
+/// was at most `holds` (what the shipped copy contains) and at most `end`.
+fn covered_by(
+    observations: &VecDeque<Observation>,
+    holds: Lsn,
+    end: Option<Lsn>,
+) -> Option<DateTime<Utc>> {
+    observations
+        .iter()
+        .filter(|o| o.lsn <= holds && end.is_none_or(|e| o.lsn <= e))
+        .map(|o| o.at - COMMIT_MARGIN)
+        .max()
+}
+
+/// The WAL files in the spool, in order (history files first, then
+/// segments by number and timeline).
+fn list_spool(spool: &Path, segment_size: u64) -> Result<Vec<(Spooled, PathBuf)>, SourceError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(spool)
+        .map_err(|e| SourceError::Data(format!("cannot read {}: {e}", spool.display())))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let kind = if let Some(stem) = name.strip_suffix(".partial") {
+            Segment::parse(stem, segment_size).map(Spooled::Partial)
+        } else if let Some(tl) = parse_history(&name) {
+            Some(Spooled::History(tl))
+        } else {
+            Segment::parse(&name, segment_size).map(Spooled::Complete)
+        };
+        if let Some(k) = kind {
+            out.push((k, e.path()));
+        }
+    }
+    out.sort_by_key(|(k, _)| match k {
+        Spooled::History(tl) => (0, 0, *tl, 0),
+        Spooled::Complete(s) => (1, s.number, s.timeline, 0),
+        Spooled::Partial(s) => (1, s.number, s.timeline, 1),
+    });
+    Ok(out)
+}
+
+/// Creates `dir` (0700) if missing.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spool_is_listed_in_order_and_strangers_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "000000010000000000000003",
+            "000000010000000000000004.partial",
+            "00000002.history",
+            "000000010000000000000002",
+            ".lock",
+            "notes.txt",
+            "000000010000000000000005.partial.tmp",
+        ] {
+            std::fs::write(d.path().join(n), b"").unwrap();
+        }
+        let files = list_spool(d.path(), 16 << 20).unwrap();
+        let kinds: Vec<_> = files.into_iter().map(|(k, _)| k).collect();
+        let seg = |n| Segment {
+            timeline: 1,
+            number: n,
+        };
+        assert_eq!(
+            kinds,
+            vec![
+                Spooled::History(2),
+                Spooled::Complete(seg(2)),
+                Spooled::Complete(seg(3)),
+                Spooled::Partial(seg(4)),
+            ]
+        );
+    }
+
+    #[test]
+    fn coverage_is_claimed_only_for_positions_the_copy_holds() {
+        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let obs: VecDeque<Observation> = [(10, 100), (20, 200), (30, 300)]
+            .into_iter()
+            .map(|(s, l)| Observation {
+                at: t(s),
+                lsn: Lsn(l),
+            })
+            .collect();
+        assert_eq!(covered_by(&obs, Lsn(250), None), Some(t(19)));
+        assert_eq!(covered_by(&obs, Lsn(300), None), Some(t(29)));
+        assert_eq!(covered_by(&obs, Lsn(50), None), None);
+        assert_eq!(covered_by(&obs, Lsn(300), Some(Lsn(150))), Some(t(9)));
+    }
+}

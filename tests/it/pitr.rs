@@ -1,0 +1,360 @@
+//! Point-in-time recovery (docs/DESIGN.md §11): base backups, the WAL
+//! archiver (`kompose-dr wal`), one database back to any second while the
+//! others keep theirs, the window refused outside, gaps found by `check`
+//! and refused by restore, and an archiver killed with -9 resuming without
+//! a gap. Against a real PostgreSQL 15 with pg_receivewal.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Pg, Ran, Workspace};
+
+/// The server's clock now, RFC 3339 in UTC with microseconds.
+fn server_now(pg: &Pg) -> String {
+    pg.psql(
+        "postgres",
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// Every WAL record in the local repository.
+fn records(repo: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(clusters) = std::fs::read_dir(repo.join("wal")) else {
+        return out;
+    };
+    for c in clusters.flatten() {
+        for tl in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(tl.path()).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "json")
+                    && let Ok(text) = std::fs::read_to_string(&p)
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the archive says every commit before `t` is in it.
+fn wait_covered(ws: &Workspace, t: &str) {
+    let t: chrono::DateTime<chrono::Utc> = t.parse().unwrap();
+    let start = Instant::now();
+    loop {
+        let covered = records(&ws.repo)
+            .iter()
+            .filter_map(|r| r["covered_until"].as_str())
+            .filter_map(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .max();
+        if covered.is_some_and(|c| c >= t) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the archive never covered {t} (newest: {covered:?}); archiver log:\n{}",
+            std::fs::read_to_string(ws.dir.path().join("wal.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `kompose-dr wal` in the background, its log in `wal.log`.
+fn start_archiver(ws: &Workspace) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ws.dir.path().join("wal.log"))
+        .unwrap();
+    ws.kdr()
+        .arg("wal")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn configure(ws: &Workspace, pg: &Pg, dbs: &[&str]) {
+    ws.configure(&format!(
+        "{}[postgres.wal]\nmax_lag = \"2s\"\nspool_dir = \"{}\"\n\n",
+        Workspace::pg_section(pg, dbs),
+        ws.dir.path().join("spool").display()
+    ));
+}
+
+fn restore(ws: &Workspace, args: &[&str]) -> Ran {
+    let mut a = vec!["restore", "--yes"];
+    a.extend_from_slice(args);
+    ws.run(&a)
+}
+
+#[test]
+fn one_database_goes_back_to_any_second_while_the_others_keep_theirs() {
+    let pg = Pg::start();
+    pg.psql("postgres", "create database shop; create database other");
+    pg.psql("shop", "create table t(n int)");
+    pg.psql(
+        "other",
+        "create table keep(n int); insert into keep values (1)",
+    );
+    let ws = Workspace::new();
+    configure(&ws, &pg, &["shop", "other"]);
+    ws.init();
+    let mut archiver = start_archiver(&ws);
+
+    // Before any base backup: nothing to recover from.
+    let before_base = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    ws.run(&["backup"]).assert_exit(0);
+    let m = &ws.manifests()[0];
+    let base = Workspace::artifact(m, "postgres/cluster");
+    assert_eq!(base["status"], "ok", "{m}");
+    assert!(base["wal"]["start_lsn"].is_string(), "{base}");
+
+    pg.psql("shop", "insert into t values (1)");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("shop", "insert into t values (2)");
+    std::thread::sleep(Duration::from_millis(600));
+    let t23 = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(600));
+    pg.psql("shop", "insert into t values (3)");
+    pg.psql("other", "insert into keep values (2)");
+    let t4 = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("other", "drop table keep; create table newer(n int)");
+    let after = server_now(&pg);
+    wait_covered(&ws, &after);
+
+    // The plan says which path it takes.
+    let plan = restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t23,
+            "--source",
+            "postgres/shop",
+            "--dry-run",
+        ],
+    );
+    plan.assert_exit(0)
+        .assert_stdout_contains("path: base backup")
+        .assert_stdout_contains("WAL");
+
+    // shop back to between t2 and t3; other untouched.
+    restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t23,
+            "--source",
+            "postgres/shop",
+            "--replace",
+        ],
+    )
+    .assert_exit(0)
+    .assert_stdout_contains("kept as database kdr_replaced_");
+    assert_eq!(
+        pg.psql("shop", "select string_agg(n::text, ',' order by n) from t"),
+        "1,2"
+    );
+    assert_eq!(pg.psql("other", "select count(*) from newer"), "0");
+    // What production held is kept, renamed, until someone drops it.
+    let kept = pg.psql(
+        "postgres",
+        "select datname from pg_database where datname like 'kdr_replaced_%shop'",
+    );
+    assert!(!kept.is_empty(), "the replaced database was not kept");
+    assert_eq!(pg.psql(&kept, "select count(*) from t"), "3");
+
+    // A DROP TABLE undone by recovering to just before it.
+    restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t4,
+            "--source",
+            "postgres/other",
+            "--as",
+            "other_before",
+        ],
+    )
+    .assert_exit(0);
+    assert_eq!(
+        pg.psql(
+            "other_before",
+            "select string_agg(n::text, ',' order by n) from keep"
+        ),
+        "1,2"
+    );
+
+    // Outside the window: refused, naming it.
+    let later = (chrono::Utc::now() + chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &later,
+            "--source",
+            "postgres/shop",
+            "--as",
+            "x",
+        ],
+    );
+    r.assert_failed();
+    assert!(
+        r.all().contains("after the newest archived WAL") && r.all().contains(" … "),
+        "{}",
+        r.all()
+    );
+    let dir = ws.dir.path().join("cluster-early");
+    let r = restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &before_base,
+            "--source",
+            "postgres/cluster",
+            "--to",
+            dir.to_str().unwrap(),
+        ],
+    );
+    r.assert_failed();
+    // The plan names where the window starts.
+    assert!(
+        r.all().contains("no good backup at or before") && r.all().contains("earliest available"),
+        "{}",
+        r.all()
+    );
+
+    // The whole cluster into a new data directory, shut down cleanly.
+    let dir = ws.dir.path().join("cluster");
+    restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t23,
+            "--source",
+            "postgres/cluster",
+            "--to",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .assert_exit(0);
+    let control = Command::new("/usr/lib/postgresql/15/bin/pg_controldata")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    assert!(control.contains("shut down"), "{control}");
+
+    // check: continuity from the base backup to the newest segment.
+    let c = ws.run(&["check", "--json"]);
+    c.assert_exit(0);
+    let report = c.json();
+    assert!(
+        report["wal"][0]["gaps"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    // kill -9 of the archiver, writes meanwhile, a restart: no gap.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(archiver.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = archiver.wait();
+    pg.psql("shop", "insert into t values (10)");
+    pg.psql("shop", "select pg_switch_wal()");
+    pg.psql("shop", "insert into t values (11)");
+    let mut archiver = start_archiver(&ws);
+    let t_after_kill = server_now(&pg);
+    wait_covered(&ws, &t_after_kill);
+    let c = ws.run(&["check", "--json"]);
+    c.assert_exit(0);
+    assert!(
+        c.json()["wal"][0]["gaps"].as_array().unwrap().is_empty(),
+        "{}",
+        c.all()
+    );
+    restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t_after_kill,
+            "--source",
+            "postgres/shop",
+            "--as",
+            "shop_latest",
+        ],
+    )
+    .assert_exit(0);
+    assert_eq!(
+        pg.psql(
+            "shop_latest",
+            "select string_agg(n::text, ',' order by n) from t"
+        ),
+        "1,2,10,11"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(archiver.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = archiver.wait().unwrap();
+    assert!(status.success(), "the archiver stopped with {status}");
+
+    // A segment removed from the archive: check names it, restore refuses.
+    let recs = records(&ws.repo);
+    let mut segs: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["kind"] == "segment").collect();
+    segs.sort_by_key(|r| r["name"].as_str().unwrap().to_owned());
+    assert!(segs.len() >= 2, "{recs:?}");
+    let victim = segs[segs.len() - 2];
+    let name = victim["name"].as_str().unwrap();
+    std::fs::remove_file(ws.repo.join(victim["path"].as_str().unwrap())).unwrap();
+    for entry in walk(&ws.repo.join("wal")) {
+        if entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("{name}.json"))
+        {
+            std::fs::remove_file(entry).unwrap();
+        }
+    }
+    let c = ws.run(&["check"]);
+    c.assert_failed();
+    assert!(c.all().contains(name), "{}", c.all());
+    let r = restore(
+        &ws,
+        &[
+            "--point-in-time",
+            &t_after_kill,
+            "--source",
+            "postgres/shop",
+            "--as",
+            "shop_gap",
+        ],
+    );
+    r.assert_failed();
+    assert!(
+        r.all().contains(&format!("WAL segment {name} is missing")),
+        "{}",
+        r.all()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,6 +1,8 @@
-//! `kompose-dr doctor`: check that every repository is reachable, the
-//! credentials valid and writes permitted, and that the identity file is
-//! readable. Exit 0 when all pass, 1 otherwise.
+//! `kompose-dr doctor`: check the whole path of every configured source,
+//! repository, broker, textfile and runtime (see [`crate::ops::doctor`]).
+//! Exit 0 when all pass, 1 otherwise; `--json` prints
+//! `{ok, checks: [{name, ok, message}]}`. `--as-user NAME` (as root)
+//! switches to the units' user first, so the checks see what they see.
 
 use super::{Globals, output};
 use crate::error::{Failure, Outcome};
@@ -11,6 +13,10 @@ pub struct Args {
     /// Check only this repository.
     #[arg(long, value_name = "NAME")]
     repository: Option<String>,
+    /// Switch to this user before checking (needs root), as the systemd
+    /// units run: `--as-user kompose-dr`.
+    #[arg(long, value_name = "USER")]
+    as_user: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -22,11 +28,15 @@ struct Report {
 /// Runs `doctor`: every health check of the configuration (or of one
 /// `--repository`); exits 1 if any check fails.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
+    if let Some(user) = &args.as_user {
+        crate::ops::doctor::become_user(user).map_err(crate::error::InvalidInput)?;
+    }
     let config = globals.load_config()?;
     if let Some(name) = &args.repository {
         config.repository_named(name)?;
     }
-    let checks = crate::ops::doctor::run(&config, args.repository.as_deref()).await;
+    let checks =
+        crate::ops::doctor::run(&config, args.repository.as_deref(), args.as_user.as_deref()).await;
     let ok = checks.iter().all(|c| c.ok);
     if globals.json {
         output::json(&Report { ok, checks });

@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod docker_native;
 mod docker_rig;
+mod doctor;
 mod events;
 mod examples;
 mod fidelity;

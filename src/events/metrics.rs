@@ -39,6 +39,10 @@ pub const DRILL_LAST_STATUS: &str = "kompose_dr_drill_last_status";
 pub const DRILL_LAST_RESTORE: &str = "kompose_dr_drill_last_restore_seconds";
 /// Events that could not be published (a counter; exposed with `_total`).
 pub const PUBLISH_FAILURES: &str = "kompose_dr_events_publish_failures";
+/// Notifications (`[[notify]]`) and dead-man's-switch pings
+/// (`[healthchecks]`) that could not be delivered, by `target` (the kind):
+/// a counter, exposed with `_total`.
+pub const NOTIFY_FAILURES: &str = "kompose_dr_notify_failures";
 
 const KNOWN: &[(&str, bool, &str)] = &[
     (
@@ -86,6 +90,11 @@ const KNOWN: &[(&str, bool, &str)] = &[
         PUBLISH_FAILURES,
         true,
         "Events that could not be published to the MQTT broker.",
+    ),
+    (
+        NOTIFY_FAILURES,
+        true,
+        "Notifications and healthchecks pings that could not be delivered, by target kind.",
     ),
 ];
 

@@ -17,6 +17,7 @@ mod events;
 mod examples;
 mod fidelity;
 mod hostile;
+mod notify;
 mod operations;
 mod redis_fidelity;
 mod restore;

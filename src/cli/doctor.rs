@@ -2,7 +2,8 @@
 //! repository, broker, textfile and runtime (see [`crate::ops::doctor`]).
 //! Exit 0 when all pass, 1 otherwise; `--json` prints
 //! `{ok, checks: [{name, ok, message}]}`. `--as-user NAME` (as root)
-//! switches to the units' user first, so the checks see what they see.
+//! runs it again as the units' user, through `setpriv`, with the backup
+//! unit's ambient capabilities, so the checks see what the units see.
 
 use super::{Globals, output};
 use crate::error::{Failure, Outcome};
@@ -13,8 +14,8 @@ pub struct Args {
     /// Check only this repository.
     #[arg(long, value_name = "NAME")]
     repository: Option<String>,
-    /// Switch to this user before checking (needs root), as the systemd
-    /// units run: `--as-user kompose-dr`.
+    /// Check as this user (needs root), with the backup unit's ambient
+    /// capabilities, as the systemd units run: `--as-user kompose-dr`.
     #[arg(long, value_name = "USER")]
     as_user: Option<String>,
 }
@@ -28,8 +29,15 @@ struct Report {
 /// Runs `doctor`: every health check of the configuration (or of one
 /// `--repository`); exits 1 if any check fails.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
-    if let Some(user) = &args.as_user {
-        crate::ops::doctor::become_user(user).map_err(crate::error::InvalidInput)?;
+    if let Some(user) = &args.as_user
+        && let Some(mut again) =
+            crate::ops::doctor::as_user_command(user).map_err(crate::error::InvalidInput)?
+    {
+        // This process becomes `setpriv … kompose-dr <the same arguments>`,
+        // which finds itself already the user and runs the checks.
+        use std::os::unix::process::CommandExt;
+        let e = again.exec();
+        return Err(crate::error::InvalidInput(format!("cannot run setpriv: {e}")).into());
     }
     let config = globals.load_config()?;
     if let Some(name) = &args.repository {

@@ -35,8 +35,10 @@ pub struct Check {
 
 mod paths;
 mod sources;
+mod unit;
 
-pub use paths::{UNIT_USER, become_user};
+pub use paths::UNIT_USER;
+pub use unit::as_user_command;
 
 /// Runs every check; `only` limits them to one repository. `as_user` is
 /// the user `--as-user` switched to, for the `user` check's message.
@@ -80,6 +82,7 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         signing(config, &mut checks);
         paths::policies_and_drills(config, &mut checks);
         paths::identity(config, &mut checks);
+        unit::sandbox(config, &mut checks);
     }
     // Servers' and tools' messages are quoted: none may carry a secret.
     let scrub = crate::model::secret::Redactor::new(config.secrets());

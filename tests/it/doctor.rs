@@ -71,7 +71,7 @@ fn configure(ws: &Workspace, parts: &Parts) {
 fn doctor(ws: &Workspace, extra: &[&str]) -> (Option<i32>, serde_json::Value, Ran) {
     let mut args = vec!["--json", "doctor"];
     args.extend_from_slice(extra);
-    let ran = ws.run(&args);
+    let ran = Ran::of(kdr(ws).args(&args));
     let doc = serde_json::from_str(&ran.stdout())
         .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{}", ran.all()));
     (ran.code(), doc, ran)
@@ -114,7 +114,7 @@ fn fails_only(ws: &Workspace, extra: &[&str], name: &str, fix: &[&str]) -> Strin
         assert!(m.contains(f), "check `{name}` does not say `{f}`: {m}");
     }
     // The human output names it too.
-    let text = ws.run(&[&["doctor"], extra].concat());
+    let text = Ran::of(kdr(ws).arg("doctor").args(extra));
     assert_eq!(text.code(), Some(1));
     assert!(
         text.stdout().contains(&format!("FAIL {name}: ")),
@@ -122,6 +122,43 @@ fn fails_only(ws: &Workspace, extra: &[&str], name: &str, fix: &[&str]) -> Strin
         text.all()
     );
     m
+}
+
+/// The binary, reading systemd units from the workspace's `units/`
+/// (none unless a test installs one), not from this host's.
+fn kdr(ws: &Workspace) -> Command {
+    let mut c = ws.kdr();
+    c.env("KOMPOSE_DR_UNIT_DIR", ws.dir.path().join("units"));
+    c
+}
+
+/// The shipped backup unit, running as `user`, with `edit` applied to its
+/// text, installed in the workspace's `units/`.
+fn install_backup_unit(ws: &Workspace, user: &str, edit: impl Fn(String) -> String) {
+    let shipped = include_str!("../../systemd/kompose-dr-backup.service");
+    let text = edit(shipped.replace("User=kompose-dr", &format!("User={user}")));
+    let dir = ws.dir.path().join("units");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kompose-dr-backup.service"), text).unwrap();
+}
+
+/// An installation that dropped the backup unit's capability and
+/// sandbox: only the user's own rights count.
+fn without_capabilities(text: String) -> String {
+    text.lines()
+        .filter(|l| {
+            ![
+                "AmbientCapabilities",
+                "CapabilityBoundingSet",
+                "ProtectSystem",
+                "ReadWritePaths",
+                "ProtectHome",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn pg_part(pg: &Pg, databases: &[&str]) -> String {
@@ -381,6 +418,7 @@ fn a_redis_data_dir_the_units_user_cannot_read_is_named() {
         ..Parts::none()
     });
     hand_to_nobody(&ws);
+    install_backup_unit(&ws, "nobody", without_capabilities);
     fails_only(
         &ws,
         &["--as-user", "nobody"],
@@ -388,13 +426,21 @@ fn a_redis_data_dir_the_units_user_cannot_read_is_named() {
         &[
             "cannot list",
             "Permission denied",
-            "setfacl",
+            "CAP_DAC_READ_SEARCH",
             "redis.container",
         ],
     );
-    // Root reads it: the same configuration passes when not switched.
-    let (code, doc, _) = doctor(&ws, &[]);
+    // With the shipped unit's CAP_DAC_READ_SEARCH (and no sandbox in the
+    // way) the same user reads it.
+    install_backup_unit(&ws, "nobody", |t| {
+        t.lines()
+            .filter(|l| !l.starts_with("ProtectSystem") && !l.starts_with("ProtectHome"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let (code, doc, _) = doctor(&ws, &["--as-user", "nobody"]);
     assert_eq!(code, Some(0), "{doc:#}");
+    assert!(message(&doc, "user").contains("dac_read_search"), "{doc:#}");
 }
 
 #[test]
@@ -456,6 +502,7 @@ fn a_textfile_directory_the_units_user_cannot_write_is_named() {
     );
     ws.init();
     hand_to_nobody(&ws);
+    install_backup_unit(&ws, "nobody", without_capabilities);
     // node_exporter's directory: root's, 0755.
     std::fs::create_dir_all(&dir).unwrap();
     run_ok(Command::new("chown").arg("root").arg(&dir));
@@ -474,16 +521,80 @@ fn an_identity_the_units_user_cannot_read_is_named() {
     hand_to_nobody(&ws);
     run_ok(Command::new("chown").arg("root").arg(&ws.identity));
     std::fs::set_permissions(&ws.identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Under the shipped backup unit's capability the file opens, but the
+    // drill unit has none: the check says so.
     fails_only(
         &ws,
         &["--as-user", "nobody"],
         "identity",
         &[
             "cannot read the identity file",
+            "without capabilities",
             "chmod 0600",
             "identity_file",
         ],
     );
+    // Without the capability, opening it fails outright.
+    install_backup_unit(&ws, "nobody", without_capabilities);
+    fails_only(
+        &ws,
+        &["--as-user", "nobody"],
+        "identity",
+        &[
+            "cannot read the identity file",
+            "Permission denied",
+            "chmod 0600",
+        ],
+    );
+}
+
+#[test]
+fn a_sandbox_that_does_not_cover_a_path_is_named() {
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, "{}").unwrap();
+    configure(
+        &ws,
+        &Parts {
+            files: Some(files_part(&acme)),
+            metrics: Some(metrics_part(&ws.dir.path().join("kompose_dr.prom"))),
+            ..Parts::none()
+        },
+    );
+    ws.init();
+    // The shipped unit, installed as is but for the user: its
+    // ReadWritePaths cover neither this repository nor this textfile.
+    install_backup_unit(&ws, "nobody", |t| t);
+    let m = fails_only(
+        &ws,
+        &[],
+        "sandbox: kompose-dr-backup.service",
+        &[
+            "ProtectSystem=strict",
+            "ReadWritePaths=",
+            "systemctl edit kompose-dr-backup.service",
+        ],
+    );
+    assert!(
+        m.contains(&format!("cannot write {}", ws.repo.display())),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("cannot write {}", ws.dir.path().display())),
+        "{m}"
+    );
+    // Listing them is the fix.
+    install_backup_unit(&ws, "nobody", |t| {
+        t.replace(
+            "ReadWritePaths=/var/local/data/backups",
+            &format!(
+                "ReadWritePaths={} /var/local/data/backups",
+                ws.dir.path().display()
+            ),
+        )
+    });
+    let (code, doc, _) = doctor(&ws, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
 }
 
 #[test]

@@ -4,17 +4,10 @@
 //! ran as (a check as root proves little about a unit that runs as
 //! `kompose-dr`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Check, check};
 use crate::model::config::Config;
-
-/// Where the installed (or shipped) units say which user they run as.
-const UNIT_DIRS: [&str; 3] = [
-    "/etc/systemd/system",
-    "/lib/systemd/system",
-    "/usr/lib/systemd/system",
-];
 
 /// The user the shipped units run as.
 pub const UNIT_USER: &str = "kompose-dr";
@@ -27,41 +20,39 @@ pub(super) fn user(as_user: Option<&str>, checks: &mut Vec<Check>) {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "?".into());
-    let (unit_user, unit_file) = unit_user();
-    let unit_says = match &unit_file {
-        Some(f) => format!("User= in {}", f.display()),
-        None => "the shipped units' User=".to_owned(),
+    let unit = super::unit::backup_unit();
+    let unit_says = format!("User= in {}", unit.source());
+    let caps = if unit.ambient_caps.is_empty() {
+        "no capabilities".to_owned()
+    } else {
+        format!("capabilities {}", unit.ambient_caps.join(", "))
     };
-    let message = match as_user {
-        Some(u) => format!("checked as `{u}` (uid {uid}), switched to by --as-user"),
-        None if uid.is_root() && unit_user != "root" => format!(
-            "checked as root (uid 0), but the units run as `{unit_user}` ({unit_says}): root reads and writes \
-             everything, so file checks here prove little; run `kompose-dr doctor --as-user {unit_user}` \
-             to check as the units would"
-        ),
-        None => {
-            format!("checked as `{name}` (uid {uid}); the units run as `{unit_user}` ({unit_says})")
-        }
+    let result = match as_user {
+        Some(u) => Ok(format!(
+            "checked as `{u}` (uid {uid}) with the backup unit's {caps} (AmbientCapabilities= in {})",
+            unit.source()
+        )),
+        None if uid.is_root() && unit.user != "root" => Ok(format!(
+            "checked as root (uid 0), but the units run as `{}` ({unit_says}): root reads and writes \
+             everything, so file checks here prove little; run `kompose-dr doctor --as-user {0}` \
+             to check as the units would",
+            unit.user
+        )),
+        None => Ok(format!(
+            "checked as `{name}` (uid {uid}); the units run as `{}` ({unit_says})",
+            unit.user
+        )),
     };
-    checks.push(check("user", Ok(message)));
-}
-
-/// The `User=` of the installed backup unit, or the shipped default; and
-/// the unit file it came from.
-fn unit_user() -> (String, Option<PathBuf>) {
-    for dir in UNIT_DIRS {
-        let path = Path::new(dir).join("kompose-dr-backup.service");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let user = text
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("User="))
-                .next_back()
-                .map(|u| u.trim().to_owned())
-                .unwrap_or_else(|| "root".to_owned());
-            return (user, Some(path));
-        }
-    }
-    (UNIT_USER.to_owned(), None)
+    // An installed unit naming a user this host does not have cannot start.
+    let result = match (&unit.path, nix::unistd::User::from_name(&unit.user)) {
+        (Some(p), Ok(None)) => Err(format!(
+            "{} runs as `{}`, which does not exist on this host: create it (useradd --system {1}) or fix User=",
+            p.display(),
+            unit.user
+        )),
+        _ => result,
+    };
+    checks.push(check("user", result));
 }
 
 /// Proves `dir` is writable by this process: a temporary file is created
@@ -193,19 +184,30 @@ pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
         .encryption
         .as_ref()
         .and_then(|e| e.identity_file.as_ref());
+    let file = config.path.display();
     checks.push(match path {
         Some(p) => check(
             "identity",
             match crate::pipeline::load_identities(config) {
-                Ok(_) => Ok(format!(
-                    "{} is readable (restore, verify and drills can decrypt)",
-                    p.display()
-                )),
+                // The drill unit has no capabilities: beyond this process's
+                // read (which may use CAP_DAC_READ_SEARCH), the file's owner
+                // and mode must let the user read it (access(2) ignores
+                // capabilities for anyone but root).
+                Ok(_) => match nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::R_OK) {
+                    Ok(()) => Ok(format!(
+                        "{} is readable (restore, verify and drills can decrypt)",
+                        p.display()
+                    )),
+                    Err(e) => Err(format!(
+                        "cannot read the identity file {} without capabilities ({e}), and the drill unit has none: \
+                         make it this user's (chown {UNIT_USER} {0}; chmod 0600 {0}), or fix [encryption] identity_file in {file}",
+                        p.display()
+                    )),
+                },
                 Err(e) => Err(format!(
                     "{e}; make it readable by this user only (chown {UNIT_USER} {0}; chmod 0600 {0}), \
-                     or fix [encryption] identity_file in {1}",
-                    p.display(),
-                    config.path.display()
+                     or fix [encryption] identity_file in {file}",
+                    p.display()
                 )),
             },
         ),
@@ -214,33 +216,4 @@ pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
             Ok("no identity_file configured: backups work; restore, verify and drills need one".into()),
         ),
     });
-}
-
-/// Switches this process to `name` for good (groups, gid, uid), so that
-/// every check runs with that user's rights: `doctor --as-user`. Only root
-/// may; the configuration is read after the switch, as the unit would.
-pub fn become_user(name: &str) -> Result<(), String> {
-    use nix::unistd::{Gid, Uid, User, geteuid, initgroups, setgid, setuid};
-    let user = User::from_name(name)
-        .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "no user `{name}` on this host: create it (useradd --system {name}) or name another"
-            )
-        })?;
-    if geteuid() == user.uid {
-        return Ok(());
-    }
-    if !geteuid().is_root() {
-        return Err(format!(
-            "--as-user {name} needs root (it switches to that user); run it with sudo, or run `sudo -u {name} kompose-dr doctor`"
-        ));
-    }
-    let cname = std::ffi::CString::new(name).map_err(|_| format!("bad user name `{name}`"))?;
-    initgroups(&cname, user.gid).map_err(|e| format!("cannot take the groups of `{name}`: {e}"))?;
-    setgid(Gid::from_raw(user.gid.as_raw()))
-        .map_err(|e| format!("cannot switch to the group of `{name}`: {e}"))?;
-    setuid(Uid::from_raw(user.uid.as_raw()))
-        .map_err(|e| format!("cannot switch to `{name}`: {e}"))?;
-    Ok(())
 }

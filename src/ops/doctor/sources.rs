@@ -271,8 +271,9 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
 fn data_dir(dir: &Path, from: &str, aof: bool) -> Result<String, String> {
     let fix = |what: &str| {
         format!(
-            "{what}; the backup reads the data files as this user: make {} readable by it \
-             (e.g. setfacl -R -m u:USER:rX {0}), or set redis.container to read them through the engine",
+            "{what}; the backup reads the data files as this user: keep AmbientCapabilities=CAP_DAC_READ_SEARCH \
+             in the backup unit (it reads without changing any mode), give the user read access to {}, \
+             or set redis.container to read them through the engine",
             dir.display()
         )
     };
@@ -336,7 +337,8 @@ pub(super) fn files(config: &Config, checks: &mut Vec<Check>) {
                     m.len()
                 )),
                 Err(e) => Err(format!(
-                    "cannot read {}: {e}; give this user read access (e.g. setfacl -m u:USER:r {0}), keeping its mode",
+                    "cannot read {}: {e}; keep AmbientCapabilities=CAP_DAC_READ_SEARCH in the backup unit, which reads it \
+                     without changing its mode (acme.json must stay 0600 for Traefik), or give this user read access",
                     f.path.display()
                 )),
             },

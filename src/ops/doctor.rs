@@ -76,6 +76,7 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         sources::redis(config, &mut checks).await;
         sources::files(config, &mut checks);
         broker(config, &mut checks).await;
+        notify_targets(config, &mut checks).await;
         paths::textfile(config, &mut checks);
         containers(config, &mut checks).await;
         scratch_runtime(config, server_major, &mut checks);
@@ -90,6 +91,58 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         c.message = scrub.scrub(&c.message);
     }
     checks
+}
+
+/// `notify <kind> <host>` and `healthchecks <host>`: each receiver takes a
+/// TCP connection. Nothing is sent: a test message would page someone, and
+/// a ping would tell healthchecks a job ran. The healthchecks URL is never
+/// printed (its uuid is the secret), only its host.
+async fn notify_targets(config: &Config, checks: &mut Vec<Check>) {
+    let limit = config.timeouts.connect;
+    let file = config.path.display();
+    let mut targets: Vec<(String, url::Url, String)> = config
+        .notify
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let kind = crate::events::notify::kind_name(n.kind);
+            (
+                format!("notify {kind}"),
+                n.url.clone(),
+                format!("notify[{i}].url"),
+            )
+        })
+        .collect();
+    if let Some(hc) = &config.healthchecks {
+        for (key, url) in [
+            ("healthchecks.url", Some(&hc.url)),
+            ("healthchecks.drill_url", hc.drill_url.as_ref()),
+            ("healthchecks.prune_url", hc.prune_url.as_ref()),
+        ] {
+            if let Some(u) = url.and_then(|u| url::Url::parse(u.expose()).ok()) {
+                targets.push(("healthchecks".into(), u, key.into()));
+            }
+        }
+    }
+    for (what, url, key) in targets {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let name = format!("{what} {host}");
+        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+        let result = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(_)) => Ok(format!(
+                "{host}:{port} takes connections (nothing was sent)"
+            )),
+            Ok(Err(e)) => Err(format!(
+                "cannot connect to {host}:{port}: {e}; is it up and reachable from this host? fix {key} in {file}"
+            )),
+            Err(_) => Err(format!(
+                "{host}:{port} did not answer within {}s: a firewall? fix {key} in {file}",
+                limit.as_secs()
+            )),
+        };
+        checks.push(check(name, result));
+    }
 }
 
 /// `mqtt`: the broker answers a connection with the configured credentials.

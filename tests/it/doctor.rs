@@ -626,3 +626,33 @@ fn an_unreachable_repository_is_named() {
     );
     assert!(!m.contains(&"f".repeat(64)), "{m}");
 }
+
+#[test]
+fn an_unreachable_notification_receiver_is_named_without_its_secrets() {
+    let closed = free_port();
+    let uuid = "5f1e8a2c-9d3b-4c7e-8f60-1a2b3c4d5e6f";
+    let ws = Workspace::new();
+    configure(&ws, &Parts::none());
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!(
+            "{cfg}\n[[notify]]\nkind = \"gotify\"\nurl = \"http://127.0.0.1:{closed}/\"\ntoken = \"gotify-tok-42\"\n\n\
+             [healthchecks]\nurl = \"http://127.0.0.1:{closed}/ping/{uuid}\"\n"
+        ),
+    )
+    .unwrap();
+    ws.init();
+    let (code, doc, ran) = doctor(&ws, &[]);
+    assert_eq!(code, Some(1), "{}", ran.all());
+    assert_eq!(
+        failed(&doc),
+        vec!["notify gotify 127.0.0.1", "healthchecks 127.0.0.1"],
+        "{doc:#}"
+    );
+    assert!(message(&doc, "notify gotify 127.0.0.1").contains("notify[0].url"));
+    assert!(message(&doc, "healthchecks 127.0.0.1").contains("healthchecks.url"));
+    for secret in [uuid, "gotify-tok-42"] {
+        assert!(!ran.all().contains(secret), "{secret} in:\n{}", ran.all());
+    }
+}

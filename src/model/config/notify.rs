@@ -278,3 +278,79 @@ impl Cx<'_> {
         Ok(url)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+    use super::*;
+
+    const R: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn parse(body: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            &format!(
+                "[[repository]]\nname = \"l\"\nurl = \"/b\"\n[encryption]\nrecipients = [\"{R}\"]\n{body}"
+            ),
+            Path::new("/etc/kompose-dr/t.toml"),
+        )
+    }
+
+    #[test]
+    fn targets_default_to_failures_and_tokens_are_secrets() {
+        let c = parse(
+            "[[notify]]\nkind = \"gotify\"\nurl = \"https://g.example/\"\ntoken = \"tok-123\"\n\
+             [healthchecks]\nurl = \"https://hc-ping.com/5f1e8a2c-9d3b-4c7e-8f60-1a2b3c4d5e6f\"\n",
+        )
+        .unwrap();
+        let n = &c.notify[0];
+        assert_eq!(n.kind, NotifyKind::Gotify);
+        assert!(n.on_failure && !n.on_success);
+        assert!(!format!("{c:?}").contains("tok-123"));
+        assert!(!format!("{c:?}").contains("5f1e8a2c"));
+        let secrets: Vec<String> = c.secrets().iter().map(|s| s.expose().to_owned()).collect();
+        assert!(secrets.contains(&"tok-123".to_owned()));
+        assert!(secrets.contains(&"5f1e8a2c-9d3b-4c7e-8f60-1a2b3c4d5e6f".to_owned()));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        for (body, key) in [
+            (
+                "[[notify]]\nkind = \"slack\"\nurl = \"https://x/\"\n",
+                "notify[0].kind",
+            ),
+            (
+                "[[notify]]\nkind = \"gotify\"\nurl = \"https://x/\"\n",
+                "notify[0].token",
+            ),
+            (
+                "[[notify]]\nkind = \"ntfy\"\nurl = \"ftp://x/t\"\n",
+                "notify[0].url",
+            ),
+            (
+                "[[notify]]\nkind = \"ntfy\"\nurl = \"https://u:p@x/t\"\n",
+                "notify[0].url",
+            ),
+            (
+                "[[notify]]\nkind = \"ntfy\"\nurl = \"https://x/t\"\npriority = 9\n",
+                "notify[0].priority",
+            ),
+            (
+                "[[notify]]\nkind = \"webhook\"\nurl = \"https://x/\"\non = [\"sometimes\"]\n",
+                "notify[0].on",
+            ),
+            (
+                "[healthchecks]\nurl = \"hc-ping.com/x\"\n",
+                "healthchecks.url",
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{body}: {e}");
+        }
+        let e =
+            parse("[[notify]]\nkind = \"webhook\"\nurl = \"https://x/\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

@@ -105,7 +105,9 @@ async fn request(
         host: target.clone(),
         message,
     };
-    let tcp = tokio::net::TcpStream::connect((host, port))
+    // An IPv6 literal is `[::1]` in a URL and in Host:, bare to connect.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare, port))
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
@@ -134,7 +136,7 @@ async fn request(
     })?;
     let status = if url.scheme() == "https" {
         let config = tls_config().map_err(connect_err)?;
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
             .map_err(|e| connect_err(format!("bad TLS name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)

@@ -656,3 +656,39 @@ fn an_unreachable_notification_receiver_is_named_without_its_secrets() {
         assert!(!ran.all().contains(secret), "{secret} in:\n{}", ran.all());
     }
 }
+
+/// Servers that accept a connection and then say nothing (a hung
+/// PostgreSQL, Redis or broker) cost doctor `[timeouts] connect` each, not
+/// for ever.
+#[test]
+fn servers_that_never_answer_are_bounded_by_the_connect_timeout() {
+    // The kernel completes the handshakes; nobody ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "[postgres]\nurl = \"postgres://kompose@127.0.0.1:{port}/postgres\"\npassword = \"x\"\n\n\
+         [redis]\nurl = \"redis://127.0.0.1:{port}\"\n\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\n\
+         [timeouts]\nconnect = \"2s\"\n"
+    ));
+    ws.init();
+    let start = std::time::Instant::now();
+    let (code, doc, ran) = doctor(&ws, &[]);
+    let took = start.elapsed();
+    assert_eq!(code, Some(1), "{}", ran.all());
+    assert_eq!(
+        failed(&doc),
+        vec!["postgres: connect", "redis: connect", "mqtt"],
+        "{doc:#}"
+    );
+    assert!(
+        message(&doc, "postgres: connect").contains("[timeouts] connect"),
+        "{doc:#}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(12),
+        "doctor took {took:?}"
+    );
+    drop(silent);
+}

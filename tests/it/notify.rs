@@ -321,3 +321,27 @@ fn a_drill_pings_its_own_check_and_tells_its_verdict() {
     let hook: serde_json::Value = serde_json::from_str(&rx.to("/hook")[1].body).unwrap();
     assert_eq!(hook["event_type"], "drill.completed");
 }
+
+#[test]
+fn prune_pings_its_own_check_and_a_dry_run_pings_nothing() {
+    let rx = Receiver::start();
+    let prune_uuid = "77aa88bb-99cc-4dde-8eff-001122334455";
+    let (ws, sources) = files_workspace(false);
+    ws.configure(&format!(
+        "{sources}[healthchecks]\nurl = \"{}\"\nprune_url = \"{}\"\n",
+        rx.url(&format!("/ping/{UUID}")),
+        rx.url(&format!("/ping/{prune_uuid}"))
+    ));
+    ws.init();
+    ws.run(&["prune", "--dry-run"]).assert_exit(0);
+    ws.run(&["prune"]).assert_exit(0);
+    wait_until("the prune pings", 10, || rx.requests().len() >= 2);
+    let pings: Vec<String> = rx.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        pings,
+        vec![
+            format!("/ping/{prune_uuid}/start"),
+            format!("/ping/{prune_uuid}")
+        ]
+    );
+}

@@ -78,7 +78,7 @@ pub enum Command {
     Prune(prune::Args),
     /// Long-running: run policies, prune and drills on their cron schedules.
     Agent(agent::Args),
-    /// Check the configuration: every repository reachable, credentials valid, writes permitted.
+    /// Check the whole path before the night: repositories, sources, broker, textfile, runtime, units.
     Doctor(doctor::Args),
     /// Archive PostgreSQL's WAL continuously ([postgres.wal]), in the foreground until SIGTERM.
     Wal(wal::Args),

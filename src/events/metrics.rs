@@ -45,6 +45,10 @@ pub const WAL_LAST_ARCHIVED: &str = "kompose_dr_wal_last_archived_timestamp_seco
 pub const WAL_LAG: &str = "kompose_dr_wal_archive_lag_seconds";
 /// Events that could not be published (a counter; exposed with `_total`).
 pub const PUBLISH_FAILURES: &str = "kompose_dr_events_publish_failures";
+/// Notifications (`[[notify]]`) and dead-man's-switch pings
+/// (`[healthchecks]`) that could not be delivered, by `target` (the kind):
+/// a counter, exposed with `_total`.
+pub const NOTIFY_FAILURES: &str = "kompose_dr_notify_failures";
 
 const KNOWN: &[(&str, bool, &str)] = &[
     (
@@ -102,6 +106,11 @@ const KNOWN: &[(&str, bool, &str)] = &[
         PUBLISH_FAILURES,
         true,
         "Events that could not be published to the MQTT broker.",
+    ),
+    (
+        NOTIFY_FAILURES,
+        true,
+        "Notifications and healthchecks pings that could not be delivered, by target kind.",
     ),
 ];
 

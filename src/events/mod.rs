@@ -7,10 +7,15 @@
 //! (`mqtt.timeout`, 10 s by default). The drill commands publish and record
 //! through the same functions ([`event`], [`publish`], [`metrics::Metrics`]);
 //! what goes into an event or a series is decided by the operations
-//! ([`crate::ops::backup::notify`]).
+//! ([`crate::ops::backup::notify`]). Gotify, ntfy, webhooks and the
+//! healthchecks dead-man's switch are in [`notify`], over the small HTTP
+//! client in [`http`], under the same rule: logged and counted, never
+//! failing a job.
 
+pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 
 pub use mqtt::PublishError;
 

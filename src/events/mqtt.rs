@@ -279,3 +279,54 @@ async fn send_and_wait(
     }
     Ok(())
 }
+
+/// Connects to the broker and waits for its CONNACK, at most `limit`:
+/// `doctor`'s proof that the broker is reachable and takes the configured
+/// credentials. Nothing is published.
+pub async fn probe(cfg: &MqttConfig, limit: Duration) -> Result<String, PublishError> {
+    let resolved;
+    let cfg = match &cfg.container {
+        None => cfg,
+        Some(c) => {
+            resolved = MqttConfig {
+                host: container_address(c).await?,
+                ..cfg.clone()
+            };
+            &resolved
+        }
+    };
+    let target = format!("{}:{}", cfg.host, cfg.port);
+    let (client, mut eventloop) = AsyncClient::new(options(cfg)?, 4);
+    let wait = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => {
+                    return Err(PublishError::Refused {
+                        target: target.clone(),
+                        why: format!("the broker refused the connection: {code:?}"),
+                    });
+                }
+                Err(e) => {
+                    return Err(PublishError::Ended {
+                        target: target.clone(),
+                        last: format!(
+                            "{e}; is the broker running and listening there? check mqtt.url (or mqtt.container)"
+                        ),
+                    });
+                }
+            }
+        }
+    };
+    let result = match tokio::time::timeout(limit, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(PublishError::Timeout {
+            target: target.clone(),
+            after: humantime::format_duration(limit).to_string(),
+            last: " (is the broker up? check mqtt.url; [timeouts] connect sets the limit)".into(),
+        }),
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), client.disconnect()).await;
+    result.map(|()| format!("{target} accepted the connection (CONNACK)"))
+}

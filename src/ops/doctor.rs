@@ -1,17 +1,19 @@
-//! `doctor`: prove the configuration works before the night it is needed.
+//! `doctor`: prove the configuration works before the night it is needed,
+//! by walking the whole path every configured job takes, as the user that
+//! runs it (docs/DESIGN.md §12).
 //!
-//! For every repository it checks, in order, that the store answers and
-//! the credentials are accepted, that the repository is initialised, and
-//! that a write, a read-back and a delete of a probe object succeed. It
-//! also checks that the identity file (needed only to restore) is readable
-//! when one is configured. Every failure carries the storage layer's
-//! message, which says what to fix (unknown key, wrong secret, missing
-//! bucket, DNS, TLS, clock skew, permissions).
-//!
-//! Where sources or the broker are named by container, it asks the engine
-//! for each one — its image, state and server version, or the close
-//! matches of a name it does not know — and says which scratch runtime
-//! verify and drills will use, and why.
+//! It checks who it runs as (and the units' `User=`), every repository
+//! (reach and credentials, initialised, a probe written, read back and
+//! deleted), each source as the backup would use it (PostgreSQL login,
+//! databases, pg_dump's version chosen by the source's own logic, the
+//! right to dump globals; Redis AUTH and PING and its data directory;
+//! every `[[files]]` path), the MQTT broker (a CONNACK with the configured
+//! credentials), the metrics textfile's directory (a probe file), the
+//! container engine and every container named, the scratch runtime's
+//! binaries and user, signing, the policy and drill files, the reports
+//! directory and the identity. Each network check is bounded by
+//! `[timeouts] connect`; every failure names what to fix (the key, the
+//! file, the command). Messages are scrubbed of every configured secret.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -31,51 +33,134 @@ pub struct Check {
     pub message: String,
 }
 
-/// Runs every check; `only` limits them to one repository.
-pub async fn run(config: &Config, only: Option<&str>) -> Vec<Check> {
+mod paths;
+mod sources;
+mod unit;
+
+pub use paths::UNIT_USER;
+pub use unit::as_user_command;
+
+/// Runs every check; `only` limits them to one repository. `as_user` is
+/// the user `--as-user` switched to, for the `user` check's message.
+pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> Vec<Check> {
     let mut checks = Vec::new();
+    if only.is_none() {
+        paths::user(as_user, &mut checks);
+    }
     for rc in config
         .repositories
         .iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
     {
         let repo = Repository::open(rc);
-        repository(&repo, &mut checks).await;
-    }
-    if only.is_none() {
-        containers(config, &mut checks).await;
-        scratch_runtime(config, &mut checks);
-        signing(config, &mut checks);
-        match config
-            .encryption
-            .as_ref()
-            .and_then(|e| e.identity_file.as_ref())
+        let limit = config.timeouts.connect;
+        let before = checks.len();
+        if tokio::time::timeout(limit * 4, repository(&repo, &mut checks))
+            .await
+            .is_err()
         {
-            Some(p) => checks.push(match crate::pipeline::load_identities(config) {
-                Ok(_) => Check {
-                    name: "identity".into(),
-                    ok: true,
-                    message: format!(
-                        "{} is readable (restore, verify and drills can decrypt)",
-                        p.display()
-                    ),
-                },
-                Err(e) => Check {
-                    name: "identity".into(),
-                    ok: false,
-                    message: e.to_string(),
-                },
-            }),
-            None => checks.push(Check {
-                name: "identity".into(),
-                ok: true,
-                message:
-                    "no identity_file configured: backups work; restore, verify and drills need one"
-                        .into(),
-            }),
+            checks.truncate(before);
+            checks.push(check(
+                format!("repository {}: reach", repo.name()),
+                Err(format!(
+                    "{} did not answer within {}s: is the store up and reachable? fix its url/endpoint in {}",
+                    repo.location(),
+                    (limit * 4).as_secs(),
+                    config.path.display()
+                )),
+            ));
         }
     }
+    if only.is_none() {
+        let server_major = sources::postgres(config, &mut checks).await;
+        sources::redis(config, &mut checks).await;
+        sources::files(config, &mut checks);
+        broker(config, &mut checks).await;
+        notify_targets(config, &mut checks).await;
+        paths::textfile(config, &mut checks);
+        containers(config, &mut checks).await;
+        scratch_runtime(config, server_major, &mut checks);
+        signing(config, &mut checks);
+        paths::policies_and_drills(config, &mut checks);
+        paths::identity(config, &mut checks);
+        unit::sandbox(config, &mut checks);
+    }
+    // Servers' and tools' messages are quoted: none may carry a secret.
+    let scrub = crate::model::secret::Redactor::new(config.secrets());
+    for c in &mut checks {
+        c.message = scrub.scrub(&c.message);
+    }
     checks
+}
+
+/// `notify <kind> <host>` and `healthchecks <host>`: each receiver takes a
+/// TCP connection. Nothing is sent: a test message would page someone, and
+/// a ping would tell healthchecks a job ran. The healthchecks URL is never
+/// printed (its uuid is the secret), only its host.
+async fn notify_targets(config: &Config, checks: &mut Vec<Check>) {
+    let limit = config.timeouts.connect;
+    let file = config.path.display();
+    let mut targets: Vec<(String, url::Url, String)> = config
+        .notify
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let kind = crate::events::notify::kind_name(n.kind);
+            (
+                format!("notify {kind}"),
+                n.url.clone(),
+                format!("notify[{i}].url"),
+            )
+        })
+        .collect();
+    if let Some(hc) = &config.healthchecks {
+        for (key, url) in [
+            ("healthchecks.url", Some(&hc.url)),
+            ("healthchecks.drill_url", hc.drill_url.as_ref()),
+            ("healthchecks.prune_url", hc.prune_url.as_ref()),
+        ] {
+            if let Some(u) = url.and_then(|u| url::Url::parse(u.expose()).ok()) {
+                targets.push(("healthchecks".into(), u, key.into()));
+            }
+        }
+    }
+    for (what, url, key) in targets {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let name = format!("{what} {host}");
+        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+        let result = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(_)) => Ok(format!(
+                "{host}:{port} takes connections (nothing was sent)"
+            )),
+            Ok(Err(e)) => Err(format!(
+                "cannot connect to {host}:{port}: {e}; is it up and reachable from this host? fix {key} in {file}"
+            )),
+            Err(_) => Err(format!(
+                "{host}:{port} did not answer within {}s: a firewall? fix {key} in {file}",
+                limit.as_secs()
+            )),
+        };
+        checks.push(check(name, result));
+    }
+}
+
+/// `mqtt`: the broker answers a connection with the configured credentials.
+async fn broker(config: &Config, checks: &mut Vec<Check>) {
+    let Some(m) = &config.mqtt else { return };
+    let limit = config
+        .timeouts
+        .connect
+        .min(m.timeout.max(std::time::Duration::from_secs(1)));
+    let result = crate::events::mqtt::probe(m, limit).await.map_err(|e| {
+        let scrub = crate::model::secret::Redactor::new(config.secrets());
+        format!(
+            "{} (in {})",
+            scrub.scrub(&e.to_string()),
+            config.path.display()
+        )
+    });
+    checks.push(check("mqtt", result));
 }
 
 async fn repository(repo: &Repository, checks: &mut Vec<Check>) {
@@ -263,8 +348,13 @@ async fn redis_version(config: &Config) -> Result<String, String> {
     ))
 }
 
-/// Which scratch runtime verify and drills use, and why.
-fn scratch_runtime(config: &Config, checks: &mut Vec<Check>) {
+/// Which scratch runtime verify and drills use, and why; for the process
+/// runtime, that its server binaries (of the server's major version, when
+/// known) are installed and the `[scratch] user` exists.
+fn scratch_runtime(config: &Config, server_major: Option<u32>, checks: &mut Vec<Check>) {
+    if config.scratch.runtime == crate::model::config::ScratchRuntimeKind::Process {
+        process_runtime(config, server_major, checks);
+    }
     use crate::model::config::ScratchRuntimeKind;
     let message = match config.scratch.runtime {
         ScratchRuntimeKind::Docker => {
@@ -294,6 +384,63 @@ fn scratch_runtime(config: &Config, checks: &mut Vec<Check>) {
         ),
     };
     checks.push(check("scratch runtime", Ok(message)));
+}
+
+/// `scratch: …`: the local binaries and the user the process runtime needs.
+fn process_runtime(config: &Config, server_major: Option<u32>, checks: &mut Vec<Check>) {
+    let file = config.path.display();
+    // Without the server's version (postgres: connect failed) there is
+    // nothing to check the binaries against: that failure says enough.
+    if let (Some(_), Some(major)) = (&config.postgres, server_major) {
+        let dir = config
+            .scratch
+            .postgres_bin
+            .replace("{major}", &major.to_string());
+        let missing: Vec<&str> = ["initdb", "pg_ctl", "pg_restore", "psql"]
+            .into_iter()
+            .filter(|p| !std::path::Path::new(&dir).join(p).is_file())
+            .collect();
+        let result = if missing.is_empty() {
+            Ok(format!("initdb, pg_ctl, pg_restore and psql in {dir}"))
+        } else {
+            Err(format!(
+                "{} missing in {dir}: verify and drills start a PostgreSQL {major} there; install postgresql-{major} \
+                 (apt-get install postgresql-{major}), set [scratch] postgres_bin, or set [scratch] runtime = \"docker\" in {file}",
+                missing.join(", ")
+            ))
+        };
+        checks.push(check("scratch: postgres binaries", result));
+    }
+    if config.redis.is_some() {
+        let found = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("redis-server"))
+                .find(|c| c.is_file())
+        });
+        checks.push(check(
+            "scratch: redis-server",
+            match found {
+                Some(p) => Ok(format!("{}", p.display())),
+                None => Err(format!(
+                    "no redis-server on PATH: verify and drills load the Redis archive into one; \
+                     install redis-server (apt-get install redis-server) or set [scratch] runtime = \"docker\" in {file}"
+                )),
+            },
+        ));
+    }
+    if nix::unistd::geteuid().is_root() {
+        let user = &config.scratch.user;
+        checks.push(check(
+            "scratch: user",
+            match nix::unistd::User::from_name(user) {
+                Ok(Some(u)) => Ok(format!("`{user}` (uid {}) runs the scratch servers", u.uid)),
+                _ => Err(format!(
+                    "no user `{user}` on this host: PostgreSQL refuses to run as root, so scratch servers run as [scratch] user; \
+                     create it (useradd --system {user}) or set [scratch] user in {file}"
+                )),
+            },
+        ));
+    }
 }
 
 /// Whether snapshots get signed here and can be checked.

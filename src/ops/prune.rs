@@ -140,7 +140,33 @@ pub fn plan(
 /// Prunes one configured repository as `prune` and the agent both do: it
 /// must answer, its writer lock is taken (waiting up to `lock_wait`; none
 /// for a dry run) and held until the end, then [`run`] applies retention.
+/// A real run pings `[healthchecks] prune_url` at its start and end.
 pub async fn prune_repository(
+    config: &Config,
+    policies: &[Policy],
+    rc: &RepositoryConfig,
+    opts: &PruneOptions,
+    lock_wait: Duration,
+) -> Result<PruneReport, Failure> {
+    use crate::events::notify::{Job, Ping, ping};
+    if opts.dry_run {
+        return prune_locked(config, policies, rc, opts, lock_wait).await;
+    }
+    let what = format!("prune of repository {}", rc.name);
+    ping(config, Job::Prune, Ping::Start, &format!("{what} started")).await;
+    let result = prune_locked(config, policies, rc, opts, lock_wait).await;
+    match &result {
+        Ok(_) => ping(config, Job::Prune, Ping::Success, &format!("{what} done")).await,
+        Err(e) => {
+            let message = crate::model::secret::Redactor::new(config.secrets())
+                .scrub(&format!("{what}: {e}"));
+            ping(config, Job::Prune, Ping::Failure, &message).await
+        }
+    };
+    result
+}
+
+async fn prune_locked(
     config: &Config,
     policies: &[Policy],
     rc: &RepositoryConfig,

@@ -18,6 +18,7 @@ use super::docker::RawDocker;
 use super::files::RawFile;
 use super::metrics::RawMetrics;
 use super::mqtt::RawMqtt;
+use super::notify::{RawHealthchecks, RawNotify};
 use super::postgres::RawPostgres;
 use super::redis::RawRedis;
 use super::repository::RawRepository;
@@ -56,6 +57,9 @@ pub(super) struct RawConfig {
     drill_schedule: Option<Spanned<String>>,
     agent: Option<RawAgent>,
     timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+    healthchecks: Option<RawHealthchecks>,
 }
 
 impl RawConfig {
@@ -147,6 +151,12 @@ impl Cx<'_> {
             retention: raw.retention.clone(),
             agent: self.agent(raw.agent.as_ref(), &raw.prune_schedule, &raw.drill_schedule)?,
             timeouts: self.timeouts(raw.timeouts.as_ref(), &stall_timeouts(&raw))?,
+            notify: self.notify(&raw.notify)?,
+            healthchecks: raw
+                .healthchecks
+                .as_ref()
+                .map(|h| self.healthchecks(h))
+                .transpose()?,
         })
     }
 

@@ -24,6 +24,7 @@ pub mod env;
 mod files;
 mod metrics;
 mod mqtt;
+mod notify;
 mod postgres;
 mod redis;
 pub mod repository;
@@ -44,6 +45,7 @@ pub use docker::{ContainerRef, DockerConfig};
 pub use files::FileConfig;
 pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
+pub use notify::{DEFAULT_NOTIFY_TIMEOUT, HealthchecksConfig, NotifyConfig, NotifyKind};
 pub use postgres::{
     DEFAULT_WAL_SPOOL, DatabaseSelection, PgEndpoint, PostgresConfig, WalConfig, parse_postgres_url,
 };
@@ -127,6 +129,10 @@ pub struct Config {
     /// How long a backup waits for what can hang (`[timeouts]` and the
     /// sources' `stall_timeout`).
     pub timeouts: Timeouts,
+    /// Who else is told (`[[notify]]`: Gotify, ntfy, webhooks).
+    pub notify: Vec<NotifyConfig>,
+    /// The dead-man's switch (`[healthchecks]`), if any.
+    pub healthchecks: Option<HealthchecksConfig>,
 }
 
 impl Config {
@@ -203,6 +209,21 @@ impl Config {
         }
         if let Some(p) = self.mqtt.as_ref().and_then(|m| m.password.clone()) {
             v.push(p);
+        }
+        v.extend(self.notify.iter().filter_map(|n| n.token.clone()));
+        if let Some(hc) = &self.healthchecks {
+            for url in [Some(&hc.url), hc.drill_url.as_ref(), hc.prune_url.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                v.push(url.clone());
+                // Its uuid alone, wherever a message quotes just the path.
+                if let Some(last) = url.expose().rsplit('/').next()
+                    && last.len() >= 16
+                {
+                    v.push(Secret::new(last.to_owned()));
+                }
+            }
         }
         for r in &self.repositories {
             if let Location::S3(s3) = &r.location

@@ -170,16 +170,16 @@ pub fn policy_options(
     })
 }
 
-/// Runs one backup and then tells the stack: the event on the bus and the
-/// series in the metrics textfile ([`crate::ops::backup::notify::after_backup`]).
-/// What the CLI and the agent both run.
+/// Runs one backup and tells the stack: the healthchecks start ping
+/// first, then the event on the bus, the `[[notify]]` notice, the success
+/// or failure ping and the series in the metrics textfile
+/// ([`crate::ops::backup::notify::around_backup`]). What the CLI and the
+/// agent both run.
 pub async fn run_and_notify(
     config: &Config,
     opts: &BackupOptions,
 ) -> Result<BackupReport, Failure> {
-    let report = run(config, opts).await?;
-    crate::ops::backup::notify::after_backup(config, &report).await;
-    Ok(report)
+    crate::ops::backup::notify::around_backup(config, run(config, opts)).await
 }
 
 /// One repository the run writes to: its handle, its writer lock (held

@@ -169,8 +169,54 @@ pub fn find(config: &Config, file: Option<&Path>) -> Result<Vec<Drill>, DrillErr
     paths.iter().map(|p| Drill::load(p)).collect()
 }
 
-/// Runs one drill: restore, check, report, publish, record.
+/// Runs one drill: restore, check, report, publish, record; between the
+/// `[healthchecks] drill_url` start ping and its success or failure ping
+/// (a drill that cannot even run pings failure and is told to
+/// `[[notify]]`).
 pub async fn run(
+    config: &Config,
+    drill: &Drill,
+    identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+) -> Result<DrillReport, DrillError> {
+    use crate::events::notify::{Job, Notice, Ping, notify, ping};
+    ping(
+        config,
+        Job::Drill,
+        Ping::Start,
+        &format!("drill {} started", drill.name),
+    )
+    .await;
+    let result = run_inner(config, drill, identities).await;
+    if let Err(e) = &result {
+        let message = crate::model::secret::Redactor::new(config.secrets())
+            .scrub(&format!("drill {}: {e}", drill.name));
+        let prefix = config
+            .mqtt
+            .as_ref()
+            .map_or("kompose", |m| m.topic_prefix.as_str());
+        let notice = Notice {
+            success: false,
+            title: format!(
+                "kompose-dr drill {} failed on {}",
+                drill.name,
+                crate::ops::backup::notify::host()
+            ),
+            message: message.clone(),
+            tags: vec!["rotating_light".into(), "drill".into()],
+            event: crate::events::event(
+                prefix,
+                "drill",
+                "failed",
+                serde_json::json!({ "drill": drill.name, "status": "failed", "error": message }),
+            ),
+        };
+        notify(config, &notice).await;
+        ping(config, Job::Drill, Ping::Failure, &message).await;
+    }
+    result
+}
+
+async fn run_inner(
     config: &Config,
     drill: &Drill,
     identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,

@@ -90,6 +90,49 @@ pub fn markdown(r: &DrillReport) -> String {
 
 /// Publishes the drill's event and records its metrics; neither failing
 /// fails the drill.
+/// The notice of a drill for `[[notify]]`: the verdict, the snapshot, and
+/// which checks failed (by name: what they found is data, and stays in the
+/// report).
+fn drill_notice(
+    r: &DrillReport,
+    failed: &[serde_json::Value],
+    event: crate::events::Event,
+) -> crate::events::notify::Notice {
+    let mut lines = vec![format!(
+        "drill {} of snapshot {} in {}: {}",
+        r.drill,
+        r.snapshot,
+        r.repository,
+        if r.ok { "passed" } else { "FAILED" }
+    )];
+    for f in failed {
+        lines.push(format!(
+            "{}: {} failed",
+            f["source"].as_str().unwrap_or_default(),
+            f["check"].as_str().unwrap_or_default()
+        ));
+    }
+    if let Some(p) = r.report_files.first() {
+        lines.push(format!("report: {}", p.display()));
+    }
+    crate::events::notify::Notice {
+        success: r.ok,
+        title: format!(
+            "kompose-dr drill {} {} on {}",
+            r.drill,
+            if r.ok { "passed" } else { "failed" },
+            crate::ops::backup::notify::host()
+        ),
+        message: lines.join("\n"),
+        tags: if r.ok {
+            vec!["white_check_mark".into(), "drill".into()]
+        } else {
+            vec!["rotating_light".into(), "drill".into()]
+        },
+        event,
+    }
+}
+
 pub(super) async fn publish_and_record(config: &Config, r: &DrillReport) {
     let prefix = config
         .mqtt
@@ -124,9 +167,29 @@ pub(super) async fn publish_and_record(config: &Config, r: &DrillReport) {
             "report": r.report_files,
         }),
     );
-    let published = crate::events::publish(config, &[ev]).await;
+    let published = crate::events::publish(config, std::slice::from_ref(&ev)).await;
+    let notice = drill_notice(r, &failed, ev);
+    let mut notify_failed = crate::events::notify::notify(config, &notice).await;
+    let which = if r.ok {
+        crate::events::notify::Ping::Success
+    } else {
+        crate::events::notify::Ping::Failure
+    };
+    if !crate::events::notify::ping(
+        config,
+        crate::events::notify::Job::Drill,
+        which,
+        &notice.message,
+    )
+    .await
+    {
+        notify_failed.push("healthchecks");
+    }
     let Some(mc) = &config.metrics else { return };
     let mut m = Metrics::load(&mc.textfile);
+    for f in &notify_failed {
+        m.add(metrics::NOTIFY_FAILURES, &[("target", f)], 1.0);
+    }
     let l = [("drill", r.drill.as_str())];
     m.set(metrics::DRILL_LAST_STATUS, &l, if r.ok { 1.0 } else { 0.0 });
     if r.ok {

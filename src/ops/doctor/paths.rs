@@ -1,0 +1,219 @@
+//! The checks of what kompose-dr reads and writes on this host besides
+//! the repositories: the metrics textfile's directory, the drill reports'
+//! directory, the policy and drill files, the identity, and who the checks
+//! ran as (a check as root proves little about a unit that runs as
+//! `kompose-dr`).
+
+use std::path::Path;
+
+use super::{Check, check};
+use crate::model::config::Config;
+
+/// The user the shipped units run as.
+pub const UNIT_USER: &str = "kompose-dr";
+
+/// `user`: which uid the checks ran as, and whether that is the units'.
+pub(super) fn user(as_user: Option<&str>, checks: &mut Vec<Check>) {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "?".into());
+    let unit = super::unit::backup_unit();
+    let unit_says = format!("User= in {}", unit.source());
+    let caps = if unit.ambient_caps.is_empty() {
+        "no capabilities".to_owned()
+    } else {
+        format!("capabilities {}", unit.ambient_caps.join(", "))
+    };
+    let result = match as_user {
+        Some(u) => Ok(format!(
+            "checked as `{u}` (uid {uid}) with the backup unit's {caps} (AmbientCapabilities= in {})",
+            unit.source()
+        )),
+        None if uid.is_root() && unit.user != "root" => Ok(format!(
+            "checked as root (uid 0), but the units run as `{}` ({unit_says}): root reads and writes \
+             everything, so file checks here prove little; run `kompose-dr doctor --as-user {0}` \
+             to check as the units would",
+            unit.user
+        )),
+        None => Ok(format!(
+            "checked as `{name}` (uid {uid}); the units run as `{}` ({unit_says})",
+            unit.user
+        )),
+    };
+    // An installed unit naming a user this host does not have cannot start.
+    let result = match (&unit.path, nix::unistd::User::from_name(&unit.user)) {
+        (Some(p), Ok(None)) => Err(format!(
+            "{} runs as `{}`, which does not exist on this host: create it (useradd --system {1}) or fix User=",
+            p.display(),
+            unit.user
+        )),
+        _ => result,
+    };
+    checks.push(check("user", result));
+}
+
+/// Proves `dir` is writable by this process: a temporary file is created
+/// there and removed.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    let probe = tempfile::Builder::new()
+        .prefix(".kompose-dr-doctor-")
+        .tempfile_in(dir)?;
+    probe.close()
+}
+
+/// `metrics textfile`: its directory takes a new file (the textfile is
+/// written beside itself and renamed over).
+pub(super) fn textfile(config: &Config, checks: &mut Vec<Check>) {
+    let Some(m) = &config.metrics else { return };
+    let dir = m
+        .textfile
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    checks.push(check(
+        "metrics textfile",
+        match writable(dir) {
+            Ok(()) => Ok(format!(
+                "{} is writable (a probe file was created and removed)",
+                dir.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot create a file in {} ({e}): create it and make it writable by this user \
+                 (install -d -o {UNIT_USER} {0}), add it to the unit's ReadWritePaths=, or fix \
+                 metrics.textfile in {1}",
+                dir.display(),
+                config.path.display()
+            )),
+        },
+    ));
+}
+
+/// `policies`, `drills` and `reports_dir`: every file parses; where drills
+/// exist, their reports can be written.
+pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
+    let file = config.path.display();
+    checks.push(check(
+        "policies",
+        match crate::model::policy::Policy::load_dir(&config.policies_dir) {
+            Ok(p) if p.is_empty() => Ok(format!(
+                "none in {} (backups without --policy use the top-level [retention])",
+                config.policies_dir.display()
+            )),
+            Ok(p) => Ok(format!(
+                "{} in {}: {}",
+                p.len(),
+                config.policies_dir.display(),
+                p.iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(e) => Err(format!("{e}; fix that file, or policies_dir in {file}")),
+        },
+    ));
+    if !config.drills_dir.exists() {
+        checks.push(check(
+            "drills",
+            Ok(format!(
+                "no drills_dir {}: no drills run (set drills_dir in {file} to run them)",
+                config.drills_dir.display()
+            )),
+        ));
+        return;
+    }
+    match crate::ops::drill::find(config, None) {
+        Ok(d) => checks.push(check(
+            "drills",
+            Ok(format!(
+                "{} in {}: {}",
+                d.len(),
+                config.drills_dir.display(),
+                d.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        )),
+        Err(e) => {
+            checks.push(check(
+                "drills",
+                Err(format!("{e}; fix that file, or drills_dir in {file}")),
+            ));
+            return;
+        }
+    }
+    // The drill creates reports_dir if needed: its nearest existing
+    // ancestor must take a new entry.
+    let mut dir = config.reports_dir.as_path();
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => dir = p,
+            _ => break,
+        }
+    }
+    checks.push(check(
+        "reports_dir",
+        match writable(dir) {
+            Ok(()) if dir == config.reports_dir => Ok(format!(
+                "{} is writable",
+                config.reports_dir.display()
+            )),
+            Ok(()) => Ok(format!(
+                "{} will be created in {} (writable)",
+                config.reports_dir.display(),
+                dir.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot create a file in {} ({e}): drill reports go to {}; make it writable by this user \
+                 (install -d -o {UNIT_USER} {1}), add it to the drill unit's ReadWritePaths=, or fix \
+                 reports_dir in {file}",
+                dir.display(),
+                config.reports_dir.display()
+            )),
+        },
+    ));
+}
+
+/// `identity`: the age identity file (needed to restore, verify and drill)
+/// can be read and holds an identity.
+pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
+    let path = config
+        .encryption
+        .as_ref()
+        .and_then(|e| e.identity_file.as_ref());
+    let file = config.path.display();
+    checks.push(match path {
+        Some(p) => check(
+            "identity",
+            match crate::pipeline::load_identities(config) {
+                // The drill unit has no capabilities: beyond this process's
+                // read (which may use CAP_DAC_READ_SEARCH), the file's owner
+                // and mode must let the user read it (access(2) ignores
+                // capabilities for anyone but root).
+                Ok(_) => match nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::R_OK) {
+                    Ok(()) => Ok(format!(
+                        "{} is readable (restore, verify and drills can decrypt)",
+                        p.display()
+                    )),
+                    Err(e) => Err(format!(
+                        "cannot read the identity file {} without capabilities ({e}), and the drill unit has none: \
+                         make it this user's (chown {UNIT_USER} {0}; chmod 0600 {0}), or fix [encryption] identity_file in {file}",
+                        p.display()
+                    )),
+                },
+                Err(e) => Err(format!(
+                    "{e}; make it readable by this user only (chown {UNIT_USER} {0}; chmod 0600 {0}), \
+                     or fix [encryption] identity_file in {file}",
+                    p.display()
+                )),
+            },
+        ),
+        None => check(
+            "identity",
+            Ok("no identity_file configured: backups work; restore, verify and drills need one".into()),
+        ),
+    });
+}

@@ -1,0 +1,348 @@
+//! The sources' checks: what the nightly backup will ask of PostgreSQL,
+//! Redis and the files, asked now with the configured credentials, each
+//! bounded by `[timeouts] connect`.
+//!
+//! PostgreSQL: log in, the configured databases exist, a pg_dump (and
+//! pg_dumpall) of the server's major version or newer is found by the
+//! source's own selection ([`crate::sources::postgres::choose_client`]),
+//! and the role may dump the globals. Redis: PING after AUTH, and the data
+//! directory readable. Files: each path a readable regular file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Check, check};
+use crate::model::config::{Config, DatabaseSelection};
+use crate::sources::postgres as pg;
+
+/// `postgres: …` checks.
+/// Returns the server's major version, when it answered.
+pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option<u32> {
+    let Some(cfg) = &config.postgres else {
+        return None;
+    };
+    let limit = config.timeouts.connect;
+    let file = config.path.display();
+    let resolved = match tokio::time::timeout(limit, pg::resolve(cfg)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            checks.push(check("postgres: connect", Err(e.to_string())));
+            return None;
+        }
+        Err(_) => {
+            checks.push(check(
+                "postgres: connect",
+                Err(format!(
+                    "the container engine did not answer within {}s: is dockerd up? ([timeouts] connect sets the limit)",
+                    limit.as_secs()
+                )),
+            ));
+            return None;
+        }
+    };
+    let ep = &resolved.endpoint;
+    let client = match pg::connect_within(&resolved, &ep.maintenance_db, limit).await {
+        Ok(c) => c,
+        Err(e) => {
+            let text = e.to_string();
+            let fix = if text.contains("password authentication failed")
+                || text.contains("no password")
+                || text.contains("authentication")
+            {
+                format!(
+                    "; fix postgres.password (or password_file / password_credential) or the user in postgres.url in {file}"
+                )
+            } else if text.contains("does not exist") {
+                format!("; fix the database or user in postgres.url in {file}")
+            } else if cfg.container.is_none() {
+                format!(
+                    "; is PostgreSQL running and listening at {}:{}? fix postgres.url in {file}, or set postgres.container",
+                    ep.host, ep.port
+                )
+            } else {
+                String::new()
+            };
+            checks.push(check("postgres: connect", Err(format!("{text}{fix}"))));
+            return None;
+        }
+    };
+    let server = match pg::server_version(&client).await {
+        Ok(v) => v,
+        Err(e) => {
+            checks.push(check("postgres: connect", Err(e.to_string())));
+            return None;
+        }
+    };
+    checks.push(check(
+        "postgres: connect",
+        Ok(format!(
+            "PostgreSQL {} answers; `{}` logged in",
+            server.text, ep.user
+        )),
+    ));
+
+    // The databases the backup will dump.
+    let present = bounded(limit, pg::discover(&client)).await;
+    checks.push(match (present, &cfg.databases) {
+        (Err(e), _) => check("postgres: databases", Err(e)),
+        (Ok(present), DatabaseSelection::All) => check(
+            "postgres: databases",
+            if present.is_empty() {
+                Err(format!(
+                    "databases = [\"*\"] but `{}` may connect to no database: grant CONNECT, or list them in postgres.databases in {file}",
+                    ep.user
+                ))
+            } else {
+                Ok(format!("all of them (\"*\"): {}", present.join(", ")))
+            },
+        ),
+        (Ok(present), DatabaseSelection::List(wanted)) => {
+            let missing: Vec<&str> = wanted
+                .iter()
+                .filter(|w| !present.contains(w))
+                .map(String::as_str)
+                .collect();
+            check(
+                "postgres: databases",
+                if missing.is_empty() {
+                    Ok(format!("all present: {}", wanted.join(", ")))
+                } else {
+                    Err(format!(
+                        "missing on the server (or `{}` may not connect): {}; create them (CREATE DATABASE …), \
+                         grant CONNECT, or remove them from postgres.databases in {file}",
+                        ep.user,
+                        missing.join(", ")
+                    ))
+                },
+            )
+        }
+    });
+
+    // The client tools, chosen the way the backup chooses them.
+    let what = format!("the server (PostgreSQL {})", server.text);
+    let mut programs = vec!["pg_dump"];
+    if cfg.globals {
+        programs.push("pg_dumpall");
+    }
+    for program in programs {
+        let chosen = tokio::time::timeout(
+            limit,
+            pg::choose_client(&resolved, program, server.major, &what),
+        )
+        .await;
+        checks.push(check(
+            format!("postgres: {program}"),
+            match chosen {
+                Ok(Ok(tool)) => Ok(match &tool {
+                    pg::DumpTool::Local { bin_dir, version } => {
+                        format!("{} ({version})", bin_dir.join(program).display())
+                    }
+                    pg::DumpTool::Container { container, version } => {
+                        format!("in container `{}` ({version})", container.name)
+                    }
+                }),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "{program} --version did not answer within {}s",
+                    limit.as_secs()
+                )),
+            },
+        ));
+    }
+
+    if cfg.globals {
+        let su = bounded(limit, async {
+            client
+                .query_one(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .map_err(|e| pg::db_error("cannot read the role", e))
+        })
+        .await;
+        checks.push(check(
+            "postgres: globals",
+            match su {
+                Ok(true) => Ok(format!(
+                    "`{}` is a superuser: pg_dumpall --globals-only can read roles and their passwords",
+                    ep.user
+                )),
+                Ok(false) => Err(format!(
+                    "`{}` is not a superuser: pg_dumpall --globals-only reads pg_authid (the role passwords), \
+                     which only a superuser may; log in as a superuser (postgres.url's user) or set \
+                     postgres.globals = false in {file}",
+                    ep.user
+                )),
+                Err(e) => Err(e),
+            },
+        ));
+    }
+    Some(server.major)
+}
+
+/// A fallible step, failed after `limit`.
+async fn bounded<T, E: ToString>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}s ([timeouts] connect sets the limit)",
+            limit.as_secs()
+        )),
+    }
+}
+
+/// `redis: …` checks.
+pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
+    let Some(cfg) = &config.redis else { return };
+    let limit = config.timeouts.connect;
+    let file = config.path.display();
+    let connected = bounded(limit, async {
+        let mut con = crate::sources::redis::connect(cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pong: String = ::redis::cmd("PING")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = crate::sources::redis::info(&mut con, "server").await?;
+        Ok::<_, String>((con, pong, info))
+    })
+    .await;
+    let (mut con, info) = match connected {
+        Ok((con, _pong, info)) => (con, info),
+        Err(e) => {
+            let fix = if e.contains("redis.password") || e.contains("NOAUTH") {
+                format!(" — set the right password in redis.password (or password_file) in {file}")
+            } else if cfg.container.is_none() {
+                format!(
+                    " — is Redis running at {}:{}? fix redis.url in {file}, or set redis.container",
+                    cfg.host, cfg.port
+                )
+            } else {
+                String::new()
+            };
+            checks.push(check("redis: connect", Err(format!("{e}{fix}"))));
+            return;
+        }
+    };
+    checks.push(check(
+        "redis: connect",
+        Ok(format!(
+            "Redis {} answers PING",
+            info.get("redis_version").map(String::as_str).unwrap_or("?")
+        )),
+    ));
+    if cfg.container.is_some() {
+        // The data files are read through the engine, as the backup does.
+        return;
+    }
+    let (dir, from) = match &cfg.data_dir {
+        Some(d) => (d.clone(), "redis.data_dir"),
+        None => match bounded(limit, crate::sources::redis::config_get(&mut con, "dir")).await {
+            Ok(d) => (d.into(), "the server's `dir` (redis.data_dir is not set)"),
+            Err(e) => {
+                checks.push(check(
+                    "redis: data_dir",
+                    Err(format!(
+                        "cannot ask the server for its `dir` ({e}): set redis.data_dir in {file}"
+                    )),
+                ));
+                return;
+            }
+        },
+    };
+    let aof = bounded(
+        limit,
+        crate::sources::redis::config_get(&mut con, "appendonly"),
+    )
+    .await
+    .map(|v| v == "yes")
+    .unwrap_or(false);
+    checks.push(check("redis: data_dir", data_dir(&dir, from, aof)));
+}
+
+/// The Redis data directory can be listed, and the files the backup copies
+/// (`appendonlydir/` with AOF, else `dump.rdb`) can be read.
+fn data_dir(dir: &Path, from: &str, aof: bool) -> Result<String, String> {
+    let fix = |what: &str| {
+        format!(
+            "{what}; the backup reads the data files as this user: keep AmbientCapabilities=CAP_DAC_READ_SEARCH \
+             in the backup unit (it reads without changing any mode), give the user read access to {}, \
+             or set redis.container to read them through the engine",
+            dir.display()
+        )
+    };
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| fix(&format!("cannot list {} ({from}): {e}", dir.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let wanted = if aof { "appendonlydir" } else { "dump.rdb" };
+    if !names.iter().any(|n| n == wanted) {
+        return if aof {
+            Err(format!(
+                "{} ({from}) holds no appendonlydir, but the server has appendonly yes: \
+                 is this the server's data directory? fix redis.data_dir",
+                dir.display()
+            ))
+        } else {
+            Ok(format!(
+                "{} ({from}) is readable; no dump.rdb yet (the backup's BGSAVE writes it)",
+                dir.display()
+            ))
+        };
+    }
+    let path = dir.join(wanted);
+    let readable = if aof {
+        std::fs::read_dir(&path).map(|_| ())
+    } else {
+        std::fs::File::open(&path).map(|_| ())
+    };
+    readable.map_err(|e| fix(&format!("cannot read {}: {e}", path.display())))?;
+    Ok(format!(
+        "{} ({from}) is readable and holds {wanted}",
+        dir.display()
+    ))
+}
+
+/// `files/<name>` checks: each path a regular file this process can open.
+pub(super) fn files(config: &Config, checks: &mut Vec<Check>) {
+    let file = config.path.display();
+    for f in &config.files {
+        let name = format!("files/{}", f.name);
+        let result = match std::fs::metadata(&f.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "{} does not exist: fix the path of [[files]] `{}` in {file}, or remove the entry",
+                f.path.display(),
+                f.name
+            )),
+            Err(e) => Err(format!(
+                "cannot reach {}: {e}; make its directories searchable by this user",
+                f.path.display()
+            )),
+            Ok(m) if !m.is_file() => Err(format!(
+                "{} is not a regular file (a [[files]] entry is one file; use [[directories]] for a folder): fix [[files]] `{}` in {file}",
+                f.path.display(),
+                f.name
+            )),
+            Ok(m) => match std::fs::File::open(&f.path) {
+                Ok(_) => Ok(format!(
+                    "{} is readable ({} bytes)",
+                    f.path.display(),
+                    m.len()
+                )),
+                Err(e) => Err(format!(
+                    "cannot read {}: {e}; keep AmbientCapabilities=CAP_DAC_READ_SEARCH in the backup unit, which reads it \
+                     without changing its mode (acme.json must stay 0600 for Traefik), or give this user read access",
+                    f.path.display()
+                )),
+            },
+        };
+        checks.push(check(name, result));
+    }
+}

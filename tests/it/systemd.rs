@@ -133,6 +133,7 @@ fn install_puts_everything_in_place_and_keeps_edits() {
         "usr/local/bin/kompose-dr",
         "etc/systemd/system/kompose-dr-backup.timer",
         "etc/systemd/system/kompose-dr-drill.service",
+        "etc/systemd/system/kompose-dr-init.service",
         "etc/kompose-dr/kompose-dr.toml",
         "etc/kompose-dr/policies/kompose-nightly.toml",
         "etc/kompose-dr/restore-drills/kompose-quarterly.toml",

@@ -44,10 +44,6 @@ q kmps 'create table items (id serial, v int); insert into items(v) select g fro
 redis-cli CONFIG SET requirepass "$REDIS_PASSWORD" >/dev/null
 REDISCLI_AUTH=$REDIS_PASSWORD redis-cli SET session:1 alive >/dev/null
 REDISCLI_AUTH=$REDIS_PASSWORD redis-cli SAVE >/dev/null
-say "diag"
-PGPASSWORD=$DB_PASSWORD psql -h 127.0.0.1 -U kompose -d postgres -c 'select 1' || true
-cat /proc/net/tcp /proc/net/tcp6 | head -20
-systemctl status postgresql@15-main --no-pager || true
 install -d -m 0755 /var/local/data/traefik/letsencrypt
 install -m 0600 "$out/acme.json" /var/local/data/traefik/letsencrypt/acme.json
 
@@ -122,6 +118,51 @@ res "backups_dir_owner=$([ "$dir_before" = "$(stat -c '%U %G' /var/local/data/ba
 res "backups_dir_group_acl=$(getfacl -cp /var/local/data/backups 2>/dev/null | grep '^group::' || true)"
 res "failed_units=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')"
 res "textfile=$(ls /var/lib/prometheus/node-exporter/kompose_dr.prom 2>/dev/null || echo none)"
+
+say "sandbox probes: each service reads what its configuration names and nothing more"
+# The same unit, its ExecStart= replaced by a probe (a runtime drop-in):
+# the sandbox, user, capabilities and credentials are the shipped ones.
+# `has FILE`: its content is readable; `hidden FILE`: it is not (unreadable,
+# or an empty stand-in: InaccessiblePaths= mounts an empty inode, which
+# CAP_DAC_READ_SEARCH may open but which holds nothing).
+probe() {
+  local unit=$1 d=/run/systemd/system/$1.d
+  mkdir -p "$d"
+  { echo 'set -eu'
+    echo 'has() { grep -q . "$1" || { echo "cannot read $1"; exit 1; }; }'
+    echo 'hidden() { if grep -q . "$1" 2>/dev/null || { test -d "$1" && ls -A "$1" 2>/dev/null | grep -q .; }; then echo "LEAK: $1"; exit 1; fi; }'
+    echo 'writable() { touch "$1" && rm "$1" || { echo "cannot write $1"; exit 1; }; }'
+    echo 'unwritable() { if touch "$1" 2>/dev/null; then echo "LEAK: wrote $1"; exit 1; fi; }'
+    cat
+    echo 'echo probe passed'
+  } >"/run/kdr-probe-$unit.sh"
+  printf '[Unit]\nOnSuccess=\n[Service]\nExecStart=\nExecStart=/bin/sh -x /run/kdr-probe-%s.sh\n' "$unit" >"$d/probe.conf"
+  systemctl daemon-reload
+  systemctl start "$unit" || true
+  res "probe $unit $(systemctl show -p Result -p ExecMainStatus "$unit" | tr '\n' ' ')"
+  journalctl -q -o cat --no-pager -u "$unit" --since=-10s >"$out/probe-$unit.journal" || true
+  rm -rf "$d" "/run/kdr-probe-$unit.sh"
+  systemctl daemon-reload
+}
+acme=/var/local/data/traefik/letsencrypt/acme.json
+probe kompose-dr-backup.service <<EOF
+has $acme; has /var/lib/redis/dump.rdb
+has \$CREDENTIALS_DIRECTORY/signing_key; has \$CREDENTIALS_DIRECTORY/secrets.env
+hidden /etc/kompose-dr/identity.txt; hidden /etc/kompose-dr/credentials/signing_key
+hidden /etc/shadow; hidden /root
+writable /var/local/data/backups/.probe; unwritable /etc/kdr-probe
+EOF
+probe kompose-dr-prune.service <<EOF
+has \$CREDENTIALS_DIRECTORY/secrets.env; test ! -e \$CREDENTIALS_DIRECTORY/signing_key
+hidden /opt/kompose/secrets.env; hidden $acme; hidden /var/lib/redis/dump.rdb
+hidden /etc/kompose-dr/identity.txt; hidden /etc/shadow
+writable /var/local/data/backups/.probe; unwritable /etc/kdr-probe
+EOF
+probe kompose-dr-drill.service <<EOF
+has \$CREDENTIALS_DIRECTORY/identity.txt; test ! -e \$CREDENTIALS_DIRECTORY/signing_key
+hidden /etc/kompose-dr/identity.txt; hidden /opt/kompose/secrets.env; hidden $acme
+writable /var/local/data/backups/reports/.probe; unwritable /var/local/data/backups/snapshots/.probe
+EOF
 
 say "the agent starts and answers /healthz"
 systemctl start kompose-dr-agent.service || true

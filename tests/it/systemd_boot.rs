@@ -286,6 +286,12 @@ fn install_and_units_work_on_first_boot_under_systemd() {
     );
     assert_eq!(results.value("failed_units"), Some(""), "{}", context());
     assert_eq!(
+        results.value("timers"),
+        Some("active active "),
+        "{}",
+        context()
+    );
+    assert_eq!(
         results.value("agent_active"),
         Some("active"),
         "{}",

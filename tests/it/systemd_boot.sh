@@ -109,6 +109,10 @@ run_unit kompose-dr-prune.service
 say "kompose-dr-drill.service"
 run_unit kompose-dr-drill.service
 
+say "the timers, enabled as the README says"
+systemctl enable --now kompose-dr-backup.timer kompose-dr-drill.timer 2>/dev/null || true
+res "timers=$(systemctl is-active kompose-dr-backup.timer kompose-dr-drill.timer | tr '\n' ' ')"
+
 say "what the services left"
 res "snapshots=$(find /var/local/data/backups/snapshots -name '*.json' -not -name '*.tmp' 2>/dev/null | wc -l)"
 res "reports=$(find /var/local/data/backups/reports -name '*.json' 2>/dev/null | wc -l)"

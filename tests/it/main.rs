@@ -25,5 +25,6 @@ mod restore;
 mod runbook;
 mod s3;
 mod systemd;
+mod systemd_boot;
 mod timeouts;
 mod verify_drill;

@@ -55,6 +55,33 @@ fn every_unit_verifies() {
 }
 
 #[test]
+fn every_credential_is_optional() {
+    // A LoadCredential= whose file is absent fails the unit (243/CREDENTIALS)
+    // unless a SetCredential= of the same name gives a default; the empty
+    // line kompose-dr takes as not set.
+    let mut n = 0;
+    for e in std::fs::read_dir(UNITS).unwrap() {
+        let p = e.unwrap().path();
+        let unit = std::fs::read_to_string(&p).unwrap();
+        for line in unit.lines() {
+            let Some(spec) = line.strip_prefix("LoadCredential=") else {
+                continue;
+            };
+            let (name, path) = spec.split_once(':').unwrap();
+            assert!(path.starts_with('/'), "{}: {line}", p.display());
+            assert!(
+                unit.lines()
+                    .any(|l| l == format!("SetCredential={name}:\\n")),
+                "{}: {name} has no SetCredential={name}:\\n default",
+                p.display()
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} credentials");
+}
+
+#[test]
 fn every_timer_calendar_parses() {
     require("systemd-analyze");
     let mut n = 0;
@@ -106,6 +133,7 @@ fn install_puts_everything_in_place_and_keeps_edits() {
         "usr/local/bin/kompose-dr",
         "etc/systemd/system/kompose-dr-backup.timer",
         "etc/systemd/system/kompose-dr-drill.service",
+        "etc/systemd/system/kompose-dr-init.service",
         "etc/kompose-dr/kompose-dr.toml",
         "etc/kompose-dr/policies/kompose-nightly.toml",
         "etc/kompose-dr/restore-drills/kompose-quarterly.toml",

@@ -159,31 +159,93 @@ impl<'a> Cx<'a> {
             })?;
             return Ok(Some(Secret::new(s)));
         }
-        credential
-            .as_ref()
-            .map(|v| self.credential(v, &format!("{section}.password_credential")))
-            .transpose()
+        match credential {
+            Some(v) => self.credential(v, section),
+            None => Ok(None),
+        }
     }
 
     /// A systemd credential (`LoadCredential=`) read from
-    /// `$CREDENTIALS_DIRECTORY`.
-    fn credential(&self, v: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
-        let name = self.string(v, key)?;
-        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
-            return Err(self.err(
-                v.span(),
-                key,
-                "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential= or use password_file",
-            ));
+    /// `$CREDENTIALS_DIRECTORY` (see [`read_credential`]).
+    fn credential(
+        &self,
+        v: &Spanned<String>,
+        section: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let key = if section == "signing" {
+            "signing.key_credential".to_owned()
+        } else {
+            format!("{section}.password_credential")
         };
-        let p = Path::new(&dir).join(&name);
-        let s = env::read_secret_file(&p).map_err(|e| {
-            self.err(
-                v.span(),
-                key,
-                format!("cannot read credential {name} ({}): {e}", p.display()),
-            )
-        })?;
-        Ok(Secret::new(s))
+        let name = self.string(v, &key)?;
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        read_credential(dir.as_deref(), &name, section == "signing")
+            .map_err(|m| self.err(v.span(), &key, m))
+    }
+}
+
+/// The credential `name` in `dir` (`$CREDENTIALS_DIRECTORY`). One that was
+/// not passed in — no such file, or an empty one (the units'
+/// `SetCredential=NAME:\n` default when the source file is absent) —
+/// counts as not set: the units pass every credential optionally, and a
+/// unit that does not use a secret (prune has no signing key) must still
+/// load the configuration. Without a directory at all (a run by hand) a
+/// credential is an error naming the fix, unless `optional` (the signing
+/// key: only a backup needs it, and says so).
+fn read_credential(
+    dir: Option<&Path>,
+    name: &str,
+    optional: bool,
+) -> Result<Option<Secret>, String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!(
+            "`{name}` is not a credential name (a file name in $CREDENTIALS_DIRECTORY)"
+        ));
+    }
+    let Some(dir) = dir else {
+        if optional {
+            return Ok(None);
+        }
+        return Err(
+            "$CREDENTIALS_DIRECTORY is not set: run under systemd with LoadCredential= or use password_file"
+                .to_owned(),
+        );
+    };
+    let p = dir.join(name);
+    match env::read_secret_file(&p) {
+        Ok(s) if s.is_empty() => Ok(None),
+        Ok(s) => Ok(Some(Secret::new(s))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read credential {name} ({}): {e}",
+            p.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_credential;
+
+    #[test]
+    fn a_credential_not_passed_in_is_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db_password"), "pw\n").unwrap();
+        // The units' default when the source file is absent: one newline.
+        std::fs::write(dir.path().join("redis_password"), "\n").unwrap();
+        let read = |name: &str| read_credential(Some(dir.path()), name, false);
+        assert_eq!(read("db_password").unwrap().unwrap().expose(), "pw");
+        assert!(read("redis_password").unwrap().is_none());
+        assert!(read("mqtt_password").unwrap().is_none());
+        assert!(read("../etc/passwd").is_err());
+        // Run by hand, outside systemd: a password is an error, the signing
+        // key (needed by backups alone) is just absent.
+        let e = read_credential(None, "db_password", false).unwrap_err();
+        assert!(e.contains("$CREDENTIALS_DIRECTORY is not set"), "{e}");
+        assert!(
+            read_credential(None, "signing_key", true)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -247,7 +247,9 @@ pub async fn run_on(
         return Err(Failure::usage(format!(
             "configuration {}: no [signing] key_file (or key_credential) to sign snapshots for repository `{}`: \
              readers refuse unsigned snapshots. Make a key with `kompose-dr init --generate-key FILE` \
-             (it writes FILE.sign and prints the lines to paste), or pass --allow-unsigned",
+             (it writes FILE.sign and prints the lines to paste; under systemd install FILE.sign as \
+             /etc/kompose-dr/credentials/signing_key, 0600 root: a key_credential that is absent or empty counts as none), \
+             or pass --allow-unsigned",
             config.path.display(),
             r.name()
         )));

@@ -8,6 +8,7 @@
 mod agent;
 mod backup;
 mod check;
+mod copy;
 mod doctor;
 mod drill;
 mod init;
@@ -79,6 +80,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Check the configuration: every repository reachable, credentials valid, writes permitted.
     Doctor(doctor::Args),
+    /// Copy snapshots between repositories (--from, --to, --snapshot ID … or --missing), checking every sha256.
+    Copy(copy::Args),
 }
 
 /// Global options every command sees.
@@ -148,6 +151,7 @@ pub fn main() -> ExitCode {
             Command::Prune(a) => prune::run(&globals, a).await,
             Command::Agent(a) => agent::run(&globals, a).await,
             Command::Doctor(a) => doctor::run(&globals, a).await,
+            Command::Copy(a) => copy::run(&globals, a).await,
         };
         // Aborted uploads and released leases finish before the exit.
         crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;

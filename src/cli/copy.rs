@@ -9,7 +9,7 @@ use crate::repository::Repository;
 
 /// Arguments of `copy`.
 #[derive(Debug, clap::Args)]
-#[group(id = "which", required = true, multiple = false, args = ["snapshots", "missing"])]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(false).args(["snapshots", "missing"])))]
 pub struct Args {
     /// The repository to copy from (its configured name).
     #[arg(long, value_name = "NAME")]

@@ -387,7 +387,11 @@ pub async fn copy(
         };
         report.snapshots.push(entry);
     }
-    report.snapshots.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
+    // Oldest first: an id starts with its time (to the second); within a
+    // second the plan's order (by start time) stays.
+    report
+        .snapshots
+        .sort_by(|a, b| a.snapshot.get(..16).cmp(&b.snapshot.get(..16)));
     Ok(report)
 }
 

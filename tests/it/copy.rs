@@ -115,7 +115,8 @@ fn snapshot_ids(ws: &Workspace, repo: &str) -> Vec<String> {
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
-    ids.sort();
+    // Listed newest first: oldest first here, like the ids of `nights`.
+    ids.reverse();
     ids
 }
 

@@ -308,3 +308,42 @@ async fn backfill_fills_in_and_reports_an_unreachable_repository() {
         [keys::manifest_key(A), keys::manifest_key(B)]
     );
 }
+
+#[tokio::test]
+async fn a_forged_manifest_in_the_source_is_never_copied() {
+    let trust = signing();
+    let (src, src_mem) = repository("local", &trust).await;
+    let (dst, dst_mem) = repository("offsite", &trust).await;
+    snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
+    // Someone with write access to the source forges snapshot B: a copy of
+    // A's manifest under B's name, without a valid signature for it.
+    let body = String::from_utf8(src_mem.object(&keys::manifest_key(A)).unwrap().to_vec())
+        .unwrap()
+        .replace(A, B);
+    src_mem.insert(&keys::manifest_key(B), body.into_bytes());
+    src_mem.insert(
+        &keys::signature_key(&keys::manifest_key(B)),
+        src_mem
+            .object(&keys::signature_key(&keys::manifest_key(A)))
+            .unwrap(),
+    );
+    src_mem.insert(
+        &keys::artifact_key(B, "files/acme", ArtifactKind::File),
+        b"first".to_vec(),
+    );
+    let report = copy(&src, &dst, &opts(Selection::Missing)).await.unwrap();
+    assert_eq!(report.count(CopyStatus::Copied), 1, "{report:?}");
+    let forged = report.snapshots.iter().find(|s| s.snapshot == B).unwrap();
+    assert_eq!(forged.status, CopyStatus::Failed);
+    assert!(
+        forged.error.as_deref().unwrap().contains("wrongly signed"),
+        "{forged:?}"
+    );
+    assert_eq!(manifests(&dst_mem), [keys::manifest_key(A)]);
+    assert!(!dst_mem.keys().iter().any(|k| k.contains(B)));
+    // Asked for by name, it is refused the same way.
+    let report = copy(&src, &dst, &opts(Selection::Snapshots(vec![B.into()])))
+        .await
+        .unwrap();
+    assert_eq!(report.failed(), 1, "{report:?}");
+}

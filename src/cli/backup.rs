@@ -39,6 +39,7 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             repositories: Vec::new(),
             lock_wait: args.lock_wait,
             progress,
+            backfill: None,
         },
     };
     // Ctrl-C or SIGTERM drops the run: children are killed, uploads
@@ -63,6 +64,26 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         for r in &report.repositories {
             for e in &r.errors {
                 output::line(format!("  repository {}: {e}", r.name));
+            }
+        }
+        if let Some(b) = &report.backfill {
+            for c in &b.copies {
+                for s in &c.snapshots {
+                    output::line(format!(
+                        "  backfill {} -> {}: {} {:?}{}",
+                        c.from,
+                        c.to,
+                        s.snapshot,
+                        s.status,
+                        s.error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            for e in &b.errors {
+                output::line(format!("  backfill: {e}"));
             }
         }
         output::line(match report.status {

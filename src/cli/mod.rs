@@ -8,6 +8,7 @@
 mod agent;
 mod backup;
 mod check;
+mod copy;
 mod doctor;
 mod drill;
 mod init;
@@ -82,6 +83,8 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Archive PostgreSQL's WAL continuously ([postgres.wal]), in the foreground until SIGTERM.
     Wal(wal::Args),
+    /// Copy snapshots between repositories (--from, --to, --snapshot ID … or --missing), checking every sha256.
+    Copy(copy::Args),
 }
 
 /// Global options every command sees.
@@ -152,6 +155,7 @@ pub fn main() -> ExitCode {
             Command::Agent(a) => agent::run(&globals, a).await,
             Command::Doctor(a) => doctor::run(&globals, a).await,
             Command::Wal(a) => wal::run(&globals, a).await,
+            Command::Copy(a) => copy::run(&globals, a).await,
         };
         // Aborted uploads and released leases finish before the exit.
         crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;

@@ -8,6 +8,8 @@
 //! sources = ["postgres/*", "redis", "files/*"]
 //! repositories = ["local", "offsite"]
 //!
+//! backfill = true          # optional: fill in what a repository missed
+//!
 //! [retention]
 //! keep_daily = 14
 //! ```
@@ -32,6 +34,8 @@ struct RawPolicy {
     repositories: Vec<String>,
     #[serde(default)]
     retention: Retention,
+    #[serde(default)]
+    backfill: bool,
 }
 
 /// A validated policy.
@@ -54,6 +58,9 @@ pub struct Policy {
     pub retention: Retention,
     /// The file it came from.
     pub path: PathBuf,
+    /// After its backup, copy its snapshots that one of its repositories
+    /// lacks from one that has them (`backfill = true`).
+    pub backfill: bool,
 }
 
 impl Policy {
@@ -108,6 +115,7 @@ impl Policy {
             repositories: raw.repositories,
             retention: raw.retention,
             path: path.to_owned(),
+            backfill: raw.backfill,
         })
     }
 

@@ -1,11 +1,12 @@
 //! Layer 4: the operations an operator or the agent runs — backup,
-//! verify, drill, prune, check, doctor. Each one composes the layers below
+//! verify, drill, prune, check, doctor, copy. Each one composes the layers below
 //! (sources, restore targets, scratch instances, events, the repository)
 //! and returns a report; the CLI and the agent only choose what to run and
 //! how to show the result.
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod doctor;
 pub mod drill;
 pub mod prune;

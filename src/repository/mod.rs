@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+pub mod copy;
 pub mod facts;
 pub mod lock;
 pub mod signing;

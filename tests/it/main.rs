@@ -9,6 +9,7 @@ mod architecture;
 mod backup_postgres;
 mod backup_redis_files;
 mod cli;
+mod copy;
 mod crash;
 mod docker_native;
 mod docker_rig;

@@ -46,6 +46,9 @@ pub struct BackupOptions {
     pub lock_wait: std::time::Duration,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// After the run, fill in the policy's snapshots its repositories
+    /// lack (`backfill = true` in the policy).
+    pub backfill: Option<crate::ops::copy::backfill::Backfill>,
 }
 
 /// Overall outcome of a run.
@@ -121,6 +124,10 @@ pub struct BackupReport {
     /// One entry per repository the run meant to write to, including those that
     /// could not be opened or locked.
     pub repositories: Vec<RepositoryReport>,
+    /// What the policy's backfill copied afterwards (`backfill = true`);
+    /// its failures never change `status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<crate::ops::copy::backfill::BackfillReport>,
 }
 
 impl BackupReport {
@@ -167,6 +174,12 @@ pub fn policy_options(
         repositories: p.repositories.clone(),
         lock_wait,
         progress,
+        backfill: p.backfill.then(|| crate::ops::copy::backfill::Backfill {
+            policy: p.name.clone(),
+            repositories: p.repositories.clone(),
+            retention: p.retention.clone(),
+            timezone: p.timezone,
+        }),
     })
 }
 
@@ -179,7 +192,15 @@ pub async fn run_and_notify(
     config: &Config,
     opts: &BackupOptions,
 ) -> Result<BackupReport, Failure> {
-    crate::ops::backup::notify::around_backup(config, run(config, opts)).await
+    let mut report = crate::ops::backup::notify::around_backup(config, run(config, opts)).await?;
+    if let Some(b) = &opts.backfill {
+        let filled = crate::ops::copy::backfill::run(config, b, opts.lock_wait).await;
+        if !filled.ok() {
+            tracing::error!(policy = %b.policy, "backfill did not complete (the backup itself is not affected): see its report");
+        }
+        report.backfill = Some(filled);
+    }
+    Ok(report)
 }
 
 /// One repository the run writes to: its handle, its writer lock (held
@@ -332,6 +353,7 @@ pub async fn run_on(
         duration_seconds: clock.elapsed().as_secs_f64(),
         artifacts,
         repositories,
+        backfill: None,
     })
 }
 

@@ -1,0 +1,99 @@
+//! A manifest as stored — its exact bytes and detached signature — read
+//! with every rule a reader applies, and committed as is in another
+//! repository: what `kompose-dr copy` carries over.
+//!
+//! The signature covers the manifest's exact bytes and names only its key
+//! (`snapshots/<ID>.json`), which is the same in every repository; so a
+//! manifest copied byte for byte, beside its signature, verifies in the
+//! target with the same public key, and no signing key is needed to copy.
+//! Its `repository` field keeps naming the repository the backup wrote
+//! it to: readers never act on that field.
+
+use bytes::Bytes;
+
+use crate::model::manifest::{MANIFEST_VERSION, Manifest};
+use crate::storage::{PutMode, StorageError, keys};
+
+use super::{Repository, RepositoryError, signing, validate};
+
+/// A manifest read from a repository: the document, parsed and validated,
+/// and the bytes (and signature) it was read from.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// Its exact bytes, as the repository holds them.
+    pub body: Bytes,
+    /// Its detached minisign signature, if it has one.
+    pub signature: Option<Bytes>,
+}
+
+impl Repository {
+    /// Reads the manifest of snapshot `id` with the rules every reader
+    /// applies: bounded size, signature checked against `[signing]
+    /// public_key` (unless allowed unsigned), JSON of a known version, and
+    /// every key the one kompose-dr builds ([`validate::manifest`]).
+    pub async fn stored_manifest(&self, id: &str) -> Result<StoredManifest, RepositoryError> {
+        let key = keys::manifest_key(id);
+        let damaged = |message: String| RepositoryError::Damaged {
+            name: self.name.clone(),
+            key: key.clone(),
+            message,
+        };
+        if !crate::model::time::is_snapshot_id(id) {
+            return Err(damaged(format!(
+                "`{}` is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxx)",
+                id.escape_debug()
+            )));
+        }
+        let body = self.backend.get(&key).await.map_err(|e| self.storage(e))?;
+        if body.len() as u64 > validate::MAX_DOCUMENT {
+            return Err(damaged(format!(
+                "{} bytes is more than any manifest kompose-dr writes",
+                body.len()
+            )));
+        }
+        let signature = match self.backend.get(&keys::signature_key(&key)).await {
+            Ok(b) => Some(b),
+            Err(StorageError::NotFound(_)) => None,
+            Err(e) => return Err(self.storage(e)),
+        };
+        signing::check(&self.trust, &key, &body, signature.as_deref()).map_err(|message| {
+            RepositoryError::Signature {
+                name: self.name.clone(),
+                message,
+            }
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&body).map_err(|e| damaged(e.to_string()))?;
+        if manifest.version > MANIFEST_VERSION {
+            return Err(damaged(format!(
+                "manifest version {} is newer than this kompose-dr reads",
+                manifest.version
+            )));
+        }
+        validate::manifest(&manifest, &key).map_err(damaged)?;
+        Ok(StoredManifest {
+            manifest,
+            body,
+            signature,
+        })
+    }
+
+    /// Commits a snapshot with a manifest read elsewhere, byte for byte:
+    /// its signature first (if it has one), then the manifest, which must
+    /// not exist yet. Call only after every object it names is durable here.
+    pub async fn commit_stored(&self, stored: &StoredManifest) -> Result<(), RepositoryError> {
+        let key = keys::manifest_key(&stored.manifest.id);
+        if let Some(sig) = &stored.signature {
+            self.backend
+                .put(&keys::signature_key(&key), sig.clone(), PutMode::Overwrite)
+                .await
+                .map_err(|e| self.storage(e))?;
+        }
+        self.backend
+            .put(&key, stored.body.clone(), PutMode::CreateNew)
+            .await
+            .map_err(|e| self.storage(e))
+    }
+}

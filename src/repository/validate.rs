@@ -130,6 +130,7 @@ fn kind_fits(source: &str, kind: ArtifactKind) -> bool {
         }
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => source == "redis",
         ArtifactKind::File => source.starts_with("files/"),
+        ArtifactKind::Directory => source.starts_with("directories/"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! checksums all held — so a corrupted archive or a wrong key never replaces
 //! anything.
 
+pub mod directories;
 mod error;
 pub mod files;
 pub mod plan;
@@ -21,7 +22,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::model::config::{Config, FileConfig, PgEndpoint, PostgresConfig, RedisConfig};
+use crate::model::config::{
+    Config, DirectoryConfig, FileConfig, PgEndpoint, PostgresConfig, RedisConfig,
+};
 use crate::model::manifest::ArtifactKind;
 use crate::model::secret::Redactor;
 use crate::repository::Repository;
@@ -85,6 +88,8 @@ pub struct RestoreTargets {
     pub redis: Option<RedisConfig>,
     /// The configured files, for artifacts whose manifest records no path.
     pub files: Vec<FileConfig>,
+    /// The configured directories, where `directories/*` go.
+    pub directories: Vec<DirectoryConfig>,
     /// The configuration file, named when a setting is missing.
     pub config_path: PathBuf,
 }
@@ -96,6 +101,7 @@ impl RestoreTargets {
             postgres: config.postgres.clone(),
             redis: config.redis.clone(),
             files: config.files.clone(),
+            directories: config.directories.clone(),
             config_path: config.path.clone(),
         }
     }
@@ -140,6 +146,11 @@ pub enum Target {
         /// The path.
         path: PathBuf,
     },
+    /// A directory tree (`directories/*`).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -169,6 +180,7 @@ impl std::fmt::Display for Target {
                 if *running { "stop it, " } else { "" }
             ),
             Target::File { path } => write!(f, "file {}", path.display()),
+            Target::Directory { path } => write!(f, "directory {}", path.display()),
         }
     }
 }
@@ -314,13 +326,16 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Resto
         .filter(|c| {
             matches!(
                 c.artifact.kind,
-                ArtifactKind::File | ArtifactKind::RedisAof | ArtifactKind::RedisRdb
+                ArtifactKind::File
+                    | ArtifactKind::RedisAof
+                    | ArtifactKind::RedisRdb
+                    | ArtifactKind::Directory
             )
         })
         .count();
     if o.to.is_some() && to_targets != 1 {
         return Err(RestoreError::Options(format!(
-            "--to places one Redis or file source, but {to_targets} are selected: add --source redis or --source files/NAME"
+            "--to places one Redis, file or directory source, but {to_targets} are selected: add --source redis, --source files/NAME or --source directories/NAME"
         )));
     }
     Ok(())
@@ -353,6 +368,7 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
         ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
         ArtifactKind::File => files::preflight(ctx, &c),
+        ArtifactKind::Directory => directories::preflight(ctx, &c),
     };
     match checked {
         Ok((target, replaces)) => PlanItem::Ready(ReadyItem {
@@ -414,6 +430,7 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
             redis::container::restore(ctx, item, cfg, c, dir).await
         }
         Target::File { path } => files::restore(ctx, item, path).await,
+        Target::Directory { path } => directories::restore(ctx, item, path).await,
     };
     let seconds = start.elapsed().as_secs_f64();
     let (ok, bytes, message) = match outcome {

@@ -10,6 +10,7 @@ mod backup_postgres;
 mod backup_redis_files;
 mod cli;
 mod crash;
+mod directories;
 mod docker_native;
 mod docker_rig;
 mod events;

@@ -84,6 +84,9 @@ pub struct ArtifactReport {
     pub duration_seconds: f64,
     /// Why it failed.
     pub error: Option<String>,
+    /// Containers stopped or paused for the copy, and for how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<crate::model::manifest::Downtime>,
 }
 
 /// One repository in the report.
@@ -538,6 +541,7 @@ fn report_artifact(r: &SourceRun, targets: &[Target]) -> ArtifactReport {
         sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
         duration_seconds: r.duration_seconds,
         error: r.result.as_ref().err().cloned(),
+        downtime: r.downtime.clone(),
     }
 }
 
@@ -593,6 +597,7 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
         server_version: r.server_version.clone(),
         duration_seconds: r.duration_seconds,
         file: r.file.clone(),
+        downtime: r.downtime.clone(),
     }
 }
 
@@ -793,7 +798,7 @@ async fn plan<'a>(
         || opts
             .sources
             .iter()
-            .any(|p| p != "redis" && !p.starts_with("files/"));
+            .any(|p| p != "redis" && !p.starts_with("files/") && !p.starts_with("directories/"));
     if let Some(pg) = &config.postgres
         && any_pg
     {
@@ -826,6 +831,19 @@ async fn plan<'a>(
         }
     }
 
+    for d in &config.directories {
+        let name = format!("directories/{}", d.name);
+        if wanted(&name) {
+            jobs.push(watched(
+                ctx,
+                name.clone(),
+                ArtifactKind::Directory,
+                sources::directories::backup(ctx, d),
+            ));
+            names.push(name);
+        }
+    }
+
     // Every pattern must select something: a typo must not back up nothing.
     for p in &opts.sources {
         let single =
@@ -847,7 +865,7 @@ async fn plan<'a>(
     }
     if jobs.is_empty() {
         return Err(Failure::usage(format!(
-            "configuration {}: no source is configured ([postgres], [redis] or [[files]])",
+            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
             config.path.display()
         )));
     }

@@ -564,3 +564,69 @@ fn a_named_volume_is_copied_through_the_engine_with_its_container_stopped() {
     run_ok(engine.docker().args(["rm", "-f", &app]));
     run_ok(engine.docker().args(["volume", "rm", &volume]));
 }
+
+/// A backup terminated (SIGTERM) while its `stop` container is stopped —
+/// the copy waits on a SQLite database another process holds locked —
+/// starts the container again before the process exits, and commits
+/// nothing.
+#[test]
+fn a_backup_terminated_while_its_container_is_stopped_starts_it_again() {
+    use crate::support::docker::engine;
+    let engine = engine();
+    let app = format!(
+        "kdr-app-{:08x}",
+        std::process::id()
+            ^ SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+    );
+    run_ok(
+        engine
+            .docker()
+            .args(["run", "-d", "--name", &app, "--entrypoint", "sh"])
+            .arg(&engine.redis_image)
+            .args(["-c", "while :; do sleep 0.1; done"]),
+    );
+    let running = |c: &str| engine.inspect(c, "{{.State.Running}}") == "true";
+    let ws = Workspace::new();
+    let root = ws.dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    let db = root.join("db.sqlite3");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker
+        .execute_batch("CREATE TABLE t (x); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+        .unwrap();
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[[directories]]\nname = \"d\"\npath = \"{}\"\nstop = [\"{app}\"]\nsqlite = [\"db.sqlite3\"]\n",
+        engine.host,
+        root.display()
+    ));
+    ws.init();
+    let mut child = ws
+        .kdr()
+        .env_remove("DOCKER_HOST")
+        .arg("backup")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until("the container stopped for the copy", 60, || !running(&app));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // The copy's thread may finish now; the run was dropped already.
+    locker.execute_batch("ROLLBACK").unwrap();
+    let status = crate::support::wait_child(&mut child, Duration::from_secs(90))
+        .expect("kompose-dr did not exit after SIGTERM");
+    assert!(!status.success());
+    assert!(
+        running(&app),
+        "the container was left stopped after SIGTERM"
+    );
+    assert!(ws.manifests().is_empty());
+    run_ok(engine.docker().args(["rm", "-f", &app]));
+}

@@ -17,21 +17,31 @@ use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+pub mod volume;
+
 use super::stream::copy_archive;
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
-use crate::model::config::DirectoryLocation;
+use crate::model::config::{DirectoryConfig, DirectoryLocation};
 use crate::restore::plan::Choice;
 
 /// Permission bits never restored from an archive: world-write (the
 /// setuid, setgid and sticky bits are dropped too).
 pub const MASK: u32 = 0o002;
 
-/// Where a directory source goes: `--to`, else the configured path —
-/// never a path read from the repository.
-fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, RestoreError> {
+/// Where a directory source goes.
+enum Place {
+    /// A directory of this host.
+    Dir(PathBuf),
+    /// A named volume, through the engine.
+    Volume(DirectoryConfig, String),
+}
+
+/// Where a directory source goes: `--to`, else the configured path or
+/// volume — never a path read from the repository.
+fn target_of(ctx: &RestoreContext<'_>, c: &Choice) -> Result<Place, RestoreError> {
     let name = c.source.trim_start_matches("directories/");
     if let Some(to) = &ctx.options.to {
-        return Ok(to.clone());
+        return Ok(Place::Dir(to.clone()));
     }
     let Some(cfg) = ctx.targets.directories.iter().find(|d| d.name == name) else {
         return Err(RestoreError::Refused(format!(
@@ -40,26 +50,23 @@ fn target_path(ctx: &RestoreContext<'_>, c: &Choice) -> Result<PathBuf, RestoreE
             ctx.targets.config_path.display()
         )));
     };
-    match &cfg.location {
-        DirectoryLocation::Path(p) => {
-            if let Some(recorded) = c.artifact.file.as_ref().map(|f| PathBuf::from(&f.path))
-                && recorded != *p
-            {
-                return Err(RestoreError::Refused(format!(
-                    "the snapshot says it came from {}, but [[directories]] `{name}` is {}: refusing a \
-                     target taken from the repository; pass --to DIR to write it elsewhere",
-                    recorded.display(),
-                    p.display()
-                )));
-            }
-            Ok(p.clone())
-        }
-        DirectoryLocation::Volume { name: vol, .. } => Err(RestoreError::Refused(format!(
-            "[[directories]] `{name}` is volume {vol}: restoring into a volume through the engine is not \
-             supported yet; restore with --to DIR, stop the containers that use it, and copy the tree in \
-             (docs/RUNBOOK.md, \"Directories and volumes\")"
-        ))),
+    let recorded = c.artifact.file.as_ref().map(|f| f.path.clone());
+    let configured = match &cfg.location {
+        DirectoryLocation::Path(p) => p.display().to_string(),
+        DirectoryLocation::Volume { name, .. } => format!("volume:{name}"),
+    };
+    if let Some(recorded) = recorded
+        && recorded != configured
+    {
+        return Err(RestoreError::Refused(format!(
+            "the snapshot says it came from {recorded}, but [[directories]] `{name}` is {configured}: \
+             refusing a target taken from the repository; pass --to DIR to write it elsewhere"
+        )));
     }
+    Ok(match &cfg.location {
+        DirectoryLocation::Path(p) => Place::Dir(p.clone()),
+        DirectoryLocation::Volume { name, .. } => Place::Volume(cfg.clone(), name.clone()),
+    })
 }
 
 /// Whether `dir` holds any entry.
@@ -69,8 +76,14 @@ fn occupied(dir: &Path) -> bool {
 
 /// Checks the target: a directory that holds anything needs `--replace`;
 /// its parent must exist.
-pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool), RestoreError> {
-    let path = target_path(ctx, c)?;
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    c: &Choice,
+) -> Result<(Target, bool), RestoreError> {
+    let path = match target_of(ctx, c)? {
+        Place::Dir(p) => p,
+        Place::Volume(cfg, volume) => return volume::preflight(ctx, &cfg, &volume).await,
+    };
     let full = match path.symlink_metadata() {
         Ok(m) if m.is_dir() => occupied(&path),
         Ok(_) => {
@@ -146,12 +159,14 @@ pub async fn restore(
     result.map_err(|e| e.unchanged(path.display()))
 }
 
-async fn fill_and_swap(
+/// Streams the archive through [`unpack_tree`] into `staging`, then gives
+/// `staging` the root's recorded mode and mtime (and owner, as root).
+/// Returns the plaintext bytes and what was unpacked.
+async fn unpack_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
-    path: &Path,
     staging: &Path,
-) -> Result<(u64, String), RestoreError> {
+) -> Result<(u64, Unpacked), RestoreError> {
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();
@@ -183,9 +198,6 @@ async fn fill_and_swap(
     .await
     .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
     pb.finish_and_clear();
-    // The root: the recorded mode and mtime; the owner recorded (as root)
-    // or the replaced directory's.
-    let previous = std::fs::metadata(path).ok();
     if let Some(m) = &item.choice.artifact.file {
         std::fs::set_permissions(
             staging,
@@ -201,7 +213,33 @@ async fn fill_and_swap(
             )?;
         }
         set_mtime(staging, m.mtime.into())?;
-    } else if let Some(prev) = &previous {
+    }
+    Ok((bytes, unpacked))
+}
+
+/// The tree in `staging` (its root as `./`) as a tar stream for
+/// [`crate::engine::Engine::upload`]; symlinks stored as links.
+fn tar_stream(
+    staging: PathBuf,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    crate::engine::tar_stream(move |b| {
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &staging)
+    })
+}
+
+async fn fill_and_swap(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    path: &Path,
+    staging: &Path,
+) -> Result<(u64, String), RestoreError> {
+    let (bytes, unpacked) = unpack_into(ctx, item, staging).await?;
+    // Without a recorded root, the replaced directory's mode.
+    let previous = std::fs::metadata(path).ok();
+    if item.choice.artifact.file.is_none()
+        && let Some(prev) = &previous
+    {
         std::fs::set_permissions(staging, prev.permissions()).map_err(RestoreError::io(
             format!("cannot set the mode of {}", staging.display()),
         ))?;

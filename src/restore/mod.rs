@@ -151,6 +151,15 @@ pub enum Target {
         /// The directory.
         path: PathBuf,
     },
+    /// A named volume (`directories/*` in container mode), through the
+    /// engine.
+    Volume {
+        /// The volume.
+        volume: String,
+        /// The running containers that use it, stopped for the restore and
+        /// started again.
+        stopped: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -181,6 +190,14 @@ impl std::fmt::Display for Target {
             ),
             Target::File { path } => write!(f, "file {}", path.display()),
             Target::Directory { path } => write!(f, "directory {}", path.display()),
+            Target::Volume { volume, stopped } if stopped.is_empty() => {
+                write!(f, "volume {volume}")
+            }
+            Target::Volume { volume, stopped } => write!(
+                f,
+                "volume {volume} (stop {}, write, start again)",
+                stopped.join(", ")
+            ),
         }
     }
 }
@@ -368,7 +385,7 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
         ArtifactKind::PostgresDump => postgres::preflight(ctx, &c).await,
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
         ArtifactKind::File => files::preflight(ctx, &c),
-        ArtifactKind::Directory => directories::preflight(ctx, &c),
+        ArtifactKind::Directory => directories::preflight(ctx, &c).await,
     };
     match checked {
         Ok((target, replaces)) => PlanItem::Ready(ReadyItem {
@@ -431,6 +448,15 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
         }
         Target::File { path } => files::restore(ctx, item, path).await,
         Target::Directory { path } => directories::restore(ctx, item, path).await,
+        Target::Volume { volume, .. } => {
+            let name = item.choice.source.trim_start_matches("directories/");
+            match ctx.targets.directories.iter().find(|d| d.name == name) {
+                Some(cfg) => directories::volume::restore(ctx, item, cfg, volume).await,
+                None => Err(RestoreError::Refused(format!(
+                    "no [[directories]] entry named `{name}`"
+                ))),
+            }
+        }
     };
     let seconds = start.elapsed().as_secs_f64();
     let (ok, bytes, message) = match outcome {

@@ -530,6 +530,44 @@ fn a_named_volume_is_copied_through_the_engine_with_its_container_stopped() {
     assert!(to.join("tick").is_file());
     kdr(&["verify"]).assert_exit(0);
 
+    // Back into the volume: it holds files, so --replace; the container
+    // (in stop) is stopped for it and started again.
+    std::fs::write(data.join("new-since"), "x").unwrap();
+    let out = kdr(&["restore", "--source", "directories/vault", "--yes"]);
+    out.assert_failed();
+    assert!(out.all().contains("holds files"), "{}", out.all());
+    let before_restore = started_at(&app);
+    kdr(&[
+        "restore",
+        "--source",
+        "directories/vault",
+        "--replace",
+        "--yes",
+    ])
+    .assert_exit(0);
+    assert!(running(&app));
+    assert_ne!(
+        started_at(&app),
+        before_restore,
+        "not stopped for the restore"
+    );
+    check_tree(&data);
+    assert_eq!(check_db(&data.join("db.sqlite3")), 3);
+    assert!(!data.join("new-since").exists());
+    let aside: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".kompose-dr-replaced-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(aside[0].join("new-since").is_file());
+
     // A backup that fails after the stop still starts the container.
     let second_start = started_at(&app);
     ws.configure(&section("\"db.sqlite3\", \"missing.db\""));

@@ -21,6 +21,7 @@ pub mod volume;
 
 use super::stream::copy_archive;
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
+use crate::engine::Engine;
 use crate::model::config::{DirectoryConfig, DirectoryLocation};
 use crate::restore::plan::Choice;
 
@@ -235,6 +236,69 @@ async fn fill_and_swap(
     staging: &Path,
 ) -> Result<(u64, String), RestoreError> {
     let (bytes, unpacked) = unpack_into(ctx, item, staging).await?;
+    // Into the configured path: the entry's `stop` containers that run are
+    // stopped for the swap (they would keep writing into the old tree) and
+    // started again after it, whatever happened.
+    let name = item.choice.source.trim_start_matches("directories/");
+    let cfg = ctx
+        .options
+        .to
+        .is_none()
+        .then(|| ctx.targets.directories.iter().find(|d| d.name == name))
+        .flatten();
+    let mut stopped = Vec::new();
+    let mut engine = None;
+    if let Some(cfg) = cfg.filter(|c| !c.stop.is_empty()) {
+        let e = Engine::connect(cfg.engine())?;
+        for c in &cfg.stop {
+            if e.inspect(&c.name).await?.running {
+                stopped.push(c.name.clone());
+                if let Err(err) = e.stop(&c.name, volume::GRACE).await {
+                    start_again(&e, &stopped).await;
+                    return Err(err.into());
+                }
+            }
+        }
+        engine = Some(e);
+    }
+    let swapped = swap(item, path, staging);
+    if let Some(e) = &engine {
+        start_again(e, &stopped).await;
+    }
+    let kept = swapped?;
+    let _ = crate::storage::local::sync_dir(&parent_of(path));
+    let what = format!(
+        "restored {} files ({} bytes) into {}{}",
+        unpacked.files,
+        unpacked.bytes,
+        path.display(),
+        if stopped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} stopped and started again)", stopped.join(", "))
+        }
+    );
+    Ok((
+        bytes,
+        match kept {
+            Some(a) => format!("{what}; the previous tree is {}", a.display()),
+            None => what,
+        },
+    ))
+}
+
+/// Starts the containers `names` again, logging those that do not start.
+async fn start_again(engine: &Engine, names: &[String]) {
+    for n in names {
+        if let Err(e) = engine.start(n).await {
+            tracing::error!(container = %n, error = %e, "cannot start it again: start it by hand");
+        }
+    }
+}
+
+/// Puts `staging` in place of `path` with renames; an occupied `path` is
+/// kept as `<path>.kompose-dr-replaced-<time>` (returned).
+fn swap(item: &ReadyItem, path: &Path, staging: &Path) -> Result<Option<PathBuf>, RestoreError> {
     // Without a recorded root, the replaced directory's mode.
     let previous = std::fs::metadata(path).ok();
     if item.choice.artifact.file.is_none()
@@ -284,20 +348,7 @@ async fn fill_and_swap(
             path.display()
         ))(e));
     }
-    let _ = crate::storage::local::sync_dir(&parent_of(path));
-    let what = format!(
-        "restored {} files ({} bytes) into {}",
-        unpacked.files,
-        unpacked.bytes,
-        path.display()
-    );
-    Ok((
-        bytes,
-        match kept {
-            Some(a) => format!("{what}; the previous tree is {}", a.display()),
-            None => what,
-        },
-    ))
+    Ok(kept)
 }
 
 fn set_mtime(path: &Path, t: std::time::SystemTime) -> Result<(), RestoreError> {

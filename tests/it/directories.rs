@@ -666,5 +666,20 @@ fn a_backup_terminated_while_its_container_is_stopped_starts_it_again() {
         "the container was left stopped after SIGTERM"
     );
     assert!(ws.manifests().is_empty());
+
+    // Once the lock is gone the backup goes through; a --replace restore
+    // into the configured path stops the container for the swap too.
+    drop(locker);
+    ws.run(&["backup"]).assert_exit(0);
+    let before = engine.inspect(&app, "{{.State.StartedAt}}");
+    let out = ws.run(&["restore", "--source", "directories/d", "--replace", "--yes"]);
+    out.assert_exit(0);
+    assert!(
+        out.all().contains("stopped and started again"),
+        "{}",
+        out.all()
+    );
+    assert!(running(&app));
+    assert_ne!(engine.inspect(&app, "{{.State.StartedAt}}"), before);
     run_ok(engine.docker().args(["rm", "-f", &app]));
 }

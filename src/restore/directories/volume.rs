@@ -25,7 +25,7 @@ use crate::restore::{ReadyItem, RestoreContext, RestoreError, Target};
 const MOUNT: &str = "/kdr-volume";
 
 /// How long a stopped container gets to shut down.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn engine(cfg: &DirectoryConfig) -> Result<Engine, RestoreError> {
     Ok(Engine::connect(cfg.engine())?)

@@ -281,6 +281,23 @@ fn a_directory_with_a_live_sqlite_round_trips_and_verifies() {
             .any(|c| c["name"] == "sqlite db.sqlite3" && c["ok"] == true),
         "{v:#}"
     );
+
+    // A drill's min_files check on the restored tree.
+    let drills = ws.dir.path().join("drills");
+    std::fs::create_dir(&drills).unwrap();
+    std::fs::write(
+        drills.join("vw.toml"),
+        "name = \"vw\"\nsources = [\"directories/*\"]\n\n[[check]]\nsource = \"directories/vw\"\nmin_files = 4\n",
+    )
+    .unwrap();
+    ws.prepend_top_level(&format!(
+        "drills_dir = \"{}\"\nreports_dir = \"{}\"\n",
+        drills.display(),
+        ws.dir.path().join("reports").display()
+    ));
+    let out = ws.run(&["drill"]);
+    out.assert_exit(0);
+    assert!(out.all().contains("at least 4 files"), "{}", out.all());
 }
 
 /// `plain` as the stock tools would write it (`zstd | age -r`) over the

@@ -585,6 +585,22 @@ fn a_named_volume_is_copied_through_the_engine_with_its_container_stopped() {
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert!(aside[0].join("new-since").is_file());
 
+    // pause = true: paused for the copy, unpaused after (not restarted).
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[[directories]]\nname = \"vault\"\nvolume = \"{volume}\"\nstop = [\"{app}\"]\npause = true\nsqlite = [\"db.sqlite3\"]\n",
+        engine.host
+    ));
+    let unpaused = started_at(&app);
+    let out = kdr(&["--json", "backup"]);
+    out.assert_exit(0);
+    let report = out.json();
+    assert_eq!(
+        report["artifacts"][0]["downtime"]["mode"], "pause",
+        "{report:#}"
+    );
+    assert_eq!(engine.inspect(&app, "{{.State.Status}}"), "running");
+    assert_eq!(started_at(&app), unpaused, "paused, not restarted");
+
     // A backup that fails after the stop still starts the container.
     let second_start = started_at(&app);
     ws.configure(&section("\"db.sqlite3\", \"missing.db\""));

@@ -654,6 +654,7 @@ fn retar(
     let mut root = None;
     let base = MOUNT.trim_start_matches('/');
     let mut spooled: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut skipped: Vec<PathBuf> = Vec::new();
     let result = (|| -> std::io::Result<()> {
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries()? {
@@ -679,7 +680,14 @@ fn retar(
                 continue;
             }
             let rs = rel.to_string_lossy().into_owned();
+            // An excluded directory's content goes with it, as in a walk.
+            if skipped.iter().any(|d| rel.starts_with(d)) {
+                continue;
+            }
             if filter.excluded(&rs) {
+                if kind.is_dir() {
+                    skipped.push(rel);
+                }
                 continue;
             }
             let mut nh = h.clone();

@@ -505,7 +505,7 @@ fn a_named_volume_is_copied_through_the_engine_with_its_container_stopped() {
     let ws = Workspace::new();
     let section = |sqlite: &str| {
         format!(
-            "[docker]\nhost = \"{}\"\n\n[[directories]]\nname = \"vault\"\nvolume = \"{volume}\"\nstop = [\"{app}\"]\nsqlite = [{sqlite}]\nexclude = [\"cache/**\"]\n",
+            "[docker]\nhost = \"{}\"\n\n[[directories]]\nname = \"vault\"\nvolume = \"{volume}\"\nstop = [\"{app}\"]\nsqlite = [{sqlite}]\nexclude = [\"cache\"]\n",
             engine.host
         )
     };
@@ -714,5 +714,17 @@ fn a_backup_terminated_while_its_container_is_stopped_starts_it_again() {
     );
     assert!(running(&app));
     assert_ne!(engine.inspect(&app, "{{.State.StartedAt}}"), before);
+
+    // A stop container the engine does not know is a configuration error
+    // (exit 2) before anything is stopped or written.
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[[directories]]\nname = \"d\"\npath = \"{}\"\nstop = [\"{app}-typo\"]\n",
+        engine.host,
+        root.display()
+    ));
+    let out = ws.run(&["backup"]);
+    out.assert_exit(2);
+    assert!(out.all().contains(&format!("{app}-typo")), "{}", out.all());
+    assert!(running(&app));
     run_ok(engine.docker().args(["rm", "-f", &app]));
 }

@@ -631,6 +631,27 @@ async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
             fatal(e)?;
         }
     }
+    for d in &config.directories {
+        if d.stop.is_empty() {
+            continue;
+        }
+        let found = match Engine::connect(d.engine()) {
+            Ok(engine) => {
+                let mut r = Ok(());
+                for c in &d.stop {
+                    if let Err(e) = engine.inspect(&c.name).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = found {
+            fatal(e)?;
+        }
+    }
     Ok(config)
 }
 

@@ -282,6 +282,11 @@ fn a_directory_with_a_live_sqlite_round_trips_and_verifies() {
         "{v:#}"
     );
 
+    // doctor checks the entry.
+    let out = ws.run(&["doctor"]);
+    out.assert_exit(0);
+    assert!(out.all().contains("directories/vw"), "{}", out.all());
+
     // A drill's min_files check on the restored tree.
     let drills = ws.dir.path().join("drills");
     std::fs::create_dir(&drills).unwrap();

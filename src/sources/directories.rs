@@ -788,4 +788,88 @@ mod tests {
         assert!(!f.excluded("sub/x.log"));
         assert!(!f.excluded("tmpx"));
     }
+
+    /// The engine's archive of the mount, re-written: names relative to the
+    /// volume, the root's metadata kept for the manifest, an excluded
+    /// directory left out with its content, the database described.
+    #[test]
+    fn a_volume_archive_is_rewritten_relative_to_its_root() {
+        let work = tempfile::tempdir().unwrap();
+        let db = work.path().join("live.sqlite3");
+        {
+            let con = rusqlite::Connection::open(&db).unwrap();
+            con.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
+                .unwrap();
+        }
+        let db_bytes = std::fs::read(&db).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, kind: tar::EntryType, mode: u32, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_uid(1000);
+            h.set_gid(1000);
+            h.set_mtime(1_000_000_000);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("kdr-volume/", tar::EntryType::Directory, 0o750, b"");
+        add("kdr-volume/a", tar::EntryType::Regular, 0o600, b"abc");
+        add("kdr-volume/cache/", tar::EntryType::Directory, 0o755, b"");
+        add(
+            "kdr-volume/cache/x",
+            tar::EntryType::Regular,
+            0o644,
+            b"junk",
+        );
+        add(
+            "kdr-volume/db.sqlite3",
+            tar::EntryType::Regular,
+            0o644,
+            &db_bytes,
+        );
+        let engine_tar = b.into_inner().unwrap();
+        let cfg = DirectoryConfig {
+            name: "v".into(),
+            location: DirectoryLocation::Volume {
+                name: "vol".into(),
+                engine: None,
+            },
+            stop: Vec::new(),
+            quiesce: Quiesce::Stop,
+            sqlite: vec!["db.sqlite3".into()],
+            exclude: vec!["cache".into()],
+        };
+        let filter = Filter::new(&cfg).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let writer = pipeline::ChunkWriter::new(tx, Ok);
+        let (tally, root) = retar(
+            writer,
+            &engine_tar[..],
+            "vol",
+            &filter,
+            work.path(),
+            &cfg.sqlite,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        while let Ok(piece) = rx.try_recv() {
+            out.extend_from_slice(&piece.unwrap());
+        }
+        let mut ar = tar::Archive::new(&out[..]);
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a", "db.sqlite3"]);
+        assert_eq!((tally.files, tally.bytes), (2, 3 + db_bytes.len() as u64));
+        let root = root.unwrap();
+        assert_eq!(
+            (root.path.as_str(), root.mode, root.uid),
+            ("volume:vol", 0o750, 1000)
+        );
+        let f = &tally.sqlite["db.sqlite3"];
+        assert_eq!((f.integrity.as_str(), f.tables["t"]), ("ok", 2));
+    }
 }

@@ -351,6 +351,45 @@ impl Engine {
         self.change(&doing, CONTROL_TIMEOUT, &[304], call).await
     }
 
+    /// Pauses the (running) container: its processes are frozen.
+    pub async fn pause(&self, name: &str) -> Result<(), EngineError> {
+        let call = self.docker.pause_container(name);
+        let doing = format!("pausing container `{name}`");
+        self.change(&doing, CONTROL_TIMEOUT, &[], call).await
+    }
+
+    /// Unpauses the (paused) container.
+    pub async fn unpause(&self, name: &str) -> Result<(), EngineError> {
+        let call = self.docker.unpause_container(name);
+        let doing = format!("unpausing container `{name}`");
+        self.change(&doing, CONTROL_TIMEOUT, &[], call).await
+    }
+
+    /// The containers, running or not, that mount the named volume.
+    pub async fn using_volume(&self, volume: &str) -> Result<Vec<ContainerInfo>, EngineError> {
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "volume".to_owned(),
+                vec![volume.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .control(
+                "listing containers",
+                self.docker.list_containers(Some(opts)),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for c in list {
+            if let Some(id) = c.id {
+                out.push(self.inspect(&id).await?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the container and its anonymous volumes, running or not.
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let opts = bollard::query_parameters::RemoveContainerOptions {

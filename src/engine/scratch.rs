@@ -32,6 +32,8 @@ pub struct ScratchSpec {
     /// Containers whose volumes it mounts at the same places
     /// (`--volumes-from`).
     pub volumes_from: Vec<String>,
+    /// Volumes or paths mounted (`vault_data:/kdr-volume:ro`).
+    pub binds: Vec<String>,
 }
 
 /// A scratch container; removed (with its tmpfs) when dropped.
@@ -61,12 +63,22 @@ impl Engine {
     /// Creates and starts a scratch container: `--network none`, labelled,
     /// never restarted.
     pub async fn run_scratch(&self, spec: ScratchSpec) -> Result<ScratchContainer, EngineError> {
+        let guard = self.create_scratch(spec).await?;
+        self.start(&guard.id).await?;
+        Ok(guard)
+    }
+
+    /// Creates a scratch container without starting it (its volumes can be
+    /// read and written through the archive API): labelled like the
+    /// others, removed when the guard drops, swept if left behind.
+    pub async fn create_scratch(&self, spec: ScratchSpec) -> Result<ScratchContainer, EngineError> {
         let name = format!("{}-{:08x}", spec.name, rand::random::<u32>());
         let host_config = bollard::models::HostConfig {
             network_mode: Some("none".into()),
             tmpfs: Some(spec.tmpfs.iter().cloned().collect::<HashMap<_, _>>()),
             auto_remove: Some(false),
             volumes_from: (!spec.volumes_from.is_empty()).then(|| spec.volumes_from.clone()),
+            binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
             ..Default::default()
         };
         let body = bollard::models::ContainerCreateBody {
@@ -109,7 +121,6 @@ impl Engine {
         };
         guard.id = created.id;
         guard.pending = false;
-        self.start(&guard.id).await?;
         Ok(guard)
     }
 

@@ -53,6 +53,27 @@ pub enum SourceFacts {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certificates: Option<Vec<Certificate>>,
     },
+    /// A directory tree or volume: what the tar holds.
+    Directory {
+        /// Regular files in the tar (SQLite copies included).
+        files: u64,
+        /// Their bytes, in total.
+        bytes: u64,
+        /// Per SQLite database (its path relative to the root).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sqlite: BTreeMap<String, SqliteFacts>,
+    },
+}
+
+/// A SQLite database as copied into the tar.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqliteFacts {
+    /// `PRAGMA page_count` of the copy.
+    pub pages: u64,
+    /// `PRAGMA integrity_check` of the copy (`ok`).
+    pub integrity: String,
+    /// Row count per table (`sqlite_master` tables, internal ones left out).
+    pub tables: BTreeMap<String, u64>,
 }
 
 /// The database object as `pg_database` and its satellites describe it at

@@ -49,6 +49,10 @@ pub enum ArtifactKind {
     File,
     /// `pg_basebackup -F tar` of the whole server (`postgres/cluster`).
     PostgresCluster,
+    /// tar of a directory tree or a named volume (`directories/<name>`):
+    /// modes, owners, mtimes and symlinks kept; SQLite databases inside
+    /// copied with the online backup API.
+    Directory,
 }
 
 impl ArtifactKind {
@@ -57,9 +61,10 @@ impl ArtifactKind {
         match self {
             ArtifactKind::PostgresDump => "dump.zst.age",
             ArtifactKind::PostgresGlobals => "sql.zst.age",
-            ArtifactKind::RedisAof | ArtifactKind::RedisRdb | ArtifactKind::PostgresCluster => {
-                "tar.zst.age"
-            }
+            ArtifactKind::RedisAof
+            | ArtifactKind::RedisRdb
+            | ArtifactKind::PostgresCluster
+            | ArtifactKind::Directory => "tar.zst.age",
             ArtifactKind::File => "zst.age",
         }
     }
@@ -112,12 +117,33 @@ pub struct Artifact {
     pub server_version: Option<String>,
     /// Seconds spent on this artifact.
     pub duration_seconds: f64,
-    /// File metadata, for `files/*`.
+    /// File metadata, for `files/*`; for `directories/*`, the root
+    /// directory's (its path, or `volume:<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileMeta>,
     /// Where a base backup (`postgres/cluster`) lies in the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<crate::model::wal::BasePosition>,
+    /// The containers stopped or paused for the copy, and for how long
+    /// (`directories/*` with `stop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<Downtime>,
+}
+
+/// Containers kept still while a source was copied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Downtime {
+    /// `stop` or `pause`.
+    pub mode: String,
+    /// The containers that were running and were stopped (or paused); the
+    /// configured ones that were not running are not listed.
+    pub containers: Vec<String>,
+    /// Seconds from the first stop (or pause) until the last start (or
+    /// unpause) returned.
+    pub seconds: f64,
+    /// Containers that could not be started (unpaused) again, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Artifact {
@@ -139,6 +165,7 @@ impl Artifact {
             duration_seconds: 0.0,
             file: None,
             wal: None,
+            downtime: None,
         }
     }
 
@@ -213,6 +240,7 @@ pub(crate) mod fixtures {
             "postgres/cluster" => ArtifactKind::PostgresCluster,
             "redis" => ArtifactKind::RedisAof,
             s if s.starts_with("files/") => ArtifactKind::File,
+            s if s.starts_with("directories/") => ArtifactKind::Directory,
             _ => ArtifactKind::PostgresDump,
         };
         Artifact {
@@ -234,6 +262,7 @@ pub(crate) mod fixtures {
             duration_seconds: 0.0,
             file: None,
             wal: None,
+            downtime: None,
         }
     }
 

@@ -18,13 +18,17 @@ pub fn is_name(s: &str) -> bool {
 /// Whether `s` is a source name kompose-dr could have written:
 /// `postgres/globals`, `postgres/<database>` (a PostgreSQL identifier of at
 /// most 63 bytes without `/` or control characters, not `.` or `..`),
-/// `redis`, or `files/<name>` with a name [`is_name`] accepts. Anything
+/// `redis`, or `files/<name>` or `directories/<name>` with a name
+/// [`is_name`] accepts. Anything
 /// else read from a repository is refused.
 pub fn is_source_name(s: &str) -> bool {
     if s == "redis" {
         return true;
     }
     if let Some(name) = s.strip_prefix("files/") {
+        return is_name(name);
+    }
+    if let Some(name) = s.strip_prefix("directories/") {
         return is_name(name);
     }
     if let Some(db) = s.strip_prefix("postgres/") {

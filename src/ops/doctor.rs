@@ -79,6 +79,7 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         notify_targets(config, &mut checks).await;
         paths::textfile(config, &mut checks);
         containers(config, &mut checks).await;
+        directories(config, &mut checks).await;
         scratch_runtime(config, server_major, &mut checks);
         signing(config, &mut checks);
         paths::policies_and_drills(config, &mut checks);
@@ -238,6 +239,62 @@ fn check(name: impl Into<String>, result: Result<String, String>) -> Check {
             ok: false,
             message,
         },
+    }
+}
+
+/// Every `[[directories]]` entry: the directory is readable and holds its
+/// SQLite databases, or the volume has a container using it (its image
+/// makes the helper); every `stop` container exists.
+async fn directories(config: &Config, checks: &mut Vec<Check>) {
+    use crate::engine::Engine;
+    use crate::model::config::DirectoryLocation;
+    for d in &config.directories {
+        let name = format!("directories/{}", d.name);
+        let engine = || Engine::connect(d.engine()).map_err(|e| e.to_string());
+        let found: Result<String, String> = async {
+            let mut what = match &d.location {
+                DirectoryLocation::Path(p) => {
+                    std::fs::read_dir(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                    for db in &d.sqlite {
+                        let f = p.join(db);
+                        if !f.is_file() {
+                            return Err(format!(
+                                "SQLite database {} is not there (sqlite = [\"{}\"])",
+                                f.display(),
+                                db.display()
+                            ));
+                        }
+                    }
+                    format!("{} is readable", p.display())
+                }
+                DirectoryLocation::Volume { name: v, .. } => {
+                    let users = engine()?.using_volume(v).await.map_err(|e| e.to_string())?;
+                    if users.is_empty() {
+                        return Err(format!(
+                            "no container uses volume {v}: kompose-dr reads it through a helper made from the image of one that does"
+                        ));
+                    }
+                    format!(
+                        "volume {v}, used by {}",
+                        users
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            };
+            if !d.stop.is_empty() {
+                let engine = engine()?;
+                for c in &d.stop {
+                    let info = engine.inspect(&c.name).await.map_err(|e| e.to_string())?;
+                    what.push_str(&format!("; stop {} ({})", c.name, info.state));
+                }
+            }
+            Ok(what)
+        }
+        .await;
+        checks.push(check(name, found));
     }
 }
 

@@ -133,6 +133,7 @@ fn kind_fits(source: &str, kind: ArtifactKind) -> bool {
         ArtifactKind::PostgresCluster => source == "postgres/cluster",
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => source == "redis",
         ArtifactKind::File => source.starts_with("files/"),
+        ArtifactKind::Directory => source.starts_with("directories/"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! checksums all held — so a corrupted archive or a wrong key never replaces
 //! anything.
 
+pub mod directories;
 mod error;
 pub mod files;
 pub mod plan;
@@ -21,7 +22,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::model::config::{Config, FileConfig, PgEndpoint, PostgresConfig, RedisConfig};
+use crate::model::config::{
+    Config, DirectoryConfig, FileConfig, PgEndpoint, PostgresConfig, RedisConfig,
+};
 use crate::model::manifest::ArtifactKind;
 use crate::model::secret::Redactor;
 use crate::repository::Repository;
@@ -85,6 +88,8 @@ pub struct RestoreTargets {
     pub redis: Option<RedisConfig>,
     /// The configured files, for artifacts whose manifest records no path.
     pub files: Vec<FileConfig>,
+    /// The configured directories, where `directories/*` go.
+    pub directories: Vec<DirectoryConfig>,
     /// The configuration file, named when a setting is missing.
     pub config_path: PathBuf,
     /// How scratch servers run (a point-in-time recovery runs one).
@@ -98,6 +103,7 @@ impl RestoreTargets {
             postgres: config.postgres.clone(),
             redis: config.redis.clone(),
             files: config.files.clone(),
+            directories: config.directories.clone(),
             config_path: config.path.clone(),
             scratch: config.scratch.clone(),
         }
@@ -149,6 +155,20 @@ pub enum Target {
         /// The directory.
         path: PathBuf,
     },
+    /// A directory tree (`directories/*`).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A named volume (`directories/*` in container mode), through the
+    /// engine.
+    Volume {
+        /// The volume.
+        volume: String,
+        /// The running containers that use it, stopped for the restore and
+        /// started again.
+        stopped: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -179,6 +199,15 @@ impl std::fmt::Display for Target {
             ),
             Target::File { path } => write!(f, "file {}", path.display()),
             Target::Cluster { path } => write!(f, "new data directory {}", path.display()),
+            Target::Directory { path } => write!(f, "directory {}", path.display()),
+            Target::Volume { volume, stopped } if stopped.is_empty() => {
+                write!(f, "volume {volume}")
+            }
+            Target::Volume { volume, stopped } => write!(
+                f,
+                "volume {volume} (stop {}, write, start again)",
+                stopped.join(", ")
+            ),
         }
     }
 }
@@ -328,12 +357,13 @@ pub fn check_options(choices: &[Choice], o: &RestoreOptions) -> Result<(), Resto
                     | ArtifactKind::RedisAof
                     | ArtifactKind::RedisRdb
                     | ArtifactKind::PostgresCluster
+                    | ArtifactKind::Directory
             )
         })
         .count();
     if o.to.is_some() && to_targets != 1 {
         return Err(RestoreError::Options(format!(
-            "--to places one Redis, file or cluster source, but {to_targets} are selected: add --source redis, --source files/NAME or --source postgres/cluster"
+            "--to places one Redis, file, directory or cluster source, but {to_targets} are selected: add --source redis, --source files/NAME, --source directories/NAME or --source postgres/cluster"
         )));
     }
     Ok(())
@@ -367,6 +397,7 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => redis::preflight(ctx, &c).await,
         ArtifactKind::File => files::preflight(ctx, &c),
         ArtifactKind::PostgresCluster => postgres::pitr::preflight(ctx, &c).await,
+        ArtifactKind::Directory => directories::preflight(ctx, &c).await,
     };
     match checked {
         Ok((target, replaces)) => PlanItem::Ready(ReadyItem {
@@ -432,6 +463,16 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
             Some(r) => postgres::pitr::restore_cluster(ctx, r, path).await,
             None => Err(RestoreError::Refused("no recovery was planned".into())),
         },
+        Target::Directory { path } => directories::restore(ctx, item, path).await,
+        Target::Volume { volume, .. } => {
+            let name = item.choice.source.trim_start_matches("directories/");
+            match ctx.targets.directories.iter().find(|d| d.name == name) {
+                Some(cfg) => directories::volume::restore(ctx, item, cfg, volume).await,
+                None => Err(RestoreError::Refused(format!(
+                    "no [[directories]] entry named `{name}`"
+                ))),
+            }
+        }
     };
     let seconds = start.elapsed().as_secs_f64();
     let (ok, bytes, message) = match outcome {

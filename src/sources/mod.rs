@@ -9,6 +9,7 @@
 //! visible.
 
 pub mod acme;
+pub mod directories;
 pub mod files;
 pub mod launch;
 pub mod postgres;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::model::facts::SourceFacts;
-use crate::model::manifest::{ArtifactKind, FileMeta};
+use crate::model::manifest::{ArtifactKind, Downtime, FileMeta};
 use crate::model::secret::Redactor;
 use crate::pipeline::{self, EncodeSettings, Encoded, Input, SinkState};
 use crate::process::stderr_tail;
@@ -108,10 +109,12 @@ pub struct SourceRun {
     /// Version of the server the data came from (PostgreSQL's `server_version`,
     /// `Redis 7.2.4`); absent for plain files.
     pub server_version: Option<String>,
-    /// File metadata for `files/*`.
+    /// File metadata for `files/*` (a directory's root for `directories/*`).
     pub file: Option<FileMeta>,
     /// Where a base backup (`postgres/cluster`) lies in the log.
     pub wal: Option<crate::model::wal::BasePosition>,
+    /// Containers stopped or paused for the copy, and for how long.
+    pub downtime: Option<Downtime>,
     /// Facts for the sidecar.
     pub facts: Option<SourceFacts>,
     /// The stored archive, or why the source failed.
@@ -136,6 +139,7 @@ impl SourceRun {
             server_version: None,
             file: None,
             wal: None,
+            downtime: None,
             facts: None,
             result: Err(error.into()),
             duration_seconds: 0.0,

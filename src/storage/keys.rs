@@ -119,6 +119,10 @@ mod tests {
             artifact_key(id, "files/traefik-acme", ArtifactKind::File),
             "data/20261127T030000Z-abcdef/files/traefik-acme.zst.age"
         );
+        assert_eq!(
+            artifact_key(id, "directories/vaultwarden", ArtifactKind::Directory),
+            "data/20261127T030000Z-abcdef/directories/vaultwarden.tar.zst.age"
+        );
         assert_eq!(path_component("we ird/..db"), "we%20ird%2F..db");
         assert_eq!(path_component(".hidden"), "%2Ehidden");
     }

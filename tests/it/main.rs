@@ -11,6 +11,7 @@ mod backup_redis_files;
 mod cli;
 mod copy;
 mod crash;
+mod directories;
 mod docker_native;
 mod docker_rig;
 mod doctor;

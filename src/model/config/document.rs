@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use super::agent::RawAgent;
 use super::archive::{RawCompression, RawEncryption};
+use super::directories::RawDirectory;
 use super::docker::RawDocker;
 use super::files::RawFile;
 use super::metrics::RawMetrics;
@@ -41,6 +42,8 @@ pub(super) struct RawConfig {
     redis: Option<RawRedis>,
     #[serde(default)]
     files: Vec<RawFile>,
+    #[serde(default)]
+    directories: Vec<RawDirectory>,
     mqtt: Option<RawMqtt>,
     metrics: Option<RawMetrics>,
     scratch: Option<RawScratch>,
@@ -88,6 +91,15 @@ fn stall_timeouts(raw: &RawConfig) -> Vec<(String, String, &Spanned<String>)> {
             ));
         }
     }
+    for (i, d) in raw.directories.iter().enumerate() {
+        if let Some((name, v)) = d.stall_timeout() {
+            out.push((
+                format!("directories/{name}"),
+                format!("directories[{i}].stall_timeout"),
+                v,
+            ));
+        }
+    }
     out
 }
 
@@ -124,6 +136,7 @@ impl Cx<'_> {
                 .map(|r| self.redis(r, &docker))
                 .transpose()?,
             files: self.files(&raw.files)?,
+            directories: self.directories(&raw.directories, &docker, raw.docker.is_some())?,
             mqtt: raw
                 .mqtt
                 .as_ref()

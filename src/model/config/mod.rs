@@ -18,6 +18,7 @@
 mod agent;
 mod archive;
 mod cx;
+mod directories;
 mod docker;
 mod document;
 pub mod env;
@@ -41,6 +42,7 @@ use document::RawConfig;
 
 pub use agent::AgentConfig;
 pub use archive::{Compression, Encryption};
+pub use directories::{DirectoryConfig, DirectoryLocation, Quiesce};
 pub use docker::{ContainerRef, DockerConfig};
 pub use files::FileConfig;
 pub use metrics::MetricsConfig;
@@ -106,6 +108,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Plain files to back up.
     pub files: Vec<FileConfig>,
+    /// Directories and named volumes to back up as tars.
+    pub directories: Vec<DirectoryConfig>,
     /// Where events are published, if anywhere.
     pub mqtt: Option<MqttConfig>,
     /// Where metrics are written, if anywhere.

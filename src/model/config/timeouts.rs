@@ -86,6 +86,7 @@ impl Timeouts {
     pub fn stall_key(source: &str) -> String {
         match source.split_once('/') {
             Some(("files", name)) => format!("stall_timeout of [[files]] `{name}`"),
+            Some(("directories", name)) => format!("stall_timeout of [[directories]] `{name}`"),
             Some((section, _)) => format!("{section}.stall_timeout"),
             None => format!("{source}.stall_timeout"),
         }

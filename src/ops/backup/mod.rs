@@ -87,6 +87,9 @@ pub struct ArtifactReport {
     pub duration_seconds: f64,
     /// Why it failed.
     pub error: Option<String>,
+    /// Containers stopped or paused for the copy, and for how long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<crate::model::manifest::Downtime>,
 }
 
 /// One repository in the report.
@@ -562,6 +565,7 @@ fn report_artifact(r: &SourceRun, targets: &[Target]) -> ArtifactReport {
         sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
         duration_seconds: r.duration_seconds,
         error: r.result.as_ref().err().cloned(),
+        downtime: r.downtime.clone(),
     }
 }
 
@@ -618,6 +622,7 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
         duration_seconds: r.duration_seconds,
         file: r.file.clone(),
         wal: r.wal.clone(),
+        downtime: r.downtime.clone(),
     }
 }
 
@@ -645,6 +650,27 @@ async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
     if let Some(c) = config.redis.as_ref().and_then(|r| r.container.as_ref()) {
         let found = match Engine::connect(c.engine.as_deref()) {
             Ok(engine) => engine.inspect(&c.name).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = found {
+            fatal(e)?;
+        }
+    }
+    for d in &config.directories {
+        if d.stop.is_empty() {
+            continue;
+        }
+        let found = match Engine::connect(d.engine()) {
+            Ok(engine) => {
+                let mut r = Ok(());
+                for c in &d.stop {
+                    if let Err(e) = engine.inspect(&c.name).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = found {
@@ -835,7 +861,7 @@ async fn plan<'a>(
         || opts
             .sources
             .iter()
-            .any(|p| p != "redis" && !p.starts_with("files/"));
+            .any(|p| p != "redis" && !p.starts_with("files/") && !p.starts_with("directories/"));
     if let Some(pg) = &config.postgres
         && any_pg
     {
@@ -868,6 +894,19 @@ async fn plan<'a>(
         }
     }
 
+    for d in &config.directories {
+        let name = format!("directories/{}", d.name);
+        if wanted(&name) {
+            jobs.push(watched(
+                ctx,
+                name.clone(),
+                ArtifactKind::Directory,
+                sources::directories::backup(ctx, d),
+            ));
+            names.push(name);
+        }
+    }
+
     // Every pattern must select something: a typo must not back up nothing.
     for p in &opts.sources {
         let single =
@@ -889,7 +928,7 @@ async fn plan<'a>(
     }
     if jobs.is_empty() {
         return Err(Failure::usage(format!(
-            "configuration {}: no source is configured ([postgres], [redis] or [[files]])",
+            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
             config.path.display()
         )));
     }

@@ -1,6 +1,6 @@
 //! A drill's own checks (`[[check]]`): a query on a restored database, a
-//! key count in the restored Redis, or the certificates of a restored ACME
-//! store.
+//! key count in the restored Redis, the certificates of a restored ACME
+//! store, or the file count of a restored directory.
 //!
 //! The file format has one table with optional keys; [`CheckFile::validate`]
 //! turns it into a [`DrillCheck`], in which each kind carries exactly what
@@ -21,6 +21,7 @@ pub(super) struct CheckFile {
     max: Option<f64>,
     equals: Option<String>,
     min_keys: Option<u64>,
+    min_files: Option<u64>,
     min_certificates: Option<usize>,
     max_expired: Option<usize>,
 }
@@ -43,6 +44,14 @@ pub enum DrillCheck {
         /// The source (`redis`).
         source: String,
         /// The least number of keys.
+        min: u64,
+    },
+    /// The restored directory (`directories/<name>`) must hold at least
+    /// `min` regular files.
+    MinFiles {
+        /// The source (`directories/<name>`).
+        source: String,
+        /// The least number of files.
         min: u64,
     },
     /// The restored ACME store's certificates.
@@ -151,10 +160,24 @@ impl CheckFile {
             max,
             equals,
             min_keys,
+            min_files,
             min_certificates,
             max_expired,
         } = self;
         let certificates = CertificateLimits::new(min_certificates, max_expired);
+        if let Some(min) = min_files {
+            if sql.is_some() || min_keys.is_some() || certificates.is_some() {
+                return Err(format!(
+                    "check[{i}] ({source}): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
+                ));
+            }
+            if !source.starts_with("directories/") {
+                return Err(format!(
+                    "check[{i}]: min_files applies to directories/<name> sources, not {source}"
+                ));
+            }
+            return Ok(DrillCheck::MinFiles { source, min });
+        }
         match (sql, min_keys, certificates) {
             (Some(sql), None, None) => {
                 let within = Bound::new(min, max);
@@ -181,7 +204,7 @@ impl CheckFile {
             (None, Some(min), None) => Ok(DrillCheck::MinKeys { source, min }),
             (None, None, Some(limits)) => Ok(DrillCheck::Certificates { source, limits }),
             _ => Err(format!(
-                "check[{i}] ({source}): give exactly one of sql, min_keys, or min_certificates/max_expired"
+                "check[{i}] ({source}): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
             )),
         }
     }
@@ -193,6 +216,7 @@ impl DrillCheck {
         match self {
             DrillCheck::Sql { source, .. }
             | DrillCheck::MinKeys { source, .. }
+            | DrillCheck::MinFiles { source, .. }
             | DrillCheck::Certificates { source, .. } => source,
         }
     }
@@ -210,6 +234,7 @@ impl DrillCheck {
                 format!("sql `{sql}`{bound}")
             }
             DrillCheck::MinKeys { min, .. } => format!("at least {min} keys"),
+            DrillCheck::MinFiles { min, .. } => format!("at least {min} files"),
             DrillCheck::Certificates { limits, .. } => format!(
                 "certificates (min {}, max expired {})",
                 limits.min().map_or("-".into(), |n| n.to_string()),
@@ -228,6 +253,7 @@ impl DrillCheck {
                 expect,
             } => sql_check(name, source, sql, expect, restored).await,
             DrillCheck::MinKeys { min, .. } => min_keys_check(name, *min, restored).await,
+            DrillCheck::MinFiles { source, min } => min_files_check(name, source, *min, restored),
             DrillCheck::Certificates { source, limits } => {
                 certificates_check(name, source, *limits, restored)
             }
@@ -303,6 +329,27 @@ async fn min_keys_check(name: String, min: u64, restored: &Restored) -> Check {
         Ok(n) => Check::new(name, n >= min, format!("{n} keys in db0")),
         Err(e) => Check::new(name, false, e),
     }
+}
+
+fn min_files_check(name: String, source: &str, min: u64, restored: &Restored) -> Check {
+    let Some(root) = restored.files.get(source) else {
+        return Check::new(name, false, "the directory was not restored");
+    };
+    let mut n = 0u64;
+    let mut todo = vec![root.clone()];
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Check::new(name, false, format!("cannot read {}", dir.display()));
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(t) if t.is_file() => n += 1,
+                _ => {}
+            }
+        }
+    }
+    Check::new(name, n >= min, format!("{n} files"))
 }
 
 fn certificates_check(

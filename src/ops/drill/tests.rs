@@ -18,7 +18,8 @@ fn checks_parse_into_their_kinds() {
         "name = \"q\"\nsnapshot = \"oldest\"\n\n[[check]]\nsource = \"postgres/a\"\nsql = \"select 1\"\nmin = 1\nmax = 3\n\n\
          [[check]]\nsource = \"postgres/a\"\nsql = \"select 'x'\"\nequals = \"x\"\n\n\
          [[check]]\nsource = \"redis\"\nmin_keys = 5\n\n\
-         [[check]]\nsource = \"files/acme\"\nmax_expired = 0\n",
+         [[check]]\nsource = \"files/acme\"\nmax_expired = 0\n\n\
+         [[check]]\nsource = \"directories/vw\"\nmin_files = 3\n",
     )
     .unwrap();
     assert_eq!(d.snapshot, Which::Oldest);
@@ -44,6 +45,18 @@ fn checks_parse_into_their_kinds() {
         d.checks[3].describe(),
         "certificates (min -, max expired 0)"
     );
+    assert_eq!(
+        d.checks[4],
+        DrillCheck::MinFiles {
+            source: "directories/vw".into(),
+            min: 3
+        }
+    );
+    assert_eq!(d.checks[4].describe(), "at least 3 files");
+    assert_eq!(
+        load("name = \"q\"\n[[check]]\nsource = \"redis\"\nmin_files = 1\n").unwrap_err(),
+        ": check[0]: min_files applies to directories/<name> sources, not redis"
+    );
     assert_eq!(load("name = \"q\"\n").unwrap().snapshot, Which::Latest);
 }
 
@@ -51,12 +64,12 @@ fn checks_parse_into_their_kinds() {
 fn bad_combinations_name_the_check() {
     assert_eq!(
         load("name = \"q\"\n[[check]]\nsource = \"redis\"\n").unwrap_err(),
-        ": check[0] (redis): give exactly one of sql, min_keys, or min_certificates/max_expired"
+        ": check[0] (redis): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
     );
     assert_eq!(
         load("name = \"q\"\n[[check]]\nsource = \"redis\"\nmin_keys = 1\nmin_certificates = 1\n")
             .unwrap_err(),
-        ": check[0] (redis): give exactly one of sql, min_keys, or min_certificates/max_expired"
+        ": check[0] (redis): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
     );
     assert_eq!(
         load("name = \"q\"\n[[check]]\nsource = \"redis\"\nmin_keys = 1\n[[check]]\nsource = \"postgres/a\"\nsql = \"select 1\"\n")

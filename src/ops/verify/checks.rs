@@ -403,6 +403,93 @@ pub(super) fn check_file(path: &std::path::Path, facts: Option<&SourceFacts>) ->
     checks
 }
 
+/// Counts the regular files under `root` and their bytes (symlinks not
+/// followed).
+fn count_tree(root: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                files += 1;
+                bytes += e.metadata()?.len();
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Checks a restored directory tree against its facts: the same number
+/// of files and bytes, and every SQLite database opens, passes `PRAGMA
+/// integrity_check` and holds the recorded row counts.
+pub(super) fn check_directory(root: &std::path::Path, facts: Option<&SourceFacts>) -> Vec<Check> {
+    let Some(SourceFacts::Directory {
+        files,
+        bytes,
+        sqlite,
+    }) = facts
+    else {
+        return vec![Check::new(
+            "files",
+            false,
+            "the facts hold nothing for this directory",
+        )];
+    };
+    let mut checks = vec![match count_tree(root) {
+        Ok((f, b)) => Check::new(
+            "files",
+            f == *files && b == *bytes,
+            if f == *files && b == *bytes {
+                format!("{f} files, {b} bytes, as recorded")
+            } else {
+                format!(
+                    "{f} files, {b} bytes restored; the backup recorded {files} files, {bytes} bytes"
+                )
+            },
+        ),
+        Err(e) => Check::new(
+            "files",
+            false,
+            format!("cannot read the restored tree: {e}"),
+        ),
+    }];
+    for (rel, recorded) in sqlite {
+        let name = format!("sqlite {rel}");
+        let check = match crate::sources::directories::sqlite::describe(&root.join(rel)) {
+            Err(e) => Check::new(name, false, e),
+            Ok(found) if found.integrity != "ok" => {
+                Check::new(name, false, format!("integrity_check: {}", found.integrity))
+            }
+            Ok(found) => {
+                let differ = table_differences(&recorded.tables, &found.tables);
+                if differ.is_empty() {
+                    Check::new(
+                        name,
+                        true,
+                        format!(
+                            "integrity ok; {} tables, {} rows, as recorded",
+                            found.tables.len(),
+                            found.tables.values().sum::<u64>()
+                        ),
+                    )
+                } else {
+                    Check::new(
+                        name,
+                        false,
+                        format!("integrity ok, but {}", differ.join("; ")),
+                    )
+                }
+            }
+        };
+        checks.push(check);
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

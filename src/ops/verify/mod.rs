@@ -10,7 +10,9 @@
 //! TTL ran out since the backup the only difference allowed: see
 //! `checks::key_check`); an acme.json must parse and
 //! every certificate decode with the recorded domains and expiry (a warning
-//! for any expiring within 14 days). The restore itself goes through the
+//! for any expiring within 14 days); a directory must hold the recorded
+//! number of files and bytes, and each SQLite database in it must pass
+//! `PRAGMA integrity_check` with the recorded row counts. The restore itself goes through the
 //! same code as `restore` (sha256, age authentication, zstd checksums).
 //! Drills reuse [`run`] and keep the scratch instances alive for their own
 //! checks through [`Restored`].
@@ -387,6 +389,7 @@ impl Session<'_> {
         let dir = runtime.tempdir()?;
         let target = match c.artifact.kind {
             ArtifactKind::File => dir.path().join(c.source.trim_start_matches("files/")),
+            ArtifactKind::Directory => dir.path().join("directory"),
             _ => dir.path().join("redis-data"),
         };
         let mut options = RestoreOptions::default_for(&self.manifest.id);
@@ -404,6 +407,18 @@ impl Session<'_> {
             match c.artifact.kind {
                 ArtifactKind::File => {
                     checks.extend(checks::check_file(&target, facts));
+                    restored.files.insert(c.source.clone(), target);
+                }
+                ArtifactKind::Directory => {
+                    let (t, f) = (target.clone(), facts.cloned());
+                    let found = tokio::task::spawn_blocking(move || {
+                        checks::check_directory(&t, f.as_ref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        vec![Check::new("files", false, format!("the check failed: {e}"))]
+                    });
+                    checks.extend(found);
                     restored.files.insert(c.source.clone(), target);
                 }
                 kind => {

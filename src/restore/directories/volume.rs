@@ -1,0 +1,285 @@
+//! Restoring a directory source into its named volume, through the engine
+//! (the host may not be able to reach the volume's files).
+//!
+//! 1. The archive is unpacked and checked in a private directory here
+//!    ([`super::unpack_tree`]): the volume is untouched until it checks out.
+//! 2. The containers that use the volume and run are stopped — only those
+//!    named in the entry's `stop`; any other running user refuses the
+//!    restore before anything is written.
+//! 3. A helper container (labelled like the scratch ones, swept if left)
+//!    mounts the volume. An empty volume is filled through the engine's
+//!    archive API, with the owners the tar records. With `--replace` the
+//!    helper runs `sh` from the users' image: the current entries are moved
+//!    to `.kompose-dr-replaced-<time>/` inside the volume first, and put
+//!    back if the upload fails.
+//! 4. The stopped containers are started again, whatever happened.
+
+use std::path::Path;
+
+use crate::engine::scratch::ScratchSpec;
+use crate::engine::{Engine, ExecSpec};
+use crate::model::config::DirectoryConfig;
+use crate::restore::{ReadyItem, RestoreContext, RestoreError, Target};
+
+/// Where the volume is mounted in the helper.
+const MOUNT: &str = "/kdr-volume";
+
+/// How long a stopped container gets to shut down.
+pub(super) const GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn engine(cfg: &DirectoryConfig) -> Result<Engine, RestoreError> {
+    Ok(Engine::connect(cfg.engine())?)
+}
+
+/// The image to make helpers from: that of a container using the volume.
+async fn users(
+    engine: &Engine,
+    volume: &str,
+) -> Result<Vec<crate::engine::ContainerInfo>, RestoreError> {
+    Ok(engine.using_volume(volume).await?)
+}
+
+/// Whether the volume holds anything: its archive has an entry besides
+/// its root (read until the second entry, then dropped).
+async fn occupied(engine: &Engine, image: &str, volume: &str) -> Result<bool, RestoreError> {
+    let helper = engine
+        .create_scratch(ScratchSpec {
+            image: image.to_owned(),
+            name: "kompose-dr-volume".into(),
+            cmd: Some(vec!["true".into()]),
+            binds: vec![format!("{volume}:{MOUNT}:ro")],
+            ..ScratchSpec::default()
+        })
+        .await?;
+    let stream = engine.download(&helper.id, MOUNT);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let rt = tokio::runtime::Handle::current();
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        let reader = tokio_util::io::SyncIoBridge::new_with_handle(reader, rt);
+        let mut ar = tar::Archive::new(reader);
+        let mut n = 0;
+        for e in ar.entries()? {
+            e?;
+            n += 1;
+            if n > 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await
+    .map_err(|e| RestoreError::Failed(format!("reading volume {volume}: {e}")))?
+    .map_err(RestoreError::io(format!("reading volume {volume}")))?;
+    drop(helper);
+    Ok(found)
+}
+
+/// The target of a restore into volume `volume`: running users must all be
+/// in `stop`; a volume that holds files needs `--replace`.
+pub async fn preflight(
+    ctx: &RestoreContext<'_>,
+    cfg: &DirectoryConfig,
+    volume: &str,
+) -> Result<(Target, bool), RestoreError> {
+    let engine = engine(cfg)?;
+    let users = users(&engine, volume).await?;
+    let Some(image) = users.first().map(|c| c.image_id.clone()) else {
+        return Err(RestoreError::Refused(format!(
+            "no container uses volume {volume}: kompose-dr writes a volume through a helper made from \
+             the image of one that uses it; create the container (docker compose create), or restore \
+             with --to DIR"
+        )));
+    };
+    let running: Vec<String> = users
+        .iter()
+        .filter(|c| c.running)
+        .map(|c| c.name.clone())
+        .collect();
+    let unlisted: Vec<&String> = running
+        .iter()
+        .filter(|n| !cfg.stop.iter().any(|s| &s.name == *n))
+        .collect();
+    if !unlisted.is_empty() {
+        return Err(RestoreError::Refused(format!(
+            "volume {volume} is in use by running container(s) {}: nothing was changed. Stop them \
+             (docker stop …), or name them in stop = [...] of [[directories]] `{}` so that the restore \
+             stops and starts them",
+            unlisted
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.name
+        )));
+    }
+    let full = occupied(&engine, &image, volume).await?;
+    if full && !ctx.options.replace {
+        return Err(RestoreError::Refused(format!(
+            "volume {volume} holds files: nothing was changed. Replace them with --replace (they are \
+             kept in {volume}:/.kompose-dr-replaced-<time>/), or write elsewhere with --to DIR"
+        )));
+    }
+    Ok((
+        Target::Volume {
+            volume: volume.to_owned(),
+            stopped: running,
+        },
+        full,
+    ))
+}
+
+/// Restores the archive into the volume (see the module documentation).
+pub async fn restore(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    cfg: &DirectoryConfig,
+    volume: &str,
+) -> Result<(u64, String), RestoreError> {
+    let what = format!("volume {volume}");
+    let engine = engine(cfg)?;
+    // 1. Unpack and check here.
+    let work = tempfile::Builder::new()
+        .prefix("kompose-dr-restore-")
+        .tempdir()
+        .map_err(RestoreError::io(
+            "cannot create a private temporary directory",
+        ))?;
+    let staging = work.path().join("staging");
+    std::fs::create_dir(&staging).map_err(RestoreError::io("cannot create a staging directory"))?;
+    let (bytes, unpacked) = super::unpack_into(ctx, item, &staging)
+        .await
+        .map_err(|e| e.unchanged(&what))?;
+    // 2. Stop the running users.
+    let users = users(&engine, volume).await?;
+    let Some(image) = users.first().map(|c| c.image_id.clone()) else {
+        return Err(
+            RestoreError::Refused(format!("no container uses volume {volume} any more"))
+                .unchanged(&what),
+        );
+    };
+    let mut stopped = Vec::new();
+    let mut result = Ok(String::new());
+    for c in users.iter().filter(|c| c.running) {
+        if !cfg.stop.iter().any(|s| s.name == c.name) {
+            result = Err(RestoreError::Refused(format!(
+                "container {} started using volume {volume} since the plan was made",
+                c.name
+            ))
+            .unchanged(&what));
+            break;
+        }
+        match engine.stop(&c.name, GRACE).await {
+            Ok(()) => stopped.push(c.name.clone()),
+            Err(e) => {
+                result = Err(RestoreError::from(e).unchanged(&what));
+                break;
+            }
+        }
+    }
+    // 3. Write.
+    if result.is_ok() {
+        result = write(&engine, &image, volume, &staging, item.replaces).await;
+    }
+    // 4. Start again, whatever happened.
+    for name in &stopped {
+        if let Err(e) = engine.start(name).await {
+            tracing::error!(container = %name, error = %e, "cannot start it again: start it by hand");
+        }
+    }
+    let kept = result?;
+    Ok((
+        bytes,
+        format!(
+            "restored {} files ({} bytes) into volume {volume}{}{}",
+            unpacked.files,
+            unpacked.bytes,
+            if kept.is_empty() {
+                String::new()
+            } else {
+                format!("; the previous files are in {volume}:/{kept}/")
+            },
+            if stopped.is_empty() {
+                String::new()
+            } else {
+                format!("; {} stopped and started again", stopped.join(", "))
+            }
+        ),
+    ))
+}
+
+/// Step 3: fills the volume from `staging`; with `replace`, first moves
+/// what it holds aside (returned: the directory's name; empty when nothing
+/// was moved) and puts it back if the upload fails.
+async fn write(
+    engine: &Engine,
+    image: &str,
+    volume: &str,
+    staging: &Path,
+    replace: bool,
+) -> Result<String, RestoreError> {
+    let what = format!("volume {volume}");
+    let tar = || super::tar_stream(staging.to_owned());
+    if !replace {
+        let helper = engine
+            .create_scratch(ScratchSpec {
+                image: image.to_owned(),
+                name: "kompose-dr-volume".into(),
+                cmd: Some(vec!["true".into()]),
+                binds: vec![format!("{volume}:{MOUNT}")],
+                ..ScratchSpec::default()
+            })
+            .await
+            .map_err(|e| RestoreError::from(e).unchanged(&what))?;
+        engine
+            .upload(&helper.id, MOUNT, tar())
+            .await
+            .map_err(|e| RestoreError::from(e).unchanged(&what))?;
+        return Ok(String::new());
+    }
+    let aside = format!(
+        ".kompose-dr-replaced-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    );
+    let helper = engine
+        .run_scratch(ScratchSpec {
+            image: image.to_owned(),
+            name: "kompose-dr-volume".into(),
+            entrypoint: Some(vec!["sh".into()]),
+            cmd: Some(vec!["-c".into(), "sleep 3600".into()]),
+            user: Some("0".into()),
+            binds: vec![format!("{volume}:{MOUNT}")],
+            ..ScratchSpec::default()
+        })
+        .await
+        .map_err(|e| {
+            RestoreError::Failed(format!(
+                "{e}: replacing the files of a volume needs `sh` in the image of the containers that use it"
+            ))
+            .unchanged(&what)
+        })?;
+    let sh = |script: &str| ExecSpec::new(["sh", "-c", script, "sh", MOUNT, &aside]);
+    engine
+        .output(
+            &helper.id,
+            sh("cd \"$1\" && mkdir \"$2\" && for f in * .[!.]* ..?*; do \
+                case \"$f\" in '*'|'.[!.]*'|'..?*'|.kompose-dr-*) ;; *) mv -- \"$f\" \"$2/\" ;; esac; done"),
+        )
+        .await
+        .map_err(|e| RestoreError::from(e).unchanged(&what))?;
+    if let Err(e) = engine.upload(&helper.id, MOUNT, tar()).await {
+        let put_back = engine
+            .output(
+                &helper.id,
+                sh("cd \"$1\" && for f in * .[!.]* ..?*; do case \"$f\" in '*'|'.[!.]*'|'..?*'|.kompose-dr-*) ;; *) rm -rf -- \"$f\" ;; esac; done && \
+                    for f in \"$2\"/* \"$2\"/.[!.]* \"$2\"/..?*; do [ -e \"$f\" ] || [ -L \"$f\" ] && mv -- \"$f\" .; done; rmdir -- \"$2\""),
+            )
+            .await;
+        return Err(match put_back {
+            Ok(_) => RestoreError::from(e).unchanged(&what),
+            Err(e2) => RestoreError::Failed(format!(
+                "{e}; putting the previous files back failed too ({e2}): they are in {volume}:/{aside}/"
+            )),
+        });
+    }
+    Ok(aside)
+}

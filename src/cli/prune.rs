@@ -86,6 +86,14 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
                     "  remove  {a} (unfinished write older than the grace period)"
                 ));
             }
+            if !report.wal.is_empty() {
+                output::line(format!(
+                    "  remove  {} WAL file(s) no retained base backup needs ({} … {})",
+                    report.wal.len(),
+                    report.wal.first().map(String::as_str).unwrap_or_default(),
+                    report.wal.last().map(String::as_str).unwrap_or_default()
+                ));
+            }
         }
         reports.push(report);
     }

@@ -63,6 +63,10 @@ pub struct PruneReport {
     /// Unfinished writes older than the grace period — `.tmp` files of a
     /// killed run, open S3 multipart uploads — removed (or that would be).
     pub abandoned: Vec<String>,
+    /// Archived WAL files no retained base backup needs (older than the
+    /// oldest one's start), and WAL objects no record names, removed (or
+    /// that would be).
+    pub wal: Vec<String>,
 }
 
 fn retention_for<'a>(
@@ -257,6 +261,7 @@ pub async fn run(
     if !opts.dry_run {
         still_held()?;
     }
+    let wal = prune_wal(repo, &snapshots, &decisions, opts, before, &still_held).await?;
     let abandoned = repo
         .backend()
         .abandoned_writes(before, !opts.dry_run)
@@ -270,7 +275,82 @@ pub async fn run(
         snapshots: decisions,
         unreferenced,
         abandoned,
+        wal,
     })
+}
+
+/// WAL retention: a segment stays as long as a retained base backup of
+/// its cluster may need it — from the oldest retained base backup's start
+/// on. A cluster with no retained base backup keeps all its WAL (nothing
+/// says what it is for). History files always stay (they are tiny, and a
+/// later timeline needs them). Objects under `wal/` that no record names
+/// (a shipment killed before its record, a superseded partial copy) go
+/// once older than the grace period.
+async fn prune_wal(
+    repo: &Repository,
+    snapshots: &[Manifest],
+    decisions: &[Decision],
+    opts: &PruneOptions,
+    before: DateTime<Utc>,
+    still_held: &(dyn Fn() -> Result<(), PruneError> + Sync),
+) -> Result<Vec<String>, PruneError> {
+    let removed: BTreeSet<&str> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.snapshot.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for id in repo.wal_clusters().await? {
+        let oldest = snapshots
+            .iter()
+            .filter(|m| !removed.contains(m.id.as_str()))
+            .flat_map(|m| m.artifacts.iter())
+            .filter(|a| a.is_ok())
+            .filter_map(|a| a.wal.as_ref())
+            .filter(|w| w.system_identifier == id)
+            .map(|w| w.start_lsn.segment(w.segment_size))
+            .min();
+        let (records, _) = repo.wal_records(&id).await?;
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for r in &records {
+            let old = oldest.is_some_and(|first| r.segment().is_some_and(|s| s.number < first));
+            if old {
+                out.push(r.name.clone());
+                if !opts.dry_run {
+                    still_held()?;
+                    repo.delete_wal(r).await?;
+                }
+            } else {
+                named.insert(r.path.clone());
+            }
+        }
+        for o in repo
+            .backend()
+            .list(&crate::storage::keys::wal_cluster_prefix(&id))
+            .await?
+        {
+            let stray = o.key.ends_with(".zst.age")
+                && !named.contains(&o.key)
+                && !records.iter().any(|r| r.path == o.key)
+                && o.modified.is_some_and(|m| m < before);
+            if stray {
+                out.push(o.key.clone());
+                if !opts.dry_run {
+                    still_held()?;
+                    repo.backend().delete(&o.key).await?;
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            repository = repo.name(),
+            files = out.len(),
+            dry_run = opts.dry_run,
+            "WAL no retained base backup needs removed"
+        );
+    }
+    Ok(out)
 }
 
 /// Removes the snapshots `decisions` let go, each manifest first: from

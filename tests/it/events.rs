@@ -328,6 +328,7 @@ fn shipped_alert_rules_pass_promtool() {
                 "alerts.test.yml",
                 "alerts-drill.test.yml",
                 "alerts-absent.test.yml",
+                "alerts-wal.test.yml",
             ])
             .current_dir(dir),
     );

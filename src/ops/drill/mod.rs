@@ -9,6 +9,8 @@
 //! name = "kompose-quarterly"
 //! snapshot = "latest"              # or "oldest", or an id
 //! sources = ["postgres/*", "redis", "files/*"]
+//! # point_in_time = "now-1h"       # PostgreSQL recovered from base backup + WAL
+//!                                  # to that moment instead (docs/DESIGN.md §11)
 //!
 //! [[check]]
 //! source = "postgres/linkwarden"
@@ -46,6 +48,10 @@ pub struct Drill {
     pub repository: Option<String>,
     /// The drill's own checks.
     pub checks: Vec<DrillCheck>,
+    /// Recover PostgreSQL from a base backup and the archived WAL to this
+    /// long before the drill starts (`point_in_time = "now-1h"`), instead of
+    /// restoring a snapshot's dumps.
+    pub point_in_time_ago: Option<std::time::Duration>,
 }
 
 /// A drill file as written.
@@ -58,6 +64,7 @@ struct DrillFile {
     #[serde(default)]
     sources: Vec<String>,
     repository: Option<String>,
+    point_in_time: Option<String>,
     #[serde(default, rename = "check")]
     checks: Vec<check::CheckFile>,
 }
@@ -106,7 +113,20 @@ impl Drill {
             .enumerate()
             .map(|(i, c)| c.validate(i))
             .collect::<Result<_, _>>()?;
+        let point_in_time_ago = match &file.point_in_time {
+            None => None,
+            Some(p) => Some(
+                p.strip_prefix("now-")
+                    .and_then(|d| humantime::parse_duration(d.trim()).ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "point_in_time `{p}`: write now-1h (a duration before the drill starts)"
+                        )
+                    })?,
+            ),
+        };
         Ok(Drill {
+            point_in_time_ago,
             name: file.name,
             snapshot: Which::parse(&file.snapshot),
             sources: file.sources,
@@ -239,6 +259,9 @@ async fn run_inner(
                 .ok_or(DrillError::NoRepository)?,
         ),
     };
+    if let Some(ago) = drill.point_in_time_ago {
+        return point_in_time(config, drill, identities, repo, started_at, ago).await;
+    }
     let manifest = verify::find_snapshot(&repo, &drill.snapshot).await?;
     let runtime = crate::scratch::runtime(config);
     let (vr, restored) = verify::run(
@@ -250,7 +273,29 @@ async fn run_inner(
         &drill.sources,
     )
     .await?;
-    let mut sources = vr.sources;
+    finish(
+        config,
+        drill,
+        repo.name(),
+        &manifest,
+        started_at,
+        vr.sources,
+        restored,
+    )
+    .await
+}
+
+/// Runs the drill's checks against what was restored, writes and
+/// publishes the report.
+async fn finish(
+    config: &Config,
+    drill: &Drill,
+    repository: &str,
+    manifest: &crate::model::manifest::Manifest,
+    started_at: DateTime<Utc>,
+    mut sources: Vec<SourceVerdict>,
+    restored: verify::Restored,
+) -> Result<DrillReport, DrillError> {
     for c in &drill.checks {
         let result = c.run(&restored).await;
         match sources.iter_mut().find(|v| v.source == c.source()) {
@@ -274,7 +319,7 @@ async fn run_inner(
     let ok = !sources.is_empty() && sources.iter().all(|v| v.ok);
     let mut report = DrillReport {
         drill: drill.name.clone(),
-        repository: repo.name().to_owned(),
+        repository: repository.to_owned(),
         snapshot: manifest.id.clone(),
         snapshot_time: manifest.started_at,
         started_at,
@@ -286,6 +331,134 @@ async fn run_inner(
     report.report_files = report::write_report(&config.reports_dir, &report)?;
     report::publish_and_record(config, &report).await;
     Ok(report)
+}
+
+/// A drill to a point in time: PostgreSQL recovered from the newest base
+/// backup before `now - ago` and the archived WAL, in a scratch cluster the
+/// drill's SQL checks then query.
+async fn point_in_time(
+    config: &Config,
+    drill: &Drill,
+    identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    repo: Repository,
+    started_at: DateTime<Utc>,
+    ago: std::time::Duration,
+) -> Result<DrillReport, DrillError> {
+    use crate::restore::plan::{self, Selector};
+    let failed = |message: String| DrillError::Repository {
+        drill: drill.name.clone(),
+        message,
+    };
+    let target = started_at - chrono::Duration::from_std(ago).unwrap_or_default();
+    let (snapshots, _) = repo.snapshots().await.map_err(|e| failed(e.to_string()))?;
+    let selector = Selector::PointInTime(target);
+    let names = vec!["postgres/cluster".to_owned()];
+    let matcher = crate::model::selection::matcher(&names)
+        .map_err(|e| failed(e.to_string()))?
+        .expect("one pattern");
+    let start = std::time::Instant::now();
+    let outcome = async {
+        let choices = plan::choose(&snapshots, &selector, Some((&matcher, names.as_slice())))
+            .map_err(|e| e.to_string())?;
+        let choices = crate::restore::postgres::pitr::attach(&repo, &snapshots, &selector, choices)
+            .await
+            .map_err(|e| e.to_string())?;
+        let choice = choices.into_iter().next().ok_or("no base backup")?;
+        let recovery = choice
+            .recovery
+            .clone()
+            .ok_or("no recovery could be planned")?;
+        let options = crate::restore::RestoreOptions::default_for(&choice.snapshot);
+        let ctx = crate::restore::RestoreContext {
+            targets: crate::restore::RestoreTargets::from_config(config),
+            repository: repo.clone(),
+            identities: identities.clone(),
+            options: &options,
+            redactor: crate::model::secret::Redactor::new(config.secrets()),
+            progress: false,
+            cancel: tokio_util::sync::CancellationToken::new(),
+        };
+        let (server, _) = crate::restore::postgres::pitr::recover(&ctx, &recovery, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = snapshots
+            .iter()
+            .find(|m| m.id == choice.snapshot)
+            .cloned()
+            .ok_or("the base backup's snapshot is gone")?;
+        Ok::<_, String>((server, base, recovery))
+    }
+    .await;
+    let seconds = start.elapsed().as_secs_f64();
+    let redactor = crate::model::secret::Redactor::new(config.secrets());
+    match outcome {
+        Ok((server, base, recovery)) => {
+            let mut restored = verify::Restored::default();
+            restored.postgres = Some(Box::new(server));
+            // The databases the checks name came back with the cluster.
+            let mut verdicts: Vec<SourceVerdict> = Vec::new();
+            for c in &drill.checks {
+                let s = c.source();
+                if s.starts_with("postgres/") && !verdicts.iter().any(|v| v.source == s) {
+                    verdicts.push(SourceVerdict::new(
+                        s,
+                        seconds,
+                        vec![Check::new("recovered", true, "with the cluster")],
+                    ));
+                }
+            }
+            let verdict = SourceVerdict::new(
+                "postgres/cluster",
+                seconds,
+                vec![Check::new(
+                    "recovers to the point in time",
+                    true,
+                    format!(
+                        "base backup {} + {} WAL file(s), recovered to {}",
+                        recovery.base_snapshot,
+                        recovery.wal_files,
+                        target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                )],
+            );
+            verdicts.insert(0, verdict);
+            finish(
+                config,
+                drill,
+                repo.name(),
+                &base,
+                started_at,
+                verdicts,
+                restored,
+            )
+            .await
+        }
+        Err(e) => {
+            let verdict = SourceVerdict::new(
+                "postgres/cluster",
+                seconds,
+                vec![Check::new(
+                    "recovers to the point in time",
+                    false,
+                    redactor.scrub(&e),
+                )],
+            );
+            let placeholder = snapshots
+                .first()
+                .cloned()
+                .ok_or_else(|| failed(e.clone()))?;
+            finish(
+                config,
+                drill,
+                repo.name(),
+                &placeholder,
+                started_at,
+                vec![verdict],
+                verify::Restored::default(),
+            )
+            .await
+        }
+    }
 }
 
 #[cfg(test)]

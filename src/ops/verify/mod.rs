@@ -90,7 +90,8 @@ pub struct SourceVerdict {
 }
 
 impl SourceVerdict {
-    fn new(source: &str, restore_seconds: f64, checks: Vec<Check>) -> SourceVerdict {
+    /// A verdict for `source`: ok when every check is.
+    pub fn new(source: &str, restore_seconds: f64, checks: Vec<Check>) -> SourceVerdict {
         SourceVerdict {
             source: source.to_owned(),
             restore_seconds,

@@ -422,7 +422,7 @@ async fn fill(
 /// has already proven that the archive holds every commit made before T,
 /// so the end of that log *is* the state at T: the recovery is then run
 /// again to the end of the log.
-async fn recover(
+pub async fn recover(
     ctx: &RestoreContext<'_>,
     recovery: &Recovery,
     data: Option<&Path>,

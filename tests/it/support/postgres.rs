@@ -138,6 +138,66 @@ pub fn pg_dump_then(ws: &Workspace, then: &str) -> (PathBuf, PathBuf) {
 }
 
 impl Pg {
+    /// Stops the server hard (`immediate`: no checkpoint, as a power cut
+    /// or kill -9 would).
+    pub fn stop_immediately(&self) {
+        run_ok(
+            Command::new(THROWAWAY_PG)
+                .arg("stop")
+                .arg(self.dir.path())
+                .arg("--immediate")
+                .env("PGBIN", PG_BIN),
+        );
+    }
+
+    /// Moves the server to a new timeline, as a failover does: stopped,
+    /// started as a standby of nothing (it replays its own log), promoted.
+    pub fn promote_to_new_timeline(&self) {
+        run_ok(
+            Command::new(THROWAWAY_PG)
+                .arg("stop")
+                .arg(self.dir.path())
+                .env("PGBIN", PG_BIN),
+        );
+        let data = self.dir.path().join("data");
+        let as_pg = |args: &[&str]| {
+            let mut c = if nix::unistd::geteuid().is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]);
+                c
+            } else {
+                Command::new("env")
+            };
+            c.args(args);
+            c
+        };
+        run_ok(&mut as_pg(&[
+            "touch",
+            data.join("standby.signal").to_str().unwrap(),
+        ]));
+        let log = self.dir.path().join("postgres.log");
+        run_ok(&mut as_pg(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]));
+        run_ok(&mut as_pg(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "promote",
+        ]));
+    }
+
     /// Runs SQL in `db` like [`Pg::psql`], but returns psql's error
     /// instead of failing the test: for checks that report what they find.
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {

@@ -17,7 +17,7 @@ use crate::sources::SourceContext;
 use crate::sources::postgres::wal::{Archiver, SharedStatus};
 
 /// How often the archiver's metrics are written.
-const METRICS_EVERY: Duration = Duration::from_secs(15);
+const METRICS_EVERY: Duration = Duration::from_secs(5);
 
 /// The archiver the configuration describes: `[postgres.wal]` must be on,
 /// and at least one repository must answer.

@@ -369,8 +369,16 @@ fn the_grafana_dashboard_queries_only_metrics_kompose_dr_emits_and_shows_each() 
     std::fs::write(&drill, "name = \"q\"\n").unwrap();
     ws.run(&["drill", "--drill", drill.to_str().unwrap()])
         .assert_exit(0);
-    let emitted = metric_names(&textfile(&ws));
+    let mut emitted = metric_names(&textfile(&ws));
     assert!(emitted.len() >= 10, "{emitted:?}");
+    // The WAL archiver's series (pitr:: checks it writes both).
+    emitted.extend(
+        [
+            "kompose_dr_wal_last_archived_timestamp_seconds",
+            "kompose_dr_wal_archive_lag_seconds",
+        ]
+        .map(String::from),
+    );
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/kompose-dr.json");
     let dashboard: serde_json::Value =

@@ -258,7 +258,7 @@ impl WalArchive {
                         Some(old) => match (old.kind, r.kind) {
                             (WalKind::Segment, WalKind::Partial) => false,
                             (WalKind::Partial, WalKind::Segment) => true,
-                            _ => r.end_lsn > old.end_lsn || r.archived_at > old.archived_at,
+                            _ => (r.end_lsn, r.archived_at) > (old.end_lsn, old.archived_at),
                         },
                     };
                     if better {
@@ -275,17 +275,33 @@ impl WalArchive {
         self.segments.keys().map(|s| s.timeline).max()
     }
 
-    /// The segment a recovery reads at `number`, following the timelines
-    /// up to `newest`: the highest timeline at or below it that holds that
-    /// segment number. (PostgreSQL asks for the newest timeline's copy of a
-    /// segment first; a timeline switch mid-segment leaves the new
-    /// timeline's copy holding the old timeline's records too.)
-    fn at(&self, number: u64, from_tl: u32, newest: u32) -> Option<&WalRecord> {
-        (from_tl..=newest).rev().find_map(|tl| {
-            self.segments.get(&Segment {
-                timeline: tl,
-                number,
+    /// The timeline a recovery following the timelines from `from_tl` up
+    /// to `newest` reads segment `number` on: the highest timeline that had
+    /// begun by then (its first archived segment is at or before it). A
+    /// timeline switch mid-segment leaves the new timeline's copy of that
+    /// segment holding the old timeline's records too, so from the switch
+    /// on only the new timeline's copies will do: an older timeline's copy
+    /// of a later segment is a fork PostgreSQL rejects, never a stand-in.
+    fn expected_timeline(&self, number: u64, from_tl: u32, newest: u32) -> u32 {
+        (from_tl..=newest)
+            .rev()
+            .find(|tl| {
+                *tl == from_tl
+                    || self
+                        .segments
+                        .keys()
+                        .find(|s| s.timeline == *tl)
+                        .is_some_and(|first| first.number <= number)
             })
+            .unwrap_or(from_tl)
+    }
+
+    /// The file a recovery reads at segment `number` (see
+    /// [`WalArchive::expected_timeline`]).
+    fn at(&self, number: u64, from_tl: u32, newest: u32) -> Option<&WalRecord> {
+        self.segments.get(&Segment {
+            timeline: self.expected_timeline(number, from_tl, newest),
+            number,
         })
     }
 
@@ -323,15 +339,34 @@ impl WalArchive {
             ));
         };
         for number in first..=last_number {
-            let Some(r) = self.at(number, base.timeline, newest) else {
-                return Err(CoverageError::Missing(
+            let expected = self.expected_timeline(number, base.timeline, newest);
+            let missing = || {
+                CoverageError::Missing(
                     Segment {
-                        timeline: base.timeline,
+                        timeline: expected,
                         number,
                     }
                     .name(size),
-                ));
+                )
             };
+            let Some(r) = self.at(number, base.timeline, newest) else {
+                return Err(missing());
+            };
+            // A partial copy is the end of what was archived: one with
+            // later segments after it stands for a complete segment that is
+            // missing.
+            if let Some(prev) = out.last()
+                && prev.kind == WalKind::Partial
+            {
+                let n = number - 1;
+                return Err(CoverageError::Missing(
+                    Segment {
+                        timeline: prev.timeline,
+                        number: n,
+                    }
+                    .name(size),
+                ));
+            }
             out.push(r);
             if let Some(c) = r.covered_until {
                 covered = Some(covered.map_or(c, |x: DateTime<Utc>| x.max(c)));
@@ -382,10 +417,14 @@ impl WalArchive {
             ];
         };
         (first..=last)
-            .filter(|n| self.at(*n, base.timeline, newest).is_none())
+            .filter(|n| {
+                // Absent, or only a partial copy with later segments after it.
+                self.at(*n, base.timeline, newest)
+                    .is_none_or(|r| r.kind == WalKind::Partial && *n < last)
+            })
             .map(|n| {
                 Segment {
-                    timeline: base.timeline,
+                    timeline: self.expected_timeline(n, base.timeline, newest),
                     number: n,
                 }
                 .name(size)
@@ -529,6 +568,40 @@ mod tests {
                 "000000020000000000000004"
             ]
         );
+    }
+
+    #[test]
+    fn an_old_timelines_copy_never_stands_in_for_the_new_ones() {
+        // Timeline 2 began in segment 3; its segment 4 is missing, the old
+        // primary's timeline-1 segment 4 is there: a gap, not a stand-in.
+        let a = WalArchive::from_records([
+            rec(1, 2, WalKind::Segment, Some(100)),
+            rec(1, 3, WalKind::Segment, Some(150)),
+            rec(1, 4, WalKind::Segment, Some(400)),
+            rec(2, 3, WalKind::Segment, Some(200)),
+            rec(2, 5, WalKind::Partial, Some(300)),
+        ]);
+        assert_eq!(
+            a.chain(&base(1, 2, 2), Some(t(250))),
+            Err(CoverageError::Missing("000000020000000000000004".into()))
+        );
+        assert_eq!(a.gaps(&base(1, 2, 2)), vec!["000000020000000000000004"]);
+    }
+
+    #[test]
+    fn a_partial_copy_with_segments_after_it_is_a_gap() {
+        let a = WalArchive::from_records([
+            rec(1, 2, WalKind::Segment, Some(100)),
+            rec(1, 3, WalKind::Partial, Some(150)),
+            rec(1, 4, WalKind::Segment, Some(300)),
+        ]);
+        assert_eq!(
+            a.chain(&base(1, 2, 2), Some(t(250))),
+            Err(CoverageError::Missing("000000010000000000000003".into()))
+        );
+        assert_eq!(a.gaps(&base(1, 2, 2)), vec!["000000010000000000000003"]);
+        // As the last file it is the archive's end, and fine.
+        assert!(a.chain(&base(1, 2, 2), Some(t(140))).is_ok());
     }
 
     #[test]

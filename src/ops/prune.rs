@@ -310,7 +310,7 @@ async fn prune_wal(
             .filter(|w| w.system_identifier == id)
             .map(|w| w.start_lsn.segment(w.segment_size))
             .min();
-        let (records, _) = repo.wal_records(&id).await?;
+        let (records, damaged) = repo.wal_records(&id).await?;
         let mut named: BTreeSet<String> = BTreeSet::new();
         for r in &records {
             let old = oldest.is_some_and(|first| r.segment().is_some_and(|s| s.number < first));
@@ -324,6 +324,17 @@ async fn prune_wal(
                 named.insert(r.path.clone());
             }
         }
+        if !damaged.is_empty() {
+            // A record this build cannot read (a newer version, a rotated
+            // key, damage) still names its file: nothing here is a stray.
+            tracing::warn!(
+                repository = repo.name(),
+                records = damaged.len(),
+                "WAL records that cannot be read: their files are kept; `kompose-dr check` names them"
+            );
+            continue;
+        }
+        let all: BTreeSet<&str> = records.iter().map(|r| r.path.as_str()).collect();
         for o in repo
             .backend()
             .list(&crate::storage::keys::wal_cluster_prefix(&id))
@@ -331,7 +342,7 @@ async fn prune_wal(
         {
             let stray = o.key.ends_with(".zst.age")
                 && !named.contains(&o.key)
-                && !records.iter().any(|r| r.path == o.key)
+                && !all.contains(o.key.as_str())
                 && o.modified.is_some_and(|m| m < before);
             if stray {
                 out.push(o.key.clone());

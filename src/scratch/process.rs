@@ -706,6 +706,9 @@ impl ProcessRuntime {
                 missing: bin.join("postgres"),
             });
         }
+        // A directory the caller keeps (`--to DIR`) is written durably; a
+        // scratch one need not be.
+        let keep = data.is_some();
         let data = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
         let socket_dir = dir.dir.path().to_owned();
         let log = socket_dir.join("postgres.log");
@@ -755,8 +758,20 @@ impl ProcessRuntime {
             ("synchronous_standby_names", String::new()),
             ("primary_conninfo", String::new()),
             ("primary_slot_name", String::new()),
-            ("fsync", "off".into()),
+            ("fsync", if keep { "on" } else { "off" }.into()),
             ("hot_standby", "on".into()),
+            // What production's configuration (in the base backup) may say
+            // that must not act here: commands, delays, other targets,
+            // per-session libraries.
+            ("recovery_end_command", String::new()),
+            ("archive_cleanup_command", String::new()),
+            ("archive_command", String::new()),
+            ("recovery_min_apply_delay", "0".into()),
+            ("recovery_target_name", String::new()),
+            ("recovery_target_lsn", String::new()),
+            ("recovery_target_xid", String::new()),
+            ("local_preload_libraries", String::new()),
+            ("session_preload_libraries", String::new()),
             ("restore_command", restore_command),
             ("recovery_target_action", "promote".into()),
             ("recovery_target_timeline", "latest".into()),
@@ -764,6 +779,7 @@ impl ProcessRuntime {
         ];
         match target {
             RecoveryTarget::Time(t) => {
+                settings.push(("recovery_target", String::new()));
                 settings.push((
                     "recovery_target_time",
                     t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
@@ -771,7 +787,7 @@ impl ProcessRuntime {
                 settings.push(("recovery_target_inclusive", "on".into()));
             }
             RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
-            RecoveryTarget::EndOfWal => {}
+            RecoveryTarget::EndOfWal => settings.push(("recovery_target", String::new())),
         }
         let logf =
             std::fs::File::create(&log).map_err(ScratchError::io(log.display().to_string()))?;

@@ -87,9 +87,12 @@ fn start_archiver(ws: &Workspace) -> Child {
         .unwrap()
 }
 
+/// The configuration the tests share: WAL archiving with a 2 s `max_lag`
+/// and a replication slot (a base backup's fast checkpoint must not
+/// recycle WAL the archiver has not received yet on a busy machine).
 fn configure(ws: &Workspace, pg: &Pg, dbs: &[&str]) {
     ws.configure(&format!(
-        "{}[postgres.wal]\nmax_lag = \"2s\"\nspool_dir = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n",
+        "{}[postgres.wal]\nmax_lag = \"2s\"\nslot = \"kdr_test\"\nspool_dir = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n",
         Workspace::pg_section(pg, dbs),
         ws.dir.path().join("spool").display(),
         ws.dir.path().join("kompose_dr.prom").display()
@@ -591,6 +594,14 @@ fn prune_removes_only_the_wal_no_retained_base_backup_needs() {
         }
     }
     ws.run(&["check"]).assert_exit(0);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select count(*) from pg_replication_slots where slot_name = 'kdr_test'"
+        ),
+        "1",
+        "the slot was created"
+    );
     restore(
         &ws,
         &[

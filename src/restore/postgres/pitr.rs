@@ -389,11 +389,19 @@ async fn fill(
                     ..
                 }) if r.kind == crate::model::wal::WalKind::Partial && tries < 5 => {
                     tries += 1;
-                    r = ctx
-                        .repository
-                        .wal_record_again(&r)
-                        .await
-                        .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?;
+                    r = match ctx.repository.wal_record_again(&r).await {
+                        Ok(again) => again,
+                        // Completed meanwhile: the partial record went
+                        // with its copy; the complete segment replaces it.
+                        Err(_) => {
+                            let mut complete = r.clone();
+                            complete.kind = crate::model::wal::WalKind::Segment;
+                            ctx.repository
+                                .wal_record_again(&complete)
+                                .await
+                                .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?
+                        }
+                    };
                 }
                 Err(e) => return Err(e),
             }
@@ -444,7 +452,38 @@ pub async fn recover(
                 std::fs::create_dir_all(d)
                     .map_err(RestoreError::io(format!("cannot create {}", d.display())))?;
             }
-            recover_to(ctx, recovery, data, RecoveryTarget::EndOfWal).await
+            let (server, bytes) = recover_to(ctx, recovery, data, RecoveryTarget::EndOfWal).await?;
+            // The end of the log must be the end of what was planned: a
+            // replay that stopped earlier (a page PostgreSQL rejected) is
+            // not the state at T.
+            if let Some(last) = recovery
+                .records
+                .iter()
+                .rev()
+                .find_map(|r| r.segment().map(|s| s.start(r.segment_size)))
+            {
+                let cfg = server.connection();
+                let replayed = async {
+                    let c = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+                        .await
+                        .ok()?;
+                    let row = c
+                        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                        .await
+                        .ok()?;
+                    crate::model::wal::Lsn::parse(&row.get::<_, Option<String>>(0)?)
+                }
+                .await;
+                if replayed.is_none_or(|r| r < last) {
+                    return Err(RestoreError::Failed(format!(
+                        "the recovery stopped at {} before the last archived WAL file it was given (from {last}):                          the archive does not hold the log up to the target; see `kompose-dr check`",
+                        replayed
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "an unknown position".into())
+                    )));
+                }
+            }
+            Ok((server, bytes))
         }
         r => r,
     }

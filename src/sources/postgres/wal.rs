@@ -46,8 +46,10 @@ use crate::pipeline;
 use crate::sources::{SourceContext, SourceError};
 use crate::storage::keys;
 
-/// The application name pg_receivewal connects with; the archiver finds
-/// its flush position in `pg_stat_replication` by it.
+/// The prefix of the application name pg_receivewal connects with; each
+/// archiver adds its pid and a random tag, and finds its own flush
+/// position in `pg_stat_replication` by the whole name (not another
+/// archiver's, nor a walsender left by a dead one).
 pub const APPLICATION_NAME: &str = "kompose-dr-wal";
 
 /// How often the spool is looked at.
@@ -95,6 +97,11 @@ pub struct Archiver {
     wal: WalConfig,
     ctx: SourceContext,
     status: SharedStatus,
+    /// This archiver's application name.
+    app: String,
+    /// How far the archive's partial copies go, per segment name, as
+    /// found at start.
+    partial_ends: Mutex<BTreeMap<String, Lsn>>,
 }
 
 /// A file in the spool.
@@ -121,6 +128,12 @@ impl Archiver {
             wal,
             ctx,
             status: SharedStatus::default(),
+            app: format!(
+                "{APPLICATION_NAME}-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            partial_ends: Mutex::default(),
         }
     }
 
@@ -154,6 +167,10 @@ impl Archiver {
         let mut state: Option<(ClusterIdentity, PathBuf, std::fs::File)> = None;
         let mut shipped: BTreeMap<Segment, Shipped> = BTreeMap::new();
         let mut done: std::collections::BTreeSet<String> = Default::default();
+        // After a gap, or a timeline the server forked away from, the
+        // archive's end is no place to resume: the next start takes the
+        // server's current position.
+        let mut resume_from_archive = true;
         while !stop.is_cancelled() {
             let round = async {
                 if state.is_none() {
@@ -162,7 +179,9 @@ impl Archiver {
                     state = Some((id, spool, lock));
                 }
                 let (id, spool, _) = state.as_ref().expect("prepared");
-                self.stream(id, spool, &stop, &mut shipped, &mut done).await
+                let seed = std::mem::replace(&mut resume_from_archive, true);
+                self.stream(id, spool, &stop, &mut shipped, &mut done, seed)
+                    .await
             };
             match round.await {
                 Ok(()) => backoff = Duration::from_secs(1),
@@ -171,6 +190,9 @@ impl Archiver {
                     self.set_error(e.to_string());
                     if state.is_none() && matches!(e, SourceError::Data(_)) {
                         return Err(e);
+                    }
+                    if matches!(e, SourceError::Data(_)) {
+                        resume_from_archive = false;
                     }
                 }
             }
@@ -237,13 +259,21 @@ impl Archiver {
         let mut per_repo = Vec::new();
         for repo in &self.ctx.repositories {
             match repo.wal_records(&id.system_identifier).await {
-                Ok((records, _)) => per_repo.push(
+                Ok((records, _)) => per_repo.push({
+                    let mut ends = self.partial_ends.lock().unwrap_or_else(|p| p.into_inner());
+                    for r in records.iter().filter(|r| r.kind == WalKind::Partial) {
+                        if let Some(e) = r.end_lsn {
+                            let v = ends.entry(r.name.clone()).or_insert(e);
+                            *v = (*v).min(e);
+                        }
+                    }
+                    drop(ends);
                     records
                         .into_iter()
                         .filter(|r| r.kind != WalKind::Partial)
                         .map(|r| r.name)
-                        .collect::<std::collections::BTreeSet<_>>(),
-                ),
+                        .collect::<std::collections::BTreeSet<_>>()
+                }),
                 Err(_) => per_repo.push(Default::default()),
             }
         }
@@ -303,6 +333,7 @@ impl Archiver {
         stop: &CancellationToken,
         shipped: &mut BTreeMap<Segment, Shipped>,
         done: &mut std::collections::BTreeSet<String>,
+        seed: bool,
     ) -> Result<(), SourceError> {
         // Whatever an earlier life left complete goes first.
         let client = connect_within(
@@ -319,7 +350,9 @@ impl Archiver {
             &format!("the server (PostgreSQL {})", server.text),
         )
         .await?;
-        self.seed(id, spool).await?;
+        if seed {
+            self.seed(id, spool).await?;
+        }
         if let Some(slot) = &self.wal.slot {
             let mut create = command(
                 &self.cfg,
@@ -358,7 +391,7 @@ impl Archiver {
             "pg_receivewal",
             &self.cfg.endpoint.maintenance_db,
         );
-        cmd.env("PGAPPNAME", APPLICATION_NAME)
+        cmd.env("PGAPPNAME", &self.app)
             .env("LC_ALL", "C")
             .env("LC_MESSAGES", "C")
             .arg(format!("--directory={}", spool.display()))
@@ -433,7 +466,11 @@ impl Archiver {
             .await;
         match exited {
             None => Ok(()),
-            Some(_) if tail.contains("has already been removed") => {
+            Some(_)
+                if tail.contains("has already been removed")
+                    || tail.contains("is not in this server's history")
+                    || tail.contains("is ahead of the WAL flush position") =>
+            {
                 let gap = self.report_gap(id, spool, &tail);
                 Err(SourceError::Data(gap))
             }
@@ -489,7 +526,7 @@ impl Archiver {
         done: &mut std::collections::BTreeSet<String>,
         partial_due: bool,
     ) -> Result<(), SourceError> {
-        let flushed = observe(client, observations).await;
+        let flushed = observe(client, &self.app, observations).await;
         let files = list_spool(spool, id.segment_size)?;
         let newest = files.iter().rev().find_map(|(f, _)| match f {
             Spooled::Complete(s) | Spooled::Partial(s) => Some(*s),
@@ -547,9 +584,29 @@ impl Archiver {
                     if holds <= seg.start(id.segment_size) {
                         continue; // nothing of it received yet (a seed)
                     }
+                    // A partial copy of a timeline that has ended (a newer
+                    // timeline streams now): the flush position is the new
+                    // timeline's, so it proves nothing about this copy.
+                    let current = newest.is_none_or(|n| n.timeline == seg.timeline);
                     let last = shipped.get(seg);
                     let newer_data = last.is_none_or(|l| l.flushed < holds);
-                    let covered = covered_by(observations, holds, Some(end));
+                    let covered = if current {
+                        covered_by(observations, holds, Some(end))
+                    } else {
+                        None
+                    };
+                    // Never replace what the archive holds of this segment
+                    // with less (a restart with an empty spool).
+                    if last.is_none()
+                        && self
+                            .partial_ends
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&seg.name(id.segment_size))
+                            .is_some_and(|e| *e > holds)
+                    {
+                        continue;
+                    }
                     if !(partial_due || Some(*seg) != newest && newer_data) {
                         continue;
                     }
@@ -578,7 +635,7 @@ impl Archiver {
                         continue;
                     }
                     let name = seg.name(id.segment_size);
-                    let record = self
+                    let record = match self
                         .ship(
                             id,
                             seg.timeline,
@@ -586,9 +643,15 @@ impl Archiver {
                             WalKind::Partial,
                             path,
                             covered,
-                            Some(holds),
+                            current.then_some(holds),
                         )
-                        .await?;
+                        .await
+                    {
+                        // Completed (renamed) between the listing and now:
+                        // the next look ships the complete segment.
+                        Err(SourceError::Data(_)) if !path.exists() => continue,
+                        r => r?,
+                    };
                     if let Some(old) = shipped.insert(
                         *seg,
                         Shipped {
@@ -699,13 +762,14 @@ impl Archiver {
 /// (and the newest reached). Returns the flush position, if known.
 async fn observe(
     client: &tokio_postgres::Client,
+    app: &str,
     observations: &mut VecDeque<Observation>,
 ) -> Option<Lsn> {
     let row = client
         .query_one(
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8, pg_current_wal_insert_lsn()::text, \
                     (SELECT max(flush_lsn)::text FROM pg_stat_replication WHERE application_name = $1)",
-            &[&APPLICATION_NAME],
+            &[&app],
         )
         .await
         .ok()?;

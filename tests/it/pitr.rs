@@ -72,19 +72,44 @@ fn wait_covered(ws: &Workspace, t: &str) {
     }
 }
 
+/// `kompose-dr wal`, killed when dropped (a failed test must not leave it
+/// running).
+struct Archiver(Child);
+
+impl Archiver {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `kompose-dr wal` in the background, its log in `wal.log`.
-fn start_archiver(ws: &Workspace) -> Child {
+fn start_archiver(ws: &Workspace) -> Archiver {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(ws.dir.path().join("wal.log"))
         .unwrap();
-    ws.kdr()
-        .arg("wal")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Archiver(
+        ws.kdr()
+            .arg("wal")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The configuration the tests share: WAL archiving with a 2 s `max_lag`

@@ -17,6 +17,10 @@
 //! - **history files** (a promotion started a new timeline) are stored
 //!   once.
 //!
+//! With several repositories, a file stays in the spool (and is shipped
+//! again) until every repository holds it: a repository that is down
+//! makes the spool grow, never a gap in it.
+//!
 //! Every record says until when the server's commits are covered
 //! (`covered_until`, by the server's clock): the archiver asks the server
 //! for its time and its insert position, and claims that time only once
@@ -536,9 +540,12 @@ impl Archiver {
             match file {
                 Spooled::History(tl) => {
                     let name = crate::model::wal::history_name(*tl);
-                    if !done.contains(&name) {
-                        self.ship(id, *tl, &name, WalKind::History, path, None, None)
-                            .await?;
+                    if !done.contains(&name)
+                        && self
+                            .ship(id, *tl, &name, WalKind::History, path, None, None)
+                            .await?
+                            .1
+                    {
                         done.insert(name);
                     }
                 }
@@ -551,16 +558,22 @@ impl Archiver {
                         }
                         .start(id.segment_size);
                         let covered = covered_by(observations, end, Some(end));
-                        self.ship(
-                            id,
-                            seg.timeline,
-                            &name,
-                            WalKind::Segment,
-                            path,
-                            covered,
-                            Some(end),
-                        )
-                        .await?;
+                        let (_, everywhere) = self
+                            .ship(
+                                id,
+                                seg.timeline,
+                                &name,
+                                WalKind::Segment,
+                                path,
+                                covered,
+                                Some(end),
+                            )
+                            .await?;
+                        if !everywhere {
+                            // Kept in the spool and shipped again next time,
+                            // until every repository holds it.
+                            continue;
+                        }
                         done.insert(name);
                     }
                     // Its partial copies are superseded.
@@ -635,7 +648,7 @@ impl Archiver {
                         continue;
                     }
                     let name = seg.name(id.segment_size);
-                    let record = match self
+                    let (record, _) = match self
                         .ship(
                             id,
                             seg.timeline,
@@ -694,7 +707,7 @@ impl Archiver {
         path: &Path,
         covered_until: Option<DateTime<Utc>>,
         end_lsn: Option<Lsn>,
-    ) -> Result<WalRecord, SourceError> {
+    ) -> Result<(WalRecord, bool), SourceError> {
         let tag = (kind == WalKind::Partial).then(|| format!("{:016x}", rand::random::<u64>()));
         let key = keys::wal_file_key(&id.system_identifier, timeline, name, tag.as_deref());
         let file = tokio::fs::File::open(path)
@@ -720,13 +733,17 @@ impl Archiver {
             end_lsn,
         };
         let mut stored_somewhere = false;
+        let mut everywhere = stored.failed_in.is_empty();
         for repo in &self.ctx.repositories {
             if stored.failure_in(repo.name()).is_some() {
                 continue;
             }
             match repo.put_wal_record(&record).await {
                 Ok(()) => stored_somewhere = true,
-                Err(e) => self.set_error(format!("{name}: {e}")),
+                Err(e) => {
+                    everywhere = false;
+                    self.set_error(format!("{name}: {e}"));
+                }
             }
         }
         if !stored_somewhere {
@@ -753,7 +770,7 @@ impl Archiver {
         }
         tracing::debug!(file = %name, kind = ?kind, covered_until = ?covered_until, "WAL archived");
         self.note(&record);
-        Ok(record)
+        Ok((record, everywhere))
     }
 }
 

@@ -523,25 +523,36 @@ pub async fn open_stored(
     stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>,
     RestoreError,
 > {
-    let key = item
-        .choice
-        .artifact
+    open_artifact(&ctx.repository, &item.choice.artifact, pb).await
+}
+
+/// A `VerifyingReader` over the stored bytes of `artifact` in `repository`
+/// (anything the repository records with a key, size and sha256: an
+/// archive, or a WAL file through [`Artifact::of_wal`](crate::model::manifest::Artifact::of_wal)).
+pub async fn open_artifact(
+    repository: &Repository,
+    artifact: &crate::model::manifest::Artifact,
+    pb: &indicatif::ProgressBar,
+) -> Result<
+    stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>,
+    RestoreError,
+> {
+    let key = artifact
         .path
         .as_deref()
-        .ok_or_else(|| RestoreError::NoArchive(item.choice.source.clone()))?;
-    let reader =
-        ctx.repository
-            .backend()
-            .open(key)
-            .await
-            .map_err(|source| RestoreError::Storage {
-                label: stream::label(&item.choice.artifact),
-                source,
-            })?;
+        .ok_or_else(|| RestoreError::NoArchive(artifact.source.clone()))?;
+    let reader = repository
+        .backend()
+        .open(key)
+        .await
+        .map_err(|source| RestoreError::Storage {
+            label: stream::label(artifact),
+            source,
+        })?;
     let pb = pb.clone();
     Ok(stream::VerifyingReader::new(
         tokio_util::io::SyncIoBridge::new(reader),
-        &item.choice.artifact,
+        artifact,
         Box::new(move |n| pb.set_position(n)),
     ))
 }
@@ -558,9 +569,19 @@ pub async fn spool_verified(
     item: &ReadyItem,
     pb: &indicatif::ProgressBar,
 ) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
-    let mut stored = open_stored(ctx, item, pb).await?;
-    let label = stream::label(&item.choice.artifact);
-    let artifact = item.choice.artifact.clone();
+    spool_artifact(&ctx.repository, &item.choice.artifact, pb).await
+}
+
+/// [`spool_verified`] for any artifact of `repository` (a base backup, a
+/// WAL file).
+pub async fn spool_artifact(
+    repository: &Repository,
+    artifact: &crate::model::manifest::Artifact,
+    pb: &indicatif::ProgressBar,
+) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
+    let mut stored = open_artifact(repository, artifact, pb).await?;
+    let label = stream::label(artifact);
+    let artifact = artifact.clone();
     tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
         use std::io::{Seek, Write};
         let mut spool = tempfile::tempfile().map_err(RestoreError::io(

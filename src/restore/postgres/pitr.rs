@@ -288,48 +288,7 @@ async fn fetch_verified(
     repo: &Repository,
     artifact: &Artifact,
 ) -> Result<VerifyingReader<std::fs::File>, RestoreError> {
-    let key = artifact
-        .path
-        .clone()
-        .ok_or_else(|| RestoreError::NoArchive(artifact.source.clone()))?;
-    let reader = repo
-        .backend()
-        .open(&key)
-        .await
-        .map_err(|source| RestoreError::Storage {
-            label: stream::label(artifact),
-            source,
-        })?;
-    let artifact = artifact.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Seek, Write};
-        let label = stream::label(&artifact);
-        let mut stored = VerifyingReader::new(
-            tokio_util::io::SyncIoBridge::new(reader),
-            &artifact,
-            Box::new(|_| {}),
-        );
-        let mut spool = tempfile::tempfile().map_err(RestoreError::io(
-            "cannot create a private temporary file ($TMPDIR)",
-        ))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut spool);
-        std::io::copy(&mut stored, &mut out).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                RestoreError::Failed(e.to_string())
-            } else {
-                RestoreError::io(format!("{label}: cannot spool it to $TMPDIR"))(e)
-            }
-        })?;
-        out.flush()
-            .map_err(RestoreError::io(format!("{label}: cannot spool it")))?;
-        drop(out);
-        spool
-            .rewind()
-            .map_err(RestoreError::io(format!("{label}: cannot spool it")))?;
-        Ok(VerifyingReader::new(spool, &artifact, Box::new(|_| {})))
-    })
-    .await
-    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
+    crate::restore::spool_artifact(repo, artifact, &indicatif::ProgressBar::hidden()).await
 }
 
 /// Unpacks the base backup into `data` and puts the WAL files recovery

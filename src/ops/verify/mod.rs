@@ -450,20 +450,31 @@ impl Session<'_> {
 
     /// Plans and restores one choice into `targets`: the seconds it took
     /// and the restore's message, or why it was refused or failed.
+    /// A restore context into `targets`, without progress bars; verify
+    /// runs under `interruptible`, which drops it whole, so nothing cancels
+    /// it from inside.
+    fn context<'o>(
+        &self,
+        targets: &RestoreTargets,
+        options: &'o RestoreOptions,
+    ) -> RestoreContext<'o> {
+        RestoreContext {
+            targets: targets.clone(),
+            repository: self.repo.clone(),
+            identities: self.identities.clone(),
+            options,
+            redactor: self.redactor.clone(),
+            progress: false,
+            cancel: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
     /// A base backup: recovered in scratch to its consistent end, started,
     /// its databases listed, shut down cleanly.
     async fn verify_cluster(&self, c: &Choice) -> SourceVerdict {
         let start = std::time::Instant::now();
         let options = RestoreOptions::default_for(&self.manifest.id);
-        let ctx = RestoreContext {
-            targets: self.targets.clone(),
-            repository: self.repo.clone(),
-            identities: self.identities.clone(),
-            options: &options,
-            redactor: self.redactor.clone(),
-            progress: false,
-            cancel: tokio_util::sync::CancellationToken::new(),
-        };
+        let ctx = self.context(&self.targets, &options);
         let result = async {
             let chosen = restore::postgres::pitr::attach(
                 self.repo,
@@ -502,16 +513,7 @@ impl Session<'_> {
         options: RestoreOptions,
     ) -> (f64, Result<String, String>) {
         let start = std::time::Instant::now();
-        let ctx = RestoreContext {
-            targets: targets.clone(),
-            repository: self.repo.clone(),
-            identities: self.identities.clone(),
-            options: &options,
-            redactor: self.redactor.clone(),
-            progress: false,
-            // verify runs under `interruptible`, which drops it whole.
-            cancel: tokio_util::sync::CancellationToken::new(),
-        };
+        let ctx = self.context(targets, &options);
         let result = match restore::check_options(std::slice::from_ref(choice), &options) {
             Err(e) => Err(e.to_string()),
             Ok(()) => match restore::plan_item(&ctx, choice.clone()).await {

@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 
 use crate::support::Workspace;
 
+mod compat;
+mod copy;
+mod keys;
+mod local;
+mod sizes;
+mod trust;
+
 /// A workspace with one real snapshot of a small file, and a canary
 /// directory outside the repository.
 fn backed_up() -> (Workspace, PathBuf) {

@@ -1,0 +1,2 @@
+//! copy checks what the target holds: garbage manifests and damaged data in the target are replaced, never counted as present.
+

@@ -1,0 +1,2 @@
+//! Signed means signed, snapshots belong to a stack, and deletion shows.
+

@@ -28,6 +28,13 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         None
     };
     let report = crate::ops::check::run(&repo, identities).await?;
+    if let Some(mc) = &config.metrics
+        && let Err(e) = crate::events::metrics::Metrics::update(&mc.textfile, |m| {
+            m.record_deletions(repo.name(), report.vanished.len(), report.behind.is_some())
+        })
+    {
+        tracing::warn!(path = %mc.textfile.display(), error = %e, "cannot write the metrics textfile");
+    }
     if globals.json {
         output::json(&report);
     } else {
@@ -66,6 +73,16 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
                 } else {
                     format!("; GAPS at {}", w.gaps.join(", "))
                 }
+            ));
+        }
+        for line in output::deletions(&report.vanished, report.behind.as_ref()) {
+            output::line(line);
+        }
+        if !report.other_stacks.is_empty() {
+            output::line(format!(
+                "  {} snapshot(s) of other stacks (used only when named): {}",
+                report.other_stacks.len(),
+                report.other_stacks.join(", ")
             ));
         }
         for u in &report.unreferenced {

@@ -158,10 +158,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             config.path.display()
         )));
     }
+    let stack = configured_stack(&config).await;
     let mut exit = Outcome::Success;
     for rc in targets {
         let repo = Repository::open(rc);
-        let result = repo.init(&encryption.recipients).await;
+        let result = repo.init(&encryption.recipients, &stack).await;
         match &result {
             Ok(_) => {
                 tracing::info!(repository = repo.name(), location = %repo.location(), "repository created");
@@ -193,4 +194,17 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         output::json(&report);
     }
     Ok(exit)
+}
+
+/// The stack id new repositories get: the one an existing repository of
+/// this configuration has (so that snapshots copied between them stay
+/// this stack's), else a new one.
+async fn configured_stack(config: &crate::model::config::Config) -> String {
+    let mut markers = Vec::new();
+    for rc in &config.repositories {
+        if let Ok(m) = Repository::open(rc).marker().await {
+            markers.push(m);
+        }
+    }
+    crate::repository::stack::choose(&markers)
 }

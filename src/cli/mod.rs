@@ -104,7 +104,8 @@ impl Globals {
         let mut config = Config::load(&self.config).map_err(Failure::from)?;
         if self.allow_unsigned {
             tracing::warn!(
-                "--allow-unsigned: snapshots without a signature are accepted; anyone who can write to the repository can forge those"
+                "--allow-unsigned: unsigned snapshots are accepted in repositories written before signing (unsigned marker, \
+                 no stack id) and nowhere else; anyone who can write to such a repository can forge them"
             );
             config.allow_unsigned();
         }
@@ -142,6 +143,10 @@ pub fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
+    if let Some(f) = refuse_unsigned_writer(&cli) {
+        output::failure(&globals, &f);
+        return Exit::of(Err(&f)).into();
+    }
     let result = runtime.block_on(async {
         let result = match cli.command {
             Command::Init(a) => init::run(&globals, a).await,
@@ -165,6 +170,27 @@ pub fn main() -> ExitCode {
         output::failure(&globals, f);
     }
     Exit::of(result.as_ref().copied()).into()
+}
+
+/// `--allow-unsigned` only reads repositories written before signing: a
+/// command that writes to a repository never runs with it.
+fn refuse_unsigned_writer(cli: &Cli) -> Option<Failure> {
+    if !cli.allow_unsigned {
+        return None;
+    }
+    let writer = match &cli.command {
+        Command::Init(_) => "init",
+        Command::Backup(_) => "backup",
+        Command::Prune(_) => "prune",
+        Command::Agent(_) => "agent",
+        Command::Wal(_) => "wal",
+        Command::Copy(_) => "copy",
+        _ => return None,
+    };
+    Some(Failure::usage(format!(
+        "--allow-unsigned only reads repositories written before signing; `kompose-dr {writer}` writes to a \
+         repository, and what it writes must be signed: run it without --allow-unsigned (with [signing] key_file set)"
+    )))
 }
 
 fn init_logging(verbose: u8, quiet: u8, json: bool) {

@@ -227,7 +227,12 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let options = args.options(selector.clone())?;
 
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
-    let (snapshots, damaged) = repository.snapshots().await?;
+    let listing = repository.listing().await?;
+    let snapshots = named_or_ours(&listing, &selector);
+    let damaged = listing.damaged;
+    for line in output::deletions(&listing.vanished, listing.behind.as_ref()) {
+        tracing::warn!(repository = repository.name(), "{}", line.trim());
+    }
     for d in &damaged {
         // Never chosen, but the operator should know why it is not there.
         tracing::warn!(repository = repository.name(), manifest = %d.key, "refused: {}", d.message);
@@ -376,4 +381,24 @@ fn print_results(results: &[ItemResult]) {
             r.seconds
         ));
     }
+}
+
+/// The snapshots a restore chooses from: this stack's, plus a snapshot of
+/// another stack when it is named by id (said in the log).
+fn named_or_ours(
+    listing: &crate::repository::Listing,
+    selector: &Selector,
+) -> Vec<crate::model::manifest::Manifest> {
+    let mut snapshots = listing.ours.clone();
+    if let Selector::Snapshot(id) = selector
+        && let Some(m) = listing.others.iter().find(|m| &m.id == id)
+    {
+        tracing::warn!(
+            snapshot = %id,
+            stack = m.stack.as_deref().unwrap_or("-"),
+            "this snapshot belongs to another stack (written for another host or repository): used because it was named"
+        );
+        snapshots.push(m.clone());
+    }
+    snapshots
 }

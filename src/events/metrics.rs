@@ -31,6 +31,12 @@ pub const BACKUP_LAST_BYTES: &str = "kompose_dr_backup_last_bytes";
 pub const REPO_OLDEST: &str = "kompose_dr_repository_oldest_snapshot_timestamp_seconds";
 /// Snapshots in a repository.
 pub const REPO_SNAPSHOTS: &str = "kompose_dr_repository_snapshots";
+/// Snapshots that vanished from a repository other than through prune (a
+/// later snapshot names them as its predecessor).
+pub const REPO_VANISHED: &str = "kompose_dr_repository_vanished_snapshots";
+/// 1 when the newest snapshot this host committed to a repository is gone
+/// from it (deleted, or the store rolled back), else 0.
+pub const REPO_BEHIND: &str = "kompose_dr_repository_behind_host";
 /// End of the last good drill.
 pub const DRILL_LAST_SUCCESS: &str = "kompose_dr_drill_last_success_timestamp_seconds";
 /// 1 ok, 0 failed, for the last drill.
@@ -77,6 +83,16 @@ const KNOWN: &[(&str, bool, &str)] = &[
         "Start of the oldest snapshot in the repository (unix time): the first recoverability point.",
     ),
     (REPO_SNAPSHOTS, false, "Snapshots in the repository."),
+    (
+        REPO_VANISHED,
+        false,
+        "Snapshots gone from the repository other than through prune (named by a later snapshot as its predecessor).",
+    ),
+    (
+        REPO_BEHIND,
+        false,
+        "1 if the newest snapshot this host committed to the repository is gone from it, else 0.",
+    ),
     (
         WAL_LAST_ARCHIVED,
         false,
@@ -212,6 +228,14 @@ impl Metrics {
     /// A series' value.
     pub fn get(&self, name: &str, pairs: &[(&str, &str)]) -> Option<f64> {
         self.values.get(name)?.get(&labels(pairs)).copied()
+    }
+
+    /// Records what shows of deletions in a repository: how many snapshots
+    /// vanished, and whether it is behind what this host committed.
+    pub fn record_deletions(&mut self, name: &str, vanished: usize, behind: bool) {
+        let l = [("repository", name)];
+        self.set(REPO_VANISHED, &l, vanished as f64);
+        self.set(REPO_BEHIND, &l, f64::from(u8::from(behind)));
     }
 
     /// Records a repository's snapshot count and oldest snapshot.

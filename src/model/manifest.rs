@@ -213,6 +213,17 @@ pub struct Manifest {
     pub artifacts: Vec<Artifact>,
     /// The encrypted facts sidecar.
     pub facts: Option<StoredObject>,
+    /// The stack that wrote it: the id in the marker of the repository it
+    /// was committed to (docs/DESIGN.md §10). Absent in snapshots written
+    /// before stack ids, which belong to the repository's own stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// The snapshot of the same stack that was the newest in that
+    /// repository when this one was committed: a snapshot deleted other
+    /// than by prune shows as a broken link. Absent for the first one, and
+    /// in snapshots written before the link existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 impl Manifest {
@@ -287,6 +298,8 @@ pub(crate) mod fixtures {
             status: SnapshotStatus::Ok,
             artifacts,
             facts: None,
+            stack: None,
+            previous: None,
         }
     }
 }

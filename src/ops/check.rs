@@ -51,8 +51,17 @@ pub struct CheckReport {
     pub unreferenced: Vec<String>,
     /// The archived WAL of each cluster: how far it goes, and its gaps.
     pub wal: Vec<WalReport>,
-    /// Whether nothing is damaged (`damaged` is empty); unreferenced objects do
-    /// not count against it. Decides the exit status.
+    /// Snapshots of other stacks in the repository (checked like this
+    /// stack's, never used unless named).
+    pub other_stacks: Vec<String>,
+    /// Snapshots gone other than through prune: a later snapshot names
+    /// each as its predecessor.
+    pub vanished: Vec<crate::repository::listing::Vanished>,
+    /// The newest snapshot this host committed here, if it is gone.
+    pub behind: Option<crate::repository::listing::Behind>,
+    /// Whether nothing is damaged (`damaged` is empty) and no deletion
+    /// shows; unreferenced objects do not count against it. Decides the
+    /// exit status.
     pub ok: bool,
 }
 
@@ -218,9 +227,23 @@ pub async fn run(
     repo: &Repository,
     identities: Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
 ) -> Result<CheckReport, RepositoryError> {
-    let (snapshots, damaged_manifests) = repo.snapshots().await?;
-    let mut damaged: Vec<Damage> = damaged_manifests
-        .into_iter()
+    let listing = repo.listing().await?;
+    for v in &listing.vanished {
+        tracing::error!(snapshot = %v.id, named_by = %v.named_by, "snapshot vanished other than through prune");
+    }
+    if let Some(b) = &listing.behind {
+        tracing::error!(snapshot = %b.host_newest, "the newest snapshot this host committed here is gone");
+    }
+    let snapshots: Vec<_> = listing
+        .ours
+        .iter()
+        .chain(&listing.others)
+        .cloned()
+        .collect();
+    let mut damaged: Vec<Damage> = listing
+        .damaged
+        .iter()
+        .cloned()
         .map(|d| Damage {
             snapshot: None,
             source: "manifest".into(),
@@ -288,9 +311,12 @@ pub async fn run(
         snapshots: snapshots.len(),
         archives,
         read_data: identities.is_some(),
-        ok: damaged.is_empty(),
+        ok: damaged.is_empty() && !listing.deletion_shows(),
         wal,
         damaged,
         unreferenced,
+        other_stacks: listing.others.iter().map(|m| m.id.clone()).collect(),
+        vanished: listing.vanished,
+        behind: listing.behind,
     })
 }

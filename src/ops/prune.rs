@@ -240,12 +240,16 @@ pub async fn run(
             Ok(())
         }
     };
-    let (snapshots, damaged) = repo.snapshots().await?;
-    if !damaged.is_empty() {
+    let listing = repo.listing().await?;
+    if !listing.damaged.is_empty() {
         return Err(PruneError::DamagedManifests(
-            damaged.into_iter().map(|d| d.key).collect(),
+            listing.damaged.into_iter().map(|d| d.key).collect(),
         ));
     }
+    // Retention decides among this stack's snapshots only; another stack's
+    // keep their data (and WAL) whatever this one's policy says.
+    let snapshots = listing.ours;
+    let all: Vec<_> = snapshots.iter().chain(&listing.others).cloned().collect();
     let decisions = plan(config, policies, &snapshots, opts.policy.as_deref(), now);
     if !opts.dry_run {
         remove_snapshots(repo, &decisions, &still_held).await?;
@@ -257,11 +261,11 @@ pub async fn run(
         .and_then(|g| now.checked_sub_signed(g))
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let unreferenced =
-        remove_unreferenced(repo, &snapshots, &decisions, opts, before, &still_held).await?;
+        remove_unreferenced(repo, &all, &decisions, opts, before, &still_held).await?;
     if !opts.dry_run {
         still_held()?;
     }
-    let wal = prune_wal(repo, &snapshots, &decisions, opts, before, &still_held).await?;
+    let wal = prune_wal(repo, &all, &decisions, opts, before, &still_held).await?;
     let abandoned = repo
         .backend()
         .abandoned_writes(before, !opts.dry_run)
@@ -364,15 +368,28 @@ async fn prune_wal(
     Ok(out)
 }
 
-/// Removes the snapshots `decisions` let go, each manifest first: from
-/// that moment the snapshot no longer exists, and a crash before its data
-/// is gone leaves only unreferenced data.
+/// Removes the snapshots `decisions` let go, after a signed record of
+/// them, each manifest first: from that moment the snapshot no longer
+/// exists, and a crash before its data is gone leaves only unreferenced
+/// data.
 async fn remove_snapshots(
     repo: &Repository,
     decisions: &[Decision],
     still_held: &(dyn Fn() -> Result<(), PruneError> + Sync),
 ) -> Result<(), PruneError> {
     let backend = repo.backend();
+    let gone: Vec<String> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.snapshot.clone())
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    // Recorded, signed, before the first removal: a snapshot gone without
+    // a record is one that vanished, and check says so.
+    still_held()?;
+    repo.record_prune(&gone).await?;
     for d in decisions.iter().filter(|d| !d.keep) {
         still_held()?;
         backend.delete(&manifest_key(&d.snapshot)).await?;

@@ -46,24 +46,19 @@ impl Repository {
                 id.escape_debug()
             )));
         }
-        let body = self.backend.get(&key).await.map_err(|e| self.storage(e))?;
-        if body.len() as u64 > validate::MAX_DOCUMENT {
-            return Err(damaged(format!(
-                "{} bytes is more than any manifest kompose-dr writes",
-                body.len()
-            )));
-        }
-        let signature = match self.backend.get(&keys::signature_key(&key)).await {
-            Ok(b) => Some(b),
-            Err(StorageError::NotFound(_)) => None,
+        let body = match self.read_document(&key, validate::MAX_DOCUMENT).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(self.storage(StorageError::NotFound(key.clone()))),
+            Err(StorageError::NotAnObject { message, .. }) => return Err(damaged(message)),
             Err(e) => return Err(self.storage(e)),
         };
-        signing::check(&self.trust, &key, &body, signature.as_deref()).map_err(|message| {
-            RepositoryError::Signature {
-                name: self.name.clone(),
-                message,
-            }
-        })?;
+        let signature = self
+            .read_signature(&key)
+            .await
+            .map_err(|e| self.storage(e))?;
+        let rule = self.unsigned_rule(&self.marker_state().await);
+        signing::check(&self.trust, &key, &body, signature.as_deref(), rule)
+            .map_err(|source| self.signature(source))?;
         let manifest: Manifest =
             serde_json::from_slice(&body).map_err(|e| damaged(e.to_string()))?;
         if manifest.version > MANIFEST_VERSION {

@@ -17,8 +17,12 @@ use std::sync::Arc;
 
 pub mod copy;
 pub mod facts;
+pub mod listing;
 pub mod lock;
+pub mod pruned;
+pub mod seen;
 pub mod signing;
+pub mod stack;
 pub mod validate;
 pub mod wal;
 
@@ -27,14 +31,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::config::{Location, RepositoryConfig};
-use crate::model::manifest::{MANIFEST_VERSION, Manifest};
+use crate::model::manifest::Manifest;
 use crate::storage::keys;
 use crate::storage::local::LocalBackend;
 use crate::storage::{Backend, ObjectWriter, PutMode, StorageError};
 
 pub use crate::storage::keys::MARKER;
-/// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub use listing::Listing;
+/// The repository format version this build writes: 2 since markers carry
+/// the stack id (version 1 is read, and adopted by the first backup).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The repository marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +53,12 @@ pub struct Marker {
     pub created_at: DateTime<Utc>,
     /// The age recipients archives are encrypted to (public keys).
     pub recipients: Vec<String>,
+    /// The stack whose snapshots this repository holds: made by `init` (the
+    /// same for every repository of one configuration) and signed with the
+    /// marker. Absent in repositories written before stack ids, until the
+    /// first backup adopts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
 }
 
 /// A repository-level failure.
@@ -89,13 +101,29 @@ pub enum RepositoryError {
         /// [`FORMAT_VERSION`], the newest this build reads.
         found: u32,
     },
-    /// The marker's signature is missing or wrong (or cannot be made).
-    #[error("repository `{name}`: {message}")]
+    /// A document's signature is missing or wrong (or cannot be made).
+    #[error("repository `{name}`: {source}")]
     Signature {
         /// The repository's configured name, for the message.
         name: String,
         /// What is wrong and what to do.
-        message: String,
+        #[source]
+        source: signing::SignatureError,
+    },
+    /// More manifests (or prune records) than any reader loads.
+    #[error(
+        "repository `{name}` holds {count} objects under {prefix}, more than the {limit} kompose-dr reads: \
+         someone filled it, or retention never ran; remove what is not yours, or run `kompose-dr prune`"
+    )]
+    TooMany {
+        /// The repository's configured name, for the message.
+        name: String,
+        /// The prefix listed.
+        prefix: &'static str,
+        /// How many there are.
+        count: usize,
+        /// The most read.
+        limit: usize,
     },
     /// The writer lock could not be taken.
     #[error("repository `{name}`: {source}")]
@@ -138,6 +166,18 @@ pub struct DamagedManifest {
     pub message: String,
 }
 
+/// What the marker says about how the repository's documents are read,
+/// once it has been read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarkerState {
+    /// The repository is signed: its marker is (or carries a stack id, which
+    /// only signing releases write, or this host signed here): nothing
+    /// unsigned in it is accepted, `--allow-unsigned` or not.
+    pub signed: bool,
+    /// The stack id of the marker.
+    pub stack: Option<String>,
+}
+
 /// One repository: a name and a backend.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -147,6 +187,10 @@ pub struct Repository {
     /// How long the writer lock's lease lives without renewal (backends
     /// without a local directory).
     lease_ttl: std::time::Duration,
+    /// The marker's state, once read (shared by the clones).
+    state: Arc<std::sync::Mutex<Option<MarkerState>>>,
+    /// Whether `--allow-unsigned` has been reported for this repository.
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Repository {
@@ -164,24 +208,30 @@ impl Repository {
             backend,
             trust: cfg.trust.clone(),
             lease_ttl,
+            state: Arc::default(),
+            warned: Arc::default(),
         }
     }
 
-    /// A repository over any backend that checks no signature (for tests
-    /// over in-memory backends); [`Repository::trusting`] sets one.
+    /// A repository over any backend, signing with a key of its own and
+    /// checking every signature (for tests over in-memory backends);
+    /// [`Repository::trusting`] sets other keys.
     pub fn with_backend(name: impl Into<String>, backend: Arc<dyn Backend>) -> Repository {
         Repository {
             name: name.into(),
             backend,
-            trust: crate::model::config::Trust::unchecked(),
+            trust: crate::model::config::Trust::ephemeral(),
             lease_ttl: lock::lease::TTL,
+            state: Arc::default(),
+            warned: Arc::default(),
         }
     }
 
-    /// Whether this host signs what it commits here, or is allowed not to
-    /// (`--allow-unsigned`).
+    /// Whether this host signs what it commits here. `--allow-unsigned`
+    /// never lets a writer commit unsigned documents: it only reads
+    /// repositories written before signing.
     pub fn may_commit(&self) -> bool {
-        self.trust.signing_key.is_some() || self.trust.allow_unsigned
+        self.trust.signing_key.is_some()
     }
 
     /// The same repository with these signing keys and rules.
@@ -205,12 +255,8 @@ impl Repository {
         body: Vec<u8>,
         mode: PutMode,
     ) -> Result<(), RepositoryError> {
-        let sig = signing::sign(&self.trust, key, &body).map_err(|message| {
-            RepositoryError::Signature {
-                name: self.name.clone(),
-                message,
-            }
-        })?;
+        let sig =
+            signing::sign(&self.trust, key, &body).map_err(|source| self.signature(source))?;
         if let Some(sig) = sig {
             self.backend
                 .put(
@@ -227,14 +273,107 @@ impl Repository {
             .map_err(|e| self.storage(e))
     }
 
-    /// Checks the document `body` at `key` against its signature.
-    async fn check_signed(&self, key: &str, body: &[u8]) -> Result<signing::Signed, String> {
-        let sig = match self.backend.get(&keys::signature_key(key)).await {
-            Ok(b) => Some(b),
-            Err(StorageError::NotFound(_)) => None,
-            Err(e) => return Err(format!("{key}: cannot read its signature: {e}")),
+    fn signature(&self, source: signing::SignatureError) -> RepositoryError {
+        RepositoryError::Signature {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Reads a small document whole, at most `limit` bytes of it: `None`
+    /// if it does not exist, an error if it is larger (only `limit + 1`
+    /// bytes are ever read, whatever the store holds).
+    pub async fn read_document(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let reader = match self.backend.open(key).await {
+            Ok(r) => r,
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        signing::check(&self.trust, key, body, sig.as_deref())
+        let mut body = Vec::new();
+        reader
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|source| StorageError::Io {
+                op: "read",
+                location: key.to_owned(),
+                source,
+            })?;
+        if body.len() as u64 > limit {
+            return Err(StorageError::NotAnObject {
+                location: key.to_owned(),
+                message: format!(
+                    "it is larger than the {limit} bytes any such document kompose-dr writes can be"
+                ),
+            });
+        }
+        Ok(Some(Bytes::from(body)))
+    }
+
+    /// The detached signature of `key`, if any: at most
+    /// [`signing::MAX_SIGNATURE`] bytes (and one more, to tell a larger one)
+    /// are read.
+    async fn read_signature(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        use tokio::io::AsyncReadExt;
+        let reader = match self.backend.open(&keys::signature_key(key)).await {
+            Ok(r) => r,
+            Err(StorageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut sig = Vec::new();
+        reader
+            .take(signing::MAX_SIGNATURE as u64 + 1)
+            .read_to_end(&mut sig)
+            .await
+            .map_err(|source| StorageError::Io {
+                op: "read",
+                location: keys::signature_key(key),
+                source,
+            })?;
+        Ok(Some(Bytes::from(sig)))
+    }
+
+    /// Checks the document `body` at `key` against its signature, with the
+    /// rule the marker sets: in a signed repository nothing unsigned passes.
+    async fn check_signed(&self, key: &str, body: &[u8]) -> Result<signing::Signed, CheckError> {
+        let rule = self.unsigned_rule(&self.marker_state().await);
+        let sig = self
+            .read_signature(key)
+            .await
+            .map_err(CheckError::Storage)?;
+        let signed = signing::check(&self.trust, key, body, sig.as_deref(), rule)
+            .map_err(CheckError::Signature)?;
+        if signed == signing::Signed::AllowedUnsigned {
+            self.warn_unsigned();
+        }
+        Ok(signed)
+    }
+
+    /// What an unsigned document gets in a repository in `state`.
+    fn unsigned_rule(&self, state: &MarkerState) -> signing::UnsignedRule {
+        if state.signed {
+            signing::UnsignedRule::RefuseSigned
+        } else if self.trust.allow_unsigned {
+            signing::UnsignedRule::Accept
+        } else {
+            signing::UnsignedRule::RefuseOld
+        }
+    }
+
+    /// Says once per repository what `--allow-unsigned` turned off.
+    fn warn_unsigned(&self) {
+        if !self.warned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(
+                repository = %self.name,
+                "--allow-unsigned: this repository was written before signing, and its unsigned documents are accepted \
+                 without authentication: anyone who could write to it could have forged them"
+            );
+        }
     }
 
     /// Its configured name.
@@ -260,16 +399,19 @@ impl Repository {
         }
     }
 
-    /// Creates the repository; refuses an existing one.
+    /// Creates the repository for `stack` (see [`stack::choose`]); refuses
+    /// an existing one.
     pub async fn init(
         &self,
         recipients: &[age::x25519::Recipient],
+        stack: &str,
     ) -> Result<Marker, RepositoryError> {
         let marker = Marker {
             format: "kompose-dr".into(),
             version: FORMAT_VERSION,
             created_at: Utc::now(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            stack: Some(stack.to_owned()),
         };
         let already = || RepositoryError::AlreadyInitialised {
             name: self.name.clone(),
@@ -295,7 +437,13 @@ impl Repository {
         }
         let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
         match self.put_signed(MARKER, body, PutMode::CreateNew).await {
-            Ok(()) => Ok(marker),
+            Ok(()) => {
+                self.set_state(MarkerState {
+                    signed: self.trust.signing_key.is_some(),
+                    stack: marker.stack.clone(),
+                });
+                Ok(marker)
+            }
             Err(RepositoryError::Storage {
                 source: StorageError::AlreadyExists(_),
                 ..
@@ -304,12 +452,13 @@ impl Repository {
         }
     }
 
-    /// Reads the marker; fails if the repository is not initialised or of a
-    /// newer format.
+    /// Reads the marker; fails if the repository is not initialised, of a
+    /// newer format, or not signed as it must be. Remembers what it says
+    /// for the readers of its documents.
     pub async fn marker(&self) -> Result<Marker, RepositoryError> {
-        let body = match self.backend.get(MARKER).await {
-            Ok(b) => b,
-            Err(StorageError::NotFound(_)) => {
+        let body = match self.read_document(MARKER, validate::MAX_DOCUMENT).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 return Err(RepositoryError::NotInitialised {
                     name: self.name.clone(),
                     location: self.location(),
@@ -317,32 +466,76 @@ impl Repository {
             }
             Err(e) => return Err(self.storage(e)),
         };
-        self.check_signed(MARKER, &body)
+        let damaged = |message: String| RepositoryError::Damaged {
+            name: self.name.clone(),
+            key: MARKER.into(),
+            message,
+        };
+        let sig = self
+            .read_signature(MARKER)
             .await
-            .map_err(|message| RepositoryError::Signature {
-                name: self.name.clone(),
-                message,
-            })?;
-        let marker: Marker =
-            serde_json::from_slice(&body).map_err(|e| RepositoryError::Damaged {
-                name: self.name.clone(),
-                key: MARKER.into(),
-                message: e.to_string(),
-            })?;
-        if let Err(message) = validate::marker(&marker, body.len()) {
-            return Err(RepositoryError::Damaged {
-                name: self.name.clone(),
-                key: MARKER.into(),
-                message,
-            });
+            .map_err(|e| self.storage(e))?;
+        let marker: Marker = serde_json::from_slice(&body).map_err(|e| damaged(e.to_string()))?;
+        // Only signing releases write a stack id; and a host that signed
+        // here knows it did: either makes the repository a signed one,
+        // whatever has happened to the marker's signature since.
+        let signed = sig.is_some() || marker.stack.is_some() || self.signed_here();
+        let rule = self.unsigned_rule(&MarkerState {
+            signed,
+            stack: None,
+        });
+        let how = signing::check(&self.trust, MARKER, &body, sig.as_deref(), rule)
+            .map_err(|source| self.signature(source))?;
+        if how == signing::Signed::AllowedUnsigned {
+            self.warn_unsigned();
         }
+        validate::marker(&marker, body.len()).map_err(damaged)?;
         if marker.version > FORMAT_VERSION {
             return Err(RepositoryError::TooNew {
                 name: self.name.clone(),
                 found: marker.version,
             });
         }
+        self.set_state(MarkerState {
+            signed,
+            stack: marker.stack.clone(),
+        });
         Ok(marker)
+    }
+
+    /// What the marker says, read now if it has not been. A marker that
+    /// cannot be read makes the repository a signed one wherever a public
+    /// key is configured (or this host signed here): deleting the marker
+    /// turns nothing off.
+    pub async fn marker_state(&self) -> MarkerState {
+        if let Some(s) = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return s;
+        }
+        match self.marker().await {
+            Ok(_) => self.marker_state_now(),
+            Err(_) => MarkerState {
+                signed: self.trust.public_key.is_some() || self.signed_here(),
+                stack: None,
+            },
+        }
+    }
+
+    fn marker_state_now(&self) -> MarkerState {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn set_state(&self, state: MarkerState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+    }
+
+    /// Whether this host has committed signed snapshots here (its state
+    /// directory says so).
+    fn signed_here(&self) -> bool {
+        self.seen().is_some_and(|s| s.signed)
     }
 
     /// Takes the repository's writer lock (backup, prune), waiting up to
@@ -375,12 +568,32 @@ impl Repository {
         self.backend.create(key).await.map_err(|e| self.storage(e))
     }
 
-    /// Commits a snapshot by writing its manifest. Call only after every
-    /// object it names is durable.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<(), RepositoryError> {
-        let body = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    /// Commits a snapshot by writing its manifest, with this repository's
+    /// stack and the newest snapshot of that stack here as its predecessor;
+    /// returns the manifest as committed. Call only after every object it
+    /// names is durable, and while holding the writer lock.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<Manifest, RepositoryError> {
+        let state = self.marker_state().await;
+        let mut previous = self.newest_of_stack(&state, &manifest.id).await?;
+        // The newest this host committed here, gone since: named all the
+        // same, so that the deletion keeps showing after this commit.
+        if let Some(seen) = self.seen()
+            && seen.newest < manifest.id
+            && previous.as_deref().is_none_or(|p| p < seen.newest.as_str())
+        {
+            tracing::error!(repository = %self.name, snapshot = %seen.newest, "the newest snapshot this host committed here is gone: it was deleted from the store");
+            previous = Some(seen.newest);
+        }
+        let manifest = Manifest {
+            stack: state.stack.clone(),
+            previous,
+            ..manifest.clone()
+        };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         self.put_signed(&keys::manifest_key(&manifest.id), body, PutMode::CreateNew)
-            .await
+            .await?;
+        self.remember(&manifest);
+        Ok(manifest)
     }
 
     /// Removes every object under `data/<snapshot>/` (for a run that
@@ -400,68 +613,26 @@ impl Repository {
         Ok(())
     }
 
-    /// Every snapshot, newest first, plus the manifests that could not be read.
+    /// This stack's snapshots, newest first, plus the manifests (and prune
+    /// records) that could not be read; [`Repository::listing`] has the
+    /// rest (other stacks' snapshots, vanished ones).
     pub async fn snapshots(
         &self,
     ) -> Result<(Vec<Manifest>, Vec<DamagedManifest>), RepositoryError> {
-        let objects = self
-            .backend
-            .list(keys::SNAPSHOTS)
-            .await
-            .map_err(|e| self.storage(e))?;
-        let mut good = Vec::new();
-        let mut damaged = Vec::new();
-        for o in objects {
-            if !o.key.ends_with(".json") {
-                continue;
-            }
-            if o.size > validate::MAX_DOCUMENT {
-                damaged.push(DamagedManifest {
-                    key: o.key,
-                    message: format!(
-                        "{} bytes is more than any manifest kompose-dr writes",
-                        o.size
-                    ),
-                });
-                continue;
-            }
-            let body = match self.backend.get(&o.key).await {
-                Ok(b) => b,
-                Err(StorageError::NotFound(_)) => continue, // pruned meanwhile
-                Err(e) => return Err(self.storage(e)),
-            };
-            if let Err(message) = self.check_signed(&o.key, &body).await {
-                damaged.push(DamagedManifest {
-                    key: o.key,
-                    message,
-                });
-                continue;
-            }
-            match serde_json::from_slice::<Manifest>(&body) {
-                Ok(m) if m.version <= MANIFEST_VERSION => match validate::manifest(&m, &o.key) {
-                    Ok(()) => good.push(m),
-                    Err(message) => damaged.push(DamagedManifest {
-                        key: o.key,
-                        message,
-                    }),
-                },
-                Ok(m) => damaged.push(DamagedManifest {
-                    key: o.key,
-                    message: format!(
-                        "manifest version {} is newer than this kompose-dr reads",
-                        m.version
-                    ),
-                }),
-                Err(e) => damaged.push(DamagedManifest {
-                    key: o.key,
-                    message: e.to_string(),
-                }),
-            }
-        }
-        // Newest first; ids of one second differ only by their random part.
-        good.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
-        Ok((good, damaged))
+        let listing = self.listing().await?;
+        Ok((listing.ours, listing.damaged))
     }
+}
+
+/// Why a document's signature check did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The signature could not be read.
+    #[error("cannot read its signature: {0}")]
+    Storage(#[source] StorageError),
+    /// The signature is missing or wrong.
+    #[error(transparent)]
+    Signature(signing::SignatureError),
 }
 
 #[cfg(test)]
@@ -478,10 +649,13 @@ mod tests {
             Err(RepositoryError::NotInitialised { .. })
         ));
         let r = age::x25519::Identity::generate().to_public();
-        repo.init(std::slice::from_ref(&r)).await.unwrap();
-        assert_eq!(repo.marker().await.unwrap().recipients, vec![r.to_string()]);
+        let stack = stack::new_id();
+        repo.init(std::slice::from_ref(&r), &stack).await.unwrap();
+        let marker = repo.marker().await.unwrap();
+        assert_eq!(marker.recipients, vec![r.to_string()]);
+        assert_eq!(marker.stack.as_deref(), Some(stack.as_str()));
         assert!(matches!(
-            repo.init(&[r]).await,
+            repo.init(&[r], &stack).await,
             Err(RepositoryError::AlreadyInitialised { .. })
         ));
     }

@@ -30,11 +30,15 @@ fn comment(what: &str) -> String {
 
 /// Signs `body` (the document at key `what`) with the trust's key; `None`
 /// when it holds none.
-pub fn sign(trust: &Trust, what: &str, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+pub fn sign(trust: &Trust, what: &str, body: &[u8]) -> Result<Option<Vec<u8>>, SignatureError> {
     let Some(key) = &trust.signing_key else {
         return Ok(None);
     };
-    let sk = parse_secret_key(key.expose())?;
+    let cannot = |why: String| SignatureError::CannotSign {
+        what: what.to_owned(),
+        why,
+    };
+    let sk = parse_secret_key(key.expose()).map_err(cannot)?;
     let sig = minisign::sign(
         None,
         &sk,
@@ -42,38 +46,108 @@ pub fn sign(trust: &Trust, what: &str, body: &[u8]) -> Result<Option<Vec<u8>>, S
         Some(&comment(what)),
         Some("signature from kompose-dr secret key"),
     )
-    .map_err(|e| format!("cannot sign {what}: {e}"))?;
+    .map_err(|e| cannot(e.to_string()))?;
     Ok(Some(sig.into_string().into_bytes()))
 }
 
+/// What an unsigned document gets: the repository decides, from its
+/// marker and `--allow-unsigned`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsignedRule {
+    /// Accepted: `--allow-unsigned`, on a repository written before signing
+    /// (its marker unsigned, with no stack id).
+    Accept,
+    /// Refused; the repository may predate signing, so `--allow-unsigned`
+    /// would read it (the message says so).
+    RefuseOld,
+    /// Refused: the repository is signed, so nothing unsigned in it is ever
+    /// accepted, whatever the flags.
+    RefuseSigned,
+}
+
+/// Why a document's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// Nothing can be checked: no public key is configured.
+    #[error(
+        "{what}: its signature cannot be checked: no [signing] public_key is configured \
+         (paste the one `kompose-dr init --generate-key` printed){}",
+        if *.signed_repository { "" } else { ", or pass --allow-unsigned for a repository written before signing existed" }
+    )]
+    NoPublicKey {
+        /// The document's key.
+        what: String,
+        /// Whether the repository is signed (so that `--allow-unsigned`
+        /// would not help).
+        signed_repository: bool,
+    },
+    /// The document has no signature, and the repository requires one.
+    #[error(
+        "{what} is not signed: refusing it. Anyone who can write to the repository can forge an unsigned document{}",
+        if *.signed_repository {
+            "; this repository is signed (its marker is), so nothing unsigned in it is ever accepted, --allow-unsigned or not"
+        } else {
+            "; if this repository was written before signing existed, check it by hand (docs/RUNBOOK.md) and pass --allow-unsigned"
+        }
+    )]
+    Unsigned {
+        /// The document's key.
+        what: String,
+        /// Whether the repository is signed.
+        signed_repository: bool,
+    },
+    /// The signature is there and wrong.
+    #[error(
+        "{what} is wrongly signed ({why}): refusing it — it was not written by the backup host's key, or it was changed since"
+    )]
+    Wrong {
+        /// The document's key.
+        what: String,
+        /// What did not fit.
+        why: String,
+    },
+    /// A signature could not be made.
+    #[error("cannot sign {what}: {why}")]
+    CannotSign {
+        /// The document's key.
+        what: String,
+        /// Why.
+        why: String,
+    },
+}
+
 /// Checks `body` (the document at key `what`) against its signature, if
-/// any. Refuses — saying why and what to do — an unsigned document unless
-/// `allow_unsigned`, and a wrongly signed one always.
-pub fn check(trust: &Trust, what: &str, body: &[u8], sig: Option<&[u8]>) -> Result<Signed, String> {
+/// any. An unsigned document passes only under [`UnsignedRule::Accept`];
+/// a wrongly signed one never does.
+pub fn check(
+    trust: &Trust,
+    what: &str,
+    body: &[u8],
+    sig: Option<&[u8]>,
+    rule: UnsignedRule,
+) -> Result<Signed, SignatureError> {
+    let signed_repository = rule == UnsignedRule::RefuseSigned;
     let Some(pk_text) = &trust.public_key else {
-        if trust.allow_unsigned {
+        if rule == UnsignedRule::Accept {
             return Ok(Signed::AllowedUnsigned);
         }
-        return Err(format!(
-            "{what}: its signature cannot be checked: no [signing] public_key is configured \
-             (paste the one `kompose-dr init --generate-key` printed), or pass --allow-unsigned \
-             for a repository written before signing existed"
-        ));
+        return Err(SignatureError::NoPublicKey {
+            what: what.to_owned(),
+            signed_repository,
+        });
     };
     let Some(sig) = sig else {
-        if trust.allow_unsigned {
+        if rule == UnsignedRule::Accept {
             return Ok(Signed::AllowedUnsigned);
         }
-        return Err(format!(
-            "{what} is not signed: refusing it. Anyone who can write to the repository can forge \
-             an unsigned snapshot; if this repository was written before signing existed, check it \
-             by hand (docs/RUNBOOK.md) and pass --allow-unsigned"
-        ));
+        return Err(SignatureError::Unsigned {
+            what: what.to_owned(),
+            signed_repository,
+        });
     };
-    let wrong = |why: String| {
-        format!(
-            "{what} is wrongly signed ({why}): refusing it — it was not written by the backup host's key, or it was changed since"
-        )
+    let wrong = |why: String| SignatureError::Wrong {
+        what: what.to_owned(),
+        why,
     };
     if sig.len() > MAX_SIGNATURE {
         return Err(wrong(format!("{} bytes of signature", sig.len())));
@@ -140,6 +214,7 @@ mod tests {
             public_key: Some(kp.pk.to_base64()),
             signing_key: Some(Secret::new(kp.sk.to_box(None).unwrap().into_string())),
             allow_unsigned: false,
+            seen_dir: None,
         }
     }
 
@@ -149,18 +224,27 @@ mod tests {
         let body = br#"{"id":"20261127T030000Z-abcdef"}"#;
         let what = "snapshots/20261127T030000Z-abcdef.json";
         let sig = sign(&t, what, body).unwrap().unwrap();
-        assert_eq!(check(&t, what, body, Some(&sig)), Ok(Signed::Yes));
-        let e = check(&t, what, br#"{"id":"20261127T030000Z-abcdeF"}"#, Some(&sig)).unwrap_err();
-        assert!(e.contains("wrongly signed"), "{e}");
+        let strict = UnsignedRule::RefuseSigned;
+        assert_eq!(check(&t, what, body, Some(&sig), strict), Ok(Signed::Yes));
+        let e = check(
+            &t,
+            what,
+            br#"{"id":"20261127T030000Z-abcdeF"}"#,
+            Some(&sig),
+            strict,
+        )
+        .unwrap_err();
+        assert!(matches!(e, SignatureError::Wrong { .. }), "{e}");
         // The same bytes under another name: the trusted comment differs.
         let e = check(
             &t,
             "snapshots/20261128T030000Z-abcdef.json",
             body,
             Some(&sig),
+            strict,
         )
         .unwrap_err();
-        assert!(e.contains("made for"), "{e}");
+        assert!(e.to_string().contains("made for"), "{e}");
     }
 
     #[test]
@@ -174,30 +258,36 @@ mod tests {
             .unwrap();
         lines[3] = base64::engine::general_purpose::STANDARD.encode(&global[..62]);
         let cut = lines.join("\n") + "\n";
-        let e = check(&t, "x", b"{}", Some(cut.as_bytes())).unwrap_err();
-        assert!(e.contains("62-byte global signature"), "{e}");
+        let e = check(&t, "x", b"{}", Some(cut.as_bytes()), UnsignedRule::Accept).unwrap_err();
+        assert!(e.to_string().contains("62-byte global signature"), "{e}");
     }
 
     #[test]
     fn unsigned_is_refused_unless_allowed_and_another_key_is_refused_always() {
         let t = trust();
-        let e = check(&t, "x", b"{}", None).unwrap_err();
-        assert!(e.contains("--allow-unsigned"), "{e}");
-        let allowed = Trust {
-            allow_unsigned: true,
-            ..t.clone()
-        };
+        let e = check(&t, "x", b"{}", None, UnsignedRule::RefuseOld).unwrap_err();
+        assert!(e.to_string().contains("--allow-unsigned"), "{e}");
+        let e = check(&t, "x", b"{}", None, UnsignedRule::RefuseSigned).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SignatureError::Unsigned {
+                    signed_repository: true,
+                    ..
+                }
+            ) && e.to_string().contains("is ever accepted"),
+            "{e}"
+        );
         assert_eq!(
-            check(&allowed, "x", b"{}", None),
+            check(&t, "x", b"{}", None, UnsignedRule::Accept),
             Ok(Signed::AllowedUnsigned)
         );
         let other = sign(&trust(), "x", b"{}").unwrap().unwrap();
-        assert!(check(&allowed, "x", b"{}", Some(&other)).is_err());
+        assert!(check(&t, "x", b"{}", Some(&other), UnsignedRule::Accept).is_err());
         let none = Trust::default();
-        assert!(
-            check(&none, "x", b"{}", None)
-                .unwrap_err()
-                .contains("public_key")
-        );
+        assert!(matches!(
+            check(&none, "x", b"{}", None, UnsignedRule::RefuseOld),
+            Err(SignatureError::NoPublicKey { .. })
+        ));
     }
 }

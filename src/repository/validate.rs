@@ -44,6 +44,18 @@ pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
             return Err(format!("`{}` is not an age recipient", r.escape_debug()));
         }
     }
+    match &m.stack {
+        Some(s) if !super::stack::is_stack_id(s) => {
+            return Err(format!(
+                "its stack `{}` is not a stack id",
+                s.escape_debug()
+            ));
+        }
+        None if m.version >= 2 => {
+            return Err(format!("format version {} names no stack", m.version));
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -63,6 +75,22 @@ pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
         return Err(format!(
             "its id `{}` is not its file name `{stem}`",
             m.id.escape_debug()
+        ));
+    }
+    if let Some(stack) = &m.stack
+        && !super::stack::is_stack_id(stack)
+    {
+        return Err(format!(
+            "its stack `{}` is not a stack id",
+            stack.escape_debug()
+        ));
+    }
+    if let Some(p) = &m.previous
+        && !(is_snapshot_id(p) && p.as_str() < m.id.as_str())
+    {
+        return Err(format!(
+            "its predecessor `{}` is not the id of an older snapshot",
+            p.escape_debug()
         ));
     }
     if !m.artifacts.iter().any(|a| a.is_ok()) {
@@ -167,8 +195,20 @@ mod tests {
             version: 1,
             created_at: chrono::Utc::now(),
             recipients,
+            stack: None,
         };
         assert!(marker(&m("kompose-dr", vec![r.clone()]), 300).is_ok());
+        let v2 = |stack: Option<&str>| crate::repository::Marker {
+            version: 2,
+            stack: stack.map(str::to_owned),
+            ..m("kompose-dr", vec![r.clone()])
+        };
+        assert!(marker(&v2(Some(&crate::repository::stack::new_id())), 300).is_ok());
+        assert!(
+            marker(&v2(None), 300).is_err(),
+            "a version 2 marker names its stack"
+        );
+        assert!(marker(&v2(Some("../x")), 300).is_err());
         assert!(marker(&m("restic", vec![r.clone()]), 300).is_err());
         assert!(marker(&m("kompose-dr", vec![]), 300).is_err());
         assert!(marker(&m("kompose-dr", vec!["age1nonsense".into()]), 300).is_err());

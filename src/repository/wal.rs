@@ -130,13 +130,17 @@ impl Repository {
                 )));
                 continue;
             }
-            let body = match self.backend().get(&o.key).await {
-                Ok(b) => b,
-                Err(StorageError::NotFound(_)) => continue,
+            let body = match self.read_document(&o.key, MAX_DOCUMENT).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(StorageError::NotAnObject { message, .. }) => {
+                    damaged.push(bad(message));
+                    continue;
+                }
                 Err(e) => return Err(self.storage(e)),
             };
-            if let Err(m) = self.check_signed(&o.key, &body).await {
-                damaged.push(bad(m));
+            if let Err(e) = self.check_signed(&o.key, &body).await {
+                damaged.push(bad(e.to_string()));
                 continue;
             }
             match serde_json::from_slice::<WalRecord>(&body) {
@@ -160,12 +164,28 @@ impl Repository {
             &r.name,
             r.kind == WalKind::Partial,
         );
-        let body = self.backend().get(&key).await.map_err(|e| e.to_string())?;
-        self.check_signed(&key, &body).await?;
+        let body = match self.read_document(&key, MAX_DOCUMENT).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(format!("{key} does not exist")),
+            Err(e) => return Err(e.to_string()),
+        };
+        self.check_signed(&key, &body)
+            .await
+            .map_err(|e| e.to_string())?;
         let again: WalRecord = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         validate(&again, &key)?;
         if again.system_identifier != r.system_identifier {
             return Err("it names another cluster".into());
+        }
+        // A record only moves forward: an older signed copy put back
+        // between planning and fetching would hide WAL the plan counted on.
+        // (A complete segment that replaced a partial one covers it all.)
+        if again.kind == r.kind
+            && (again.covered_until < r.covered_until || again.end_lsn < r.end_lsn)
+        {
+            return Err(format!(
+                "{key} went backwards since the plan read it (an older signed copy was put back): refusing it"
+            ));
         }
         Ok(again)
     }
@@ -266,5 +286,35 @@ mod tests {
             &keys::wal_record_key(&p.system_identifier, 1, &p.name, true),
         )
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_partial_record_put_back_older_than_planned_is_refused() {
+        let mem = crate::storage::memory::MemoryBackend::new();
+        let repo = Repository::with_backend("mem", std::sync::Arc::new(mem));
+        let r = age::x25519::Identity::generate().to_public();
+        repo.init(&[r], &crate::repository::stack::new_id())
+            .await
+            .unwrap();
+        let (mut old, _) = record();
+        old.kind = WalKind::Partial;
+        old.path = keys::wal_file_key(
+            &old.system_identifier,
+            1,
+            &old.name,
+            Some("0123456789abcdef"),
+        );
+        let t = chrono::Utc::now();
+        old.covered_until = Some(t - chrono::Duration::seconds(60));
+        repo.put_wal_record(&old).await.unwrap();
+        // The plan read a newer one; the older, signed all the same, was
+        // put back before the fetch.
+        let planned = WalRecord {
+            covered_until: Some(t),
+            ..old.clone()
+        };
+        let e = repo.wal_record_again(&planned).await.unwrap_err();
+        assert!(e.contains("went backwards"), "{e}");
+        assert_eq!(repo.wal_record_again(&old).await.unwrap(), old);
     }
 }

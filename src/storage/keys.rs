@@ -12,6 +12,7 @@
 //! locks/<host>-<pid>-<rand>.json      writer leases (S3)
 //! wal/<sysid>/<TL>/<name>.zst.age     archived WAL (docs/DESIGN.md §11)
 //! wal/<sysid>/<TL>/<name>.json        its record, written last
+//! pruned/<ID>.json                    what one prune removed (signed)
 //! ```
 
 use crate::model::manifest::ArtifactKind;
@@ -24,6 +25,15 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const DATA: &str = "data/";
 /// Prefix of the writer leases; these objects are never retention-locked.
 pub const LOCKS: &str = "locks/";
+
+/// Prefix of prune's records of what it removed.
+pub const PRUNED: &str = "pruned/";
+
+/// The key of the record of the prune run `id` (an id of the snapshot-id
+/// shape, made when the run started).
+pub fn prune_record_key(id: &str) -> String {
+    format!("{PRUNED}{id}.json")
+}
 
 /// Prefix of the archived WAL.
 pub const WAL: &str = "wal/";

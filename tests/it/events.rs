@@ -329,6 +329,7 @@ fn shipped_alert_rules_pass_promtool() {
                 "alerts-drill.test.yml",
                 "alerts-absent.test.yml",
                 "alerts-wal.test.yml",
+                "alerts-deletion.test.yml",
             ])
             .current_dir(dir),
     );

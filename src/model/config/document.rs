@@ -53,6 +53,7 @@ pub(super) struct RawConfig {
     drills_dir: Option<Spanned<String>>,
     reports_dir: Option<Spanned<String>>,
     policies_dir: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     #[serde(default)]
     retention: Retention,
@@ -103,6 +104,22 @@ fn stall_timeouts(raw: &RawConfig) -> Vec<(String, String, &Spanned<String>)> {
     out
 }
 
+/// Where this host keeps its state when `state_dir` is not set:
+/// `KOMPOSE_DR_STATE_DIR`, else the units' `StateDirectory=`.
+fn default_state_dir() -> String {
+    std::env::var("KOMPOSE_DR_STATE_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned())
+}
+
+/// The default state directory (the units' `StateDirectory=kompose-dr`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kompose-dr";
+
+/// The folder of the state directory that holds, per repository, what
+/// this host committed there.
+pub const SEEN_DIR: &str = "repositories";
+
 impl Cx<'_> {
     /// Validates every section in file order and assembles the [`Config`].
     pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -110,9 +127,11 @@ impl Cx<'_> {
         // refer to it.
         let docker = self.docker(raw.docker.as_ref())?;
         let trust = self.signing(raw.signing.as_ref())?;
+        let state_dir = self.dir(&raw.state_dir, "state_dir", &default_state_dir())?;
         let mut repositories = self.repositories(&raw.repository)?;
         for r in &mut repositories {
             r.trust = trust.clone();
+            r.trust.seen_dir = Some(state_dir.join(SEEN_DIR));
         }
         // Fields are evaluated in the order written: keep it the order in
         // which errors have always been reported.
@@ -160,6 +179,7 @@ impl Cx<'_> {
                 "policies_dir",
                 "/etc/kompose-dr/policies",
             )?,
+            state_dir,
             timezone: self.timezone(&raw.timezone)?,
             retention: raw.retention.clone(),
             agent: self.agent(raw.agent.as_ref(), &raw.prune_schedule, &raw.drill_schedule)?,

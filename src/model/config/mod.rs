@@ -124,6 +124,10 @@ pub struct Config {
     pub reports_dir: PathBuf,
     /// Where policies are found.
     pub policies_dir: PathBuf,
+    /// Where this host keeps its own state (`state_dir`; default
+    /// `/var/lib/kompose-dr`, or `KOMPOSE_DR_STATE_DIR`): what it committed
+    /// to each repository, so that a snapshot deleted from the store shows.
+    pub state_dir: PathBuf,
     /// Time zone for retention's calendar buckets (default: local time).
     pub timezone: Option<chrono_tz::Tz>,
     /// Retention of snapshots made without a policy.

@@ -36,6 +36,10 @@ pub struct Trust {
     /// `--allow-unsigned`: accept snapshots without a signature (written
     /// before signing existed). A wrong signature is refused all the same.
     pub allow_unsigned: bool,
+    /// Where this host records what it committed to each repository (the
+    /// newest snapshot, and that it signs there): `None` where nothing is
+    /// recorded (tests over in-memory backends).
+    pub seen_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -44,17 +48,24 @@ impl std::fmt::Debug for Trust {
             .field("public_key", &self.public_key)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "…"))
             .field("allow_unsigned", &self.allow_unsigned)
+            .field("seen_dir", &self.seen_dir)
             .finish()
     }
 }
 
 impl Trust {
-    /// Trust that checks nothing: for repositories built in tests over
-    /// in-memory backends.
-    pub fn unchecked() -> Trust {
+    /// A new signing key pair, trusted: for repositories built in tests
+    /// over in-memory backends, which sign and check like any.
+    pub fn ephemeral() -> Trust {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair()
+            .expect("the system has randomness for a key pair");
         Trust {
-            allow_unsigned: true,
-            ..Trust::default()
+            public_key: Some(kp.pk.to_base64()),
+            signing_key: Some(Secret::new(
+                kp.sk.to_box(None).expect("a new key encodes").into_string(),
+            )),
+            allow_unsigned: false,
+            seen_dir: None,
         }
     }
 }
@@ -111,6 +122,7 @@ impl Cx<'_> {
             public_key,
             signing_key,
             allow_unsigned: false,
+            seen_dir: None,
         })
     }
 }

@@ -47,14 +47,19 @@ path = "{file}"
 async fn repository(name: &str, s: &Setup) -> (Repository, MemoryBackend) {
     let mem = MemoryBackend::new();
     let repo = Repository::with_backend(name, Arc::new(mem.clone()));
-    repo.init(std::slice::from_ref(&s.recipient)).await.unwrap();
+    repo.init(
+        std::slice::from_ref(&s.recipient),
+        &crate::repository::stack::new_id(),
+    )
+    .await
+    .unwrap();
     (repo, mem)
 }
 
 fn manifests(mem: &MemoryBackend) -> Vec<String> {
     mem.keys()
         .into_iter()
-        .filter(|k| k.starts_with(crate::storage::keys::SNAPSHOTS))
+        .filter(|k| k.starts_with(crate::storage::keys::SNAPSHOTS) && k.ends_with(".json"))
         .collect()
 }
 

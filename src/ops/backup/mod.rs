@@ -272,8 +272,7 @@ pub async fn run_on(
             "configuration {}: no [signing] key_file (or key_credential) to sign snapshots for repository `{}`: \
              readers refuse unsigned snapshots. Make a key with `kompose-dr init --generate-key FILE` \
              (it writes FILE.sign and prints the lines to paste; under systemd install FILE.sign as \
-             /etc/kompose-dr/credentials/signing_key, 0600 root: a key_credential that is absent or empty counts as none), \
-             or pass --allow-unsigned",
+             /etc/kompose-dr/credentials/signing_key, 0600 root: a key_credential that is absent or empty counts as none)",
             config.path.display(),
             r.name()
         )));
@@ -390,6 +389,8 @@ fn manifest_head(snapshot: &str, opts: &BackupOptions, started_at: DateTime<Utc>
         status: SnapshotStatus::Ok,
         artifacts: Vec::new(),
         facts: None,
+        stack: None,
+        previous: None,
     }
 }
 
@@ -420,6 +421,7 @@ async fn open_targets(
             }
         }
     }
+    adopt_all(&mut targets).await;
     if targets.is_empty() {
         let why: Vec<String> = unavailable
             .iter()
@@ -431,6 +433,26 @@ async fn open_targets(
         });
     }
     Ok((targets, unavailable))
+}
+
+/// Gives every repository written before stack ids the stack id of the
+/// others (or a new one), once: its marker is re-signed with it.
+async fn adopt_all(targets: &mut [Target]) {
+    let mut markers = Vec::new();
+    for t in targets.iter() {
+        if let Ok(m) = t.repo.marker().await {
+            markers.push(m);
+        }
+    }
+    let stack = crate::repository::stack::choose(&markers);
+    for t in targets.iter_mut() {
+        if let Err(e) = t.repo.adopt(&stack).await {
+            tracing::error!(repository = t.repo.name(), error = %e, "could not give the repository its stack id");
+            t.report
+                .errors
+                .push(format!("adopting the repository into stack {stack}: {e}"));
+        }
+    }
 }
 
 /// Stores the facts sidecar (encrypted like everything else) of the
@@ -529,7 +551,7 @@ async fn commit_to(
         ..head.clone()
     };
     match target.repo.commit(&manifest).await {
-        Ok(()) => {
+        Ok(_) => {
             target.report.committed = true;
             tracing::info!(repository = %name, snapshot = %manifest.id, status = ?manifest.status, "snapshot committed");
         }

@@ -250,8 +250,15 @@ pub async fn after_backup(config: &Config, report: &BackupReport, mut failed: Ve
     }
     for rc in &config.repositories {
         let repo = Repository::open(rc);
-        match repo.snapshots().await {
-            Ok((snaps, _)) => m.record_repository(rc.name.as_str(), &snaps),
+        match repo.listing().await {
+            Ok(listing) => {
+                m.record_repository(rc.name.as_str(), &listing.ours);
+                m.record_deletions(
+                    rc.name.as_str(),
+                    listing.vanished.len(),
+                    listing.behind.is_some(),
+                );
+            }
             Err(e) => {
                 tracing::warn!(repository = %rc.name, error = %e, "cannot count snapshots for the metrics")
             }

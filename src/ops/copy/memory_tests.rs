@@ -21,14 +21,19 @@ fn signing() -> Trust {
         public_key: Some(kp.pk.to_base64()),
         signing_key: Some(Secret::new(kp.sk.to_box(None).unwrap().into_string())),
         allow_unsigned: false,
+        seen_dir: None,
     }
 }
+
+/// The stack every repository of these tests belongs to, as `init` gives
+/// one configuration's repositories one stack.
+const STACK: &str = "0b8b7a52-6f2e-4a47-9d3c-5b1f7e2a9c10";
 
 async fn repository(name: &str, trust: &Trust) -> (Repository, MemoryBackend) {
     let mem = MemoryBackend::new();
     let repo = Repository::with_backend(name, Arc::new(mem.clone())).trusting(trust.clone());
     let r = age::x25519::Identity::generate().to_public();
-    repo.init(&[r]).await.unwrap();
+    repo.init(&[r], STACK).await.unwrap();
     (repo, mem)
 }
 
@@ -164,7 +169,7 @@ async fn a_signed_snapshot_is_copied_byte_for_byte_and_verifies_in_the_target() 
 
 #[tokio::test]
 async fn a_damaged_object_aborts_its_snapshot_and_commits_nothing() {
-    let trust = Trust::unchecked();
+    let trust = signing();
     let (src, src_mem) = repository("local", &trust).await;
     let (dst, dst_mem) = repository("offsite", &trust).await;
     snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
@@ -185,7 +190,7 @@ async fn a_damaged_object_aborts_its_snapshot_and_commits_nothing() {
 
 #[tokio::test]
 async fn an_interrupted_copy_is_resumed_keeping_the_objects_already_there() {
-    let trust = Trust::unchecked();
+    let trust = signing();
     let (src, src_mem) = repository("local", &trust).await;
     let (dst, dst_mem) = repository("offsite", &trust).await;
     snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
@@ -206,7 +211,7 @@ async fn an_interrupted_copy_is_resumed_keeping_the_objects_already_there() {
 
 #[tokio::test]
 async fn a_dry_run_writes_nothing() {
-    let trust = Trust::unchecked();
+    let trust = signing();
     let (src, src_mem) = repository("local", &trust).await;
     let (dst, dst_mem) = repository("offsite", &trust).await;
     snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
@@ -278,7 +283,7 @@ fn backfill_plans_what_each_repository_lacks_within_retention() {
 
 #[tokio::test]
 async fn backfill_fills_in_and_reports_an_unreachable_repository() {
-    let trust = Trust::unchecked();
+    let trust = signing();
     let (local, local_mem) = repository("local", &trust).await;
     let (offsite, offsite_mem) = repository("offsite", &trust).await;
     snapshot(&local, &local_mem, A, "2026-11-25T03:00:00Z", b"first").await;

@@ -162,8 +162,9 @@ impl Which {
 
 /// Finds the snapshot to verify.
 pub async fn find_snapshot(repo: &Repository, which: &Which) -> Result<Manifest, VerifyError> {
-    let (snaps, damaged) = repo.snapshots().await?;
-    for d in &damaged {
+    let listing = repo.listing().await?;
+    let (snaps, damaged) = (&listing.ours, &listing.damaged);
+    for d in damaged {
         tracing::warn!(repository = repo.name(), manifest = %d.key, "refused: {}", d.message);
     }
     if let Which::Id(id) = which
@@ -179,7 +180,8 @@ pub async fn find_snapshot(repo: &Repository, which: &Which) -> Result<Manifest,
     let found = match which {
         Which::Latest => snaps.first(),
         Which::Oldest => snaps.last(),
-        Which::Id(id) => snaps.iter().find(|m| &m.id == id),
+        // A snapshot of another stack is used when named.
+        Which::Id(id) => listing.find(id),
     };
     found.cloned().ok_or_else(|| match which {
         Which::Id(id) => VerifyError::NoSuchSnapshot {

@@ -269,11 +269,12 @@ fn unsigned_and_tampered_snapshots_and_markers_are_refused_by_every_reader() {
     // keep_last = 1: believed, the forgery would push the real one out.
     ws.run(&["prune"]).assert_exit(1);
     assert!(real.exists());
-    // --allow-unsigned: an explicit opt-in for repositories older than
-    // signing; it lists the unsigned one.
+    // --allow-unsigned reads only repositories older than signing: this
+    // one's marker is signed, so the unsigned forgery stays refused.
     let out = ws.run(&["--allow-unsigned", "--json", "snapshots"]);
-    out.assert_exit(0);
-    assert_eq!(out.json()["snapshots"].as_array().unwrap().len(), 2);
+    out.assert_exit(1);
+    out.assert_stderr_contains("nothing unsigned in it is ever accepted");
+    assert_eq!(out.json()["snapshots"].as_array().unwrap().len(), 1);
     std::fs::remove_file(&forged).unwrap();
 
     // The real manifest with one figure changed: its signature no longer fits,

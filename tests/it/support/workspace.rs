@@ -178,8 +178,15 @@ impl Workspace {
         c.arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
-            .env("TMPDIR", tmp);
+            .env("TMPDIR", tmp)
+            .env("KOMPOSE_DR_STATE_DIR", self.state_dir());
         c
+    }
+
+    /// The binary's state directory (`KOMPOSE_DR_STATE_DIR`): what this
+    /// "host" committed to each repository.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The binary's `TMPDIR`.

@@ -1,0 +1,214 @@
+//! Reading a repository's snapshots: every manifest checked (bounded in
+//! size and number, signed, validated), sorted into this stack's and other
+//! stacks', and the gaps that show a deletion: a snapshot that a later one
+//! names as its predecessor and that prune did not remove, and a newest
+//! snapshot that this host committed and that is gone.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::validate::{self, MAX_DOCUMENT};
+use super::{DamagedManifest, MarkerState, Repository, RepositoryError};
+use crate::model::manifest::{MANIFEST_VERSION, Manifest};
+use crate::storage::{StorageError, keys};
+
+/// The most manifests a reader loads: a nightly backup for centuries.
+pub const MAX_MANIFESTS: usize = 50_000;
+
+/// A repository's snapshots, as a reader may use them.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The repository's stack (its marker's), if it has one yet.
+    pub stack: Option<String>,
+    /// This stack's snapshots, newest first: the ones `latest`, a point in
+    /// time, retention and the agent's schedule consider.
+    pub ours: Vec<Manifest>,
+    /// Snapshots of other stacks (signed by the same key, written for
+    /// another host or repository), newest first: used only when named.
+    pub others: Vec<Manifest>,
+    /// Manifests and prune records that could not be read, with why.
+    pub damaged: Vec<DamagedManifest>,
+    /// Snapshots that a later one names as its predecessor, gone other
+    /// than through prune.
+    pub vanished: Vec<Vanished>,
+    /// The newest snapshot this host committed here, if it is gone other
+    /// than through prune: the repository is behind what this host wrote.
+    pub behind: Option<Behind>,
+}
+
+/// A snapshot gone other than through prune.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vanished {
+    /// The vanished snapshot's id.
+    pub id: String,
+    /// The snapshot that names it as its predecessor.
+    pub named_by: String,
+}
+
+/// The repository holds less than this host committed to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Behind {
+    /// The newest snapshot this host committed here, now missing.
+    pub host_newest: String,
+    /// The repository's newest snapshot of this stack, if any.
+    pub repository_newest: Option<String>,
+}
+
+impl Listing {
+    /// A snapshot by id, of this stack or another (named snapshots may be
+    /// of any stack).
+    pub fn find(&self, id: &str) -> Option<&Manifest> {
+        self.ours.iter().chain(&self.others).find(|m| m.id == id)
+    }
+
+    /// Whether a deletion shows: a vanished snapshot, or a repository
+    /// behind this host's record.
+    pub fn deletion_shows(&self) -> bool {
+        !self.vanished.is_empty() || self.behind.is_some()
+    }
+}
+
+/// What reading one manifest gave.
+enum Read {
+    /// Removed between the listing and the read (a prune running).
+    Gone,
+    /// Checked out.
+    Good(Box<Manifest>),
+    /// Does not check out: why.
+    Damaged(String),
+}
+
+/// Whether `m` belongs to the stack of a repository in `state`: its own
+/// stack, or none (a snapshot written before stack ids).
+fn belongs(m: &Manifest, state: &MarkerState) -> bool {
+    m.stack.is_none() || m.stack == state.stack
+}
+
+/// The snapshot id of a manifest key, if it is one.
+fn id_of(key: &str) -> Option<&str> {
+    key.strip_prefix(keys::SNAPSHOTS)?.strip_suffix(".json")
+}
+
+impl Repository {
+    /// Every snapshot, read with every rule a reader applies and sorted by
+    /// stack, with the deletions that show.
+    pub async fn listing(&self) -> Result<Listing, RepositoryError> {
+        let state = self.marker_state().await;
+        let keys = self.manifest_keys().await?;
+        let mut listing = Listing {
+            stack: state.stack.clone(),
+            ..Listing::default()
+        };
+        for key in &keys {
+            match self.read_manifest(key).await? {
+                Read::Gone => {}
+                Read::Good(m) if belongs(&m, &state) => listing.ours.push(*m),
+                Read::Good(m) => listing.others.push(*m),
+                Read::Damaged(message) => listing.damaged.push(DamagedManifest {
+                    key: key.clone(),
+                    message,
+                }),
+            }
+        }
+        // Newest first; ids of one second differ only by their random part.
+        for list in [&mut listing.ours, &mut listing.others] {
+            list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
+        }
+        let present: BTreeSet<&str> = keys.iter().filter_map(|k| id_of(k)).collect();
+        let (pruned, bad) = self.pruned().await?;
+        listing.damaged.extend(bad);
+        listing.vanished = listing
+            .ours
+            .iter()
+            .filter(|m| m.repository == self.name)
+            .filter_map(|m| {
+                let p = m.previous.as_deref()?;
+                (!present.contains(p) && !pruned.contains(p)).then(|| Vanished {
+                    id: p.to_owned(),
+                    named_by: m.id.clone(),
+                })
+            })
+            .collect();
+        if let Some(seen) = self.seen()
+            && !present.contains(seen.newest.as_str())
+            && !pruned.contains(&seen.newest)
+        {
+            listing.behind = Some(Behind {
+                host_newest: seen.newest,
+                repository_newest: listing.ours.first().map(|m| m.id.clone()),
+            });
+        }
+        Ok(listing)
+    }
+
+    /// The keys of every manifest, oldest first; refused past
+    /// [`MAX_MANIFESTS`].
+    async fn manifest_keys(&self) -> Result<Vec<String>, RepositoryError> {
+        let objects = self
+            .backend
+            .list(keys::SNAPSHOTS)
+            .await
+            .map_err(|e| self.storage(e))?;
+        let keys: Vec<String> = objects
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        if keys.len() > MAX_MANIFESTS {
+            return Err(RepositoryError::TooMany {
+                name: self.name.clone(),
+                prefix: keys::SNAPSHOTS,
+                count: keys.len(),
+                limit: MAX_MANIFESTS,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// One manifest, with every rule a reader applies: at most
+    /// [`MAX_DOCUMENT`] bytes read, signed, a known version, validated.
+    async fn read_manifest(&self, key: &str) -> Result<Read, RepositoryError> {
+        let body = match self.read_document(key, MAX_DOCUMENT).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Read::Gone),
+            Err(StorageError::NotAnObject { message, .. }) => return Ok(Read::Damaged(message)),
+            Err(e) => return Err(self.storage(e)),
+        };
+        if let Err(e) = self.check_signed(key, &body).await {
+            return Ok(Read::Damaged(e.to_string()));
+        }
+        Ok(match serde_json::from_slice::<Manifest>(&body) {
+            Ok(m) if m.version <= MANIFEST_VERSION => match validate::manifest(&m, key) {
+                Ok(()) => Read::Good(Box::new(m)),
+                Err(message) => Read::Damaged(message),
+            },
+            Ok(m) => Read::Damaged(format!(
+                "manifest version {} is newer than this kompose-dr reads",
+                m.version
+            )),
+            Err(e) => Read::Damaged(e.to_string()),
+        })
+    }
+
+    /// The newest snapshot of the repository's stack older than `id`: the
+    /// predecessor a snapshot `id` committed now names. Manifests are read
+    /// newest first until one of the stack checks out.
+    pub(super) async fn newest_of_stack(
+        &self,
+        state: &MarkerState,
+        id: &str,
+    ) -> Result<Option<String>, RepositoryError> {
+        let mut keys = self.manifest_keys().await?;
+        keys.retain(|k| id_of(k).is_some_and(|i| i < id));
+        keys.sort();
+        for key in keys.iter().rev() {
+            if let Read::Good(m) = self.read_manifest(key).await?
+                && belongs(&m, state)
+            {
+                return Ok(Some(m.id));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -327,27 +327,28 @@ impl Found {
         let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let who = match &self.body {
             Some(b) => format!("{} (lease {}", b.holder, self.key),
-            None => format!(
-                "an unreadable lease {} (not a lease kompose-dr wrote: remove it if no writer is running",
-                self.key
-            ),
+            None => format!("an unreadable lease {} (", self.key),
         };
-        let asked = match self.asked {
-            Some(a) => format!(
+        let note = match (self.asked, &self.body) {
+            (Some(a), _) => format!(
                 "; its body asks for {}s, more than the configured lease_ttl, so it counts for {}s",
                 a.as_secs(),
                 self.ttl.as_secs()
             ),
-            None => String::new(),
+            (None, None) => {
+                "; it is not a lease kompose-dr wrote: remove it if no writer is running".to_owned()
+            }
+            (None, Some(_)) => String::new(),
         };
+        let sep = if self.body.is_some() { ", " } else { "" };
         match (self.modified, &self.body) {
             (Some(m), _) => format!(
-                "{who}, written {}, stale at {} by the store's clock{asked})",
+                "{who}{sep}written {}, stale at {} by the store's clock{note})",
                 secs(m),
                 secs(m + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX))
             ),
-            (None, Some(b)) => format!("{who}, expires {}{asked})", secs(b.expires_at)),
-            (None, None) => format!("{who}; the store keeps no times, so it never goes stale)"),
+            (None, Some(b)) => format!("{who}{sep}expires {}{note})", secs(b.expires_at)),
+            (None, None) => format!("{who}the store keeps no times, so it never goes stale{note})"),
         }
     }
 }

@@ -167,3 +167,46 @@ pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
     }
     Ok(sk)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::Config;
+
+    /// A configuration whose `[signing] key_file` is a fresh key of `mode`.
+    fn with_key(mode: u32) -> (tempfile::TempDir, std::path::PathBuf, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let key = dir.path().join("key.sign");
+        std::fs::write(&key, kp.sk.to_box(None).unwrap().into_string()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = format!(
+            "[[repository]]\nname = \"local\"\nurl = \"/var/backups\"\n\n[signing]\nkey_file = \"{}\"\npublic_key = \"{}\"\n",
+            key.display(),
+            kp.pk.to_base64()
+        );
+        (dir, key, text)
+    }
+
+    #[test]
+    fn a_key_file_only_its_owner_reads_is_loaded_and_its_path_kept() {
+        let (dir, key, text) = with_key(0o600);
+        let c = Config::from_toml(&text, &dir.path().join("c.toml")).unwrap();
+        assert!(c.repositories[0].trust.signing_key.is_some());
+        assert_eq!(c.signing_key_file, Some(key));
+    }
+
+    #[test]
+    fn a_key_file_group_or_others_can_read_is_a_configuration_error_with_the_chmod() {
+        let (dir, key, text) = with_key(0o644);
+        let e = Config::from_toml(&text, &dir.path().join("c.toml")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("signing.key_file"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.message.contains("mode 0644")
+                && e.message.contains(&format!("`chmod 600 {}`", key.display())),
+            "{e}"
+        );
+    }
+}

@@ -205,7 +205,8 @@ mod tests {
         assert_eq!(e.line, Some(6), "{e}");
         assert!(
             e.message.contains("mode 0644")
-                && e.message.contains(&format!("`chmod 600 {}`", key.display())),
+                && e.message
+                    .contains(&format!("`chmod 600 {}`", key.display())),
             "{e}"
         );
     }

@@ -93,9 +93,91 @@ fn write_identity(path: &Path) -> Result<String, Failure> {
     Ok(recipient)
 }
 
+/// The key files this run wrote; dropped without [`Generated::keep`], it
+/// removes them (only them: a file that existed was never written), so a
+/// run that fails half way leaves no key that nothing uses behind.
+struct Generated {
+    files: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Generated {
+    /// Keeps the files.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Generated {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for f in &self.files {
+            match std::fs::remove_file(f) {
+                Ok(()) => tracing::warn!(
+                    path = %f.display(),
+                    "removed the key file this run wrote: init failed, nothing uses it; run init --generate-key again once the failure is fixed"
+                ),
+                Err(e) => tracing::error!(
+                    path = %f.display(),
+                    error = %e,
+                    "cannot remove the key file this run wrote although init failed: remove it by hand"
+                ),
+            }
+        }
+    }
+}
+
+/// Writes a new age identity to `path` and a new signing key to
+/// `path.sign`, both 0600 and never over an existing file; on failure,
+/// nothing written is left.
+fn generate(path: &Path, report: &mut Report) -> Result<Generated, Failure> {
+    let mut sign_path = path.to_path_buf().into_os_string();
+    sign_path.push(".sign");
+    let sign_path = PathBuf::from(sign_path);
+    if sign_path.exists() {
+        return Err(Failure::usage(format!(
+            "{} already exists: refusing to overwrite a signing key",
+            sign_path.display()
+        )));
+    }
+    let recipient = write_identity(path)?;
+    let mut written = Generated {
+        files: vec![path.to_path_buf()],
+        kept: false,
+    };
+    tracing::info!(path = %path.display(), "age identity written (mode 0600): keep a copy offline, it is the only key to the backups");
+    let public_key = write_signing_key(&sign_path)?;
+    written.files.push(sign_path.clone());
+    tracing::info!(path = %sign_path.display(), "signing key written (mode 0600): it stays on the backup host; readers need only its public key");
+    report.recipient = Some(recipient);
+    report.identity_file = Some(path.to_path_buf());
+    report.public_key = Some(public_key);
+    report.signing_key_file = Some(sign_path);
+    Ok(written)
+}
+
+/// Prints the configuration lines for the keys `generate` wrote.
+fn print_keys(report: &Report) {
+    let (Some(recipient), Some(sign), Some(public_key)) = (
+        &report.recipient,
+        &report.signing_key_file,
+        &report.public_key,
+    ) else {
+        return;
+    };
+    output::line("# paste into the configuration: [encryption]");
+    output::line(format!("recipients = [\"{recipient}\"]"));
+    output::line("# [signing]");
+    output::line(format!("key_file = \"{}\"", sign.display()));
+    output::line(format!("public_key = \"{public_key}\""));
+}
+
 /// Runs `init`: writes a new age identity first if `--generate-key` asks, then
 /// creates each selected repository. One that already exists is left unchanged
-/// and makes the exit 2 (1 if another repository failed).
+/// and makes the exit 2 (1 if another repository failed). Keys written by
+/// a run that fails, and creates no repository, are removed again.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let mut report = Report {
         recipient: None,
@@ -104,43 +186,43 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         signing_key_file: None,
         repositories: Vec::new(),
     };
-    if let Some(path) = &args.generate_key {
-        let mut sign_path = path.clone().into_os_string();
-        sign_path.push(".sign");
-        let sign_path = PathBuf::from(sign_path);
-        if sign_path.exists() {
-            return Err(Failure::usage(format!(
-                "{} already exists: refusing to overwrite a signing key",
-                sign_path.display()
-            )));
-        }
-        let recipient = write_identity(path)?;
-        tracing::info!(path = %path.display(), "age identity written (mode 0600): keep a copy offline, it is the only key to the backups");
-        let public_key = write_signing_key(&sign_path)?;
-        tracing::info!(path = %sign_path.display(), "signing key written (mode 0600): it stays on the backup host; readers need only its public key");
-        if !globals.json {
-            output::line("# paste into the configuration: [encryption]");
-            output::line(format!("recipients = [\"{recipient}\"]"));
-            output::line("# [signing]");
-            output::line(format!("key_file = \"{}\"", sign_path.display()));
-            output::line(format!("public_key = \"{public_key}\""));
-        }
-        report.recipient = Some(recipient);
-        report.identity_file = Some(path.clone());
-        report.public_key = Some(public_key);
-        report.signing_key_file = Some(sign_path);
-        if !globals.config.exists() {
-            tracing::info!(
-                config = %globals.config.display(),
-                "no configuration yet: put the recipient above in [encryption] recipients, then run `kompose-dr init`"
-            );
-            if globals.json {
-                output::json(&report);
+    let generated = match &args.generate_key {
+        Some(path) => Some(generate(path, &mut report)?),
+        None => None,
+    };
+    let result = if generated.is_some() && !globals.config.exists() {
+        tracing::info!(
+            config = %globals.config.display(),
+            "no configuration yet: put the recipient above in [encryption] recipients, then run `kompose-dr init`"
+        );
+        Ok(Outcome::Success)
+    } else {
+        create(globals, &args, &mut report).await
+    };
+    if let Some(generated) = generated {
+        // A repository created in this run may already be signed with the
+        // new key (a configuration naming FILE.sign): keep it then.
+        if matches!(result, Ok(Outcome::Success)) || report.repositories.iter().any(|r| r.created) {
+            generated.keep();
+            if !globals.json {
+                print_keys(&report);
             }
-            return Ok(Outcome::Success);
+        } else {
+            drop(generated);
+            report.recipient = None;
+            report.identity_file = None;
+            report.public_key = None;
+            report.signing_key_file = None;
         }
     }
+    if globals.json {
+        output::json(&report);
+    }
+    result
+}
 
+/// Creates each selected repository, recording each in `report`.
+async fn create(globals: &Globals, args: &Args, report: &mut Report) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let encryption = config.encryption.as_ref().ok_or_else(|| {
         Failure::usage(format!(
@@ -189,9 +271,6 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             created: result.is_ok(),
             error: result.err().map(|e| e.to_string()),
         });
-    }
-    if globals.json {
-        output::json(&report);
     }
     Ok(exit)
 }

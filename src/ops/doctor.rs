@@ -11,7 +11,8 @@
 //! credentials), the metrics textfile's directory (a probe file), the
 //! container engine and every container named, the scratch runtime's
 //! binaries and user, signing, the policy and drill files, the reports
-//! directory and the identity. Each network check is bounded by
+//! directory, the identity and signing key files (readable by their owner
+//! only) and an S3 repository's lock leases. Each network check is bounded by
 //! `[timeouts] connect`; every failure names what to fix (the key, the
 //! file, the command). Messages are scrubbed of every configured secret.
 
@@ -33,6 +34,7 @@ pub struct Check {
     pub message: String,
 }
 
+mod leases;
 mod paths;
 mod sources;
 mod unit;
@@ -55,10 +57,14 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         let repo = Repository::open(rc);
         let limit = config.timeouts.connect;
         let before = checks.len();
-        if tokio::time::timeout(limit * 4, repository(&repo, &mut checks))
-            .await
-            .is_err()
-        {
+        let all = async {
+            repository(&repo, &mut checks).await;
+            // Reached: its leases too.
+            if checks.get(before).is_some_and(|c| c.ok) {
+                leases::leases(rc, &repo, &mut checks).await;
+            }
+        };
+        if tokio::time::timeout(limit * 4, all).await.is_err() {
             checks.truncate(before);
             checks.push(check(
                 format!("repository {}: reach", repo.name()),
@@ -84,6 +90,7 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         signing(config, &mut checks);
         paths::policies_and_drills(config, &mut checks);
         paths::identity(config, &mut checks);
+        paths::signing_key_file(config, &mut checks);
         unit::sandbox(config, &mut checks);
     }
     // Servers' and tools' messages are quoted: none may carry a secret.

@@ -367,7 +367,8 @@ pub fn decode_all(
     Ok(out)
 }
 
-/// Loads the age identities from the configured identity file.
+/// Loads the age identities from the configured identity file, which is
+/// refused unread while group or others can read it.
 pub fn load_identities(
     config: &crate::model::config::Config,
 ) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, crate::error::InvalidInput> {
@@ -381,7 +382,10 @@ pub fn load_identities(
                 config.path.display()
             ))
         })?;
-    let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|e| {
+    // Refused unread while group or others can read it, as ssh does.
+    let body = crate::model::config::keyfile::read(&path, "identity file")
+        .map_err(|e| crate::error::InvalidInput(e.to_string()))?;
+    let file = age::IdentityFile::from_buffer(body.as_slice()).map_err(|e| {
         crate::error::InvalidInput(format!(
             "cannot read the identity file {}: {e}",
             path.display()

@@ -191,24 +191,39 @@ impl Repository {
         })
     }
 
-    /// The newest snapshot of the repository's stack older than `id`: the
-    /// predecessor a snapshot `id` committed now names. Manifests are read
-    /// newest first until one of the stack checks out.
+    /// The newest snapshot of the repository's stack started before
+    /// `manifest`: the predecessor it names when committed now. Manifests
+    /// are read newest first (by the second in their id), until one of the
+    /// stack checks out and nothing of an earlier second can be newer.
     pub(super) async fn newest_of_stack(
         &self,
         state: &MarkerState,
-        id: &str,
-    ) -> Result<Option<String>, RepositoryError> {
+        manifest: &Manifest,
+    ) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, RepositoryError> {
+        let second = |id: &str| id.get(..16).unwrap_or_default().to_owned();
+        let own = (manifest.started_at, manifest.id.as_str());
         let mut keys = self.manifest_keys().await?;
-        keys.retain(|k| id_of(k).is_some_and(|i| i < id));
+        keys.retain(|k| {
+            id_of(k).is_some_and(|i| i != manifest.id && second(i) <= second(&manifest.id))
+        });
         keys.sort();
+        let mut best: Option<Manifest> = None;
         for key in keys.iter().rev() {
+            if let Some(b) = &best
+                && id_of(key).is_some_and(|i| second(i) < second(&b.id))
+            {
+                break;
+            }
             if let Read::Good(m) = self.read_manifest(key).await?
                 && belongs(&m, state)
+                && (m.started_at, m.id.as_str()) < own
+                && best
+                    .as_ref()
+                    .is_none_or(|b| (m.started_at, &m.id) > (b.started_at, &b.id))
             {
-                return Ok(Some(m.id));
+                best = Some(*m);
             }
         }
-        Ok(None)
+        Ok(best.map(|m| (m.started_at, m.id)))
     }
 }

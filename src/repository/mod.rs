@@ -574,19 +574,22 @@ impl Repository {
     /// names is durable, and while holding the writer lock.
     pub async fn commit(&self, manifest: &Manifest) -> Result<Manifest, RepositoryError> {
         let state = self.marker_state().await;
-        let mut previous = self.newest_of_stack(&state, &manifest.id).await?;
+        let mut previous = self.newest_of_stack(&state, manifest).await?;
         // The newest this host committed here, gone since: named all the
         // same, so that the deletion keeps showing after this commit.
         if let Some(seen) = self.seen()
-            && seen.newest < manifest.id
-            && previous.as_deref().is_none_or(|p| p < seen.newest.as_str())
+            && let Some(at) = seen.newest_started_at
+            && (at, seen.newest.as_str()) < (manifest.started_at, manifest.id.as_str())
+            && previous
+                .as_ref()
+                .is_none_or(|(p_at, p)| (*p_at, p.as_str()) < (at, seen.newest.as_str()))
         {
             tracing::error!(repository = %self.name, snapshot = %seen.newest, "the newest snapshot this host committed here is gone: it was deleted from the store");
-            previous = Some(seen.newest);
+            previous = Some((at, seen.newest));
         }
         let manifest = Manifest {
             stack: state.stack.clone(),
-            previous,
+            previous: previous.map(|(_, id)| id),
             ..manifest.clone()
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");

@@ -30,6 +30,9 @@ pub struct Seen {
     pub stack: Option<String>,
     /// The newest snapshot this host committed there.
     pub newest: String,
+    /// When that snapshot started (ids of one second do not sort by time).
+    #[serde(default)]
+    pub newest_started_at: Option<DateTime<Utc>>,
     /// When it was committed.
     pub committed_at: DateTime<Utc>,
     /// Whether this host signed it.
@@ -94,21 +97,20 @@ impl Repository {
     }
 
     /// Records `manifest`, just committed, as the newest this host wrote
-    /// here (never moving the record back to an older id). A failure is
-    /// logged: the snapshot is committed all the same.
+    /// here. A failure is logged: the snapshot is committed all the same.
     pub(super) fn remember(&self, manifest: &Manifest) {
         let Some(dir) = &self.trust.seen_dir else {
             return;
         };
+        // Commits to one repository are serialised by its writer lock, so
+        // the last one is the newest (ids of one second do not sort by time).
         let location = self.location();
-        if read(dir, &location).is_some_and(|s| s.newest > manifest.id) {
-            return;
-        }
         let seen = Seen {
             repository: self.name.clone(),
             location,
             stack: manifest.stack.clone(),
             newest: manifest.id.clone(),
+            newest_started_at: Some(manifest.started_at),
             committed_at: Utc::now(),
             signed: self.trust.signing_key.is_some(),
         };
@@ -137,6 +139,7 @@ mod tests {
             location: "/srv/repo".into(),
             stack: None,
             newest: "20261201T030000Z-abcdef".into(),
+            newest_started_at: None,
             committed_at: Utc::now(),
             signed: true,
         };

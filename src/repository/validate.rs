@@ -86,7 +86,7 @@ pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
         ));
     }
     if let Some(p) = &m.previous
-        && !(is_snapshot_id(p) && p.as_str() < m.id.as_str())
+        && !(is_snapshot_id(p) && p.get(..16) <= m.id.get(..16) && *p != m.id)
     {
         return Err(format!(
             "its predecessor `{}` is not the id of an older snapshot",

@@ -192,8 +192,9 @@ fn init_generates_a_private_key_and_refuses_to_reinitialise() {
     out.assert_exit(0);
     let marker: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ws.repo.join("kompose-dr.json")).unwrap()).unwrap();
-    assert_eq!(marker["version"], 1);
+    assert_eq!(marker["version"], 2);
     assert_eq!(marker["recipients"], serde_json::json!([ws.recipient]));
+    assert!(marker["stack"].is_string(), "{marker:#}");
     let out = ws.run(&["init"]);
     out.assert_exit(2);
     out.assert_stderr_contains("already exists");

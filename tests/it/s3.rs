@@ -663,6 +663,83 @@ fn a_lease_of_a_writer_with_a_skewed_clock_is_judged_by_last_modified() {
     assert!(!garage.keys("kdr-skew").iter().any(|k| k == key));
 }
 
+/// Whoever can write to the bucket can plant a lease: one whose body is
+/// garbage and one that asks for a billion seconds. Each counts for the
+/// configured lease_ttl after its LastModified, no more: the backup is
+/// refused at once naming both and when they go stale, doctor names them,
+/// and a backup that waits takes over once they are stale.
+#[test]
+fn planted_leases_hold_writers_off_for_the_configured_ttl_only() {
+    let garage = Garage::start();
+    garage.bucket("kdr-plant");
+    let ws = Workspace::new();
+    let f = ws.dir.path().join("acme.json");
+    std::fs::write(&f, "{}").unwrap();
+    let repo = garage.repository(
+        ws.dir.path(),
+        "offsite",
+        "s3://kdr-plant/p",
+        &garage.endpoint(),
+        "lease_ttl = \"8s\"\n",
+    );
+    ws.configure_repositories(&repo, &files_section("acme", &f));
+    ws.init();
+    let planted = std::time::Instant::now();
+    garage.put("kdr-plant", "p/locks/evil.json", b"\x00 not a lease");
+    garage.put(
+        "kdr-plant",
+        "p/locks/greedy.json",
+        &lease("greedy", 666, 60, 1_000_000_000),
+    );
+
+    let doctor = ws.run(&["--json", "doctor"]);
+    let lock = doctor.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "repository offsite: lock")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", doctor.all()));
+    assert_eq!(lock["ok"], false, "{lock}");
+    let m = lock["message"].as_str().unwrap();
+    assert!(
+        m.contains("unreadable lease locks/evil.json") && m.contains("locks/greedy.json"),
+        "{m}"
+    );
+
+    let out = ws.run(&["backup"]);
+    out.assert_exit(1);
+    let err = out.stderr();
+    assert!(err.contains("unreadable lease locks/evil.json"), "{err}");
+    assert!(
+        err.contains("lease locks/greedy.json") && err.contains("asks for 1000000000s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("stale at") && err.contains("by the store's clock"),
+        "{err}"
+    );
+    assert!(
+        planted.elapsed() < Duration::from_secs(8),
+        "too slow to see the leases live"
+    );
+
+    let out = ws.run(&["backup", "--lock-wait", "60s"]);
+    out.assert_exit(0);
+    assert!(
+        out.stderr().contains("took over an expired lock"),
+        "{}",
+        out.all()
+    );
+    assert!(planted.elapsed() >= Duration::from_secs(8));
+    let locks: Vec<String> = garage
+        .keys("kdr-plant")
+        .into_iter()
+        .filter(|k| k.starts_with("p/locks/"))
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
+}
+
 /// A renewal that hangs (the proxy holds every request to `locks/`) past
 /// the lease's time to live marks the lease lost at its deadline, not when
 /// the request gives up: the backup stops, commits nothing and exits 1,

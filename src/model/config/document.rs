@@ -137,6 +137,7 @@ impl Cx<'_> {
         // which errors have always been reported.
         Ok(Config {
             path: self.file().to_owned(),
+            signing_key_file: self.signing_key_file(raw.signing.as_ref())?,
             repositories,
             encryption: raw
                 .encryption

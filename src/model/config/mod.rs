@@ -23,6 +23,7 @@ mod docker;
 mod document;
 pub mod env;
 mod files;
+pub mod keyfile;
 mod metrics;
 mod mqtt;
 mod notify;
@@ -100,6 +101,9 @@ pub struct Config {
     pub repositories: Vec<RepositoryConfig>,
     /// Encryption settings; absent only in configurations that never write.
     pub encryption: Option<Encryption>,
+    /// `[signing] key_file`, when the signing key is read from one (its
+    /// contents are in every repository's [`Trust`]); doctor checks its mode.
+    pub signing_key_file: Option<PathBuf>,
     /// The zstd level of every archive (`[compression]`; 3 when absent).
     pub compression: Compression,
     /// The PostgreSQL source, if configured.

@@ -5,13 +5,17 @@
 //! Both are validated here: the public key must be a minisign public key,
 //! the secret key an unencrypted minisign secret key (`minisign -G -W`, or
 //! `kompose-dr init --generate-key FILE`, which writes `FILE.sign`), and
-//! when both are set they must be a pair. What the repository layer needs
-//! of them is copied into every repository's [`Trust`].
+//! when both are set they must be a pair. A `key_file` that group or
+//! others can read is refused with the `chmod` to run (see [`super::keyfile`]);
+//! a `key_credential` is systemd's to protect. What the repository layer
+//! needs of them is copied into every repository's [`Trust`].
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Cx};
+use super::{ConfigError, Cx, keyfile};
 use crate::model::secret::Secret;
 
 /// `[signing]` as written.
@@ -90,7 +94,11 @@ impl Cx<'_> {
                 Some(v.trim().to_owned())
             }
         };
-        let signing_key = self.secret("signing", &None, &s.key_file, &s.key_credential)?;
+        let signing_key = match (&s.key_file, &s.key_credential) {
+            (Some(file), None) => Some(self.signing_key(file)?),
+            // Neither, a credential, or both (which `secret` refuses).
+            _ => self.secret("signing", &None, &s.key_file, &s.key_credential)?,
+        };
         if let Some(sk) = &signing_key {
             let span = s
                 .key_file
@@ -127,9 +135,41 @@ impl Cx<'_> {
     }
 }
 
+impl Cx<'_> {
+    /// The path of `[signing] key_file`, if set.
+    pub(super) fn signing_key_file(
+        &self,
+        raw: Option<&RawSigning>,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        raw.and_then(|s| s.key_file.as_ref())
+            .map(|f| self.path(f, "signing.key_file"))
+            .transpose()
+    }
+
+    /// Reads `[signing] key_file`, refusing it while group or others can
+    /// read it.
+    fn signing_key(&self, file: &Spanned<String>) -> Result<Secret, ConfigError> {
+        let key = "signing.key_file";
+        let path = self.path(file, key)?;
+        let body = keyfile::read(&path, "signing key file")
+            .map_err(|e| self.err(file.span(), key, e.to_string()))?;
+        let text = String::from_utf8(body).map_err(|_| {
+            self.err(
+                file.span(),
+                key,
+                format!("{} is not text: {}", path.display(), BAD_KEY),
+            )
+        })?;
+        Ok(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
+    }
+}
+
+/// What is wrong with a file that holds no usable signing key, and the fix.
+const BAD_KEY: &str = "not an unencrypted minisign secret key: make one with `kompose-dr init --generate-key FILE` (FILE.sign) or `minisign -G -W`";
+
 /// Parses the text of an unencrypted minisign secret key file.
 pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
-    let bad = "not an unencrypted minisign secret key: make one with `kompose-dr init --generate-key FILE` (FILE.sign) or `minisign -G -W`";
+    let bad = BAD_KEY;
     let sk_box = minisign::SecretKeyBox::from_string(text).map_err(|_| bad.to_owned())?;
     let sk = sk_box
         .into_unencrypted_secret_key()
@@ -138,4 +178,48 @@ pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
         return Err(bad.to_owned());
     }
     Ok(sk)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::super::Config;
+
+    /// A configuration whose `[signing] key_file` is a fresh key of `mode`.
+    fn with_key(mode: u32) -> (tempfile::TempDir, std::path::PathBuf, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let key = dir.path().join("key.sign");
+        std::fs::write(&key, kp.sk.to_box(None).unwrap().into_string()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = format!(
+            "[[repository]]\nname = \"local\"\nurl = \"/var/backups\"\n\n[signing]\nkey_file = \"{}\"\npublic_key = \"{}\"\n",
+            key.display(),
+            kp.pk.to_base64()
+        );
+        (dir, key, text)
+    }
+
+    #[test]
+    fn a_key_file_only_its_owner_reads_is_loaded_and_its_path_kept() {
+        let (dir, key, text) = with_key(0o600);
+        let c = Config::from_toml(&text, &dir.path().join("c.toml")).unwrap();
+        assert!(c.repositories[0].trust.signing_key.is_some());
+        assert_eq!(c.signing_key_file, Some(key));
+    }
+
+    #[test]
+    fn a_key_file_group_or_others_can_read_is_a_configuration_error_with_the_chmod() {
+        let (dir, key, text) = with_key(0o644);
+        let e = Config::from_toml(&text, &dir.path().join("c.toml")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("signing.key_file"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.message.contains("mode 0644")
+                && e.message
+                    .contains(&format!("`chmod 600 {}`", key.display())),
+            "{e}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The checks of what kompose-dr reads and writes on this host besides
 //! the repositories: the metrics textfile's directory, the drill reports'
-//! directory, the policy and drill files, the identity, and who the checks
+//! directory, the policy and drill files, the identity and the signing key
+//! (each readable by its owner only), and who the checks
 //! ran as (a check as root proves little about a unit that runs as
 //! `kompose-dr`).
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use super::{Check, check};
 use crate::model::config::Config;
+use crate::model::config::keyfile::{self, KeyFileError};
 
 /// The user the shipped units run as.
 pub const UNIT_USER: &str = "kompose-dr";
@@ -178,42 +180,76 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
 }
 
 /// `identity`: the age identity file (needed to restore, verify and drill)
-/// can be read and holds an identity.
+/// is readable by its owner only, can be read and holds an identity.
 pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
     let path = config
         .encryption
         .as_ref()
         .and_then(|e| e.identity_file.as_ref());
-    let file = config.path.display();
     checks.push(match path {
-        Some(p) => check(
-            "identity",
-            match crate::pipeline::load_identities(config) {
-                // The drill unit has no capabilities: beyond this process's
-                // read (which may use CAP_DAC_READ_SEARCH), the file's owner
-                // and mode must let the user read it (access(2) ignores
-                // capabilities for anyone but root).
-                Ok(_) => match nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::R_OK) {
-                    Ok(()) => Ok(format!(
-                        "{} is readable (restore, verify and drills can decrypt)",
-                        p.display()
-                    )),
-                    Err(e) => Err(format!(
-                        "cannot read the identity file {} without capabilities ({e}), and the drill unit has none: \
-                         make it this user's (chown {UNIT_USER} {0}; chmod 0600 {0}), or fix [encryption] identity_file in {file}",
-                        p.display()
-                    )),
-                },
-                Err(e) => Err(format!(
-                    "{e}; make it readable by this user only (chown {UNIT_USER} {0}; chmod 0600 {0}), \
-                     or fix [encryption] identity_file in {file}",
-                    p.display()
-                )),
-            },
-        ),
+        Some(p) => check("identity", identity_file(config, p)),
         None => check(
             "identity",
-            Ok("no identity_file configured: backups work; restore, verify and drills need one".into()),
+            Ok(
+                "no identity_file configured: backups work; restore, verify and drills need one"
+                    .into(),
+            ),
         ),
     });
+}
+
+fn identity_file(config: &Config, p: &Path) -> Result<String, String> {
+    let file = config.path.display();
+    if let Err(e @ KeyFileError::TooOpen { .. }) = keyfile::check(p, "identity file") {
+        return Err(format!(
+            "{e} (restore, verify and drills refuse it until then)"
+        ));
+    }
+    match crate::pipeline::load_identities(config) {
+        // The drill unit has no capabilities: beyond this process's
+        // read (which may use CAP_DAC_READ_SEARCH), the file's owner
+        // and mode must let the user read it (access(2) ignores
+        // capabilities for anyone but root).
+        Ok(_) => match nix::unistd::access(p, nix::unistd::AccessFlags::R_OK) {
+            Ok(()) => Ok(format!(
+                "{} is readable, by its owner only (restore, verify and drills can decrypt)",
+                p.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot read the identity file {} without capabilities ({e}), and the drill unit has none: \
+                 make it this user's (chown {UNIT_USER} {0}; chmod 0600 {0}), or fix [encryption] identity_file in {file}",
+                p.display()
+            )),
+        },
+        Err(e) => Err(format!(
+            "{e}; make it readable by this user only (chown {UNIT_USER} {0}; chmod 0600 {0}), \
+             or fix [encryption] identity_file in {file}",
+            p.display()
+        )),
+    }
+}
+
+/// `signing key file`: `[signing] key_file` is readable by its owner only
+/// (configuration loading refuses it otherwise; this sees a change since)
+/// and by this user without capabilities.
+pub(super) fn signing_key_file(config: &Config, checks: &mut Vec<Check>) {
+    let Some(p) = &config.signing_key_file else {
+        return;
+    };
+    let file = config.path.display();
+    let result = match keyfile::check(p, "signing key file") {
+        Ok(mode) => match nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::R_OK) {
+            Ok(()) => Ok(format!(
+                "{} (mode {mode:04o}) is readable, by its owner only",
+                p.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot read the signing key file {} without capabilities ({e}): \
+                 make it this user's (chown {UNIT_USER} {0}; chmod 600 {0}), or fix [signing] key_file in {file}",
+                p.display()
+            )),
+        },
+        Err(e) => Err(format!("{e}; or fix [signing] key_file in {file}")),
+    };
+    checks.push(check("signing key file", result));
 }

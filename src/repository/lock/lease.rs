@@ -15,11 +15,17 @@
 //!
 //! - **Someone else's lease** is judged by the *store's* clock: it has
 //!   expired when the store's `LastModified` of our own lease, written just
-//!   now, is more than its time to live (`ttl_seconds` in its body, [`TTL`]
-//!   for leases without one) past the `LastModified` of theirs. The
-//!   `expires_at` in a body is for people reading it, never trusted. Its
-//!   writer was killed or lost its network: the next writer removes it and
-//!   takes over, saying so in the log.
+//!   now, is more than its time to live past the `LastModified` of theirs.
+//!   Its time to live is `ttl_seconds` in its body ([`TTL`] for leases
+//!   without one), but never more than the configured one (`lease_ttl`):
+//!   whoever can write to the store writes the body, so a lease that asks
+//!   for a year, or whose body cannot be read at all, counts for the
+//!   configured time to live after its `LastModified` and is stale after
+//!   that; the lock error and doctor name it and say when it goes stale.
+//!   (Every writer of a repository should therefore use the same
+//!   `lease_ttl`.) The `expires_at` in a body is for people reading it,
+//!   never trusted. Its writer was killed or lost its network: the next
+//!   writer removes it and takes over, saying so in the log.
 //! - **Our own lease** is lost at a **monotonic deadline**: 90% of the time
 //!   to live after the *start* of the last renewal that succeeded
 //!   ([`tokio::time::Instant`], which no clock change moves). Every renewal
@@ -247,27 +253,50 @@ impl Drop for Lease {
 /// A lease found in the listing, with its body.
 struct Found {
     key: String,
-    body: LeaseBody,
+    /// Its body; `None` when it cannot be read as a lease (planted, or
+    /// damaged).
+    body: Option<LeaseBody>,
     /// When the store last saw it written.
     modified: Option<DateTime<Utc>>,
-    readable: bool,
+    /// How long it lives after `modified`: its own time to live, but never
+    /// more than the configured one (whoever writes a lease chooses its
+    /// body, so one planted object must not stop every writer for longer).
+    ttl: Duration,
+    /// The time to live its body asks for, when above the configured one.
+    asked: Option<Duration>,
 }
 
 impl Found {
-    /// Whether it has expired at `store_now` (the store's clock). Without
-    /// the store's times (a backend that keeps none), its body's own
-    /// expiry is taken, by this host's clock.
-    fn expired(&self, store_now: Option<DateTime<Utc>>) -> bool {
-        if !self.readable {
-            // An unreadable lease is treated as held, never silently taken.
-            return false;
+    /// `body` of the lease at `key`, judged with the configured `ttl`.
+    fn new(
+        key: &str,
+        body: Option<LeaseBody>,
+        modified: Option<DateTime<Utc>>,
+        ttl: Duration,
+    ) -> Found {
+        let own = body.as_ref().map(LeaseBody::ttl);
+        Found {
+            key: key.to_owned(),
+            body,
+            modified,
+            ttl: own.map_or(ttl, |own| own.min(ttl)),
+            asked: own.filter(|own| *own > ttl),
         }
+    }
+
+    /// Whether it has expired at `store_now` (the store's clock): more
+    /// than its time to live after the store last saw it written. Without
+    /// the store's times (a backend that keeps none), a readable body's
+    /// own expiry is taken, by this host's clock, and an unreadable lease
+    /// is held.
+    fn expired(&self, store_now: Option<DateTime<Utc>>) -> bool {
         if self.holder_is_gone() {
             return true;
         }
-        match (store_now, self.modified) {
-            (Some(now), Some(then)) => (now - then).to_std().unwrap_or_default() > self.body.ttl(),
-            _ => self.body.expires_at < Utc::now(),
+        match (store_now, self.modified, &self.body) {
+            (Some(now), Some(then), _) => (now - then).to_std().unwrap_or_default() > self.ttl,
+            (_, _, Some(body)) => body.expires_at < Utc::now(),
+            (_, _, None) => false,
         }
     }
 
@@ -276,37 +305,61 @@ impl Found {
     /// once, as restic treats such locks, rather than blocking every writer
     /// until it expires. A pid now used by another process keeps it live.
     fn holder_is_gone(&self) -> bool {
-        let h = &self.body.holder;
+        let Some(h) = self.body.as_ref().map(|b| &b.holder) else {
+            return false;
+        };
         h.host == crate::model::host::name()
             && h.pid != std::process::id()
             && i32::try_from(h.pid).is_ok_and(crate::process::is_gone)
     }
 
-    /// Who holds it and until when, for messages.
+    /// Who holds it, for logs.
+    fn who(&self) -> String {
+        match &self.body {
+            Some(b) => b.holder.to_string(),
+            None => format!("an unreadable lease {}", self.key),
+        }
+    }
+
+    /// Who holds it, which object it is and when it goes stale, for
+    /// messages.
     fn describe(&self) -> String {
-        match self.modified {
-            Some(m) => format!(
-                "{} (lease written {}, lives {}s after that by the store's clock)",
-                self.body.holder,
-                m.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                self.body.ttl().as_secs()
+        let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let who = match &self.body {
+            Some(b) => format!("{} (lease {}", b.holder, self.key),
+            None => format!("an unreadable lease {} (", self.key),
+        };
+        let note = match (self.asked, &self.body) {
+            (Some(a), _) => format!(
+                "; its body asks for {}s, more than the configured lease_ttl, so it counts for {}s",
+                a.as_secs(),
+                self.ttl.as_secs()
             ),
-            None => format!(
-                "{} (lease expires {})",
-                self.body.holder,
-                self.body
-                    .expires_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            (None, None) => {
+                "; it is not a lease kompose-dr wrote: remove it if no writer is running".to_owned()
+            }
+            (None, Some(_)) => String::new(),
+        };
+        let sep = if self.body.is_some() { ", " } else { "" };
+        match (self.modified, &self.body) {
+            (Some(m), _) => format!(
+                "{who}{sep}written {}, stale at {} by the store's clock{note})",
+                secs(m),
+                secs(m + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX))
             ),
+            (None, Some(b)) => format!("{who}{sep}expires {}{note})", secs(b.expires_at)),
+            (None, None) => format!("{who}the store keeps no times, so it never goes stale{note})"),
         }
     }
 }
 
-/// Every lease in `listed` other than `own`, with its body.
+/// Every lease in `listed` other than `own`, with its body, judged with
+/// the configured `ttl`.
 async fn others(
     backend: &dyn Backend,
     listed: &[ObjectMeta],
     own: &str,
+    ttl: Duration,
 ) -> Result<Vec<Found>, StorageError> {
     let mut out = Vec::new();
     for o in listed {
@@ -318,30 +371,45 @@ async fn others(
             Err(StorageError::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        let (body, readable) = match serde_json::from_slice::<LeaseBody>(&raw) {
-            Ok(b) => (b, true),
-            Err(_) => (
-                LeaseBody {
-                    holder: Holder {
-                        host: "unknown".into(),
-                        pid: 0,
-                        command: format!("(unreadable lease {})", o.key),
-                        since: Utc::now(),
-                    },
-                    expires_at: Utc::now(),
-                    ttl_seconds: None,
-                },
-                false,
-            ),
-        };
-        out.push(Found {
-            key: o.key.clone(),
-            body,
-            modified: o.modified,
-            readable,
-        });
+        let body = serde_json::from_slice::<LeaseBody>(&raw).ok();
+        out.push(Found::new(&o.key, body, o.modified, ttl));
     }
     Ok(out)
+}
+
+/// A lease another writer (or whoever can write to the store) left in the
+/// repository, as [`survey`] judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Its key (`locks/…json`).
+    pub key: String,
+    /// Who holds it, and when it goes stale by the store's clock.
+    pub description: String,
+    /// Whether it has expired: the next writer removes it.
+    pub stale: bool,
+    /// Whether kompose-dr did not write it as it is: unreadable, or asking
+    /// for more than the configured time to live.
+    pub suspect: bool,
+}
+
+/// Every lease in the repository on `backend`, judged with the configured
+/// `ttl` at `store_now` (a time the store stamped just now), for doctor.
+pub async fn survey(
+    backend: &dyn Backend,
+    ttl: Duration,
+    store_now: Option<DateTime<Utc>>,
+) -> Result<Vec<Seen>, StorageError> {
+    let listed = backend.list(PREFIX).await?;
+    let found = others(backend, &listed, "", ttl).await?;
+    Ok(found
+        .into_iter()
+        .map(|f| Seen {
+            stale: f.expired(store_now),
+            suspect: f.body.is_none() || f.asked.is_some(),
+            description: f.describe(),
+            key: f.key,
+        })
+        .collect())
 }
 
 fn body(holder: &Holder, ttl: Duration) -> Bytes {
@@ -379,7 +447,7 @@ pub async fn acquire(
         let judged = async {
             let listed = backend.list(PREFIX).await?;
             let own = listed.iter().find(|o| o.key == key).cloned();
-            let found = others(&*backend, &listed, &key).await?;
+            let found = others(&*backend, &listed, &key, ttl).await?;
             Ok::<_, StorageError>((own, found))
         }
         .await;
@@ -398,33 +466,13 @@ pub async fn acquire(
         if live.is_empty() && own.is_some() {
             for f in expired {
                 tracing::warn!(
-                    holder = %f.body.holder,
+                    holder = %f.who(),
                     lease = %f.key,
                     "took over an expired lock (its holder stopped renewing it)"
                 );
                 let _ = backend.delete(&f.key).await;
             }
-            let (lost, _) = tokio::sync::watch::channel(false);
-            let state = Arc::new(State {
-                key: key.clone(),
-                me,
-                ttl,
-                clock: std::sync::Mutex::new(Clock {
-                    deadline: start + held_for(ttl),
-                    modified: store_now,
-                }),
-                lost,
-                renewing: tokio::sync::Mutex::new(()),
-            });
-            let renew = tokio::spawn(renew(backend.clone(), state.clone()));
-            return Ok(RepoLock {
-                _held: Held::Lease(Lease {
-                    key,
-                    backend,
-                    state,
-                    renew,
-                }),
-            });
+            return Ok(hold(backend, key, me, ttl, start, store_now));
         }
         backend.delete(&key).await?;
         if Instant::now() >= give_up {
@@ -444,6 +492,40 @@ pub async fn acquire(
         }
         let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
         tokio::time::sleep(Duration::from_millis(500) + jitter).await;
+    }
+}
+
+/// The lock, held from now: our lease `key`, written at `start` by this
+/// host's monotonic clock and at `store_now` by the store's, renewed from
+/// now on.
+fn hold(
+    backend: Arc<dyn Backend>,
+    key: String,
+    me: Holder,
+    ttl: Duration,
+    start: Instant,
+    store_now: Option<DateTime<Utc>>,
+) -> RepoLock {
+    let (lost, _) = tokio::sync::watch::channel(false);
+    let state = Arc::new(State {
+        key: key.clone(),
+        me,
+        ttl,
+        clock: std::sync::Mutex::new(Clock {
+            deadline: start + held_for(ttl),
+            modified: store_now,
+        }),
+        lost,
+        renewing: tokio::sync::Mutex::new(()),
+    });
+    let renew = tokio::spawn(renew(backend.clone(), state.clone()));
+    RepoLock {
+        _held: Held::Lease(Lease {
+            key,
+            backend,
+            state,
+            renew,
+        }),
     }
 }
 
@@ -611,20 +693,108 @@ mod tests {
         assert_eq!(lease_keys(&mem), vec![theirs]);
     }
 
+    /// A lease body of `host` that asks for `ttl_seconds`.
+    fn asking(host: &str, ttl_seconds: u64) -> Vec<u8> {
+        serde_json::to_vec(&LeaseBody {
+            holder: Holder {
+                host: host.into(),
+                pid: 66,
+                command: "backup".into(),
+                since: Utc::now(),
+            },
+            expires_at: Utc::now() + chrono::Duration::days(365 * 30),
+            ttl_seconds: Some(ttl_seconds),
+        })
+        .unwrap()
+    }
+
+    /// Plants `body` at `key`, last written `secs_ago` by the store's clock.
+    fn plant(mem: &MemoryBackend, key: &str, body: impl Into<Bytes>, secs_ago: i64) {
+        mem.insert_modified(key, body, mem.now() - chrono::Duration::seconds(secs_ago));
+    }
+
+    /// An unreadable lease counts for the configured time to live after
+    /// the store last saw it written: held until then, named with when it
+    /// goes stale; stale after, and removed by the next writer.
     #[tokio::test]
-    async fn an_unreadable_lease_counts_as_held() {
+    async fn an_unreadable_lease_holds_for_the_configured_ttl_only() {
         let mem = MemoryBackend::new();
-        mem.insert_modified(
-            "locks/odd.json",
-            "{ not a lease",
-            mem.now() - chrono::Duration::days(1),
-        );
+        let written = mem.now() - chrono::Duration::seconds(200);
+        mem.insert_modified("locks/odd.json", "{ not a lease", written);
         let e = take(Arc::new(mem.clone()), "prune")
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("unreadable lease locks/odd.json"), "{e}");
+        let stale_at = (written + chrono::Duration::seconds(300))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert!(
+            e.contains(&format!("stale at {stale_at} by the store's clock")),
+            "{e}"
+        );
         assert_eq!(lease_keys(&mem), vec!["locks/odd.json"]);
+
+        plant(&mem, "locks/odd.json", "{ not a lease", 301);
+        let held = take(Arc::new(mem.clone()), "prune").await.unwrap();
+        assert!(!lease_keys(&mem).contains(&"locks/odd.json".to_owned()));
+        drop(held);
+    }
+
+    /// A body asking for a billion seconds counts for the configured time
+    /// to live: the configured one, not the default, decides.
+    #[tokio::test]
+    async fn a_lease_asking_for_more_than_the_configured_ttl_gets_the_configured_one() {
+        let mem = MemoryBackend::new();
+        let ttl = Duration::from_secs(10);
+        plant(&mem, "locks/evil.json", asking("evil", 1_000_000_000), 5);
+        let e = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO, ttl)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lease locks/evil.json")
+                && e.contains("asks for 1000000000s, more than the configured lease_ttl")
+                && e.contains("counts for 10s"),
+            "{e}"
+        );
+        plant(&mem, "locks/evil.json", asking("evil", 1_000_000_000), 11);
+        let held = acquire(Arc::new(mem.clone()), "backup", Duration::ZERO, ttl)
+            .await
+            .unwrap();
+        assert_eq!(lease_keys(&mem).len(), 1);
+        assert!(!lease_keys(&mem).contains(&"locks/evil.json".to_owned()));
+        drop(held);
+    }
+
+    /// A lease that asks for less than the configured time to live keeps
+    /// its own.
+    #[tokio::test]
+    async fn a_lease_with_a_shorter_ttl_keeps_its_own() {
+        let mem = MemoryBackend::new();
+        plant(&mem, "locks/short.json", asking("short", 60), 30);
+        take(Arc::new(mem.clone()), "backup").await.unwrap_err();
+        plant(&mem, "locks/short.json", asking("short", 60), 61);
+        let held = take(Arc::new(mem.clone()), "backup").await.unwrap();
+        assert!(!lease_keys(&mem).contains(&"locks/short.json".to_owned()));
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn survey_names_every_lease_and_what_is_wrong_with_it() {
+        let mem = MemoryBackend::new();
+        plant(&mem, "locks/odd.json", "garbage", 5);
+        plant(&mem, "locks/evil.json", asking("evil", 1_000_000_000), 400);
+        plant(&mem, "locks/fine.json", asking("fine", 300), 5);
+        let seen = survey(&mem, TTL, Some(mem.now())).await.unwrap();
+        let by_key = |k: &str| seen.iter().find(|s| s.key == k).unwrap().clone();
+        let evil = by_key("locks/evil.json");
+        assert!(evil.stale && evil.suspect, "{evil:?}");
+        let odd = by_key("locks/odd.json");
+        assert!(!odd.stale && odd.suspect, "{odd:?}");
+        assert!(odd.description.contains("stale at"), "{odd:?}");
+        let fine = by_key("locks/fine.json");
+        assert!(!fine.stale && !fine.suspect, "{fine:?}");
+        assert!(fine.description.contains("pid 66 on fine"), "{fine:?}");
     }
 
     #[tokio::test]

@@ -21,6 +21,13 @@
 //! Objects are only visible once complete (S3 semantics), so the
 //! repository's commit protocol — the manifest last — holds unchanged.
 //!
+//! **Keys** are held to what kompose-dr builds ([`super::is_valid_key`]),
+//! as on a local repository: one with an empty part, `.`, `..`, a NUL or a
+//! backslash is refused before it reaches the store
+//! ([`StorageError::BadKey`]), and a listed object or upload whose key is
+//! not one is skipped with a warning, never used (anyone who can write to
+//! the bucket can name objects anything).
+//!
 //! The files: this one holds the backend and its [`Backend`] impl;
 //! `client` builds the SDK client, `object` the single-object PUT and GET,
 //! `upload` the multipart writer, `download` the resumable reader, `errors`
@@ -83,6 +90,40 @@ impl S3Backend {
     }
 }
 
+/// `key`, if kompose-dr could have built it; else [`StorageError::BadKey`].
+fn checked(key: &str) -> Result<&str, StorageError> {
+    if super::is_valid_key(key) {
+        Ok(key)
+    } else {
+        Err(StorageError::BadKey(key.escape_debug().to_string()))
+    }
+}
+
+/// `prefix`, if it is empty (the whole repository) or a valid key with at
+/// most one `/` after it; else [`StorageError::BadKey`].
+fn checked_prefix(prefix: &str) -> Result<&str, StorageError> {
+    if prefix.is_empty() {
+        return Ok(prefix);
+    }
+    checked(prefix.strip_suffix('/').unwrap_or(prefix)).map(|_| prefix)
+}
+
+/// The repository key of a listed object (`full`, the bucket's key), if it
+/// is under the repository's `prefix` and one kompose-dr could have
+/// written; anything else is skipped with a warning.
+fn listed<'a>(prefix: &str, full: &'a str) -> Option<&'a str> {
+    let rel = full.strip_prefix(prefix)?;
+    if super::is_valid_key(rel) {
+        Some(rel)
+    } else {
+        tracing::warn!(
+            key = %full.escape_debug(),
+            "skipping an object whose key kompose-dr never writes (an empty part, `.`, `..`, NUL or backslash): remove it from the bucket"
+        );
+        None
+    }
+}
+
 impl Inner {
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.cfg.prefix)
@@ -104,16 +145,18 @@ impl Backend for S3Backend {
     }
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        let key = checked(key)?;
         // Build the client now, so that the first part is not delayed by it.
         self.inner.client().await;
         Ok(Box::new(upload::S3Writer::new(self.inner.clone(), key)))
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<(), StorageError> {
-        self.inner.put_object(key, data, mode).await
+        self.inner.put_object(checked(key)?, data, mode).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let key = checked(key)?;
         let inner = &self.inner;
         let out = inner.get_object(key, 0, None).await?;
         let limit = super::MAX_SMALL_OBJECT;
@@ -145,10 +188,11 @@ impl Backend for S3Backend {
     }
 
     async fn open(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        download::open(self.inner.clone(), key).await
+        download::open(self.inner.clone(), checked(key)?).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let prefix = checked_prefix(prefix)?;
         let inner = &self.inner;
         let full = inner.full_key(prefix);
         let mut out = Vec::new();
@@ -163,8 +207,7 @@ impl Backend for S3Backend {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| inner.error("list", &inner.location(prefix), e))?;
             for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                let Some(rel) = k.strip_prefix(&inner.cfg.prefix) else {
+                let Some(rel) = o.key().and_then(|k| listed(&inner.cfg.prefix, k)) else {
                     continue;
                 };
                 out.push(ObjectMeta {
@@ -181,6 +224,7 @@ impl Backend for S3Backend {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let key = checked(key)?;
         let inner = &self.inner;
         match inner
             .client()
@@ -197,6 +241,8 @@ impl Backend for S3Backend {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        // Never the whole repository.
+        checked(prefix.strip_suffix('/').unwrap_or(prefix))?;
         let inner = &self.inner;
         let keys: Vec<String> = self
             .list(prefix)
@@ -248,6 +294,7 @@ impl Backend for S3Backend {
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = checked_prefix(prefix)?;
         let inner = &self.inner;
         let full = inner.full_key(prefix);
         let mut out = std::collections::BTreeSet::new();
@@ -268,6 +315,7 @@ impl Backend for S3Backend {
                     .and_then(|p| p.strip_prefix(&full))
                     .map(|n| n.trim_end_matches('/'))
                     .filter(|n| !n.is_empty())
+                    .and_then(|n| listed("", n))
                 {
                     out.insert(name.to_owned());
                 }
@@ -320,5 +368,78 @@ fn test_config() -> S3Config {
         attempts: 6,
         object_lock: None,
         lease_ttl: std::time::Duration::from_secs(300),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BAD: [&str; 8] = [
+        "",
+        "../etc/passwd",
+        "data/../../x",
+        "/snapshots/x.json",
+        "data//x",
+        "./x",
+        "locks/a\0.json",
+        "locks\\a.json",
+    ];
+
+    #[test]
+    fn only_keys_kompose_dr_builds_pass() {
+        for key in BAD {
+            assert!(
+                matches!(checked(key), Err(StorageError::BadKey(_))),
+                "{key:?}"
+            );
+        }
+        assert_eq!(checked("snapshots/x.json").unwrap(), "snapshots/x.json");
+        for prefix in ["", "locks/", "data/20260101T000000Z-abcdef/", "wal/0000"] {
+            assert_eq!(checked_prefix(prefix).unwrap(), prefix);
+        }
+        for prefix in ["/", "../", "data//", "data/./", "data/../"] {
+            assert!(checked_prefix(prefix).is_err(), "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn listed_keys_that_kompose_dr_never_writes_are_skipped() {
+        assert_eq!(listed("prod/", "prod/locks/a.json"), Some("locks/a.json"));
+        for full in [
+            "prod/../x",
+            "prod/locks/../../x.json",
+            "prod/locks//a.json",
+            "prod//locks/a.json",
+            "prod/",
+            "other/locks/a.json",
+        ] {
+            assert_eq!(listed("prod/", full), None, "{full:?}");
+        }
+    }
+
+    /// Refused before any request: the test store does not exist, and a
+    /// request would fail (or wait) with another error.
+    #[tokio::test]
+    async fn every_call_refuses_a_bad_key_before_reaching_the_store() {
+        let b = S3Backend::new(&test_config());
+        let bad = |r: Result<(), StorageError>| matches!(r, Err(StorageError::BadKey(_)));
+        for key in BAD {
+            assert!(
+                bad(b.put(key, Bytes::new(), PutMode::Overwrite).await),
+                "{key:?}"
+            );
+            assert!(bad(b.get(key).await.map(drop)), "{key:?}");
+            assert!(bad(b.open(key).await.map(drop)), "{key:?}");
+            assert!(bad(b.create(key).await.map(drop)), "{key:?}");
+            assert!(bad(b.delete(key).await), "{key:?}");
+        }
+        for prefix in ["", "/", "../", "data//"] {
+            assert!(bad(b.delete_prefix(prefix).await), "{prefix:?}");
+        }
+        for prefix in ["/", "../", "data/../"] {
+            assert!(bad(b.list(prefix).await.map(drop)), "{prefix:?}");
+            assert!(bad(b.list_dirs(prefix).await.map(drop)), "{prefix:?}");
+        }
     }
 }

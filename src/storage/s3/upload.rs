@@ -47,7 +47,7 @@ impl S3Backend {
                 let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                let Some(rel) = k.strip_prefix(&inner.cfg.prefix) else {
+                let Some(rel) = super::listed(&inner.cfg.prefix, k) else {
                     continue;
                 };
                 let initiated = u

@@ -18,15 +18,18 @@ fn delete_snapshot(ws: &Workspace, id: &str) {
     std::fs::remove_dir_all(ws.repo.join("data").join(id)).unwrap();
 }
 
-/// Snapshot ids of the repository, oldest first, as the files say.
+/// Snapshot ids of the repository, oldest first (by their start: two in
+/// one second sort by it, not by their ids' random part).
 fn ids(ws: &Workspace) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(ws.repo.join("snapshots"))
+    // `snapshots` exits 1 once a deletion shows; its list is whole all the same.
+    let json = ws.run(&["--json", "snapshots"]).json();
+    let mut ids: Vec<String> = json["snapshots"]
+        .as_array()
         .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
-    ids.sort();
+    ids.reverse();
     ids
 }
 

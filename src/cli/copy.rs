@@ -4,7 +4,7 @@
 use super::{Globals, output};
 use crate::error::{Failure, Outcome};
 use crate::model::units::bytes;
-use crate::ops::copy::{CopyOptions, CopyStatus, Selection};
+use crate::ops::copy::{CopyOptions, CopyReport, CopyStatus, Selection, SnapshotCopy};
 use crate::repository::Repository;
 
 /// Arguments of `copy`.
@@ -54,37 +54,10 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         output::json(&report);
     } else {
         for s in &report.snapshots {
-            output::line(match s.status {
-                CopyStatus::Copied => format!(
-                    "  copied      {}  {} objects, {}{}",
-                    s.snapshot,
-                    s.objects,
-                    bytes(s.bytes),
-                    if s.objects_present > 0 {
-                        format!(" ({} already there, kept)", s.objects_present)
-                    } else {
-                        String::new()
-                    }
-                ),
-                CopyStatus::WouldCopy => format!(
-                    "  would copy  {}  {} objects, {}",
-                    s.snapshot,
-                    s.objects,
-                    bytes(s.bytes)
-                ),
-                CopyStatus::Skipped => format!(
-                    "  skipped     {}  (repository `{}` has it)",
-                    s.snapshot, report.to
-                ),
-                CopyStatus::Failed => format!(
-                    "  FAILED      {}  {}",
-                    s.snapshot,
-                    s.error.as_deref().unwrap_or("")
-                ),
-            });
+            output::line(line(&report, s));
         }
         output::line(format!(
-            "{} {} from `{}` to `{}`{}",
+            "{} {} from `{}` to `{}`{}{}",
             report.count(if report.dry_run {
                 CopyStatus::WouldCopy
             } else {
@@ -97,6 +70,13 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             },
             report.from,
             report.to,
+            match report.replaced() {
+                0 => String::new(),
+                n => format!(
+                    ", {n} damaged {} replaced",
+                    if n == 1 { "manifest" } else { "manifests" }
+                ),
+            },
             match report.failed() {
                 0 => String::new(),
                 n => format!(", {n} failed (see above)"),
@@ -104,4 +84,51 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         ));
     }
     Ok(report.outcome())
+}
+
+/// The line of one snapshot in the text report.
+fn line(report: &CopyReport, s: &SnapshotCopy) -> String {
+    let replaced = s
+        .replaced
+        .as_deref()
+        .map(|why| {
+            format!(
+                "; {} the damaged manifest in `{}` ({why})",
+                if report.dry_run {
+                    "would replace"
+                } else {
+                    "replaced"
+                },
+                report.to
+            )
+        })
+        .unwrap_or_default();
+    match s.status {
+        CopyStatus::Copied => format!(
+            "  copied      {}  {} objects, {}{}{replaced}",
+            s.snapshot,
+            s.objects,
+            bytes(s.bytes),
+            if s.objects_present > 0 {
+                format!(" ({} already there, kept)", s.objects_present)
+            } else {
+                String::new()
+            }
+        ),
+        CopyStatus::WouldCopy => format!(
+            "  would copy  {}  {} objects, {}{replaced}",
+            s.snapshot,
+            s.objects,
+            bytes(s.bytes)
+        ),
+        CopyStatus::Skipped => format!(
+            "  skipped     {}  (repository `{}` has it)",
+            s.snapshot, report.to
+        ),
+        CopyStatus::Failed => format!(
+            "  FAILED      {}  {}",
+            s.snapshot,
+            s.error.as_deref().unwrap_or("")
+        ),
+    }
 }

@@ -4,7 +4,10 @@
 //! the recorded size and sha256 (hashed streaming), and data that no
 //! manifest names is reported. With `--read-data` and the identity, every
 //! archive is also decrypted and decompressed end to end (age
-//! authentication and zstd frame checksums).
+//! authentication and zstd frame checksums), no further than the sizes the
+//! manifest records: an object longer than `stored_bytes`, or whose
+//! plaintext grows past `plaintext_bytes`, is reported as soon as that
+//! shows, not after reading it all.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::model::manifest::Artifact;
+use crate::pipeline::Expected;
 use crate::repository::{Repository, RepositoryError};
 use crate::restore::stream::{VerifyingReader, copy_archive};
 
@@ -109,11 +113,8 @@ async fn check_wal(
             referenced.insert(r.path.clone());
             checked += 1;
             let a = crate::model::manifest::Artifact::of_wal(r);
-            let result = match identities {
-                None => hash_object(repo, &a).await,
-                Some(ids) => read_object(repo, &a, ids.clone()).await,
-            };
-            if let Err(problem) = result {
+            let plaintext = Expected::Exactly(a.plaintext_bytes);
+            if let Err(problem) = check_object(repo, &a, plaintext, identities).await {
                 damaged.push(Damage {
                     snapshot: None,
                     source: format!("wal/{}", r.name),
@@ -182,6 +183,19 @@ async fn check_wal(
     Ok((reports, checked))
 }
 
+/// Checks one object: hashed without a key, read end to end with one.
+async fn check_object(
+    repo: &Repository,
+    a: &Artifact,
+    plaintext: Expected,
+    identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
+) -> Result<(), String> {
+    match identities {
+        None => hash_object(repo, a).await,
+        Some(ids) => read_object(repo, a, plaintext, ids.clone()).await,
+    }
+}
+
 async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
     let path = a.path.as_deref().unwrap_or_default();
     let mut r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
@@ -195,6 +209,13 @@ async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
         }
         h.update(&buf[..k]);
         n += k as u64;
+        if n > a.stored_bytes {
+            // No need to read the rest of something longer than it must be.
+            return Err(format!(
+                "more than the {} bytes the manifest says: it was replaced or is damaged",
+                a.stored_bytes
+            ));
+        }
     }
     if n != a.stored_bytes {
         return Err(format!("{n} bytes, the manifest says {}", a.stored_bytes));
@@ -206,20 +227,51 @@ async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
     Ok(())
 }
 
+/// Decrypts and decompresses an object to nowhere: every check of a restore
+/// (sizes, sha256, age, zstd), no more plaintext than `plaintext` allows.
 async fn read_object(
     repo: &Repository,
     a: &Artifact,
+    plaintext: Expected,
     identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
 ) -> Result<(), String> {
     let path = a.path.as_deref().unwrap_or_default();
     let r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
     let stored = VerifyingReader::new(tokio_util::io::SyncIoBridge::new(r), a, Box::new(|_| {}));
+    let stored = stored.with_plaintext(plaintext);
     tokio::task::spawn_blocking(move || {
         copy_archive(stored, &identities, &mut std::io::sink()).map(|_| ())
     })
     .await
     .map_err(|e| format!("reader failed: {e}"))?
     .map_err(|e| e.to_string())
+}
+
+/// The objects a snapshot names, each with the bound of its plaintext: the
+/// good artifacts' archives (exactly their `plaintext_bytes`), then the
+/// facts sidecar, checked like an artifact.
+fn objects_of(m: &crate::model::manifest::Manifest) -> Vec<(Artifact, Expected)> {
+    let mut objects: Vec<(Artifact, Expected)> = m
+        .artifacts
+        .iter()
+        .filter(|a| a.is_ok())
+        .map(|a| (a.clone(), Expected::Exactly(a.plaintext_bytes)))
+        .collect();
+    if let Some(f) = &m.facts {
+        let mut a = m
+            .artifacts
+            .first()
+            .cloned()
+            .expect("a committed snapshot has artifacts");
+        a.source = "facts".into();
+        a.path = Some(f.path.clone());
+        a.stored_bytes = f.stored_bytes;
+        a.sha256 = Some(f.sha256.clone());
+        // The manifest records no plaintext size for the sidecar: it is
+        // bounded as every reader of it bounds it.
+        objects.push((a, Expected::AtMost(crate::storage::MAX_SMALL_OBJECT)));
+    }
+    objects
 }
 
 /// Checks a repository; `identities` given means `--read-data`.
@@ -254,30 +306,11 @@ pub async fn run(
     let mut referenced = BTreeSet::new();
     let mut archives = 0;
     for m in &snapshots {
-        let mut objects: Vec<Artifact> =
-            m.artifacts.iter().filter(|a| a.is_ok()).cloned().collect();
-        if let Some(f) = &m.facts {
-            // The sidecar, checked like an artifact.
-            let mut a = m
-                .artifacts
-                .first()
-                .cloned()
-                .expect("a committed snapshot has artifacts");
-            a.source = "facts".into();
-            a.path = Some(f.path.clone());
-            a.stored_bytes = f.stored_bytes;
-            a.sha256 = Some(f.sha256.clone());
-            objects.push(a);
-        }
-        for a in objects {
+        for (a, plaintext) in objects_of(m) {
             let path = a.path.clone().unwrap_or_default();
             referenced.insert(path.clone());
             archives += 1;
-            let result = match &identities {
-                None => hash_object(repo, &a).await,
-                Some(ids) => read_object(repo, &a, ids.clone()).await,
-            };
-            match result {
+            match check_object(repo, &a, plaintext, &identities).await {
                 Ok(()) => tracing::debug!(snapshot = %m.id, source = %a.source, "intact"),
                 Err(problem) => {
                     tracing::error!(snapshot = %m.id, source = %a.source, path = %path, "{problem}");

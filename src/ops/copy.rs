@@ -16,12 +16,23 @@
 //!    ([`Repository::commit_stored`]), while the target's writer lock is
 //!    held and was just confirmed.
 //!
+//! The target is untrusted input too. A snapshot counts as present there
+//! only if its manifest reads, validates and verifies as every reader
+//! checks it ([`Repository::snapshots`]); a manifest of the same id that
+//! readers refuse (garbage, wrongly signed) is replaced — signature first,
+//! then the manifest ([`Repository::replace_stored`]) — and the report says
+//! so (`replaced`).
+//!
 //! A copy killed midway leaves no snapshot in the target, only finished
-//! objects; run again, it keeps those whose size matches (and, in a local
-//! directory, whose sha256 does too — reading a local file is cheap, reading
-//! back from a remote store costs as much as the copy) and finishes.
-//! Objects of a snapshot whose copy failed stay unreferenced until `prune`
-//! removes them after its grace period.
+//! objects; run again, it keeps those whose size and sha256 match the
+//! manifest and finishes. The target's object is read back and hashed, in
+//! a local directory and on S3 alike: a download costs less than uploading
+//! again (an upload is usually the slower direction, and the source may be
+//! remote too), keeps what a killed copy finished, and trusts nothing but
+//! the bytes; an object of the wrong size is not read at all, and one
+//! longer than the manifest says is read no further than that. Any object
+//! that differs is copied again. Objects of a snapshot whose copy failed
+//! stay unreferenced until `prune` removes them after its grace period.
 
 pub mod backfill;
 
@@ -93,6 +104,10 @@ pub struct SnapshotCopy {
     pub bytes: u64,
     /// Whether its manifest carries a signature.
     pub signed: bool,
+    /// Why the target's manifest of this id was refused, when this run
+    /// replaced it (or, with `--dry-run`, would).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -115,6 +130,15 @@ impl CopyReport {
     /// Snapshots that failed.
     pub fn failed(&self) -> usize {
         self.count(CopyStatus::Failed)
+    }
+
+    /// Snapshots whose refused manifest in the target was replaced (or,
+    /// with `--dry-run`, would be).
+    pub fn replaced(&self) -> usize {
+        self.snapshots
+            .iter()
+            .filter(|s| s.replaced.is_some())
+            .count()
     }
 
     /// Snapshots with `status`.
@@ -216,26 +240,35 @@ pub fn objects(m: &Manifest) -> Vec<Object> {
     out
 }
 
-/// The ids of every manifest key in `repo`, good or damaged: a damaged
-/// manifest still takes its id, and is never overwritten.
-pub async fn manifest_ids(repo: &Repository) -> Result<BTreeSet<String>, RepositoryError> {
-    let listed = repo
-        .backend()
-        .list(keys::SNAPSHOTS)
-        .await
-        .map_err(|source| RepositoryError::Storage {
-            name: repo.name().to_owned(),
-            source,
-        })?;
-    Ok(listed
-        .into_iter()
-        .filter_map(|o| {
-            o.key
-                .strip_prefix(keys::SNAPSHOTS)?
-                .strip_suffix(".json")
-                .map(str::to_owned)
-        })
-        .collect())
+/// The manifests a repository holds, by id: those every reader accepts
+/// (present), and those readers refuse, with why (not present: a copy of
+/// that id replaces them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Ids whose manifest reads, validates and verifies.
+    pub good: BTreeSet<String>,
+    /// Ids whose manifest is refused, and why.
+    pub damaged: BTreeMap<String, String>,
+}
+
+/// The id of the manifest at `key` (`snapshots/<ID>.json`), if it is one.
+fn manifest_id(key: &str) -> Option<&str> {
+    key.strip_prefix(keys::SNAPSHOTS)?.strip_suffix(".json")
+}
+
+/// Which snapshots `repo` holds: [`Repository::snapshots`], by id.
+pub async fn held(repo: &Repository) -> Result<Held, RepositoryError> {
+    let (good, damaged) = repo.snapshots().await?;
+    let mut held = Held {
+        good: good.into_iter().map(|m| m.id).collect(),
+        damaged: BTreeMap::new(),
+    };
+    for d in damaged {
+        if let Some(id) = manifest_id(&d.key) {
+            held.damaged.insert(id.to_owned(), d.message);
+        }
+    }
+    Ok(held)
 }
 
 /// What a copy will do: snapshots to copy (oldest first), those skipped
@@ -251,7 +284,8 @@ pub struct Plan {
 }
 
 /// Plans a copy from the source's good manifests (`good`) and damaged ones,
-/// and the ids the target has. An unknown `--snapshot` is a usage error.
+/// and the ids the target holds good manifests of (`in_target`). An
+/// unknown `--snapshot` is a usage error.
 pub fn plan(
     selection: &Selection,
     good: &[Manifest],
@@ -262,12 +296,7 @@ pub fn plan(
     let damaged_ids: BTreeMap<String, String> = damaged
         .iter()
         .map(|d| {
-            let id = d
-                .key
-                .strip_prefix(keys::SNAPSHOTS)
-                .and_then(|k| k.strip_suffix(".json"))
-                .unwrap_or(&d.key)
-                .to_owned();
+            let id = manifest_id(&d.key).unwrap_or(&d.key).to_owned();
             (id, d.message.clone())
         })
         .collect();
@@ -345,39 +374,23 @@ pub async fn copy(
     } else {
         to.lock("copy", opts.lock_wait).await?
     };
-    let in_target = manifest_ids(to).await?;
-    let plan = plan(&opts.selection, &good, &damaged, &in_target, from.name())?;
+    let target = held(to).await?;
+    for (id, why) in &target.damaged {
+        tracing::warn!(repository = to.name(), snapshot = %id, error = %why, "damaged manifest in the target: not counted as present");
+    }
+    let plan = plan(&opts.selection, &good, &damaged, &target.good, from.name())?;
     let mut report = CopyReport {
         from: from.name().to_owned(),
         to: to.name().to_owned(),
         dry_run: opts.dry_run,
-        snapshots: Vec::new(),
+        snapshots: not_copied(&plan, from.name()),
     };
-    for id in &plan.skipped {
-        report.snapshots.push(SnapshotCopy {
-            snapshot: id.clone(),
-            status: CopyStatus::Skipped,
-            objects: 0,
-            objects_present: 0,
-            bytes: 0,
-            signed: false,
-            error: None,
-        });
-    }
-    for (id, why) in &plan.damaged {
-        let error = format!(
-            "snapshot {id} cannot be copied: its manifest in repository `{}` is refused ({why}); run `kompose-dr check --repository {}`",
-            from.name(),
-            from.name()
-        );
-        tracing::error!(snapshot = %id, "{error}");
-        report.snapshots.push(failed(id, error));
-    }
     for m in &plan.copy {
+        let replaces = target.damaged.get(&m.id).cloned();
         let entry = if opts.dry_run {
-            dry_run(to, m).await
+            dry_run(to, m, replaces).await
         } else {
-            match copy_one(from, to, &m.id, lock.as_ref()).await {
+            match copy_one(from, to, &m.id, replaces, lock.as_ref()).await {
                 Ok(entry) => entry,
                 Err(e) => {
                     tracing::error!(snapshot = %m.id, from = from.name(), to = to.name(), error = %e, "snapshot not copied");
@@ -395,6 +408,33 @@ pub async fn copy(
     Ok(report)
 }
 
+/// The report's entries for what the plan does not copy: skipped (the
+/// target has it) and refused in the source.
+fn not_copied(plan: &Plan, from: &str) -> Vec<SnapshotCopy> {
+    let mut out: Vec<SnapshotCopy> = plan
+        .skipped
+        .iter()
+        .map(|id| SnapshotCopy {
+            snapshot: id.clone(),
+            status: CopyStatus::Skipped,
+            objects: 0,
+            objects_present: 0,
+            bytes: 0,
+            signed: false,
+            replaced: None,
+            error: None,
+        })
+        .collect();
+    for (id, why) in &plan.damaged {
+        let error = format!(
+            "snapshot {id} cannot be copied: its manifest in repository `{from}` is refused ({why}); run `kompose-dr check --repository {from}`"
+        );
+        tracing::error!(snapshot = %id, "{error}");
+        out.push(failed(id, error));
+    }
+    out
+}
+
 fn failed(id: &str, error: String) -> SnapshotCopy {
     SnapshotCopy {
         snapshot: id.to_owned(),
@@ -403,13 +443,16 @@ fn failed(id: &str, error: String) -> SnapshotCopy {
         objects_present: 0,
         bytes: 0,
         signed: false,
+        replaced: None,
         error: Some(error),
     }
 }
 
 /// What copying `m` would stream, counting objects the target already has
-/// with the right size as present.
-async fn dry_run(to: &Repository, m: &Manifest) -> SnapshotCopy {
+/// with the right size as present (their sha256 is checked only when the
+/// copy runs); `replaces` is why the target's manifest of that id is
+/// refused, if it holds one.
+async fn dry_run(to: &Repository, m: &Manifest, replaces: Option<String>) -> SnapshotCopy {
     let present = present_sizes(to, &m.id).await.unwrap_or_default();
     let mut entry = SnapshotCopy {
         snapshot: m.id.clone(),
@@ -418,6 +461,7 @@ async fn dry_run(to: &Repository, m: &Manifest) -> SnapshotCopy {
         objects_present: 0,
         bytes: 0,
         signed: false,
+        replaced: replaces,
         error: None,
     };
     for o in objects(m) {
@@ -445,11 +489,13 @@ async fn present_sizes(repo: &Repository, id: &str) -> Result<BTreeMap<String, u
 
 /// Copies one snapshot: its manifest read again (the bytes that will be
 /// committed are the bytes checked), every object streamed and checked,
-/// then the manifest committed.
+/// then the manifest committed — over the target's refused manifest of the
+/// same id when `replaces` says why it was refused.
 async fn copy_one(
     from: &Repository,
     to: &Repository,
     id: &str,
+    replaces: Option<String>,
     lock: Option<&RepoLock>,
 ) -> Result<SnapshotCopy, CopyError> {
     let stored: StoredManifest = from.stored_manifest(id).await?;
@@ -469,6 +515,7 @@ async fn copy_one(
         objects_present: 0,
         bytes: 0,
         signed: stored.signature.is_some(),
+        replaced: None,
         error: None,
     };
     tracing::info!(snapshot = %id, from = from.name(), to = to.name(), "copying snapshot");
@@ -500,7 +547,14 @@ async fn copy_one(
             to: to.name().to_owned(),
         });
     }
-    to.commit_stored(&stored).await?;
+    match replaces {
+        Some(why) => {
+            tracing::warn!(snapshot = %id, to = to.name(), refused = %why, "replacing the target's damaged manifest");
+            to.replace_stored(&stored).await?;
+            entry.replaced = Some(why);
+        }
+        None => to.commit_stored(&stored).await?,
+    }
     if stored.signature.is_none() {
         tracing::warn!(snapshot = %id, to = to.name(), "copied an unsigned snapshot: readers of the target need --allow-unsigned for it");
     }
@@ -509,16 +563,15 @@ async fn copy_one(
 }
 
 /// Whether an object of the right size the target already holds may be
-/// kept: a local file is read back and its sha256 compared; a remote
-/// object is trusted by its size (it was finished only after its sha256
-/// was checked, by this copy or by the backup that wrote it), since
-/// reading it back would cost as much as copying it again.
+/// kept: it is read back and its sha256 compared, on every backend (see
+/// the module documentation for why re-reading rather than copying again).
 async fn already_there(to: &Repository, o: &Object) -> bool {
-    if to.backend().local_root().is_none() {
-        return true;
-    }
-    match sha256_of(to, &o.key).await {
-        Ok((size, sha)) => size == o.size && sha == o.sha256,
+    match sha256_of(to, &o.key, o.size).await {
+        Ok(Some(sha)) if sha == o.sha256 => true,
+        Ok(_) => {
+            tracing::warn!(key = %o.key, repository = to.name(), "the target's object differs from the manifest; copying it again");
+            false
+        }
         Err(e) => {
             tracing::debug!(key = %o.key, error = %e, "cannot read back the target's object; copying it again");
             false
@@ -526,14 +579,20 @@ async fn already_there(to: &Repository, o: &Object) -> bool {
     }
 }
 
-async fn sha256_of(repo: &Repository, key: &str) -> Result<(u64, String), std::io::Error> {
+/// The sha256 of the object at `key`, if it holds exactly `size` bytes
+/// (`None` otherwise; one longer is read no further than that).
+async fn sha256_of(
+    repo: &Repository,
+    key: &str,
+    size: u64,
+) -> Result<Option<String>, std::io::Error> {
     let mut reader = repo
         .backend()
         .open(key)
         .await
         .map_err(std::io::Error::other)?;
     let mut hasher = sha2::Sha256::new();
-    let mut size = 0u64;
+    let mut read = 0u64;
     let mut buf = vec![0u8; PIECE];
     loop {
         let n = reader.read(&mut buf).await?;
@@ -541,9 +600,12 @@ async fn sha256_of(repo: &Repository, key: &str) -> Result<(u64, String), std::i
             break;
         }
         hasher.update(&buf[..n]);
-        size += n as u64;
+        read += n as u64;
+        if read > size {
+            return Ok(None);
+        }
     }
-    Ok((size, hex::encode(hasher.finalize())))
+    Ok((read == size).then(|| hex::encode(hasher.finalize())))
 }
 
 /// Streams one object from `from` to `to`, piece by piece, and finishes it

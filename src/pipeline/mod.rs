@@ -16,6 +16,7 @@
 //! whose sinks the caller commits only after it has checked that the source
 //! itself succeeded (a child's exit status, for instance).
 
+mod bounded;
 mod chunks;
 
 use std::io::{self, Read, Write};
@@ -25,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+pub use bounded::{Bounded, Expected, SizeError};
 pub use chunks::ChunkWriter;
 
 use crate::storage::{ObjectWriter, StorageError};
@@ -335,19 +337,24 @@ async fn fan_out(
 
 /// Opens an archive for reading: age-decrypts with `identities` and
 /// zstd-decompresses, verifying age authentication and zstd checksums as
-/// it goes.
+/// it goes. The plaintext must hold `plaintext` bytes: reading stops with a
+/// [`SizeError`] as soon as more arrive (a zstd bomb decompresses no
+/// further), and at the end if an exact size was not reached.
 pub fn open_archive<'a, R: Read + 'a>(
     stored: R,
     identities: &[Box<dyn age::Identity + Send + Sync>],
-) -> io::Result<impl Read + 'a> {
+    plaintext: Expected,
+) -> io::Result<Bounded<impl Read + 'a>> {
     let decryptor = age::Decryptor::new(stored).map_err(io::Error::other)?;
     let reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(io::Error::other)?;
-    zstd::stream::Decoder::new(reader)
+    Ok(Bounded::new(zstd::stream::Decoder::new(reader)?, plaintext))
 }
 
-/// Decodes a whole in-memory archive (for small ones such as the facts).
+/// Decodes a whole in-memory archive (for small ones such as the facts):
+/// its plaintext may be at most [`MAX_SMALL_OBJECT`](crate::storage::MAX_SMALL_OBJECT)
+/// bytes, since the manifest records no plaintext size for a sidecar.
 pub fn decode_all(
     stored: &[u8],
     identities: &[Box<dyn age::Identity + Send + Sync>],
@@ -355,15 +362,15 @@ pub fn decode_all(
     let limit = crate::storage::MAX_SMALL_OBJECT;
     let mut out = Vec::new();
     // A small archive that decompresses to gigabytes is not a facts file.
-    open_archive(stored, identities)?
-        .take(limit + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("it decompresses to more than {} MiB", limit >> 20),
-        ));
-    }
+    open_archive(stored, identities, Expected::AtMost(limit))?
+        .read_to_end(&mut out)
+        .map_err(|e| match SizeError::of(&e) {
+            Some(SizeError::TooLong { .. }) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it decompresses to more than {} MiB", limit >> 20),
+            ),
+            _ => e,
+        })?;
     Ok(out)
 }
 

@@ -91,4 +91,30 @@ impl Repository {
             .await
             .map_err(|e| self.storage(e))
     }
+
+    /// Commits a snapshot like [`commit_stored`](Self::commit_stored) over
+    /// a manifest of the same id that this repository holds but readers
+    /// refuse (garbage, wrongly signed, invalid): the signature first —
+    /// or, for an unsigned manifest, the stale one removed — then the
+    /// manifest, both overwritten. Until the manifest is written the old
+    /// one stays refused, so no reader ever accepts a mix of the two. Call
+    /// only after every object the manifest names is durable here, and
+    /// only for a manifest readers of this repository refuse.
+    pub async fn replace_stored(&self, stored: &StoredManifest) -> Result<(), RepositoryError> {
+        let key = keys::manifest_key(&stored.manifest.id);
+        let sig_key = keys::signature_key(&key);
+        let written = match &stored.signature {
+            Some(sig) => {
+                self.backend
+                    .put(&sig_key, sig.clone(), PutMode::Overwrite)
+                    .await
+            }
+            None => self.backend.delete(&sig_key).await,
+        };
+        written.map_err(|e| self.storage(e))?;
+        self.backend
+            .put(&key, stored.body.clone(), PutMode::Overwrite)
+            .await
+            .map_err(|e| self.storage(e))
+    }
 }

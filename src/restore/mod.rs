@@ -559,8 +559,9 @@ pub async fn open_artifact(
 
 /// Copies the stored bytes of the item's archive into a private, unnamed
 /// temporary file (under `$TMPDIR`, gone when closed), checking their size
-/// and sha256 against the manifest on the way, and returns a reader of that
-/// verified copy. Archives whose content runs code when restored (pg_dump
+/// and sha256 against the manifest on the way (stopping as soon as more
+/// than `stored_bytes` arrive), and returns a reader of that verified copy
+/// (whose plaintext is bounded by `plaintext_bytes` in turn). Archives whose content runs code when restored (pg_dump
 /// archives: functions, materialized views) go through this, so that not a
 /// byte of a replaced archive reaches pg_restore; it costs the archive's
 /// size in temporary space, no more (it stays compressed and encrypted).
@@ -588,14 +589,17 @@ pub async fn spool_artifact(
             "cannot create a private temporary file ($TMPDIR)",
         ))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut spool);
-        std::io::copy(&mut stored, &mut out).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                // The message names the archive and what differs.
-                RestoreError::Failed(e.to_string())
-            } else {
-                RestoreError::io(format!("{label}: cannot spool the archive to $TMPDIR"))(e)
-            }
-        })?;
+        // No more than `stored_bytes` is read, so none is spooled.
+        let copied = std::io::copy(&mut stored, &mut out);
+        if let Err(e) = copied {
+            return Err(match stored.failure() {
+                // It names the archive and what differs from the manifest.
+                Some(m) => RestoreError::Archive(stream::ReadError::Mismatch(m.clone())),
+                None => {
+                    RestoreError::io(format!("{label}: cannot spool the archive to $TMPDIR"))(e)
+                }
+            });
+        }
         out.flush().map_err(RestoreError::io(format!(
             "{label}: cannot spool the archive"
         )))?;

@@ -1,10 +1,16 @@
-//! Reading an artifact back: storage → sha256/size check → age → zstd →
+//! Reading an artifact back: storage → size/sha256 check → age → zstd →
 //! plaintext, on a blocking thread.
 //!
-//! The stored bytes are hashed as they are read and compared with the
-//! manifest at the end; age authenticates every chunk and zstd checks its
-//! frame checksum. Any of them failing stops the copy with a message naming
-//! the artifact, and callers only rename results into place after
+//! The sizes come from the signed manifest and bound every read: the stored
+//! bytes stop with an error as soon as more than `stored_bytes` arrive, the
+//! plaintext as soon as it grows past `plaintext_bytes` (and each is
+//! refused at its end if short) — so an archive replaced by a zstd bomb
+//! writes nothing past the size the manifest records, beside a target or
+//! in `$TMPDIR`, before the sha256 at its end would have caught it. The
+//! stored bytes are hashed as they are read and compared with the manifest
+//! at the end; age authenticates every chunk and zstd checks its frame
+//! checksum. Any of them failing stops the copy with a message naming the
+//! artifact, and callers only rename results into place after
 //! [`copy_archive`] returned `Ok`.
 
 use std::io::{self, Read, Write};
@@ -12,33 +18,127 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 use crate::model::manifest::Artifact;
+use crate::pipeline::{Bounded, Expected, SizeError};
 
-/// Reads through, hashing and counting; at EOF compares with the manifest.
+/// The stored bytes or the plaintext of an artifact are not what the
+/// manifest says.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Mismatch {
+    /// The stored bytes are longer or shorter than `stored_bytes`.
+    #[error("{label}: {}", stored_text(source))]
+    Stored {
+        /// The artifact, as [`label`] names it.
+        label: String,
+        /// How the size differs.
+        #[source]
+        source: SizeError,
+    },
+    /// The stored bytes' sha256 is not the manifest's.
+    #[error("{label}: sha256 {got} differs from the manifest's: the archive is damaged")]
+    Digest {
+        /// The artifact, as [`label`] names it.
+        label: String,
+        /// The sha256 read, hex.
+        got: String,
+    },
+    /// The plaintext grows past, or ends short of, what the manifest says
+    /// (or, where it records no plaintext size, past the bound for it).
+    #[error("{label}: {}", plaintext_text(*expected, source))]
+    Plaintext {
+        /// The artifact, as [`label`] names it.
+        label: String,
+        /// What the plaintext had to be.
+        expected: Expected,
+        /// How it differs.
+        #[source]
+        source: SizeError,
+    },
+}
+
+fn stored_text(e: &SizeError) -> String {
+    match e {
+        SizeError::TooLong { limit } => format!(
+            "the archive is longer than the {limit} bytes the manifest says: \
+             it was replaced or is damaged; reading stopped there"
+        ),
+        SizeError::TooShort { got, expected } => format!(
+            "the archive is {got} bytes, the manifest says {expected}: it is truncated or damaged"
+        ),
+    }
+}
+
+fn plaintext_text(expected: Expected, e: &SizeError) -> String {
+    match (expected, e) {
+        (Expected::Exactly(_), SizeError::TooLong { limit }) => format!(
+            "the archive decompresses to more than the {limit} bytes the manifest says \
+             (plaintext_bytes): it was replaced or is damaged; nothing past that was written"
+        ),
+        (Expected::AtMost(_), SizeError::TooLong { limit }) => format!(
+            "the archive decompresses to more than {limit} bytes, more than kompose-dr \
+             writes for it: it was replaced or is damaged; nothing past that was written"
+        ),
+        (_, SizeError::TooShort { got, expected }) => format!(
+            "the archive decompresses to {got} bytes, the manifest says {expected} \
+             (plaintext_bytes): it is truncated or damaged"
+        ),
+    }
+}
+
+/// Reads the stored bytes of an artifact through, hashing and counting:
+/// stops with an error as soon as more than the manifest's `stored_bytes`
+/// arrive, and at EOF compares the size and sha256 with the manifest. It
+/// also carries what the plaintext must hold, for [`copy_archive`].
 pub struct VerifyingReader<R> {
-    inner: R,
+    inner: Bounded<R>,
     hasher: Sha256,
-    read: u64,
-    expected_len: u64,
     expected_sha: Option<String>,
+    plaintext: Expected,
     label: String,
     progress: Box<dyn FnMut(u64) + Send>,
     checked: bool,
+    failed: Option<Mismatch>,
 }
 
 impl<R: Read> VerifyingReader<R> {
     /// Wraps the stored bytes of `artifact`; `progress` gets the stored
-    /// bytes read so far.
+    /// bytes read so far. The plaintext must be exactly the artifact's
+    /// `plaintext_bytes`.
     pub fn new(inner: R, artifact: &Artifact, progress: Box<dyn FnMut(u64) + Send>) -> Self {
         VerifyingReader {
-            inner,
+            inner: Bounded::new(inner, Expected::Exactly(artifact.stored_bytes)),
             hasher: Sha256::new(),
-            read: 0,
-            expected_len: artifact.stored_bytes,
             expected_sha: artifact.sha256.clone(),
+            plaintext: Expected::Exactly(artifact.plaintext_bytes),
             label: label(artifact),
             progress,
             checked: false,
+            failed: None,
         }
+    }
+
+    /// The same reader with another bound on the plaintext: for an object
+    /// whose manifest records no plaintext size (the facts sidecar),
+    /// `Expected::AtMost` a documented constant.
+    pub fn with_plaintext(mut self, plaintext: Expected) -> Self {
+        self.plaintext = plaintext;
+        self
+    }
+
+    /// What the plaintext must hold.
+    pub fn plaintext(&self) -> Expected {
+        self.plaintext
+    }
+
+    /// Why the stored bytes were refused, if they were (whatever wrapped
+    /// the I/O error on its way out).
+    pub fn failure(&self) -> Option<&Mismatch> {
+        self.failed.as_ref()
+    }
+
+    fn fail(&mut self, m: Mismatch) -> io::Error {
+        let e = io::Error::new(io::ErrorKind::InvalidData, m.clone());
+        self.failed = Some(m);
+        e
     }
 }
 
@@ -53,31 +153,30 @@ pub fn label(a: &Artifact) -> String {
 
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        if let Some(m) = &self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, m.clone()));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return match self.inner.failure() {
+                    Some(source) => Err(self.fail(Mismatch::Stored {
+                        label: self.label.clone(),
+                        source,
+                    })),
+                    None => Err(e),
+                };
+            }
+        };
         if n > 0 {
             self.hasher.update(&buf[..n]);
-            self.read += n as u64;
-            (self.progress)(self.read);
+            (self.progress)(self.inner.bytes_read());
         } else if !buf.is_empty() && !self.checked {
             self.checked = true;
-            if self.read != self.expected_len {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: the archive is {} bytes, the manifest says {}: it is truncated or damaged",
-                        self.label, self.read, self.expected_len
-                    ),
-                ));
-            }
             let got = hex::encode(self.hasher.clone().finalize());
             if self.expected_sha.as_deref() != Some(got.as_str()) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: sha256 {got} differs from the manifest's: the archive is damaged",
-                        self.label
-                    ),
-                ));
+                let label = self.label.clone();
+                return Err(self.fail(Mismatch::Digest { label, got }));
             }
         }
         Ok(n)
@@ -92,9 +191,13 @@ pub enum ReadError {
         "{0}: the identity cannot decrypt it (is encryption.identity_file the key whose public key is in kompose-dr.json?)"
     )]
     WrongKey(String),
-    /// age, zstd or the sha256 check failed.
+    /// age or zstd failed.
     #[error("{0}: the archive is damaged or truncated: {1}")]
     Damaged(String, String),
+    /// The stored bytes or the plaintext are not what the manifest says
+    /// (size, sha256); reading stopped at the size it records.
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
     /// Writing the plaintext failed.
     #[error("{0}: writing the restored data failed: {1}")]
     Output(String, io::Error),
@@ -102,39 +205,75 @@ pub enum ReadError {
 
 /// Decrypts and decompresses the archive read from `stored` into `out`,
 /// checking age authentication, zstd checksums and the manifest's size and
-/// sha256. Returns the plaintext bytes written.
+/// sha256, and writing no more plaintext than the manifest records (see
+/// [`VerifyingReader::plaintext`]). Returns the plaintext bytes written.
 pub fn copy_archive<R: Read, W: Write>(
     stored: VerifyingReader<R>,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     out: &mut W,
 ) -> Result<u64, ReadError> {
+    let mut stored = stored;
+    let result = decode_into(&mut stored, identities, out);
+    if let Err(ReadError::Mismatch(Mismatch::Plaintext {
+        source: SizeError::TooShort { .. },
+        ..
+    })) = &result
+    {
+        // The compressed data ended: the rest of the stored bytes is short,
+        // and their own check says more when it fails (a replaced archive).
+        let _ = io::copy(&mut stored, &mut io::sink());
+    }
+    match (result, stored.failure()) {
+        // age or zstd wrapped the stored bytes' own error: that one says
+        // what is wrong.
+        (Err(ReadError::Damaged(..) | ReadError::Mismatch(_)), Some(m)) => {
+            Err(ReadError::Mismatch(m.clone()))
+        }
+        (result, _) => result,
+    }
+}
+
+fn decode_into<R: Read, W: Write>(
+    stored: &mut VerifyingReader<R>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    out: &mut W,
+) -> Result<u64, ReadError> {
     let label = stored.label.clone();
     let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.clone(), e.to_string());
-    let mut stored = stored;
-    let decryptor = age::Decryptor::new(&mut stored).map_err(|e| damaged(&e))?;
+    let plaintext = stored.plaintext;
+    let decryptor = age::Decryptor::new(&mut *stored).map_err(|e| damaged(&e))?;
     let reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => ReadError::WrongKey(label.clone()),
             other => damaged(&other),
         })?;
-    let mut z = zstd::stream::read::Decoder::new(reader).map_err(|e| damaged(&e))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut written = 0u64;
+    let decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| damaged(&e))?;
+    let mut z = Bounded::new(decoder, plaintext);
+    let mut buf = vec![0u8; crate::pipeline::CHUNK];
     loop {
         let n = match z.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(damaged(&e)),
+            Err(e) => {
+                return Err(match z.failure() {
+                    Some(source) => ReadError::Mismatch(Mismatch::Plaintext {
+                        label: label.clone(),
+                        expected: plaintext,
+                        source,
+                    }),
+                    None => damaged(&e),
+                });
+            }
         };
         out.write_all(&buf[..n])
             .map_err(|e| ReadError::Output(label.clone(), e))?;
-        written += n as u64;
     }
+    let written = z.bytes_read();
     // Nothing may follow the zstd frame; then read the stored bytes to the
     // end so that the size and sha256 are checked.
-    let mut rest = z.finish();
+    let mut rest = z.into_inner().finish();
     let trailing = io::copy(&mut rest, &mut io::sink()).map_err(|e| damaged(&e))?;
     if trailing != 0 {
         return Err(damaged(&format!(
@@ -142,8 +281,192 @@ pub fn copy_archive<R: Read, W: Write>(
         )));
     }
     drop(rest);
-    io::copy(&mut stored, &mut io::sink()).map_err(|e| damaged(&e))?;
+    io::copy(stored, &mut io::sink()).map_err(|e| damaged(&e))?;
     out.flush()
         .map_err(|e| ReadError::Output(label.clone(), e))?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::fixtures::artifact;
+
+    type Ids = Vec<Box<dyn age::Identity + Send + Sync>>;
+
+    /// `age(zstd(plain))` to a fresh key, as the stock tools write it.
+    fn archive(plain: &[u8]) -> (Vec<u8>, Ids) {
+        let id = age::x25519::Identity::generate();
+        (archive_to(plain, &id), vec![Box::new(id)])
+    }
+
+    fn archive_to(plain: &[u8], id: &age::x25519::Identity) -> Vec<u8> {
+        let r = id.to_public();
+        let z = zstd::encode_all(plain, 3).unwrap();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(&z).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// An artifact whose stored figures are those of `stored`, and whose
+    /// plaintext is `plaintext_bytes`.
+    fn figures(stored: &[u8], plaintext_bytes: u64) -> Artifact {
+        let mut a = artifact("files/acme", "2026-11-27T03:00:05Z", true);
+        a.stored_bytes = stored.len() as u64;
+        a.sha256 = Some(hex::encode(Sha256::digest(stored)));
+        a.plaintext_bytes = plaintext_bytes;
+        a
+    }
+
+    /// Counts what is read from the store.
+    struct Counting<'a>(&'a [u8], std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+
+    fn restore(stored: &[u8], a: &Artifact, ids: &Ids) -> (Vec<u8>, Result<u64, ReadError>) {
+        let r = VerifyingReader::new(stored, a, Box::new(|_| {}));
+        let mut out = Vec::new();
+        let res = copy_archive(r, ids, &mut out);
+        (out, res)
+    }
+
+    #[test]
+    fn an_archive_as_the_manifest_says_reads_back() {
+        let plain = b"hello world ".repeat(10_000);
+        let (stored, ids) = archive(&plain);
+        let a = figures(&stored, plain.len() as u64);
+        let (out, res) = restore(&stored, &a, &ids);
+        assert_eq!(res.unwrap(), plain.len() as u64);
+        assert_eq!(out, plain);
+    }
+
+    #[test]
+    fn a_zstd_bomb_writes_no_more_than_the_manifest_says() {
+        // The manifest's stored figures fit the bomb (a writer of the store
+        // who also forged them): only the plaintext size stops it.
+        let (stored, ids) = archive(&vec![0u8; 32 << 20]);
+        assert!(stored.len() < 1 << 20);
+        let a = figures(&stored, 1000);
+        let (out, res) = restore(&stored, &a, &ids);
+        assert_eq!(out.len(), 1000, "nothing past plaintext_bytes is written");
+        let e = res.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ReadError::Mismatch(Mismatch::Plaintext {
+                    source: SizeError::TooLong { limit: 1000 },
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        for want in ["files/acme (data/x/files/acme)", "more than the 1000 bytes"] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
+
+    #[test]
+    fn stored_bytes_past_the_manifest_are_never_read() {
+        let plain: Vec<u8> = (0..400_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let (stored, ids) = archive(&plain);
+        let mut a = figures(&stored, plain.len() as u64);
+        a.stored_bytes = 1000;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = VerifyingReader::new(Counting(&stored, count.clone()), &a, Box::new(|_| {}));
+        let mut out = Vec::new();
+        let e = copy_archive(r, &ids, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ReadError::Mismatch(Mismatch::Stored {
+                    source: SizeError::TooLong { limit: 1000 },
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("longer than the 1000 bytes the manifest says"),
+            "{e}"
+        );
+        assert!(count.load(std::sync::atomic::Ordering::SeqCst) <= 1001);
+        assert!(out.len() <= plain.len());
+    }
+
+    #[test]
+    fn a_short_plaintext_fails_at_its_end() {
+        let (stored, ids) = archive(b"hello");
+        let a = figures(&stored, 6);
+        let (_, res) = restore(&stored, &a, &ids);
+        let e = res.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ReadError::Mismatch(Mismatch::Plaintext {
+                    source: SizeError::TooShort {
+                        got: 5,
+                        expected: 6
+                    },
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_replaced_archive_is_named_by_its_stored_figures_first() {
+        // The manifest's figures are the real archive's; a shorter, valid
+        // archive to the same key was put in its place: its plaintext ends
+        // short, and the stored size says why.
+        let id = age::x25519::Identity::generate();
+        let plain: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let real = archive_to(&plain, &id);
+        let a = figures(&real, plain.len() as u64);
+        let forged = archive_to(b"{}", &id);
+        let ids: Ids = vec![Box::new(id)];
+        let (out, res) = restore(&forged, &a, &ids);
+        assert!(out.len() <= 2);
+        let e = res.unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ReadError::Mismatch(Mismatch::Stored {
+                    source: SizeError::TooShort { .. },
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("the manifest says"), "{e}");
+    }
+
+    #[test]
+    fn a_sidecar_is_bounded_by_the_limit_given() {
+        let (stored, ids) = archive(&vec![1u8; 5000]);
+        let a = figures(&stored, 0);
+        let r = VerifyingReader::new(&stored[..], &a, Box::new(|_| {}))
+            .with_plaintext(Expected::AtMost(10_000));
+        assert_eq!(copy_archive(r, &ids, &mut io::sink()).unwrap(), 5000);
+        let r = VerifyingReader::new(&stored[..], &a, Box::new(|_| {}))
+            .with_plaintext(Expected::AtMost(4096));
+        let e = copy_archive(r, &ids, &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("more than 4096 bytes"), "{e}");
+    }
 }

@@ -48,14 +48,15 @@ impl BackfillReport {
 }
 
 /// What one repository holds: its name, the policy's good snapshots there,
-/// and every manifest id (good or damaged).
+/// and the ids of every good manifest (of any policy; a damaged one is not
+/// held, and a copy replaces it).
 #[derive(Debug, Clone)]
 pub struct Holding {
     /// The repository's name.
     pub repository: String,
     /// The policy's snapshots it holds.
     pub snapshots: Vec<Manifest>,
-    /// Every manifest id it holds.
+    /// The id of every good manifest it holds.
     pub ids: BTreeSet<String>,
 }
 
@@ -203,7 +204,8 @@ async fn holding(
 ) -> Result<Holding, crate::repository::RepositoryError> {
     repo.marker().await?;
     let (good, _damaged) = repo.snapshots().await?;
-    let ids = super::manifest_ids(repo).await?;
+    // A manifest readers refuse is not a snapshot held: a copy replaces it.
+    let ids = good.iter().map(|m| m.id.clone()).collect();
     Ok(Holding {
         repository: repo.name().to_owned(),
         snapshots: good

@@ -352,3 +352,65 @@ async fn a_forged_manifest_in_the_source_is_never_copied() {
         .unwrap();
     assert_eq!(report.failed(), 1, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_garbage_manifest_in_the_target_is_replaced_and_reported() {
+    let trust = signing();
+    let (src, src_mem) = repository("local", &trust).await;
+    let (dst, dst_mem) = repository("offsite", &trust).await;
+    snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
+    snapshot(&src, &src_mem, B, "2026-11-26T03:00:00Z", b"second").await;
+    // `echo '{}' > OFFSITE/snapshots/A.json`, with a stale signature beside
+    // B's; readers refuse both.
+    let (key_a, key_b) = (keys::manifest_key(A), keys::manifest_key(B));
+    dst_mem.insert(&key_a, b"{}\n".to_vec());
+    dst_mem.insert(&key_b, b"{}\n".to_vec());
+    dst_mem.insert(&keys::signature_key(&key_b), b"garbage".to_vec());
+    let (_, damaged) = dst.snapshots().await.unwrap();
+    assert_eq!(damaged.len(), 2);
+
+    let mut dry = opts(Selection::Missing);
+    dry.dry_run = true;
+    let report = copy(&src, &dst, &dry).await.unwrap();
+    assert_eq!(report.count(CopyStatus::WouldCopy), 2, "{report:?}");
+    assert_eq!(report.replaced(), 2, "{report:?}");
+    assert_eq!(dst_mem.object(&key_a).unwrap().as_ref(), b"{}\n");
+
+    let report = copy(&src, &dst, &opts(Selection::Missing)).await.unwrap();
+    assert_eq!(report.count(CopyStatus::Copied), 2, "{report:?}");
+    assert_eq!(report.replaced(), 2, "{report:?}");
+    assert!(report.snapshots.iter().all(|s| s.replaced.is_some()));
+    for key in [&key_a, &key_b] {
+        assert_eq!(src_mem.object(key), dst_mem.object(key));
+        let sig = keys::signature_key(key);
+        assert_eq!(src_mem.object(&sig), dst_mem.object(&sig));
+    }
+    let (good, damaged) = dst.snapshots().await.unwrap();
+    assert_eq!(good.len(), 2);
+    assert!(damaged.is_empty(), "{damaged:?}");
+    // Present now: nothing left to copy or replace.
+    let again = copy(&src, &dst, &opts(Selection::Missing)).await.unwrap();
+    assert!(again.snapshots.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn an_altered_object_of_the_right_size_in_the_target_is_copied_again() {
+    let trust = signing();
+    let (src, src_mem) = repository("local", &trust).await;
+    let (dst, dst_mem) = repository("offsite", &trust).await;
+    snapshot(&src, &src_mem, A, "2026-11-25T03:00:00Z", b"first").await;
+    // An interrupted copy left both objects; one was altered since, one
+    // truncated: neither is kept.
+    let archive = keys::artifact_key(A, "files/acme", ArtifactKind::File);
+    dst_mem.insert(&archive, b"firsT".to_vec());
+    dst_mem.insert(&keys::facts_key(A), b"facts".to_vec());
+    let report = copy(&src, &dst, &opts(Selection::Missing)).await.unwrap();
+    let s = &report.snapshots[0];
+    assert_eq!(s.status, CopyStatus::Copied, "{report:?}");
+    assert_eq!((s.objects, s.objects_present), (2, 0), "{report:?}");
+    assert_eq!(dst_mem.object(&archive).unwrap().as_ref(), b"first");
+    assert_eq!(
+        src_mem.object(&keys::facts_key(A)),
+        dst_mem.object(&keys::facts_key(A))
+    );
+}

@@ -210,7 +210,12 @@ async fn pipe_into(
     let copied = copy
         .await
         .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
-    if let Err(stream::ReadError::WrongKey(_) | stream::ReadError::Damaged(..)) = &copied {
+    if let Err(
+        stream::ReadError::WrongKey(_)
+        | stream::ReadError::Damaged(..)
+        | stream::ReadError::Mismatch(_),
+    ) = &copied
+    {
         // Do not let the program finish on a truncated input.
         child.kill();
     }

@@ -77,6 +77,30 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
+/// Writes `body` as the file `name` (mode 0600) in the existing directory
+/// `dir`, which is the operator's path (a symlink on the way to it is
+/// followed), durably and without writing through anything planted there:
+/// a new temp file is created through the directory's descriptor, fsynced,
+/// and renamed over `name`, so a symlink or FIFO at `name` is replaced,
+/// never followed or truncated. For files kompose-dr writes beside a
+/// repository (drill reports).
+pub fn replace_file_in(dir: &Path, name: &OsStr, body: &[u8]) -> std::io::Result<()> {
+    let dir = beneath::open_root(dir)?;
+    let tmp = tmp_name(name);
+    let written = (|| {
+        let mut f = beneath::create_new(dir.as_fd(), &tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        drop(f);
+        beneath::rename(dir.as_fd(), &tmp, name)?;
+        beneath::sync(dir.as_fd())
+    })();
+    if written.is_err() {
+        let _ = beneath::remove_file(dir.as_fd(), &tmp);
+    }
+    written
+}
+
 /// The name a new file `name` is written under before it is renamed.
 fn tmp_name(name: &OsStr) -> OsString {
     let mut tmp = name.to_os_string();
@@ -989,5 +1013,28 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         flipper.join().unwrap();
         assert_eq!(contents(&out), before);
+    }
+
+    #[test]
+    fn a_file_replaced_beside_a_repository_never_writes_through_what_is_planted() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "secret").unwrap();
+        let reports = dir.path().join("reports");
+        std::fs::create_dir(&reports).unwrap();
+        std::os::unix::fs::symlink(&victim, reports.join("a.json")).unwrap();
+        let fifo = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        nix::unistd::mkfifo(&reports.join("b.json"), fifo).unwrap();
+        for name in ["a.json", "b.json"] {
+            replace_file_in(&reports, OsStr::new(name), b"report").unwrap();
+            let path = reports.join(name);
+            assert_eq!(std::fs::read(&path).unwrap(), b"report");
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::symlink_metadata(&path).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o7777, 0o600, "{name}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+        assert_eq!(std::fs::read_dir(&reports).unwrap().count(), 2);
     }
 }

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,18 @@ pub enum LockError {
         path: String,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// Something kompose-dr never writes is where the lock file goes: a
+    /// symlink, FIFO, directory, device, or a file with other names.
+    #[error(
+        "{path} is {what}, not the lock file kompose-dr writes: refusing to open or write it; \
+         remove it (kompose-dr only ever writes a regular file there)"
+    )]
+    NotALockFile {
+        /// The lock file's place.
+        path: String,
+        /// What is there instead.
+        what: String,
     },
     /// The lease could not be written or listed.
     #[error("cannot take the lock: {0}")]
@@ -146,18 +157,7 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
     let path = root.join("lock");
     let deadline = Instant::now() + wait;
     loop {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| LockError::Io {
-                op: "open the lock",
-                path: path.display().to_string(),
-                source,
-            })?;
+        let file = open_lock(root, &path)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 let me = Holder::me(command);
@@ -170,10 +170,11 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
                     _held: Held::Flock(lock),
                 });
             }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
                 if Instant::now() >= deadline {
                     let mut text = String::new();
-                    let _ = file.read_to_string(&mut text);
+                    // The holder's JSON is a line; the file is untrusted.
+                    let _ = file.take(MAX_HOLDER).read_to_string(&mut text);
                     let holder = serde_json::from_str::<Holder>(&text)
                         .map(|h| h.to_string())
                         .unwrap_or_else(|_| "another kompose-dr".to_owned());
@@ -195,6 +196,66 @@ pub async fn acquire(root: &Path, command: &str, wait: Duration) -> Result<RepoL
     }
 }
 
+/// The most of a lock file read to name its holder.
+const MAX_HOLDER: u64 = 64 << 10;
+
+/// Opens (or creates, 0600) the lock file `lock` beneath `root` without
+/// following a symlink at any level and without blocking on a FIFO, and
+/// makes sure, on the opened file, that it is a regular file with one name:
+/// the holder's JSON is written into it as root, so a planted
+/// `lock -> /etc/shadow` (or a hard link to it) must never be truncated.
+/// `path` is for messages.
+fn open_lock(root: &Path, path: &Path) -> Result<File, LockError> {
+    use crate::storage::local::{beneath, kind_name};
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::os::fd::AsFd;
+    let io = |op: &'static str, at: &Path| {
+        let at = at.display().to_string();
+        move |source| LockError::Io {
+            op,
+            path: at,
+            source,
+        }
+    };
+    let dir = beneath::open_root(root).map_err(io("open", root))?;
+    let flags =
+        OFlags::RDWR | OFlags::CREATE | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    let mode = Mode::from_raw_mode(0o600);
+    let fd = match beneath::open(dir.as_fd(), Path::new("lock"), flags, mode) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let what = match rustix::io::Errno::from_io_error(&e) {
+                Some(rustix::io::Errno::LOOP) => "a symbolic link",
+                Some(rustix::io::Errno::ISDIR) => "a directory",
+                Some(rustix::io::Errno::NXIO) => "a socket",
+                _ => return Err(io("open the lock", path)(e)),
+            };
+            return Err(not_a_lock(path, what.to_owned()));
+        }
+    };
+    let meta = beneath::describe(fd.as_fd()).map_err(io("stat the lock", path))?;
+    if meta.kind != FileType::RegularFile {
+        return Err(not_a_lock(path, kind_name(meta.kind).to_owned()));
+    }
+    if meta.links > 1 {
+        return Err(not_a_lock(
+            path,
+            format!(
+                "a file with {} hard links (one may be a file elsewhere)",
+                meta.links
+            ),
+        ));
+    }
+    Ok(File::from(fd))
+}
+
+fn not_a_lock(path: &Path, what: String) -> LockError {
+    LockError::NotALockFile {
+        path: path.display().to_string(),
+        what,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +274,81 @@ mod tests {
         );
         drop(first);
         acquire(dir.path(), "prune", Duration::ZERO).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_regular_file_at_lock_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let lock = repo.join("lock");
+        let refused = |e: LockError, what: &str| {
+            assert!(matches!(e, LockError::NotALockFile { .. }), "{e:?}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&lock.display().to_string())
+                    && e.contains(what)
+                    && e.contains("remove it"),
+                "{e}"
+            );
+        };
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        refused(
+            acquire(&repo, "backup", Duration::ZERO).await.unwrap_err(),
+            "symbolic link",
+        );
+        std::fs::remove_file(&lock).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("absent"), &lock).unwrap();
+        refused(
+            acquire(&repo, "backup", Duration::ZERO).await.unwrap_err(),
+            "symbolic link",
+        );
+        assert!(
+            !dir.path().join("absent").exists(),
+            "created through a dangling link"
+        );
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::hard_link(&victim, &lock).unwrap();
+        refused(
+            acquire(&repo, "backup", Duration::ZERO).await.unwrap_err(),
+            "2 hard links",
+        );
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::create_dir(&lock).unwrap();
+        refused(
+            acquire(&repo, "backup", Duration::ZERO).await.unwrap_err(),
+            "a directory",
+        );
+        std::fs::remove_dir(&lock).unwrap();
+        nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            acquire(&repo, "backup", Duration::ZERO),
+        )
+        .await
+        .expect("a FIFO at lock must not hang the writer");
+        refused(e.unwrap_err(), "a FIFO");
+        std::fs::remove_file(&lock).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(&lock).unwrap();
+        refused(
+            acquire(&repo, "backup", Duration::ZERO).await.unwrap_err(),
+            "a socket",
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+    }
+
+    #[tokio::test]
+    async fn a_root_reached_through_a_symlink_is_the_operators_and_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("repo")).unwrap();
+        let held = acquire(&dir.path().join("repo"), "backup", Duration::ZERO)
+            .await
+            .unwrap();
+        let body = std::fs::read_to_string(dir.path().join("real/lock")).unwrap();
+        assert!(body.contains("\"command\":\"backup\""), "{body}");
+        drop(held);
     }
 }

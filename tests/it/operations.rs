@@ -80,8 +80,21 @@ fn a_crash_between_manifest_and_data_removal_is_cleaned_up_next_time() {
     for _ in 0..2 {
         ws.run(&["backup"]).assert_exit(0);
     }
-    // As if prune died after removing the older manifest.
+    // As if prune died after its signed record and the older manifest.
     let old = ws.manifests()[1]["id"].as_str().unwrap().to_owned();
+    let record_id = format!("{}-abcdef", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    let record = ws.repo.join(format!("pruned/{record_id}.json"));
+    std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+    std::fs::write(
+        &record,
+        serde_json::json!({
+            "version": 1, "id": record_id, "stack": null, "host": "h",
+            "at": chrono::Utc::now(), "removed": [old],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    ws.sign(&record);
     std::fs::remove_file(ws.repo.join(format!("snapshots/{old}.json"))).unwrap();
     assert!(ws.repo.join(format!("data/{old}")).exists());
     assert_eq!(

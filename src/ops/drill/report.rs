@@ -11,8 +11,6 @@ use crate::model::config::Config;
 /// Writes the report as `<drill>-<time>.json` and `.md` (0600) into `dir`;
 /// returns their paths.
 pub(super) fn write_report(dir: &Path, report: &DrillReport) -> Result<Vec<PathBuf>, DrillError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     crate::storage::local::create_dir_private(dir).map_err(DrillError::io(format!(
         "cannot create reports_dir {}",
         dir.display()
@@ -33,15 +31,10 @@ pub(super) fn write_report(dir: &Path, report: &DrillReport) -> Result<Vec<PathB
         ),
         (&md, markdown(&with_paths)),
     ] {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(DrillError::io(format!("cannot write {}", path.display())))?;
-        f.write_all(body.as_bytes())
-            .and_then(|()| f.sync_all())
+        // reports_dir may lie in a local repository, which is untrusted:
+        // never write through a symlink or FIFO planted at the name.
+        let name = path.file_name().expect("a report has a file name");
+        crate::storage::local::replace_file_in(dir, name, body.as_bytes())
             .map_err(DrillError::io(format!("cannot write {}", path.display())))?;
     }
     Ok(vec![json, md])

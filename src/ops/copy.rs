@@ -258,12 +258,19 @@ fn manifest_id(key: &str) -> Option<&str> {
 
 /// Which snapshots `repo` holds: [`Repository::snapshots`], by id.
 pub async fn held(repo: &Repository) -> Result<Held, RepositoryError> {
-    let (good, damaged) = repo.snapshots().await?;
+    // Any stack's snapshot that checks out is held: a copy never writes
+    // over one.
+    let listing = repo.listing().await?;
     let mut held = Held {
-        good: good.into_iter().map(|m| m.id).collect(),
+        good: listing
+            .ours
+            .into_iter()
+            .chain(listing.others)
+            .map(|m| m.id)
+            .collect(),
         damaged: BTreeMap::new(),
     };
-    for d in damaged {
+    for d in listing.damaged {
         if let Some(id) = manifest_id(&d.key) {
             held.damaged.insert(id.to_owned(), d.message);
         }
@@ -374,6 +381,13 @@ pub async fn copy(
     } else {
         to.lock("copy", opts.lock_wait).await?
     };
+    // A target written before stack ids takes the source's stack, so that
+    // what is copied there is its own stack's.
+    if !opts.dry_run
+        && let Some(stack) = &source_marker.stack
+    {
+        to.adopt(stack).await?;
+    }
     let target = held(to).await?;
     for (id, why) in &target.damaged {
         tracing::warn!(repository = to.name(), snapshot = %id, error = %why, "damaged manifest in the target: not counted as present");

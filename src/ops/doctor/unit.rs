@@ -82,6 +82,12 @@ impl Unit {
                         .split_whitespace()
                         .map(|p| PathBuf::from(p.trim_start_matches(['-', '+']))),
                 ),
+                // systemd makes /var/lib/<name> writable for it.
+                "StateDirectory" => u.read_write.extend(
+                    value
+                        .split_whitespace()
+                        .map(|d| Path::new("/var/lib").join(d.split(':').next().unwrap_or(d))),
+                ),
                 _ => {}
             }
         }
@@ -243,6 +249,7 @@ pub(super) fn sandbox(config: &Config, checks: &mut Vec<Check>) {
                 .iter()
                 .cloned()
                 .chain(textfile_dir.clone())
+                .chain(std::iter::once(config.state_dir.clone()))
                 .collect(),
             reads,
         ),

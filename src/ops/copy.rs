@@ -404,7 +404,8 @@ pub async fn copy(
         let entry = if opts.dry_run {
             dry_run(to, m, replaces).await
         } else {
-            match copy_one(from, to, &m.id, replaces, lock.as_ref()).await {
+            let commit = replaces.map_or(Commit::New, Commit::Replace);
+            match copy_one(from, to, &m.id, commit, lock.as_ref()).await {
                 Ok(entry) => entry,
                 Err(e) => {
                     tracing::error!(snapshot = %m.id, from = from.name(), to = to.name(), error = %e, "snapshot not copied");
@@ -414,12 +415,64 @@ pub async fn copy(
         };
         report.snapshots.push(entry);
     }
+    let selected: Vec<&Manifest> = good
+        .iter()
+        .filter(|m| match &opts.selection {
+            Selection::Missing => target.good.contains(&m.id),
+            Selection::Snapshots(ids) => plan.skipped.contains(&m.id) && ids.contains(&m.id),
+        })
+        .collect();
+    repair_held(from, to, &selected, opts, lock.as_ref(), &mut report).await;
     // Oldest first: an id starts with its time (to the second); within a
     // second the plan's order (by start time) stays.
     report
         .snapshots
         .sort_by(|a, b| a.snapshot.get(..16).cmp(&b.snapshot.get(..16)));
     Ok(report)
+}
+
+/// A snapshot the target holds a good manifest of counts as held only if
+/// its data is there too, each object of the right size (a sha256 is
+/// checked when an object is kept during a copy): the data of one that
+/// lacks some is copied again, its manifest kept.
+async fn repair_held(
+    from: &Repository,
+    to: &Repository,
+    held: &[&Manifest],
+    opts: &CopyOptions,
+    lock: Option<&RepoLock>,
+    report: &mut CopyReport,
+) {
+    for m in held {
+        let id = &m.id;
+        let present = present_sizes(to, id).await.unwrap_or_default();
+        if objects(m)
+            .iter()
+            .all(|o| present.get(&o.key) == Some(&o.size))
+        {
+            continue;
+        }
+        tracing::warn!(snapshot = %id, to = to.name(), "the target holds this snapshot's manifest but not all of its data: copying the data again");
+        let entry = if opts.dry_run {
+            dry_run(to, m, None).await
+        } else {
+            copy_one(from, to, id, Commit::Keep, lock)
+                .await
+                .unwrap_or_else(|e| failed(id, e.to_string()))
+        };
+        report.snapshots.retain(|s| &s.snapshot != id);
+        report.snapshots.push(entry);
+    }
+}
+
+/// What a copy does with the target's manifest of the snapshot.
+enum Commit {
+    /// Writes it: the target has none.
+    New,
+    /// Writes it over the target's refused one, which was refused for this.
+    Replace(String),
+    /// Keeps the target's, which checks out (only its data was missing).
+    Keep,
 }
 
 /// The report's entries for what the plan does not copy: skipped (the
@@ -509,7 +562,7 @@ async fn copy_one(
     from: &Repository,
     to: &Repository,
     id: &str,
-    replaces: Option<String>,
+    commit: Commit,
     lock: Option<&RepoLock>,
 ) -> Result<SnapshotCopy, CopyError> {
     let stored: StoredManifest = from.stored_manifest(id).await?;
@@ -561,14 +614,17 @@ async fn copy_one(
             to: to.name().to_owned(),
         });
     }
-    match replaces {
-        Some(why) => {
+    match commit {
+        Commit::Replace(why) => {
             tracing::warn!(snapshot = %id, to = to.name(), refused = %why, "replacing the target's damaged manifest");
             to.replace_stored(&stored).await?;
             entry.replaced = Some(why);
         }
-        None => to.commit_stored(&stored).await?,
+        Commit::New => to.commit_stored(&stored).await?,
+        Commit::Keep => {}
     }
+    // This host wrote it there: a deletion of the target's newest shows.
+    to.remember(&stored.manifest);
     if stored.signature.is_none() {
         tracing::warn!(snapshot = %id, to = to.name(), "copied an unsigned snapshot: readers of the target need --allow-unsigned for it");
     }

@@ -80,9 +80,14 @@ enum Read {
 }
 
 /// Whether `m` belongs to the stack of a repository in `state`: its own
-/// stack, or none (a snapshot written before stack ids).
+/// stack; or none (written before stack ids) in a repository not adopted
+/// yet, or one of those it held when it was adopted.
 fn belongs(m: &Manifest, state: &MarkerState) -> bool {
-    m.stack.is_none() || m.stack == state.stack
+    match (&m.stack, &state.legacy) {
+        (Some(_), _) => m.stack == state.stack,
+        (None, None) => state.stack.is_none(),
+        (None, Some(legacy)) => legacy.contains(&m.id),
+    }
 }
 
 /// The snapshot id of a manifest key, if it is one.
@@ -95,13 +100,22 @@ impl Repository {
     /// stack, with the deletions that show.
     pub async fn listing(&self) -> Result<Listing, RepositoryError> {
         let state = self.marker_state().await;
-        let keys = self.manifest_keys().await?;
+        let objects = self.manifest_objects().await?;
         let mut listing = Listing {
             stack: state.stack.clone(),
             ..Listing::default()
         };
-        for key in &keys {
-            match self.read_manifest(key).await? {
+        for o in &objects {
+            let key = &o.key;
+            // Larger than any manifest: not read at all.
+            let read = if o.size > MAX_DOCUMENT {
+                Read::Damaged(format!(
+                    "it is larger than the {MAX_DOCUMENT} bytes any manifest kompose-dr writes can be"
+                ))
+            } else {
+                self.read_manifest(key).await?
+            };
+            match read {
                 Read::Gone => {}
                 Read::Good(m) if belongs(&m, &state) => listing.ours.push(*m),
                 Read::Good(m) => listing.others.push(*m),
@@ -115,7 +129,15 @@ impl Repository {
         for list in [&mut listing.ours, &mut listing.others] {
             list.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
         }
-        let present: BTreeSet<&str> = keys.iter().filter_map(|k| id_of(k)).collect();
+        self.marker_put_back(&state, &listing)?;
+        // Present means it checks out: garbage at a deleted snapshot's key
+        // hides nothing.
+        let present: BTreeSet<&str> = listing
+            .ours
+            .iter()
+            .chain(&listing.others)
+            .map(|m| m.id.as_str())
+            .collect();
         let (pruned, bad) = self.pruned().await?;
         listing.damaged.extend(bad);
         listing.vanished = listing
@@ -145,15 +167,25 @@ impl Repository {
     /// The keys of every manifest, oldest first; refused past
     /// [`MAX_MANIFESTS`].
     async fn manifest_keys(&self) -> Result<Vec<String>, RepositoryError> {
+        Ok(self
+            .manifest_objects()
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// Every manifest as listed (key and size); refused past
+    /// [`MAX_MANIFESTS`].
+    async fn manifest_objects(&self) -> Result<Vec<crate::storage::ObjectMeta>, RepositoryError> {
         let objects = self
             .backend
             .list(keys::SNAPSHOTS)
             .await
             .map_err(|e| self.storage(e))?;
-        let keys: Vec<String> = objects
+        let keys: Vec<_> = objects
             .into_iter()
-            .map(|o| o.key)
-            .filter(|k| k.ends_with(".json"))
+            .filter(|o| o.key.ends_with(".json"))
             .collect();
         if keys.len() > MAX_MANIFESTS {
             return Err(RepositoryError::TooMany {
@@ -164,6 +196,53 @@ impl Repository {
             });
         }
         Ok(keys)
+    }
+
+    /// Refuses a listing in which signed snapshots name a stack while the
+    /// marker names none: the marker from before stack ids was put back
+    /// over the adopted one (which would make every newer snapshot
+    /// another stack's).
+    fn marker_put_back(
+        &self,
+        state: &MarkerState,
+        listing: &Listing,
+    ) -> Result<(), RepositoryError> {
+        match (
+            &state.stack,
+            listing.others.iter().find_map(|m| m.stack.as_deref()),
+        ) {
+            (None, Some(stack)) => Err(RepositoryError::Damaged {
+                name: self.name.clone(),
+                key: super::MARKER.into(),
+                message: format!(
+                    "it names no stack, but signed snapshots here name stack {stack}: a marker from before stack ids \
+                     was put back over the adopted one; put kompose-dr.json and its .minisig back from another \
+                     repository of that stack"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether any manifest in the repository verifies with the public key
+    /// (a repository that has one is a signed one, whatever its marker).
+    pub(super) async fn any_manifest_signed(&self) -> Result<bool, RepositoryError> {
+        for o in self.manifest_objects().await? {
+            if o.size > MAX_DOCUMENT {
+                continue;
+            }
+            let Ok(Some(body)) = self.read_document(&o.key, MAX_DOCUMENT).await else {
+                continue;
+            };
+            let Ok(Some(sig)) = self.read_signature(&o.key).await else {
+                continue;
+            };
+            let strict = super::signing::UnsignedRule::RefuseSigned;
+            if super::signing::check(&self.trust, &o.key, &body, Some(&sig), strict).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// One manifest, with every rule a reader applies: at most

@@ -59,6 +59,11 @@ pub struct Marker {
     /// first backup adopts them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,
+    /// The snapshots written before stack ids that the repository held when
+    /// the first backup after the upgrade adopted it: those belong to its
+    /// stack; any other snapshot without a stack id is another's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<Vec<String>>,
 }
 
 /// A repository-level failure.
@@ -176,6 +181,10 @@ pub struct MarkerState {
     pub signed: bool,
     /// The stack id of the marker.
     pub stack: Option<String>,
+    /// The snapshots without a stack id that the repository held when it
+    /// was adopted (signed in the marker): only these count as its stack's;
+    /// `None` before adoption, when every such snapshot does.
+    pub legacy: Option<std::collections::BTreeSet<String>>,
 }
 
 /// One repository: a name and a backend.
@@ -412,6 +421,7 @@ impl Repository {
             created_at: Utc::now(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             stack: Some(stack.to_owned()),
+            legacy: None,
         };
         let already = || RepositoryError::AlreadyInitialised {
             name: self.name.clone(),
@@ -441,6 +451,7 @@ impl Repository {
                 self.set_state(MarkerState {
                     signed: self.trust.signing_key.is_some(),
                     stack: marker.stack.clone(),
+                    legacy: None,
                 });
                 Ok(marker)
             }
@@ -453,8 +464,8 @@ impl Repository {
     }
 
     /// Reads the marker; fails if the repository is not initialised, of a
-    /// newer format, or not signed as it must be. Remembers what it says
-    /// for the readers of its documents.
+    /// newer format, not signed as it must be, or not the one this host
+    /// wrote to. Remembers what it says for the readers of its documents.
     pub async fn marker(&self) -> Result<Marker, RepositoryError> {
         let body = match self.read_document(MARKER, validate::MAX_DOCUMENT).await {
             Ok(Some(b)) => b,
@@ -466,41 +477,83 @@ impl Repository {
             }
             Err(e) => return Err(self.storage(e)),
         };
-        let damaged = |message: String| RepositoryError::Damaged {
-            name: self.name.clone(),
-            key: MARKER.into(),
-            message,
-        };
         let sig = self
             .read_signature(MARKER)
             .await
             .map_err(|e| self.storage(e))?;
-        let marker: Marker = serde_json::from_slice(&body).map_err(|e| damaged(e.to_string()))?;
-        // Only signing releases write a stack id; and a host that signed
-        // here knows it did: either makes the repository a signed one,
-        // whatever has happened to the marker's signature since.
-        let signed = sig.is_some() || marker.stack.is_some() || self.signed_here();
+        let marker: Marker =
+            serde_json::from_slice(&body).map_err(|e| self.damaged_marker(e.to_string()))?;
+        let signed = self.is_signed(&marker, sig.is_some()).await?;
         let rule = self.unsigned_rule(&MarkerState {
             signed,
-            stack: None,
+            ..MarkerState::default()
         });
         let how = signing::check(&self.trust, MARKER, &body, sig.as_deref(), rule)
             .map_err(|source| self.signature(source))?;
         if how == signing::Signed::AllowedUnsigned {
             self.warn_unsigned();
         }
-        validate::marker(&marker, body.len()).map_err(damaged)?;
+        validate::marker(&marker, body.len()).map_err(|m| self.damaged_marker(m))?;
         if marker.version > FORMAT_VERSION {
             return Err(RepositoryError::TooNew {
                 name: self.name.clone(),
                 found: marker.version,
             });
         }
+        self.pinned_stack(&marker)?;
         self.set_state(MarkerState {
             signed,
             stack: marker.stack.clone(),
+            legacy: marker.legacy.as_ref().map(|l| l.iter().cloned().collect()),
         });
         Ok(marker)
+    }
+
+    fn damaged_marker(&self, message: String) -> RepositoryError {
+        RepositoryError::Damaged {
+            name: self.name.clone(),
+            key: MARKER.into(),
+            message,
+        }
+    }
+
+    /// Whether the repository is a signed one: its marker is signed or
+    /// carries a stack id (only signing releases write one), this host has
+    /// signed here, or — before `--allow-unsigned` is let through — any
+    /// manifest in it verifies with the public key: a hand-written
+    /// unsigned marker turns nothing off.
+    async fn is_signed(&self, marker: &Marker, has_sig: bool) -> Result<bool, RepositoryError> {
+        if has_sig || marker.stack.is_some() || self.signed_here() {
+            return Ok(true);
+        }
+        if !self.trust.allow_unsigned || self.trust.public_key.is_none() {
+            return Ok(false);
+        }
+        self.any_manifest_signed().await
+    }
+
+    /// Refuses a marker whose stack is not the one this host committed
+    /// snapshots of here: a marker put back (one from before stack ids, or
+    /// another repository's signed by the same key) would change which
+    /// snapshots count as this stack's.
+    fn pinned_stack(&self, marker: &Marker) -> Result<(), RepositoryError> {
+        let Some(seen) = self.seen() else {
+            return Ok(());
+        };
+        match (&seen.stack, &marker.stack) {
+            (Some(pinned), found) if Some(pinned) != found.as_ref() => Err(self.damaged_marker(format!(
+                "it names stack {}, but this host committed snapshots of stack {pinned} here: the marker was replaced \
+                 (put kompose-dr.json and its .minisig back from another repository of this stack); if you re-created \
+                 the repository on purpose, remove this host's record of it in {}",
+                found.as_deref().unwrap_or("none"),
+                self.trust
+                    .seen_dir
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// What the marker says, read now if it has not been. A marker that
@@ -515,7 +568,7 @@ impl Repository {
             Ok(_) => self.marker_state_now(),
             Err(_) => MarkerState {
                 signed: self.trust.public_key.is_some() || self.signed_here(),
-                stack: None,
+                ..MarkerState::default()
             },
         }
     }

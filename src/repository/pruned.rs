@@ -36,6 +36,9 @@ pub struct PruneRecord {
     pub id: String,
     /// The stack whose snapshots it removed.
     pub stack: Option<String>,
+    /// The repository (its configured name) it removed them from: a record
+    /// copied into another repository accounts for nothing there.
+    pub repository: String,
     /// The host that ran it.
     pub host: String,
     /// When.
@@ -99,6 +102,7 @@ impl Repository {
             version: PRUNE_RECORD_VERSION,
             id: crate::model::time::snapshot_id(now),
             stack: self.marker_state().await.stack,
+            repository: self.name.clone(),
             host: crate::model::host::name(),
             at: now,
             removed: removed.to_vec(),
@@ -138,7 +142,14 @@ impl Repository {
         let mut damaged = Vec::new();
         for o in objects {
             match self.read_record(&o.key).await? {
-                Ok(Some(r)) => removed.extend(r.removed),
+                Ok(Some(r)) if r.repository == self.name => removed.extend(r.removed),
+                Ok(Some(r)) => damaged.push(DamagedManifest {
+                    key: o.key,
+                    message: format!(
+                        "a record of what prune removed from repository `{}`, not from this one: it accounts for nothing here",
+                        r.repository.escape_debug()
+                    ),
+                }),
                 Ok(None) => {}
                 Err(message) => damaged.push(DamagedManifest {
                     key: o.key,
@@ -180,6 +191,7 @@ mod tests {
             version: 1,
             id,
             stack: Some(super::super::stack::new_id()),
+            repository: "local".into(),
             host: "h".into(),
             at: Utc::now(),
             removed: vec!["20261101T030000Z-123456".into()],

@@ -96,15 +96,21 @@ impl Repository {
         read(dir, &self.location())
     }
 
-    /// Records `manifest`, just committed, as the newest this host wrote
-    /// here. A failure is logged: the snapshot is committed all the same.
-    pub(super) fn remember(&self, manifest: &Manifest) {
+    /// Records `manifest`, just committed here (by a backup, or by a copy),
+    /// as the newest this host wrote here, unless the record names a newer
+    /// one (by start time: ids of one second do not sort by time). A
+    /// failure is logged: the snapshot is committed all the same.
+    pub fn remember(&self, manifest: &Manifest) {
         let Some(dir) = &self.trust.seen_dir else {
             return;
         };
-        // Commits to one repository are serialised by its writer lock, so
-        // the last one is the newest (ids of one second do not sort by time).
         let location = self.location();
+        if let Some(seen) = read(dir, &location)
+            && let Some(at) = seen.newest_started_at
+            && (at, seen.newest.as_str()) > (manifest.started_at, manifest.id.as_str())
+        {
+            return;
+        }
         let seen = Seen {
             repository: self.name.clone(),
             location,

@@ -46,9 +46,25 @@ impl Repository {
         if marker.stack.is_some() {
             return Ok(false);
         }
+        if !self.may_commit() {
+            return Err(self.signature(super::signing::SignatureError::CannotSign {
+                what: MARKER.into(),
+                why: "adopting a repository written before stack ids re-signs its marker: set [signing] key_file".into(),
+            }));
+        }
+        // The snapshots it holds now are this stack's; a snapshot without
+        // a stack id planted later is not.
+        let legacy: Vec<String> = self
+            .listing()
+            .await?
+            .ours
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
         let adopted = Marker {
             version: FORMAT_VERSION,
             stack: Some(stack.to_owned()),
+            legacy: Some(legacy),
             ..marker
         };
         let body = serde_json::to_vec_pretty(&adopted).expect("marker serialises");
@@ -56,6 +72,7 @@ impl Repository {
         self.set_state(MarkerState {
             signed: true,
             stack: adopted.stack,
+            legacy: adopted.legacy.map(|l| l.into_iter().collect()),
         });
         tracing::warn!(
             repository = %self.name,
@@ -89,6 +106,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             recipients: vec![],
             stack: stack.map(str::to_owned),
+            legacy: None,
         };
         let a = new_id();
         assert_eq!(choose(&[m(None), m(Some(&a)), m(Some("other"))]), a);

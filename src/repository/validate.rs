@@ -44,6 +44,17 @@ pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
             return Err(format!("`{}` is not an age recipient", r.escape_debug()));
         }
     }
+    if let Some(legacy) = &m.legacy {
+        if legacy.len() > super::listing::MAX_MANIFESTS {
+            return Err(format!(
+                "{} snapshots written before stack ids is more than a repository holds",
+                legacy.len()
+            ));
+        }
+        if let Some(bad) = legacy.iter().find(|id| !is_snapshot_id(id)) {
+            return Err(format!("`{}` is not a snapshot id", bad.escape_debug()));
+        }
+    }
     match &m.stack {
         Some(s) if !super::stack::is_stack_id(s) => {
             return Err(format!(
@@ -196,6 +207,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             recipients,
             stack: None,
+            legacy: None,
         };
         assert!(marker(&m("kompose-dr", vec![r.clone()]), 300).is_ok());
         let v2 = |stack: Option<&str>| crate::repository::Marker {

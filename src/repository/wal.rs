@@ -91,6 +91,23 @@ pub fn validate(r: &WalRecord, key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a WAL record could not be read again.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordAgainError {
+    /// It is gone (a partial segment's record, removed once the segment
+    /// was complete).
+    #[error("{0} does not exist")]
+    Gone(String),
+    /// It is there and refused.
+    #[error("{key}: {why}: refusing it")]
+    Refused {
+        /// The record's key.
+        key: String,
+        /// Why.
+        why: String,
+    },
+}
+
 impl Repository {
     /// The clusters with archived WAL (their system identifiers).
     pub async fn wal_clusters(&self) -> Result<Vec<String>, RepositoryError> {
@@ -156,26 +173,31 @@ impl Repository {
     }
 
     /// The current record of `r`'s file (a partial segment's record is
-    /// replaced as the archiver ships newer copies), checked like any.
-    pub async fn wal_record_again(&self, r: &WalRecord) -> Result<WalRecord, String> {
+    /// replaced as the archiver ships newer copies), checked like any, and
+    /// never older than `r`.
+    pub async fn wal_record_again(&self, r: &WalRecord) -> Result<WalRecord, RecordAgainError> {
         let key = keys::wal_record_key(
             &r.system_identifier,
             r.timeline,
             &r.name,
             r.kind == WalKind::Partial,
         );
+        let refused = |why: String| RecordAgainError::Refused {
+            key: key.clone(),
+            why,
+        };
         let body = match self.read_document(&key, MAX_DOCUMENT).await {
             Ok(Some(b)) => b,
-            Ok(None) => return Err(format!("{key} does not exist")),
-            Err(e) => return Err(e.to_string()),
+            Ok(None) => return Err(RecordAgainError::Gone(key)),
+            Err(e) => return Err(refused(e.to_string())),
         };
         self.check_signed(&key, &body)
             .await
-            .map_err(|e| e.to_string())?;
-        let again: WalRecord = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        validate(&again, &key)?;
+            .map_err(|e| refused(e.to_string()))?;
+        let again: WalRecord = serde_json::from_slice(&body).map_err(|e| refused(e.to_string()))?;
+        validate(&again, &key).map_err(refused)?;
         if again.system_identifier != r.system_identifier {
-            return Err("it names another cluster".into());
+            return Err(refused("it names another cluster".into()));
         }
         // A record only moves forward: an older signed copy put back
         // between planning and fetching would hide WAL the plan counted on.
@@ -183,8 +205,9 @@ impl Repository {
         if again.kind == r.kind
             && (again.covered_until < r.covered_until || again.end_lsn < r.end_lsn)
         {
-            return Err(format!(
-                "{key} went backwards since the plan read it (an older signed copy was put back): refusing it"
+            return Err(refused(
+                "it went backwards since the plan read it (an older signed copy was put back)"
+                    .into(),
             ));
         }
         Ok(again)
@@ -314,7 +337,11 @@ mod tests {
             ..old.clone()
         };
         let e = repo.wal_record_again(&planned).await.unwrap_err();
-        assert!(e.contains("went backwards"), "{e}");
+        assert!(
+            matches!(e, RecordAgainError::Refused { .. })
+                && e.to_string().contains("went backwards"),
+            "{e}"
+        );
         assert_eq!(repo.wal_record_again(&old).await.unwrap(), old);
     }
 }

@@ -88,7 +88,7 @@ fn a_crash_between_manifest_and_data_removal_is_cleaned_up_next_time() {
     std::fs::write(
         &record,
         serde_json::json!({
-            "version": 1, "id": record_id, "stack": null, "host": "h",
+            "version": 1, "id": record_id, "stack": null, "repository": "local", "host": "h",
             "at": chrono::Utc::now(), "removed": [old],
         })
         .to_string(),

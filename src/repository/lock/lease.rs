@@ -345,7 +345,11 @@ impl Found {
             (Some(m), _) => format!(
                 "{who}{sep}written {}, stale at {} by the store's clock{note})",
                 secs(m),
-                secs(m + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX))
+                // A hostile store may report any time: never overflow.
+                chrono::Duration::from_std(self.ttl)
+                    .ok()
+                    .and_then(|ttl| m.checked_add_signed(ttl))
+                    .map_or_else(|| "never".to_owned(), secs)
             ),
             (None, Some(b)) => format!("{who}{sep}expires {}{note})", secs(b.expires_at)),
             (None, None) => format!("{who}the store keeps no times, so it never goes stale{note})"),
@@ -415,7 +419,10 @@ pub async fn survey(
 fn body(holder: &Holder, ttl: Duration) -> Bytes {
     let b = LeaseBody {
         holder: holder.clone(),
-        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+        expires_at: chrono::Duration::from_std(ttl)
+            .ok()
+            .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
         ttl_seconds: Some(ttl.as_secs().max(1)),
     };
     Bytes::from(serde_json::to_vec(&b).expect("lease serialises"))

@@ -352,7 +352,7 @@ async fn fill(
                         Ok(again) => again,
                         // Completed meanwhile: the partial record went
                         // with its copy; the complete segment replaces it.
-                        Err(_) => {
+                        Err(crate::repository::wal::RecordAgainError::Gone(_)) => {
                             let mut complete = r.clone();
                             complete.kind = crate::model::wal::WalKind::Segment;
                             ctx.repository
@@ -360,6 +360,7 @@ async fn fill(
                                 .await
                                 .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?
                         }
+                        Err(e) => return Err(RestoreError::Failed(format!("WAL {}: {e}", r.name))),
                     };
                 }
                 Err(e) => return Err(e),

@@ -144,3 +144,38 @@ fn a_repository_of_the_release_before_stack_ids_reads_and_is_adopted_once() {
     assert!(json["other_stacks"].as_array().unwrap().is_empty());
     ws.run(&["check"]).assert_exit(0);
 }
+
+#[test]
+fn a_snapshot_without_a_stack_planted_after_the_adoption_is_another_stacks() {
+    let ws = old_repository();
+    ws.run(&["backup"]).assert_exit(0);
+    // A pre-upgrade manifest of another repository signed by the same key,
+    // planted newer than everything: not one the adopted repository held.
+    let older = ws.repo.join(format!("snapshots/{OLDER}.json"));
+    let planted_id = "29991231T235959Z-dddddd";
+    let body = std::fs::read_to_string(&older)
+        .unwrap()
+        .replace(OLDER, planted_id);
+    let mut m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    m["started_at"] = "2999-12-31T23:59:59Z".into();
+    let planted = ws.repo.join(format!("snapshots/{planted_id}.json"));
+    std::fs::write(&planted, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    crate::support::run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(ws.repo.join("data").join(OLDER))
+            .arg(ws.repo.join("data").join(planted_id)),
+    );
+    let key = ws.dir.path().join("fixture-signing.key");
+    crate::support::run_ok(
+        std::process::Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(&key)
+            .arg("-m")
+            .arg(&planted)
+            .args(["-t", &format!("kompose-dr snapshots/{planted_id}.json")]),
+    );
+    let json = ws.run(&["--json", "snapshots"]).assert_exit(0).json();
+    assert_ne!(json["snapshots"][0]["id"], planted_id, "{json:#}");
+    assert_eq!(json["other_stacks"][0]["id"], planted_id, "{json:#}");
+}

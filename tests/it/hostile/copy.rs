@@ -258,3 +258,76 @@ fn on_s3_a_garbage_manifest_is_replaced_and_an_altered_object_copied_again() {
     ws.run(&["check", "--read-data", "--repository", "offsite"])
         .assert_exit(0);
 }
+
+#[test]
+fn data_deleted_behind_a_good_target_manifest_is_copied_again_and_a_deleted_newest_copy_shows() {
+    let (ws, ids, sums) = nights(2, |ws| {
+        local_section("offsite", &ws.dir.path().join("offsite"))
+    });
+    let offsite = ws.dir.path().join("offsite");
+    copy(&ws, &["--missing"]);
+    // The manifest stays, its data goes: the snapshot is not held.
+    std::fs::remove_dir_all(offsite.join("data").join(&ids[0])).unwrap();
+    let report = copy(&ws, &["--missing"]);
+    assert_eq!(entry(&report, &ids[0])["status"], "copied", "{report:#}");
+    assert_eq!(restored_from_offsite(&ws, &ids[0]), sums[0]);
+    // The newest copy deleted from the target: this host copied it there,
+    // so the target is behind what this host wrote.
+    let newest = &ids[1];
+    for f in [
+        format!("snapshots/{newest}.json"),
+        format!("snapshots/{newest}.json.minisig"),
+    ] {
+        std::fs::remove_file(offsite.join(f)).unwrap();
+    }
+    let out = ws.run(&["check", "--repository", "offsite"]);
+    out.assert_exit(1);
+    assert!(
+        out.stdout().contains(&format!(
+            "BEHIND  the newest snapshot this host committed here, {newest}"
+        )),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
+fn a_prune_record_carried_over_from_another_repository_accounts_for_nothing() {
+    let (ws, ids, _) = nights(3, |ws| {
+        local_section("offsite", &ws.dir.path().join("offsite"))
+    });
+    let offsite = ws.dir.path().join("offsite");
+    copy(&ws, &["--missing"]);
+    // offsite prunes the middle snapshot under its own (signed) record…
+    let cfg = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(&ws.config, format!("{cfg}\n[retention]\nkeep_last = 1\n")).unwrap();
+    ws.run(&["prune", "--repository", "offsite"]).assert_exit(0);
+    std::fs::write(&ws.config, cfg).unwrap();
+    // …whose record, put into local, must not explain a deletion there.
+    let record = std::fs::read_dir(offsite.join("pruned"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let name = record.file_name().unwrap();
+    std::fs::create_dir_all(ws.repo.join("pruned")).unwrap();
+    std::fs::copy(&record, ws.repo.join("pruned").join(name)).unwrap();
+    std::fs::copy(
+        format!("{}.minisig", record.display()),
+        ws.repo
+            .join("pruned")
+            .join(format!("{}.minisig", name.to_string_lossy())),
+    )
+    .unwrap();
+    let middle = &ids[1];
+    std::fs::remove_file(ws.repo.join(format!("snapshots/{middle}.json"))).unwrap();
+    let out = ws.run(&["check", "--repository", "local"]);
+    out.assert_exit(1);
+    assert!(
+        out.stdout().contains(&format!("VANISHED  {middle}"))
+            && out.stdout().contains("accounts for nothing here"),
+        "{}",
+        out.all()
+    );
+}

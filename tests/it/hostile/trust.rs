@@ -189,7 +189,7 @@ fn a_deleted_snapshot_shows_by_id_in_check_snapshots_and_the_metrics() {
     std::fs::write(
         &planted,
         format!(
-            r#"{{"version":1,"id":"29990101T000000Z-aaaaaa","stack":null,"host":"h","at":"2999-01-01T00:00:00Z","removed":["{b}"]}}"#
+            r#"{{"version":1,"id":"29990101T000000Z-aaaaaa","stack":null,"repository":"local","host":"h","at":"2999-01-01T00:00:00Z","removed":["{b}"]}}"#
         ),
     )
     .unwrap();
@@ -314,4 +314,65 @@ fn more_manifests_than_any_reader_loads_is_a_clear_error() {
     let out = ws.run(&["snapshots"]);
     out.assert_exit(1);
     out.assert_stderr_contains("more than the 50000 kompose-dr reads");
+}
+
+/// The marker as the release before stack ids wrote it: version 1, no
+/// stack, signed with the host's key (as that release signed it).
+fn put_back_a_marker_from_before_stack_ids(ws: &Workspace, signed: bool) {
+    let path = ws.repo.join("kompose-dr.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["version"] = 1.into();
+    let o = m.as_object_mut().unwrap();
+    o.remove("stack");
+    o.remove("legacy");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    if signed {
+        ws.sign(&path);
+    } else {
+        std::fs::remove_file(ws.repo.join("kompose-dr.json.minisig")).unwrap();
+    }
+}
+
+#[test]
+fn a_marker_put_back_from_before_stack_ids_is_refused_with_and_without_this_hosts_record() {
+    let (ws, victim) = backed_up();
+    ws.run(&["backup"]).assert_exit(0);
+    put_back_a_marker_from_before_stack_ids(&ws, true);
+    // This host pinned the stack.
+    let out = ws.run(&["snapshots"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("the marker was replaced");
+    // A recovery host with no record: signed snapshots name a stack.
+    std::fs::remove_dir_all(ws.state_dir()).unwrap();
+    let out = ws.run(&["snapshots"]);
+    out.assert_exit(1);
+    out.assert_stderr_contains("was put back over the adopted one");
+    canary_alive(&victim);
+}
+
+#[test]
+fn a_hand_written_unsigned_marker_turns_nothing_off_on_a_host_with_no_record() {
+    let (ws, victim) = backed_up();
+    ws.run(&["backup"]).assert_exit(0);
+    let stripped = manifest_path(&ws);
+    let id = id_of(&stripped);
+    replace_archive(&ws, "files/acme", br#"{"forged":true}"#);
+    std::fs::remove_file(format!("{}.minisig", stripped.display())).unwrap();
+    put_back_a_marker_from_before_stack_ids(&ws, false);
+    std::fs::remove_dir_all(ws.state_dir()).unwrap();
+    let out_file = ws.dir.path().join("restored.json");
+    let out = ws.run(&[
+        "--allow-unsigned",
+        "restore",
+        "--snapshot",
+        &id,
+        "--source",
+        "files/acme",
+        "--to",
+        out_file.to_str().unwrap(),
+        "--yes",
+    ]);
+    out.assert_exit(1);
+    assert!(!out_file.exists(), "{}", out.all());
+    canary_alive(&victim);
 }

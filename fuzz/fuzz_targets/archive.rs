@@ -22,7 +22,8 @@ fn artifact(stored: &[u8], honest: bool) -> Artifact {
         kind: ArtifactKind::File,
         path: Some("data/20261128T220215Z-8f2f2b/files/plain.zst.age".into()),
         captured_at: None,
-        plaintext_bytes: 0,
+        // The bound the readers stop at: the harness keeps no more.
+        plaintext_bytes: OUTPUT_LIMIT as u64,
         stored_bytes: if honest { stored.len() as u64 } else { 7 },
         sha256: Some(if honest { sha } else { "0".repeat(64) }),
         status: ArtifactStatus::Ok,
@@ -31,6 +32,8 @@ fn artifact(stored: &[u8], honest: bool) -> Artifact {
         server_version: None,
         duration_seconds: 0.0,
         file: None,
+        wal: None,
+        downtime: None,
     }
 }
 

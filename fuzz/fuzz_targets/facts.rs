@@ -14,7 +14,7 @@ fn use_facts(f: &Facts) {
     for (name, s) in &f.sources {
         let _ = f.sources.get(name.as_str());
         match s {
-            SourceFacts::Postgres { tables } => {
+            SourceFacts::Postgres { tables, .. } => {
                 let _ = tables.values().fold(0u64, |a, b| a.saturating_add(*b));
             }
             SourceFacts::Redis {
@@ -32,6 +32,13 @@ fn use_facts(f: &Facts) {
                 for c in certificates.iter().flatten() {
                     let _ = (&c.main, &c.domains, c.not_after);
                 }
+            }
+            SourceFacts::Directory {
+                files,
+                bytes,
+                sqlite,
+            } => {
+                let _ = (files.saturating_add(*bytes), sqlite.len());
             }
         }
     }

@@ -18,7 +18,7 @@ fn allowed(line: &[u8]) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let accepted = kompose_dr::restore::postgres::check_globals_sql(data).is_ok();
+    let accepted = kompose_dr::restore::postgres::globals::check_globals_sql(data).is_ok();
     let expected = data.split(|&b| b == b'\n').all(allowed);
     assert_eq!(
         accepted, expected,

@@ -12,6 +12,7 @@ pub mod host;
 pub mod manifest;
 pub mod policy;
 pub mod retention;
+pub mod s3_limits;
 pub mod schedule;
 pub mod secret;
 pub mod selection;

@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{SourceContext, SourceError, SourceRun, timed};
-use crate::engine::{Engine, ExecSpec, ExecStream, bridge_command};
+use crate::clients::redis::{config_get, config_set, connect, info, parse_keyspace};
+use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
@@ -46,159 +46,6 @@ pub mod rdb;
 /// How long to wait for a save or rewrite to finish.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
-
-/// Connects to the configured Redis: at `host:port`, through its container,
-/// or at a unix socket when `host` is a path (only scratch servers are).
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceError> {
-    connect_inner(cfg).await.map_err(SourceError::Connect)
-}
-
-async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let mut settings = RedisConnectionInfo::default();
-    if let Some(u) = &cfg.username {
-        settings = settings.set_username(u);
-    }
-    if let Some(p) = &cfg.password {
-        settings = settings.set_password(p.expose());
-    }
-    if let Some(c) = &cfg.container {
-        // No network path: the connection runs over a byte bridge exec'd
-        // in the container (see crate::sources::postgres).
-        let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
-        let run = engine
-            .exec(&c.name, bridge_command(cfg.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (stream, bridge) = ExecStream::new(run).expect("stdin and stdout are attached");
-        // The driver borrows the settings: one task owns both.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            match MultiplexedConnection::new(&settings, stream).await {
-                Ok((con, driver)) => {
-                    if tx.send(Ok(con)).is_ok() {
-                        driver.await;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        let connect = async {
-            rx.await.unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::other(
-                    "the connection task ended",
-                )))
-            })
-        };
-        return match tokio::time::timeout(Duration::from_secs(15), connect).await {
-            Ok(Ok(con)) => Ok(con),
-            Ok(Err(e)) => {
-                let why = crate::engine::bridge_said(bridge).await;
-                Err(format!(
-                    "cannot connect to Redis in container `{}`: {e}{}{why}",
-                    c.name,
-                    auth_hint(&e)
-                ))
-            }
-            Err(_) => Err(format!(
-                "cannot connect to Redis in container `{}`: timed out",
-                c.name
-            )),
-        };
-    }
-    // A host that is a path is a unix socket (the scratch Redis).
-    let (target, base) = if cfg.host.starts_with('/') {
-        (
-            cfg.host.clone(),
-            redis::ConnectionAddr::Unix(PathBuf::from(&cfg.host)).into_connection_info(),
-        )
-    } else {
-        let target = format!("{}:{}", cfg.host, cfg.port);
-        let info = format!("redis://{target}").into_connection_info();
-        (target, info)
-    };
-    let base = base.map_err(|e| format!("bad Redis address {target}: {e}"))?;
-    let info = base.set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
-    let connect = client.get_multiplexed_async_connection();
-    match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Err(_) => Err(format!("cannot connect to Redis at {target}: timed out")),
-        Ok(Err(e)) => Err(format!(
-            "cannot connect to Redis at {target}: {e}{}",
-            auth_hint(&e)
-        )),
-        Ok(Ok(c)) => Ok(c),
-    }
-}
-
-fn auth_hint(e: &redis::RedisError) -> &'static str {
-    let s = e.to_string();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || s.contains("NOAUTH")
-        || s.contains("WRONGPASS")
-        || s.contains("invalid password")
-    {
-        " (check redis.password)"
-    } else {
-        ""
-    }
-}
-
-/// A setting of the server (`CONFIG GET name`).
-pub async fn config_get(con: &mut MultiplexedConnection, name: &str) -> Result<String, String> {
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(con)
-        .await
-        .map_err(|e| format!("Redis CONFIG GET {name}: {e}"))?;
-    v.get(1)
-        .cloned()
-        .ok_or_else(|| format!("Redis has no setting `{name}`"))
-}
-
-async fn config_set(
-    con: &mut MultiplexedConnection,
-    name: &str,
-    value: &str,
-) -> Result<(), String> {
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async::<()>(con)
-        .await
-        .map_err(|e| format!("Redis CONFIG SET {name}: {e}"))
-}
-
-/// A section of `INFO`, as key → value.
-pub async fn info(
-    con: &mut MultiplexedConnection,
-    section: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(con)
-        .await
-        .map_err(|e| format!("Redis INFO {section}: {e}"))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect())
-}
-
-/// Key counts per database from `INFO keyspace` (`db0:keys=3,expires=0,…`).
-pub fn parse_keyspace(info: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
-    info.iter()
-        .filter(|(k, _)| k.starts_with("db"))
-        .filter_map(|(k, v)| {
-            let keys = v.split(',').find_map(|kv| kv.strip_prefix("keys="))?;
-            Some((k.clone(), keys.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Keys and keys with a TTL per database from `INFO keyspace`
 /// (`db0:keys=3,expires=1,…`).
@@ -232,16 +79,12 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
         let mut run = SourceRun::failed("redis", ArtifactKind::RedisRdb, "");
         let result = async {
             let mut con = connect(cfg).await?;
-            let server = info(&mut con, "server").await.map_err(SourceError::Query)?;
+            let server = info(&mut con, "server").await?;
             run.server_version = server.get("redis_version").map(|v| format!("Redis {v}"));
             let data_dir = match (&cfg.data_dir, &cfg.container) {
                 (Some(d), None) => Where::Host(d.clone()),
                 (_, container) => {
-                    let dir = PathBuf::from(
-                        config_get(&mut con, "dir")
-                            .await
-                            .map_err(SourceError::Query)?,
-                    );
+                    let dir = PathBuf::from(config_get(&mut con, "dir").await?);
                     match container {
                         // The files are read inside the container, where
                         // Redis' own `dir` is right.
@@ -250,10 +93,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
                     }
                 }
             };
-            let aof = config_get(&mut con, "appendonly")
-                .await
-                .map_err(SourceError::Query)?
-                == "yes";
+            let aof = config_get(&mut con, "appendonly").await? == "yes";
             let files = if aof {
                 run.kind = ArtifactKind::RedisAof;
                 aof_files(&mut con, &data_dir)
@@ -270,11 +110,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
                 DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default();
             run.captured_at = Some(captured);
             // The server's own count, for a file that cannot be counted.
-            let live = parse_keyspace(
-                &info(&mut con, "keyspace")
-                    .await
-                    .map_err(SourceError::Query)?,
-            );
+            let live = parse_keyspace(&info(&mut con, "keyspace").await?);
             let key = artifact_key(&ctx.snapshot, "redis", run.kind);
             let (writer, input) = pipeline::input_from_writer();
             let rt = tokio::runtime::Handle::current();
@@ -521,7 +357,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + SAVE_TIMEOUT;
     loop {
-        let i = info(con, "persistence").await?;
+        let i = info(con, "persistence").await.map_err(|e| e.to_string())?;
         // Redis answered while it saves: alive, not stalled (SAVE_TIMEOUT
         // bounds the save itself).
         crate::process::stall::progress();
@@ -547,7 +383,7 @@ async fn rdb_files(
         num(i, "rdb_bgsave_in_progress") == Some(0)
     })
     .await?;
-    let before = info(con, "persistence").await?;
+    let before = info(con, "persistence").await.map_err(|e| e.to_string())?;
     let saves_before = num(&before, "rdb_saves");
     let last_before = num(&before, "rdb_last_save_time").unwrap_or(0);
     if saves_before.is_none() {
@@ -571,7 +407,9 @@ async fn rdb_files(
             "Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the Redis log".into(),
         );
     }
-    let name = config_get(con, "dbfilename").await?;
+    let name = config_get(con, "dbfilename")
+        .await
+        .map_err(|e| e.to_string())?;
     let mut file = open_for_tar(&data_dir.join(&name), name).await?;
     file.count = true;
     Ok(vec![file])
@@ -581,7 +419,9 @@ async fn aof_files(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
 ) -> Result<Vec<TarFile>, String> {
-    let original = config_get(con, "auto-aof-rewrite-percentage").await?;
+    let original = config_get(con, "auto-aof-rewrite-percentage")
+        .await
+        .map_err(|e| e.to_string())?;
     // Put back even when this future is dropped (SIGTERM, Ctrl-C, the stall
     // watchdog): the guard hands the CONFIG SET to the clean-ups the
     // process waits for before it exits. (kill -9 leaves 0: a known bug.)
@@ -589,10 +429,14 @@ async fn aof_files(
         con: Some(con.clone()),
         original: original.clone(),
     };
-    config_set(con, "auto-aof-rewrite-percentage", "0").await?;
+    config_set(con, "auto-aof-rewrite-percentage", "0")
+        .await
+        .map_err(|e| e.to_string())?;
     let result = aof_files_paused(con, data_dir).await;
     guard.con = None;
-    let restored = config_set(con, "auto-aof-rewrite-percentage", &original).await;
+    let restored = config_set(con, "auto-aof-rewrite-percentage", &original)
+        .await
+        .map_err(|e| e.to_string());
     let files = result?;
     restored
         .map_err(|e| format!("{e} (restore auto-aof-rewrite-percentage to {original} by hand)"))?;
@@ -628,7 +472,7 @@ async fn aof_files_paused(
         num(i, "aof_rewrite_in_progress") == Some(0) && num(i, "aof_rewrite_scheduled") == Some(0)
     };
     wait_until(con, "BGREWRITEAOF", idle).await?;
-    let before = info(con, "persistence").await?;
+    let before = info(con, "persistence").await.map_err(|e| e.to_string())?;
     let rewrites_before = num(&before, "aof_rewrites");
     let _: String = redis::cmd("BGREWRITEAOF")
         .query_async(con)
@@ -648,8 +492,12 @@ async fn aof_files_paused(
                 .into(),
         );
     }
-    let dir_name = config_get(con, "appenddirname").await?;
-    let base_name = config_get(con, "appendfilename").await?;
+    let dir_name = config_get(con, "appenddirname")
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_name = config_get(con, "appendfilename")
+        .await
+        .map_err(|e| e.to_string())?;
     let dir = data_dir.join(&dir_name);
     let manifest_name = format!("{base_name}.manifest");
     let manifest_path = dir.join(&manifest_name);

@@ -369,9 +369,9 @@ impl Session<'_> {
                 let facts = self.facts.sources.get(&c.source);
                 checks.push(checks::compare_tables(&pg, db, facts).await);
                 let ownership = if no_owner {
-                    crate::sources::postgres::database::Ownership::Skip
+                    crate::clients::postgres::database::Ownership::Skip
                 } else {
-                    crate::sources::postgres::database::Ownership::Recorded
+                    crate::clients::postgres::database::Ownership::Recorded
                 };
                 checks.push(checks::compare_database(&pg, db, facts, ownership).await);
             }

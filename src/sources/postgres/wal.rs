@@ -43,7 +43,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{ClusterIdentity, identity};
-use super::{choose_client, command, connect_within, server_version};
+use crate::clients::launch::Launch;
+use crate::clients::postgres::{choose_client, command, connect_within, server_version};
 use crate::model::config::{PostgresConfig, WalConfig};
 use crate::model::wal::{Lsn, Segment, WAL_RECORD_VERSION, WalKind, WalRecord, parse_history};
 use crate::pipeline;
@@ -189,7 +190,7 @@ impl Archiver {
             };
             match round.await {
                 Ok(()) => backoff = Duration::from_secs(1),
-                Err(e @ SourceError::Tool(_)) if state.is_none() => return Err(e),
+                Err(e) if e.is_tool() && state.is_none() => return Err(e),
                 Err(e) => {
                     self.set_error(e.to_string());
                     if state.is_none() && matches!(e, SourceError::Data(_)) {
@@ -371,7 +372,10 @@ impl Archiver {
             let mut running = create
                 .start("pg_receivewal", false)
                 .await
-                .map_err(SourceError::Tool)?
+                .map_err(|source| SourceError::Launch {
+                    program: "pg_receivewal".into(),
+                    source,
+                })?
                 .killed_on_drop();
             let tail = crate::process::stderr_tail(
                 running.stderr.take(),
@@ -406,13 +410,16 @@ impl Archiver {
         if let Some(slot) = &self.wal.slot {
             cmd.arg(format!("--slot={slot}"));
         }
-        if let crate::sources::launch::Launch::Local(c) = &mut cmd {
+        if let Launch::Local(c) = &mut cmd {
             crate::process::die_with_parent(c.as_std_mut());
         }
         let mut child = cmd
             .start("pg_receivewal", false)
             .await
-            .map_err(SourceError::Tool)?
+            .map_err(|source| SourceError::Launch {
+                program: "pg_receivewal".into(),
+                source,
+            })?
             .killed_on_drop();
         drop(child.stdout.take());
         let stderr = crate::process::stderr_tail(

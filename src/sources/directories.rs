@@ -324,39 +324,11 @@ async fn copy_path(
         .map_err(|e| SourceError::Data(format!("cannot create a temporary directory: {e}")))?;
     let (dbs, work_path, root_owned) =
         (cfg.sqlite.clone(), work.path().to_owned(), root.to_owned());
-    let copies = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let mut out = Vec::new();
-        let mut facts = BTreeMap::new();
-        for (i, rel) in dbs.iter().enumerate() {
-            let live = root_owned.join(rel);
-            let meta = std::fs::symlink_metadata(&live).map_err(|e| {
-                format!(
-                    "SQLite database {} (sqlite = [\"{}\"]): {e}",
-                    live.display(),
-                    rel.display()
-                )
-            })?;
-            if !meta.is_file() {
-                return Err(format!(
-                    "SQLite database {} is not a regular file",
-                    live.display()
-                ));
-            }
-            let copy = work_path.join(format!("{i}.sqlite3"));
-            sqlite::snapshot(&live, &copy)?;
-            let f = sqlite::describe(&copy)?;
-            if f.integrity != "ok" {
-                tracing::warn!(database = %live.display(), integrity = %f.integrity, "the SQLite copy fails its integrity check");
-            }
-            let rel = rel.to_string_lossy().into_owned();
-            facts.insert(rel.clone(), f);
-            out.push(SqliteCopy { rel, copy, meta });
-        }
-        Ok((out, facts))
-    })
-    .await
-    .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))?
-    .map_err(SourceError::Data)?;
+    let copies =
+        tokio::task::spawn_blocking(move || snapshot_sqlite(&dbs, &root_owned, &work_path))
+            .await
+            .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))?
+            .map_err(SourceError::Data)?;
     crate::process::stall::progress();
     let (writer, input) = pipeline::input_from_writer();
     let root_owned = root.to_owned();
@@ -386,6 +358,43 @@ async fn copy_path(
         tally,
         root: Some(root_file),
     })
+}
+
+/// Copies each SQLite database `dbs` names under `root` into `work` with
+/// SQLite's online backup and describes the copy for the facts.
+fn snapshot_sqlite(
+    dbs: &[PathBuf],
+    root: &Path,
+    work: &Path,
+) -> Result<(Vec<SqliteCopy>, BTreeMap<String, SqliteFacts>), String> {
+    let mut out = Vec::new();
+    let mut facts = BTreeMap::new();
+    for (i, rel) in dbs.iter().enumerate() {
+        let live = root.join(rel);
+        let meta = std::fs::symlink_metadata(&live).map_err(|e| {
+            format!(
+                "SQLite database {} (sqlite = [\"{}\"]): {e}",
+                live.display(),
+                rel.display()
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(format!(
+                "SQLite database {} is not a regular file",
+                live.display()
+            ));
+        }
+        let copy = work.join(format!("{i}.sqlite3"));
+        sqlite::snapshot(&live, &copy).map_err(|e| e.to_string())?;
+        let f = sqlite::describe(&copy).map_err(|e| e.to_string())?;
+        if f.integrity != "ok" {
+            tracing::warn!(database = %live.display(), integrity = %f.integrity, "the SQLite copy fails its integrity check");
+        }
+        let rel = rel.to_string_lossy().into_owned();
+        facts.insert(rel.clone(), f);
+        out.push(SqliteCopy { rel, copy, meta });
+    }
+    Ok((out, facts))
 }
 
 /// A tar header for `m`.
@@ -495,40 +504,54 @@ fn walk<W: std::io::Write>(
             let mut h = header_of(&m, tar::EntryType::Symlink, 0);
             b.append_link(&mut h, &r, &target)?;
         } else if ft.is_file() {
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::warn!(file = %path.display(), "removed before it was copied: left out");
-                    continue;
-                }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("opening {}: {e}", path.display()),
-                    ));
-                }
-            };
-            let m = file.metadata()?;
-            let len = m.len();
-            let mut h = header_of(&m, tar::EntryType::Regular, len);
-            let reader = Exact {
-                inner: file.take(len),
-                want: len,
-                path: path.clone(),
-            };
-            b.append_data(&mut h, &r, reader)?;
-            tally.files += 1;
-            tally.bytes += len;
-            if let Ok(after) = std::fs::metadata(&path)
-                && (after.len() != len
-                    || after.mtime() != m.mtime()
-                    || after.mtime_nsec() != m.mtime_nsec())
-            {
-                tally.changed.push(rs);
-            }
+            append_file(b, &path, &r, rs, tally)?;
         } else {
             tracing::warn!(file = %path.display(), "a socket, FIFO or device: left out");
         }
+    }
+    Ok(())
+}
+
+/// Appends the regular file `path` as `r` (`rs` as text), exactly as long
+/// as it was when opened; notes it in `tally` as changed if it changed
+/// while it was read. A file gone before it was opened is left out.
+fn append_file<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    r: &Path,
+    rs: String,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), "removed before it was copied: left out");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("opening {}: {e}", path.display()),
+            ));
+        }
+    };
+    let m = file.metadata()?;
+    let len = m.len();
+    let mut h = header_of(&m, tar::EntryType::Regular, len);
+    let reader = Exact {
+        inner: file.take(len),
+        want: len,
+        path: path.to_owned(),
+    };
+    b.append_data(&mut h, r, reader)?;
+    tally.files += 1;
+    tally.bytes += len;
+    if let Ok(after) = std::fs::metadata(path)
+        && (after.len() != len
+            || after.mtime() != m.mtime()
+            || after.mtime_nsec() != m.mtime_nsec())
+    {
+        tally.changed.push(rs);
     }
     Ok(())
 }
@@ -649,114 +672,162 @@ fn retar(
     work: &Path,
     dbs: &[PathBuf],
 ) -> Result<(Tally, Option<FileMeta>), String> {
-    let mut builder = tar::Builder::new(writer);
-    let mut tally = Tally::default();
-    let mut root = None;
-    let base = MOUNT.trim_start_matches('/');
-    let mut spooled: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut skipped: Vec<PathBuf> = Vec::new();
+    let mut r = Retar {
+        builder: tar::Builder::new(writer),
+        tally: Tally::default(),
+        root: None,
+        volume,
+        filter,
+        work,
+        dbs,
+        spooled: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
     let result = (|| -> std::io::Result<()> {
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries()? {
             crate::process::stall::progress();
-            let mut entry = entry?;
-            let name = entry.path()?.into_owned();
-            let rel = match name.strip_prefix(base) {
-                Ok(r) => r.to_owned(),
-                Err(_) => continue,
-            };
-            let h = entry.header().clone();
-            let kind = h.entry_type();
-            if rel.as_os_str().is_empty() {
-                if kind.is_dir() {
-                    root = Some(FileMeta {
-                        path: format!("volume:{volume}"),
-                        mode: h.mode()? & 0o7777,
-                        uid: h.uid()? as u32,
-                        gid: h.gid()? as u32,
-                        mtime: DateTime::from_timestamp(h.mtime()? as i64, 0).unwrap_or_default(),
-                    });
-                }
-                continue;
-            }
-            let rs = rel.to_string_lossy().into_owned();
-            // An excluded directory's content goes with it, as in a walk.
-            if skipped.iter().any(|d| rel.starts_with(d)) {
-                continue;
-            }
-            if filter.excluded(&rs) {
-                if kind.is_dir() {
-                    skipped.push(rel);
-                }
-                continue;
-            }
-            let mut nh = h.clone();
-            if kind.is_dir() {
-                builder.append_data(&mut nh, &rel, std::io::empty())?;
-            } else if kind.is_symlink() {
-                let target = entry
-                    .link_name()?
-                    .ok_or_else(|| std::io::Error::other(format!("symlink {rs} has no target")))?
-                    .into_owned();
-                builder.append_link(&mut nh, &rel, &target)?;
-            } else if kind.is_file() {
-                let len = entry.size();
-                let is_db = dbs.contains(&rel)
-                    || dbs.iter().any(|d| {
-                        let mut w = d.as_os_str().to_owned();
-                        w.push("-wal");
-                        Path::new(&w) == rel
-                    });
-                if is_db {
-                    // Stored as read, and kept here for the facts.
-                    let to = work.join(format!("{}", spooled.len()));
-                    let mut f = std::fs::File::create(&to)?;
-                    std::io::copy(&mut entry, &mut f)?;
-                    drop(f);
-                    spooled.insert(rs.clone(), to.clone());
-                    builder.append_data(&mut nh, &rel, std::fs::File::open(&to)?)?;
-                } else {
-                    builder.append_data(&mut nh, &rel, &mut entry)?;
-                }
-                tally.files += 1;
-                tally.bytes += len;
-            } else if kind.is_hard_link() {
-                return Err(std::io::Error::other(format!(
-                    "{rs} is a hard link in the engine's archive, which this version does not store"
-                )));
-            } else {
-                tracing::warn!(file = %rs, "a socket, FIFO or device: left out");
-            }
+            r.entry(entry?)?;
         }
-        builder.finish()
+        r.builder.finish()
     })();
     if let Err(e) = result {
         let msg = format!("cannot copy volume {volume}: {e}");
-        if let Ok(w) = builder.into_inner() {
+        if let Ok(w) = r.builder.into_inner() {
             w.fail(std::io::Error::other(msg.clone()));
         }
         return Err(msg);
     }
-    let w = builder.into_inner().map_err(|e| e.to_string())?;
-    w.close().map_err(|e| e.to_string())?;
-    for (i, d) in dbs.iter().enumerate() {
-        let rs = d.to_string_lossy().into_owned();
-        let Some(db) = spooled.get(&rs) else {
-            return Err(format!(
-                "SQLite database {rs} (sqlite = [\"{rs}\"]) is not in volume {volume}"
-            ));
+    r.finish()
+}
+
+/// What [`retar`] writes and finds on its way through the engine's tar.
+struct Retar<'a> {
+    builder: tar::Builder<pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>>,
+    tally: Tally,
+    /// The volume's root, from its own entry.
+    root: Option<FileMeta>,
+    volume: &'a str,
+    filter: &'a Filter,
+    work: &'a Path,
+    dbs: &'a [PathBuf],
+    /// The SQLite databases (and `-wal`s) kept in `work`, by name.
+    spooled: BTreeMap<String, PathBuf>,
+    /// Excluded directories: their content goes with them, as in a walk.
+    skipped: Vec<PathBuf>,
+}
+
+impl Retar<'_> {
+    /// Re-writes one entry of the engine's tar.
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<R>) -> std::io::Result<()> {
+        let base = MOUNT.trim_start_matches('/');
+        let name = entry.path()?.into_owned();
+        let Ok(rel) = name.strip_prefix(base).map(Path::to_owned) else {
+            return Ok(());
         };
-        // Described on a copy of its own, with its -wal beside it.
-        let dir = work.join(format!("db{i}"));
-        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
-        let copy = dir.join("db");
-        std::fs::copy(db, &copy).map_err(|e| e.to_string())?;
-        if let Some(wal) = spooled.get(&format!("{rs}-wal")) {
-            std::fs::copy(wal, dir.join("db-wal")).map_err(|e| e.to_string())?;
+        let h = entry.header().clone();
+        let kind = h.entry_type();
+        if rel.as_os_str().is_empty() {
+            if kind.is_dir() {
+                self.root = Some(FileMeta {
+                    path: format!("volume:{}", self.volume),
+                    mode: h.mode()? & 0o7777,
+                    uid: h.uid()? as u32,
+                    gid: h.gid()? as u32,
+                    mtime: DateTime::from_timestamp(h.mtime()? as i64, 0).unwrap_or_default(),
+                });
+            }
+            return Ok(());
         }
-        tally.sqlite.insert(rs, sqlite::describe(&copy)?);
+        let rs = rel.to_string_lossy().into_owned();
+        if self.skipped.iter().any(|d| rel.starts_with(d)) {
+            return Ok(());
+        }
+        if self.filter.excluded(&rs) {
+            if kind.is_dir() {
+                self.skipped.push(rel);
+            }
+            return Ok(());
+        }
+        let mut nh = h.clone();
+        if kind.is_dir() {
+            self.builder.append_data(&mut nh, &rel, std::io::empty())?;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| std::io::Error::other(format!("symlink {rs} has no target")))?
+                .into_owned();
+            self.builder.append_link(&mut nh, &rel, &target)?;
+        } else if kind.is_file() {
+            self.file(&mut entry, &mut nh, &rel, rs)?;
+        } else if kind.is_hard_link() {
+            return Err(std::io::Error::other(format!(
+                "{rs} is a hard link in the engine's archive, which this version does not store"
+            )));
+        } else {
+            tracing::warn!(file = %rs, "a socket, FIFO or device: left out");
+        }
+        Ok(())
     }
-    Ok((tally, root))
+
+    /// Re-writes a regular file; a SQLite database (or its `-wal`) is also
+    /// kept in `work` for the facts.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        nh: &mut tar::Header,
+        rel: &Path,
+        rs: String,
+    ) -> std::io::Result<()> {
+        let len = entry.size();
+        let is_db = self.dbs.iter().any(|d| d.as_path() == rel)
+            || self.dbs.iter().any(|d| {
+                let mut w = d.as_os_str().to_owned();
+                w.push("-wal");
+                Path::new(&w) == rel
+            });
+        if is_db {
+            // Stored as read, and kept here for the facts.
+            let to = self.work.join(format!("{}", self.spooled.len()));
+            let mut f = std::fs::File::create(&to)?;
+            std::io::copy(entry, &mut f)?;
+            drop(f);
+            self.spooled.insert(rs, to.clone());
+            self.builder
+                .append_data(nh, rel, std::fs::File::open(&to)?)?;
+        } else {
+            self.builder.append_data(nh, rel, entry)?;
+        }
+        self.tally.files += 1;
+        self.tally.bytes += len;
+        Ok(())
+    }
+
+    /// Closes the tar, then describes each SQLite database on a copy of its
+    /// own, with its `-wal` beside it.
+    fn finish(mut self) -> Result<(Tally, Option<FileMeta>), String> {
+        let w = self.builder.into_inner().map_err(|e| e.to_string())?;
+        w.close().map_err(|e| e.to_string())?;
+        let volume = self.volume;
+        for (i, d) in self.dbs.iter().enumerate() {
+            let rs = d.to_string_lossy().into_owned();
+            let Some(db) = self.spooled.get(&rs) else {
+                return Err(format!(
+                    "SQLite database {rs} (sqlite = [\"{rs}\"]) is not in volume {volume}"
+                ));
+            };
+            let dir = self.work.join(format!("db{i}"));
+            std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+            let copy = dir.join("db");
+            std::fs::copy(db, &copy).map_err(|e| e.to_string())?;
+            if let Some(wal) = self.spooled.get(&format!("{rs}-wal")) {
+                std::fs::copy(wal, dir.join("db-wal")).map_err(|e| e.to_string())?;
+            }
+            let facts = sqlite::describe(&copy).map_err(|e| e.to_string())?;
+            self.tally.sqlite.insert(rs, facts);
+        }
+        Ok((self.tally, self.root))
+    }
 }
 
 #[cfg(test)]

@@ -178,48 +178,83 @@ fn key_facts(
 /// incremental files hold writes (made by a version that copied them)
 /// cannot be counted without replaying it: that is an error, as is a base
 /// written as commands.
-pub fn count_restored(dir: &std::path::Path, aof: bool) -> Result<rdb::FileKeys, String> {
-    let open = |p: &std::path::Path| {
-        File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-    };
+pub fn count_restored(dir: &std::path::Path, aof: bool) -> Result<rdb::FileKeys, RedisFileError> {
+    let open = |p: &std::path::Path| File::open(p).map_err(RedisFileError::io("open", p));
     let file = if aof {
         let adir = dir.join("appendonlydir");
         let manifest = std::fs::read_dir(&adir)
-            .map_err(|e| format!("cannot read {}: {e}", adir.display()))?
+            .map_err(RedisFileError::io("read", &adir))?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "manifest"))
-            .ok_or_else(|| format!("{} holds no AOF manifest", adir.display()))?;
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+            .ok_or_else(|| {
+                RedisFileError::Manifest(format!("{} holds no AOF manifest", adir.display()))
+            })?;
+        let text =
+            std::fs::read_to_string(&manifest).map_err(RedisFileError::io("read", &manifest))?;
         let files = aof_manifest_files(&text)?;
         for f in files.iter().filter(|f| !f.base) {
             let p = adir.join(&f.name);
             let len = std::fs::metadata(&p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .map_err(RedisFileError::io("read", &p))?
                 .len();
             if len > 0 {
-                return Err(format!(
+                return Err(RedisFileError::Uncountable(format!(
                     "the AOF holds {len} bytes of writes after its base ({}), which only replaying can count",
                     f.name
-                ));
+                )));
             }
         }
         let base = files
             .iter()
             .find(|f| f.base)
-            .ok_or("the AOF manifest names no base")?;
+            .ok_or_else(|| RedisFileError::Manifest("the AOF manifest names no base".into()))?;
         if !base.name.ends_with(".rdb") {
-            return Err(format!(
+            return Err(RedisFileError::Uncountable(format!(
                 "the AOF base {} is written as commands (aof-use-rdb-preamble no)",
                 base.name
-            ));
+            )));
         }
         open(&adir.join(&base.name))?
     } else {
         open(&dir.join("dump.rdb"))?
     };
-    rdb::scan(file).map_err(|e| e.to_string())
+    Ok(rdb::scan(file)?)
+}
+
+/// Why Redis files cannot be listed or counted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFileError {
+    /// A file or directory could not be opened or read.
+    #[error("cannot {doing} {}: {source}", .path.display())]
+    Io {
+        /// `open` or `read`.
+        doing: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The AOF manifest is missing or not one this version reads.
+    #[error("{0}")]
+    Manifest(String),
+    /// The files cannot be counted without replaying them.
+    #[error("{0}")]
+    Uncountable(String),
+    /// The RDB file does not parse.
+    #[error(transparent)]
+    Rdb(#[from] rdb::RdbError),
+}
+
+impl RedisFileError {
+    fn io(doing: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| RedisFileError::Io {
+            doing,
+            path,
+            source,
+        }
+    }
 }
 
 /// Where Redis' data directory is read: on this host, or inside the
@@ -509,7 +544,7 @@ async fn aof_files_paused(
     })?;
     let mut files =
         vec![open_for_tar(&manifest_path, format!("{dir_name}/{manifest_name}")).await?];
-    for f in aof_manifest_files(&manifest)? {
+    for f in aof_manifest_files(&manifest).map_err(|e| e.to_string())? {
         let mut tf = open_for_tar(&dir.join(&f.name), format!("{dir_name}/{}", f.name)).await?;
         if f.base {
             // The base in RDB form is counted; one written as commands
@@ -536,7 +571,7 @@ pub struct AofFile {
 
 /// The base and incremental files a Redis 7 AOF manifest names
 /// (`file NAME seq N type b|i|h`), skipping history files.
-pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
+pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, RedisFileError> {
     let mut out = Vec::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -547,10 +582,14 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
                 .map(|w| w[1].trim_matches('"'))
         };
         let (Some(name), Some(kind)) = (get("file"), get("type")) else {
-            return Err(format!("unexpected AOF manifest line `{line}`"));
+            return Err(RedisFileError::Manifest(format!(
+                "unexpected AOF manifest line `{line}`"
+            )));
         };
         if name.contains('/') || name.starts_with('.') {
-            return Err(format!("unexpected file name in AOF manifest: `{name}`"));
+            return Err(RedisFileError::Manifest(format!(
+                "unexpected file name in AOF manifest: `{name}`"
+            )));
         }
         if kind == "b" || kind == "i" {
             out.push(AofFile {
@@ -560,7 +599,9 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
         }
     }
     if out.is_empty() {
-        return Err("the AOF manifest names no base or incremental file".into());
+        return Err(RedisFileError::Manifest(
+            "the AOF manifest names no base or incremental file".into(),
+        ));
     }
     Ok(out)
 }
@@ -581,77 +622,26 @@ fn write_tar(
     let result = (|| -> std::io::Result<()> {
         let mut dirs_done: Vec<String> = Vec::new();
         for f in files {
-            let header = |kind: tar::EntryType, size: u64, mode: u32| {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(kind);
-                h.set_size(size);
-                h.set_mode(mode);
-                h.set_uid(f.uid);
-                h.set_gid(f.gid);
-                h.set_mtime(f.mtime);
-                h
-            };
             if let Some((dir, _)) = f.name.rsplit_once('/')
                 && !dirs_done.iter().any(|d| d == dir)
             {
                 // The directory belongs to whoever owns its files (Redis).
-                let mut h = header(tar::EntryType::Directory, 0, 0o755);
+                let mut h = tar_header(&f, tar::EntryType::Directory, 0, 0o755);
                 builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
                 dirs_done.push(dir.to_owned());
             }
-            let mut h = header(tar::EntryType::Regular, f.len, f.mode);
-            let reader: Box<dyn Read> = match f.source {
-                _ if f.len == 0 => Box::new(std::io::empty()),
-                TarSource::Host(file) => Box::new(file.take(f.len)),
-                TarSource::Container(c, path) => {
-                    let run = rt.block_on(async {
-                        let engine = Engine::connect(c.engine.as_deref())?;
-                        engine
-                            .exec(
-                                &c.name,
-                                ExecSpec::new(["head", "-c", &f.len.to_string(), "--"])
-                                    .args([path.to_string_lossy()]),
-                            )
-                            .await
-                    });
-                    let mut run = run.map_err(std::io::Error::other)?;
-                    let out = run.stdout.take().expect("stdout is attached");
-                    Box::new(
-                        tokio_util::io::SyncIoBridge::new_with_handle(out, rt.clone()).take(f.len),
-                    )
-                }
-            };
+            let mut h = tar_header(&f, tar::EntryType::Regular, f.len, f.mode);
+            let (name, len, count) = (f.name.clone(), f.len, f.count);
             let reader = LenReader {
-                inner: reader,
-                want: f.len,
+                inner: file_reader(f, &rt)?,
+                want: len,
             };
-            if f.count {
-                // A copy of every byte goes to the key count on a thread of
-                // its own; a bounded channel keeps it in step.
-                let (to, from) = std::sync::mpsc::sync_channel(16);
-                let scanner = std::thread::spawn(move || {
-                    rdb::scan(Chunks {
-                        from,
-                        chunk: Vec::new(),
-                        at: 0,
-                    })
-                });
-                let appended = builder.append_data(
-                    &mut h,
-                    &f.name,
-                    Tee {
-                        inner: reader,
-                        to: Some(to),
-                    },
-                );
-                counted = Some(scanner.join().unwrap_or_else(|_| {
-                    Err(rdb::RdbError::Io(std::io::Error::other(
-                        "the key count panicked",
-                    )))
-                }));
+            if count {
+                let (appended, keys) = append_counted(&mut builder, &mut h, &name, reader);
+                counted = Some(keys);
                 appended?;
             } else {
-                builder.append_data(&mut h, &f.name, reader)?;
+                builder.append_data(&mut h, &name, reader)?;
             }
         }
         builder.finish()
@@ -670,6 +660,76 @@ fn write_tar(
             Err(msg)
         }
     }
+}
+
+/// A tar header for `f` with this kind, size and mode, and `f`'s owner and
+/// time.
+fn tar_header(f: &TarFile, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(f.uid);
+    h.set_gid(f.gid);
+    h.set_mtime(f.mtime);
+    h
+}
+
+/// The first `f.len` bytes of `f`: from the open file here, or read in its
+/// container (`head -c`) through the engine.
+fn file_reader(f: TarFile, rt: &tokio::runtime::Handle) -> std::io::Result<Box<dyn Read>> {
+    Ok(match f.source {
+        _ if f.len == 0 => Box::new(std::io::empty()),
+        TarSource::Host(file) => Box::new(file.take(f.len)),
+        TarSource::Container(c, path) => {
+            let run = rt.block_on(async {
+                let engine = Engine::connect(c.engine.as_deref())?;
+                engine
+                    .exec(
+                        &c.name,
+                        ExecSpec::new(["head", "-c", &f.len.to_string(), "--"])
+                            .args([path.to_string_lossy()]),
+                    )
+                    .await
+            });
+            let mut run = run.map_err(std::io::Error::other)?;
+            let out = run.stdout.take().expect("stdout is attached");
+            Box::new(tokio_util::io::SyncIoBridge::new_with_handle(out, rt.clone()).take(f.len))
+        }
+    })
+}
+
+/// Appends `reader` as `name`, counting its keys from the same bytes: a
+/// copy of every byte goes to the key count on a thread of its own; a
+/// bounded channel keeps it in step.
+fn append_counted<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    reader: impl Read,
+) -> (std::io::Result<()>, Result<rdb::FileKeys, rdb::RdbError>) {
+    let (to, from) = std::sync::mpsc::sync_channel(16);
+    let scanner = std::thread::spawn(move || {
+        rdb::scan(Chunks {
+            from,
+            chunk: Vec::new(),
+            at: 0,
+        })
+    });
+    let appended = builder.append_data(
+        h,
+        name,
+        Tee {
+            inner: reader,
+            to: Some(to),
+        },
+    );
+    let keys = scanner.join().unwrap_or_else(|_| {
+        Err(rdb::RdbError::Io(std::io::Error::other(
+            "the key count panicked",
+        )))
+    });
+    (appended, keys)
 }
 
 /// A reader that hands a copy of what it reads to the key count; once the

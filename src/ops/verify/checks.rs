@@ -462,7 +462,7 @@ pub(super) fn check_directory(root: &std::path::Path, facts: Option<&SourceFacts
     for (rel, recorded) in sqlite {
         let name = format!("sqlite {rel}");
         let check = match crate::sources::directories::sqlite::describe(&root.join(rel)) {
-            Err(e) => Check::new(name, false, e),
+            Err(e) => Check::new(name, false, e.to_string()),
             Ok(found) if found.integrity != "ok" => {
                 Check::new(name, false, format!("integrity_check: {}", found.integrity))
             }

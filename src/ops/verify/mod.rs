@@ -429,7 +429,7 @@ impl Session<'_> {
                     // Counted before Redis sees the files: what it must load.
                     let t = target.clone();
                     let file = tokio::task::spawn_blocking(move || {
-                        crate::sources::redis::count_restored(&t, aof)
+                        crate::sources::redis::count_restored(&t, aof).map_err(|e| e.to_string())
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("the key count failed: {e}")));

@@ -16,6 +16,7 @@ pub mod s3_limits;
 pub mod schedule;
 pub mod secret;
 pub mod selection;
+pub mod source_name;
 pub mod time;
 pub mod units;
 pub mod wal;

@@ -2,6 +2,7 @@
 //! and a drill's `sources` are names or globs (`postgres/*`) matched
 //! against source names (`postgres/<db>`, `redis`, `files/<name>`).
 
+use super::source_name::SourceName;
 use crate::error::InvalidInput;
 
 /// A name kompose-dr accepts for a repository or a `[[files]]` entry: 1 to
@@ -48,18 +49,14 @@ pub fn is_source_name(s: &str) -> bool {
 /// `cluster` (the base backups' `postgres/cluster`) or starting with `~` gets one `~` in front (`postgres/~globals`), so
 /// every database has a name of its own.
 pub fn database_source(db: &str) -> String {
-    if db == "globals" || db == "cluster" || db.starts_with('~') {
-        format!("postgres/~{db}")
-    } else {
-        format!("postgres/{db}")
-    }
+    SourceName::PostgresDatabase(db.to_owned()).to_string()
 }
 
 /// The database a `postgres/…` source name (other than `postgres/globals`)
 /// stands for: the inverse of [`database_source`].
 pub fn source_database(source: &str) -> Option<&str> {
     let name = source.strip_prefix("postgres/")?;
-    if source == "postgres/globals" || source == "postgres/cluster" {
+    if source == SourceName::POSTGRES_GLOBALS || source == SourceName::POSTGRES_CLUSTER {
         return None;
     }
     Some(name.strip_prefix('~').unwrap_or(name))

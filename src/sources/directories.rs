@@ -48,6 +48,7 @@ use crate::engine::{Engine, EngineError};
 use crate::model::config::{DirectoryConfig, DirectoryLocation, Quiesce};
 use crate::model::facts::{SourceFacts, SqliteFacts};
 use crate::model::manifest::{ArtifactKind, Downtime, FileMeta};
+use crate::model::source_name::SourceName;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
@@ -57,13 +58,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Where a volume is mounted in the helper container.
 const MOUNT: &str = "/kdr-volume";
 
-fn engine_err(e: EngineError) -> SourceError {
-    SourceError::Tool(e.to_string())
-}
-
 /// Backs up one directory or volume.
 pub async fn backup(ctx: &SourceContext, cfg: &DirectoryConfig) -> SourceRun {
-    let source = format!("directories/{}", cfg.name);
+    let source = SourceName::Directory(cfg.name.clone()).to_string();
     timed(async {
         let mut run = SourceRun::failed(&source, ArtifactKind::Directory, "");
         let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::Directory);
@@ -142,10 +139,10 @@ impl Quiesced {
         if cfg.stop.is_empty() {
             return Ok(q);
         }
-        let engine = Engine::connect(cfg.engine()).map_err(engine_err)?;
+        let engine = Engine::connect(cfg.engine()).map_err(SourceError::Engine)?;
         q.engine = Some(engine.clone());
         for c in &cfg.stop {
-            let info = engine.inspect(&c.name).await.map_err(engine_err)?;
+            let info = engine.inspect(&c.name).await.map_err(SourceError::Engine)?;
             if !info.running || info.state == "paused" {
                 tracing::info!(container = %c.name, state = %info.state, "not running: left as it is");
                 continue;
@@ -157,7 +154,7 @@ impl Quiesced {
                 Quiesce::Stop => engine.stop(&c.name, STOP_GRACE).await,
                 Quiesce::Pause => engine.pause(&c.name).await,
             };
-            done.map_err(engine_err)?;
+            done.map_err(SourceError::Engine)?;
             tracing::info!(container = %c.name, mode = q.mode_name(), "stopped for the copy");
         }
         Ok(q)
@@ -308,7 +305,7 @@ async fn copy_path(
 ) -> Result<Copied, SourceError> {
     let meta = tokio::fs::symlink_metadata(root)
         .await
-        .map_err(|e| SourceError::Data(format!("cannot read {}: {e}", root.display())))?;
+        .map_err(SourceError::io(format!("cannot read {}", root.display())))?;
     if !meta.is_dir() {
         return Err(SourceError::Data(format!(
             "{} is not a directory (a symlink is not followed): set path to the directory itself",
@@ -321,7 +318,7 @@ async fn copy_path(
     let work = tempfile::Builder::new()
         .prefix("kompose-dr-sqlite-")
         .tempdir()
-        .map_err(|e| SourceError::Data(format!("cannot create a temporary directory: {e}")))?;
+        .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (dbs, work_path, root_owned) =
         (cfg.sqlite.clone(), work.path().to_owned(), root.to_owned());
     let copies =
@@ -592,8 +589,11 @@ async fn copy_volume(
     still: &Quiesced,
     key: &str,
 ) -> Result<Copied, SourceError> {
-    let engine = Engine::connect(endpoint).map_err(engine_err)?;
-    let users = engine.using_volume(volume).await.map_err(engine_err)?;
+    let engine = Engine::connect(endpoint).map_err(SourceError::Engine)?;
+    let users = engine
+        .using_volume(volume)
+        .await
+        .map_err(SourceError::Engine)?;
     let running: Vec<&str> = users
         .iter()
         .filter(|c| c.running && c.state != "paused" && !still.holds(&c.name))
@@ -621,14 +621,14 @@ async fn copy_volume(
             ..ScratchSpec::default()
         })
         .await
-        .map_err(engine_err)?;
+        .map_err(SourceError::Engine)?;
     let stream = engine.download(&helper.id, MOUNT);
     let reader = tokio_util::io::StreamReader::new(stream);
     let filter = Filter::new(cfg)?;
     let work = tempfile::Builder::new()
         .prefix("kompose-dr-sqlite-")
         .tempdir()
-        .map_err(|e| SourceError::Data(format!("cannot create a temporary directory: {e}")))?;
+        .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (writer, input) = pipeline::input_from_writer();
     let rt = tokio::runtime::Handle::current();
     let (work_path, dbs, vol) = (

@@ -45,6 +45,12 @@ pub enum SourceError {
         /// Why.
         source: LaunchError,
     },
+    /// The container engine could not be used.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// A repository refused a write.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::RepositoryError),
     /// A local file could not be read or written.
     #[error("{doing}: {source}")]
     Io {
@@ -84,6 +90,8 @@ impl SourceError {
             e @ SourceError::Client(_) => SourceError::Connect(scrub(e.to_string())),
             e @ SourceError::Launch { .. } => SourceError::Tool(scrub(e.to_string())),
             e @ SourceError::Io { .. } => SourceError::Data(scrub(e.to_string())),
+            e @ SourceError::Engine(_) => SourceError::Tool(scrub(e.to_string())),
+            e @ SourceError::Repository(_) => SourceError::Store(scrub(e.to_string())),
         }
     }
 
@@ -91,10 +99,16 @@ impl SourceError {
     /// start): the operator must install or configure something.
     pub fn is_tool(&self) -> bool {
         match self {
-            SourceError::Tool(_) | SourceError::Launch { .. } => true,
+            SourceError::Tool(_) | SourceError::Launch { .. } | SourceError::Engine(_) => true,
             SourceError::Client(e) => e.is_tool(),
             _ => false,
         }
+    }
+
+    /// Whether the error is about data read or written here (a file, the
+    /// spool, what a server sent), not the server or a tool.
+    pub fn is_data(&self) -> bool {
+        matches!(self, SourceError::Data(_) | SourceError::Io { .. })
     }
 
     /// `doing: e` for an I/O error, as a closure for `map_err`.

@@ -38,6 +38,7 @@ use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
+use crate::model::source_name::SourceName;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
@@ -76,7 +77,7 @@ fn num(info: &BTreeMap<String, String>, key: &str) -> Option<i64> {
 /// Backs up Redis.
 pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
     timed(async {
-        let mut run = SourceRun::failed("redis", ArtifactKind::RedisRdb, "");
+        let mut run = SourceRun::failed(SourceName::REDIS, ArtifactKind::RedisRdb, "");
         let result = async {
             let mut con = connect(cfg).await?;
             let server = info(&mut con, "server").await?;
@@ -111,7 +112,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             run.captured_at = Some(captured);
             // The server's own count, for a file that cannot be counted.
             let live = parse_keyspace(&info(&mut con, "keyspace").await?);
-            let key = artifact_key(&ctx.snapshot, "redis", run.kind);
+            let key = artifact_key(&ctx.snapshot, SourceName::REDIS, run.kind);
             let (writer, input) = pipeline::input_from_writer();
             let rt = tokio::runtime::Handle::current();
             let tar = tokio::task::spawn_blocking(move || write_tar(writer, files, rt));
@@ -160,7 +161,7 @@ fn key_facts(
                 _ => "the AOF base is written as commands (aof-use-rdb-preamble no)".to_owned(),
             };
             tracing::warn!(
-                source = "redis",
+                source = SourceName::REDIS,
                 "cannot count the keys in the saved file ({why}): the facts hold the server's \
                  count right after the save, which keys with a TTL can make differ from the file"
             );

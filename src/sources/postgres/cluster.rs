@@ -22,12 +22,13 @@ use crate::clients::postgres::{
 };
 use crate::model::config::PostgresConfig;
 use crate::model::manifest::ArtifactKind;
+use crate::model::source_name::SourceName;
 use crate::model::wal::{BasePosition, Lsn, valid_segment_size};
 use crate::sources::{SourceContext, SourceError, SourceRun, timed};
 use crate::storage::keys::artifact_key;
 
 /// The source name of base backups.
-pub const SOURCE: &str = "postgres/cluster";
+pub const SOURCE: &str = SourceName::POSTGRES_CLUSTER;
 
 /// What identifies the cluster's log: its system identifier and WAL
 /// segment size.

@@ -43,6 +43,7 @@ use crate::clients::postgres::{
 use crate::model::config::PostgresConfig;
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
+use crate::model::source_name::SourceName;
 use crate::storage::keys::artifact_key;
 
 /// Backs up one database.
@@ -189,7 +190,7 @@ pub async fn dump_globals(
     tool: &DumpTool,
     server: &ServerVersion,
 ) -> SourceRun {
-    let source = "postgres/globals";
+    let source = SourceName::POSTGRES_GLOBALS;
     timed(async {
         let mut run = SourceRun::failed(source, ArtifactKind::PostgresGlobals, "");
         run.tool_version = Some(tool.version().to_owned());

@@ -224,10 +224,10 @@ impl Archiver {
                 Err(e) if e.is_tool() && state.is_none() => return Err(e),
                 Err(e) => {
                     self.set_error(e.to_string());
-                    if state.is_none() && matches!(e, SourceError::Data(_)) {
+                    if state.is_none() && e.is_data() {
                         return Err(e);
                     }
-                    if matches!(e, SourceError::Data(_)) {
+                    if e.is_data() {
                         resume_from_archive = false;
                     }
                 }
@@ -273,9 +273,10 @@ impl Archiver {
             .truncate(false)
             .write(true)
             .open(spool.join(".lock"))
-            .map_err(|e| {
-                SourceError::Data(format!("cannot open {}/.lock: {e}", spool.display()))
-            })?;
+            .map_err(SourceError::io(format!(
+                "cannot open {}/.lock",
+                spool.display()
+            )))?;
         if lock.try_lock().is_err() {
             return Err(SourceError::Data(format!(
                 "another WAL archiver uses {} (kompose-dr agent or kompose-dr wal): run only one",
@@ -353,9 +354,9 @@ impl Archiver {
             .create_new(true)
             .write(true)
             .open(&path)
-            .map_err(|e| SourceError::Data(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot create {}", path.display())))?;
         f.set_len(id.segment_size)
-            .map_err(|e| SourceError::Data(format!("cannot size {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot size {}", path.display())))?;
         tracing::info!(segment = %next.name(id.segment_size), "resuming after the newest archived WAL");
         Ok(())
     }
@@ -729,7 +730,7 @@ impl Archiver {
         {
             // Completed (renamed) between the listing and now: the next
             // look ships the complete segment.
-            Err(SourceError::Data(_)) if !path.exists() => return Ok(()),
+            Err(e) if e.is_data() && !path.exists() => return Ok(()),
             r => r?,
         };
         let now = Shipped {
@@ -774,9 +775,7 @@ impl Archiver {
         r.covered_until = Some(c);
         r.archived_at = Utc::now();
         for repo in &self.ctx.repositories {
-            repo.put_wal_record(&r)
-                .await
-                .map_err(|e| SourceError::Store(e.to_string()))?;
+            repo.put_wal_record(&r).await?;
         }
         self.note(&r);
         let now = Shipped {
@@ -816,7 +815,7 @@ impl Archiver {
         let key = keys::wal_file_key(&id.system_identifier, timeline, name, tag.as_deref());
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| SourceError::Data(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot open {}", path.display())))?;
         let (input, pump) = pipeline::input_from_reader(file);
         let encoded = self.ctx.encode(&key, input).await;
         let _ = pump.await;
@@ -927,7 +926,7 @@ fn covered_by(
 fn list_spool(spool: &Path, segment_size: u64) -> Result<Vec<(Spooled, PathBuf)>, SourceError> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(spool)
-        .map_err(|e| SourceError::Data(format!("cannot read {}: {e}", spool.display())))?;
+        .map_err(SourceError::io(format!("cannot read {}", spool.display())))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let kind = if let Some(stem) = name.strip_suffix(".partial") {

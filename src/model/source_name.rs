@@ -6,7 +6,44 @@
 
 use std::fmt;
 
-use super::selection::is_source_name;
+/// A name kompose-dr accepts for a repository or a `[[files]]` entry: 1 to
+/// 64 of letters, digits, `-`, `_` and `.`, not starting with `.` — so it is
+/// always one harmless path component.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !s.starts_with('.')
+}
+
+/// Whether `s` is a source name kompose-dr could have written:
+/// `postgres/globals`, `postgres/<database>` (a PostgreSQL identifier of at
+/// most 63 bytes without `/` or control characters, not `.` or `..`),
+/// `redis`, or `files/<name>` or `directories/<name>` with a name
+/// [`is_name`] accepts. Anything
+/// else read from a repository is refused.
+pub fn is_source_name(s: &str) -> bool {
+    if s == "redis" {
+        return true;
+    }
+    if let Some(name) = s.strip_prefix("files/") {
+        return is_name(name);
+    }
+    if let Some(name) = s.strip_prefix("directories/") {
+        return is_name(name);
+    }
+    if let Some(db) = s.strip_prefix("postgres/") {
+        let db = db.strip_prefix('~').unwrap_or(db);
+        return !db.is_empty()
+            && db.len() <= 63
+            && db != "."
+            && db != ".."
+            && !db.contains('/')
+            && !db.chars().any(char::is_control);
+    }
+    false
+}
 
 /// A source's name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

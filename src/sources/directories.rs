@@ -324,8 +324,7 @@ async fn copy_path(
     let copies =
         tokio::task::spawn_blocking(move || snapshot_sqlite(&dbs, &root_owned, &work_path))
             .await
-            .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))?
-            .map_err(SourceError::Data)?;
+            .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))??;
     crate::process::stall::progress();
     let (writer, input) = pipeline::input_from_writer();
     let root_owned = root.to_owned();
@@ -339,7 +338,7 @@ async fn copy_path(
     let encoded = encoded?;
     let (verdict, mut tally) = match written {
         Ok(t) => (Ok(()), t),
-        Err(e) => (Err(SourceError::Data(e)), Tally::default()),
+        Err(e) => (Err(e), Tally::default()),
     };
     tally.sqlite = copies.1;
     if !tally.changed.is_empty() {
@@ -363,27 +362,25 @@ fn snapshot_sqlite(
     dbs: &[PathBuf],
     root: &Path,
     work: &Path,
-) -> Result<(Vec<SqliteCopy>, BTreeMap<String, SqliteFacts>), String> {
+) -> Result<(Vec<SqliteCopy>, BTreeMap<String, SqliteFacts>), SourceError> {
     let mut out = Vec::new();
     let mut facts = BTreeMap::new();
     for (i, rel) in dbs.iter().enumerate() {
         let live = root.join(rel);
-        let meta = std::fs::symlink_metadata(&live).map_err(|e| {
-            format!(
-                "SQLite database {} (sqlite = [\"{}\"]): {e}",
-                live.display(),
-                rel.display()
-            )
-        })?;
+        let meta = std::fs::symlink_metadata(&live).map_err(SourceError::io(format!(
+            "SQLite database {} (sqlite = [\"{}\"])",
+            live.display(),
+            rel.display()
+        )))?;
         if !meta.is_file() {
-            return Err(format!(
+            return Err(SourceError::Data(format!(
                 "SQLite database {} is not a regular file",
                 live.display()
-            ));
+            )));
         }
         let copy = work.join(format!("{i}.sqlite3"));
-        sqlite::snapshot(&live, &copy).map_err(|e| e.to_string())?;
-        let f = sqlite::describe(&copy).map_err(|e| e.to_string())?;
+        sqlite::snapshot(&live, &copy)?;
+        let f = sqlite::describe(&copy)?;
         if f.integrity != "ok" {
             tracing::warn!(database = %live.display(), integrity = %f.integrity, "the SQLite copy fails its integrity check");
         }
@@ -413,7 +410,7 @@ fn write_tree(
     root: &Path,
     filter: &Filter,
     copies: Vec<SqliteCopy>,
-) -> Result<Tally, String> {
+) -> Result<Tally, SourceError> {
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     let mut tally = Tally::default();
@@ -431,8 +428,10 @@ fn write_tree(
     })();
     match result {
         Ok(()) => {
-            let w = builder.into_inner().map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())?;
+            let w = builder
+                .into_inner()
+                .map_err(|e| SourceError::Data(e.to_string()))?;
+            w.close().map_err(|e| SourceError::Data(e.to_string()))?;
             Ok(tally)
         }
         Err(e) => {
@@ -440,7 +439,7 @@ fn write_tree(
             if let Ok(w) = builder.into_inner() {
                 w.fail(std::io::Error::other(msg.clone()));
             }
-            Err(msg)
+            Err(SourceError::Data(msg))
         }
     }
 }
@@ -648,7 +647,7 @@ async fn copy_volume(
     let encoded = encoded?;
     let (verdict, tally, root) = match written {
         Ok((t, root)) => (Ok(()), t, root),
-        Err(e) => (Err(SourceError::Data(e)), Tally::default(), None),
+        Err(e) => (Err(e), Tally::default(), None),
     };
     drop(work);
     Ok(Copied {
@@ -671,7 +670,7 @@ fn retar(
     filter: &Filter,
     work: &Path,
     dbs: &[PathBuf],
-) -> Result<(Tally, Option<FileMeta>), String> {
+) -> Result<(Tally, Option<FileMeta>), SourceError> {
     let mut r = Retar {
         builder: tar::Builder::new(writer),
         tally: Tally::default(),
@@ -696,7 +695,7 @@ fn retar(
         if let Ok(w) = r.builder.into_inner() {
             w.fail(std::io::Error::other(msg.clone()));
         }
-        return Err(msg);
+        return Err(SourceError::Data(msg));
     }
     r.finish()
 }
@@ -805,25 +804,26 @@ impl Retar<'_> {
 
     /// Closes the tar, then describes each SQLite database on a copy of its
     /// own, with its `-wal` beside it.
-    fn finish(mut self) -> Result<(Tally, Option<FileMeta>), String> {
-        let w = self.builder.into_inner().map_err(|e| e.to_string())?;
-        w.close().map_err(|e| e.to_string())?;
+    fn finish(mut self) -> Result<(Tally, Option<FileMeta>), SourceError> {
+        let text = |e: std::io::Error| SourceError::Data(e.to_string());
+        let w = self.builder.into_inner().map_err(text)?;
+        w.close().map_err(text)?;
         let volume = self.volume;
         for (i, d) in self.dbs.iter().enumerate() {
             let rs = d.to_string_lossy().into_owned();
             let Some(db) = self.spooled.get(&rs) else {
-                return Err(format!(
+                return Err(SourceError::Data(format!(
                     "SQLite database {rs} (sqlite = [\"{rs}\"]) is not in volume {volume}"
-                ));
+                )));
             };
             let dir = self.work.join(format!("db{i}"));
-            std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir(&dir).map_err(text)?;
             let copy = dir.join("db");
-            std::fs::copy(db, &copy).map_err(|e| e.to_string())?;
+            std::fs::copy(db, &copy).map_err(text)?;
             if let Some(wal) = self.spooled.get(&format!("{rs}-wal")) {
-                std::fs::copy(wal, dir.join("db-wal")).map_err(|e| e.to_string())?;
+                std::fs::copy(wal, dir.join("db-wal")).map_err(text)?;
             }
-            let facts = sqlite::describe(&copy).map_err(|e| e.to_string())?;
+            let facts = sqlite::describe(&copy)?;
             self.tally.sqlite.insert(rs, facts);
         }
         Ok((self.tally, self.root))

@@ -51,6 +51,9 @@ pub enum SourceError {
     /// A repository refused a write.
     #[error(transparent)]
     Repository(#[from] crate::repository::RepositoryError),
+    /// A SQLite database could not be copied or described.
+    #[error(transparent)]
+    Sqlite(#[from] directories::sqlite::SqliteError),
     /// A local file could not be read or written.
     #[error("{doing}: {source}")]
     Io {
@@ -89,7 +92,9 @@ impl SourceError {
             e @ SourceError::Client(_) if e.is_tool() => SourceError::Tool(scrub(e.to_string())),
             e @ SourceError::Client(_) => SourceError::Connect(scrub(e.to_string())),
             e @ SourceError::Launch { .. } => SourceError::Tool(scrub(e.to_string())),
-            e @ SourceError::Io { .. } => SourceError::Data(scrub(e.to_string())),
+            e @ (SourceError::Io { .. } | SourceError::Sqlite(_)) => {
+                SourceError::Data(scrub(e.to_string()))
+            }
             e @ SourceError::Engine(_) => SourceError::Tool(scrub(e.to_string())),
             e @ SourceError::Repository(_) => SourceError::Store(scrub(e.to_string())),
         }
@@ -108,7 +113,10 @@ impl SourceError {
     /// Whether the error is about data read or written here (a file, the
     /// spool, what a server sent), not the server or a tool.
     pub fn is_data(&self) -> bool {
-        matches!(self, SourceError::Data(_) | SourceError::Io { .. })
+        matches!(
+            self,
+            SourceError::Data(_) | SourceError::Io { .. } | SourceError::Sqlite(_)
+        )
     }
 
     /// `doing: e` for an I/O error, as a closure for `map_err`.

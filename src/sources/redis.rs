@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 
 use super::{SourceContext, SourceError, SourceRun, timed};
+use crate::clients::ClientError;
 use crate::clients::redis::{config_get, config_set, connect, info, parse_keyspace};
 use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
@@ -97,13 +98,9 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             let aof = config_get(&mut con, "appendonly").await? == "yes";
             let files = if aof {
                 run.kind = ArtifactKind::RedisAof;
-                aof_files(&mut con, &data_dir)
-                    .await
-                    .map_err(SourceError::Data)?
+                aof_files(&mut con, &data_dir).await?
             } else {
-                rdb_files(&mut con, &data_dir)
-                    .await
-                    .map_err(SourceError::Data)?
+                rdb_files(&mut con, &data_dir).await?
             };
             // The moment the file's counts hold for, to the millisecond the
             // facts keep.
@@ -119,8 +116,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             let encoded = ctx.encode(&key, input).await;
             let written = tar
                 .await
-                .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?
-                .map_err(SourceError::Data);
+                .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?;
             let (verdict, counted) = match written {
                 Ok(counted) => (Ok(()), counted),
                 Err(e) => (Err(e), None),
@@ -285,18 +281,17 @@ impl Where {
     }
 
     /// The whole (small) file as text.
-    async fn read_to_string(&self) -> Result<String, String> {
+    async fn read_to_string(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         match self {
-            Where::Host(p) => std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            Where::Host(p) => Ok(std::fs::read_to_string(p)?),
             Where::Container(c, p) => {
-                let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
-                engine
+                let engine = Engine::connect(c.engine.as_deref())?;
+                Ok(engine
                     .output(
                         &c.name,
                         ExecSpec::new(["cat", "--"]).args([p.to_string_lossy()]),
                     )
-                    .await
-                    .map_err(|e| e.to_string())
+                    .await?)
             }
         }
     }
@@ -324,15 +319,15 @@ enum TarSource {
     Container(ContainerRef, PathBuf),
 }
 
-async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
+async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, SourceError> {
     match at {
         Where::Host(path) => {
             use std::os::unix::fs::MetadataExt;
-            let file =
-                File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let file = File::open(path)
+                .map_err(SourceError::io(format!("cannot open {}", path.display())))?;
             let meta = file
                 .metadata()
-                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+                .map_err(SourceError::io(format!("cannot stat {}", path.display())))?;
             Ok(TarFile {
                 name,
                 len: meta.len(),
@@ -345,7 +340,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
             })
         }
         Where::Container(c, path) => {
-            let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
+            let engine = Engine::connect(c.engine.as_deref())?;
             let out = engine
                 .output(
                     &c.name,
@@ -353,7 +348,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                         .args([path.to_string_lossy()]),
                 )
                 .await
-                .map_err(|e| format!("cannot stat {}: {e}", at.display()))?;
+                .map_err(|e| SourceError::Data(format!("cannot stat {}: {e}", at.display())))?;
             let f: Vec<u64> = out
                 .split_whitespace()
                 .filter_map(|w| w.parse().ok())
@@ -363,11 +358,11 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                 .nth(3)
                 .and_then(|m| u32::from_str_radix(m, 8).ok());
             let (&[len, uid, gid, _, mtime], Some(mode)) = (f.as_slice(), mode) else {
-                return Err(format!(
+                return Err(SourceError::Data(format!(
                     "cannot stat {}: unexpected answer `{}`",
                     at.display(),
                     out.trim()
-                ));
+                )));
             };
             Ok(TarFile {
                 name,
@@ -387,13 +382,13 @@ async fn wait_until<F>(
     con: &mut MultiplexedConnection,
     what: &str,
     mut done: F,
-) -> Result<BTreeMap<String, String>, String>
+) -> Result<BTreeMap<String, String>, SourceError>
 where
     F: FnMut(&BTreeMap<String, String>) -> bool,
 {
     let deadline = tokio::time::Instant::now() + SAVE_TIMEOUT;
     loop {
-        let i = info(con, "persistence").await.map_err(|e| e.to_string())?;
+        let i = info(con, "persistence").await?;
         // Redis answered while it saves: alive, not stalled (SAVE_TIMEOUT
         // bounds the save itself).
         crate::process::stall::progress();
@@ -401,10 +396,10 @@ where
             return Ok(i);
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!(
+            return Err(SourceError::Data(format!(
                 "Redis {what} did not finish within {}s",
                 SAVE_TIMEOUT.as_secs()
-            ));
+            )));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -413,13 +408,13 @@ where
 async fn rdb_files(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
+) -> Result<Vec<TarFile>, SourceError> {
     // A save already running started before us: let it finish, then save anew.
     wait_until(con, "BGSAVE", |i| {
         num(i, "rdb_bgsave_in_progress") == Some(0)
     })
     .await?;
-    let before = info(con, "persistence").await.map_err(|e| e.to_string())?;
+    let before = info(con, "persistence").await?;
     let saves_before = num(&before, "rdb_saves");
     let last_before = num(&before, "rdb_last_save_time").unwrap_or(0);
     if saves_before.is_none() {
@@ -429,7 +424,10 @@ async fn rdb_files(
     let _: String = redis::cmd("BGSAVE")
         .query_async(con)
         .await
-        .map_err(|e| format!("Redis BGSAVE: {e}"))?;
+        .map_err(|source| ClientError::Redis {
+            command: "BGSAVE".into(),
+            source,
+        })?;
     let after = wait_until(con, "BGSAVE", |i| {
         num(i, "rdb_bgsave_in_progress") == Some(0)
             && match saves_before {
@@ -439,13 +437,11 @@ async fn rdb_files(
     })
     .await?;
     if after.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
-        return Err(
+        return Err(SourceError::Data(
             "Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the Redis log".into(),
-        );
+        ));
     }
-    let name = config_get(con, "dbfilename")
-        .await
-        .map_err(|e| e.to_string())?;
+    let name = config_get(con, "dbfilename").await?;
     let mut file = open_for_tar(&data_dir.join(&name), name).await?;
     file.count = true;
     Ok(vec![file])
@@ -454,10 +450,8 @@ async fn rdb_files(
 async fn aof_files(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
-    let original = config_get(con, "auto-aof-rewrite-percentage")
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<TarFile>, SourceError> {
+    let original = config_get(con, "auto-aof-rewrite-percentage").await?;
     // Put back even when this future is dropped (SIGTERM, Ctrl-C, the stall
     // watchdog): the guard hands the CONFIG SET to the clean-ups the
     // process waits for before it exits. (kill -9 leaves 0: a known bug.)
@@ -465,17 +459,16 @@ async fn aof_files(
         con: Some(con.clone()),
         original: original.clone(),
     };
-    config_set(con, "auto-aof-rewrite-percentage", "0")
-        .await
-        .map_err(|e| e.to_string())?;
+    config_set(con, "auto-aof-rewrite-percentage", "0").await?;
     let result = aof_files_paused(con, data_dir).await;
     guard.con = None;
-    let restored = config_set(con, "auto-aof-rewrite-percentage", &original)
-        .await
-        .map_err(|e| e.to_string());
+    let restored = config_set(con, "auto-aof-rewrite-percentage", &original).await;
     let files = result?;
-    restored
-        .map_err(|e| format!("{e} (restore auto-aof-rewrite-percentage to {original} by hand)"))?;
+    restored.map_err(|e| {
+        SourceError::Data(format!(
+            "{e} (restore auto-aof-rewrite-percentage to {original} by hand)"
+        ))
+    })?;
     Ok(files)
 }
 
@@ -503,17 +496,20 @@ impl Drop for PutBack {
 async fn aof_files_paused(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
+) -> Result<Vec<TarFile>, SourceError> {
     let idle = |i: &BTreeMap<String, String>| {
         num(i, "aof_rewrite_in_progress") == Some(0) && num(i, "aof_rewrite_scheduled") == Some(0)
     };
     wait_until(con, "BGREWRITEAOF", idle).await?;
-    let before = info(con, "persistence").await.map_err(|e| e.to_string())?;
+    let before = info(con, "persistence").await?;
     let rewrites_before = num(&before, "aof_rewrites");
     let _: String = redis::cmd("BGREWRITEAOF")
         .query_async(con)
         .await
-        .map_err(|e| format!("Redis BGREWRITEAOF: {e}"))?;
+        .map_err(|source| ClientError::Redis {
+            command: "BGREWRITEAOF".into(),
+            source,
+        })?;
     let after = wait_until(con, "BGREWRITEAOF", |i| {
         idle(i)
             && match rewrites_before {
@@ -523,29 +519,25 @@ async fn aof_files_paused(
     })
     .await?;
     if after.get("aof_last_bgrewrite_status").map(String::as_str) != Some("ok") {
-        return Err(
+        return Err(SourceError::Data(
             "Redis BGREWRITEAOF failed (aof_last_bgrewrite_status is not ok): see the Redis log"
                 .into(),
-        );
+        ));
     }
-    let dir_name = config_get(con, "appenddirname")
-        .await
-        .map_err(|e| e.to_string())?;
-    let base_name = config_get(con, "appendfilename")
-        .await
-        .map_err(|e| e.to_string())?;
+    let dir_name = config_get(con, "appenddirname").await?;
+    let base_name = config_get(con, "appendfilename").await?;
     let dir = data_dir.join(&dir_name);
     let manifest_name = format!("{base_name}.manifest");
     let manifest_path = dir.join(&manifest_name);
     let manifest = manifest_path.read_to_string().await.map_err(|e| {
-        format!(
+        SourceError::Data(format!(
             "cannot read the AOF manifest {}: {e} (is redis.data_dir the Redis data directory as this host sees it?)",
             manifest_path.display()
-        )
+        ))
     })?;
     let mut files =
         vec![open_for_tar(&manifest_path, format!("{dir_name}/{manifest_name}")).await?];
-    for f in aof_manifest_files(&manifest).map_err(|e| e.to_string())? {
+    for f in aof_manifest_files(&manifest).map_err(|e| SourceError::Data(e.to_string()))? {
         let mut tf = open_for_tar(&dir.join(&f.name), format!("{dir_name}/{}", f.name)).await?;
         if f.base {
             // The base in RDB form is counted; one written as commands
@@ -617,7 +609,7 @@ fn write_tar(
     writer: pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>,
     files: Vec<TarFile>,
     rt: tokio::runtime::Handle,
-) -> Result<Counted, String> {
+) -> Result<Counted, SourceError> {
     let mut builder = tar::Builder::new(writer);
     let mut counted = None;
     let result = (|| -> std::io::Result<()> {
@@ -649,8 +641,10 @@ fn write_tar(
     })();
     match result {
         Ok(()) => {
-            let w = builder.into_inner().map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())?;
+            let w = builder
+                .into_inner()
+                .map_err(|e| SourceError::Data(e.to_string()))?;
+            w.close().map_err(|e| SourceError::Data(e.to_string()))?;
             Ok(counted)
         }
         Err(e) => {
@@ -658,7 +652,7 @@ fn write_tar(
             if let Ok(w) = builder.into_inner() {
                 w.fail(std::io::Error::other(msg.clone()));
             }
-            Err(msg)
+            Err(SourceError::Data(msg))
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Where a client tool runs: here, as a child process, or inside the
 //! server's container through the engine. Both give a
-//! [`Running`](crate::process::Running) with the same streams, so pg_dump,
+//! [`Running`] with the same streams, so pg_dump,
 //! pg_restore, psql and redis-cli are driven the same way in both places.
 
 use crate::engine::{Engine, EngineError, ExecSpec};

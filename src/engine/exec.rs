@@ -163,7 +163,7 @@ impl Engine {
     /// Runs `spec` in `container` to the end and returns its stdout, or
     /// why it failed (its stderr). For short commands (`--version`,
     /// `redis-cli INFO`): stdout is capped at 1 MiB, and a command that has
-    /// not ended within [`OUTPUT_TIMEOUT`] is killed and reported.
+    /// not ended within `OUTPUT_TIMEOUT` is killed and reported.
     pub async fn output(&self, container: &str, spec: ExecSpec) -> Result<String, EngineError> {
         let program = spec.cmd.first().cloned().unwrap_or_default();
         let run = self.exec(container, spec).await?.killed_on_drop();

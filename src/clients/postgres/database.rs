@@ -167,7 +167,7 @@ pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, C
     Ok(sql)
 }
 
-/// What [`apply`] may set: everything, or (for `--no-owner`) neither the
+/// What [`apply_sql`] may set: everything, or (for `--no-owner`) neither the
 /// owner nor the ACL, and role settings only for roles that exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {

@@ -13,7 +13,8 @@
 //!    layout), [`pipeline`] (source → zstd → age → sha256 → storage, and
 //!    back) and [`process`] (children, their status and stderr).
 //! 2. [`repository`]: the open repository format on a backend — marker,
-//!    manifests (the commit point), the writer lock and lease.
+//!    manifests (the commit point), the writer lock and lease; [`clients`]:
+//!    PostgreSQL and Redis connections, client-tool choice and `Launch`.
 //! 3. [`sources`] (what is backed up), [`restore`] (plans and targets),
 //!    [`scratch`] (throw-away servers for verify and drills) and [`events`]
 //!    (MQTT and the metrics textfile).
@@ -27,6 +28,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clients;
 pub mod engine;
 pub mod error;
 pub mod events;

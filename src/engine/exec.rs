@@ -163,7 +163,7 @@ impl Engine {
     /// Runs `spec` in `container` to the end and returns its stdout, or
     /// why it failed (its stderr). For short commands (`--version`,
     /// `redis-cli INFO`): stdout is capped at 1 MiB, and a command that has
-    /// not ended within [`OUTPUT_TIMEOUT`] is killed and reported.
+    /// not ended within `OUTPUT_TIMEOUT` is killed and reported.
     pub async fn output(&self, container: &str, spec: ExecSpec) -> Result<String, EngineError> {
         let program = spec.cmd.first().cloned().unwrap_or_default();
         let run = self.exec(container, spec).await?.killed_on_drop();
@@ -283,7 +283,7 @@ async fn pump(
     >,
     mut out: tokio::io::DuplexStream,
     mut err: tokio::io::DuplexStream,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     use bollard::container::LogOutput;
     let (mut out_open, mut err_open) = (true, true);
     while let Some(piece) = output.next().await {
@@ -299,7 +299,7 @@ async fn pump(
                 }
             }
             Ok(LogOutput::StdIn { .. }) => {}
-            Err(e) => return Err(super::api_detail(&e)),
+            Err(e) => return Err(std::io::Error::other(super::api_detail(&e))),
         }
     }
     Ok(())
@@ -309,7 +309,7 @@ async fn pump(
 struct ExecWaiter {
     engine: Engine,
     id: String,
-    pump: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    pump: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 #[async_trait::async_trait]
@@ -318,7 +318,7 @@ impl Waiter for ExecWaiter {
         if let Some(pump) = self.pump.take() {
             match pump.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
         }

@@ -238,6 +238,7 @@ impl Manifest {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
+    use crate::model::source_name::SourceName;
 
     /// A UTC time from RFC 3339.
     pub fn t(s: &str) -> DateTime<Utc> {
@@ -247,8 +248,8 @@ pub(crate) mod fixtures {
     /// An artifact of `source` captured at `at`, good or failed.
     pub fn artifact(source: &str, at: &str, ok: bool) -> Artifact {
         let kind = match source {
-            "postgres/globals" => ArtifactKind::PostgresGlobals,
-            "postgres/cluster" => ArtifactKind::PostgresCluster,
+            SourceName::POSTGRES_GLOBALS => ArtifactKind::PostgresGlobals,
+            SourceName::POSTGRES_CLUSTER => ArtifactKind::PostgresCluster,
             "redis" => ArtifactKind::RedisAof,
             s if s.starts_with("files/") => ArtifactKind::File,
             s if s.starts_with("directories/") => ArtifactKind::Directory,

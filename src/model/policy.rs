@@ -66,22 +66,22 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates a policy file; errors name the file and line.
     pub fn load(path: &Path) -> Result<Policy, InvalidInput> {
-        Policy::parse_file(path).map_err(InvalidInput)
+        Policy::parse_file(path)
     }
 
-    fn parse_file(path: &Path) -> Result<Policy, String> {
+    fn parse_file(path: &Path) -> Result<Policy, InvalidInput> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("policy {}: cannot read it: {e}", path.display()))?;
+            .map_err(|e| InvalidInput(format!("policy {}: cannot read it: {e}", path.display())))?;
         let raw: RawPolicy = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
-            format!(
+            InvalidInput(format!(
                 "policy {}{}: {}",
                 path.display(),
                 line.map(|l| format!(" line {l}")).unwrap_or_default(),
                 e.message().trim()
-            )
+            ))
         })?;
-        let at = |msg: String| format!("policy {}: {msg}", path.display());
+        let at = |msg: String| InvalidInput(format!("policy {}: {msg}", path.display()));
         if raw.name.is_empty()
             || !raw
                 .name

@@ -2,64 +2,24 @@
 //! and a drill's `sources` are names or globs (`postgres/*`) matched
 //! against source names (`postgres/<db>`, `redis`, `files/<name>`).
 
+use super::source_name::SourceName;
 use crate::error::InvalidInput;
 
-/// A name kompose-dr accepts for a repository or a `[[files]]` entry: 1 to
-/// 64 of letters, digits, `-`, `_` and `.`, not starting with `.` — so it is
-/// always one harmless path component.
-pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !s.starts_with('.')
-}
-
-/// Whether `s` is a source name kompose-dr could have written:
-/// `postgres/globals`, `postgres/<database>` (a PostgreSQL identifier of at
-/// most 63 bytes without `/` or control characters, not `.` or `..`),
-/// `redis`, or `files/<name>` or `directories/<name>` with a name
-/// [`is_name`] accepts. Anything
-/// else read from a repository is refused.
-pub fn is_source_name(s: &str) -> bool {
-    if s == "redis" {
-        return true;
-    }
-    if let Some(name) = s.strip_prefix("files/") {
-        return is_name(name);
-    }
-    if let Some(name) = s.strip_prefix("directories/") {
-        return is_name(name);
-    }
-    if let Some(db) = s.strip_prefix("postgres/") {
-        let db = db.strip_prefix('~').unwrap_or(db);
-        return !db.is_empty()
-            && db.len() <= 63
-            && db != "."
-            && db != ".."
-            && !db.contains('/')
-            && !db.chars().any(char::is_control);
-    }
-    false
-}
+pub use super::source_name::{is_name, is_source_name};
 
 /// The source name of database `db`: `postgres/<db>`, except that a
 /// database named `globals` (which would be the roles' `postgres/globals`),
 /// `cluster` (the base backups' `postgres/cluster`) or starting with `~` gets one `~` in front (`postgres/~globals`), so
 /// every database has a name of its own.
 pub fn database_source(db: &str) -> String {
-    if db == "globals" || db == "cluster" || db.starts_with('~') {
-        format!("postgres/~{db}")
-    } else {
-        format!("postgres/{db}")
-    }
+    SourceName::PostgresDatabase(db.to_owned()).to_string()
 }
 
 /// The database a `postgres/…` source name (other than `postgres/globals`)
 /// stands for: the inverse of [`database_source`].
 pub fn source_database(source: &str) -> Option<&str> {
     let name = source.strip_prefix("postgres/")?;
-    if source == "postgres/globals" || source == "postgres/cluster" {
+    if source == SourceName::POSTGRES_GLOBALS || source == SourceName::POSTGRES_CLUSTER {
         return None;
     }
     Some(name.strip_prefix('~').unwrap_or(name))

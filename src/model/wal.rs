@@ -330,27 +330,12 @@ impl WalArchive {
         let first = base.start_lsn.segment(size);
         let end_segment = base.end_lsn.segment(size);
         let Some(last_number) = last_number.filter(|n| *n >= first) else {
-            return Err(CoverageError::Missing(
-                Segment {
-                    timeline: base.timeline,
-                    number: first,
-                }
-                .name(size),
-            ));
+            return Err(missing(base.timeline, first, size));
         };
         for number in first..=last_number {
-            let expected = self.expected_timeline(number, base.timeline, newest);
-            let missing = || {
-                CoverageError::Missing(
-                    Segment {
-                        timeline: expected,
-                        number,
-                    }
-                    .name(size),
-                )
-            };
             let Some(r) = self.at(number, base.timeline, newest) else {
-                return Err(missing());
+                let expected = self.expected_timeline(number, base.timeline, newest);
+                return Err(missing(expected, number, size));
             };
             // A partial copy is the end of what was archived: one with
             // later segments after it stands for a complete segment that is
@@ -358,14 +343,7 @@ impl WalArchive {
             if let Some(prev) = out.last()
                 && prev.kind == WalKind::Partial
             {
-                let n = number - 1;
-                return Err(CoverageError::Missing(
-                    Segment {
-                        timeline: prev.timeline,
-                        number: n,
-                    }
-                    .name(size),
-                ));
+                return Err(missing(prev.timeline, number - 1, size));
             }
             out.push(r);
             if let Some(c) = r.covered_until {
@@ -436,6 +414,11 @@ impl WalArchive {
     pub fn covered_until(&self) -> Option<DateTime<Utc>> {
         self.segments.values().filter_map(|r| r.covered_until).max()
     }
+}
+
+/// The error naming segment `number` of `timeline` as missing.
+fn missing(timeline: u32, number: u64, size: u64) -> CoverageError {
+    CoverageError::Missing(Segment { timeline, number }.name(size))
 }
 
 #[cfg(test)]

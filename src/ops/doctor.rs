@@ -385,13 +385,13 @@ async fn containers(config: &Config, checks: &mut Vec<Check>) {
 
 async fn postgres_version(config: &Config) -> Result<String, String> {
     let pg = config.postgres.as_ref().expect("a postgres container");
-    let pg = crate::sources::postgres::resolve(pg)
+    let pg = crate::clients::postgres::resolve(pg)
         .await
         .map_err(|e| e.to_string())?;
-    let client = crate::sources::postgres::connect(&pg, &pg.endpoint.maintenance_db)
+    let client = crate::clients::postgres::connect(&pg, &pg.endpoint.maintenance_db)
         .await
         .map_err(|e| e.to_string())?;
-    let v = crate::sources::postgres::server_version(&client)
+    let v = crate::clients::postgres::server_version(&client)
         .await
         .map_err(|e| e.to_string())?;
     Ok(format!(
@@ -402,10 +402,12 @@ async fn postgres_version(config: &Config) -> Result<String, String> {
 
 async fn redis_version(config: &Config) -> Result<String, String> {
     let r = config.redis.as_ref().expect("a redis container");
-    let mut con = crate::sources::redis::connect(r)
+    let mut con = crate::clients::redis::connect(r)
         .await
         .map_err(|e| e.to_string())?;
-    let info = crate::sources::redis::info(&mut con, "server").await?;
+    let info = crate::clients::redis::info(&mut con, "server")
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(format!(
         "Redis {} answers",
         info.get("redis_version").map(String::as_str).unwrap_or("?")

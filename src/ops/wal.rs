@@ -62,7 +62,7 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
             "no repository answers: WAL cannot be archived anywhere",
         ));
     }
-    let resolved = crate::sources::postgres::resolve(pg)
+    let resolved = crate::clients::postgres::resolve(pg)
         .await
         .map_err(|e| Failure::failed(e.to_string()))?;
     let ctx = SourceContext {

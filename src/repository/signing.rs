@@ -38,7 +38,7 @@ pub fn sign(trust: &Trust, what: &str, body: &[u8]) -> Result<Option<Vec<u8>>, S
         what: what.to_owned(),
         why,
     };
-    let sk = parse_secret_key(key.expose()).map_err(cannot)?;
+    let sk = parse_secret_key(key.expose()).map_err(|e| cannot(e.to_string()))?;
     let sig = minisign::sign(
         None,
         &sk,

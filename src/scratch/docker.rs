@@ -198,7 +198,7 @@ impl ScratchRuntime for DockerRuntime {
         let start = Instant::now();
         let mut last;
         loop {
-            match crate::sources::postgres::connect(&cfg, "postgres").await {
+            match crate::clients::postgres::connect(&cfg, "postgres").await {
                 Ok(_) => break,
                 Err(e) => last = e.to_string(),
             }

@@ -318,7 +318,7 @@ impl ScratchRuntime for ProcessRuntime {
         let cfg = scratch.connection();
         let start = Instant::now();
         loop {
-            if crate::sources::postgres::connect(&cfg, "postgres")
+            if crate::clients::postgres::connect(&cfg, "postgres")
                 .await
                 .is_ok()
             {
@@ -419,7 +419,7 @@ impl ScratchRuntime for ProcessRuntime {
 
 /// Whether the Redis at `cfg` answers and has finished loading its files.
 pub(super) async fn loaded(cfg: &crate::model::config::RedisConfig) -> bool {
-    let Ok(mut c) = crate::sources::redis::connect(cfg).await else {
+    let Ok(mut c) = crate::clients::redis::connect(cfg).await else {
         return false;
     };
     if redis::cmd("PING")
@@ -825,7 +825,7 @@ impl ProcessRuntime {
         let cfg = server.connection();
         let start = Instant::now();
         loop {
-            if let Ok(c) = crate::sources::postgres::connect(&cfg, "postgres").await
+            if let Ok(c) = crate::clients::postgres::connect(&cfg, "postgres").await
                 && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
                 && !row.get::<_, bool>(0)
             {

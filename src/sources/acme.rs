@@ -39,7 +39,7 @@ pub fn certificates(json: &[u8]) -> Option<Vec<Certificate>> {
         for e in r.certificates.unwrap_or_default() {
             let main = e.domain.and_then(|d| d.main).unwrap_or_default();
             let decoded = match e.certificate.as_deref() {
-                None => Err("the entry holds no certificate".to_owned()),
+                None => Err(CertificateError::Missing),
                 Some(b64) => decode(b64),
             };
             out.push(match decoded {
@@ -55,7 +55,7 @@ pub fn certificates(json: &[u8]) -> Option<Vec<Certificate>> {
                     main,
                     domains: Vec::new(),
                     not_after: None,
-                    error: Some(error),
+                    error: Some(error.to_string()),
                 },
             });
         }
@@ -63,17 +63,38 @@ pub fn certificates(json: &[u8]) -> Option<Vec<Certificate>> {
     Some(out)
 }
 
+/// Why an entry's certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    /// The entry has no `certificate`.
+    #[error("the entry holds no certificate")]
+    Missing,
+    /// The text is not base64.
+    #[error("certificate is not base64: {0}")]
+    Base64(#[source] base64::DecodeError),
+    /// The bytes are not PEM.
+    #[error("certificate is not PEM: {0}")]
+    Pem(String),
+    /// The PEM does not hold an X.509 certificate.
+    #[error("certificate does not decode: {0}")]
+    X509(String),
+    /// The expiry is not a time this program can hold.
+    #[error("certificate expiry out of range")]
+    Expiry,
+}
+
 /// Decodes a base64 PEM chain; returns the leaf's DNS names and expiry.
-pub fn decode(b64: &str) -> Result<(Vec<String>, DateTime<Utc>), String> {
+pub fn decode(b64: &str) -> Result<(Vec<String>, DateTime<Utc>), CertificateError> {
     use base64::Engine;
     let pem = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
-        .map_err(|e| format!("certificate is not base64: {e}"))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
-        .map_err(|e| format!("certificate is not PEM: {e}"))?;
+        .map_err(CertificateError::Base64)?;
+    // The parser's errors borrow the input: kept as their text.
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(&pem).map_err(|e| CertificateError::Pem(e.to_string()))?;
     let cert = pem
         .parse_x509()
-        .map_err(|e| format!("certificate does not decode: {e}"))?;
+        .map_err(|e| CertificateError::X509(e.to_string()))?;
     let mut domains = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -90,6 +111,6 @@ pub fn decode(b64: &str) -> Result<(Vec<String>, DateTime<Utc>), String> {
         }
     }
     let not_after = DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
-        .ok_or("certificate expiry out of range")?;
+        .ok_or(CertificateError::Expiry)?;
     Ok((domains, not_after))
 }

@@ -48,6 +48,7 @@ use crate::engine::{Engine, EngineError};
 use crate::model::config::{DirectoryConfig, DirectoryLocation, Quiesce};
 use crate::model::facts::{SourceFacts, SqliteFacts};
 use crate::model::manifest::{ArtifactKind, Downtime, FileMeta};
+use crate::model::source_name::SourceName;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
@@ -57,13 +58,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Where a volume is mounted in the helper container.
 const MOUNT: &str = "/kdr-volume";
 
-fn engine_err(e: EngineError) -> SourceError {
-    SourceError::Tool(e.to_string())
-}
-
 /// Backs up one directory or volume.
 pub async fn backup(ctx: &SourceContext, cfg: &DirectoryConfig) -> SourceRun {
-    let source = format!("directories/{}", cfg.name);
+    let source = SourceName::Directory(cfg.name.clone()).to_string();
     timed(async {
         let mut run = SourceRun::failed(&source, ArtifactKind::Directory, "");
         let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::Directory);
@@ -142,10 +139,10 @@ impl Quiesced {
         if cfg.stop.is_empty() {
             return Ok(q);
         }
-        let engine = Engine::connect(cfg.engine()).map_err(engine_err)?;
+        let engine = Engine::connect(cfg.engine()).map_err(SourceError::Engine)?;
         q.engine = Some(engine.clone());
         for c in &cfg.stop {
-            let info = engine.inspect(&c.name).await.map_err(engine_err)?;
+            let info = engine.inspect(&c.name).await.map_err(SourceError::Engine)?;
             if !info.running || info.state == "paused" {
                 tracing::info!(container = %c.name, state = %info.state, "not running: left as it is");
                 continue;
@@ -157,7 +154,7 @@ impl Quiesced {
                 Quiesce::Stop => engine.stop(&c.name, STOP_GRACE).await,
                 Quiesce::Pause => engine.pause(&c.name).await,
             };
-            done.map_err(engine_err)?;
+            done.map_err(SourceError::Engine)?;
             tracing::info!(container = %c.name, mode = q.mode_name(), "stopped for the copy");
         }
         Ok(q)
@@ -308,7 +305,7 @@ async fn copy_path(
 ) -> Result<Copied, SourceError> {
     let meta = tokio::fs::symlink_metadata(root)
         .await
-        .map_err(|e| SourceError::Data(format!("cannot read {}: {e}", root.display())))?;
+        .map_err(SourceError::io(format!("cannot read {}", root.display())))?;
     if !meta.is_dir() {
         return Err(SourceError::Data(format!(
             "{} is not a directory (a symlink is not followed): set path to the directory itself",
@@ -321,42 +318,13 @@ async fn copy_path(
     let work = tempfile::Builder::new()
         .prefix("kompose-dr-sqlite-")
         .tempdir()
-        .map_err(|e| SourceError::Data(format!("cannot create a temporary directory: {e}")))?;
+        .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (dbs, work_path, root_owned) =
         (cfg.sqlite.clone(), work.path().to_owned(), root.to_owned());
-    let copies = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let mut out = Vec::new();
-        let mut facts = BTreeMap::new();
-        for (i, rel) in dbs.iter().enumerate() {
-            let live = root_owned.join(rel);
-            let meta = std::fs::symlink_metadata(&live).map_err(|e| {
-                format!(
-                    "SQLite database {} (sqlite = [\"{}\"]): {e}",
-                    live.display(),
-                    rel.display()
-                )
-            })?;
-            if !meta.is_file() {
-                return Err(format!(
-                    "SQLite database {} is not a regular file",
-                    live.display()
-                ));
-            }
-            let copy = work_path.join(format!("{i}.sqlite3"));
-            sqlite::snapshot(&live, &copy)?;
-            let f = sqlite::describe(&copy)?;
-            if f.integrity != "ok" {
-                tracing::warn!(database = %live.display(), integrity = %f.integrity, "the SQLite copy fails its integrity check");
-            }
-            let rel = rel.to_string_lossy().into_owned();
-            facts.insert(rel.clone(), f);
-            out.push(SqliteCopy { rel, copy, meta });
-        }
-        Ok((out, facts))
-    })
-    .await
-    .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))?
-    .map_err(SourceError::Data)?;
+    let copies =
+        tokio::task::spawn_blocking(move || snapshot_sqlite(&dbs, &root_owned, &work_path))
+            .await
+            .map_err(|e| SourceError::Data(format!("the SQLite copy failed: {e}")))??;
     crate::process::stall::progress();
     let (writer, input) = pipeline::input_from_writer();
     let root_owned = root.to_owned();
@@ -370,7 +338,7 @@ async fn copy_path(
     let encoded = encoded?;
     let (verdict, mut tally) = match written {
         Ok(t) => (Ok(()), t),
-        Err(e) => (Err(SourceError::Data(e)), Tally::default()),
+        Err(e) => (Err(e), Tally::default()),
     };
     tally.sqlite = copies.1;
     if !tally.changed.is_empty() {
@@ -386,6 +354,41 @@ async fn copy_path(
         tally,
         root: Some(root_file),
     })
+}
+
+/// Copies each SQLite database `dbs` names under `root` into `work` with
+/// SQLite's online backup and describes the copy for the facts.
+fn snapshot_sqlite(
+    dbs: &[PathBuf],
+    root: &Path,
+    work: &Path,
+) -> Result<(Vec<SqliteCopy>, BTreeMap<String, SqliteFacts>), SourceError> {
+    let mut out = Vec::new();
+    let mut facts = BTreeMap::new();
+    for (i, rel) in dbs.iter().enumerate() {
+        let live = root.join(rel);
+        let meta = std::fs::symlink_metadata(&live).map_err(SourceError::io(format!(
+            "SQLite database {} (sqlite = [\"{}\"])",
+            live.display(),
+            rel.display()
+        )))?;
+        if !meta.is_file() {
+            return Err(SourceError::Data(format!(
+                "SQLite database {} is not a regular file",
+                live.display()
+            )));
+        }
+        let copy = work.join(format!("{i}.sqlite3"));
+        sqlite::snapshot(&live, &copy)?;
+        let f = sqlite::describe(&copy)?;
+        if f.integrity != "ok" {
+            tracing::warn!(database = %live.display(), integrity = %f.integrity, "the SQLite copy fails its integrity check");
+        }
+        let rel = rel.to_string_lossy().into_owned();
+        facts.insert(rel.clone(), f);
+        out.push(SqliteCopy { rel, copy, meta });
+    }
+    Ok((out, facts))
 }
 
 /// A tar header for `m`.
@@ -407,7 +410,7 @@ fn write_tree(
     root: &Path,
     filter: &Filter,
     copies: Vec<SqliteCopy>,
-) -> Result<Tally, String> {
+) -> Result<Tally, SourceError> {
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     let mut tally = Tally::default();
@@ -425,8 +428,10 @@ fn write_tree(
     })();
     match result {
         Ok(()) => {
-            let w = builder.into_inner().map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())?;
+            let w = builder
+                .into_inner()
+                .map_err(|e| SourceError::Data(e.to_string()))?;
+            w.close().map_err(|e| SourceError::Data(e.to_string()))?;
             Ok(tally)
         }
         Err(e) => {
@@ -434,7 +439,7 @@ fn write_tree(
             if let Ok(w) = builder.into_inner() {
                 w.fail(std::io::Error::other(msg.clone()));
             }
-            Err(msg)
+            Err(SourceError::Data(msg))
         }
     }
 }
@@ -495,40 +500,54 @@ fn walk<W: std::io::Write>(
             let mut h = header_of(&m, tar::EntryType::Symlink, 0);
             b.append_link(&mut h, &r, &target)?;
         } else if ft.is_file() {
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::warn!(file = %path.display(), "removed before it was copied: left out");
-                    continue;
-                }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("opening {}: {e}", path.display()),
-                    ));
-                }
-            };
-            let m = file.metadata()?;
-            let len = m.len();
-            let mut h = header_of(&m, tar::EntryType::Regular, len);
-            let reader = Exact {
-                inner: file.take(len),
-                want: len,
-                path: path.clone(),
-            };
-            b.append_data(&mut h, &r, reader)?;
-            tally.files += 1;
-            tally.bytes += len;
-            if let Ok(after) = std::fs::metadata(&path)
-                && (after.len() != len
-                    || after.mtime() != m.mtime()
-                    || after.mtime_nsec() != m.mtime_nsec())
-            {
-                tally.changed.push(rs);
-            }
+            append_file(b, &path, &r, rs, tally)?;
         } else {
             tracing::warn!(file = %path.display(), "a socket, FIFO or device: left out");
         }
+    }
+    Ok(())
+}
+
+/// Appends the regular file `path` as `r` (`rs` as text), exactly as long
+/// as it was when opened; notes it in `tally` as changed if it changed
+/// while it was read. A file gone before it was opened is left out.
+fn append_file<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    r: &Path,
+    rs: String,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), "removed before it was copied: left out");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("opening {}: {e}", path.display()),
+            ));
+        }
+    };
+    let m = file.metadata()?;
+    let len = m.len();
+    let mut h = header_of(&m, tar::EntryType::Regular, len);
+    let reader = Exact {
+        inner: file.take(len),
+        want: len,
+        path: path.to_owned(),
+    };
+    b.append_data(&mut h, r, reader)?;
+    tally.files += 1;
+    tally.bytes += len;
+    if let Ok(after) = std::fs::metadata(path)
+        && (after.len() != len
+            || after.mtime() != m.mtime()
+            || after.mtime_nsec() != m.mtime_nsec())
+    {
+        tally.changed.push(rs);
     }
     Ok(())
 }
@@ -569,8 +588,11 @@ async fn copy_volume(
     still: &Quiesced,
     key: &str,
 ) -> Result<Copied, SourceError> {
-    let engine = Engine::connect(endpoint).map_err(engine_err)?;
-    let users = engine.using_volume(volume).await.map_err(engine_err)?;
+    let engine = Engine::connect(endpoint).map_err(SourceError::Engine)?;
+    let users = engine
+        .using_volume(volume)
+        .await
+        .map_err(SourceError::Engine)?;
     let running: Vec<&str> = users
         .iter()
         .filter(|c| c.running && c.state != "paused" && !still.holds(&c.name))
@@ -598,14 +620,14 @@ async fn copy_volume(
             ..ScratchSpec::default()
         })
         .await
-        .map_err(engine_err)?;
+        .map_err(SourceError::Engine)?;
     let stream = engine.download(&helper.id, MOUNT);
     let reader = tokio_util::io::StreamReader::new(stream);
     let filter = Filter::new(cfg)?;
     let work = tempfile::Builder::new()
         .prefix("kompose-dr-sqlite-")
         .tempdir()
-        .map_err(|e| SourceError::Data(format!("cannot create a temporary directory: {e}")))?;
+        .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (writer, input) = pipeline::input_from_writer();
     let rt = tokio::runtime::Handle::current();
     let (work_path, dbs, vol) = (
@@ -625,7 +647,7 @@ async fn copy_volume(
     let encoded = encoded?;
     let (verdict, tally, root) = match written {
         Ok((t, root)) => (Ok(()), t, root),
-        Err(e) => (Err(SourceError::Data(e)), Tally::default(), None),
+        Err(e) => (Err(e), Tally::default(), None),
     };
     drop(work);
     Ok(Copied {
@@ -648,115 +670,164 @@ fn retar(
     filter: &Filter,
     work: &Path,
     dbs: &[PathBuf],
-) -> Result<(Tally, Option<FileMeta>), String> {
-    let mut builder = tar::Builder::new(writer);
-    let mut tally = Tally::default();
-    let mut root = None;
-    let base = MOUNT.trim_start_matches('/');
-    let mut spooled: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut skipped: Vec<PathBuf> = Vec::new();
+) -> Result<(Tally, Option<FileMeta>), SourceError> {
+    let mut r = Retar {
+        builder: tar::Builder::new(writer),
+        tally: Tally::default(),
+        root: None,
+        volume,
+        filter,
+        work,
+        dbs,
+        spooled: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
     let result = (|| -> std::io::Result<()> {
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries()? {
             crate::process::stall::progress();
-            let mut entry = entry?;
-            let name = entry.path()?.into_owned();
-            let rel = match name.strip_prefix(base) {
-                Ok(r) => r.to_owned(),
-                Err(_) => continue,
-            };
-            let h = entry.header().clone();
-            let kind = h.entry_type();
-            if rel.as_os_str().is_empty() {
-                if kind.is_dir() {
-                    root = Some(FileMeta {
-                        path: format!("volume:{volume}"),
-                        mode: h.mode()? & 0o7777,
-                        uid: h.uid()? as u32,
-                        gid: h.gid()? as u32,
-                        mtime: DateTime::from_timestamp(h.mtime()? as i64, 0).unwrap_or_default(),
-                    });
-                }
-                continue;
-            }
-            let rs = rel.to_string_lossy().into_owned();
-            // An excluded directory's content goes with it, as in a walk.
-            if skipped.iter().any(|d| rel.starts_with(d)) {
-                continue;
-            }
-            if filter.excluded(&rs) {
-                if kind.is_dir() {
-                    skipped.push(rel);
-                }
-                continue;
-            }
-            let mut nh = h.clone();
-            if kind.is_dir() {
-                builder.append_data(&mut nh, &rel, std::io::empty())?;
-            } else if kind.is_symlink() {
-                let target = entry
-                    .link_name()?
-                    .ok_or_else(|| std::io::Error::other(format!("symlink {rs} has no target")))?
-                    .into_owned();
-                builder.append_link(&mut nh, &rel, &target)?;
-            } else if kind.is_file() {
-                let len = entry.size();
-                let is_db = dbs.contains(&rel)
-                    || dbs.iter().any(|d| {
-                        let mut w = d.as_os_str().to_owned();
-                        w.push("-wal");
-                        Path::new(&w) == rel
-                    });
-                if is_db {
-                    // Stored as read, and kept here for the facts.
-                    let to = work.join(format!("{}", spooled.len()));
-                    let mut f = std::fs::File::create(&to)?;
-                    std::io::copy(&mut entry, &mut f)?;
-                    drop(f);
-                    spooled.insert(rs.clone(), to.clone());
-                    builder.append_data(&mut nh, &rel, std::fs::File::open(&to)?)?;
-                } else {
-                    builder.append_data(&mut nh, &rel, &mut entry)?;
-                }
-                tally.files += 1;
-                tally.bytes += len;
-            } else if kind.is_hard_link() {
-                return Err(std::io::Error::other(format!(
-                    "{rs} is a hard link in the engine's archive, which this version does not store"
-                )));
-            } else {
-                tracing::warn!(file = %rs, "a socket, FIFO or device: left out");
-            }
+            r.entry(entry?)?;
         }
-        builder.finish()
+        r.builder.finish()
     })();
     if let Err(e) = result {
         let msg = format!("cannot copy volume {volume}: {e}");
-        if let Ok(w) = builder.into_inner() {
+        if let Ok(w) = r.builder.into_inner() {
             w.fail(std::io::Error::other(msg.clone()));
         }
-        return Err(msg);
+        return Err(SourceError::Data(msg));
     }
-    let w = builder.into_inner().map_err(|e| e.to_string())?;
-    w.close().map_err(|e| e.to_string())?;
-    for (i, d) in dbs.iter().enumerate() {
-        let rs = d.to_string_lossy().into_owned();
-        let Some(db) = spooled.get(&rs) else {
-            return Err(format!(
-                "SQLite database {rs} (sqlite = [\"{rs}\"]) is not in volume {volume}"
-            ));
+    r.finish()
+}
+
+/// What [`retar`] writes and finds on its way through the engine's tar.
+struct Retar<'a> {
+    builder: tar::Builder<pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>>,
+    tally: Tally,
+    /// The volume's root, from its own entry.
+    root: Option<FileMeta>,
+    volume: &'a str,
+    filter: &'a Filter,
+    work: &'a Path,
+    dbs: &'a [PathBuf],
+    /// The SQLite databases (and `-wal`s) kept in `work`, by name.
+    spooled: BTreeMap<String, PathBuf>,
+    /// Excluded directories: their content goes with them, as in a walk.
+    skipped: Vec<PathBuf>,
+}
+
+impl Retar<'_> {
+    /// Re-writes one entry of the engine's tar.
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<R>) -> std::io::Result<()> {
+        let base = MOUNT.trim_start_matches('/');
+        let name = entry.path()?.into_owned();
+        let Ok(rel) = name.strip_prefix(base).map(Path::to_owned) else {
+            return Ok(());
         };
-        // Described on a copy of its own, with its -wal beside it.
-        let dir = work.join(format!("db{i}"));
-        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
-        let copy = dir.join("db");
-        std::fs::copy(db, &copy).map_err(|e| e.to_string())?;
-        if let Some(wal) = spooled.get(&format!("{rs}-wal")) {
-            std::fs::copy(wal, dir.join("db-wal")).map_err(|e| e.to_string())?;
+        let h = entry.header().clone();
+        let kind = h.entry_type();
+        if rel.as_os_str().is_empty() {
+            if kind.is_dir() {
+                self.root = Some(FileMeta {
+                    path: format!("volume:{}", self.volume),
+                    mode: h.mode()? & 0o7777,
+                    uid: h.uid()? as u32,
+                    gid: h.gid()? as u32,
+                    mtime: DateTime::from_timestamp(h.mtime()? as i64, 0).unwrap_or_default(),
+                });
+            }
+            return Ok(());
         }
-        tally.sqlite.insert(rs, sqlite::describe(&copy)?);
+        let rs = rel.to_string_lossy().into_owned();
+        if self.skipped.iter().any(|d| rel.starts_with(d)) {
+            return Ok(());
+        }
+        if self.filter.excluded(&rs) {
+            if kind.is_dir() {
+                self.skipped.push(rel);
+            }
+            return Ok(());
+        }
+        let mut nh = h.clone();
+        if kind.is_dir() {
+            self.builder.append_data(&mut nh, &rel, std::io::empty())?;
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| std::io::Error::other(format!("symlink {rs} has no target")))?
+                .into_owned();
+            self.builder.append_link(&mut nh, &rel, &target)?;
+        } else if kind.is_file() {
+            self.file(&mut entry, &mut nh, &rel, rs)?;
+        } else if kind.is_hard_link() {
+            return Err(std::io::Error::other(format!(
+                "{rs} is a hard link in the engine's archive, which this version does not store"
+            )));
+        } else {
+            tracing::warn!(file = %rs, "a socket, FIFO or device: left out");
+        }
+        Ok(())
     }
-    Ok((tally, root))
+
+    /// Re-writes a regular file; a SQLite database (or its `-wal`) is also
+    /// kept in `work` for the facts.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        nh: &mut tar::Header,
+        rel: &Path,
+        rs: String,
+    ) -> std::io::Result<()> {
+        let len = entry.size();
+        let is_db = self.dbs.iter().any(|d| d.as_path() == rel)
+            || self.dbs.iter().any(|d| {
+                let mut w = d.as_os_str().to_owned();
+                w.push("-wal");
+                Path::new(&w) == rel
+            });
+        if is_db {
+            // Stored as read, and kept here for the facts.
+            let to = self.work.join(format!("{}", self.spooled.len()));
+            let mut f = std::fs::File::create(&to)?;
+            std::io::copy(entry, &mut f)?;
+            drop(f);
+            self.spooled.insert(rs, to.clone());
+            self.builder
+                .append_data(nh, rel, std::fs::File::open(&to)?)?;
+        } else {
+            self.builder.append_data(nh, rel, entry)?;
+        }
+        self.tally.files += 1;
+        self.tally.bytes += len;
+        Ok(())
+    }
+
+    /// Closes the tar, then describes each SQLite database on a copy of its
+    /// own, with its `-wal` beside it.
+    fn finish(mut self) -> Result<(Tally, Option<FileMeta>), SourceError> {
+        let text = |e: std::io::Error| SourceError::Data(e.to_string());
+        let w = self.builder.into_inner().map_err(text)?;
+        w.close().map_err(text)?;
+        let volume = self.volume;
+        for (i, d) in self.dbs.iter().enumerate() {
+            let rs = d.to_string_lossy().into_owned();
+            let Some(db) = self.spooled.get(&rs) else {
+                return Err(SourceError::Data(format!(
+                    "SQLite database {rs} (sqlite = [\"{rs}\"]) is not in volume {volume}"
+                )));
+            };
+            let dir = self.work.join(format!("db{i}"));
+            std::fs::create_dir(&dir).map_err(text)?;
+            let copy = dir.join("db");
+            std::fs::copy(db, &copy).map_err(text)?;
+            if let Some(wal) = self.spooled.get(&format!("{rs}-wal")) {
+                std::fs::copy(wal, dir.join("db-wal")).map_err(text)?;
+            }
+            let facts = sqlite::describe(&copy)?;
+            self.tally.sqlite.insert(rs, facts);
+        }
+        Ok((self.tally, self.root))
+    }
 }
 
 #[cfg(test)]

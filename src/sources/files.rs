@@ -15,6 +15,7 @@ use super::{SourceContext, SourceError, SourceRun, acme, timed};
 use crate::model::config::FileConfig;
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::{ArtifactKind, FileMeta};
+use crate::model::source_name::SourceName;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
@@ -23,18 +24,18 @@ pub const READ_WHOLE: u64 = 16 * 1024 * 1024;
 
 /// Backs up one file.
 pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
-    let source = format!("files/{}", cfg.name);
+    let source = SourceName::File(cfg.name.clone()).to_string();
     timed(async {
         let mut run = SourceRun::failed(&source, ArtifactKind::File, "");
         let result = async {
             let path = &cfg.path;
             let mut file = tokio::fs::File::open(path)
                 .await
-                .map_err(|e| SourceError::Data(format!("cannot open {}: {e}", path.display())))?;
+                .map_err(SourceError::io(format!("cannot open {}", path.display())))?;
             let meta = file
                 .metadata()
                 .await
-                .map_err(|e| SourceError::Data(format!("cannot stat {}: {e}", path.display())))?;
+                .map_err(SourceError::io(format!("cannot stat {}", path.display())))?;
             if !meta.is_file() {
                 return Err(SourceError::Data(format!(
                     "{} is not a regular file",
@@ -53,9 +54,9 @@ pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
             let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::File);
             if meta.len() <= READ_WHOLE {
                 let mut data = Vec::with_capacity(meta.len() as usize);
-                file.read_to_end(&mut data).await.map_err(|e| {
-                    SourceError::Data(format!("cannot read {}: {e}", path.display()))
-                })?;
+                file.read_to_end(&mut data)
+                    .await
+                    .map_err(SourceError::io(format!("cannot read {}", path.display())))?;
                 run.facts = Some(SourceFacts::File {
                     certificates: acme::certificates(&data),
                 });

@@ -11,7 +11,6 @@
 pub mod acme;
 pub mod directories;
 pub mod files;
-pub mod launch;
 pub mod postgres;
 pub mod redis;
 
@@ -19,6 +18,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
+use crate::clients::ClientError;
+use crate::clients::launch::{Launch, LaunchError};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::{ArtifactKind, Downtime, FileMeta};
 use crate::model::secret::Redactor;
@@ -27,10 +28,40 @@ use crate::process::stderr_tail;
 use crate::repository::Repository;
 
 /// Why a source's server could not be used or its archive not stored.
-/// Each variant carries the operator's message (secrets already scrubbed
-/// where a server may echo them); the variant says which step failed.
-#[derive(Debug, Clone, thiserror::Error)]
+/// The variant says which step failed; the typed ones keep their cause.
+/// [`SourceError::scrubbed`] turns any of them into the operator's message
+/// with secrets replaced, where a server may echo them.
+#[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The server could not be reached or asked, or a client tool is
+    /// missing ([`ClientError::is_tool`]).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A client program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Launch {
+        /// The program.
+        program: String,
+        /// Why.
+        source: LaunchError,
+    },
+    /// The container engine could not be used.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// A repository refused a write.
+    #[error(transparent)]
+    Repository(#[from] crate::repository::RepositoryError),
+    /// A SQLite database could not be copied or described.
+    #[error(transparent)]
+    Sqlite(#[from] directories::sqlite::SqliteError),
+    /// A local file could not be read or written.
+    #[error("{doing}: {source}")]
+    Io {
+        /// What was being done (`cannot read /x`).
+        doing: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The server could not be reached, or refused the credentials.
     #[error("{0}")]
     Connect(String),
@@ -58,7 +89,40 @@ impl SourceError {
             SourceError::Tool(m) => SourceError::Tool(scrub(m)),
             SourceError::Store(m) => SourceError::Store(scrub(m)),
             SourceError::Data(m) => SourceError::Data(scrub(m)),
+            e @ SourceError::Client(_) if e.is_tool() => SourceError::Tool(scrub(e.to_string())),
+            e @ SourceError::Client(_) => SourceError::Connect(scrub(e.to_string())),
+            e @ SourceError::Launch { .. } => SourceError::Tool(scrub(e.to_string())),
+            e @ (SourceError::Io { .. } | SourceError::Sqlite(_)) => {
+                SourceError::Data(scrub(e.to_string()))
+            }
+            e @ SourceError::Engine(_) => SourceError::Tool(scrub(e.to_string())),
+            e @ SourceError::Repository(_) => SourceError::Store(scrub(e.to_string())),
         }
+    }
+
+    /// Whether the error is about a client tool (missing, too old, cannot
+    /// start): the operator must install or configure something.
+    pub fn is_tool(&self) -> bool {
+        match self {
+            SourceError::Tool(_) | SourceError::Launch { .. } | SourceError::Engine(_) => true,
+            SourceError::Client(e) => e.is_tool(),
+            _ => false,
+        }
+    }
+
+    /// Whether the error is about data read or written here (a file, the
+    /// spool, what a server sent), not the server or a tool.
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Data(_) | SourceError::Io { .. } | SourceError::Sqlite(_)
+        )
+    }
+
+    /// `doing: e` for an I/O error, as a closure for `map_err`.
+    pub fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+        let doing = doing.into();
+        move |source| SourceError::Io { doing, source }
     }
 }
 
@@ -276,7 +340,7 @@ impl SourceContext {
         &self,
         key: &str,
         program: &str,
-        launch: launch::Launch,
+        launch: Launch,
     ) -> Result<Stored, SourceError> {
         self.store_child_logged(key, program, launch).await.0
     }
@@ -288,15 +352,13 @@ impl SourceContext {
         &self,
         key: &str,
         program: &str,
-        launch: launch::Launch,
+        launch: Launch,
     ) -> (Result<Stored, SourceError>, String) {
         let mut child = match launch.start(program, false).await {
             Ok(c) => c.killed_on_drop(),
-            Err(e) => {
-                return (
-                    Err(SourceError::Tool(format!("cannot start {program}: {e}"))),
-                    String::new(),
-                );
+            Err(source) => {
+                let program = program.to_owned();
+                return (Err(SourceError::Launch { program, source }), String::new());
             }
         };
         let stdout = child.stdout.take().expect("stdout is attached");
@@ -383,10 +445,10 @@ mod tests {
         }
     }
 
-    fn sh(script: &str) -> launch::Launch {
+    fn sh(script: &str) -> Launch {
         let mut c = tokio::process::Command::new("sh");
         c.args(["-c", script]);
-        launch::Launch::Local(c)
+        Launch::Local(c)
     }
 
     /// A tool that closes its output and then hangs (a dump that ended,

@@ -31,13 +31,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{SourceContext, SourceError, SourceRun, timed};
-use crate::engine::{Engine, ExecSpec, ExecStream, bridge_command};
+use crate::clients::ClientError;
+use crate::clients::redis::{config_get, config_set, connect, info, parse_keyspace};
+use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
 use crate::model::facts::SourceFacts;
 use crate::model::manifest::ArtifactKind;
+use crate::model::source_name::SourceName;
 use crate::pipeline;
 use crate::storage::keys::artifact_key;
 
@@ -46,159 +48,6 @@ pub mod rdb;
 /// How long to wait for a save or rewrite to finish.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(100);
-
-/// Connects to the configured Redis: at `host:port`, through its container,
-/// or at a unix socket when `host` is a path (only scratch servers are).
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, SourceError> {
-    connect_inner(cfg).await.map_err(SourceError::Connect)
-}
-
-async fn connect_inner(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let mut settings = RedisConnectionInfo::default();
-    if let Some(u) = &cfg.username {
-        settings = settings.set_username(u);
-    }
-    if let Some(p) = &cfg.password {
-        settings = settings.set_password(p.expose());
-    }
-    if let Some(c) = &cfg.container {
-        // No network path: the connection runs over a byte bridge exec'd
-        // in the container (see crate::sources::postgres).
-        let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
-        let run = engine
-            .exec(&c.name, bridge_command(cfg.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (stream, bridge) = ExecStream::new(run).expect("stdin and stdout are attached");
-        // The driver borrows the settings: one task owns both.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            match MultiplexedConnection::new(&settings, stream).await {
-                Ok((con, driver)) => {
-                    if tx.send(Ok(con)).is_ok() {
-                        driver.await;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        let connect = async {
-            rx.await.unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::other(
-                    "the connection task ended",
-                )))
-            })
-        };
-        return match tokio::time::timeout(Duration::from_secs(15), connect).await {
-            Ok(Ok(con)) => Ok(con),
-            Ok(Err(e)) => {
-                let why = crate::engine::bridge_said(bridge).await;
-                Err(format!(
-                    "cannot connect to Redis in container `{}`: {e}{}{why}",
-                    c.name,
-                    auth_hint(&e)
-                ))
-            }
-            Err(_) => Err(format!(
-                "cannot connect to Redis in container `{}`: timed out",
-                c.name
-            )),
-        };
-    }
-    // A host that is a path is a unix socket (the scratch Redis).
-    let (target, base) = if cfg.host.starts_with('/') {
-        (
-            cfg.host.clone(),
-            redis::ConnectionAddr::Unix(PathBuf::from(&cfg.host)).into_connection_info(),
-        )
-    } else {
-        let target = format!("{}:{}", cfg.host, cfg.port);
-        let info = format!("redis://{target}").into_connection_info();
-        (target, info)
-    };
-    let base = base.map_err(|e| format!("bad Redis address {target}: {e}"))?;
-    let info = base.set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(|e| format!("Redis at {target}: {e}"))?;
-    let connect = client.get_multiplexed_async_connection();
-    match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Err(_) => Err(format!("cannot connect to Redis at {target}: timed out")),
-        Ok(Err(e)) => Err(format!(
-            "cannot connect to Redis at {target}: {e}{}",
-            auth_hint(&e)
-        )),
-        Ok(Ok(c)) => Ok(c),
-    }
-}
-
-fn auth_hint(e: &redis::RedisError) -> &'static str {
-    let s = e.to_string();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed
-        || s.contains("NOAUTH")
-        || s.contains("WRONGPASS")
-        || s.contains("invalid password")
-    {
-        " (check redis.password)"
-    } else {
-        ""
-    }
-}
-
-/// A setting of the server (`CONFIG GET name`).
-pub async fn config_get(con: &mut MultiplexedConnection, name: &str) -> Result<String, String> {
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(con)
-        .await
-        .map_err(|e| format!("Redis CONFIG GET {name}: {e}"))?;
-    v.get(1)
-        .cloned()
-        .ok_or_else(|| format!("Redis has no setting `{name}`"))
-}
-
-async fn config_set(
-    con: &mut MultiplexedConnection,
-    name: &str,
-    value: &str,
-) -> Result<(), String> {
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async::<()>(con)
-        .await
-        .map_err(|e| format!("Redis CONFIG SET {name}: {e}"))
-}
-
-/// A section of `INFO`, as key → value.
-pub async fn info(
-    con: &mut MultiplexedConnection,
-    section: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    let text: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(con)
-        .await
-        .map_err(|e| format!("Redis INFO {section}: {e}"))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect())
-}
-
-/// Key counts per database from `INFO keyspace` (`db0:keys=3,expires=0,…`).
-pub fn parse_keyspace(info: &BTreeMap<String, String>) -> BTreeMap<String, u64> {
-    info.iter()
-        .filter(|(k, _)| k.starts_with("db"))
-        .filter_map(|(k, v)| {
-            let keys = v.split(',').find_map(|kv| kv.strip_prefix("keys="))?;
-            Some((k.clone(), keys.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Keys and keys with a TTL per database from `INFO keyspace`
 /// (`db0:keys=3,expires=1,…`).
@@ -229,19 +78,15 @@ fn num(info: &BTreeMap<String, String>, key: &str) -> Option<i64> {
 /// Backs up Redis.
 pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
     timed(async {
-        let mut run = SourceRun::failed("redis", ArtifactKind::RedisRdb, "");
+        let mut run = SourceRun::failed(SourceName::REDIS, ArtifactKind::RedisRdb, "");
         let result = async {
             let mut con = connect(cfg).await?;
-            let server = info(&mut con, "server").await.map_err(SourceError::Query)?;
+            let server = info(&mut con, "server").await?;
             run.server_version = server.get("redis_version").map(|v| format!("Redis {v}"));
             let data_dir = match (&cfg.data_dir, &cfg.container) {
                 (Some(d), None) => Where::Host(d.clone()),
                 (_, container) => {
-                    let dir = PathBuf::from(
-                        config_get(&mut con, "dir")
-                            .await
-                            .map_err(SourceError::Query)?,
-                    );
+                    let dir = PathBuf::from(config_get(&mut con, "dir").await?);
                     match container {
                         // The files are read inside the container, where
                         // Redis' own `dir` is right.
@@ -250,19 +95,12 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
                     }
                 }
             };
-            let aof = config_get(&mut con, "appendonly")
-                .await
-                .map_err(SourceError::Query)?
-                == "yes";
+            let aof = config_get(&mut con, "appendonly").await? == "yes";
             let files = if aof {
                 run.kind = ArtifactKind::RedisAof;
-                aof_files(&mut con, &data_dir)
-                    .await
-                    .map_err(SourceError::Data)?
+                aof_files(&mut con, &data_dir).await?
             } else {
-                rdb_files(&mut con, &data_dir)
-                    .await
-                    .map_err(SourceError::Data)?
+                rdb_files(&mut con, &data_dir).await?
             };
             // The moment the file's counts hold for, to the millisecond the
             // facts keep.
@@ -270,20 +108,15 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
                 DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_default();
             run.captured_at = Some(captured);
             // The server's own count, for a file that cannot be counted.
-            let live = parse_keyspace(
-                &info(&mut con, "keyspace")
-                    .await
-                    .map_err(SourceError::Query)?,
-            );
-            let key = artifact_key(&ctx.snapshot, "redis", run.kind);
+            let live = parse_keyspace(&info(&mut con, "keyspace").await?);
+            let key = artifact_key(&ctx.snapshot, SourceName::REDIS, run.kind);
             let (writer, input) = pipeline::input_from_writer();
             let rt = tokio::runtime::Handle::current();
             let tar = tokio::task::spawn_blocking(move || write_tar(writer, files, rt));
             let encoded = ctx.encode(&key, input).await;
             let written = tar
                 .await
-                .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?
-                .map_err(SourceError::Data);
+                .map_err(|e| SourceError::Data(format!("tar writer failed: {e}")))?;
             let (verdict, counted) = match written {
                 Ok(counted) => (Ok(()), counted),
                 Err(e) => (Err(e), None),
@@ -324,7 +157,7 @@ fn key_facts(
                 _ => "the AOF base is written as commands (aof-use-rdb-preamble no)".to_owned(),
             };
             tracing::warn!(
-                source = "redis",
+                source = SourceName::REDIS,
                 "cannot count the keys in the saved file ({why}): the facts hold the server's \
                  count right after the save, which keys with a TTL can make differ from the file"
             );
@@ -342,48 +175,83 @@ fn key_facts(
 /// incremental files hold writes (made by a version that copied them)
 /// cannot be counted without replaying it: that is an error, as is a base
 /// written as commands.
-pub fn count_restored(dir: &std::path::Path, aof: bool) -> Result<rdb::FileKeys, String> {
-    let open = |p: &std::path::Path| {
-        File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-    };
+pub fn count_restored(dir: &std::path::Path, aof: bool) -> Result<rdb::FileKeys, RedisFileError> {
+    let open = |p: &std::path::Path| File::open(p).map_err(RedisFileError::io("open", p));
     let file = if aof {
         let adir = dir.join("appendonlydir");
         let manifest = std::fs::read_dir(&adir)
-            .map_err(|e| format!("cannot read {}: {e}", adir.display()))?
+            .map_err(RedisFileError::io("read", &adir))?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "manifest"))
-            .ok_or_else(|| format!("{} holds no AOF manifest", adir.display()))?;
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+            .ok_or_else(|| {
+                RedisFileError::Manifest(format!("{} holds no AOF manifest", adir.display()))
+            })?;
+        let text =
+            std::fs::read_to_string(&manifest).map_err(RedisFileError::io("read", &manifest))?;
         let files = aof_manifest_files(&text)?;
         for f in files.iter().filter(|f| !f.base) {
             let p = adir.join(&f.name);
             let len = std::fs::metadata(&p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .map_err(RedisFileError::io("read", &p))?
                 .len();
             if len > 0 {
-                return Err(format!(
+                return Err(RedisFileError::Uncountable(format!(
                     "the AOF holds {len} bytes of writes after its base ({}), which only replaying can count",
                     f.name
-                ));
+                )));
             }
         }
         let base = files
             .iter()
             .find(|f| f.base)
-            .ok_or("the AOF manifest names no base")?;
+            .ok_or_else(|| RedisFileError::Manifest("the AOF manifest names no base".into()))?;
         if !base.name.ends_with(".rdb") {
-            return Err(format!(
+            return Err(RedisFileError::Uncountable(format!(
                 "the AOF base {} is written as commands (aof-use-rdb-preamble no)",
                 base.name
-            ));
+            )));
         }
         open(&adir.join(&base.name))?
     } else {
         open(&dir.join("dump.rdb"))?
     };
-    rdb::scan(file).map_err(|e| e.to_string())
+    Ok(rdb::scan(file)?)
+}
+
+/// Why Redis files cannot be listed or counted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFileError {
+    /// A file or directory could not be opened or read.
+    #[error("cannot {doing} {}: {source}", .path.display())]
+    Io {
+        /// `open` or `read`.
+        doing: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The AOF manifest is missing or not one this version reads.
+    #[error("{0}")]
+    Manifest(String),
+    /// The files cannot be counted without replaying them.
+    #[error("{0}")]
+    Uncountable(String),
+    /// The RDB file does not parse.
+    #[error(transparent)]
+    Rdb(#[from] rdb::RdbError),
+}
+
+impl RedisFileError {
+    fn io(doing: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| RedisFileError::Io {
+            doing,
+            path,
+            source,
+        }
+    }
 }
 
 /// Where Redis' data directory is read: on this host, or inside the
@@ -413,18 +281,17 @@ impl Where {
     }
 
     /// The whole (small) file as text.
-    async fn read_to_string(&self) -> Result<String, String> {
+    async fn read_to_string(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         match self {
-            Where::Host(p) => std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            Where::Host(p) => Ok(std::fs::read_to_string(p)?),
             Where::Container(c, p) => {
-                let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
-                engine
+                let engine = Engine::connect(c.engine.as_deref())?;
+                Ok(engine
                     .output(
                         &c.name,
                         ExecSpec::new(["cat", "--"]).args([p.to_string_lossy()]),
                     )
-                    .await
-                    .map_err(|e| e.to_string())
+                    .await?)
             }
         }
     }
@@ -452,15 +319,15 @@ enum TarSource {
     Container(ContainerRef, PathBuf),
 }
 
-async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
+async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, SourceError> {
     match at {
         Where::Host(path) => {
             use std::os::unix::fs::MetadataExt;
-            let file =
-                File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let file = File::open(path)
+                .map_err(SourceError::io(format!("cannot open {}", path.display())))?;
             let meta = file
                 .metadata()
-                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+                .map_err(SourceError::io(format!("cannot stat {}", path.display())))?;
             Ok(TarFile {
                 name,
                 len: meta.len(),
@@ -473,7 +340,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
             })
         }
         Where::Container(c, path) => {
-            let engine = Engine::connect(c.engine.as_deref()).map_err(|e| e.to_string())?;
+            let engine = Engine::connect(c.engine.as_deref())?;
             let out = engine
                 .output(
                     &c.name,
@@ -481,7 +348,7 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                         .args([path.to_string_lossy()]),
                 )
                 .await
-                .map_err(|e| format!("cannot stat {}: {e}", at.display()))?;
+                .map_err(|e| SourceError::Data(format!("cannot stat {}: {e}", at.display())))?;
             let f: Vec<u64> = out
                 .split_whitespace()
                 .filter_map(|w| w.parse().ok())
@@ -491,11 +358,11 @@ async fn open_for_tar(at: &Where, name: String) -> Result<TarFile, String> {
                 .nth(3)
                 .and_then(|m| u32::from_str_radix(m, 8).ok());
             let (&[len, uid, gid, _, mtime], Some(mode)) = (f.as_slice(), mode) else {
-                return Err(format!(
+                return Err(SourceError::Data(format!(
                     "cannot stat {}: unexpected answer `{}`",
                     at.display(),
                     out.trim()
-                ));
+                )));
             };
             Ok(TarFile {
                 name,
@@ -515,7 +382,7 @@ async fn wait_until<F>(
     con: &mut MultiplexedConnection,
     what: &str,
     mut done: F,
-) -> Result<BTreeMap<String, String>, String>
+) -> Result<BTreeMap<String, String>, SourceError>
 where
     F: FnMut(&BTreeMap<String, String>) -> bool,
 {
@@ -529,10 +396,10 @@ where
             return Ok(i);
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!(
+            return Err(SourceError::Data(format!(
                 "Redis {what} did not finish within {}s",
                 SAVE_TIMEOUT.as_secs()
-            ));
+            )));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -541,7 +408,7 @@ where
 async fn rdb_files(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
+) -> Result<Vec<TarFile>, SourceError> {
     // A save already running started before us: let it finish, then save anew.
     wait_until(con, "BGSAVE", |i| {
         num(i, "rdb_bgsave_in_progress") == Some(0)
@@ -557,7 +424,10 @@ async fn rdb_files(
     let _: String = redis::cmd("BGSAVE")
         .query_async(con)
         .await
-        .map_err(|e| format!("Redis BGSAVE: {e}"))?;
+        .map_err(|source| ClientError::Redis {
+            command: "BGSAVE".into(),
+            source,
+        })?;
     let after = wait_until(con, "BGSAVE", |i| {
         num(i, "rdb_bgsave_in_progress") == Some(0)
             && match saves_before {
@@ -567,9 +437,9 @@ async fn rdb_files(
     })
     .await?;
     if after.get("rdb_last_bgsave_status").map(String::as_str) != Some("ok") {
-        return Err(
+        return Err(SourceError::Data(
             "Redis BGSAVE failed (rdb_last_bgsave_status is not ok): see the Redis log".into(),
-        );
+        ));
     }
     let name = config_get(con, "dbfilename").await?;
     let mut file = open_for_tar(&data_dir.join(&name), name).await?;
@@ -580,7 +450,7 @@ async fn rdb_files(
 async fn aof_files(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
+) -> Result<Vec<TarFile>, SourceError> {
     let original = config_get(con, "auto-aof-rewrite-percentage").await?;
     // Put back even when this future is dropped (SIGTERM, Ctrl-C, the stall
     // watchdog): the guard hands the CONFIG SET to the clean-ups the
@@ -594,8 +464,11 @@ async fn aof_files(
     guard.con = None;
     let restored = config_set(con, "auto-aof-rewrite-percentage", &original).await;
     let files = result?;
-    restored
-        .map_err(|e| format!("{e} (restore auto-aof-rewrite-percentage to {original} by hand)"))?;
+    restored.map_err(|e| {
+        SourceError::Data(format!(
+            "{e} (restore auto-aof-rewrite-percentage to {original} by hand)"
+        ))
+    })?;
     Ok(files)
 }
 
@@ -623,7 +496,7 @@ impl Drop for PutBack {
 async fn aof_files_paused(
     con: &mut MultiplexedConnection,
     data_dir: &Where,
-) -> Result<Vec<TarFile>, String> {
+) -> Result<Vec<TarFile>, SourceError> {
     let idle = |i: &BTreeMap<String, String>| {
         num(i, "aof_rewrite_in_progress") == Some(0) && num(i, "aof_rewrite_scheduled") == Some(0)
     };
@@ -633,7 +506,10 @@ async fn aof_files_paused(
     let _: String = redis::cmd("BGREWRITEAOF")
         .query_async(con)
         .await
-        .map_err(|e| format!("Redis BGREWRITEAOF: {e}"))?;
+        .map_err(|source| ClientError::Redis {
+            command: "BGREWRITEAOF".into(),
+            source,
+        })?;
     let after = wait_until(con, "BGREWRITEAOF", |i| {
         idle(i)
             && match rewrites_before {
@@ -643,10 +519,10 @@ async fn aof_files_paused(
     })
     .await?;
     if after.get("aof_last_bgrewrite_status").map(String::as_str) != Some("ok") {
-        return Err(
+        return Err(SourceError::Data(
             "Redis BGREWRITEAOF failed (aof_last_bgrewrite_status is not ok): see the Redis log"
                 .into(),
-        );
+        ));
     }
     let dir_name = config_get(con, "appenddirname").await?;
     let base_name = config_get(con, "appendfilename").await?;
@@ -654,14 +530,14 @@ async fn aof_files_paused(
     let manifest_name = format!("{base_name}.manifest");
     let manifest_path = dir.join(&manifest_name);
     let manifest = manifest_path.read_to_string().await.map_err(|e| {
-        format!(
+        SourceError::Data(format!(
             "cannot read the AOF manifest {}: {e} (is redis.data_dir the Redis data directory as this host sees it?)",
             manifest_path.display()
-        )
+        ))
     })?;
     let mut files =
         vec![open_for_tar(&manifest_path, format!("{dir_name}/{manifest_name}")).await?];
-    for f in aof_manifest_files(&manifest)? {
+    for f in aof_manifest_files(&manifest).map_err(|e| SourceError::Data(e.to_string()))? {
         let mut tf = open_for_tar(&dir.join(&f.name), format!("{dir_name}/{}", f.name)).await?;
         if f.base {
             // The base in RDB form is counted; one written as commands
@@ -688,7 +564,7 @@ pub struct AofFile {
 
 /// The base and incremental files a Redis 7 AOF manifest names
 /// (`file NAME seq N type b|i|h`), skipping history files.
-pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
+pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, RedisFileError> {
     let mut out = Vec::new();
     for line in manifest.lines().filter(|l| !l.trim().is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -699,10 +575,14 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
                 .map(|w| w[1].trim_matches('"'))
         };
         let (Some(name), Some(kind)) = (get("file"), get("type")) else {
-            return Err(format!("unexpected AOF manifest line `{line}`"));
+            return Err(RedisFileError::Manifest(format!(
+                "unexpected AOF manifest line `{line}`"
+            )));
         };
         if name.contains('/') || name.starts_with('.') {
-            return Err(format!("unexpected file name in AOF manifest: `{name}`"));
+            return Err(RedisFileError::Manifest(format!(
+                "unexpected file name in AOF manifest: `{name}`"
+            )));
         }
         if kind == "b" || kind == "i" {
             out.push(AofFile {
@@ -712,7 +592,9 @@ pub fn aof_manifest_files(manifest: &str) -> Result<Vec<AofFile>, String> {
         }
     }
     if out.is_empty() {
-        return Err("the AOF manifest names no base or incremental file".into());
+        return Err(RedisFileError::Manifest(
+            "the AOF manifest names no base or incremental file".into(),
+        ));
     }
     Ok(out)
 }
@@ -727,91 +609,42 @@ fn write_tar(
     writer: pipeline::ChunkWriter<std::io::Result<bytes::Bytes>>,
     files: Vec<TarFile>,
     rt: tokio::runtime::Handle,
-) -> Result<Counted, String> {
+) -> Result<Counted, SourceError> {
     let mut builder = tar::Builder::new(writer);
     let mut counted = None;
     let result = (|| -> std::io::Result<()> {
         let mut dirs_done: Vec<String> = Vec::new();
         for f in files {
-            let header = |kind: tar::EntryType, size: u64, mode: u32| {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(kind);
-                h.set_size(size);
-                h.set_mode(mode);
-                h.set_uid(f.uid);
-                h.set_gid(f.gid);
-                h.set_mtime(f.mtime);
-                h
-            };
             if let Some((dir, _)) = f.name.rsplit_once('/')
                 && !dirs_done.iter().any(|d| d == dir)
             {
                 // The directory belongs to whoever owns its files (Redis).
-                let mut h = header(tar::EntryType::Directory, 0, 0o755);
+                let mut h = tar_header(&f, tar::EntryType::Directory, 0, 0o755);
                 builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
                 dirs_done.push(dir.to_owned());
             }
-            let mut h = header(tar::EntryType::Regular, f.len, f.mode);
-            let reader: Box<dyn Read> = match f.source {
-                _ if f.len == 0 => Box::new(std::io::empty()),
-                TarSource::Host(file) => Box::new(file.take(f.len)),
-                TarSource::Container(c, path) => {
-                    let run = rt.block_on(async {
-                        let engine = Engine::connect(c.engine.as_deref())?;
-                        engine
-                            .exec(
-                                &c.name,
-                                ExecSpec::new(["head", "-c", &f.len.to_string(), "--"])
-                                    .args([path.to_string_lossy()]),
-                            )
-                            .await
-                    });
-                    let mut run = run.map_err(std::io::Error::other)?;
-                    let out = run.stdout.take().expect("stdout is attached");
-                    Box::new(
-                        tokio_util::io::SyncIoBridge::new_with_handle(out, rt.clone()).take(f.len),
-                    )
-                }
-            };
+            let mut h = tar_header(&f, tar::EntryType::Regular, f.len, f.mode);
+            let (name, len, count) = (f.name.clone(), f.len, f.count);
             let reader = LenReader {
-                inner: reader,
-                want: f.len,
+                inner: file_reader(f, &rt)?,
+                want: len,
             };
-            if f.count {
-                // A copy of every byte goes to the key count on a thread of
-                // its own; a bounded channel keeps it in step.
-                let (to, from) = std::sync::mpsc::sync_channel(16);
-                let scanner = std::thread::spawn(move || {
-                    rdb::scan(Chunks {
-                        from,
-                        chunk: Vec::new(),
-                        at: 0,
-                    })
-                });
-                let appended = builder.append_data(
-                    &mut h,
-                    &f.name,
-                    Tee {
-                        inner: reader,
-                        to: Some(to),
-                    },
-                );
-                counted = Some(scanner.join().unwrap_or_else(|_| {
-                    Err(rdb::RdbError::Io(std::io::Error::other(
-                        "the key count panicked",
-                    )))
-                }));
+            if count {
+                let (appended, keys) = append_counted(&mut builder, &mut h, &name, reader);
+                counted = Some(keys);
                 appended?;
             } else {
-                builder.append_data(&mut h, &f.name, reader)?;
+                builder.append_data(&mut h, &name, reader)?;
             }
         }
         builder.finish()
     })();
     match result {
         Ok(()) => {
-            let w = builder.into_inner().map_err(|e| e.to_string())?;
-            w.close().map_err(|e| e.to_string())?;
+            let w = builder
+                .into_inner()
+                .map_err(|e| SourceError::Data(e.to_string()))?;
+            w.close().map_err(|e| SourceError::Data(e.to_string()))?;
             Ok(counted)
         }
         Err(e) => {
@@ -819,9 +652,79 @@ fn write_tar(
             if let Ok(w) = builder.into_inner() {
                 w.fail(std::io::Error::other(msg.clone()));
             }
-            Err(msg)
+            Err(SourceError::Data(msg))
         }
     }
+}
+
+/// A tar header for `f` with this kind, size and mode, and `f`'s owner and
+/// time.
+fn tar_header(f: &TarFile, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(f.uid);
+    h.set_gid(f.gid);
+    h.set_mtime(f.mtime);
+    h
+}
+
+/// The first `f.len` bytes of `f`: from the open file here, or read in its
+/// container (`head -c`) through the engine.
+fn file_reader(f: TarFile, rt: &tokio::runtime::Handle) -> std::io::Result<Box<dyn Read>> {
+    Ok(match f.source {
+        _ if f.len == 0 => Box::new(std::io::empty()),
+        TarSource::Host(file) => Box::new(file.take(f.len)),
+        TarSource::Container(c, path) => {
+            let run = rt.block_on(async {
+                let engine = Engine::connect(c.engine.as_deref())?;
+                engine
+                    .exec(
+                        &c.name,
+                        ExecSpec::new(["head", "-c", &f.len.to_string(), "--"])
+                            .args([path.to_string_lossy()]),
+                    )
+                    .await
+            });
+            let mut run = run.map_err(std::io::Error::other)?;
+            let out = run.stdout.take().expect("stdout is attached");
+            Box::new(tokio_util::io::SyncIoBridge::new_with_handle(out, rt.clone()).take(f.len))
+        }
+    })
+}
+
+/// Appends `reader` as `name`, counting its keys from the same bytes: a
+/// copy of every byte goes to the key count on a thread of its own; a
+/// bounded channel keeps it in step.
+fn append_counted<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &str,
+    reader: impl Read,
+) -> (std::io::Result<()>, Result<rdb::FileKeys, rdb::RdbError>) {
+    let (to, from) = std::sync::mpsc::sync_channel(16);
+    let scanner = std::thread::spawn(move || {
+        rdb::scan(Chunks {
+            from,
+            chunk: Vec::new(),
+            at: 0,
+        })
+    });
+    let appended = builder.append_data(
+        h,
+        name,
+        Tee {
+            inner: reader,
+            to: Some(to),
+        },
+    );
+    let keys = scanner.join().unwrap_or_else(|_| {
+        Err(rdb::RdbError::Io(std::io::Error::other(
+            "the key count panicked",
+        )))
+    });
+    (appended, keys)
 }
 
 /// A reader that hands a copy of what it reads to the key count; once the

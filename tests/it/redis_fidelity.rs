@@ -663,7 +663,7 @@ fn the_docker_scratch_redis_wants_a_password_its_container_does_not_show() {
         let out =
             crate::support::Ran::of(engine.docker().args(["exec", &name, "redis-cli", "PING"]));
         assert!(out.all().contains("NOAUTH"), "{}", out.all());
-        let mut con = kompose_dr::sources::redis::connect(&cfg).await.unwrap();
+        let mut con = kompose_dr::clients::redis::connect(&cfg).await.unwrap();
         let n: u64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
         assert_eq!(n, 12);
         drop(scratch);

@@ -50,14 +50,15 @@ pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
 pub use notify::{DEFAULT_NOTIFY_TIMEOUT, HealthchecksConfig, NotifyConfig, NotifyKind};
 pub use postgres::{
-    DEFAULT_WAL_SPOOL, DatabaseSelection, PgEndpoint, PostgresConfig, WalConfig, parse_postgres_url,
+    DEFAULT_WAL_SPOOL, DatabaseSelection, PgEndpoint, PostgresConfig, PostgresUrlError, WalConfig,
+    parse_postgres_url,
 };
 pub use redis::RedisConfig;
 pub use repository::{
     Location, ObjectLock, ObjectLockMode, RepositoryConfig, S3Config, S3Credentials,
 };
 pub use scratch::{ScratchConfig, ScratchRuntimeKind};
-pub use signing::{Trust, parse_secret_key};
+pub use signing::{BadSecretKey, Trust, parse_secret_key};
 pub use timeouts::{DEFAULT_CHILD_EXIT, DEFAULT_CONNECT, DEFAULT_STALL, Timeouts};
 
 /// Where the configuration is read from when neither `--config` nor

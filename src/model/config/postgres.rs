@@ -163,7 +163,7 @@ impl Cx<'_> {
             (Some(url), _) => {
                 let url_s = self.string(url, "postgres.url")?;
                 let bad = |msg: String| self.err(url.span(), "postgres.url", msg);
-                parse_postgres_url(&url_s).map_err(bad)?
+                parse_postgres_url(&url_s).map_err(|e| bad(e.to_string()))?
             }
             (None, Some(_)) => (
                 // Inside the container: its own loopback.
@@ -351,16 +351,34 @@ impl Cx<'_> {
     }
 }
 
+/// Why a `postgres://` URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostgresUrlError {
+    /// Not a URL at all.
+    #[error("not a URL ({0}): write postgres://USER@HOST:PORT/DATABASE")]
+    NotUrl(#[source] url::ParseError),
+    /// Another scheme than `postgres://`.
+    #[error("scheme `{0}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE")]
+    Scheme(String),
+    /// `?port=` is not a number.
+    #[error("port `{0}` is not a number")]
+    Port(String),
+    /// A parameter other than `host` and `port`.
+    #[error("unsupported URL parameter `{0}` (only host and port are understood)")]
+    Parameter(String),
+    /// The URL names no user.
+    #[error(
+        "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)"
+    )]
+    NoUser,
+}
+
 /// Parses `postgres://USER@HOST:PORT/DATABASE` (also `?host=/socket/dir`)
 /// into an endpoint and the password the URL carries, if any.
-pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), String> {
-    let url = url::Url::parse(url_s)
-        .map_err(|e| format!("not a URL ({e}): write postgres://USER@HOST:PORT/DATABASE"))?;
+pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), PostgresUrlError> {
+    let url = url::Url::parse(url_s).map_err(PostgresUrlError::NotUrl)?;
     if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-        return Err(format!(
-            "scheme `{}` is not postgres://: write postgres://USER@HOST:PORT/DATABASE",
-            url.scheme()
-        ));
+        return Err(PostgresUrlError::Scheme(url.scheme().to_owned()));
     }
     let mut host = url.host_str().unwrap_or("").to_owned();
     let mut port = url.port().unwrap_or(5432);
@@ -370,12 +388,10 @@ pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), S
             "port" => {
                 port = v
                     .parse()
-                    .map_err(|_| format!("port `{v}` is not a number"))?
+                    .map_err(|_| PostgresUrlError::Port(v.clone().into_owned()))?
             }
             other => {
-                return Err(format!(
-                    "unsupported URL parameter `{other}` (only host and port are understood)"
-                ));
+                return Err(PostgresUrlError::Parameter(other.to_owned()));
             }
         }
     }
@@ -384,9 +400,7 @@ pub fn parse_postgres_url(url_s: &str) -> Result<(PgEndpoint, Option<Secret>), S
     }
     let user = percent_decode(url.username());
     if user.is_empty() {
-        return Err(
-            "no user: write postgres://USER@HOST:PORT/DATABASE (Kompose uses DB_USER, default kompose)".into(),
-        );
+        return Err(PostgresUrlError::NoUser);
     }
     let maintenance_db = match url.path().trim_start_matches('/') {
         "" => "postgres".to_owned(),

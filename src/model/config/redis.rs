@@ -100,23 +100,8 @@ impl Cx<'_> {
                 container,
             });
         };
-        let url_s = self.string(url_v, "redis.url")?;
+        let (url, host) = self.redis_url(url_v)?;
         let bad = |msg: String| self.err(url_v.span(), "redis.url", msg);
-        let url = url::Url::parse(&url_s)
-            .map_err(|e| bad(format!("not a URL ({e}): write redis://HOST:PORT")))?;
-        if url.scheme() != "redis" {
-            return Err(bad(format!(
-                "scheme `{}` is not supported: write redis://HOST:PORT",
-                url.scheme()
-            )));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("no host: write redis://HOST:PORT".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         let mut password = self.secret(
             "redis",
             &r.password,
@@ -145,5 +130,27 @@ impl Cx<'_> {
             data_dir,
             container,
         })
+    }
+
+    /// `redis.url` parsed, with its host: `redis://` only.
+    fn redis_url(&self, url_v: &Spanned<String>) -> Result<(url::Url, String), ConfigError> {
+        let url_s = self.string(url_v, "redis.url")?;
+        let bad = |msg: String| self.err(url_v.span(), "redis.url", msg);
+        let url = url::Url::parse(&url_s)
+            .map_err(|e| bad(format!("not a URL ({e}): write redis://HOST:PORT")))?;
+        if url.scheme() != "redis" {
+            return Err(bad(format!(
+                "scheme `{}` is not supported: write redis://HOST:PORT",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host: write redis://HOST:PORT".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Ok((url, host))
     }
 }

@@ -15,9 +15,9 @@ use toml::Spanned;
 
 use super::cx::is_name;
 use super::{ConfigError, Cx, env};
+use crate::model::s3_limits::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE};
 use crate::model::secret::Secret;
 use crate::model::units::{bytes as format_size, parse_size};
-use crate::storage::s3::limits::{DEFAULT_PART_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE};
 
 /// Parts of one repository in flight at once, by default.
 pub const DEFAULT_CONCURRENCY: usize = 4;

@@ -111,8 +111,8 @@ impl Cx<'_> {
             } else {
                 "signing.key_credential"
             };
-            let secret =
-                parse_secret_key(sk.expose()).map_err(|m| self.err(span.clone(), key_name, m))?;
+            let secret = parse_secret_key(sk.expose())
+                .map_err(|e| self.err(span.clone(), key_name, e.to_string()))?;
             if let Some(pk) = &public_key {
                 let derived = minisign::PublicKey::from_secret_key(&secret)
                     .map(|p| p.to_base64())
@@ -167,15 +167,23 @@ impl Cx<'_> {
 /// What is wrong with a file that holds no usable signing key, and the fix.
 const BAD_KEY: &str = "not an unencrypted minisign secret key: make one with `kompose-dr init --generate-key FILE` (FILE.sign) or `minisign -G -W`";
 
+/// A file that holds no usable signing key; the message says how to make
+/// one.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", BAD_KEY)]
+pub struct BadSecretKey {
+    /// minisign's reason, when it gave one (an encrypted key gives none).
+    #[source]
+    pub source: Option<minisign::PError>,
+}
+
 /// Parses the text of an unencrypted minisign secret key file.
-pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, String> {
-    let bad = BAD_KEY;
-    let sk_box = minisign::SecretKeyBox::from_string(text).map_err(|_| bad.to_owned())?;
-    let sk = sk_box
-        .into_unencrypted_secret_key()
-        .map_err(|_| bad.to_owned())?;
+pub fn parse_secret_key(text: &str) -> Result<minisign::SecretKey, BadSecretKey> {
+    let bad = |e| BadSecretKey { source: Some(e) };
+    let sk_box = minisign::SecretKeyBox::from_string(text).map_err(bad)?;
+    let sk = sk_box.into_unencrypted_secret_key().map_err(bad)?;
     if sk.is_encrypted() {
-        return Err(bad.to_owned());
+        return Err(BadSecretKey { source: None });
     }
     Ok(sk)
 }

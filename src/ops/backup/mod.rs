@@ -664,7 +664,7 @@ async fn resolve_containers(config: &Config) -> Result<Config, Failure> {
         }
     };
     if let Some(pg) = &config.postgres {
-        match postgres::resolve(pg).await {
+        match crate::clients::postgres::resolve(pg).await {
             Ok(r) => config.postgres = Some(r),
             Err(e) => fatal(e)?,
         }
@@ -758,11 +758,15 @@ async fn plan_postgres<'a>(
 ) -> (Vec<String>, Vec<Job<'a>>, bool) {
     let limit = ctx.timeouts.stall_for("postgres");
     let setup = async {
-        let client =
-            postgres::connect_within(pg, &pg.endpoint.maintenance_db, ctx.timeouts.connect).await?;
-        let server = postgres::server_version(&client).await?;
+        let client = crate::clients::postgres::connect_within(
+            pg,
+            &pg.endpoint.maintenance_db,
+            ctx.timeouts.connect,
+        )
+        .await?;
+        let server = crate::clients::postgres::server_version(&client).await?;
         let dbs = match &pg.databases {
-            DatabaseSelection::All => postgres::discover(&client).await?,
+            DatabaseSelection::All => crate::clients::postgres::discover(&client).await?,
             DatabaseSelection::List(l) => l.clone(),
         };
         Ok::<_, crate::sources::SourceError>((server, dbs))
@@ -820,8 +824,9 @@ async fn plan_postgres<'a>(
     if names.is_empty() {
         return (names, Vec::new(), false);
     }
-    let tool = match tokio::time::timeout(limit, postgres::choose_tool(pg, &server))
+    let tool = match tokio::time::timeout(limit, crate::clients::postgres::choose_tool(pg, &server))
         .await
+        .map(|r| r.map_err(crate::sources::SourceError::from))
         .unwrap_or_else(|_| {
             Err(crate::sources::SourceError::Tool(format!(
                 "pg_dump --version did not answer within {}",

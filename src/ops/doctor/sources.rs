@@ -4,7 +4,7 @@
 //!
 //! PostgreSQL: log in, the configured databases exist, a pg_dump (and
 //! pg_dumpall) of the server's major version or newer is found by the
-//! source's own selection ([`crate::sources::postgres::choose_client`]),
+//! source's own selection ([`crate::clients::postgres::choose_client`]),
 //! and the role may dump the globals. Redis: PING after AUTH, and the data
 //! directory readable. Files: each path a readable regular file.
 
@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Check, check};
+use crate::clients::postgres as pg;
 use crate::model::config::{Config, DatabaseSelection};
-use crate::sources::postgres as pg;
 
 /// `postgres: …` checks.
 /// Returns the server's major version, when it answered.
@@ -202,14 +202,16 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
     let limit = config.timeouts.connect;
     let file = config.path.display();
     let connected = bounded(limit, async {
-        let mut con = crate::sources::redis::connect(cfg)
+        let mut con = crate::clients::redis::connect(cfg)
             .await
             .map_err(|e| e.to_string())?;
         let pong: String = ::redis::cmd("PING")
             .query_async(&mut con)
             .await
             .map_err(|e| e.to_string())?;
-        let info = crate::sources::redis::info(&mut con, "server").await?;
+        let info = crate::clients::redis::info(&mut con, "server")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((con, pong, info))
     })
     .await;
@@ -243,7 +245,7 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
     }
     let (dir, from) = match &cfg.data_dir {
         Some(d) => (d.clone(), "redis.data_dir"),
-        None => match bounded(limit, crate::sources::redis::config_get(&mut con, "dir")).await {
+        None => match bounded(limit, crate::clients::redis::config_get(&mut con, "dir")).await {
             Ok(d) => (d.into(), "the server's `dir` (redis.data_dir is not set)"),
             Err(e) => {
                 checks.push(check(
@@ -258,7 +260,7 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
     };
     let aof = bounded(
         limit,
-        crate::sources::redis::config_get(&mut con, "appendonly"),
+        crate::clients::redis::config_get(&mut con, "appendonly"),
     )
     .await
     .map(|v| v == "yes")

@@ -279,7 +279,7 @@ async fn sql_check(
         );
     };
     let value = async {
-        let client = crate::sources::postgres::connect(&pg, db)
+        let client = crate::clients::postgres::connect(&pg, db)
             .await
             .map_err(|e| e.to_string())?;
         let msgs = client
@@ -316,7 +316,7 @@ async fn min_keys_check(name: String, min: u64, restored: &Restored) -> Check {
         return Check::new(name, false, "Redis was not restored");
     };
     let n = async {
-        let mut con = crate::sources::redis::connect(&cfg)
+        let mut con = crate::clients::redis::connect(&cfg)
             .await
             .map_err(|e| e.to_string())?;
         redis::cmd("DBSIZE")

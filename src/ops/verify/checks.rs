@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 
 use super::Check;
+use crate::clients::postgres::database::{self, Ownership};
 use crate::model::config::{PostgresConfig, RedisConfig};
 use crate::model::facts::SourceFacts;
-use crate::sources::postgres::database::{self, Ownership};
 use crate::sources::redis::rdb::{Counts, DbKeys, FileKeys};
 
 /// Compares the row counts of database `db` on the scratch server `pg`
@@ -28,7 +28,7 @@ pub(super) async fn compare_tables(
             "the facts hold no row counts for this database",
         );
     };
-    let restored = match crate::sources::postgres::connect(pg, db).await {
+    let restored = match crate::clients::postgres::connect(pg, db).await {
         Ok(client) => crate::sources::postgres::count_rows(&client, db).await,
         Err(e) => Err(e),
     };
@@ -74,7 +74,7 @@ pub(super) async fn compare_database(
             "not recorded in this snapshot (taken before kompose-dr recorded them): not compared",
         );
     };
-    let restored = match crate::sources::postgres::connect(pg, &pg.endpoint.maintenance_db).await {
+    let restored = match crate::clients::postgres::connect(pg, &pg.endpoint.maintenance_db).await {
         Ok(client) => database::read(&client, db).await,
         Err(e) => Err(e),
     };
@@ -160,10 +160,12 @@ pub(super) async fn compare_keys(
         );
     };
     let loaded = async {
-        let mut con = crate::sources::redis::connect(cfg)
+        let mut con = crate::clients::redis::connect(cfg)
             .await
             .map_err(|e| e.to_string())?;
-        let info = crate::sources::redis::info(&mut con, "keyspace").await?;
+        let info = crate::clients::redis::info(&mut con, "keyspace")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(crate::sources::redis::parse_keyspace_counts(&info))
     }
     .await;
@@ -460,7 +462,7 @@ pub(super) fn check_directory(root: &std::path::Path, facts: Option<&SourceFacts
     for (rel, recorded) in sqlite {
         let name = format!("sqlite {rel}");
         let check = match crate::sources::directories::sqlite::describe(&root.join(rel)) {
-            Err(e) => Check::new(name, false, e),
+            Err(e) => Check::new(name, false, e.to_string()),
             Ok(found) if found.integrity != "ok" => {
                 Check::new(name, false, format!("integrity_check: {}", found.integrity))
             }

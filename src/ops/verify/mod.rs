@@ -369,9 +369,9 @@ impl Session<'_> {
                 let facts = self.facts.sources.get(&c.source);
                 checks.push(checks::compare_tables(&pg, db, facts).await);
                 let ownership = if no_owner {
-                    crate::sources::postgres::database::Ownership::Skip
+                    crate::clients::postgres::database::Ownership::Skip
                 } else {
-                    crate::sources::postgres::database::Ownership::Recorded
+                    crate::clients::postgres::database::Ownership::Recorded
                 };
                 checks.push(checks::compare_database(&pg, db, facts, ownership).await);
             }
@@ -429,7 +429,7 @@ impl Session<'_> {
                     // Counted before Redis sees the files: what it must load.
                     let t = target.clone();
                     let file = tokio::task::spawn_blocking(move || {
-                        crate::sources::redis::count_restored(&t, aof)
+                        crate::sources::redis::count_restored(&t, aof).map_err(|e| e.to_string())
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("the key count failed: {e}")));

@@ -18,10 +18,10 @@ use super::{
     ReadyItem, RestoreContext, RestoreError, Target, choose_client, command, connect_to,
     open_stored, progress_bar, resolved_target, role_names, server, target_config,
 };
+use crate::clients::launch::Launch;
 use crate::process::{Ended, stderr_tail};
 use crate::restore::plan::Choice;
 use crate::restore::stream::copy_archive;
-use crate::sources::launch::Launch;
 
 /// What the roles archive will do to a server: the roles (and tablespaces)
 /// it creates, and those that exist and are kept as they are — or reset,

@@ -30,15 +30,15 @@ use tokio_postgres::Client;
 
 use super::stream::{self, copy_archive};
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
+use crate::clients::launch::Launch;
+use crate::clients::postgres::database::{self, Ownership};
+use crate::clients::postgres::{
+    DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
+};
 use crate::model::config::PostgresConfig;
 use crate::model::facts::{DatabaseFacts, SourceFacts};
 use crate::process::{Ended, stderr_tail};
 use crate::restore::plan::Choice;
-use crate::sources::launch::Launch;
-use crate::sources::postgres::database::{self, Ownership};
-use crate::sources::postgres::{
-    DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
-};
 
 fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
     let mut cfg = ctx
@@ -58,7 +58,7 @@ fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreErro
 
 /// The target with what its container supplies (user, password) filled in.
 async fn resolved_target(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreError> {
-    Ok(crate::sources::postgres::resolve(&target_config(ctx)?).await?)
+    Ok(crate::clients::postgres::resolve(&target_config(ctx)?).await?)
 }
 
 fn server(cfg: &PostgresConfig) -> String {
@@ -446,7 +446,7 @@ pub async fn restore_database(
             server(&cfg)
         )))?;
     let mut notes = sweep_leftovers(&admin, &server(&cfg)).await;
-    let major = crate::sources::postgres::server_version(&admin)
+    let major = crate::clients::postgres::server_version(&admin)
         .await
         .map_err(RestoreError::from_source)?
         .major;

@@ -424,7 +424,7 @@ pub async fn recover(
             {
                 let cfg = server.connection();
                 let replayed = async {
-                    let c = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+                    let c = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
                         .await
                         .ok()?;
                     let row = c
@@ -504,7 +504,7 @@ pub async fn recovered_dump(
         .ok_or_else(|| RestoreError::Refused(format!("{source} is not a database")))?;
     let (server, _) = recover(ctx, recovery, None).await?;
     let cfg = server.connection();
-    let client = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+    let client = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
         .await
         .map_err(RestoreError::from_source)?;
     let exists: bool = client
@@ -523,15 +523,15 @@ pub async fn recovered_dump(
             recovery.base_snapshot
         )));
     }
-    let dbc = crate::sources::postgres::connect(&cfg, db)
+    let dbc = crate::clients::postgres::connect(&cfg, db)
         .await
         .map_err(RestoreError::from_source)?;
-    let object = crate::sources::postgres::database::read(&dbc, db)
+    let object = crate::clients::postgres::database::read(&dbc, db)
         .await
         .map_err(RestoreError::from_source)?;
     drop(dbc);
     drop(client);
-    let tool = crate::sources::postgres::choose_client(
+    let tool = crate::clients::postgres::choose_client(
         &cfg,
         "pg_dump",
         server.major(),
@@ -542,8 +542,8 @@ pub async fn recovered_dump(
     let mut file = tempfile::tempfile().map_err(RestoreError::io(
         "cannot create a private temporary file ($TMPDIR)",
     ))?;
-    let crate::sources::launch::Launch::Local(mut cmd) =
-        crate::sources::postgres::command(&cfg, &tool, "pg_dump", db)
+    let crate::clients::launch::Launch::Local(mut cmd) =
+        crate::clients::postgres::command(&cfg, &tool, "pg_dump", db)
     else {
         unreachable!("a recovered cluster is local");
     };
@@ -629,7 +629,7 @@ pub async fn check_recovery(
 ) -> Result<Vec<String>, RestoreError> {
     let (server, _) = recover(ctx, recovery, None).await?;
     let cfg = server.connection();
-    let client = crate::sources::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+    let client = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
         .await
         .map_err(RestoreError::from_source)?;
     let rows = client

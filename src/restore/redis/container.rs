@@ -46,12 +46,12 @@ pub async fn preflight(
     let mut dir = "/data".to_owned();
     let mut occupied = true;
     if info.running {
-        let mut con = crate::sources::redis::connect(cfg)
+        let mut con = crate::clients::redis::connect(cfg)
             .await
             .map_err(RestoreError::from_source)?;
-        dir = crate::sources::redis::config_get(&mut con, "dir")
+        dir = crate::clients::redis::config_get(&mut con, "dir")
             .await
-            .map_err(RestoreError::Source)?;
+            .map_err(RestoreError::from_source)?;
         let listing = engine
             .output(
                 &c.name,
@@ -210,16 +210,16 @@ async fn wait_for_keys(cfg: &RedisConfig) -> Result<u64, RestoreError> {
     let deadline = tokio::time::Instant::now() + GRACE;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        match crate::sources::redis::connect(cfg).await {
-            Ok(mut con) => match crate::sources::redis::info(&mut con, "persistence").await {
+        match crate::clients::redis::connect(cfg).await {
+            Ok(mut con) => match crate::clients::redis::info(&mut con, "persistence").await {
                 Ok(p) if p.get("loading").map(String::as_str) == Some("0") => {
-                    let ks = crate::sources::redis::info(&mut con, "keyspace")
+                    let ks = crate::clients::redis::info(&mut con, "keyspace")
                         .await
-                        .map_err(RestoreError::Source)?;
-                    return Ok(crate::sources::redis::parse_keyspace(&ks).values().sum());
+                        .map_err(RestoreError::from_source)?;
+                    return Ok(crate::clients::redis::parse_keyspace(&ks).values().sum());
                 }
                 Ok(_) => last = "still loading".into(),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             },
             Err(e) => last = e.to_string(),
         }

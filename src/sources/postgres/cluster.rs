@@ -17,15 +17,18 @@
 
 use chrono::Utc;
 
-use super::{DumpTool, ServerVersion, choose_client, command, connect_within, db_error};
+use crate::clients::postgres::{
+    DumpTool, ServerVersion, choose_client, command, connect_within, query_error,
+};
 use crate::model::config::PostgresConfig;
 use crate::model::manifest::ArtifactKind;
+use crate::model::source_name::SourceName;
 use crate::model::wal::{BasePosition, Lsn, valid_segment_size};
 use crate::sources::{SourceContext, SourceError, SourceRun, timed};
 use crate::storage::keys::artifact_key;
 
 /// The source name of base backups.
-pub const SOURCE: &str = "postgres/cluster";
+pub const SOURCE: &str = SourceName::POSTGRES_CLUSTER;
 
 /// What identifies the cluster's log: its system identifier and WAL
 /// segment size.
@@ -49,13 +52,10 @@ pub async fn identity(client: &tokio_postgres::Client) -> Result<ClusterIdentity
             &[],
         )
         .await
-        .map_err(|e| {
-            SourceError::Query(db_error(
-                "cannot read the cluster's system identifier and WAL segment size \
-                 (the role needs superuser or pg_monitor)",
-                e,
-            ))
-        })?;
+        .map_err(query_error(
+            "cannot read the cluster's system identifier and WAL segment size \
+             (the role needs superuser or pg_monitor)",
+        ))?;
     let system_identifier: String = row.get(0);
     let size: String = row.get(1);
     let timeline: i32 = row.get(2);
@@ -140,8 +140,9 @@ pub async fn base_backup(
                 "--label=kompose-dr",
             ]);
             let (stored, report) = ctx.store_child_logged(&key, "pg_basebackup", cmd).await;
+            // pg_basebackup's own stderr says why, not our message.
             let stored = stored.map_err(|e| match e {
-                SourceError::Tool(m) if m.contains("single tablespace") => SourceError::Tool(format!(
+                SourceError::Tool(m) if report.contains("single tablespace") => SourceError::Tool(format!(
                     "{m}: a base backup streams one tar, which needs every table in the default tablespace"
                 )),
                 e => e,

@@ -43,10 +43,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{ClusterIdentity, identity};
-use super::{choose_client, command, connect_within, server_version};
+use crate::clients::launch::Launch;
+use crate::clients::postgres::{DumpTool, choose_client, command, connect_within, server_version};
 use crate::model::config::{PostgresConfig, WalConfig};
 use crate::model::wal::{Lsn, Segment, WAL_RECORD_VERSION, WalKind, WalRecord, parse_history};
 use crate::pipeline;
+use crate::process::{Ended, Running};
 use crate::sources::{SourceContext, SourceError};
 use crate::storage::keys;
 
@@ -116,6 +118,38 @@ enum Spooled {
     History(u32),
 }
 
+/// What the archiver remembers between ticks.
+#[derive(Default)]
+struct Progress {
+    /// The server's clock and insert position, as observed in this life of
+    /// pg_receivewal.
+    observations: VecDeque<Observation>,
+    /// The partial copy stored of each segment still being written.
+    shipped: BTreeMap<Segment, Shipped>,
+    /// The complete segments and history files every repository holds.
+    done: std::collections::BTreeSet<String>,
+}
+
+/// What one look at the spool found.
+struct Look<'a> {
+    id: &'a ClusterIdentity,
+    /// The newest segment in the spool.
+    newest: Option<Segment>,
+    /// How far pg_receivewal has flushed, if the server said.
+    flushed: Option<Lsn>,
+    /// Whether partial segments are due to be shipped.
+    partial_due: bool,
+}
+
+/// Where segment `seg` ends: the next one's start.
+fn seg_end(seg: Segment, segment_size: u64) -> Lsn {
+    Segment {
+        timeline: seg.timeline,
+        number: seg.number + 1,
+    }
+    .start(segment_size)
+}
+
 /// What has been stored of a partial segment.
 #[derive(Debug, Clone)]
 struct Shipped {
@@ -169,8 +203,7 @@ impl Archiver {
         }
         let mut backoff = Duration::from_secs(1);
         let mut state: Option<(ClusterIdentity, PathBuf, std::fs::File)> = None;
-        let mut shipped: BTreeMap<Segment, Shipped> = BTreeMap::new();
-        let mut done: std::collections::BTreeSet<String> = Default::default();
+        let mut progress = Progress::default();
         // After a gap, or a timeline the server forked away from, the
         // archive's end is no place to resume: the next start takes the
         // server's current position.
@@ -179,23 +212,22 @@ impl Archiver {
             let round = async {
                 if state.is_none() {
                     let (id, spool, lock) = self.prepare().await?;
-                    done = self.archived_names(&id).await;
+                    progress.done = self.archived_names(&id).await;
                     state = Some((id, spool, lock));
                 }
                 let (id, spool, _) = state.as_ref().expect("prepared");
                 let seed = std::mem::replace(&mut resume_from_archive, true);
-                self.stream(id, spool, &stop, &mut shipped, &mut done, seed)
-                    .await
+                self.stream(id, spool, &stop, &mut progress, seed).await
             };
             match round.await {
                 Ok(()) => backoff = Duration::from_secs(1),
-                Err(e @ SourceError::Tool(_)) if state.is_none() => return Err(e),
+                Err(e) if e.is_tool() && state.is_none() => return Err(e),
                 Err(e) => {
                     self.set_error(e.to_string());
-                    if state.is_none() && matches!(e, SourceError::Data(_)) {
+                    if state.is_none() && e.is_data() {
                         return Err(e);
                     }
-                    if matches!(e, SourceError::Data(_)) {
+                    if e.is_data() {
                         resume_from_archive = false;
                     }
                 }
@@ -241,9 +273,10 @@ impl Archiver {
             .truncate(false)
             .write(true)
             .open(spool.join(".lock"))
-            .map_err(|e| {
-                SourceError::Data(format!("cannot open {}/.lock: {e}", spool.display()))
-            })?;
+            .map_err(SourceError::io(format!(
+                "cannot open {}/.lock",
+                spool.display()
+            )))?;
         if lock.try_lock().is_err() {
             return Err(SourceError::Data(format!(
                 "another WAL archiver uses {} (kompose-dr agent or kompose-dr wal): run only one",
@@ -321,9 +354,9 @@ impl Archiver {
             .create_new(true)
             .write(true)
             .open(&path)
-            .map_err(|e| SourceError::Data(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot create {}", path.display())))?;
         f.set_len(id.segment_size)
-            .map_err(|e| SourceError::Data(format!("cannot size {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot size {}", path.display())))?;
         tracing::info!(segment = %next.name(id.segment_size), "resuming after the newest archived WAL");
         Ok(())
     }
@@ -335,8 +368,7 @@ impl Archiver {
         id: &ClusterIdentity,
         spool: &Path,
         stop: &CancellationToken,
-        shipped: &mut BTreeMap<Segment, Shipped>,
-        done: &mut std::collections::BTreeSet<String>,
+        progress: &mut Progress,
         seed: bool,
     ) -> Result<(), SourceError> {
         // Whatever an earlier life left complete goes first.
@@ -358,40 +390,81 @@ impl Archiver {
             self.seed(id, spool).await?;
         }
         if let Some(slot) = &self.wal.slot {
-            let mut create = command(
-                &self.cfg,
-                &tool,
-                "pg_receivewal",
-                &self.cfg.endpoint.maintenance_db,
-            );
-            create
-                .arg("--create-slot")
-                .arg("--if-not-exists")
-                .arg(format!("--slot={slot}"));
-            let mut running = create
-                .start("pg_receivewal", false)
-                .await
-                .map_err(SourceError::Tool)?
-                .killed_on_drop();
-            let tail = crate::process::stderr_tail(
-                running.stderr.take(),
-                "pg_receivewal",
-                self.ctx.redactor.clone(),
-            );
-            let ended = running
-                .wait_within(self.ctx.timeouts.child_exit, "pg_receivewal")
-                .await
-                .map_err(|e| SourceError::Tool(e.to_string()))?;
-            if !ended.success() {
-                return Err(SourceError::Tool(format!(
-                    "cannot create replication slot `{slot}`: {}",
-                    tail.await.unwrap_or_default().trim()
-                )));
-            }
+            self.create_slot(&tool, slot).await?;
         }
+        let (mut child, stderr) = self.start_receiver(&tool, spool).await?;
+        self.set_streaming(true);
+        progress.observations.clear();
+        let exited = self
+            .follow(&client, id, spool, stop, &mut child, progress)
+            .await;
+        // Stopping: the newest log goes out before we do.
+        if exited.is_none() {
+            if let Err(e) = self.tick(&client, id, spool, progress, true).await {
+                self.set_error(e.to_string());
+            }
+            child.kill();
+            let _ = child.wait().await;
+        }
+        self.set_streaming(false);
+        let tail = tokio::time::timeout(Duration::from_secs(5), stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        // What was complete when it stopped.
+        let _ = self.tick(&client, id, spool, progress, false).await;
+        self.ended(id, spool, exited, &tail)
+    }
+
+    /// Creates the replication slot `slot` if it does not exist.
+    async fn create_slot(&self, tool: &DumpTool, slot: &str) -> Result<(), SourceError> {
+        let mut create = command(
+            &self.cfg,
+            tool,
+            "pg_receivewal",
+            &self.cfg.endpoint.maintenance_db,
+        );
+        create
+            .arg("--create-slot")
+            .arg("--if-not-exists")
+            .arg(format!("--slot={slot}"));
+        let mut running = create
+            .start("pg_receivewal", false)
+            .await
+            .map_err(|source| SourceError::Launch {
+                program: "pg_receivewal".into(),
+                source,
+            })?
+            .killed_on_drop();
+        let tail = crate::process::stderr_tail(
+            running.stderr.take(),
+            "pg_receivewal",
+            self.ctx.redactor.clone(),
+        );
+        let ended = running
+            .wait_within(self.ctx.timeouts.child_exit, "pg_receivewal")
+            .await
+            .map_err(|e| SourceError::Tool(e.to_string()))?;
+        if !ended.success() {
+            return Err(SourceError::Tool(format!(
+                "cannot create replication slot `{slot}`: {}",
+                tail.await.unwrap_or_default().trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts pg_receivewal into `spool`; returns it and the tail of its
+    /// stderr (in the C locale: it is read for gaps).
+    async fn start_receiver(
+        &self,
+        tool: &DumpTool,
+        spool: &Path,
+    ) -> Result<(Running, tokio::task::JoinHandle<String>), SourceError> {
         let mut cmd = command(
             &self.cfg,
-            &tool,
+            tool,
             "pg_receivewal",
             &self.cfg.endpoint.maintenance_db,
         );
@@ -406,13 +479,16 @@ impl Archiver {
         if let Some(slot) = &self.wal.slot {
             cmd.arg(format!("--slot={slot}"));
         }
-        if let crate::sources::launch::Launch::Local(c) = &mut cmd {
+        if let Launch::Local(c) = &mut cmd {
             crate::process::die_with_parent(c.as_std_mut());
         }
         let mut child = cmd
             .start("pg_receivewal", false)
             .await
-            .map_err(SourceError::Tool)?
+            .map_err(|source| SourceError::Launch {
+                program: "pg_receivewal".into(),
+                source,
+            })?
             .killed_on_drop();
         drop(child.stdout.take());
         let stderr = crate::process::stderr_tail(
@@ -420,54 +496,47 @@ impl Archiver {
             "pg_receivewal",
             self.ctx.redactor.clone(),
         );
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .streaming = true;
-        let mut observations: VecDeque<Observation> = VecDeque::new();
+        Ok((child, stderr))
+    }
+
+    /// Ticks until pg_receivewal exits (its status) or `stop` (`None`);
+    /// partial segments go out every `max_lag`.
+    async fn follow(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &ClusterIdentity,
+        spool: &Path,
+        stop: &CancellationToken,
+        child: &mut Running,
+        progress: &mut Progress,
+    ) -> Option<std::io::Result<Ended>> {
         let mut last_partial_ship = Instant::now()
             .checked_sub(self.wal.max_lag)
             .unwrap_or_else(Instant::now);
-        let exited = loop {
+        loop {
             tokio::select! {
-                ended = child.wait() => break Some(ended),
-                () = stop.cancelled() => break None,
+                ended = child.wait() => return Some(ended),
+                () = stop.cancelled() => return None,
                 () = tokio::time::sleep(TICK) => {}
             }
             let due = last_partial_ship.elapsed() >= self.wal.max_lag;
-            if let Err(e) = self
-                .tick(&client, id, spool, &mut observations, shipped, done, due)
-                .await
-            {
+            if let Err(e) = self.tick(client, id, spool, progress, due).await {
                 self.set_error(e.to_string());
             } else if due {
                 last_partial_ship = Instant::now();
             }
-        };
-        // Stopping: the newest log goes out before we do.
-        if exited.is_none() {
-            if let Err(e) = self
-                .tick(&client, id, spool, &mut observations, shipped, done, true)
-                .await
-            {
-                self.set_error(e.to_string());
-            }
-            child.kill();
-            let _ = child.wait().await;
         }
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .streaming = false;
-        let tail = tokio::time::timeout(Duration::from_secs(5), stderr)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        // What was complete when it stopped.
-        let _ = self
-            .tick(&client, id, spool, &mut observations, shipped, done, false)
-            .await;
+    }
+
+    /// How a life ended: stopped (fine), a gap in the server's log, or
+    /// pg_receivewal failing.
+    fn ended(
+        &self,
+        id: &ClusterIdentity,
+        spool: &Path,
+        exited: Option<std::io::Result<Ended>>,
+        tail: &str,
+    ) -> Result<(), SourceError> {
         match exited {
             None => Ok(()),
             Some(_)
@@ -475,7 +544,7 @@ impl Archiver {
                     || tail.contains("is not in this server's history")
                     || tail.contains("is ahead of the WAL flush position") =>
             {
-                let gap = self.report_gap(id, spool, &tail);
+                let gap = self.report_gap(id, spool, tail);
                 Err(SourceError::Data(gap))
             }
             Some(ended) => Err(SourceError::Tool(format!(
@@ -486,6 +555,13 @@ impl Archiver {
                 tail.trim()
             ))),
         }
+    }
+
+    fn set_streaming(&self, on: bool) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .streaming = on;
     }
 
     /// The server recycled log before it was archived: says which, clears
@@ -519,167 +595,194 @@ impl Archiver {
     }
 
     /// Observes the server, then ships what is due.
-    #[allow(clippy::too_many_arguments)]
     async fn tick(
         &self,
         client: &tokio_postgres::Client,
         id: &ClusterIdentity,
         spool: &Path,
-        observations: &mut VecDeque<Observation>,
-        shipped: &mut BTreeMap<Segment, Shipped>,
-        done: &mut std::collections::BTreeSet<String>,
+        progress: &mut Progress,
         partial_due: bool,
     ) -> Result<(), SourceError> {
-        let flushed = observe(client, &self.app, observations).await;
+        let flushed = observe(client, &self.app, &mut progress.observations).await;
         let files = list_spool(spool, id.segment_size)?;
         let newest = files.iter().rev().find_map(|(f, _)| match f {
             Spooled::Complete(s) | Spooled::Partial(s) => Some(*s),
             Spooled::History(_) => None,
         });
+        let look = Look {
+            id,
+            newest,
+            flushed,
+            partial_due,
+        };
         for (file, path) in &files {
             match file {
-                Spooled::History(tl) => {
-                    let name = crate::model::wal::history_name(*tl);
-                    if !done.contains(&name)
-                        && self
-                            .ship(id, *tl, &name, WalKind::History, path, None, None)
-                            .await?
-                            .1
-                    {
-                        done.insert(name);
-                    }
-                }
-                Spooled::Complete(seg) => {
-                    let name = seg.name(id.segment_size);
-                    if !done.contains(&name) {
-                        let end = Segment {
-                            timeline: seg.timeline,
-                            number: seg.number + 1,
-                        }
-                        .start(id.segment_size);
-                        let covered = covered_by(observations, end, Some(end));
-                        let (_, everywhere) = self
-                            .ship(
-                                id,
-                                seg.timeline,
-                                &name,
-                                WalKind::Segment,
-                                path,
-                                covered,
-                                Some(end),
-                            )
-                            .await?;
-                        if !everywhere {
-                            // Kept in the spool and shipped again next time,
-                            // until every repository holds it.
-                            continue;
-                        }
-                        done.insert(name);
-                    }
-                    // Its partial copies are superseded.
-                    if let Some(old) = shipped.remove(seg) {
-                        for repo in &self.ctx.repositories {
-                            let _ = repo.delete_wal(&old.record).await;
-                        }
-                    }
-                    if Some(*seg) != newest {
-                        let _ = std::fs::remove_file(path);
-                    }
-                }
-                Spooled::Partial(seg) => {
-                    let Some(flushed) = flushed else { continue };
-                    let end = Segment {
-                        timeline: seg.timeline,
-                        number: seg.number + 1,
-                    }
-                    .start(id.segment_size);
-                    let holds = flushed.min(end);
-                    if holds <= seg.start(id.segment_size) {
-                        continue; // nothing of it received yet (a seed)
-                    }
-                    // A partial copy of a timeline that has ended (a newer
-                    // timeline streams now): the flush position is the new
-                    // timeline's, so it proves nothing about this copy.
-                    let current = newest.is_none_or(|n| n.timeline == seg.timeline);
-                    let last = shipped.get(seg);
-                    let newer_data = last.is_none_or(|l| l.flushed < holds);
-                    let covered = if current {
-                        covered_by(observations, holds, Some(end))
-                    } else {
-                        None
-                    };
-                    // Never replace what the archive holds of this segment
-                    // with less (a restart with an empty spool).
-                    if last.is_none()
-                        && self
-                            .partial_ends
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get(&seg.name(id.segment_size))
-                            .is_some_and(|e| *e > holds)
-                    {
-                        continue;
-                    }
-                    if !(partial_due || Some(*seg) != newest && newer_data) {
-                        continue;
-                    }
-                    if !newer_data {
-                        // Same bytes: only the covered time moves on.
-                        if let (Some(l), Some(c)) = (last, covered)
-                            && l.record.covered_until.is_none_or(|x| x < c)
-                        {
-                            let mut r = l.record.clone();
-                            r.covered_until = Some(c);
-                            r.archived_at = Utc::now();
-                            for repo in &self.ctx.repositories {
-                                repo.put_wal_record(&r)
-                                    .await
-                                    .map_err(|e| SourceError::Store(e.to_string()))?;
-                            }
-                            self.note(&r);
-                            shipped.insert(
-                                *seg,
-                                Shipped {
-                                    record: r,
-                                    flushed: holds,
-                                },
-                            );
-                        }
-                        continue;
-                    }
-                    let name = seg.name(id.segment_size);
-                    let (record, _) = match self
-                        .ship(
-                            id,
-                            seg.timeline,
-                            &name,
-                            WalKind::Partial,
-                            path,
-                            covered,
-                            current.then_some(holds),
-                        )
-                        .await
-                    {
-                        // Completed (renamed) between the listing and now:
-                        // the next look ships the complete segment.
-                        Err(SourceError::Data(_)) if !path.exists() => continue,
-                        r => r?,
-                    };
-                    if let Some(old) = shipped.insert(
-                        *seg,
-                        Shipped {
-                            record,
-                            flushed: holds,
-                        },
-                    ) {
-                        // The new record is in place: the old copy is not named.
-                        for repo in &self.ctx.repositories {
-                            let _ = repo.delete_object(&old.record.path).await;
-                        }
-                    }
-                }
+                Spooled::History(tl) => self.ship_history(id, *tl, path, progress).await?,
+                Spooled::Complete(seg) => self.ship_complete(&look, *seg, path, progress).await?,
+                Spooled::Partial(seg) => self.ship_partial(&look, *seg, path, progress).await?,
             }
         }
+        Ok(())
+    }
+
+    /// Ships a timeline history file once.
+    async fn ship_history(
+        &self,
+        id: &ClusterIdentity,
+        tl: u32,
+        path: &Path,
+        progress: &mut Progress,
+    ) -> Result<(), SourceError> {
+        let name = crate::model::wal::history_name(tl);
+        if !progress.done.contains(&name)
+            && self
+                .ship(id, tl, &name, WalKind::History, path, None, None)
+                .await?
+                .1
+        {
+            progress.done.insert(name);
+        }
+        Ok(())
+    }
+
+    /// Ships a complete segment until every repository holds it, then
+    /// drops its partial copies and (unless it is the newest) the file.
+    async fn ship_complete(
+        &self,
+        look: &Look<'_>,
+        seg: Segment,
+        path: &Path,
+        progress: &mut Progress,
+    ) -> Result<(), SourceError> {
+        let id = look.id;
+        let name = seg.name(id.segment_size);
+        if !progress.done.contains(&name) {
+            let end = seg_end(seg, id.segment_size);
+            let covered = covered_by(&progress.observations, end, Some(end));
+            let kind = WalKind::Segment;
+            let (_, everywhere) = self
+                .ship(id, seg.timeline, &name, kind, path, covered, Some(end))
+                .await?;
+            if !everywhere {
+                // Kept in the spool and shipped again next time, until
+                // every repository holds it.
+                return Ok(());
+            }
+            progress.done.insert(name);
+        }
+        // Its partial copies are superseded.
+        if let Some(old) = progress.shipped.remove(&seg) {
+            for repo in &self.ctx.repositories {
+                let _ = repo.delete_wal(&old.record).await;
+            }
+        }
+        if Some(seg) != look.newest {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
+    /// Ships what pg_receivewal has flushed of a segment still being
+    /// written, when due (every `max_lag`, or once it is no longer the
+    /// newest), never replacing what the archive holds with less.
+    async fn ship_partial(
+        &self,
+        look: &Look<'_>,
+        seg: Segment,
+        path: &Path,
+        progress: &mut Progress,
+    ) -> Result<(), SourceError> {
+        let id = look.id;
+        let Some(flushed) = look.flushed else {
+            return Ok(());
+        };
+        let end = seg_end(seg, id.segment_size);
+        let holds = flushed.min(end);
+        if holds <= seg.start(id.segment_size) {
+            return Ok(()); // nothing of it received yet (a seed)
+        }
+        // A partial copy of a timeline that has ended (a newer timeline
+        // streams now): the flush position is the new timeline's, so it
+        // proves nothing about this copy.
+        let current = look.newest.is_none_or(|n| n.timeline == seg.timeline);
+        let last = progress.shipped.get(&seg);
+        let newer_data = last.is_none_or(|l| l.flushed < holds);
+        let covered = if current {
+            covered_by(&progress.observations, holds, Some(end))
+        } else {
+            None
+        };
+        if last.is_none() && self.archive_holds_more(&seg.name(id.segment_size), holds) {
+            return Ok(());
+        }
+        if !(look.partial_due || Some(seg) != look.newest && newer_data) {
+            return Ok(());
+        }
+        if !newer_data {
+            return self.refresh_covered(seg, holds, covered, progress).await;
+        }
+        let name = seg.name(id.segment_size);
+        let until = current.then_some(holds);
+        let kind = WalKind::Partial;
+        let (record, _) = match self
+            .ship(id, seg.timeline, &name, kind, path, covered, until)
+            .await
+        {
+            // Completed (renamed) between the listing and now: the next
+            // look ships the complete segment.
+            Err(e) if e.is_data() && !path.exists() => return Ok(()),
+            r => r?,
+        };
+        let now = Shipped {
+            record,
+            flushed: holds,
+        };
+        if let Some(old) = progress.shipped.insert(seg, now) {
+            // The new record is in place: the old copy is not named.
+            for repo in &self.ctx.repositories {
+                let _ = repo.delete_object(&old.record.path).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the archive already held more of segment `name` than `holds`
+    /// when the archiver started (a restart with an empty spool).
+    fn archive_holds_more(&self, name: &str, holds: Lsn) -> bool {
+        self.partial_ends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|e| *e > holds)
+    }
+
+    /// The shipped partial copy of `seg` holds the same bytes: only its
+    /// covered time moves on, in a rewritten record.
+    async fn refresh_covered(
+        &self,
+        seg: Segment,
+        holds: Lsn,
+        covered: Option<DateTime<Utc>>,
+        progress: &mut Progress,
+    ) -> Result<(), SourceError> {
+        let Some(l) = progress.shipped.get(&seg) else {
+            return Ok(());
+        };
+        let Some(c) = covered.filter(|c| l.record.covered_until.is_none_or(|x| x < *c)) else {
+            return Ok(());
+        };
+        let mut r = l.record.clone();
+        r.covered_until = Some(c);
+        r.archived_at = Utc::now();
+        for repo in &self.ctx.repositories {
+            repo.put_wal_record(&r).await?;
+        }
+        self.note(&r);
+        let now = Shipped {
+            record: r,
+            flushed: holds,
+        };
+        progress.shipped.insert(seg, now);
         Ok(())
     }
 
@@ -712,7 +815,7 @@ impl Archiver {
         let key = keys::wal_file_key(&id.system_identifier, timeline, name, tag.as_deref());
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| SourceError::Data(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(SourceError::io(format!("cannot open {}", path.display())))?;
         let (input, pump) = pipeline::input_from_reader(file);
         let encoded = self.ctx.encode(&key, input).await;
         let _ = pump.await;
@@ -823,7 +926,7 @@ fn covered_by(
 fn list_spool(spool: &Path, segment_size: u64) -> Result<Vec<(Spooled, PathBuf)>, SourceError> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(spool)
-        .map_err(|e| SourceError::Data(format!("cannot read {}: {e}", spool.display())))?;
+        .map_err(SourceError::io(format!("cannot read {}", spool.display())))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let kind = if let Some(stem) = name.strip_suffix(".partial") {

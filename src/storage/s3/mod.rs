@@ -31,7 +31,7 @@
 //! The files: this one holds the backend and its [`Backend`] impl;
 //! `client` builds the SDK client, `object` the single-object PUT and GET,
 //! `upload` the multipart writer, `download` the resumable reader, `errors`
-//! the mapping of SDK errors to messages, `limits` S3's protocol limits.
+//! the mapping of SDK errors to messages (S3's protocol limits are [`crate::model::s3_limits`]).
 
 use std::sync::Arc;
 
@@ -47,7 +47,6 @@ use super::{Backend, ObjectMeta, ObjectReader, ObjectWriter, PutMode, StorageErr
 mod client;
 mod download;
 mod errors;
-pub mod limits;
 mod object;
 mod upload;
 

@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinSet;
 
 use super::errors::gone_is_fine;
-use super::limits::{MAX_PARTS, max_object_size};
 use super::object::content_md5;
 use super::{Inner, S3Backend};
+use crate::model::s3_limits::{MAX_PARTS, max_object_size};
 use crate::model::units::bytes as format_size;
 use crate::storage::{AliveWriter, ObjectWriter, PutMode, StorageError};
 

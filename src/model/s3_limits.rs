@@ -1,7 +1,6 @@
-//! S3's protocol limits on multipart uploads. Plain constants with no
-//! imports: the configuration (layer 0) validates `part_size` against them
-//! and the S3 backend enforces the part count, so this one leaf is shared
-//! by both (tests/architecture.rs places it in layer 0).
+//! S3's protocol limits on multipart uploads. Plain constants: the
+//! configuration validates `part_size` against them and the S3 backend
+//! (`storage::s3`, above this layer) enforces the part count.
 
 /// S3 allows at most this many parts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;

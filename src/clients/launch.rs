@@ -1,11 +1,28 @@
 //! Where a client tool runs: here, as a child process, or inside the
 //! server's container through the engine. Both give a
-//! [`Running`](crate::process::Running) with the same streams, so pg_dump,
+//! [`Running`] with the same streams, so pg_dump,
 //! pg_restore, psql and redis-cli are driven the same way in both places.
 
-use crate::engine::{Engine, ExecSpec};
+use crate::engine::{Engine, EngineError, ExecSpec};
 use crate::model::config::ContainerRef;
-use crate::process::Running;
+use crate::process::{ProcessError, Running};
+
+/// Why a client program could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The local program could not be spawned.
+    #[error(transparent)]
+    Local(#[from] ProcessError),
+    /// The engine could not be reached, or the exec in the container failed.
+    #[error(transparent)]
+    Container(#[from] EngineError),
+}
+
+impl crate::error::Classify for LaunchError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Failure
+    }
+}
 
 /// A program about to run, here or in a container.
 pub enum Launch {
@@ -66,22 +83,16 @@ impl Launch {
     }
 
     /// Starts it with stdout and stderr attached, and stdin if `stdin`.
-    pub async fn start(self, program: &str, stdin: bool) -> Result<Running, String> {
+    pub async fn start(self, program: &str, stdin: bool) -> Result<Running, LaunchError> {
         match self {
-            Launch::Local(cmd) => {
-                Running::spawn(cmd, program, stdin, true).map_err(|e| e.to_string())
-            }
+            Launch::Local(cmd) => Ok(Running::spawn(cmd, program, stdin, true)?),
             Launch::Container {
                 container,
                 mut spec,
             } => {
                 spec.stdin = stdin;
-                let engine =
-                    Engine::connect(container.engine.as_deref()).map_err(|e| e.to_string())?;
-                engine
-                    .exec(&container.name, spec)
-                    .await
-                    .map_err(|e| e.to_string())
+                let engine = Engine::connect(container.engine.as_deref())?;
+                Ok(engine.exec(&container.name, spec).await?)
             }
         }
     }

@@ -13,12 +13,12 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use super::{db_error, quote_ident};
+use super::{query_error, quote_ident};
+use crate::clients::ClientError;
 use crate::model::facts::{DatabaseFacts, RoleSettings};
-use crate::sources::SourceError;
 
 /// Reads database `db`'s object through any session on its server.
-pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, SourceError> {
+pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, ClientError> {
     // to_jsonb keeps this one query across versions: the locale columns
     // were added (15: datlocprovider, daticulocale; 16: daticurules) and
     // renamed (17: datlocale).
@@ -32,16 +32,14 @@ pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, SourceErro
             &[&db],
         )
         .await
-        .map_err(|e| {
-            SourceError::Query(db_error(
-                &format!("database `{db}`: cannot read its properties"),
-                e,
-            ))
-        })?
-        .ok_or_else(|| SourceError::Query(format!("database `{db}` does not exist")))?;
+        .map_err(query_error(format!(
+            "database `{db}`: cannot read its properties"
+        )))?
+        .ok_or_else(|| ClientError::PostgresData(format!("database `{db}` does not exist")))?;
     let json: String = row.get(0);
-    let j: serde_json::Value = serde_json::from_str(&json)
-        .map_err(|e| SourceError::Query(format!("database `{db}`: pg_database as JSON: {e}")))?;
+    let j: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+        ClientError::PostgresData(format!("database `{db}`: pg_database as JSON: {e}"))
+    })?;
     let text = |k: &str| j.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let locale_provider = match text("datlocprovider").as_deref() {
         Some("i") => "icu",
@@ -60,7 +58,9 @@ pub async fn read(client: &Client, db: &str) -> Result<DatabaseFacts, SourceErro
             &[&db],
         )
         .await
-        .map_err(|e| SourceError::Query(db_error(&format!("database `{db}`: cannot read its settings"), e)))?
+        .map_err(query_error(format!(
+            "database `{db}`: cannot read its settings"
+        )))?
         .iter()
         .map(|r| RoleSettings {
             role: r.get(0),
@@ -95,9 +95,33 @@ pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Why the recorded database cannot be created on the target server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// The facts name a locale provider PostgreSQL does not have.
+    #[error(
+        "the recorded locale provider `{}` is not one PostgreSQL has (libc, icu, builtin)",
+        .0.escape_debug()
+    )]
+    UnknownProvider(String),
+    /// The target server is too old for the recorded locale provider.
+    #[error(
+        "the database used the {provider} locale provider, which PostgreSQL {major} does not have: \
+         restore onto PostgreSQL {needs} or newer (--target-url)"
+    )]
+    ProviderTooNew {
+        /// `icu` or `builtin`.
+        provider: String,
+        /// The target's major version.
+        major: u32,
+        /// The first major version that has the provider.
+        needs: u32,
+    },
+}
+
 /// `CREATE DATABASE name` with the recorded encoding and locale, on a
 /// server of major version `major`.
-pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, String> {
+pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, CreateError> {
     let mut sql = format!(
         "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
         quote_ident(name),
@@ -110,10 +134,7 @@ pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, S
     }
     match (f.locale_provider.as_str(), &f.locale) {
         (provider, _) if !["libc", "icu", "builtin"].contains(&provider) => {
-            return Err(format!(
-                "the recorded locale provider `{}` is not one PostgreSQL has (libc, icu, builtin)",
-                provider.escape_debug()
-            ));
+            return Err(CreateError::UnknownProvider(provider.to_owned()));
         }
         ("libc", _) => {
             if major >= 15 {
@@ -123,10 +144,11 @@ pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, S
         (provider, locale) => {
             let needs = if provider == "icu" { 15 } else { 17 };
             if major < needs {
-                return Err(format!(
-                    "the database used the {provider} locale provider, which PostgreSQL {major} does not have: \
-                     restore onto PostgreSQL {needs} or newer (--target-url)"
-                ));
+                return Err(CreateError::ProviderTooNew {
+                    provider: provider.to_owned(),
+                    major,
+                    needs,
+                });
             }
             let key = if provider == "icu" {
                 "ICU_LOCALE"
@@ -145,7 +167,7 @@ pub fn create_sql(name: &str, f: &DatabaseFacts, major: u32) -> Result<String, S
     Ok(sql)
 }
 
-/// What [`apply`] may set: everything, or (for `--no-owner`) neither the
+/// What [`apply_sql`] may set: everything, or (for `--no-owner`) neither the
 /// owner nor the ACL, and role settings only for roles that exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
@@ -595,11 +617,9 @@ mod tests {
                 .unwrap()
                 .ends_with("LOCALE_PROVIDER icu ICU_LOCALE 'de-DE'")
         );
-        assert!(
-            create_sql("s", &f, 14)
-                .unwrap_err()
-                .contains("icu locale provider")
-        );
+        let e = create_sql("s", &f, 14).unwrap_err();
+        assert!(matches!(e, CreateError::ProviderTooNew { needs: 15, .. }));
+        assert!(e.to_string().contains("icu locale provider"), "{e}");
     }
 
     #[test]

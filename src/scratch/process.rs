@@ -788,8 +788,10 @@ impl RecoveryFiles {
         let (hba, ident) = (&files.hba, &files.ident);
         write_private(hba, b"local all all trust\n", owner)
             .map_err(ScratchError::io(format!("cannot write {}", hba.display())))?;
-        write_private(ident, b"", owner)
-            .map_err(ScratchError::io(format!("cannot write {}", ident.display())))?;
+        write_private(ident, b"", owner).map_err(ScratchError::io(format!(
+            "cannot write {}",
+            ident.display()
+        )))?;
         // What a cluster started elsewhere must not bring: a standby's
         // signal, a running server's pid file.
         for stale in ["standby.signal", "postmaster.pid", "postmaster.opts"] {
@@ -831,7 +833,10 @@ fn recovery_settings(
     let restore_command = format!("cp '{}/%f' '%p'", wal.display());
     let mut settings: Vec<(&str, String)> = vec![
         ("listen_addresses", String::new()),
-        ("unix_socket_directories", files.socket_dir.display().to_string()),
+        (
+            "unix_socket_directories",
+            files.socket_dir.display().to_string(),
+        ),
         ("hba_file", files.hba.display().to_string()),
         ("ident_file", files.ident.display().to_string()),
         ("ssl", "off".into()),

@@ -734,14 +734,17 @@ fn write_tar(
         let mut dirs_done: Vec<String> = Vec::new();
         for f in files {
             let header = |kind: tar::EntryType, size: u64, mode: u32| {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(kind);
-                h.set_size(size);
-                h.set_mode(mode);
-                h.set_uid(f.uid);
-                h.set_gid(f.gid);
-                h.set_mtime(f.mtime);
-                h
+                let (uid, gid, mtime) = (f.uid, f.gid, f.mtime);
+                pipeline::tar::header(
+                    kind,
+                    size,
+                    &pipeline::tar::Stamp {
+                        mode,
+                        uid,
+                        gid,
+                        mtime,
+                    },
+                )
             };
             if let Some((dir, _)) = f.name.rsplit_once('/')
                 && !dirs_done.iter().any(|d| d == dir)
@@ -773,10 +776,8 @@ fn write_tar(
                     )
                 }
             };
-            let reader = LenReader {
-                inner: reader,
-                want: f.len,
-            };
+            let reader =
+                pipeline::tar::ExactLen::new(reader, f.len, "file shrank while being copied");
             if f.count {
                 // A copy of every byte goes to the key count on a thread of
                 // its own; a bounded channel keeps it in step.
@@ -867,27 +868,6 @@ impl Read for Chunks {
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
-        Ok(n)
-    }
-}
-
-/// A reader that fails if the file ends before the length the tar header
-/// promised (a truncated file would corrupt the archive).
-struct LenReader<R> {
-    inner: R,
-    want: u64,
-}
-
-impl<R: Read> Read for LenReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.want > 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shrank while being copied",
-            ));
-        }
-        self.want -= n as u64;
         Ok(n)
     }
 }

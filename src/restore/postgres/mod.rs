@@ -502,7 +502,10 @@ fn create_sql(
         Some(f) => database::create_sql(scratch, f, major).map_err(|e| {
             RestoreError::Refused(format!("database {name} cannot be created as it was: {e}"))
         })?,
-        None => format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(scratch)),
+        None => format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(scratch)
+        ),
     })
 }
 
@@ -580,7 +583,10 @@ impl DatabaseJob<'_, '_> {
                     "the snapshot predates recorded database properties: owner, privileges, settings and locale are the server's defaults".into(),
                 );
                 (
-                    vec![format!("COMMENT ON DATABASE {} IS NULL", quote_ident(scratch))],
+                    vec![format!(
+                        "COMMENT ON DATABASE {} IS NULL",
+                        quote_ident(scratch)
+                    )],
                     Vec::new(),
                 )
             }

@@ -35,8 +35,8 @@ use crate::repository::Repository;
 use crate::restore::plan::{Choice, Recovery, Selector};
 use crate::restore::stream::{self, VerifyingReader};
 use crate::restore::{RestoreContext, RestoreError, Target};
-use crate::scratch::{ScratchError, ScratchPostgres};
 use crate::scratch::process::{ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryTarget};
+use crate::scratch::{ScratchError, ScratchPostgres};
 
 /// How long a recovery may replay WAL before it is given up.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(6 * 3600);

@@ -206,17 +206,6 @@ async fn unpack_into(
     Ok((bytes, unpacked))
 }
 
-/// The tree in `staging` (its root as `./`) as a tar stream for
-/// [`crate::engine::Engine::upload`]; symlinks stored as links.
-fn tar_stream(
-    staging: PathBuf,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    crate::engine::tar_stream(move |b| {
-        b.follow_symlinks(false);
-        b.append_dir_all(".", &staging)
-    })
-}
-
 async fn fill_and_swap(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,

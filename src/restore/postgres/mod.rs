@@ -618,6 +618,55 @@ struct Swap<'a> {
     live: bool,
 }
 
+/// Why the swap's transaction did not happen, or whether it did is unknown.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// It rolled back (every try, or the one whose answer was lost): nothing
+    /// changed.
+    #[error("{0}")]
+    RolledBack(#[source] RestoreError),
+    /// The answer was lost and a fresh session could not tell.
+    #[error(
+        "{last}; and whether the swap happened is unknown ({check}): look for database {aside}"
+    )]
+    Unknown {
+        /// The swap's error.
+        last: RestoreError,
+        /// Why the fresh session could not tell.
+        #[source]
+        check: RestoreError,
+        /// The name the original would have now.
+        aside: String,
+    },
+    /// The answer was lost and no fresh session could be had.
+    #[error(
+        "{last}; the connection was lost and whether the swap happened is unknown ({connect}): \
+         if database {aside} exists, {name} holds the restored copy and {aside} the original"
+    )]
+    Lost {
+        /// The swap's error.
+        last: RestoreError,
+        /// Why no fresh session could be had.
+        #[source]
+        connect: RestoreError,
+        /// The name the original would have now.
+        aside: String,
+        /// The database swapped.
+        name: String,
+    },
+}
+
+/// The sessions the swap's batch says it terminated.
+fn terminated(messages: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// How often the swap tries again when sessions keep reconnecting to the
 /// database being replaced (each try waits up to 5 s for them to go).
 const SWAP_ATTEMPTS: u32 = 5;
@@ -718,7 +767,7 @@ impl<'a> Swap<'a> {
         incoming: &str,
         aside: &str,
         first: Option<&str>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ExchangeError> {
         let name = self.name;
         let batch = format!(
             "BEGIN; {}SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -731,49 +780,51 @@ impl<'a> Swap<'a> {
             quote_ident(incoming),
             quote_ident(name)
         );
-        let mut last = String::new();
-        for attempt in 1..=SWAP_ATTEMPTS {
-            match self.admin.simple_query(&batch).await {
-                Ok(messages) => {
-                    let n = messages
-                        .iter()
-                        .find_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    return Ok(n);
-                }
-                Err(e) => {
-                    last = RestoreError::db("swap")(e).to_string();
-                    if self.admin.is_closed() {
-                        // The answer was lost: ask a fresh session what
-                        // happened before saying anything.
-                        return match connect_to(self.cfg, "template1").await {
-                            Ok(fresh) => {
-                                self.admin = fresh;
-                                match self.owner(aside).await {
-                                    Ok(Some(_)) => Ok(0),
-                                    Ok(None) => Err(last),
-                                    Err(e) => Err(format!(
-                                        "{last}; and whether the swap happened is unknown ({e}): look for database {aside}"
-                                    )),
-                                }
-                            }
-                            Err(e) => Err(format!(
-                                "{last}; the connection was lost and whether the swap happened is unknown ({e}): \
-                                 if database {aside} exists, {name} holds the restored copy and {aside} the original"
-                            )),
-                        };
-                    }
-                    let _ = self.admin.batch_execute("ROLLBACK").await;
-                    tracing::warn!(database = %name, attempt, error = %last, "swap rolled back; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
-                }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let e = match self.admin.simple_query(&batch).await {
+                Ok(messages) => return Ok(terminated(&messages)),
+                Err(e) => RestoreError::db("swap")(e),
+            };
+            if self.admin.is_closed() {
+                // The answer was lost: ask a fresh session what happened
+                // before saying anything.
+                return self.after_lost_answer(e, aside).await;
+            }
+            let _ = self.admin.batch_execute("ROLLBACK").await;
+            tracing::warn!(database = %name, attempt, error = %e, "swap rolled back; trying again");
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+            if attempt == SWAP_ATTEMPTS {
+                return Err(ExchangeError::RolledBack(e));
             }
         }
-        Err(last)
+    }
+
+    /// The swap's answer was lost with the session: whether it committed,
+    /// as a fresh session sees it (database `aside` exists: it did).
+    async fn after_lost_answer(
+        &mut self,
+        last: RestoreError,
+        aside: &str,
+    ) -> Result<u64, ExchangeError> {
+        let aside = aside.to_owned();
+        match connect_to(self.cfg, "template1").await {
+            Ok(fresh) => {
+                self.admin = fresh;
+                match self.owner(&aside).await {
+                    Ok(Some(_)) => Ok(0),
+                    Ok(None) => Err(ExchangeError::RolledBack(last)),
+                    Err(check) => Err(ExchangeError::Unknown { last, check, aside }),
+                }
+            }
+            Err(connect) => Err(ExchangeError::Lost {
+                last,
+                connect,
+                aside,
+                name: self.name.to_owned(),
+            }),
+        }
     }
 
     /// Puts the scratch database in place under `name`, replacing a

@@ -593,6 +593,22 @@ impl RecoveryDir {
     }
 }
 
+/// What [`ProcessRuntime::recover`] is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryRequest<'a> {
+    /// The PostgreSQL major version of the base backup.
+    pub major: u32,
+    /// The data directory, when not the recovery directory's own (`--to
+    /// DIR`: then written durably).
+    pub data: Option<&'a Path>,
+    /// Where the recovery stops.
+    pub target: RecoveryTarget,
+    /// The role of the recovered cluster to connect as.
+    pub user: &'a str,
+    /// How long the replay may take.
+    pub limit: Duration,
+}
+
 /// Where a recovery stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -680,26 +696,28 @@ impl ProcessRuntime {
         })
     }
 
-    /// Starts PostgreSQL `major` on `data` (filled by the caller from a base
-    /// backup; `dir.data` unless another directory is named) in archive
-    /// recovery: WAL from `dir.wal`, up to `target` (`recovery_target_time`,
-    /// inclusive) or, without one, to consistency; then promoted. Connects
-    /// as `user` (a role of the recovered cluster: trust, on the private
-    /// socket only). Waits until the promotion, at most `limit`, or until
-    /// `cancel`; a recovery that cannot reach its target is
-    /// [`ScratchError::TargetNotReached`], other failures carry the
-    /// server's own words.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts PostgreSQL `request.major` on `request.data` (filled by the
+    /// caller from a base backup; `dir.data` unless another directory is
+    /// named) in archive recovery: WAL from `dir.wal`, up to the target
+    /// (`recovery_target_time`, inclusive) or, without one, to consistency;
+    /// then promoted. Connects as `request.user` (a role of the recovered
+    /// cluster: trust, on the private socket only). Waits until the
+    /// promotion, at most `request.limit`, or until `cancel`; a recovery
+    /// that cannot reach its target is [`ScratchError::TargetNotReached`],
+    /// other failures carry the server's own words.
     pub async fn recover(
         &self,
-        major: u32,
         dir: RecoveryDir,
-        data: Option<&Path>,
-        target: RecoveryTarget,
-        user: &str,
-        limit: Duration,
+        request: RecoveryRequest<'_>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<RecoveredPostgres, ScratchError> {
+        let RecoveryRequest {
+            major,
+            data,
+            target,
+            user,
+            limit,
+        } = request;
         let bin = PathBuf::from(self.postgres_bin.replace("{major}", &major.to_string()));
         if !bin.join("postgres").is_file() {
             return Err(ScratchError::NoPostgres {

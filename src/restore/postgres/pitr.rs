@@ -35,7 +35,9 @@ use crate::repository::Repository;
 use crate::restore::plan::{Choice, Recovery, Selector};
 use crate::restore::stream::{self, VerifyingReader};
 use crate::restore::{RestoreContext, RestoreError, Target};
-use crate::scratch::process::{ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryTarget};
+use crate::scratch::process::{
+    ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryRequest, RecoveryTarget,
+};
 use crate::scratch::{ScratchError, ScratchPostgres};
 
 /// How long a recovery may replay WAL before it is given up.
@@ -486,17 +488,15 @@ async fn recover_to(
         wal_files = recovery.wal_files,
         "recovering a scratch cluster"
     );
-    let server = rt
-        .recover(
-            major,
-            dir,
-            Some(&data_dir),
-            target,
-            &cluster_user(ctx),
-            RECOVERY_LIMIT,
-            &ctx.cancel,
-        )
-        .await?;
+    let user = cluster_user(ctx);
+    let request = RecoveryRequest {
+        major,
+        data: Some(&data_dir),
+        target,
+        user: &user,
+        limit: RECOVERY_LIMIT,
+    };
+    let server = rt.recover(dir, request, &ctx.cancel).await?;
     Ok((server, bytes))
 }
 

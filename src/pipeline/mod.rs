@@ -18,6 +18,7 @@
 
 mod bounded;
 mod chunks;
+pub mod tar;
 
 use std::io::{self, Read, Write};
 

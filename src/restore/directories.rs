@@ -13,9 +13,8 @@
 //! symlink; no hard links or devices; permission bits without setuid,
 //! setgid, sticky or world-write; owners kept only when running as root.
 
-use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 pub mod volume;
 
@@ -23,6 +22,8 @@ use super::stream::copy_archive;
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::engine::Engine;
 use crate::model::config::{DirectoryConfig, DirectoryLocation};
+pub use crate::pipeline::tar::Unpacked;
+use crate::pipeline::tar::{EntryPolicy, Owners, unpack_checked};
 use crate::restore::plan::Choice;
 
 /// Permission bits never restored from an archive: world-write (the
@@ -121,15 +122,6 @@ fn parent_of(path: &Path) -> PathBuf {
         .to_owned()
 }
 
-/// What was unpacked.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Unpacked {
-    /// Regular files.
-    pub files: u64,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
 /// Restores the archive into `path` (see the module documentation).
 pub async fn restore(
     ctx: &RestoreContext<'_>,
@@ -141,11 +133,7 @@ pub async fn restore(
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let staging = parent_of(path).join(format!(
-        ".{name}.kompose-dr-{}-{:08x}.tmp",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let staging = parent_of(path).join(super::files::staging_name(&name));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
@@ -216,17 +204,6 @@ async fn unpack_into(
         set_mtime(staging, m.mtime.into())?;
     }
     Ok((bytes, unpacked))
-}
-
-/// The tree in `staging` (its root as `./`) as a tar stream for
-/// [`crate::engine::Engine::upload`]; symlinks stored as links.
-fn tar_stream(
-    staging: PathBuf,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    crate::engine::tar_stream(move |b| {
-        b.follow_symlinks(false);
-        b.append_dir_all(".", &staging)
-    })
 }
 
 async fn fill_and_swap(
@@ -360,87 +337,35 @@ fn set_mtime(path: &Path, t: std::time::SystemTime) -> Result<(), RestoreError> 
         )))
 }
 
-/// Unpacks a directory tar into `dst`, trusting nothing in it: every
-/// name plain and relative (no absolute path or `..`; `./` prefixes are
-/// dropped and the `./` entry itself skipped), each at most once; only directories, regular files and symlinks (hard links,
-/// devices and FIFOs refuse the archive); nothing written through a
-/// symlink (tar checks each parent resolves inside `dst`); permission
-/// bits without setuid/setgid/sticky or world-write; mtimes kept (for
-/// directories, set again after their content); owners only as root.
+/// Unpacks a directory tar into `dst`, trusting nothing in it
+/// ([`unpack_checked`]): every name plain and relative (no absolute
+/// path or `..`; `./` prefixes are dropped and the `./` entry itself
+/// skipped), each at most once; only directories, regular files and
+/// symlinks (hard links, devices and FIFOs refuse the archive); nothing
+/// written through a symlink (tar checks each parent resolves inside
+/// `dst`); permission bits without setuid/setgid/sticky or world-write;
+/// mtimes kept (for directories, set again after their content); owners
+/// only as root.
 pub fn unpack_tree(
     reader: &mut dyn std::io::Read,
     dst: &Path,
     as_root: bool,
 ) -> std::io::Result<Unpacked> {
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(false);
-    ar.set_mask(MASK);
-    ar.set_preserve_ownerships(as_root);
-    ar.set_preserve_mtime(true);
-    ar.set_overwrite(false);
-    ar.set_unpack_xattrs(false);
-    let mut seen = HashSet::new();
-    let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
-    let mut out = Unpacked::default();
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let raw = entry.path()?.into_owned();
-        if !raw
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(bad(format!(
-                "entry `{}` is not a plain relative name: refusing the archive",
-                raw.display()
-            )));
-        }
-        // `./x` (a tar made by hand with `tar -C DIR .`) is `x`; `./` is
-        // the root, which the restore sets from the manifest.
-        let name: PathBuf = raw
-            .components()
-            .filter(|c| *c != Component::CurDir)
-            .collect();
-        if name.as_os_str().is_empty() {
-            continue;
-        }
-        let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            return Err(bad(format!(
-                "entry `{}` is a {kind:?}, not a file, directory or symlink: refusing the archive",
-                name.display()
-            )));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(bad(format!(
-                "entry `{}` appears twice: refusing the archive",
-                name.display()
-            )));
-        }
-        if !entry.unpack_in(dst)? {
-            return Err(bad(format!(
-                "entry `{}` would land outside the target: refusing the archive",
-                name.display()
-            )));
-        }
-        let path = dst.join(&name);
-        if kind.is_dir() {
-            let h = entry.header();
-            dirs.push((path.clone(), h.mode()?, h.mtime()?));
-            // Writable by us while it fills; its own bits at the end.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-        } else if kind.is_file() {
-            out.files += 1;
-            out.bytes += entry.header().size()?;
-        }
-    }
-    // Deepest first: a directory's mtime after its content is written.
-    for (path, mode, mtime) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777 & !MASK))?;
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-        std::fs::File::open(&path)?.set_modified(t)?;
-    }
-    Ok(out)
+    let policy = EntryPolicy {
+        symlinks: true,
+        skip_root: true,
+        unique: true,
+        mask: MASK,
+        owners: if as_root {
+            Owners::Archive
+        } else {
+            Owners::Ours
+        },
+        defer_dirs: true,
+        place: "the target",
+        outside_suffix: ": refusing the archive",
+    };
+    unpack_checked(reader, dst, &policy)
 }
 
 #[cfg(test)]

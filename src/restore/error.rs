@@ -79,6 +79,10 @@ pub enum RestoreError {
     /// is not there.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// A scratch server (a recovery's) could not be had, did not reach its
+    /// target, or did not shut down cleanly.
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::ScratchError),
     /// A failure that left the target as it was.
     #[error("{source}; {target} is unchanged")]
     Unchanged {
@@ -135,6 +139,7 @@ impl Classify for RestoreError {
             | RestoreError::Refused(_) => Class::Usage,
             RestoreError::Unchanged { source, .. } => source.class(),
             RestoreError::Engine(e) => e.class(),
+            RestoreError::Scratch(e) => e.class(),
             _ => Class::Failure,
         }
     }

@@ -83,6 +83,17 @@ pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool),
     Ok((Target::File { path }, exists))
 }
 
+/// The name of a restore's temporary copy of `name`, made beside it:
+/// `.NAME.kompose-dr-<pid>-<random>.tmp`. The pid in the name says whose it
+/// is, for the sweep of a later restore ([`sweep_temporaries`]).
+pub(super) fn staging_name(name: &str) -> String {
+    format!(
+        ".{name}.kompose-dr-{}-{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// Removes the temporary files beside `path` that restores of it killed
 /// before they finished (`kill -9`) left: `.NAME.kompose-dr-<pid>-<rand>.tmp`
 /// whose process no longer exists.
@@ -134,12 +145,7 @@ pub async fn restore(
         .to_string_lossy()
         .into_owned();
     sweep_temporaries(path, &name);
-    // The pid in the name says whose it is, for the next restore's sweep.
-    let tmp = path.with_file_name(format!(
-        ".{name}.kompose-dr-{}-{:08x}.tmp",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let tmp = path.with_file_name(staging_name(&name));
     let pb = progress_bar(ctx, item);
     let stored = open_stored(ctx, item, &pb).await?;
     let ids = ctx.identities.clone();

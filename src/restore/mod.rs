@@ -12,6 +12,7 @@
 pub mod directories;
 mod error;
 pub mod files;
+mod helper;
 pub mod plan;
 pub mod postgres;
 pub mod redis;

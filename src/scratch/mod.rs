@@ -56,6 +56,10 @@ pub enum ScratchError {
     /// the message carries the tail of its log.
     #[error("{0}")]
     DidNotStart(String),
+    /// A point-in-time recovery ran out of WAL before its target time
+    /// (PostgreSQL refuses to promote then); the message carries the log.
+    #[error("{0}")]
+    TargetNotReached(String),
 }
 
 impl ScratchError {

@@ -593,6 +593,22 @@ impl RecoveryDir {
     }
 }
 
+/// What [`ProcessRuntime::recover`] is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryRequest<'a> {
+    /// The PostgreSQL major version of the base backup.
+    pub major: u32,
+    /// The data directory, when not the recovery directory's own (`--to
+    /// DIR`: then written durably).
+    pub data: Option<&'a Path>,
+    /// Where the recovery stops.
+    pub target: RecoveryTarget,
+    /// The role of the recovered cluster to connect as.
+    pub user: &'a str,
+    /// How long the replay may take.
+    pub limit: Duration,
+}
+
 /// Where a recovery stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryTarget {
@@ -680,25 +696,28 @@ impl ProcessRuntime {
         })
     }
 
-    /// Starts PostgreSQL `major` on `data` (filled by the caller from a base
-    /// backup; `dir.data` unless another directory is named) in archive
-    /// recovery: WAL from `dir.wal`, up to `target` (`recovery_target_time`,
-    /// inclusive) or, without one, to consistency; then promoted. Connects
-    /// as `user` (a role of the recovered cluster: trust, on the private
-    /// socket only). Waits until the promotion, at most `limit`, or until
-    /// `cancel`; a recovery that cannot reach its target is an error with
-    /// the server's own words.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts PostgreSQL `request.major` on `request.data` (filled by the
+    /// caller from a base backup; `dir.data` unless another directory is
+    /// named) in archive recovery: WAL from `dir.wal`, up to the target
+    /// (`recovery_target_time`, inclusive) or, without one, to consistency;
+    /// then promoted. Connects as `request.user` (a role of the recovered
+    /// cluster: trust, on the private socket only). Waits until the
+    /// promotion, at most `request.limit`, or until `cancel`; a recovery
+    /// that cannot reach its target is [`ScratchError::TargetNotReached`],
+    /// other failures carry the server's own words.
     pub async fn recover(
         &self,
-        major: u32,
         dir: RecoveryDir,
-        data: Option<&Path>,
-        target: RecoveryTarget,
-        user: &str,
-        limit: Duration,
+        request: RecoveryRequest<'_>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<RecoveredPostgres, ScratchError> {
+        let RecoveryRequest {
+            major,
+            data,
+            target,
+            user,
+            limit,
+        } = request;
         let bin = PathBuf::from(self.postgres_bin.replace("{major}", &major.to_string()));
         if !bin.join("postgres").is_file() {
             return Err(ScratchError::NoPostgres {
@@ -710,94 +729,34 @@ impl ProcessRuntime {
         // scratch one need not be.
         let keep = data.is_some();
         let data = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
-        let socket_dir = dir.dir.path().to_owned();
-        let log = socket_dir.join("postgres.log");
-        let hba = socket_dir.join("pg_hba.conf");
-        let ident = socket_dir.join("pg_ident.conf");
-        let owner = dir.owner.clone();
-        write_private(&hba, b"local all all trust\n", owner.as_ref())
-            .map_err(ScratchError::io(format!("cannot write {}", hba.display())))?;
-        write_private(&ident, b"", owner.as_ref()).map_err(ScratchError::io(format!(
-            "cannot write {}",
-            ident.display()
-        )))?;
-        // What a cluster started elsewhere must not bring: a standby's
-        // signal, a running server's pid file.
-        for stale in ["standby.signal", "postmaster.pid", "postmaster.opts"] {
-            let _ = std::fs::remove_file(data.join(stale));
-        }
-        let conf = data.join("postgresql.conf");
-        if !conf.exists() {
-            // Debian keeps it in /etc: the base backup has none.
-            write_private(&conf, b"", owner.as_ref())
-                .map_err(ScratchError::io(format!("cannot write {}", conf.display())))?;
-        }
-        write_private(&data.join("recovery.signal"), b"", owner.as_ref())
-            .map_err(ScratchError::io("cannot write recovery.signal"))?;
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(
-            ScratchError::io(format!("cannot protect {}", data.display())),
-        )?;
-        if let Some(u) = &owner {
-            for p in [&data, &dir.wal] {
-                chown_tree(p, u).map_err(ScratchError::io(format!(
-                    "cannot give {} to {}",
-                    p.display(),
-                    u.name
-                )))?;
-            }
-        }
-        let restore_command = format!("cp '{}/%f' '%p'", dir.wal.display());
-        let mut settings: Vec<(&str, String)> = vec![
-            ("listen_addresses", String::new()),
-            ("unix_socket_directories", socket_dir.display().to_string()),
-            ("hba_file", hba.display().to_string()),
-            ("ident_file", ident.display().to_string()),
-            ("ssl", "off".into()),
-            ("archive_mode", "off".into()),
-            ("logging_collector", "off".into()),
-            ("synchronous_standby_names", String::new()),
-            ("primary_conninfo", String::new()),
-            ("primary_slot_name", String::new()),
-            ("fsync", if keep { "on" } else { "off" }.into()),
-            ("hot_standby", "on".into()),
-            // What production's configuration (in the base backup) may say
-            // that must not act here: commands, delays, other targets,
-            // per-session libraries.
-            ("recovery_end_command", String::new()),
-            ("archive_cleanup_command", String::new()),
-            ("archive_command", String::new()),
-            ("recovery_min_apply_delay", "0".into()),
-            ("recovery_target_name", String::new()),
-            ("recovery_target_lsn", String::new()),
-            ("recovery_target_xid", String::new()),
-            ("local_preload_libraries", String::new()),
-            ("session_preload_libraries", String::new()),
-            ("restore_command", restore_command),
-            ("recovery_target_action", "promote".into()),
-            ("recovery_target_timeline", "latest".into()),
-            ("cluster_name", "kompose-dr-recovery".into()),
-        ];
-        match target {
-            RecoveryTarget::Time(t) => {
-                settings.push(("recovery_target", String::new()));
-                settings.push((
-                    "recovery_target_time",
-                    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-                ));
-                settings.push(("recovery_target_inclusive", "on".into()));
-            }
-            RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
-            RecoveryTarget::EndOfWal => settings.push(("recovery_target", String::new())),
-        }
-        let logf =
-            std::fs::File::create(&log).map_err(ScratchError::io(log.display().to_string()))?;
-        if let Some(u) = &owner {
-            let _ = std::os::unix::fs::chown(&log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
-        }
+        let files = RecoveryFiles::prepare(&dir, &data)?;
         let mut postgres = Command::new(bin.join("postgres"));
         postgres.arg("-D").arg(&data).args(["-p", "5432"]);
-        for (k, v) in &settings {
+        for (k, v) in recovery_settings(&files, &dir.wal, keep, target) {
             postgres.arg("-c").arg(format!("{k}={v}"));
+        }
+        let inner = self.spawn_recovery(postgres, dir, &files, major).await?;
+        let server = RecoveredPostgres {
+            inner,
+            user: user.to_owned(),
+        };
+        wait_promoted(server, &files.log, limit, cancel).await
+    }
+
+    /// Starts the recovering server `postgres` as the scratch user, its
+    /// output into the log; the guard owns the process and `dir`.
+    async fn spawn_recovery(
+        &self,
+        mut postgres: Command,
+        dir: RecoveryDir,
+        files: &RecoveryFiles,
+        major: u32,
+    ) -> Result<ProcessPostgres, ScratchError> {
+        let log = &files.log;
+        let logf =
+            std::fs::File::create(log).map_err(ScratchError::io(log.display().to_string()))?;
+        if let Some(u) = &dir.owner {
+            let _ = std::os::unix::fs::chown(log, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
         }
         postgres
             .stdin(Stdio::null())
@@ -814,43 +773,173 @@ impl ProcessRuntime {
         let (child, holder) = spawn_held(self.as_user(postgres)?, "postgres").await?;
         guard.child = Some(child);
         guard.holder = Some(holder);
-        let mut server = RecoveredPostgres {
-            inner: ProcessPostgres {
-                guard,
-                socket_dir,
-                major,
-            },
-            user: user.to_owned(),
+        Ok(ProcessPostgres {
+            guard,
+            socket_dir: files.socket_dir.clone(),
+            major,
+        })
+    }
+}
+
+/// The files of a recovery beside its data directory: socket directory,
+/// log, and the access files that admit only the private socket.
+struct RecoveryFiles {
+    socket_dir: PathBuf,
+    log: PathBuf,
+    hba: PathBuf,
+    ident: PathBuf,
+}
+
+impl RecoveryFiles {
+    /// Writes the access files, readies `data` for archive recovery
+    /// (without what a cluster started elsewhere brings) and gives it and
+    /// the WAL directory to the scratch user.
+    fn prepare(dir: &RecoveryDir, data: &Path) -> Result<RecoveryFiles, ScratchError> {
+        let socket_dir = dir.dir.path().to_owned();
+        let files = RecoveryFiles {
+            log: socket_dir.join("postgres.log"),
+            hba: socket_dir.join("pg_hba.conf"),
+            ident: socket_dir.join("pg_ident.conf"),
+            socket_dir,
         };
-        let cfg = server.connection();
-        let start = Instant::now();
-        loop {
-            if let Ok(c) = crate::clients::postgres::connect(&cfg, "postgres").await
-                && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
-                && !row.get::<_, bool>(0)
-            {
-                return Ok(server);
-            }
-            if server.inner.guard.exited() {
-                return Err(ScratchError::DidNotStart(format!(
-                    "the recovery failed: {}",
-                    recovery_log(&log)
-                )));
-            }
-            if start.elapsed() > limit {
-                return Err(ScratchError::DidNotStart(format!(
-                    "the recovery did not finish within {}s: {}",
-                    limit.as_secs(),
-                    log_tail(&log)
-                )));
-            }
-            if cancel.is_cancelled() {
-                return Err(ScratchError::DidNotStart(
-                    "interrupted during the recovery".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let owner = dir.owner.as_ref();
+        let (hba, ident) = (&files.hba, &files.ident);
+        write_private(hba, b"local all all trust\n", owner)
+            .map_err(ScratchError::io(format!("cannot write {}", hba.display())))?;
+        write_private(ident, b"", owner).map_err(ScratchError::io(format!(
+            "cannot write {}",
+            ident.display()
+        )))?;
+        // What a cluster started elsewhere must not bring: a standby's
+        // signal, a running server's pid file.
+        for stale in ["standby.signal", "postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data.join(stale));
         }
+        let conf = data.join("postgresql.conf");
+        if !conf.exists() {
+            // Debian keeps it in /etc: the base backup has none.
+            write_private(&conf, b"", owner)
+                .map_err(ScratchError::io(format!("cannot write {}", conf.display())))?;
+        }
+        write_private(&data.join("recovery.signal"), b"", owner)
+            .map_err(ScratchError::io("cannot write recovery.signal"))?;
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).map_err(
+            ScratchError::io(format!("cannot protect {}", data.display())),
+        )?;
+        if let Some(u) = owner {
+            for p in [data, dir.wal.as_path()] {
+                chown_tree(p, u).map_err(ScratchError::io(format!(
+                    "cannot give {} to {}",
+                    p.display(),
+                    u.name
+                )))?;
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The settings a recovery runs with: the private socket and access files,
+/// WAL from `wal`, nothing production's configuration (in the base backup)
+/// may say that must not act here, and the target.
+fn recovery_settings(
+    files: &RecoveryFiles,
+    wal: &Path,
+    keep: bool,
+    target: RecoveryTarget,
+) -> Vec<(&'static str, String)> {
+    let restore_command = format!("cp '{}/%f' '%p'", wal.display());
+    let mut settings: Vec<(&str, String)> = vec![
+        ("listen_addresses", String::new()),
+        (
+            "unix_socket_directories",
+            files.socket_dir.display().to_string(),
+        ),
+        ("hba_file", files.hba.display().to_string()),
+        ("ident_file", files.ident.display().to_string()),
+        ("ssl", "off".into()),
+        ("archive_mode", "off".into()),
+        ("logging_collector", "off".into()),
+        ("synchronous_standby_names", String::new()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("fsync", if keep { "on" } else { "off" }.into()),
+        ("hot_standby", "on".into()),
+        // What production's configuration (in the base backup) may say
+        // that must not act here: commands, delays, other targets,
+        // per-session libraries.
+        ("recovery_end_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("archive_command", String::new()),
+        ("recovery_min_apply_delay", "0".into()),
+        ("recovery_target_name", String::new()),
+        ("recovery_target_lsn", String::new()),
+        ("recovery_target_xid", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("restore_command", restore_command),
+        ("recovery_target_action", "promote".into()),
+        ("recovery_target_timeline", "latest".into()),
+        ("cluster_name", "kompose-dr-recovery".into()),
+    ];
+    match target {
+        RecoveryTarget::Time(t) => {
+            settings.push(("recovery_target", String::new()));
+            settings.push((
+                "recovery_target_time",
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            ));
+            settings.push(("recovery_target_inclusive", "on".into()));
+        }
+        RecoveryTarget::Immediate => settings.push(("recovery_target", "immediate".into())),
+        RecoveryTarget::EndOfWal => settings.push(("recovery_target", String::new())),
+    }
+    settings
+}
+
+/// What PostgreSQL logs when the WAL ended before the recovery target (it
+/// gives this FATAL no SQLSTATE of its own, so its words are all there is).
+const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
+
+/// Waits until `server` is promoted (out of recovery), at most `limit`, or
+/// until `cancel`; a server that exited fails with its log's words.
+async fn wait_promoted(
+    mut server: RecoveredPostgres,
+    log: &Path,
+    limit: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<RecoveredPostgres, ScratchError> {
+    let cfg = server.connection();
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = crate::clients::postgres::connect(&cfg, "postgres").await
+            && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
+            && !row.get::<_, bool>(0)
+        {
+            return Ok(server);
+        }
+        if server.inner.guard.exited() {
+            let words = recovery_log(log);
+            let message = format!("the recovery failed: {words}");
+            return Err(if words.contains(TARGET_NOT_REACHED) {
+                ScratchError::TargetNotReached(message)
+            } else {
+                ScratchError::DidNotStart(message)
+            });
+        }
+        if start.elapsed() > limit {
+            return Err(ScratchError::DidNotStart(format!(
+                "the recovery did not finish within {}s: {}",
+                limit.as_secs(),
+                log_tail(log)
+            )));
+        }
+        if cancel.is_cancelled() {
+            return Err(ScratchError::DidNotStart(
+                "interrupted during the recovery".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -393,14 +393,7 @@ fn snapshot_sqlite(
 
 /// A tar header for `m`.
 fn header_of(m: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(m.mode() & 0o7777);
-    h.set_uid(m.uid() as u64);
-    h.set_gid(m.gid() as u64);
-    h.set_mtime(m.mtime().max(0) as u64);
-    h
+    pipeline::tar::header(kind, size, &pipeline::tar::Stamp::of(m))
 }
 
 /// Writes the tree under `root` as a tar into the pipeline (on a blocking
@@ -534,11 +527,14 @@ fn append_file<W: std::io::Write>(
     let m = file.metadata()?;
     let len = m.len();
     let mut h = header_of(&m, tar::EntryType::Regular, len);
-    let reader = Exact {
-        inner: file.take(len),
-        want: len,
-        path: path.to_owned(),
-    };
+    let reader = pipeline::tar::ExactLen::new(
+        file.take(len),
+        len,
+        format!(
+            "{} shrank while being copied: stop its writer during the backup (stop = [...])",
+            path.display()
+        ),
+    );
     b.append_data(&mut h, r, reader)?;
     tally.files += 1;
     tally.bytes += len;
@@ -550,31 +546,6 @@ fn append_file<W: std::io::Write>(
         tally.changed.push(rs);
     }
     Ok(())
-}
-
-/// A reader that fails if the file ends before the length its tar header
-/// promised (it shrank while being copied).
-struct Exact<R> {
-    inner: R,
-    want: u64,
-    path: PathBuf,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.want > 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} shrank while being copied: stop its writer during the backup (stop = [...])",
-                    self.path.display()
-                ),
-            ));
-        }
-        self.want -= n as u64;
-        Ok(n)
-    }
 }
 
 /// Backs up a named volume through the engine: a helper container is

@@ -625,10 +625,11 @@ fn write_tar(
             }
             let mut h = tar_header(&f, tar::EntryType::Regular, f.len, f.mode);
             let (name, len, count) = (f.name.clone(), f.len, f.count);
-            let reader = LenReader {
-                inner: file_reader(f, &rt)?,
-                want: len,
-            };
+            let reader = pipeline::tar::ExactLen::new(
+                file_reader(f, &rt)?,
+                len,
+                "file shrank while being copied",
+            );
             if count {
                 let (appended, keys) = append_counted(&mut builder, &mut h, &name, reader);
                 counted = Some(keys);
@@ -660,14 +661,13 @@ fn write_tar(
 /// A tar header for `f` with this kind, size and mode, and `f`'s owner and
 /// time.
 fn tar_header(f: &TarFile, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_uid(f.uid);
-    h.set_gid(f.gid);
-    h.set_mtime(f.mtime);
-    h
+    let stamp = pipeline::tar::Stamp {
+        mode,
+        uid: f.uid,
+        gid: f.gid,
+        mtime: f.mtime,
+    };
+    pipeline::tar::header(kind, size, &stamp)
 }
 
 /// The first `f.len` bytes of `f`: from the open file here, or read in its
@@ -770,27 +770,6 @@ impl Read for Chunks {
         let n = buf.len().min(self.chunk.len() - self.at);
         buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
         self.at += n;
-        Ok(n)
-    }
-}
-
-/// A reader that fails if the file ends before the length the tar header
-/// promised (a truncated file would corrupt the archive).
-struct LenReader<R> {
-    inner: R,
-    want: u64,
-}
-
-impl<R: Read> Read for LenReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && self.want > 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shrank while being copied",
-            ));
-        }
-        self.want -= n as u64;
         Ok(n)
     }
 }

@@ -16,9 +16,10 @@
 
 use std::path::Path;
 
+use crate::engine::Engine;
 use crate::engine::scratch::ScratchSpec;
-use crate::engine::{Engine, ExecSpec};
 use crate::model::config::DirectoryConfig;
+use crate::restore::helper::{HelperSwapError, staged_tar, swap_through_helper};
 use crate::restore::{ReadyItem, RestoreContext, RestoreError, Target};
 
 /// Where the volume is mounted in the helper.
@@ -218,7 +219,7 @@ async fn write(
     replace: bool,
 ) -> Result<String, RestoreError> {
     let what = format!("volume {volume}");
-    let tar = || super::tar_stream(staging.to_owned());
+    let tar = || staged_tar(staging.to_owned());
     if !replace {
         let helper = engine
             .create_scratch(ScratchSpec {
@@ -236,50 +237,31 @@ async fn write(
             .map_err(|e| RestoreError::from(e).unchanged(&what))?;
         return Ok(String::new());
     }
-    let aside = format!(
-        ".kompose-dr-replaced-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    );
-    let helper = engine
-        .run_scratch(ScratchSpec {
-            image: image.to_owned(),
-            name: "kompose-dr-volume".into(),
-            entrypoint: Some(vec!["sh".into()]),
-            cmd: Some(vec!["-c".into(), "sleep 3600".into()]),
-            user: Some("0".into()),
-            binds: vec![format!("{volume}:{MOUNT}")],
-            ..ScratchSpec::default()
-        })
+    let spec = ScratchSpec {
+        image: image.to_owned(),
+        name: "kompose-dr-volume".into(),
+        entrypoint: Some(vec!["sh".into()]),
+        cmd: Some(vec!["-c".into(), "sleep 3600".into()]),
+        binds: vec![format!("{volume}:{MOUNT}")],
+        ..ScratchSpec::default()
+    };
+    let fill = |helper: String| async move { engine.upload(&helper, MOUNT, tar()).await };
+    swap_through_helper(engine, spec, MOUNT, fill)
         .await
-        .map_err(|e| {
-            RestoreError::Failed(format!(
+        .map_err(|e| match e {
+            HelperSwapError::Start(e) => RestoreError::Failed(format!(
                 "{e}: replacing the files of a volume needs `sh` in the image of the containers that use it"
             ))
-            .unchanged(&what)
-        })?;
-    let sh = |script: &str| ExecSpec::new(["sh", "-c", script, "sh", MOUNT, &aside]);
-    engine
-        .output(
-            &helper.id,
-            sh("cd \"$1\" && mkdir \"$2\" && for f in * .[!.]* ..?*; do \
-                case \"$f\" in '*'|'.[!.]*'|'..?*'|.kompose-dr-*) ;; *) mv -- \"$f\" \"$2/\" ;; esac; done"),
-        )
-        .await
-        .map_err(|e| RestoreError::from(e).unchanged(&what))?;
-    if let Err(e) = engine.upload(&helper.id, MOUNT, tar()).await {
-        let put_back = engine
-            .output(
-                &helper.id,
-                sh("cd \"$1\" && for f in * .[!.]* ..?*; do case \"$f\" in '*'|'.[!.]*'|'..?*'|.kompose-dr-*) ;; *) rm -rf -- \"$f\" ;; esac; done && \
-                    for f in \"$2\"/* \"$2\"/.[!.]* \"$2\"/..?*; do [ -e \"$f\" ] || [ -L \"$f\" ] && mv -- \"$f\" .; done; rmdir -- \"$2\""),
-            )
-            .await;
-        return Err(match put_back {
-            Ok(_) => RestoreError::from(e).unchanged(&what),
-            Err(e2) => RestoreError::Failed(format!(
-                "{e}; putting the previous files back failed too ({e2}): they are in {volume}:/{aside}/"
+            .unchanged(&what),
+            HelperSwapError::Aside(e) | HelperSwapError::Fill(e) => {
+                RestoreError::from(e).unchanged(&what)
+            }
+            HelperSwapError::PutBack {
+                fill,
+                put_back,
+                aside,
+            } => RestoreError::Failed(format!(
+                "{fill}; putting the previous files back failed too ({put_back}): they are in {volume}:/{aside}/"
             )),
-        });
-    }
-    Ok(aside)
+        })
 }

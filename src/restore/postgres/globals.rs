@@ -334,13 +334,27 @@ impl std::io::Write for Bounded {
     }
 }
 
+/// A line of a roles archive that psql would run as a meta-command.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "has a backslash on line {line} (`{shown}`): psql would run it as a meta-command, and \
+     pg_dumpall writes none; refusing to run it (the archive may have been forged; \
+     apply the roles by hand after reading them, see docs/RUNBOOK.md)"
+)]
+pub struct MetaCommand {
+    /// The line, counted from 1.
+    pub line: usize,
+    /// Its first 60 characters, escaped.
+    pub shown: String,
+}
+
 /// Refuses SQL for psql that could hold a meta-command. psql runs a
 /// backslash command anywhere outside quotes — mid-line (`SELECT 1; \\! id`)
 /// or after another meta-command's arguments — so no backslash at all is
 /// accepted, except pg_dumpall's own whole lines `\\restrict KEY` and
 /// `\\unrestrict KEY`. (A backslash inside a role comment is refused too:
 /// it fails closed, and the message says what to do.)
-pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
+pub fn check_globals_sql(sql: &[u8]) -> Result<(), MetaCommand> {
     let is_restrict = |line: &[u8]| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let key = line
@@ -353,13 +367,10 @@ pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
             continue;
         }
         let shown: String = String::from_utf8_lossy(line).chars().take(60).collect();
-        return Err(format!(
-            "has a backslash on line {} (`{}`): psql would run it as a meta-command, and \
-             pg_dumpall writes none; refusing to run it (the archive may have been forged; \
-             apply the roles by hand after reading them, see docs/RUNBOOK.md)",
-            i + 1,
-            shown.escape_debug()
-        ));
+        return Err(MetaCommand {
+            line: i + 1,
+            shown: shown.escape_debug().to_string(),
+        });
     }
     Ok(())
 }
@@ -502,7 +513,7 @@ CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CRE
             b"\\restrict \n",
         ] {
             let e = super::check_globals_sql(evil).unwrap_err();
-            assert!(e.contains("backslash on line"), "{e}");
+            assert!(e.to_string().contains("backslash on line"), "{e}");
         }
     }
 }

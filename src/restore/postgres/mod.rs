@@ -416,7 +416,7 @@ pub async fn restore_database(
     let tool = restore_tool(&cfg, &item.choice).await?;
     // Base backup + WAL: the database as it was at the time, dumped from a
     // scratch cluster recovered to it.
-    let mut recovered = match &item.choice.recovery {
+    let recovered = match &item.choice.recovery {
         Some(r) => Some(pitr::recovered_dump(ctx, &item.choice.source, r).await?),
         None => None,
     };
@@ -424,28 +424,8 @@ pub async fn restore_database(
         Some(d) => Some(d.object.clone()),
         None => recorded_object(ctx, &item.choice).await?,
     };
-    // The swap needs a session outside the database being replaced: when
-    // that is the maintenance database itself (`postgres`), use template1.
-    let admin_db = if name == cfg.endpoint.maintenance_db {
-        "template1"
-    } else {
-        cfg.endpoint.maintenance_db.as_str()
-    };
-    let admin = connect_to(&cfg, admin_db).await?;
-    // The literals built here assume standard strings; no statement of the
-    // restore waits on a lock for long, nor leaves the server waiting on
-    // this client inside a transaction.
-    admin
-        .batch_execute(
-            "SET standard_conforming_strings = on; SET lock_timeout = '30s'; \
-             SET idle_in_transaction_session_timeout = '60s'",
-        )
-        .await
-        .map_err(RestoreError::db(format!(
-            "cannot prepare the session on {}",
-            server(&cfg)
-        )))?;
-    let mut notes = sweep_leftovers(&admin, &server(&cfg)).await;
+    let admin = admin_session(&cfg, name).await?;
+    let notes = sweep_leftovers(&admin, &server(&cfg)).await;
     let major = crate::clients::postgres::server_version(&admin)
         .await
         .map_err(RestoreError::from_source)?
@@ -464,73 +444,158 @@ pub async fn restore_database(
             return Err(roles_refusal(name, &server(&cfg), &missing));
         }
     }
-    let mut swap = Swap {
-        admin,
-        cfg: &cfg,
-        name,
-        scratch: scratch_name(),
-        replace: ctx.options.replace,
+    let mut swap = Swap::new(admin, &cfg, name, ctx.options.replace);
+    swap.create_scratch(&create_sql(&swap.scratch, object.as_ref(), major, name)?)
+        .await?;
+    let mut job = DatabaseJob {
+        ctx,
+        item,
+        tool,
+        object,
+        ownership,
+        roles,
+        notes,
     };
-    let create = match &object {
-        Some(f) => database::create_sql(&swap.scratch, f, major).map_err(|e| {
+    let done = job.fill_and_swap(&mut swap, recovered).await;
+    // The one guard of the scratch database: whatever step failed, a copy
+    // still under its scratch name is dropped.
+    if done.is_err() {
+        swap.drop_if_live().await;
+    }
+    done
+}
+
+/// A session for the swap, outside the database being replaced: when that
+/// is the maintenance database itself (`postgres`), on template1.
+async fn admin_session(cfg: &PostgresConfig, name: &str) -> Result<Client, RestoreError> {
+    let admin_db = if name == cfg.endpoint.maintenance_db {
+        "template1"
+    } else {
+        cfg.endpoint.maintenance_db.as_str()
+    };
+    let admin = connect_to(cfg, admin_db).await?;
+    // The literals built here assume standard strings; no statement of the
+    // restore waits on a lock for long, nor leaves the server waiting on
+    // this client inside a transaction.
+    admin
+        .batch_execute(
+            "SET standard_conforming_strings = on; SET lock_timeout = '30s'; \
+             SET idle_in_transaction_session_timeout = '60s'",
+        )
+        .await
+        .map_err(RestoreError::db(format!(
+            "cannot prepare the session on {}",
+            server(cfg)
+        )))?;
+    Ok(admin)
+}
+
+/// The statement creating the scratch database: as the recorded object
+/// was (encoding, locale), or from template0 for a snapshot without one.
+fn create_sql(
+    scratch: &str,
+    object: Option<&DatabaseFacts>,
+    major: u32,
+    name: &str,
+) -> Result<String, RestoreError> {
+    Ok(match object {
+        Some(f) => database::create_sql(scratch, f, major).map_err(|e| {
             RestoreError::Refused(format!("database {name} cannot be created as it was: {e}"))
         })?,
         None => format!(
             "CREATE DATABASE {} TEMPLATE template0",
-            quote_ident(&swap.scratch)
+            quote_ident(scratch)
         ),
-    };
-    swap.create_scratch(&create).await?;
-    let restored = tokio::select! {
-        r = async {
-            match recovered.take() {
-                Some(d) => pg_restore_file(ctx, &cfg, &tool, &swap.scratch, d).await,
-                None => run_pg_restore(ctx, item, &cfg, &tool, &swap.scratch).await,
+    })
+}
+
+/// One database's restore once the target was looked at: what fills the
+/// scratch database and what it is given before the swap.
+struct DatabaseJob<'a, 'c> {
+    ctx: &'a RestoreContext<'c>,
+    item: &'a ReadyItem,
+    tool: DumpTool,
+    object: Option<DatabaseFacts>,
+    ownership: Ownership,
+    roles: BTreeSet<String>,
+    /// What the final message adds (leftovers found, what was skipped).
+    notes: Vec<String>,
+}
+
+impl DatabaseJob<'_, '_> {
+    /// Fills the scratch database with pg_restore, gives it the recorded
+    /// properties and puts it in place; returns the plaintext bytes and the
+    /// message. The caller drops the scratch database on an error.
+    async fn fill_and_swap(
+        &mut self,
+        swap: &mut Swap<'_>,
+        recovered: Option<pitr::RecoveredDump>,
+    ) -> Result<(u64, String), RestoreError> {
+        let (ctx, name) = (self.ctx, swap.name);
+        let bytes = self
+            .fill(swap, recovered)
+            .await
+            .map_err(|e| e.unchanged(format!("database {name}")))?;
+        let (sql, comment) = self.properties(&swap.scratch);
+        swap.apply(&sql)
+            .await
+            .map_err(|e| e.unchanged(format!("database {name}")))?;
+        if ctx.cancel.is_cancelled() {
+            return Err(RestoreError::Failed("interrupted before the swap".into())
+                .unchanged(format!("database {name}")));
+        }
+        let mut message = swap.put_in_place(self.object.is_none(), &comment).await?;
+        for n in &self.notes {
+            message.push_str("; ");
+            message.push_str(n);
+        }
+        Ok((bytes, message))
+    }
+
+    /// Runs pg_restore into the scratch database (from the archive, or the
+    /// dump of a recovered cluster) unless the restore is cancelled first.
+    async fn fill(
+        &self,
+        swap: &Swap<'_>,
+        recovered: Option<pitr::RecoveredDump>,
+    ) -> Result<u64, RestoreError> {
+        let (ctx, cfg, tool, scratch) = (self.ctx, swap.cfg, &self.tool, &swap.scratch);
+        tokio::select! {
+            r = async {
+                match recovered {
+                    Some(d) => pg_restore_file(ctx, cfg, tool, scratch, d).await,
+                    None => run_pg_restore(ctx, self.item, cfg, tool, scratch).await,
+                }
+            } => r,
+            () = ctx.cancel.cancelled() => Err(RestoreError::Failed("interrupted during pg_restore".into())),
+        }
+    }
+
+    /// The statements giving `scratch` its recorded properties, and apart
+    /// from them the last one, its comment: it replaces the scratch marker
+    /// only in the swap itself, so a copy left by a kill before it is
+    /// still recognised and swept. Notes what is not restored.
+    fn properties(&mut self, scratch: &str) -> (Vec<String>, String) {
+        let (mut sql, skipped) = match &self.object {
+            Some(f) => database::apply_sql(scratch, f, self.ownership, &self.roles),
+            None => {
+                self.notes.push(
+                    "the snapshot predates recorded database properties: owner, privileges, settings and locale are the server's defaults".into(),
+                );
+                (
+                    vec![format!(
+                        "COMMENT ON DATABASE {} IS NULL",
+                        quote_ident(scratch)
+                    )],
+                    Vec::new(),
+                )
             }
-        } => r,
-        () = ctx.cancel.cancelled() => Err(RestoreError::Failed("interrupted during pg_restore".into())),
-    };
-    let bytes = match restored {
-        Ok(b) => b,
-        Err(e) => {
-            swap.drop_scratch().await;
-            return Err(e.unchanged(format!("database {name}")));
-        }
-    };
-    let (mut sql, skipped) = match &object {
-        Some(f) => database::apply_sql(&swap.scratch, f, ownership, &roles),
-        None => {
-            notes.push(
-                "the snapshot predates recorded database properties: owner, privileges, settings and locale are the server's defaults".into(),
-            );
-            (
-                vec![format!(
-                    "COMMENT ON DATABASE {} IS NULL",
-                    quote_ident(&swap.scratch)
-                )],
-                Vec::new(),
-            )
-        }
-    };
-    // The comment replaces the scratch marker only in the swap itself, so
-    // a copy left by a kill before it is still recognised and swept.
-    let comment = sql.pop().expect("the last statement sets the comment");
-    notes.extend(skipped.into_iter().map(|s| format!("not restored: {s}")));
-    if let Err(e) = swap.apply(&sql).await {
-        swap.drop_scratch().await;
-        return Err(e.unchanged(format!("database {name}")));
+        };
+        let comment = sql.pop().expect("the last statement sets the comment");
+        self.notes
+            .extend(skipped.into_iter().map(|s| format!("not restored: {s}")));
+        (sql, comment)
     }
-    if ctx.cancel.is_cancelled() {
-        swap.drop_scratch().await;
-        return Err(RestoreError::Failed("interrupted before the swap".into())
-            .unchanged(format!("database {name}")));
-    }
-    let mut message = swap.put_in_place(object.is_none(), &comment).await?;
-    for n in notes {
-        message.push_str("; ");
-        message.push_str(&n);
-    }
-    Ok((bytes, message))
 }
 
 /// Moving a restored scratch database into place under `name`, through a
@@ -548,25 +613,93 @@ struct Swap<'a> {
     name: &'a str,
     scratch: String,
     replace: bool,
+    /// Whether the scratch database exists under its scratch name, ours to
+    /// drop: the guard [`Swap::drop_if_live`] reads it.
+    live: bool,
+}
+
+/// Why the swap's transaction did not happen, or whether it did is unknown.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// It rolled back (every try, or the one whose answer was lost): nothing
+    /// changed.
+    #[error("{0}")]
+    RolledBack(#[source] RestoreError),
+    /// The answer was lost and a fresh session could not tell.
+    #[error(
+        "{last}; and whether the swap happened is unknown ({check}): look for database {aside}"
+    )]
+    Unknown {
+        /// The swap's error.
+        last: RestoreError,
+        /// Why the fresh session could not tell.
+        #[source]
+        check: RestoreError,
+        /// The name the original would have now.
+        aside: String,
+    },
+    /// The answer was lost and no fresh session could be had.
+    #[error(
+        "{last}; the connection was lost and whether the swap happened is unknown ({connect}): \
+         if database {aside} exists, {name} holds the restored copy and {aside} the original"
+    )]
+    Lost {
+        /// The swap's error.
+        last: RestoreError,
+        /// Why no fresh session could be had.
+        #[source]
+        connect: RestoreError,
+        /// The name the original would have now.
+        aside: String,
+        /// The database swapped.
+        name: String,
+    },
+}
+
+/// The sessions the swap's batch says it terminated.
+fn terminated(messages: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// How often the swap tries again when sessions keep reconnecting to the
 /// database being replaced (each try waits up to 5 s for them to go).
 const SWAP_ATTEMPTS: u32 = 5;
 
-impl Swap<'_> {
-    async fn create_scratch(&self, create: &str) -> Result<(), RestoreError> {
-        let (name, scratch) = (self.name, &self.scratch);
+impl<'a> Swap<'a> {
+    /// A swap into `name` through the session `admin`, with a new scratch
+    /// name (nothing created yet).
+    fn new(admin: Client, cfg: &'a PostgresConfig, name: &'a str, replace: bool) -> Self {
+        Swap {
+            admin,
+            cfg,
+            name,
+            scratch: scratch_name(),
+            replace,
+            live: false,
+        }
+    }
+
+    /// Creates the scratch database with `create` and marks it as a
+    /// restore's (dropped again when the marking fails).
+    async fn create_scratch(&mut self, create: &str) -> Result<(), RestoreError> {
+        let (name, scratch) = (self.name, self.scratch.clone());
         self.admin.batch_execute(create).await.map_err(RestoreError::db(format!(
             "cannot create the scratch database {scratch} with the snapshot's encoding and locale; database {name} is unchanged"
         )))?;
+        self.live = true;
         let marker = format!(
             "COMMENT ON DATABASE {} IS {}",
-            quote_ident(scratch),
+            quote_ident(&scratch),
             database::literal(&scratch_marker())
         );
         if let Err(e) = self.admin.batch_execute(&marker).await {
-            self.drop_scratch().await;
+            self.drop_if_live().await;
             return Err(RestoreError::db(format!(
                 "cannot mark the scratch database {scratch}; database {name} is unchanged"
             ))(e));
@@ -590,7 +723,13 @@ impl Swap<'_> {
         Ok(())
     }
 
-    async fn drop_scratch(&self) {
+    /// The scratch database's guard: drops it if it is still there under
+    /// its scratch name (a step failed before, or undid, the swap).
+    async fn drop_if_live(&mut self) {
+        if !self.live {
+            return;
+        }
+        self.live = false;
         if let Err(e) = self
             .admin
             .batch_execute(&format!(
@@ -628,7 +767,7 @@ impl Swap<'_> {
         incoming: &str,
         aside: &str,
         first: Option<&str>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ExchangeError> {
         let name = self.name;
         let batch = format!(
             "BEGIN; {}SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -641,49 +780,51 @@ impl Swap<'_> {
             quote_ident(incoming),
             quote_ident(name)
         );
-        let mut last = String::new();
-        for attempt in 1..=SWAP_ATTEMPTS {
-            match self.admin.simple_query(&batch).await {
-                Ok(messages) => {
-                    let n = messages
-                        .iter()
-                        .find_map(|m| match m {
-                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    return Ok(n);
-                }
-                Err(e) => {
-                    last = RestoreError::db("swap")(e).to_string();
-                    if self.admin.is_closed() {
-                        // The answer was lost: ask a fresh session what
-                        // happened before saying anything.
-                        return match connect_to(self.cfg, "template1").await {
-                            Ok(fresh) => {
-                                self.admin = fresh;
-                                match self.owner(aside).await {
-                                    Ok(Some(_)) => Ok(0),
-                                    Ok(None) => Err(last),
-                                    Err(e) => Err(format!(
-                                        "{last}; and whether the swap happened is unknown ({e}): look for database {aside}"
-                                    )),
-                                }
-                            }
-                            Err(e) => Err(format!(
-                                "{last}; the connection was lost and whether the swap happened is unknown ({e}): \
-                                 if database {aside} exists, {name} holds the restored copy and {aside} the original"
-                            )),
-                        };
-                    }
-                    let _ = self.admin.batch_execute("ROLLBACK").await;
-                    tracing::warn!(database = %name, attempt, error = %last, "swap rolled back; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await;
-                }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let e = match self.admin.simple_query(&batch).await {
+                Ok(messages) => return Ok(terminated(&messages)),
+                Err(e) => RestoreError::db("swap")(e),
+            };
+            if self.admin.is_closed() {
+                // The answer was lost: ask a fresh session what happened
+                // before saying anything.
+                return self.after_lost_answer(e, aside).await;
+            }
+            let _ = self.admin.batch_execute("ROLLBACK").await;
+            tracing::warn!(database = %name, attempt, error = %e, "swap rolled back; trying again");
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+            if attempt == SWAP_ATTEMPTS {
+                return Err(ExchangeError::RolledBack(e));
             }
         }
-        Err(last)
+    }
+
+    /// The swap's answer was lost with the session: whether it committed,
+    /// as a fresh session sees it (database `aside` exists: it did).
+    async fn after_lost_answer(
+        &mut self,
+        last: RestoreError,
+        aside: &str,
+    ) -> Result<u64, ExchangeError> {
+        let aside = aside.to_owned();
+        match connect_to(self.cfg, "template1").await {
+            Ok(fresh) => {
+                self.admin = fresh;
+                match self.owner(&aside).await {
+                    Ok(Some(_)) => Ok(0),
+                    Ok(None) => Err(ExchangeError::RolledBack(last)),
+                    Err(check) => Err(ExchangeError::Unknown { last, check, aside }),
+                }
+            }
+            Err(connect) => Err(ExchangeError::Lost {
+                last,
+                connect,
+                aside,
+                name: self.name.to_owned(),
+            }),
+        }
     }
 
     /// Puts the scratch database in place under `name`, replacing a
@@ -691,111 +832,38 @@ impl Swap<'_> {
     /// may: `--replace`, or empty); returns what was done. `keep_owner`:
     /// without a recorded owner, a replaced database's owner is kept.
     /// `comment` gives the restored copy its comment in the same
-    /// transaction that puts it in place.
+    /// transaction that puts it in place. On an error, the scratch
+    /// database is left to the caller's guard ([`Swap::drop_if_live`]).
     async fn put_in_place(
         &mut self,
         keep_owner: bool,
         comment: &str,
     ) -> Result<String, RestoreError> {
-        let (name, scratch) = (self.name, self.scratch.clone());
-        let unchanged = format!("database {name}");
-        let owner = match self.owner(name).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.drop_scratch().await;
-                return Err(e.unchanged(unchanged));
-            }
-        };
+        let name = self.name;
+        let owner = self
+            .owner(name)
+            .await
+            .map_err(|e| e.unchanged(format!("database {name}")))?;
         let Some(owner) = owner else {
-            let renamed = self
-                .admin
-                .batch_execute(&format!(
-                    "BEGIN; {comment}; ALTER DATABASE {} RENAME TO {}; COMMIT",
-                    quote_ident(&scratch),
-                    quote_ident(name)
-                ))
-                .await;
-            return match renamed {
-                Ok(()) => Ok(format!("restored into new database {name}")),
-                Err(e) => {
-                    let _ = self.admin.batch_execute("ROLLBACK").await;
-                    self.drop_scratch().await;
-                    Err(RestoreError::db(format!(
-                        "cannot rename the restored copy to {name} (was it created meanwhile?); the restored copy was dropped"
-                    ))(e)
-                    .unchanged(unchanged))
-                }
-            };
+            return self.rename_into_new(comment).await;
         };
         // Checked again now, not only when the plan was made: rows written
         // since (during the question, during pg_restore) are not dropped.
         if !self.replace {
-            match state(self.cfg, name).await {
-                Ok(Some(true)) => {
-                    self.drop_scratch().await;
-                    return Err(RestoreError::Refused(format!(
-                        "database {name} holds data now (it was empty or absent when the plan was made): \
-                         nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.drop_scratch().await;
-                    return Err(e.unchanged(unchanged));
-                }
-            }
+            self.recheck_empty().await?;
         }
         if keep_owner {
             let stmt = format!(
                 "ALTER DATABASE {} OWNER TO {}",
-                quote_ident(&scratch),
+                quote_ident(&self.scratch),
                 quote_ident(&owner)
             );
-            if let Err(e) = self.apply(&[stmt]).await {
-                self.drop_scratch().await;
-                return Err(e.unchanged(unchanged));
-            }
+            self.apply(&[stmt])
+                .await
+                .map_err(|e| e.unchanged(format!("database {name}")))?;
         }
         let old = replaced_name(name);
-        let terminated = match self.exchange(&scratch, &old, Some(comment)).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.drop_scratch().await;
-                return Err(RestoreError::Failed(format!(
-                    "cannot swap the restored copy in ({e}): sessions may keep reconnecting; stop the application and try again; \
-                     the restored copy was dropped"
-                ))
-                .unchanged(format!("database {name} (open to connections, under its name)")));
-            }
-        };
-        if !self.replace {
-            let late = match state(self.cfg, &old).await {
-                Ok(s) => s == Some(true),
-                Err(e) => {
-                    return Err(RestoreError::Failed(format!(
-                        "database {name} now holds the restored copy; the original is kept as database {old}, \
-                         because it could not be checked to be empty ({e}): drop it once you have looked (DROP DATABASE {})",
-                        quote_ident(&old)
-                    )));
-                }
-            };
-            if late {
-                // Rows arrived between the check and the swap: put it back.
-                return match self.exchange(&old, &scratch, None).await {
-                    Ok(_) => {
-                        self.drop_scratch().await;
-                        Err(RestoreError::Refused(format!(
-                            "database {name} received data during the swap: it was put back as it was and the restored copy dropped; \
-                             restore with --as NEW_NAME, or --replace"
-                        )))
-                    }
-                    Err(e) => Err(RestoreError::Failed(format!(
-                        "database {name} received data during the swap, and putting it back failed ({e}): \
-                         {name} now holds the restored copy and the original is database {old}; rename them by hand"
-                    ))),
-                };
-            }
-        }
+        let terminated = self.swap_in(&old, comment).await?;
         if self.replace {
             // What production held stays, renamed, until the operator has
             // looked: an incident must not lose it twice.
@@ -805,20 +873,118 @@ impl Swap<'_> {
                 quote_ident(&old)
             ));
         }
+        self.undo_if_late(&old).await?;
+        Ok(self.drop_replaced(&old, terminated).await)
+    }
+
+    /// No database is called `name`: renames the scratch database to it.
+    async fn rename_into_new(&mut self, comment: &str) -> Result<String, RestoreError> {
+        let name = self.name;
+        let renamed = self
+            .admin
+            .batch_execute(&format!(
+                "BEGIN; {comment}; ALTER DATABASE {} RENAME TO {}; COMMIT",
+                quote_ident(&self.scratch),
+                quote_ident(name)
+            ))
+            .await;
+        match renamed {
+            Ok(()) => {
+                self.live = false;
+                Ok(format!("restored into new database {name}"))
+            }
+            Err(e) => {
+                let _ = self.admin.batch_execute("ROLLBACK").await;
+                Err(RestoreError::db(format!(
+                    "cannot rename the restored copy to {name} (was it created meanwhile?); the restored copy was dropped"
+                ))(e)
+                .unchanged(format!("database {name}")))
+            }
+        }
+    }
+
+    /// Refuses when `name`, empty or absent when the plan was made, holds
+    /// data now.
+    async fn recheck_empty(&self) -> Result<(), RestoreError> {
+        let name = self.name;
+        match state(self.cfg, name).await {
+            Ok(Some(true)) => Err(RestoreError::Refused(format!(
+                "database {name} holds data now (it was empty or absent when the plan was made): \
+                 nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.unchanged(format!("database {name}"))),
+        }
+    }
+
+    /// Swaps the scratch database in under `name`, the original aside as
+    /// `old`; returns the sessions terminated.
+    async fn swap_in(&mut self, old: &str, comment: &str) -> Result<u64, RestoreError> {
+        let (name, scratch) = (self.name, self.scratch.clone());
+        match self.exchange(&scratch, old, Some(comment)).await {
+            Ok(n) => {
+                self.live = false;
+                Ok(n)
+            }
+            Err(e) => Err(RestoreError::Failed(format!(
+                "cannot swap the restored copy in ({e}): sessions may keep reconnecting; stop the application and try again; \
+                 the restored copy was dropped"
+            ))
+            .unchanged(format!("database {name} (open to connections, under its name)"))),
+        }
+    }
+
+    /// Without `--replace`: when the original (now `old`) received rows
+    /// between the check and the swap, puts it back and refuses.
+    async fn undo_if_late(&mut self, old: &str) -> Result<(), RestoreError> {
+        let name = self.name;
+        let late = match state(self.cfg, old).await {
+            Ok(s) => s == Some(true),
+            Err(e) => {
+                return Err(RestoreError::Failed(format!(
+                    "database {name} now holds the restored copy; the original is kept as database {old}, \
+                     because it could not be checked to be empty ({e}): drop it once you have looked (DROP DATABASE {})",
+                    quote_ident(old)
+                )));
+            }
+        };
+        if !late {
+            return Ok(());
+        }
+        let scratch = self.scratch.clone();
+        match self.exchange(old, &scratch, None).await {
+            Ok(_) => {
+                // The restored copy is the scratch database again.
+                self.live = true;
+                Err(RestoreError::Refused(format!(
+                    "database {name} received data during the swap: it was put back as it was and the restored copy dropped; \
+                     restore with --as NEW_NAME, or --replace"
+                )))
+            }
+            Err(e) => Err(RestoreError::Failed(format!(
+                "database {name} received data during the swap, and putting it back failed ({e}): \
+                 {name} now holds the restored copy and the original is database {old}; rename them by hand"
+            ))),
+        }
+    }
+
+    /// Drops the replaced (empty) original; returns the message.
+    async fn drop_replaced(&self, old: &str, terminated: u64) -> String {
+        let name = self.name;
         match self
             .admin
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old)))
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", quote_ident(old)))
             .await
         {
-            Ok(()) => Ok(format!(
+            Ok(()) => format!(
                 "replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"
-            )),
+            ),
             Err(e) => {
                 let e = RestoreError::db("drop")(e);
                 tracing::warn!(database = %old, error = %e, "the replaced database is still there: drop it by hand");
-                Ok(format!(
+                format!(
                     "replaced database {name} ({terminated} session(s) terminated); the old one is still there as {old} ({e}): drop it by hand"
-                ))
+                )
             }
         }
     }

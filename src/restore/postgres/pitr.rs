@@ -35,8 +35,10 @@ use crate::repository::Repository;
 use crate::restore::plan::{Choice, Recovery, Selector};
 use crate::restore::stream::{self, VerifyingReader};
 use crate::restore::{RestoreContext, RestoreError, Target};
-use crate::scratch::ScratchPostgres;
-use crate::scratch::process::{ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryTarget};
+use crate::scratch::process::{
+    ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryRequest, RecoveryTarget,
+};
+use crate::scratch::{ScratchError, ScratchPostgres};
 
 /// How long a recovery may replay WAL before it is given up.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(6 * 3600);
@@ -299,11 +301,43 @@ async fn fill(
     data: &Path,
     wal: &Path,
 ) -> Result<u64, RestoreError> {
-    let stored = fetch_verified(&ctx.repository, &recovery.base).await?;
+    let unpacked = unpack_base(ctx, &recovery.base, data).await?;
+    for r in &recovery.records {
+        if ctx.cancel.is_cancelled() {
+            return Err(RestoreError::Failed(
+                "interrupted while fetching WAL".into(),
+            ));
+        }
+        // The record read last names the file (a partial segment may have
+        // been completed meanwhile).
+        let (r, stored) = fetch_wal(ctx, r).await?;
+        let ids = ctx.identities.clone();
+        let to = wal.join(&r.name);
+        tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
+            let tmp = to.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)
+                .map_err(RestoreError::io(format!("cannot create {}", tmp.display())))?;
+            stream::copy_archive(stored, &ids, &mut f).map_err(RestoreError::from)?;
+            std::fs::rename(&tmp, &to)
+                .map_err(RestoreError::io(format!("cannot create {}", to.display())))
+        })
+        .await
+        .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
+    }
+    Ok(unpacked)
+}
+
+/// Unpacks the base backup `base` into `data`; returns its plaintext bytes.
+async fn unpack_base(
+    ctx: &RestoreContext<'_>,
+    base: &Artifact,
+    data: &Path,
+) -> Result<u64, RestoreError> {
+    let stored = fetch_verified(&ctx.repository, base).await?;
     let ids = ctx.identities.clone();
     let data_dir = data.to_owned();
-    let label = stream::label(&recovery.base);
-    let unpacked = tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
+    let label = stream::label(base);
+    tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
         let (reader, writer) = std::io::pipe().map_err(RestoreError::io("cannot make a pipe"))?;
         let ids2 = ids.clone();
         let producer = std::thread::spawn(move || {
@@ -324,62 +358,44 @@ async fn fill(
         Ok(bytes)
     })
     .await
-    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
-    for r in &recovery.records {
-        if ctx.cancel.is_cancelled() {
-            return Err(RestoreError::Failed(
-                "interrupted while fetching WAL".into(),
-            ));
-        }
-        // A partial segment's copy is replaced while the archiver runs:
-        // read its record again when the copy named is gone.
-        let mut r = r.clone();
-        let mut tries = 0;
-        let stored = loop {
-            match fetch_verified(
-                &ctx.repository,
-                &crate::model::manifest::Artifact::of_wal(&r),
-            )
-            .await
-            {
-                Ok(s) => break s,
-                Err(RestoreError::Storage {
-                    source: crate::storage::StorageError::NotFound(_),
-                    ..
-                }) if r.kind == crate::model::wal::WalKind::Partial && tries < 5 => {
-                    tries += 1;
-                    r = match ctx.repository.wal_record_again(&r).await {
-                        Ok(again) => again,
-                        // Completed meanwhile: the partial record went
-                        // with its copy; the complete segment replaces it.
-                        Err(crate::repository::wal::RecordAgainError::Gone(_)) => {
-                            let mut complete = r.clone();
-                            complete.kind = crate::model::wal::WalKind::Segment;
-                            ctx.repository
-                                .wal_record_again(&complete)
-                                .await
-                                .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?
-                        }
-                        Err(e) => return Err(RestoreError::Failed(format!("WAL {}: {e}", r.name))),
-                    };
-                }
-                Err(e) => return Err(e),
+    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
+}
+
+/// Reads WAL record `r`'s copy against its record. A partial segment's
+/// copy is replaced while the archiver runs: its record is read again when
+/// the copy named is gone. Returns the record read last, and the reader.
+async fn fetch_wal(
+    ctx: &RestoreContext<'_>,
+    r: &WalRecord,
+) -> Result<(WalRecord, VerifyingReader<std::fs::File>), RestoreError> {
+    let mut r = r.clone();
+    let mut tries = 0;
+    loop {
+        match fetch_verified(&ctx.repository, &Artifact::of_wal(&r)).await {
+            Ok(s) => return Ok((r, s)),
+            Err(RestoreError::Storage {
+                source: crate::storage::StorageError::NotFound(_),
+                ..
+            }) if r.kind == crate::model::wal::WalKind::Partial && tries < 5 => {
+                tries += 1;
+                r = match ctx.repository.wal_record_again(&r).await {
+                    Ok(again) => again,
+                    // Completed meanwhile: the partial record went
+                    // with its copy; the complete segment replaces it.
+                    Err(crate::repository::wal::RecordAgainError::Gone(_)) => {
+                        let mut complete = r.clone();
+                        complete.kind = crate::model::wal::WalKind::Segment;
+                        ctx.repository
+                            .wal_record_again(&complete)
+                            .await
+                            .map_err(|e| RestoreError::Failed(format!("WAL {}: {e}", r.name)))?
+                    }
+                    Err(e) => return Err(RestoreError::Failed(format!("WAL {}: {e}", r.name))),
+                };
             }
-        };
-        let ids = ctx.identities.clone();
-        let to = wal.join(&r.name);
-        tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-            let tmp = to.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)
-                .map_err(RestoreError::io(format!("cannot create {}", tmp.display())))?;
-            stream::copy_archive(stored, &ids, &mut f).map_err(RestoreError::from)?;
-            std::fs::rename(&tmp, &to)
-                .map_err(RestoreError::io(format!("cannot create {}", to.display())))
-        })
-        .await
-        .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))??;
+            Err(e) => return Err(e),
+        }
     }
-    Ok(unpacked)
 }
 
 /// Recovers the choice's cluster into a scratch server (or into `data`).
@@ -400,9 +416,8 @@ pub async fn recover(
         None => RecoveryTarget::Immediate,
     };
     match recover_to(ctx, recovery, data, first).await {
-        Err(RestoreError::Failed(m))
-            if first != RecoveryTarget::Immediate
-                && m.contains("recovery ended before configured recovery target was reached") =>
+        Err(RestoreError::Scratch(ScratchError::TargetNotReached(_)))
+            if first != RecoveryTarget::Immediate =>
         {
             tracing::info!(
                 "the archive holds no commit after the target, and every commit before it: recovering to the end of the archived WAL"
@@ -413,40 +428,48 @@ pub async fn recover(
                     .map_err(RestoreError::io(format!("cannot create {}", d.display())))?;
             }
             let (server, bytes) = recover_to(ctx, recovery, data, RecoveryTarget::EndOfWal).await?;
-            // The end of the log must be the end of what was planned: a
-            // replay that stopped earlier (a page PostgreSQL rejected) is
-            // not the state at T.
-            if let Some(last) = recovery
-                .records
-                .iter()
-                .rev()
-                .find_map(|r| r.segment().map(|s| s.start(r.segment_size)))
-            {
-                let cfg = server.connection();
-                let replayed = async {
-                    let c = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
-                        .await
-                        .ok()?;
-                    let row = c
-                        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                        .await
-                        .ok()?;
-                    crate::model::wal::Lsn::parse(&row.get::<_, Option<String>>(0)?)
-                }
-                .await;
-                if replayed.is_none_or(|r| r < last) {
-                    return Err(RestoreError::Failed(format!(
-                        "the recovery stopped at {} before the last archived WAL file it was given (from {last}):                          the archive does not hold the log up to the target; see `kompose-dr check`",
-                        replayed
-                            .map(|r| r.to_string())
-                            .unwrap_or_else(|| "an unknown position".into())
-                    )));
-                }
-            }
+            replayed_to_end(&server, recovery).await?;
             Ok((server, bytes))
         }
         r => r,
     }
+}
+
+/// The end of the log must be the end of what was planned: a replay that
+/// stopped earlier (a page PostgreSQL rejected) is not the state at T.
+async fn replayed_to_end(
+    server: &RecoveredPostgres,
+    recovery: &Recovery,
+) -> Result<(), RestoreError> {
+    let Some(last) = recovery
+        .records
+        .iter()
+        .rev()
+        .find_map(|r| r.segment().map(|s| s.start(r.segment_size)))
+    else {
+        return Ok(());
+    };
+    let cfg = server.connection();
+    let replayed = async {
+        let c = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+            .await
+            .ok()?;
+        let row = c
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+            .ok()?;
+        crate::model::wal::Lsn::parse(&row.get::<_, Option<String>>(0)?)
+    }
+    .await;
+    if replayed.is_none_or(|r| r < last) {
+        return Err(RestoreError::Failed(format!(
+            "the recovery stopped at {} before the last archived WAL file it was given (from {last}):                          the archive does not hold the log up to the target; see `kompose-dr check`",
+            replayed
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "an unknown position".into())
+        )));
+    }
+    Ok(())
 }
 
 async fn recover_to(
@@ -456,9 +479,7 @@ async fn recover_to(
     target: RecoveryTarget,
 ) -> Result<(RecoveredPostgres, u64), RestoreError> {
     let rt = runtime(ctx);
-    let dir: RecoveryDir = rt
-        .recovery_dir()
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    let dir: RecoveryDir = rt.recovery_dir()?;
     let data_dir = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
     let bytes = fill(ctx, recovery, &data_dir, &dir.wal).await?;
     let major = server_version_of(&recovery.base);
@@ -468,18 +489,15 @@ async fn recover_to(
         wal_files = recovery.wal_files,
         "recovering a scratch cluster"
     );
-    let server = rt
-        .recover(
-            major,
-            dir,
-            Some(&data_dir),
-            target,
-            &cluster_user(ctx),
-            RECOVERY_LIMIT,
-            &ctx.cancel,
-        )
-        .await
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    let user = cluster_user(ctx);
+    let request = RecoveryRequest {
+        major,
+        data: Some(&data_dir),
+        target,
+        user: &user,
+        limit: RECOVERY_LIMIT,
+    };
+    let server = rt.recover(dir, request, &ctx.cancel).await?;
     Ok((server, bytes))
 }
 
@@ -504,7 +522,32 @@ pub async fn recovered_dump(
         .ok_or_else(|| RestoreError::Refused(format!("{source} is not a database")))?;
     let (server, _) = recover(ctx, recovery, None).await?;
     let cfg = server.connection();
-    let client = crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db)
+    let object = recovered_object(&cfg, db, recovery).await?;
+    let tool = crate::clients::postgres::choose_client(
+        &cfg,
+        "pg_dump",
+        server.major(),
+        &format!("the recovered PostgreSQL {}", server.major()),
+    )
+    .await
+    .map_err(RestoreError::from_source)?;
+    let (file, bytes) = dump_to_file(&cfg, &tool, db).await?;
+    drop(server);
+    Ok(RecoveredDump {
+        file,
+        object,
+        bytes,
+    })
+}
+
+/// Database `db`'s object as the recovered cluster `cfg` holds it; refused
+/// when it did not exist at the target.
+async fn recovered_object(
+    cfg: &crate::model::config::PostgresConfig,
+    db: &str,
+    recovery: &Recovery,
+) -> Result<crate::model::facts::DatabaseFacts, RestoreError> {
+    let client = crate::clients::postgres::connect(cfg, &cfg.endpoint.maintenance_db)
         .await
         .map_err(RestoreError::from_source)?;
     let exists: bool = client
@@ -523,27 +566,26 @@ pub async fn recovered_dump(
             recovery.base_snapshot
         )));
     }
-    let dbc = crate::clients::postgres::connect(&cfg, db)
+    let dbc = crate::clients::postgres::connect(cfg, db)
         .await
         .map_err(RestoreError::from_source)?;
-    let object = crate::clients::postgres::database::read(&dbc, db)
+    crate::clients::postgres::database::read(&dbc, db)
         .await
-        .map_err(RestoreError::from_source)?;
-    drop(dbc);
-    drop(client);
-    let tool = crate::clients::postgres::choose_client(
-        &cfg,
-        "pg_dump",
-        server.major(),
-        &format!("the recovered PostgreSQL {}", server.major()),
-    )
-    .await
-    .map_err(RestoreError::from_source)?;
+        .map_err(RestoreError::from_source)
+}
+
+/// Dumps `db` of the recovered (local) cluster `cfg` with `tool` into a
+/// private temporary file; returns it, rewound, and its size.
+async fn dump_to_file(
+    cfg: &crate::model::config::PostgresConfig,
+    tool: &crate::clients::postgres::DumpTool,
+    db: &str,
+) -> Result<(std::fs::File, u64), RestoreError> {
     let mut file = tempfile::tempfile().map_err(RestoreError::io(
         "cannot create a private temporary file ($TMPDIR)",
     ))?;
     let crate::clients::launch::Launch::Local(mut cmd) =
-        crate::clients::postgres::command(&cfg, &tool, "pg_dump", db)
+        crate::clients::postgres::command(cfg, tool, "pg_dump", db)
     else {
         unreachable!("a recovered cluster is local");
     };
@@ -574,12 +616,7 @@ pub async fn recovered_dump(
         .map_err(RestoreError::io("cannot read the dump"))?;
     file.rewind()
         .map_err(RestoreError::io("cannot read the dump"))?;
-    drop(server);
-    Ok(RecoveredDump {
-        file,
-        object,
-        bytes,
-    })
+    Ok((file, bytes))
 }
 
 /// Recovers the whole cluster into `path`, shut down cleanly.
@@ -603,7 +640,7 @@ pub async fn restore_cluster(
     server
         .shut_down(Duration::from_secs(600))
         .await
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+        .map_err(RestoreError::from)?;
     Ok((
         bytes,
         format!(
@@ -643,6 +680,6 @@ pub async fn check_recovery(
     server
         .shut_down(Duration::from_secs(120))
         .await
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+        .map_err(RestoreError::from)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

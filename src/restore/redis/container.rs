@@ -24,6 +24,7 @@ use crate::engine::scratch::ScratchSpec;
 use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
 use crate::model::manifest::ArtifactKind;
+use crate::restore::helper::{HelperSwapError, staged_tar, swap_through_helper};
 use crate::restore::{ReadyItem, RestoreContext, RestoreError, Target};
 
 /// How long Redis gets to shut down, and to answer after starting.
@@ -140,68 +141,44 @@ async fn swap(
     dir: &str,
     staging: &Path,
 ) -> Result<String, RestoreError> {
-    let aside = format!(
-        ".kompose-dr-replaced-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    );
-    let helper = engine
-        .run_scratch(ScratchSpec {
-            image: image.to_owned(),
-            name: "kompose-dr-restore-redis".into(),
-            entrypoint: Some(vec!["sleep".into()]),
-            cmd: Some(vec!["3600".into()]),
-            user: Some("0".into()),
-            volumes_from: vec![c.name.clone()],
-            ..ScratchSpec::default()
-        })
-        .await?;
-    let sh = |script: &str| ExecSpec::new(["sh", "-c", script, "sh", dir, &aside]);
-    // Everything but our own directories goes aside.
-    engine
-        .output(
-            &helper.id,
-            sh("cd \"$1\" && mkdir \"$2\" && for f in * .[!.]*; do \
-                case \"$f\" in '*'|'.[!.]*'|.kompose-dr-*) ;; *) mv -- \"$f\" \"$2/\" ;; esac; done"),
-        )
-        .await
-        .map_err(|e| RestoreError::from(e).unchanged(format!("container {}", c.name)))?;
-    let unpacked = async {
-        engine.upload(&helper.id, dir, tar_stream(staging.to_owned())).await?;
+    let spec = ScratchSpec {
+        image: image.to_owned(),
+        name: "kompose-dr-restore-redis".into(),
+        entrypoint: Some(vec!["sleep".into()]),
+        cmd: Some(vec!["3600".into()]),
+        volumes_from: vec![c.name.clone()],
+        ..ScratchSpec::default()
+    };
+    // The restored files get the owner of the data directory.
+    let fill = |helper: String| async move {
         engine
-            .output(
-                &helper.id,
-                sh("cd \"$1\" && owner=$(stat -c %u:%g .) && for f in *; do chown -R \"$owner\" -- \"$f\"; done"),
-            )
-            .await
-            .map(drop)
-    }
-    .await;
-    if let Err(e) = unpacked {
-        let put_back = engine
-            .output(
-                &helper.id,
-                sh("cd \"$1\" && for f in * .[!.]*; do case \"$f\" in '*'|'.[!.]*'|.kompose-dr-*) ;; *) rm -rf -- \"$f\" ;; esac; done && \
-                    mv -- \"$2\"/* \"$2\"/.[!.]* . 2>/dev/null; rmdir -- \"$2\""),
-            )
-            .await;
-        return Err(match put_back {
-            Ok(_) => RestoreError::from(e).unchanged(format!("container {}", c.name)),
-            Err(e2) => RestoreError::Failed(format!(
-                "{e}; putting the previous files back failed too ({e2}): they are in {dir}/{aside}/ of the container's volume"
+            .upload(&helper, dir, staged_tar(staging.to_owned()))
+            .await?;
+        let chown = ExecSpec::new([
+            "sh",
+            "-c",
+            "cd \"$1\" && owner=$(stat -c %u:%g .) && for f in *; do chown -R \"$owner\" -- \"$f\"; done",
+            "sh",
+            dir,
+        ]);
+        engine.output(&helper, chown).await.map(drop)
+    };
+    let unchanged = format!("container {}", c.name);
+    swap_through_helper(engine, spec, dir, fill)
+        .await
+        .map_err(|e| match e {
+            HelperSwapError::Start(e) => RestoreError::from(e),
+            HelperSwapError::Aside(e) | HelperSwapError::Fill(e) => {
+                RestoreError::from(e).unchanged(unchanged)
+            }
+            HelperSwapError::PutBack {
+                fill,
+                put_back,
+                aside,
+            } => RestoreError::Failed(format!(
+                "{fill}; putting the previous files back failed too ({put_back}): they are in {dir}/{aside}/ of the container's volume"
             )),
-        });
-    }
-    Ok(aside)
-}
-
-/// The staged files as a tar stream.
-fn tar_stream(
-    staging: std::path::PathBuf,
-) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
-    crate::engine::tar_stream(move |b| {
-        b.follow_symlinks(false);
-        b.append_dir_all(".", &staging)
-    })
+        })
 }
 
 /// Waits until the restarted Redis answers and has loaded its data;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::stream::copy_archive;
 use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::model::manifest::ArtifactKind;
+use crate::pipeline::tar::{EntryPolicy, Owners, unpack_checked};
 use crate::restore::plan::Choice;
 
 fn target_dir(ctx: &RestoreContext<'_>) -> Result<PathBuf, RestoreError> {
@@ -240,63 +241,33 @@ pub async fn restore(
     ))
 }
 
-/// Unpacks a Redis tar into `staging`, trusting nothing in it: only
-/// regular files and directories with plain relative names (no `..`, no
-/// absolute path, not just `.`; no symlink, hard link or device),
-/// permission bits without setuid/setgid/sticky or group/other write, mtimes
-/// kept, and the owner of `staging`'s parent (the Redis data directory)
-/// rather than the archive's.
+/// Unpacks a Redis tar into `staging`, trusting nothing in it
+/// ([`unpack_checked`]): only regular files and directories with
+/// plain relative names (no `..`, no absolute path, not just `.`; no
+/// symlink, hard link or device), permission bits without
+/// setuid/setgid/sticky or group/other write, mtimes kept, and the owner of
+/// `staging`'s parent (the Redis data directory) rather than the archive's.
 pub fn unpack_entries(reader: &mut dyn std::io::Read, staging: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    use std::path::Component;
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let owner = staging
         .parent()
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| (m.uid(), m.gid()));
-    let mut ar = tar::Archive::new(reader);
-    // Permission bits from the archive without setuid/setgid/sticky (not
-    // preserved) and without group/other write (masked), set by tar on the
-    // file it just wrote.
-    ar.set_preserve_permissions(false);
-    ar.set_mask(0o022);
-    ar.set_preserve_ownerships(false);
-    ar.set_preserve_mtime(true);
-    ar.set_overwrite(false);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.into_owned();
-        if !name.components().any(|c| matches!(c, Component::Normal(_)))
-            || !name
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(bad(format!(
-                "entry `{}` is not a plain relative name: refusing the archive",
-                name.display()
-            )));
-        }
-        let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir()) {
-            return Err(bad(format!(
-                "entry `{}` is a {kind:?}, not a file or directory: refusing the archive",
-                name.display()
-            )));
-        }
-        if !entry.unpack_in(staging)? {
-            return Err(bad(format!(
-                "entry `{}` would land outside the staging directory",
-                name.display()
-            )));
-        }
-        let path = staging.join(&name);
-        if let Some((uid, gid)) = owner
-            && nix::unistd::geteuid().is_root()
-        {
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-        }
-    }
-    Ok(())
+    let owners = match owner {
+        Some((uid, gid)) if nix::unistd::geteuid().is_root() => Owners::Given(uid, gid),
+        _ => Owners::Ours,
+    };
+    let policy = EntryPolicy {
+        symlinks: false,
+        skip_root: false,
+        unique: false,
+        mask: 0o022,
+        owners,
+        defer_dirs: false,
+        place: "the staging directory",
+        outside_suffix: "",
+    };
+    unpack_checked(reader, staging, &policy).map(drop)
 }
 
 /// Streams the archive through tar into `staging` ([`unpack_entries`]);

@@ -10,5 +10,6 @@ pub mod copy;
 pub mod doctor;
 pub mod drill;
 pub mod prune;
+pub mod restore;
 pub mod verify;
 pub mod wal;

@@ -162,8 +162,7 @@ pub async fn prune_repository(
     match &result {
         Ok(_) => ping(config, Job::Prune, Ping::Success, &format!("{what} done")).await,
         Err(e) => {
-            let message = crate::model::secret::Redactor::new(config.secrets())
-                .scrub(&format!("{what}: {e}"));
+            let message = config.redactor().scrub(&format!("{what}: {e}"));
             ping(config, Job::Prune, Ping::Failure, &message).await
         }
     };

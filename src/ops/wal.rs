@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Failure;
 use crate::events::metrics::{Metrics, WAL_LAG, WAL_LAST_ARCHIVED};
 use crate::model::config::Config;
-use crate::model::secret::Redactor;
 use crate::pipeline::EncodeSettings;
 use crate::repository::Repository;
 use crate::sources::SourceContext;
@@ -72,7 +71,7 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
             level: config.compression.level,
             recipients: encryption.recipients.clone(),
         },
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         progress: None,
         timeouts: config.timeouts.clone(),
     };

@@ -25,7 +25,6 @@ use crate::model::manifest::{
     StoredObject,
 };
 use crate::model::policy::Policy;
-use crate::model::secret::Redactor;
 use crate::model::selection::{database_source, source_database};
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::lock::RepoLock;
@@ -292,7 +291,7 @@ pub async fn run_on(
             level: config.compression.level,
             recipients: encryption.recipients.clone(),
         },
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         progress: opts.progress.then(|| {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
         }),

@@ -208,7 +208,8 @@ pub async fn run(
     .await;
     let result = run_inner(config, drill, identities).await;
     if let Err(e) = &result {
-        let message = crate::model::secret::Redactor::new(config.secrets())
+        let message = config
+            .redactor()
             .scrub(&format!("drill {}: {e}", drill.name));
         let prefix = config
             .mqtt
@@ -374,7 +375,7 @@ async fn point_in_time(
             repository: repo.clone(),
             identities: identities.clone(),
             options: &options,
-            redactor: crate::model::secret::Redactor::new(config.secrets()),
+            redactor: config.redactor(),
             progress: false,
             cancel: tokio_util::sync::CancellationToken::new(),
         };
@@ -390,7 +391,7 @@ async fn point_in_time(
     }
     .await;
     let seconds = start.elapsed().as_secs_f64();
-    let redactor = crate::model::secret::Redactor::new(config.secrets());
+    let redactor = config.redactor();
     match outcome {
         Ok((server, base, recovery)) => {
             let mut restored = verify::Restored::default();

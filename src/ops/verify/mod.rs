@@ -238,7 +238,7 @@ pub async fn run(
         targets: RestoreTargets::from_config(config),
         repo,
         identities,
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         manifest,
         facts,
     };

@@ -96,80 +96,25 @@ async fn check_wal(
     damaged: &mut Vec<Damage>,
     referenced: &mut BTreeSet<String>,
 ) -> Result<(Vec<WalReport>, usize), RepositoryError> {
-    use crate::model::wal::{BasePosition, WalArchive};
+    use crate::model::wal::WalArchive;
     let mut reports = Vec::new();
     let mut checked = 0;
     for id in repo.wal_clusters().await? {
         let (records, bad) = repo.wal_records(&id).await?;
-        for d in bad {
-            damaged.push(Damage {
-                snapshot: None,
-                source: "wal".into(),
-                path: d.key,
-                problem: d.message,
-            });
-        }
+        damaged.extend(bad.into_iter().map(|d| Damage {
+            snapshot: None,
+            source: "wal".into(),
+            path: d.key,
+            problem: d.message,
+        }));
         for r in &records {
             referenced.insert(r.path.clone());
             checked += 1;
-            let a = crate::model::manifest::Artifact::of_wal(r);
-            let plaintext = Expected::Exactly(a.plaintext_bytes);
-            if let Err(problem) = check_object(repo, &a, plaintext, identities).await {
-                damaged.push(Damage {
-                    snapshot: None,
-                    source: format!("wal/{}", r.name),
-                    path: r.path.clone(),
-                    problem,
-                });
-            }
+            damaged.extend(check_record(repo, r, identities).await);
         }
         let archive = WalArchive::from_records(records.iter().cloned());
-        let mut bases: Vec<(String, BasePosition)> = snapshots
-            .iter()
-            .flat_map(|m| {
-                m.artifacts
-                    .iter()
-                    .filter(|a| a.is_ok())
-                    .filter_map(|a| a.wal.clone())
-                    .filter(|w| w.system_identifier == id)
-                    .map(|w| (m.id.clone(), w))
-            })
-            .collect();
-        if bases.is_empty()
-            && let Some(first) = archive.segments.values().next()
-        {
-            let seg = first.segment().expect("a segment");
-            bases.push((
-                String::new(),
-                BasePosition {
-                    system_identifier: id.clone(),
-                    timeline: seg.timeline,
-                    start_lsn: seg.start(first.segment_size),
-                    end_lsn: seg.start(first.segment_size),
-                    segment_size: first.segment_size,
-                },
-            ));
-        }
-        let mut gaps = BTreeSet::new();
-        for (snapshot, base) in &bases {
-            for g in archive.gaps(base) {
-                if gaps.insert(g.clone()) {
-                    damaged.push(Damage {
-                        snapshot: (!snapshot.is_empty()).then(|| snapshot.clone()),
-                        source: "wal".into(),
-                        path: g.clone(),
-                        problem: format!(
-                            "WAL segment {g} is missing: {} cannot be recovered past it; take a new base backup                              (kompose-dr backup --source postgres/cluster)",
-                            if snapshot.is_empty() {
-                                "the archived WAL".to_owned()
-                            } else {
-                                format!("base backup {snapshot}")
-                            }
-                        ),
-                    });
-                }
-            }
-        }
+        let bases = bases_of(snapshots, &id, &archive);
+        let gaps = gaps_of(&archive, &bases, damaged);
         let size = records.first().map(|r| r.segment_size).unwrap_or(16 << 20);
         reports.push(WalReport {
             system_identifier: id.clone(),
@@ -181,6 +126,88 @@ async fn check_wal(
         });
     }
     Ok((reports, checked))
+}
+
+/// Checks one archived WAL file against its record: the damage, if any.
+async fn check_record(
+    repo: &Repository,
+    r: &crate::model::wal::WalRecord,
+    identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
+) -> Option<Damage> {
+    let a = crate::model::manifest::Artifact::of_wal(r);
+    let plaintext = Expected::Exactly(a.plaintext_bytes);
+    let problem = check_object(repo, &a, plaintext, identities).await.err()?;
+    Some(Damage {
+        snapshot: None,
+        source: format!("wal/{}", r.name),
+        path: r.path.clone(),
+        problem,
+    })
+}
+
+/// The base backups of cluster `id` that snapshots retain, by snapshot id;
+/// without any, the first archived segment (snapshot id empty).
+fn bases_of(
+    snapshots: &[crate::model::manifest::Manifest],
+    id: &str,
+    archive: &crate::model::wal::WalArchive,
+) -> Vec<(String, crate::model::wal::BasePosition)> {
+    let mut bases: Vec<(String, crate::model::wal::BasePosition)> = snapshots
+        .iter()
+        .flat_map(|m| {
+            m.artifacts
+                .iter()
+                .filter(|a| a.is_ok())
+                .filter_map(|a| a.wal.clone())
+                .filter(|w| w.system_identifier == id)
+                .map(|w| (m.id.clone(), w))
+        })
+        .collect();
+    if bases.is_empty()
+        && let Some(first) = archive.segments.values().next()
+    {
+        let seg = first.segment().expect("a segment");
+        bases.push((
+            String::new(),
+            crate::model::wal::BasePosition {
+                system_identifier: id.to_owned(),
+                timeline: seg.timeline,
+                start_lsn: seg.start(first.segment_size),
+                end_lsn: seg.start(first.segment_size),
+                segment_size: first.segment_size,
+            },
+        ));
+    }
+    bases
+}
+
+/// The segments missing after any of `bases`, each reported as damage once.
+fn gaps_of(
+    archive: &crate::model::wal::WalArchive,
+    bases: &[(String, crate::model::wal::BasePosition)],
+    damaged: &mut Vec<Damage>,
+) -> BTreeSet<String> {
+    let mut gaps = BTreeSet::new();
+    for (snapshot, base) in bases {
+        for g in archive.gaps(base) {
+            if gaps.insert(g.clone()) {
+                damaged.push(Damage {
+                    snapshot: (!snapshot.is_empty()).then(|| snapshot.clone()),
+                    source: "wal".into(),
+                    path: g.clone(),
+                    problem: format!(
+                        "WAL segment {g} is missing: {} cannot be recovered past it; take a new base backup                              (kompose-dr backup --source postgres/cluster)",
+                        if snapshot.is_empty() {
+                            "the archived WAL".to_owned()
+                        } else {
+                            format!("base backup {snapshot}")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    gaps
 }
 
 /// Checks one object: hashed without a key, read end to end with one.

@@ -40,7 +40,7 @@ mod sources;
 mod unit;
 
 pub use paths::UNIT_USER;
-pub use unit::as_user_command;
+pub use unit::{AsUserError, as_user_command};
 
 /// Runs every check; `only` limits them to one repository. `as_user` is
 /// the user `--as-user` switched to, for the `user` check's message.

@@ -185,7 +185,7 @@ async fn prune_locked(
     };
     run(config, policies, &repo, lock.as_ref(), opts, Utc::now())
         .await
-        .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))
+        .map_err(|e| Failure::from(e).context(format_args!("repository {}", repo.name())))
 }
 
 /// Why prune stopped. Whatever it removed before stopping was removed

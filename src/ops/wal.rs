@@ -61,9 +61,8 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
             "no repository answers: WAL cannot be archived anywhere",
         ));
     }
-    let resolved = crate::sources::postgres::resolve(pg)
-        .await
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    // A container that is not there is the configuration's fault (exit 2).
+    let resolved = crate::sources::postgres::resolve(pg).await?;
     let ctx = SourceContext {
         snapshot: String::new(),
         repositories,
@@ -115,5 +114,5 @@ pub async fn run(config: Arc<Config>, stop: CancellationToken) -> Result<(), Fai
     let result = archiver.run(stop.clone()).await;
     stop.cancel();
     let _ = metrics.await;
-    result.map_err(|e| Failure::failed(format!("WAL archiving: {e}")))
+    result.map_err(|e| Failure::from(e).context("WAL archiving"))
 }

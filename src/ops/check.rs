@@ -141,7 +141,7 @@ async fn check_record(
         snapshot: None,
         source: format!("wal/{}", r.name),
         path: r.path.clone(),
-        problem,
+        problem: problem.to_string(),
     })
 }
 
@@ -210,27 +210,58 @@ fn gaps_of(
     gaps
 }
 
+/// What is wrong with one stored object.
+#[derive(Debug, thiserror::Error)]
+enum ObjectProblem {
+    /// The store could not open it.
+    #[error(transparent)]
+    Open(#[from] crate::storage::StorageError),
+    /// Reading it failed midway.
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    /// It is longer than the manifest says.
+    #[error("more than the {0} bytes the manifest says: it was replaced or is damaged")]
+    TooLong(u64),
+    /// It is shorter than the manifest says.
+    #[error("{found} bytes, the manifest says {recorded}")]
+    Size {
+        /// Bytes read.
+        found: u64,
+        /// Bytes the manifest records.
+        recorded: u64,
+    },
+    /// Its sha256 is not the manifest's.
+    #[error("sha256 {0} differs from the manifest's")]
+    Sha256(String),
+    /// The reader task ended without an answer.
+    #[error("reader failed: {0}")]
+    Reader(#[source] tokio::task::JoinError),
+    /// It does not decrypt, decompress or verify.
+    #[error(transparent)]
+    Archive(#[from] crate::restore::stream::ReadError),
+}
+
 /// Checks one object: hashed without a key, read end to end with one.
 async fn check_object(
     repo: &Repository,
     a: &Artifact,
     plaintext: Expected,
     identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
-) -> Result<(), String> {
+) -> Result<(), ObjectProblem> {
     match identities {
         None => hash_object(repo, a).await,
         Some(ids) => read_object(repo, a, plaintext, ids.clone()).await,
     }
 }
 
-async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
+async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), ObjectProblem> {
     let path = a.path.as_deref().unwrap_or_default();
-    let mut r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
+    let mut r = repo.backend().open(path).await?;
     let mut h = Sha256::new();
     let mut n = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let k = r.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let k = r.read(&mut buf).await.map_err(ObjectProblem::Read)?;
         if k == 0 {
             break;
         }
@@ -238,18 +269,18 @@ async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
         n += k as u64;
         if n > a.stored_bytes {
             // No need to read the rest of something longer than it must be.
-            return Err(format!(
-                "more than the {} bytes the manifest says: it was replaced or is damaged",
-                a.stored_bytes
-            ));
+            return Err(ObjectProblem::TooLong(a.stored_bytes));
         }
     }
     if n != a.stored_bytes {
-        return Err(format!("{n} bytes, the manifest says {}", a.stored_bytes));
+        return Err(ObjectProblem::Size {
+            found: n,
+            recorded: a.stored_bytes,
+        });
     }
     let sha = hex::encode(h.finalize());
     if a.sha256.as_deref() != Some(sha.as_str()) {
-        return Err(format!("sha256 {sha} differs from the manifest's"));
+        return Err(ObjectProblem::Sha256(sha));
     }
     Ok(())
 }
@@ -261,17 +292,17 @@ async fn read_object(
     a: &Artifact,
     plaintext: Expected,
     identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
-) -> Result<(), String> {
+) -> Result<(), ObjectProblem> {
     let path = a.path.as_deref().unwrap_or_default();
-    let r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
+    let r = repo.backend().open(path).await?;
     let stored = VerifyingReader::new(tokio_util::io::SyncIoBridge::new(r), a, Box::new(|_| {}));
     let stored = stored.with_plaintext(plaintext);
     tokio::task::spawn_blocking(move || {
         copy_archive(stored, &identities, &mut std::io::sink()).map(|_| ())
     })
     .await
-    .map_err(|e| format!("reader failed: {e}"))?
-    .map_err(|e| e.to_string())
+    .map_err(ObjectProblem::Reader)??;
+    Ok(())
 }
 
 /// The objects a snapshot names, each with the bound of its plaintext: the
@@ -345,7 +376,7 @@ pub async fn run(
                         snapshot: Some(m.id.clone()),
                         source: a.source.clone(),
                         path,
-                        problem,
+                        problem: problem.to_string(),
                     });
                 }
             }

@@ -1012,7 +1012,24 @@ async fn plan<'a>(
         }
     }
 
-    // Every pattern must select something: a typo must not back up nothing.
+    every_pattern_hits(opts, &names, pg_unknown)?;
+    if jobs.is_empty() {
+        return Err(Failure::usage(format!(
+            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
+            config.path.display()
+        )));
+    }
+    Ok(jobs)
+}
+
+/// Every `--source` pattern must select something among `names`: a typo
+/// must not back up nothing (a policy's is only warned of). With the
+/// PostgreSQL names unknown, a `postgres…` pattern counts as a hit.
+fn every_pattern_hits(
+    opts: &BackupOptions,
+    names: &[String],
+    pg_unknown: bool,
+) -> Result<(), Failure> {
     for p in &opts.sources {
         let single =
             crate::model::selection::matcher(std::slice::from_ref(p))?.expect("one pattern");
@@ -1031,13 +1048,7 @@ async fn plan<'a>(
             )));
         }
     }
-    if jobs.is_empty() {
-        return Err(Failure::usage(format!(
-            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
-            config.path.display()
-        )));
-    }
-    Ok(jobs)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::error::InvalidInput;
 use crate::model::config::Config;
 use crate::ops::restore::RestoreRunError;
 use crate::ops::verify::{self, Check, SourceVerdict, Which};
@@ -95,19 +96,19 @@ impl Drill {
 
     /// The drill a file describes, or what is wrong with it (without the
     /// file's name, which [`Drill::load`] adds).
-    fn validate(file: DrillFile) -> Result<Drill, String> {
+    fn validate(file: DrillFile) -> Result<Drill, InvalidInput> {
         if file.name.is_empty()
             || !file
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(format!(
+            return Err(InvalidInput(format!(
                 "name `{}`: use letters, digits, '-', '_' or '.'",
                 file.name
-            ));
+            )));
         }
-        crate::model::selection::matcher(&file.sources).map_err(|e| e.to_string())?;
+        crate::model::selection::matcher(&file.sources)?;
         let checks = file
             .checks
             .into_iter()
@@ -120,9 +121,9 @@ impl Drill {
                 p.strip_prefix("now-")
                     .and_then(|d| humantime::parse_duration(d.trim()).ok())
                     .ok_or_else(|| {
-                        format!(
+                        InvalidInput(format!(
                             "point_in_time `{p}`: write now-1h (a duration before the drill starts)"
-                        )
+                        ))
                     })?,
             ),
         };

@@ -27,6 +27,15 @@ pub enum HttpError {
         /// What failed.
         message: String,
     },
+    /// TLS could not be set up (the system's root certificates).
+    #[error("cannot reach {host}: {source}")]
+    Tls {
+        /// `host:port`.
+        host: String,
+        /// Why.
+        #[source]
+        source: super::tls::TlsError,
+    },
     /// The request failed midway.
     #[error("request to {host} failed: {message}")]
     Request {
@@ -134,7 +143,10 @@ async fn request(
         message: format!("bad header: {e}"),
     })?;
     let status = if url.scheme() == "https" {
-        let config = super::tls::client_config(None).map_err(|e| connect_err(e.to_string()))?;
+        let config = super::tls::client_config(None).map_err(|source| HttpError::Tls {
+            host: target.clone(),
+            source,
+        })?;
         let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
             .map_err(|e| connect_err(format!("bad TLS name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(config)

@@ -271,3 +271,29 @@ pub async fn restore_one(ctx: &RestoreContext<'_>, choice: &Choice) -> Single {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_keep_their_class_and_refusals_fail() {
+        let usage = RestoreRunError::Input(InvalidInput("`--source [` is not a glob".into()));
+        assert_eq!(usage.class(), Class::Usage);
+        let options = RestoreRunError::Restore(RestoreError::Options("--as".into()));
+        assert_eq!(options.class(), Class::Usage);
+        let refused = RestoreRunError::Refused(vec!["redis: it runs".into()]);
+        assert_eq!(refused.class(), Class::Failure);
+        assert_eq!(refused.to_string(), "nothing was changed: redis: it runs");
+        let damaged = RestoreRunError::Damaged {
+            repository: "local".into(),
+            key: "snapshots/x.json".into(),
+            message: "unsigned".into(),
+        };
+        assert_eq!(damaged.class(), Class::Failure);
+        assert_eq!(
+            damaged.to_string(),
+            "repository local: refusing snapshots/x.json: unsigned"
+        );
+    }
+}

@@ -38,67 +38,73 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     if globals.json {
         output::json(&report);
     } else {
-        output::line(format!(
-            "repository {}: {} snapshot(s), {} archive(s) checked{}",
-            report.repository,
-            report.snapshots,
-            report.archives,
-            if report.read_data {
-                " and read end to end"
-            } else {
-                " (size and sha256)"
-            }
-        ));
-        for d in &report.damaged {
-            output::line(format!(
-                "  DAMAGED  {} {} ({}): {}",
-                d.snapshot.as_deref().unwrap_or("-"),
-                d.source,
-                d.path,
-                d.problem
-            ));
-        }
-        for w in &report.wal {
-            output::line(format!(
-                "  WAL of cluster {}: {} file(s), {} … {}, covers until {}{}",
-                w.system_identifier,
-                w.files,
-                w.first.as_deref().unwrap_or("-"),
-                w.last.as_deref().unwrap_or("-"),
-                w.covered_until
-                    .map(crate::model::time::local)
-                    .unwrap_or_else(|| "-".into()),
-                if w.gaps.is_empty() {
-                    String::new()
-                } else {
-                    format!("; GAPS at {}", w.gaps.join(", "))
-                }
-            ));
-        }
-        for line in output::deletions(&report.vanished, report.behind.as_ref()) {
-            output::line(line);
-        }
-        if !report.other_stacks.is_empty() {
-            output::line(format!(
-                "  {} snapshot(s) of other stacks (used only when named): {}",
-                report.other_stacks.len(),
-                report.other_stacks.join(", ")
-            ));
-        }
-        for u in &report.unreferenced {
-            output::line(format!(
-                "  unreferenced  {u} (no manifest names it; prune removes it)"
-            ));
-        }
-        output::line(if report.ok {
-            "no damage found"
-        } else {
-            "DAMAGE FOUND"
-        });
+        print_report(&report);
     }
     Ok(if report.ok {
         Outcome::Success
     } else {
         Outcome::Failed
     })
+}
+
+/// Prints the check's report for people: the damage, the WAL archives,
+/// deletions, other stacks' snapshots and what no manifest names.
+fn print_report(report: &crate::ops::check::CheckReport) {
+    output::line(format!(
+        "repository {}: {} snapshot(s), {} archive(s) checked{}",
+        report.repository,
+        report.snapshots,
+        report.archives,
+        if report.read_data {
+            " and read end to end"
+        } else {
+            " (size and sha256)"
+        }
+    ));
+    for d in &report.damaged {
+        output::line(format!(
+            "  DAMAGED  {} {} ({}): {}",
+            d.snapshot.as_deref().unwrap_or("-"),
+            d.source,
+            d.path,
+            d.problem
+        ));
+    }
+    for w in &report.wal {
+        output::line(format!(
+            "  WAL of cluster {}: {} file(s), {} … {}, covers until {}{}",
+            w.system_identifier,
+            w.files,
+            w.first.as_deref().unwrap_or("-"),
+            w.last.as_deref().unwrap_or("-"),
+            w.covered_until
+                .map(crate::model::time::local)
+                .unwrap_or_else(|| "-".into()),
+            if w.gaps.is_empty() {
+                String::new()
+            } else {
+                format!("; GAPS at {}", w.gaps.join(", "))
+            }
+        ));
+    }
+    for line in output::deletions(&report.vanished, report.behind.as_ref()) {
+        output::line(line);
+    }
+    if !report.other_stacks.is_empty() {
+        output::line(format!(
+            "  {} snapshot(s) of other stacks (used only when named): {}",
+            report.other_stacks.len(),
+            report.other_stacks.join(", ")
+        ));
+    }
+    for u in &report.unreferenced {
+        output::line(format!(
+            "  unreferenced  {u} (no manifest names it; prune removes it)"
+        ));
+    }
+    output::line(if report.ok {
+        "no damage found"
+    } else {
+        "DAMAGE FOUND"
+    });
 }

@@ -30,8 +30,7 @@ struct Report {
 /// `--repository`); exits 1 if any check fails.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     if let Some(user) = &args.as_user
-        && let Some(mut again) =
-            crate::ops::doctor::as_user_command(user).map_err(crate::error::InvalidInput)?
+        && let Some(mut again) = crate::ops::doctor::as_user_command(user)?
     {
         // This process becomes `setpriv … kompose-dr <the same arguments>`,
         // which finds itself already the user and runs the checks.

@@ -27,28 +27,4 @@ pub fn failure(globals: &Globals, f: &Failure) {
     }
 }
 
-/// The lines that name deleted snapshots: those a later snapshot names as
-/// its predecessor, and the newest one this host committed, when gone.
-pub fn deletions(
-    vanished: &[crate::repository::listing::Vanished],
-    behind: Option<&crate::repository::listing::Behind>,
-) -> Vec<String> {
-    let mut out: Vec<String> = vanished
-        .iter()
-        .map(|v| {
-            format!(
-                "  VANISHED  {} (snapshot {} names it as its predecessor; prune did not remove it: someone deleted it from the store)",
-                v.id, v.named_by
-            )
-        })
-        .collect();
-    if let Some(b) = behind {
-        out.push(format!(
-            "  BEHIND  the newest snapshot this host committed here, {}, is gone; the repository's newest is {}: \
-             it was deleted or the store rolled back, and a restore would take an older snapshot",
-            b.host_newest,
-            b.repository_newest.as_deref().unwrap_or("none")
-        ));
-    }
-    out
-}
+pub use crate::ops::check::deletions;

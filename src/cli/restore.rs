@@ -3,17 +3,16 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::{Globals, output, pick_repository};
 use crate::error::{Failure, Outcome};
-use crate::model::secret::Redactor;
 use crate::model::time::local;
 use crate::model::units::bytes;
+use crate::ops::restore;
 use crate::restore::plan::{self, Selector};
-use crate::restore::{ItemResult, PlanItem, RestoreContext, RestoreOptions, RestoreTargets};
+use crate::restore::{ItemResult, PlanItem, RestoreOptions};
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
@@ -219,118 +218,43 @@ fn requested(selector: &Selector) -> String {
     }
 }
 
-/// Runs `restore`.
+/// Runs `restore`: plans through [`crate::ops::restore`], prints the plan,
+/// asks, restores and prints what became of each item.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let selector = args.selector()?;
     let requested = requested(&selector);
-    let options = args.options(selector.clone())?;
-
+    let options = args.options(selector)?;
     let repository = pick_repository(&config, args.repository.as_deref()).await?;
-    let listing = repository.listing().await?;
-    let snapshots = named_or_ours(&listing, &selector);
-    let damaged = listing.damaged;
-    for line in output::deletions(&listing.vanished, listing.behind.as_ref()) {
-        tracing::warn!(repository = repository.name(), "{}", line.trim());
-    }
-    for d in &damaged {
-        // Never chosen, but the operator should know why it is not there.
-        tracing::warn!(repository = repository.name(), manifest = %d.key, "refused: {}", d.message);
-    }
-    // Asked for by id, or nothing else left: say why, and fail (exit 1).
-    let asked = match &selector {
-        Selector::Snapshot(id) => damaged
-            .iter()
-            .find(|d| d.key == crate::storage::keys::manifest_key(id)),
-        _ if snapshots.is_empty() => damaged.first(),
-        _ => None,
-    };
-    if let Some(d) = asked {
-        return Err(Failure::failed(format!(
-            "repository {}: refusing {}: {}",
-            repository.name(),
-            d.key,
-            d.message
-        )));
-    }
-    let matcher = crate::model::selection::matcher(&args.sources)?;
-    let mut choices = plan::choose(
-        &snapshots,
-        &selector,
-        matcher.as_ref().map(|m| (m, args.sources.as_slice())),
-    )?;
-    // A whole cluster is recovered only when named: it goes to a new data
-    // directory, not over the running server.
-    if !args.sources.iter().any(|s| s == "postgres/cluster") {
-        choices
-            .retain(|c| c.artifact.kind != crate::model::manifest::ArtifactKind::PostgresCluster);
-    }
-    let choices =
-        crate::restore::postgres::pitr::attach(&repository, &snapshots, &selector, choices).await?;
-    crate::restore::check_options(&choices, &options)?;
-    // A dry run needs no key, but with one at hand the plan can say which
-    // roles the roles archive creates and which it leaves alone.
-    let identities = if args.dry_run {
-        crate::pipeline::load_identities(&config).unwrap_or_default()
-    } else {
-        crate::pipeline::load_identities(&config)?
-    };
-    let ctx = RestoreContext {
-        targets: RestoreTargets::from_config(&config),
+    let prepared = restore::prepare(restore::Asked {
+        config: &config,
         repository,
-        identities: Arc::new(identities),
+        sources: &args.sources,
         options: &options,
-        redactor: Redactor::new(config.secrets()),
+        dry_run: args.dry_run,
         progress: std::io::stderr().is_terminal() && !globals.json,
-        cancel: tokio_util::sync::CancellationToken::new(),
-    };
-    let items = crate::restore::prepare(&ctx, choices).await?;
+    })
+    .await?;
     if !globals.json {
-        print_plan(&requested, &items);
+        print_plan(&requested, &prepared.items);
     }
-    let refused: Vec<String> = items
-        .iter()
-        .filter_map(PlanItem::refused)
-        .map(|r| format!("{}: {}", r.choice.source, r.reason))
-        .collect();
     if args.dry_run {
-        if !refused.is_empty() {
-            tracing::warn!(
-                "dry run: {} item(s) would be refused as asked",
-                refused.len()
-            );
-        }
-        if globals.json {
-            output::json(&Report {
-                repository: ctx.repository.name(),
-                requested,
-                dry_run: true,
-                plan: &items,
-                results: &[],
-            });
-        } else {
-            output::line("dry run: nothing was changed");
-        }
+        dry_run(globals, &prepared, requested);
         return Ok(Outcome::Success);
     }
-    if !refused.is_empty() {
-        return Err(Failure::failed(format!(
-            "nothing was changed: {}",
-            refused.join("; ")
-        )));
-    }
+    prepared.none_refused()?;
     if !args.yes {
-        confirm(items.len())?;
+        confirm(prepared.items.len())?;
     }
-    let watch = watch_signals(ctx.cancel.clone())?;
-    let results = crate::restore::execute(&ctx, items.iter().filter_map(PlanItem::ready)).await;
+    let watch = watch_signals(prepared.ctx.cancel.clone())?;
+    let results = prepared.execute().await;
     watch.abort();
     if globals.json {
         output::json(&Report {
-            repository: ctx.repository.name(),
+            repository: prepared.ctx.repository.name(),
             requested,
             dry_run: false,
-            plan: &items,
+            plan: &prepared.items,
             results: &results,
         });
     } else {
@@ -339,8 +263,31 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     Ok(Outcome::verdict(results.iter().all(|r| r.ok)))
 }
 
+/// Reports a dry run: the plan (already printed for people), and how many
+/// items would be refused.
+fn dry_run(globals: &Globals, prepared: &restore::Prepared<'_>, requested: String) {
+    let refused = prepared.refusals();
+    if !refused.is_empty() {
+        tracing::warn!(
+            "dry run: {} item(s) would be refused as asked",
+            refused.len()
+        );
+    }
+    if globals.json {
+        output::json(&Report {
+            repository: prepared.ctx.repository.name(),
+            requested,
+            dry_run: true,
+            plan: &prepared.items,
+            results: &[],
+        });
+    } else {
+        output::line("dry run: nothing was changed");
+    }
+}
+
 /// Cancels `cancel` on the first Ctrl-C or SIGTERM; the restore then
-/// stops at a safe point (see [`RestoreContext::cancel`]) and reports. A
+/// stops at a safe point (see [`crate::restore::RestoreContext::cancel`]) and reports. A
 /// second signal ends the process at once.
 fn watch_signals(
     cancel: tokio_util::sync::CancellationToken,
@@ -381,24 +328,4 @@ fn print_results(results: &[ItemResult]) {
             r.seconds
         ));
     }
-}
-
-/// The snapshots a restore chooses from: this stack's, plus a snapshot of
-/// another stack when it is named by id (said in the log).
-fn named_or_ours(
-    listing: &crate::repository::Listing,
-    selector: &Selector,
-) -> Vec<crate::model::manifest::Manifest> {
-    let mut snapshots = listing.ours.clone();
-    if let Selector::Snapshot(id) = selector
-        && let Some(m) = listing.others.iter().find(|m| &m.id == id)
-    {
-        tracing::warn!(
-            snapshot = %id,
-            stack = m.stack.as_deref().unwrap_or("-"),
-            "this snapshot belongs to another stack (written for another host or repository): used because it was named"
-        );
-        snapshots.push(m.clone());
-    }
-    snapshots
 }

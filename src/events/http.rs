@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +26,15 @@ pub enum HttpError {
         host: String,
         /// What failed.
         message: String,
+    },
+    /// TLS could not be set up (the system's root certificates).
+    #[error("cannot reach {host}: {source}")]
+    Tls {
+        /// `host:port`.
+        host: String,
+        /// Why.
+        #[source]
+        source: super::tls::TlsError,
     },
     /// The request failed midway.
     #[error("request to {host} failed: {message}")]
@@ -135,7 +143,10 @@ async fn request(
         message: format!("bad header: {e}"),
     })?;
     let status = if url.scheme() == "https" {
-        let config = tls_config().map_err(connect_err)?;
+        let config = super::tls::client_config(None).map_err(|source| HttpError::Tls {
+            host: target.clone(),
+            source,
+        })?;
         let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
             .map_err(|e| connect_err(format!("bad TLS name: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -173,20 +184,4 @@ where
     let res = sender.send_request(req).await.map_err(failed);
     driver.abort();
     Ok(res?.status().as_u16())
-}
-
-/// rustls with ring and the system's root certificates.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }

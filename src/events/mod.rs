@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod notify;
+pub mod tls;
 
 pub use mqtt::PublishError;
 
@@ -68,7 +69,7 @@ pub async fn publish(config: &Config, events: &[Event]) -> bool {
             true
         }
         Err(e) => {
-            let e = crate::model::secret::Redactor::new(config.secrets()).scrub(&e.to_string());
+            let e = config.redactor().scrub(&e.to_string());
             tracing::warn!(broker = %mqtt::broker(mqtt), error = %e, "could not publish events (the backup itself is not affected)");
             false
         }

@@ -6,13 +6,11 @@
 //! acknowledged, the broker refused the connection (bad credentials do not
 //! improve by retrying), or the timeout passed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS, Transport,
 };
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 
 use super::Event;
@@ -24,33 +22,15 @@ enum Progress {
     Error(String),
 }
 
-fn tls_config(cfg: &MqttConfig) -> Result<rumqttc::TlsConfiguration, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read mqtt.ca_file {}: {e}", path.display()))?;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("mqtt.ca_file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+/// rustls trusting `mqtt.ca_file` or the system's roots.
+fn tls_config(cfg: &MqttConfig) -> Result<rumqttc::TlsConfiguration, super::tls::TlsError> {
+    let ca = cfg.ca_file.as_deref().map(|path| super::tls::CaFile {
+        key: "mqtt.ca_file",
+        path,
+    });
+    Ok(rumqttc::TlsConfiguration::Rustls(
+        super::tls::client_config(ca)?,
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
 }
 
 /// Why events could not be published. Never fails a backup: the caller
@@ -63,7 +43,7 @@ pub enum PublishError {
     Container(String),
     /// TLS could not be set up (CA file, system roots).
     #[error("TLS for the broker: {0}")]
-    Tls(String),
+    Tls(#[source] super::tls::TlsError),
     /// The broker refused the connection (credentials, ACL).
     #[error("{why} ({target}); check mqtt.username and mqtt.password")]
     Refused {

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use super::Event;
 use super::http::{self, HttpError};
 use crate::model::config::{Config, NotifyConfig, NotifyKind};
-use crate::model::secret::Redactor;
 
 /// What a job tells people.
 #[derive(Debug, Clone)]
@@ -66,7 +65,7 @@ pub fn kind_name(kind: NotifyKind) -> &'static str {
 /// Sends `notice` to every `[[notify]]` target that wants it (all at
 /// once); returns the kinds of the targets it could not reach.
 pub async fn notify(config: &Config, notice: &Notice) -> Vec<&'static str> {
-    let scrub = Redactor::new(config.secrets());
+    let scrub = config.redactor();
     let targets = config.notify.iter().filter(|n| {
         if notice.success {
             n.on_success
@@ -199,7 +198,7 @@ pub async fn ping(config: &Config, job: Job, which: Ping, body: &str) -> bool {
     let Ok(url) = url::Url::parse(&format!("{}{suffix}", base.expose())) else {
         return false;
     };
-    let scrub = Redactor::new(config.secrets());
+    let scrub = config.redactor();
     let host = url.host_str().unwrap_or_default().to_owned();
     match http::post(
         &url,

@@ -96,80 +96,25 @@ async fn check_wal(
     damaged: &mut Vec<Damage>,
     referenced: &mut BTreeSet<String>,
 ) -> Result<(Vec<WalReport>, usize), RepositoryError> {
-    use crate::model::wal::{BasePosition, WalArchive};
+    use crate::model::wal::WalArchive;
     let mut reports = Vec::new();
     let mut checked = 0;
     for id in repo.wal_clusters().await? {
         let (records, bad) = repo.wal_records(&id).await?;
-        for d in bad {
-            damaged.push(Damage {
-                snapshot: None,
-                source: "wal".into(),
-                path: d.key,
-                problem: d.message,
-            });
-        }
+        damaged.extend(bad.into_iter().map(|d| Damage {
+            snapshot: None,
+            source: "wal".into(),
+            path: d.key,
+            problem: d.message,
+        }));
         for r in &records {
             referenced.insert(r.path.clone());
             checked += 1;
-            let a = crate::model::manifest::Artifact::of_wal(r);
-            let plaintext = Expected::Exactly(a.plaintext_bytes);
-            if let Err(problem) = check_object(repo, &a, plaintext, identities).await {
-                damaged.push(Damage {
-                    snapshot: None,
-                    source: format!("wal/{}", r.name),
-                    path: r.path.clone(),
-                    problem,
-                });
-            }
+            damaged.extend(check_record(repo, r, identities).await);
         }
         let archive = WalArchive::from_records(records.iter().cloned());
-        let mut bases: Vec<(String, BasePosition)> = snapshots
-            .iter()
-            .flat_map(|m| {
-                m.artifacts
-                    .iter()
-                    .filter(|a| a.is_ok())
-                    .filter_map(|a| a.wal.clone())
-                    .filter(|w| w.system_identifier == id)
-                    .map(|w| (m.id.clone(), w))
-            })
-            .collect();
-        if bases.is_empty()
-            && let Some(first) = archive.segments.values().next()
-        {
-            let seg = first.segment().expect("a segment");
-            bases.push((
-                String::new(),
-                BasePosition {
-                    system_identifier: id.clone(),
-                    timeline: seg.timeline,
-                    start_lsn: seg.start(first.segment_size),
-                    end_lsn: seg.start(first.segment_size),
-                    segment_size: first.segment_size,
-                },
-            ));
-        }
-        let mut gaps = BTreeSet::new();
-        for (snapshot, base) in &bases {
-            for g in archive.gaps(base) {
-                if gaps.insert(g.clone()) {
-                    damaged.push(Damage {
-                        snapshot: (!snapshot.is_empty()).then(|| snapshot.clone()),
-                        source: "wal".into(),
-                        path: g.clone(),
-                        problem: format!(
-                            "WAL segment {g} is missing: {} cannot be recovered past it; take a new base backup                              (kompose-dr backup --source postgres/cluster)",
-                            if snapshot.is_empty() {
-                                "the archived WAL".to_owned()
-                            } else {
-                                format!("base backup {snapshot}")
-                            }
-                        ),
-                    });
-                }
-            }
-        }
+        let bases = bases_of(snapshots, &id, &archive);
+        let gaps = gaps_of(&archive, &bases, damaged);
         let size = records.first().map(|r| r.segment_size).unwrap_or(16 << 20);
         reports.push(WalReport {
             system_identifier: id.clone(),
@@ -183,27 +128,140 @@ async fn check_wal(
     Ok((reports, checked))
 }
 
+/// Checks one archived WAL file against its record: the damage, if any.
+async fn check_record(
+    repo: &Repository,
+    r: &crate::model::wal::WalRecord,
+    identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
+) -> Option<Damage> {
+    let a = crate::model::manifest::Artifact::of_wal(r);
+    let plaintext = Expected::Exactly(a.plaintext_bytes);
+    let problem = check_object(repo, &a, plaintext, identities).await.err()?;
+    Some(Damage {
+        snapshot: None,
+        source: format!("wal/{}", r.name),
+        path: r.path.clone(),
+        problem: problem.to_string(),
+    })
+}
+
+/// The base backups of cluster `id` that snapshots retain, by snapshot id;
+/// without any, the first archived segment (snapshot id empty).
+fn bases_of(
+    snapshots: &[crate::model::manifest::Manifest],
+    id: &str,
+    archive: &crate::model::wal::WalArchive,
+) -> Vec<(String, crate::model::wal::BasePosition)> {
+    let mut bases: Vec<(String, crate::model::wal::BasePosition)> = snapshots
+        .iter()
+        .flat_map(|m| {
+            m.artifacts
+                .iter()
+                .filter(|a| a.is_ok())
+                .filter_map(|a| a.wal.clone())
+                .filter(|w| w.system_identifier == id)
+                .map(|w| (m.id.clone(), w))
+        })
+        .collect();
+    if bases.is_empty()
+        && let Some(first) = archive.segments.values().next()
+    {
+        let seg = first.segment().expect("a segment");
+        bases.push((
+            String::new(),
+            crate::model::wal::BasePosition {
+                system_identifier: id.to_owned(),
+                timeline: seg.timeline,
+                start_lsn: seg.start(first.segment_size),
+                end_lsn: seg.start(first.segment_size),
+                segment_size: first.segment_size,
+            },
+        ));
+    }
+    bases
+}
+
+/// The segments missing after any of `bases`, each reported as damage once.
+fn gaps_of(
+    archive: &crate::model::wal::WalArchive,
+    bases: &[(String, crate::model::wal::BasePosition)],
+    damaged: &mut Vec<Damage>,
+) -> BTreeSet<String> {
+    let mut gaps = BTreeSet::new();
+    for (snapshot, base) in bases {
+        for g in archive.gaps(base) {
+            if gaps.insert(g.clone()) {
+                damaged.push(Damage {
+                    snapshot: (!snapshot.is_empty()).then(|| snapshot.clone()),
+                    source: "wal".into(),
+                    path: g.clone(),
+                    problem: format!(
+                        "WAL segment {g} is missing: {} cannot be recovered past it; take a new base backup                              (kompose-dr backup --source postgres/cluster)",
+                        if snapshot.is_empty() {
+                            "the archived WAL".to_owned()
+                        } else {
+                            format!("base backup {snapshot}")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    gaps
+}
+
+/// What is wrong with one stored object.
+#[derive(Debug, thiserror::Error)]
+enum ObjectProblem {
+    /// The store could not open it.
+    #[error(transparent)]
+    Open(#[from] crate::storage::StorageError),
+    /// Reading it failed midway.
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    /// It is longer than the manifest says.
+    #[error("more than the {0} bytes the manifest says: it was replaced or is damaged")]
+    TooLong(u64),
+    /// It is shorter than the manifest says.
+    #[error("{found} bytes, the manifest says {recorded}")]
+    Size {
+        /// Bytes read.
+        found: u64,
+        /// Bytes the manifest records.
+        recorded: u64,
+    },
+    /// Its sha256 is not the manifest's.
+    #[error("sha256 {0} differs from the manifest's")]
+    Sha256(String),
+    /// The reader task ended without an answer.
+    #[error("reader failed: {0}")]
+    Reader(#[source] tokio::task::JoinError),
+    /// It does not decrypt, decompress or verify.
+    #[error(transparent)]
+    Archive(#[from] crate::restore::stream::ReadError),
+}
+
 /// Checks one object: hashed without a key, read end to end with one.
 async fn check_object(
     repo: &Repository,
     a: &Artifact,
     plaintext: Expected,
     identities: &Option<Arc<Vec<Box<dyn age::Identity + Send + Sync>>>>,
-) -> Result<(), String> {
+) -> Result<(), ObjectProblem> {
     match identities {
         None => hash_object(repo, a).await,
         Some(ids) => read_object(repo, a, plaintext, ids.clone()).await,
     }
 }
 
-async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
+async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), ObjectProblem> {
     let path = a.path.as_deref().unwrap_or_default();
-    let mut r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
+    let mut r = repo.backend().open(path).await?;
     let mut h = Sha256::new();
     let mut n = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let k = r.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let k = r.read(&mut buf).await.map_err(ObjectProblem::Read)?;
         if k == 0 {
             break;
         }
@@ -211,18 +269,18 @@ async fn hash_object(repo: &Repository, a: &Artifact) -> Result<(), String> {
         n += k as u64;
         if n > a.stored_bytes {
             // No need to read the rest of something longer than it must be.
-            return Err(format!(
-                "more than the {} bytes the manifest says: it was replaced or is damaged",
-                a.stored_bytes
-            ));
+            return Err(ObjectProblem::TooLong(a.stored_bytes));
         }
     }
     if n != a.stored_bytes {
-        return Err(format!("{n} bytes, the manifest says {}", a.stored_bytes));
+        return Err(ObjectProblem::Size {
+            found: n,
+            recorded: a.stored_bytes,
+        });
     }
     let sha = hex::encode(h.finalize());
     if a.sha256.as_deref() != Some(sha.as_str()) {
-        return Err(format!("sha256 {sha} differs from the manifest's"));
+        return Err(ObjectProblem::Sha256(sha));
     }
     Ok(())
 }
@@ -234,17 +292,17 @@ async fn read_object(
     a: &Artifact,
     plaintext: Expected,
     identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
-) -> Result<(), String> {
+) -> Result<(), ObjectProblem> {
     let path = a.path.as_deref().unwrap_or_default();
-    let r = repo.backend().open(path).await.map_err(|e| e.to_string())?;
+    let r = repo.backend().open(path).await?;
     let stored = VerifyingReader::new(tokio_util::io::SyncIoBridge::new(r), a, Box::new(|_| {}));
     let stored = stored.with_plaintext(plaintext);
     tokio::task::spawn_blocking(move || {
         copy_archive(stored, &identities, &mut std::io::sink()).map(|_| ())
     })
     .await
-    .map_err(|e| format!("reader failed: {e}"))?
-    .map_err(|e| e.to_string())
+    .map_err(ObjectProblem::Reader)??;
+    Ok(())
 }
 
 /// The objects a snapshot names, each with the bound of its plaintext: the
@@ -318,7 +376,7 @@ pub async fn run(
                         snapshot: Some(m.id.clone()),
                         source: a.source.clone(),
                         path,
-                        problem,
+                        problem: problem.to_string(),
                     });
                 }
             }
@@ -352,4 +410,30 @@ pub async fn run(
         vanished: listing.vanished,
         behind: listing.behind,
     })
+}
+
+/// The lines that name deleted snapshots: those a later snapshot names as
+/// its predecessor, and the newest one this host committed, when gone.
+pub fn deletions(
+    vanished: &[crate::repository::listing::Vanished],
+    behind: Option<&crate::repository::listing::Behind>,
+) -> Vec<String> {
+    let mut out: Vec<String> = vanished
+        .iter()
+        .map(|v| {
+            format!(
+                "  VANISHED  {} (snapshot {} names it as its predecessor; prune did not remove it: someone deleted it from the store)",
+                v.id, v.named_by
+            )
+        })
+        .collect();
+    if let Some(b) = behind {
+        out.push(format!(
+            "  BEHIND  the newest snapshot this host committed here, {}, is gone; the repository's newest is {}: \
+             it was deleted or the store rolled back, and a restore would take an older snapshot",
+            b.host_newest,
+            b.repository_newest.as_deref().unwrap_or("none")
+        ));
+    }
+    out
 }

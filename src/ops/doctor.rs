@@ -40,7 +40,7 @@ mod sources;
 mod unit;
 
 pub use paths::UNIT_USER;
-pub use unit::as_user_command;
+pub use unit::{AsUserError, as_user_command};
 
 /// Runs every check; `only` limits them to one repository. `as_user` is
 /// the user `--as-user` switched to, for the `user` check's message.
@@ -94,7 +94,7 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         unit::sandbox(config, &mut checks);
     }
     // Servers' and tools' messages are quoted: none may carry a secret.
-    let scrub = crate::model::secret::Redactor::new(config.secrets());
+    let scrub = config.redactor();
     for c in &mut checks {
         c.message = scrub.scrub(&c.message);
     }
@@ -161,7 +161,7 @@ async fn broker(config: &Config, checks: &mut Vec<Check>) {
         .connect
         .min(m.timeout.max(std::time::Duration::from_secs(1)));
     let result = crate::events::mqtt::probe(m, limit).await.map_err(|e| {
-        let scrub = crate::model::secret::Redactor::new(config.secrets());
+        let scrub = config.redactor();
         format!(
             "{} (in {})",
             scrub.scrub(&e.to_string()),

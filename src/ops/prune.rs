@@ -162,8 +162,7 @@ pub async fn prune_repository(
     match &result {
         Ok(_) => ping(config, Job::Prune, Ping::Success, &format!("{what} done")).await,
         Err(e) => {
-            let message = crate::model::secret::Redactor::new(config.secrets())
-                .scrub(&format!("{what}: {e}"));
+            let message = config.redactor().scrub(&format!("{what}: {e}"));
             ping(config, Job::Prune, Ping::Failure, &message).await
         }
     };
@@ -186,7 +185,7 @@ async fn prune_locked(
     };
     run(config, policies, &repo, lock.as_ref(), opts, Utc::now())
         .await
-        .map_err(|e| Failure::failed(format!("repository {}: {e}", repo.name())))
+        .map_err(|e| Failure::from(e).context(format_args!("repository {}", repo.name())))
 }
 
 /// Why prune stopped. Whatever it removed before stopping was removed

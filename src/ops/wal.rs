@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Failure;
 use crate::events::metrics::{Metrics, WAL_LAG, WAL_LAST_ARCHIVED};
 use crate::model::config::Config;
-use crate::model::secret::Redactor;
 use crate::pipeline::EncodeSettings;
 use crate::repository::Repository;
 use crate::sources::SourceContext;
@@ -62,9 +61,8 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
             "no repository answers: WAL cannot be archived anywhere",
         ));
     }
-    let resolved = crate::clients::postgres::resolve(pg)
-        .await
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    // A container that is not there is the configuration's fault (exit 2).
+    let resolved = crate::clients::postgres::resolve(pg).await?;
     let ctx = SourceContext {
         snapshot: String::new(),
         repositories,
@@ -72,7 +70,7 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
             level: config.compression.level,
             recipients: encryption.recipients.clone(),
         },
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         progress: None,
         timeouts: config.timeouts.clone(),
     };
@@ -116,5 +114,5 @@ pub async fn run(config: Arc<Config>, stop: CancellationToken) -> Result<(), Fai
     let result = archiver.run(stop.clone()).await;
     stop.cancel();
     let _ = metrics.await;
-    result.map_err(|e| Failure::failed(format!("WAL archiving: {e}")))
+    result.map_err(|e| Failure::from(e).context("WAL archiving"))
 }

@@ -211,6 +211,12 @@ impl Config {
         })
     }
 
+    /// A redactor that scrubs every secret of this configuration
+    /// ([`Config::secrets`]) from logs and messages.
+    pub fn redactor(&self) -> crate::model::secret::Redactor {
+        crate::model::secret::Redactor::new(self.secrets())
+    }
+
     /// Every secret value in the configuration, for log and error scrubbing.
     pub fn secrets(&self) -> Vec<Secret> {
         let mut v = Vec::new();

@@ -25,7 +25,6 @@ use crate::model::manifest::{
     StoredObject,
 };
 use crate::model::policy::Policy;
-use crate::model::secret::Redactor;
 use crate::model::selection::{database_source, source_database};
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::lock::RepoLock;
@@ -261,6 +260,35 @@ pub async fn run_on(
     opts: &BackupOptions,
     repositories: Vec<Repository>,
 ) -> Result<BackupReport, Failure> {
+    let encryption = preflight(config, &repositories)?;
+    let resolved = resolve_containers(config).await?;
+    let config = &resolved;
+    let (mut targets, unavailable) =
+        open_targets(repositories, opts.lock_wait, &encryption.recipients).await?;
+
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let snapshot = crate::model::time::snapshot_id(started_at);
+    let ctx = source_context(config, opts, &snapshot, &targets, encryption);
+    tracing::info!(snapshot = %snapshot, "backup started");
+    let runs = run_sources(config, opts, &ctx, &targets).await?;
+
+    let facts = store_facts(&ctx, &runs).await;
+    let mut head = manifest_head(&snapshot, opts, started_at);
+    for target in &mut targets {
+        commit_to(target, &mut head, &runs, &facts).await;
+    }
+    let mut report = report_of(snapshot, started_at, &runs, targets, unavailable);
+    report.duration_seconds = clock.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What a backup needs before anything is opened: recipients to encrypt
+/// to, and a signing key for every repository it commits to.
+fn preflight<'c>(
+    config: &'c Config,
+    repositories: &[Repository],
+) -> Result<&'c crate::model::config::Encryption, Failure> {
     let encryption = config.encryption.as_ref().ok_or_else(|| {
         Failure::usage(format!(
             "configuration {}: [encryption] recipients are needed to back up",
@@ -277,30 +305,42 @@ pub async fn run_on(
             r.name()
         )));
     }
-    let resolved = resolve_containers(config).await?;
-    let config = &resolved;
-    let (mut targets, unavailable) =
-        open_targets(repositories, opts.lock_wait, &encryption.recipients).await?;
+    Ok(encryption)
+}
 
-    let started_at = Utc::now();
-    let clock = Instant::now();
-    let snapshot = crate::model::time::snapshot_id(started_at);
-    let ctx = SourceContext {
-        snapshot: snapshot.clone(),
+/// What every source of this run shares: the snapshot, the repositories
+/// written to, encryption, secrets to scrub, progress and stall limits.
+fn source_context(
+    config: &Config,
+    opts: &BackupOptions,
+    snapshot: &str,
+    targets: &[Target],
+    encryption: &crate::model::config::Encryption,
+) -> SourceContext {
+    SourceContext {
+        snapshot: snapshot.to_owned(),
         repositories: targets.iter().map(|t| t.repo.clone()).collect(),
         encode: EncodeSettings {
             level: config.compression.level,
             recipients: encryption.recipients.clone(),
         },
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         progress: opts.progress.then(|| {
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
         }),
         timeouts: config.timeouts.clone(),
-    };
-    tracing::info!(snapshot = %snapshot, "backup started");
+    }
+}
 
-    let jobs = plan(config, opts, &ctx).await?;
+/// Backs up every selected source with bounded parallelism, sorted by
+/// source; stops everything once every repository's lock is lost.
+async fn run_sources(
+    config: &Config,
+    opts: &BackupOptions,
+    ctx: &SourceContext,
+    targets: &[Target],
+) -> Result<Vec<SourceRun>, Failure> {
+    let jobs = plan(config, opts, ctx).await?;
     let parallel = config.postgres.as_ref().map_or(2, |p| p.jobs.get());
     let all_runs = futures::stream::iter(jobs)
         .buffer_unordered(parallel)
@@ -311,9 +351,9 @@ pub async fn run_on(
     // (children killed, uploads aborted) instead of finishing for nothing.
     let mut runs = tokio::select! {
         runs = all_runs => runs,
-        () = every_lock_lost(&targets) => {
-            for target in &targets {
-                target.discard(&snapshot).await;
+        () = every_lock_lost(targets) => {
+            for target in targets {
+                target.discard(&ctx.snapshot).await;
             }
             return Err(Failure {
                 class: Class::Failure,
@@ -326,13 +366,18 @@ pub async fn run_on(
         }
     };
     runs.sort_by(|a, b| a.source.cmp(&b.source));
+    Ok(runs)
+}
 
-    let facts = store_facts(&ctx, &runs).await;
-    let mut head = manifest_head(&snapshot, opts, started_at);
-    for target in &mut targets {
-        commit_to(target, &mut head, &runs, &facts).await;
-    }
-
+/// The run's report: per artifact and per repository, and the status they
+/// add up to (the caller fills in the duration).
+fn report_of(
+    snapshot: String,
+    started_at: DateTime<Utc>,
+    runs: &[SourceRun],
+    targets: Vec<Target>,
+    unavailable: Vec<RepositoryReport>,
+) -> BackupReport {
     let artifacts = runs.iter().map(|r| report_artifact(r, &targets)).collect();
     let mut repositories: Vec<RepositoryReport> = targets.into_iter().map(|t| t.report).collect();
     repositories.extend(unavailable);
@@ -347,16 +392,16 @@ pub async fn run_on(
         (true, true) => RunStatus::Ok,
         (true, false) => RunStatus::Partial,
     };
-    Ok(BackupReport {
+    BackupReport {
         snapshot,
         status,
         started_at,
         finished_at: Utc::now(),
-        duration_seconds: clock.elapsed().as_secs_f64(),
+        duration_seconds: 0.0,
         artifacts,
         repositories,
         backfill: None,
-    })
+    }
 }
 
 /// Resolves once the lock of every target is lost; never if one of them
@@ -748,15 +793,84 @@ fn failed_job<'a>(name: String, error: &str) -> Job<'a> {
     Box::pin(async move { run })
 }
 
+/// The PostgreSQL part of a run's plan.
+struct PgPlan<'a> {
+    /// The selected source names.
+    names: Vec<String>,
+    /// One job per name.
+    jobs: Vec<Job<'a>>,
+    /// The database names could not be discovered (`["*"]` and no
+    /// connection): the sources fail as one `postgres` entry.
+    unknown: bool,
+}
+
+impl<'a> PgPlan<'a> {
+    /// Every name fails with `error`.
+    fn failed(names: Vec<String>, error: &str, unknown: bool) -> PgPlan<'a> {
+        let jobs = names.iter().map(|n| failed_job(n.clone(), error)).collect();
+        PgPlan {
+            names,
+            jobs,
+            unknown,
+        }
+    }
+}
+
 /// The PostgreSQL jobs: connects once to learn the server version and, for
-/// `["*"]`, the databases. Returns the selected source names, the jobs, and
-/// whether the names could not be discovered.
+/// `["*"]`, the databases.
 async fn plan_postgres<'a>(
     pg: &'a PostgresConfig,
     ctx: &'a SourceContext,
     wanted: &(dyn Fn(&str) -> bool + Sync),
-) -> (Vec<String>, Vec<Job<'a>>, bool) {
+) -> PgPlan<'a> {
     let limit = ctx.timeouts.stall_for("postgres");
+    let (server, dbs) = match pg_setup(pg, ctx, limit).await {
+        Ok(x) => x,
+        Err(e) => {
+            // Without a connection every selected database fails with the
+            // same error; unknown names (["*"]) fail as one `postgres` entry.
+            let e = ctx.redactor.scrub(&e.to_string());
+            return match &pg.databases {
+                DatabaseSelection::List(l) => PgPlan::failed(pg_names(pg, l, wanted), &e, false),
+                DatabaseSelection::All => PgPlan::failed(vec!["postgres".into()], &e, true),
+            };
+        }
+    };
+    let names = pg_names(pg, &dbs, wanted);
+    if names.is_empty() {
+        return PgPlan::failed(names, "", false);
+    }
+    let tool = match tokio::time::timeout(limit, crate::clients::postgres::choose_tool(pg, &server))
+        .await
+        .map(|r| r.map_err(crate::sources::SourceError::from))
+        .unwrap_or_else(|_| {
+            Err(crate::sources::SourceError::Tool(format!(
+                "pg_dump --version did not answer within {}",
+                humantime::format_duration(limit)
+            )))
+        }) {
+        Ok(tool) => tool,
+        Err(e) => return PgPlan::failed(names, &e.to_string(), false),
+    };
+    tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
+    let jobs = names
+        .iter()
+        .map(|name| pg_job(ctx, pg, name, &tool, &server))
+        .collect();
+    PgPlan {
+        names,
+        jobs,
+        unknown: false,
+    }
+}
+
+/// Connects within `limit` for the server's version and, for `["*"]`, its
+/// databases.
+async fn pg_setup(
+    pg: &PostgresConfig,
+    ctx: &SourceContext,
+    limit: std::time::Duration,
+) -> Result<(crate::clients::postgres::ServerVersion, Vec<String>), crate::sources::SourceError> {
     let setup = async {
         let client = crate::clients::postgres::connect_within(
             pg,
@@ -771,7 +885,7 @@ async fn plan_postgres<'a>(
         };
         Ok::<_, crate::sources::SourceError>((server, dbs))
     };
-    let setup = tokio::time::timeout(limit, setup)
+    tokio::time::timeout(limit, setup)
         .await
         .unwrap_or_else(|_| {
             Err(crate::sources::SourceError::Query(format!(
@@ -780,35 +894,17 @@ async fn plan_postgres<'a>(
                 humantime::format_duration(limit),
                 crate::model::config::Timeouts::stall_key("postgres/")
             )))
-        });
-    let (server, dbs) = match setup {
-        Ok(x) => x,
-        Err(e) => {
-            // Without a connection every selected database fails with the
-            // same error; unknown names (["*"]) fail as one `postgres` entry.
-            let e = ctx.redactor.scrub(&e.to_string());
-            let (names, unknown): (Vec<String>, bool) = match &pg.databases {
-                DatabaseSelection::List(l) => (
-                    pg.globals
-                        .then(|| "postgres/globals".to_owned())
-                        .into_iter()
-                        .chain(
-                            pg.wal
-                                .is_some()
-                                .then(|| postgres::cluster::SOURCE.to_owned()),
-                        )
-                        .chain(l.iter().map(|d| database_source(d)))
-                        .filter(|n| wanted(n))
-                        .collect(),
-                    false,
-                ),
-                DatabaseSelection::All => (vec!["postgres".into()], true),
-            };
-            let jobs = names.iter().map(|n| failed_job(n.clone(), &e)).collect();
-            return (names, jobs, unknown);
-        }
-    };
-    let names: Vec<String> = (pg.globals && wanted("postgres/globals"))
+        })
+}
+
+/// The selected PostgreSQL source names: the roles, the cluster, then the
+/// databases `dbs`.
+fn pg_names(
+    pg: &PostgresConfig,
+    dbs: &[String],
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> Vec<String> {
+    (pg.globals && wanted("postgres/globals"))
         .then(|| "postgres/globals".to_owned())
         .into_iter()
         .chain(
@@ -820,55 +916,42 @@ async fn plan_postgres<'a>(
                 .map(|db| database_source(db))
                 .filter(|n| wanted(n)),
         )
-        .collect();
-    if names.is_empty() {
-        return (names, Vec::new(), false);
-    }
-    let tool = match tokio::time::timeout(limit, crate::clients::postgres::choose_tool(pg, &server))
-        .await
-        .map(|r| r.map_err(crate::sources::SourceError::from))
-        .unwrap_or_else(|_| {
-            Err(crate::sources::SourceError::Tool(format!(
-                "pg_dump --version did not answer within {}",
-                humantime::format_duration(limit)
-            )))
-        }) {
-        Ok(tool) => tool,
-        Err(e) => {
-            let e = e.to_string();
-            let jobs = names.iter().map(|n| failed_job(n.clone(), &e)).collect();
-            return (names, jobs, false);
+        .collect()
+}
+
+/// The job backing up one PostgreSQL source `name`.
+fn pg_job<'a>(
+    ctx: &'a SourceContext,
+    pg: &'a PostgresConfig,
+    name: &str,
+    tool: &crate::clients::postgres::DumpTool,
+    server: &crate::clients::postgres::ServerVersion,
+) -> Job<'a> {
+    let (tool, server) = (tool.clone(), server.clone());
+    match source_database(name) {
+        None if name == postgres::cluster::SOURCE => watched(
+            ctx,
+            name.to_owned(),
+            ArtifactKind::PostgresCluster,
+            async move { postgres::cluster::base_backup(ctx, pg, &server).await },
+        ),
+        None if name == "postgres/globals" => watched(
+            ctx,
+            name.to_owned(),
+            ArtifactKind::PostgresGlobals,
+            async move { postgres::dump_globals(ctx, pg, &tool, &server).await },
+        ),
+        Some(db) => {
+            let db = db.to_owned();
+            watched(
+                ctx,
+                name.to_owned(),
+                ArtifactKind::PostgresDump,
+                async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
+            )
         }
-    };
-    tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
-    let jobs = names
-        .iter()
-        .map(|name| {
-            let (tool, server) = (tool.clone(), server.clone());
-            match source_database(name) {
-                None if name == postgres::cluster::SOURCE => watched(
-                    ctx,
-                    name.clone(),
-                    ArtifactKind::PostgresCluster,
-                    async move { postgres::cluster::base_backup(ctx, pg, &server).await },
-                ),
-                None if name == "postgres/globals" => watched(
-                    ctx,
-                    name.clone(),
-                    ArtifactKind::PostgresGlobals,
-                    async move { postgres::dump_globals(ctx, pg, &tool, &server).await },
-                ),
-                Some(db) => {
-                    let db = db.to_owned();
-                    watched(ctx, name.clone(), ArtifactKind::PostgresDump, async move {
-                        postgres::dump_database(ctx, pg, &tool, &server, &db).await
-                    })
-                }
-                None => unreachable!("postgres names are postgres/globals or a database's"),
-            }
-        })
-        .collect();
-    (names, jobs, false)
+        None => unreachable!("postgres names are postgres/globals or a database's"),
+    }
 }
 
 /// Turns the configuration and `--source` patterns into jobs.
@@ -892,10 +975,10 @@ async fn plan<'a>(
     if let Some(pg) = &config.postgres
         && any_pg
     {
-        let (n, j, unknown) = plan_postgres(pg, ctx, &wanted).await;
-        names.extend(n);
-        jobs.extend(j);
-        pg_unknown = unknown;
+        let planned = plan_postgres(pg, ctx, &wanted).await;
+        names.extend(planned.names);
+        jobs.extend(planned.jobs);
+        pg_unknown = planned.unknown;
     }
     if let Some(redis) = &config.redis
         && wanted("redis")
@@ -934,7 +1017,24 @@ async fn plan<'a>(
         }
     }
 
-    // Every pattern must select something: a typo must not back up nothing.
+    every_pattern_hits(opts, &names, pg_unknown)?;
+    if jobs.is_empty() {
+        return Err(Failure::usage(format!(
+            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
+            config.path.display()
+        )));
+    }
+    Ok(jobs)
+}
+
+/// Every `--source` pattern must select something among `names`: a typo
+/// must not back up nothing (a policy's is only warned of). With the
+/// PostgreSQL names unknown, a `postgres…` pattern counts as a hit.
+fn every_pattern_hits(
+    opts: &BackupOptions,
+    names: &[String],
+    pg_unknown: bool,
+) -> Result<(), Failure> {
     for p in &opts.sources {
         let single =
             crate::model::selection::matcher(std::slice::from_ref(p))?.expect("one pattern");
@@ -953,13 +1053,7 @@ async fn plan<'a>(
             )));
         }
     }
-    if jobs.is_empty() {
-        return Err(Failure::usage(format!(
-            "configuration {}: no source is configured ([postgres], [redis], [[files]] or [[directories]])",
-            config.path.display()
-        )));
-    }
-    Ok(jobs)
+    Ok(())
 }
 
 #[cfg(test)]

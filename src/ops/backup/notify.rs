@@ -174,7 +174,7 @@ where
             Ok(report)
         }
         Err(f) => {
-            let scrub = crate::model::secret::Redactor::new(config.secrets());
+            let scrub = config.redactor();
             let message = scrub.scrub(&f.message);
             let prefix = config
                 .mqtt

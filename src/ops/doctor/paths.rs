@@ -147,8 +147,13 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
             return;
         }
     }
-    // The drill creates reports_dir if needed: its nearest existing
-    // ancestor must take a new entry.
+    checks.push(reports_dir(config));
+}
+
+/// `reports_dir`: the drill creates it if needed, so its nearest existing
+/// ancestor must take a new entry.
+fn reports_dir(config: &Config) -> Check {
+    let file = config.path.display();
     let mut dir = config.reports_dir.as_path();
     while !dir.exists() {
         match dir.parent() {
@@ -156,13 +161,12 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
             _ => break,
         }
     }
-    checks.push(check(
+    check(
         "reports_dir",
         match writable(dir) {
-            Ok(()) if dir == config.reports_dir => Ok(format!(
-                "{} is writable",
-                config.reports_dir.display()
-            )),
+            Ok(()) if dir == config.reports_dir => {
+                Ok(format!("{} is writable", config.reports_dir.display()))
+            }
             Ok(()) => Ok(format!(
                 "{} will be created in {} (writable)",
                 config.reports_dir.display(),
@@ -176,7 +180,7 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
                 config.reports_dir.display()
             )),
         },
-    ));
+    )
 }
 
 /// `identity`: the age identity file (needed to restore, verify and drill)

@@ -13,63 +13,16 @@ use std::time::Duration;
 
 use super::{Check, check};
 use crate::clients::postgres as pg;
-use crate::model::config::{Config, DatabaseSelection};
+use crate::model::config::{Config, DatabaseSelection, PostgresConfig};
 
 /// `postgres: …` checks.
 /// Returns the server's major version, when it answered.
 pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option<u32> {
-    let Some(cfg) = &config.postgres else {
-        return None;
-    };
-    let limit = config.timeouts.connect;
-    let file = config.path.display();
-    let resolved = match tokio::time::timeout(limit, pg::resolve(cfg)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            checks.push(check("postgres: connect", Err(e.to_string())));
-            return None;
-        }
-        Err(_) => {
-            checks.push(check(
-                "postgres: connect",
-                Err(format!(
-                    "the container engine did not answer within {}s: is dockerd up? ([timeouts] connect sets the limit)",
-                    limit.as_secs()
-                )),
-            ));
-            return None;
-        }
-    };
-    let ep = &resolved.endpoint;
-    let client = match pg::connect_within(&resolved, &ep.maintenance_db, limit).await {
-        Ok(c) => c,
-        Err(e) => {
-            let text = e.to_string();
-            let fix = if text.contains("password authentication failed")
-                || text.contains("no password")
-                || text.contains("authentication")
-            {
-                format!(
-                    "; fix postgres.password (or password_file / password_credential) or the user in postgres.url in {file}"
-                )
-            } else if text.contains("does not exist") {
-                format!("; fix the database or user in postgres.url in {file}")
-            } else if cfg.container.is_none() {
-                format!(
-                    "; is PostgreSQL running and listening at {}:{}? fix postgres.url in {file}, or set postgres.container",
-                    ep.host, ep.port
-                )
-            } else {
-                String::new()
-            };
-            checks.push(check("postgres: connect", Err(format!("{text}{fix}"))));
-            return None;
-        }
-    };
-    let server = match pg::server_version(&client).await {
-        Ok(v) => v,
-        Err(e) => {
-            checks.push(check("postgres: connect", Err(e.to_string())));
+    let cfg = config.postgres.as_ref()?;
+    let probe = match PgProbe::connect(config, cfg).await {
+        Ok(p) => p,
+        Err(message) => {
+            checks.push(check("postgres: connect", Err(message)));
             return None;
         }
     };
@@ -77,82 +30,133 @@ pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option
         "postgres: connect",
         Ok(format!(
             "PostgreSQL {} answers; `{}` logged in",
-            server.text, ep.user
+            probe.server.text, probe.resolved.endpoint.user
         )),
     ));
+    checks.push(probe.databases().await);
+    probe.tools(checks).await;
+    if cfg.globals {
+        checks.push(probe.globals().await);
+    }
+    Some(probe.server.major)
+}
 
-    // The databases the backup will dump.
-    let present = bounded(limit, pg::discover(&client)).await;
-    checks.push(match (present, &cfg.databases) {
-        (Err(e), _) => check("postgres: databases", Err(e)),
-        (Ok(present), DatabaseSelection::All) => check(
-            "postgres: databases",
-            if present.is_empty() {
-                Err(format!(
-                    "databases = [\"*\"] but `{}` may connect to no database: grant CONNECT, or list them in postgres.databases in {file}",
-                    ep.user
-                ))
-            } else {
+/// A PostgreSQL server logged in to as the backup will, for the checks
+/// after `postgres: connect`.
+struct PgProbe<'a> {
+    /// The configuration file, for messages.
+    file: std::path::Display<'a>,
+    /// `[postgres]` as configured.
+    cfg: &'a PostgresConfig,
+    /// `[postgres]` with its container resolved to an address.
+    resolved: PostgresConfig,
+    /// `[timeouts] connect`.
+    limit: Duration,
+    client: tokio_postgres::Client,
+    server: pg::ServerVersion,
+}
+
+impl<'a> PgProbe<'a> {
+    /// Resolves the container, logs in and asks the server's version; the
+    /// `postgres: connect` failure, with what to fix, if any step fails.
+    async fn connect(config: &'a Config, cfg: &'a PostgresConfig) -> Result<Self, String> {
+        let limit = config.timeouts.connect;
+        let file = config.path.display();
+        let resolved = match tokio::time::timeout(limit, pg::resolve(cfg)).await {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => {
+                return Err(format!(
+                    "the container engine did not answer within {}s: is dockerd up? ([timeouts] connect sets the limit)",
+                    limit.as_secs()
+                ));
+            }
+        };
+        let ep = &resolved.endpoint;
+        let client = pg::connect_within(&resolved, &ep.maintenance_db, limit)
+            .await
+            .map_err(|e| format!("{e}{}", connect_fix(&e, cfg, &resolved, &file)))?;
+        let server = pg::server_version(&client)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(PgProbe {
+            file,
+            cfg,
+            resolved,
+            limit,
+            client,
+            server,
+        })
+    }
+
+    /// `postgres: databases`: the databases the backup will dump are there.
+    async fn databases(&self) -> Check {
+        let (file, user) = (&self.file, &self.resolved.endpoint.user);
+        let present = bounded(self.limit, pg::discover(&self.client)).await;
+        let result = match (present, &self.cfg.databases) {
+            (Err(e), _) => Err(e),
+            (Ok(present), DatabaseSelection::All) if present.is_empty() => Err(format!(
+                "databases = [\"*\"] but `{user}` may connect to no database: grant CONNECT, or list them in postgres.databases in {file}"
+            )),
+            (Ok(present), DatabaseSelection::All) => {
                 Ok(format!("all of them (\"*\"): {}", present.join(", ")))
-            },
-        ),
-        (Ok(present), DatabaseSelection::List(wanted)) => {
-            let missing: Vec<&str> = wanted
-                .iter()
-                .filter(|w| !present.contains(w))
-                .map(String::as_str)
-                .collect();
-            check(
-                "postgres: databases",
+            }
+            (Ok(present), DatabaseSelection::List(wanted)) => {
+                let missing: Vec<&str> = wanted
+                    .iter()
+                    .filter(|w| !present.contains(w))
+                    .map(String::as_str)
+                    .collect();
                 if missing.is_empty() {
                     Ok(format!("all present: {}", wanted.join(", ")))
                 } else {
                     Err(format!(
-                        "missing on the server (or `{}` may not connect): {}; create them (CREATE DATABASE …), \
+                        "missing on the server (or `{user}` may not connect): {}; create them (CREATE DATABASE …), \
                          grant CONNECT, or remove them from postgres.databases in {file}",
-                        ep.user,
                         missing.join(", ")
                     ))
-                },
-            )
-        }
-    });
-
-    // The client tools, chosen the way the backup chooses them.
-    let what = format!("the server (PostgreSQL {})", server.text);
-    let mut programs = vec!["pg_dump"];
-    if cfg.globals {
-        programs.push("pg_dumpall");
+                }
+            }
+        };
+        check("postgres: databases", result)
     }
-    for program in programs {
-        let chosen = tokio::time::timeout(
-            limit,
-            pg::choose_client(&resolved, program, server.major, &what),
-        )
-        .await;
-        checks.push(check(
-            format!("postgres: {program}"),
-            match chosen {
-                Ok(Ok(tool)) => Ok(match &tool {
-                    pg::DumpTool::Local { bin_dir, version } => {
-                        format!("{} ({version})", bin_dir.join(program).display())
-                    }
-                    pg::DumpTool::Container { container, version } => {
-                        format!("in container `{}` ({version})", container.name)
-                    }
-                }),
+
+    /// `postgres: pg_dump` (and `pg_dumpall`): the client tools, chosen the
+    /// way the backup chooses them.
+    async fn tools(&self, checks: &mut Vec<Check>) {
+        let what = format!("the server (PostgreSQL {})", self.server.text);
+        let mut programs = vec!["pg_dump"];
+        if self.cfg.globals {
+            programs.push("pg_dumpall");
+        }
+        for program in programs {
+            let chosen = tokio::time::timeout(
+                self.limit,
+                pg::choose_client(&self.resolved, program, self.server.major, &what),
+            )
+            .await;
+            let result = match chosen {
+                Ok(Ok(pg::DumpTool::Local { bin_dir, version })) => {
+                    Ok(format!("{} ({version})", bin_dir.join(program).display()))
+                }
+                Ok(Ok(pg::DumpTool::Container { container, version })) => {
+                    Ok(format!("in container `{}` ({version})", container.name))
+                }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "{program} --version did not answer within {}s",
-                    limit.as_secs()
+                    self.limit.as_secs()
                 )),
-            },
-        ));
+            };
+            checks.push(check(format!("postgres: {program}"), result));
+        }
     }
 
-    if cfg.globals {
-        let su = bounded(limit, async {
-            client
+    /// `postgres: globals`: the role may read the roles and their
+    /// passwords, as pg_dumpall --globals-only must.
+    async fn globals(&self) -> Check {
+        let user = &self.resolved.endpoint.user;
+        let su = bounded(self.limit, async {
+            self.client
                 .query_one(
                     "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
                     &[],
@@ -162,24 +166,77 @@ pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option
                 .map_err(|e| pg::db_error("cannot read the role", e))
         })
         .await;
-        checks.push(check(
-            "postgres: globals",
-            match su {
-                Ok(true) => Ok(format!(
-                    "`{}` is a superuser: pg_dumpall --globals-only can read roles and their passwords",
-                    ep.user
-                )),
-                Ok(false) => Err(format!(
-                    "`{}` is not a superuser: pg_dumpall --globals-only reads pg_authid (the role passwords), \
-                     which only a superuser may; log in as a superuser (postgres.url's user) or set \
-                     postgres.globals = false in {file}",
-                    ep.user
-                )),
-                Err(e) => Err(e),
-            },
-        ));
+        let result = match su {
+            Ok(true) => Ok(format!(
+                "`{user}` is a superuser: pg_dumpall --globals-only can read roles and their passwords"
+            )),
+            Ok(false) => Err(format!(
+                "`{user}` is not a superuser: pg_dumpall --globals-only reads pg_authid (the role passwords), \
+                 which only a superuser may; log in as a superuser (postgres.url's user) or set \
+                 postgres.globals = false in {}",
+                self.file
+            )),
+            Err(e) => Err(e),
+        };
+        check("postgres: globals", result)
     }
-    Some(server.major)
+}
+
+/// Why a login failed, as PostgreSQL's SQLSTATE says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginFailure {
+    /// Wrong password (28P01).
+    Password,
+    /// No such database or role (3D000, 28000).
+    NoDatabaseOrUser,
+    /// No answer from the server at all (no SQLSTATE).
+    Unreachable,
+}
+
+/// What to fix after a failed login, decided on the server's SQLSTATE.
+fn connect_fix(
+    e: &(dyn std::error::Error + 'static),
+    cfg: &PostgresConfig,
+    resolved: &PostgresConfig,
+    file: &std::path::Display<'_>,
+) -> String {
+    let ep = &resolved.endpoint;
+    match login_failure(e) {
+        LoginFailure::Password => format!(
+            "; fix postgres.password (or password_file / password_credential) or the user in postgres.url in {file}"
+        ),
+        LoginFailure::NoDatabaseOrUser => {
+            format!("; fix the database or user in postgres.url in {file}")
+        }
+        LoginFailure::Unreachable if cfg.container.is_none() => format!(
+            "; is PostgreSQL running and listening at {}:{}? fix postgres.url in {file}, or set postgres.container",
+            ep.host, ep.port
+        ),
+        LoginFailure::Unreachable => String::new(),
+    }
+}
+
+/// Classifies a failed login by the SQLSTATE of the driver's error in
+/// `e`'s chain of causes.
+fn login_failure(e: &(dyn std::error::Error + 'static)) -> LoginFailure {
+    use tokio_postgres::error::SqlState;
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(driver) = c.downcast_ref::<tokio_postgres::Error>() {
+            return match driver.code() {
+                Some(code) if *code == SqlState::INVALID_PASSWORD => LoginFailure::Password,
+                Some(code)
+                    if *code == SqlState::INVALID_CATALOG_NAME
+                        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                {
+                    LoginFailure::NoDatabaseOrUser
+                }
+                _ => LoginFailure::Unreachable,
+            };
+        }
+        cause = c.source();
+    }
+    LoginFailure::Unreachable
 }
 
 /// A fallible step, failed after `limit`.
@@ -346,5 +403,20 @@ pub(super) fn files(config: &Config, checks: &mut Vec<Check>) {
             },
         };
         checks.push(check(name, result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_without_a_driver_error_is_never_read_from_its_message() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(login_failure(&refused), LoginFailure::Unreachable);
+        // Only the SQLSTATE decides: text that looks like a login failure
+        // is not one.
+        let wrong = std::io::Error::other("password authentication failed for user \"k\"");
+        assert_eq!(login_failure(&wrong), LoginFailure::Unreachable);
     }
 }

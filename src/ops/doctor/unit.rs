@@ -167,37 +167,68 @@ pub(super) fn backup_unit() -> Unit {
         .unwrap_or_else(|| Unit::parse("kompose-dr-backup.service", None, SHIPPED_BACKUP))
 }
 
+/// Why `doctor --as-user` cannot run as that user. Class
+/// [`Class::Usage`](crate::error::Class::Usage): the operator names
+/// another user or runs it differently.
+#[derive(Debug, thiserror::Error)]
+pub enum AsUserError {
+    /// The user database could not be read.
+    #[error("cannot look up user `{name}`: {source}")]
+    Lookup {
+        /// The user asked for.
+        name: String,
+        /// The lookup's error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// There is no such user.
+    #[error("no user `{0}` on this host: create it (useradd --system {0}) or name another")]
+    NoUser(String),
+    /// Switching user needs root.
+    #[error("--as-user {0} needs root (it switches to that user); run it with sudo")]
+    NeedsRoot(String),
+    /// util-linux' setpriv is not installed.
+    #[error("--as-user needs setpriv: install util-linux")]
+    NoSetpriv,
+    /// This program's own path is unknown.
+    #[error("cannot find this program: {0}")]
+    CurrentExe(#[source] std::io::Error),
+}
+
+impl crate::error::Classify for AsUserError {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Usage
+    }
+}
+
 /// The command that runs this very `doctor` again as `name`, with the
 /// backup unit's ambient capabilities, through util-linux's `setpriv`
 /// (as systemd would start the unit); `None` when this process already
 /// is that user.
-pub fn as_user_command(name: &str) -> Result<Option<std::process::Command>, String> {
+pub fn as_user_command(name: &str) -> Result<Option<std::process::Command>, AsUserError> {
     use nix::unistd::{Group, User, geteuid};
     let user = User::from_name(name)
-        .map_err(|e| format!("cannot look up user `{name}`: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "no user `{name}` on this host: create it (useradd --system {name}) or name another"
-            )
-        })?;
+        .map_err(|source| AsUserError::Lookup {
+            name: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| AsUserError::NoUser(name.to_owned()))?;
     if geteuid() == user.uid {
         return Ok(None);
     }
     if !geteuid().is_root() {
-        return Err(format!(
-            "--as-user {name} needs root (it switches to that user); run it with sudo"
-        ));
+        return Err(AsUserError::NeedsRoot(name.to_owned()));
     }
     let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
         .into_iter()
         .map(Path::new)
         .find(|p| p.is_file())
-        .ok_or("--as-user needs setpriv: install util-linux")?;
+        .ok_or(AsUserError::NoSetpriv)?;
     let group = Group::from_gid(user.gid)
         .ok()
         .flatten()
         .map_or(user.gid.to_string(), |g| g.name);
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let exe = std::env::current_exe().map_err(AsUserError::CurrentExe)?;
     let mut cmd = std::process::Command::new(setpriv);
     cmd.arg(format!("--reuid={name}"))
         .arg(format!("--regid={group}"))
@@ -220,6 +251,33 @@ pub fn as_user_command(name: &str) -> Result<Option<std::process::Command>, Stri
 /// its sandbox, and every path it reads is visible. Only installed units
 /// are judged.
 pub(super) fn sandbox(config: &Config, checks: &mut Vec<Check>) {
+    let mut any = false;
+    for (name, needs) in unit_needs(config) {
+        let Some(unit) = installed(name) else {
+            continue;
+        };
+        any = true;
+        checks.push(judge(config, name, &unit, &needs));
+    }
+    if !any {
+        checks.push(check(
+            "sandbox",
+            Ok("no kompose-dr unit is installed: nothing runs in a sandbox yet (run doctor again after installing the units)".into()),
+        ));
+    }
+}
+
+/// The paths a unit's job writes and reads.
+struct Needs {
+    writes: Vec<PathBuf>,
+    reads: Vec<PathBuf>,
+}
+
+/// What each unit's job needs: the backup writes the local repositories,
+/// the metrics textfile and its state, and reads the files and Redis'
+/// data; prune writes the repositories and the textfile; the drill writes
+/// its reports and the textfile and reads the private key.
+fn unit_needs(config: &Config) -> [(&'static str, Needs); 3] {
     let textfile_dir = config
         .metrics
         .as_ref()
@@ -233,82 +291,72 @@ pub(super) fn sandbox(config: &Config, checks: &mut Vec<Check>) {
         })
         .collect();
     let mut reads: Vec<PathBuf> = config.files.iter().map(|f| f.path.clone()).collect();
-    if let Some(d) = config.redis.as_ref().and_then(|r| r.data_dir.clone()) {
-        reads.push(d);
-    }
+    reads.extend(config.redis.as_ref().and_then(|r| r.data_dir.clone()));
     let identity: Vec<PathBuf> = config
         .encryption
         .as_ref()
         .and_then(|e| e.identity_file.clone())
         .into_iter()
         .collect();
-    let units: [(&str, Vec<PathBuf>, Vec<PathBuf>); 3] = [
-        (
-            "kompose-dr-backup.service",
-            local_repos
-                .iter()
-                .cloned()
-                .chain(textfile_dir.clone())
-                .chain(std::iter::once(config.state_dir.clone()))
-                .collect(),
-            reads,
-        ),
-        (
-            "kompose-dr-prune.service",
-            local_repos
-                .iter()
-                .cloned()
-                .chain(textfile_dir.clone())
-                .collect(),
-            Vec::new(),
-        ),
-        (
-            "kompose-dr-drill.service",
-            std::iter::once(config.reports_dir.clone())
-                .chain(textfile_dir.clone())
-                .collect(),
-            identity,
-        ),
-    ];
-    let mut any = false;
-    for (name, writes, reads) in units {
-        let Some(unit) = installed(name) else {
-            continue;
-        };
-        any = true;
-        let mut problems: Vec<String> = writes
+    let backup = Needs {
+        writes: local_repos
             .iter()
-            .filter_map(|p| {
-                unit.cannot_write(p)
-                    .map(|why| format!("cannot write {}: {why}", p.display()))
-            })
-            .collect();
-        problems.extend(reads.iter().filter_map(|p| {
-            unit.hidden_home(p, false)
-                .map(|why| format!("cannot read {}: {why}", p.display()))
-        }));
-        checks.push(check(
-            format!("sandbox: {name}"),
-            if problems.is_empty() {
-                Ok(format!("{} allows every path it needs", unit.source()))
-            } else {
-                Err(format!(
-                    "{} ({}): {}; add the path to ReadWritePaths= (systemctl edit {name}) or move it \
-                     under one that is listed, and fix {}",
-                    name,
-                    unit.source(),
-                    problems.join("; "),
-                    config.path.display()
-                ))
-            },
-        ));
-    }
-    if !any {
-        checks.push(check(
-            "sandbox",
-            Ok("no kompose-dr unit is installed: nothing runs in a sandbox yet (run doctor again after installing the units)".into()),
-        ));
-    }
+            .cloned()
+            .chain(textfile_dir.clone())
+            .chain(std::iter::once(config.state_dir.clone()))
+            .collect(),
+        reads,
+    };
+    let prune = Needs {
+        writes: local_repos
+            .into_iter()
+            .chain(textfile_dir.clone())
+            .collect(),
+        reads: Vec::new(),
+    };
+    let drill = Needs {
+        writes: std::iter::once(config.reports_dir.clone())
+            .chain(textfile_dir)
+            .collect(),
+        reads: identity,
+    };
+    [
+        ("kompose-dr-backup.service", backup),
+        ("kompose-dr-prune.service", prune),
+        ("kompose-dr-drill.service", drill),
+    ]
+}
+
+/// `sandbox: <name>`: whether the installed `unit` allows what its job
+/// needs.
+fn judge(config: &Config, name: &str, unit: &Unit, needs: &Needs) -> Check {
+    let mut problems: Vec<String> = needs
+        .writes
+        .iter()
+        .filter_map(|p| {
+            unit.cannot_write(p)
+                .map(|why| format!("cannot write {}: {why}", p.display()))
+        })
+        .collect();
+    problems.extend(needs.reads.iter().filter_map(|p| {
+        unit.hidden_home(p, false)
+            .map(|why| format!("cannot read {}: {why}", p.display()))
+    }));
+    check(
+        format!("sandbox: {name}"),
+        if problems.is_empty() {
+            Ok(format!("{} allows every path it needs", unit.source()))
+        } else {
+            Err(format!(
+                "{} ({}): {}; add the path to ReadWritePaths= (systemctl edit {name}) or move it \
+                 under one that is listed, and fix {}",
+                name,
+                unit.source(),
+                problems.join("; "),
+                config.path.display()
+            ))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use chrono::Utc;
 use serde::Deserialize;
 
+use crate::error::InvalidInput;
 use crate::ops::verify::{Check, Restored};
 
 /// One `[[check]]` table as written.
@@ -152,7 +153,7 @@ impl CertificateLimits {
 
 impl CheckFile {
     /// The check `check[i]` describes, or what is wrong with it.
-    pub(super) fn validate(self, i: usize) -> Result<DrillCheck, String> {
+    pub(super) fn validate(self, i: usize) -> Result<DrillCheck, InvalidInput> {
         let CheckFile {
             source,
             sql,
@@ -167,14 +168,14 @@ impl CheckFile {
         let certificates = CertificateLimits::new(min_certificates, max_expired);
         if let Some(min) = min_files {
             if sql.is_some() || min_keys.is_some() || certificates.is_some() {
-                return Err(format!(
+                return Err(InvalidInput(format!(
                     "check[{i}] ({source}): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
-                ));
+                )));
             }
             if !source.starts_with("directories/") {
-                return Err(format!(
+                return Err(InvalidInput(format!(
                     "check[{i}]: min_files applies to directories/<name> sources, not {source}"
-                ));
+                )));
             }
             return Ok(DrillCheck::MinFiles { source, min });
         }
@@ -185,15 +186,15 @@ impl CheckFile {
                     (Some(text), within) => SqlExpect::Equals { text, within },
                     (None, Some(b)) => SqlExpect::Within(b),
                     (None, None) => {
-                        return Err(format!(
+                        return Err(InvalidInput(format!(
                             "check[{i}] ({source}): an sql check needs min, max or equals"
-                        ));
+                        )));
                     }
                 };
                 if !source.starts_with("postgres/") {
-                    return Err(format!(
+                    return Err(InvalidInput(format!(
                         "check[{i}]: sql checks apply to postgres/<db> sources, not {source}"
-                    ));
+                    )));
                 }
                 Ok(DrillCheck::Sql {
                     source,
@@ -203,9 +204,9 @@ impl CheckFile {
             }
             (None, Some(min), None) => Ok(DrillCheck::MinKeys { source, min }),
             (None, None, Some(limits)) => Ok(DrillCheck::Certificates { source, limits }),
-            _ => Err(format!(
+            _ => Err(InvalidInput(format!(
                 "check[{i}] ({source}): give exactly one of sql, min_keys, min_files, or min_certificates/max_expired"
-            )),
+            ))),
         }
     }
 }

@@ -38,7 +38,8 @@ pub enum DrillError {
         /// The file.
         path: PathBuf,
         /// What is wrong, naming the key or the check's index.
-        problem: String,
+        #[source]
+        problem: crate::error::InvalidInput,
     },
     /// `drills_dir` cannot be read.
     #[error(

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::error::InvalidInput;
 use crate::model::config::Config;
+use crate::ops::restore::RestoreRunError;
 use crate::ops::verify::{self, Check, SourceVerdict, Which};
 use crate::repository::Repository;
 pub use check::{Bound, CertificateLimits, DrillCheck, SqlExpect};
@@ -94,19 +96,19 @@ impl Drill {
 
     /// The drill a file describes, or what is wrong with it (without the
     /// file's name, which [`Drill::load`] adds).
-    fn validate(file: DrillFile) -> Result<Drill, String> {
+    fn validate(file: DrillFile) -> Result<Drill, InvalidInput> {
         if file.name.is_empty()
             || !file
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(format!(
+            return Err(InvalidInput(format!(
                 "name `{}`: use letters, digits, '-', '_' or '.'",
                 file.name
-            ));
+            )));
         }
-        crate::model::selection::matcher(&file.sources).map_err(|e| e.to_string())?;
+        crate::model::selection::matcher(&file.sources)?;
         let checks = file
             .checks
             .into_iter()
@@ -119,9 +121,9 @@ impl Drill {
                 p.strip_prefix("now-")
                     .and_then(|d| humantime::parse_duration(d.trim()).ok())
                     .ok_or_else(|| {
-                        format!(
+                        InvalidInput(format!(
                             "point_in_time `{p}`: write now-1h (a duration before the drill starts)"
-                        )
+                        ))
                     })?,
             ),
         };
@@ -208,7 +210,8 @@ pub async fn run(
     .await;
     let result = run_inner(config, drill, identities).await;
     if let Err(e) = &result {
-        let message = crate::model::secret::Redactor::new(config.secrets())
+        let message = config
+            .redactor()
             .scrub(&format!("drill {}: {e}", drill.name));
         let prefix = config
             .mqtt
@@ -339,125 +342,197 @@ async fn finish(
 async fn point_in_time(
     config: &Config,
     drill: &Drill,
-    identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    identities: Identities,
     repo: Repository,
     started_at: DateTime<Utc>,
     ago: std::time::Duration,
 ) -> Result<DrillReport, DrillError> {
-    use crate::restore::plan::{self, Selector};
-    let failed = |message: String| DrillError::Repository {
-        drill: drill.name.clone(),
-        message,
-    };
     let target = started_at - chrono::Duration::from_std(ago).unwrap_or_default();
-    let (snapshots, _) = repo.snapshots().await.map_err(|e| failed(e.to_string()))?;
-    let selector = Selector::PointInTime(target);
-    let names = vec!["postgres/cluster".to_owned()];
-    let matcher = crate::model::selection::matcher(&names)
-        .map_err(|e| failed(e.to_string()))?
-        .expect("one pattern");
+    let (snapshots, _) = repo.snapshots().await.map_err(|e| DrillError::Repository {
+        drill: drill.name.clone(),
+        message: e.to_string(),
+    })?;
     let start = std::time::Instant::now();
-    let outcome = async {
-        let choices = plan::choose(&snapshots, &selector, Some((&matcher, names.as_slice())))
-            .map_err(|e| e.to_string())?;
-        let choices = crate::restore::postgres::pitr::attach(&repo, &snapshots, &selector, choices)
-            .await
-            .map_err(|e| e.to_string())?;
-        let choice = choices.into_iter().next().ok_or("no base backup")?;
+    let recovery = Recovery {
+        config,
+        repo: &repo,
+        snapshots: &snapshots,
+        identities,
+        target,
+    };
+    let outcome = recovery.run().await;
+    let seconds = start.elapsed().as_secs_f64();
+    let ended = Ended {
+        config,
+        drill,
+        repo: &repo,
+        started_at,
+        seconds,
+    };
+    match outcome {
+        Ok(recovered) => ended.recovered(recovered, target).await,
+        Err(e) => ended.failed(&e, &snapshots).await,
+    }
+}
+
+/// The private keys archives are decrypted with.
+type Identities = Arc<Vec<Box<dyn age::Identity + Send + Sync>>>;
+
+/// A point-in-time recovery of the cluster into scratch.
+struct Recovery<'a> {
+    config: &'a Config,
+    repo: &'a Repository,
+    snapshots: &'a [crate::model::manifest::Manifest],
+    identities: Identities,
+    target: DateTime<Utc>,
+}
+
+/// What a point-in-time recovery brought back.
+struct Recovered {
+    server: crate::scratch::process::RecoveredPostgres,
+    base: crate::model::manifest::Manifest,
+    recovery: Box<crate::restore::plan::Recovery>,
+}
+
+impl Recovery<'_> {
+    /// Plans the cluster to the target time (the one planning of every
+    /// restore) and recovers it in scratch.
+    async fn run(&self) -> Result<Recovered, RestoreRunError> {
+        let options = crate::restore::RestoreOptions {
+            selector: crate::restore::plan::Selector::PointInTime(self.target),
+            ..crate::restore::RestoreOptions::default_for("")
+        };
+        let choices = crate::ops::restore::plan(&crate::ops::restore::Request {
+            repository: self.repo,
+            snapshots: self.snapshots,
+            sources: &["postgres/cluster".to_owned()],
+            options: &options,
+        })
+        .await?;
+        let choice = choices
+            .into_iter()
+            .next()
+            .ok_or(RestoreRunError::NoRecovery("no base backup"))?;
         let recovery = choice
             .recovery
             .clone()
-            .ok_or("no recovery could be planned")?;
+            .ok_or(RestoreRunError::NoRecovery("no recovery could be planned"))?;
         let options = crate::restore::RestoreOptions::default_for(&choice.snapshot);
         let ctx = crate::restore::RestoreContext {
-            targets: crate::restore::RestoreTargets::from_config(config),
-            repository: repo.clone(),
-            identities: identities.clone(),
+            targets: crate::restore::RestoreTargets::from_config(self.config),
+            repository: self.repo.clone(),
+            identities: self.identities.clone(),
             options: &options,
-            redactor: crate::model::secret::Redactor::new(config.secrets()),
+            redactor: self.config.redactor(),
             progress: false,
             cancel: tokio_util::sync::CancellationToken::new(),
         };
-        let (server, _) = crate::restore::postgres::pitr::recover(&ctx, &recovery, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let base = snapshots
+        let (server, _) = crate::restore::postgres::pitr::recover(&ctx, &recovery, None).await?;
+        let base = self
+            .snapshots
             .iter()
             .find(|m| m.id == choice.snapshot)
             .cloned()
-            .ok_or("the base backup's snapshot is gone")?;
-        Ok::<_, String>((server, base, recovery))
+            .ok_or(RestoreRunError::NoRecovery(
+                "the base backup's snapshot is gone",
+            ))?;
+        Ok(Recovered {
+            server,
+            base,
+            recovery,
+        })
     }
-    .await;
-    let seconds = start.elapsed().as_secs_f64();
-    let redactor = crate::model::secret::Redactor::new(config.secrets());
-    match outcome {
-        Ok((server, base, recovery)) => {
-            let mut restored = verify::Restored::default();
-            restored.postgres = Some(Box::new(server));
-            // The databases the checks name came back with the cluster.
-            let mut verdicts: Vec<SourceVerdict> = Vec::new();
-            for c in &drill.checks {
-                let s = c.source();
-                if s.starts_with("postgres/") && !verdicts.iter().any(|v| v.source == s) {
-                    verdicts.push(SourceVerdict::new(
-                        s,
-                        seconds,
-                        vec![Check::new("recovered", true, "with the cluster")],
-                    ));
-                }
+}
+
+/// A point-in-time drill whose recovery ended, well or not: its checks and
+/// report are next.
+struct Ended<'a> {
+    config: &'a Config,
+    drill: &'a Drill,
+    repo: &'a Repository,
+    started_at: DateTime<Utc>,
+    seconds: f64,
+}
+
+impl Ended<'_> {
+    /// The cluster recovered: the databases the checks name came back with
+    /// it; the drill's checks run against it.
+    async fn recovered(
+        self,
+        r: Recovered,
+        target: DateTime<Utc>,
+    ) -> Result<DrillReport, DrillError> {
+        let mut restored = verify::Restored::default();
+        restored.postgres = Some(Box::new(r.server));
+        let mut verdicts = vec![SourceVerdict::new(
+            "postgres/cluster",
+            self.seconds,
+            vec![Check::new(
+                "recovers to the point in time",
+                true,
+                format!(
+                    "base backup {} + {} WAL file(s), recovered to {}",
+                    r.recovery.base_snapshot,
+                    r.recovery.wal_files,
+                    target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            )],
+        )];
+        for c in &self.drill.checks {
+            let s = c.source();
+            if s.starts_with("postgres/") && !verdicts[1..].iter().any(|v| v.source == s) {
+                verdicts.push(SourceVerdict::new(
+                    s,
+                    self.seconds,
+                    vec![Check::new("recovered", true, "with the cluster")],
+                ));
             }
-            let verdict = SourceVerdict::new(
-                "postgres/cluster",
-                seconds,
-                vec![Check::new(
-                    "recovers to the point in time",
-                    true,
-                    format!(
-                        "base backup {} + {} WAL file(s), recovered to {}",
-                        recovery.base_snapshot,
-                        recovery.wal_files,
-                        target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                )],
-            );
-            verdicts.insert(0, verdict);
-            finish(
-                config,
-                drill,
-                repo.name(),
-                &base,
-                started_at,
-                verdicts,
-                restored,
-            )
-            .await
         }
-        Err(e) => {
-            let verdict = SourceVerdict::new(
-                "postgres/cluster",
-                seconds,
-                vec![Check::new(
-                    "recovers to the point in time",
-                    false,
-                    redactor.scrub(&e),
-                )],
-            );
-            let placeholder = snapshots
-                .first()
-                .cloned()
-                .ok_or_else(|| failed(e.clone()))?;
-            finish(
-                config,
-                drill,
-                repo.name(),
-                &placeholder,
-                started_at,
-                vec![verdict],
-                verify::Restored::default(),
-            )
-            .await
-        }
+        let (config, drill, repo) = (self.config, self.drill, self.repo);
+        finish(
+            config,
+            drill,
+            repo.name(),
+            &r.base,
+            self.started_at,
+            verdicts,
+            restored,
+        )
+        .await
+    }
+
+    /// The recovery failed: the report says why, against the newest
+    /// snapshot for want of the base backup's.
+    async fn failed(
+        self,
+        e: &RestoreRunError,
+        snapshots: &[crate::model::manifest::Manifest],
+    ) -> Result<DrillReport, DrillError> {
+        let message = self.config.redactor().scrub(&e.to_string());
+        let verdict = SourceVerdict::new(
+            "postgres/cluster",
+            self.seconds,
+            vec![Check::new("recovers to the point in time", false, message)],
+        );
+        let placeholder = snapshots
+            .first()
+            .cloned()
+            .ok_or_else(|| DrillError::Repository {
+                drill: self.drill.name.clone(),
+                message: e.to_string(),
+            })?;
+        let (config, drill, repo) = (self.config, self.drill, self.repo);
+        let restored = verify::Restored::default();
+        finish(
+            config,
+            drill,
+            repo.name(),
+            &placeholder,
+            self.started_at,
+            vec![verdict],
+            restored,
+        )
+        .await
     }
 }
 

@@ -220,8 +220,6 @@ pub(super) fn key_check(
     loaded: &BTreeMap<String, Counts>,
     w: LoadWindow,
 ) -> Check {
-    let loaded_total: u64 = loaded.values().map(|c| c.keys).sum();
-    let recorded_total: u64 = recorded.keys.values().sum();
     let file = match file {
         Ok(f) => f,
         Err(why) if recorded.counted_at.is_some() => {
@@ -231,47 +229,73 @@ pub(super) fn key_check(
                 format!("cannot count the keys in the restored files: {why}"),
             );
         }
-        Err(_) => {
-            let found: BTreeMap<String, u64> =
-                loaded.iter().map(|(db, c)| (db.clone(), c.keys)).collect();
-            return if &found == recorded.keys {
-                Check::new(
-                    "key counts",
-                    true,
-                    format!(
-                        "{loaded_total} keys in {} database(s), as recorded",
-                        found.len()
-                    ),
-                )
-            } else {
-                Check::new(
-                    "key counts",
-                    false,
-                    format!(
-                        "Redis loaded {found:?}, the backup recorded {:?}",
-                        recorded.keys
-                    ),
-                )
-            };
-        }
+        Err(_) => return loaded_as_recorded(recorded, loaded),
     };
     let mut problems = Vec::new();
     if let Some(at) = recorded.counted_at {
-        let in_file = file.counts_at(at);
-        let dbs: std::collections::BTreeSet<&String> =
-            in_file.keys().chain(recorded.keys.keys()).collect();
-        for db in dbs {
-            let f = in_file.get(db).copied().unwrap_or_default();
-            let rk = recorded.keys.get(db).copied().unwrap_or(0);
-            let rv = recorded.volatile.get(db).copied().unwrap_or(0);
-            if (f.keys, f.volatile) != (rk, rv) {
-                problems.push(format!(
-                    "{db}: the restored file holds {} keys ({} with a TTL) at the backup's time, the backup recorded {rk} ({rv})",
-                    f.keys, f.volatile
-                ));
-            }
+        problems.extend(file_as_recorded(recorded, file, at));
+    }
+    problems.extend(loaded_as_file(file, loaded, &w));
+    if !problems.is_empty() {
+        return Check::new("key counts", false, problems.join("; "));
+    }
+    Check::new("key counts", true, agreed(recorded, loaded))
+}
+
+/// Facts of an older version with no countable file: what Redis loaded
+/// must equal the recorded counts.
+fn loaded_as_recorded(recorded: &Recorded<'_>, loaded: &BTreeMap<String, Counts>) -> Check {
+    let loaded_total: u64 = loaded.values().map(|c| c.keys).sum();
+    let found: BTreeMap<String, u64> = loaded.iter().map(|(db, c)| (db.clone(), c.keys)).collect();
+    if &found == recorded.keys {
+        Check::new(
+            "key counts",
+            true,
+            format!(
+                "{loaded_total} keys in {} database(s), as recorded",
+                found.len()
+            ),
+        )
+    } else {
+        Check::new(
+            "key counts",
+            false,
+            format!(
+                "Redis loaded {found:?}, the backup recorded {:?}",
+                recorded.keys
+            ),
+        )
+    }
+}
+
+/// Rule 1: the restored file, counted at the facts' moment `at`, holds
+/// exactly the recorded counts; the databases where it does not.
+fn file_as_recorded(recorded: &Recorded<'_>, file: &FileKeys, at: i64) -> Vec<String> {
+    let in_file = file.counts_at(at);
+    let dbs: std::collections::BTreeSet<&String> =
+        in_file.keys().chain(recorded.keys.keys()).collect();
+    let mut problems = Vec::new();
+    for db in dbs {
+        let f = in_file.get(db).copied().unwrap_or_default();
+        let rk = recorded.keys.get(db).copied().unwrap_or(0);
+        let rv = recorded.volatile.get(db).copied().unwrap_or(0);
+        if (f.keys, f.volatile) != (rk, rv) {
+            problems.push(format!(
+                "{db}: the restored file holds {} keys ({} with a TTL) at the backup's time, the backup recorded {rk} ({rv})",
+                f.keys, f.volatile
+            ));
         }
     }
+    problems
+}
+
+/// Rule 2: what Redis loaded in window `w` is what the file holds, keys
+/// whose TTL ran out aside; the databases where it is not.
+fn loaded_as_file(
+    file: &FileKeys,
+    loaded: &BTreeMap<String, Counts>,
+    w: &LoadWindow,
+) -> Vec<String> {
     let file_dbs: BTreeMap<String, &DbKeys> = file
         .dbs
         .iter()
@@ -279,6 +303,7 @@ pub(super) fn key_check(
         .collect();
     let dbs: std::collections::BTreeSet<&String> = file_dbs.keys().chain(loaded.keys()).collect();
     let empty = DbKeys::default();
+    let mut problems = Vec::new();
     for db in dbs {
         let k = file_dbs.get(db).copied().unwrap_or(&empty);
         let l = loaded.get(db).copied().unwrap_or_default();
@@ -305,11 +330,15 @@ pub(super) fn key_check(
             ));
         }
     }
-    if !problems.is_empty() {
-        return Check::new("key counts", false, problems.join("; "));
-    }
+    problems
+}
+
+/// The detail of counts that agree.
+fn agreed(recorded: &Recorded<'_>, loaded: &BTreeMap<String, Counts>) -> String {
+    let loaded_total: u64 = loaded.values().map(|c| c.keys).sum();
+    let recorded_total: u64 = recorded.keys.values().sum();
     let loaded_volatile: u64 = loaded.values().map(|c| c.volatile).sum();
-    let detail = match recorded.counted_at {
+    match recorded.counted_at {
         Some(_) => {
             let recorded_volatile: u64 = recorded.volatile.values().sum();
             let mut d = format!(
@@ -328,8 +357,7 @@ pub(super) fn key_check(
              (the backup recorded {recorded_total}, read from the server after the save)",
             loaded.len()
         ),
-    };
-    Check::new("key counts", true, detail)
+    }
 }
 
 /// Checks a restored ACME store: its certificates decode as recorded, and

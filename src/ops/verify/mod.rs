@@ -32,9 +32,10 @@ use crate::model::config::{Config, PostgresConfig, RedisConfig};
 use crate::model::facts::Facts;
 use crate::model::manifest::{ArtifactKind, Manifest};
 use crate::model::secret::Redactor;
+use crate::ops::restore::{RestoreRunError, Single};
 use crate::repository::Repository;
 use crate::restore::plan::{self, Choice, Selector};
-use crate::restore::{self, PlanItem, RestoreContext, RestoreOptions, RestoreTargets};
+use crate::restore::{self, RestoreContext, RestoreOptions, RestoreTargets};
 use crate::scratch::{ScratchPostgres, ScratchRedis, ScratchRuntime};
 pub use checks::table_differences;
 pub use error::VerifyError;
@@ -68,11 +69,8 @@ impl Check {
     }
 
     /// The `restore` check: the restore's message either way.
-    fn restore(result: &Result<String, String>) -> Check {
-        match result {
-            Ok(m) => Check::new("restore", true, m.clone()),
-            Err(e) => Check::new("restore", false, e.clone()),
-        }
+    fn restore(result: &Single) -> Check {
+        Check::new("restore", result.ok, result.message.clone())
     }
 }
 
@@ -238,7 +236,7 @@ pub async fn run(
         targets: RestoreTargets::from_config(config),
         repo,
         identities,
-        redactor: Redactor::new(config.secrets()),
+        redactor: config.redactor(),
         manifest,
         facts,
     };
@@ -357,13 +355,13 @@ impl Session<'_> {
             options.no_owner = no_owner;
             let (seconds, result) = self.restore_one(&targets, &c, options).await;
             if !selected {
-                if let Err(e) = result {
-                    tracing::warn!(source = %c.source, "roles could not be applied to the scratch server: {e}");
+                if !result.ok {
+                    tracing::warn!(source = %c.source, "roles could not be applied to the scratch server: {}", result.message);
                 }
                 continue;
             }
             let mut checks = vec![Check::restore(&result)];
-            if result.is_ok() && c.source != "postgres/globals" {
+            if result.ok && c.source != "postgres/globals" {
                 let db = crate::model::selection::source_database(&c.source)
                     .expect("a database's source");
                 let facts = self.facts.sources.get(&c.source);
@@ -406,7 +404,7 @@ impl Session<'_> {
         let (seconds, result) = self.restore_one(&targets, c, options).await;
         let mut checks = vec![Check::restore(&result)];
         let facts = self.facts.sources.get(&c.source);
-        if result.is_ok() {
+        if result.ok {
             match c.artifact.kind {
                 ArtifactKind::File => {
                     checks.extend(checks::check_file(&target, facts));
@@ -450,8 +448,6 @@ impl Session<'_> {
         Ok(SourceVerdict::new(&c.source, seconds, checks))
     }
 
-    /// Plans and restores one choice into `targets`: the seconds it took
-    /// and the restore's message, or why it was refused or failed.
     /// A restore context into `targets`, without progress bars; verify
     /// runs under `interruptible`, which drops it whole, so nothing cancels
     /// it from inside.
@@ -478,20 +474,18 @@ impl Session<'_> {
         let options = RestoreOptions::default_for(&self.manifest.id);
         let ctx = self.context(&self.targets, &options);
         let result = async {
-            let chosen = restore::postgres::pitr::attach(
-                self.repo,
-                std::slice::from_ref(self.manifest),
-                &Selector::Snapshot(self.manifest.id.clone()),
-                vec![c.clone()],
-            )
+            let chosen = crate::ops::restore::plan(&crate::ops::restore::Request {
+                repository: self.repo,
+                snapshots: std::slice::from_ref(self.manifest),
+                sources: std::slice::from_ref(&c.source),
+                options: &options,
+            })
             .await?;
             let recovery = chosen
                 .first()
                 .and_then(|c| c.recovery.as_deref())
-                .ok_or_else(|| {
-                    restore::RestoreError::Refused("no recovery could be planned".into())
-                })?;
-            restore::postgres::pitr::check_recovery(&ctx, recovery).await
+                .ok_or(RestoreRunError::NoRecovery("no recovery could be planned"))?;
+            Ok::<_, RestoreRunError>(restore::postgres::pitr::check_recovery(&ctx, recovery).await?)
         }
         .await;
         let check = match result {
@@ -508,24 +502,17 @@ impl Session<'_> {
         SourceVerdict::new(&c.source, start.elapsed().as_secs_f64(), vec![check])
     }
 
+    /// Restores one choice into `targets` through [`crate::ops::restore`]:
+    /// the seconds it took and what became of it.
     async fn restore_one(
         &self,
         targets: &RestoreTargets,
         choice: &Choice,
         options: RestoreOptions,
-    ) -> (f64, Result<String, String>) {
+    ) -> (f64, Single) {
         let start = std::time::Instant::now();
         let ctx = self.context(targets, &options);
-        let result = match restore::check_options(std::slice::from_ref(choice), &options) {
-            Err(e) => Err(e.to_string()),
-            Ok(()) => match restore::plan_item(&ctx, choice.clone()).await {
-                PlanItem::Refused(r) => Err(r.reason),
-                PlanItem::Ready(item) => {
-                    let r = restore::execute_one(&ctx, &item).await;
-                    if r.ok { Ok(r.message) } else { Err(r.message) }
-                }
-            },
-        };
+        let result = crate::ops::restore::restore_one(&ctx, choice).await;
         (start.elapsed().as_secs_f64(), result)
     }
 }

@@ -82,8 +82,11 @@ pub fn on_free_ports<const N: usize, T>(
 /// (`EADDRINUSE`, which PostgreSQL, Redis, Mosquitto and Garage all print
 /// as the C library words it).
 pub fn port_taken(log: &Path) -> bool {
-    std::fs::read_to_string(log).is_ok_and(|l| l.contains("Address already in use"))
+    std::fs::read_to_string(log).is_ok_and(|l| l.contains(PORT_TAKEN))
 }
+
+/// How `strerror(EADDRINUSE)` reads.
+const PORT_TAKEN: &str = "Address already in use";
 
 /// Waits until the log at `log` of the server `child` says `ready`
 /// (`true`), or says its port is taken (`false`: the caller stops it and
@@ -99,9 +102,11 @@ pub fn wait_started(
 ) -> bool {
     let mut taken = false;
     wait_until(what, secs, || {
+        // Whether it exited first: the log read after holds all it wrote.
+        let exited = child.try_wait().unwrap().is_some();
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        taken = text.contains("Address already in use");
-        if !taken && child.try_wait().unwrap().is_some() {
+        taken = text.contains(PORT_TAKEN);
+        if exited && !taken {
             panic!("{what} exited before it was ready:\n{text}");
         }
         taken || ready.iter().all(|r| text.contains(r))

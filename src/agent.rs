@@ -273,6 +273,8 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Listen { addr, source })?;
+        // The bound address: with port 0 the one the kernel chose.
+        let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %addr, "serving /metrics and /healthz");
         Some(http::Endpoint::start(
             listener,

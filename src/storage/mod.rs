@@ -12,11 +12,14 @@
 //! run is cancelled — goes through [`spawn_cleanup`], and the binary waits
 //! for it with [`finish_cleanups`] before it exits.
 //!
-//! A third, [`memory`], keeps objects in memory and fails on demand; it is
+//! A third, `memory`, keeps objects in memory and fails on demand; it is
 //! for tests of the layers above and cannot be chosen in a configuration.
+//! It is compiled only into tests and with the `testing` feature, never
+//! into the release binary.
 
 pub mod keys;
 pub mod local;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod s3;
 

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{self, Pg, Ran, Workspace, free_port, wait_until};
+use crate::support::{self, Pg, Ran, Workspace, wait_until};
 
 fn get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -14,6 +14,28 @@ fn get(port: u16, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// The port the agent logging JSON to `log` serves /metrics on, once it
+/// says so (it binds port 0: no port is chosen before it runs).
+fn served_port(log: &std::path::Path) -> u16 {
+    let mut port = None;
+    wait_until("the agent to serve /metrics", 20, || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "serving /metrics and /healthz")
+            .and_then(|v| {
+                v["fields"]["address"]
+                    .as_str()?
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            })
+            .map(|a| a.port());
+        port.is_some()
+    });
+    port.unwrap()
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -36,22 +58,23 @@ fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
         "name = \"fast\"\nschedule = \"*/2 * * * * *\"\nsources = [\"files/*\"]\n",
     )
     .unwrap();
-    let port = free_port();
     ws.configure(&format!(
-        "[[files]]\nname = \"f\"\npath = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n[agent]\nlisten = \"127.0.0.1:{port}\"\n",
+        "[[files]]\nname = \"f\"\npath = \"{}\"\n\n[metrics]\ntextfile = \"{}\"\n\n[agent]\nlisten = \"127.0.0.1:0\"\n",
         f.display(),
         ws.dir.path().join("m.prom").display()
     ));
     ws.prepend_top_level(&format!("policies_dir = \"{}\"", policies.display()));
     ws.init();
 
+    let log = ws.dir.path().join("agent.log");
     let mut agent = ws
         .kdr()
         .args(["--log-format", "json", "agent"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let port = served_port(&log);
     wait_until("two scheduled backups", 20, || {
         let out = ws.run(&["--json", "snapshots"]);
         let v: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap_or_default();
@@ -78,14 +101,18 @@ fn the_agent_runs_policies_on_schedule_and_serves_metrics() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the agent to refuse the broken reload", 20, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("keeping the old one"))
+    });
     assert!(
         agent.try_wait().unwrap().is_none(),
         "the agent survives a broken reload"
     );
 
     sigterm(&agent);
-    let out = Ran::new("kompose-dr agent", agent.wait_with_output().unwrap());
+    let mut output = agent.wait_with_output().unwrap();
+    output.stderr = std::fs::read(&log).unwrap();
+    let out = Ran::new("kompose-dr agent", output);
     out.assert_exit(0);
     let log = out.stderr();
     let first = log.lines().next().unwrap();

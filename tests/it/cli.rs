@@ -379,7 +379,15 @@ fn kill_9_mid_backup_leaves_no_snapshot_and_the_next_backup_works() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The archive is being written: its temporary file has bytes.
+    support::wait_until("the archive's temporary file", 30, || {
+        walk(&ws.repo).iter().any(|p| {
+            let name = p.to_string_lossy();
+            name.contains(".dump.zst.age.")
+                && name.ends_with(".tmp")
+                && std::fs::metadata(p).is_ok_and(|m| m.len() > 0)
+        })
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,

@@ -33,12 +33,9 @@
 //! instead of waiting; a `kdr_replaced_*` database, kept when a restore was
 //! killed between its swap and dropping the old copy, is dropped by hand.
 //!
-//! Bugs the suite found are listed in [`Known`], each with a deterministic
-//! test below, ignored until it is fixed. The suite counts them, repairs
-//! their damage by hand and goes on, so that it keeps looking for new
-//! ones; anything else that breaks an invariant fails the test. When a bug
-//! is fixed, remove its ignore, and its entry in [`Known`] (or the suite
-//! would tolerate its return).
+//! Anything that breaks an invariant fails the test: the suite tolerates no
+//! known bug. Each bug it found has a deterministic test below that keeps
+//! it fixed; a new one gets one too, failing until it is fixed.
 //!
 //! Each interruption comes at a random moment within the operation's
 //! typical duration, learnt from its uninterrupted runs (one of each kind
@@ -387,16 +384,6 @@ impl Blow {
     fn may_strand_a_lease(&self) -> bool {
         !matches!(self.how, How::Signal(s) if s.signal == Signal::SIGTERM)
     }
-
-    /// A SIGKILL to kompose-dr alone: its children live on.
-    fn kills_only_the_parent(&self) -> bool {
-        self.signal()
-            .is_some_and(|s| s.signal == Signal::SIGKILL && !s.group)
-    }
-
-    fn is_sigkill(&self) -> bool {
-        self.signal().is_some_and(|s| s.signal == Signal::SIGKILL)
-    }
 }
 
 impl fmt::Display for Blow {
@@ -436,64 +423,6 @@ fn plan_blow(rng: &mut Rng, op: &Op, typical: Duration) -> Blow {
     Blow { how, after }
 }
 
-/// Bugs the crash suite found, tolerated by it (counted and repaired by
-/// hand) until fixed; each has an ignored test below that fails today.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Known {
-    OrphanedScratchServer,
-    UnmarkedScratchDatabase,
-    RestoreTemporaryFile,
-    BackupNameClash,
-    AofRewritesLeftOff,
-    PruneDiesOnSigterm,
-}
-
-impl Known {
-    fn what(self) -> &'static str {
-        match self {
-            Known::OrphanedScratchServer => {
-                "a verify killed with SIGKILL leaves its kompose-dr-scratch-* directory in TMPDIR, and, killed alone \
-                 (not its group), its scratch postgres/redis-server running; nothing removes them"
-            }
-            Known::UnmarkedScratchDatabase => {
-                "a restore killed during its CREATE DATABASE leaves a kdr_restore_* database without the comment \
-                 that lets the next restore drop it"
-            }
-            Known::RestoreTemporaryFile => {
-                "a file restore killed while it writes leaves .NAME.kompose-dr-*.tmp beside the target"
-            }
-            Known::BackupNameClash => {
-                "a file restore --replace within the same second as the previous one fails: its .bak name exists"
-            }
-            Known::AofRewritesLeftOff => {
-                "a backup interrupted during the AOF rewrite leaves the production Redis with \
-                 auto-aof-rewrite-percentage 0"
-            }
-            Known::PruneDiesOnSigterm => {
-                "prune has no SIGTERM handler: stopped with SIGTERM it dies at once and leaves its S3 lease, \
-                 which blocks every writer of that repository for up to 5 minutes"
-            }
-        }
-    }
-
-    fn test(self) -> &'static str {
-        match self {
-            Known::OrphanedScratchServer => "a_verify_killed_with_sigkill_leaves_no_scratch_server",
-            Known::UnmarkedScratchDatabase => {
-                "a_restore_killed_during_create_database_leaves_no_scratch_database"
-            }
-            Known::RestoreTemporaryFile => "a_file_restore_killed_midway_leaves_no_temporary_file",
-            Known::BackupNameClash => {
-                "a_file_restored_twice_within_a_second_is_replaced_both_times"
-            }
-            Known::AofRewritesLeftOff => {
-                "a_backup_interrupted_during_the_aof_rewrite_turns_automatic_rewrites_back_on"
-            }
-            Known::PruneDiesOnSigterm => "a_prune_stopped_with_sigterm_releases_its_s3_lease",
-        }
-    }
-}
-
 /// A snapshot as `snapshots --json` lists it.
 #[derive(Clone, Debug)]
 struct Snap {
@@ -527,7 +456,6 @@ struct Tally {
     by_blow: BTreeMap<String, usize>,
     finished_first: usize,
     normal_runs: usize,
-    known: BTreeMap<Known, usize>,
     by_design: BTreeMap<&'static str, usize>,
     violations: Vec<String>,
 }
@@ -564,13 +492,6 @@ impl Tally {
             "  typical uninterrupted durations: {}\n",
             durations.join(", ")
         ));
-        for (k, n) in &self.known {
-            s.push_str(&format!(
-                "  known bug met {n} time(s): {} (test {})\n",
-                k.what(),
-                k.test()
-            ));
-        }
         for (what, n) in &self.by_design {
             s.push_str(&format!("  handled by hand {n} time(s): {what}\n"));
         }
@@ -763,11 +684,6 @@ impl Rig {
         );
         println!("  VIOLATION {msg}");
         self.tally.violations.push(msg);
-    }
-
-    fn known(&mut self, k: Known, detail: &str) {
-        println!("  known bug ({}): {detail}", k.test());
-        *self.tally.known.entry(k).or_default() += 1;
     }
 
     fn by_design(&mut self, what: &'static str, detail: &str) {
@@ -997,7 +913,7 @@ impl Rig {
         self.check_written_by(op);
         self.check_visible(op, &visible_before, &removable, &before, false);
         // 3.
-        self.check_prod(op, &before, blow, &ended);
+        self.check_prod(op, &before);
         let t3 = Instant::now();
         // 4.
         self.normal(op, Some((blow, ended.pid)));
@@ -1218,13 +1134,7 @@ impl Rig {
         for (key, body) in self.leases() {
             let own = body["pid"] == pid && body["host"] == hostname();
             let stranded = own && op.kind.writes() && !finished_first;
-            if stranded && op.kind == Kind::Prune && !blow.may_strand_a_lease() {
-                self.known(
-                    Known::PruneDiesOnSigterm,
-                    &format!("lease {key} of pid {pid}"),
-                );
-                self.age_lease(&key, &body);
-            } else if stranded && blow.may_strand_a_lease() {
+            if stranded && blow.may_strand_a_lease() {
                 self.age_lease(&key, &body);
                 self.by_design(
                     "the S3 lease of a writer killed with SIGKILL or cut off from the store, aged by hand (it expires 5 min after its last renewal)",
@@ -1337,7 +1247,7 @@ impl Rig {
     }
 
     /// Invariant 3: production holds its before or its after state.
-    fn check_prod(&mut self, op: &Op, before: &Prod, blow: &Blow, ended: &Ended) {
+    fn check_prod(&mut self, op: &Op, before: &Prod) {
         let now = self.prod();
         let snap = op
             .snapshot
@@ -1373,27 +1283,21 @@ impl Rig {
             let mode = mode.map(|m| format!("{m:o}"));
             self.violate(format!("the file's mode is {mode:?}, not 600"));
         }
-        self.check_redis(op, blow.signal().is_some() && !ended.finished_first);
+        self.check_redis(op);
     }
 
     /// The production Redis: reachable, its keys all there, and automatic
     /// AOF rewrites on (a backup pauses them while it runs its own).
-    /// `signalled`: `op` was interrupted by a signal (not just the network).
-    fn check_redis(&mut self, op: &Op, signalled: bool) {
+    fn check_redis(&mut self, op: &Op) {
         let pct = self
             .redis
             .cli(&["CONFIG", "GET", "auto-aof-rewrite-percentage"]);
         if !pct.contains("100") {
-            let what = format!(
+            self.violate(format!(
                 "Redis' auto-aof-rewrite-percentage is not 100 after {}: {}",
                 op.kind.name(),
                 pct.replace('\n', " ")
-            );
-            if op.kind.is_backup() && signalled {
-                self.known(Known::AofRewritesLeftOff, &what);
-            } else {
-                self.violate(what);
-            }
+            ));
             self.redis
                 .cli(&["CONFIG", "SET", "auto-aof-rewrite-percentage", "100"]);
         }
@@ -1436,15 +1340,6 @@ impl Rig {
                     self.leases_after(op, blow, pid, false);
                     continue;
                 }
-                if op.kind == Kind::RestoreFile && stderr.contains(".bak: File exists") {
-                    let said = stderr
-                        .lines()
-                        .find(|l| l.contains("File exists"))
-                        .unwrap_or("");
-                    self.known(Known::BackupNameClash, said.trim());
-                    std::thread::sleep(Duration::from_millis(1100));
-                    continue;
-                }
             }
             break (code, err, start.elapsed());
         };
@@ -1485,19 +1380,15 @@ impl Rig {
                 "after the uninterrupted {op}, production is {now:?}, expected {expected:?}"
             ));
         }
-        self.check_redis(op, false);
-        self.leftovers(op, prior.map(|(b, _)| b));
+        self.check_redis(op);
+        self.leftovers(op);
     }
 
     /// The rest of invariant 4, after an uninterrupted run: nothing left
     /// running, no scratch database, no lock, no lease; after a prune,
     /// nothing unreferenced and no open upload.
-    fn leftovers(&mut self, op: &Op, prior: Option<&Blow>) {
+    fn leftovers(&mut self, op: &Op) {
         let tmp = self.ws.tmp();
-        // What the known bugs leave after the interruption `prior`.
-        let killed = |kind: Kind| op.kind == kind && prior.is_some_and(Blow::is_sigkill);
-        let orphaned_servers =
-            op.kind == Kind::Verify && prior.is_some_and(Blow::kills_only_the_parent);
         let left: Vec<Stray> = strays_after(&tmp, Duration::from_secs(10));
         if !left.is_empty() {
             let list = left
@@ -1505,32 +1396,14 @@ impl Rig {
                 .map(Stray::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            let scratch_servers = left
-                .iter()
-                .all(|s| s.cmdline.contains("postgres") || s.cmdline.contains("redis-server"));
-            if orphaned_servers && scratch_servers {
-                self.known(Known::OrphanedScratchServer, &list);
-            } else {
-                self.violate(format!("processes left running: {list}"));
-            }
+            self.violate(format!("processes left running: {list}"));
             kill_strays(&tmp);
         }
         let entries: Vec<PathBuf> = std::fs::read_dir(&tmp)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         if !entries.is_empty() {
-            let scratch = entries.iter().all(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("kompose-dr-scratch-"))
-            });
-            if killed(Kind::Verify) && scratch {
-                self.known(
-                    Known::OrphanedScratchServer,
-                    &format!("left in TMPDIR: {entries:?}"),
-                );
-            } else {
-                self.violate(format!("left in TMPDIR: {entries:?}"));
-            }
+            self.violate(format!("left in TMPDIR: {entries:?}"));
             for p in entries {
                 let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
@@ -1545,9 +1418,7 @@ impl Rig {
             .unwrap_or_default();
         for row in rows.lines().filter(|l| !l.is_empty()) {
             let (db, comment) = row.split_once('|').unwrap_or((row, ""));
-            if db.starts_with("kdr_restore_") && comment.is_empty() && killed(Kind::RestoreDb) {
-                self.known(Known::UnmarkedScratchDatabase, db);
-            } else if db.starts_with("kdr_replaced_") && op.kind == Kind::RestoreDb {
+            if db.starts_with("kdr_replaced_") && op.kind == Kind::RestoreDb {
                 self.by_design(
                     "a kdr_replaced_* database (what a database held before a --replace: kept until the operator drops it)",
                     db,
@@ -1576,14 +1447,7 @@ impl Rig {
             if name == "data.bin" || name.starts_with("data.bin.kompose-dr-") {
                 continue;
             }
-            if name.starts_with(".data.bin.kompose-dr-")
-                && name.ends_with(".tmp")
-                && killed(Kind::RestoreFile)
-            {
-                self.known(Known::RestoreTemporaryFile, &name);
-            } else {
-                self.violate(format!("left beside the production file: {name}"));
-            }
+            self.violate(format!("left beside the production file: {name}"));
             let _ = std::fs::remove_file(e.path());
         }
         if op.kind == Kind::Prune {
@@ -1688,8 +1552,8 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-// Deterministic reproductions of what the suite found. Each fails today and
-// is ignored until its bug is fixed (run them with `--ignored`).
+// Deterministic reproductions of what the suite found: each keeps its bug
+// fixed.
 
 /// Kills what a test's runs left running when the test ends, pass or fail.
 struct KillStrays(PathBuf);

@@ -168,9 +168,10 @@ fn a_directory_with_a_live_sqlite_round_trips_and_verifies() {
     let root = ws.dir.path().join("vaultwarden");
     tree(&root);
     let writer = Writer::start(&root.join("db.sqlite3"));
-    std::thread::sleep(Duration::from_millis(300));
+    crate::support::wait_until("the writer's first commits", 30, || {
+        writer.committed.load(Ordering::SeqCst) > 0
+    });
     let before = writer.committed.load(Ordering::SeqCst);
-    assert!(before > 0);
     configure(&ws, &root);
     ws.init();
     let out = ws.run(&["--json", "backup"]);
@@ -693,8 +694,11 @@ fn a_backup_terminated_while_its_container_is_stopped_starts_it_again() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    // The copy's thread may finish now; the run was dropped already.
+    // The run is dropped once its guard has started the container again;
+    // the copy's thread may finish after that.
+    crate::support::wait_until("the container started again after SIGTERM", 60, || {
+        running(&app)
+    });
     locker.execute_batch("ROLLBACK").unwrap();
     let status = crate::support::wait_child(&mut child, Duration::from_secs(90))
         .expect("kompose-dr did not exit after SIGTERM");

@@ -8,12 +8,11 @@
 //! addresses — which only MQTT uses; PostgreSQL and Redis go through the
 //! engine alone.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::docker::{Engine, Stack, engine};
-use crate::support::{Ran, Workspace, wait_until};
+use crate::support::{Ran, Workspace, run_ok, wait_until};
 
 const SCRATCH_LABEL: &str = "io.kompose-dr.scratch";
 
@@ -125,15 +124,29 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     configure(&ws, engine, &stack, &acme);
     run(&ws, engine, &["init"]).assert_exit(0);
 
-    // Events reach the broker by its container address.
+    // Events reach the broker by its container address. The subscriber is
+    // ready once it has the retained probe: then the event is its second
+    // message.
+    run_ok(stack.exec(&stack.mqtt).args([
+        "mosquitto_pub",
+        "-t",
+        "kdr-test/probe",
+        "-r",
+        "-m",
+        "subscribed",
+    ]));
+    let heard = ws.dir.path().join("mosquitto_sub.out");
     let mut sub = stack
         .exec(&stack.mqtt)
-        .args(["mosquitto_sub", "-t", "kompose/#", "-C", "1", "-W", "90"])
-        .stdout(Stdio::piped())
+        .args(["mosquitto_sub", "-t", "kdr-test/probe", "-t", "kompose/#"])
+        .args(["-C", "2", "-W", "90"])
+        .stdout(std::fs::File::create(&heard).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until("mosquitto_sub to subscribe", 60, || {
+        std::fs::read_to_string(&heard).is_ok_and(|h| h.contains("subscribed"))
+    });
 
     let before_links = links_fingerprint(&stack);
     let before_redis = redis_fingerprint(&stack);
@@ -155,13 +168,8 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     ] {
         assert!(sources.contains(&s), "{s} missing from {sources:?}");
     }
-    let mut event = String::new();
-    sub.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut event)
-        .unwrap();
     let _ = sub.wait();
+    let event = std::fs::read_to_string(&heard).unwrap();
     assert!(event.contains("\"backup.completed\""), "event: {event}");
 
     // The archives are the open format: the dump opens with the stock tools
@@ -263,8 +271,7 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     )
     .unwrap();
     let _ = victim.wait();
-    // The Drop of the killed process never ran.
-    std::thread::sleep(Duration::from_millis(500));
+    // The Drop of the killed (and reaped) process never ran.
     let left = scratch_containers(engine);
     assert!(!left.is_empty(), "kill -9 left nothing to sweep");
     run(&ws, engine, &["verify", "--source", "postgres/umami"]).assert_exit(0);

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{Mosquitto, PG_BIN, Pg, Ran, Redis, Workspace, free_port, run_ok, script};
+use crate::support::{Mosquitto, PG_BIN, Pg, Ran, Redis, Workspace, closed_port, run_ok, script};
 
 const MQTT_USER: &str = "kdr";
 const MQTT_PASSWORD: &str = "mqtt-secret-3f9a";
@@ -305,7 +305,8 @@ fn a_wrong_postgres_password_is_named() {
 
 #[test]
 fn an_unreachable_postgres_is_named() {
-    let port = free_port();
+    let closed = closed_port();
+    let port = closed.port;
     let ws = workspace(&Parts {
         postgres: Some(format!(
             "[postgres]\nurl = \"postgres://kompose@127.0.0.1:{port}/postgres\"\npassword = \"x\"\ndatabases = [\"app\"]\n\n"
@@ -465,8 +466,9 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn an_unreachable_broker_is_named() {
+    let closed = closed_port();
     let ws = workspace(&Parts {
-        mqtt: Some(mqtt_part(free_port(), MQTT_PASSWORD)),
+        mqtt: Some(mqtt_part(closed.port, MQTT_PASSWORD)),
         ..Parts::none()
     });
     let m = fails_only(&ws, &[], "mqtt", &["is the broker running", "mqtt.url"]);
@@ -604,7 +606,8 @@ fn an_unreachable_repository_is_named() {
     let secret: PathBuf = ws.dir.path().join("s3-secret");
     std::fs::write(&id, "GK0123456789abcdef01234567").unwrap();
     std::fs::write(&secret, "f".repeat(64)).unwrap();
-    let port = free_port();
+    let closed = closed_port();
+    let port = closed.port;
     let local = format!(
         "[[repository]]\nname = \"local\"\nurl = \"{}\"\n",
         ws.repo.display()
@@ -629,7 +632,8 @@ fn an_unreachable_repository_is_named() {
 
 #[test]
 fn an_unreachable_notification_receiver_is_named_without_its_secrets() {
-    let closed = free_port();
+    let unreachable = closed_port();
+    let closed = unreachable.port;
     let uuid = "5f1e8a2c-9d3b-4c7e-8f60-1a2b3c4d5e6f";
     let ws = Workspace::new();
     configure(&ws, &Parts::none());

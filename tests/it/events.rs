@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Mosquitto, Pg, Ran, Workspace, free_port, require};
+use crate::support::{Mosquitto, Pg, Ran, Workspace, closed_port, require};
 
 fn mqtt_section(broker_port: u16, extra: &str) -> String {
     format!(
@@ -160,11 +160,11 @@ fn an_unreachable_broker_never_fails_or_stalls_a_backup() {
     let ws = Workspace::new();
     let file = ws.dir.path().join("f");
     std::fs::write(&file, "x").unwrap();
-    let dead = free_port();
+    let dead = closed_port();
     ws.configure(&format!(
         "[[files]]\nname = \"f\"\npath = \"{}\"\n{}{}",
         file.display(),
-        mqtt_section(dead, "timeout = \"3s\""),
+        mqtt_section(dead.port, "timeout = \"3s\""),
         metrics_section(&ws)
     ));
     ws.init();
@@ -357,12 +357,12 @@ fn the_grafana_dashboard_queries_only_metrics_kompose_dr_emits_and_shows_each() 
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql("app", "CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
     let ws = Workspace::new();
-    let broker_port = free_port(); // nothing listens: publish failures are counted
+    let broker = closed_port(); // nothing listens: publish failures are counted
     ws.configure(&format!(
         "{}{}{}",
         Workspace::pg_section(&pg, &["app"]),
         metrics_section(&ws),
-        mqtt_section(broker_port, "timeout = \"1s\"\n")
+        mqtt_section(broker.port, "timeout = \"1s\"\n")
     ));
     ws.init();
     ws.run(&["backup"]).assert_exit(0);

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use crate::support::{Workspace, free_port, wait_until};
+use crate::support::{Workspace, closed_port, wait_until};
 
 const TOKEN: &str = "gotify-token-A1b2C3d4";
 const NTFY_TOKEN: &str = "tk_ntfysecret998877";
@@ -240,7 +240,8 @@ fn a_good_backup_sends_nothing_to_failure_only_targets_and_pings_success() {
 
 #[test]
 fn a_receiver_that_is_down_never_fails_the_backup_and_is_counted() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let port = closed_port();
+    let closed = format!("http://127.0.0.1:{}", port.port);
     let (ws, sources) = files_workspace(false);
     ws.configure(&format!(
         "{sources}{}",

@@ -2,7 +2,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::support::{self, Pg, Ran, Redis, Workspace};
 
@@ -164,7 +163,12 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    support::wait_until("the client's session on app", 20, || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+        ) == "1"
+    });
     let out = ws.run(&["restore", "--source", "postgres/app", "--replace", "--yes"]);
     out.assert_exit(0);
     out.assert_stdout_contains("replaced database app");
@@ -223,19 +227,21 @@ fn a_declined_confirmation_changes_nothing() {
         ws.config.display(),
         target.display()
     );
+    let terminal = ws.dir.path().join("terminal.out");
     let mut child = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&terminal).unwrap())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    support::wait_until("the confirmation prompt", 30, || {
+        std::fs::read_to_string(&terminal).is_ok_and(|t| t.contains("Type 'yes'"))
+    });
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"no\n").unwrap();
-    let out = Ran::new(
-        "script kompose-dr restore",
-        child.wait_with_output().unwrap(),
-    );
+    let mut output = child.wait_with_output().unwrap();
+    output.stdout = std::fs::read(&terminal).unwrap();
+    let out = Ran::new("script kompose-dr restore", output);
     let all = out.all();
     assert!(all.contains("Type 'yes'"), "{all}");
     assert!(all.contains("declined"), "{all}");

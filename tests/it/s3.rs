@@ -430,7 +430,8 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
     let missing = repo_at("s3://no-such-bucket", &garage.endpoint());
     fails(&missing, &["bucket `no-such-bucket` does not exist"]);
 
-    let port = support::free_port();
+    let closed = support::closed_port();
+    let port = closed.port;
     fails(
         &repo_at("s3://kdr-auth", &format!("http://127.0.0.1:{port}")),
         &["refused", "unreachable"],

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use super::{free_port, rand_u64, require, run_ok, wait_until};
+use super::{on_free_ports, rand_u64, require, run_ok, wait_started, wait_until};
 
 /// A throw-away Mosquitto broker on a free port.
 pub struct Mosquitto {
@@ -16,12 +16,16 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker; with `credentials`, anonymous clients are refused.
     pub fn start(credentials: Option<(&str, &str)>) -> Mosquitto {
+        on_free_ports("mosquitto", |[port]| Self::launch(port, credentials))
+    }
+
+    /// Starts a broker on `port`; `None` if the port is taken.
+    fn launch(port: u16, credentials: Option<(&str, &str)>) -> Option<Mosquitto> {
         let bin = require("mosquitto");
         let dir = tempfile::Builder::new()
             .prefix("kdr-mqtt-")
             .tempdir()
             .unwrap();
-        let port = free_port();
         let mut conf = format!("listener {port} 127.0.0.1\npersistence false\nuser root\n");
         match credentials {
             None => conf.push_str("allow_anonymous true\n"),
@@ -42,19 +46,25 @@ impl Mosquitto {
         }
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(bin)
+        let log_path = dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(bin)
             .arg("-c")
             .arg(&conf_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
+        if !wait_started("mosquitto", 10, &mut child, &log_path, &["running"]) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
         let m = Mosquitto { dir, port, child };
         wait_until("mosquitto", 10, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        m
+        Some(m)
     }
 
     /// Subscribes to `topic` (with `mosquitto_sub`) and returns once the
@@ -148,4 +158,11 @@ impl Drop for Subscriber {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn mosquitto_on_a_taken_port_is_tried_again() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert!(Mosquitto::launch(port, None).is_none());
 }

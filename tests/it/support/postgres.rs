@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::{Workspace, free_port, rand_u64, require, run_ok, script, wait_until};
+use super::{
+    Ran, Workspace, on_free_ports, port_taken, rand_u64, require, run_ok, script, wait_until,
+};
 
 /// The PostgreSQL 15 binaries the tests use (never the system instance).
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -32,6 +34,16 @@ impl Pg {
                 "PostgreSQL 15 is not installed at {PG_BIN}: run scripts/setup (it installs postgresql-15)"
             );
         }
+        let pg = on_free_ports("postgres", |[port]| Self::launch(port));
+        wait_until("postgres", 30, || {
+            pg.psql_raw("postgres", "select 1").status.success()
+        });
+        pg
+    }
+
+    /// A new cluster in a new directory, started on `port`; `None` if the
+    /// port is taken.
+    fn launch(port: u16) -> Option<Pg> {
         let dir = tempfile::Builder::new()
             .prefix("kdr-pg-")
             .tempdir()
@@ -39,8 +51,7 @@ impl Pg {
         let password = format!("pw-{:016x}", rand_u64());
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, &password).unwrap();
-        let port = free_port();
-        run_ok(
+        let started = Ran::of(
             Command::new(THROWAWAY_PG)
                 .arg("start")
                 .arg(dir.path())
@@ -50,16 +61,16 @@ impl Pg {
                 .args(["-c", "max_connections=50"])
                 .env("PGBIN", PG_BIN),
         );
-        let pg = Pg {
+        if started.code() != Some(0) && port_taken(&dir.path().join("postgres.log")) {
+            return None;
+        }
+        started.assert_exit(0);
+        Some(Pg {
             dir,
             port,
             user: "kompose".into(),
             password,
-        };
-        wait_until("postgres", 30, || {
-            pg.psql_raw("postgres", "select 1").status.success()
-        });
-        pg
+        })
     }
 
     /// `postgres://kompose@127.0.0.1:PORT/postgres` (no password in it).
@@ -208,4 +219,11 @@ impl Pg {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
         }
     }
+}
+
+#[test]
+fn postgres_on_a_taken_port_is_tried_again() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert!(Pg::launch(port).is_none());
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
-use super::{free_port, require, wait_until};
+use super::{on_free_ports, require, wait_started, wait_until};
 
 /// A throw-away Redis server.
 pub struct Redis {
@@ -27,30 +27,66 @@ impl Redis {
         )
     }
 
-    /// Starts redis-server on an existing data directory.
+    /// Starts redis-server on an existing data directory, on a free port.
     pub fn start_in(dir: tempfile::TempDir, aof: bool, password: Option<&str>) -> Redis {
-        Self::start_on(dir, free_port(), aof, password)
+        let mut slot = Some(dir);
+        on_free_ports("redis", |[port]| {
+            match Self::launch(slot.take().unwrap(), port, aof, password) {
+                Ok(r) => Some(r),
+                Err(dir) => {
+                    slot = Some(dir);
+                    None
+                }
+            }
+        })
     }
 
-    /// Starts redis-server on an existing data directory and a given port.
+    /// Starts redis-server on an existing data directory and a given port
+    /// (one a stopped server had: nothing else takes it meanwhile).
     pub fn start_on(dir: tempfile::TempDir, port: u16, aof: bool, password: Option<&str>) -> Redis {
+        Self::launch(dir, port, aof, password)
+            .unwrap_or_else(|_| panic!("redis: port {port} is taken by another process"))
+    }
+
+    /// Starts redis-server on `port` and waits until it answers; gives the
+    /// directory back if the port is taken.
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        aof: bool,
+        password: Option<&str>,
+    ) -> Result<Redis, tempfile::TempDir> {
         let bin = require("redis-server");
+        let log = dir.path().join("redis.log");
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly {}\ndaemonize no\nlogfile {}\n",
             dir.path().display(),
             if aof { "yes" } else { "no" },
-            dir.path().join("redis.log").display()
+            log.display()
         );
         if let Some(p) = password {
             conf.push_str(&format!("requirepass {p}\n"));
         }
         let conf_path = dir.path().join("redis.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(bin)
+        // A log of an earlier attempt would say its port was taken.
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(bin)
             .arg(&conf_path)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        if !wait_started(
+            "redis",
+            20,
+            &mut child,
+            &log,
+            &["Ready to accept connections"],
+        ) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(dir);
+        }
         let r = Redis {
             dir,
             port,
@@ -70,7 +106,7 @@ impl Redis {
                     && r.dir.path().join("appendonlydir").exists()
             });
         }
-        r
+        Ok(r)
     }
 
     fn cli_raw(&self, args: &[&str]) -> Option<String> {
@@ -147,4 +183,12 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn redis_on_a_taken_port_gives_its_directory_back() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Redis::launch(dir, port, false, None).is_err());
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{on_free_ports, wait_started};
 
 /// The Garage binary, or a panic saying how to get it.
 pub fn garage_bin() -> PathBuf {
@@ -46,12 +46,21 @@ pub struct Garage {
 impl Garage {
     /// Starts Garage, lays out its single node and creates an access key.
     pub fn start() -> Garage {
+        let mut g = on_free_ports("garage", |[port, rpc, admin]| {
+            Self::launch(port, rpc, admin)
+        });
+        g.lay_out();
+        g
+    }
+
+    /// Starts the server on its three ports in a new directory, once both
+    /// APIs listen; `None` if a port is taken.
+    fn launch(port: u16, rpc: u16, admin: u16) -> Option<Garage> {
         let bin = garage_bin();
         let dir = tempfile::Builder::new()
             .prefix("kdr-garage-")
             .tempdir()
             .unwrap();
-        let (port, rpc, admin) = (free_port(), free_port(), free_port());
         let config = dir.path().join("garage.toml");
         let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
         std::fs::write(
@@ -77,18 +86,22 @@ api_bind_addr = "127.0.0.1:{admin}"
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("garage.log")).unwrap();
-        let child = Command::new(&bin)
+        let log_path = dir.path().join("garage.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(&bin)
             .arg("-c")
             .arg(&config)
             .arg("server")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .env("RUST_LOG", "warn")
+            // The APIs say when they listen (at info); the rest only warns.
+            .env("RUST_LOG", "warn,garage_api_common=info")
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut g = Garage {
+        let listening = ["S3 API server listening", "Admin API server listening"];
+        let started = wait_started("garage", 60, &mut child, &log_path, &listening);
+        let g = Garage {
             child,
             dir,
             port,
@@ -96,27 +109,31 @@ api_bind_addr = "127.0.0.1:{admin}"
             secret: String::new(),
             config,
         };
+        started.then_some(g)
+    }
+
+    /// Lays out the single node and creates the test's access key.
+    fn lay_out(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let node = loop {
-            let out = g.cmd().args(["node", "id", "-q"]).output().unwrap();
+            let out = self.cmd().args(["node", "id", "-q"]).output().unwrap();
             if out.status.success() {
                 break String::from_utf8_lossy(&out.stdout).trim().to_owned();
             }
             assert!(
                 Instant::now() < deadline,
                 "garage did not start: {}",
-                std::fs::read_to_string(g.dir.path().join("garage.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         };
         let node = node.split('@').next().unwrap().to_owned();
-        g.retry(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        g.retry(&["layout", "apply", "--version", "1"]);
-        let out = g.retry(&["json-api", "CreateKey", r#"{"name":"kompose-dr-test"}"#]);
+        self.retry(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        self.retry(&["layout", "apply", "--version", "1"]);
+        let out = self.retry(&["json-api", "CreateKey", r#"{"name":"kompose-dr-test"}"#]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        g.key_id = v["accessKeyId"].as_str().unwrap().to_owned();
-        g.secret = v["secretAccessKey"].as_str().unwrap().to_owned();
-        g
+        self.key_id = v["accessKeyId"].as_str().unwrap().to_owned();
+        self.secret = v["secretAccessKey"].as_str().unwrap().to_owned();
     }
 
     fn cmd(&self) -> Command {
@@ -661,4 +678,12 @@ impl Garage {
             out.body.collect().await.unwrap().into_bytes().to_vec()
         })
     }
+}
+
+#[test]
+fn garage_on_a_taken_port_is_tried_again() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let (rpc, admin) = (super::free_port(), super::free_port());
+    assert!(Garage::launch(port, rpc, admin).is_none());
 }

@@ -158,104 +158,107 @@ mod tests {
     use super::*;
     use crate::storage::s3::test_config as cfg;
 
-    // Long only because it is a table: one row per case of `explain`.
+    /// (status, code, server message, transport detail, timed out) →
+    /// expected text.
+    type Case<'a> = (
+        Option<u16>,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+        bool,
+        &'a str,
+    );
+
+    /// One row per case of `explain`.
+    const CASES: [Case<'static>; 11] = [
+        (
+            Some(403),
+            Some("InvalidAccessKeyId"),
+            None,
+            "",
+            false,
+            "access_key_id_file",
+        ),
+        (
+            Some(403),
+            Some("SignatureDoesNotMatch"),
+            None,
+            "",
+            false,
+            "secret access key is wrong",
+        ),
+        (
+            Some(403),
+            Some("AccessDenied"),
+            Some("Forbidden: Invalid signature"),
+            "",
+            false,
+            "secret access key is wrong",
+        ),
+        (
+            Some(403),
+            Some("AccessDenied"),
+            Some("No such key: GK00"),
+            "",
+            false,
+            "access_key_id_file",
+        ),
+        (
+            Some(404),
+            Some("NoSuchBucket"),
+            None,
+            "",
+            false,
+            "bucket `backups` does not exist",
+        ),
+        (
+            Some(403),
+            Some("RequestTimeTooSkewed"),
+            None,
+            "",
+            false,
+            "clock",
+        ),
+        (
+            Some(403),
+            Some("AccessDenied"),
+            None,
+            "",
+            false,
+            "grant this key",
+        ),
+        (
+            Some(503),
+            Some("SlowDown"),
+            None,
+            "",
+            false,
+            "after 6 attempts",
+        ),
+        (
+            None,
+            None,
+            None,
+            "dns error: failed to lookup address",
+            false,
+            "cannot resolve",
+        ),
+        (
+            None,
+            None,
+            None,
+            "invalid peer certificate: UnknownIssuer",
+            false,
+            "TLS",
+        ),
+        (None, None, None, "", true, "raise `timeout`"),
+    ];
+
     #[test]
     fn errors_say_what_to_fix() {
         let c = cfg();
         let e = "http://garage:3900";
-        // (status, code, server message, transport detail, timed out) → expected text
-        type Case<'a> = (
-            Option<u16>,
-            Option<&'a str>,
-            Option<&'a str>,
-            &'a str,
-            bool,
-            &'a str,
-        );
-        let cases: [Case; 11] = [
-            (
-                Some(403),
-                Some("InvalidAccessKeyId"),
-                None,
-                "",
-                false,
-                "access_key_id_file",
-            ),
-            (
-                Some(403),
-                Some("SignatureDoesNotMatch"),
-                None,
-                "",
-                false,
-                "secret access key is wrong",
-            ),
-            (
-                Some(403),
-                Some("AccessDenied"),
-                Some("Forbidden: Invalid signature"),
-                "",
-                false,
-                "secret access key is wrong",
-            ),
-            (
-                Some(403),
-                Some("AccessDenied"),
-                Some("No such key: GK00"),
-                "",
-                false,
-                "access_key_id_file",
-            ),
-            (
-                Some(404),
-                Some("NoSuchBucket"),
-                None,
-                "",
-                false,
-                "bucket `backups` does not exist",
-            ),
-            (
-                Some(403),
-                Some("RequestTimeTooSkewed"),
-                None,
-                "",
-                false,
-                "clock",
-            ),
-            (
-                Some(403),
-                Some("AccessDenied"),
-                None,
-                "",
-                false,
-                "grant this key",
-            ),
-            (
-                Some(503),
-                Some("SlowDown"),
-                None,
-                "",
-                false,
-                "after 6 attempts",
-            ),
-            (
-                None,
-                None,
-                None,
-                "dns error: failed to lookup address",
-                false,
-                "cannot resolve",
-            ),
-            (
-                None,
-                None,
-                None,
-                "invalid peer certificate: UnknownIssuer",
-                false,
-                "TLS",
-            ),
-            (None, None, None, "", true, "raise `timeout`"),
-        ];
-        for (status, code, said, detail, timeout, want) in cases {
+        for (status, code, said, detail, timeout, want) in CASES {
             let m = explain(&c, e, status, code, said, detail, timeout);
             assert!(m.contains(want), "{code:?} {said:?} {detail}: {m}");
         }

@@ -72,7 +72,10 @@ pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
 
 /// Checks a manifest read from `key` (`snapshots/<ID>.json`); the error
 /// says what is wrong, for the operator.
-#[expect(clippy::too_many_lines, reason = "one rule per manifest field a reader acts on, in the order they are written")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one rule per manifest field a reader acts on, in the order they are written"
+)]
 pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
     let stem = key
         .strip_prefix(keys::SNAPSHOTS)

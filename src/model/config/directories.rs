@@ -115,7 +115,10 @@ impl Cx<'_> {
     /// Validates every `[[directories]]` entry. `container_mode`: whether
     /// the configuration has a `[docker]` section, which `volume` and
     /// `stop` need.
-    #[expect(clippy::too_many_lines, reason = "field-by-field validation of [[directories]]: one check per key, in file order")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "field-by-field validation of [[directories]]: one check per key, in file order"
+    )]
     pub(super) fn directories(
         &self,
         raw: &[RawDirectory],

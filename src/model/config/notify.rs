@@ -110,7 +110,10 @@ impl Cx<'_> {
             .collect()
     }
 
-    #[expect(clippy::too_many_lines, reason = "field-by-field validation of one [[notify]] entry: one check per key, in file order")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "field-by-field validation of one [[notify]] entry: one check per key, in file order"
+    )]
     fn notify_one(&self, i: usize, n: &RawNotify) -> Result<NotifyConfig, ConfigError> {
         let key = |k: &str| format!("notify[{i}].{k}");
         let kind = match self.string(&n.kind, &key("kind"))?.as_str() {

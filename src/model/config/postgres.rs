@@ -140,7 +140,10 @@ impl Cx<'_> {
     /// from the URL or the `postgres.password*` keys but never both, the
     /// databases (all by default), `globals` (on by default),
     /// `docker_container`, `bin_dir`, and `jobs` (1 to 64, 2 by default).
-    #[expect(clippy::too_many_lines, reason = "field-by-field validation of [postgres]: one check per key, in file order")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "field-by-field validation of [postgres]: one check per key, in file order"
+    )]
     pub(super) fn postgres(
         &self,
         p: &RawPostgres,

@@ -290,7 +290,10 @@ impl Cursor {
 }
 
 /// What `stmt` changes, if it has one of the shapes pg_dumpall writes.
-#[expect(clippy::too_many_lines, reason = "a parser's match over pg_dumpall's statement shapes, one arm each")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a parser's match over pg_dumpall's statement shapes, one arm each"
+)]
 pub fn subject(stmt: &str) -> Option<Subject> {
     let mut c = Cursor {
         t: tokens(stmt)?,

@@ -404,7 +404,10 @@ impl<R: Read> Reader<R> {
 
     /// Skips one value of type `kind` (whose type byte is at `at`) and
     /// says what it was.
-    #[expect(clippy::too_many_lines, reason = "a parser's match over the RDB value types, one arm each")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "a parser's match over the RDB value types, one arm each"
+    )]
     fn skip_value(&mut self, kind: u8, version: u32, at: u64) -> Result<Value, RdbError> {
         let nonempty = |n: u64| if n == 0 { Value::Empty } else { Value::Key };
         Ok(match kind {

@@ -25,7 +25,7 @@ use crate::model::manifest::{
     StoredObject,
 };
 use crate::model::policy::Policy;
-use crate::model::selection::{database_source, source_database};
+use crate::model::selection::database_source;
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::lock::RepoLock;
 use crate::repository::{Repository, RepositoryError};
@@ -928,29 +928,30 @@ fn pg_job<'a>(
     server: &crate::clients::postgres::ServerVersion,
 ) -> Job<'a> {
     let (tool, server) = (tool.clone(), server.clone());
-    match source_database(name) {
-        None if name == postgres::cluster::SOURCE => watched(
+    use crate::model::source_name::SourceName;
+    match SourceName::parse(name) {
+        Some(SourceName::PostgresCluster) => watched(
             ctx,
             name.to_owned(),
             ArtifactKind::PostgresCluster,
             async move { postgres::cluster::base_backup(ctx, pg, &server).await },
         ),
-        None if name == "postgres/globals" => watched(
+        Some(SourceName::PostgresGlobals) => watched(
             ctx,
             name.to_owned(),
             ArtifactKind::PostgresGlobals,
             async move { postgres::dump_globals(ctx, pg, &tool, &server).await },
         ),
-        Some(db) => {
-            let db = db.to_owned();
-            watched(
-                ctx,
-                name.to_owned(),
-                ArtifactKind::PostgresDump,
-                async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
-            )
-        }
-        None => unreachable!("postgres names are postgres/globals or a database's"),
+        Some(SourceName::PostgresDatabase(db)) => watched(
+            ctx,
+            name.to_owned(),
+            ArtifactKind::PostgresDump,
+            async move { postgres::dump_database(ctx, pg, &tool, &server, &db).await },
+        ),
+        _ => failed_job(
+            name.to_owned(),
+            "not a PostgreSQL source name (postgres/globals, postgres/cluster or postgres/<database>)",
+        ),
     }
 }
 

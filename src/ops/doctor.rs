@@ -234,17 +234,37 @@ async fn repository(repo: &Repository, checks: &mut Vec<Check>) {
     });
 }
 
-fn check(name: impl Into<String>, result: Result<String, String>) -> Check {
+/// A failed check's message: what is wrong and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Finding(String);
+
+impl From<String> for Finding {
+    fn from(message: String) -> Self {
+        Finding(message)
+    }
+}
+
+impl From<&str> for Finding {
+    fn from(message: &str) -> Self {
+        Finding(message.to_owned())
+    }
+}
+
+/// A check's outcome: what was found, or the [`Finding`] to fix.
+pub(crate) type Verdict<T = String> = Result<T, Finding>;
+
+fn check<E: Into<Finding>>(name: impl Into<String>, result: Result<String, E>) -> Check {
     match result {
         Ok(message) => Check {
             name: name.into(),
             ok: true,
             message,
         },
-        Err(message) => Check {
+        Err(e) => Check {
             name: name.into(),
             ok: false,
-            message,
+            message: e.into().0,
         },
     }
 }
@@ -258,7 +278,7 @@ async fn directories(config: &Config, checks: &mut Vec<Check>) {
     for d in &config.directories {
         let name = format!("directories/{}", d.name);
         let engine = || Engine::connect(d.engine()).map_err(|e| e.to_string());
-        let found: Result<String, String> = async {
+        let found: Verdict = async {
             let mut what = match &d.location {
                 DirectoryLocation::Path(p) => {
                     std::fs::read_dir(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -269,7 +289,8 @@ async fn directories(config: &Config, checks: &mut Vec<Check>) {
                                 "SQLite database {} is not there (sqlite = [\"{}\"])",
                                 f.display(),
                                 db.display()
-                            ));
+                            )
+                            .into());
                         }
                     }
                     format!("{} is readable", p.display())
@@ -279,7 +300,8 @@ async fn directories(config: &Config, checks: &mut Vec<Check>) {
                     if users.is_empty() {
                         return Err(format!(
                             "no container uses volume {v}: kompose-dr reads it through a helper made from the image of one that does"
-                        ));
+                        )
+                        .into());
                     }
                     format!(
                         "volume {v}, used by {}",
@@ -339,7 +361,7 @@ async fn containers(config: &Config, checks: &mut Vec<Check>) {
     match engine.version().await {
         Ok(v) => checks.push(check(
             "container engine",
-            Ok(format!(
+            Verdict::Ok(format!(
                 "{} answers (engine {v}); access to it is root-equivalent",
                 engine.endpoint()
             )),
@@ -371,7 +393,7 @@ async fn containers(config: &Config, checks: &mut Vec<Check>) {
             "redis" => redis_version(config).await,
             _ => match crate::events::mqtt::container_address(c).await {
                 Ok(addr) => Ok(format!("reached at its address {addr}")),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.to_string().into()),
             },
         };
         checks.push(check(
@@ -383,7 +405,7 @@ async fn containers(config: &Config, checks: &mut Vec<Check>) {
     }
 }
 
-async fn postgres_version(config: &Config) -> Result<String, String> {
+async fn postgres_version(config: &Config) -> Verdict {
     let pg = config.postgres.as_ref().expect("a postgres container");
     let pg = crate::clients::postgres::resolve(pg)
         .await
@@ -400,7 +422,7 @@ async fn postgres_version(config: &Config) -> Result<String, String> {
     ))
 }
 
-async fn redis_version(config: &Config) -> Result<String, String> {
+async fn redis_version(config: &Config) -> Verdict {
     let r = config.redis.as_ref().expect("a redis container");
     let mut con = crate::clients::redis::connect(r)
         .await
@@ -449,7 +471,7 @@ fn scratch_runtime(config: &Config, server_major: Option<u32>, checks: &mut Vec<
             config.scratch.postgres_bin, config.scratch.user
         ),
     };
-    checks.push(check("scratch runtime", Ok(message)));
+    checks.push(check("scratch runtime", Verdict::Ok(message)));
 }
 
 /// `scratch: …`: the local binaries and the user the process runtime needs.

@@ -67,7 +67,7 @@ impl Repository {
                 manifest.version
             )));
         }
-        validate::manifest(&manifest, &key).map_err(damaged)?;
+        validate::manifest(&manifest, &key).map_err(|m| damaged(m.0))?;
         Ok(StoredManifest {
             manifest,
             body,

@@ -260,7 +260,7 @@ impl Repository {
         Ok(match serde_json::from_slice::<Manifest>(&body) {
             Ok(m) if m.version <= MANIFEST_VERSION => match validate::manifest(&m, key) {
                 Ok(()) => Read::Good(Box::new(m)),
-                Err(message) => Read::Damaged(message),
+                Err(message) => Read::Damaged(message.0),
             },
             Ok(m) => Read::Damaged(format!(
                 "manifest version {} is newer than this kompose-dr reads",

@@ -493,7 +493,7 @@ impl Repository {
         if how == signing::Signed::AllowedUnsigned {
             self.warn_unsigned();
         }
-        validate::marker(&marker, body.len()).map_err(|m| self.damaged_marker(m))?;
+        validate::marker(&marker, body.len()).map_err(|m| self.damaged_marker(m.0))?;
         if marker.version > FORMAT_VERSION {
             return Err(RepositoryError::TooNew {
                 name: self.name.clone(),

@@ -58,6 +58,20 @@ pub enum RecordError {
     Invalid(String),
 }
 
+/// Why a prune record in the store is not used (reported as damaged).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    /// The key is not an object (a directory, a special file).
+    #[error("{0}")]
+    NotAnObject(String),
+    /// Its signature does not check out.
+    #[error(transparent)]
+    Unsigned(#[from] super::CheckError),
+    /// It is not a record kompose-dr writes.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
 /// Parses and checks a record read at `key`.
 pub fn parse(body: &[u8], key: &str) -> Result<PruneRecord, RecordError> {
     let r: PruneRecord =
@@ -151,9 +165,9 @@ impl Repository {
                     ),
                 }),
                 Ok(None) => {}
-                Err(message) => damaged.push(DamagedManifest {
+                Err(e) => damaged.push(DamagedManifest {
                     key: o.key,
-                    message,
+                    message: e.to_string(),
                 }),
             }
         }
@@ -164,19 +178,19 @@ impl Repository {
     async fn read_record(
         &self,
         key: &str,
-    ) -> Result<Result<Option<PruneRecord>, String>, RepositoryError> {
+    ) -> Result<Result<Option<PruneRecord>, Unusable>, RepositoryError> {
         let body = match self.read_document(key, MAX_DOCUMENT).await {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(Ok(None)),
             Err(crate::storage::StorageError::NotAnObject { message, .. }) => {
-                return Ok(Err(message));
+                return Ok(Err(Unusable::NotAnObject(message)));
             }
             Err(e) => return Err(self.storage(e)),
         };
         if let Err(e) = self.check_signed(key, &body).await {
-            return Ok(Err(e.to_string()));
+            return Ok(Err(e.into()));
         }
-        Ok(parse(&body, key).map(Some).map_err(|e| e.to_string()))
+        Ok(parse(&body, key).map(Some).map_err(Unusable::from))
     }
 }
 

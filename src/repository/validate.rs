@@ -19,51 +19,66 @@ use crate::storage::keys;
 /// per source), far below what would hurt.
 pub const MAX_DOCUMENT: u64 = 4 << 20;
 
+/// What in a document read from the repository is not as kompose-dr
+/// writes it (the message names the field and what is wrong with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
 /// Checks the marker (`kompose-dr.json`, `size` bytes): kompose-dr's
 /// format, and between 1 and 64 recipients that are age public keys.
-pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
+pub fn marker(m: &super::Marker, size: usize) -> Result<(), Invalid> {
     if size as u64 > MAX_DOCUMENT {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{size} bytes is more than any marker kompose-dr writes"
-        ));
+        )));
     }
     if m.format != "kompose-dr" {
-        return Err(format!(
+        return Err(Invalid(format!(
             "format `{}` is not kompose-dr's",
             m.format.escape_debug()
-        ));
+        )));
     }
     if m.recipients.is_empty() || m.recipients.len() > 64 {
-        return Err(format!(
+        return Err(Invalid(format!(
             "{} recipients: kompose-dr writes 1 to 64",
             m.recipients.len()
-        ));
+        )));
     }
     for r in &m.recipients {
         if r.parse::<age::x25519::Recipient>().is_err() {
-            return Err(format!("`{}` is not an age recipient", r.escape_debug()));
+            return Err(Invalid(format!(
+                "`{}` is not an age recipient",
+                r.escape_debug()
+            )));
         }
     }
     if let Some(legacy) = &m.legacy {
         if legacy.len() > super::listing::MAX_MANIFESTS {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "{} snapshots written before stack ids is more than a repository holds",
                 legacy.len()
-            ));
+            )));
         }
         if let Some(bad) = legacy.iter().find(|id| !is_snapshot_id(id)) {
-            return Err(format!("`{}` is not a snapshot id", bad.escape_debug()));
+            return Err(Invalid(format!(
+                "`{}` is not a snapshot id",
+                bad.escape_debug()
+            )));
         }
     }
     match &m.stack {
         Some(s) if !super::stack::is_stack_id(s) => {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "its stack `{}` is not a stack id",
                 s.escape_debug()
-            ));
+            )));
         }
         None if m.version >= 2 => {
-            return Err(format!("format version {} names no stack", m.version));
+            return Err(Invalid(format!(
+                "format version {} names no stack",
+                m.version
+            )));
         }
         _ => {}
     }
@@ -76,89 +91,93 @@ pub fn marker(m: &super::Marker, size: usize) -> Result<(), String> {
     clippy::too_many_lines,
     reason = "one rule per manifest field a reader acts on, in the order they are written"
 )]
-pub fn manifest(m: &Manifest, key: &str) -> Result<(), String> {
+pub fn manifest(m: &Manifest, key: &str) -> Result<(), Invalid> {
     let stem = key
         .strip_prefix(keys::SNAPSHOTS)
         .and_then(|k| k.strip_suffix(".json"))
         .unwrap_or_default();
     if !is_snapshot_id(stem) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "the file name is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxx): {key}"
-        ));
+        )));
     }
     if m.id != stem {
-        return Err(format!(
+        return Err(Invalid(format!(
             "its id `{}` is not its file name `{stem}`",
             m.id.escape_debug()
-        ));
+        )));
     }
     if let Some(stack) = &m.stack
         && !super::stack::is_stack_id(stack)
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "its stack `{}` is not a stack id",
             stack.escape_debug()
-        ));
+        )));
     }
     if let Some(p) = &m.previous
         && !(is_snapshot_id(p) && p.get(..16) <= m.id.get(..16) && *p != m.id)
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "its predecessor `{}` is not the id of an older snapshot",
             p.escape_debug()
-        ));
+        )));
     }
     if !m.artifacts.iter().any(|a| a.is_ok()) {
-        return Err("it names no good artifact, and kompose-dr commits none such".into());
+        return Err(Invalid(
+            "it names no good artifact, and kompose-dr commits none such".into(),
+        ));
     }
     let mut seen = BTreeSet::new();
     for a in &m.artifacts {
         let source = a.source.escape_debug().to_string();
         if !is_source_name(&a.source) {
-            return Err(format!("`{source}` is not a source name kompose-dr writes"));
+            return Err(Invalid(format!(
+                "`{source}` is not a source name kompose-dr writes"
+            )));
         }
         if !seen.insert(a.source.as_str()) {
-            return Err(format!("source `{source}` is listed twice"));
+            return Err(Invalid(format!("source `{source}` is listed twice")));
         }
         if !kind_fits(&a.source, a.kind) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "source `{source}` cannot hold an artifact of kind {:?}",
                 a.kind
-            ));
+            )));
         }
         if let Some(path) = &a.path {
             let expected = keys::artifact_key(&m.id, &a.source, a.kind);
             if *path != expected {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "source `{source}` names the archive `{}`, not `{expected}`",
                     path.escape_debug()
-                ));
+                )));
             }
         }
         if let Some(sha) = &a.sha256
             && !is_sha256(sha)
         {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "source `{source}`: `{}` is not a sha256",
                 sha.escape_debug()
-            ));
+            )));
         }
         if a.is_ok() && (a.path.is_none() || a.sha256.is_none()) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "source `{source}` is ok but names no archive or digest"
-            ));
+            )));
         }
     }
     if let Some(f) = &m.facts {
         let expected = keys::facts_key(&m.id);
         if f.path != expected {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "the facts sidecar is `{}`, not `{expected}`",
                 f.path.escape_debug()
-            ));
+            )));
         }
         if !is_sha256(&f.sha256) {
-            return Err("the facts sidecar's digest is not a sha256".into());
+            return Err(Invalid("the facts sidecar's digest is not a sha256".into()));
         }
     }
     Ok(())
@@ -283,13 +302,13 @@ mod tests {
             let mut m = good();
             forge(&mut m);
             let e = manifest(&m, &key()).unwrap_err();
-            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.0.contains(want), "{want}: {e}");
         }
     }
 
     #[test]
     fn a_file_name_that_is_not_an_id_is_refused() {
         let e = manifest(&good(), "snapshots/..%2F..%2Fvictim.json").unwrap_err();
-        assert!(e.contains("not a snapshot id"), "{e}");
+        assert!(e.0.contains("not a snapshot id"), "{e}");
     }
 }

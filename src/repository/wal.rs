@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use super::validate::{MAX_DOCUMENT, is_sha256};
+use super::validate::{Invalid, MAX_DOCUMENT, is_sha256};
 use super::{DamagedManifest, Repository, RepositoryError};
 use crate::model::wal::{
     Segment, WAL_RECORD_VERSION, WalKind, WalRecord, parse_history, valid_segment_size,
@@ -23,47 +23,47 @@ pub fn is_system_identifier(s: &str) -> bool {
 
 /// Checks a record read at `key`: everything in it that names a key or a
 /// file must be what kompose-dr would have written.
-pub fn validate(r: &WalRecord, key: &str) -> Result<(), String> {
+pub fn validate(r: &WalRecord, key: &str) -> Result<(), Invalid> {
     if r.version > WAL_RECORD_VERSION {
-        return Err(format!(
+        return Err(Invalid(format!(
             "record version {} is newer than this kompose-dr reads",
             r.version
-        ));
+        )));
     }
     if !is_system_identifier(&r.system_identifier) {
-        return Err("its system identifier is not a number".into());
+        return Err(Invalid("its system identifier is not a number".into()));
     }
     if !valid_segment_size(r.segment_size) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "segment size {} is not one PostgreSQL uses",
             r.segment_size
-        ));
+        )));
     }
     match r.kind {
         WalKind::History => {
             if parse_history(&r.name) != Some(r.timeline) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "`{}` is not timeline {}'s history",
                     r.name.escape_debug(),
                     r.timeline
-                ));
+                )));
             }
         }
         _ => match Segment::parse(&r.name, r.segment_size) {
             Some(s) if s.timeline == r.timeline => {}
             _ => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "`{}` is not a WAL segment of timeline {}",
                     r.name.escape_debug(),
                     r.timeline
-                ));
+                )));
             }
         },
     }
     let partial = r.kind == WalKind::Partial;
     let expected = keys::wal_record_key(&r.system_identifier, r.timeline, &r.name, partial);
     if key != expected {
-        return Err(format!("a record at {key} must be at {expected}"));
+        return Err(Invalid(format!("a record at {key} must be at {expected}")));
     }
     let path_ok = if partial {
         let stem = keys::wal_file_key(&r.system_identifier, r.timeline, &r.name, Some(""));
@@ -80,13 +80,13 @@ pub fn validate(r: &WalRecord, key: &str) -> Result<(), String> {
         r.path == keys::wal_file_key(&r.system_identifier, r.timeline, &r.name, None)
     };
     if !path_ok {
-        return Err(format!(
+        return Err(Invalid(format!(
             "it names the file `{}`, which is not its own",
             r.path.escape_debug()
-        ));
+        )));
     }
     if !is_sha256(&r.sha256) {
-        return Err("its digest is not a sha256".into());
+        return Err(Invalid("its digest is not a sha256".into()));
     }
     Ok(())
 }
@@ -163,7 +163,7 @@ impl Repository {
             match serde_json::from_slice::<WalRecord>(&body) {
                 Ok(r) if r.system_identifier == system_identifier => match validate(&r, &o.key) {
                     Ok(()) => good.push(r),
-                    Err(m) => damaged.push(bad(m)),
+                    Err(m) => damaged.push(bad(m.0)),
                 },
                 Ok(_) => damaged.push(bad("it names another cluster".into())),
                 Err(e) => damaged.push(bad(e.to_string())),
@@ -195,7 +195,7 @@ impl Repository {
             .await
             .map_err(|e| refused(e.to_string()))?;
         let again: WalRecord = serde_json::from_slice(&body).map_err(|e| refused(e.to_string()))?;
-        validate(&again, &key).map_err(refused)?;
+        validate(&again, &key).map_err(|m| refused(m.0))?;
         if again.system_identifier != r.system_identifier {
             return Err(refused("it names another cluster".into()));
         }

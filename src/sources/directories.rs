@@ -90,7 +90,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &DirectoryConfig) -> SourceRun {
             ctx.finish(&key, encoded, verdict).await
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
+        run.result = result.map_err(|e| crate::sources::Failed(ctx.redactor.scrub(&e.to_string())));
         run
     })
     .await

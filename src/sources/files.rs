@@ -73,7 +73,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &FileConfig) -> SourceRun {
             }
         }
         .await;
-        run.result = result.map_err(|e| e.to_string());
+        run.result = result.map_err(|e| crate::sources::Failed(e.to_string()));
         run
     })
     .await

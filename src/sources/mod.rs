@@ -182,11 +182,17 @@ pub struct SourceRun {
     /// Facts for the sidecar.
     pub facts: Option<SourceFacts>,
     /// The stored archive, or why the source failed.
-    pub result: Result<Stored, String>,
+    pub result: Result<Stored, Failed>,
     /// Wall-clock seconds the source took, filled in by [`timed`]; 0 for a run
     /// that failed before it began.
     pub duration_seconds: f64,
 }
+
+/// Why a source failed: the message for the report, scrubbed of every
+/// configured secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failed(pub String);
 
 impl SourceRun {
     /// A run that failed before storing anything.
@@ -205,7 +211,7 @@ impl SourceRun {
             wal: None,
             downtime: None,
             facts: None,
-            result: Err(error.into()),
+            result: Err(Failed(error.into())),
             duration_seconds: 0.0,
         }
     }

@@ -125,7 +125,7 @@ pub async fn backup(ctx: &SourceContext, cfg: &RedisConfig) -> SourceRun {
             ctx.finish(&key, encoded?, verdict).await
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
+        run.result = result.map_err(|e| crate::sources::Failed(ctx.redactor.scrub(&e.to_string())));
         run
     })
     .await

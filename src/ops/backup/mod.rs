@@ -631,7 +631,7 @@ fn report_artifact(r: &SourceRun, targets: &[Target]) -> ArtifactReport {
         stored_bytes: r.result.as_ref().map_or(0, |s| s.stored_bytes),
         sha256: r.result.as_ref().ok().map(|s| s.sha256.clone()),
         duration_seconds: r.duration_seconds,
-        error: r.result.as_ref().err().cloned(),
+        error: r.result.as_ref().err().map(|e| e.0.clone()),
         downtime: r.downtime.clone(),
     }
 }
@@ -672,7 +672,7 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
             None => (ArtifactStatus::Ok, None, Some(s)),
             Some(e) => (ArtifactStatus::Failed, Some(e.to_owned()), None),
         },
-        Err(e) => (ArtifactStatus::Failed, Some(e.clone()), None),
+        Err(e) => (ArtifactStatus::Failed, Some(e.0.clone()), None),
     };
     Artifact {
         source: r.source.clone(),

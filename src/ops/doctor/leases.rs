@@ -29,7 +29,7 @@ pub(super) async fn leases(rc: &RepositoryConfig, repo: &Repository, checks: &mu
         name,
         match result {
             Ok(seen) => verdict(&seen, s3.lease_ttl.as_secs()),
-            Err(e) => Err(format!("cannot list the leases: {e}")),
+            Err(e) => Err(format!("cannot list the leases: {e}").into()),
         },
     ));
 }
@@ -57,7 +57,7 @@ async fn store_now(
 
 /// Passes unless a lease is suspect (unreadable, or asking for more than
 /// the configured time to live) and not yet stale.
-fn verdict(seen: &[crate::repository::lock::lease::Seen], ttl: u64) -> Result<String, String> {
+fn verdict(seen: &[crate::repository::lock::lease::Seen], ttl: u64) -> super::Verdict {
     if seen.is_empty() {
         return Ok("no lease: no writer holds the lock".into());
     }
@@ -74,7 +74,8 @@ fn verdict(seen: &[crate::repository::lock::lease::Seen], ttl: u64) -> Result<St
             "{all}. A lease kompose-dr did not write as it is (unreadable, or asking for more than lease_ttl = {ttl}s) \
              blocks writers until it goes stale: if no kompose-dr writes here, remove it; if another host does, \
              give every host the same lease_ttl"
-        ))
+        )
+        .into())
     } else {
         Ok(all)
     }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::{Check, check};
+use super::{Check, Verdict, check};
 use crate::model::config::Config;
 use crate::model::config::keyfile::{self, KeyFileError};
 
@@ -119,7 +119,7 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
     if !config.drills_dir.exists() {
         checks.push(check(
             "drills",
-            Ok(format!(
+            Verdict::Ok(format!(
                 "no drills_dir {}: no drills run (set drills_dir in {file} to run them)",
                 config.drills_dir.display()
             )),
@@ -129,7 +129,7 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
     match crate::ops::drill::find(config, None) {
         Ok(d) => checks.push(check(
             "drills",
-            Ok(format!(
+            Verdict::Ok(format!(
                 "{} in {}: {}",
                 d.len(),
                 config.drills_dir.display(),
@@ -194,7 +194,7 @@ pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
         Some(p) => check("identity", identity_file(config, p)),
         None => check(
             "identity",
-            Ok(
+            Verdict::Ok(
                 "no identity_file configured: backups work; restore, verify and drills need one"
                     .into(),
             ),
@@ -202,12 +202,10 @@ pub(super) fn identity(config: &Config, checks: &mut Vec<Check>) {
     });
 }
 
-fn identity_file(config: &Config, p: &Path) -> Result<String, String> {
+fn identity_file(config: &Config, p: &Path) -> Verdict {
     let file = config.path.display();
     if let Err(e @ KeyFileError::TooOpen { .. }) = keyfile::check(p, "identity file") {
-        return Err(format!(
-            "{e} (restore, verify and drills refuse it until then)"
-        ));
+        return Err(format!("{e} (restore, verify and drills refuse it until then)").into());
     }
     match crate::pipeline::load_identities(config) {
         // The drill unit has no capabilities: beyond this process's
@@ -223,13 +221,15 @@ fn identity_file(config: &Config, p: &Path) -> Result<String, String> {
                 "cannot read the identity file {} without capabilities ({e}), and the drill unit has none: \
                  make it this user's (chown {UNIT_USER} {0}; chmod 0600 {0}), or fix [encryption] identity_file in {file}",
                 p.display()
-            )),
+            )
+            .into()),
         },
         Err(e) => Err(format!(
             "{e}; make it readable by this user only (chown {UNIT_USER} {0}; chmod 0600 {0}), \
              or fix [encryption] identity_file in {file}",
             p.display()
-        )),
+        )
+        .into()),
     }
 }
 

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Check, check};
+use super::{Check, Verdict, check};
 use crate::clients::postgres as pg;
 use crate::model::config::{Config, DatabaseSelection, PostgresConfig};
 
@@ -28,7 +28,7 @@ pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option
     };
     checks.push(check(
         "postgres: connect",
-        Ok(format!(
+        Verdict::Ok(format!(
             "PostgreSQL {} answers; `{}` logged in",
             probe.server.text, probe.resolved.endpoint.user
         )),
@@ -59,7 +59,7 @@ struct PgProbe<'a> {
 impl<'a> PgProbe<'a> {
     /// Resolves the container, logs in and asks the server's version; the
     /// `postgres: connect` failure, with what to fix, if any step fails.
-    async fn connect(config: &'a Config, cfg: &'a PostgresConfig) -> Result<Self, String> {
+    async fn connect(config: &'a Config, cfg: &'a PostgresConfig) -> Verdict<Self> {
         let limit = config.timeouts.connect;
         let file = config.path.display();
         let resolved = match tokio::time::timeout(limit, pg::resolve(cfg)).await {
@@ -68,7 +68,8 @@ impl<'a> PgProbe<'a> {
                 return Err(format!(
                     "the container engine did not answer within {}s: is dockerd up? ([timeouts] connect sets the limit)",
                     limit.as_secs()
-                ));
+                )
+                .into());
             }
         };
         let ep = &resolved.endpoint;
@@ -93,7 +94,7 @@ impl<'a> PgProbe<'a> {
         let (file, user) = (&self.file, &self.resolved.endpoint.user);
         let present = bounded(self.limit, pg::discover(&self.client)).await;
         let result = match (present, &self.cfg.databases) {
-            (Err(e), _) => Err(e),
+            (Err(e), _) => Err(e.0),
             (Ok(present), DatabaseSelection::All) if present.is_empty() => Err(format!(
                 "databases = [\"*\"] but `{user}` may connect to no database: grant CONNECT, or list them in postgres.databases in {file}"
             )),
@@ -176,7 +177,7 @@ impl<'a> PgProbe<'a> {
                  postgres.globals = false in {}",
                 self.file
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(e.0),
         };
         check("postgres: globals", result)
     }
@@ -243,13 +244,14 @@ fn login_failure(e: &(dyn std::error::Error + 'static)) -> LoginFailure {
 async fn bounded<T, E: ToString>(
     limit: Duration,
     f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Verdict<T> {
     match tokio::time::timeout(limit, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r.map_err(|e| e.to_string().into()),
         Err(_) => Err(format!(
             "no answer within {}s ([timeouts] connect sets the limit)",
             limit.as_secs()
-        )),
+        )
+        .into()),
     }
 }
 
@@ -275,7 +277,7 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
     let (mut con, info) = match connected {
         Ok((con, _pong, info)) => (con, info),
         Err(e) => {
-            let fix = if e.contains("redis.password") || e.contains("NOAUTH") {
+            let fix = if e.0.contains("redis.password") || e.0.contains("NOAUTH") {
                 format!(" — set the right password in redis.password (or password_file) in {file}")
             } else if cfg.container.is_none() {
                 format!(
@@ -291,7 +293,7 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
     };
     checks.push(check(
         "redis: connect",
-        Ok(format!(
+        Verdict::Ok(format!(
             "Redis {} answers PING",
             info.get("redis_version").map(String::as_str).unwrap_or("?")
         )),
@@ -327,7 +329,7 @@ pub(super) async fn redis(config: &Config, checks: &mut Vec<Check>) {
 
 /// The Redis data directory can be listed, and the files the backup copies
 /// (`appendonlydir/` with AOF, else `dump.rdb`) can be read.
-fn data_dir(dir: &Path, from: &str, aof: bool) -> Result<String, String> {
+fn data_dir(dir: &Path, from: &str, aof: bool) -> Verdict {
     let fix = |what: &str| {
         format!(
             "{what}; the backup reads the data files as this user: keep AmbientCapabilities=CAP_DAC_READ_SEARCH \
@@ -348,7 +350,8 @@ fn data_dir(dir: &Path, from: &str, aof: bool) -> Result<String, String> {
                 "{} ({from}) holds no appendonlydir, but the server has appendonly yes: \
                  is this the server's data directory? fix redis.data_dir",
                 dir.display()
-            ))
+            )
+            .into())
         } else {
             Ok(format!(
                 "{} ({from}) is readable; no dump.rdb yet (the backup's BGSAVE writes it)",

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Check, check};
+use super::{Check, Verdict, check};
 use crate::model::config::{Config, Location};
 
 /// The shipped backup unit, for a host where none is installed.
@@ -262,7 +262,7 @@ pub(super) fn sandbox(config: &Config, checks: &mut Vec<Check>) {
     if !any {
         checks.push(check(
             "sandbox",
-            Ok("no kompose-dr unit is installed: nothing runs in a sandbox yet (run doctor again after installing the units)".into()),
+            Verdict::Ok("no kompose-dr unit is installed: nothing runs in a sandbox yet (run doctor again after installing the units)".into()),
         ));
     }
 }

@@ -137,13 +137,24 @@ pub(super) struct LoadWindow {
 /// (one host clock, read at different moments by two processes).
 const SLACK_MS: i64 = 1000;
 
+/// Why the restored Redis files' keys could not be counted.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Uncounted {
+    /// The files could not be read or parsed.
+    #[error(transparent)]
+    Read(#[from] crate::sources::redis::RedisFileError),
+    /// The counting task did not finish.
+    #[error("the key count failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Compares the scratch Redis at `cfg`, which loaded the restored files in
 /// `window`, with `file` (those files counted before it loaded them) and
 /// with the facts.
 pub(super) async fn compare_keys(
     cfg: &RedisConfig,
     facts: Option<&SourceFacts>,
-    file: Result<FileKeys, String>,
+    file: Result<FileKeys, Uncounted>,
     started: i64,
     aof: bool,
 ) -> Check {
@@ -176,16 +187,19 @@ pub(super) async fn compare_keys(
     };
     match loaded {
         Err(e) => Check::new("key counts", false, e),
-        Ok(loaded) => key_check(
-            &Recorded {
-                keys,
-                volatile,
-                counted_at: counted_at.map(|t| t.timestamp_millis()),
-            },
-            file.as_ref().map_err(String::as_str),
-            &loaded,
-            window,
-        ),
+        Ok(loaded) => {
+            let file = file.map_err(|e| e.to_string());
+            key_check(
+                &Recorded {
+                    keys,
+                    volatile,
+                    counted_at: counted_at.map(|t| t.timestamp_millis()),
+                },
+                file.as_ref().map_err(String::as_str),
+                &loaded,
+                window,
+            )
+        }
     }
 }
 

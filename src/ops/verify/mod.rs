@@ -427,10 +427,11 @@ impl Session<'_> {
                     // Counted before Redis sees the files: what it must load.
                     let t = target.clone();
                     let file = tokio::task::spawn_blocking(move || {
-                        crate::sources::redis::count_restored(&t, aof).map_err(|e| e.to_string())
+                        crate::sources::redis::count_restored(&t, aof)
+                            .map_err(checks::Uncounted::from)
                     })
                     .await
-                    .unwrap_or_else(|e| Err(format!("the key count failed: {e}")));
+                    .unwrap_or_else(|e| Err(e.into()));
                     let started = chrono::Utc::now().timestamp_millis();
                     match runtime.redis(&target, aof).await {
                         Ok(r) => {

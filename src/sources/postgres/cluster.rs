@@ -167,7 +167,7 @@ pub async fn base_backup(
             Ok::<_, SourceError>(stored)
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
+        run.result = result.map_err(|e| crate::sources::Failed(ctx.redactor.scrub(&e.to_string())));
         run
     })
     .await

@@ -119,7 +119,7 @@ pub async fn dump_database(
             stored
         }
         .await;
-        run.result = result.map_err(|e| ctx.redactor.scrub(&e.to_string()));
+        run.result = result.map_err(|e| crate::sources::Failed(ctx.redactor.scrub(&e.to_string())));
         run
     })
     .await
@@ -203,7 +203,7 @@ pub async fn dump_globals(
         run.result = ctx
             .store_child(&key, "pg_dumpall", cmd)
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| crate::sources::Failed(e.to_string()));
         run
     })
     .await

@@ -203,7 +203,8 @@ pub async fn dump_globals(
         run.result = ctx
             .store_child(&key, "pg_dumpall", cmd)
             .await
-            .map_err(|e| crate::sources::Failed(e.to_string()));
+            // As for a database's dump: no configured secret in the report.
+            .map_err(|e| crate::sources::Failed(ctx.redactor.scrub(&e.to_string())));
         run
     })
     .await

@@ -297,6 +297,29 @@ impl Repository {
         key: &str,
         limit: u64,
     ) -> Result<Option<Bytes>, StorageError> {
+        let body = self.read_at_most(key, limit + 1).await?;
+        if body.as_ref().is_some_and(|b| b.len() as u64 > limit) {
+            return Err(StorageError::NotAnObject {
+                location: key.to_owned(),
+                message: format!(
+                    "it is larger than the {limit} bytes any such document kompose-dr writes can be"
+                ),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The detached signature of `key`, if any: at most
+    /// [`signing::MAX_SIGNATURE`] bytes (and one more, to tell a larger one)
+    /// are read; the check refuses a larger one, saying how large.
+    async fn read_signature(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.read_at_most(&keys::signature_key(key), signing::MAX_SIGNATURE as u64 + 1)
+            .await
+    }
+
+    /// The first `most` bytes of the object `key`; `None` if it does not
+    /// exist.
+    async fn read_at_most(&self, key: &str, most: u64) -> Result<Option<Bytes>, StorageError> {
         use tokio::io::AsyncReadExt;
         let reader = match self.backend.open(key).await {
             Ok(r) => r,
@@ -305,7 +328,7 @@ impl Repository {
         };
         let mut body = Vec::new();
         reader
-            .take(limit + 1)
+            .take(most)
             .read_to_end(&mut body)
             .await
             .map_err(|source| StorageError::Io {
@@ -313,38 +336,7 @@ impl Repository {
                 location: key.to_owned(),
                 source,
             })?;
-        if body.len() as u64 > limit {
-            return Err(StorageError::NotAnObject {
-                location: key.to_owned(),
-                message: format!(
-                    "it is larger than the {limit} bytes any such document kompose-dr writes can be"
-                ),
-            });
-        }
         Ok(Some(Bytes::from(body)))
-    }
-
-    /// The detached signature of `key`, if any: at most
-    /// [`signing::MAX_SIGNATURE`] bytes (and one more, to tell a larger one)
-    /// are read.
-    async fn read_signature(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        use tokio::io::AsyncReadExt;
-        let reader = match self.backend.open(&keys::signature_key(key)).await {
-            Ok(r) => r,
-            Err(StorageError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut sig = Vec::new();
-        reader
-            .take(signing::MAX_SIGNATURE as u64 + 1)
-            .read_to_end(&mut sig)
-            .await
-            .map_err(|source| StorageError::Io {
-                op: "read",
-                location: keys::signature_key(key),
-                source,
-            })?;
-        Ok(Some(Bytes::from(sig)))
     }
 
     /// Checks the document `body` at `key` against its signature, with the

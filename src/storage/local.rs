@@ -160,6 +160,20 @@ impl LocalBackend {
         }
     }
 
+    /// The directory that holds `key`, opened beneath the root for a
+    /// removal at `location`: `None` if it (or the root) does not exist.
+    fn existing_parent(&self, key: &str, location: &Path) -> Result<Option<OwnedFd>, StorageError> {
+        let Some(root) = self.open_root()? else {
+            return Ok(None);
+        };
+        let (dir, _) = split_key(key);
+        match beneath::open_dir(root.as_fd(), Path::new(dir)) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(refuse("remove", location)(e)),
+        }
+    }
+
     /// The directory that holds `key`, created (0700) if missing: the root
     /// by its path, everything below it through the root's descriptor.
     fn create_parent(&self, key: &str) -> Result<OwnedFd, StorageError> {
@@ -419,15 +433,10 @@ impl Backend for LocalBackend {
         let (this, key) = (self.clone(), key.to_owned());
         blocking(move || {
             let location = this.at(&key);
-            let Some(root) = this.open_root()? else {
+            let Some(dir) = this.existing_parent(&key, &location)? else {
                 return Ok(());
             };
-            let (dir, name) = split_key(&key);
-            let dir = match beneath::open_dir(root.as_fd(), Path::new(dir)) {
-                Ok(fd) => fd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(refuse("remove", &location)(e)),
-            };
+            let (_, name) = split_key(&key);
             beneath::remove_file(dir.as_fd(), name).map_err(io("remove", &location))
         })
         .await
@@ -439,15 +448,10 @@ impl Backend for LocalBackend {
         let (this, key) = (self.clone(), key.to_owned());
         blocking(move || {
             let location = this.at(&key);
-            let Some(root) = this.open_root()? else {
+            let Some(parent) = this.existing_parent(&key, &location)? else {
                 return Ok(());
             };
             let (dir, name) = split_key(&key);
-            let parent = match beneath::open_dir(root.as_fd(), Path::new(dir)) {
-                Ok(fd) => fd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(refuse("remove", &location)(e)),
-            };
             beneath::remove_tree(parent.as_fd(), Path::new(name))
                 .map_err(refuse("remove", &location))?;
             beneath::sync(parent.as_fd()).map_err(io("fsync", &this.at(dir)))

@@ -72,6 +72,13 @@ struct Report<'a> {
     dry_run: bool,
     plan: &'a [PlanItem],
     results: &'a [ItemResult],
+    /// The recovery time: from the start of the first item to the end of
+    /// the last (the RTO of this restore), in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    /// How many scratch clusters were recovered from base backups (several
+    /// databases to one point share one).
+    recoveries: usize,
 }
 
 fn distance(seconds: i64) -> String {
@@ -127,9 +134,10 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
                     _ => String::new(),
                 }
             ));
-        } else if let Some(n) = &c.path_note {
-            output::line(format!("  {:<22} path: {n}", ""));
-        } else if c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresDump {
+        }
+        if let Some(n) = &c.path_note {
+            output::line(format!("  {:<22} {}{n}", "", if c.recovery.is_some() { "" } else { "path: " }));
+        } else if c.recovery.is_none() && c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresDump {
             output::line(format!("  {:<22} path: dump", ""));
         }
         if !c.skipped_failed.is_empty() {
@@ -172,7 +180,9 @@ impl Args {
             (None, Some(t)) => Selector::PointInTime(
                 plan::parse_time(t).map_err(|e| Failure::from(e).context("--point-in-time"))?,
             ),
-            (None, None) => Selector::PointInTime(chrono::Utc::now()),
+            (None, None) => Selector::Newest {
+                at: chrono::Utc::now(),
+            },
         })
     }
 
@@ -215,6 +225,7 @@ fn requested(selector: &Selector) -> String {
             "point in time {}",
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
+        Selector::Newest { .. } => "the newest state".to_owned(),
     }
 }
 
@@ -247,8 +258,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         confirm(prepared.items.len())?;
     }
     let watch = watch_signals(prepared.ctx.cancel.clone())?;
+    let started = std::time::Instant::now();
     let results = prepared.execute().await;
+    let seconds = started.elapsed().as_secs_f64();
     watch.abort();
+    let recoveries = prepared.ctx.recoveries.made();
     if globals.json {
         output::json(&Report {
             repository: prepared.ctx.repository.name(),
@@ -256,9 +270,20 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             dry_run: false,
             plan: &prepared.items,
             results: &results,
+            seconds: Some(seconds),
+            recoveries,
         });
     } else {
         print_results(&results);
+        output::line(format!(
+            "{} of {} item(s) restored in {seconds:.1}s (the recovery time){}",
+            results.iter().filter(|r| r.ok).count(),
+            results.len(),
+            match recoveries {
+                0 => String::new(),
+                n => format!("; {n} scratch recovery(ies) from base backups"),
+            }
+        ));
     }
     Ok(Outcome::verdict(results.iter().all(|r| r.ok)))
 }
@@ -280,6 +305,8 @@ fn dry_run(globals: &Globals, prepared: &restore::Prepared<'_>, requested: Strin
             dry_run: true,
             plan: &prepared.items,
             results: &[],
+            seconds: None,
+            recoveries: 0,
         });
     } else {
         output::line("dry run: nothing was changed");

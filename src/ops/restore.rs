@@ -88,25 +88,102 @@ pub struct Request<'a> {
 }
 
 /// Plans a restore: choose → leave out an unnamed cluster → attach the
-/// recovery paths → check the options against the choice.
+/// recovery paths → check the options against the choice. A database named
+/// by `--source postgres/NAME` that no dump holds is recovered from a base
+/// backup when one covers the selection.
 pub async fn plan(request: &Request<'_>) -> Result<Vec<Choice>, RestoreRunError> {
     let selector = &request.options.selector;
-    let matcher = crate::model::selection::matcher(request.sources)?;
-    let mut choices = plan::choose(
-        request.snapshots,
-        selector,
-        matcher.as_ref().map(|m| (m, request.sources)),
-    )?;
+    let (listed, unlisted) = split_unlisted(request.snapshots, selector, request.sources);
+    let mut choices = if listed.is_empty() && !unlisted.is_empty() {
+        Vec::new()
+    } else {
+        let matcher = crate::model::selection::matcher(&listed)?;
+        plan::choose(
+            request.snapshots,
+            selector,
+            matcher.as_ref().map(|m| (m, listed.as_slice())),
+        )?
+    };
     // A whole cluster is recovered only when named: it goes to a new data
-    // directory, not over the running server.
+    // directory (or, with --replace, into the server's container), not
+    // over the running server by accident.
     if !request.sources.iter().any(|s| s == CLUSTER) {
         choices.retain(|c| c.artifact.kind != ArtifactKind::PostgresCluster);
     }
-    let choices =
+    let mut choices =
         restore::postgres::pitr::attach(request.repository, request.snapshots, selector, choices)
             .await?;
+    choices.extend(
+        restore::postgres::pitr::attach_unlisted(
+            request.repository,
+            request.snapshots,
+            selector,
+            &unlisted,
+        )
+        .await?,
+    );
+    if let Selector::Newest { at } = selector {
+        note_newest(&mut choices, *at);
+    }
     restore::check_options(&choices, request.options)?;
     Ok(choices)
+}
+
+/// Splits `--source` patterns into those to choose among the archives and
+/// the databases named literally (`postgres/NAME`) that no archive of the
+/// selected snapshots holds: those are recovered from a base backup.
+fn split_unlisted(
+    snapshots: &[Manifest],
+    selector: &Selector,
+    sources: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let in_scope: Vec<&Manifest> = match selector {
+        Selector::Snapshot(id) => snapshots.iter().filter(|m| &m.id == id).collect(),
+        Selector::Latest => snapshots.iter().take(1).collect(),
+        _ => snapshots.iter().collect(),
+    };
+    let has_base = snapshots.iter().any(|m| {
+        m.artifacts
+            .iter()
+            .any(|a| a.kind == ArtifactKind::PostgresCluster && a.wal.is_some())
+    });
+    let archived = |s: &str| {
+        in_scope
+            .iter()
+            .any(|m| m.artifacts.iter().any(|a| a.source == s))
+    };
+    let literal = |s: &str| !s.contains(['*', '?', '[', '{']);
+    sources.iter().cloned().partition(|s| {
+        !(has_base
+            && literal(s)
+            && crate::model::selection::source_database(s).is_some()
+            && !archived(s))
+    })
+}
+
+/// Says, for every choice of the newest state that is not a recovery, how
+/// old it is: what "newest" means for it.
+fn note_newest(choices: &mut [Choice], at: chrono::DateTime<chrono::Utc>) {
+    for c in choices
+        .iter_mut()
+        .filter(|c| c.recovery.is_none() && c.path_note.is_none())
+    {
+        let captured = c.artifact.captured_at;
+        c.path_note = Some(format!(
+            "the newest backup, captured {} ({} before now){}",
+            captured
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "-".into()),
+            captured
+                .map(|t| restore::postgres::pitr::ago((at - t).num_seconds()))
+                .unwrap_or_else(|| "-".into()),
+            if c.artifact.kind == ArtifactKind::PostgresDump {
+                " (no archived WAL carries it further)"
+            } else {
+                ""
+            }
+        ));
+    }
 }
 
 /// What the `restore` command asks for.
@@ -162,6 +239,7 @@ pub async fn prepare(asked: Asked<'_>) -> Result<Prepared<'_>, RestoreRunError> 
         redactor: asked.config.redactor(),
         progress: asked.progress,
         cancel: tokio_util::sync::CancellationToken::new(),
+        recoveries: Default::default(),
     };
     let items = restore::prepare(&ctx, choices).await?;
     Ok(Prepared { ctx, items })
@@ -295,5 +373,55 @@ mod tests {
             damaged.to_string(),
             "repository local: refusing snapshots/x.json: unsigned"
         );
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::model::manifest::fixtures::{artifact, manifest};
+
+    fn snaps(with_base: bool) -> Vec<Manifest> {
+        let mut arts = vec![
+            artifact("postgres/app", "2026-11-27T03:00:00Z", true),
+            artifact("redis", "2026-11-27T03:00:00Z", true),
+        ];
+        if with_base {
+            let mut base = artifact("postgres/cluster", "2026-11-27T03:00:00Z", true);
+            base.wal = Some(crate::model::wal::BasePosition {
+                system_identifier: "1".into(),
+                timeline: 1,
+                start_lsn: crate::model::wal::Lsn(40),
+                end_lsn: crate::model::wal::Lsn(100),
+                segment_size: 16 << 20,
+            });
+            arts.push(base);
+        }
+        vec![manifest("20261127T030000Z-000001", "2026-11-27T03:00:00Z", arts)]
+    }
+
+    #[test]
+    fn a_database_in_no_dump_is_recovered_only_when_named_and_a_base_backup_exists() {
+        let sel = Selector::Newest {
+            at: chrono::Utc::now(),
+        };
+        let asked: Vec<String> = ["postgres/app", "postgres/later", "postgres/*", "redis"]
+            .map(String::from)
+            .to_vec();
+        let (listed, unlisted) = split_unlisted(&snaps(true), &sel, &asked);
+        assert_eq!(listed, ["postgres/app", "postgres/*", "redis"]);
+        assert_eq!(unlisted, ["postgres/later"]);
+        // Without a base backup the name stays, and the plan says it
+        // matches nothing.
+        let (listed, unlisted) = split_unlisted(&snaps(false), &sel, &asked);
+        assert_eq!(listed.len(), 4);
+        assert!(unlisted.is_empty());
+        // The roles and the cluster are never databases.
+        let (_, unlisted) = split_unlisted(
+            &snaps(true),
+            &sel,
+            &["postgres/globals".to_owned(), "files/x".to_owned()],
+        );
+        assert!(unlisted.is_empty());
     }
 }

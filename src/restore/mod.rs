@@ -336,6 +336,9 @@ pub struct RestoreContext<'a> {
     /// its scratch database is dropped, a swap in progress completes or
     /// rolls back, and the items not started are not restored.
     pub cancel: tokio_util::sync::CancellationToken,
+    /// The cluster recovered for the databases restored to one point in
+    /// time: recovered once, shared by them.
+    pub recoveries: postgres::pitr::Recoveries,
 }
 
 /// Checks that `--as` and `--to` fit the selection.

@@ -22,6 +22,14 @@ pub enum Selector {
     Latest,
     /// Per source, the newest good artifact captured at or before this time.
     PointInTime(DateTime<Utc>),
+    /// The newest state there is (`restore` with neither `--snapshot` nor
+    /// `--point-in-time`): per source the newest good artifact, and for a
+    /// database with archived WAL, its base backup replayed to the end of
+    /// the archive (docs/DESIGN.md §11). `at` is when it was asked.
+    Newest {
+        /// When the restore was asked for (what "behind" is measured from).
+        at: DateTime<Utc>,
+    },
 }
 
 /// One source to restore.
@@ -59,8 +67,12 @@ pub struct Recovery {
     pub base_snapshot: String,
     /// When the base backup was consistent.
     pub base_captured_at: Option<DateTime<Utc>>,
-    /// The time recovered to (None: the base backup's own end).
+    /// The time recovered to (None: the base backup's own end, or with
+    /// `newest` the end of the archived WAL).
     pub target: Option<DateTime<Utc>>,
+    /// Replay every archived WAL file: the newest state the archive holds.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub newest: bool,
     /// The first WAL file recovery reads.
     pub first_wal: Option<String>,
     /// The last WAL segment recovery reads.
@@ -187,7 +199,9 @@ pub fn choose(
             choose_in(m, sources)?
         }
         Selector::Latest => choose_in(&snapshots[0], sources)?,
-        Selector::PointInTime(t) => choose_at(snapshots, *t, sources)?,
+        Selector::PointInTime(t) | Selector::Newest { at: t } => {
+            choose_at(snapshots, *t, sources)?
+        }
     };
     // Roles first, then databases, Redis, files.
     out.sort_by_key(|c| (rank(&c.source), c.source.clone()));

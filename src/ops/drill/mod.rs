@@ -426,6 +426,7 @@ impl Recovery<'_> {
             redactor: self.config.redactor(),
             progress: false,
             cancel: tokio_util::sync::CancellationToken::new(),
+            recoveries: Default::default(),
         };
         let (server, _) = crate::restore::postgres::pitr::recover(&ctx, &recovery, None).await?;
         let base = self

@@ -465,6 +465,7 @@ impl Session<'_> {
             redactor: self.redactor.clone(),
             progress: false,
             cancel: tokio_util::sync::CancellationToken::new(),
+            recoveries: Default::default(),
         }
     }
 

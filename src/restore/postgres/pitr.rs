@@ -109,57 +109,61 @@ async fn coverage(
     Ok(out)
 }
 
-/// The recovery that brings `cov`'s cluster to `target` (None: the newest
-/// base backup's consistent end), or why none can.
-fn recovery_for(
-    cov: &Coverage,
-    target: Option<DateTime<Utc>>,
-    base_snapshot: Option<&str>,
-) -> Result<Recovery, RestoreError> {
-    let base = match (target, base_snapshot) {
-        (_, Some(id)) => cov.bases.iter().find(|(s, _, _)| s == id),
-        (Some(t), None) => cov
+/// Where a recovery goes.
+#[derive(Debug, Clone, Copy)]
+enum Goal<'a> {
+    /// The state at this time: the newest base backup at or before it,
+    /// carried forward by the WAL.
+    At(DateTime<Utc>),
+    /// The base backup of this snapshot, to its own consistent end.
+    BaseEnd(&'a str),
+    /// The newest base backup and every archived WAL file after it.
+    Newest,
+}
+
+/// The recovery that brings `cov`'s cluster to `goal`, or why none can.
+fn recovery_for(cov: &Coverage, goal: Goal<'_>) -> Result<Recovery, RestoreError> {
+    let base = match goal {
+        Goal::BaseEnd(id) => cov.bases.iter().find(|(s, _, _)| s == id),
+        Goal::At(t) => cov
             .bases
             .iter()
             .rev()
             .find(|(_, a, _)| a.captured_at.is_some_and(|c| c <= t)),
-        (None, None) => cov.bases.last(),
+        Goal::Newest => cov.bases.last(),
     };
     let Some((snapshot, artifact, position)) = base else {
+        let at = match goal {
+            Goal::At(t) => rfc(t),
+            Goal::BaseEnd(id) => format!("snapshot {id}"),
+            Goal::Newest => "now".into(),
+        };
         return Err(RestoreError::Refused(format!(
-            "no base backup is at or before {}: base backups and archived WAL cover {}",
-            target.map(rfc).unwrap_or_default(),
+            "no base backup is at or before {at}: base backups and archived WAL cover {}",
             cov.describe()
         )));
     };
-    let (chain, covered) = match target {
-        None => (Vec::new(), None),
-        Some(t) => match cov.archive.chain(position, Some(t)) {
-            Ok(x) => x,
-            Err(CoverageError::EndsBefore(_)) => {
-                return Err(RestoreError::Refused(format!(
-                    "{} is after the newest archived WAL: base backups and archived WAL cover {} \
-                     (is the WAL archiver running? `kompose-dr check` says how far it got); pick a time inside it",
-                    rfc(t),
-                    cov.describe()
-                )));
-            }
-            Err(CoverageError::Missing(seg)) => {
-                return Err(RestoreError::Refused(format!(
-                    "WAL segment {seg} is missing from the archive, so base backup {snapshot} cannot be carried \
-                     forward to {}: `kompose-dr check` lists the gaps; restore a nightly dump with --snapshot \
-                     instead, or a time before the gap",
-                    rfc(t)
-                )));
-            }
-        },
+    let (chain, covered) = match goal {
+        Goal::BaseEnd(_) => (Vec::new(), None),
+        Goal::At(t) => cov
+            .archive
+            .chain(position, Some(t))
+            .map_err(|e| not_covered(cov, snapshot, &rfc(t), e))?,
+        Goal::Newest => cov
+            .archive
+            .chain(position, None)
+            .map_err(|e| not_covered(cov, snapshot, "the archive's end", e))?,
     };
     let mut files: Vec<WalRecord> = chain.into_iter().cloned().collect();
     files.extend(cov.archive.histories.values().cloned());
     Ok(Recovery {
         base_snapshot: snapshot.clone(),
         base_captured_at: artifact.captured_at,
-        target,
+        target: match goal {
+            Goal::At(t) => Some(t),
+            _ => None,
+        },
+        newest: matches!(goal, Goal::Newest),
         first_wal: files.first().map(|r| r.name.clone()),
         last_wal: files
             .iter()
@@ -174,41 +178,142 @@ fn recovery_for(
     })
 }
 
-/// Gives the PostgreSQL choices of a point-in-time plan their path: base
-/// backup + WAL where those cover the time (the choice is rewritten to
-/// it), the dump otherwise; a time the WAL should cover but does not is an
-/// error naming the window. `postgres/cluster` always recovers (to its own
-/// end with `--snapshot`).
+/// Why the archive cannot carry base backup `snapshot` forward to `to`.
+fn not_covered(cov: &Coverage, snapshot: &str, to: &str, e: CoverageError) -> RestoreError {
+    RestoreError::Refused(match e {
+        CoverageError::EndsBefore(_) => format!(
+            "{to} is after the newest archived WAL: base backups and archived WAL cover {} \
+             (is the WAL archiver running? `kompose-dr check` says how far it got); pick a time inside it, \
+             or leave out --point-in-time for the newest state",
+            cov.describe()
+        ),
+        CoverageError::Missing(seg) => format!(
+            "WAL segment {seg} is missing from the archive, so base backup {snapshot} cannot be carried \
+             forward to {to}: `kompose-dr check` lists the gaps; restore a nightly dump with --snapshot \
+             instead, or a time before the gap"
+        ),
+    })
+}
+
+/// The cluster this server is: the one of the newest base backup.
+fn newest_cluster(cov: &BTreeMap<String, Coverage>) -> Option<&Coverage> {
+    cov.values()
+        .filter_map(|c| c.bases.last().map(|b| (b.1.captured_at, c)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, c)| c)
+}
+
+/// Rewrites database choice `c` to come from recovery `r`: the base
+/// backup, carried forward, then dumped.
+fn take_recovery(c: &mut Choice, r: Recovery, asked_at: Option<DateTime<Utc>>) {
+    let mut a = r.base.clone();
+    a.source = c.source.clone();
+    a.kind = ArtifactKind::PostgresDump;
+    a.captured_at = r.target.or(r.covered_until).or(r.base_captured_at);
+    c.distance_seconds = match (r.target, asked_at, a.captured_at) {
+        (Some(_), _, _) => Some(0),
+        (None, Some(at), Some(state)) => Some((at - state).num_seconds()),
+        _ => None,
+    };
+    c.snapshot = r.base_snapshot.clone();
+    c.artifact = a;
+    c.skipped_failed.clear();
+    c.facts = None;
+    c.recovery = Some(Box::new(r));
+}
+
+/// A database dump choice for the newest state: the base backup and every
+/// archived WAL file when that is newer than the dump, the dump otherwise
+/// (said in the plan, with the reason).
+fn newest_state(c: &mut Choice, cov: &Coverage, at: DateTime<Utc>) {
+    let dumped = c.artifact.captured_at;
+    match recovery_for(cov, Goal::Newest) {
+        Ok(r) if r.covered_until.is_some_and(|u| dumped.is_none_or(|d| u > d)) => {
+            let behind = r.covered_until.map(|u| (at - u).num_seconds()).unwrap_or(0);
+            c.path_note = Some(format!(
+                "the newest state: base backup and all archived WAL, to {} ({} behind now)",
+                r.covered_until.map(rfc).unwrap_or_default(),
+                ago(behind)
+            ));
+            take_recovery(c, r, Some(at));
+        }
+        Ok(_) => {
+            c.path_note = Some(format!(
+                "the newest dump ({}): newer than what the archived WAL holds",
+                dumped.map(rfc).unwrap_or_default()
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(source = %c.source, "the newest state comes from the dump: {e}");
+            c.path_note = Some(format!(
+                "the newest dump ({}), because the archived WAL cannot carry a base backup forward: {e}",
+                dumped.map(rfc).unwrap_or_default()
+            ));
+        }
+    }
+}
+
+/// `seconds` as a short duration (`42s`, `3m 5s`, `2h 10m`).
+pub fn ago(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A database dump choice for time `t`: the base backup carried forward
+/// when base backups cover `t`; the dump, said so, when `t` is before them.
+fn at_time(c: &mut Choice, cov: &Coverage, t: DateTime<Utc>) -> Result<(), RestoreError> {
+    let (from, _) = cov.window();
+    if from.is_some_and(|f| t < f) {
+        c.path_note = Some(format!(
+            "dump: {} is before the first base backup ({})",
+            rfc(t),
+            from.map(rfc).unwrap_or_default()
+        ));
+    } else {
+        take_recovery(c, recovery_for(cov, Goal::At(t))?, None);
+    }
+    Ok(())
+}
+
+/// Gives the PostgreSQL choices of a plan their path: base backup + WAL
+/// where those cover the time (the choice is rewritten to it), the dump
+/// otherwise; a time the WAL should cover but does not is an error naming
+/// the window. For the newest state, the base backup and all archived WAL
+/// when that is newer than the dump. `postgres/cluster` always recovers
+/// (to its own end with `--snapshot`).
 pub async fn attach(
     repo: &Repository,
     snapshots: &[Manifest],
     selector: &Selector,
     choices: Vec<Choice>,
 ) -> Result<Vec<Choice>, RestoreError> {
+    let by_time = matches!(
+        selector,
+        Selector::PointInTime(_) | Selector::Newest { .. }
+    );
     let wants = choices.iter().any(|c| {
         c.artifact.kind == ArtifactKind::PostgresCluster
-            || (matches!(selector, Selector::PointInTime(_))
-                && c.artifact.kind == ArtifactKind::PostgresDump)
+            || (by_time && c.artifact.kind == ArtifactKind::PostgresDump)
     });
     if !wants {
         return Ok(choices);
     }
     let cov = coverage(repo, snapshots).await?;
-    // The cluster this server is: the newest base backup's.
-    let newest = cov
-        .values()
-        .filter_map(|c| c.bases.last().map(|b| (b.1.captured_at, c)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, c)| c);
+    let newest = newest_cluster(&cov);
     let mut out = Vec::with_capacity(choices.len());
     for mut c in choices {
         match (c.artifact.kind, selector, newest) {
             (ArtifactKind::PostgresCluster, sel, Some(cov)) => {
-                let (target, base) = match sel {
-                    Selector::PointInTime(t) => (Some(*t), None),
-                    _ => (None, Some(c.snapshot.as_str())),
+                let goal = match sel {
+                    Selector::PointInTime(t) => Goal::At(*t),
+                    Selector::Newest { .. } => Goal::Newest,
+                    _ => Goal::BaseEnd(c.snapshot.as_str()),
                 };
-                c.recovery = Some(Box::new(recovery_for(cov, target, base)?));
+                c.recovery = Some(Box::new(recovery_for(cov, goal)?));
             }
             (ArtifactKind::PostgresCluster, _, None) => {
                 return Err(RestoreError::Refused(
@@ -216,32 +321,67 @@ pub async fn attach(
                 ));
             }
             (ArtifactKind::PostgresDump, Selector::PointInTime(t), Some(cov)) => {
-                let (from, _) = cov.window();
-                if from.is_some_and(|f| *t < f) {
-                    c.path_note = Some(format!(
-                        "dump: {} is before the first base backup ({})",
-                        rfc(*t),
-                        from.map(rfc).unwrap_or_default()
-                    ));
-                } else {
-                    let r = recovery_for(cov, Some(*t), None)?;
-                    let mut a = r.base.clone();
-                    a.source = c.source.clone();
-                    a.kind = ArtifactKind::PostgresDump;
-                    a.captured_at = Some(*t);
-                    c.snapshot = r.base_snapshot.clone();
-                    c.artifact = a;
-                    c.distance_seconds = Some(0);
-                    c.skipped_failed.clear();
-                    c.facts = None;
-                    c.recovery = Some(Box::new(r));
-                }
+                at_time(&mut c, cov, *t)?;
+            }
+            (ArtifactKind::PostgresDump, Selector::Newest { at }, Some(cov)) => {
+                newest_state(&mut c, cov, *at);
             }
             _ => {}
         }
         out.push(c);
     }
     Ok(out)
+}
+
+/// Choices for databases that no dump holds (`--source postgres/NAME`
+/// matching no archive): recovered from the base backup the selector
+/// picks, and dumped from it — any database the cluster held then. The
+/// recovered cluster says whether NAME existed.
+pub async fn attach_unlisted(
+    repo: &Repository,
+    snapshots: &[Manifest],
+    selector: &Selector,
+    sources: &[String],
+) -> Result<Vec<Choice>, RestoreError> {
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cov = coverage(repo, snapshots).await?;
+    let Some(cov) = newest_cluster(&cov) else {
+        return Err(RestoreError::Refused(format!(
+            "{} is in no dump, and no base backup with its WAL position can bring it back: \
+             `kompose-dr snapshots` lists what the repository holds",
+            sources.join(", ")
+        )));
+    };
+    let latest = snapshots.first().map(|m| m.id.as_str()).unwrap_or_default();
+    let (goal, at) = match selector {
+        Selector::PointInTime(t) => (Goal::At(*t), None),
+        Selector::Newest { at } => (Goal::Newest, Some(*at)),
+        Selector::Snapshot(id) => (Goal::BaseEnd(id.as_str()), None),
+        Selector::Latest => (Goal::BaseEnd(latest), None),
+    };
+    let r = recovery_for(cov, goal)?;
+    Ok(sources
+        .iter()
+        .map(|source| {
+            let mut c = Choice {
+                source: source.clone(),
+                snapshot: r.base_snapshot.clone(),
+                artifact: r.base.clone(),
+                distance_seconds: None,
+                skipped_failed: Vec::new(),
+                facts: None,
+                recovery: None,
+                path_note: Some(format!(
+                    "in no dump: recovered from base backup {} and dumped",
+                    r.base_snapshot
+                )),
+            };
+            take_recovery(&mut c, r.clone(), at);
+            c
+        })
+        .collect())
 }
 
 /// The cluster target: a new data directory, `--to DIR` (absent or empty).
@@ -411,13 +551,18 @@ pub async fn recover(
     recovery: &Recovery,
     data: Option<&Path>,
 ) -> Result<(RecoveredPostgres, u64), RestoreError> {
-    let first = match recovery.target {
-        Some(t) => RecoveryTarget::Time(t),
-        None => RecoveryTarget::Immediate,
+    let first = match (recovery.target, recovery.newest) {
+        (Some(t), _) => RecoveryTarget::Time(t),
+        (None, true) => RecoveryTarget::EndOfWal,
+        (None, false) => RecoveryTarget::Immediate,
     };
     match recover_to(ctx, recovery, data, first).await {
+        Ok((server, bytes)) if first == RecoveryTarget::EndOfWal => {
+            replayed_to_end(&server, recovery).await?;
+            Ok((server, bytes))
+        }
         Err(RestoreError::Scratch(ScratchError::TargetNotReached(_)))
-            if first != RecoveryTarget::Immediate =>
+            if matches!(first, RecoveryTarget::Time(_)) =>
         {
             tracing::info!(
                 "the archive holds no commit after the target, and every commit before it: recovering to the end of the archived WAL"
@@ -511,8 +656,33 @@ pub struct RecoveredDump {
     pub bytes: u64,
 }
 
-/// Recovers the cluster to the choice's time and dumps the database the
-/// choice names from it.
+/// The recovered cluster the databases of one restore share: several
+/// databases to the same point take one recovery, each then dumped from
+/// it. Held until the restore ends (its [`RestoreContext`] drops).
+#[derive(Default)]
+pub struct Recoveries {
+    current: tokio::sync::Mutex<Option<(RecoveryKey, RecoveredPostgres)>>,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+/// What makes two recoveries the same: the base backup, the target, and
+/// whether it goes to the archive's end.
+type RecoveryKey = (String, Option<DateTime<Utc>>, bool);
+
+fn key_of(r: &Recovery) -> RecoveryKey {
+    (r.base_snapshot.clone(), r.target, r.newest)
+}
+
+impl Recoveries {
+    /// How many recoveries were run.
+    pub fn made(&self) -> usize {
+        self.made.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Recovers the cluster to the choice's time (or takes the cluster already
+/// recovered to it for another database of this restore) and dumps the
+/// database the choice names from it.
 pub async fn recovered_dump(
     ctx: &RestoreContext<'_>,
     source: &str,
@@ -520,7 +690,26 @@ pub async fn recovered_dump(
 ) -> Result<RecoveredDump, RestoreError> {
     let db = source_database(source)
         .ok_or_else(|| RestoreError::Refused(format!("{source} is not a database")))?;
-    let (server, _) = recover(ctx, recovery, None).await?;
+    let mut slot = ctx.recoveries.current.lock().await;
+    let key = key_of(recovery);
+    if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+        // The previous one goes first: one scratch cluster at a time.
+        *slot = None;
+        ctx.recoveries
+            .made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            base = %recovery.base_snapshot,
+            target = ?recovery.target.map(rfc),
+            newest = recovery.newest,
+            "recovering the cluster once for every database restored to this point"
+        );
+        let (server, _) = recover(ctx, recovery, None).await?;
+        *slot = Some((key, server));
+    }
+    let Some((_, server)) = slot.as_ref() else {
+        unreachable!("set above")
+    };
     let cfg = server.connection();
     let object = recovered_object(&cfg, db, recovery).await?;
     let tool = crate::clients::postgres::choose_client(
@@ -532,7 +721,6 @@ pub async fn recovered_dump(
     .await
     .map_err(RestoreError::from_source)?;
     let (file, bytes) = dump_to_file(&cfg, &tool, db).await?;
-    drop(server);
     Ok(RecoveredDump {
         file,
         object,
@@ -540,8 +728,8 @@ pub async fn recovered_dump(
     })
 }
 
-/// Database `db`'s object as the recovered cluster `cfg` holds it; refused
-/// when it did not exist at the target.
+/// Database `db`'s object as the recovered cluster `cfg` holds it; refused,
+/// naming the databases there were, when it did not exist at the target.
 async fn recovered_object(
     cfg: &crate::model::config::PostgresConfig,
     db: &str,
@@ -550,22 +738,30 @@ async fn recovered_object(
     let client = crate::clients::postgres::connect(cfg, &cfg.endpoint.maintenance_db)
         .await
         .map_err(RestoreError::from_source)?;
-    let exists: bool = client
-        .query_one(
-            "SELECT count(*) > 0 FROM pg_database WHERE datname = $1",
-            &[&db],
+    let there: Vec<String> = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            &[],
         )
         .await
         .map_err(RestoreError::db("cannot list the recovered databases"))?
-        .get(0);
-    if !exists {
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !there.iter().any(|d| d == db) {
+        let when = match (recovery.target, recovery.newest) {
+            (Some(t), _) => rfc(t),
+            (None, true) => "the end of the archived WAL".into(),
+            (None, false) => format!("the end of base backup {}", recovery.base_snapshot),
+        };
         return Err(RestoreError::Refused(format!(
-            "database {} did not exist at {} (recovered from base backup {})",
+            "database {} did not exist at {when} (recovered from base backup {}); the databases then were: {}",
             quote_ident(db),
-            recovery.target.map(rfc).unwrap_or_default(),
-            recovery.base_snapshot
+            recovery.base_snapshot,
+            there.join(", ")
         )));
     }
+    drop(client);
     let dbc = crate::clients::postgres::connect(cfg, db)
         .await
         .map_err(RestoreError::from_source)?;
@@ -682,4 +878,123 @@ pub async fn check_recovery(
         .await
         .map_err(RestoreError::from)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::fixtures::{artifact, t};
+    use crate::model::wal::{Lsn, Segment, WalKind};
+
+    const MB16: u64 = 16 << 20;
+
+    fn rec(n: u64, kind: WalKind, covered: &str) -> WalRecord {
+        let name = Segment {
+            timeline: 1,
+            number: n,
+        }
+        .name(MB16);
+        WalRecord {
+            version: 1,
+            system_identifier: "1".into(),
+            path: format!("wal/1/00000001/{name}.zst.age"),
+            name,
+            timeline: 1,
+            kind,
+            segment_size: MB16,
+            plaintext_bytes: MB16,
+            stored_bytes: 1,
+            sha256: "0".repeat(64),
+            archived_at: t(covered),
+            covered_until: Some(t(covered)),
+            end_lsn: None,
+        }
+    }
+
+    /// A base backup at 03:00 (segments 2–3) and WAL through segment
+    /// `last`, the last one covering until `until`.
+    fn coverage(last: u64, until: &str) -> Coverage {
+        let position = BasePosition {
+            system_identifier: "1".into(),
+            timeline: 1,
+            start_lsn: Lsn(2 * MB16 + 40),
+            end_lsn: Lsn(3 * MB16 + 100),
+            segment_size: MB16,
+        };
+        let base = artifact("postgres/cluster", "2026-11-27T03:00:00Z", true);
+        let mut records: Vec<WalRecord> = (2..last)
+            .map(|n| rec(n, WalKind::Segment, "2026-11-27T03:30:00Z"))
+            .collect();
+        records.push(rec(last, WalKind::Partial, until));
+        Coverage {
+            bases: vec![("s27".into(), base, position)],
+            archive: WalArchive::from_records(records),
+        }
+    }
+
+    fn dump(at: &str) -> Choice {
+        Choice {
+            source: "postgres/app".into(),
+            snapshot: "s-dump".into(),
+            artifact: artifact("postgres/app", at, true),
+            distance_seconds: None,
+            skipped_failed: Vec::new(),
+            facts: None,
+            recovery: None,
+            path_note: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_state_replays_every_archived_wal_file_past_the_dump() {
+        let cov = coverage(6, "2026-11-27T11:59:30Z");
+        let mut c = dump("2026-11-27T02:00:00Z");
+        newest_state(&mut c, &cov, t("2026-11-27T12:00:00Z"));
+        let r = c.recovery.as_ref().expect("a recovery");
+        assert!(r.newest && r.target.is_none());
+        assert_eq!(r.last_wal.as_deref(), Some("000000010000000000000006"));
+        assert_eq!(c.distance_seconds, Some(30));
+        assert!(
+            c.path_note.as_deref().unwrap().contains("30s behind now"),
+            "{:?}",
+            c.path_note
+        );
+    }
+
+    #[test]
+    fn a_dump_newer_than_the_archive_or_a_broken_chain_keeps_the_dump_and_says_why() {
+        let cov = coverage(6, "2026-11-27T11:59:30Z");
+        let mut newer = dump("2026-11-27T12:00:00Z");
+        newest_state(&mut newer, &cov, t("2026-11-27T12:00:10Z"));
+        assert!(newer.recovery.is_none());
+        assert!(newer.path_note.unwrap().contains("newer than what the archived WAL holds"));
+
+        let mut gap = coverage(6, "2026-11-27T11:59:30Z");
+        gap.archive = WalArchive::from_records(
+            [2, 3, 5, 6].map(|n| rec(n, WalKind::Segment, "2026-11-27T11:59:30Z")),
+        );
+        let mut c = dump("2026-11-27T02:00:00Z");
+        newest_state(&mut c, &gap, t("2026-11-27T12:00:00Z"));
+        assert!(c.recovery.is_none());
+        let note = c.path_note.unwrap();
+        assert!(note.contains("000000010000000000000004"), "{note}");
+    }
+
+    #[test]
+    fn a_time_after_the_archive_is_refused_naming_the_window_and_the_newest_state() {
+        let cov = coverage(6, "2026-11-27T11:59:30Z");
+        let e = recovery_for(&cov, Goal::At(t("2026-11-27T12:30:00Z"))).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("after the newest archived WAL"), "{m}");
+        assert!(m.contains("2026-11-27T11:59:30Z"), "{m}");
+        assert!(m.contains("leave out --point-in-time"), "{m}");
+    }
+
+    #[test]
+    fn durations_read_short() {
+        assert_eq!(ago(42), "42s");
+        assert_eq!(ago(185), "3m 5s");
+        assert_eq!(ago(7800), "2h 10m");
+        assert_eq!(ago(-3), "0s");
+    }
 }

@@ -136,8 +136,14 @@ fn print_plan(requested: &str, items: &[PlanItem]) {
             ));
         }
         if let Some(n) = &c.path_note {
-            output::line(format!("  {:<22} {}{n}", "", if c.recovery.is_some() { "" } else { "path: " }));
-        } else if c.recovery.is_none() && c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresDump {
+            output::line(format!(
+                "  {:<22} {}{n}",
+                "",
+                if c.recovery.is_some() { "" } else { "path: " }
+            ));
+        } else if c.recovery.is_none()
+            && c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresDump
+        {
             output::line(format!("  {:<22} path: dump", ""));
         }
         if !c.skipped_failed.is_empty() {

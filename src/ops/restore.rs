@@ -397,7 +397,11 @@ mod split_tests {
             });
             arts.push(base);
         }
-        vec![manifest("20261127T030000Z-000001", "2026-11-27T03:00:00Z", arts)]
+        vec![manifest(
+            "20261127T030000Z-000001",
+            "2026-11-27T03:00:00Z",
+            arts,
+        )]
     }
 
     #[test]

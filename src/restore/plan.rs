@@ -199,9 +199,7 @@ pub fn choose(
             choose_in(m, sources)?
         }
         Selector::Latest => choose_in(&snapshots[0], sources)?,
-        Selector::PointInTime(t) | Selector::Newest { at: t } => {
-            choose_at(snapshots, *t, sources)?
-        }
+        Selector::PointInTime(t) | Selector::Newest { at: t } => choose_at(snapshots, *t, sources)?,
     };
     // Roles first, then databases, Redis, files.
     out.sort_by_key(|c| (rank(&c.source), c.source.clone()));

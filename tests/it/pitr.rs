@@ -662,3 +662,96 @@ fn prune_removes_only_the_wal_no_retained_base_backup_needs() {
     );
     let _ = archiver.wait();
 }
+
+/// `restore` with no time is the newest state (the base backup and every
+/// archived WAL file); a database created after the base backup and
+/// dropped again comes back from a time it existed, though no dump holds
+/// it; two databases to one time take one recovery.
+#[test]
+fn the_newest_state_a_database_in_no_dump_and_one_recovery_for_two() {
+    let pg = Pg::start();
+    pg.psql("postgres", "create database shop; create database other");
+    pg.psql("shop", "create table t(n int); insert into t values (1)");
+    pg.psql("other", "create table o(n int); insert into o values (1)");
+    let ws = Workspace::new();
+    configure(&ws, &pg, &["shop", "other"]);
+    ws.init();
+    let _archiver = start_archiver(&ws);
+    ws.run(&["backup"]).assert_exit(0);
+
+    pg.psql("shop", "insert into t values (2)");
+    pg.psql("other", "insert into o values (2)");
+    pg.psql("postgres", "create database later");
+    pg.psql("later", "create table l(n int); insert into l values (7)");
+    std::thread::sleep(Duration::from_millis(600));
+    let existed = server_now(&pg);
+    std::thread::sleep(Duration::from_millis(600));
+    // A recovery to a time stops at the first commit after it: one comes
+    // before the drop, as on any server with traffic.
+    pg.psql("other", "insert into o values (3)");
+    pg.psql("postgres", "drop database later");
+    pg.psql("shop", "insert into t values (3)");
+    let last = server_now(&pg);
+    wait_covered(&ws, &last);
+
+    // No time: the newest state, from the base backup and all the WAL.
+    let plan = restore(
+        &ws,
+        &["--source", "postgres/shop", "--as", "x", "--dry-run"],
+    );
+    plan.assert_exit(0)
+        .assert_stdout_contains("the newest state")
+        .assert_stdout_contains("behind now");
+    restore(&ws, &["--source", "postgres/shop", "--as", "shop_now"]).assert_exit(0);
+    assert_eq!(
+        pg.psql(
+            "shop_now",
+            "select string_agg(n::text, ',' order by n) from t"
+        ),
+        "1,2,3"
+    );
+
+    // In no dump, dropped since: back from a time it existed.
+    restore(
+        &ws,
+        &["--point-in-time", &existed, "--source", "postgres/later"],
+    )
+    .assert_exit(0);
+    assert_eq!(pg.psql("later", "select n from l"), "7");
+    // A name that never existed: the error lists what did.
+    let r = restore(
+        &ws,
+        &["--point-in-time", &existed, "--source", "postgres/nope"],
+    );
+    r.assert_failed();
+    assert!(
+        r.all().contains("did not exist") && r.all().contains("shop"),
+        "{}",
+        r.all()
+    );
+
+    // Two databases to one time: one recovery.
+    let two = ws.run(&[
+        "--json",
+        "restore",
+        "--yes",
+        "--point-in-time",
+        &existed,
+        "--source",
+        "postgres/shop",
+        "--source",
+        "postgres/other",
+        "--replace",
+    ]);
+    two.assert_exit(0);
+    assert_eq!(two.json()["recoveries"], 1, "{}", two.all());
+    assert!(two.json()["seconds"].as_f64().is_some(), "{}", two.all());
+    assert_eq!(
+        pg.psql("shop", "select string_agg(n::text, ',' order by n) from t"),
+        "1,2"
+    );
+    assert_eq!(
+        pg.psql("other", "select string_agg(n::text, ',' order by n) from o"),
+        "1,2"
+    );
+}

@@ -228,7 +228,10 @@ fn take_recovery(c: &mut Choice, r: Recovery, asked_at: Option<DateTime<Utc>>) {
 fn newest_state(c: &mut Choice, cov: &Coverage, at: DateTime<Utc>) {
     let dumped = c.artifact.captured_at;
     match recovery_for(cov, Goal::Newest) {
-        Ok(r) if r.covered_until.is_some_and(|u| dumped.is_none_or(|d| u > d)) => {
+        Ok(r)
+            if r.covered_until
+                .is_some_and(|u| dumped.is_none_or(|d| u > d)) =>
+        {
             let behind = r.covered_until.map(|u| (at - u).num_seconds()).unwrap_or(0);
             c.path_note = Some(format!(
                 "the newest state: base backup and all archived WAL, to {} ({} behind now)",
@@ -291,10 +294,7 @@ pub async fn attach(
     selector: &Selector,
     choices: Vec<Choice>,
 ) -> Result<Vec<Choice>, RestoreError> {
-    let by_time = matches!(
-        selector,
-        Selector::PointInTime(_) | Selector::Newest { .. }
-    );
+    let by_time = matches!(selector, Selector::PointInTime(_) | Selector::Newest { .. });
     let wants = choices.iter().any(|c| {
         c.artifact.kind == ArtifactKind::PostgresCluster
             || (by_time && c.artifact.kind == ArtifactKind::PostgresDump)
@@ -738,22 +738,39 @@ async fn recovered_object(
     let client = crate::clients::postgres::connect(cfg, &cfg.endpoint.maintenance_db)
         .await
         .map_err(RestoreError::from_source)?;
-    let there: Vec<String> = client
+    // A database being dropped (datconnlimit -2, PostgreSQL 15.4+) is
+    // not there any more: DROP DATABASE removes its files before its
+    // commit, the record a time target stops at.
+    let rows = client
         .query(
-            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            "SELECT datname, datconnlimit = -2 FROM pg_database \
+             WHERE datallowconn AND NOT datistemplate ORDER BY 1",
             &[],
         )
         .await
-        .map_err(RestoreError::db("cannot list the recovered databases"))?
+        .map_err(RestoreError::db("cannot list the recovered databases"))?;
+    let there: Vec<String> = rows
         .iter()
+        .filter(|r| !r.get::<_, bool>(1))
         .map(|r| r.get(0))
         .collect();
+    let when = match (recovery.target, recovery.newest) {
+        (Some(t), _) => rfc(t),
+        (None, true) => "the end of the archived WAL".into(),
+        (None, false) => format!("the end of base backup {}", recovery.base_snapshot),
+    };
+    if rows
+        .iter()
+        .any(|r| r.get::<_, &str>(0) == db && r.get::<_, bool>(1))
+    {
+        return Err(RestoreError::Refused(format!(
+            "database {} was being dropped at {when}: the server committed nothing between that time and the \
+             DROP DATABASE, and a recovery to a time stops only at a commit; pick a time before the last commit \
+             that preceded the drop",
+            quote_ident(db)
+        )));
+    }
     if !there.iter().any(|d| d == db) {
-        let when = match (recovery.target, recovery.newest) {
-            (Some(t), _) => rfc(t),
-            (None, true) => "the end of the archived WAL".into(),
-            (None, false) => format!("the end of base backup {}", recovery.base_snapshot),
-        };
         return Err(RestoreError::Refused(format!(
             "database {} did not exist at {when} (recovered from base backup {}); the databases then were: {}",
             quote_ident(db),
@@ -967,7 +984,12 @@ mod tests {
         let mut newer = dump("2026-11-27T12:00:00Z");
         newest_state(&mut newer, &cov, t("2026-11-27T12:00:10Z"));
         assert!(newer.recovery.is_none());
-        assert!(newer.path_note.unwrap().contains("newer than what the archived WAL holds"));
+        assert!(
+            newer
+                .path_note
+                .unwrap()
+                .contains("newer than what the archived WAL holds")
+        );
 
         let mut gap = coverage(6, "2026-11-27T11:59:30Z");
         gap.archive = WalArchive::from_records(

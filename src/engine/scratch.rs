@@ -101,7 +101,10 @@ impl Engine {
             entrypoint: spec.entrypoint.clone(),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             user: spec.user.clone(),
-            labels: Some(HashMap::from([(kind, value), (OWNER_LABEL.to_owned(), owner())])),
+            labels: Some(HashMap::from([
+                (kind, value),
+                (OWNER_LABEL.to_owned(), owner()),
+            ])),
             network_disabled: Some(network_disabled),
             host_config: Some(host_config),
             ..Default::default()

@@ -170,30 +170,40 @@ pub async fn start(want: Want<'_>) -> Result<Sidecar, SourceError> {
         ..ScratchSpec::default()
     };
     let container = engine.run_scratch(spec).await.map_err(|e| {
+        if let Some(p) = &pgpass {
+            let _ = std::fs::remove_file(p);
+        }
         SourceError::Tool(format!(
             "cannot start the WAL sidecar from image `{image}` beside container `{}`: {e}",
             server.name
         ))
     })?;
-    let version = engine
-        .output(&container.id, ExecSpec::new(["pg_receivewal", "--version"]))
-        .await
-        .map_err(|e| no_tool(&image, want.server_major, &e.to_string()))?;
-    let version = version.lines().next().unwrap_or_default().trim().to_owned();
-    if parse_tool_major(&version).is_some_and(|m| m < want.server_major) {
-        return Err(no_tool(&image, want.server_major, &version));
-    }
-    tracing::info!(container = %container.name, image = %image, version = %version, "WAL sidecar started");
-    Ok(Sidecar {
+    // Made before the check, so that a failed check removes the container
+    // and the pgpass file alike.
+    let mut sidecar = Sidecar {
         target: ContainerRef {
             name: container.id.clone(),
             engine: server.engine.clone(),
         },
         pgpass,
-        version,
+        version: String::new(),
         image,
         _container: container,
-    })
+    };
+    let version = engine
+        .output(
+            &sidecar.target.name,
+            ExecSpec::new(["pg_receivewal", "--version"]),
+        )
+        .await
+        .map_err(|e| no_tool(&sidecar.image, want.server_major, &e.to_string()))?;
+    let version = version.lines().next().unwrap_or_default().trim().to_owned();
+    if parse_tool_major(&version).is_some_and(|m| m < want.server_major) {
+        return Err(no_tool(&sidecar.image, want.server_major, &version));
+    }
+    tracing::info!(container = %sidecar.target.name, image = %sidecar.image, version = %version, "WAL sidecar started");
+    sidecar.version = version;
+    Ok(sidecar)
 }
 
 /// The image has no usable pg_receivewal.

@@ -296,17 +296,7 @@ fn a_base_backup_taken_before_the_archiver_ever_ran_has_its_wal() {
     configure(&ws, engine, &stack);
     run(&ws, engine, &["init"]).assert_exit(0);
     run(&ws, engine, &["backup", "--source", "postgres/cluster"]).assert_exit(0);
-    let manifest = &ws.manifests()[0];
-    let base = &Workspace::artifact(manifest, "postgres/cluster")["wal"];
-    let size = base["segment_size"].as_u64().unwrap();
-    let number = lsn(base["start_lsn"].as_str().unwrap()) / size;
-    let per = 0x1_0000_0000 / size;
-    let start_segment = format!(
-        "{:08X}{:08X}{:08X}",
-        base["timeline"].as_u64().unwrap(),
-        number / per,
-        number % per
-    );
+    let (start_segment, snapshot) = base_start(&ws);
     // The server moves on to later segments before the archiver starts.
     for i in 0..2 {
         stack.psql(
@@ -335,10 +325,76 @@ fn a_base_backup_taken_before_the_archiver_ever_ran_has_its_wal() {
         wal_log(&ws)
     );
     assert!(
-        wal_log(&ws).contains(manifest["id"].as_str().unwrap()),
+        wal_log(&ws).contains(&snapshot),
         "the log does not name the base backup it started from:\n{}",
         wal_log(&ws)
     );
+    wal.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(wal.wait().success(), "{}", wal_log(&ws));
+}
+
+/// The segment where the newest snapshot's base backup starts, and the
+/// snapshot's id.
+fn base_start(ws: &Workspace) -> (String, String) {
+    let manifest = &ws.manifests()[0];
+    let base = &Workspace::artifact(manifest, "postgres/cluster")["wal"];
+    let size = base["segment_size"].as_u64().unwrap();
+    let number = lsn(base["start_lsn"].as_str().unwrap()) / size;
+    let per = 0x1_0000_0000 / size;
+    let segment = format!(
+        "{:08X}{:08X}{:08X}",
+        base["timeline"].as_u64().unwrap(),
+        number / per,
+        number % per
+    );
+    (segment, manifest["id"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn a_base_backup_whose_start_the_server_recycled_is_named_in_the_gap_and_archiving_goes_on() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql("kompose", "CREATE TABLE t (id int PRIMARY KEY)");
+    let ws = Workspace::new();
+    configure(&ws, engine, &stack);
+    run(&ws, engine, &["init"]).assert_exit(0);
+    run(&ws, engine, &["backup", "--source", "postgres/cluster"]).assert_exit(0);
+    let (segment, snapshot) = base_start(&ws);
+    // The server recycles the segment before any archiver ran.
+    wait_until("the server to recycle the base backup's start", 60, || {
+        stack.psql("kompose", "SELECT pg_switch_wal()");
+        stack.psql("kompose", "CHECKPOINT");
+        stack.psql(
+            "kompose",
+            &format!("SELECT count(*) FROM pg_ls_waldir() WHERE name = '{segment}'"),
+        ) == "0"
+    });
+
+    let mut wal = Archiver::start(&ws, engine);
+    wait_until("the gap to be reported", 60, || {
+        wal_log(&ws).contains(&format!("recycled WAL from segment {segment} on"))
+    });
+    let log = wal_log(&ws);
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("recycled WAL from segment {segment} on")))
+        .unwrap();
+    assert!(
+        line.contains(&format!("base backup of snapshot {snapshot}")),
+        "the gap does not name the base backup: {line}"
+    );
+    // Archiving goes on from the server's position.
+    stack.psql("kompose", "INSERT INTO t SELECT generate_series(1, 100)");
+    let t = server_now(&stack);
+    let start = Instant::now();
+    while covered_until(&ws.repo).is_none_or(|c| c < t) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "archiving did not go on after the gap:\n{}",
+            wal_log(&ws)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     wal.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(wal.wait().success(), "{}", wal_log(&ws));
 }

@@ -463,6 +463,9 @@ impl Archiver {
         }
         if let Some(slot) = &self.wal.slot {
             self.create_slot(&receiver, slot).await?;
+            if !seed {
+                advance_slot(&client, slot).await;
+            }
         }
         let (mut child, stderr) = self.start_receiver(&receiver, spool).await?;
         self.set_streaming(true);
@@ -949,6 +952,34 @@ impl Archiver {
         tracing::debug!(file = %name, kind = ?kind, covered_until = ?covered_until, "WAL archived");
         self.note(&record);
         Ok((record, everywhere))
+    }
+}
+
+/// After a gap, moves the replication slot `slot` to the server's flush
+/// position: pg_receivewal starts where the slot is, and a slot left
+/// pointing into log the server has recycled (the position a failed start
+/// asked for) would make it ask for that log again and again. A slot in
+/// use, or that never held a position, is left alone.
+async fn advance_slot(client: &tokio_postgres::Client, slot: &str) {
+    let moved = client
+        .query(
+            "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_flush_lsn())::text \
+             FROM pg_replication_slots \
+             WHERE slot_name = $1 AND slot_type = 'physical' AND restart_lsn IS NOT NULL AND NOT active",
+            &[&slot],
+        )
+        .await;
+    match moved {
+        Ok(rows) if !rows.is_empty() => {
+            tracing::info!(
+                slot,
+                "replication slot moved to the server's position after the gap"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(slot, error = %crate::clients::postgres::db_error("moving the replication slot", e), "the slot stays where it is");
+        }
     }
 }
 

@@ -479,6 +479,9 @@ impl Archiver {
                 self.set_error(e.to_string());
             }
             child.kill();
+            // A sidecar's removal ends its pg_receivewal for sure (an exec
+            // on a remote engine cannot be signalled).
+            drop(receiver);
             let _ = child.wait().await;
         }
         self.set_streaming(false);

@@ -15,6 +15,7 @@
 
 mod exec;
 pub mod scratch;
+mod sidecar;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

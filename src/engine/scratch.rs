@@ -34,6 +34,14 @@ pub struct ScratchSpec {
     pub volumes_from: Vec<String>,
     /// Volumes or paths mounted (`vault_data:/kdr-volume:ro`).
     pub binds: Vec<String>,
+    /// The network mode: `none` (no network) when not set;
+    /// `container:<id>` shares that container's network namespace (a
+    /// sidecar reaching the server on its loopback).
+    pub network_mode: Option<String>,
+    /// The label saying what it is, in place of [`LABEL`]: a container
+    /// with its own label (the WAL archiver's sidecar) is not scratch, and
+    /// [`Engine::sweep`] leaves it to its own sweep.
+    pub label: Option<(String, String)>,
 }
 
 /// A scratch container; removed (with its tmpfs) when dropped.
@@ -60,8 +68,8 @@ fn owner() -> String {
 }
 
 impl Engine {
-    /// Creates and starts a scratch container: `--network none`, labelled,
-    /// never restarted.
+    /// Creates and starts a scratch container: `--network none` (unless the
+    /// spec says otherwise), labelled, never restarted.
     pub async fn run_scratch(&self, spec: ScratchSpec) -> Result<ScratchContainer, EngineError> {
         let guard = self.create_scratch(spec).await?;
         self.start(&guard.id).await?;
@@ -73,8 +81,14 @@ impl Engine {
     /// others, removed when the guard drops, swept if left behind.
     pub async fn create_scratch(&self, spec: ScratchSpec) -> Result<ScratchContainer, EngineError> {
         let name = format!("{}-{:08x}", spec.name, rand::random::<u32>());
+        let network_mode = spec.network_mode.clone().unwrap_or_else(|| "none".into());
+        let network_disabled = network_mode == "none";
+        let (kind, value) = spec
+            .label
+            .clone()
+            .unwrap_or_else(|| (LABEL.to_owned(), "1".to_owned()));
         let host_config = bollard::models::HostConfig {
-            network_mode: Some("none".into()),
+            network_mode: Some(network_mode),
             tmpfs: Some(spec.tmpfs.iter().cloned().collect::<HashMap<_, _>>()),
             auto_remove: Some(false),
             volumes_from: (!spec.volumes_from.is_empty()).then(|| spec.volumes_from.clone()),
@@ -88,10 +102,10 @@ impl Engine {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             user: spec.user.clone(),
             labels: Some(HashMap::from([
-                (LABEL.to_owned(), "1".to_owned()),
+                (kind, value),
                 (OWNER_LABEL.to_owned(), owner()),
             ])),
-            network_disabled: Some(true),
+            network_disabled: Some(network_disabled),
             host_config: Some(host_config),
             ..Default::default()
         };

@@ -74,7 +74,7 @@ pub async fn archiver(config: &Config) -> Result<Archiver, Failure> {
         progress: None,
         timeouts: config.timeouts.clone(),
     };
-    Ok(Archiver::new(resolved, wal, ctx))
+    Ok(Archiver::new(resolved, wal, ctx).with_image(config.scratch.image.clone()))
 }
 
 /// Writes the archiver's metrics to the textfile, if one is configured.

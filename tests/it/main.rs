@@ -38,3 +38,4 @@ mod systemd;
 mod systemd_boot;
 mod timeouts;
 mod verify_drill;
+mod wal_container;

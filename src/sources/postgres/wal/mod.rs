@@ -31,7 +31,17 @@
 //! seeded with a zero-filled `.partial` of the segment after the newest
 //! archived one, which makes pg_receivewal start there: a server that
 //! recycled that log meanwhile is reported as a gap, naming the segment,
-//! and archiving resumes at the server's current position.
+//! and archiving resumes at the server's current position. With an archive
+//! that holds no log of the cluster yet, the seed is the segment where the
+//! oldest retained base backup starts ([`seed`]), so a base backup taken
+//! before the archiver first ran has its log too.
+//!
+//! With `postgres.container`, pg_receivewal runs in a sidecar container
+//! beside the server's ([`sidecar`]); the control session (the server's
+//! clock and positions) goes through the engine as every other session.
+
+pub mod seed;
+pub mod sidecar;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -42,6 +52,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use self::sidecar::Sidecar;
 use super::cluster::{ClusterIdentity, identity};
 use crate::clients::launch::Launch;
 use crate::clients::postgres::{DumpTool, choose_client, command, connect_within, server_version};
@@ -108,6 +119,39 @@ pub struct Archiver {
     /// How far the archive's partial copies go, per segment name, as
     /// found at start.
     partial_ends: Mutex<BTreeMap<String, Lsn>>,
+    /// The sidecar's image, if not the server container's (`[scratch]
+    /// image`).
+    image: Option<String>,
+    /// The segment the spool was seeded with from a base backup, and that
+    /// snapshot's id: a gap there is that base backup's.
+    seeded_from_base: Mutex<Option<(String, String)>>,
+}
+
+/// Where pg_receivewal runs.
+enum Receiver {
+    /// Here, or (without a sidecar) as the chosen client tool says.
+    Tool(DumpTool),
+    /// In a sidecar container beside the server's.
+    Sidecar(Box<Sidecar>),
+}
+
+impl Receiver {
+    /// pg_receivewal, connecting to `database`.
+    fn command(&self, cfg: &PostgresConfig, database: &str) -> Launch {
+        match self {
+            Receiver::Tool(tool) => command(cfg, tool, "pg_receivewal", database),
+            Receiver::Sidecar(s) => s.launch(cfg, "pg_receivewal", database),
+        }
+    }
+}
+
+/// What [`Archiver::prepare`] sets up: the cluster, its locked spool, and
+/// (container mode) a first sidecar, proven to have pg_receivewal.
+struct Prepared {
+    id: ClusterIdentity,
+    spool: PathBuf,
+    lock: std::fs::File,
+    sidecar: Option<Sidecar>,
 }
 
 /// A file in the spool.
@@ -116,6 +160,15 @@ enum Spooled {
     Complete(Segment),
     Partial(Segment),
     History(u32),
+}
+
+/// One life of pg_receivewal: the cluster, its spool, when to stop, and
+/// whether to seed an empty spool from the archive.
+struct Life<'a> {
+    id: &'a ClusterIdentity,
+    spool: &'a Path,
+    stop: &'a CancellationToken,
+    seed: bool,
 }
 
 /// What the archiver remembers between ticks.
@@ -172,7 +225,16 @@ impl Archiver {
                 rand::random::<u32>()
             ),
             partial_ends: Mutex::default(),
+            image: None,
+            seeded_from_base: Mutex::default(),
         }
+    }
+
+    /// Makes the sidecar (container mode) from `image` rather than the
+    /// server container's image (`[scratch] image`).
+    pub fn with_image(mut self, image: Option<String>) -> Archiver {
+        self.image = image;
+        self
     }
 
     /// The status, updated as it runs.
@@ -194,15 +256,9 @@ impl Archiver {
     /// backoff; only what needs the operator (configuration, a missing
     /// tool, another archiver on the spool) ends it.
     pub async fn run(&self, stop: CancellationToken) -> Result<(), SourceError> {
-        if self.cfg.container.is_some() {
-            return Err(SourceError::Tool(
-                "[postgres.wal] with postgres.container is not supported yet: pg_receivewal must run on this host \
-                 and reach the server (set postgres.url); base backups work in container mode"
-                    .into(),
-            ));
-        }
         let mut backoff = Duration::from_secs(1);
         let mut state: Option<(ClusterIdentity, PathBuf, std::fs::File)> = None;
+        let mut ready: Option<Sidecar> = None;
         let mut progress = Progress::default();
         // After a gap, or a timeline the server forked away from, the
         // archive's end is no place to resume: the next start takes the
@@ -211,13 +267,20 @@ impl Archiver {
         while !stop.is_cancelled() {
             let round = async {
                 if state.is_none() {
-                    let (id, spool, lock) = self.prepare().await?;
-                    progress.done = self.archived_names(&id).await;
-                    state = Some((id, spool, lock));
+                    let p = self.prepare().await?;
+                    progress.done = self.archived_names(&p.id).await;
+                    ready = p.sidecar;
+                    state = Some((p.id, p.spool, p.lock));
                 }
                 let (id, spool, _) = state.as_ref().expect("prepared");
                 let seed = std::mem::replace(&mut resume_from_archive, true);
-                self.stream(id, spool, &stop, &mut progress, seed).await
+                let life = Life {
+                    id,
+                    spool,
+                    stop: &stop,
+                    seed,
+                };
+                self.stream(life, &mut progress, ready.take()).await
             };
             match round.await {
                 Ok(()) => backoff = Duration::from_secs(1),
@@ -241,8 +304,10 @@ impl Archiver {
         Ok(())
     }
 
-    /// Learns the cluster, checks the tool, makes and locks the spool.
-    async fn prepare(&self) -> Result<(ClusterIdentity, PathBuf, std::fs::File), SourceError> {
+    /// Learns the cluster, checks the tool, makes and locks the spool; in
+    /// container mode, removes the sidecars a killed archiver left (the
+    /// lock proves none is in use) and starts one.
+    async fn prepare(&self) -> Result<Prepared, SourceError> {
         let client = connect_within(
             &self.cfg,
             &self.cfg.endpoint.maintenance_db,
@@ -252,22 +317,61 @@ impl Archiver {
         let id = identity(&client).await?;
         let server = server_version(&client).await?;
         drop(client);
-        choose_client(
-            &self.cfg,
-            "pg_receivewal",
-            server.major,
-            &format!("the server (PostgreSQL {})", server.text),
-        )
-        .await?;
+        if self.cfg.container.is_none() {
+            choose_client(
+                &self.cfg,
+                "pg_receivewal",
+                server.major,
+                &format!("the server (PostgreSQL {})", server.text),
+            )
+            .await?;
+        }
+        let (spool, lock) = self.lock_spool(&id)?;
+        let sidecar = match &self.cfg.container {
+            Some(c) => {
+                let swept = sidecar::sweep(c, &spool).await?;
+                if swept > 0 {
+                    tracing::info!(swept, "removed the WAL sidecar a killed archiver left");
+                }
+                Some(self.sidecar(&spool, server.major).await?)
+            }
+            None => None,
+        };
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .system_identifier = Some(id.system_identifier.clone());
+        tracing::info!(system_identifier = %id.system_identifier, timeline = id.timeline, spool = %spool.display(), "WAL archiving");
+        Ok(Prepared {
+            id,
+            spool,
+            lock,
+            sidecar,
+        })
+    }
+
+    /// A new sidecar for `spool`.
+    async fn sidecar(&self, spool: &Path, server_major: u32) -> Result<Sidecar, SourceError> {
+        sidecar::start(sidecar::Want {
+            cfg: &self.cfg,
+            image: self.image.as_deref(),
+            spool,
+            server_major,
+        })
+        .await
+    }
+
+    /// Makes the spool of cluster `id` (and its parents, 0700, as systemd's
+    /// `StateDirectory=` would) and takes its lock: only one archiver may
+    /// use it.
+    fn lock_spool(&self, id: &ClusterIdentity) -> Result<(PathBuf, std::fs::File), SourceError> {
         let spool = self.wal.spool_dir.join(&id.system_identifier);
-        make_private_dir(&self.wal.spool_dir)
-            .and_then(|()| make_private_dir(&spool))
-            .map_err(|e| {
-                SourceError::Data(format!(
-                    "cannot create the WAL spool {}: {e}; set [postgres.wal] spool_dir to a directory this user may write",
-                    spool.display()
-                ))
-            })?;
+        make_private_dirs(&spool).map_err(|e| {
+            SourceError::Data(format!(
+                "cannot create the WAL spool {}: {e}; set [postgres.wal] spool_dir to a directory this user may write",
+                spool.display()
+            ))
+        })?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -283,12 +387,7 @@ impl Archiver {
                 spool.display()
             )));
         }
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .system_identifier = Some(id.system_identifier.clone());
-        tracing::info!(system_identifier = %id.system_identifier, timeline = id.timeline, spool = %spool.display(), "WAL archiving");
-        Ok((id, spool, lock))
+        Ok((spool, lock))
     }
 
     /// The complete segments and history files every repository holds.
@@ -319,59 +418,24 @@ impl Archiver {
         it.fold(first, |acc, s| acc.intersection(&s).cloned().collect())
     }
 
-    /// Seeds an empty spool so that pg_receivewal starts right after the
-    /// newest archived log.
-    async fn seed(&self, id: &ClusterIdentity, spool: &Path) -> Result<(), SourceError> {
-        if !list_spool(spool, id.segment_size)?.is_empty() {
-            return Ok(());
-        }
-        let mut newest: Option<(Segment, WalKind)> = None;
-        for repo in &self.ctx.repositories {
-            if let Ok((records, _)) = repo.wal_records(&id.system_identifier).await {
-                for r in records {
-                    if let Some(s) = r.segment()
-                        && newest
-                            .is_none_or(|(n, _)| (s.number, s.timeline) > (n.number, n.timeline))
-                    {
-                        newest = Some((s, r.kind));
-                    }
-                }
-            }
-        }
-        let Some((seg, kind)) = newest else {
-            return Ok(());
-        };
-        let next = if kind == WalKind::Segment {
-            Segment {
-                timeline: seg.timeline,
-                number: seg.number + 1,
-            }
-        } else {
-            seg
-        };
-        let path = spool.join(format!("{}.partial", next.name(id.segment_size)));
-        let f = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .map_err(SourceError::io(format!("cannot create {}", path.display())))?;
-        f.set_len(id.segment_size)
-            .map_err(SourceError::io(format!("cannot size {}", path.display())))?;
-        tracing::info!(segment = %next.name(id.segment_size), "resuming after the newest archived WAL");
-        Ok(())
-    }
-
     /// One life of pg_receivewal: start it, ship what it writes, until it
     /// exits or `stop`.
+    ///
+    /// In container mode each life has a sidecar of its own (`ready`, or a
+    /// new one): a server restarted meanwhile has a new network namespace.
+    /// It is removed when the life ends.
     async fn stream(
         &self,
-        id: &ClusterIdentity,
-        spool: &Path,
-        stop: &CancellationToken,
+        life: Life<'_>,
         progress: &mut Progress,
-        seed: bool,
+        ready: Option<Sidecar>,
     ) -> Result<(), SourceError> {
-        // Whatever an earlier life left complete goes first.
+        let Life {
+            id,
+            spool,
+            stop,
+            seed,
+        } = life;
         let client = connect_within(
             &self.cfg,
             &self.cfg.endpoint.maintenance_db,
@@ -379,20 +443,31 @@ impl Archiver {
         )
         .await?;
         let server = server_version(&client).await?;
-        let tool = choose_client(
-            &self.cfg,
-            "pg_receivewal",
-            server.major,
-            &format!("the server (PostgreSQL {})", server.text),
-        )
-        .await?;
+        let receiver = match (ready, &self.cfg.container) {
+            (Some(s), _) => Receiver::Sidecar(Box::new(s)),
+            (None, Some(_)) => {
+                Receiver::Sidecar(Box::new(self.sidecar(spool, server.major).await?))
+            }
+            (None, None) => Receiver::Tool(
+                choose_client(
+                    &self.cfg,
+                    "pg_receivewal",
+                    server.major,
+                    &format!("the server (PostgreSQL {})", server.text),
+                )
+                .await?,
+            ),
+        };
         if seed {
             self.seed(id, spool).await?;
         }
         if let Some(slot) = &self.wal.slot {
-            self.create_slot(&tool, slot).await?;
+            self.create_slot(&receiver, slot).await?;
+            if !seed {
+                advance_slot(&client, slot).await;
+            }
         }
-        let (mut child, stderr) = self.start_receiver(&tool, spool).await?;
+        let (mut child, stderr) = self.start_receiver(&receiver, spool).await?;
         self.set_streaming(true);
         progress.observations.clear();
         let exited = self
@@ -404,6 +479,9 @@ impl Archiver {
                 self.set_error(e.to_string());
             }
             child.kill();
+            // A sidecar's removal ends its pg_receivewal for sure (an exec
+            // on a remote engine cannot be signalled).
+            drop(receiver);
             let _ = child.wait().await;
         }
         self.set_streaming(false);
@@ -418,13 +496,8 @@ impl Archiver {
     }
 
     /// Creates the replication slot `slot` if it does not exist.
-    async fn create_slot(&self, tool: &DumpTool, slot: &str) -> Result<(), SourceError> {
-        let mut create = command(
-            &self.cfg,
-            tool,
-            "pg_receivewal",
-            &self.cfg.endpoint.maintenance_db,
-        );
+    async fn create_slot(&self, receiver: &Receiver, slot: &str) -> Result<(), SourceError> {
+        let mut create = receiver.command(&self.cfg, &self.cfg.endpoint.maintenance_db);
         create
             .arg("--create-slot")
             .arg("--if-not-exists")
@@ -459,15 +532,10 @@ impl Archiver {
     /// stderr (in the C locale: it is read for gaps).
     async fn start_receiver(
         &self,
-        tool: &DumpTool,
+        receiver: &Receiver,
         spool: &Path,
     ) -> Result<(Running, tokio::task::JoinHandle<String>), SourceError> {
-        let mut cmd = command(
-            &self.cfg,
-            tool,
-            "pg_receivewal",
-            &self.cfg.endpoint.maintenance_db,
-        );
+        let mut cmd = receiver.command(&self.cfg, &self.cfg.endpoint.maintenance_db);
         cmd.env("PGAPPNAME", &self.app)
             .env("LC_ALL", "C")
             .env("LC_MESSAGES", "C")
@@ -579,8 +647,21 @@ impl Archiver {
         for (_, p) in list_spool(spool, id.segment_size).unwrap_or_default() {
             let _ = std::fs::remove_file(p);
         }
+        let base = self
+            .seeded_from_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|(seg, _)| *seg == first)
+            .map(|(_, snapshot)| {
+                format!(
+                    " The base backup of snapshot {snapshot} starts in that segment and was taken before \
+                     archiving started: it cannot be recovered past its own end."
+                )
+            })
+            .unwrap_or_default();
         let msg = format!(
-            "the server recycled WAL from segment {first} on before it was archived: recovery cannot cross this gap. \
+            "the server recycled WAL from segment {first} on before it was archived: recovery cannot cross this gap.{base} \
              Archiving resumes at the server's current position; take a base backup now \
              (kompose-dr backup --source postgres/cluster), and set [postgres.wal] slot so the server keeps WAL \
              until it is archived ({})",
@@ -877,6 +958,34 @@ impl Archiver {
     }
 }
 
+/// After a gap, moves the replication slot `slot` to the server's flush
+/// position: pg_receivewal starts where the slot is, and a slot left
+/// pointing into log the server has recycled (the position a failed start
+/// asked for) would make it ask for that log again and again. A slot in
+/// use, or that never held a position, is left alone.
+async fn advance_slot(client: &tokio_postgres::Client, slot: &str) {
+    let moved = client
+        .query(
+            "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_flush_lsn())::text \
+             FROM pg_replication_slots \
+             WHERE slot_name = $1 AND slot_type = 'physical' AND restart_lsn IS NOT NULL AND NOT active",
+            &[&slot],
+        )
+        .await;
+    match moved {
+        Ok(rows) if !rows.is_empty() => {
+            tracing::info!(
+                slot,
+                "replication slot moved to the server's position after the gap"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(slot, error = %crate::clients::postgres::db_error("moving the replication slot", e), "the slot stays where it is");
+        }
+    }
+}
+
 /// Asks the server for its clock and insert position, and pg_receivewal's
 /// flush position; keeps the observations the flush has not reached yet
 /// (and the newest reached). Returns the flush position, if known.
@@ -948,13 +1057,14 @@ fn list_spool(spool: &Path, segment_size: u64) -> Result<Vec<(Spooled, PathBuf)>
     Ok(out)
 }
 
-/// Creates `dir` (0700) if missing.
-fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates `dir` and every missing parent, each 0700 (as systemd's
+/// `StateDirectory=` would); directories that exist are left as they are.
+fn make_private_dirs(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
-    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -990,6 +1100,27 @@ mod tests {
                 Spooled::Partial(seg(4)),
             ]
         );
+    }
+
+    #[test]
+    fn state_directories_are_made_private_with_their_parents() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let spool = d.path().join("var/lib/kompose-dr/wal/123");
+        make_private_dirs(&spool).unwrap();
+        make_private_dirs(&spool).unwrap();
+        for p in [
+            "var",
+            "var/lib",
+            "var/lib/kompose-dr",
+            "var/lib/kompose-dr/wal/123",
+        ] {
+            let mode = std::fs::metadata(d.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{p}");
+        }
     }
 
     #[test]

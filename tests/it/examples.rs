@@ -66,6 +66,8 @@ fn the_kompose_example_describes_the_real_stack() {
     let pg = c.postgres.unwrap();
     // Everything through the engine, credentials from the container.
     assert_eq!(pg.container.as_ref().unwrap().name, "core-postgres");
+    // WAL on, for the container case: no url, the sidecar does it.
+    assert!(pg.wal.is_some(), "the example shows [postgres.wal] on");
     assert!(pg.credentials_from_container && !pg.user_configured);
     assert!(pg.password.is_none());
     assert_eq!(

@@ -30,6 +30,7 @@ mod hostile;
 mod notify;
 mod operations;
 mod pitr;
+mod pitr_docker;
 mod redis_fidelity;
 mod restore;
 mod runbook;

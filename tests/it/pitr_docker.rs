@@ -32,33 +32,50 @@ fn random() -> u64 {
 }
 
 /// A production PostgreSQL container: superuser `kompose` with a password,
-/// PGDATA at the root of a volume (on tmpfs of `tmpfs_mb` if asked), on a
-/// network of its own, replication allowed from it. Removed when dropped.
+/// PGDATA at the root of a named volume (or, given `small_mb`, of a host
+/// directory on a tmpfs that small: a file system that fills up, which a
+/// tmpfs *volume* cannot give, as the engine empties it whenever its
+/// container stops), on a network of its own, replication allowed from
+/// it. Removed when dropped.
 struct Server {
     engine: &'static Engine,
     name: String,
     network: String,
     volume: String,
+    small: Option<std::path::PathBuf>,
     password: String,
 }
 
 impl Server {
-    fn start(engine: &'static Engine, tmpfs_mb: Option<u32>) -> Server {
+    fn start(engine: &'static Engine, small_mb: Option<u32>) -> Server {
         let sfx = format!("{:08x}", random() & 0xffff_ffff);
-        let s = Server {
+        let mut s = Server {
             engine,
             name: format!("core-postgres-{sfx}"),
             network: engine.network(),
             volume: format!("core-pgdata-{sfx}"),
+            small: None,
             password: format!("pg-{:016x}", random()),
         };
-        let mut create = engine.docker();
-        create.args(["volume", "create", "--label", "kdr-test=1"]);
-        if let Some(mb) = tmpfs_mb {
-            create.args(["--opt", "type=tmpfs", "--opt", "device=tmpfs"]);
-            create.args(["--opt", &format!("o=size={mb}m")]);
+        if let Some(mb) = small_mb {
+            let dir = engine.dir.join(format!("pgdata-{sfx}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={mb}m,mode=0755"))
+                    .arg("tmpfs")
+                    .arg(&dir),
+            );
+            s.volume = dir.display().to_string();
+            s.small = Some(dir);
+        } else {
+            run_ok(
+                engine
+                    .docker()
+                    .args(["volume", "create", "--label", "kdr-test=1", &s.volume]),
+            );
         }
-        run_ok(create.arg(&s.volume));
         run_ok(
             engine
                 .docker()
@@ -150,11 +167,16 @@ impl Drop for Server {
             let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
         };
         quiet(self.engine.docker().args(["rm", "-f", "-v", &self.name]));
-        quiet(
-            self.engine
-                .docker()
-                .args(["volume", "rm", "-f", &self.volume]),
-        );
+        if let Some(dir) = &self.small {
+            quiet(Command::new("umount").arg(dir));
+            let _ = std::fs::remove_dir(dir);
+        } else {
+            quiet(
+                self.engine
+                    .docker()
+                    .args(["volume", "rm", "-f", &self.volume]),
+            );
+        }
         quiet(self.engine.docker().args(["network", "rm", &self.network]));
     }
 }
@@ -307,11 +329,7 @@ fn one_database_goes_back_to_a_second_through_a_recovery_container() {
         ],
     );
     restored.assert_exit(0);
-    eprintln!(
-        "restore of one database to T: {:?}\n{}",
-        started.elapsed(),
-        restored.all()
-    );
+    eprintln!("restore of one database to T: {:?}", started.elapsed());
     assert!(
         !restored.all().contains("server binaries are missing"),
         "{}",
@@ -420,6 +438,7 @@ fn a_replace_that_fails_puts_the_old_data_back_and_the_server_runs() {
         ],
     );
     assert_ne!(failed.code(), Some(0), "{}", failed.all());
+    eprintln!("{}", failed.all());
     assert!(failed.all().contains("is unchanged"), "{}", failed.all());
     // The old data is back and served; nothing is left aside.
     server.wait_ready();

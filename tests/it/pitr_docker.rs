@@ -367,6 +367,17 @@ fn the_whole_cluster_goes_back_into_its_container_with_the_old_data_kept_aside()
         refused.all()
     );
 
+    // --to DIR stays: the data directory recovered in a container, shut
+    // down cleanly, owned by the server's uid.
+    let to = ws.dir.path().join("recovered");
+    let mut into_dir = cluster.to_vec();
+    into_dir.extend(["--to", to.to_str().unwrap()]);
+    run(&ws, engine, &into_dir).assert_exit(0);
+    let version = std::fs::metadata(to.join("PG_VERSION")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&version), 999);
+    assert!(!to.join("postmaster.pid").exists());
+    assert!(!to.join("recovery.signal").exists());
+
     // The plan shows each step.
     let mut dry = cluster.to_vec();
     dry.extend(["--replace", "--dry-run"]);

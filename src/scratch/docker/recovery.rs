@@ -36,6 +36,9 @@ const CONTAINER_ONLY: &[u8] = b"local all all trust\nhost all all 127.0.0.1/32 t
 /// What PostgreSQL logs last on a clean shutdown.
 const SHUT_DOWN: &str = "database system is shut down";
 
+/// What the container says when the engine does not see the directory.
+const NOT_VISIBLE: &str = "is not visible to the container engine";
+
 /// The container's command: checks that the engine sees the directory
 /// (`$1`, the access file: a private /tmp, as systemd's `PrivateTmp=`
 /// makes one, is not the engine's), then runs the server (`$3…`) with its
@@ -67,6 +70,9 @@ impl DockerRuntime {
             .data
             .map(Path::to_owned)
             .unwrap_or_else(|| dir.data.clone());
+        // The engine mounts absolute paths only (`--to DIR` may be relative).
+        let data = std::fs::canonicalize(&data)
+            .map_err(ScratchError::io(format!("cannot find {}", data.display())))?;
         let owner = data_owner(&data)?;
         let files = RecoveryFiles::prepare(&dir, &data, CONTAINER_ONLY, Some(owner))?;
         chown_tree(dir.path(), owner).map_err(ScratchError::io(format!(
@@ -209,10 +215,18 @@ impl DockerRecovered {
     /// output (a directory the engine could not see).
     async fn said(&self) -> String {
         let words = recovery_log(&self.log);
-        if words.is_empty() {
-            self.engine().log_tail(&self.container.id, 5).await
+        if !words.is_empty() {
+            return words;
+        }
+        let output = self.engine().log_tail(&self.container.id, 5).await;
+        if output.contains(NOT_VISIBLE) {
+            format!(
+                "{output} (kompose-dr runs with a /tmp of its own, as systemd's PrivateTmp= gives, or the engine \
+                 runs elsewhere: set TMPDIR to a directory of this host that the engine mounts, such as one under \
+                 /var/lib/kompose-dr)"
+            )
         } else {
-            words
+            output
         }
     }
 

@@ -668,6 +668,34 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_into_its_container_shows_every_step() {
+        let t = Target::ClusterContainer {
+            container: "core-postgres".into(),
+            dir: "/var/lib/postgresql/data".into(),
+            running: true,
+        };
+        let shown = t.to_string();
+        for step in [
+            "stop core-postgres",
+            "/var/lib/postgresql/data/.kompose-dr-replaced-<time>/",
+            "start core-postgres",
+            "accepts connections",
+        ] {
+            assert!(shown.contains(step), "{shown}");
+        }
+        let stopped = Target::ClusterContainer {
+            container: "core-postgres".into(),
+            dir: "/var/lib/postgresql/data".into(),
+            running: false,
+        };
+        assert!(!stopped.to_string().contains("stop core-postgres"));
+        assert_eq!(
+            serde_json::to_value(&t).unwrap()["kind"],
+            "cluster-container"
+        );
+    }
+
+    #[test]
     fn plan_items_serialise_as_one_shape_with_nulls() {
         let ready = serde_json::to_value(PlanItem::Ready(ReadyItem {
             choice: choice(),

@@ -13,7 +13,14 @@
 //!
 //! **A whole cluster.** `--source postgres/cluster --to DIR` recovers the
 //! data directory itself into DIR, shuts it down cleanly and leaves it for
-//! the operator to swap in (docs/RUNBOOK.md).
+//! the operator to swap in (docs/RUNBOOK.md). With `--replace` instead, it
+//! goes into the server's container in place of its data directory, the
+//! old one kept aside in the volume ([`super::cluster_swap`]).
+//!
+//! **Where the recovering server runs.** `[scratch] runtime`: local server
+//! binaries (`process`), or a scratch container of the production image
+//! (`docker`: the host needs no PostgreSQL, and the recovered database is
+//! dumped inside that container). Both fill the same private directory.
 //!
 //! **The window.** A T after the newest archived WAL, or a gap in the WAL
 //! between the base backup and T, is refused, naming the covered window or

@@ -280,10 +280,17 @@ fn wait_covered(ws: &Workspace, engine: &Engine, t: &str) {
 
 /// A server with `shop.t` holding 1 and 2 at the returned time T, and 3
 /// after it, every commit before T in the archive; the archiver stopped.
-fn history(engine: &'static Engine, tmpfs_mb: Option<u32>) -> (Server, Workspace, String) {
+fn history(
+    engine: &'static Engine,
+    tmpfs_mb: Option<u32>,
+    before_backup: &str,
+) -> (Server, Workspace, String) {
     let server = Server::start(engine, tmpfs_mb);
     server.psql("postgres", "create database shop");
     server.psql("shop", "create table t(n int)");
+    if !before_backup.is_empty() {
+        server.psql("postgres", before_backup);
+    }
     let ws = Workspace::new();
     configure_archiving(&ws, engine, &server);
     run(&ws, engine, &["init"]).assert_exit(0);
@@ -312,7 +319,7 @@ fn scratch_containers(engine: &Engine) -> Vec<String> {
 #[test]
 fn one_database_goes_back_to_a_second_through_a_recovery_container() {
     let engine = engine();
-    let (server, ws, t) = history(engine, None);
+    let (server, ws, t) = history(engine, None, "");
     let started = Instant::now();
     let restored = run(
         &ws,
@@ -347,7 +354,7 @@ fn one_database_goes_back_to_a_second_through_a_recovery_container() {
 #[test]
 fn the_whole_cluster_goes_back_into_its_container_with_the_old_data_kept_aside() {
     let engine = engine();
-    let (server, ws, t) = history(engine, None);
+    let (server, ws, t) = history(engine, None, "");
     configure_container(&ws, engine, &server);
     let cluster = [
         "restore",
@@ -427,7 +434,7 @@ fn the_whole_cluster_goes_back_into_its_container_with_the_old_data_kept_aside()
 #[test]
 fn a_replace_that_fails_puts_the_old_data_back_and_the_server_runs() {
     let engine = engine();
-    let (server, ws, t) = history(engine, Some(256));
+    let (server, ws, t) = history(engine, Some(256), "");
     configure_container(&ws, engine, &server);
     // The volume fills up: the recovered cluster cannot be copied in. The
     // ballast's name is kompose-dr's own, so the swap leaves it be.
@@ -462,5 +469,46 @@ fn a_replace_that_fails_puts_the_old_data_back_and_the_server_runs() {
         scratch_containers(engine).is_empty(),
         "scratch containers left: {:?}",
         scratch_containers(engine)
+    );
+}
+
+#[test]
+fn a_recovered_cluster_that_does_not_come_up_is_replaced_by_the_old_data_again() {
+    let engine = engine();
+    // The base backup carries a configuration the server cannot start
+    // with (a recovery overrides it; a normal start does not); production
+    // took it back before it ever restarted.
+    let (server, ws, t) = history(
+        engine,
+        None,
+        "alter system set listen_addresses = 'kdr-no-such-host.invalid'",
+    );
+    server.psql("postgres", "alter system reset listen_addresses");
+    configure_container(&ws, engine, &server);
+    let failed = run(
+        &ws,
+        engine,
+        &[
+            "restore",
+            "--yes",
+            "--point-in-time",
+            &t,
+            "--source",
+            "postgres/cluster",
+            "--replace",
+        ],
+    );
+    assert_ne!(failed.code(), Some(0), "{}", failed.all());
+    assert!(failed.all().contains("is unchanged"), "{}", failed.all());
+    assert!(
+        failed.all().contains("exited after the start"),
+        "{}",
+        failed.all()
+    );
+    server.wait_ready();
+    assert_eq!(server.psql("shop", "select n from t order by n"), "1\n2\n3");
+    assert_eq!(
+        server.sh("ls -d \"$PGDATA\"/.kompose-dr-replaced-* 2>/dev/null; true"),
+        ""
     );
 }

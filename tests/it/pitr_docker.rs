@@ -312,8 +312,26 @@ fn history(
     (server, ws, t)
 }
 
-fn scratch_containers(engine: &Engine) -> Vec<String> {
-    engine.containers_with_label(SCRATCH_LABEL)
+/// The scratch containers left of this workspace's runs: those that mount
+/// a directory of it (tests run side by side on one engine).
+fn scratch_containers(engine: &Engine, ws: &Workspace) -> Vec<String> {
+    let ours = ws.dir.path().display().to_string();
+    engine
+        .containers_with_label(SCRATCH_LABEL)
+        .into_iter()
+        .filter(|name| {
+            engine
+                .docker()
+                .args([
+                    "inspect",
+                    "--format",
+                    "{{range .Mounts}}{{.Source}} {{end}}",
+                    name,
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&ours))
+        })
+        .collect()
 }
 
 #[test]
@@ -345,9 +363,9 @@ fn one_database_goes_back_to_a_second_through_a_recovery_container() {
     assert_eq!(server.psql("shop_t", "select n from t order by n"), "1\n2");
     assert_eq!(server.psql("shop", "select n from t order by n"), "1\n2\n3");
     assert!(
-        scratch_containers(engine).is_empty(),
+        scratch_containers(engine, &ws).is_empty(),
         "scratch containers left: {:?}",
-        scratch_containers(engine)
+        scratch_containers(engine, &ws)
     );
 }
 
@@ -425,9 +443,9 @@ fn the_whole_cluster_goes_back_into_its_container_with_the_old_data_kept_aside()
         "999\n999"
     );
     assert!(
-        scratch_containers(engine).is_empty(),
+        scratch_containers(engine, &ws).is_empty(),
         "scratch containers left: {:?}",
-        scratch_containers(engine)
+        scratch_containers(engine, &ws)
     );
 }
 
@@ -466,9 +484,9 @@ fn a_replace_that_fails_puts_the_old_data_back_and_the_server_runs() {
         ""
     );
     assert!(
-        scratch_containers(engine).is_empty(),
+        scratch_containers(engine, &ws).is_empty(),
         "scratch containers left: {:?}",
-        scratch_containers(engine)
+        scratch_containers(engine, &ws)
     );
 }
 

@@ -23,9 +23,10 @@ const MOVE_ASIDE: &str = "cd \"$1\" && mkdir \"$2\" && for f in * .[!.]* ..?*; d
 const PUT_BACK: &str = "cd \"$1\" && for f in * .[!.]* ..?*; do case \"$f\" in '*'|'.[!.]*'|'..?*'|.kompose-dr-*) ;; *) rm -rf -- \"$f\" ;; esac; done && \
     for f in \"$2\"/* \"$2\"/.[!.]* \"$2\"/..?*; do [ -e \"$f\" ] || [ -L \"$f\" ] && mv -- \"$f\" .; done; rmdir -- \"$2\"";
 
-/// Why a swap through a helper failed, and what it left.
+/// Why a swap through a helper failed, and what it left; `E` is why the
+/// caller's fill failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HelperSwapError {
+pub enum HelperSwapError<E: std::error::Error + 'static = EngineError> {
     /// The helper could not be started: nothing was changed.
     #[error("cannot start the helper container: {0}")]
     Start(#[source] EngineError),
@@ -35,13 +36,13 @@ pub enum HelperSwapError {
     Aside(#[source] EngineError),
     /// The fill failed; the previous entries were put back.
     #[error("{0}")]
-    Fill(#[source] EngineError),
+    Fill(#[source] E),
     /// The fill failed and putting the previous entries back failed too:
     /// they are in the directory `aside`.
     #[error("{fill}; putting the previous files back failed too ({put_back})")]
     PutBack {
         /// Why the fill failed.
-        fill: EngineError,
+        fill: E,
         /// Why putting back failed.
         #[source]
         put_back: EngineError,
@@ -54,15 +55,16 @@ pub enum HelperSwapError {
 /// the entries of `dir` aside, then runs `fill` with the helper's id;
 /// puts the previous entries back if it fails. Returns the name of the
 /// directory, inside `dir`, that holds the previous entries.
-pub async fn swap_through_helper<F, Fut>(
+pub async fn swap_through_helper<F, Fut, E>(
     engine: &Engine,
     spec: ScratchSpec,
     dir: &str,
     fill: F,
-) -> Result<String, HelperSwapError>
+) -> Result<String, HelperSwapError<E>>
 where
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<(), EngineError>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::error::Error + 'static,
 {
     let aside = format!(
         ".kompose-dr-replaced-{}",

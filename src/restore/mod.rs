@@ -156,6 +156,18 @@ pub enum Target {
         /// The directory.
         path: PathBuf,
     },
+    /// The data directory of PostgreSQL's container, replaced by a whole
+    /// cluster recovered to a point in time (`--replace`), through the
+    /// engine: the container is stopped, its files moved aside, the
+    /// recovered ones put in, and it is started again.
+    ClusterContainer {
+        /// The container.
+        container: String,
+        /// The data directory inside it (`PGDATA`).
+        dir: String,
+        /// Whether it runs now (the plan says it is stopped and started).
+        running: bool,
+    },
     /// A directory tree (`directories/*`).
     Directory {
         /// The directory.
@@ -200,6 +212,21 @@ impl std::fmt::Display for Target {
             ),
             Target::File { path } => write!(f, "file {}", path.display()),
             Target::Cluster { path } => write!(f, "new data directory {}", path.display()),
+            Target::ClusterContainer {
+                container,
+                dir,
+                running,
+            } => write!(
+                f,
+                "the whole cluster in container {container}: recover it in a scratch directory, {}move the files of {dir} \
+                 aside to {dir}/.kompose-dr-replaced-<time>/, put the recovered data directory in (owned like {dir}), \
+                 start {container}, wait until it accepts connections",
+                if *running {
+                    format!("stop {container}, ")
+                } else {
+                    String::new()
+                }
+            ),
             Target::Directory { path } => write!(f, "directory {}", path.display()),
             Target::Volume { volume, stopped } if stopped.is_empty() => {
                 write!(f, "volume {volume}")
@@ -467,6 +494,10 @@ pub async fn execute_one(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResu
             Some(r) => postgres::pitr::restore_cluster(ctx, r, path).await,
             None => Err(RestoreError::Refused("no recovery was planned".into())),
         },
+        Target::ClusterContainer { dir, .. } => match &item.choice.recovery {
+            Some(r) => postgres::cluster_swap::restore(ctx, r, dir).await,
+            None => Err(RestoreError::Refused("no recovery was planned".into())),
+        },
         Target::Directory { path } => directories::restore(ctx, item, path).await,
         Target::Volume { volume, .. } => {
             let name = item.choice.source.trim_start_matches("directories/");
@@ -637,6 +668,34 @@ mod tests {
             recovery: None,
             path_note: None,
         }
+    }
+
+    #[test]
+    fn a_cluster_into_its_container_shows_every_step() {
+        let t = Target::ClusterContainer {
+            container: "core-postgres".into(),
+            dir: "/var/lib/postgresql/data".into(),
+            running: true,
+        };
+        let shown = t.to_string();
+        for step in [
+            "stop core-postgres",
+            "/var/lib/postgresql/data/.kompose-dr-replaced-<time>/",
+            "start core-postgres",
+            "accepts connections",
+        ] {
+            assert!(shown.contains(step), "{shown}");
+        }
+        let stopped = Target::ClusterContainer {
+            container: "core-postgres".into(),
+            dir: "/var/lib/postgresql/data".into(),
+            running: false,
+        };
+        assert!(!stopped.to_string().contains("stop core-postgres"));
+        assert_eq!(
+            serde_json::to_value(&t).unwrap()["kind"],
+            "cluster-container"
+        );
     }
 
     #[test]

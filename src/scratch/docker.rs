@@ -29,6 +29,8 @@ const SCRATCH_DATA: &str = "/kompose-dr-scratch";
 /// The scratch Redis' configuration file, in [`SCRATCH_DATA`].
 const CONF: &str = ".kdr-redis.conf";
 
+pub mod recovery;
+
 /// Scratch servers in containers.
 pub struct DockerRuntime {
     engine_host: Option<String>,
@@ -48,6 +50,22 @@ impl DockerRuntime {
             redis_image: config.scratch.redis_image.clone(),
             postgres_container: config.postgres.as_ref().and_then(|p| p.container.clone()),
             redis_container: config.redis.as_ref().and_then(|r| r.container.clone()),
+            swept: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The runtime a point-in-time recovery uses: `[scratch]`, and the
+    /// production PostgreSQL container for its image.
+    pub fn for_recovery(
+        scratch: &crate::model::config::ScratchConfig,
+        postgres_container: Option<&ContainerRef>,
+    ) -> DockerRuntime {
+        DockerRuntime {
+            engine_host: scratch.engine.clone(),
+            postgres_image: scratch.image.clone(),
+            redis_image: scratch.redis_image.clone(),
+            postgres_container: postgres_container.cloned(),
+            redis_container: None,
             swept: tokio::sync::OnceCell::new(),
         }
     }

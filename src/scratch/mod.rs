@@ -141,6 +141,111 @@ pub fn runtime(config: &crate::model::config::Config) -> Box<dyn ScratchRuntime>
     }
 }
 
+/// Where point-in-time recoveries run: local server binaries, or a scratch
+/// container from the production image (`[scratch] runtime`). Both fill
+/// the same private host directory ([`process::RecoveryDir`]).
+pub enum RecoveryRuntime {
+    /// Local PostgreSQL server binaries.
+    Process(process::ProcessRuntime),
+    /// A scratch container on the engine.
+    Docker(docker::DockerRuntime),
+}
+
+impl RecoveryRuntime {
+    /// The runtime `scratch` names; `postgres_container` is the production
+    /// container whose image a docker recovery uses unless `[scratch] image`
+    /// says otherwise.
+    pub fn new(
+        scratch: &crate::model::config::ScratchConfig,
+        postgres_container: Option<&crate::model::config::ContainerRef>,
+    ) -> RecoveryRuntime {
+        match scratch.runtime {
+            ScratchRuntimeKind::Process => {
+                RecoveryRuntime::Process(process::ProcessRuntime::new(scratch))
+            }
+            ScratchRuntimeKind::Docker => RecoveryRuntime::Docker(
+                docker::DockerRuntime::for_recovery(scratch, postgres_container),
+            ),
+        }
+    }
+
+    /// A private directory for a recovery, to fill with the base backup and
+    /// the WAL.
+    pub fn recovery_dir(&self) -> Result<process::RecoveryDir, ScratchError> {
+        match self {
+            RecoveryRuntime::Process(rt) => rt.recovery_dir(),
+            RecoveryRuntime::Docker(rt) => rt.recovery_dir(),
+        }
+    }
+
+    /// Recovers the filled directory to the request's target and promotes
+    /// it (see [`process::ProcessRuntime::recover`]).
+    pub async fn recover(
+        &self,
+        dir: process::RecoveryDir,
+        request: process::RecoveryRequest<'_>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Recovered, ScratchError> {
+        Ok(match self {
+            RecoveryRuntime::Process(rt) => {
+                Recovered::Process(rt.recover(dir, request, cancel).await?)
+            }
+            RecoveryRuntime::Docker(rt) => {
+                Recovered::Docker(rt.recover(dir, request, cancel).await?)
+            }
+        })
+    }
+}
+
+/// A cluster recovered to its target and promoted, by either runtime.
+pub enum Recovered {
+    /// A local server process.
+    Process(process::RecoveredPostgres),
+    /// A scratch container.
+    Docker(docker::recovery::DockerRecovered),
+}
+
+impl Recovered {
+    /// Connection settings for it (a local socket, or the container).
+    pub fn connection(&self) -> PostgresConfig {
+        match self {
+            Recovered::Process(s) => s.connection(),
+            Recovered::Docker(s) => s.connection(),
+        }
+    }
+
+    /// Its major version.
+    pub fn major(&self) -> u32 {
+        match self {
+            Recovered::Process(s) => s.major(),
+            Recovered::Docker(s) => s.major(),
+        }
+    }
+
+    /// Stops it with a fast shutdown and waits, at most `limit`; its data
+    /// directory is then clean (a directory meant to be kept).
+    pub async fn shut_down(self, limit: std::time::Duration) -> Result<(), ScratchError> {
+        match self {
+            Recovered::Process(s) => s.shut_down(limit).await,
+            Recovered::Docker(s) => s.shut_down(limit).await,
+        }
+    }
+}
+
+impl ScratchPostgres for Recovered {
+    fn endpoint(&self) -> PgEndpoint {
+        Recovered::connection(self).endpoint
+    }
+
+    fn major(&self) -> u32 {
+        Recovered::major(self)
+    }
+
+    fn connection(&self) -> PostgresConfig {
+        Recovered::connection(self)
+    }
+}
+
 /// The parent of every scratch directory: `$TMPDIR`.
 pub fn scratch_root() -> PathBuf {
     std::env::temp_dir()

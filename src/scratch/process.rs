@@ -205,7 +205,8 @@ fn sweep_dead(root: &Path) {
     }
 }
 
-fn log_tail(path: &Path) -> String {
+/// The last lines of a server's log, joined with ` | `.
+pub(super) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join(" | ")
@@ -267,14 +268,21 @@ fn conf_quoted(path: &Path) -> String {
 }
 
 /// Gives `path` and everything under it (not following links) to `user`.
-fn chown_tree(path: &Path, user: &nix::unistd::User) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+/// Gives `path` and everything under it (not following symlinks) to
+/// `owner` (uid, gid).
+pub(super) fn chown_tree(path: &Path, owner: (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1))?;
     if std::fs::symlink_metadata(path)?.is_dir() {
         for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), user)?;
+            chown_tree(&e?.path(), owner)?;
         }
     }
     Ok(())
+}
+
+/// A user's uid and gid.
+fn ids(u: &nix::unistd::User) -> (u32, u32) {
+    (u.uid.as_raw(), u.gid.as_raw())
 }
 
 /// The longest unix socket path (`sun_path` holds 108 bytes, with its NUL).
@@ -364,7 +372,7 @@ impl ScratchRuntime for ProcessRuntime {
             root.display()
         )))?;
         if let Some(u) = &owner {
-            chown_tree(&data, u).map_err(ScratchError::io(format!(
+            chown_tree(&data, ids(u)).map_err(ScratchError::io(format!(
                 "cannot give {} to {}",
                 data.display(),
                 u.name
@@ -382,7 +390,7 @@ impl ScratchRuntime for ProcessRuntime {
             conf_quoted(&log),
             password.expose()
         );
-        write_private(&conf, text.as_bytes(), owner.as_ref())
+        write_private(&conf, text.as_bytes(), owner.as_ref().map(ids))
             .map_err(ScratchError::io(format!("cannot write {}", conf.display())))?;
         let mut cmd = Command::new(exe);
         cmd.arg(&conf)
@@ -547,11 +555,7 @@ impl ProcessRuntime {
 }
 
 /// Writes a new file readable by its owner only (0600), given to `owner`.
-fn write_private(
-    path: &Path,
-    body: &[u8],
-    owner: Option<&nix::unistd::User>,
-) -> std::io::Result<()> {
+fn write_private(path: &Path, body: &[u8], owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -559,8 +563,8 @@ fn write_private(
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    if let Some(u) = owner {
-        std::os::unix::fs::fchown(&f, Some(u.uid.as_raw()), Some(u.gid.as_raw()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
     }
     f.write_all(body)
 }
@@ -578,7 +582,7 @@ fn which(program: &str) -> Option<PathBuf> {
 /// directory to fill, a directory for the WAL files recovery will ask
 /// for, and the socket.
 pub struct RecoveryDir {
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
     /// Where the data directory goes (unless the caller names another).
     pub data: PathBuf,
     /// Where the WAL files go; `restore_command` copies from here.
@@ -590,6 +594,26 @@ impl RecoveryDir {
     /// The private directory (for temporary files of the caller's).
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A new private directory (0700, given to `owner` if any) with its
+    /// empty `data` and `wal` directories.
+    pub(super) fn create(owner: Option<nix::unistd::User>) -> Result<RecoveryDir, ScratchError> {
+        let dir = private_dir(owner.as_ref())?;
+        let data = dir.path().join("data");
+        let wal = dir.path().join("wal");
+        for d in [&data, &wal] {
+            std::fs::create_dir(d)
+                .map_err(ScratchError::io(format!("cannot create {}", d.display())))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(ScratchError::io(format!("cannot protect {}", d.display())))?;
+        }
+        Ok(RecoveryDir {
+            dir,
+            data,
+            wal,
+            owner,
+        })
     }
 }
 
@@ -678,22 +702,7 @@ impl RecoveredPostgres {
 impl ProcessRuntime {
     /// A private directory for a recovery (see [`RecoveryDir`]).
     pub fn recovery_dir(&self) -> Result<RecoveryDir, ScratchError> {
-        let owner = self.scratch_owner()?;
-        let dir = private_dir(owner.as_ref())?;
-        let data = dir.path().join("data");
-        let wal = dir.path().join("wal");
-        for d in [&data, &wal] {
-            std::fs::create_dir(d)
-                .map_err(ScratchError::io(format!("cannot create {}", d.display())))?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(ScratchError::io(format!("cannot protect {}", d.display())))?;
-        }
-        Ok(RecoveryDir {
-            dir,
-            data,
-            wal,
-            owner,
-        })
+        RecoveryDir::create(self.scratch_owner()?)
     }
 
     /// Starts PostgreSQL `request.major` on `request.data` (filled by the
@@ -729,7 +738,8 @@ impl ProcessRuntime {
         // scratch one need not be.
         let keep = data.is_some();
         let data = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
-        let files = RecoveryFiles::prepare(&dir, &data)?;
+        let owner = dir.owner.as_ref().map(ids);
+        let files = RecoveryFiles::prepare(&dir, &data, LOCAL_ONLY, owner)?;
         let mut postgres = Command::new(bin.join("postgres"));
         postgres.arg("-D").arg(&data).args(["-p", "5432"]);
         for (k, v) in recovery_settings(&files, &dir.wal, keep, target) {
@@ -781,20 +791,32 @@ impl ProcessRuntime {
     }
 }
 
+/// The access rules of a recovery on local processes: the private socket
+/// only.
+const LOCAL_ONLY: &[u8] = b"local all all trust\n";
+
 /// The files of a recovery beside its data directory: socket directory,
 /// log, and the access files that admit only the private socket.
-struct RecoveryFiles {
-    socket_dir: PathBuf,
-    log: PathBuf,
-    hba: PathBuf,
+pub(super) struct RecoveryFiles {
+    /// Where the server's unix socket goes (the recovery directory).
+    pub(super) socket_dir: PathBuf,
+    /// The server's log.
+    pub(super) log: PathBuf,
+    /// Its `hba_file`.
+    pub(super) hba: PathBuf,
     ident: PathBuf,
 }
 
 impl RecoveryFiles {
-    /// Writes the access files, readies `data` for archive recovery
-    /// (without what a cluster started elsewhere brings) and gives it and
-    /// the WAL directory to the scratch user.
-    fn prepare(dir: &RecoveryDir, data: &Path) -> Result<RecoveryFiles, ScratchError> {
+    /// Writes the access files (`hba`: the rules), readies `data` for
+    /// archive recovery (without what a cluster started elsewhere brings)
+    /// and gives it and the WAL directory to `owner` (uid, gid).
+    pub(super) fn prepare(
+        dir: &RecoveryDir,
+        data: &Path,
+        hba_rules: &[u8],
+        owner: Option<(u32, u32)>,
+    ) -> Result<RecoveryFiles, ScratchError> {
         let socket_dir = dir.dir.path().to_owned();
         let files = RecoveryFiles {
             log: socket_dir.join("postgres.log"),
@@ -802,9 +824,8 @@ impl RecoveryFiles {
             ident: socket_dir.join("pg_ident.conf"),
             socket_dir,
         };
-        let owner = dir.owner.as_ref();
         let (hba, ident) = (&files.hba, &files.ident);
-        write_private(hba, b"local all all trust\n", owner)
+        write_private(hba, hba_rules, owner)
             .map_err(ScratchError::io(format!("cannot write {}", hba.display())))?;
         write_private(ident, b"", owner).map_err(ScratchError::io(format!(
             "cannot write {}",
@@ -826,12 +847,12 @@ impl RecoveryFiles {
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).map_err(
             ScratchError::io(format!("cannot protect {}", data.display())),
         )?;
-        if let Some(u) = owner {
+        if let Some(owner) = owner {
             for p in [data, dir.wal.as_path()] {
-                chown_tree(p, u).map_err(ScratchError::io(format!(
-                    "cannot give {} to {}",
+                chown_tree(p, owner).map_err(ScratchError::io(format!(
+                    "cannot give {} to uid {}",
                     p.display(),
-                    u.name
+                    owner.0
                 )))?;
             }
         }
@@ -842,7 +863,7 @@ impl RecoveryFiles {
 /// The settings a recovery runs with: the private socket and access files,
 /// WAL from `wal`, nothing production's configuration (in the base backup)
 /// may say that must not act here, and the target.
-fn recovery_settings(
+pub(super) fn recovery_settings(
     files: &RecoveryFiles,
     wal: &Path,
     keep: bool,
@@ -899,7 +920,8 @@ fn recovery_settings(
 
 /// What PostgreSQL logs when the WAL ended before the recovery target (it
 /// gives this FATAL no SQLSTATE of its own, so its words are all there is).
-const TARGET_NOT_REACHED: &str = "recovery ended before configured recovery target was reached";
+pub(super) const TARGET_NOT_REACHED: &str =
+    "recovery ended before configured recovery target was reached";
 
 /// Waits until `server` is promoted (out of recovery), at most `limit`, or
 /// until `cancel`; a server that exited fails with its log's words.
@@ -944,7 +966,7 @@ async fn wait_promoted(
 }
 
 /// The lines of a recovery's log that say why it stopped.
-fn recovery_log(path: &Path) -> String {
+pub(super) fn recovery_log(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let wanted: Vec<&str> = text
         .lines()

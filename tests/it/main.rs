@@ -31,6 +31,7 @@ mod notify;
 mod operations;
 mod pitr;
 mod pitr_container;
+mod pitr_docker;
 mod redis_fidelity;
 mod restore;
 mod runbook;

@@ -389,7 +389,7 @@ struct Recovery<'a> {
 
 /// What a point-in-time recovery brought back.
 struct Recovered {
-    server: crate::scratch::process::RecoveredPostgres,
+    server: crate::scratch::Recovered,
     base: crate::model::manifest::Manifest,
     recovery: Box<crate::restore::plan::Recovery>,
 }

@@ -18,6 +18,7 @@
 //! memberships) unless `--overwrite-roles` asks to reset them, and the plan
 //! names both ([`globals`]).
 
+pub mod cluster_swap;
 pub mod globals;
 pub mod pitr;
 mod roles_sql;

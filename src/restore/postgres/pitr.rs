@@ -13,7 +13,14 @@
 //!
 //! **A whole cluster.** `--source postgres/cluster --to DIR` recovers the
 //! data directory itself into DIR, shuts it down cleanly and leaves it for
-//! the operator to swap in (docs/RUNBOOK.md).
+//! the operator to swap in (docs/RUNBOOK.md). With `--replace` instead, it
+//! goes into the server's container in place of its data directory, the
+//! old one kept aside in the volume ([`super::cluster_swap`]).
+//!
+//! **Where the recovering server runs.** `[scratch] runtime`: local server
+//! binaries (`process`), or a scratch container of the production image
+//! (`docker`: the host needs no PostgreSQL, and the recovered database is
+//! dumped inside that container). Both fill the same private directory.
 //!
 //! **The window.** A T after the newest archived WAL, or a gap in the WAL
 //! between the base backup and T, is refused, naming the covered window or
@@ -35,10 +42,8 @@ use crate::repository::Repository;
 use crate::restore::plan::{Choice, Recovery, Selector};
 use crate::restore::stream::{self, VerifyingReader};
 use crate::restore::{RestoreContext, RestoreError, Target};
-use crate::scratch::process::{
-    ProcessRuntime, RecoveredPostgres, RecoveryDir, RecoveryRequest, RecoveryTarget,
-};
-use crate::scratch::{ScratchError, ScratchPostgres};
+use crate::scratch::process::{RecoveryDir, RecoveryRequest, RecoveryTarget};
+use crate::scratch::{Recovered, RecoveryRuntime, ScratchError};
 
 /// How long a recovery may replay WAL before it is given up.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(6 * 3600);
@@ -384,21 +389,32 @@ pub async fn attach_unlisted(
         .collect())
 }
 
-/// The cluster target: a new data directory, `--to DIR` (absent or empty).
+/// The cluster target: a new data directory, `--to DIR` (absent or
+/// empty), or with `--replace` the data directory of the server's
+/// container.
 pub async fn preflight(
     ctx: &RestoreContext<'_>,
     c: &Choice,
 ) -> Result<(Target, bool), RestoreError> {
-    let Some(dir) = &ctx.options.to else {
-        return Err(RestoreError::Refused(
-            "a whole cluster is recovered into a new data directory: add --to DIR (then swap it in: docs/RUNBOOK.md)".into(),
-        ));
+    let dir = match (&ctx.options.to, ctx.options.replace) {
+        (Some(dir), _) => dir,
+        (None, true) => {
+            if c.recovery.is_none() {
+                return Err(no_position());
+            }
+            return super::cluster_swap::preflight(ctx).await;
+        }
+        (None, false) => {
+            return Err(RestoreError::Refused(
+                "a whole cluster is recovered into a new data directory (add --to DIR, then swap it in: docs/RUNBOOK.md), \
+                 or into the server's container in place of its data (add --replace: the container is stopped, its data \
+                 directory kept aside inside its volume, and started again on the recovered one)"
+                    .into(),
+            ));
+        }
     };
     if c.recovery.is_none() {
-        return Err(RestoreError::Refused(
-            "this base backup records no WAL position (taken before kompose-dr recorded them)"
-                .into(),
-        ));
+        return Err(no_position());
     }
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(RestoreError::Refused(format!(
@@ -409,19 +425,38 @@ pub async fn preflight(
     Ok((Target::Cluster { path: dir.clone() }, false))
 }
 
-/// The scratch runtime recoveries run in: local server binaries.
-fn runtime(ctx: &RestoreContext<'_>) -> ProcessRuntime {
-    ProcessRuntime::new(&ctx.targets.scratch)
+fn no_position() -> RestoreError {
+    RestoreError::Refused(
+        "this base backup records no WAL position (taken before kompose-dr recorded them)".into(),
+    )
+}
+
+/// The scratch runtime recoveries run in (`[scratch] runtime`): local
+/// server binaries, or a scratch container from the production image.
+fn runtime(ctx: &RestoreContext<'_>) -> RecoveryRuntime {
+    RecoveryRuntime::new(
+        &ctx.targets.scratch,
+        ctx.targets
+            .postgres
+            .as_ref()
+            .and_then(|p| p.container.as_ref()),
+    )
 }
 
 /// Who to connect to the recovered cluster as: the configured user (it
-/// took the base backup, so it exists there).
-fn cluster_user(ctx: &RestoreContext<'_>) -> String {
-    ctx.targets
-        .postgres
-        .as_ref()
-        .map(|p| p.endpoint.user.clone())
-        .unwrap_or_else(|| "postgres".into())
+/// took the base backup, so it exists there), or the one the server's
+/// container names (`POSTGRES_USER`) when none is configured.
+async fn cluster_user(ctx: &RestoreContext<'_>) -> String {
+    let Some(p) = ctx.targets.postgres.as_ref() else {
+        return "postgres".into();
+    };
+    if p.container.is_some() && !p.user_configured {
+        match crate::clients::postgres::resolve(p).await {
+            Ok(r) => return r.endpoint.user,
+            Err(e) => tracing::debug!(error = %e, "cannot ask the server's container for its user"),
+        }
+    }
+    p.endpoint.user.clone()
 }
 
 /// Reads a stored object against what its record or manifest says, into a
@@ -486,6 +521,9 @@ async fn unpack_base(
         });
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(true);
+        // The owner too, when we may set it: a recovery in a container
+        // runs the server as the uid that owns the files in production.
+        archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
         archive.set_overwrite(false);
         let unpacked = archive.unpack(&data_dir);
         // Whatever the tar reader left unread ends the producer.
@@ -550,7 +588,7 @@ pub async fn recover(
     ctx: &RestoreContext<'_>,
     recovery: &Recovery,
     data: Option<&Path>,
-) -> Result<(RecoveredPostgres, u64), RestoreError> {
+) -> Result<(Recovered, u64), RestoreError> {
     let first = match (recovery.target, recovery.newest) {
         (Some(t), _) => RecoveryTarget::Time(t),
         (None, true) => RecoveryTarget::EndOfWal,
@@ -582,10 +620,7 @@ pub async fn recover(
 
 /// The end of the log must be the end of what was planned: a replay that
 /// stopped earlier (a page PostgreSQL rejected) is not the state at T.
-async fn replayed_to_end(
-    server: &RecoveredPostgres,
-    recovery: &Recovery,
-) -> Result<(), RestoreError> {
+async fn replayed_to_end(server: &Recovered, recovery: &Recovery) -> Result<(), RestoreError> {
     let Some(last) = recovery
         .records
         .iter()
@@ -622,7 +657,7 @@ async fn recover_to(
     recovery: &Recovery,
     data: Option<&Path>,
     target: RecoveryTarget,
-) -> Result<(RecoveredPostgres, u64), RestoreError> {
+) -> Result<(Recovered, u64), RestoreError> {
     let rt = runtime(ctx);
     let dir: RecoveryDir = rt.recovery_dir()?;
     let data_dir = data.map(Path::to_owned).unwrap_or_else(|| dir.data.clone());
@@ -634,7 +669,7 @@ async fn recover_to(
         wal_files = recovery.wal_files,
         "recovering a scratch cluster"
     );
-    let user = cluster_user(ctx);
+    let user = cluster_user(ctx).await;
     let request = RecoveryRequest {
         major,
         data: Some(&data_dir),
@@ -661,7 +696,7 @@ pub struct RecoveredDump {
 /// it. Held until the restore ends (its [`RestoreContext`] drops).
 #[derive(Default)]
 pub struct Recoveries {
-    current: tokio::sync::Mutex<Option<(RecoveryKey, RecoveredPostgres)>>,
+    current: tokio::sync::Mutex<Option<(RecoveryKey, Recovered)>>,
     made: std::sync::atomic::AtomicUsize,
 }
 
@@ -787,43 +822,57 @@ async fn recovered_object(
         .map_err(RestoreError::from_source)
 }
 
-/// Dumps `db` of the recovered (local) cluster `cfg` with `tool` into a
-/// private temporary file; returns it, rewound, and its size.
+/// Dumps `db` of the recovered cluster `cfg` with `tool` (here, or inside
+/// the recovery's container) into a private temporary file; returns it,
+/// rewound, and its size.
 async fn dump_to_file(
     cfg: &crate::model::config::PostgresConfig,
     tool: &crate::clients::postgres::DumpTool,
     db: &str,
 ) -> Result<(std::fs::File, u64), RestoreError> {
+    use std::io::Seek;
+    use tokio::io::AsyncWriteExt;
     let mut file = tempfile::tempfile().map_err(RestoreError::io(
         "cannot create a private temporary file ($TMPDIR)",
     ))?;
-    let crate::clients::launch::Launch::Local(mut cmd) =
-        crate::clients::postgres::command(cfg, tool, "pg_dump", db)
-    else {
-        unreachable!("a recovered cluster is local");
-    };
-    cmd.args(["--format=custom", "--compress=0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(
+    let mut launch = crate::clients::postgres::command(cfg, tool, "pg_dump", db);
+    launch.args(["--format=custom", "--compress=0"]);
+    let mut run = launch
+        .start("pg_dump", false)
+        .await
+        .map_err(RestoreError::from_source)?
+        .killed_on_drop();
+    let stderr = crate::process::stderr_tail(
+        run.stderr.take(),
+        "pg_dump",
+        crate::model::secret::Redactor::new(cfg.password.clone()),
+    );
+    let mut stdout = run
+        .stdout
+        .take()
+        .ok_or_else(|| RestoreError::Failed("pg_dump has no output stream".into()))?;
+    let mut out = tokio::io::BufWriter::with_capacity(
+        1 << 20,
+        tokio::fs::File::from_std(
             file.try_clone()
                 .map_err(RestoreError::io("cannot share the temporary file"))?,
-        )
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    // Not `output()`: it would pipe stdout, not write the file.
-    let out = cmd
-        .spawn()
-        .map_err(RestoreError::io("cannot run pg_dump"))?
-        .wait_with_output()
+        ),
+    );
+    let copied = tokio::io::copy(&mut stdout, &mut out).await;
+    let flushed = out.flush().await;
+    let ended = run
+        .wait_within(Duration::from_secs(60), "pg_dump")
         .await
         .map_err(RestoreError::io("cannot run pg_dump"))?;
-    if !out.status.success() {
+    let said = stderr.await.unwrap_or_default();
+    if !ended.success() {
         return Err(RestoreError::Failed(format!(
-            "pg_dump of {db} from the recovered cluster failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "pg_dump of {db} from the recovered cluster failed ({ended}): {}",
+            said.trim()
         )));
     }
-    use std::io::Seek;
+    copied.map_err(RestoreError::io("cannot write the dump to $TMPDIR"))?;
+    flushed.map_err(RestoreError::io("cannot write the dump to $TMPDIR"))?;
     let bytes = file
         .seek(std::io::SeekFrom::End(0))
         .map_err(RestoreError::io("cannot read the dump"))?;

@@ -100,6 +100,11 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
             .artifacts
             .iter()
             .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.source)))
+            .chain(report.repositories.iter().flat_map(|r| {
+                r.errors
+                    .iter()
+                    .map(move |e| format!("repository {}: {e}", r.name))
+            }))
             .collect();
         tracing::error!("partial backup: {}", failed.join("; "));
     }

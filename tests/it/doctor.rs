@@ -232,7 +232,7 @@ fn a_good_configuration_passes_every_check_and_prints_no_secret() {
     std::fs::create_dir_all(ws.dir.path().join("policies")).unwrap();
     std::fs::write(
         ws.dir.path().join("policies/nightly.toml"),
-        "name = \"nightly\"\nschedule = \"0 0 3 * * *\"\nsources = [\"postgres/*\"]\n",
+        "name = \"nightly\"\nschedule = \"0 0 3 * * *\"\nsources = [\"postgres/*\", \"redis\", \"files/*\"]\n",
     )
     .unwrap();
     std::fs::create_dir_all(ws.dir.path().join("drills")).unwrap();
@@ -264,6 +264,7 @@ fn a_good_configuration_passes_every_check_and_prints_no_secret() {
         "scratch: redis-server",
         "scratch: user",
         "policies",
+        "policies: coverage",
         "drills",
         "reports_dir",
         "identity",

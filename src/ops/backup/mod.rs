@@ -459,7 +459,8 @@ async fn open_targets(
                 if e.class() == Class::Usage {
                     class = Class::Usage;
                 }
-                tracing::error!(repository = repo.name(), error = %e, "repository unavailable; backing up to the others");
+                // One line that leads with what to do (`run kompose-dr init`).
+                tracing::error!("{e}; backing up to the other repositories");
                 let mut t = Target::new(repo, None);
                 t.report.errors.push(e.to_string());
                 unavailable.push(t.report);
@@ -642,7 +643,19 @@ async fn prepare(
     recipients: &[String],
     lock_wait: std::time::Duration,
 ) -> Result<Option<RepoLock>, RepositoryError> {
-    let marker = repo.marker().await?;
+    let marker = match repo.marker().await {
+        // A local repository whose directory is gone (the host's disk was
+        // lost): say so, with the one command that re-creates it.
+        Err(RepositoryError::NotInitialised { name, location })
+            if location.starts_with('/') && !std::path::Path::new(&location).exists() =>
+        {
+            return Err(RepositoryError::NotInitialised {
+                name,
+                location: format!("{location} (the directory does not exist)"),
+            });
+        }
+        m => m?,
+    };
     if marker.recipients != recipients {
         tracing::warn!(
             repository = repo.name(),

@@ -106,6 +106,22 @@ async fn helper_image(
     })
 }
 
+/// Creates the volume if it is missing (a fresh stack); returns the image
+/// helpers are made from and whether the volume was created.
+async fn volume_and_image(
+    engine: &Engine,
+    cfg: &DirectoryConfig,
+    volume: &str,
+    users: &[crate::engine::ContainerInfo],
+) -> Result<(String, bool), RestoreError> {
+    let created = !engine.volume_exists(volume).await?;
+    if created {
+        engine.create_volume(volume).await?;
+        tracing::info!(volume, "created the missing volume");
+    }
+    Ok((helper_image(engine, cfg, users).await?, created))
+}
+
 /// The target of a restore into volume `volume`: running users must all be
 /// in `stop`; a volume that holds files needs `--replace`.
 pub async fn preflight(
@@ -188,15 +204,7 @@ pub async fn restore(
         .map_err(|e| e.unchanged(&what))?;
     // 2. Stop the running users (creating the volume if it is missing).
     let users = users(&engine, volume).await?;
-    let mut created = false;
-    if !engine.volume_exists(volume).await? {
-        engine
-            .create_volume(volume)
-            .await
-            .map_err(|e| RestoreError::from(e).unchanged(&what))?;
-        created = true;
-    }
-    let image = helper_image(&engine, cfg, &users)
+    let (image, created) = volume_and_image(&engine, cfg, volume, &users)
         .await
         .map_err(|e| e.unchanged(&what))?;
     let mut stopped = Vec::new();

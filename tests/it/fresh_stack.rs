@@ -314,3 +314,76 @@ fn init_re_creates_a_lost_local_repository_and_doctor_and_backup_name_it() {
     assert_eq!(stack(&ws.repo), before);
     backup(&ws);
 }
+
+/// Container mode, the issue's own refusals: a fresh Redis container with
+/// AOF (an empty appendonlydir/) and a volume that does not exist take the
+/// restore without `--replace`; Redis holding a key still needs it.
+#[test]
+fn a_fresh_redis_container_and_a_missing_volume_take_a_restore_without_replace() {
+    use crate::support::docker::{Stack, engine};
+    use crate::support::{Ran, run_ok};
+    let engine = engine();
+    let old = Stack::start(engine);
+    let mut mset = vec!["MSET".to_owned()];
+    for i in 0..120 {
+        mset.push(format!("key:{i}"));
+        mset.push(format!("value {i}"));
+    }
+    old.redis_cli(&mset.iter().map(String::as_str).collect::<Vec<_>>());
+    let volume = format!("kdr-fresh-vol-{}", old.suffix);
+    let app = format!("kdr-fresh-app-{}", old.suffix);
+    run_ok(engine.docker().args(["volume", "create", &volume]));
+    std::fs::write(
+        engine.volume_path(&volume).join("config.json"),
+        "{\"v\": 1}",
+    )
+    .unwrap();
+    run_ok(
+        engine
+            .docker()
+            .args(["create", "--name", &app, "-v", &format!("{volume}:/data")])
+            .arg(&engine.redis_image),
+    );
+    let ws = Workspace::new();
+    let configure = |s: &Stack| {
+        ws.configure(&format!(
+            "[docker]\nhost = \"{}\"\n\n[redis]\ncontainer = \"{}\"\npassword = \"{}\"\n\n\
+             [[directories]]\nname = \"vault\"\nvolume = \"{volume}\"\n",
+            engine.host, s.redis, s.redis_password
+        ));
+    };
+    configure(&old);
+    let kdr = |args: &[&str]| Ran::of(ws.kdr().env_remove("DOCKER_HOST").args(args));
+    kdr(&["init"]).assert_exit(0);
+    kdr(&["backup"]).assert_exit(0);
+
+    // The host is gone: the volume and its container with it; a fresh stack.
+    run_ok(engine.docker().args(["rm", "-f", &app]));
+    run_ok(engine.docker().args(["volume", "rm", &volume]));
+    drop(old);
+    let fresh = Stack::start(engine);
+    configure(&fresh);
+    let out = kdr(&["restore", "--yes"]);
+    let cleanup = || {
+        let _ = engine
+            .docker()
+            .args(["volume", "rm", "-f", &volume])
+            .output();
+    };
+    if out.code() != Some(0) {
+        cleanup();
+    }
+    out.assert_exit(0);
+    out.assert_stdout_contains("(created: it did not exist)");
+    assert_eq!(fresh.redis_cli(&["DBSIZE"]), "120");
+    assert_eq!(
+        std::fs::read_to_string(engine.volume_path(&volume).join("config.json")).unwrap(),
+        "{\"v\": 1}"
+    );
+    // Now Redis holds keys: --replace again.
+    let out = kdr(&["restore", "--source", "redis", "--yes"]);
+    cleanup();
+    out.assert_exit(1);
+    out.assert_stderr_contains("holds 120 key(s)");
+    out.assert_stderr_contains("--replace");
+}

@@ -168,6 +168,12 @@ pub async fn preflight(
     if let Some(redis) = guarded(ctx, &dir) {
         ensure_stopped(redis, &dir).await?;
     }
+    if dir.exists() && !dir.is_dir() {
+        return Err(RestoreError::Refused(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
     // What a fresh Redis writes (an empty appendonlydir/, an empty
     // dump.rdb) is no data: a fresh stack restores without --replace.
     let listed = fresh::local_entries(&dir)
@@ -178,12 +184,6 @@ pub async fn preflight(
             "{} is not empty (it holds more than the empty files a fresh Redis writes): nothing was changed. Restore elsewhere with --to DIR, or replace its contents with --replace \
              (they are kept in {}/.kompose-dr-replaced-<time>/)",
             dir.display(),
-            dir.display()
-        )));
-    }
-    if dir.exists() && !dir.is_dir() {
-        return Err(RestoreError::Refused(format!(
-            "{} is not a directory",
             dir.display()
         )));
     }

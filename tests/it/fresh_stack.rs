@@ -73,6 +73,19 @@ fn a_fresh_postgres_is_restored_without_replace_and_keeps_nothing_aside() {
     let out = ws.run(&["restore", "--source", "postgres/umami", "--yes"]);
     out.assert_exit(1);
     out.assert_stderr_contains("exists and is not empty");
+
+    // --replace onto a fresh server (what the operator typed) keeps
+    // nothing aside either: an empty database is no data to keep.
+    let second = Pg::start();
+    ws.configure(&Workspace::pg_section(&second, &["postgres", "umami"]));
+    let out = ws.run(&["restore", "--replace", "--yes"]);
+    out.assert_exit(0);
+    out.assert_stdout_contains("restored into database postgres, which held no user objects");
+    assert_eq!(set_aside(&second), "0");
+    assert_eq!(
+        second.psql("postgres", "SELECT count(*) FROM admin_notes"),
+        "2"
+    );
 }
 
 #[test]

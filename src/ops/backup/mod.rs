@@ -1054,7 +1054,12 @@ fn every_pattern_hits(
             crate::model::selection::matcher(std::slice::from_ref(p))?.expect("one pattern");
         let hit =
             names.iter().any(|n| single.is_match(n)) || (pg_unknown && p.starts_with("postgres"));
-        if !hit && opts.policy.is_some() {
+        let glob = p.contains(['*', '?', '[']);
+        if !hit && opts.policy.is_some() && glob {
+            // A shipped policy selects every kind (`directories/*`): a
+            // kind this stack does not configure is no mistake.
+            tracing::debug!(pattern = %p, policy = ?opts.policy, "the policy's pattern selects no configured source");
+        } else if !hit && opts.policy.is_some() {
             tracing::warn!(pattern = %p, policy = ?opts.policy, "the policy names a source that is not configured");
         } else if !hit {
             return Err(Failure::usage(format!(

@@ -387,7 +387,9 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
     for r in rows {
         let db: String = r.get(0);
         if db.starts_with("kdr_replaced_") {
-            notes.push(replaced_note(&db, server));
+            if first_mention(&db) {
+                notes.push(replaced_note(&db, server));
+            }
             continue;
         }
         let parts: Vec<&str> = db.trim_start_matches("kdr_restore_").split('_').collect();
@@ -900,6 +902,7 @@ impl<'a> Swap<'a> {
             // Only with --replace. What production held stays, renamed,
             // until the operator has looked: an incident must not lose it
             // twice.
+            first_mention(&old);
             return Ok(format!(
                 "replaced database {name} ({terminated} session(s) terminated); what it held is kept as database {old}: \
                  drop it once the restore is confirmed (DROP DATABASE {} — docs/RUNBOOK.md)",
@@ -1038,6 +1041,19 @@ impl<'a> Swap<'a> {
             }
         }
     }
+}
+
+/// The `kdr_replaced_*` databases this process has named already (in a
+/// note, or as what its own `--replace` kept aside): each is named once per
+/// run, not again in the message of every database restored after it.
+static MENTIONED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Whether `db` is named for the first time in this process (and records it).
+fn first_mention(db: &str) -> bool {
+    MENTIONED
+        .lock()
+        .map(|mut m| m.insert(db.to_owned()))
+        .unwrap_or(true)
 }
 
 /// What a `kdr_replaced_<time>_<tag>_<name>` database is: what `name` held
@@ -1250,5 +1266,28 @@ impl<W: std::io::Write> std::io::Write for Tee<W> {
             f.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_database_is_named_for_what_it_is() {
+        let db = replaced_name("umami");
+        let note = replaced_note(&db, "container core-postgres");
+        assert!(
+            note.contains("what database umami held before `restore --replace` replaced it"),
+            "{note}"
+        );
+        assert!(note.contains(&format!("DROP DATABASE \"{db}\"")), "{note}");
+        assert!(!note.contains("did not finish"), "{note}");
+        // A name that does not follow the pattern is still named truthfully.
+        let odd = replaced_note("kdr_replaced_x", "s");
+        assert!(odd.contains("what a database held"), "{odd}");
+        // Named once per process.
+        assert!(first_mention("kdr_replaced_test_once"));
+        assert!(!first_mention("kdr_replaced_test_once"));
     }
 }

@@ -96,12 +96,22 @@ pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
         });
     }
     if report.status == RunStatus::Partial {
-        let failed: Vec<String> = report
-            .artifacts
-            .iter()
-            .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.source)))
-            .collect();
-        tracing::error!("partial backup: {}", failed.join("; "));
+        tracing::error!("partial backup: {}", failures(&report).join("; "));
     }
     Ok(report.outcome())
+}
+
+/// What failed in a partial run: the sources', then the repositories'
+/// errors (a lost repository: `run kompose-dr init`).
+fn failures(report: &crate::ops::backup::BackupReport) -> Vec<String> {
+    report
+        .artifacts
+        .iter()
+        .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.source)))
+        .chain(report.repositories.iter().flat_map(|r| {
+            r.errors
+                .iter()
+                .map(move |e| format!("repository {}: {e}", r.name))
+        }))
+        .collect()
 }

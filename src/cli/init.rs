@@ -175,8 +175,10 @@ fn print_keys(report: &Report) {
 }
 
 /// Runs `init`: writes a new age identity first if `--generate-key` asks, then
-/// creates each selected repository. One that already exists is left unchanged
-/// and makes the exit 2 (1 if another repository failed). Keys written by
+/// creates each selected repository that does not exist (a lost local one
+/// is re-created with the stack id of those that remain). One that already
+/// exists is left unchanged; when every one does, the exit is 2 (1 if
+/// another repository failed). Keys written by
 /// a run that fails, and creates no repository, are removed again.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let mut report = Report {
@@ -242,6 +244,7 @@ async fn create(globals: &Globals, args: &Args, report: &mut Report) -> Result<O
     }
     let stack = configured_stack(&config).await;
     let mut exit = Outcome::Success;
+    let mut existing = 0;
     for rc in targets {
         let repo = Repository::open(rc);
         let result = repo.init(&encryption.recipients, &stack).await;
@@ -255,6 +258,19 @@ async fn create(globals: &Globals, args: &Args, report: &mut Report) -> Result<O
                         repo.location()
                     ));
                 }
+            }
+            Err(e @ RepositoryError::AlreadyInitialised { .. }) => {
+                // After a host loss: the offsite copy is there, the local
+                // one is re-created beside it.
+                tracing::info!("{e}");
+                if !globals.json {
+                    output::line(format!(
+                        "repository {} at {} exists already: left as it is",
+                        repo.name(),
+                        repo.location()
+                    ));
+                }
+                existing += 1;
             }
             Err(e) => {
                 tracing::error!("{e}");
@@ -271,6 +287,11 @@ async fn create(globals: &Globals, args: &Args, report: &mut Report) -> Result<O
             created: result.is_ok(),
             error: result.err().map(|e| e.to_string()),
         });
+    }
+    // Nothing to do at all (every repository exists) is a refusal; one
+    // re-created beside those that exist is what init is for.
+    if existing == report.repositories.len() {
+        return Ok(Outcome::Refused);
     }
     Ok(exit)
 }

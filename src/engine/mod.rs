@@ -391,6 +391,42 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether the named volume exists.
+    pub async fn volume_exists(&self, volume: &str) -> Result<bool, EngineError> {
+        let doing = format!("inspecting volume `{volume}`");
+        match tokio::time::timeout(CONTROL_TIMEOUT, self.docker.inspect_volume(volume)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if is_not_found(&e) => Ok(false),
+            Ok(Err(e)) => Err(self.failed(&doing, e)),
+            Err(_) => Err(self.silent(&doing)),
+        }
+    }
+
+    /// Creates the named volume (local driver; an existing one is left as
+    /// it is).
+    pub async fn create_volume(&self, volume: &str) -> Result<(), EngineError> {
+        let req = bollard::models::VolumeCreateRequest {
+            name: Some(volume.to_owned()),
+            ..Default::default()
+        };
+        self.control(
+            &format!("creating volume `{volume}`"),
+            self.docker.create_volume(req),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The image of any container on the engine (the first listed), for
+    /// a helper that is created but never started.
+    pub async fn any_image(&self) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .list(None)
+            .await?
+            .into_iter()
+            .find_map(|c| c.image_id.filter(|i| !i.is_empty())))
+    }
+
     /// Removes the container and its anonymous volumes, running or not.
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
         let opts = bollard::query_parameters::RemoveContainerOptions {

@@ -34,6 +34,7 @@ pub struct Check {
     pub message: String,
 }
 
+pub mod coverage;
 mod leases;
 mod paths;
 mod sources;
@@ -54,6 +55,10 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         .iter()
         .filter(|r| only.is_none_or(|o| o == r.name))
     {
+        if let Some(c) = lost(rc) {
+            checks.push(c);
+            continue;
+        }
         let repo = Repository::open(rc);
         let limit = config.timeouts.connect;
         let before = checks.len();
@@ -99,6 +104,27 @@ pub async fn run(config: &Config, only: Option<&str>, as_user: Option<&str>) -> 
         c.message = scrub.scrub(&c.message);
     }
     checks
+}
+
+/// `repository NAME: reach` for a local repository whose directory is
+/// gone (the host's disk was lost or replaced): `init` re-creates it.
+fn lost(rc: &crate::model::config::RepositoryConfig) -> Option<Check> {
+    use crate::model::config::Location;
+    let Location::Local(path) = &rc.location else {
+        return None;
+    };
+    match path.try_exists() {
+        Ok(false) => Some(check(
+            format!("repository {}: reach", rc.name),
+            Err(format!(
+                "repository {}: {} does not exist: run `kompose-dr init` (it re-creates it; \
+                 the repositories that exist are left as they are)",
+                rc.name,
+                path.display()
+            )),
+        )),
+        _ => None,
+    }
 }
 
 /// `notify <kind> <host>` and `healthchecks <host>`: each receiver takes a

@@ -3,9 +3,11 @@
 //! fsync, rename), with the recorded permission bits but never
 //! setuid/setgid/sticky (acme.json stays 0600), the replaced file's owner,
 //! and the recorded mtime. `--replace` keeps the replaced file as
-//! `<path>.kompose-dr-<time>.bak`.
+//! `<path>.kompose-dr-<time>.bak`. A missing directory above the
+//! configured path is created ([`missing_parents`]), below an existing
+//! one, with the owner and a mode from the snapshot's record of the file.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::stream::copy_archive;
@@ -69,18 +71,132 @@ pub fn preflight(ctx: &RestoreContext<'_>, c: &Choice) -> Result<(Target, bool),
             path.display()
         )));
     }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    if !parent.is_dir() {
-        return Err(RestoreError::Refused(format!(
-            "{}: the directory {} does not exist",
-            c.source,
-            parent.display()
-        )));
+    // A missing directory is created by the restore only on the path
+    // [[files]] configures (never under --to), below an existing ancestor.
+    if ctx.options.to.is_none() {
+        missing_parents(&path).map_err(|e| RestoreError::Refused(format!("{}: {e}", c.source)))?;
+    } else {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(RestoreError::Refused(format!(
+                "{}: the directory {} does not exist: create it, or pass another --to",
+                c.source,
+                parent.display()
+            )));
+        }
     }
     Ok((Target::File { path }, exists))
+}
+
+/// Why the directories above a configured file cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ParentError {
+    /// The only existing ancestor is `/`: the configuration names no
+    /// existing directory to create the rest below.
+    #[error(
+        "the directory {missing} does not exist, and neither does any of its parents but `/`: \
+         kompose-dr creates missing directories only below an existing one; create {missing} \
+         (with the owner and mode the service expects), then restore again"
+    )]
+    NoAncestor {
+        /// The outermost missing directory.
+        missing: String,
+    },
+    /// An ancestor exists but is not a directory.
+    #[error("{path} is not a directory: move it away, then restore again")]
+    NotADirectory {
+        /// The ancestor.
+        path: String,
+    },
+}
+
+/// The directories missing above `path`, outermost first: those between
+/// its deepest existing ancestor and it, which must not be `/` (the
+/// configuration names a deeper one that exists: `/var/local/data` for
+/// `/var/local/data/traefik/letsencrypt/acme.json`). Empty when the parent
+/// exists.
+pub fn missing_parents(path: &Path) -> Result<Vec<PathBuf>, ParentError> {
+    let mut missing = Vec::new();
+    let mut at = path.parent();
+    while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {
+                if !missing.is_empty() && dir.parent().is_none() {
+                    return Err(ParentError::NoAncestor {
+                        missing: missing
+                            .last()
+                            .map(|p: &PathBuf| p.display().to_string())
+                            .unwrap_or_default(),
+                    });
+                }
+                missing.reverse();
+                return Ok(missing);
+            }
+            Ok(_) => {
+                return Err(ParentError::NotADirectory {
+                    path: dir.display().to_string(),
+                });
+            }
+            Err(_) => missing.push(dir.to_owned()),
+        }
+        at = dir.parent();
+    }
+    Ok(Vec::new())
+}
+
+/// The mode of a directory made for a file of mode `file_mode`: read
+/// bits get their search bit (0600 → 0700, 0644 → 0755), within
+/// [`RESTORABLE_MODE`].
+pub fn directory_mode(file_mode: u32) -> u32 {
+    let m = file_mode & 0o777;
+    (m | ((m & 0o444) >> 2)) & RESTORABLE_MODE
+}
+
+/// Creates the missing directories above `path` ([`missing_parents`]),
+/// each with the mode the file's recorded mode gives ([`directory_mode`];
+/// 0700 without a record) and the recorded owner (an error only as root);
+/// returns what was made, for the message.
+fn create_parents(path: &Path, meta: Option<&FileMeta>) -> Result<Option<String>, RestoreError> {
+    let dirs = missing_parents(path).map_err(|e| RestoreError::Refused(e.to_string()))?;
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    let mode = meta.map_or(0o700, |m| directory_mode(m.mode));
+    for d in &dirs {
+        std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(d)
+            .map_err(RestoreError::io(format!("cannot create {}", d.display())))?;
+        // The umask may have taken bits away.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).map_err(
+            RestoreError::io(format!("cannot set the mode of {}", d.display())),
+        )?;
+        if let Some(m) = meta
+            && let Err(e) = std::os::unix::fs::chown(d, Some(m.uid), Some(m.gid))
+            && nix::unistd::geteuid().is_root()
+        {
+            return Err(RestoreError::io(format!(
+                "cannot set the owner of {}",
+                d.display()
+            ))(e));
+        }
+        if let Some(up) = d.parent() {
+            let _ = crate::storage::local::sync_dir(up);
+        }
+    }
+    let owner = meta
+        .map(|m| format!(", owner {}:{}", m.uid, m.gid))
+        .unwrap_or_default();
+    Ok(Some(format!(
+        "created {} (mode {mode:04o}{owner}, from the snapshot's record of the file)",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// The name of a restore's temporary copy of `name`, made beside it:
@@ -144,6 +260,11 @@ pub async fn restore(
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
+    let created = if ctx.options.to.is_none() {
+        create_parents(path, item.choice.artifact.file.as_ref())?
+    } else {
+        None
+    };
     sweep_temporaries(path, &name);
     let tmp = path.with_file_name(staging_name(&name));
     let pb = progress_bar(ctx, item);
@@ -176,7 +297,7 @@ pub async fn restore(
                     b.display()
                 ),
                 None => format!("restored {}", path.display()),
-            },
+            } + &created.map(|c| format!("; {c}")).unwrap_or_default(),
         )),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -269,4 +390,42 @@ fn replace_with(t: &Path, p: &Path) -> Result<Option<PathBuf>, RestoreError> {
         let _ = crate::storage::local::sync_dir(dir);
     }
     Ok(bak)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_get_search_bits_where_the_file_is_readable() {
+        assert_eq!(directory_mode(0o600), 0o700);
+        assert_eq!(directory_mode(0o644), 0o755);
+        assert_eq!(directory_mode(0o640), 0o750);
+        // Never group/other write, never special bits.
+        assert_eq!(directory_mode(0o4666), 0o755);
+    }
+
+    #[test]
+    fn missing_parents_stop_at_an_existing_ancestor_and_never_at_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a/b/acme.json");
+        assert_eq!(
+            missing_parents(&file).unwrap(),
+            vec![dir.path().join("a"), dir.path().join("a/b")]
+        );
+        assert!(
+            missing_parents(&dir.path().join("acme.json"))
+                .unwrap()
+                .is_empty()
+        );
+        let e = missing_parents(Path::new("/kdr-no-such-top-dir/x/acme.json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/kdr-no-such-top-dir does not exist"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("f"), "").unwrap();
+        let e = missing_parents(&dir.path().join("f/x/acme.json")).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+    }
 }

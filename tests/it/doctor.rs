@@ -232,7 +232,7 @@ fn a_good_configuration_passes_every_check_and_prints_no_secret() {
     std::fs::create_dir_all(ws.dir.path().join("policies")).unwrap();
     std::fs::write(
         ws.dir.path().join("policies/nightly.toml"),
-        "name = \"nightly\"\nschedule = \"0 0 3 * * *\"\nsources = [\"postgres/*\"]\n",
+        "name = \"nightly\"\nschedule = \"0 0 3 * * *\"\nsources = [\"postgres/*\", \"redis\", \"files/*\"]\n",
     )
     .unwrap();
     std::fs::create_dir_all(ws.dir.path().join("drills")).unwrap();
@@ -264,6 +264,7 @@ fn a_good_configuration_passes_every_check_and_prints_no_secret() {
         "scratch: redis-server",
         "scratch: user",
         "policies",
+        "policies: coverage",
         "drills",
         "reports_dir",
         "identity",
@@ -695,4 +696,54 @@ fn servers_that_never_answer_are_bounded_by_the_connect_timeout() {
         "doctor took {took:?}"
     );
     drop(silent);
+}
+
+/// With policies, a configured source that no policy sends to a repository
+/// fails `policies: coverage`, naming the source and the repository; a
+/// policy that adds it makes the check pass.
+#[test]
+fn a_source_no_policy_sends_to_a_repository_is_named() {
+    let ws = Workspace::new();
+    let acme = ws.dir.path().join("acme.json");
+    std::fs::write(&acme, "{}").unwrap();
+    let vault = ws.dir.path().join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("config.json"), "{}").unwrap();
+    configure(
+        &ws,
+        &Parts {
+            files: Some(format!(
+                "{}[[directories]]\nname = \"vaultwarden\"\npath = \"{}\"\n\n",
+                files_part(&acme),
+                vault.display()
+            )),
+            ..Parts::none()
+        },
+    );
+    ws.init();
+    let policies = ws.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("nightly.toml"),
+        "name = \"nightly\"\nschedule = \"0 0 3 * * *\"\nsources = [\"files/*\"]\n",
+    )
+    .unwrap();
+    fails_only(
+        &ws,
+        &[],
+        "policies: coverage",
+        &[
+            "no policy sends directories/vaultwarden to repository local",
+            "directories/*",
+        ],
+    );
+    // A second policy that sends it there.
+    std::fs::write(
+        policies.join("vault.toml"),
+        "name = \"vault\"\nschedule = \"0 0 4 * * *\"\nsources = [\"directories/*\"]\nrepositories = [\"local\"]\n",
+    )
+    .unwrap();
+    let (code, doc, ran) = doctor(&ws, &[]);
+    assert_eq!(code, Some(0), "{}", ran.all());
+    assert!(message(&doc, "policies: coverage").contains("every configured source"));
 }

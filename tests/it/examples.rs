@@ -188,3 +188,54 @@ fn the_quick_start_installs_only_what_a_backup_needs() {
     }
     assert!(runtime.contains("exit 0"));
 }
+
+/// The shipped policies send every kind of source the example configures
+/// — its `[[directories]]` entry uncommented — to both repositories, and
+/// the shipped drill reads the offsite copy.
+#[test]
+fn shipped_policies_cover_every_source_and_the_drill_reads_offsite() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("examples/kompose-dr.toml")).unwrap();
+    let mut in_block = false;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l == "# [[directories]]" {
+                in_block = true;
+            } else if !l.starts_with('#') {
+                in_block = false;
+            }
+            match l.strip_prefix("# ") {
+                Some(rest) if in_block => rest.to_owned(),
+                _ => l.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("kompose-dr.toml");
+    std::fs::write(&copy, text).unwrap();
+    let c = load_example(&copy);
+    assert_eq!(
+        c.directories.len(),
+        1,
+        "the example's [[directories]] entry"
+    );
+    let policies = kompose_dr::model::policy::Policy::load_dir(&root.join("policies")).unwrap();
+    for r in &c.repositories {
+        let missing = kompose_dr::ops::doctor::coverage::uncovered(&c, &policies, &r.name);
+        assert!(missing.is_empty(), "repository {}: {missing:?}", r.name);
+    }
+    // Without directories/* the Vaultwarden volume would go nowhere.
+    let mut narrow = policies.clone();
+    narrow[0].sources.retain(|s| s != "directories/*");
+    assert_eq!(
+        kompose_dr::ops::doctor::coverage::uncovered(&c, &narrow, "offsite"),
+        vec!["directories/vaultwarden".to_owned()]
+    );
+    let drill =
+        kompose_dr::ops::drill::Drill::load(&root.join("restore-drills/kompose-quarterly.toml"))
+            .unwrap();
+    assert_eq!(drill.repository.as_deref(), Some("offsite"));
+    assert!(c.repositories.iter().any(|r| r.name == "offsite"));
+}

@@ -26,6 +26,7 @@ mod doctor;
 mod events;
 mod examples;
 mod fidelity;
+mod fresh_stack;
 mod hostile;
 mod notify;
 mod operations;

@@ -226,14 +226,31 @@ pub async fn server_version(client: &Client) -> Result<ServerVersion, ClientErro
     })
 }
 
-/// Every non-template database the user may connect to.
+/// Every non-template database the user may connect to, except what a
+/// restore leaves: `kdr_replaced_*` (what a `restore --replace` kept
+/// aside, listed by [`set_aside`]) and `kdr_restore_*` (a restore's
+/// scratch database) are never backed up by `databases = ["*"]`.
 pub async fn discover(client: &Client) -> Result<Vec<String>, ClientError> {
     let rows = client
         .query(
             "SELECT datname FROM pg_database \
              WHERE datallowconn AND NOT datistemplate \
                AND has_database_privilege(datname, 'CONNECT') \
+               AND datname NOT LIKE 'kdr\\_replaced\\_%' AND datname NOT LIKE 'kdr\\_restore\\_%' \
              ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(query_error("cannot list databases"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The databases a `restore --replace` kept aside (`kdr_replaced_*`): what
+/// the replaced databases held, until the operator drops them.
+pub async fn set_aside(client: &Client) -> Result<Vec<String>, ClientError> {
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'kdr\\_replaced\\_%' ORDER BY datname",
             &[],
         )
         .await

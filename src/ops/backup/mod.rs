@@ -459,7 +459,8 @@ async fn open_targets(
                 if e.class() == Class::Usage {
                     class = Class::Usage;
                 }
-                tracing::error!(repository = repo.name(), error = %e, "repository unavailable; backing up to the others");
+                // One line that leads with what to do (`run kompose-dr init`).
+                tracing::error!("{e}; backing up to the other repositories");
                 let mut t = Target::new(repo, None);
                 t.report.errors.push(e.to_string());
                 unavailable.push(t.report);
@@ -642,7 +643,19 @@ async fn prepare(
     recipients: &[String],
     lock_wait: std::time::Duration,
 ) -> Result<Option<RepoLock>, RepositoryError> {
-    let marker = repo.marker().await?;
+    let marker = match repo.marker().await {
+        // A local repository whose directory is gone (the host's disk was
+        // lost): say so, with the one command that re-creates it.
+        Err(RepositoryError::NotInitialised { name, location })
+            if location.starts_with('/') && !std::path::Path::new(&location).exists() =>
+        {
+            return Err(RepositoryError::NotInitialised {
+                name,
+                location: format!("{location} (the directory does not exist)"),
+            });
+        }
+        m => m?,
+    };
     if marker.recipients != recipients {
         tracing::warn!(
             repository = repo.name(),
@@ -1041,7 +1054,12 @@ fn every_pattern_hits(
             crate::model::selection::matcher(std::slice::from_ref(p))?.expect("one pattern");
         let hit =
             names.iter().any(|n| single.is_match(n)) || (pg_unknown && p.starts_with("postgres"));
-        if !hit && opts.policy.is_some() {
+        let glob = p.contains(['*', '?', '[']);
+        if !hit && opts.policy.is_some() && glob {
+            // A shipped policy selects every kind (`directories/*`): a
+            // kind this stack does not configure is no mistake.
+            tracing::debug!(pattern = %p, policy = ?opts.policy, "the policy's pattern selects no configured source");
+        } else if !hit && opts.policy.is_some() {
             tracing::warn!(pattern = %p, policy = ?opts.policy, "the policy names a source that is not configured");
         } else if !hit {
             return Err(Failure::usage(format!(

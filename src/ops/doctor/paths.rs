@@ -97,9 +97,10 @@ pub(super) fn textfile(config: &Config, checks: &mut Vec<Check>) {
 /// exist, their reports can be written.
 pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
     let file = config.path.display();
+    let loaded = crate::model::policy::Policy::load_dir(&config.policies_dir);
     checks.push(check(
         "policies",
-        match crate::model::policy::Policy::load_dir(&config.policies_dir) {
+        match &loaded {
             Ok(p) if p.is_empty() => Ok(format!(
                 "none in {} (backups without --policy use the top-level [retention])",
                 config.policies_dir.display()
@@ -116,6 +117,12 @@ pub(super) fn policies_and_drills(config: &Config, checks: &mut Vec<Check>) {
             Err(e) => Err(format!("{e}; fix that file, or policies_dir in {file}")),
         },
     ));
+    if let Some(c) = loaded
+        .ok()
+        .and_then(|p| super::coverage::coverage(config, &p))
+    {
+        checks.push(c);
+    }
     if !config.drills_dir.exists() {
         checks.push(check(
             "drills",

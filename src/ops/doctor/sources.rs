@@ -34,6 +34,9 @@ pub(super) async fn postgres(config: &Config, checks: &mut Vec<Check>) -> Option
         )),
     ));
     checks.push(probe.databases().await);
+    if let Some(c) = probe.set_aside().await {
+        checks.push(c);
+    }
     probe.tools(checks).await;
     if cfg.globals {
         checks.push(probe.globals().await);
@@ -119,6 +122,26 @@ impl<'a> PgProbe<'a> {
             }
         };
         check("postgres: databases", result)
+    }
+
+    /// `postgres: replaced databases`: what `restore --replace` kept aside
+    /// (`kdr_replaced_*`, never backed up), each with the command that
+    /// drops it once the restore is confirmed; nothing when there is none.
+    async fn set_aside(&self) -> Option<Check> {
+        let result = match bounded(self.limit, pg::set_aside(&self.client)).await {
+            Ok(dbs) if dbs.is_empty() => return None,
+            Ok(dbs) => Err(format!(
+                "{} kept aside by `restore --replace` (what the replaced databases held; never backed up): \
+                 check each, then drop it: {}",
+                dbs.join(", "),
+                dbs.iter()
+                    .map(|d| format!("DROP DATABASE {};", pg::quote_ident(d)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            Err(e) => Err(e.0),
+        };
+        Some(check("postgres: replaced databases", result))
     }
 
     /// `postgres: pg_dump` (and `pg_dumpall`): the client tools, chosen the

@@ -13,6 +13,10 @@
 //!    to `.kompose-dr-replaced-<time>/` inside the volume first, and put
 //!    back if the upload fails.
 //! 4. The stopped containers are started again, whatever happened.
+//!
+//! A volume that does not exist (a fresh stack) is created before step 3;
+//! helpers are made from the image of a container that uses the volume,
+//! else of one named in `stop`, else of any container on the engine.
 
 use std::path::Path;
 
@@ -75,6 +79,49 @@ async fn occupied(engine: &Engine, image: &str, volume: &str) -> Result<bool, Re
     Ok(found)
 }
 
+/// The image helpers are made from: that of a container using the volume,
+/// else of a container named in `stop`, else of any container on the
+/// engine (a helper that fills an empty volume is created, never started,
+/// so any image will do).
+async fn helper_image(
+    engine: &Engine,
+    cfg: &DirectoryConfig,
+    users: &[crate::engine::ContainerInfo],
+) -> Result<String, RestoreError> {
+    if let Some(c) = users.first() {
+        return Ok(c.image_id.clone());
+    }
+    for s in &cfg.stop {
+        if let Ok(c) = engine.inspect(&s.name).await {
+            return Ok(c.image_id);
+        }
+    }
+    engine.any_image().await?.ok_or_else(|| {
+        RestoreError::Refused(format!(
+            "the engine has no container at all, and kompose-dr fills a volume through a helper made \
+             from an existing container's image: create the stack's containers first (docker compose create), \
+             or restore [[directories]] `{}` with --to DIR",
+            cfg.name
+        ))
+    })
+}
+
+/// Creates the volume if it is missing (a fresh stack); returns the image
+/// helpers are made from and whether the volume was created.
+async fn volume_and_image(
+    engine: &Engine,
+    cfg: &DirectoryConfig,
+    volume: &str,
+    users: &[crate::engine::ContainerInfo],
+) -> Result<(String, bool), RestoreError> {
+    let created = !engine.volume_exists(volume).await?;
+    if created {
+        engine.create_volume(volume).await?;
+        tracing::info!(volume, "created the missing volume");
+    }
+    Ok((helper_image(engine, cfg, users).await?, created))
+}
+
 /// The target of a restore into volume `volume`: running users must all be
 /// in `stop`; a volume that holds files needs `--replace`.
 pub async fn preflight(
@@ -84,13 +131,18 @@ pub async fn preflight(
 ) -> Result<(Target, bool), RestoreError> {
     let engine = engine(cfg)?;
     let users = users(&engine, volume).await?;
-    let Some(image) = users.first().map(|c| c.image_id.clone()) else {
-        return Err(RestoreError::Refused(format!(
-            "no container uses volume {volume}: kompose-dr writes a volume through a helper made from \
-             the image of one that uses it; create the container (docker compose create), or restore \
-             with --to DIR"
-        )));
-    };
+    if !engine.volume_exists(volume).await? {
+        // A fresh stack: the restore creates it (nothing to replace).
+        helper_image(&engine, cfg, &users).await?;
+        return Ok((
+            Target::Volume {
+                volume: volume.to_owned(),
+                stopped: Vec::new(),
+            },
+            false,
+        ));
+    }
+    let image = helper_image(&engine, cfg, &users).await?;
     let running: Vec<String> = users
         .iter()
         .filter(|c| c.running)
@@ -150,14 +202,11 @@ pub async fn restore(
     let (bytes, unpacked) = super::unpack_into(ctx, item, &staging)
         .await
         .map_err(|e| e.unchanged(&what))?;
-    // 2. Stop the running users.
+    // 2. Stop the running users (creating the volume if it is missing).
     let users = users(&engine, volume).await?;
-    let Some(image) = users.first().map(|c| c.image_id.clone()) else {
-        return Err(
-            RestoreError::Refused(format!("no container uses volume {volume} any more"))
-                .unchanged(&what),
-        );
-    };
+    let (image, created) = volume_and_image(&engine, cfg, volume, &users)
+        .await
+        .map_err(|e| e.unchanged(&what))?;
     let mut stopped = Vec::new();
     let mut result = Ok(String::new());
     for c in users.iter().filter(|c| c.running) {
@@ -191,9 +240,14 @@ pub async fn restore(
     Ok((
         bytes,
         format!(
-            "restored {} files ({} bytes) into volume {volume}{}{}",
+            "restored {} files ({} bytes) into volume {volume}{}{}{}",
             unpacked.files,
             unpacked.bytes,
+            if created {
+                " (created: it did not exist)"
+            } else {
+                ""
+            },
             if kept.is_empty() {
                 String::new()
             } else {

@@ -120,28 +120,64 @@ async fn connect_to(cfg: &PostgresConfig, db: &str) -> Result<Client, RestoreErr
     connect(cfg, db).await.map_err(RestoreError::from_source)
 }
 
-/// Whether database `name` exists and, if so, whether it holds anything.
+/// What makes a database hold something: a restore into a database that
+/// holds nothing needs no `--replace`, and keeps nothing aside. It is empty
+/// when, outside PostgreSQL's own schemas (`pg_catalog`,
+/// `information_schema`, `pg_toast*`, `pg_temp_*`), it has no relation
+/// (table, view, sequence, index, …), no schema but `public`, no function or
+/// procedure, no type, no extension but `plpgsql`, and no large object:
+/// exactly what a fresh server's `postgres` and `template1` hold.
+/// Each row of the query names one kind of user object and how many there are.
+const USER_OBJECTS_SQL: &str = "\
+    WITH sys(nspname) AS (SELECT nspname FROM pg_namespace \
+        WHERE nspname IN ('pg_catalog', 'information_schema') \
+           OR nspname LIKE 'pg\\_toast%' OR nspname LIKE 'pg\\_temp\\_%') \
+    SELECT 'relations', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+        WHERE n.nspname NOT IN (SELECT nspname FROM sys) \
+    UNION ALL SELECT 'schemas', count(*) FROM pg_namespace \
+        WHERE nspname <> 'public' AND nspname NOT IN (SELECT nspname FROM sys) \
+    UNION ALL SELECT 'functions', count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+        WHERE n.nspname NOT IN (SELECT nspname FROM sys) \
+    UNION ALL SELECT 'types', count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+        WHERE n.nspname NOT IN (SELECT nspname FROM sys) \
+    UNION ALL SELECT 'extensions', count(*) FROM pg_extension WHERE extname <> 'plpgsql' \
+    UNION ALL SELECT 'large objects', count(*) FROM pg_largeobject_metadata";
+
+/// Whether database `name` exists and, if so, whether it holds anything
+/// (see [`USER_OBJECTS_SQL`]). `template0`, which accepts no connection,
+/// holds nothing by definition.
 async fn state(cfg: &PostgresConfig, name: &str) -> Result<Option<bool>, RestoreError> {
     let client = connect_to(cfg, &cfg.endpoint.maintenance_db).await?;
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(RestoreError::db("cannot list databases"))?
-        .is_some();
-    if !exists {
-        return Ok(None);
-    }
-    let db = connect_to(cfg, name).await?;
-    let n: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'",
-            &[],
+    let row = client
+        .query_opt(
+            "SELECT datallowconn FROM pg_database WHERE datname = $1",
+            &[&name],
         )
         .await
-        .map_err(RestoreError::db(format!("cannot inspect database {name}")))?
-        .get(0);
-    Ok(Some(n > 0))
+        .map_err(RestoreError::db("cannot list databases"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let allows: bool = row.get(0);
+    if !allows && name == "template0" {
+        return Ok(Some(false));
+    }
+    let db = connect_to(cfg, name).await?;
+    let rows = db
+        .query(USER_OBJECTS_SQL, &[])
+        .await
+        .map_err(RestoreError::db(format!("cannot inspect database {name}")))?;
+    let held: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let (kind, n): (&str, i64) = (r.get(0), r.get(1));
+            (n > 0).then(|| format!("{n} {kind}"))
+        })
+        .collect();
+    if !held.is_empty() {
+        tracing::debug!(database = %name, holds = %held.join(", "), "the target database is not empty");
+    }
+    Ok(Some(!held.is_empty()))
 }
 
 /// Checks a database target: refuses a non-empty one without `--replace`,
@@ -173,7 +209,9 @@ pub async fn preflight(
         return Err(RestoreError::Refused("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into()));
     }
     restore_tool(&cfg, c).await?;
-    Ok((target, existing.is_some()))
+    // An empty database (a fresh server's `postgres`) is filled, not
+    // replaced: nothing it held is lost, so nothing is kept aside.
+    Ok((target, existing == Some(true)))
 }
 
 /// Streams an archive into a program's stdin; returns plaintext bytes, the
@@ -350,11 +388,9 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
     for r in rows {
         let db: String = r.get(0);
         if db.starts_with("kdr_replaced_") {
-            notes.push(format!(
-                "database {db} on {server} holds what a database held before an earlier `restore --replace` \
-                 that did not finish; check it, then drop it: DROP DATABASE {}",
-                quote_ident(&db)
-            ));
+            if first_mention(&db) {
+                notes.push(replaced_note(&db, server));
+            }
             continue;
         }
         let parts: Vec<&str> = db.trim_start_matches("kdr_restore_").split('_').collect();
@@ -850,9 +886,7 @@ impl<'a> Swap<'a> {
         };
         // Checked again now, not only when the plan was made: rows written
         // since (during the question, during pg_restore) are not dropped.
-        if !self.replace {
-            self.recheck_empty().await?;
-        }
+        let holds_data = self.holds_data().await?;
         if keep_owner {
             let stmt = format!(
                 "ALTER DATABASE {} OWNER TO {}",
@@ -865,9 +899,11 @@ impl<'a> Swap<'a> {
         }
         let old = replaced_name(name);
         let terminated = self.swap_in(&old, comment).await?;
-        if self.replace {
-            // What production held stays, renamed, until the operator has
-            // looked: an incident must not lose it twice.
+        if holds_data || self.late_with_replace(&old).await {
+            // Only with --replace. What production held stays, renamed,
+            // until the operator has looked: an incident must not lose it
+            // twice.
+            first_mention(&old);
             return Ok(format!(
                 "replaced database {name} ({terminated} session(s) terminated); what it held is kept as database {old}: \
                  drop it once the restore is confirmed (DROP DATABASE {} — docs/RUNBOOK.md)",
@@ -876,6 +912,25 @@ impl<'a> Swap<'a> {
         }
         self.undo_if_late(&old).await?;
         Ok(self.drop_replaced(&old, terminated).await)
+    }
+
+    /// Whether `name` holds data now. Without `--replace` that refuses (it
+    /// was empty or absent when the plan was made); with it, a database
+    /// that cannot be inspected counts as holding data (kept aside).
+    async fn holds_data(&self) -> Result<bool, RestoreError> {
+        let name = self.name;
+        match state(self.cfg, name).await {
+            Ok(Some(true)) if !self.replace => Err(RestoreError::Refused(format!(
+                "database {name} holds data now (it was empty or absent when the plan was made): \
+                 nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
+            ))),
+            Ok(s) => Ok(s == Some(true)),
+            Err(e) if self.replace => {
+                tracing::warn!(database = %name, error = %e, "cannot tell whether the database holds data: it is kept aside");
+                Ok(true)
+            }
+            Err(e) => Err(e.unchanged(format!("database {name}"))),
+        }
     }
 
     /// No database is called `name`: renames the scratch database to it.
@@ -904,20 +959,6 @@ impl<'a> Swap<'a> {
         }
     }
 
-    /// Refuses when `name`, empty or absent when the plan was made, holds
-    /// data now.
-    async fn recheck_empty(&self) -> Result<(), RestoreError> {
-        let name = self.name;
-        match state(self.cfg, name).await {
-            Ok(Some(true)) => Err(RestoreError::Refused(format!(
-                "database {name} holds data now (it was empty or absent when the plan was made): \
-                 nothing was changed and the restored copy was dropped; restore with --as NEW_NAME, or --replace"
-            ))),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.unchanged(format!("database {name}"))),
-        }
-    }
-
     /// Swaps the scratch database in under `name`, the original aside as
     /// `old`; returns the sessions terminated.
     async fn swap_in(&mut self, old: &str, comment: &str) -> Result<u64, RestoreError> {
@@ -935,10 +976,20 @@ impl<'a> Swap<'a> {
         }
     }
 
+    /// With `--replace`, after swapping out a database that was empty:
+    /// whether it received data since (or cannot be checked), in which
+    /// case it is kept aside like any replaced database.
+    async fn late_with_replace(&self, old: &str) -> bool {
+        self.replace && !matches!(state(self.cfg, old).await, Ok(Some(false)))
+    }
+
     /// Without `--replace`: when the original (now `old`) received rows
     /// between the check and the swap, puts it back and refuses.
     async fn undo_if_late(&mut self, old: &str) -> Result<(), RestoreError> {
         let name = self.name;
+        if self.replace {
+            return Ok(());
+        }
         let late = match state(self.cfg, old).await {
             Ok(s) => s == Some(true),
             Err(e) => {
@@ -969,7 +1020,7 @@ impl<'a> Swap<'a> {
         }
     }
 
-    /// Drops the replaced (empty) original; returns the message.
+    /// Drops the original, which held no user objects; returns the message.
     async fn drop_replaced(&self, old: &str, terminated: u64) -> String {
         let name = self.name;
         match self
@@ -978,17 +1029,49 @@ impl<'a> Swap<'a> {
             .await
         {
             Ok(()) => format!(
-                "replaced database {name} ({terminated} session(s) terminated; the old one was dropped)"
+                "restored into database {name}, which held no user objects ({terminated} session(s) terminated; \
+                 the empty one it replaced was dropped)"
             ),
             Err(e) => {
                 let e = RestoreError::db("drop")(e);
                 tracing::warn!(database = %old, error = %e, "the replaced database is still there: drop it by hand");
                 format!(
-                    "replaced database {name} ({terminated} session(s) terminated); the old one is still there as {old} ({e}): drop it by hand"
+                    "restored into database {name}, which held no user objects ({terminated} session(s) terminated); \
+                     the empty one it replaced is still there as {old} ({e}): drop it by hand"
                 )
             }
         }
     }
+}
+
+/// The `kdr_replaced_*` databases this process has named already (in a
+/// note, or as what its own `--replace` kept aside): each is named once per
+/// run, not again in the message of every database restored after it.
+static MENTIONED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Whether `db` is named for the first time in this process (and records it).
+fn first_mention(db: &str) -> bool {
+    MENTIONED
+        .lock()
+        .map(|mut m| m.insert(db.to_owned()))
+        .unwrap_or(true)
+}
+
+/// What a `kdr_replaced_<time>_<tag>_<name>` database is: what `name` held
+/// before a `restore --replace` swapped it out at `time`, kept until checked.
+pub fn replaced_note(db: &str, server: &str) -> String {
+    let rest = db.strip_prefix("kdr_replaced_").unwrap_or(db);
+    let mut parts = rest.splitn(3, '_');
+    let what = match (parts.next(), parts.next(), parts.next()) {
+        (Some(time), Some(_), Some(name)) if !name.is_empty() => {
+            format!("what database {name} held before `restore --replace` replaced it ({time} UTC)")
+        }
+        _ => "what a database held before `restore --replace` replaced it".to_owned(),
+    };
+    format!(
+        "database {db} on {server} holds {what}, kept until checked; once the restore is confirmed, drop it: DROP DATABASE {}",
+        quote_ident(db)
+    )
 }
 
 /// The name a replaced database is kept under:
@@ -1184,5 +1267,28 @@ impl<W: std::io::Write> std::io::Write for Tee<W> {
             f.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_database_is_named_for_what_it_is() {
+        let db = replaced_name("umami");
+        let note = replaced_note(&db, "container core-postgres");
+        assert!(
+            note.contains("what database umami held before `restore --replace` replaced it"),
+            "{note}"
+        );
+        assert!(note.contains(&format!("DROP DATABASE \"{db}\"")), "{note}");
+        assert!(!note.contains("did not finish"), "{note}");
+        // A name that does not follow the pattern is still named truthfully.
+        let odd = replaced_note("kdr_replaced_x", "s");
+        assert!(odd.contains("what a database held"), "{odd}");
+        // Named once per process.
+        assert!(first_mention("kdr_replaced_test_once"));
+        assert!(!first_mention("kdr_replaced_test_once"));
     }
 }

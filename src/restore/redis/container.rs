@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{check_staged, unpack};
+use super::{check_staged, fresh, unpack};
 use crate::engine::scratch::ScratchSpec;
 use crate::engine::{Engine, ExecSpec};
 use crate::model::config::{ContainerRef, RedisConfig};
@@ -45,29 +45,51 @@ pub async fn preflight(
     let engine = engine(c)?;
     let info = engine.inspect(&c.name).await?;
     let mut dir = "/data".to_owned();
-    let mut occupied = true;
-    if info.running {
+    let held = if info.running {
         let mut con = crate::clients::redis::connect(cfg)
             .await
             .map_err(RestoreError::from_source)?;
         dir = crate::clients::redis::config_get(&mut con, "dir")
             .await
             .map_err(RestoreError::from_source)?;
+        let keyspace = crate::clients::redis::info(&mut con, "keyspace")
+            .await
+            .map_err(RestoreError::from_source)?;
+        let keys: u64 = crate::clients::redis::parse_keyspace(&keyspace)
+            .values()
+            .sum();
         let listing = engine
             .output(
                 &c.name,
-                ExecSpec::new(["ls", "-A", "--"]).args([dir.as_str()]),
+                ExecSpec::new(["sh", "-c", fresh::LIST_SCRIPT, "sh"]).args([dir.as_str()]),
             )
             .await?;
-        occupied = listing
-            .lines()
-            .any(|l| !l.is_empty() && !l.starts_with(".kompose-dr-"));
-    }
-    if occupied && !ctx.options.replace {
-        return Err(RestoreError::Refused(format!(
-            "Redis in container {} holds data in {dir}: nothing was changed. Replace it with --replace \
-             (the container is stopped, its files are kept in {dir}/.kompose-dr-replaced-<time>/, and it is started again)",
+        let fresh = fresh::parse_listing(&listing).is_some_and(|e| fresh::is_fresh(&e));
+        match (keys, fresh) {
+            (0, true) => None,
+            (0, false) => Some(format!(
+                "Redis in container {} has no key, but {dir} holds files a fresh Redis does not write \
+                 (more than an empty appendonlydir/ and dump.rdb)",
+                c.name
+            )),
+            (n, _) => Some(format!(
+                "Redis in container {} holds {n} key(s) in {dir}",
+                c.name
+            )),
+        }
+    } else {
+        Some(format!(
+            "Redis in container {} is not running, so whether {dir} holds data cannot be checked",
             c.name
+        ))
+    };
+    let occupied = held.is_some();
+    if let Some(held) = held
+        && !ctx.options.replace
+    {
+        return Err(RestoreError::Refused(format!(
+            "{held}: nothing was changed. Start it to let the restore check, or replace its data with --replace \
+             (the container is stopped, its files are kept in {dir}/.kompose-dr-replaced-<time>/, and it is started again)"
         )));
     }
     Ok((

@@ -18,6 +18,7 @@
 //! `--replace`, what was there is kept in `.kompose-dr-replaced-<time>/`.
 
 pub mod container;
+pub mod fresh;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -167,18 +168,22 @@ pub async fn preflight(
     if let Some(redis) = guarded(ctx, &dir) {
         ensure_stopped(redis, &dir).await?;
     }
-    let occupied = !entries(&dir).is_empty();
-    if occupied && !ctx.options.replace {
-        return Err(RestoreError::Refused(format!(
-            "{} is not empty: nothing was changed. Restore elsewhere with --to DIR, or replace its contents with --replace \
-             (they are kept in {}/.kompose-dr-replaced-<time>/)",
-            dir.display(),
-            dir.display()
-        )));
-    }
     if dir.exists() && !dir.is_dir() {
         return Err(RestoreError::Refused(format!(
             "{} is not a directory",
+            dir.display()
+        )));
+    }
+    // What a fresh Redis writes (an empty appendonlydir/, an empty
+    // dump.rdb) is no data: a fresh stack restores without --replace.
+    let listed = fresh::local_entries(&dir)
+        .map_err(RestoreError::io(format!("cannot read {}", dir.display())))?;
+    let occupied = !fresh::is_fresh(&listed);
+    if occupied && !ctx.options.replace {
+        return Err(RestoreError::Refused(format!(
+            "{} is not empty (it holds more than the empty files a fresh Redis writes): nothing was changed. Restore elsewhere with --to DIR, or replace its contents with --replace \
+             (they are kept in {}/.kompose-dr-replaced-<time>/)",
+            dir.display(),
             dir.display()
         )));
     }

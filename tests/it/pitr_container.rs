@@ -43,7 +43,7 @@ fn configure(ws: &Workspace, engine: &Engine, stack: &Stack) {
         "[docker]\nhost = \"{host}\"\n\n\
          [postgres]\ncontainer = \"{pg}\"\ndatabases = [\"*\"]\n\n\
          [postgres.wal]\nmax_lag = \"2s\"\nspool_dir = \"{spool}\"\n\n\
-         [scratch]\nruntime = \"docker\"\n",
+         [scratch]\nruntime = \"docker\"\npostgres_bin = \"/nonexistent/{{major}}/bin\"\n",
         host = engine.host,
         pg = stack.postgres,
         spool = ws.dir.path().join("state/wal/spool").display(),
@@ -224,4 +224,69 @@ fn point_in_time_recovery_through_the_engine_alone() {
     assert_eq!(rows(&stack, "shop", "t"), "1,2,3");
     assert_eq!(stack.psql("later", "select n from l"), "7");
     let _ = Instant::now();
+}
+
+/// The agent starts the archiver and the first base backup at the same
+/// moment: whichever comes first, every second after the base backup is
+/// restorable.
+#[test]
+fn the_agent_starting_the_archiver_and_a_base_backup_at_once_loses_no_second() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql("postgres", "CREATE DATABASE shop");
+    stack.psql("shop", "CREATE TABLE t(n int); INSERT INTO t VALUES (1)");
+    let ws = Workspace::new();
+    configure(&ws, engine, &stack);
+    let policies = ws.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("often.toml"),
+        "name = \"often\"\nschedule = \"*/2 * * * * *\"\nsources = [\"postgres/*\"]\n",
+    )
+    .unwrap();
+    ws.prepend_top_level(&format!("policies_dir = \"{}\"", policies.display()));
+    run(&ws, engine, &["init"]).assert_exit(0);
+    let log = ws.dir.path().join("agent.log");
+    let agent = Archiver(
+        kdr(&ws, engine)
+            .arg("agent")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the agent's first base backup", 120, || {
+        let s = run(&ws, engine, &["--json", "snapshots"]);
+        s.code() == Some(0)
+            && s.json()["snapshots"].as_array().is_some_and(|a| {
+                a.iter().any(|m| {
+                    m["artifacts"].as_array().is_some_and(|x| {
+                        x.iter()
+                            .any(|a| a["source"] == "postgres/cluster" && a["status"] == "ok")
+                    })
+                })
+            })
+    });
+    stack.psql("shop", "INSERT INTO t VALUES (2)");
+    std::thread::sleep(Duration::from_millis(600));
+    let t = server_now(&stack);
+    std::thread::sleep(Duration::from_millis(600));
+    stack.psql("shop", "INSERT INTO t VALUES (3)");
+    let last = server_now(&stack);
+    wait_covered(&ws, engine, &last, &log);
+    drop(agent);
+    restore(
+        &ws,
+        engine,
+        &[
+            "--point-in-time",
+            &t,
+            "--source",
+            "postgres/shop",
+            "--as",
+            "shop_t",
+        ],
+    )
+    .assert_exit(0);
+    assert_eq!(rows(&stack, "shop_t", "t"), "1,2");
 }

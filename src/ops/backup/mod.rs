@@ -566,7 +566,11 @@ async fn commit_to(
             target.report.errors.push(format!("{}: {e}", r.source));
         }
     }
-    if facts_obj.is_none() || !artifacts.iter().any(Artifact::is_ok) {
+    // The configuration alone is no snapshot: some data must be there.
+    let data_ok = artifacts
+        .iter()
+        .any(|a| a.is_ok() && a.kind != ArtifactKind::Config);
+    if facts_obj.is_none() || !data_ok {
         target.discard(&head.id).await;
         return;
     }
@@ -1025,6 +1029,15 @@ async fn plan<'a>(
             config.path.display()
         )));
     }
+    // kompose-dr's own configuration goes with every run, whatever the
+    // sources or the policy select: it is small, and the day the host is
+    // gone it is what every other artifact needs (docs/DESIGN.md §3).
+    jobs.push(watched(
+        ctx,
+        sources::config::SOURCE.into(),
+        ArtifactKind::Config,
+        sources::config::backup(ctx, config),
+    ));
     Ok(jobs)
 }
 

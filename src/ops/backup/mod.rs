@@ -121,7 +121,8 @@ pub struct BackupReport {
     /// Wall-clock seconds from `started_at` to the end of the run. Sources run
     /// in parallel, so this is less than the sum of theirs.
     pub duration_seconds: f64,
-    /// One entry per source attempted, good or failed, sorted by source name.
+    /// One entry per source attempted, good or failed, sorted by source
+    /// name, the configuration (`config`) last.
     pub artifacts: Vec<ArtifactReport>,
     /// One entry per repository the run meant to write to, including those that
     /// could not be opened or locked.
@@ -365,7 +366,11 @@ async fn run_sources(
             });
         }
     };
-    runs.sort_by(|a, b| a.source.cmp(&b.source));
+    // By source name, kompose-dr's own configuration last.
+    runs.sort_by(|a, b| {
+        (a.kind == ArtifactKind::Config, &a.source)
+            .cmp(&(b.kind == ArtifactKind::Config, &b.source))
+    });
     Ok(runs)
 }
 

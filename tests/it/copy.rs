@@ -178,7 +178,8 @@ fn local_to_local_copies_byte_for_byte_and_the_target_restores_signed() {
     out.assert_exit(0);
     let report = out.json();
     assert_eq!(statuses(&report), [(ids[1].clone(), "copied".to_owned())]);
-    assert_eq!(report["snapshots"][0]["objects"], 2, "{report:#}");
+    // The data, the configuration and the facts.
+    assert_eq!(report["snapshots"][0]["objects"], 3, "{report:#}");
     assert_eq!(report["snapshots"][0]["signed"], true, "{report:#}");
     let out = ws.run(&[
         "--json",

@@ -366,6 +366,28 @@ async fn run_sources(
             });
         }
     };
+    // kompose-dr's own configuration goes with every run that has
+    // something to commit, whatever the sources or the policy select: it
+    // is small, and the day the host is gone it is what every other
+    // artifact needs (docs/DESIGN.md §3). Alone it is no snapshot.
+    if runs.iter().any(|r| r.result.is_ok()) {
+        let config_run = watched(
+            ctx,
+            sources::config::SOURCE.into(),
+            ArtifactKind::Config,
+            sources::config::backup(ctx, config),
+        );
+        let run = tokio::select! {
+            run = config_run => run,
+            () = every_lock_lost(targets) => SourceRun::failed(
+                sources::config::SOURCE,
+                ArtifactKind::Config,
+                "every repository's lock was lost",
+            ),
+        };
+        log_run(&run);
+        runs.push(run);
+    }
     // By source name, kompose-dr's own configuration last.
     runs.sort_by(|a, b| {
         (a.kind == ArtifactKind::Config, &a.source)
@@ -1034,15 +1056,6 @@ async fn plan<'a>(
             config.path.display()
         )));
     }
-    // kompose-dr's own configuration goes with every run, whatever the
-    // sources or the policy select: it is small, and the day the host is
-    // gone it is what every other artifact needs (docs/DESIGN.md §3).
-    jobs.push(watched(
-        ctx,
-        sources::config::SOURCE.into(),
-        ArtifactKind::Config,
-        sources::config::backup(ctx, config),
-    ));
     Ok(jobs)
 }
 

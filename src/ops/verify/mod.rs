@@ -263,7 +263,9 @@ pub async fn run(
     for c in local {
         verdicts.push(session.verify_local(runtime, c, &mut restored).await?);
     }
-    verdicts.sort_by(|a, b| a.source.cmp(&b.source));
+    // By source, kompose-dr's own configuration last (as in the manifest).
+    let config = crate::model::source_name::SourceName::CONFIG;
+    verdicts.sort_by(|a, b| (a.source == config, &a.source).cmp(&(b.source == config, &b.source)));
     let ok = !verdicts.is_empty() && verdicts.iter().all(|v| v.ok);
     Ok((
         VerifyReport {

@@ -164,30 +164,41 @@ pub fn collect(config: &Config) -> (Vec<Collected>, Vec<Skipped>) {
                 data,
                 stamp,
             }),
-            Err(why) => skipped.push(Skipped { path, why }),
+            Err(why) => skipped.push(Skipped {
+                path,
+                why: why.to_string(),
+            }),
         }
     }
     (files, skipped)
 }
 
+/// Why a named file is left out of the `config` archive.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    /// It could not be opened, inspected or read.
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+    /// It is a directory, a device, a FIFO.
+    #[error("it is not a regular file")]
+    NotAFile,
+    /// It is larger than a configuration file is.
+    #[error("it is {0} bytes, more than a configuration file holds ({MAX_FILE})")]
+    TooLarge(u64),
+}
+
 /// A regular file's content and stamp, or why it is left out.
-fn read_one(path: &Path) -> Result<(Vec<u8>, Stamp), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
-    let meta = f.metadata().map_err(|e| format!("cannot stat it: {e}"))?;
+fn read_one(path: &Path) -> Result<(Vec<u8>, Stamp), Unreadable> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
     if !meta.is_file() {
-        return Err("it is not a regular file".into());
+        return Err(Unreadable::NotAFile);
     }
     if meta.size() > MAX_FILE {
-        return Err(format!(
-            "it is {} bytes, more than a configuration file holds ({MAX_FILE})",
-            meta.size()
-        ));
+        return Err(Unreadable::TooLarge(meta.size()));
     }
     let mut data = Vec::with_capacity(meta.size() as usize);
-    f.by_ref()
-        .take(MAX_FILE + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read it: {e}"))?;
+    f.by_ref().take(MAX_FILE + 1).read_to_end(&mut data)?;
     Ok((data, Stamp::of(&meta)))
 }
 

@@ -136,6 +136,7 @@ pub fn review(
         })
         .collect();
     outside.extend(default_dirs(&doc, dir, written));
+    outside.extend(credentials(written, &outside));
     let next = next_commands(config, &doc, url);
     (outside, next)
 }
@@ -166,6 +167,32 @@ fn default_dirs(doc: &toml::Value, dir: &Path, written: &[Written]) -> Vec<Outsi
         });
     }
     out
+}
+
+/// The files read as systemd credentials (`*_credential`, or a path under
+/// `/run/credentials/`, `$CREDENTIALS_DIRECTORY` as the unit saw it) that
+/// no entry lists yet: they go where the units' `LoadCredential=` reads
+/// them.
+fn credentials(written: &[Written], listed: &[Outside]) -> Vec<Outside> {
+    written
+        .iter()
+        .filter(|w| {
+            w.named_by.ends_with("_credential") || w.original.starts_with("/run/credentials")
+        })
+        .filter(|w| !listed.iter().any(|o| Path::new(&o.path) == w.original))
+        .map(|w| {
+            let name = w.original.file_name().unwrap_or_default().to_string_lossy();
+            Outside {
+                key: w.named_by.clone(),
+                path: w.original.display().to_string(),
+                action: format!(
+                    "a systemd credential as the service saw it: install {} where the units' LoadCredential={name}:… reads it \
+                     (the shipped units: /etc/kompose-dr/credentials/{name}, root 0600; secrets.env: /opt/kompose/secrets.env)",
+                    w.path.display()
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The repository of the configuration that `url` names (`s3://b/p` or
@@ -283,5 +310,25 @@ mod tests {
             "{next:?}"
         );
         assert!(next[1].contains("init"), "{next:?}");
+    }
+
+    #[test]
+    fn a_systemd_credential_is_named_with_where_the_units_read_it() {
+        let written = vec![Written {
+            path: "/boot/run/credentials/kompose-dr-backup.service/db_password".into(),
+            original: "/run/credentials/kompose-dr-backup.service/db_password".into(),
+            named_by: "postgres.password_credential".into(),
+            secret: true,
+            mode: 0o600,
+        }];
+        let found = credentials(&written, &[]);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].action.contains("LoadCredential=db_password")
+                && found[0]
+                    .action
+                    .contains("/etc/kompose-dr/credentials/db_password"),
+            "{found:?}"
+        );
     }
 }

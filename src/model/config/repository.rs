@@ -602,4 +602,39 @@ mod tests {
         assert_eq!(format_size(DEFAULT_PART_SIZE * MAX_PARTS), "156.2 GiB");
         assert_eq!(format_size(16 << 20), "16 MiB");
     }
+
+    #[test]
+    fn a_repository_from_flags_is_validated_like_a_section_and_names_the_flag() {
+        let r = RepositoryConfig::from_flags(
+            "b",
+            "s3://kdr-boot/stack/",
+            Some("http://127.0.0.1:3900/"),
+            Some("garage"),
+            true,
+        )
+        .unwrap();
+        let Location::S3(s3) = &r.location else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("kdr-boot", "stack/")
+        );
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert!(s3.path_style && s3.credentials.is_none());
+        let e = RepositoryConfig::from_flags("b", "s3://X", None, None, false).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--repository"), "{e}");
+        let e = RepositoryConfig::from_flags("b", "s3://kdr", Some("ftp://x"), None, false)
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--endpoint"), "{e}");
+        let e =
+            RepositoryConfig::from_flags("b", "/srv/r", Some("http://x"), None, false).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--endpoint"), "{e}");
+        assert!(matches!(
+            RepositoryConfig::from_flags("b", "/srv/r", None, None, false)
+                .unwrap()
+                .location,
+            Location::Local(_)
+        ));
+    }
 }

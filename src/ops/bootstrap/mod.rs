@@ -67,7 +67,7 @@ pub enum BootstrapError {
     #[error("{0}")]
     Usage(String),
     /// The repository flags do not describe a repository.
-    #[error("{0}")]
+    #[error("{}: {}", .0.key.as_deref().unwrap_or("--repository"), .0.message)]
     Flags(#[source] ConfigError),
     /// DIR holds something and `--force` was not given.
     #[error(

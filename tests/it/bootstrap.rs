@@ -203,14 +203,16 @@ fn a_local_repository_gives_back_the_configuration_and_its_secrets() {
     std::fs::create_dir(&to).unwrap();
     let repo = ws.repo.display().to_string();
     let start = std::time::Instant::now();
+    let id = m["id"].as_str().unwrap();
     let ran = Ran::of(&mut bootstrap(
         &repo,
         &ws.identity,
         &ws.public_key,
         &to,
-        &[],
+        &["--snapshot", id],
     ));
     ran.assert_exit(0);
+    assert!(ran.stdout().contains(id), "{}", ran.all());
     eprintln!("bootstrap took {:?}", start.elapsed());
     assert_restored(&to, &files, &ws.identity);
     let out = ran.stdout();
@@ -305,6 +307,15 @@ fn bad_input_is_one_line_and_writes_nothing() {
         &[],
     ));
     assert_refused(&ran, 1, "holds no snapshot", &to);
+
+    let ran = Ran::of(&mut bootstrap(
+        &repo,
+        &ws.identity,
+        &ws.public_key,
+        &to,
+        &["--snapshot", "20200101T000000Z-000000"],
+    ));
+    assert_refused(&ran, 2, "no snapshot 20200101T000000Z-000000", &to);
 
     // An occupied directory: refused before anything is read.
     std::fs::write(to.join("kompose-dr.toml"), "# mine\n").unwrap();

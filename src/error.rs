@@ -42,10 +42,10 @@
 //! | I/O | `StorageError` (`storage/mod.rs`), `PipelineError` (`pipeline/mod.rs`), `SizeError` (`pipeline/bounded.rs`), `ProcessError` (`process.rs`), `EngineError` (`engine/mod.rs`) |
 //! | repository | `RepositoryError`, `CheckError` (`repository/mod.rs`), `SignatureError` (`repository/signing.rs`), `LockError` (`repository/lock.rs`), `RecordError` (`repository/pruned.rs`), `RecordAgainError` (`repository/wal.rs`), `FactsError` (`repository/facts.rs`) |
 //! | clients | `ClientError` (`clients/mod.rs`), `LaunchError` (`clients/launch.rs`), `CreateError` (`clients/postgres/database.rs`) |
-//! | sources | `SourceError` (`sources/mod.rs`), `CertificateError` (`sources/acme.rs`), `RedisFileError` (`sources/redis.rs`), `RdbError` (`sources/redis/rdb.rs`), `SqliteError` (`sources/directories/sqlite.rs`) |
+//! | sources | `SourceError` (`sources/mod.rs`), `CertificateError` (`sources/acme.rs`), `RedisFileError` (`sources/redis.rs`), `RdbError` (`sources/redis/rdb.rs`), `SqliteError` (`sources/directories/sqlite.rs`), `Unreadable` (`sources/config.rs`) |
 //! | restore, scratch | `RestoreError` (`restore/error.rs`), `ReadError` (`restore/stream.rs`), `PlanError` (`restore/plan.rs`), `HelperSwapError` (`restore/helper.rs`), `ScratchError` (`scratch/mod.rs`) |
 //! | events | `PublishError` (`events/mqtt.rs`), `HttpError` (`events/http.rs`), `TlsError` (`events/tls.rs`) |
-//! | ops | `RestoreRunError` (`ops/restore.rs`), `VerifyError` (`ops/verify/error.rs`), `DrillError` (`ops/drill/error.rs`), `PruneError` (`ops/prune.rs`), `CopyError` (`ops/copy.rs`), `AsUserError` (`ops/doctor/unit.rs`) |
+//! | ops | `RestoreRunError` (`ops/restore.rs`), `VerifyError` (`ops/verify/error.rs`), `DrillError` (`ops/drill/error.rs`), `PruneError` (`ops/prune.rs`), `CopyError` (`ops/copy.rs`), `AsUserError` (`ops/doctor/unit.rs`), `BootstrapError` (`ops/bootstrap/mod.rs`) |
 //! | agent, CLI | `AgentError` (`agent.rs`); [`Failure`] (here) is what a command returns |
 
 use std::process::ExitCode;

@@ -7,6 +7,7 @@
 
 mod agent;
 mod backup;
+mod bootstrap;
 mod check;
 mod copy;
 mod doctor;
@@ -85,6 +86,8 @@ pub enum Command {
     Wal(wal::Args),
     /// Copy snapshots between repositories (--from, --to, --snapshot ID … or --missing), checking every sha256.
     Copy(copy::Args),
+    /// The host is gone: write the configuration back from a repository (no config file needed).
+    Bootstrap(bootstrap::Args),
 }
 
 /// Global options every command sees.
@@ -161,6 +164,7 @@ pub fn main() -> ExitCode {
             Command::Doctor(a) => doctor::run(&globals, a).await,
             Command::Wal(a) => wal::run(&globals, a).await,
             Command::Copy(a) => copy::run(&globals, a).await,
+            Command::Bootstrap(a) => bootstrap::run(&globals, a).await,
         };
         // Aborted uploads and released leases finish before the exit.
         crate::storage::finish_cleanups(std::time::Duration::from_secs(30)).await;

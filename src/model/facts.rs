@@ -63,6 +63,30 @@ pub enum SourceFacts {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         sqlite: BTreeMap<String, SqliteFacts>,
     },
+    /// kompose-dr's own configuration (source `config`): every file in
+    /// the tar, in its order.
+    Config {
+        /// The files, as the tar names them (relative to `/`).
+        files: Vec<ConfigFileFacts>,
+    },
+}
+
+/// One file of the `config` source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFileFacts {
+    /// Its path on the host, relative to `/` (the tar entry's name).
+    pub path: String,
+    /// What named it: `config` (the file itself), `policies_dir`,
+    /// `drills_dir`, or the key (`postgres.password_file`).
+    pub named_by: String,
+    /// Whether it holds a secret (written back 0600).
+    pub secret: bool,
+    /// Its permission bits on the host.
+    pub mode: u32,
+    /// Its size.
+    pub bytes: u64,
+    /// sha256 of its content, hex.
+    pub sha256: String,
 }
 
 /// A SQLite database as copied into the tar.

@@ -53,6 +53,11 @@ pub enum ArtifactKind {
     /// modes, owners, mtimes and symlinks kept; SQLite databases inside
     /// copied with the online backup API.
     Directory,
+    /// tar of kompose-dr's own configuration (source `config`): the
+    /// configuration file, its policies and drills, and the secret files
+    /// it names, under their paths on the host relative to `/`; never the
+    /// age identity. `kompose-dr bootstrap` writes it back.
+    Config,
 }
 
 impl ArtifactKind {
@@ -64,7 +69,8 @@ impl ArtifactKind {
             ArtifactKind::RedisAof
             | ArtifactKind::RedisRdb
             | ArtifactKind::PostgresCluster
-            | ArtifactKind::Directory => "tar.zst.age",
+            | ArtifactKind::Directory
+            | ArtifactKind::Config => "tar.zst.age",
             ArtifactKind::File => "zst.age",
         }
     }
@@ -250,6 +256,7 @@ pub(crate) mod fixtures {
         let kind = match source {
             SourceName::POSTGRES_GLOBALS => ArtifactKind::PostgresGlobals,
             SourceName::POSTGRES_CLUSTER => ArtifactKind::PostgresCluster,
+            SourceName::CONFIG => ArtifactKind::Config,
             "redis" => ArtifactKind::RedisAof,
             s if s.starts_with("files/") => ArtifactKind::File,
             s if s.starts_with("directories/") => ArtifactKind::Directory,

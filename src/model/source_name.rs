@@ -24,7 +24,7 @@ pub fn is_name(s: &str) -> bool {
 /// [`is_name`] accepts. Anything
 /// else read from a repository is refused.
 pub fn is_source_name(s: &str) -> bool {
-    if s == "redis" {
+    if s == "redis" || s == SourceName::CONFIG {
         return true;
     }
     if let Some(name) = s.strip_prefix("files/") {
@@ -62,6 +62,8 @@ pub enum SourceName {
     File(String),
     /// `directories/<name>`: one `[[directories]]` entry.
     Directory(String),
+    /// `config`: kompose-dr's own configuration and the files it names.
+    Config,
 }
 
 impl SourceName {
@@ -71,6 +73,8 @@ impl SourceName {
     pub const POSTGRES_CLUSTER: &'static str = "postgres/cluster";
     /// The name of the Redis source.
     pub const REDIS: &'static str = "redis";
+    /// The name of kompose-dr's own configuration's source.
+    pub const CONFIG: &'static str = "config";
 
     /// The name `s` stands for, if it is one kompose-dr could have written
     /// ([`is_source_name`]).
@@ -82,6 +86,7 @@ impl SourceName {
             Self::POSTGRES_GLOBALS => SourceName::PostgresGlobals,
             Self::POSTGRES_CLUSTER => SourceName::PostgresCluster,
             Self::REDIS => SourceName::Redis,
+            Self::CONFIG => SourceName::Config,
             _ => {
                 if let Some(n) = s.strip_prefix("files/") {
                     SourceName::File(n.to_owned())
@@ -128,6 +133,7 @@ impl fmt::Display for SourceName {
             SourceName::Redis => f.write_str(Self::REDIS),
             SourceName::File(n) => write!(f, "files/{n}"),
             SourceName::Directory(n) => write!(f, "directories/{n}"),
+            SourceName::Config => f.write_str(Self::CONFIG),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! how to show the result.
 
 pub mod backup;
+pub mod bootstrap;
 pub mod check;
 pub mod copy;
 pub mod doctor;

@@ -196,6 +196,7 @@ fn kind_fits(source: &str, kind: ArtifactKind) -> bool {
         ArtifactKind::RedisAof | ArtifactKind::RedisRdb => source == "redis",
         ArtifactKind::File => source.starts_with("files/"),
         ArtifactKind::Directory => source.starts_with("directories/"),
+        ArtifactKind::Config => source == crate::model::source_name::SourceName::CONFIG,
     }
 }
 

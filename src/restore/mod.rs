@@ -429,6 +429,11 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
         ArtifactKind::File => files::preflight(ctx, &c),
         ArtifactKind::PostgresCluster => postgres::pitr::preflight(ctx, &c).await,
         ArtifactKind::Directory => directories::preflight(ctx, &c).await,
+        ArtifactKind::Config => Err(RestoreError::Options(
+            "the configuration is written back by `kompose-dr bootstrap --repository URL --identity FILE --public-key KEY --to DIR` \
+             (or by hand: docs/RUNBOOK.md section B), never over the running one"
+                .into(),
+        )),
     };
     match checked {
         Ok((target, replaces)) => PlanItem::Ready(ReadyItem {

@@ -212,7 +212,7 @@ fn choose_in(
     m: &Manifest,
     sources: Option<(&GlobSet, &[String])>,
 ) -> Result<Vec<Choice>, PlanError> {
-    let wanted = |name: &str| sources.is_none_or(|(g, _)| g.is_match(name));
+    let wanted = |name: &str| wanted_source(name, sources);
     let mut out = Vec::new();
     for a in m.artifacts.iter().filter(|a| wanted(&a.source)) {
         if a.is_ok() {
@@ -246,7 +246,7 @@ fn choose_at(
     t: DateTime<Utc>,
     sources: Option<(&GlobSet, &[String])>,
 ) -> Result<Vec<Choice>, PlanError> {
-    let wanted = |name: &str| sources.is_none_or(|(g, _)| g.is_match(name));
+    let wanted = |name: &str| wanted_source(name, sources);
     let mut names: Vec<&str> = snapshots
         .iter()
         .flat_map(|m| m.artifacts.iter().map(|a| a.source.as_str()))
@@ -329,6 +329,19 @@ fn choose_source_at(
             snapshot: m.id.clone(),
         })),
         (None, None) => Err(None),
+    }
+}
+
+/// Whether `name` is selected: kompose-dr's own configuration (`config`)
+/// only when a pattern names it exactly (`kompose-dr bootstrap` is what
+/// writes it back), every other source when no pattern or a matching one.
+fn wanted_source(name: &str, sources: Option<(&GlobSet, &[String])>) -> bool {
+    let config = crate::model::source_name::SourceName::CONFIG;
+    match sources {
+        None => name != config,
+        Some((g, patterns)) => {
+            g.is_match(name) && (name != config || patterns.iter().any(|p| p == config))
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! visible.
 
 pub mod acme;
+pub mod config;
 pub mod directories;
 pub mod files;
 pub mod postgres;

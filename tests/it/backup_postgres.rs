@@ -203,7 +203,8 @@ fn all_databases_are_discovered_and_jobs_run_in_parallel() {
             "postgres/grafana",
             "postgres/keycloak",
             "postgres/postgres",
-            "postgres/umami"
+            "postgres/umami",
+            "config"
         ]
     );
 
@@ -211,7 +212,8 @@ fn all_databases_are_discovered_and_jobs_run_in_parallel() {
     let out = ws.run(&["--json", "backup", "--source", "postgres/k*"]);
     out.assert_exit(0);
     let r: serde_json::Value = out.json();
-    assert_eq!(r["artifacts"].as_array().unwrap().len(), 1);
+    // The database, and the configuration that goes with every run.
+    assert_eq!(r["artifacts"].as_array().unwrap().len(), 2);
     let out = ws.run(&["backup", "--source", "postgres/nope"]);
     out.assert_exit(2);
     out.assert_stderr_contains("--source postgres/nope matches no configured source");

@@ -178,7 +178,8 @@ fn local_to_local_copies_byte_for_byte_and_the_target_restores_signed() {
     out.assert_exit(0);
     let report = out.json();
     assert_eq!(statuses(&report), [(ids[1].clone(), "copied".to_owned())]);
-    assert_eq!(report["snapshots"][0]["objects"], 2, "{report:#}");
+    // The data, the configuration and the facts.
+    assert_eq!(report["snapshots"][0]["objects"], 3, "{report:#}");
     assert_eq!(report["snapshots"][0]["signed"], true, "{report:#}");
     let out = ws.run(&[
         "--json",
@@ -415,7 +416,8 @@ fn a_copy_killed_midway_leaves_no_snapshot_and_the_rerun_finishes_it() {
     let s = &report["snapshots"][0];
     assert_eq!(s["status"], "copied", "{report:#}");
     assert_eq!(s["objects_present"], 1, "{report:#}");
-    assert_eq!(s["objects"], 2, "{report:#}");
+    // `big`, the configuration and the facts.
+    assert_eq!(s["objects"], 3, "{report:#}");
     let to = ws.dir.path().join("big-back.bin");
     ws.run(&[
         "restore",

@@ -63,7 +63,8 @@ fn backup_events_carry_the_manifest_figures_and_failures() {
     assert_eq!(ev["data"]["status"], "ok");
     assert!(ev["data"]["duration_seconds"].as_f64().unwrap() > 0.0);
     let arts = ev["data"]["artifacts"].as_array().unwrap();
-    assert_eq!(arts.len(), 3);
+    // Three sources and the configuration.
+    assert_eq!(arts.len(), 4);
     for a in arts {
         let ma = Workspace::artifact(m, a["source"].as_str().unwrap());
         assert_eq!(a["sha256"], ma["sha256"]);

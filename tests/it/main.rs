@@ -16,6 +16,7 @@ mod agent;
 mod architecture;
 mod backup_postgres;
 mod backup_redis_files;
+mod bootstrap;
 mod cli;
 mod copy;
 mod crash;

@@ -83,7 +83,8 @@ fn verify_passes_a_good_snapshot_and_catches_damage() {
             "files/traefik-acme",
             "postgres/globals",
             "postgres/linkwarden",
-            "redis"
+            "redis",
+            "config"
         ]
     );
     let lw = r["sources"]

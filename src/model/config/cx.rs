@@ -21,6 +21,8 @@ pub(super) struct Cx<'a> {
     text: &'a str,
     file: &'a Path,
     vars: Vars,
+    /// The files read so far besides the configuration ([`Cx::note_file`]).
+    named: std::cell::RefCell<Vec<super::NamedFile>>,
 }
 
 pub(super) use crate::model::selection::is_name;
@@ -41,7 +43,26 @@ impl<'a> Cx<'a> {
             text,
             file,
             vars: Vars::from_env(),
+            named: std::cell::RefCell::default(),
         }
+    }
+
+    /// Notes a file the configuration read (named by `key`), for the
+    /// `config` source: the one place every such file is collected.
+    pub(super) fn note_file(&self, key: &str, path: &Path, secret: bool) {
+        let mut named = self.named.borrow_mut();
+        if !named.iter().any(|n| n.path == path) {
+            named.push(super::NamedFile {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                secret,
+            });
+        }
+    }
+
+    /// The files noted so far.
+    pub(super) fn named_files(&self) -> Vec<super::NamedFile> {
+        self.named.borrow().clone()
     }
 
     /// The configuration file's path.
@@ -75,6 +96,7 @@ impl<'a> Cx<'a> {
                     format!("{} line {line}: {msg}", p.display()),
                 )
             })?;
+        self.note_file("env_file", &p, true);
         Ok(())
     }
 
@@ -157,6 +179,7 @@ impl<'a> Cx<'a> {
             let s = env::read_secret_file(&p).map_err(|e| {
                 self.err(v.span(), &key, format!("cannot read {}: {e}", p.display()))
             })?;
+            self.note_file(&key, &p, true);
             return Ok(Some(Secret::new(s)));
         }
         match credential {
@@ -179,8 +202,12 @@ impl<'a> Cx<'a> {
         };
         let name = self.string(v, &key)?;
         let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        read_credential(dir.as_deref(), &name, section == "signing")
-            .map_err(|m| self.err(v.span(), &key, m))
+        let read = read_credential(dir.as_deref(), &name, section == "signing")
+            .map_err(|m| self.err(v.span(), &key, m))?;
+        if let (Some(dir), Some(_)) = (&dir, &read) {
+            self.note_file(&key, &dir.join(&name), true);
+        }
+        Ok(read)
     }
 }
 

@@ -191,6 +191,8 @@ impl Cx<'_> {
                 .as_ref()
                 .map(|h| self.healthchecks(h))
                 .transpose()?,
+            // Last: every validator above has noted the files it read.
+            named_files: self.named_files(),
         })
     }
 

@@ -26,6 +26,7 @@ mod files;
 pub mod keyfile;
 mod metrics;
 mod mqtt;
+mod named;
 mod notify;
 mod postgres;
 mod redis;
@@ -48,6 +49,7 @@ pub use docker::{ContainerRef, DockerConfig};
 pub use files::FileConfig;
 pub use metrics::MetricsConfig;
 pub use mqtt::MqttConfig;
+pub use named::NamedFile;
 pub use notify::{DEFAULT_NOTIFY_TIMEOUT, HealthchecksConfig, NotifyConfig, NotifyKind};
 pub use postgres::{
     DEFAULT_WAL_SPOOL, DatabaseSelection, PgEndpoint, PostgresConfig, PostgresUrlError, WalConfig,
@@ -146,6 +148,10 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     /// The dead-man's switch (`[healthchecks]`), if any.
     pub healthchecks: Option<HealthchecksConfig>,
+    /// Every file the configuration read besides itself (secret files, the
+    /// signing key, `env_file`, `mqtt.ca_file`), in the order read; never
+    /// the age identity. The `config` source carries them.
+    pub named_files: Vec<NamedFile>,
 }
 
 impl Config {

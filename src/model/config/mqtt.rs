@@ -124,6 +124,9 @@ impl Cx<'_> {
             .as_ref()
             .map(|c| self.path(c, "mqtt.ca_file"))
             .transpose()?;
+        if let Some(p) = &ca_file {
+            self.note_file("mqtt.ca_file", p, false);
+        }
         let timeout = match &m.timeout {
             None => Duration::from_secs(10),
             Some(t) => self.publish_timeout(t)?,

@@ -146,6 +146,7 @@ impl Cx<'_> {
                         format!("cannot read {}: {e}", p.display()),
                     )
                 })?;
+                self.note_file(&key("token_file"), &p, true);
                 Some(Secret::new(v))
             }
             (None, None) => None,

@@ -160,6 +160,66 @@ pub enum ObjectLockMode {
     Compliance,
 }
 
+impl RepositoryConfig {
+    /// A repository from command-line flags rather than a configuration
+    /// file (`kompose-dr bootstrap --repository URL --endpoint …`): the URL
+    /// (a local path, `file:///path` or `s3://bucket/prefix`) and the S3
+    /// settings are validated exactly as the keys of a `[[repository]]`
+    /// entry; S3 credentials come from the standard AWS chain (the
+    /// environment). It trusts nothing until a [`super::Trust`] is set. An
+    /// error's `file` is `--repository` and its key the flag (`--endpoint`).
+    pub fn from_flags(
+        name: &str,
+        url: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+        path_style: bool,
+    ) -> Result<RepositoryConfig, ConfigError> {
+        let mut t = toml::Table::new();
+        t.insert("name".into(), name.into());
+        t.insert("url".into(), url.into());
+        if let Some(e) = endpoint {
+            t.insert("endpoint".into(), e.into());
+        }
+        if let Some(r) = region {
+            t.insert("region".into(), r.into());
+        }
+        if path_style {
+            t.insert("path_style".into(), true.into());
+        }
+        let flag_error = |e: ConfigError| ConfigError {
+            file: PathBuf::from("--repository"),
+            line: None,
+            key: e
+                .key
+                .as_deref()
+                .and_then(|k| k.rsplit('.').next())
+                .map(|k| match k {
+                    "url" => "--repository".to_owned(),
+                    other => format!("--{}", other.replace('_', "-")),
+                }),
+            message: e.message,
+        };
+        let text = toml::to_string(&t).map_err(|e| ConfigError {
+            file: PathBuf::from("--repository"),
+            line: None,
+            key: None,
+            message: e.to_string(),
+        })?;
+        let raw: RawRepository = toml::from_str(&text).map_err(|e| ConfigError {
+            file: PathBuf::from("--repository"),
+            line: None,
+            key: None,
+            message: e.message().to_owned(),
+        })?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let here = cwd.join("--repository");
+        Cx::new(&text, &here)
+            .repository(0, &raw)
+            .map_err(flag_error)
+    }
+}
+
 impl Cx<'_> {
     /// Validates every `[[repository]]` entry; names must be distinct.
     pub(super) fn repositories(
@@ -445,6 +505,7 @@ impl Cx<'_> {
         if s.is_empty() {
             return Err(self.err(v.span(), k, format!("{} is empty", p.display())));
         }
+        self.note_file(k, &p, true);
         Ok(Secret::new(s))
     }
 
@@ -540,5 +601,40 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         assert_eq!(format_size(DEFAULT_PART_SIZE * MAX_PARTS), "156.2 GiB");
         assert_eq!(format_size(16 << 20), "16 MiB");
+    }
+
+    #[test]
+    fn a_repository_from_flags_is_validated_like_a_section_and_names_the_flag() {
+        let r = RepositoryConfig::from_flags(
+            "b",
+            "s3://kdr-boot/stack/",
+            Some("http://127.0.0.1:3900/"),
+            Some("garage"),
+            true,
+        )
+        .unwrap();
+        let Location::S3(s3) = &r.location else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("kdr-boot", "stack/")
+        );
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert!(s3.path_style && s3.credentials.is_none());
+        let e = RepositoryConfig::from_flags("b", "s3://X", None, None, false).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--repository"), "{e}");
+        let e = RepositoryConfig::from_flags("b", "s3://kdr", Some("ftp://x"), None, false)
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--endpoint"), "{e}");
+        let e =
+            RepositoryConfig::from_flags("b", "/srv/r", Some("http://x"), None, false).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("--endpoint"), "{e}");
+        assert!(matches!(
+            RepositoryConfig::from_flags("b", "/srv/r", None, None, false)
+                .unwrap()
+                .location,
+            Location::Local(_)
+        ));
     }
 }

@@ -153,6 +153,7 @@ impl Cx<'_> {
         let path = self.path(file, key)?;
         let body = keyfile::read(&path, "signing key file")
             .map_err(|e| self.err(file.span(), key, e.to_string()))?;
+        self.note_file(key, &path, true);
         let text = String::from_utf8(body).map_err(|_| {
             self.err(
                 file.span(),

@@ -36,7 +36,9 @@ path = "{file}"
         repo = dir.path().join("repo").display(),
         file = file.display(),
     );
-    let config = Config::from_toml(&text, &dir.path().join("kompose-dr.toml")).unwrap();
+    let path = dir.path().join("kompose-dr.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
     Setup {
         _dir: dir,
         config,
@@ -89,8 +91,28 @@ async fn the_manifest_is_written_after_every_archive_is_finished() {
         .expect("archives were finished");
     assert!(last_finish < manifest_at, "{calls:?}");
     assert_eq!(manifests(&mem).len(), 1);
-    // The archive and the facts sidecar.
-    assert_eq!(data(&mem).len(), 2, "{:?}", data(&mem));
+    // The archive, the configuration and the facts sidecar.
+    assert_eq!(data(&mem).len(), 3, "{:?}", data(&mem));
+}
+
+/// The configuration goes with every run that has something to commit;
+/// alone it is no snapshot: when every data source fails it is not even
+/// written.
+#[tokio::test]
+async fn the_configuration_alone_is_not_committed() {
+    let s = setup();
+    let (repo, mem) = repository("a", &s).await;
+    std::fs::remove_file(&s.config.files[0].path).unwrap();
+    let report = run_on(&s.config, &BackupOptions::default(), vec![repo])
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{report:?}");
+    assert!(
+        report.artifacts.iter().all(|a| a.source != "config"),
+        "{report:?}"
+    );
+    assert!(manifests(&mem).is_empty(), "{:?}", mem.keys());
+    assert!(data(&mem).is_empty(), "{:?}", mem.keys());
 }
 
 #[tokio::test]

@@ -121,7 +121,8 @@ pub struct BackupReport {
     /// Wall-clock seconds from `started_at` to the end of the run. Sources run
     /// in parallel, so this is less than the sum of theirs.
     pub duration_seconds: f64,
-    /// One entry per source attempted, good or failed, sorted by source name.
+    /// One entry per source attempted, good or failed, sorted by source
+    /// name, the configuration (`config`) last.
     pub artifacts: Vec<ArtifactReport>,
     /// One entry per repository the run meant to write to, including those that
     /// could not be opened or locked.
@@ -365,7 +366,33 @@ async fn run_sources(
             });
         }
     };
-    runs.sort_by(|a, b| a.source.cmp(&b.source));
+    // kompose-dr's own configuration goes with every run that has
+    // something to commit, whatever the sources or the policy select: it
+    // is small, and the day the host is gone it is what every other
+    // artifact needs (docs/DESIGN.md §3). Alone it is no snapshot.
+    if runs.iter().any(|r| r.result.is_ok()) {
+        let config_run = watched(
+            ctx,
+            sources::config::SOURCE.into(),
+            ArtifactKind::Config,
+            sources::config::backup(ctx, config),
+        );
+        let run = tokio::select! {
+            run = config_run => run,
+            () = every_lock_lost(targets) => SourceRun::failed(
+                sources::config::SOURCE,
+                ArtifactKind::Config,
+                "every repository's lock was lost",
+            ),
+        };
+        log_run(&run);
+        runs.push(run);
+    }
+    // By source name, kompose-dr's own configuration last.
+    runs.sort_by(|a, b| {
+        (a.kind == ArtifactKind::Config, &a.source)
+            .cmp(&(b.kind == ArtifactKind::Config, &b.source))
+    });
     Ok(runs)
 }
 
@@ -567,7 +594,11 @@ async fn commit_to(
             target.report.errors.push(format!("{}: {e}", r.source));
         }
     }
-    if facts_obj.is_none() || !artifacts.iter().any(Artifact::is_ok) {
+    // The configuration alone is no snapshot: some data must be there.
+    let data_ok = artifacts
+        .iter()
+        .any(|a| a.is_ok() && a.kind != ArtifactKind::Config);
+    if facts_obj.is_none() || !data_ok {
         target.discard(&head.id).await;
         return;
     }

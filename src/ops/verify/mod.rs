@@ -241,8 +241,12 @@ pub async fn run(
         facts,
     };
     let mut restored = Restored::default();
+    if let Some(v) = verify_config(&session, matcher.as_ref()).await {
+        verdicts.push(v);
+    }
     let (cluster, choices): (Vec<&Choice>, Vec<&Choice>) = choices
         .iter()
+        .filter(|c| c.artifact.kind != ArtifactKind::Config)
         .partition(|c| c.artifact.kind == crate::model::manifest::ArtifactKind::PostgresCluster);
     for c in cluster {
         verdicts.push(session.verify_cluster(c).await);
@@ -259,7 +263,9 @@ pub async fn run(
     for c in local {
         verdicts.push(session.verify_local(runtime, c, &mut restored).await?);
     }
-    verdicts.sort_by(|a, b| a.source.cmp(&b.source));
+    // By source, kompose-dr's own configuration last (as in the manifest).
+    let config = crate::model::source_name::SourceName::CONFIG;
+    verdicts.sort_by(|a, b| (a.source == config, &a.source).cmp(&(b.source == config, &b.source)));
     let ok = !verdicts.is_empty() && verdicts.iter().all(|v| v.ok);
     Ok((
         VerifyReport {
@@ -269,6 +275,45 @@ pub async fn run(
             sources: verdicts,
         },
         restored,
+    ))
+}
+
+/// kompose-dr's own configuration (`config`), when the snapshot has it
+/// and it is selected: it must decrypt, and its files must be the ones
+/// its facts list (path, size, sha256), as `kompose-dr bootstrap` reads it.
+async fn verify_config(session: &Session<'_>, matcher: Option<&GlobSet>) -> Option<SourceVerdict> {
+    let a = session
+        .manifest
+        .artifacts
+        .iter()
+        .find(|a| a.kind == ArtifactKind::Config && a.is_ok())?;
+    if matcher.is_some_and(|m| !m.is_match(&a.source)) {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    let check = match crate::ops::bootstrap::read_config(
+        session.repo,
+        session.manifest,
+        a,
+        &session.identities,
+    )
+    .await
+    {
+        Ok(files) => Check::new(
+            "config files",
+            true,
+            format!("{} files decrypt and match their facts", files.len()),
+        ),
+        Err(e) => Check::new(
+            "config files",
+            false,
+            session.redactor.scrub(&e.to_string()),
+        ),
+    };
+    Some(SourceVerdict::new(
+        &a.source,
+        start.elapsed().as_secs_f64(),
+        vec![check],
     ))
 }
 

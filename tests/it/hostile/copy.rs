@@ -138,8 +138,9 @@ fn a_garbage_manifest_in_the_target_is_replaced_and_reported() {
         assert!(e["replaced"].is_string(), "{report:#}");
     }
     // What a killed copy left (and checks out) is kept; the rest streamed.
-    assert_eq!(entry(&report, &ids[0])["objects_present"], 2, "{report:#}");
-    assert_eq!(entry(&report, &ids[1])["objects"], 2, "{report:#}");
+    // Each snapshot holds three objects: the data, the configuration, the facts.
+    assert_eq!(entry(&report, &ids[0])["objects_present"], 3, "{report:#}");
+    assert_eq!(entry(&report, &ids[1])["objects"], 3, "{report:#}");
     for id in &ids {
         for rel in [
             format!("snapshots/{id}.json"),
@@ -196,7 +197,8 @@ fn a_truncated_or_altered_object_in_the_target_is_copied_again() {
     let e = entry(&report, id);
     assert_eq!(e["status"], "copied", "{report:#}");
     assert_eq!(e["objects"], 2, "{report:#}");
-    assert_eq!(e["objects_present"], 0, "{report:#}");
+    // The configuration's archive, untouched, is read back and kept.
+    assert_eq!(e["objects_present"], 1, "{report:#}");
     assert!(e.get("replaced").is_none(), "{report:#}");
     for rel in [
         format!("data/{id}/files/data.zst.age"),
@@ -245,7 +247,10 @@ fn on_s3_a_garbage_manifest_is_replaced_and_an_altered_object_copied_again() {
     assert_eq!(e["status"], "copied", "{report:#}");
     assert!(e["replaced"].is_string(), "{report:#}");
     assert_eq!(e["objects"], 1, "the altered archive: {report:#}");
-    assert_eq!(e["objects_present"], 1, "the facts, read back: {report:#}");
+    assert_eq!(
+        e["objects_present"], 2,
+        "the configuration and the facts, read back: {report:#}"
+    );
     assert_eq!(
         garage.get("kdr-hostile-copy", &key),
         std::fs::read(ws.repo.join(format!("data/{id}/files/data.zst.age"))).unwrap()

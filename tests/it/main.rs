@@ -37,6 +37,7 @@ mod pitr_docker;
 mod redis_fidelity;
 mod restore;
 mod runbook;
+mod runbook_e;
 mod s3;
 mod systemd;
 mod systemd_boot;

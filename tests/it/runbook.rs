@@ -28,6 +28,9 @@ struct Blocks {
     settings: Vec<String>,
     a: Vec<String>,
     b: Vec<String>,
+    /// Section E, "The host is gone": a session of its own, with no
+    /// settings block (there is no configuration to read them from).
+    e: Vec<String>,
 }
 
 fn sh_blocks(markdown: &str) -> Blocks {
@@ -35,6 +38,7 @@ fn sh_blocks(markdown: &str) -> Blocks {
         settings: Vec::new(),
         a: Vec::new(),
         b: Vec::new(),
+        e: Vec::new(),
     };
     let mut part = ' ';
     let mut current: Option<String> = None;
@@ -46,7 +50,11 @@ fn sh_blocks(markdown: &str) -> Blocks {
                 match part {
                     'A' => blocks.a.push(block),
                     'B' => blocks.b.push(block),
-                    _ => blocks.settings.push(block),
+                    'E' => blocks.e.push(block),
+                    ' ' => blocks.settings.push(block),
+                    _ => panic!(
+                        "an sh block in a section the test does not run: put it in A, B or E"
+                    ),
                 }
             }
             (Some(b), l) => {
@@ -55,6 +63,10 @@ fn sh_blocks(markdown: &str) -> Blocks {
             }
             (None, l) if l.starts_with("## A.") => part = 'A',
             (None, l) if l.starts_with("## B.") => part = 'B',
+            (None, l) if l.starts_with("## C.") => part = 'C',
+            (None, l) if l.starts_with("## D.") => part = 'D',
+            (None, l) if l.starts_with("## E.") => part = 'E',
+            (None, l) if l.starts_with("## F.") => part = 'F',
             (None, _) => {}
         }
     }

@@ -296,37 +296,7 @@ impl Stack {
             redis_volume: format!("core-redisdata-{suffix}"),
             suffix,
         };
-        for volume in [&s.pg_volume, &s.redis_volume] {
-            run_ok(
-                engine
-                    .docker()
-                    .args(["volume", "create", "--label", &label, volume]),
-            );
-        }
-        // The password reaches the container through the CLI's environment
-        // (`-e NAME` without a value), not its command line.
-        run_ok(
-            engine
-                .docker()
-                .args(["run", "-d", "--name", &s.postgres, "--label", &label])
-                .args(["--network", &network, "--network-alias", "postgres"])
-                .args(["-e", "POSTGRES_USER=kompose", "-e", "POSTGRES_PASSWORD"])
-                .args(["-v", &format!("{}:/var/lib/postgresql/data", s.pg_volume)])
-                .arg(&engine.postgres_image)
-                // Durability off: the data is thrown away anyway.
-                .args(["postgres", "-c", "fsync=off"])
-                .env("POSTGRES_PASSWORD", &s.pg_password),
-        );
-        run_ok(
-            engine
-                .docker()
-                .args(["run", "-d", "--name", &s.redis, "--label", &label])
-                .args(["--network", &network, "--network-alias", "redis"])
-                .args(["-v", &format!("{}:/data", s.redis_volume)])
-                .arg(&engine.redis_image)
-                .args(["redis-server", "--appendonly", "yes", "--requirepass"])
-                .arg(&s.redis_password),
-        );
+        s.run_servers();
         run_ok(
             engine
                 .docker()
@@ -338,6 +308,80 @@ impl Stack {
             s.wait_ready(c);
         }
         s
+    }
+
+    /// The label every object of this stack carries.
+    fn label(&self) -> String {
+        format!("kdr-test.stack={}", self.suffix)
+    }
+
+    /// Creates the two data volumes and starts `core-postgres` and
+    /// `core-redis` on them (fresh: the entrypoints initialise them).
+    fn run_servers(&self) {
+        for volume in [&self.pg_volume, &self.redis_volume] {
+            run_ok(self.engine.docker().args([
+                "volume",
+                "create",
+                "--label",
+                &self.label(),
+                volume,
+            ]));
+        }
+        // The password reaches the container through the CLI's environment
+        // (`-e NAME` without a value), not its command line.
+        run_ok(
+            self.engine
+                .docker()
+                .args([
+                    "run",
+                    "-d",
+                    "--name",
+                    &self.postgres,
+                    "--label",
+                    &self.label(),
+                ])
+                .args(["--network", &self.network, "--network-alias", "postgres"])
+                .args(["-e", "POSTGRES_USER=kompose", "-e", "POSTGRES_PASSWORD"])
+                .args([
+                    "-v",
+                    &format!("{}:/var/lib/postgresql/data", self.pg_volume),
+                ])
+                .arg(&self.engine.postgres_image)
+                // Durability off: the data is thrown away anyway.
+                .args(["postgres", "-c", "fsync=off"])
+                .env("POSTGRES_PASSWORD", &self.pg_password),
+        );
+        run_ok(
+            self.engine
+                .docker()
+                .args(["run", "-d", "--name", &self.redis, "--label", &self.label()])
+                .args(["--network", &self.network, "--network-alias", "redis"])
+                .args(["-v", &format!("{}:/data", self.redis_volume)])
+                .arg(&self.engine.redis_image)
+                .args(["redis-server", "--appendonly", "yes", "--requirepass"])
+                .arg(&self.redis_password),
+        );
+    }
+
+    /// The host is gone: removes `core-postgres` and `core-redis` with
+    /// their volumes, then starts them again under the same names on new,
+    /// empty volumes (a fresh stack from the same compose file) and waits
+    /// until they answer.
+    pub fn destroy_and_start_fresh(&self) {
+        run_ok(
+            self.engine
+                .docker()
+                .args(["rm", "-f", "-v", &self.postgres, &self.redis]),
+        );
+        run_ok(
+            self.engine
+                .docker()
+                .args(["volume", "rm", &self.pg_volume, &self.redis_volume]),
+        );
+        self.run_servers();
+        for c in [&self.postgres, &self.redis] {
+            self.wait_ready(c);
+        }
     }
 
     /// Waits (60 s at most) until `container`, one of the three, answers.

@@ -13,8 +13,11 @@
 //! it can start a privileged container. The systemd units grant it on
 //! purpose (README, "Security").
 
+pub mod clone;
 mod exec;
+mod network;
 pub mod scratch;
+mod volume;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -100,6 +100,8 @@ pub struct Health {
     pub status: Option<String>,
     /// Its exit code once it stopped.
     pub exit_code: Option<i64>,
+    /// What the last healthcheck printed, trimmed.
+    pub last_check: Option<String>,
 }
 
 impl Engine {
@@ -222,7 +224,16 @@ impl Engine {
             )
             .await?;
         let state = r.state.unwrap_or_default();
+        let last_check = state
+            .health
+            .as_ref()
+            .and_then(|h| h.log.as_ref())
+            .and_then(|l| l.last())
+            .and_then(|r| r.output.as_deref())
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty());
         Ok(Health {
+            last_check,
             running: state.running.unwrap_or(false),
             status: state
                 .health

@@ -17,10 +17,22 @@
 //! sql = 'select count(*) from "Link"'
 //! min = 1                          # or: equals = "…", max = …
 //! ```
+//!
+//! A stack drill (`scope = "stack"`, [`stack`]) brings the whole stack up
+//! in scratch containers instead, apps included, and measures the RTO:
+//!
+//! ```toml
+//! name = "quarterly-stack"
+//! scope = "stack"                  # default "sources"
+//! apps = ["link_app", "umami_app"] # cloned from production, waited on until healthy
+//! app_timeout = "5m"               # per app (default 5 minutes)
+//! # repository = "offsite"         # default: the first non-local repository
+//! ```
 
 mod check;
 mod error;
 mod report;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +66,27 @@ pub struct Drill {
     /// long before the drill starts (`point_in_time = "now-1h"`), instead of
     /// restoring a snapshot's dumps.
     pub point_in_time_ago: Option<std::time::Duration>,
+    /// What the drill brings back: each source on its own, or the stack.
+    pub scope: Scope,
+    /// Stack drills: the app containers cloned and waited on.
+    pub apps: Vec<String>,
+    /// Stack drills: how long each app may take to become healthy.
+    pub app_timeout: std::time::Duration,
 }
+
+/// What a drill brings back (`scope` in the drill file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Each source into its own scratch server, checked (`"sources"`).
+    #[default]
+    Sources,
+    /// The whole stack in scratch containers, apps included (`"stack"`).
+    Stack,
+}
+
+/// How long an app may take to become healthy when the drill file does
+/// not say (`app_timeout`).
+pub const DEFAULT_APP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A drill file as written.
 #[derive(Debug, Deserialize)]
@@ -67,6 +99,10 @@ struct DrillFile {
     sources: Vec<String>,
     repository: Option<String>,
     point_in_time: Option<String>,
+    scope: Option<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+    app_timeout: Option<String>,
     #[serde(default, rename = "check")]
     checks: Vec<check::CheckFile>,
 }
@@ -76,6 +112,22 @@ fn latest() -> String {
 }
 
 impl Drill {
+    /// The stack drill `kompose-dr drill --stack` runs when no drill file
+    /// has `scope = "stack"`: every source of the latest snapshot, no app.
+    pub fn stack_default() -> Drill {
+        Drill {
+            name: "stack".into(),
+            snapshot: Which::parse("latest"),
+            sources: Vec::new(),
+            repository: None,
+            checks: Vec::new(),
+            point_in_time_ago: None,
+            scope: Scope::Stack,
+            apps: Vec::new(),
+            app_timeout: DEFAULT_APP_TIMEOUT,
+        }
+    }
+
     /// Reads and validates a drill file; errors name the file and line, or
     /// the check by its index.
     pub fn load(path: &Path) -> Result<Drill, DrillError> {
@@ -109,7 +161,7 @@ impl Drill {
             )));
         }
         crate::model::selection::matcher(&file.sources)?;
-        let checks = file
+        let checks: Vec<DrillCheck> = file
             .checks
             .into_iter()
             .enumerate()
@@ -127,7 +179,40 @@ impl Drill {
                     })?,
             ),
         };
+        let scope = match file.scope.as_deref() {
+            None | Some("sources") => Scope::Sources,
+            Some("stack") => Scope::Stack,
+            Some(other) => {
+                return Err(InvalidInput(format!(
+                    "scope `{other}`: write \"sources\" (each source on its own) or \"stack\" (the whole stack, apps included)"
+                )));
+            }
+        };
+        if scope == Scope::Stack && (file.point_in_time.is_some() || !checks.is_empty()) {
+            return Err(InvalidInput(
+                "a stack drill (scope = \"stack\") judges the stack by its apps' health: \
+                 leave out point_in_time and [[check]] (put them in a drill of their own)"
+                    .into(),
+            ));
+        }
+        if scope != Scope::Stack && !file.apps.is_empty() {
+            return Err(InvalidInput(
+                "apps: only a stack drill starts apps; add scope = \"stack\"".into(),
+            ));
+        }
+        let app_timeout = match &file.app_timeout {
+            None => DEFAULT_APP_TIMEOUT,
+            Some(t) => humantime::parse_duration(t.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    InvalidInput(format!("app_timeout `{t}`: write a duration such as 5m"))
+                })?,
+        };
         Ok(Drill {
+            scope,
+            apps: file.apps,
+            app_timeout,
             point_in_time_ago,
             name: file.name,
             snapshot: Which::parse(&file.snapshot),
@@ -159,6 +244,9 @@ pub struct DrillReport {
     pub sources: Vec<SourceVerdict>,
     /// Where the report was written.
     pub report_files: Vec<PathBuf>,
+    /// A stack drill's steps, apps, RTO and RPO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<stack::StackReport>,
 }
 
 /// The private keys a drill restores with: what the CLI and the agent both
@@ -255,6 +343,9 @@ async fn run_inner(
                 })?;
             Repository::open(rc)
         }
+        None if drill.scope == Scope::Stack => {
+            Repository::open(stack::default_repository(config).ok_or(DrillError::NoRepository)?)
+        }
         None => Repository::open(
             config
                 .repositories
@@ -262,6 +353,9 @@ async fn run_inner(
                 .ok_or(DrillError::NoRepository)?,
         ),
     };
+    if drill.scope == Scope::Stack {
+        return stack::run(config, drill, identities, repo, started_at).await;
+    }
     if let Some(ago) = drill.point_in_time_ago {
         return point_in_time(config, drill, identities, repo, started_at, ago).await;
     }
@@ -330,6 +424,7 @@ async fn finish(
         ok,
         sources,
         report_files: Vec::new(),
+        stack: None,
     };
     report.report_files = report::write_report(&config.reports_dir, &report)?;
     report::publish_and_record(config, &report).await;

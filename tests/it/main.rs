@@ -34,6 +34,7 @@ mod redis_fidelity;
 mod restore;
 mod runbook;
 mod s3;
+mod stack_drill;
 mod systemd;
 mod systemd_boot;
 mod timeouts;

@@ -379,9 +379,15 @@ async fn wait_postgres(
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let last = match crate::clients::postgres::connect(cfg, &cfg.endpoint.maintenance_db).await
-        {
-            Ok(_) => return Ok(()),
+        // The credentials the clone's environment gives, as a restore
+        // resolves them.
+        let last = match crate::clients::postgres::resolve(cfg).await {
+            Ok(cfg) => {
+                match crate::clients::postgres::connect(&cfg, &cfg.endpoint.maintenance_db).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                }
+            }
             Err(e) => e.to_string(),
         };
         let running = engine.health(name).await.is_ok_and(|h| h.running);

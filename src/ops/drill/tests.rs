@@ -91,3 +91,31 @@ fn bad_combinations_name_the_check() {
             .starts_with(" line 2: unknown field `bogus`"),
     );
 }
+
+#[test]
+fn a_stack_drill_names_its_apps_and_their_timeout() {
+    let d = load(
+        "name = \"quarterly-stack\"\nscope = \"stack\"\napps = [\"link_app\", \"umami_app\"]\napp_timeout = \"90s\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.scope, Scope::Stack);
+    assert_eq!(d.apps, ["link_app", "umami_app"]);
+    assert_eq!(d.app_timeout, std::time::Duration::from_secs(90));
+    let d = load("name = \"s\"\nscope = \"stack\"\n").unwrap();
+    assert_eq!(d.app_timeout, DEFAULT_APP_TIMEOUT);
+    assert_eq!(load("name = \"q\"\n").unwrap().scope, Scope::Sources);
+}
+
+#[test]
+fn stack_keys_out_of_place_are_refused_by_name() {
+    let e = load("name = \"s\"\nscope = \"everything\"\n").unwrap_err();
+    assert!(e.contains("scope `everything`"), "{e}");
+    let e = load("name = \"s\"\napps = [\"link_app\"]\n").unwrap_err();
+    assert!(e.contains("apps") && e.contains("scope = \"stack\""), "{e}");
+    let e = load("name = \"s\"\nscope = \"stack\"\napp_timeout = \"soon\"\n").unwrap_err();
+    assert!(e.contains("app_timeout `soon`"), "{e}");
+    let e =
+        load("name = \"s\"\nscope = \"stack\"\n\n[[check]]\nsource = \"redis\"\nmin_keys = 1\n")
+            .unwrap_err();
+    assert!(e.contains("[[check]]"), "{e}");
+}

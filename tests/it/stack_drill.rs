@@ -45,34 +45,48 @@ struct App {
 }
 
 impl App {
-    /// Starts `link_app-SFX` on the stack's network, as production runs
-    /// it: the production env, its certificate bind-mounted, a volume of
-    /// its own holding a file, and its healthcheck.
-    fn start(engine: &'static Engine, stack: &Stack, acme: &std::path::Path) -> App {
+    /// Starts `NAME-SFX` on the stack's network under `alias`, as
+    /// production runs it: the production env, its certificate
+    /// bind-mounted, a volume of its own holding a file, an HTTP server
+    /// whose `/health` exists while the check passes, and, if asked, the
+    /// check as its Docker healthcheck.
+    fn start(
+        engine: &'static Engine,
+        stack: &Stack,
+        acme: &std::path::Path,
+        name: &str,
+        healthcheck: bool,
+    ) -> App {
         let app = App {
             engine,
-            name: format!("link_app-{}", stack.suffix),
-            volume: format!("app-data-{}", stack.suffix),
+            name: format!("{name}-{}", stack.suffix),
+            volume: format!("{name}-data-{}", stack.suffix),
         };
         run_ok(engine.docker().args(["volume", "create", &app.volume]));
-        run_ok(
-            engine
-                .docker()
-                .args(["run", "-d", "--name", &app.name])
-                .args(["--network", &stack.network, "--network-alias", "link"])
-                .args(["-e", "DATABASE_URL=postgresql://kompose@postgres:5432/app"])
-                .args(["-e", "PGPASSWORD", "-e", "REDIS_PASSWORD"])
-                .args(["-v", &format!("{}:/var/lib/app", app.volume)])
-                .args(["-v", &format!("{}:/etc/app/acme.json:ro", acme.display())])
+        let mut docker = engine.docker();
+        docker
+            .args(["run", "-d", "--name", &app.name])
+            .args(["--network", &stack.network, "--network-alias", name])
+            .args(["-e", "DATABASE_URL=postgresql://kompose@postgres:5432/app"])
+            .args(["-e", "PGPASSWORD", "-e", "REDIS_PASSWORD"])
+            .args(["-v", &format!("{}:/var/lib/app", app.volume)])
+            .args(["-v", &format!("{}:/etc/app/acme.json:ro", acme.display())]);
+        if healthcheck {
+            docker
                 .args(["--health-cmd", APP_CHECK])
                 .args(["--health-interval", "1s", "--health-timeout", "5s"])
-                .args(["--health-retries", "3", "--health-start-period", "2s"])
+                .args(["--health-retries", "3", "--health-start-period", "2s"]);
+        }
+        run_ok(
+            docker
                 .args(["--entrypoint", "sh"])
                 .arg(&engine.postgres_image)
                 .args([
                     "-c",
                     &format!(
-                        "echo app data > /var/lib/app/state; while :; do {APP_CHECK} && echo app ok || echo app check failed; sleep 2; done"
+                        "echo app data > /var/lib/app/state; mkdir -p /www; httpd -p 8080 -h /www; \
+                         while :; do if {APP_CHECK}; then echo ok > /www/health; echo app ok; \
+                         else rm -f /www/health; echo app check failed; fi; sleep 1; done"
                     ),
                 ])
                 .env("PGPASSWORD", &stack.pg_password)
@@ -115,18 +129,23 @@ fn leftovers(engine: &Engine) -> Vec<String> {
 
 /// What must not change in production: container ids and start times,
 /// the networks' members, the app volume's file, the data.
-fn production(engine: &Engine, stack: &Stack, app: &App) -> Vec<String> {
+fn production(engine: &Engine, stack: &Stack, apps: &[&App]) -> Vec<String> {
     let mut v = Vec::new();
-    for c in [&stack.postgres, &stack.redis, &app.name] {
+    for c in [&stack.postgres, &stack.redis]
+        .into_iter()
+        .chain(apps.iter().map(|a| &a.name))
+    {
         v.push(engine.inspect(c, "{{.Id}} {{.State.StartedAt}} {{.State.Running}}"));
     }
     v.push(engine.inspect(
         &stack.network,
         "{{range $id, $c := .Containers}}{{$c.Name}} {{end}}",
     ));
-    v.push(run_ok(
-        stack.exec(&app.name).args(["cat", "/var/lib/app/state"]),
-    ));
+    for a in apps {
+        v.push(run_ok(
+            stack.exec(&a.name).args(["cat", "/var/lib/app/state"]),
+        ));
+    }
     v.push(stack.psql("app", "select count(*) from app_table"));
     v.push(stack.redis_cli(&["GET", "session"]));
     v
@@ -153,13 +172,17 @@ fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::P
     ));
 }
 
-fn drill_file(ws: &Workspace, app: &App, timeout: &str) -> String {
+/// The drill: `app` judged by its Docker healthcheck, `web` by an HTTP
+/// check through its alias.
+fn drill_file(ws: &Workspace, app: &App, web: &App, timeout: &str) -> String {
     let path = ws.dir.path().join("stack.toml");
     std::fs::write(
         &path,
         format!(
-            "name = \"quarterly-stack\"\nscope = \"stack\"\napps = [\"{}\"]\napp_timeout = \"{timeout}\"\n",
-            app.name
+            "name = \"quarterly-stack\"\nscope = \"stack\"\napps = [\"{app}\", \"{web}\"]\napp_timeout = \"{timeout}\"\n\n\
+             [[app]]\nname = \"{web}\"\nhttp = \"http://web_app:8080/health\"\n",
+            app = app.name,
+            web = web.name,
         ),
     )
     .unwrap();
@@ -181,15 +204,16 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     let acme = ws.dir.path().join("acme.json");
     std::fs::write(&acme, r#"{"resolver":{"Account":{}}}"#).unwrap();
     std::fs::set_permissions(&acme, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let app = App::start(engine, &stack, &acme);
+    let app = App::start(engine, &stack, &acme, "link_app", true);
+    let web = App::start(engine, &stack, &acme, "web_app", false);
     wait_until("the production app healthy", 60, || {
         app.health() == "healthy"
     });
     configure(&ws, engine, &stack, &acme);
     run(&ws, engine, &["init"]).assert_exit(0);
     run(&ws, engine, &["backup"]).assert_exit(0);
-    let drill = drill_file(&ws, &app, "90s");
-    let before = production(engine, &stack, &app);
+    let drill = drill_file(&ws, &app, &web, "90s");
+    let before = production(engine, &stack, &[&app, &web]);
 
     // A good drill: the app's clone comes up healthy on the restored data.
     let t = Instant::now();
@@ -202,11 +226,11 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     let rto = st["rto_seconds"].as_f64().expect("an RTO");
     assert!(rto > 0.0 && rto < t.elapsed().as_secs_f64(), "{st:#}");
     assert!(st["snapshot_age_seconds"].as_f64().unwrap() >= 0.0);
-    assert_eq!(st["apps"][0]["app"], app.name.as_str());
-    assert!(
-        st["apps"][0]["seconds_to_healthy"].as_f64().unwrap() > 0.0,
-        "{st:#}"
-    );
+    for (i, a) in [&app, &web].into_iter().enumerate() {
+        assert_eq!(st["apps"][i]["app"], a.name.as_str());
+        let healthy = st["apps"][i]["seconds_to_healthy"].as_f64();
+        assert!(healthy.is_some_and(|s| s > 0.0), "{st:#}");
+    }
     for s in [
         "postgres/globals",
         "postgres/app",
@@ -225,7 +249,7 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     let md = std::fs::read_to_string(report["report_files"][1].as_str().unwrap()).unwrap();
     assert!(md.contains("RTO") && md.contains("healthy"), "{md}");
     assert_eq!(leftovers(engine), Vec::<String>::new());
-    assert_eq!(production(engine, &stack, &app), before);
+    assert_eq!(production(engine, &stack, &[&app, &web]), before);
     let prom = std::fs::read_to_string(ws.dir.path().join("kompose-dr.prom")).unwrap();
     for m in [
         "kompose_dr_drill_rto_seconds{drill=\"quarterly-stack\"}",
@@ -258,7 +282,7 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     .unwrap();
     assert!(!child.wait().unwrap().success());
     assert_eq!(leftovers(engine), Vec::<String>::new());
-    assert_eq!(production(engine, &stack, &app), before);
+    assert_eq!(production(engine, &stack, &[&app, &web]), before);
 
     // A snapshot whose database lacks the app's table: the drill fails,
     // naming the app and showing its log.
@@ -268,7 +292,7 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
         "app",
         "CREATE TABLE app_table AS SELECT g AS id FROM generate_series(1, 30) g",
     );
-    let drill = drill_file(&ws, &app, "60s");
+    let drill = drill_file(&ws, &app, &web, "20s");
     let out = run(&ws, engine, &["--json", "drill", "--drill", &drill]);
     out.assert_exit(1);
     let report = &out.json()[0];

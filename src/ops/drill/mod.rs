@@ -26,6 +26,10 @@
 //! scope = "stack"                  # default "sources"
 //! apps = ["link_app", "umami_app"] # cloned from production, waited on until healthy
 //! app_timeout = "5m"               # per app (default 5 minutes)
+//!
+//! [[app]]                          # optional: an HTTP check instead of Docker's health
+//! name = "link_app"
+//! http = "http://link:3000/api/health"   # host: an alias on the drill's network
 //! # repository = "offsite"         # default: the first non-local repository
 //! ```
 
@@ -72,6 +76,17 @@ pub struct Drill {
     pub apps: Vec<String>,
     /// Stack drills: how long each app may take to become healthy.
     pub app_timeout: std::time::Duration,
+    /// Stack drills: apps judged by an HTTP check (a 2xx answer) instead of
+    /// Docker's health, by app name.
+    pub app_http: Vec<(String, url::Url)>,
+}
+
+/// An `[[app]]` table of a drill file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    name: String,
+    http: String,
 }
 
 /// What a drill brings back (`scope` in the drill file).
@@ -103,6 +118,8 @@ struct DrillFile {
     #[serde(default)]
     apps: Vec<String>,
     app_timeout: Option<String>,
+    #[serde(default, rename = "app")]
+    app_checks: Vec<AppFile>,
     #[serde(default, rename = "check")]
     checks: Vec<check::CheckFile>,
 }
@@ -125,6 +142,7 @@ impl Drill {
             scope: Scope::Stack,
             apps: Vec::new(),
             app_timeout: DEFAULT_APP_TIMEOUT,
+            app_http: Vec::new(),
         }
     }
 
@@ -209,8 +227,10 @@ impl Drill {
                     InvalidInput(format!("app_timeout `{t}`: write a duration such as 5m"))
                 })?,
         };
+        let app_http = app_http(&file.apps, &file.app_checks)?;
         Ok(Drill {
             scope,
+            app_http,
             apps: file.apps,
             app_timeout,
             point_in_time_ago,
@@ -221,6 +241,37 @@ impl Drill {
             checks,
         })
     }
+}
+
+/// The `[[app]]` HTTP checks: each of an app in `apps`, once, with a
+/// plain `http://` URL (a scratch app has no valid certificate).
+fn app_http(apps: &[String], checks: &[AppFile]) -> Result<Vec<(String, url::Url)>, InvalidInput> {
+    let mut out: Vec<(String, url::Url)> = Vec::new();
+    for (i, a) in checks.iter().enumerate() {
+        if !apps.contains(&a.name) {
+            return Err(InvalidInput(format!(
+                "app[{i}].name `{}`: not in apps; list it there",
+                a.name
+            )));
+        }
+        if out.iter().any(|(n, _)| *n == a.name) {
+            return Err(InvalidInput(format!(
+                "app[{i}].name `{}`: a second [[app]] for it",
+                a.name
+            )));
+        }
+        let url = url::Url::parse(&a.http)
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+            .ok_or_else(|| {
+                InvalidInput(format!(
+                    "app[{i}].http `{}`: write http://ALIAS:PORT/PATH (plain HTTP, the host an alias on the drill's network)",
+                    a.http
+                ))
+            })?;
+        out.push((a.name.clone(), url));
+    }
+    Ok(out)
 }
 
 /// The report of one drill run.

@@ -21,6 +21,7 @@
 //! Production is only inspected: nothing there is started, stopped or
 //! written.
 
+mod http;
 pub mod mounts;
 
 use std::path::PathBuf;
@@ -164,6 +165,7 @@ pub(super) async fn run(
         restored: Restored::default(),
         postgres: None,
         redis: None,
+        aliases: Vec::new(),
     };
     let outcome = st.bring_up(&repo, &manifest, identities, clock).await;
     let StackRun {
@@ -239,6 +241,8 @@ struct StackRun<'a> {
     restored: Restored,
     postgres: Option<crate::model::config::PostgresConfig>,
     redis: Option<crate::model::config::RedisConfig>,
+    /// Every clone's aliases on the network: alias → clone.
+    aliases: Vec<(String, String)>,
 }
 
 impl StackRun<'_> {
@@ -322,6 +326,9 @@ impl StackRun<'_> {
             .clone_container(&spec)
             .await
             .map_err(|e| e.to_string())?;
+        for a in &spec.aliases {
+            self.aliases.push((a.clone(), spec.name.clone()));
+        }
         Ok(spec)
     }
 

@@ -119,3 +119,23 @@ fn stack_keys_out_of_place_are_refused_by_name() {
             .unwrap_err();
     assert!(e.contains("[[check]]"), "{e}");
 }
+
+#[test]
+fn an_app_http_check_names_a_listed_app_and_a_plain_http_url() {
+    let d = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"link_app\"\nhttp = \"http://link:3000/api/health\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.app_http[0].0, "link_app");
+    assert_eq!(d.app_http[0].1.as_str(), "http://link:3000/api/health");
+    let e = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"umami_app\"\nhttp = \"http://umami:3000/\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("app[0].name `umami_app`: not in apps"), "{e}");
+    let e = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"link_app\"\nhttp = \"https://link/\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("app[0].http `https://link/`"), "{e}");
+}

@@ -37,8 +37,14 @@ impl StackRun<'_> {
         }
         let timeout = self.drill.app_timeout;
         let engine = &self.engine;
+        let this = &*self;
         let waits = started.iter().map(|(app, clone, t)| async move {
-            match wait_healthy(engine, clone, *t, timeout).await {
+            let http = this.drill.app_http.iter().find(|(a, _)| a == app);
+            let waited = match http {
+                Some((_, url)) => this.wait_http(clone, url, *t, timeout).await,
+                None => wait_healthy(engine, clone, *t, timeout).await,
+            };
+            match waited {
                 Ok(seconds) => AppVerdict {
                     app: app.clone(),
                     seconds_to_healthy: Some(seconds),
@@ -70,6 +76,68 @@ impl StackRun<'_> {
             Ok(format!("{} app(s) healthy", self.apps.len()))
         } else {
             Err(bad.join("; "))
+        }
+    }
+}
+
+impl StackRun<'_> {
+    /// The address on the drill's network of the clone whose alias is the
+    /// URL's host (or the host itself, an address).
+    async fn address_of(&self, url: &url::Url) -> Result<std::net::IpAddr, String> {
+        let host = url.host_str().unwrap_or_default();
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse() {
+            return Ok(ip);
+        }
+        let clone = self
+            .aliases
+            .iter()
+            .find(|(a, _)| a == host)
+            .map(|(_, c)| c)
+            .ok_or_else(|| format!("`{host}` is no alias of a container on the drill's network"))?;
+        let info = self
+            .engine
+            .inspect(clone)
+            .await
+            .map_err(|e| e.to_string())?;
+        info.addresses
+            .iter()
+            .find(|(net, _)| *net == self.network)
+            .map(|(_, ip)| *ip)
+            .ok_or_else(|| format!("{clone} has no address on {}", self.network))
+    }
+
+    /// Seconds from `started` until `url` answers 2xx from the clone's
+    /// address on the drill's network; why not, when the clone exits or
+    /// `timeout` passes.
+    async fn wait_http(
+        &self,
+        clone: &str,
+        url: &url::Url,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<f64, String> {
+        loop {
+            let h = self.engine.health(clone).await.map_err(|e| e.to_string())?;
+            if !h.running {
+                return Err(format!(
+                    "it exited (code {})",
+                    h.exit_code.map_or("?".into(), |c| c.to_string())
+                ));
+            }
+            let last = match self.address_of(url).await {
+                Ok(ip) => match super::http::get(ip, url).await {
+                    Ok(_) => return Ok(started.elapsed().as_secs_f64()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "{url} gave no 2xx answer within {} (app_timeout): {last}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 }

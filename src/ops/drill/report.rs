@@ -309,3 +309,109 @@ fn record_stack(m: &mut Metrics, drill: &str, st: &super::stack::StackReport) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::stack::{AppVerdict, StackReport, Step};
+    use super::*;
+
+    fn stack_report(rto: Option<f64>) -> DrillReport {
+        let t = chrono::Utc::now();
+        DrillReport {
+            drill: "quarterly-stack".into(),
+            repository: "offsite".into(),
+            snapshot: "20261205T030000Z-000001".into(),
+            snapshot_time: t,
+            started_at: t,
+            finished_at: t,
+            ok: rto.is_some(),
+            sources: Vec::new(),
+            report_files: Vec::new(),
+            stack: Some(StackReport {
+                rto_seconds: rto,
+                snapshot_age_seconds: 3600.0,
+                steps: vec![Step {
+                    name: "apps".into(),
+                    seconds: 12.5,
+                    ok: rto.is_some(),
+                    detail: "1 app(s)".into(),
+                }],
+                apps: vec![AppVerdict {
+                    app: "link_app".into(),
+                    seconds_to_healthy: rto.map(|_| 9.0),
+                    ok: rto.is_some(),
+                    detail: "Docker reports it unhealthy".into(),
+                    log: if rto.is_some() {
+                        String::new()
+                    } else {
+                        "ERROR: relation \"app_table\" does not exist | app check failed".into()
+                    },
+                }],
+                failure: rto
+                    .is_none()
+                    .then(|| "apps: app link_app: not healthy".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_event_carries_the_rto_and_the_apps_times_not_their_logs() {
+        let r = stack_report(Some(42.0));
+        let ev = with_stack(
+            crate::events::event("kompose", "drill", "completed", serde_json::json!({})),
+            &r,
+        );
+        assert_eq!(ev.data["rto_seconds"], 42.0);
+        assert_eq!(ev.data["snapshot_age_seconds"], 3600.0);
+        assert_eq!(ev.data["apps"][0]["seconds_to_healthy"], 9.0);
+        let failed = with_stack(
+            crate::events::event("kompose", "drill", "failed", serde_json::json!({})),
+            &stack_report(None),
+        );
+        assert!(failed.data["rto_seconds"].is_null());
+        assert!(!failed.data.to_string().contains("app_table"));
+    }
+
+    #[test]
+    fn the_markdown_shows_the_rto_and_a_failed_apps_log() {
+        let md = markdown(&stack_report(Some(42.0)));
+        assert!(
+            md.contains("RTO (drill start to every app healthy): 42.0 s"),
+            "{md}"
+        );
+        assert!(md.contains("| link_app | 9.0 s | healthy |"), "{md}");
+        let md = markdown(&stack_report(None));
+        assert!(
+            md.contains("RTO (drill start to every app healthy): not reached"),
+            "{md}"
+        );
+        assert!(md.contains("### app link_app: FAILED"), "{md}");
+        assert!(
+            md.contains("ERROR: relation \"app_table\" does not exist\napp check failed\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_metrics_carry_the_rto() {
+        let mut m = Metrics::default();
+        record_stack(
+            &mut m,
+            "quarterly-stack",
+            r_stack(&stack_report(Some(42.0))),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("kompose_dr_drill_rto_seconds{drill=\"quarterly-stack\"} 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kompose_dr_drill_app_healthy_seconds{"),
+            "{text}"
+        );
+    }
+
+    fn r_stack(r: &DrillReport) -> &StackReport {
+        r.stack.as_ref().unwrap()
+    }
+}

@@ -151,6 +151,27 @@ fn production(engine: &Engine, stack: &Stack, apps: &[&App]) -> Vec<String> {
     v
 }
 
+/// A drill stopped by `signal` once its first clone exists.
+fn interrupt(ws: &Workspace, engine: &Engine, drill: &str, signal: nix::sys::signal::Signal) {
+    let mut child = kdr(ws, engine)
+        .args(["drill", "--drill", drill])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while engine.containers_with_label(LABEL).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no clone started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    assert!(!child.wait().unwrap().success(), "{signal}");
+}
+
 fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::Path) {
     ws.configure(&format!(
         "[docker]\nhost = \"{host}\"\n\n\
@@ -260,28 +281,18 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     }
 
     // SIGTERM mid-drill: everything labelled goes.
-    let mut child = kdr(&ws, engine)
-        .args(["drill", "--drill", &drill])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while engine.containers_with_label(LABEL).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no clone started"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(!child.wait().unwrap().success());
+    interrupt(&ws, engine, &drill, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(leftovers(engine), Vec::<String>::new());
+    assert_eq!(production(engine, &stack, &[&app, &web]), before);
+
+    // kill -9 leaves the clones, their network and volumes behind; the
+    // next drill sweeps them (below).
+    interrupt(&ws, engine, &drill, nix::sys::signal::Signal::SIGKILL);
+    let left = leftovers(engine);
+    assert!(
+        left.iter().any(|n| n.starts_with("kompose-dr-drill-net-")),
+        "{left:?}"
+    );
     assert_eq!(production(engine, &stack, &[&app, &web]), before);
 
     // A snapshot whose database lacks the app's table: the drill fails,

@@ -26,6 +26,8 @@
 //! scope = "stack"                  # default "sources"
 //! apps = ["link_app", "umami_app"] # cloned from production, waited on until healthy
 //! app_timeout = "5m"               # per app (default 5 minutes)
+//! # scratch_dir = "/var/local/data/backups/drill-scratch"  # restored files, bind-mounted
+//! #                                # into the apps: a path dockerd sees (default: TMPDIR)
 //!
 //! [[app]]                          # optional: an HTTP check instead of Docker's health
 //! name = "link_app"
@@ -79,6 +81,11 @@ pub struct Drill {
     /// Stack drills: apps judged by an HTTP check (a 2xx answer) instead of
     /// Docker's health, by app name.
     pub app_http: Vec<(String, url::Url)>,
+    /// Stack drills: where the restored files and directories go (a
+    /// private directory is made inside); default the temporary directory.
+    /// The engine bind-mounts from it, so it must be the same path for
+    /// dockerd (not under a systemd `PrivateTmp`).
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// An `[[app]]` table of a drill file.
@@ -120,6 +127,7 @@ struct DrillFile {
     app_timeout: Option<String>,
     #[serde(default, rename = "app")]
     app_checks: Vec<AppFile>,
+    scratch_dir: Option<PathBuf>,
     #[serde(default, rename = "check")]
     checks: Vec<check::CheckFile>,
 }
@@ -143,6 +151,7 @@ impl Drill {
             apps: Vec::new(),
             app_timeout: DEFAULT_APP_TIMEOUT,
             app_http: Vec::new(),
+            scratch_dir: None,
         }
     }
 
@@ -228,7 +237,16 @@ impl Drill {
                 })?,
         };
         let app_http = app_http(&file.apps, &file.app_checks)?;
+        if let Some(d) = &file.scratch_dir
+            && !d.is_absolute()
+        {
+            return Err(InvalidInput(format!(
+                "scratch_dir `{}`: write an absolute path",
+                d.display()
+            )));
+        }
         Ok(Drill {
+            scratch_dir: file.scratch_dir,
             scope,
             app_http,
             apps: file.apps,

@@ -146,12 +146,14 @@ pub(super) async fn run(
         message: e.to_string(),
     })?;
     sweep(&engine).await;
+    let base = drill.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new()
         .prefix("kompose-dr-stack-")
-        .tempdir()
-        .map_err(DrillError::io(
-            "cannot create the stack drill's scratch directory",
-        ))?;
+        .tempdir_in(&base)
+        .map_err(DrillError::io(format!(
+            "cannot create the stack drill's scratch directory in {} (scratch_dir)",
+            base.display()
+        )))?;
     let mut st = StackRun {
         config,
         drill,

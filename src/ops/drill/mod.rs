@@ -188,6 +188,7 @@ impl Drill {
             )));
         }
         crate::model::selection::matcher(&file.sources)?;
+        let (scope, app_timeout, app_http) = stack_keys(&file, file.checks.is_empty())?;
         let checks: Vec<DrillCheck> = file
             .checks
             .into_iter()
@@ -206,45 +207,6 @@ impl Drill {
                     })?,
             ),
         };
-        let scope = match file.scope.as_deref() {
-            None | Some("sources") => Scope::Sources,
-            Some("stack") => Scope::Stack,
-            Some(other) => {
-                return Err(InvalidInput(format!(
-                    "scope `{other}`: write \"sources\" (each source on its own) or \"stack\" (the whole stack, apps included)"
-                )));
-            }
-        };
-        if scope == Scope::Stack && (file.point_in_time.is_some() || !checks.is_empty()) {
-            return Err(InvalidInput(
-                "a stack drill (scope = \"stack\") judges the stack by its apps' health: \
-                 leave out point_in_time and [[check]] (put them in a drill of their own)"
-                    .into(),
-            ));
-        }
-        if scope != Scope::Stack && !file.apps.is_empty() {
-            return Err(InvalidInput(
-                "apps: only a stack drill starts apps; add scope = \"stack\"".into(),
-            ));
-        }
-        let app_timeout = match &file.app_timeout {
-            None => DEFAULT_APP_TIMEOUT,
-            Some(t) => humantime::parse_duration(t.trim())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    InvalidInput(format!("app_timeout `{t}`: write a duration such as 5m"))
-                })?,
-        };
-        let app_http = app_http(&file.apps, &file.app_checks)?;
-        if let Some(d) = &file.scratch_dir
-            && !d.is_absolute()
-        {
-            return Err(InvalidInput(format!(
-                "scratch_dir `{}`: write an absolute path",
-                d.display()
-            )));
-        }
         Ok(Drill {
             scratch_dir: file.scratch_dir,
             scope,
@@ -259,6 +221,58 @@ impl Drill {
             checks,
         })
     }
+}
+
+/// Apps judged by an HTTP check: app name → URL.
+type AppChecks = Vec<(String, url::Url)>;
+
+/// A drill file's stack keys, checked: `scope`, `app_timeout`, the
+/// `[[app]]` checks; `apps`, `point_in_time` and `[[check]]` only where
+/// they fit; `scratch_dir` absolute.
+fn stack_keys(
+    file: &DrillFile,
+    no_checks: bool,
+) -> Result<(Scope, std::time::Duration, AppChecks), InvalidInput> {
+    let scope = match file.scope.as_deref() {
+        None | Some("sources") => Scope::Sources,
+        Some("stack") => Scope::Stack,
+        Some(other) => {
+            return Err(InvalidInput(format!(
+                "scope `{other}`: write \"sources\" (each source on its own) or \"stack\" (the whole stack, apps included)"
+            )));
+        }
+    };
+    if scope == Scope::Stack && (file.point_in_time.is_some() || !no_checks) {
+        return Err(InvalidInput(
+            "a stack drill (scope = \"stack\") judges the stack by its apps' health: \
+                 leave out point_in_time and [[check]] (put them in a drill of their own)"
+                .into(),
+        ));
+    }
+    if scope != Scope::Stack && !file.apps.is_empty() {
+        return Err(InvalidInput(
+            "apps: only a stack drill starts apps; add scope = \"stack\"".into(),
+        ));
+    }
+    let app_timeout = match &file.app_timeout {
+        None => DEFAULT_APP_TIMEOUT,
+        Some(t) => humantime::parse_duration(t.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                InvalidInput(format!("app_timeout `{t}`: write a duration such as 5m"))
+            })?,
+    };
+    let app_http = app_http(&file.apps, &file.app_checks)?;
+    if let Some(d) = &file.scratch_dir
+        && !d.is_absolute()
+    {
+        return Err(InvalidInput(format!(
+            "scratch_dir `{}`: write an absolute path",
+            d.display()
+        )));
+    }
+    Ok((scope, app_timeout, app_http))
 }
 
 /// The `[[app]]` HTTP checks: each of an app in `apps`, once, with a

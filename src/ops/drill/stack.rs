@@ -154,21 +154,7 @@ pub(super) async fn run(
             "cannot create the stack drill's scratch directory in {} (scratch_dir)",
             base.display()
         )))?;
-    let mut st = StackRun {
-        config,
-        drill,
-        objects: ScratchObjects::new(engine.clone()),
-        engine,
-        dir: dir.path().to_owned(),
-        network: String::new(),
-        steps: Vec::new(),
-        sources: Vec::new(),
-        apps: Vec::new(),
-        restored: Restored::default(),
-        postgres: None,
-        redis: None,
-        aliases: Vec::new(),
-    };
+    let mut st = StackRun::new(config, drill, engine, dir.path().to_owned());
     let outcome = st.bring_up(&repo, &manifest, identities, clock).await;
     let StackRun {
         mut steps,
@@ -247,7 +233,25 @@ struct StackRun<'a> {
     aliases: Vec<(String, String)>,
 }
 
-impl StackRun<'_> {
+impl<'a> StackRun<'a> {
+    fn new(config: &'a Config, drill: &'a Drill, engine: Engine, dir: PathBuf) -> StackRun<'a> {
+        StackRun {
+            config,
+            drill,
+            objects: ScratchObjects::new(engine.clone()),
+            engine,
+            dir,
+            network: String::new(),
+            steps: Vec::new(),
+            sources: Vec::new(),
+            apps: Vec::new(),
+            restored: Restored::default(),
+            postgres: None,
+            redis: None,
+            aliases: Vec::new(),
+        }
+    }
+
     /// Every step in order; the RTO once every app is healthy, else what
     /// failed.
     async fn bring_up(

@@ -324,3 +324,16 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     assert!(md.contains("app_table") && md.contains(&app.name), "{md}");
     assert_eq!(leftovers(engine), Vec::<String>::new());
 }
+
+#[test]
+fn a_stack_drill_without_the_docker_runtime_is_refused_naming_the_key() {
+    let ws = Workspace::new();
+    ws.configure("");
+    let out = ws.run(&["drill", "--stack"]);
+    out.assert_failed();
+    assert!(
+        out.stderr().contains("[scratch] runtime = \"docker\""),
+        "{}",
+        out.all()
+    );
+}

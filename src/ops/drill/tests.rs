@@ -139,3 +139,18 @@ fn an_app_http_check_names_a_listed_app_and_a_plain_http_url() {
     .unwrap_err();
     assert!(e.contains("app[0].http `https://link/`"), "{e}");
 }
+
+#[test]
+fn a_stack_drills_scratch_dir_is_absolute() {
+    let d =
+        load("name = \"s\"\nscope = \"stack\"\nscratch_dir = \"/var/lib/kdr-scratch\"\n").unwrap();
+    assert_eq!(
+        d.scratch_dir.as_deref(),
+        Some(Path::new("/var/lib/kdr-scratch"))
+    );
+    let e = load("name = \"s\"\nscope = \"stack\"\nscratch_dir = \"scratch\"\n").unwrap_err();
+    assert!(
+        e.contains("scratch_dir `scratch`: write an absolute path"),
+        "{e}"
+    );
+}

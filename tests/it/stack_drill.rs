@@ -71,6 +71,14 @@ impl App {
             .args(["-e", "PGPASSWORD", "-e", "REDIS_PASSWORD"])
             .args(["-v", &format!("{}:/var/lib/app", app.volume)])
             .args(["-v", &format!("{}:/etc/app/acme.json:ro", acme.display())]);
+        // Without a Docker healthcheck (judged over HTTP), the app also
+        // needs the file its volume had in production: a volume that
+        // [[directories]] backs up comes back into its clone.
+        let seed = if healthcheck {
+            ""
+        } else {
+            " && test -f /var/lib/app/seed"
+        };
         if healthcheck {
             docker
                 .args(["--health-cmd", APP_CHECK])
@@ -85,7 +93,7 @@ impl App {
                     "-c",
                     &format!(
                         "echo app data > /var/lib/app/state; mkdir -p /www; httpd -p 8080 -h /www; \
-                         while :; do if {APP_CHECK}; then echo ok > /www/health; echo app ok; \
+                         while :; do if {APP_CHECK}{seed}; then echo ok > /www/health; echo app ok; \
                          else rm -f /www/health; echo app check failed; fi; sleep 1; done"
                     ),
                 ])
@@ -172,12 +180,13 @@ fn interrupt(ws: &Workspace, engine: &Engine, drill: &str, signal: nix::sys::sig
     assert!(!child.wait().unwrap().success(), "{signal}");
 }
 
-fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::Path) {
+fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::Path, web: &App) {
     ws.configure(&format!(
         "[docker]\nhost = \"{host}\"\n\n\
          [postgres]\ncontainer = \"{pg}\"\ndatabases = [\"*\"]\n\n\
          [redis]\ncontainer = \"{redis}\"\npassword = \"{redis_pw}\"\n\n\
          [[files]]\nname = \"traefik-acme\"\npath = \"{acme}\"\n\n\
+         [[directories]]\nname = \"web-data\"\nvolume = \"{web_volume}\"\n\n\
          [scratch]\nruntime = \"docker\"\n\n\
          [metrics]\ntextfile = \"{metrics}\"\n",
         metrics = ws.dir.path().join("kompose-dr.prom").display(),
@@ -186,6 +195,7 @@ fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::P
         redis = stack.redis,
         redis_pw = stack.redis_password,
         acme = acme.display(),
+        web_volume = web.volume,
     ));
     ws.prepend_top_level(&format!(
         "reports_dir = \"{}\"\n",
@@ -230,7 +240,12 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
     wait_until("the production app healthy", 60, || {
         app.health() == "healthy"
     });
-    configure(&ws, engine, &stack, &acme);
+    run_ok(
+        stack
+            .exec(&web.name)
+            .args(["sh", "-c", "echo seed > /var/lib/app/seed"]),
+    );
+    configure(&ws, engine, &stack, &acme, &web);
     run(&ws, engine, &["init"]).assert_exit(0);
     run(&ws, engine, &["backup"]).assert_exit(0);
     let drill = drill_file(&ws, &app, &web, "90s");
@@ -257,6 +272,7 @@ fn the_stack_comes_back_in_scratch_and_production_is_untouched() {
         "postgres/app",
         "redis",
         "files/traefik-acme",
+        "directories/web-data",
     ] {
         assert!(
             report["sources"]

@@ -9,8 +9,8 @@
 //! 3. Everything restored into them as a restore onto a fresh stack does
 //!    ([`crate::ops::restore::plan`], [`crate::ops::restore::restore_one`],
 //!    replacing allowed: it is all scratch): roles, every database, Redis;
-//!    files into a private scratch directory, directories into scratch
-//!    volumes or that directory.
+//!    files and directories (volumes too) into a private scratch directory,
+//!    whose copies the clones bind-mount.
 //! 4. The apps (`apps = […]`), each cloned from its production container
 //!    (image, environment, command, entrypoint, user, healthcheck; mounts
 //!    remapped by [`mounts`]), started on the network, and waited on until

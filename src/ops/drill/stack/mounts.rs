@@ -1,5 +1,5 @@
 //! Where a clone's mounts go: a production volume that a `[[directories]]`
-//! entry backs up becomes its restored scratch volume, any other volume a
+//! entry backs up becomes its restored scratch copy, any other volume a
 //! fresh empty one, a bind of a backed-up file or directory its restored
 //! scratch copy, and any other bind stays, read-only. Nothing of
 //! production is ever mounted writable.
@@ -12,7 +12,8 @@ use crate::engine::clone::Mount;
 /// What the drill restored, by production name.
 #[derive(Debug, Default, Clone)]
 pub struct Restored {
-    /// Production volume → its restored scratch volume.
+    /// Production volume → its restored copy (a scratch directory's path,
+    /// bind-mounted, or a scratch volume's name).
     pub volumes: BTreeMap<String, String>,
     /// Production path (file or directory) → its restored scratch copy.
     pub paths: BTreeMap<PathBuf, PathBuf>,

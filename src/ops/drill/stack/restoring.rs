@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::StackRun;
-use crate::model::config::{DirectoryConfig, DirectoryLocation};
+use crate::model::config::DirectoryLocation;
 use crate::model::manifest::Manifest;
 use crate::ops::drill::Identities;
 use crate::ops::verify::{Check, SourceVerdict};
@@ -25,33 +25,29 @@ fn order(c: &Choice) -> u8 {
 }
 
 impl StackRun<'_> {
-    /// The configured directories, moved to scratch: a volume to a fresh
-    /// scratch volume, a path under the scratch directory; no container is
-    /// stopped for them (nothing of production is written).
-    async fn scratch_directories(&mut self) -> Result<Vec<DirectoryConfig>, String> {
-        let mut out = Vec::new();
+    /// Where each directory source goes: `directories/NAME` under the
+    /// scratch directory (its parent made here), noted as the restored copy
+    /// of its production volume or path, which the clones bind-mount. (A
+    /// restore into a volume other than the recorded one is refused, and
+    /// nothing of production may be written: a host directory it is.)
+    fn scratch_directories(&mut self) -> Result<(), String> {
+        let parent = self.dir.join("directories");
+        crate::storage::local::create_dir_private(&parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         for d in &self.config.directories {
-            let mut d = d.clone();
-            d.stop.clear();
+            let to = parent.join(&d.name);
             match &d.location {
                 DirectoryLocation::Volume { name, .. } => {
-                    let vol = crate::engine::clone::ScratchObjects::name("kompose-dr-drill-vol");
-                    self.objects.volume(&vol).await.map_err(|e| e.to_string())?;
-                    self.restored.volumes.insert(name.clone(), vol.clone());
-                    d.location = DirectoryLocation::Volume {
-                        name: vol,
-                        engine: Some(self.engine.endpoint().to_owned()),
-                    };
+                    self.restored
+                        .volumes
+                        .insert(name.clone(), to.display().to_string());
                 }
                 DirectoryLocation::Path(p) => {
-                    let to = self.dir.join("directories").join(&d.name);
-                    self.restored.paths.insert(p.clone(), to.clone());
-                    d.location = DirectoryLocation::Path(to);
+                    self.restored.paths.insert(p.clone(), to);
                 }
             }
-            out.push(d);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The scratch directory each file source goes to (created), noted as
@@ -79,7 +75,7 @@ impl StackRun<'_> {
         manifest: &Manifest,
         identities: Identities,
     ) -> Result<String, String> {
-        let directories = self.scratch_directories().await?;
+        self.scratch_directories()?;
         self.scratch_files()?;
         let options = RestoreOptions {
             replace: true,
@@ -98,7 +94,7 @@ impl StackRun<'_> {
             postgres: self.postgres.clone(),
             redis: self.redis.clone(),
             files: self.config.files.clone(),
-            directories,
+            directories: Vec::new(),
             config_path: self.config.path.clone(),
             scratch: self.config.scratch.clone(),
         };
@@ -107,6 +103,9 @@ impl StackRun<'_> {
             let mut options = options.clone();
             if let Some(name) = choice.source.strip_prefix("files/") {
                 options.to = Some(self.dir.join("files").join(name));
+            }
+            if let Some(name) = choice.source.strip_prefix("directories/") {
+                options.to = Some(self.dir.join("directories").join(name));
             }
             let ctx = RestoreContext {
                 targets: targets.clone(),

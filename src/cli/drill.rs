@@ -42,6 +42,13 @@ fn stack_drills(
     };
     if file.is_some() {
         for d in &mut drills {
+            if !d.checks.is_empty() || d.point_in_time_ago.is_some() {
+                return Err(Failure::usage(format!(
+                    "drill {}: --stack runs it as a stack drill, which judges the stack by its \
+                     apps' health: leave out [[check]] and point_in_time, or run it without --stack",
+                    d.name
+                )));
+            }
             d.scope = Scope::Stack;
         }
     } else {

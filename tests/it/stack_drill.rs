@@ -352,4 +352,18 @@ fn a_stack_drill_without_the_docker_runtime_is_refused_naming_the_key() {
         "{}",
         out.all()
     );
+    // A per-source drill with checks is not run as a stack drill.
+    let file = ws.dir.path().join("checks.toml");
+    std::fs::write(
+        &file,
+        "name = \"q\"\n\n[[check]]\nsource = \"redis\"\nmin_keys = 1\n",
+    )
+    .unwrap();
+    let out = ws.run(&["drill", "--stack", "--drill", file.to_str().unwrap()]);
+    out.assert_exit(2);
+    assert!(
+        out.stderr().contains("leave out [[check]]"),
+        "{}",
+        out.all()
+    );
 }

@@ -13,9 +13,12 @@
 //! it can start a privileged container. The systemd units grant it on
 //! purpose (README, "Security").
 
+pub mod clone;
 mod exec;
+mod network;
 pub mod scratch;
 mod sidecar;
+mod volume;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -43,6 +43,15 @@ pub const DRILL_LAST_SUCCESS: &str = "kompose_dr_drill_last_success_timestamp_se
 pub const DRILL_LAST_STATUS: &str = "kompose_dr_drill_last_status";
 /// Measured restore time per drill and source.
 pub const DRILL_LAST_RESTORE: &str = "kompose_dr_drill_last_restore_seconds";
+/// Seconds from a stack drill's start until every app was healthy: the
+/// measured RTO.
+pub const DRILL_RTO: &str = "kompose_dr_drill_rto_seconds";
+/// Age of the snapshot a stack drill restored when it started: the RPO at
+/// that moment.
+pub const DRILL_SNAPSHOT_AGE: &str = "kompose_dr_drill_snapshot_age_seconds";
+/// Seconds from an app clone's start until it was healthy, per drill and
+/// app.
+pub const DRILL_APP_HEALTHY: &str = "kompose_dr_drill_app_healthy_seconds";
 /// Every commit the server made before this moment is archived (unix
 /// time, the server's clock): the newest point a recovery can reach.
 pub const WAL_LAST_ARCHIVED: &str = "kompose_dr_wal_last_archived_timestamp_seconds";
@@ -117,6 +126,21 @@ const KNOWN: &[(&str, bool, &str)] = &[
         DRILL_LAST_RESTORE,
         false,
         "Seconds the last drill took to restore the source.",
+    ),
+    (
+        DRILL_RTO,
+        false,
+        "Seconds from the last stack drill's start until every app was healthy (the measured RTO).",
+    ),
+    (
+        DRILL_SNAPSHOT_AGE,
+        false,
+        "Age in seconds of the snapshot the last stack drill restored (the RPO at that moment).",
+    ),
+    (
+        DRILL_APP_HEALTHY,
+        false,
+        "Seconds the last stack drill's clone of the app took to become healthy.",
     ),
     (
         PUBLISH_FAILURES,

@@ -378,6 +378,10 @@ fn the_grafana_dashboard_queries_only_metrics_kompose_dr_emits_and_shows_each() 
         [
             "kompose_dr_wal_last_archived_timestamp_seconds",
             "kompose_dr_wal_archive_lag_seconds",
+            // A stack drill's (stack_drill:: checks it writes them).
+            "kompose_dr_drill_rto_seconds",
+            "kompose_dr_drill_snapshot_age_seconds",
+            "kompose_dr_drill_app_healthy_seconds",
         ]
         .map(String::from),
     );

@@ -39,6 +39,7 @@ mod restore;
 mod runbook;
 mod runbook_e;
 mod s3;
+mod stack_drill;
 mod systemd;
 mod systemd_boot;
 mod timeouts;

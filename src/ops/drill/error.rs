@@ -72,6 +72,14 @@ pub enum DrillError {
     /// No repository is configured at all.
     #[error("no [[repository]] is configured")]
     NoRepository,
+    /// A stack drill cannot run with this configuration.
+    #[error("drill {drill}: {message}")]
+    Stack {
+        /// The drill.
+        drill: String,
+        /// What is missing, naming the key.
+        message: String,
+    },
     /// The verification under the drill could not run.
     #[error(transparent)]
     Verify(#[from] VerifyError),
@@ -106,7 +114,8 @@ impl Classify for DrillError {
             | DrillError::NoDrills(_)
             | DrillError::Repository { .. }
             | DrillError::Key(_)
-            | DrillError::NoRepository => Class::Usage,
+            | DrillError::NoRepository
+            | DrillError::Stack { .. } => Class::Usage,
             DrillError::Verify(e) => e.class(),
             DrillError::Report { .. } => Class::Failure,
         }

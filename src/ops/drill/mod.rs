@@ -17,10 +17,28 @@
 //! sql = 'select count(*) from "Link"'
 //! min = 1                          # or: equals = "…", max = …
 //! ```
+//!
+//! A stack drill (`scope = "stack"`, [`stack`]) brings the whole stack up
+//! in scratch containers instead, apps included, and measures the RTO:
+//!
+//! ```toml
+//! name = "quarterly-stack"
+//! scope = "stack"                  # default "sources"
+//! apps = ["link_app", "umami_app"] # cloned from production, waited on until healthy
+//! app_timeout = "5m"               # per app (default 5 minutes)
+//! # scratch_dir = "/var/local/data/backups/drill-scratch"  # restored files, bind-mounted
+//! #                                # into the apps: a path dockerd sees (default: TMPDIR)
+//!
+//! [[app]]                          # optional: an HTTP check instead of Docker's health
+//! name = "link_app"
+//! http = "http://link:3000/api/health"   # host: an alias on the drill's network
+//! # repository = "offsite"         # default: the first non-local repository
+//! ```
 
 mod check;
 mod error;
 mod report;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +72,43 @@ pub struct Drill {
     /// long before the drill starts (`point_in_time = "now-1h"`), instead of
     /// restoring a snapshot's dumps.
     pub point_in_time_ago: Option<std::time::Duration>,
+    /// What the drill brings back: each source on its own, or the stack.
+    pub scope: Scope,
+    /// Stack drills: the app containers cloned and waited on.
+    pub apps: Vec<String>,
+    /// Stack drills: how long each app may take to become healthy.
+    pub app_timeout: std::time::Duration,
+    /// Stack drills: apps judged by an HTTP check (a 2xx answer) instead of
+    /// Docker's health, by app name.
+    pub app_http: Vec<(String, url::Url)>,
+    /// Stack drills: where the restored files and directories go (a
+    /// private directory is made inside); default the temporary directory.
+    /// The engine bind-mounts from it, so it must be the same path for
+    /// dockerd (not under a systemd `PrivateTmp`).
+    pub scratch_dir: Option<PathBuf>,
 }
+
+/// An `[[app]]` table of a drill file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    name: String,
+    http: String,
+}
+
+/// What a drill brings back (`scope` in the drill file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Each source into its own scratch server, checked (`"sources"`).
+    #[default]
+    Sources,
+    /// The whole stack in scratch containers, apps included (`"stack"`).
+    Stack,
+}
+
+/// How long an app may take to become healthy when the drill file does
+/// not say (`app_timeout`).
+pub const DEFAULT_APP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A drill file as written.
 #[derive(Debug, Deserialize)]
@@ -67,6 +121,13 @@ struct DrillFile {
     sources: Vec<String>,
     repository: Option<String>,
     point_in_time: Option<String>,
+    scope: Option<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+    app_timeout: Option<String>,
+    #[serde(default, rename = "app")]
+    app_checks: Vec<AppFile>,
+    scratch_dir: Option<PathBuf>,
     #[serde(default, rename = "check")]
     checks: Vec<check::CheckFile>,
 }
@@ -76,6 +137,24 @@ fn latest() -> String {
 }
 
 impl Drill {
+    /// The stack drill `kompose-dr drill --stack` runs when no drill file
+    /// has `scope = "stack"`: every source of the latest snapshot, no app.
+    pub fn stack_default() -> Drill {
+        Drill {
+            name: "stack".into(),
+            snapshot: Which::parse("latest"),
+            sources: Vec::new(),
+            repository: None,
+            checks: Vec::new(),
+            point_in_time_ago: None,
+            scope: Scope::Stack,
+            apps: Vec::new(),
+            app_timeout: DEFAULT_APP_TIMEOUT,
+            app_http: Vec::new(),
+            scratch_dir: None,
+        }
+    }
+
     /// Reads and validates a drill file; errors name the file and line, or
     /// the check by its index.
     pub fn load(path: &Path) -> Result<Drill, DrillError> {
@@ -109,7 +188,8 @@ impl Drill {
             )));
         }
         crate::model::selection::matcher(&file.sources)?;
-        let checks = file
+        let (scope, app_timeout, app_http) = stack_keys(&file, file.checks.is_empty())?;
+        let checks: Vec<DrillCheck> = file
             .checks
             .into_iter()
             .enumerate()
@@ -128,6 +208,11 @@ impl Drill {
             ),
         };
         Ok(Drill {
+            scratch_dir: file.scratch_dir,
+            scope,
+            app_http,
+            apps: file.apps,
+            app_timeout,
             point_in_time_ago,
             name: file.name,
             snapshot: Which::parse(&file.snapshot),
@@ -136,6 +221,89 @@ impl Drill {
             checks,
         })
     }
+}
+
+/// Apps judged by an HTTP check: app name → URL.
+type AppChecks = Vec<(String, url::Url)>;
+
+/// A drill file's stack keys, checked: `scope`, `app_timeout`, the
+/// `[[app]]` checks; `apps`, `point_in_time` and `[[check]]` only where
+/// they fit; `scratch_dir` absolute.
+fn stack_keys(
+    file: &DrillFile,
+    no_checks: bool,
+) -> Result<(Scope, std::time::Duration, AppChecks), InvalidInput> {
+    let scope = match file.scope.as_deref() {
+        None | Some("sources") => Scope::Sources,
+        Some("stack") => Scope::Stack,
+        Some(other) => {
+            return Err(InvalidInput(format!(
+                "scope `{other}`: write \"sources\" (each source on its own) or \"stack\" (the whole stack, apps included)"
+            )));
+        }
+    };
+    if scope == Scope::Stack && (file.point_in_time.is_some() || !no_checks) {
+        return Err(InvalidInput(
+            "a stack drill (scope = \"stack\") judges the stack by its apps' health: \
+                 leave out point_in_time and [[check]] (put them in a drill of their own)"
+                .into(),
+        ));
+    }
+    if scope != Scope::Stack && !file.apps.is_empty() {
+        return Err(InvalidInput(
+            "apps: only a stack drill starts apps; add scope = \"stack\"".into(),
+        ));
+    }
+    let app_timeout = match &file.app_timeout {
+        None => DEFAULT_APP_TIMEOUT,
+        Some(t) => humantime::parse_duration(t.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                InvalidInput(format!("app_timeout `{t}`: write a duration such as 5m"))
+            })?,
+    };
+    let app_http = app_http(&file.apps, &file.app_checks)?;
+    if let Some(d) = &file.scratch_dir
+        && !d.is_absolute()
+    {
+        return Err(InvalidInput(format!(
+            "scratch_dir `{}`: write an absolute path",
+            d.display()
+        )));
+    }
+    Ok((scope, app_timeout, app_http))
+}
+
+/// The `[[app]]` HTTP checks: each of an app in `apps`, once, with a
+/// plain `http://` URL (a scratch app has no valid certificate).
+fn app_http(apps: &[String], checks: &[AppFile]) -> Result<Vec<(String, url::Url)>, InvalidInput> {
+    let mut out: Vec<(String, url::Url)> = Vec::new();
+    for (i, a) in checks.iter().enumerate() {
+        if !apps.contains(&a.name) {
+            return Err(InvalidInput(format!(
+                "app[{i}].name `{}`: not in apps; list it there",
+                a.name
+            )));
+        }
+        if out.iter().any(|(n, _)| *n == a.name) {
+            return Err(InvalidInput(format!(
+                "app[{i}].name `{}`: a second [[app]] for it",
+                a.name
+            )));
+        }
+        let url = url::Url::parse(&a.http)
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some())
+            .ok_or_else(|| {
+                InvalidInput(format!(
+                    "app[{i}].http `{}`: write http://ALIAS:PORT/PATH (plain HTTP, the host an alias on the drill's network)",
+                    a.http
+                ))
+            })?;
+        out.push((a.name.clone(), url));
+    }
+    Ok(out)
 }
 
 /// The report of one drill run.
@@ -159,6 +327,9 @@ pub struct DrillReport {
     pub sources: Vec<SourceVerdict>,
     /// Where the report was written.
     pub report_files: Vec<PathBuf>,
+    /// A stack drill's steps, apps, RTO and RPO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<stack::StackReport>,
 }
 
 /// The private keys a drill restores with: what the CLI and the agent both
@@ -255,6 +426,9 @@ async fn run_inner(
                 })?;
             Repository::open(rc)
         }
+        None if drill.scope == Scope::Stack => {
+            Repository::open(stack::default_repository(config).ok_or(DrillError::NoRepository)?)
+        }
         None => Repository::open(
             config
                 .repositories
@@ -262,6 +436,9 @@ async fn run_inner(
                 .ok_or(DrillError::NoRepository)?,
         ),
     };
+    if drill.scope == Scope::Stack {
+        return stack::run(config, drill, identities, repo, started_at).await;
+    }
     if let Some(ago) = drill.point_in_time_ago {
         return point_in_time(config, drill, identities, repo, started_at, ago).await;
     }
@@ -330,6 +507,7 @@ async fn finish(
         ok,
         sources,
         report_files: Vec::new(),
+        stack: None,
     };
     report.report_files = report::write_report(&config.reports_dir, &report)?;
     report::publish_and_record(config, &report).await;

@@ -91,3 +91,66 @@ fn bad_combinations_name_the_check() {
             .starts_with(" line 2: unknown field `bogus`"),
     );
 }
+
+#[test]
+fn a_stack_drill_names_its_apps_and_their_timeout() {
+    let d = load(
+        "name = \"quarterly-stack\"\nscope = \"stack\"\napps = [\"link_app\", \"umami_app\"]\napp_timeout = \"90s\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.scope, Scope::Stack);
+    assert_eq!(d.apps, ["link_app", "umami_app"]);
+    assert_eq!(d.app_timeout, std::time::Duration::from_secs(90));
+    let d = load("name = \"s\"\nscope = \"stack\"\n").unwrap();
+    assert_eq!(d.app_timeout, DEFAULT_APP_TIMEOUT);
+    assert_eq!(load("name = \"q\"\n").unwrap().scope, Scope::Sources);
+}
+
+#[test]
+fn stack_keys_out_of_place_are_refused_by_name() {
+    let e = load("name = \"s\"\nscope = \"everything\"\n").unwrap_err();
+    assert!(e.contains("scope `everything`"), "{e}");
+    let e = load("name = \"s\"\napps = [\"link_app\"]\n").unwrap_err();
+    assert!(e.contains("apps") && e.contains("scope = \"stack\""), "{e}");
+    let e = load("name = \"s\"\nscope = \"stack\"\napp_timeout = \"soon\"\n").unwrap_err();
+    assert!(e.contains("app_timeout `soon`"), "{e}");
+    let e =
+        load("name = \"s\"\nscope = \"stack\"\n\n[[check]]\nsource = \"redis\"\nmin_keys = 1\n")
+            .unwrap_err();
+    assert!(e.contains("[[check]]"), "{e}");
+}
+
+#[test]
+fn an_app_http_check_names_a_listed_app_and_a_plain_http_url() {
+    let d = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"link_app\"\nhttp = \"http://link:3000/api/health\"\n",
+    )
+    .unwrap();
+    assert_eq!(d.app_http[0].0, "link_app");
+    assert_eq!(d.app_http[0].1.as_str(), "http://link:3000/api/health");
+    let e = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"umami_app\"\nhttp = \"http://umami:3000/\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("app[0].name `umami_app`: not in apps"), "{e}");
+    let e = load(
+        "name = \"s\"\nscope = \"stack\"\napps = [\"link_app\"]\n\n[[app]]\nname = \"link_app\"\nhttp = \"https://link/\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("app[0].http `https://link/`"), "{e}");
+}
+
+#[test]
+fn a_stack_drills_scratch_dir_is_absolute() {
+    let d =
+        load("name = \"s\"\nscope = \"stack\"\nscratch_dir = \"/var/lib/kdr-scratch\"\n").unwrap();
+    assert_eq!(
+        d.scratch_dir.as_deref(),
+        Some(Path::new("/var/lib/kdr-scratch"))
+    );
+    let e = load("name = \"s\"\nscope = \"stack\"\nscratch_dir = \"scratch\"\n").unwrap_err();
+    assert!(
+        e.contains("scratch_dir `scratch`: write an absolute path"),
+        "{e}"
+    );
+}

@@ -196,6 +196,22 @@ impl Engine {
         names
     }
 
+    /// The names of the networks (`kind = "network"`) or volumes
+    /// (`"volume"`) carrying `label`, sorted.
+    pub fn objects_with_label(&self, kind: &str, label: &str) -> Vec<String> {
+        let out = run_ok(self.docker().args([
+            kind,
+            "ls",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Name}}",
+        ]));
+        let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+
     /// Where the named volume's files are on this machine
     /// (`<data-root>/volumes/NAME/_data`).
     pub fn volume_path(&self, volume: &str) -> PathBuf {

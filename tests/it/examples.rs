@@ -236,6 +236,17 @@ fn shipped_policies_cover_every_source_and_the_drill_reads_offsite() {
     let drill =
         kompose_dr::ops::drill::Drill::load(&root.join("restore-drills/kompose-quarterly.toml"))
             .unwrap();
-    assert_eq!(drill.repository.as_deref(), Some("offsite"));
+    // No repository named: the offsite copy, by default.
+    assert_eq!(drill.repository, None);
+    assert_eq!(
+        kompose_dr::ops::drill::stack::default_repository(&c).map(|r| r.name.as_str()),
+        Some("offsite")
+    );
+    let stack = kompose_dr::ops::drill::Drill::load(
+        &root.join("restore-drills/kompose-quarterly-stack.toml"),
+    )
+    .unwrap();
+    assert_eq!(stack.scope, kompose_dr::ops::drill::Scope::Stack);
+    assert!(!stack.apps.is_empty());
     assert!(c.repositories.iter().any(|r| r.name == "offsite"));
 }

@@ -426,15 +426,10 @@ async fn run_inner(
                 })?;
             Repository::open(rc)
         }
-        None if drill.scope == Scope::Stack => {
+        // The offsite copy: the one left when the host is gone.
+        None => {
             Repository::open(stack::default_repository(config).ok_or(DrillError::NoRepository)?)
         }
-        None => Repository::open(
-            config
-                .repositories
-                .first()
-                .ok_or(DrillError::NoRepository)?,
-        ),
     };
     if drill.scope == Scope::Stack {
         return stack::run(config, drill, identities, repo, started_at).await;

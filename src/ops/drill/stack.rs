@@ -90,9 +90,9 @@ pub struct AppVerdict {
     pub log: String,
 }
 
-/// The repository a stack drill reads when its file names none: the first
-/// that is not a local directory (the offsite copy, on S3), else the
-/// first.
+/// The repository a drill reads when its file names none: the first that
+/// is not a local directory (the offsite copy, on S3: the one left when
+/// the host is gone), else the first.
 pub fn default_repository(config: &Config) -> Option<&crate::model::config::RepositoryConfig> {
     config
         .repositories

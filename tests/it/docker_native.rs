@@ -8,31 +8,13 @@
 //! addresses — which only MQTT uses; PostgreSQL and Redis go through the
 //! engine alone.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{Engine, Stack, engine};
-use crate::support::{Ran, Workspace, run_ok, wait_until};
+use crate::support::docker::{Engine, Stack, engine, kdr, run};
+use crate::support::{Workspace, run_ok, wait_until};
 
 const SCRATCH_LABEL: &str = "io.kompose-dr.scratch";
-
-/// The binary with this workspace's configuration, run inside the engine's
-/// network namespace.
-fn kdr(ws: &Workspace, engine: &Engine) -> Command {
-    let tmp = ws.tmp();
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
-    c.arg("--config")
-        .arg(&ws.config)
-        .stdin(Stdio::null())
-        .env("TMPDIR", tmp)
-        .env_remove("DOCKER_HOST");
-    c
-}
-
-fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
-    Ran::of(kdr(ws, engine).args(args))
-}
 
 /// A workspace whose configuration names the stack's containers only.
 fn configure(ws: &Workspace, engine: &Engine, stack: &Stack, acme: &std::path::Path) {

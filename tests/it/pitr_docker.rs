@@ -15,8 +15,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{Engine, engine};
-use crate::support::{Ran, Workspace, run_ok, wait_until};
+use crate::support::docker::{Engine, engine, kdr, run};
+use crate::support::{Workspace, run_ok, wait_until};
 
 const SCRATCH_LABEL: &str = "io.kompose-dr.scratch";
 
@@ -179,24 +179,6 @@ impl Drop for Server {
         }
         quiet(self.engine.docker().args(["network", "rm", &self.network]));
     }
-}
-
-/// The binary with this workspace's configuration, inside the engine's
-/// network namespace.
-fn kdr(ws: &Workspace, engine: &Engine) -> Command {
-    let tmp = ws.tmp();
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
-    c.arg("--config")
-        .arg(&ws.config)
-        .stdin(Stdio::null())
-        .env("TMPDIR", tmp)
-        .env_remove("DOCKER_HOST");
-    c
-}
-
-fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
-    Ran::of(kdr(ws, engine).args(args))
 }
 
 /// Archiving over the engine's network; recovery in scratch containers of

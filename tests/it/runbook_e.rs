@@ -64,24 +64,16 @@ fn dumps(stack: &Stack, dbs: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `role` logs in with `password` over TCP (scram), inside the
-/// server's container.
+/// Whether `role` logs in with `password` over TCP to the server's address
+/// on the stack's network (scram there; loopback is trust), from inside
+/// its container.
 fn logs_in(stack: &Stack, role: &str, password: &str, db: &str) -> bool {
     stack
         .exec(&stack.postgres)
-        .args(["-e", "PGPASSWORD"])
-        .args([
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            role,
-            "-d",
-            db,
-            "-Atc",
-            "select 1",
-        ])
-        .env("PGPASSWORD", password)
+        .args(["sh", "-c"])
+        .arg(format!(
+            "PGPASSWORD='{password}' psql -h \"$(hostname -i)\" -U {role} -d {db} -Atc 'select 1'"
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -142,6 +134,23 @@ fn fill(stack: &Stack, engine: &Engine, volume: &str) {
         "-c",
         "echo vault > /v/db.sqlite3 && chmod 640 /v/db.sqlite3 && mkdir -p /v/attachments && echo a > /v/attachments/1",
     ]));
+    start_vault_app(stack, engine, volume);
+}
+
+/// Vaultwarden's stand-in: the container the volume belongs to.
+fn start_vault_app(stack: &Stack, engine: &Engine, volume: &str) {
+    run_ok(
+        engine
+            .docker()
+            .args(["run", "-d", "--name", &vault_app(stack)])
+            .args(["--network", &stack.network, "-v"])
+            .arg(format!("{volume}:/data"))
+            .arg(&engine.mosquitto_image),
+    );
+}
+
+fn vault_app(stack: &Stack) -> String {
+    format!("vault_app-{}", stack.suffix)
 }
 
 #[test]
@@ -219,6 +228,7 @@ fn section_e_brings_the_whole_stack_back_from_the_offsite_copy_alone() {
 
     // The host is gone.
     stack.destroy_and_start_fresh();
+    run_ok(engine.docker().args(["rm", "-f", &vault_app(&stack)]));
     run_ok(engine.docker().args(["volume", "rm", &volume]));
     for gone in [
         &ws.repo,
@@ -262,46 +272,66 @@ fn section_e_brings_the_whole_stack_back_from_the_offsite_copy_alone() {
             ws.config.display().to_string(),
         ),
     ];
-    let mut body = String::from("set -euo pipefail\nset -x\n");
-    body.push_str(&blocks.concat());
-    for (production, test) in &substitutions {
-        assert!(
-            body.contains(production),
-            "section E no longer says {production}"
-        );
-        body = body.replace(production, test);
-    }
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kompose-dr"))
         .parent()
         .unwrap()
         .to_owned();
     let mut path = vec![bin_dir];
     path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
+    let path = std::env::join_paths(path).unwrap();
+    // E1 to E3 (the restore), then the apps start (`docker compose up -d`:
+    // here Vaultwarden's stand-in), then E4 (the new host's first backup).
+    let session = |blocks: &[String]| {
+        let mut body = String::from("set -euo pipefail\nset -x\n");
+        body.push_str(&blocks.concat());
+        for (production, test) in &substitutions {
+            body = body.replace(production, test);
+        }
+        let out = Ran::of(
+            std::process::Command::new("bash")
+                .arg("-c")
+                .arg(&body)
+                .env("PATH", &path)
+                .env("DOCKER_HOST", &engine.host)
+                .env("DOCKER_CONFIG", engine.dir.join("cli"))
+                .env("KOMPOSE_DR_STATE_DIR", ws.state_dir())
+                .env("TMPDIR", ws.tmp())
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("KOMPOSE_DR_CONFIG")
+                .stdin(Stdio::null()),
+        );
+        out.assert_exit(0);
+        out.stdout()
+    };
+    let all = blocks.concat();
+    for (production, _) in &substitutions {
+        assert!(
+            all.contains(production),
+            "section E no longer says {production}"
+        );
+    }
     let start = std::time::Instant::now();
-    let out = Ran::of(
-        std::process::Command::new("bash")
-            .arg("-c")
-            .arg(&body)
-            .env("PATH", std::env::join_paths(path).unwrap())
-            .env("DOCKER_HOST", &engine.host)
-            .env("DOCKER_CONFIG", engine.dir.join("cli"))
-            .env("KOMPOSE_DR_STATE_DIR", ws.state_dir())
-            .env("TMPDIR", ws.tmp())
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("KOMPOSE_DR_CONFIG")
-            .stdin(Stdio::null()),
+    let stdout = session(&blocks[..blocks.len() - 1]);
+    eprintln!(
+        "runbook E: bootstrap to restored took {:?}",
+        start.elapsed()
     );
-    out.assert_exit(0);
-    eprintln!("runbook E: the commands took {:?}", start.elapsed());
-    let stdout = out.stdout();
     assert!(stdout.contains("(the recovery time)"), "{stdout}");
-
-    // Everything is back.
+    start_vault_app(&stack, engine, &volume);
+    // Everything is back, and the new host backs up and checks.
+    // The same shell would still have E1's KOMPOSE_DR_CONFIG.
+    session(&[
+        "export KOMPOSE_DR_CONFIG=/etc/kompose-dr/kompose-dr.toml\n".to_owned(),
+        blocks[blocks.len() - 1].clone(),
+    ]);
     assert_eq!(dumps(&stack, &dbs), before);
     assert!(logs_in(&stack, "link_user", "link-pw", "linkwarden"));
     assert!(logs_in(&stack, "umami_user", "umami-pw", "umami"));
-    assert!(!logs_in(&stack, "link_user", "wrong", "linkwarden"));
+    assert!(
+        !logs_in(&stack, "link_user", "wrong", "linkwarden"),
+        "a wrong password logs in"
+    );
     assert_eq!(redis_state(&stack), redis_before);
     assert_eq!(std::fs::read(&acme).unwrap(), acme_before);
     assert_eq!(

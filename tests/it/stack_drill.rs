@@ -9,33 +9,17 @@
 //! Redis by their production aliases with the production environment,
 //! checks its table, and reads its bind-mounted certificate file.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{Engine, Stack, engine};
-use crate::support::{Ran, Workspace, run_ok, wait_until};
+use crate::support::docker::{Engine, Stack, engine, kdr, run};
+use crate::support::{Workspace, run_ok, wait_until};
 
 const LABEL: &str = "io.kompose-dr.scratch";
 
 /// What the app checks, every second as its healthcheck and every two
 /// seconds in its log.
 const APP_CHECK: &str = r#"psql "$DATABASE_URL" -X -q -t -c 'select count(*) from app_table' && grep -q resolver /etc/app/acme.json && printf 'AUTH %s\r\nPING\r\nQUIT\r\n' "$REDIS_PASSWORD" | nc -w 3 redis 6379 | grep -q PONG"#;
-
-fn kdr(ws: &Workspace, engine: &Engine) -> Command {
-    let tmp = ws.tmp();
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
-    c.arg("--config")
-        .arg(&ws.config)
-        .stdin(Stdio::null())
-        .env("TMPDIR", tmp)
-        .env_remove("DOCKER_HOST");
-    c
-}
-
-fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
-    Ran::of(kdr(ws, engine).args(args))
-}
 
 /// The production app: a container and its data volume, removed on drop.
 struct App {

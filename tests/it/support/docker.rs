@@ -545,3 +545,25 @@ impl Drop for Stack {
         quiet(self.engine.docker().args(["network", "rm", &self.network]));
     }
 }
+
+/// The binary with `ws`'s configuration, run inside `engine`'s network
+/// namespace (as on a host, which routes to its bridges), its temporary
+/// files and state in the workspace, the engine named by the configuration
+/// (`[docker] host`), not by the environment.
+pub fn kdr(ws: &crate::support::Workspace, engine: &Engine) -> Command {
+    let tmp = ws.tmp();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
+    c.arg("--config")
+        .arg(&ws.config)
+        .stdin(Stdio::null())
+        .env("TMPDIR", tmp)
+        .env("KOMPOSE_DR_STATE_DIR", ws.state_dir())
+        .env_remove("DOCKER_HOST");
+    c
+}
+
+/// [`kdr`] with `args`, run to its end.
+pub fn run(ws: &crate::support::Workspace, engine: &Engine, args: &[&str]) -> crate::support::Ran {
+    crate::support::Ran::of(kdr(ws, engine).args(args))
+}

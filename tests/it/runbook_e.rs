@@ -311,8 +311,26 @@ fn section_e_brings_the_whole_stack_back_from_the_offsite_copy_alone() {
             "section E no longer says {production}"
         );
     }
+    // The section puts files back at their paths below `/`: the
+    // directories that exist (`/`, /tmp) must keep their owner and mode.
+    let modes = || {
+        ["/", "/tmp", "/var", "/usr"].map(|d| {
+            let m = std::fs::metadata(d).unwrap();
+            (
+                d,
+                m.permissions().mode(),
+                std::os::unix::fs::MetadataExt::uid(&m),
+            )
+        })
+    };
+    let modes_before = modes();
     let start = std::time::Instant::now();
     let stdout = session(&blocks[..blocks.len() - 1]);
+    assert_eq!(
+        modes(),
+        modes_before,
+        "section E changed a system directory"
+    );
     eprintln!(
         "runbook E: bootstrap to restored took {:?}",
         start.elapsed()

@@ -80,6 +80,15 @@ pub enum DrillError {
         /// What is missing, naming the key.
         message: String,
     },
+    /// A stack drill could not start: its engine cannot be reached.
+    #[error("drill {drill}: {source}")]
+    StackRun {
+        /// The drill.
+        drill: String,
+        /// Why.
+        #[source]
+        source: Box<super::stack::error::StackError>,
+    },
     /// The verification under the drill could not run.
     #[error(transparent)]
     Verify(#[from] VerifyError),
@@ -115,7 +124,8 @@ impl Classify for DrillError {
             | DrillError::Repository { .. }
             | DrillError::Key(_)
             | DrillError::NoRepository
-            | DrillError::Stack { .. } => Class::Usage,
+            | DrillError::Stack { .. }
+            | DrillError::StackRun { .. } => Class::Usage,
             DrillError::Verify(e) => e.class(),
             DrillError::Report { .. } => Class::Failure,
         }

@@ -21,6 +21,7 @@
 //! Production is only inspected: nothing there is started, stopped or
 //! written.
 
+pub mod error;
 mod http;
 pub mod mounts;
 
@@ -38,6 +39,7 @@ use crate::model::config::{Config, ContainerRef, ScratchRuntimeKind};
 use crate::model::manifest::Manifest;
 use crate::ops::verify::{self, SourceVerdict};
 use crate::repository::Repository;
+use error::StackError;
 use mounts::{Remapped, Restored};
 
 /// Log lines of a failed app kept in the report.
@@ -141,10 +143,8 @@ pub(super) async fn run(
     refuse(config, drill)?;
     let clock = Instant::now();
     let manifest = verify::find_snapshot(&repo, &drill.snapshot).await?;
-    let engine = Engine::connect(config.docker.host.as_deref()).map_err(|e| DrillError::Stack {
-        drill: drill.name.clone(),
-        message: e.to_string(),
-    })?;
+    let engine = Engine::connect(config.docker.host.as_deref())
+        .map_err(|e| StackError::Engine(e).into_drill(&drill.name))?;
     sweep(&engine).await;
     let base = drill.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new()
@@ -175,7 +175,7 @@ pub(super) async fn run(
     let redact = config.redactor();
     let (rto_seconds, failure) = match outcome {
         Ok(rto) => (Some(rto), None),
-        Err(e) => (None, Some(redact.scrub(&e))),
+        Err(e) => (None, Some(redact.scrub(&e.to_string()))),
     };
     let ok = failure.is_none()
         && steps.iter().all(|s| s.ok)
@@ -260,7 +260,7 @@ impl<'a> StackRun<'a> {
         manifest: &Manifest,
         identities: Identities,
         clock: Instant,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, StackError> {
         let t = Instant::now();
         let r = self.make_network().await;
         self.record("network", t, r)?;
@@ -277,10 +277,15 @@ impl<'a> StackRun<'a> {
     }
 
     /// Notes a step's time and verdict; passes its failure on.
-    fn record(&mut self, name: &str, t: Instant, r: Result<String, String>) -> Result<(), String> {
+    fn record(
+        &mut self,
+        name: &'static str,
+        t: Instant,
+        r: Result<String, StackError>,
+    ) -> Result<(), StackError> {
         let (ok, detail) = match &r {
             Ok(d) => (true, d.clone()),
-            Err(e) => (false, e.clone()),
+            Err(e) => (false, e.to_string()),
         };
         self.steps.push(Step {
             name: name.into(),
@@ -288,29 +293,26 @@ impl<'a> StackRun<'a> {
             ok,
             detail: self.config.redactor().scrub(&detail),
         });
-        r.map(|_| ()).map_err(|e| format!("{name}: {e}"))
+        r.map(|_| ()).map_err(|e| e.in_step(name))
     }
 
-    async fn make_network(&mut self) -> Result<String, String> {
+    async fn make_network(&mut self) -> Result<String, StackError> {
         let name = ScratchObjects::name("kompose-dr-drill-net");
-        self.objects
-            .network(&name)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.objects.network(&name).await?;
         self.network = name.clone();
         Ok(format!("internal network {name}"))
     }
 
     /// A clone of `prod` on the drill's network: its mounts remapped
     /// (fresh volumes created), its aliases and its name as aliases.
-    async fn clone_of(&mut self, prod: &Production, data: bool) -> Result<CloneSpec, String> {
+    async fn clone_of(&mut self, prod: &Production, data: bool) -> Result<CloneSpec, StackError> {
         let mut binds = Vec::new();
         for m in &prod.mounts {
             match self.restored.remap(m, data) {
                 Remapped::Bind(b) => binds.push(b),
                 Remapped::FreshVolume { destination, rw } => {
                     let vol = ScratchObjects::name("kompose-dr-drill-vol");
-                    self.objects.volume(&vol).await.map_err(|e| e.to_string())?;
+                    self.objects.volume(&vol).await?;
                     binds.push(format!(
                         "{vol}:{destination}{}",
                         if rw { "" } else { ":ro" }
@@ -328,10 +330,7 @@ impl<'a> StackRun<'a> {
             aliases,
             binds,
         };
-        self.objects
-            .clone_container(&spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.objects.clone_container(&spec).await?;
         for a in &spec.aliases {
             self.aliases.push((a.clone(), spec.name.clone()));
         }
@@ -347,16 +346,12 @@ impl<'a> StackRun<'a> {
 
     /// Clones `core-postgres` and `core-redis` and waits until PostgreSQL
     /// accepts connections.
-    async fn clone_servers(&mut self) -> Result<String, String> {
+    async fn clone_servers(&mut self) -> Result<String, StackError> {
         let mut done = Vec::new();
         if let Some(pg) = self.config.postgres.clone()
             && let Some(c) = &pg.container
         {
-            let prod = self
-                .engine
-                .production(&c.name)
-                .await
-                .map_err(|e| e.to_string())?;
+            let prod = self.engine.production(&c.name).await?;
             let spec = self.clone_of(&prod, true).await?;
             let mut cfg = pg.clone();
             cfg.container = Some(self.container_ref(&spec.name));
@@ -367,11 +362,7 @@ impl<'a> StackRun<'a> {
         if let Some(redis) = self.config.redis.clone()
             && let Some(c) = &redis.container
         {
-            let prod = self
-                .engine
-                .production(&c.name)
-                .await
-                .map_err(|e| e.to_string())?;
+            let prod = self.engine.production(&c.name).await?;
             let spec = self.clone_of(&prod, true).await?;
             let mut cfg = redis.clone();
             cfg.container = Some(self.container_ref(&spec.name));
@@ -389,7 +380,7 @@ async fn wait_postgres(
     engine: &Engine,
     cfg: &crate::model::config::PostgresConfig,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), StackError> {
     let start = Instant::now();
     loop {
         // The credentials the clone's environment gives, as a restore
@@ -405,11 +396,12 @@ async fn wait_postgres(
         };
         let running = engine.health(name).await.is_ok_and(|h| h.running);
         if !running || start.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
-                "the PostgreSQL clone {name} did not start{}: {last}; its log: {}",
-                if running { "" } else { " (it exited)" },
-                engine.log_tail(name, 5).await
-            ));
+            return Err(StackError::Postgres {
+                name: name.to_owned(),
+                exited: !running,
+                last,
+                log: engine.log_tail(name, 5).await,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

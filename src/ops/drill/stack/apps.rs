@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::error::{AppError, HttpError, StackError};
 use super::{AppVerdict, LOG_LINES, StackRun};
 use crate::engine::Engine;
 
@@ -13,25 +14,22 @@ const POLL: Duration = Duration::from_millis(500);
 impl StackRun<'_> {
     /// Clones and starts every app, then waits for them; fails naming each
     /// app that did not become healthy.
-    pub(super) async fn start_apps(&mut self) -> Result<String, String> {
+    pub(super) async fn start_apps(&mut self) -> Result<String, StackError> {
         let mut started = Vec::new();
         for app in self.drill.apps.clone() {
             let prod = match self.engine.production(&app).await {
                 Ok(p) => p,
                 Err(e) => {
-                    self.apps
-                        .push(failed(&app, format!("cannot clone it: {e}"), String::new()));
+                    let why = AppError::Production(e);
+                    self.apps.push(failed(&app, why.to_string(), String::new()));
                     continue;
                 }
             };
             match self.clone_of(&prod, false).await {
                 Ok(spec) => started.push((app, spec.name, Instant::now())),
                 Err(e) => {
-                    self.apps.push(failed(
-                        &app,
-                        format!("cannot start its clone: {e}"),
-                        String::new(),
-                    ));
+                    let why = AppError::Start(Box::new(e));
+                    self.apps.push(failed(&app, why.to_string(), String::new()));
                 }
             }
         }
@@ -66,16 +64,16 @@ impl StackRun<'_> {
             v.log = redact.scrub(&v.log);
             self.apps.push(v);
         }
-        let bad: Vec<String> = self
+        let bad: Vec<(String, String)> = self
             .apps
             .iter()
             .filter(|a| !a.ok)
-            .map(|a| format!("app {}: {}", a.app, a.detail))
+            .map(|a| (a.app.clone(), a.detail.clone()))
             .collect();
         if bad.is_empty() {
             Ok(format!("{} app(s) healthy", self.apps.len()))
         } else {
-            Err(bad.join("; "))
+            Err(StackError::Apps(bad))
         }
     }
 }
@@ -83,7 +81,7 @@ impl StackRun<'_> {
 impl StackRun<'_> {
     /// The address on the drill's network of the clone whose alias is the
     /// URL's host (or the host itself, an address).
-    async fn address_of(&self, url: &url::Url) -> Result<std::net::IpAddr, String> {
+    async fn address_of(&self, url: &url::Url) -> Result<std::net::IpAddr, HttpError> {
         let host = url.host_str().unwrap_or_default();
         if let Ok(ip) = host.trim_matches(['[', ']']).parse() {
             return Ok(ip);
@@ -93,17 +91,16 @@ impl StackRun<'_> {
             .iter()
             .find(|(a, _)| a == host)
             .map(|(_, c)| c)
-            .ok_or_else(|| format!("`{host}` is no alias of a container on the drill's network"))?;
-        let info = self
-            .engine
-            .inspect(clone)
-            .await
-            .map_err(|e| e.to_string())?;
+            .ok_or_else(|| HttpError::NoAlias(host.to_owned()))?;
+        let info = self.engine.inspect(clone).await?;
         info.addresses
             .iter()
             .find(|(net, _)| *net == self.network)
             .map(|(_, ip)| *ip)
-            .ok_or_else(|| format!("{clone} has no address on {}", self.network))
+            .ok_or_else(|| HttpError::NoAddress {
+                clone: clone.clone(),
+                network: self.network.clone(),
+            })
     }
 
     /// Seconds from `started` until `url` answers 2xx from the clone's
@@ -115,14 +112,14 @@ impl StackRun<'_> {
         url: &url::Url,
         started: Instant,
         timeout: Duration,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, AppError> {
         loop {
-            let h = self.engine.health(clone).await.map_err(|e| e.to_string())?;
+            let h = self.engine.health(clone).await?;
             if !h.running {
-                return Err(format!(
-                    "it exited (code {})",
-                    h.exit_code.map_or("?".into(), |c| c.to_string())
-                ));
+                return Err(AppError::Exited {
+                    code: h.exit_code,
+                    last_check: None,
+                });
             }
             let last = match self.address_of(url).await {
                 Ok(ip) => match super::http::get(ip, url).await {
@@ -132,10 +129,11 @@ impl StackRun<'_> {
                 Err(e) => e,
             };
             if started.elapsed() > timeout {
-                return Err(format!(
-                    "{url} gave no 2xx answer within {} (app_timeout): {last}",
-                    humantime::format_duration(timeout)
-                ));
+                return Err(AppError::Http {
+                    url: url.clone(),
+                    timeout,
+                    last,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -160,38 +158,28 @@ async fn wait_healthy(
     clone: &str,
     started: Instant,
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, AppError> {
     loop {
-        let h = engine.health(clone).await.map_err(|e| e.to_string())?;
-        let last = h
-            .last_check
-            .as_deref()
-            .map(|o| format!("; its last healthcheck said: {}", o.replace('\n', " | ")))
-            .unwrap_or_default();
+        let h = engine.health(clone).await?;
+        let last_check = h.last_check.clone();
         if !h.running {
-            return Err(format!(
-                "it exited (code {}){last}",
-                h.exit_code.map_or("?".into(), |c| c.to_string())
-            ));
+            return Err(AppError::Exited {
+                code: h.exit_code,
+                last_check,
+            });
         }
         match h.status.as_deref() {
             Some("healthy") => return Ok(started.elapsed().as_secs_f64()),
-            Some("unhealthy") => return Err(format!("Docker reports it unhealthy{last}")),
-            None => {
-                return Err(
-                    "its production container has no healthcheck, so the drill cannot tell \
-                     whether it works: give it one (HEALTHCHECK in its image or compose file)"
-                        .into(),
-                );
-            }
+            Some("unhealthy") => return Err(AppError::Unhealthy { last_check }),
+            None => return Err(AppError::NoHealthcheck),
             _ => {}
         }
         if started.elapsed() > timeout {
-            return Err(format!(
-                "still {} after {} (app_timeout){last}",
-                h.status.as_deref().unwrap_or("starting"),
-                humantime::format_duration(timeout)
-            ));
+            return Err(AppError::Timeout {
+                status: h.status.unwrap_or_else(|| "starting".into()),
+                timeout,
+                last_check,
+            });
         }
         tokio::time::sleep(POLL).await;
     }

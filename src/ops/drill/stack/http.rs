@@ -8,22 +8,24 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 
+use super::error::HttpError;
+
 /// How long one check may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET url` from `addr`: the status when it is 2xx, else why not.
-pub(super) async fn get(addr: IpAddr, url: &url::Url) -> Result<u16, String> {
+pub(super) async fn get(addr: IpAddr, url: &url::Url) -> Result<u16, HttpError> {
     match tokio::time::timeout(TIMEOUT, request(addr, url)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}s", TIMEOUT.as_secs())),
+        Err(_) => Err(HttpError::Timeout(TIMEOUT)),
     }
 }
 
-async fn request(addr: IpAddr, url: &url::Url) -> Result<u16, String> {
+async fn request(addr: IpAddr, url: &url::Url) -> Result<u16, HttpError> {
     let port = url.port_or_known_default().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((addr, port))
         .await
-        .map_err(|e| format!("cannot connect to {addr}:{port}: {e}"))?;
+        .map_err(|source| HttpError::Connect { addr, port, source })?;
     let mut path = url.path().to_owned();
     if let Some(q) = url.query() {
         path.push('?');
@@ -40,19 +42,17 @@ async fn request(addr: IpAddr, url: &url::Url) -> Result<u16, String> {
             concat!("kompose-dr/", env!("CARGO_PKG_VERSION"), " (stack drill)"),
         )
         .body(String::new())
-        .map_err(|e| format!("bad request: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(HttpError::Request)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let res = sender.send_request(req).await.map_err(|e| e.to_string());
+    let res = sender.send_request(req).await;
     driver.abort();
     let status = res?.status().as_u16();
     if (200..300).contains(&status) {
         Ok(status)
     } else {
-        Err(format!("it answered HTTP {status}"))
+        Err(HttpError::Status(status))
     }
 }

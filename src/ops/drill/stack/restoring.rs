@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::StackRun;
+use super::error::StackError;
 use crate::model::config::DirectoryLocation;
 use crate::model::manifest::Manifest;
 use crate::ops::drill::Identities;
@@ -30,10 +31,12 @@ impl StackRun<'_> {
     /// of its production volume or path, which the clones bind-mount. (A
     /// restore into a volume other than the recorded one is refused, and
     /// nothing of production may be written: a host directory it is.)
-    fn scratch_directories(&mut self) -> Result<(), String> {
+    fn scratch_directories(&mut self) -> Result<(), StackError> {
         let parent = self.dir.join("directories");
-        crate::storage::local::create_dir_private(&parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        crate::storage::local::create_dir_private(&parent).map_err(|source| StackError::Dir {
+            path: parent.clone(),
+            source,
+        })?;
         for d in &self.config.directories {
             let to = parent.join(&d.name);
             match &d.location {
@@ -52,11 +55,13 @@ impl StackRun<'_> {
 
     /// The scratch directory each file source goes to (created), noted as
     /// where its production path's copy is.
-    fn scratch_files(&mut self) -> Result<(), String> {
+    fn scratch_files(&mut self) -> Result<(), StackError> {
         for f in &self.config.files {
             let dir = self.dir.join("files").join(&f.name);
-            crate::storage::local::create_dir_private(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            crate::storage::local::create_dir_private(&dir).map_err(|source| StackError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
             let name = f
                 .path
                 .file_name()
@@ -74,7 +79,7 @@ impl StackRun<'_> {
         repo: &Repository,
         manifest: &Manifest,
         identities: Identities,
-    ) -> Result<String, String> {
+    ) -> Result<String, StackError> {
         self.scratch_directories()?;
         self.scratch_files()?;
         let options = RestoreOptions {
@@ -87,8 +92,7 @@ impl StackRun<'_> {
             sources: &self.drill.sources,
             options: &options,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         choices.sort_by_key(order);
         let targets = RestoreTargets {
             postgres: self.postgres.clone(),
@@ -121,7 +125,7 @@ impl StackRun<'_> {
             let single = crate::ops::restore::restore_one(&ctx, choice).await;
             let message = self.config.redactor().scrub(&single.message);
             if !single.ok {
-                failed.push(format!("{}: {message}", choice.source));
+                failed.push((choice.source.clone(), message.clone()));
             }
             self.sources.push(SourceVerdict::new(
                 &choice.source,
@@ -136,7 +140,7 @@ impl StackRun<'_> {
         if failed.is_empty() {
             Ok(format!("{} source(s) restored", choices.len()))
         } else {
-            Err(format!("not restored: {}", failed.join("; ")))
+            Err(StackError::Restore(failed))
         }
     }
 }

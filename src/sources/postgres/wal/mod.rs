@@ -342,6 +342,13 @@ impl Archiver {
             .unwrap_or_else(|p| p.into_inner())
             .system_identifier = Some(id.system_identifier.clone());
         tracing::info!(system_identifier = %id.system_identifier, timeline = id.timeline, spool = %spool.display(), "WAL archiving");
+        if self.wal.slot.is_none() {
+            tracing::warn!(
+                "no [postgres.wal] slot: the server does not wait for the archiver, and a checkpoint (a base \
+                 backup's, above all) may recycle WAL pg_receivewal has not received yet on a busy server, \
+                 a gap no recovery can cross; set [postgres.wal] slot to keep every second restorable"
+            );
+        }
         Ok(Prepared {
             id,
             spool,

@@ -37,12 +37,17 @@ fn restore(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
 }
 
 /// Container mode only: no url, WAL on, scratch in containers, and no
-/// server binary on the host that a fallback could use.
+/// server binary on the host that a fallback could use. With a replication
+/// slot, as production needs (docs/DESIGN.md §11) and the other PITR tests
+/// have: without one the server does not wait for pg_receivewal, and a base
+/// backup's fast checkpoint right after another's segment switch recycles
+/// the segment a busy machine's pg_receivewal is still streaming (the
+/// server's log: `requested WAL segment … has already been removed`).
 fn configure(ws: &Workspace, engine: &Engine, stack: &Stack) {
     ws.configure(&format!(
         "[docker]\nhost = \"{host}\"\n\n\
          [postgres]\ncontainer = \"{pg}\"\ndatabases = [\"*\"]\n\n\
-         [postgres.wal]\nmax_lag = \"2s\"\nspool_dir = \"{spool}\"\n\n\
+         [postgres.wal]\nmax_lag = \"2s\"\nslot = \"kdr_test\"\nspool_dir = \"{spool}\"\n\n\
          [scratch]\nruntime = \"docker\"\npostgres_bin = \"/nonexistent/{{major}}/bin\"\n",
         host = engine.host,
         pg = stack.postgres,

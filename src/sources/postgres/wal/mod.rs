@@ -342,6 +342,13 @@ impl Archiver {
             .unwrap_or_else(|p| p.into_inner())
             .system_identifier = Some(id.system_identifier.clone());
         tracing::info!(system_identifier = %id.system_identifier, timeline = id.timeline, spool = %spool.display(), "WAL archiving");
+        if self.wal.slot.is_none() {
+            tracing::warn!(
+                "no [postgres.wal] slot: the server does not wait for the archiver, and a checkpoint (a base \
+                 backup's, above all) may recycle WAL pg_receivewal has not received yet on a busy server, \
+                 a gap no recovery can cross; set [postgres.wal] slot to keep every second restorable"
+            );
+        }
         Ok(Prepared {
             id,
             spool,
@@ -607,12 +614,8 @@ impl Archiver {
     ) -> Result<(), SourceError> {
         match exited {
             None => Ok(()),
-            Some(_)
-                if tail.contains("has already been removed")
-                    || tail.contains("is not in this server's history")
-                    || tail.contains("is ahead of the WAL flush position") =>
-            {
-                let gap = self.report_gap(id, spool, tail);
+            Some(_) if let Some(cause) = gap_cause(tail) => {
+                let gap = self.report_gap(id, spool, cause);
                 Err(SourceError::Data(gap))
             }
             Some(ended) => Err(SourceError::Tool(format!(
@@ -632,18 +635,20 @@ impl Archiver {
             .streaming = on;
     }
 
-    /// The server recycled log before it was archived: says which, clears
-    /// the spool so the next start takes the server's current position.
-    fn report_gap(&self, id: &ClusterIdentity, spool: &Path, tail: &str) -> String {
-        let first = list_spool(spool, id.segment_size)
-            .ok()
-            .and_then(|files| {
-                files.into_iter().find_map(|(f, _)| match f {
-                    Spooled::Partial(s) | Spooled::Complete(s) => Some(s.name(id.segment_size)),
-                    Spooled::History(_) => None,
+    /// The server recycled log before it was archived (`cause`, the
+    /// server's own words): says which, clears the spool so the next start
+    /// takes the server's current position.
+    fn report_gap(&self, id: &ClusterIdentity, spool: &Path, cause: &str) -> String {
+        let first = removed_segment(cause, id.segment_size)
+            .or_else(|| {
+                list_spool(spool, id.segment_size).ok().and_then(|files| {
+                    files.into_iter().find_map(|(f, _)| match f {
+                        Spooled::Partial(s) | Spooled::Complete(s) => Some(s),
+                        Spooled::History(_) => None,
+                    })
                 })
             })
-            .unwrap_or_else(|| "?".into());
+            .map_or_else(|| "?".into(), |s| s.name(id.segment_size));
         for (_, p) in list_spool(spool, id.segment_size).unwrap_or_default() {
             let _ = std::fs::remove_file(p);
         }
@@ -665,7 +670,7 @@ impl Archiver {
              Archiving resumes at the server's current position; take a base backup now \
              (kompose-dr backup --source postgres/cluster), and set [postgres.wal] slot so the server keeps WAL \
              until it is archived ({})",
-            tail.lines().last().unwrap_or_default().trim()
+            cause.trim()
         );
         self.status
             .lock()
@@ -986,6 +991,27 @@ async fn advance_slot(client: &tokio_postgres::Client, slot: &str) {
     }
 }
 
+/// The line of pg_receivewal's stderr saying the log it asked for is gone
+/// from the server (recycled, or on a timeline the server forked away
+/// from), if one does. pg_receivewal's last line is always `disconnected`
+/// (with `--no-loop`), whatever the cause: a connection lost (a server
+/// restarting) is no gap, and the spool resumes it.
+fn gap_cause(tail: &str) -> Option<&str> {
+    tail.lines().find(|l| {
+        l.contains("has already been removed")
+            || l.contains("is not in this server's history")
+            || l.contains("is ahead of the WAL flush position")
+    })
+}
+
+/// The segment the server says it has removed (`requested WAL segment X
+/// has already been removed`), if `cause` names one.
+fn removed_segment(cause: &str, segment_size: u64) -> Option<Segment> {
+    let (before, _) = cause.split_once(" has already been removed")?;
+    let name = before.rsplit(' ').next()?;
+    Segment::parse(name, segment_size)
+}
+
 /// Asks the server for its clock and insert position, and pg_receivewal's
 /// flush position; keeps the observations the flush has not reached yet
 /// (and the newest reached). Returns the flush position, if known.
@@ -1121,6 +1147,36 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o700, "{p}");
         }
+    }
+
+    #[test]
+    fn a_gap_is_the_servers_removed_segment_and_a_lost_connection_is_none() {
+        // What the archiver read when the agent's second base backup's
+        // checkpoint recycled the segment pg_receivewal was still streaming:
+        // the last line says nothing, the server's error says it all.
+        let recycled = "pg_receivewal: starting log streaming at 0/1000000 (timeline 1)\n\
+             pg_receivewal: finished segment at 0/2000000 (timeline 1)\n\
+             pg_receivewal: error: could not receive data from WAL stream: ERROR:  requested WAL segment \
+             000000010000000000000003 has already been removed\n\
+             pg_receivewal: error: disconnected\n";
+        let cause = gap_cause(recycled).unwrap();
+        assert!(cause.contains("000000010000000000000003 has already been removed"));
+        assert_eq!(
+            removed_segment(cause, 16 << 20),
+            Some(Segment {
+                timeline: 1,
+                number: 3
+            })
+        );
+        // The server restarting: pg_receivewal resumes from the spool.
+        let lost = "pg_receivewal: starting log streaming at 0/3000000 (timeline 1)\n\
+             pg_receivewal: error: could not receive data from WAL stream: server closed the connection unexpectedly\n\
+             pg_receivewal: error: disconnected\n";
+        assert_eq!(gap_cause(lost), None);
+        let ahead = "pg_receivewal: error: could not send replication command \"START_REPLICATION\": ERROR:  \
+             requested starting point 0/5000000 is ahead of the WAL flush position of this server 0/4000100\n";
+        assert!(gap_cause(ahead).is_some());
+        assert_eq!(removed_segment(gap_cause(ahead).unwrap(), 16 << 20), None);
     }
 
     #[test]

@@ -50,9 +50,27 @@ fn redis_fingerprint(stack: &Stack) -> String {
     )
 }
 
-/// Containers with the scratch label.
+/// Scratch containers left behind: those whose owner (the label
+/// `HOST/PID`) no longer runs. Other tests share the engine, and their
+/// running processes' scratch containers are not leftovers.
 fn scratch_containers(engine: &Engine) -> Vec<String> {
-    engine.containers_with_label(SCRATCH_LABEL)
+    engine
+        .containers_with_label(SCRATCH_LABEL)
+        .into_iter()
+        .filter(|name| {
+            let owner = engine.inspect(name, "{{index .Config.Labels \"io.kompose-dr.owner\"}}");
+            let pid = owner
+                .rsplit_once('/')
+                .and_then(|(_, p)| p.trim().parse::<u32>().ok());
+            pid.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect()
+}
+
+/// The scratch containers of kompose-dr process `pid`.
+fn scratch_of(engine: &Engine, pid: u32) -> Vec<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    engine.containers_with_label(&format!("io.kompose-dr.owner={}/{pid}", host.trim()))
 }
 
 /// A `verify` started in the background, once its scratch container runs.
@@ -64,7 +82,7 @@ fn verify_with_a_scratch_container(ws: &Workspace, engine: &Engine) -> std::proc
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while scratch_containers(engine).is_empty() {
+    while scratch_of(engine, child.id()).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "verify never started a scratch container"
@@ -254,10 +272,12 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     .unwrap();
     let _ = victim.wait();
     // The Drop of the killed (and reaped) process never ran.
-    let left = scratch_containers(engine);
+    let left = scratch_of(engine, victim.id());
     assert!(!left.is_empty(), "kill -9 left nothing to sweep");
     run(&ws, engine, &["verify", "--source", "postgres/umami"]).assert_exit(0);
-    wait_until("the sweep", 10, || scratch_containers(engine).is_empty());
+    wait_until("the sweep", 10, || {
+        scratch_of(engine, victim.id()).is_empty()
+    });
 
     // SIGTERM (the systemd stop) and Ctrl-C remove them on the way out.
     for signal in [
@@ -266,12 +286,13 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     ] {
         let mut stopped = verify_with_a_scratch_container(&ws, engine);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped.id() as i32), signal).unwrap();
+        let pid = stopped.id();
         let status = stopped.wait().unwrap();
         assert!(!status.success(), "{signal}: {status:?}");
         assert!(
-            scratch_containers(engine).is_empty(),
+            scratch_of(engine, pid).is_empty(),
             "{signal} left scratch containers: {:?}",
-            scratch_containers(engine)
+            scratch_of(engine, pid)
         );
     }
 }

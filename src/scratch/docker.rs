@@ -132,22 +132,36 @@ impl ScratchPostgres for DockerPostgres {
     }
 
     fn connection(&self) -> PostgresConfig {
-        PostgresConfig {
-            endpoint: self.endpoint(),
-            password: Some(self.password.clone()),
-            databases: DatabaseSelection::All,
-            globals: true,
-            container: Some(ContainerRef {
-                name: self.container.name.clone(),
-                engine: Some(self.container.engine().endpoint().to_owned()),
-            }),
-            credentials_from_container: false,
-            user_configured: true,
-            bin_dir: None,
-            jobs: std::num::NonZeroUsize::MIN,
-            wal: None,
-            lock_wait: Duration::from_secs(300),
-        }
+        container_connection(
+            &self.container,
+            self.endpoint(),
+            Some(self.password.clone()),
+        )
+    }
+}
+
+/// How a scratch PostgreSQL container is reached: through the engine, its
+/// client tools exec'd inside it, as `endpoint` on its own loopback.
+fn container_connection(
+    container: &ScratchContainer,
+    endpoint: PgEndpoint,
+    password: Option<Secret>,
+) -> PostgresConfig {
+    PostgresConfig {
+        endpoint,
+        password,
+        databases: DatabaseSelection::All,
+        globals: true,
+        container: Some(ContainerRef {
+            name: container.name.clone(),
+            engine: Some(container.engine().endpoint().to_owned()),
+        }),
+        credentials_from_container: false,
+        user_configured: true,
+        bin_dir: None,
+        jobs: std::num::NonZeroUsize::MIN,
+        wal: None,
+        lock_wait: Duration::from_secs(300),
     }
 }
 

@@ -923,6 +923,17 @@ pub(super) fn recovery_settings(
 pub(super) const TARGET_NOT_REACHED: &str =
     "recovery ended before configured recovery target was reached";
 
+/// A recovery that ended, by what its server said: the WAL ended before
+/// the target ([`ScratchError::TargetNotReached`], which the caller retries
+/// to the end of the log), or any other failure.
+pub(super) fn recovery_failed(message: String) -> ScratchError {
+    if message.contains(TARGET_NOT_REACHED) {
+        ScratchError::TargetNotReached(message)
+    } else {
+        ScratchError::DidNotStart(message)
+    }
+}
+
 /// Waits until `server` is promoted (out of recovery), at most `limit`, or
 /// until `cancel`; a server that exited fails with its log's words.
 async fn wait_promoted(
@@ -941,13 +952,10 @@ async fn wait_promoted(
             return Ok(server);
         }
         if server.inner.guard.exited() {
-            let words = recovery_log(log);
-            let message = format!("the recovery failed: {words}");
-            return Err(if words.contains(TARGET_NOT_REACHED) {
-                ScratchError::TargetNotReached(message)
-            } else {
-                ScratchError::DidNotStart(message)
-            });
+            return Err(recovery_failed(format!(
+                "the recovery failed: {}",
+                recovery_log(log)
+            )));
         }
         if start.elapsed() > limit {
             return Err(ScratchError::DidNotStart(format!(

@@ -128,8 +128,16 @@ impl Server {
     }
 
     fn wait_ready(&self) {
+        // Over TCP too: the entrypoint's temporary server answers on the
+        // socket only, and stops a moment later.
         wait_until(&format!("container {}", self.name), 60, || {
             self.psql_raw("kompose", "select 1").status.success()
+                && self
+                    .engine
+                    .docker()
+                    .args(["exec", &self.name, "pg_isready", "-q", "-h", "127.0.0.1"])
+                    .status()
+                    .is_ok_and(|s| s.success())
         });
     }
 

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use super::DockerRuntime;
 use crate::engine::scratch::{ScratchContainer, ScratchSpec};
 use crate::engine::{Engine, ExecSpec};
-use crate::model::config::{ContainerRef, DatabaseSelection, PgEndpoint, PostgresConfig};
+use crate::model::config::{PgEndpoint, PostgresConfig};
 use crate::scratch::ScratchError;
 use crate::scratch::process::{
-    RecoveryDir, RecoveryFiles, RecoveryRequest, TARGET_NOT_REACHED, chown_tree, log_tail,
+    RecoveryDir, RecoveryFiles, RecoveryRequest, chown_tree, log_tail, recovery_failed,
     recovery_log, recovery_settings,
 };
 
@@ -172,27 +172,13 @@ impl DockerRecovered {
     /// Connection settings for it: through the engine, inside its
     /// container, as the configured role (trust on its loopback).
     pub fn connection(&self) -> PostgresConfig {
-        PostgresConfig {
-            endpoint: PgEndpoint {
-                host: "127.0.0.1".into(),
-                port: 5432,
-                user: self.user.clone(),
-                maintenance_db: "postgres".into(),
-            },
-            password: None,
-            databases: DatabaseSelection::All,
-            globals: true,
-            container: Some(ContainerRef {
-                name: self.container.name.clone(),
-                engine: Some(self.container.engine().endpoint().to_owned()),
-            }),
-            credentials_from_container: false,
-            user_configured: true,
-            bin_dir: None,
-            jobs: std::num::NonZeroUsize::MIN,
-            wal: None,
-            lock_wait: Duration::from_secs(300),
-        }
+        let endpoint = PgEndpoint {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: self.user.clone(),
+            maintenance_db: "postgres".into(),
+        };
+        super::container_connection(&self.container, endpoint, None)
     }
 
     /// Its major version.
@@ -251,11 +237,7 @@ impl DockerRecovered {
                     self.container.name,
                     self.said().await
                 );
-                return Err(if message.contains(TARGET_NOT_REACHED) {
-                    ScratchError::TargetNotReached(message)
-                } else {
-                    ScratchError::DidNotStart(message)
-                });
+                return Err(recovery_failed(message));
             }
             if start.elapsed() > limit {
                 return Err(ScratchError::DidNotStart(format!(

@@ -404,8 +404,16 @@ impl Stack {
     pub fn wait_ready(&self, container: &str) {
         let what = format!("container {container}");
         if container == self.postgres {
+            // Over TCP too: the entrypoint's temporary server (the one
+            // initdb's scripts run against) answers on the socket only,
+            // and stops a moment later.
             wait_until(&what, 60, || {
                 self.psql_raw(&self.pg_user, "select 1").status.success()
+                    && self
+                        .exec(&self.postgres)
+                        .args(["pg_isready", "-q", "-h", "127.0.0.1"])
+                        .status()
+                        .is_ok_and(|s| s.success())
             });
         } else if container == self.redis {
             wait_until(&what, 60, || {

@@ -5,30 +5,11 @@
 //! server's network namespace; recovery runs in scratch containers from the
 //! production image; the whole cluster goes back into the container.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{Engine, Stack, engine};
+use crate::support::docker::{Engine, Stack, engine, kdr, run};
 use crate::support::{Ran, Workspace, wait_until};
-
-/// The binary with this workspace's configuration, run inside the engine's
-/// network namespace (as on the host, where only the engine is reached).
-fn kdr(ws: &Workspace, engine: &Engine) -> Command {
-    let tmp = ws.tmp();
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
-    c.arg("--config")
-        .arg(&ws.config)
-        .stdin(Stdio::null())
-        .env("TMPDIR", tmp)
-        .env("KOMPOSE_DR_STATE_DIR", ws.state_dir())
-        .env_remove("DOCKER_HOST");
-    c
-}
-
-fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
-    Ran::of(kdr(ws, engine).args(args))
-}
 
 fn restore(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
     let mut a = vec!["--json", "restore", "--yes"];

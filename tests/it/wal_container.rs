@@ -7,32 +7,13 @@
 //! `docker_native`; the control session goes through the engine.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{Engine, Stack, engine};
-use crate::support::{Ran, Workspace, wait_until};
+use crate::support::docker::{Engine, Stack, engine, kdr, run};
+use crate::support::{Workspace, wait_until};
 
 const SIDECAR_LABEL: &str = "io.kompose-dr.wal-sidecar";
-
-/// The binary with this workspace's configuration, inside the engine's
-/// network namespace.
-fn kdr(ws: &Workspace, engine: &Engine) -> Command {
-    let tmp = ws.tmp();
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut c = engine.in_netns(env!("CARGO_BIN_EXE_kompose-dr"));
-    c.arg("--config")
-        .arg(&ws.config)
-        .stdin(Stdio::null())
-        .env("TMPDIR", tmp)
-        .env("KOMPOSE_DR_STATE_DIR", ws.state_dir())
-        .env_remove("DOCKER_HOST");
-    c
-}
-
-fn run(ws: &Workspace, engine: &Engine, args: &[&str]) -> Ran {
-    Ran::of(kdr(ws, engine).args(args))
-}
 
 /// The spool directory: two levels below a directory that does not exist
 /// (the archiver makes them, 0700).

@@ -59,8 +59,9 @@ pub struct Args {
     /// Print the plan and stop.
     #[arg(long)]
     dry_run: bool,
-    /// Build indexes and constraints with N parallel jobs (the dump is also
-    /// written to a private temporary file while it streams).
+    /// Restore up to N sources at once (roles first, a whole cluster last),
+    /// and run each pg_restore with N jobs from the verified plaintext
+    /// spool (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: Option<u16>,
 }

@@ -47,7 +47,8 @@ pub struct RestoreOptions {
     pub target: Option<PgEndpoint>,
     /// `--replace`: allow replacing existing data.
     pub replace: bool,
-    /// `--jobs N`: parallel pg_restore (stages the dump in a temporary file).
+    /// `--jobs N`: how many sources are restored at once, and the jobs of
+    /// each pg_restore (`None`: the cores this machine has).
     pub jobs: Option<usize>,
     /// Restore without ownership and privileges (`--no-owner
     /// --no-privileges`): for scratch servers that lack the roles.
@@ -59,6 +60,19 @@ pub struct RestoreOptions {
 }
 
 impl RestoreOptions {
+    /// How many sources are restored at once: `--jobs`, or the cores this
+    /// machine has.
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// The jobs of one pg_restore from the verified spool: as many.
+    pub fn pg_restore_jobs(&self) -> usize {
+        self.jobs()
+    }
+
     /// Options that restore one snapshot's artifacts as they are: to their
     /// configured places, under their own names, replacing nothing.
     pub fn default_for(snapshot: &str) -> RestoreOptions {
@@ -448,27 +462,78 @@ pub async fn plan_item(ctx: &RestoreContext<'_>, c: Choice) -> PlanItem {
     }
 }
 
-/// Restores every item in order; one failing does not stop the others.
+/// Restores every item; one failing does not stop the others. Roles go
+/// first (databases refer to them); the maintenance database (where the
+/// other restores' sessions are) and a whole cluster go last, each on its
+/// own; the other sources are independent and are restored up to
+/// [`RestoreOptions::jobs`] at once. Results come in the items' order.
 pub async fn execute<'i>(
     ctx: &RestoreContext<'_>,
     items: impl IntoIterator<Item = &'i ReadyItem>,
 ) -> Vec<ItemResult> {
-    let mut results = Vec::new();
-    for item in items {
-        if ctx.cancel.is_cancelled() {
-            results.push(ItemResult {
-                source: item.choice.source.clone(),
-                target: item.target.clone(),
-                ok: false,
-                bytes: 0,
-                seconds: 0.0,
-                message: format!("not restored (interrupted); {} is unchanged", item.target),
-            });
-            continue;
+    use futures::StreamExt;
+    let items: Vec<&ReadyItem> = items.into_iter().collect();
+    let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+    for phase in [Phase::Roles, Phase::Independent, Phase::Alone] {
+        let at_once = if phase == Phase::Independent {
+            ctx.options.jobs()
+        } else {
+            1
+        };
+        let ran: Vec<(usize, ItemResult)> =
+            futures::stream::iter(items.iter().enumerate().filter(|(_, item)| {
+                Phase::of(&item.target, |db| postgres::holds_sessions(ctx, db)) == phase
+            }))
+            .map(|(i, item)| async move { (i, execute_unless_cancelled(ctx, item).await) })
+            .buffer_unordered(at_once.max(1))
+            .collect()
+            .await;
+        for (i, r) in ran {
+            results[i] = Some(r);
         }
-        results.push(execute_one(ctx, item).await);
     }
-    results
+    results.into_iter().flatten().collect()
+}
+
+/// When an item is restored relative to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Roles and tablespaces: before the databases that refer to them.
+    Roles,
+    /// Databases, Redis, files, directories: independent of each other.
+    Independent,
+    /// A whole cluster (it may stop the server), or the maintenance
+    /// database: one at a time, last.
+    Alone,
+}
+
+impl Phase {
+    /// The phase of `target`; `holds_sessions` says whether a database is
+    /// where the other restores' sessions are.
+    fn of(target: &Target, holds_sessions: impl Fn(&str) -> bool) -> Phase {
+        match target {
+            Target::Globals { .. } => Phase::Roles,
+            Target::Cluster { .. } | Target::ClusterContainer { .. } => Phase::Alone,
+            Target::Database { name, .. } if holds_sessions(name) => Phase::Alone,
+            _ => Phase::Independent,
+        }
+    }
+}
+
+/// [`execute_one`], or "not restored" when the restore was interrupted
+/// before the item started.
+async fn execute_unless_cancelled(ctx: &RestoreContext<'_>, item: &ReadyItem) -> ItemResult {
+    if ctx.cancel.is_cancelled() {
+        return ItemResult {
+            source: item.choice.source.clone(),
+            target: item.target.clone(),
+            ok: false,
+            bytes: 0,
+            seconds: 0.0,
+            message: format!("not restored (interrupted); {} is unchanged", item.target),
+        };
+    }
+    execute_one(ctx, item).await
 }
 
 /// Restores one item into its target, logging and timing it.
@@ -541,7 +606,13 @@ pub fn progress_bar(ctx: &RestoreContext<'_>, item: &ReadyItem) -> indicatif::Pr
     if !ctx.progress {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::new(item.choice.artifact.stored_bytes);
+    // One set of bars: sources restored at once draw below each other.
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    let pb = BARS
+        .get_or_init(indicatif::MultiProgress::new)
+        .add(indicatif::ProgressBar::new(
+            item.choice.artifact.stored_bytes,
+        ));
     pb.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
@@ -673,6 +744,34 @@ mod tests {
             recovery: None,
             path_note: None,
         }
+    }
+
+    #[test]
+    fn roles_go_first_the_maintenance_database_and_a_cluster_alone_last_the_rest_at_once() {
+        let globals = Target::Globals {
+            server: "s".into(),
+            roles: None,
+        };
+        let maintenance = |db: &str| db == "postgres";
+        assert_eq!(Phase::of(&globals, maintenance), Phase::Roles);
+        let cluster = Target::Cluster { path: "/x".into() };
+        assert_eq!(Phase::of(&cluster, maintenance), Phase::Alone);
+        let db = |name: &str| Target::Database {
+            name: name.into(),
+            server: "s".into(),
+        };
+        assert_eq!(Phase::of(&db("postgres"), maintenance), Phase::Alone);
+        assert_eq!(Phase::of(&db("umami"), maintenance), Phase::Independent);
+        let file = Target::File {
+            path: "/x/acme.json".into(),
+        };
+        assert_eq!(Phase::of(&file, maintenance), Phase::Independent);
+        let o = RestoreOptions {
+            jobs: Some(3),
+            ..RestoreOptions::default_for("s")
+        };
+        assert_eq!((o.jobs(), o.pg_restore_jobs()), (3, 3));
+        assert!(RestoreOptions::default_for("s").jobs() >= 1);
     }
 
     #[test]

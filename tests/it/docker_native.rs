@@ -93,6 +93,43 @@ fn verify_with_a_scratch_container(ws: &Workspace, engine: &Engine) -> std::proc
     child
 }
 
+/// A `TMPDIR` the engine cannot see (systemd's PrivateTmp: a tmpfs in the
+/// restore's own mount namespace): no client container can read the
+/// spool, so one pg_restore in the server's container reads it on stdin.
+fn restore_with_a_private_tmp(ws: &Workspace, engine: &Engine, stack: &Stack) {
+    let private = ws.dir.path().join("private-tmp");
+    std::fs::create_dir_all(&private).unwrap();
+    let c = kdr(ws, engine);
+    let kdr_args: Vec<std::ffi::OsString> = c.get_args().map(ToOwned::to_owned).collect();
+    let mut wrapped = engine.in_netns("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o mode=0700 tmpfs \"$TMPDIR\" && exec \"$@\"")
+        .arg("sh")
+        // `kdr`'s own command line after `nsenter --net=… --`.
+        .args(kdr_args.iter().skip(2))
+        .args([
+            "restore",
+            "--source",
+            "postgres/umami",
+            "--as",
+            "umami_copy",
+            "--yes",
+        ])
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("DOCKER_HOST")
+        .env("TMPDIR", &private)
+        .stdin(Stdio::null());
+    let out = crate::support::Ran::of(&mut wrapped);
+    out.assert_exit(0)
+        .assert_stderr_contains("no client container beside the server");
+    assert_eq!(
+        stack.psql("umami_copy", "SELECT count(*) FROM website"),
+        "40"
+    );
+    assert!(scratch_containers(engine).is_empty());
+}
+
 #[test]
 fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
     let engine = engine();
@@ -235,8 +272,13 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
             "--yes",
         ],
     )
-    .assert_exit(0);
+    .assert_exit(0)
+    // pg_restore --jobs on the verified spool, in a client container
+    // beside the server, removed after.
+    .assert_stderr_contains("pg_restore --jobs from the verified plaintext spool");
     assert_eq!(links_fingerprint(&stack), before_links);
+    assert!(scratch_containers(engine).is_empty());
+    restore_with_a_private_tmp(&ws, engine, &stack);
 
     run(
         &ws,

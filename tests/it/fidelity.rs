@@ -376,7 +376,9 @@ fn a_database_named_globals_is_backed_up_and_restored_beside_the_roles() {
     ws.run(&["verify"]).assert_exit(0);
 }
 
-/// A `bin_dir` whose pg_restore is the real one followed by `then`.
+/// A `bin_dir` whose pg_restore is the real one followed by `then`, after
+/// the last pg_restore of a restore (not after its pre-data or data
+/// section).
 fn pg_restore_then(ws: &Workspace, then: &str) -> std::path::PathBuf {
     let bin = ws.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -384,7 +386,8 @@ fn pg_restore_then(ws: &Workspace, then: &str) -> std::path::PathBuf {
         &bin.join("pg_restore"),
         &format!(
             "#!/bin/sh\ncase \"$1\" in --version) exec {PG_BIN}/pg_restore --version ;; esac\n\
-             {PG_BIN}/pg_restore \"$@\" || exit $?\n{then}\n"
+             {PG_BIN}/pg_restore \"$@\" || exit $?\n\
+             case \" $* \" in *\" --section=pre-data \"*|*\" --section=data \"*) exit 0 ;; esac\n{then}\n"
         ),
     );
     for tool in ["pg_dump", "pg_dumpall", "psql"] {

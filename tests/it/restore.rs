@@ -193,7 +193,7 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
         "1"
     );
 
-    // --jobs stages the dump and restores in parallel.
+    // --jobs: pg_restore's jobs on the verified spool.
     let out = ws.run(&[
         "restore",
         "--source",
@@ -206,6 +206,83 @@ fn existing_data_is_refused_without_replace_and_replaced_with_a_client_connected
     ]);
     out.assert_exit(0);
     assert_eq!(pg.psql("app_jobs", "SELECT count(*) FROM t"), "1000");
+}
+
+/// Entries of `dir` that a restore's plaintext spool would leave.
+fn spools_left(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kompose-dr-restore-"))
+        .collect()
+}
+
+/// Unmounts a test's tmpfs, however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_database_comes_from_a_private_plaintext_spool_and_streams_when_tmpdir_is_small() {
+    let pg = Pg::start();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (n int PRIMARY KEY, s text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; \
+         CREATE INDEX t_s ON t (s); \
+         CREATE TABLE u AS SELECT g AS n FROM generate_series(1, 300) g;",
+    );
+    let ws = Workspace::new();
+    ws.configure(&Workspace::pg_section(&pg, &["app"]));
+    ws.init();
+    backup(&ws, &[]);
+    let same = |db: &str| {
+        pg.psql(db, "SELECT count(*), sum(n), count(DISTINCT s) FROM t")
+            + &pg.psql(db, "SELECT count(*) FROM u")
+            + &pg.psql(db, "SELECT count(*) FROM pg_indexes WHERE tablename = 't'")
+    };
+
+    // The default: the spool, with the cores' jobs; nothing left after.
+    let out = ws.run(&["restore", "--source", "postgres/app", "--as", "a1", "--yes"]);
+    out.assert_exit(0);
+    out.assert_stderr_contains("pg_restore --jobs from the verified plaintext spool");
+    assert_eq!(same("a1"), same("app"));
+    assert!(
+        spools_left(&ws.tmp()).is_empty(),
+        "{:?}",
+        spools_left(&ws.tmp())
+    );
+
+    // A TMPDIR without room for the plaintext: the checked copy stays
+    // encrypted and streams into one pg_restore, and the log says why.
+    let small = ws.dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    support::run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs"])
+            .arg(&small),
+    );
+    let _unmount = Unmount(small.clone());
+    let out = Ran::of(ws.kdr().env("TMPDIR", &small).args([
+        "restore",
+        "--source",
+        "postgres/app",
+        "--as",
+        "a2",
+        "--jobs",
+        "2",
+        "--yes",
+    ]));
+    out.assert_exit(0);
+    out.assert_stderr_contains("no room for the plaintext spool");
+    assert!(!out.stderr().contains("from the verified plaintext spool"));
+    assert_eq!(same("a2"), same("app"));
+    assert!(spools_left(&small).is_empty());
 }
 
 #[test]

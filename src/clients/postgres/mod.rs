@@ -12,6 +12,7 @@
 //! The user and password come from the container's `POSTGRES_USER` and
 //! `POSTGRES_PASSWORD` (read by inspecting it) unless configured.
 
+pub mod beside;
 pub mod database;
 
 use std::path::PathBuf;

@@ -5,9 +5,9 @@
 //! server first — created with the snapshot's encoding, locale provider,
 //! collation, ctype and ICU locale, and marked (a comment naming this host
 //! and process) so that one left by a killed restore is dropped by the
-//! next — streamed storage → age → zstd → pg_restore's stdin (or staged in
-//! a private temporary file for `--jobs`). When pg_restore succeeded and the
-//! archive checked out, the scratch database is given the recorded owner,
+//! next — from a verified plaintext spool with `pg_restore --jobs`
+//! ([`spool`]), or streamed storage → age → zstd → pg_restore's stdin in a
+//! container. When pg_restore succeeded and the archive checked out, the scratch database is given the recorded owner,
 //! ACL, connection limit, settings, per-role settings and comment
 //! ([`database`]), and swapped in under its name in one transaction
 //! ([`Swap`]). A failed or interrupted restore leaves the existing database
@@ -22,10 +22,10 @@ pub mod cluster_swap;
 pub mod globals;
 pub mod pitr;
 mod roles_sql;
+mod spool;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 
 use tokio_postgres::Client;
 
@@ -34,7 +34,7 @@ use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progre
 use crate::clients::launch::Launch;
 use crate::clients::postgres::database::{self, Ownership};
 use crate::clients::postgres::{
-    DumpTool, choose_client, command, connect, parse_tool_major, quote_ident,
+    DumpTool, beside, choose_client, command, connect, parse_tool_major, quote_ident,
 };
 use crate::model::config::PostgresConfig;
 use crate::model::facts::{DatabaseFacts, SourceFacts};
@@ -55,6 +55,15 @@ fn target_config(ctx: &RestoreContext<'_>) -> Result<PostgresConfig, RestoreErro
         cfg.container = None;
     }
     Ok(cfg)
+}
+
+/// Whether database `name` is where the other restores' sessions are: the
+/// target's maintenance database (or `template1`, where its own restore's
+/// session goes). Replacing it terminates every session on it, so it is
+/// restored alone.
+pub fn holds_sessions(ctx: &RestoreContext<'_>, name: &str) -> bool {
+    name == "template1"
+        || target_config(ctx).map_or(name == "postgres", |c| c.endpoint.maintenance_db == name)
 }
 
 /// The target with what its container supplies (user, password) filled in.
@@ -205,9 +214,6 @@ pub async fn preflight(
             server(&cfg)
         )));
     }
-    if ctx.options.jobs.is_some() && cfg.container.is_some() {
-        return Err(RestoreError::Refused("--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into()));
-    }
     restore_tool(&cfg, c).await?;
     // An empty database (a fresh server's `postgres`) is filled, not
     // replaced: nothing it held is lost, so nothing is kept aside.
@@ -221,7 +227,6 @@ async fn pipe_into(
     item: &ReadyItem,
     launch: Launch,
     program: &str,
-    tee: Option<std::fs::File>,
 ) -> Result<(u64, String, Ended), RestoreError> {
     let pb = progress_bar(ctx, item);
     // Verified whole before pg_restore sees a byte: a dump runs code.
@@ -237,13 +242,10 @@ async fn pipe_into(
     let copy = tokio::task::spawn_blocking(move || {
         // The decoder is synchronous; the program's stdin (a pipe here, an
         // engine connection for a container) is not.
-        let mut out = Tee {
-            first: tokio_util::io::SyncIoBridge::new(stdin),
-            second: tee,
-        };
+        let mut out = tokio_util::io::SyncIoBridge::new(stdin);
         let copied = copy_archive(stored, &ids, &mut out);
         // EOF for the program.
-        let _ = out.first.shutdown();
+        let _ = out.shutdown();
         copied
     });
     let copied = copy
@@ -1091,8 +1093,12 @@ fn replaced_name(name: &str) -> String {
     s
 }
 
-/// Runs pg_restore into `scratch`: streamed, or with `--jobs` staged in a
-/// private file for a parallel post-data section.
+/// Runs pg_restore into `scratch` from the verified plaintext spool
+/// ([`spool`]) with `--jobs`: here, or for a server in a container in a
+/// client container beside it ([`beside`]). Where that cannot be (no
+/// room for the spool; no client container), one pg_restore is fed on its
+/// stdin: from the plaintext spool, or streamed from a verified copy of
+/// the stored bytes.
 async fn run_pg_restore(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
@@ -1100,15 +1106,35 @@ async fn run_pg_restore(
     tool: &DumpTool,
     scratch: &str,
 ) -> Result<u64, RestoreError> {
-    let mut cmd = command(cfg, tool, "pg_restore", scratch);
-    cmd.args(["--exit-on-error", "--dbname", scratch]);
+    let mut args = vec!["--exit-on-error", "--dbname", scratch];
     if ctx.options.no_owner {
-        cmd.args(["--no-owner", "--no-privileges"]);
+        args.extend(["--no-owner", "--no-privileges"]);
     }
+    let here = || {
+        let mut cmd = command(cfg, tool, "pg_restore", scratch);
+        cmd.args(&args);
+        cmd
+    };
     let label = stream::label(&item.choice.artifact);
-    let (bytes, stderr, status) = match ctx.options.jobs {
-        None => pipe_into(ctx, item, cmd, "pg_restore", None).await?,
-        Some(jobs) => run_staged(ctx, item, cmd, tool, cfg, scratch, jobs).await?,
+    let (bytes, stderr, status) = match spool::spool_plain(ctx, item).await? {
+        None => pipe_into(ctx, item, here(), "pg_restore").await?,
+        Some(plain) => {
+            let (stderr, status) = match here() {
+                Launch::Local(_) => from_spool(ctx, &here, &plain, false).await?,
+                Launch::Container { .. } => match beside_for(cfg, &plain).await {
+                    Some(b) => {
+                        let there = || {
+                            let mut l = b.launch(cfg, "pg_restore", scratch);
+                            l.args(&args);
+                            l
+                        };
+                        from_spool(ctx, &there, &plain, false).await?
+                    }
+                    None => from_spool(ctx, &here, &plain, true).await?,
+                },
+            };
+            (plain.bytes, stderr, status)
+        }
     };
     if !status.success() {
         let hint = if stderr.contains("role") && stderr.contains("does not exist") {
@@ -1123,6 +1149,94 @@ async fn run_pg_restore(
         )));
     }
     Ok(bytes)
+}
+
+/// A client container beside the containerised server that sees the
+/// spool, or `None` (said in the log) when there can be none.
+async fn beside_for(cfg: &PostgresConfig, plain: &spool::PlainSpool) -> Option<beside::Beside> {
+    match beside::start(cfg, None, plain.dir(), &plain.path).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "no client container beside the server: one pg_restore in it, fed on its stdin");
+            None
+        }
+    }
+}
+
+/// Runs pg_restore (`make` gives its command) on the verified plaintext
+/// `plain`: with the restore's jobs on the file, or, given `feed`, once
+/// with the file on its stdin. Returns stderr's tail and how it ended.
+///
+/// With jobs, the sections run one after the other (`pre-data`; `data`
+/// and `post-data` with the jobs): a single `pg_restore --jobs` may create
+/// a trigger or rule on a partitioned table while a partition's rows are
+/// still loading, and the trigger then rewrites them.
+async fn from_spool(
+    ctx: &RestoreContext<'_>,
+    make: &(dyn Fn() -> Launch + Sync),
+    plain: &spool::PlainSpool,
+    feed: bool,
+) -> Result<(String, Ended), RestoreError> {
+    if feed {
+        return run_on(ctx, make(), Some(&plain.path)).await;
+    }
+    let jobs = ctx.options.pg_restore_jobs();
+    tracing::info!(
+        jobs,
+        bytes = plain.bytes,
+        "pg_restore --jobs from the verified plaintext spool"
+    );
+    let mut last = None;
+    for (section, jobs) in [("pre-data", 1), ("data", jobs), ("post-data", jobs)] {
+        let mut launch = make();
+        launch.arg(format!("--section={section}"));
+        launch.arg(format!("--jobs={jobs}"));
+        launch.arg(plain.path.to_string_lossy());
+        let (stderr, status) = run_on(ctx, launch, None).await?;
+        if !status.success() {
+            return Ok((stderr, status));
+        }
+        last = Some((stderr, status));
+    }
+    Ok(last.expect("three sections ran"))
+}
+
+/// Runs `launch` (pg_restore) to its end, feeding it `feed` on its stdin
+/// if given. Returns stderr's tail and how it ended.
+async fn run_on(
+    ctx: &RestoreContext<'_>,
+    launch: Launch,
+    feed: Option<&Path>,
+) -> Result<(String, Ended), RestoreError> {
+    let mut child = launch
+        .start("pg_restore", feed.is_some())
+        .await
+        .map_err(|e| RestoreError::Failed(format!("cannot start pg_restore: {e}")))?
+        .killed_on_drop();
+    drop(child.stdout.take());
+    let stderr = stderr_tail(child.stderr.take(), "pg_restore", ctx.redactor.clone());
+    let fed = match (feed, child.stdin.take()) {
+        (Some(path), Some(mut stdin)) => {
+            use tokio::io::AsyncWriteExt;
+            let copied = match tokio::fs::File::open(path).await {
+                Ok(mut f) => tokio::io::copy(&mut f, &mut stdin).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let _ = stdin.shutdown().await;
+            copied
+        }
+        _ => Ok(()),
+    };
+    let status = child
+        .wait()
+        .await
+        .map_err(RestoreError::io("cannot wait for pg_restore"))?;
+    let stderr = stderr.await.unwrap_or_default();
+    // pg_restore stopping early closes its stdin: its own error says more.
+    if status.success() {
+        fed.map_err(RestoreError::io("cannot feed pg_restore"))?;
+    }
+    Ok((stderr, status))
 }
 
 /// Runs pg_restore into `scratch` from a dump made here (a recovered
@@ -1165,109 +1279,6 @@ async fn pg_restore_file(
     }
     copied.map_err(RestoreError::io("cannot feed pg_restore"))?;
     Ok(dump.bytes)
-}
-
-/// pg_restore -j needs a seekable file. Streams the schema and the data as
-/// usual while writing the plaintext dump to a private temporary file, then
-/// builds indexes and constraints (the post-data section) from that file
-/// with `jobs` jobs.
-async fn run_staged(
-    ctx: &RestoreContext<'_>,
-    item: &ReadyItem,
-    mut cmd: Launch,
-    tool: &DumpTool,
-    cfg: &PostgresConfig,
-    scratch: &str,
-    jobs: usize,
-) -> Result<(u64, String, Ended), RestoreError> {
-    let dir = tempfile::Builder::new()
-        .prefix("kompose-dr-restore-")
-        .tempdir()
-        .map_err(RestoreError::io("cannot create a temporary directory"))?;
-    let path = dir.path().join("dump");
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(RestoreError::io(format!(
-                "cannot create {}",
-                path.display()
-            )))?
-    };
-    cmd.args(["--section=pre-data", "--section=data"]);
-    let (bytes, stderr, status) = pipe_into(ctx, item, cmd, "pg_restore", Some(file)).await?;
-    if !status.success() {
-        return Ok((bytes, stderr, status));
-    }
-    let (stderr, status) = post_data(ctx, cfg, tool, scratch, jobs, &path).await?;
-    Ok((bytes, stderr, status))
-}
-
-/// The post-data section from the staged dump at `path`, with `jobs` jobs.
-async fn post_data(
-    ctx: &RestoreContext<'_>,
-    cfg: &PostgresConfig,
-    tool: &DumpTool,
-    scratch: &str,
-    jobs: usize,
-    path: &Path,
-) -> Result<(String, Ended), RestoreError> {
-    let Launch::Local(mut post) = command(cfg, tool, "pg_restore", scratch) else {
-        return Err(RestoreError::Refused(
-            "--jobs stages the dump in a local file, which pg_restore inside a container cannot read: drop --jobs".into(),
-        ));
-    };
-    if ctx.options.no_owner {
-        post.args(["--no-owner", "--no-privileges"]);
-    }
-    post.args([
-        "--exit-on-error",
-        "--section=post-data",
-        "--dbname",
-        scratch,
-    ])
-    .arg(format!("--jobs={jobs}"))
-    .arg(path)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let out = post
-        .output()
-        .await
-        .map_err(RestoreError::io("cannot start pg_restore"))?;
-    Ok((
-        ctx.redactor
-            .scrub(String::from_utf8_lossy(&out.stderr).trim()),
-        out.status.into(),
-    ))
-}
-
-/// Writes to a program's stdin and, optionally, to a file as well.
-struct Tee<W> {
-    first: W,
-    second: Option<std::fs::File>,
-}
-
-impl<W: std::io::Write> std::io::Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.first.write_all(buf)?;
-        if let Some(f) = &mut self.second {
-            f.write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.first.flush()?;
-        if let Some(f) = &mut self.second {
-            f.flush()?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -441,6 +441,13 @@ fn a_replaced_dump_whose_view_runs_a_program_never_reaches_pg_restore() {
             !canary.exists(),
             "{args:?}: pg_restore ran the replaced dump"
         );
+        // Not a byte of its plaintext is left behind either.
+        let left: Vec<_> = std::fs::read_dir(ws.tmp())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("kompose-dr-restore-"))
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?} in TMPDIR");
     }
     assert_eq!(
         pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE '%app_copy%' OR datname LIKE 'kdr_%'").trim(),

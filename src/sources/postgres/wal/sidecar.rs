@@ -219,19 +219,17 @@ impl Sidecar {
     /// `program` (pg_receivewal) in the sidecar, connecting to the server
     /// on the shared loopback as the configured user, to `database`.
     pub fn launch(&self, cfg: &PostgresConfig, program: &str, database: &str) -> Launch {
-        let mut spec = ExecSpec::new([program])
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", cfg.endpoint.port.to_string())
-            .env("PGUSER", &cfg.endpoint.user)
-            .env("PGDATABASE", database)
-            .env("PGAPPNAME", "kompose-dr");
-        if let Some(p) = &self.pgpass {
-            spec = spec.env("PGPASSFILE", p.to_string_lossy());
-        }
-        Launch::Container {
-            container: self.target.clone(),
-            spec: spec.args(["--no-password"]),
-        }
+        let password = self
+            .pgpass
+            .as_ref()
+            .map(|p| ("PGPASSFILE", p.to_string_lossy().into_owned()));
+        crate::clients::postgres::beside::on_loopback(
+            &self.target,
+            cfg,
+            program,
+            database,
+            password,
+        )
     }
 }
 

@@ -346,8 +346,8 @@ impl Waiter for ExecWaiter {
     fn kill(&mut self) {
         // The engine has no call to kill an exec. Dropping the attached
         // connection closes the program's stdin and stdout (it dies of
-        // EPIPE at its next write); on a local engine the process is also
-        // signalled directly.
+        // EPIPE at its next write); on a local engine the process (and its
+        // process group) is also signalled directly.
         if let Some(pump) = self.pump.take() {
             pump.abort();
         }
@@ -365,10 +365,18 @@ impl Waiter for ExecWaiter {
                 && r.running == Some(true)
                 && let Some(pid) = r.pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1)
             {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                // The exec's process leads a process group of its own:
+                // signal the group, so that a wrapper's children (pg_dump
+                // behind `sh -c … | dd`) die with it.
+                let kill = |p| {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                };
+                if kill(-pid).is_err() {
+                    let _ = kill(pid);
+                }
             }
         });
     }

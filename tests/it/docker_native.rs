@@ -417,3 +417,147 @@ fn an_engine_that_is_down_gives_a_clear_error() {
     let m = &ws.manifests()[0];
     assert_eq!(Workspace::artifact(m, "files/traefik-acme")["status"], "ok");
 }
+
+/// In a container, pg_dump runs behind `sh -c '… | dd'` (its 4 KiB writes
+/// gathered into 1 MiB ones for the engine's exec stream): a pg_dump that
+/// fails must still fail the backup with its own message. The role may
+/// read the table (the row counts pass) but not the sequence, which only
+/// pg_dump reads.
+#[test]
+fn a_failing_pg_dump_in_the_container_fails_the_backup_with_its_message() {
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql("postgres", "CREATE DATABASE shop");
+    stack.psql(
+        "shop",
+        "CREATE TABLE item (id int PRIMARY KEY); INSERT INTO item SELECT generate_series(1, 5000);
+         CREATE SEQUENCE hidden;
+         CREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; GRANT SELECT ON item TO clerk;",
+    );
+    let ws = Workspace::new();
+    ws.configure(&format!(
+        "[docker]\nhost = \"{}\"\n\n[postgres]\ncontainer = \"{}\"\nuser = \"clerk\"\n\
+         password = \"clerk-pw\"\ndatabases = [\"shop\"]\nglobals = false\n",
+        engine.host, stack.postgres
+    ));
+    run(&ws, engine, &["init"]).assert_exit(0);
+    let out = run(&ws, engine, &["backup"]);
+    assert_ne!(out.code(), Some(0), "{}", out.all());
+    out.assert_stderr_contains("pg_dump failed (exit status 1)");
+    out.assert_stderr_contains("permission denied for sequence hidden");
+    assert!(!out.all().contains("clerk-pw"), "{}", out.all());
+
+    // Allowed, the same dump goes through the batched stream whole.
+    stack.psql("shop", "GRANT SELECT ON hidden TO clerk");
+    run(&ws, engine, &["backup"]).assert_exit(0);
+    let m = ws.manifests().pop().unwrap();
+    let dump = ws.stock_decrypt(&ws.archive(Workspace::artifact(&m, "postgres/shop")));
+    assert!(dump.starts_with(b"PGDMP"), "not a pg_dump custom archive");
+    let listed = ws.dir.path().join("shop.dump");
+    std::fs::write(&listed, &dump).unwrap();
+    let toc = run_ok(
+        std::process::Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+            .arg("-l")
+            .arg(&listed),
+    );
+    assert!(toc.contains("TABLE DATA public item"), "{toc}");
+}
+
+/// The library's container launch, driven directly: pg_dump's status and
+/// stderr come back through the batching wrapper, and a killed launch
+/// leaves no pg_dump (nor dd) running in the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_pg_dump_reports_its_status_and_dies_with_its_launch() {
+    use kompose_dr::clients::postgres::{DumpTool, command, resolve};
+    use tokio::io::AsyncReadExt;
+    let engine = engine();
+    let stack = Stack::start(engine);
+    let cfg = kompose_dr::model::config::Config::from_toml(
+        &format!(
+            "[[repository]]\nname = \"r\"\nurl = \"/nonexistent\"\n\n[docker]\nhost = \"{}\"\n\n\
+             [postgres]\ncontainer = \"{}\"\n",
+            engine.host, stack.postgres
+        ),
+        std::path::Path::new("/etc/kompose-dr/test.toml"),
+    )
+    .unwrap();
+    let pg = resolve(cfg.postgres.as_ref().unwrap()).await.unwrap();
+    let tool = DumpTool::Container {
+        container: pg.container.clone().unwrap(),
+        version: String::new(),
+    };
+    let ps = || {
+        let out = run_ok(stack.exec(&stack.postgres).args(["ps", "-o", "comm"]));
+        out.lines()
+            .filter(|l| matches!(l.trim(), "pg_dump" | "dd"))
+            .count()
+    };
+
+    // A missing database: pg_dump's own message and status.
+    let mut missing = command(&pg, &tool, "pg_dump", "nosuch");
+    missing.arg("--format=custom");
+    let mut run = missing.start("pg_dump", false).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut o, mut e) = (run.stdout.take().unwrap(), run.stderr.take().unwrap());
+    let _ = tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
+    let ended = run.wait().await.unwrap();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(ended.to_string(), "exit status 1", "{err}");
+    assert!(err.contains("database \"nosuch\" does not exist"), "{err}");
+    assert!(!err.contains("records in"), "dd's statistics leaked: {err}");
+    assert!(out.is_empty());
+
+    // Waiting on a lock, then killed: nothing is left behind.
+    let mut locker = stack
+        .exec(&stack.postgres)
+        .args([
+            "psql",
+            "-X",
+            "-q",
+            "-U",
+            &stack.pg_user,
+            "-d",
+            &stack.pg_user,
+        ])
+        .args(["-c", "CREATE TABLE held (i int)"])
+        .args(["-c", "BEGIN; LOCK TABLE held; SELECT pg_sleep(120)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while stack.psql(
+        &stack.pg_user,
+        "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted \
+         AND relation = to_regclass('held')",
+    ) != "1"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the lock was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut blocked = command(&pg, &tool, "pg_dump", &stack.pg_user);
+    blocked.arg("--format=custom");
+    let mut run = blocked.start("pg_dump", false).await.unwrap();
+    let start = Instant::now();
+    while ps() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pg_dump never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.kill();
+    let start = Instant::now();
+    while ps() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pg_dump or dd still runs after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = locker.kill();
+    let _ = locker.wait();
+}

@@ -361,9 +361,15 @@ pub async fn choose_client(
     }))
 }
 
+/// The programs whose stdout carries a whole database or cluster: in a
+/// container, their output is gathered into large writes before the
+/// engine's exec stream ([`crate::clients::launch::BATCH_SCRIPT`]).
+const BULK_OUTPUT: [&str; 2] = ["pg_dump", "pg_basebackup"];
+
 /// A command running `program` (pg_dump, pg_dumpall, pg_restore, psql)
 /// the chosen way, with connection settings and password in its
-/// environment.
+/// environment (never in its arguments). In a container, pg_dump's and
+/// pg_basebackup's stdout goes through `dd` in 1 MiB writes.
 pub fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &str) -> Launch {
     let mut launch = match tool {
         DumpTool::Local { bin_dir, .. } => {
@@ -376,7 +382,11 @@ pub fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &
             Launch::Local(c)
         }
         DumpTool::Container { container, .. } => {
-            let mut l = Launch::container(container, program);
+            let mut l = if BULK_OUTPUT.contains(&program) {
+                Launch::container_batched(container, program)
+            } else {
+                Launch::container(container, program)
+            };
             l.env("PGHOST", &cfg.endpoint.host)
                 .env("PGPORT", &cfg.endpoint.port.to_string());
             l
@@ -410,6 +420,92 @@ mod tests {
         );
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
         assert_eq!(parse_tool_major("nonsense"), None);
+    }
+
+    fn in_container(password: Option<&str>) -> (PostgresConfig, DumpTool) {
+        use crate::model::config::{DatabaseSelection, PgEndpoint};
+        let container = ContainerRef {
+            name: "core-postgres".into(),
+            engine: None,
+        };
+        let cfg = PostgresConfig {
+            endpoint: PgEndpoint {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                user: "kompose".into(),
+                maintenance_db: "postgres".into(),
+            },
+            password: password.map(crate::model::secret::Secret::new),
+            databases: DatabaseSelection::All,
+            globals: true,
+            container: Some(container.clone()),
+            credentials_from_container: false,
+            user_configured: true,
+            bin_dir: None,
+            jobs: std::num::NonZeroUsize::MIN,
+            wal: None,
+            lock_wait: Duration::from_secs(300),
+        };
+        let tool = DumpTool::Container {
+            container,
+            version: "pg_dump (PostgreSQL) 15.4".into(),
+        };
+        (cfg, tool)
+    }
+
+    fn spec(launch: Launch) -> ExecSpec {
+        match launch {
+            Launch::Container { spec, .. } => spec,
+            Launch::Local(_) => panic!("not in a container"),
+        }
+    }
+
+    /// In a container, pg_dump runs behind the batching script with its
+    /// arguments as positional parameters after it, appended as given
+    /// (never spliced into the script), the password in the environment
+    /// only.
+    #[test]
+    fn a_dump_in_a_container_is_batched_with_its_arguments_after_the_script() {
+        let (cfg, tool) = in_container(Some("s3cret pw"));
+        let mut launch = command(&cfg, &tool, "pg_dump", "links");
+        launch
+            .args(["--format=custom", "--compress=0"])
+            .arg("--snapshot=00000003-0000001B-1");
+        let spec = spec(launch);
+        let script = crate::clients::launch::BATCH_SCRIPT;
+        assert_eq!(
+            spec.cmd,
+            [
+                "sh",
+                "-c",
+                script,
+                "kompose-dr",
+                "pg_dump",
+                "--no-password",
+                "--format=custom",
+                "--compress=0",
+                "--snapshot=00000003-0000001B-1"
+            ]
+        );
+        assert!(!spec.cmd.iter().any(|a| a.contains("s3cret")), "{spec:?}");
+        assert!(
+            spec.env
+                .contains(&("PGPASSWORD".into(), "s3cret pw".into()))
+        );
+        assert!(spec.env.contains(&("PGDATABASE".into(), "links".into())));
+    }
+
+    /// Programs without bulk output run as they are.
+    #[test]
+    fn other_programs_in_a_container_run_directly() {
+        let (cfg, tool) = in_container(None);
+        for program in ["pg_dumpall", "pg_restore", "psql", "pg_receivewal"] {
+            let spec = spec(command(&cfg, &tool, program, "postgres"));
+            assert_eq!(spec.cmd, [program, "--no-password"]);
+        }
+        let spec = spec(command(&cfg, &tool, "pg_basebackup", "postgres"));
+        assert_eq!(spec.cmd[..2], ["sh", "-c"]);
+        assert_eq!(spec.cmd[4], "pg_basebackup");
     }
 
     #[test]

@@ -55,3 +55,21 @@ CREATE INDEX link_url ON "Link" (url);
 SQL
 }
 
+
+# WAL helpers of scripts/bench-cluster and bench-rpo.
+wal_covered() { # repo: the newest covered_until of its WAL records, unix seconds (0.0: none)
+  python3 - "$1" <<'PY'
+import json, glob, sys, datetime
+best = 0.0
+for p in glob.glob(sys.argv[1] + "/wal/*/*/*.json"):
+    try:
+        c = json.load(open(p)).get("covered_until")
+    except Exception:
+        continue
+    if c:
+        best = max(best, datetime.datetime.fromisoformat(c.replace("Z", "+00:00")).timestamp())
+print(best)
+PY
+}
+utc_sql="to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+iso_epoch() { python3 -c "import sys,datetime as d; print(d.datetime.fromisoformat(sys.argv[1].replace('Z','+00:00')).timestamp())" "$1"; }

@@ -73,3 +73,46 @@ PY
 }
 utc_sql="to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 iso_epoch() { python3 -c "import sys,datetime as d; print(d.datetime.fromisoformat(sys.argv[1].replace('Z','+00:00')).timestamp())" "$1"; }
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_garage BUCKET: a throw-away single-node Garage (scripts/setup builds
+# it; GARAGE_BIN overrides) in $work/garage on free loopback ports, block
+# compression off (the archives are encrypted), one access key allowed on
+# BUCKET. Sets garage_pid (the caller's EXIT trap kills it), s3port, and
+# writes the key to $work/s3-id and $work/s3-secret (0600). As in bench-s3
+# and tests/it/support/s3.rs.
+start_garage() {
+  local bin=${GARAGE_BIN:-${KOMPOSE_DR_TOOLS:-$HOME/.cache/kompose-dr/tools}/bin/garage}
+  local rpcport adminport node key
+  s3port=$(freeport); rpcport=$(freeport); adminport=$(freeport)
+  mkdir -p "$work/garage"
+  cat > "$work/garage/garage.toml" <<TOML
+metadata_dir = "$work/garage/meta"
+data_dir = "$work/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$rpcport"
+rpc_public_addr = "127.0.0.1:$rpcport"
+rpc_secret = "$(openssl rand -hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3port"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$adminport"
+TOML
+  RUST_LOG=warn "$bin" -c "$work/garage/garage.toml" server > "$work/garage/log" 2>&1 &
+  garage_pid=$!
+  _g() { RUST_LOG=warn "$bin" -c "$work/garage/garage.toml" "$@"; }
+  for _ in $(seq 100); do node=$(_g node id -q 2>/dev/null) && break; sleep 0.2; done
+  for _ in $(seq 100); do _g layout assign -z dc1 -c 10G "${node%%@*}" >/dev/null 2>&1 && break; sleep 0.2; done
+  _g layout apply --version 1 >/dev/null
+  for _ in $(seq 50); do key=$(_g json-api CreateKey '{"name":"bench"}' 2>/dev/null) && break; sleep 0.3; done
+  (umask 077
+   echo "$key" | jq -r .accessKeyId > "$work/s3-id"
+   echo "$key" | jq -r .secretAccessKey > "$work/s3-secret")
+  for _ in $(seq 50); do _g bucket create "$1" >/dev/null 2>&1 && break; sleep 0.3; done
+  _g bucket allow --read --write --owner "$1" --key "$(cat "$work/s3-id")" >/dev/null
+}

@@ -135,6 +135,53 @@ fn restore(ws: &Workspace, args: &[&str]) -> Ran {
     ws.run(&a)
 }
 
+/// Writes over the newest base backup an archive made with the stock
+/// tools, then asks for the cluster at `t`: refused, nothing left at the
+/// target, the planted program never run; the real archive is put back.
+fn replaced_base_backup_is_refused(ws: &Workspace, t: &str) {
+    let m = &ws.manifests()[0];
+    let archive = ws.archive(Workspace::artifact(m, "postgres/cluster"));
+    let real = std::fs::read(&archive).unwrap();
+    let fake = ws.dir.path().join("fake-pgdata");
+    let canary = ws.dir.path().join("canary");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        fake.join("postgresql.auto.conf"),
+        format!(
+            "archive_mode = on\narchive_command = 'touch {}'\n",
+            canary.display()
+        ),
+    )
+    .unwrap();
+    crate::support::run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("tar -C \"$1\" -cf - . | zstd -q -c | age -r \"$2\" > \"$3\"")
+            .arg("sh")
+            .arg(&fake)
+            .arg(&ws.recipient)
+            .arg(&archive),
+    );
+    let to = ws.dir.path().join("cluster-from-fake");
+    let out = restore(
+        ws,
+        &[
+            "--point-in-time",
+            t,
+            "--source",
+            "postgres/cluster",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    out.assert_failed();
+    assert!(out.all().contains("the manifest says"), "{}", out.all());
+    assert!(!to.exists(), "a refused base backup left {}", to.display());
+    assert!(!canary.exists(), "the replaced base backup's settings ran");
+    std::fs::write(&archive, real).unwrap();
+}
+
 #[test]
 fn one_database_goes_back_to_any_second_while_the_others_keep_theirs() {
     let pg = Pg::start();
@@ -357,6 +404,11 @@ fn one_database_goes_back_to_any_second_while_the_others_keep_theirs() {
     );
     let status = archiver.wait().unwrap();
     assert!(status.success(), "the archiver stopped with {status}");
+
+    // A base backup replaced by another well-made archive (a data directory
+    // whose settings run a program): unpacked as it streams, refused when
+    // its checksum fails, and nothing is left that a server could start.
+    replaced_base_backup_is_refused(&ws, &t23);
 
     // A segment removed from the archive: check names it, restore refuses.
     let recs = records(&ws.repo);

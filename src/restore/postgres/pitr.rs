@@ -502,13 +502,22 @@ async fn fill(
     Ok(unpacked)
 }
 
-/// Unpacks the base backup `base` into `data`; returns its plaintext bytes.
+/// Unpacks the base backup `base` into `data` as it streams from the
+/// repository, checking it on the way; returns its plaintext bytes.
+///
+/// No spooled copy first: nothing runs what is unpacked before the whole
+/// archive checked out (the server starts only after [`fill`] succeeded,
+/// and a failed fill's directory is removed), and the unpacking itself
+/// treats the archive as untrusted (no name outside `data`, nothing
+/// overwritten).
 async fn unpack_base(
     ctx: &RestoreContext<'_>,
     base: &Artifact,
     data: &Path,
 ) -> Result<u64, RestoreError> {
-    let stored = fetch_verified(&ctx.repository, base).await?;
+    let stored =
+        crate::restore::open_artifact(&ctx.repository, base, &indicatif::ProgressBar::hidden())
+            .await?;
     let ids = ctx.identities.clone();
     let data_dir = data.to_owned();
     let label = stream::label(base);
@@ -526,8 +535,12 @@ async fn unpack_base(
         archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
         archive.set_overwrite(false);
         let unpacked = archive.unpack(&data_dir);
-        // Whatever the tar reader left unread ends the producer.
-        drop(archive);
+        // What the tar reader left unread (its padding; what a replaced
+        // archive holds past its end) is read to the end, so that the
+        // producer checks the whole archive against the manifest.
+        let mut rest = archive.into_inner();
+        let _ = std::io::copy(&mut rest, &mut std::io::sink());
+        drop(rest);
         let copied = producer
             .join()
             .map_err(|_| RestoreError::Failed(format!("{label}: the decoder thread failed")))?;

@@ -528,7 +528,8 @@ async fn unpack_base(
             let mut w = writer;
             stream::copy_archive(stored, &ids2, &mut w)
         });
-        let mut archive = tar::Archive::new(reader);
+        // Large reads: tar asks for 512-byte headers and small pieces.
+        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, reader));
         archive.set_preserve_permissions(true);
         // The owner too, when we may set it: a recovery in a container
         // runs the server as the uid that owns the files in production.

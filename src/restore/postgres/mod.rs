@@ -25,7 +25,6 @@ mod roles_sql;
 mod spool;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use tokio_postgres::Client;
 
@@ -1106,10 +1105,7 @@ async fn run_pg_restore(
     tool: &DumpTool,
     scratch: &str,
 ) -> Result<u64, RestoreError> {
-    let mut args = vec!["--exit-on-error", "--dbname", scratch];
-    if ctx.options.no_owner {
-        args.extend(["--no-owner", "--no-privileges"]);
-    }
+    let args = pg_restore_args(ctx, scratch);
     let here = || {
         let mut cmd = command(cfg, tool, "pg_restore", scratch);
         cmd.args(&args);
@@ -1151,6 +1147,15 @@ async fn run_pg_restore(
     Ok(bytes)
 }
 
+/// pg_restore's arguments into `scratch`, whatever feeds it.
+fn pg_restore_args<'a>(ctx: &RestoreContext<'_>, scratch: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["--exit-on-error", "--dbname", scratch];
+    if ctx.options.no_owner {
+        args.extend(["--no-owner", "--no-privileges"]);
+    }
+    args
+}
+
 /// A client container beside the containerised server that sees the
 /// spool, or `None` (said in the log) when there can be none.
 async fn beside_for(cfg: &PostgresConfig, plain: &spool::PlainSpool) -> Option<beside::Beside> {
@@ -1178,7 +1183,13 @@ async fn from_spool(
     feed: bool,
 ) -> Result<(String, Ended), RestoreError> {
     if feed {
-        return run_on(ctx, make(), Some(&plain.path)).await;
+        let file = tokio::fs::File::open(&plain.path)
+            .await
+            .map_err(RestoreError::io(format!(
+                "cannot open {}",
+                plain.path.display()
+            )))?;
+        return run_on(ctx, make(), Some(file)).await;
     }
     let jobs = ctx.options.pg_restore_jobs();
     tracing::info!(
@@ -1206,7 +1217,7 @@ async fn from_spool(
 async fn run_on(
     ctx: &RestoreContext<'_>,
     launch: Launch,
-    feed: Option<&Path>,
+    feed: Option<tokio::fs::File>,
 ) -> Result<(String, Ended), RestoreError> {
     let mut child = launch
         .start("pg_restore", feed.is_some())
@@ -1216,12 +1227,9 @@ async fn run_on(
     drop(child.stdout.take());
     let stderr = stderr_tail(child.stderr.take(), "pg_restore", ctx.redactor.clone());
     let fed = match (feed, child.stdin.take()) {
-        (Some(path), Some(mut stdin)) => {
+        (Some(mut file), Some(mut stdin)) => {
             use tokio::io::AsyncWriteExt;
-            let copied = match tokio::fs::File::open(path).await {
-                Ok(mut f) => tokio::io::copy(&mut f, &mut stdin).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
+            let copied = tokio::io::copy(&mut file, &mut stdin).await.map(|_| ());
             let _ = stdin.shutdown().await;
             copied
         }
@@ -1249,35 +1257,15 @@ async fn pg_restore_file(
     dump: pitr::RecoveredDump,
 ) -> Result<u64, RestoreError> {
     let mut cmd = command(cfg, tool, "pg_restore", scratch);
-    cmd.args(["--exit-on-error", "--dbname", scratch]);
-    if ctx.options.no_owner {
-        cmd.args(["--no-owner", "--no-privileges"]);
-    }
-    let mut child = cmd
-        .start("pg_restore", true)
-        .await
-        .map_err(|e| RestoreError::Failed(format!("cannot start pg_restore: {e}")))?
-        .killed_on_drop();
-    let mut stdin = child.stdin.take().expect("stdin is attached");
-    drop(child.stdout.take());
-    let stderr = stderr_tail(child.stderr.take(), "pg_restore", ctx.redactor.clone());
-    let mut file = tokio::fs::File::from_std(dump.file);
-    let copied = tokio::io::copy(&mut file, &mut stdin).await;
-    use tokio::io::AsyncWriteExt;
-    let _ = stdin.shutdown().await;
-    drop(stdin);
-    let status = child
-        .wait()
-        .await
-        .map_err(RestoreError::io("cannot wait for pg_restore"))?;
-    let stderr = stderr.await.unwrap_or_default();
+    cmd.args(pg_restore_args(ctx, scratch));
+    let file = tokio::fs::File::from_std(dump.file);
+    let (stderr, status) = run_on(ctx, cmd, Some(file)).await?;
     if !status.success() {
         return Err(RestoreError::Failed(format!(
             "pg_restore of the recovered database failed ({status}): {}",
             stderr.trim()
         )));
     }
-    copied.map_err(RestoreError::io("cannot feed pg_restore"))?;
     Ok(dump.bytes)
 }
 

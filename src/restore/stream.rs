@@ -1,5 +1,6 @@
 //! Reading an artifact back: storage → size/sha256 check → age → zstd →
-//! plaintext, on a blocking thread.
+//! plaintext, on a blocking thread and one more: age (and the sha256 of
+//! the stored bytes) on one, zstd on the other, as `age -d | zstd -d` does.
 //!
 //! The sizes come from the signed manifest and bound every read: the stored
 //! bytes stop with an error as soon as more than `stored_bytes` arrive, the
@@ -207,7 +208,7 @@ pub enum ReadError {
 /// checking age authentication, zstd checksums and the manifest's size and
 /// sha256, and writing no more plaintext than the manifest records (see
 /// [`VerifyingReader::plaintext`]). Returns the plaintext bytes written.
-pub fn copy_archive<R: Read, W: Write>(
+pub fn copy_archive<R: Read + Send, W: Write>(
     stored: VerifyingReader<R>,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     out: &mut W,
@@ -224,6 +225,18 @@ pub fn copy_archive<R: Read, W: Write>(
         let _ = io::copy(&mut stored, &mut io::sink());
     }
     match (result, stored.failure()) {
+        // The plaintext bound stopped the writing: that is what is said,
+        // whether or not the first stage, reading ahead, also reached the
+        // end of stored bytes that are short of the manifest's.
+        (
+            Err(
+                e @ ReadError::Mismatch(Mismatch::Plaintext {
+                    source: SizeError::TooLong { .. },
+                    ..
+                }),
+            ),
+            _,
+        ) => Err(e),
         // age or zstd wrapped the stored bytes' own error: that one says
         // what is wrong.
         (Err(ReadError::Damaged(..) | ReadError::Mismatch(_)), Some(m)) => {
@@ -233,46 +246,175 @@ pub fn copy_archive<R: Read, W: Write>(
     }
 }
 
-fn decode_into<R: Read, W: Write>(
+/// How many pieces of decrypted bytes wait between the two stages of
+/// [`decode_into`]: the bound on what the split holds in memory.
+const STAGE_DEPTH: usize = 4;
+
+/// Decrypts on a thread of its own while this one decompresses and
+/// writes: age (with the stored bytes' sha256) and zstd each take a core,
+/// as `age -d | zstd -d` does, with a bounded channel between them.
+fn decode_into<R: Read + Send, W: Write>(
     stored: &mut VerifyingReader<R>,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     out: &mut W,
 ) -> Result<u64, ReadError> {
     let label = stored.label.clone();
-    let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.clone(), e.to_string());
     let plaintext = stored.plaintext;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(STAGE_DEPTH);
+        let producer = s.spawn(|| decrypt_into(stored, identities, tx));
+        let consumed = decompress_from(ChannelReader::new(rx), plaintext, out, &label);
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(ReadError::Damaged(
+                label.clone(),
+                "the decrypting thread stopped".into(),
+            ))
+        });
+        match (consumed, produced) {
+            (
+                Err(e @ (ReadError::Output(..) | ReadError::Mismatch(Mismatch::Plaintext { .. }))),
+                _,
+            )
+            | (Err(e), Ok(())) => Err(e),
+            (_, Err(e)) => Err(e),
+            (Ok(n), Ok(())) => Ok(n),
+        }
+    })
+}
+
+/// The first stage: the stored bytes through age, in pieces of
+/// [`crate::pipeline::CHUNK`] sent to `tx`, then the stored bytes read to
+/// their end so that their size and sha256 are checked. A receiver that
+/// stopped (the second stage failed) ends it quietly: its error stands.
+fn decrypt_into<R: Read>(
+    stored: &mut VerifyingReader<R>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> Result<(), ReadError> {
+    let label = stored.label.clone();
+    let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.clone(), e.to_string());
     let decryptor = age::Decryptor::new(&mut *stored).map_err(|e| damaged(&e))?;
-    let reader = decryptor
+    let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => ReadError::WrongKey(label.clone()),
             other => damaged(&other),
         })?;
-    let decoder = zstd::stream::read::Decoder::new(reader).map_err(|e| damaged(&e))?;
+    loop {
+        let mut piece = vec![0u8; crate::pipeline::CHUNK];
+        let (n, failed) = fill(&mut reader, &mut piece);
+        // What decrypted before a failure goes on first, as one thread
+        // would have decompressed it: a bomb is stopped by its plaintext
+        // bound, not named by whatever the stored bytes do after it.
+        if n > 0 {
+            piece.truncate(n);
+            if tx.send(piece).is_err() {
+                return Ok(());
+            }
+        }
+        if let Some(e) = failed {
+            return Err(damaged(&e));
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    drop(reader);
+    io::copy(stored, &mut io::sink()).map_err(|e| damaged(&e))?;
+    Ok(())
+}
+
+/// Reads until `buf` is full, the input ends or fails: the bytes read,
+/// and the failure if it failed.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+/// The pieces of the first stage as a reader; it ends when the first
+/// stage does.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(piece) => (self.piece, self.at) = (piece, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The second stage: zstd over the decrypted bytes into `out`, no more
+/// than `plaintext` allows, and nothing after the frame. A plaintext
+/// that ends short reads the first stage to its end, so that the stored
+/// bytes' own check (a replaced archive) is made.
+fn decompress_from<W: Write>(
+    mut input: ChannelReader,
+    plaintext: Expected,
+    out: &mut W,
+    label: &str,
+) -> Result<u64, ReadError> {
+    let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.to_owned(), e.to_string());
+    let decoder = zstd::stream::read::Decoder::new(&mut input).map_err(|e| damaged(&e))?;
     let mut z = Bounded::new(decoder, plaintext);
     let mut buf = vec![0u8; crate::pipeline::CHUNK];
-    loop {
+    let failed = loop {
         let n = match z.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break None,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match z.failure() {
-                    Some(source) => ReadError::Mismatch(Mismatch::Plaintext {
-                        label: label.clone(),
-                        expected: plaintext,
-                        source,
-                    }),
-                    None => damaged(&e),
-                });
-            }
+            Err(e) => break Some(e),
         };
         out.write_all(&buf[..n])
-            .map_err(|e| ReadError::Output(label.clone(), e))?;
+            .map_err(|e| ReadError::Output(label.to_owned(), e))?;
+    };
+    if let Some(e) = failed {
+        let source = z.failure();
+        drop(z);
+        return Err(match source {
+            Some(source) => {
+                if matches!(source, SizeError::TooShort { .. }) {
+                    let _ = io::copy(&mut input, &mut io::sink());
+                }
+                ReadError::Mismatch(Mismatch::Plaintext {
+                    label: label.to_owned(),
+                    expected: plaintext,
+                    source,
+                })
+            }
+            None => damaged(&e),
+        });
     }
     let written = z.bytes_read();
-    // Nothing may follow the zstd frame; then read the stored bytes to the
-    // end so that the size and sha256 are checked.
+    // Nothing may follow the zstd frame.
     let mut rest = z.into_inner().finish();
     let trailing = io::copy(&mut rest, &mut io::sink()).map_err(|e| damaged(&e))?;
     if trailing != 0 {
@@ -280,10 +422,8 @@ fn decode_into<R: Read, W: Write>(
             "{trailing} bytes follow the end of the compressed data"
         )));
     }
-    drop(rest);
-    io::copy(stored, &mut io::sink()).map_err(|e| damaged(&e))?;
     out.flush()
-        .map_err(|e| ReadError::Output(label.clone(), e))?;
+        .map_err(|e| ReadError::Output(label.to_owned(), e))?;
     Ok(written)
 }
 
@@ -376,6 +516,34 @@ mod tests {
         }
     }
 
+    /// A bomb in place of a longer archive: its stored bytes end short of
+    /// the manifest's, and the decrypting stage, reading ahead, gets there
+    /// first; what is said is still the bound that stopped the writing.
+    #[test]
+    fn a_bomb_shorter_than_the_archive_is_named_by_its_plaintext() {
+        // More than one age chunk: the bomb, then noise.
+        let mut plain = vec![0u8; 32 << 20];
+        plain.extend((0..200_000).map(|_| rand::random::<u8>()));
+        let (stored, ids) = archive(&plain);
+        assert!(stored.len() > 128 << 10);
+        let mut a = figures(&stored, 1000);
+        a.stored_bytes = stored.len() as u64 * 4;
+        for _ in 0..20 {
+            let (out, res) = restore(&stored, &a, &ids);
+            assert_eq!(out.len(), 1000);
+            assert!(
+                matches!(
+                    res,
+                    Err(ReadError::Mismatch(Mismatch::Plaintext {
+                        source: SizeError::TooLong { limit: 1000 },
+                        ..
+                    }))
+                ),
+                "{res:?}"
+            );
+        }
+    }
+
     #[test]
     fn stored_bytes_past_the_manifest_are_never_read() {
         let plain: Vec<u8> = (0..400_000u32)
@@ -455,6 +623,37 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("the manifest says"), "{e}");
+    }
+
+    /// The decrypting stage's failures reach the caller as themselves,
+    /// not as the decompressing stage's "truncated" that follows them.
+    #[test]
+    fn a_wrong_key_and_a_flipped_byte_are_named_across_the_stages() {
+        let plain: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let (stored, _) = archive(&plain);
+        let a = figures(&stored, plain.len() as u64);
+        let other: Ids = vec![Box::new(age::x25519::Identity::generate())];
+        let (_, res) = restore(&stored, &a, &other);
+        assert!(matches!(res, Err(ReadError::WrongKey(_))), "{res:?}");
+
+        let (mut stored, ids) = archive(&plain);
+        let mid = stored.len() / 2;
+        stored[mid] ^= 0x40;
+        let mut a = figures(&stored, plain.len() as u64);
+        // The manifest's digest fits the damaged bytes: only age sees it.
+        let (out, res) = restore(&stored, &a, &ids);
+        assert!(matches!(res, Err(ReadError::Damaged(..))), "{res:?}");
+        assert!(out.len() < plain.len());
+        // With the manifest's digest of the real archive, the digest is
+        // not reached (age stops first) but the size still fits: Damaged.
+        a.sha256 = Some("0".repeat(64));
+        let (_, res) = restore(&stored, &a, &ids);
+        assert!(
+            matches!(res, Err(ReadError::Damaged(..) | ReadError::Mismatch(_))),
+            "{res:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! (here or in its container), and [`stall`] stops a whole piece of work
 //! that stops making progress.
 
+pub mod private;
 pub mod stall;
 
 use std::ffi::OsStr;

@@ -65,6 +65,16 @@ pub enum Launch {
         /// What to run there.
         spec: ExecSpec,
     },
+    /// A process in a client container with its stdout on a FIFO
+    /// ([`crate::clients::postgres::pipe`]).
+    Piped {
+        /// The client container.
+        container: ContainerRef,
+        /// What to run there.
+        spec: ExecSpec,
+        /// Where its stdout goes.
+        fifo: crate::clients::postgres::pipe::Fifo,
+    },
 }
 
 impl Launch {
@@ -91,7 +101,9 @@ impl Launch {
             Launch::Local(c) => {
                 c.arg(a.as_ref());
             }
-            Launch::Container { spec, .. } => spec.cmd.push(a.as_ref().to_owned()),
+            Launch::Container { spec, .. } | Launch::Piped { spec, .. } => {
+                spec.cmd.push(a.as_ref().to_owned());
+            }
         }
         self
     }
@@ -114,7 +126,7 @@ impl Launch {
             Launch::Local(c) => {
                 c.env(name, value);
             }
-            Launch::Container { spec, .. } => {
+            Launch::Container { spec, .. } | Launch::Piped { spec, .. } => {
                 *spec = std::mem::take(spec).env(name, value);
             }
         }
@@ -132,6 +144,14 @@ impl Launch {
                 spec.stdin = stdin;
                 let engine = Engine::connect(container.engine.as_deref())?;
                 Ok(engine.exec(&container.name, spec).await?)
+            }
+            Launch::Piped {
+                container,
+                mut spec,
+                fifo,
+            } => {
+                spec.stdin = stdin;
+                fifo.start(&container, spec).await
             }
         }
     }

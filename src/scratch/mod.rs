@@ -245,11 +245,3 @@ impl ScratchPostgres for Recovered {
         Recovered::connection(self)
     }
 }
-
-/// The parent of every scratch directory: `$TMPDIR`.
-pub fn scratch_root() -> PathBuf {
-    std::env::temp_dir()
-}
-
-/// The prefix of every scratch directory, so leftovers can be recognised.
-pub const PREFIX: &str = "kompose-dr-scratch-";

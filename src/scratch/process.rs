@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{PREFIX, ScratchError, ScratchPostgres, ScratchRedis, ScratchRuntime};
+use super::{ScratchError, ScratchPostgres, ScratchRedis, ScratchRuntime};
 use crate::model::config::{PgEndpoint, RedisConfig};
 use crate::model::secret::Secret;
 
@@ -149,19 +149,13 @@ async fn spawn_held(mut cmd: Command, what: &str) -> Result<(Child, Holder), Scr
     Ok((child, holder))
 }
 
+/// A private scratch directory ([`crate::process::private::tempdir`]),
+/// given to `owner` if named (the scratch server's user).
 pub(super) fn private_dir(
     owner: Option<&nix::unistd::User>,
 ) -> Result<tempfile::TempDir, ScratchError> {
-    let root = super::scratch_root();
-    sweep_dead(&root);
-    // The pid in the name says whose it is, for the next sweep.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{PREFIX}{}-", std::process::id()))
-        .tempdir_in(&root)
+    let dir = crate::process::private::tempdir()
         .map_err(ScratchError::io("cannot create a scratch directory"))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(
-        ScratchError::io(format!("cannot protect {}", dir.path().display())),
-    )?;
     if let Some(u) = owner {
         std::os::unix::fs::chown(dir.path(), Some(u.uid.as_raw()), Some(u.gid.as_raw())).map_err(
             ScratchError::io(format!(
@@ -172,37 +166,6 @@ pub(super) fn private_dir(
         )?;
     }
     Ok(dir)
-}
-
-/// Removes the scratch directories in `root` of kompose-dr processes that
-/// are gone (killed with `kill -9`: their servers died with them, but the
-/// restored data stayed on disk).
-fn sweep_dead(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = crate::process::is_gone(pid);
-        let ours = e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink());
-        if gone && ours {
-            match std::fs::remove_dir_all(e.path()) {
-                Ok(()) => {
-                    tracing::info!(dir = %e.path().display(), pid, "removed the scratch directory of a killed kompose-dr")
-                }
-                Err(err) => {
-                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove the scratch directory of a killed kompose-dr")
-                }
-            }
-        }
-    }
 }
 
 /// The last lines of a server's log, joined with ` | `.

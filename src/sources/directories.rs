@@ -315,9 +315,7 @@ async fn copy_path(
     let root_file = root_meta(root.display().to_string(), &meta);
     let filter = Filter::new(cfg)?;
     // The databases first, into a private directory (0700; copies 0600).
-    let work = tempfile::Builder::new()
-        .prefix("kompose-dr-sqlite-")
-        .tempdir()
+    let work = crate::process::private::tempdir()
         .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (dbs, work_path, root_owned) =
         (cfg.sqlite.clone(), work.path().to_owned(), root.to_owned());
@@ -595,9 +593,7 @@ async fn copy_volume(
     let stream = engine.download(&helper.id, MOUNT);
     let reader = tokio_util::io::StreamReader::new(stream);
     let filter = Filter::new(cfg)?;
-    let work = tempfile::Builder::new()
-        .prefix("kompose-dr-sqlite-")
-        .tempdir()
+    let work = crate::process::private::tempdir()
         .map_err(SourceError::io("cannot create a temporary directory"))?;
     let (writer, input) = pipeline::input_from_writer();
     let rt = tokio::runtime::Handle::current();

@@ -97,6 +97,38 @@ fn verify_with_a_scratch_container(ws: &Workspace, engine: &Engine) -> std::proc
 /// restore's own mount namespace): no client container can read the
 /// spool, so one pg_restore in the server's container reads it on stdin.
 fn restore_with_a_private_tmp(ws: &Workspace, engine: &Engine, stack: &Stack) {
+    let out = under_a_private_tmp(
+        ws,
+        engine,
+        &[
+            "restore",
+            "--source",
+            "postgres/umami",
+            "--as",
+            "umami_copy",
+            "--yes",
+        ],
+    );
+    out.assert_exit(0)
+        .assert_stderr_contains("no client container beside the server");
+    assert_eq!(
+        stack.psql("umami_copy", "SELECT count(*) FROM website"),
+        "40"
+    );
+    // A backup there has no FIFO the engine can see: pg_dump's output
+    // comes over the exec stream, whole.
+    let before = ws.manifests().len();
+    under_a_private_tmp(ws, engine, &["backup", "--source", "postgres/umami"]).assert_exit(0);
+    let m = ws.manifests().pop().unwrap();
+    assert_eq!(ws.manifests().len(), before + 1);
+    let dump = ws.stock_decrypt(&ws.archive(Workspace::artifact(&m, "postgres/umami")));
+    assert!(dump.starts_with(b"PGDMP"), "not a pg_dump custom archive");
+    assert!(scratch_containers(engine).is_empty());
+}
+
+/// kompose-dr with `args` under `unshare -m` with a tmpfs of its own as
+/// `$TMPDIR` (what systemd's PrivateTmp gives): the engine cannot see it.
+fn under_a_private_tmp(ws: &Workspace, engine: &Engine, args: &[&str]) -> crate::support::Ran {
     let private = ws.dir.path().join("private-tmp");
     std::fs::create_dir_all(&private).unwrap();
     let c = kdr(ws, engine);
@@ -108,26 +140,12 @@ fn restore_with_a_private_tmp(ws: &Workspace, engine: &Engine, stack: &Stack) {
         .arg("sh")
         // `kdr`'s own command line after `nsenter --net=… --`.
         .args(kdr_args.iter().skip(2))
-        .args([
-            "restore",
-            "--source",
-            "postgres/umami",
-            "--as",
-            "umami_copy",
-            "--yes",
-        ])
+        .args(args)
         .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
         .env_remove("DOCKER_HOST")
         .env("TMPDIR", &private)
         .stdin(Stdio::null());
-    let out = crate::support::Ran::of(&mut wrapped);
-    out.assert_exit(0)
-        .assert_stderr_contains("no client container beside the server");
-    assert_eq!(
-        stack.psql("umami_copy", "SELECT count(*) FROM website"),
-        "40"
-    );
-    assert!(scratch_containers(engine).is_empty());
+    crate::support::Ran::of(&mut wrapped)
 }
 
 #[test]
@@ -463,15 +481,15 @@ fn a_failing_pg_dump_in_the_container_fails_the_backup_with_its_message() {
     assert!(toc.contains("TABLE DATA public item"), "{toc}");
 }
 
-/// The library's container launch, driven directly: pg_dump's status and
-/// stderr come back through the batching wrapper, and a killed launch
-/// leaves no pg_dump (nor dd) running in the container.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batched_pg_dump_reports_its_status_and_dies_with_its_launch() {
-    use kompose_dr::clients::postgres::{DumpTool, command, resolve};
-    use tokio::io::AsyncReadExt;
-    let engine = engine();
-    let stack = Stack::start(engine);
+/// The stack's PostgreSQL as the library resolves it, and a tool that
+/// runs its clients in containers (as a backup run's).
+async fn container_tool(
+    engine: &Engine,
+    stack: &Stack,
+) -> (
+    kompose_dr::model::config::PostgresConfig,
+    kompose_dr::clients::postgres::DumpTool,
+) {
     let cfg = kompose_dr::model::config::Config::from_toml(
         &format!(
             "[[repository]]\nname = \"r\"\nurl = \"/nonexistent\"\n\n[docker]\nhost = \"{}\"\n\n\
@@ -481,11 +499,100 @@ async fn a_batched_pg_dump_reports_its_status_and_dies_with_its_launch() {
         std::path::Path::new("/etc/kompose-dr/test.toml"),
     )
     .unwrap();
-    let pg = resolve(cfg.postgres.as_ref().unwrap()).await.unwrap();
-    let tool = DumpTool::Container {
+    let pg = kompose_dr::clients::postgres::resolve(cfg.postgres.as_ref().unwrap())
+        .await
+        .unwrap();
+    let tool = kompose_dr::clients::postgres::DumpTool::Container {
         container: pg.container.clone().unwrap(),
         version: String::new(),
+        pipe: Default::default(),
     };
+    (pg, tool)
+}
+
+/// pg_dump beside the server, off the exec stream: its output comes
+/// through a FIFO in a private directory, whole; a failing pg_dump gives
+/// its own status and message with an empty output (never a wait for a
+/// FIFO nobody opens); one client container serves the run's dumps and
+/// goes with the run's tool, leaving no FIFO behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_beside_the_server_comes_through_a_fifo() {
+    use kompose_dr::clients::postgres::{DumpTool, bulk_command};
+    use tokio::io::AsyncReadExt;
+    let engine = engine();
+    let stack = Stack::start(engine);
+    stack.psql(
+        &stack.pg_user,
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g",
+    );
+    let (pg, tool) = container_tool(engine, &stack).await;
+    let dump = |db: &str| {
+        let (pg, tool, db) = (pg.clone(), tool.clone(), db.to_owned());
+        async move {
+            let mut l = bulk_command(&pg, &tool, "pg_dump", &db).await;
+            assert!(matches!(
+                l,
+                kompose_dr::clients::launch::Launch::Piped { .. }
+            ));
+            l.arg("--format=custom");
+            let mut run = l.start("pg_dump", false).await.unwrap();
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let (mut o, mut e) = (run.stdout.take().unwrap(), run.stderr.take().unwrap());
+            let (a, b) = tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
+            a.unwrap();
+            b.unwrap();
+            (
+                run.wait().await.unwrap(),
+                out,
+                String::from_utf8_lossy(&err).into_owned(),
+            )
+        }
+    };
+    let (ended, out, err) = dump(&stack.pg_user).await;
+    assert!(ended.success(), "{ended}: {err}");
+    assert!(
+        out.starts_with(b"PGDMP") && out.len() > 4_000_000,
+        "{}",
+        out.len()
+    );
+    let (ended, out, err) = dump("nosuch").await;
+    assert_eq!(ended.to_string(), "exit status 1", "{err}");
+    assert!(err.contains("database \"nosuch\" does not exist"), "{err}");
+    assert!(out.is_empty());
+    let mine = scratch_of(engine, std::process::id());
+    assert_eq!(mine.len(), 1, "one client container for the run: {mine:?}");
+    let DumpTool::Container { pipe, .. } = &tool else {
+        unreachable!()
+    };
+    let dir = pipe.dir().expect("the run has a pipe");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("probe")],
+        "FIFOs are unlinked"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    drop(tool);
+    assert!(scratch_of(engine, std::process::id()).is_empty());
+    assert!(!dir.exists());
+}
+
+/// The library's container launch, driven directly: pg_dump's status and
+/// stderr come back through the batching wrapper, and a killed launch
+/// leaves no pg_dump (nor dd) running in the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_pg_dump_reports_its_status_and_dies_with_its_launch() {
+    use kompose_dr::clients::postgres::command;
+    use tokio::io::AsyncReadExt;
+    let engine = engine();
+    let stack = Stack::start(engine);
+    let (pg, tool) = container_tool(engine, &stack).await;
     let ps = || {
         let out = run_ok(stack.exec(&stack.postgres).args(["ps", "-o", "comm"]));
         out.lines()

@@ -213,7 +213,7 @@ fn spools_left(dir: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("kompose-dr-restore-"))
+        .filter(|n| n.starts_with("kompose-dr-scratch-"))
         .collect()
 }
 

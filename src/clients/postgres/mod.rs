@@ -14,6 +14,7 @@
 
 pub mod beside;
 pub mod database;
+pub mod pipe;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +54,9 @@ pub enum DumpTool {
         container: ContainerRef,
         /// `pg_dump --version` output inside it.
         version: String,
+        /// The client container whose pg_dump writes into a FIFO, shared
+        /// by the run's dumps.
+        pipe: pipe::PipeSlot,
     },
 }
 
@@ -302,6 +306,7 @@ pub async fn choose_client(
                 source,
             })?;
         return Ok(DumpTool::Container {
+            pipe: pipe::PipeSlot::default(),
             container: container.clone(),
             version: version.lines().next().unwrap_or_default().trim().to_owned(),
         });
@@ -403,6 +408,24 @@ pub fn command(cfg: &PostgresConfig, tool: &DumpTool, program: &str, database: &
     launch
 }
 
+/// [`command`] for a program with bulk output (pg_dump): with the server
+/// in a container, in the client container beside it writing into a FIFO
+/// when the run's [`pipe::PipeSlot`] has one (off the engine's exec
+/// stream), else as [`command`] runs it.
+pub async fn bulk_command(
+    cfg: &PostgresConfig,
+    tool: &DumpTool,
+    program: &str,
+    database: &str,
+) -> Launch {
+    if let DumpTool::Container { pipe, .. } = tool
+        && let Some(p) = pipe.get(cfg).await
+    {
+        return p.command(cfg, program, database);
+    }
+    command(cfg, tool, program, database)
+}
+
 /// An SQL identifier, double-quoted.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -447,6 +470,7 @@ mod tests {
             lock_wait: Duration::from_secs(300),
         };
         let tool = DumpTool::Container {
+            pipe: pipe::PipeSlot::default(),
             container,
             version: "pg_dump (PostgreSQL) 15.4".into(),
         };
@@ -456,7 +480,7 @@ mod tests {
     fn spec(launch: Launch) -> ExecSpec {
         match launch {
             Launch::Container { spec, .. } => spec,
-            Launch::Local(_) => panic!("not in a container"),
+            Launch::Local(_) | Launch::Piped { .. } => panic!("not in the server's container"),
         }
     }
 

@@ -162,9 +162,9 @@ impl<'a> PgProbe<'a> {
                 Ok(Ok(pg::DumpTool::Local { bin_dir, version })) => {
                     Ok(format!("{} ({version})", bin_dir.join(program).display()))
                 }
-                Ok(Ok(pg::DumpTool::Container { container, version })) => {
-                    Ok(format!("in container `{}` ({version})", container.name))
-                }
+                Ok(Ok(pg::DumpTool::Container {
+                    container, version, ..
+                })) => Ok(format!("in container `{}` ({version})", container.name)),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!(
                     "{program} --version did not answer within {}s",

@@ -149,6 +149,7 @@ pub(super) async fn run(
     let base = drill.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new()
         .prefix("kompose-dr-stack-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&base)
         .map_err(DrillError::io(format!(
             "cannot create the stack drill's scratch directory in {} (scratch_dir)",

@@ -191,12 +191,9 @@ pub async fn restore(
     let what = format!("volume {volume}");
     let engine = engine(cfg)?;
     // 1. Unpack and check here.
-    let work = tempfile::Builder::new()
-        .prefix("kompose-dr-restore-")
-        .tempdir()
-        .map_err(RestoreError::io(
-            "cannot create a private temporary directory",
-        ))?;
+    let work = crate::process::private::tempdir().map_err(RestoreError::io(
+        "cannot create a private temporary directory",
+    ))?;
     let staging = work.path().join("staging");
     std::fs::create_dir(&staging).map_err(RestoreError::io("cannot create a staging directory"))?;
     let (bytes, unpacked) = super::unpack_into(ctx, item, &staging)

@@ -101,12 +101,9 @@ pub async fn restore(
     let engine = Engine::connect(c.engine.as_deref())?;
     let unchanged = format!("container {}", c.name);
     // 1. Recover here, before production is touched.
-    let work = tempfile::Builder::new()
-        .prefix("kompose-dr-restore-")
-        .tempdir()
-        .map_err(RestoreError::io(
-            "cannot create a private temporary directory ($TMPDIR)",
-        ))?;
+    let work = crate::process::private::tempdir().map_err(RestoreError::io(
+        "cannot create a private temporary directory ($TMPDIR)",
+    ))?;
     let data = work.path().join("data");
     std::fs::create_dir(&data).map_err(RestoreError::io(format!(
         "cannot create {}",

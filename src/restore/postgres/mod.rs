@@ -1117,17 +1117,19 @@ async fn run_pg_restore(
         Some(plain) => {
             let (stderr, status) = match here() {
                 Launch::Local(_) => from_spool(ctx, &here, &plain, false).await?,
-                Launch::Container { .. } => match beside_for(cfg, &plain).await {
-                    Some(b) => {
-                        let there = || {
-                            let mut l = b.launch(cfg, "pg_restore", scratch);
-                            l.args(&args);
-                            l
-                        };
-                        from_spool(ctx, &there, &plain, false).await?
+                Launch::Container { .. } | Launch::Piped { .. } => {
+                    match beside_for(cfg, &plain).await {
+                        Some(b) => {
+                            let there = || {
+                                let mut l = b.launch(cfg, "pg_restore", scratch);
+                                l.args(&args);
+                                l
+                            };
+                            from_spool(ctx, &there, &plain, false).await?
+                        }
+                        None => from_spool(ctx, &here, &plain, true).await?,
                     }
-                    None => from_spool(ctx, &here, &plain, true).await?,
-                },
+                }
             };
             (plain.bytes, stderr, status)
         }

@@ -82,13 +82,10 @@ pub(super) async fn spool_plain(
     if !has_room(&tmp, artifact.plaintext_bytes, &label) {
         return Ok(None);
     }
-    let dir = tempfile::Builder::new()
-        .prefix("kompose-dr-restore-")
-        .tempdir()
-        .map_err(RestoreError::io(format!(
-            "cannot create a private directory in {}: set TMPDIR to a writable directory",
-            tmp.display()
-        )))?;
+    let dir = crate::process::private::tempdir().map_err(RestoreError::io(format!(
+        "cannot create a private directory in {}: set TMPDIR to a writable directory",
+        tmp.display()
+    )))?;
     let path = dir.path().join("dump");
     let file = create_private(&path)?;
     let pb = progress_bar(ctx, item);

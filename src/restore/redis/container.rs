@@ -117,12 +117,9 @@ pub async fn restore(
         _ => "dump.rdb",
     };
     // 1. Unpack and check here, before production is touched.
-    let work = tempfile::Builder::new()
-        .prefix("kompose-dr-restore-")
-        .tempdir()
-        .map_err(RestoreError::io(
-            "cannot create a private temporary directory",
-        ))?;
+    let work = crate::process::private::tempdir().map_err(RestoreError::io(
+        "cannot create a private temporary directory",
+    ))?;
     let staging = work.path().join("staging");
     std::fs::create_dir(&staging).map_err(RestoreError::io("cannot create a staging directory"))?;
     let bytes = unpack(ctx, item, &staging)

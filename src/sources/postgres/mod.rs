@@ -38,7 +38,8 @@ use tokio_postgres::{Client, NoTls};
 use super::{SourceContext, SourceRun, timed};
 use crate::clients::ClientError;
 use crate::clients::postgres::{
-    DumpTool, ServerVersion, command, connect_within, database, query_error, quote_ident,
+    DumpTool, ServerVersion, bulk_command, command, connect_within, database, query_error,
+    quote_ident,
 };
 use crate::model::config::PostgresConfig;
 use crate::model::facts::SourceFacts;
@@ -86,7 +87,7 @@ pub async fn dump_database(
             // pg_dump and the row counts read the same exported snapshot, so
             // they can run side by side: the counts cost no wall time.
             let key = artifact_key(&ctx.snapshot, &source, ArtifactKind::PostgresDump);
-            let mut cmd = command(cfg, tool, "pg_dump", db);
+            let mut cmd = bulk_command(cfg, tool, "pg_dump", db).await;
             cmd.args(["--format=custom", "--compress=0"])
                 .arg(format!("--snapshot={snapshot}"))
                 .arg(format!("--lock-wait-timeout={}", cfg.lock_wait.as_millis()));

@@ -445,7 +445,7 @@ fn a_replaced_dump_whose_view_runs_a_program_never_reaches_pg_restore() {
         let left: Vec<_> = std::fs::read_dir(ws.tmp())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("kompose-dr-restore-"))
+            .filter(|n| n.starts_with("kompose-dr-scratch-"))
             .collect();
         assert!(left.is_empty(), "{args:?} left {left:?} in TMPDIR");
     }

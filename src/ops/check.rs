@@ -137,12 +137,30 @@ async fn check_record(
     let a = crate::model::manifest::Artifact::of_wal(r);
     let plaintext = Expected::Exactly(a.plaintext_bytes);
     let problem = check_object(repo, &a, plaintext, identities).await.err()?;
+    if superseded(repo, r).await {
+        return None;
+    }
     Some(Damage {
         snapshot: None,
         source: format!("wal/{}", r.name),
         path: r.path.clone(),
         problem: problem.to_string(),
     })
+}
+
+/// Whether a partial segment's record no longer names the file that was
+/// checked: the archiver shipped a newer copy (or the complete segment)
+/// and removed the old one while the check read it.
+async fn superseded(repo: &Repository, r: &crate::model::wal::WalRecord) -> bool {
+    use crate::repository::wal::RecordAgainError;
+    if r.kind != crate::model::wal::WalKind::Partial {
+        return false;
+    }
+    match repo.wal_record_again(r).await {
+        Ok(again) => again.path != r.path,
+        Err(RecordAgainError::Gone(_)) => true,
+        Err(RecordAgainError::Refused { .. }) => false,
+    }
 }
 
 /// The base backups of cluster `id` that snapshots retain, by snapshot id;

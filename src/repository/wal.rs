@@ -108,6 +108,53 @@ pub enum RecordAgainError {
     },
 }
 
+/// A record as read: its body with the signature checked, or why not.
+enum Read {
+    /// Nothing is there.
+    Missing,
+    /// The body, its signature checked.
+    Body(Bytes),
+    /// There, and refused (too large, wrongly signed).
+    Refused(String),
+}
+
+/// How many times a refused partial segment's record is read again, and
+/// how long apart: the archiver overwrites it as it ships newer copies,
+/// signature first, then the record, so a reader between the two writes
+/// sees the new signature beside the old record.
+const REREADS: u32 = 3;
+const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Repository {
+    /// The record at `key` with its signature checked; a partial
+    /// segment's record that is refused is read again ([`REREADS`]) before
+    /// the refusal counts: a forged one stays refused, a half-replaced one
+    /// reads whole.
+    async fn read_wal_record(&self, key: &str) -> Result<Read, StorageError> {
+        let mut tries = if key.ends_with(".partial.json") {
+            REREADS
+        } else {
+            0
+        };
+        loop {
+            let read = match self.read_document(key, MAX_DOCUMENT).await {
+                Ok(Some(body)) => match self.check_signed(key, &body).await {
+                    Ok(_) => Read::Body(body),
+                    Err(e) => Read::Refused(e.to_string()),
+                },
+                Ok(None) => Read::Missing,
+                Err(StorageError::NotAnObject { message, .. }) => Read::Refused(message),
+                Err(e) => return Err(e),
+            };
+            if !matches!(read, Read::Refused(_)) || tries == 0 {
+                return Ok(read);
+            }
+            tries -= 1;
+            tokio::time::sleep(REREAD_AFTER).await;
+        }
+    }
+}
+
 impl Repository {
     /// The clusters with archived WAL (their system identifiers).
     pub async fn wal_clusters(&self) -> Result<Vec<String>, RepositoryError> {
@@ -147,19 +194,15 @@ impl Repository {
                 )));
                 continue;
             }
-            let body = match self.read_document(&o.key, MAX_DOCUMENT).await {
-                Ok(Some(b)) => b,
-                Ok(None) => continue,
-                Err(StorageError::NotAnObject { message, .. }) => {
+            let body = match self.read_wal_record(&o.key).await {
+                Ok(Read::Body(b)) => b,
+                Ok(Read::Missing) => continue,
+                Ok(Read::Refused(message)) => {
                     damaged.push(bad(message));
                     continue;
                 }
                 Err(e) => return Err(self.storage(e)),
             };
-            if let Err(e) = self.check_signed(&o.key, &body).await {
-                damaged.push(bad(e.to_string()));
-                continue;
-            }
             match serde_json::from_slice::<WalRecord>(&body) {
                 Ok(r) if r.system_identifier == system_identifier => match validate(&r, &o.key) {
                     Ok(()) => good.push(r),
@@ -186,14 +229,12 @@ impl Repository {
             key: key.clone(),
             why,
         };
-        let body = match self.read_document(&key, MAX_DOCUMENT).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return Err(RecordAgainError::Gone(key)),
+        let body = match self.read_wal_record(&key).await {
+            Ok(Read::Body(b)) => b,
+            Ok(Read::Missing) => return Err(RecordAgainError::Gone(key)),
+            Ok(Read::Refused(why)) => return Err(refused(why)),
             Err(e) => return Err(refused(e.to_string())),
         };
-        self.check_signed(&key, &body)
-            .await
-            .map_err(|e| refused(e.to_string()))?;
         let again: WalRecord = serde_json::from_slice(&body).map_err(|e| refused(e.to_string()))?;
         validate(&again, &key).map_err(|m| refused(m.0))?;
         if again.system_identifier != r.system_identifier {
@@ -311,10 +352,8 @@ mod tests {
         .unwrap();
     }
 
-    #[tokio::test]
-    async fn a_partial_record_put_back_older_than_planned_is_refused() {
-        let mem = crate::storage::memory::MemoryBackend::new();
-        let repo = Repository::with_backend("mem", std::sync::Arc::new(mem));
+    /// A partial segment's record, in a repository `repo` initialised now.
+    async fn partial_in(repo: &Repository) -> WalRecord {
         let r = age::x25519::Identity::generate().to_public();
         repo.init(&[r], &crate::repository::stack::new_id())
             .await
@@ -327,6 +366,14 @@ mod tests {
             &old.name,
             Some("0123456789abcdef"),
         );
+        old
+    }
+
+    #[tokio::test]
+    async fn a_partial_record_put_back_older_than_planned_is_refused() {
+        let mem = crate::storage::memory::MemoryBackend::new();
+        let repo = Repository::with_backend("mem", std::sync::Arc::new(mem));
+        let mut old = partial_in(&repo).await;
         let t = chrono::Utc::now();
         old.covered_until = Some(t - chrono::Duration::seconds(60));
         repo.put_wal_record(&old).await.unwrap();
@@ -343,5 +390,57 @@ mod tests {
             "{e}"
         );
         assert_eq!(repo.wal_record_again(&old).await.unwrap(), old);
+    }
+
+    /// The archiver replaces a partial segment's record signature first:
+    /// a reader between the two writes reads the old record beside the
+    /// new signature. It reads again, and gets the new record whole; a
+    /// record that stays wrongly signed stays refused.
+    #[tokio::test]
+    async fn a_half_replaced_partial_record_reads_whole_and_a_forged_one_stays_refused() {
+        use crate::storage::Backend;
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let trust = crate::model::config::Trust {
+            public_key: Some(kp.pk.to_base64()),
+            signing_key: Some(crate::model::secret::Secret::new(
+                kp.sk.to_box(None).unwrap().into_string(),
+            )),
+            allow_unsigned: false,
+            seen_dir: None,
+        };
+        let mem = crate::storage::memory::MemoryBackend::new();
+        let repo =
+            Repository::with_backend("mem", std::sync::Arc::new(mem.clone())).trusting(trust);
+        let old = partial_in(&repo).await;
+        let key = keys::wal_record_key(&old.system_identifier, 1, &old.name, true);
+        repo.put_wal_record(&old).await.unwrap();
+        let old_body = mem.get(&key).await.unwrap();
+        let newer = WalRecord {
+            covered_until: Some(chrono::Utc::now()),
+            ..old.clone()
+        };
+        repo.put_wal_record(&newer).await.unwrap();
+        let new_body = mem.get(&key).await.unwrap();
+        // The new signature is there, the old record still beside it; the
+        // archiver's second write lands while the reader waits.
+        mem.put(&key, old_body.clone(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let (finish, body) = (mem.clone(), new_body.clone());
+        let k = key.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(REREAD_AFTER / 2).await;
+            finish.put(&k, body, PutMode::Overwrite).await.unwrap();
+        });
+        let again = repo.wal_record_again(&old).await.unwrap();
+        assert_eq!(again, newer);
+        writer.await.unwrap();
+        // Left half-replaced (or forged), it is refused after the rereads.
+        mem.put(&key, old_body, PutMode::Overwrite).await.unwrap();
+        let e = repo.wal_record_again(&old).await.unwrap_err();
+        assert!(matches!(e, RecordAgainError::Refused { .. }), "{e}");
+        let (good, bad) = repo.wal_records(&old.system_identifier).await.unwrap();
+        assert!(good.is_empty());
+        assert_eq!(bad.len(), 1, "{bad:?}");
     }
 }

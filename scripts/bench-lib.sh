@@ -7,6 +7,11 @@
 # Expects PGBIN; sets work, and with the server port and the PG* variables.
 
 work=$(mktemp -d /tmp/kdr-bench.XXXXXX)
+# kompose-dr's state (what this "host" committed) stays in $work, never in
+# the machine's /var/lib/kompose-dr; scripts that empty the repository
+# between rounds empty it too (wipe_repo).
+export KOMPOSE_DR_STATE_DIR=$work/state
+wipe_repo() { rm -rf "$work/repo/data" "$work/repo/snapshots"/* "$KOMPOSE_DR_STATE_DIR"; }
 cleanup() {
   if [ "${BENCH_SERVER:-yes}" != no ]; then
     PGBIN=$PGBIN scripts/throwaway-pg stop "$work" --immediate >/dev/null 2>&1 || true

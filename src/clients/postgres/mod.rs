@@ -61,6 +61,19 @@ pub enum DumpTool {
 }
 
 impl DumpTool {
+    /// Starts, in the background, the client container the run's dumps
+    /// write through ([`pipe::PipeSlot`]), so that it is up by the time the
+    /// first dump's snapshot is taken; a dump that comes first waits for
+    /// the same start.
+    pub fn prepare(&self, cfg: &PostgresConfig) {
+        if let DumpTool::Container { pipe, .. } = self {
+            let (pipe, cfg) = (pipe.clone(), cfg.clone());
+            tokio::spawn(async move {
+                pipe.get(&cfg).await;
+            });
+        }
+    }
+
     /// The tool's version text.
     pub fn version(&self) -> &str {
         match self {

@@ -897,6 +897,14 @@ async fn plan_postgres<'a>(
         Err(e) => return PgPlan::failed(names, &e.to_string(), false),
     };
     tracing::info!(server = %server.text, tool = %tool.version(), "PostgreSQL");
+    if names.iter().any(|n| {
+        matches!(
+            crate::model::source_name::SourceName::parse(n),
+            Some(crate::model::source_name::SourceName::PostgresDatabase(_))
+        )
+    }) {
+        tool.prepare(pg);
+    }
     let jobs = names
         .iter()
         .map(|name| pg_job(ctx, pg, name, &tool, &server))

@@ -68,7 +68,10 @@ impl RestoreOptions {
         })
     }
 
-    /// The jobs of one pg_restore from the verified spool: as many.
+    /// The jobs of one pg_restore: as many. With more than one, the
+    /// verified archive is decoded into a plaintext spool first (pg_restore
+    /// seeks in its file); with one it streams into pg_restore as it
+    /// decodes.
     pub fn pg_restore_jobs(&self) -> usize {
         self.jobs()
     }

@@ -106,6 +106,8 @@ fn restore_with_a_private_tmp(ws: &Workspace, engine: &Engine, stack: &Stack) {
             "postgres/umami",
             "--as",
             "umami_copy",
+            "--jobs",
+            "2",
             "--yes",
         ],
     );
@@ -287,6 +289,8 @@ fn the_stack_by_container_name_backs_up_verifies_drills_and_restores() {
             "--source",
             "postgres/linkwarden",
             "--replace",
+            "--jobs",
+            "2",
             "--yes",
         ],
     )

@@ -247,11 +247,35 @@ fn a_database_comes_from_a_private_plaintext_spool_and_streams_when_tmpdir_is_sm
             + &pg.psql(db, "SELECT count(*) FROM pg_indexes WHERE tablename = 't'")
     };
 
-    // The default: the spool, with the cores' jobs; nothing left after.
-    let out = ws.run(&["restore", "--source", "postgres/app", "--as", "a1", "--yes"]);
+    // With jobs: the spool; nothing left after.
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "postgres/app",
+        "--as",
+        "a1",
+        "--jobs",
+        "2",
+        "--yes",
+    ]);
     out.assert_exit(0);
     out.assert_stderr_contains("pg_restore --jobs from the verified plaintext spool");
     assert_eq!(same("a1"), same("app"));
+    // One job: no plaintext spool, the verified archive streams.
+    let out = ws.run(&[
+        "restore",
+        "--source",
+        "postgres/app",
+        "--as",
+        "a0",
+        "--jobs",
+        "1",
+        "--yes",
+    ]);
+    out.assert_exit(0);
+    out.assert_stderr_contains("fed the verified archive as it decodes");
+    assert!(!out.stderr().contains("from the verified plaintext spool"));
+    assert_eq!(same("a0"), same("app"));
     assert!(
         spools_left(&ws.tmp()).is_empty(),
         "{:?}",

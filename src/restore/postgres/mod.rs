@@ -1112,8 +1112,18 @@ async fn run_pg_restore(
         cmd
     };
     let label = stream::label(&item.choice.artifact);
-    let (bytes, stderr, status) = match spool::spool_plain(ctx, item).await? {
-        None => pipe_into(ctx, item, here(), "pg_restore").await?,
+    let spooled = if ctx.options.pg_restore_jobs() > 1 {
+        spool::spool_plain(ctx, item).await?
+    } else {
+        tracing::info!("one pg_restore, fed the verified archive as it decodes (--jobs 1)");
+        None
+    };
+    let (bytes, stderr, status) = match spooled {
+        None => {
+            let mut l = here();
+            l.env("PGOPTIONS", &session_options(1));
+            pipe_into(ctx, item, l, "pg_restore").await?
+        }
         Some(plain) => {
             let (stderr, status) = match here() {
                 Launch::Local(_) => from_spool(ctx, &here, &plain, false).await?,
@@ -1214,6 +1224,17 @@ async fn from_spool(
     Ok(last.expect("three sections ran"))
 }
 
+/// The settings of pg_restore's own sessions (`PGOPTIONS`) with `jobs`
+/// of them: commits that do not wait for their WAL to reach the disk
+/// (the restore goes into a scratch database that nothing sees until the
+/// rename, whose own commit flushes everything written before it; a crash
+/// before that leaves a scratch database the next restore drops), and
+/// index builds with up to 256 MiB of memory each, 1 GiB across the jobs.
+fn session_options(jobs: usize) -> String {
+    let mem = (1024 / jobs.max(1)).clamp(64, 256);
+    format!("-c synchronous_commit=off -c maintenance_work_mem={mem}MB")
+}
+
 /// Runs `launch` (pg_restore) to its end, feeding it `feed` on its stdin
 /// if given. Returns stderr's tail and how it ended.
 async fn run_on(
@@ -1221,6 +1242,8 @@ async fn run_on(
     launch: Launch,
     feed: Option<tokio::fs::File>,
 ) -> Result<(String, Ended), RestoreError> {
+    let mut launch = launch;
+    launch.env("PGOPTIONS", &session_options(ctx.options.pg_restore_jobs()));
     let mut child = launch
         .start("pg_restore", feed.is_some())
         .await
@@ -1274,6 +1297,16 @@ async fn pg_restore_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_restore_sessions_do_not_wait_for_wal_and_share_a_gib_of_sort_memory() {
+        assert_eq!(
+            session_options(1),
+            "-c synchronous_commit=off -c maintenance_work_mem=256MB"
+        );
+        assert!(session_options(8).ends_with("maintenance_work_mem=128MB"));
+        assert!(session_options(64).ends_with("maintenance_work_mem=64MB"));
+    }
 
     #[test]
     fn a_replaced_database_is_named_for_what_it_is() {

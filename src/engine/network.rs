@@ -29,18 +29,58 @@ fn host() -> String {
 
 /// Whether the object whose owner label is `owner` belongs to a kompose-dr
 /// process of this host that no longer runs (so it may be swept).
-pub(super) fn owner_is_gone(owner: &str) -> bool {
+/// `created` (seconds since the epoch), where the engine says when the
+/// object was made, tells a reused pid from its owner.
+pub(super) fn owner_is_gone(owner: &str, created: Option<i64>) -> bool {
     let Some((h, pid)) = owner.rsplit_once('/') else {
         return false;
     };
-    let alive = pid.parse::<i32>().is_ok_and(|pid| {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            && std::fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .zip(std::env::current_exe().ok())
-                .is_some_and(|(a, b)| a.file_name() == b.file_name())
-    });
+    let alive = pid.parse::<i32>().is_ok_and(|pid| owner_runs(pid, created));
     h == host() && !alive
+}
+
+/// Whether process `pid` may be the owner of an object made at `created`:
+/// it runs, and it is a kompose-dr (the same program as this one) or it
+/// started before the object was made (a program using the library, such
+/// as a test; a pid reused by a later process started after).
+fn owner_runs(pid: i32, created: Option<i64>) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    // A killed process not yet reaped is a zombie: gone all the same.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    if fields.first().is_none_or(|state| *state == "Z") {
+        return false;
+    }
+    let same_program = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .zip(std::env::current_exe().ok())
+        .is_some_and(|(a, b)| a.file_name() == b.file_name());
+    same_program
+        || created
+            .zip(started_at(&fields))
+            .is_some_and(|(made, started)| started <= made + 1)
+}
+
+/// When the process whose `/proc/<pid>/stat` fields after the command are
+/// `fields` started, in seconds since the epoch (with the boot time in
+/// `/proc/stat`).
+fn started_at(fields: &[&str]) -> Option<i64> {
+    // Field 22 of the line; `fields` begins at field 3.
+    let ticks: i64 = fields.get(19)?.parse().ok()?;
+    let boot: i64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(boot + ticks / hz)
 }
 
 fn label_filter() -> HashMap<String, Vec<String>> {
@@ -90,7 +130,7 @@ impl Engine {
         for n in nets {
             let owner = n.labels.as_ref().and_then(|l| l.get(OWNER_LABEL));
             if let (Some(name), Some(owner)) = (n.name, owner)
-                && owner_is_gone(owner)
+                && owner_is_gone(owner, None)
             {
                 tracing::info!(network = %name, owner = %owner, "removing a leftover scratch network");
                 self.remove_network(&name).await?;
@@ -98,7 +138,7 @@ impl Engine {
             }
         }
         for (name, owner) in self.scratch_volumes().await? {
-            if owner_is_gone(&owner) {
+            if owner_is_gone(&owner, None) {
                 tracing::info!(volume = %name, owner = %owner, "removing a leftover scratch volume");
                 self.remove_volume(&name).await?;
                 removed += 1;
@@ -127,5 +167,42 @@ impl Engine {
                 (v.name, owner)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_program_that_started_before_the_object_owns_it() {
+        let parent = nix::unistd::getppid().as_raw();
+        let now = chrono::Utc::now().timestamp();
+        assert!(owner_runs(parent, Some(now)));
+        assert!(
+            !owner_runs(parent, Some(0)),
+            "a pid reused after the object was made"
+        );
+        assert!(
+            !owner_runs(parent, None),
+            "another program, no time to tell"
+        );
+        assert!(owner_runs(std::process::id() as i32, None));
+        assert!(owner_is_gone(
+            &format!("{}/{}", host(), i32::MAX),
+            Some(now)
+        ));
+        assert!(!owner_is_gone(&format!("{}/{parent}", host()), Some(now)));
+        // Killed and not yet reaped: a zombie owns nothing.
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(owner_runs(pid, Some(now + 5)));
+        child.kill().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!owner_runs(pid, Some(now + 5)));
+        child.wait().unwrap();
     }
 }

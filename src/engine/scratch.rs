@@ -34,6 +34,11 @@ pub struct ScratchSpec {
     pub volumes_from: Vec<String>,
     /// Volumes or paths mounted (`vault_data:/kdr-volume:ro`).
     pub binds: Vec<String>,
+    /// Host directories mounted read-only at the same path. Unlike a path
+    /// in `binds`, one the engine does not see is refused, never created
+    /// empty on the engine's side (a `$TMPDIR` under systemd's
+    /// `PrivateTmp`).
+    pub host_dirs: Vec<String>,
     /// The network mode: `none` (no network) when not set;
     /// `container:<id>` shares that container's network namespace (a
     /// sidecar reaching the server on its loopback).
@@ -93,6 +98,18 @@ impl Engine {
             auto_remove: Some(false),
             volumes_from: (!spec.volumes_from.is_empty()).then(|| spec.volumes_from.clone()),
             binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+            mounts: (!spec.host_dirs.is_empty()).then(|| {
+                spec.host_dirs
+                    .iter()
+                    .map(|dir| bollard::models::Mount {
+                        target: Some(dir.clone()),
+                        source: Some(dir.clone()),
+                        typ: Some(bollard::models::MountType::BIND),
+                        read_only: Some(true),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = bollard::models::ContainerCreateBody {
@@ -143,9 +160,6 @@ impl Engine {
     /// of a process still running, or of another host, stay. Returns how
     /// many went.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let list = self.list(Some(LABEL)).await?;
         let mut removed = 0;
         for c in list {
@@ -155,17 +169,7 @@ impl Engine {
                 .and_then(|l| l.get(OWNER_LABEL))
                 .cloned()
                 .unwrap_or_default();
-            let Some((h, pid)) = owner.rsplit_once('/') else {
-                continue;
-            };
-            let alive = pid.parse::<i32>().is_ok_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-                    && std::fs::read_link(format!("/proc/{pid}/exe"))
-                        .ok()
-                        .zip(std::env::current_exe().ok())
-                        .is_some_and(|(a, b)| a.file_name() == b.file_name())
-            });
-            if h != host || alive {
+            if !super::network::owner_is_gone(&owner, c.created) {
                 continue;
             }
             if let Some(id) = c.id {

@@ -90,7 +90,7 @@ pub async fn start(
         entrypoint: Some(vec!["sh".into(), "-c".into(), KEEP_ALIVE.into()]),
         cmd: Some(Vec::new()),
         user: Some(format!("{uid}:{gid}")),
-        binds: vec![format!("{mount}:{mount}:ro")],
+        host_dirs: vec![mount.to_owned()],
         network_mode: Some(format!("container:{}", info.id)),
         ..ScratchSpec::default()
     };

@@ -514,11 +514,13 @@ async fn admin_session(cfg: &PostgresConfig, name: &str) -> Result<Client, Resto
     let admin = connect_to(cfg, admin_db).await?;
     // The literals built here assume standard strings; no statement of the
     // restore waits on a lock for long, nor leaves the server waiting on
-    // this client inside a transaction.
+    // this client inside a transaction; the commit that puts a restored
+    // database in place waits for the disk, and with it everything
+    // pg_restore wrote before it (see `session_options`).
     admin
         .batch_execute(
             "SET standard_conforming_strings = on; SET lock_timeout = '30s'; \
-             SET idle_in_transaction_session_timeout = '60s'",
+             SET idle_in_transaction_session_timeout = '60s'; SET synchronous_commit = on",
         )
         .await
         .map_err(RestoreError::db(format!(
@@ -1121,7 +1123,7 @@ async fn run_pg_restore(
     let (bytes, stderr, status) = match spooled {
         None => {
             let mut l = here();
-            l.env("PGOPTIONS", &session_options(1));
+            l.env("PGOPTIONS", SESSION_OPTIONS);
             pipe_into(ctx, item, l, "pg_restore").await?
         }
         Some(plain) => {
@@ -1224,16 +1226,14 @@ async fn from_spool(
     Ok(last.expect("three sections ran"))
 }
 
-/// The settings of pg_restore's own sessions (`PGOPTIONS`) with `jobs`
-/// of them: commits that do not wait for their WAL to reach the disk
-/// (the restore goes into a scratch database that nothing sees until the
-/// rename, whose own commit flushes everything written before it; a crash
-/// before that leaves a scratch database the next restore drops), and
-/// index builds with up to 256 MiB of memory each, 1 GiB across the jobs.
-fn session_options(jobs: usize) -> String {
-    let mem = (1024 / jobs.max(1)).clamp(64, 256);
-    format!("-c synchronous_commit=off -c maintenance_work_mem={mem}MB")
-}
+/// The settings of pg_restore's own sessions (`PGOPTIONS`): commits that
+/// do not wait for their WAL to reach the disk. The restore goes into a
+/// scratch database that nothing sees until the admin session's rename,
+/// whose commit (`synchronous_commit = on`, set there) flushes all WAL
+/// before it; a crash before that leaves a scratch database the next
+/// restore drops. Memory settings are left to the server: pg_restore
+/// sessions run at once across `--jobs` sources and jobs each.
+const SESSION_OPTIONS: &str = "-c synchronous_commit=off";
 
 /// Runs `launch` (pg_restore) to its end, feeding it `feed` on its stdin
 /// if given. Returns stderr's tail and how it ended.
@@ -1243,7 +1243,7 @@ async fn run_on(
     feed: Option<tokio::fs::File>,
 ) -> Result<(String, Ended), RestoreError> {
     let mut launch = launch;
-    launch.env("PGOPTIONS", &session_options(ctx.options.pg_restore_jobs()));
+    launch.env("PGOPTIONS", SESSION_OPTIONS);
     let mut child = launch
         .start("pg_restore", feed.is_some())
         .await
@@ -1297,16 +1297,6 @@ async fn pg_restore_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pg_restore_sessions_do_not_wait_for_wal_and_share_a_gib_of_sort_memory() {
-        assert_eq!(
-            session_options(1),
-            "-c synchronous_commit=off -c maintenance_work_mem=256MB"
-        );
-        assert!(session_options(8).ends_with("maintenance_work_mem=128MB"));
-        assert!(session_options(64).ends_with("maintenance_work_mem=64MB"));
-    }
 
     #[test]
     fn a_replaced_database_is_named_for_what_it_is() {

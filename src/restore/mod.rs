@@ -68,10 +68,10 @@ impl RestoreOptions {
         })
     }
 
-    /// The jobs of one pg_restore: as many. With more than one, the
-    /// verified archive is decoded into a plaintext spool first (pg_restore
-    /// seeks in its file); with one it streams into pg_restore as it
-    /// decodes.
+    /// The jobs of one pg_restore: as many. The verified archive streams
+    /// into pg_restore as it decodes; with more than one job, a plaintext
+    /// spool is written on the way for the post-data section's jobs
+    /// (pg_restore seeks in its file).
     pub fn pg_restore_jobs(&self) -> usize {
         self.jobs()
     }

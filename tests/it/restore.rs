@@ -261,6 +261,26 @@ fn a_database_comes_from_a_private_plaintext_spool_and_streams_when_tmpdir_is_sm
     out.assert_exit(0);
     out.assert_stderr_contains("pg_restore --jobs from the verified plaintext spool");
     assert_eq!(same("a1"), same("app"));
+    // The spool keeps the plaintext's start: the post-data section runs on
+    // it while it holds the table of contents (pg_restore --list says so),
+    // and streams from the archive again when it does not.
+    for (kept, says) in [
+        (
+            "65536",
+            "pg_restore --jobs from the verified plaintext spool",
+        ),
+        ("100", "post-data streams from the archive again"),
+    ] {
+        let db = format!("a_{kept}");
+        let out = Ran::of(
+            ws.kdr()
+                .env("KOMPOSE_DR_TEST_SPOOL_PREFIX", kept)
+                .args(["restore", "--source", "postgres/app", "--as", &db])
+                .args(["--jobs", "2", "--yes"]),
+        );
+        out.assert_exit(0).assert_stderr_contains(says);
+        assert_eq!(same(&db), same("app"), "{}", out.all());
+    }
     // One job: no plaintext spool, the verified archive streams.
     let out = ws.run(&[
         "restore",

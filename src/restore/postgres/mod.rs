@@ -5,11 +5,12 @@
 //! server first — created with the snapshot's encoding, locale provider,
 //! collation, ctype and ICU locale, and marked (a comment naming this host
 //! and process) so that one left by a killed restore is dropped by the
-//! next — from a verified plaintext spool with `pg_restore --jobs`
-//! ([`spool`]), or streamed storage → age → zstd → pg_restore's stdin in a
-//! container. When pg_restore succeeded and the archive checked out, the scratch database is given the recorded owner,
-//! ACL, connection limit, settings, per-role settings and comment
-//! ([`database`]), and swapped in under its name in one transaction
+//! next — streamed from a verified copy of the stored bytes → age → zstd →
+//! pg_restore's stdin, the post-data section with `pg_restore --jobs` on
+//! a plaintext spool written on the way ([`spool`]). When pg_restore
+//! succeeded and the archive checked out, the scratch database is given
+//! the recorded owner, ACL, connection limit, settings, per-role settings
+//! and comment ([`database`]), and swapped in under its name in one transaction
 //! ([`Swap`]). A failed or interrupted restore leaves the existing database
 //! exactly as it was, open to connections.
 //!
@@ -219,14 +220,38 @@ pub async fn preflight(
     Ok((target, existing == Some(true)))
 }
 
-/// Streams an archive into a program's stdin; returns plaintext bytes, the
-/// program's stderr tail and how it ended. The archive must check out.
+/// What [`pipe_into`] fed a program: the plaintext bytes, its stderr's
+/// tail and how it ended, and what the copy it was given holds.
+struct Piped {
+    bytes: u64,
+    stderr: String,
+    status: Ended,
+    /// What the copy (`tee`) holds.
+    spooled: Spooled,
+}
+
+/// What a plaintext copy holds once the feed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spooled {
+    /// No copy, or one that could not be written: unusable.
+    Lost,
+    /// The whole plaintext.
+    Whole,
+    /// Its start only (the limit, or as far as the program read).
+    Start,
+}
+
+/// Feeds the item's archive, verified whole first, to `launch`'s stdin as
+/// it decodes, and a copy of the plaintext's first bytes to `tee` if
+/// given (a file, and how many) (a copy that fails to write is dropped, said in the log,
+/// and the feed goes on).
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
     launch: Launch,
     program: &str,
-) -> Result<(u64, String, Ended), RestoreError> {
+    tee: Option<(std::fs::File, u64)>,
+) -> Result<Piped, RestoreError> {
     let pb = progress_bar(ctx, item);
     // Verified whole before pg_restore sees a byte: a dump runs code.
     let stored = crate::restore::spool_verified(ctx, item, &pb).await?;
@@ -241,13 +266,19 @@ async fn pipe_into(
     let copy = tokio::task::spawn_blocking(move || {
         // The decoder is synchronous; the program's stdin (a pipe here, an
         // engine connection for a container) is not.
-        let mut out = tokio_util::io::SyncIoBridge::new(stdin);
+        let (tee, limit) = tee.map_or((None, 0), |(file, limit)| (Some(file), limit));
+        let mut out = spool::Tee::new(tokio_util::io::SyncIoBridge::new(stdin), tee, limit);
         let copied = copy_archive(stored, &ids, &mut out);
         // EOF for the program.
-        let _ = out.shutdown();
-        copied
+        let _ = out.out.shutdown();
+        let spooled = match (out.finish(), copied.is_ok() && !out.cut()) {
+            (false, _) => Spooled::Lost,
+            (true, true) => Spooled::Whole,
+            (true, false) => Spooled::Start,
+        };
+        (copied, spooled)
     });
-    let copied = copy
+    let (copied, spooled) = copy
         .await
         .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
     if let Err(
@@ -265,12 +296,31 @@ async fn pipe_into(
         .map_err(RestoreError::io(format!("cannot wait for {program}")))?;
     let stderr = stderr.await.unwrap_or_default();
     pb.finish_and_clear();
-    match copied {
-        Ok(bytes) => Ok((bytes, stderr, status)),
+    let bytes = match copied {
+        Ok(bytes) => bytes,
         // pg_restore stopping early closes its stdin: its own error says more.
-        Err(stream::ReadError::Output(..)) if !status.success() => Ok((0, stderr, status)),
-        Err(e) => Err(e.into()),
-    }
+        Err(stream::ReadError::Output(..)) if !status.success() => 0,
+        // It succeeded having read what it needed (`--section=post-data`
+        // reads no data); the stored bytes checked out before it started.
+        Err(stream::ReadError::Output(_, e)) if closed_early(&e) => {
+            item.choice.artifact.plaintext_bytes
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Piped {
+        bytes,
+        stderr,
+        status,
+        spooled,
+    })
+}
+
+/// Whether writing to a program failed because it closed its input.
+fn closed_early(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// The recorded database object of the choice's snapshot, if its facts
@@ -1094,12 +1144,13 @@ fn replaced_name(name: &str) -> String {
     s
 }
 
-/// Runs pg_restore into `scratch` from the verified plaintext spool
-/// ([`spool`]) with `--jobs`: here, or for a server in a container in a
-/// client container beside it ([`beside`]). Where that cannot be (no
-/// room for the spool; no client container), one pg_restore is fed on its
-/// stdin: from the plaintext spool, or streamed from a verified copy of
-/// the stored bytes.
+/// Runs pg_restore into `scratch` from the item's archive, verified whole
+/// first; returns the plaintext bytes. With jobs (and room in `$TMPDIR`),
+/// the pre-data and data sections stream into one pg_restore as the
+/// archive decodes while a plaintext spool is written beside, and the
+/// post-data section (indexes, constraints, triggers) runs with the jobs
+/// on that spool ([`load_then_index`]); otherwise one pg_restore takes the
+/// whole stream.
 async fn run_pg_restore(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
@@ -1111,40 +1162,22 @@ async fn run_pg_restore(
     let here = || {
         let mut cmd = command(cfg, tool, "pg_restore", scratch);
         cmd.args(&args);
+        cmd.env("PGOPTIONS", SESSION_OPTIONS);
         cmd
     };
     let label = stream::label(&item.choice.artifact);
-    let spooled = if ctx.options.pg_restore_jobs() > 1 {
-        spool::spool_plain(ctx, item).await?
+    let spool = if ctx.options.pg_restore_jobs() > 1 {
+        spool::PlainSpool::create(&item.choice.artifact)?
     } else {
         tracing::info!("one pg_restore, fed the verified archive as it decodes (--jobs 1)");
         None
     };
-    let (bytes, stderr, status) = match spooled {
+    let (bytes, stderr, status) = match spool {
         None => {
-            let mut l = here();
-            l.env("PGOPTIONS", SESSION_OPTIONS);
-            pipe_into(ctx, item, l, "pg_restore").await?
+            let p = pipe_into(ctx, item, here(), "pg_restore", None).await?;
+            (p.bytes, p.stderr, p.status)
         }
-        Some(plain) => {
-            let (stderr, status) = match here() {
-                Launch::Local(_) => from_spool(ctx, &here, &plain, false).await?,
-                Launch::Container { .. } | Launch::Piped { .. } => {
-                    match beside_for(cfg, &plain).await {
-                        Some(b) => {
-                            let there = || {
-                                let mut l = b.launch(cfg, "pg_restore", scratch);
-                                l.args(&args);
-                                l
-                            };
-                            from_spool(ctx, &there, &plain, false).await?
-                        }
-                        None => from_spool(ctx, &here, &plain, true).await?,
-                    }
-                }
-            };
-            (plain.bytes, stderr, status)
-        }
+        Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, spooled).await?,
     };
     if !status.success() {
         let hint = if stderr.contains("role") && stderr.contains("does not exist") {
@@ -1159,6 +1192,127 @@ async fn run_pg_restore(
         )));
     }
     Ok(bytes)
+}
+
+/// The pre-data and data sections streamed into one pg_restore (the
+/// archive decodes while the server loads it, as `age -d | zstd -d |
+/// pg_restore` does) with the plaintext's start copied into `plain` on
+/// the way; then the post-data section with the restore's jobs on that
+/// copy, where a single pg_restore builds one index after another. In a
+/// container, that runs in a client container beside the server that
+/// sees the spool (started while the data loads), or else fed on
+/// pg_restore's stdin. A spool that could not be written, or whose
+/// table of contents is cut short, is not used: the post-data section
+/// then streams from the archive again, one job.
+///
+/// The sections run one after the other: a single `pg_restore --jobs`
+/// may create a trigger or rule on a partitioned table while a
+/// partition's rows are still loading, and the trigger then rewrites
+/// them.
+async fn load_then_index(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    cfg: &PostgresConfig,
+    scratch: &str,
+    here: &(dyn Fn() -> Launch + Sync),
+    spooled: (spool::PlainSpool, std::fs::File),
+) -> Result<(u64, String, Ended), RestoreError> {
+    let (mut plain, file) = spooled;
+    let mut load = here();
+    load.args(["--section=pre-data", "--section=data"]);
+    let in_container = !matches!(load, Launch::Local(_));
+    tracing::info!("pre-data and data stream into one pg_restore");
+    let (loaded, beside) = tokio::join!(
+        pipe_into(ctx, item, load, "pg_restore", Some((file, plain.kept))),
+        async {
+            match in_container {
+                true => beside_for(cfg, &plain).await,
+                false => None,
+            }
+        }
+    );
+    let loaded = loaded?;
+    if !loaded.status.success() {
+        return Ok((loaded.bytes, loaded.stderr, loaded.status));
+    }
+    plain.bytes = loaded.bytes;
+    let there = beside.as_ref().map(|b| {
+        move || {
+            let mut l = b.launch(cfg, "pg_restore", scratch);
+            l.args(pg_restore_args(ctx, scratch));
+            l
+        }
+    });
+    let make: &(dyn Fn() -> Launch + Sync) = match &there {
+        Some(there) => there,
+        None => here,
+    };
+    let feed = in_container && beside.is_none();
+    let usable = match loaded.spooled {
+        Spooled::Whole => true,
+        Spooled::Start => toc_is_whole(ctx, make, &plain, feed).await,
+        Spooled::Lost => false,
+    };
+    let (stderr, status) = if usable {
+        post_data_from(ctx, make, &plain, feed).await?
+    } else {
+        tracing::warn!(
+            "no usable plaintext spool: post-data streams from the archive again, one job"
+        );
+        let mut l = here();
+        l.arg("--section=post-data");
+        let p = pipe_into(ctx, item, l, "pg_restore", None).await?;
+        (p.stderr, p.status)
+    };
+    Ok((loaded.bytes, stderr, status))
+}
+
+/// Whether pg_restore (`make`) reads a whole table of contents from the
+/// start of the plaintext in `plain` (`--list`: no connection, nothing
+/// run); says in the log when it does not.
+async fn toc_is_whole(
+    ctx: &RestoreContext<'_>,
+    make: &(dyn Fn() -> Launch + Sync),
+    plain: &spool::PlainSpool,
+    feed: bool,
+) -> bool {
+    let mut launch = make();
+    launch.arg("--list");
+    let listed = match spool_input(&mut launch, plain, feed).await {
+        Ok(file) => run_on(ctx, launch, file).await,
+        Err(e) => Err(e),
+    };
+    match listed {
+        Ok((_, status)) if status.success() => true,
+        Ok((stderr, status)) => {
+            tracing::warn!(%status, stderr = %stderr.trim(), bytes = plain.kept, "the table of contents does not fit in the spool's prefix");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the spool's table of contents");
+            false
+        }
+    }
+}
+
+/// Points `launch` at the spool: its path as the last argument, or, to
+/// `feed` it on stdin, the open file to feed.
+async fn spool_input(
+    launch: &mut Launch,
+    plain: &spool::PlainSpool,
+    feed: bool,
+) -> Result<Option<tokio::fs::File>, RestoreError> {
+    if !feed {
+        launch.arg(plain.path.to_string_lossy());
+        return Ok(None);
+    }
+    let file = tokio::fs::File::open(&plain.path)
+        .await
+        .map_err(RestoreError::io(format!(
+            "cannot open {}",
+            plain.path.display()
+        )))?;
+    Ok(Some(file))
 }
 
 /// pg_restore's arguments into `scratch`, whatever feeds it.
@@ -1176,54 +1330,35 @@ async fn beside_for(cfg: &PostgresConfig, plain: &spool::PlainSpool) -> Option<b
     match beside::start(cfg, None, plain.dir(), &plain.path).await {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::warn!(error = %e, "no client container beside the server: one pg_restore in it, fed on its stdin");
+            tracing::warn!(error = %e, "no client container beside the server: post-data runs in its container, one job, fed on its stdin");
             None
         }
     }
 }
 
-/// Runs pg_restore (`make` gives its command) on the verified plaintext
-/// `plain`: with the restore's jobs on the file, or, given `feed`, once
-/// with the file on its stdin. Returns stderr's tail and how it ended.
-///
-/// With jobs, the sections run one after the other (`pre-data`; `data`
-/// and `post-data` with the jobs): a single `pg_restore --jobs` may create
-/// a trigger or rule on a partitioned table while a partition's rows are
-/// still loading, and the trigger then rewrites them.
-async fn from_spool(
+/// Runs the post-data section (`make` gives pg_restore's command) on the
+/// verified plaintext `plain`: with the restore's jobs on the file, or,
+/// given `feed`, one job with the file on its stdin. Returns stderr's
+/// tail and how it ended.
+async fn post_data_from(
     ctx: &RestoreContext<'_>,
     make: &(dyn Fn() -> Launch + Sync),
     plain: &spool::PlainSpool,
     feed: bool,
 ) -> Result<(String, Ended), RestoreError> {
-    if feed {
-        let file = tokio::fs::File::open(&plain.path)
-            .await
-            .map_err(RestoreError::io(format!(
-                "cannot open {}",
-                plain.path.display()
-            )))?;
-        return run_on(ctx, make(), Some(file)).await;
-    }
-    let jobs = ctx.options.pg_restore_jobs();
-    tracing::info!(
-        jobs,
-        bytes = plain.bytes,
-        "pg_restore --jobs from the verified plaintext spool"
-    );
-    let mut last = None;
-    for (section, jobs) in [("pre-data", 1), ("data", jobs), ("post-data", jobs)] {
-        let mut launch = make();
-        launch.arg(format!("--section={section}"));
+    let mut launch = make();
+    launch.arg("--section=post-data");
+    if !feed {
+        let jobs = ctx.options.pg_restore_jobs();
+        tracing::info!(
+            jobs,
+            bytes = plain.bytes,
+            "post-data: pg_restore --jobs from the verified plaintext spool"
+        );
         launch.arg(format!("--jobs={jobs}"));
-        launch.arg(plain.path.to_string_lossy());
-        let (stderr, status) = run_on(ctx, launch, None).await?;
-        if !status.success() {
-            return Ok((stderr, status));
-        }
-        last = Some((stderr, status));
     }
-    Ok(last.expect("three sections ran"))
+    let file = spool_input(&mut launch, plain, feed).await?;
+    run_on(ctx, launch, file).await
 }
 
 /// The settings of pg_restore's own sessions (`PGOPTIONS`): commits that
@@ -1249,7 +1384,10 @@ async fn run_on(
         .await
         .map_err(|e| RestoreError::Failed(format!("cannot start pg_restore: {e}")))?
         .killed_on_drop();
-    drop(child.stdout.take());
+    // Read to the end (`--list` writes there): a closed stdout would fail it.
+    let stdout = child.stdout.take().map(|mut out| {
+        tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await })
+    });
     let stderr = stderr_tail(child.stderr.take(), "pg_restore", ctx.redactor.clone());
     let fed = match (feed, child.stdin.take()) {
         (Some(mut file), Some(mut stdin)) => {
@@ -1265,9 +1403,17 @@ async fn run_on(
         .await
         .map_err(RestoreError::io("cannot wait for pg_restore"))?;
     let stderr = stderr.await.unwrap_or_default();
-    // pg_restore stopping early closes its stdin: its own error says more.
+    if let Some(out) = stdout {
+        let _ = out.await;
+    }
+    // pg_restore stopping early closes its stdin: its own error says more;
+    // one that succeeded read what it needed (`--list` and the post-data
+    // section read no data).
     if status.success() {
-        fed.map_err(RestoreError::io("cannot feed pg_restore"))?;
+        match fed {
+            Err(e) if closed_early(&e) => {}
+            other => other.map_err(RestoreError::io("cannot feed pg_restore"))?,
+        }
     }
     Ok((stderr, status))
 }

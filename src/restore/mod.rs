@@ -671,32 +671,39 @@ pub async fn open_artifact(
     ))
 }
 
-/// Copies the stored bytes of the item's archive into a private, unnamed
+/// Copies the stored bytes of `artifact` into a private, unnamed
 /// temporary file (under `$TMPDIR`, gone when closed), checking their size
 /// and sha256 against the manifest on the way (stopping as soon as more
 /// than `stored_bytes` arrive), and returns a reader of that verified copy
-/// (whose plaintext is bounded by `plaintext_bytes` in turn). Archives whose content runs code when restored (pg_dump
-/// archives: functions, materialized views) go through this, so that not a
-/// byte of a replaced archive reaches pg_restore; it costs the archive's
-/// size in temporary space, no more (it stays compressed and encrypted).
-pub async fn spool_verified(
-    ctx: &RestoreContext<'_>,
-    item: &ReadyItem,
-    pb: &indicatif::ProgressBar,
-) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
-    spool_artifact(&ctx.repository, &item.choice.artifact, pb).await
-}
-
-/// [`spool_verified`] for any artifact of `repository` (a base backup, a
-/// WAL file).
+/// (whose plaintext is bounded by `plaintext_bytes` in turn). Archives
+/// whose content runs code when restored (pg_dump archives: functions,
+/// materialized views; a base backup, a WAL file) go through this, so
+/// that not a byte of a replaced archive reaches the program; it costs the
+/// archive's size in temporary space, no more (it stays compressed and
+/// encrypted).
 pub async fn spool_artifact(
     repository: &Repository,
     artifact: &crate::model::manifest::Artifact,
     pb: &indicatif::ProgressBar,
 ) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
+    let spool = verified_copy(repository, artifact, pb).await?;
+    Ok(stream::VerifyingReader::new(
+        spool,
+        artifact,
+        Box::new(|_| {}),
+    ))
+}
+
+/// The verified copy of [`spool_artifact`] itself, at its start: for a
+/// caller that reads it more than once. Read it through a
+/// [`stream::VerifyingReader`] all the same.
+pub async fn verified_copy(
+    repository: &Repository,
+    artifact: &crate::model::manifest::Artifact,
+    pb: &indicatif::ProgressBar,
+) -> Result<std::fs::File, RestoreError> {
     let mut stored = open_artifact(repository, artifact, pb).await?;
     let label = stream::label(artifact);
-    let artifact = artifact.clone();
     tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
         use std::io::{Seek, Write};
         let mut spool = tempfile::tempfile().map_err(RestoreError::io(
@@ -721,11 +728,7 @@ pub async fn spool_artifact(
         spool.rewind().map_err(RestoreError::io(format!(
             "{label}: cannot spool the archive"
         )))?;
-        Ok(stream::VerifyingReader::new(
-            spool,
-            &artifact,
-            Box::new(|_| {}),
-        ))
+        Ok(spool)
     })
     .await
     .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?

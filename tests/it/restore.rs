@@ -269,7 +269,10 @@ fn a_database_comes_from_a_private_plaintext_spool_and_streams_when_tmpdir_is_sm
             "65536",
             "pg_restore --jobs from the verified plaintext spool",
         ),
-        ("100", "post-data streams from the archive again"),
+        (
+            "100",
+            "post-data streams from the verified copy of the archive again",
+        ),
     ] {
         let db = format!("a_{kept}");
         let out = Ran::of(

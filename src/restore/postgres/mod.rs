@@ -241,24 +241,37 @@ enum Spooled {
     Start,
 }
 
-/// Feeds the item's archive, verified whole first, to `launch`'s stdin as
-/// it decodes, and a copy of the plaintext's first bytes to `tee` if
-/// given (a file, and how many) (a copy that fails to write is dropped, said in the log,
-/// and the feed goes on).
+/// The item's stored bytes, checked whole against the signed manifest, in
+/// a private file ([`crate::restore::verified_copy`]): a dump runs code,
+/// so pg_restore sees no byte of one that does not check out.
+async fn verified(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+) -> Result<std::fs::File, RestoreError> {
+    let pb = progress_bar(ctx, item);
+    let copy = crate::restore::verified_copy(&ctx.repository, &item.choice.artifact, &pb).await;
+    pb.finish_and_clear();
+    copy
+}
+
+/// Feeds the item's archive from `stored` ([`verified`], at its start) to
+/// `launch`'s stdin as it decodes, and a copy of the plaintext's first
+/// bytes to `tee` if given (a file, and how many; a copy that fails to
+/// write is dropped, said in the log, and the feed goes on).
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
+    stored: std::fs::File,
     launch: Launch,
-    program: &str,
     tee: Option<(std::fs::File, u64)>,
 ) -> Result<Piped, RestoreError> {
-    let pb = progress_bar(ctx, item);
-    // Verified whole before pg_restore sees a byte: a dump runs code.
-    let stored = crate::restore::spool_verified(ctx, item, &pb).await?;
+    let program = "pg_restore";
+    let stored = stream::VerifyingReader::new(stored, &item.choice.artifact, Box::new(|_| {}));
     let mut child = launch
         .start(program, true)
         .await
-        .map_err(|e| RestoreError::Failed(format!("cannot start {program}: {e}")))?;
+        .map_err(|e| RestoreError::Failed(format!("cannot start {program}: {e}")))?
+        .killed_on_drop();
     let stdin = child.stdin.take().expect("stdin is attached");
     drop(child.stdout.take());
     let stderr = stderr_tail(child.stderr.take(), program, ctx.redactor.clone());
@@ -295,16 +308,14 @@ async fn pipe_into(
         .await
         .map_err(RestoreError::io(format!("cannot wait for {program}")))?;
     let stderr = stderr.await.unwrap_or_default();
-    pb.finish_and_clear();
     let bytes = match copied {
         Ok(bytes) => bytes,
         // pg_restore stopping early closes its stdin: its own error says more.
         Err(stream::ReadError::Output(..)) if !status.success() => 0,
         // It succeeded having read what it needed (`--section=post-data`
-        // reads no data); the stored bytes checked out before it started.
-        Err(stream::ReadError::Output(_, e)) if closed_early(&e) => {
-            item.choice.artifact.plaintext_bytes
-        }
+        // reads no data; with --exit-on-error, input cut short fails it);
+        // the stored bytes checked out before it started.
+        Err(stream::ReadError::Output(..)) => item.choice.artifact.plaintext_bytes,
         Err(e) => return Err(e.into()),
     };
     Ok(Piped {
@@ -313,14 +324,6 @@ async fn pipe_into(
         status,
         spooled,
     })
-}
-
-/// Whether writing to a program failed because it closed its input.
-fn closed_early(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-    )
 }
 
 /// The recorded database object of the choice's snapshot, if its facts
@@ -1167,14 +1170,19 @@ async fn run_pg_restore(
     };
     let label = stream::label(&item.choice.artifact);
     let spool = if ctx.options.pg_restore_jobs() > 1 {
-        spool::PlainSpool::create(&item.choice.artifact)?
+        // The spool only speeds up the post-data section.
+        spool::PlainSpool::create(&item.choice.artifact).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no plaintext spool: the dump streams into one pg_restore job");
+            None
+        })
     } else {
         tracing::info!("one pg_restore, fed the verified archive as it decodes (--jobs 1)");
         None
     };
     let (bytes, stderr, status) = match spool {
         None => {
-            let p = pipe_into(ctx, item, here(), "pg_restore", None).await?;
+            let stored = verified(ctx, item).await?;
+            let p = pipe_into(ctx, item, stored, here(), None).await?;
             (p.bytes, p.stderr, p.status)
         }
         Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, spooled).await?,
@@ -1223,7 +1231,14 @@ async fn load_then_index(
     let in_container = !matches!(load, Launch::Local(_));
     tracing::info!("pre-data and data stream into one pg_restore");
     let (loaded, beside) = tokio::join!(
-        pipe_into(ctx, item, load, "pg_restore", Some((file, plain.kept))),
+        async {
+            let stored = verified(ctx, item).await?;
+            let again = stored.try_clone().map_err(RestoreError::io(
+                "cannot reopen the verified copy of the archive",
+            ))?;
+            let loaded = pipe_into(ctx, item, stored, load, Some((file, plain.kept))).await?;
+            Ok::<_, RestoreError>((loaded, again))
+        },
         async {
             match in_container {
                 true => beside_for(cfg, &plain).await,
@@ -1231,7 +1246,7 @@ async fn load_then_index(
             }
         }
     );
-    let loaded = loaded?;
+    let (loaded, mut again) = loaded?;
     if !loaded.status.success() {
         return Ok((loaded.bytes, loaded.stderr, loaded.status));
     }
@@ -1257,11 +1272,14 @@ async fn load_then_index(
         post_data_from(ctx, make, &plain, feed).await?
     } else {
         tracing::warn!(
-            "no usable plaintext spool: post-data streams from the archive again, one job"
+            "no usable plaintext spool: post-data streams from the verified copy of the archive again, one job"
         );
         let mut l = here();
         l.arg("--section=post-data");
-        let p = pipe_into(ctx, item, l, "pg_restore", None).await?;
+        std::io::Seek::rewind(&mut again).map_err(RestoreError::io(
+            "cannot read the verified copy of the archive again",
+        ))?;
+        let p = pipe_into(ctx, item, again, l, None).await?;
         (p.stderr, p.status)
     };
     Ok((loaded.bytes, stderr, status))
@@ -1285,7 +1303,7 @@ async fn toc_is_whole(
     match listed {
         Ok((_, status)) if status.success() => true,
         Ok((stderr, status)) => {
-            tracing::warn!(%status, stderr = %stderr.trim(), bytes = plain.kept, "the table of contents does not fit in the spool's prefix");
+            tracing::warn!(%status, stderr = %stderr.trim(), kept_bytes = plain.kept, "pg_restore --list cannot read a whole table of contents from the spool (a larger one than it keeps?)");
             false
         }
         Err(e) => {
@@ -1408,12 +1426,9 @@ async fn run_on(
     }
     // pg_restore stopping early closes its stdin: its own error says more;
     // one that succeeded read what it needed (`--list` and the post-data
-    // section read no data).
-    if status.success() {
-        match fed {
-            Err(e) if closed_early(&e) => {}
-            other => other.map_err(RestoreError::io("cannot feed pg_restore"))?,
-        }
+    // section read no data; with --exit-on-error, input cut short fails it).
+    if let Err(e) = fed {
+        tracing::debug!(error = %e, %status, "pg_restore's input was not read to its end");
     }
     Ok((stderr, status))
 }

@@ -115,10 +115,6 @@ impl Cx<'_> {
     /// Validates every `[[directories]]` entry. `container_mode`: whether
     /// the configuration has a `[docker]` section, which `volume` and
     /// `stop` need.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "field-by-field validation of [[directories]]: one check per key, in file order"
-    )]
     pub(super) fn directories(
         &self,
         raw: &[RawDirectory],
@@ -143,117 +139,9 @@ impl Cx<'_> {
                     format!("directories `{name}` is defined twice"),
                 ));
             }
-            let location = match (&d.path, &d.volume) {
-                (Some(p), None) => {
-                    let path = PathBuf::from(self.string(p, &format!("{key}.path"))?);
-                    if !path.is_absolute() {
-                        return Err(self.err(
-                            p.span(),
-                            &format!("{key}.path"),
-                            "use an absolute path",
-                        ));
-                    }
-                    DirectoryLocation::Path(path)
-                }
-                (None, Some(v)) => {
-                    let k = format!("{key}.volume");
-                    let vol = self.string(v, &k)?;
-                    let valid = vol.len() >= 2
-                        && vol.len() <= 255
-                        && vol
-                            .chars()
-                            .next()
-                            .is_some_and(|c| c.is_ascii_alphanumeric())
-                        && vol
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-                    if !valid {
-                        return Err(self.err(
-                            v.span(),
-                            &k,
-                            format!(
-                                "`{vol}` is not a volume name: write the name `docker volume ls` shows, like vault_data"
-                            ),
-                        ));
-                    }
-                    if !container_mode {
-                        return Err(self.err(
-                            v.span(),
-                            &k,
-                            "a volume is read through the container engine: add a [docker] section \
-                             (host = \"unix:///var/run/docker.sock\"), or use path = \"/DIR\"",
-                        ));
-                    }
-                    DirectoryLocation::Volume {
-                        name: vol,
-                        engine: docker.host.clone(),
-                    }
-                }
-                _ => {
-                    return Err(self.err(
-                        d.name.span(),
-                        &key,
-                        format!(
-                            "directories `{name}`: set exactly one of path = \"/DIR\" or volume = \"NAME\""
-                        ),
-                    ));
-                }
-            };
-            let mut stop = Vec::new();
-            for (j, c) in d.stop.iter().enumerate() {
-                let k = format!("{key}.stop[{j}]");
-                if !container_mode {
-                    return Err(self.err(
-                        c.span(),
-                        &k,
-                        "containers are stopped through the container engine: add a [docker] section \
-                         (host = \"unix:///var/run/docker.sock\")",
-                    ));
-                }
-                let c = self.container(c, &k, docker)?;
-                if !stop.contains(&c) {
-                    stop.push(c);
-                }
-            }
-            let quiesce = match &d.pause {
-                Some(p) if *p.get_ref() => {
-                    if stop.is_empty() {
-                        return Err(self.err(
-                            p.span(),
-                            &format!("{key}.pause"),
-                            "pause applies to the containers in stop = [...]: name them there",
-                        ));
-                    }
-                    Quiesce::Pause
-                }
-                _ => Quiesce::Stop,
-            };
-            let mut sqlite = Vec::new();
-            for (j, s) in d.sqlite.iter().enumerate() {
-                let k = format!("{key}.sqlite[{j}]");
-                let p = PathBuf::from(self.string(s, &k)?);
-                if !is_inside(&p) {
-                    return Err(self.err(
-                        s.span(),
-                        &k,
-                        "write the database's path relative to the directory, without `..` \
-                         (db.sqlite3, data/app.db)",
-                    ));
-                }
-                sqlite.push(p);
-            }
-            let mut exclude = Vec::new();
-            for (j, e) in d.exclude.iter().enumerate() {
-                let k = format!("{key}.exclude[{j}]");
-                let g = self.string(e, &k)?;
-                if let Err(why) = globset::GlobBuilder::new(&g)
-                    .literal_separator(true)
-                    .build()
-                {
-                    return Err(self.err(e.span(), &k, format!("not a glob: {why}")));
-                }
-                exclude.push(g);
-            }
+            let location = self.directory_location(d, &key, &name, docker, container_mode)?;
+            let (stop, quiesce) = self.directory_stop(d, &key, docker, container_mode)?;
+            let (sqlite, exclude) = self.directory_files(d, &key)?;
             out.push(DirectoryConfig {
                 name,
                 location,
@@ -264,6 +152,154 @@ impl Cx<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// Where entry `key` (named `name`) is: exactly one of `path` and
+    /// `volume`.
+    fn directory_location(
+        &self,
+        d: &RawDirectory,
+        key: &str,
+        name: &str,
+        docker: &DockerConfig,
+        container_mode: bool,
+    ) -> Result<DirectoryLocation, ConfigError> {
+        match (&d.path, &d.volume) {
+            (Some(p), None) => {
+                let path = PathBuf::from(self.string(p, &format!("{key}.path"))?);
+                if !path.is_absolute() {
+                    return Err(self.err(p.span(), &format!("{key}.path"), "use an absolute path"));
+                }
+                Ok(DirectoryLocation::Path(path))
+            }
+            (None, Some(v)) => self.volume_location(v, key, docker, container_mode),
+            _ => Err(self.err(
+                d.name.span(),
+                key,
+                format!(
+                    "directories `{name}`: set exactly one of path = \"/DIR\" or volume = \"NAME\""
+                ),
+            )),
+        }
+    }
+
+    /// `key.volume = v`: a volume name, read through the engine of
+    /// `[docker]`.
+    fn volume_location(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        docker: &DockerConfig,
+        container_mode: bool,
+    ) -> Result<DirectoryLocation, ConfigError> {
+        let k = format!("{key}.volume");
+        let vol = self.string(v, &k)?;
+        let valid = vol.len() >= 2
+            && vol.len() <= 255
+            && vol
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && vol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(self.err(
+                v.span(),
+                &k,
+                format!(
+                    "`{vol}` is not a volume name: write the name `docker volume ls` shows, like vault_data"
+                ),
+            ));
+        }
+        if !container_mode {
+            return Err(self.err(
+                v.span(),
+                &k,
+                "a volume is read through the container engine: add a [docker] section \
+                 (host = \"unix:///var/run/docker.sock\"), or use path = \"/DIR\"",
+            ));
+        }
+        Ok(DirectoryLocation::Volume {
+            name: vol,
+            engine: docker.host.clone(),
+        })
+    }
+
+    /// Entry `key`'s `stop` containers (each once) and how they are
+    /// quiesced (`pause`).
+    fn directory_stop(
+        &self,
+        d: &RawDirectory,
+        key: &str,
+        docker: &DockerConfig,
+        container_mode: bool,
+    ) -> Result<(Vec<ContainerRef>, Quiesce), ConfigError> {
+        let mut stop = Vec::new();
+        for (j, c) in d.stop.iter().enumerate() {
+            let k = format!("{key}.stop[{j}]");
+            if !container_mode {
+                return Err(self.err(
+                    c.span(),
+                    &k,
+                    "containers are stopped through the container engine: add a [docker] section \
+                     (host = \"unix:///var/run/docker.sock\")",
+                ));
+            }
+            let c = self.container(c, &k, docker)?;
+            if !stop.contains(&c) {
+                stop.push(c);
+            }
+        }
+        let quiesce = match &d.pause {
+            Some(p) if *p.get_ref() => {
+                if stop.is_empty() {
+                    return Err(self.err(
+                        p.span(),
+                        &format!("{key}.pause"),
+                        "pause applies to the containers in stop = [...]: name them there",
+                    ));
+                }
+                Quiesce::Pause
+            }
+            _ => Quiesce::Stop,
+        };
+        Ok((stop, quiesce))
+    }
+
+    /// Entry `key`'s `sqlite` paths (inside the root) and `exclude` globs.
+    fn directory_files(
+        &self,
+        d: &RawDirectory,
+        key: &str,
+    ) -> Result<(Vec<PathBuf>, Vec<String>), ConfigError> {
+        let mut sqlite = Vec::new();
+        for (j, s) in d.sqlite.iter().enumerate() {
+            let k = format!("{key}.sqlite[{j}]");
+            let p = PathBuf::from(self.string(s, &k)?);
+            if !is_inside(&p) {
+                return Err(self.err(
+                    s.span(),
+                    &k,
+                    "write the database's path relative to the directory, without `..` \
+                     (db.sqlite3, data/app.db)",
+                ));
+            }
+            sqlite.push(p);
+        }
+        let mut exclude = Vec::new();
+        for (j, e) in d.exclude.iter().enumerate() {
+            let k = format!("{key}.exclude[{j}]");
+            let g = self.string(e, &k)?;
+            if let Err(why) = globset::GlobBuilder::new(&g)
+                .literal_separator(true)
+                .build()
+            {
+                return Err(self.err(e.span(), &k, format!("not a glob: {why}")));
+            }
+            exclude.push(g);
+        }
+        Ok((sqlite, exclude))
     }
 }
 

@@ -140,15 +140,49 @@ impl Cx<'_> {
     /// from the URL or the `postgres.password*` keys but never both, the
     /// databases (all by default), `globals` (on by default),
     /// `docker_container`, `bin_dir`, and `jobs` (1 to 64, 2 by default).
-    #[expect(
-        clippy::too_many_lines,
-        reason = "field-by-field validation of [postgres]: one check per key, in file order"
-    )]
     pub(super) fn postgres(
         &self,
         p: &RawPostgres,
         docker: &DockerConfig,
     ) -> Result<PostgresConfig, ConfigError> {
+        let container = self.postgres_container(p, docker)?;
+        let (endpoint, password, user_configured) = self.postgres_login(p, container.as_ref())?;
+        let databases = match &p.databases {
+            None => DatabaseSelection::All,
+            Some(list) => self.databases(list)?,
+        };
+        let jobs = self.postgres_jobs(p)?;
+        let bin_dir = p
+            .bin_dir
+            .as_ref()
+            .map(|b| self.path(b, "postgres.bin_dir"))
+            .transpose()?;
+        let lock_wait = self.postgres_lock_wait(p)?;
+        let wal = match &p.wal {
+            Some(w) if w.enabled.unwrap_or(true) => Some(self.wal(w)?),
+            _ => None,
+        };
+        Ok(PostgresConfig {
+            wal,
+            endpoint,
+            password,
+            databases,
+            globals: p.globals.unwrap_or(true),
+            credentials_from_container: p.credentials_from_container.unwrap_or(true),
+            user_configured,
+            container,
+            bin_dir,
+            jobs,
+            lock_wait,
+        })
+    }
+
+    /// `container`, or its older name `docker_container` (never both).
+    fn postgres_container(
+        &self,
+        p: &RawPostgres,
+        docker: &DockerConfig,
+    ) -> Result<Option<ContainerRef>, ConfigError> {
         if let (Some(_), Some(dc)) = (&p.container, &p.docker_container) {
             let span = dc.span();
             return Err(self.err(
@@ -163,7 +197,19 @@ impl Cx<'_> {
             (None, Some(c)) => Some(self.container(c, "postgres.docker_container", docker)?),
             (None, None) => None,
         };
-        let (mut endpoint, url_password) = match (&p.url, &container) {
+        Ok(container)
+    }
+
+    /// The server's address and login: `url` (or the container's own
+    /// loopback), `user`, and the password from the URL or the
+    /// `password*` keys but never both. Also whether the user was
+    /// configured.
+    fn postgres_login(
+        &self,
+        p: &RawPostgres,
+        container: Option<&ContainerRef>,
+    ) -> Result<(PgEndpoint, Option<Secret>, bool), ConfigError> {
+        let (mut endpoint, url_password) = match (&p.url, container) {
             (Some(url), _) => {
                 let url_s = self.string(url, "postgres.url")?;
                 let bad = |msg: String| self.err(url.span(), "postgres.url", msg);
@@ -213,24 +259,24 @@ impl Cx<'_> {
             }
             password = Some(pw);
         }
-        let databases = match &p.databases {
-            None => DatabaseSelection::All,
-            Some(list) => self.databases(list)?,
-        };
-        let jobs = match &p.jobs {
+        Ok((endpoint, password, user_configured))
+    }
+
+    /// `jobs`: 1 to 64, 2 by default.
+    fn postgres_jobs(&self, p: &RawPostgres) -> Result<NonZeroUsize, ConfigError> {
+        Ok(match &p.jobs {
             None => NonZeroUsize::new(2).expect("2 > 0"),
             Some(j) => usize::try_from(*j.get_ref())
                 .ok()
                 .filter(|n| (1..=64).contains(n))
                 .and_then(NonZeroUsize::new)
                 .ok_or_else(|| self.err(j.span(), "postgres.jobs", "use a number from 1 to 64"))?,
-        };
-        let bin_dir = p
-            .bin_dir
-            .as_ref()
-            .map(|b| self.path(b, "postgres.bin_dir"))
-            .transpose()?;
-        let lock_wait = match &p.lock_wait {
+        })
+    }
+
+    /// `lock_wait`: a duration above zero, 5 minutes by default.
+    fn postgres_lock_wait(&self, p: &RawPostgres) -> Result<std::time::Duration, ConfigError> {
+        Ok(match &p.lock_wait {
             None => std::time::Duration::from_secs(300),
             Some(w) => {
                 let s = self.string(w, "postgres.lock_wait")?;
@@ -245,23 +291,6 @@ impl Cx<'_> {
                         )
                     })?
             }
-        };
-        let wal = match &p.wal {
-            Some(w) if w.enabled.unwrap_or(true) => Some(self.wal(w)?),
-            _ => None,
-        };
-        Ok(PostgresConfig {
-            wal,
-            endpoint,
-            password,
-            databases,
-            globals: p.globals.unwrap_or(true),
-            credentials_from_container: p.credentials_from_container.unwrap_or(true),
-            user_configured,
-            container,
-            bin_dir,
-            jobs,
-            lock_wait,
         })
     }
 

@@ -110,10 +110,7 @@ impl Cx<'_> {
             .collect()
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "field-by-field validation of one [[notify]] entry: one check per key, in file order"
-    )]
+    /// Validates `[[notify]]` entry `i`, key by key in file order.
     fn notify_one(&self, i: usize, n: &RawNotify) -> Result<NotifyConfig, ConfigError> {
         let key = |k: &str| format!("notify[{i}].{k}");
         let kind = match self.string(&n.kind, &key("kind"))?.as_str() {
@@ -129,7 +126,38 @@ impl Cx<'_> {
             }
         };
         let url = self.http_url(&n.url, &key("url"))?;
-        let token = match (&n.token, &n.token_file) {
+        let token = self.notify_token(n, &key)?;
+        if kind == NotifyKind::Gotify && token.is_none() {
+            return Err(self.err(
+                n.kind.span(),
+                &key("token"),
+                "gotify needs an application token: set token = \"${GOTIFY_TOKEN}\" or token_file",
+            ));
+        }
+        let (on_failure, on_success) = self.notify_on(n, &key)?;
+        let priority = self.notify_priority(n, kind, &key)?;
+        let timeout = match &n.timeout {
+            Some(t) => self.timeout(t, &key("timeout"))?,
+            None => DEFAULT_NOTIFY_TIMEOUT,
+        };
+        Ok(NotifyConfig {
+            kind,
+            url,
+            token,
+            on_failure,
+            on_success,
+            priority,
+            timeout,
+        })
+    }
+
+    /// `token` or `token_file` (never both), or none.
+    fn notify_token(
+        &self,
+        n: &RawNotify,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<Secret>, ConfigError> {
+        Ok(match (&n.token, &n.token_file) {
             (Some(_), Some(f)) => {
                 return Err(self.err(f.span(), &key("token"), "set only one of token, token_file"));
             }
@@ -150,14 +178,16 @@ impl Cx<'_> {
                 Some(Secret::new(v))
             }
             (None, None) => None,
-        };
-        if kind == NotifyKind::Gotify && token.is_none() {
-            return Err(self.err(
-                n.kind.span(),
-                &key("token"),
-                "gotify needs an application token: set token = \"${GOTIFY_TOKEN}\" or token_file",
-            ));
-        }
+        })
+    }
+
+    /// `on`: whether to notify on failure and on success (failure only
+    /// by default).
+    fn notify_on(
+        &self,
+        n: &RawNotify,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(bool, bool), ConfigError> {
         let (mut on_failure, mut on_success) = (true, false);
         if let Some(on) = &n.on {
             on_failure = false;
@@ -182,7 +212,17 @@ impl Cx<'_> {
                 ));
             }
         }
-        let priority = match &n.priority {
+        Ok((on_failure, on_success))
+    }
+
+    /// `priority`, within the range of `kind` (a webhook has none).
+    fn notify_priority(
+        &self,
+        n: &RawNotify,
+        kind: NotifyKind,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<u8>, ConfigError> {
+        Ok(match &n.priority {
             None => None,
             Some(p) => {
                 let max = match kind {
@@ -207,19 +247,6 @@ impl Cx<'_> {
                 }
                 Some(v as u8)
             }
-        };
-        let timeout = match &n.timeout {
-            Some(t) => self.timeout(t, &key("timeout"))?,
-            None => DEFAULT_NOTIFY_TIMEOUT,
-        };
-        Ok(NotifyConfig {
-            kind,
-            url,
-            token,
-            on_failure,
-            on_success,
-            priority,
-            timeout,
         })
     }
 
@@ -344,6 +371,18 @@ mod tests {
             ),
             (
                 "[[notify]]\nkind = \"webhook\"\nurl = \"https://x/\"\non = [\"sometimes\"]\n",
+                "notify[0].on",
+            ),
+            (
+                "[[notify]]\nkind = \"ntfy\"\nurl = \"https://x/t\"\ntoken = \"a\"\ntoken_file = \"/t\"\n",
+                "notify[0].token",
+            ),
+            (
+                "[[notify]]\nkind = \"webhook\"\nurl = \"https://x/\"\npriority = 1\n",
+                "notify[0].priority",
+            ),
+            (
+                "[[notify]]\nkind = \"webhook\"\nurl = \"https://x/\"\non = []\n",
                 "notify[0].on",
             ),
             (

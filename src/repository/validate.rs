@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::manifest::{ArtifactKind, Manifest};
+use crate::model::manifest::{Artifact, ArtifactKind, Manifest};
 use crate::model::selection::is_source_name;
 use crate::model::time::is_snapshot_id;
 use crate::storage::keys;
@@ -87,10 +87,6 @@ pub fn marker(m: &super::Marker, size: usize) -> Result<(), Invalid> {
 
 /// Checks a manifest read from `key` (`snapshots/<ID>.json`); the error
 /// says what is wrong, for the operator.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one rule per manifest field a reader acts on, in the order they are written"
-)]
 pub fn manifest(m: &Manifest, key: &str) -> Result<(), Invalid> {
     let stem = key
         .strip_prefix(keys::SNAPSHOTS)
@@ -130,43 +126,7 @@ pub fn manifest(m: &Manifest, key: &str) -> Result<(), Invalid> {
     }
     let mut seen = BTreeSet::new();
     for a in &m.artifacts {
-        let source = a.source.escape_debug().to_string();
-        if !is_source_name(&a.source) {
-            return Err(Invalid(format!(
-                "`{source}` is not a source name kompose-dr writes"
-            )));
-        }
-        if !seen.insert(a.source.as_str()) {
-            return Err(Invalid(format!("source `{source}` is listed twice")));
-        }
-        if !kind_fits(&a.source, a.kind) {
-            return Err(Invalid(format!(
-                "source `{source}` cannot hold an artifact of kind {:?}",
-                a.kind
-            )));
-        }
-        if let Some(path) = &a.path {
-            let expected = keys::artifact_key(&m.id, &a.source, a.kind);
-            if *path != expected {
-                return Err(Invalid(format!(
-                    "source `{source}` names the archive `{}`, not `{expected}`",
-                    path.escape_debug()
-                )));
-            }
-        }
-        if let Some(sha) = &a.sha256
-            && !is_sha256(sha)
-        {
-            return Err(Invalid(format!(
-                "source `{source}`: `{}` is not a sha256",
-                sha.escape_debug()
-            )));
-        }
-        if a.is_ok() && (a.path.is_none() || a.sha256.is_none()) {
-            return Err(Invalid(format!(
-                "source `{source}` is ok but names no archive or digest"
-            )));
-        }
+        artifact(&m.id, a, &mut seen)?;
     }
     if let Some(f) = &m.facts {
         let expected = keys::facts_key(&m.id);
@@ -179,6 +139,49 @@ pub fn manifest(m: &Manifest, key: &str) -> Result<(), Invalid> {
         if !is_sha256(&f.sha256) {
             return Err(Invalid("the facts sidecar's digest is not a sha256".into()));
         }
+    }
+    Ok(())
+}
+
+/// Checks one artifact of snapshot `id`: its source (once in `seen`), its
+/// kind, its key and its digest.
+fn artifact<'m>(id: &str, a: &'m Artifact, seen: &mut BTreeSet<&'m str>) -> Result<(), Invalid> {
+    let source = a.source.escape_debug().to_string();
+    if !is_source_name(&a.source) {
+        return Err(Invalid(format!(
+            "`{source}` is not a source name kompose-dr writes"
+        )));
+    }
+    if !seen.insert(a.source.as_str()) {
+        return Err(Invalid(format!("source `{source}` is listed twice")));
+    }
+    if !kind_fits(&a.source, a.kind) {
+        return Err(Invalid(format!(
+            "source `{source}` cannot hold an artifact of kind {:?}",
+            a.kind
+        )));
+    }
+    if let Some(path) = &a.path {
+        let expected = keys::artifact_key(id, &a.source, a.kind);
+        if *path != expected {
+            return Err(Invalid(format!(
+                "source `{source}` names the archive `{}`, not `{expected}`",
+                path.escape_debug()
+            )));
+        }
+    }
+    if let Some(sha) = &a.sha256
+        && !is_sha256(sha)
+    {
+        return Err(Invalid(format!(
+            "source `{source}`: `{}` is not a sha256",
+            sha.escape_debug()
+        )));
+    }
+    if a.is_ok() && (a.path.is_none() || a.sha256.is_none()) {
+        return Err(Invalid(format!(
+            "source `{source}` is ok but names no archive or digest"
+        )));
     }
     Ok(())
 }

@@ -290,10 +290,6 @@ impl Cursor {
 }
 
 /// What `stmt` changes, if it has one of the shapes pg_dumpall writes.
-#[expect(
-    clippy::too_many_lines,
-    reason = "a parser's match over pg_dumpall's statement shapes, one arm each"
-)]
 pub fn subject(stmt: &str) -> Option<Subject> {
     let mut c = Cursor {
         t: tokens(stmt)?,
@@ -304,92 +300,9 @@ pub fn subject(stmt: &str) -> Option<Subject> {
     ])?;
     match first.as_str() {
         "set" => session_set(&mut c),
-        "select" => {
-            // SELECT pg_catalog.set_config('search_path', '', false)
-            c.word("pg_catalog.set_config")?;
-            c.punct('(')?;
-            c.literal()?;
-            c.punct(',')?;
-            c.literal()?;
-            c.punct(',')?;
-            c.word("false")?;
-            c.punct(')')?;
-            c.end()?;
-            Some(Subject::Session)
-        }
-        "create" => match c.one_of(&["role", "tablespace"])?.as_str() {
-            "role" => {
-                let r = c.name()?;
-                c.end()?;
-                Some(Subject::Role(r))
-            }
-            _ => {
-                let t = c.name()?;
-                c.word("owner")?;
-                c.name()?;
-                c.word("location")?;
-                c.literal()?;
-                c.end()?;
-                Some(Subject::Tablespace(t))
-            }
-        },
-        "alter" => match c.one_of(&["role", "tablespace"])?.as_str() {
-            "role" => {
-                let r = c.name()?;
-                if c.word("with").is_some() {
-                    while c.end().is_none() {
-                        if c.one_of(&ATTRIBUTES).is_some() {
-                            continue;
-                        }
-                        match c.one_of(&["connection", "password", "valid"])?.as_str() {
-                            "connection" => {
-                                c.word("limit")?;
-                                c.number()?;
-                            }
-                            "password" => {
-                                if c.word("null").is_none() {
-                                    c.literal()?;
-                                }
-                            }
-                            _ => {
-                                c.word("until")?;
-                                c.literal()?;
-                            }
-                        }
-                    }
-                } else {
-                    c.word("set")?;
-                    c.setting()?;
-                    if c.word("to").is_none() {
-                        c.punct('=')?;
-                    }
-                    c.values()?;
-                    c.end()?;
-                }
-                Some(Subject::Role(r))
-            }
-            _ => {
-                let t = c.name()?;
-                if c.word("owner").is_some() {
-                    c.word("to")?;
-                    c.name()?;
-                } else {
-                    c.word("set")?;
-                    c.punct('(')?;
-                    loop {
-                        c.setting()?;
-                        c.punct('=')?;
-                        c.value()?;
-                        if c.punct(',').is_none() {
-                            break;
-                        }
-                    }
-                    c.punct(')')?;
-                }
-                c.end()?;
-                Some(Subject::Tablespace(t))
-            }
-        },
+        "select" => set_config(&mut c),
+        "create" => create(&mut c),
+        "alter" => alter(&mut c),
         "comment" => {
             c.word("on")?;
             let kind = c.one_of(&["role", "tablespace"])?;
@@ -414,6 +327,105 @@ pub fn subject(stmt: &str) -> Option<Subject> {
             Some(of_kind(&kind, n))
         }
         _ => grant_or_revoke(&mut c, first == "grant"),
+    }
+}
+
+/// `SELECT pg_catalog.set_config('search_path', '', false)`, after the
+/// SELECT.
+fn set_config(c: &mut Cursor) -> Option<Subject> {
+    // SELECT pg_catalog.set_config('search_path', '', false)
+    c.word("pg_catalog.set_config")?;
+    c.punct('(')?;
+    c.literal()?;
+    c.punct(',')?;
+    c.literal()?;
+    c.punct(',')?;
+    c.word("false")?;
+    c.punct(')')?;
+    c.end()?;
+    Some(Subject::Session)
+}
+
+/// `CREATE ROLE name` or `CREATE TABLESPACE name OWNER name LOCATION
+/// 'path'`, after the CREATE.
+fn create(c: &mut Cursor) -> Option<Subject> {
+    match c.one_of(&["role", "tablespace"])?.as_str() {
+        "role" => {
+            let r = c.name()?;
+            c.end()?;
+            Some(Subject::Role(r))
+        }
+        _ => {
+            let t = c.name()?;
+            c.word("owner")?;
+            c.name()?;
+            c.word("location")?;
+            c.literal()?;
+            c.end()?;
+            Some(Subject::Tablespace(t))
+        }
+    }
+}
+
+/// `ALTER ROLE name WITH attributes…`, `ALTER ROLE name SET setting …`,
+/// `ALTER TABLESPACE name OWNER TO name` or `… SET (…)`, after the ALTER.
+fn alter(c: &mut Cursor) -> Option<Subject> {
+    match c.one_of(&["role", "tablespace"])?.as_str() {
+        "role" => {
+            let r = c.name()?;
+            if c.word("with").is_some() {
+                while c.end().is_none() {
+                    if c.one_of(&ATTRIBUTES).is_some() {
+                        continue;
+                    }
+                    match c.one_of(&["connection", "password", "valid"])?.as_str() {
+                        "connection" => {
+                            c.word("limit")?;
+                            c.number()?;
+                        }
+                        "password" => {
+                            if c.word("null").is_none() {
+                                c.literal()?;
+                            }
+                        }
+                        _ => {
+                            c.word("until")?;
+                            c.literal()?;
+                        }
+                    }
+                }
+            } else {
+                c.word("set")?;
+                c.setting()?;
+                if c.word("to").is_none() {
+                    c.punct('=')?;
+                }
+                c.values()?;
+                c.end()?;
+            }
+            Some(Subject::Role(r))
+        }
+        _ => {
+            let t = c.name()?;
+            if c.word("owner").is_some() {
+                c.word("to")?;
+                c.name()?;
+            } else {
+                c.word("set")?;
+                c.punct('(')?;
+                loop {
+                    c.setting()?;
+                    c.punct('=')?;
+                    c.value()?;
+                    if c.punct(',').is_none() {
+                        break;
+                    }
+                }
+                c.punct(')')?;
+            }
+            c.end()?;
+            Some(Subject::Tablespace(t))
+        }
     }
 }
 

@@ -404,10 +404,6 @@ impl<R: Read> Reader<R> {
 
     /// Skips one value of type `kind` (whose type byte is at `at`) and
     /// says what it was.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "a parser's match over the RDB value types, one arm each"
-    )]
     fn skip_value(&mut self, kind: u8, version: u32, at: u64) -> Result<Value, RdbError> {
         let nonempty = |n: u64| if n == 0 { Value::Empty } else { Value::Key };
         Ok(match kind {
@@ -420,19 +416,7 @@ impl<R: Read> Reader<R> {
                 self.skip_strings(n)?;
                 nonempty(n)
             }
-            T_ZSET => {
-                let n = self.length()?;
-                for _ in 0..n {
-                    self.skip_string()?;
-                    // A score as text: a length byte, or 253-255 for
-                    // NaN and the infinities.
-                    let l = self.u8()?;
-                    if l < 253 {
-                        self.skip(u64::from(l))?;
-                    }
-                }
-                nonempty(n)
-            }
+            T_ZSET => self.skip_zset()?,
             T_ZSET_2 => {
                 let n = self.length()?;
                 for _ in 0..n {
@@ -465,57 +449,13 @@ impl<R: Read> Reader<R> {
             T_HASH_LISTPACK | T_ZSET_LISTPACK | T_SET_LISTPACK => {
                 self.container(Container::Listpack)?
             }
-            T_LIST_QUICKLIST | T_LIST_QUICKLIST_2 => {
-                let nodes = self.length()?;
-                let mut any = false;
-                for _ in 0..nodes {
-                    let plain = if kind == T_LIST_QUICKLIST_2 {
-                        match self.length()? {
-                            1 => true,
-                            2 => false,
-                            c => {
-                                return Err(
-                                    self.format_at(at, format!("unknown list node container {c}"))
-                                );
-                            }
-                        }
-                    } else {
-                        false
-                    };
-                    let node = if plain {
-                        self.skip_string()?;
-                        Value::Key
-                    } else if kind == T_LIST_QUICKLIST_2 {
-                        self.container(Container::Listpack)?
-                    } else {
-                        self.container(Container::Ziplist)?
-                    };
-                    any |= matches!(node, Value::Key);
-                }
-                if any { Value::Key } else { Value::Empty }
-            }
+            T_LIST_QUICKLIST | T_LIST_QUICKLIST_2 => self.skip_quicklist(kind, at)?,
             T_STREAM_LISTPACKS | T_STREAM_LISTPACKS_2 | T_STREAM_LISTPACKS_3 => {
                 self.skip_stream(kind)?;
                 // An empty stream is a key all the same.
                 Value::Key
             }
-            T_HASH_METADATA | T_HASH_METADATA_PRE_GA => {
-                if kind == T_HASH_METADATA {
-                    self.skip(8)?; // the earliest field expiry
-                }
-                let n = self.length()?;
-                let mut every_field_expires = n > 0;
-                for _ in 0..n {
-                    every_field_expires &= self.length()? != 0; // a field's TTL; 0: none
-                    self.skip_string()?;
-                    self.skip_string()?;
-                }
-                match (n, every_field_expires) {
-                    (0, _) => Value::Empty,
-                    (_, true) => Value::FieldsExpire,
-                    (_, false) => Value::Key,
-                }
-            }
+            T_HASH_METADATA | T_HASH_METADATA_PRE_GA => self.skip_hash_metadata(kind)?,
             T_HASH_LISTPACK_EX | T_HASH_LISTPACK_EX_PRE_GA => {
                 if kind == T_HASH_LISTPACK_EX {
                     self.skip(8)?;
@@ -533,6 +473,71 @@ impl<R: Read> Reader<R> {
                     ),
                 ));
             }
+        })
+    }
+
+    /// Skips a sorted set with scores as text (`T_ZSET`).
+    fn skip_zset(&mut self) -> Result<Value, RdbError> {
+        let n = self.length()?;
+        for _ in 0..n {
+            self.skip_string()?;
+            // A score as text: a length byte, or 253-255 for
+            // NaN and the infinities.
+            let l = self.u8()?;
+            if l < 253 {
+                self.skip(u64::from(l))?;
+            }
+        }
+        Ok(if n == 0 { Value::Empty } else { Value::Key })
+    }
+
+    /// Skips a quicklist (`kind`: version 1 or 2, whose type byte is at
+    /// `at`): its nodes, plain strings or ziplists and listpacks.
+    fn skip_quicklist(&mut self, kind: u8, at: u64) -> Result<Value, RdbError> {
+        let nodes = self.length()?;
+        let mut any = false;
+        for _ in 0..nodes {
+            let plain = if kind == T_LIST_QUICKLIST_2 {
+                match self.length()? {
+                    1 => true,
+                    2 => false,
+                    c => {
+                        return Err(self.format_at(at, format!("unknown list node container {c}")));
+                    }
+                }
+            } else {
+                false
+            };
+            let node = if plain {
+                self.skip_string()?;
+                Value::Key
+            } else if kind == T_LIST_QUICKLIST_2 {
+                self.container(Container::Listpack)?
+            } else {
+                self.container(Container::Ziplist)?
+            };
+            any |= matches!(node, Value::Key);
+        }
+        Ok(if any { Value::Key } else { Value::Empty })
+    }
+
+    /// Skips a hash whose fields carry expiry times (`kind`: the release
+    /// or the pre-GA encoding).
+    fn skip_hash_metadata(&mut self, kind: u8) -> Result<Value, RdbError> {
+        if kind == T_HASH_METADATA {
+            self.skip(8)?; // the earliest field expiry
+        }
+        let n = self.length()?;
+        let mut every_field_expires = n > 0;
+        for _ in 0..n {
+            every_field_expires &= self.length()? != 0; // a field's TTL; 0: none
+            self.skip_string()?;
+            self.skip_string()?;
+        }
+        Ok(match (n, every_field_expires) {
+            (0, _) => Value::Empty,
+            (_, true) => Value::FieldsExpire,
+            (_, false) => Value::Key,
         })
     }
 

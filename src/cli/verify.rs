@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Globals, interruptible, output, pick_repository};
-use crate::error::{Failure, Outcome};
+use crate::error::{Class, Classify, Failure, Outcome};
 use crate::ops::verify::{self, Which};
 
 /// Arguments of `verify`.
@@ -21,17 +21,28 @@ pub struct Args {
     repository: Option<String>,
 }
 
+/// Why the snapshot to verify was not had: exit 2 for a snapshot that is
+/// not there or is refused, as this command always did; a store that
+/// cannot be read (a lost connection, a failing disk) is a failure, exit
+/// 1, not a usage error.
+fn not_found(e: verify::VerifyError) -> Failure {
+    match &e {
+        verify::VerifyError::Repository(r) if r.class() == Class::Failure => {
+            Failure::failed(e.to_string())
+        }
+        _ => Failure::usage(e.to_string()),
+    }
+}
+
 /// Runs `verify`.
 pub async fn run(globals: &Globals, args: Args) -> Result<Outcome, Failure> {
     let config = globals.load_config()?;
     let repo = pick_repository(&config, args.repository.as_deref()).await?;
     let identities = Arc::new(crate::pipeline::load_identities(&config)?);
     let runtime = crate::scratch::runtime(&config);
-    // Exit 2 for any failure to find the snapshot, as this command always
-    // did (listing the snapshots failing included).
     let manifest = verify::find_snapshot(&repo, &Which::parse(&args.snapshot))
         .await
-        .map_err(|e| Failure::usage(e.to_string()))?;
+        .map_err(not_found)?;
     tracing::info!(snapshot = %manifest.id, repository = repo.name(), "verifying in scratch instances");
     let work = verify::run(
         &config,
@@ -88,4 +99,29 @@ pub fn print(report: &verify::VerifyReport) {
     } else {
         "verification FAILED"
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::RepositoryError;
+    use crate::storage::StorageError;
+
+    #[test]
+    fn a_store_that_cannot_be_read_fails_and_a_missing_snapshot_is_usage() {
+        let cut = verify::VerifyError::Repository(RepositoryError::Storage {
+            name: "offsite".into(),
+            source: StorageError::Remote {
+                op: "read",
+                location: "snapshots/x.json".into(),
+                message: "the connection ended at byte 0".into(),
+            },
+        });
+        assert_eq!(not_found(cut).class, Class::Failure);
+        let missing = verify::VerifyError::NoSuchSnapshot {
+            id: "x".into(),
+            repository: "offsite".into(),
+        };
+        assert_eq!(not_found(missing).class, Class::Usage);
+    }
 }

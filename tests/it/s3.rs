@@ -436,6 +436,11 @@ fn wrong_credentials_missing_bucket_and_no_server_are_named() {
         &repo_at("s3://kdr-auth", &format!("http://127.0.0.1:{port}")),
         &["refused", "unreachable"],
     );
+    // A store that cannot be reached fails verify (exit 1), never as a
+    // usage error (exit 2).
+    let out = ws.run(&["verify", "--repository", "offsite"]);
+    assert_eq!(out.code(), Some(1), "{}", out.all());
+    assert!(out.all().contains("refused"), "{}", out.all());
     fails(
         &repo_at("s3://kdr-auth", "http://kdr-no-such-host.invalid:3900"),
         &["cannot resolve the host"],

@@ -704,12 +704,20 @@ pub async fn verified_copy(
 ) -> Result<std::fs::File, RestoreError> {
     let mut stored = open_artifact(repository, artifact, pb).await?;
     let label = stream::label(artifact);
+    // A caller that gives up on the copy (drops this future) stops the
+    // thread at its next write rather than letting it read the rest.
+    let abandoned = Abandoned::default();
+    let flag = abandoned.0.clone();
     tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
         use std::io::{Seek, Write};
         let mut spool = tempfile::tempfile().map_err(RestoreError::io(
             "cannot create a private temporary file ($TMPDIR)",
         ))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut spool);
+        let unless = UnlessAbandoned {
+            out: &mut spool,
+            abandoned: flag,
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, unless);
         // No more than `stored_bytes` is read, so none is spooled.
         let copied = std::io::copy(&mut stored, &mut out);
         if let Err(e) = copied {
@@ -734,6 +742,36 @@ pub async fn verified_copy(
     .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
 }
 
+/// Set when dropped: tells [`verified_copy`]'s thread that nobody waits
+/// for its copy any more.
+#[derive(Default)]
+struct Abandoned(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A writer that fails once its copy is [`Abandoned`].
+struct UnlessAbandoned<W> {
+    out: W,
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W: std::io::Write> std::io::Write for UnlessAbandoned<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the restore gave up on this copy"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +788,20 @@ mod tests {
             recovery: None,
             path_note: None,
         }
+    }
+
+    #[test]
+    fn a_copy_nobody_waits_for_stops_at_its_next_write() {
+        use std::io::Write;
+        let abandoned = Abandoned::default();
+        let mut out = UnlessAbandoned {
+            out: Vec::new(),
+            abandoned: abandoned.0.clone(),
+        };
+        out.write_all(b"kept").unwrap();
+        drop(abandoned);
+        assert!(out.write_all(b"more").is_err());
+        assert_eq!(out.out, b"kept");
     }
 
     #[test]

@@ -498,13 +498,85 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
 /// steps): into a scratch database created with the recorded encoding and
 /// locale, given the recorded owner, ACL, settings and comment, then
 /// swapped into place in one transaction.
+///
+/// The archive's verify pass (its stored bytes copied and checked against
+/// the signed manifest) runs while the server is prepared, so that the
+/// scratch database is there when it ends; pg_restore starts on a
+/// verified archive only. A preparation that fails abandons the pass; a
+/// pass that fails drops the scratch database.
 pub async fn restore_database(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
     name: &str,
 ) -> Result<(u64, String), RestoreError> {
     let cfg = resolved_target(ctx).await?;
-    let tool = restore_tool(&cfg, &item.choice).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (prepared, archive) = tokio::join!(
+        async {
+            let p = prepare(ctx, item, &cfg, name).await;
+            if p.is_err() {
+                stop.cancel();
+            }
+            p
+        },
+        verified_unless(ctx, item, &stop),
+    );
+    let (mut job, mut swap, recovered) = prepared?;
+    let input = match (recovered, archive) {
+        (Some(dump), _) => Ok(Input::Recovered(Box::new(dump))),
+        (None, Some(Ok(file))) => Ok(Input::Archive(file)),
+        (None, Some(Err(e))) => Err(e),
+        (None, None) => Err(RestoreError::Failed("interrupted before pg_restore".into())),
+    };
+    let done = match input {
+        Ok(input) => job.fill_and_swap(&mut swap, input).await,
+        Err(e) => Err(e.unchanged(format!("database {name}"))),
+    };
+    // The one guard of the scratch database: whatever step failed, a copy
+    // still under its scratch name is dropped.
+    if done.is_err() {
+        swap.drop_if_live().await;
+    }
+    done
+}
+
+/// What fills the scratch database.
+enum Input {
+    /// The item's archive, verified whole ([`verified`]), at its start.
+    Archive(std::fs::File),
+    /// The dump of a cluster recovered to the time asked for.
+    Recovered(Box<pitr::RecoveredDump>),
+}
+
+/// The item's verified archive ([`verified`]), or `None` when the
+/// restore is cancelled, `stop` is (the preparation failed), or the item
+/// restores from a recovered cluster instead.
+async fn verified_unless(
+    ctx: &RestoreContext<'_>,
+    item: &ReadyItem,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<Result<std::fs::File, RestoreError>> {
+    if item.choice.recovery.is_some() {
+        return None;
+    }
+    tokio::select! {
+        v = verified(ctx, item) => Some(v),
+        () = stop.cancelled() => None,
+        () = ctx.cancel.cancelled() => None,
+    }
+}
+
+/// Everything before pg_restore: the restore tool, the database as
+/// recorded (or as recovered to a time), the roles on the server, and the
+/// scratch database, created and marked. Refuses when the owner or a
+/// grantee of the recorded database is not on the server.
+async fn prepare<'a, 'c>(
+    ctx: &'a RestoreContext<'c>,
+    item: &'a ReadyItem,
+    cfg: &'a PostgresConfig,
+    name: &'a str,
+) -> Result<(DatabaseJob<'a, 'c>, Swap<'a>, Option<pitr::RecoveredDump>), RestoreError> {
+    let tool = restore_tool(cfg, &item.choice).await?;
     // Base backup + WAL: the database as it was at the time, dumped from a
     // scratch cluster recovered to it.
     let recovered = match &item.choice.recovery {
@@ -515,8 +587,8 @@ pub async fn restore_database(
         Some(d) => Some(d.object.clone()),
         None => recorded_object(ctx, &item.choice).await?,
     };
-    let admin = admin_session(&cfg, name).await?;
-    let notes = sweep_leftovers(&admin, &server(&cfg)).await;
+    let admin = admin_session(cfg, name).await?;
+    let notes = sweep_leftovers(&admin, &server(cfg)).await;
     let major = crate::clients::postgres::server_version(&admin)
         .await
         .map_err(RestoreError::from_source)?
@@ -532,13 +604,13 @@ pub async fn restore_database(
     {
         let missing = missing_roles(f, &roles);
         if !missing.is_empty() {
-            return Err(roles_refusal(name, &server(&cfg), &missing));
+            return Err(roles_refusal(name, &server(cfg), &missing));
         }
     }
-    let mut swap = Swap::new(admin, &cfg, name, ctx.options.replace);
+    let mut swap = Swap::new(admin, cfg, name, ctx.options.replace);
     swap.create_scratch(&create_sql(&swap.scratch, object.as_ref(), major, name)?)
         .await?;
-    let mut job = DatabaseJob {
+    let job = DatabaseJob {
         ctx,
         item,
         tool,
@@ -547,13 +619,7 @@ pub async fn restore_database(
         roles,
         notes,
     };
-    let done = job.fill_and_swap(&mut swap, recovered).await;
-    // The one guard of the scratch database: whatever step failed, a copy
-    // still under its scratch name is dropped.
-    if done.is_err() {
-        swap.drop_if_live().await;
-    }
-    done
+    Ok((job, swap, recovered))
 }
 
 /// A session for the swap, outside the database being replaced: when that
@@ -622,11 +688,11 @@ impl DatabaseJob<'_, '_> {
     async fn fill_and_swap(
         &mut self,
         swap: &mut Swap<'_>,
-        recovered: Option<pitr::RecoveredDump>,
+        input: Input,
     ) -> Result<(u64, String), RestoreError> {
         let (ctx, name) = (self.ctx, swap.name);
         let bytes = self
-            .fill(swap, recovered)
+            .fill(swap, input)
             .await
             .map_err(|e| e.unchanged(format!("database {name}")))?;
         let (sql, comment) = self.properties(&swap.scratch);
@@ -647,17 +713,13 @@ impl DatabaseJob<'_, '_> {
 
     /// Runs pg_restore into the scratch database (from the archive, or the
     /// dump of a recovered cluster) unless the restore is cancelled first.
-    async fn fill(
-        &self,
-        swap: &Swap<'_>,
-        recovered: Option<pitr::RecoveredDump>,
-    ) -> Result<u64, RestoreError> {
+    async fn fill(&self, swap: &Swap<'_>, input: Input) -> Result<u64, RestoreError> {
         let (ctx, cfg, tool, scratch) = (self.ctx, swap.cfg, &self.tool, &swap.scratch);
         tokio::select! {
             r = async {
-                match recovered {
-                    Some(d) => pg_restore_file(ctx, cfg, tool, scratch, d).await,
-                    None => run_pg_restore(ctx, self.item, cfg, tool, scratch).await,
+                match input {
+                    Input::Recovered(d) => pg_restore_file(ctx, cfg, tool, scratch, *d).await,
+                    Input::Archive(stored) => run_pg_restore(ctx, self.item, cfg, tool, scratch, stored).await,
                 }
             } => r,
             () = ctx.cancel.cancelled() => Err(RestoreError::Failed("interrupted during pg_restore".into())),
@@ -1147,8 +1209,8 @@ fn replaced_name(name: &str) -> String {
     s
 }
 
-/// Runs pg_restore into `scratch` from the item's archive, verified whole
-/// first; returns the plaintext bytes. With jobs (and room in `$TMPDIR`),
+/// Runs pg_restore into `scratch` from the item's archive, `stored`
+/// ([`verified`], at its start); returns the plaintext bytes. With jobs (and room in `$TMPDIR`),
 /// the pre-data and data sections stream into one pg_restore as the
 /// archive decodes while a plaintext spool is written beside, and the
 /// post-data section (indexes, constraints, triggers) runs with the jobs
@@ -1160,6 +1222,7 @@ async fn run_pg_restore(
     cfg: &PostgresConfig,
     tool: &DumpTool,
     scratch: &str,
+    stored: std::fs::File,
 ) -> Result<u64, RestoreError> {
     let args = pg_restore_args(ctx, scratch);
     let here = || {
@@ -1181,11 +1244,10 @@ async fn run_pg_restore(
     };
     let (bytes, stderr, status) = match spool {
         None => {
-            let stored = verified(ctx, item).await?;
             let p = pipe_into(ctx, item, stored, here(), None).await?;
             (p.bytes, p.stderr, p.status)
         }
-        Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, spooled).await?,
+        Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, stored, spooled).await?,
     };
     if !status.success() {
         let hint = if stderr.contains("role") && stderr.contains("does not exist") {
@@ -1223,6 +1285,7 @@ async fn load_then_index(
     cfg: &PostgresConfig,
     scratch: &str,
     here: &(dyn Fn() -> Launch + Sync),
+    stored: std::fs::File,
     spooled: (spool::PlainSpool, std::fs::File),
 ) -> Result<(u64, String, Ended), RestoreError> {
     let (mut plain, file) = spooled;
@@ -1232,7 +1295,6 @@ async fn load_then_index(
     tracing::info!("pre-data and data stream into one pg_restore");
     let (loaded, beside) = tokio::join!(
         async {
-            let stored = verified(ctx, item).await?;
             let again = stored.try_clone().map_err(RestoreError::io(
                 "cannot reopen the verified copy of the archive",
             ))?;

@@ -9,6 +9,7 @@
 //! checksums all held — so a corrupted archive or a wrong key never replaces
 //! anything.
 
+mod checked;
 pub mod directories;
 mod error;
 pub mod files;
@@ -29,6 +30,7 @@ use crate::model::config::{
 use crate::model::manifest::ArtifactKind;
 use crate::model::secret::Redactor;
 use crate::repository::Repository;
+pub use checked::{CheckedCopy, spool_artifact, verified_copy};
 pub use error::RestoreError;
 pub use plan::{Choice, Selector};
 
@@ -671,107 +673,6 @@ pub async fn open_artifact(
     ))
 }
 
-/// Copies the stored bytes of `artifact` into a private, unnamed
-/// temporary file (under `$TMPDIR`, gone when closed), checking their size
-/// and sha256 against the manifest on the way (stopping as soon as more
-/// than `stored_bytes` arrive), and returns a reader of that verified copy
-/// (whose plaintext is bounded by `plaintext_bytes` in turn). Archives
-/// whose content runs code when restored (pg_dump archives: functions,
-/// materialized views; a base backup, a WAL file) go through this, so
-/// that not a byte of a replaced archive reaches the program; it costs the
-/// archive's size in temporary space, no more (it stays compressed and
-/// encrypted).
-pub async fn spool_artifact(
-    repository: &Repository,
-    artifact: &crate::model::manifest::Artifact,
-    pb: &indicatif::ProgressBar,
-) -> Result<stream::VerifyingReader<std::fs::File>, RestoreError> {
-    let spool = verified_copy(repository, artifact, pb).await?;
-    Ok(stream::VerifyingReader::new(
-        spool,
-        artifact,
-        Box::new(|_| {}),
-    ))
-}
-
-/// The verified copy of [`spool_artifact`] itself, at its start: for a
-/// caller that reads it more than once. Read it through a
-/// [`stream::VerifyingReader`] all the same.
-pub async fn verified_copy(
-    repository: &Repository,
-    artifact: &crate::model::manifest::Artifact,
-    pb: &indicatif::ProgressBar,
-) -> Result<std::fs::File, RestoreError> {
-    let mut stored = open_artifact(repository, artifact, pb).await?;
-    let label = stream::label(artifact);
-    // A caller that gives up on the copy (drops this future) stops the
-    // thread at its next write rather than letting it read the rest.
-    let abandoned = Abandoned::default();
-    let flag = abandoned.0.clone();
-    tokio::task::spawn_blocking(move || -> Result<_, RestoreError> {
-        use std::io::{Seek, Write};
-        let mut spool = tempfile::tempfile().map_err(RestoreError::io(
-            "cannot create a private temporary file ($TMPDIR)",
-        ))?;
-        let unless = UnlessAbandoned {
-            out: &mut spool,
-            abandoned: flag,
-        };
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, unless);
-        // No more than `stored_bytes` is read, so none is spooled.
-        let copied = std::io::copy(&mut stored, &mut out);
-        if let Err(e) = copied {
-            return Err(match stored.failure() {
-                // It names the archive and what differs from the manifest.
-                Some(m) => RestoreError::Archive(stream::ReadError::Mismatch(m.clone())),
-                None => {
-                    RestoreError::io(format!("{label}: cannot spool the archive to $TMPDIR"))(e)
-                }
-            });
-        }
-        out.flush().map_err(RestoreError::io(format!(
-            "{label}: cannot spool the archive"
-        )))?;
-        drop(out);
-        spool.rewind().map_err(RestoreError::io(format!(
-            "{label}: cannot spool the archive"
-        )))?;
-        Ok(spool)
-    })
-    .await
-    .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?
-}
-
-/// Set when dropped: tells [`verified_copy`]'s thread that nobody waits
-/// for its copy any more.
-#[derive(Default)]
-struct Abandoned(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for Abandoned {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A writer that fails once its copy is [`Abandoned`].
-struct UnlessAbandoned<W> {
-    out: W,
-    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<W: std::io::Write> std::io::Write for UnlessAbandoned<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other("the restore gave up on this copy"));
-        }
-        self.out.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,20 +689,6 @@ mod tests {
             recovery: None,
             path_note: None,
         }
-    }
-
-    #[test]
-    fn a_copy_nobody_waits_for_stops_at_its_next_write() {
-        use std::io::Write;
-        let abandoned = Abandoned::default();
-        let mut out = UnlessAbandoned {
-            out: Vec::new(),
-            abandoned: abandoned.0.clone(),
-        };
-        out.write_all(b"kept").unwrap();
-        drop(abandoned);
-        assert!(out.write_all(b"more").is_err());
-        assert_eq!(out.out, b"kept");
     }
 
     #[test]

@@ -30,7 +30,9 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use super::stream::{self, copy_archive};
-use super::{ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
+use super::{
+    CheckedCopy, ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar,
+};
 use crate::clients::launch::Launch;
 use crate::clients::postgres::database::{self, Ownership};
 use crate::clients::postgres::{
@@ -244,10 +246,7 @@ enum Spooled {
 /// The item's stored bytes, checked whole against the signed manifest, in
 /// a private file ([`crate::restore::verified_copy`]): a dump runs code,
 /// so pg_restore sees no byte of one that does not check out.
-async fn verified(
-    ctx: &RestoreContext<'_>,
-    item: &ReadyItem,
-) -> Result<std::fs::File, RestoreError> {
+async fn verified(ctx: &RestoreContext<'_>, item: &ReadyItem) -> Result<CheckedCopy, RestoreError> {
     let pb = progress_bar(ctx, item);
     let copy = crate::restore::verified_copy(&ctx.repository, &item.choice.artifact, &pb).await;
     pb.finish_and_clear();
@@ -261,12 +260,12 @@ async fn verified(
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
-    stored: std::fs::File,
+    stored: CheckedCopy,
     launch: Launch,
     tee: Option<(std::fs::File, u64)>,
 ) -> Result<Piped, RestoreError> {
     let program = "pg_restore";
-    let stored = stream::VerifyingReader::new(stored, &item.choice.artifact, Box::new(|_| {}));
+    let stored = stored.reader(&item.choice.artifact);
     let mut child = launch
         .start(program, true)
         .await
@@ -543,7 +542,7 @@ pub async fn restore_database(
 /// What fills the scratch database.
 enum Input {
     /// The item's archive, verified whole ([`verified`]), at its start.
-    Archive(std::fs::File),
+    Archive(CheckedCopy),
     /// The dump of a cluster recovered to the time asked for.
     Recovered(Box<pitr::RecoveredDump>),
 }
@@ -555,7 +554,7 @@ async fn verified_unless(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
     stop: &tokio_util::sync::CancellationToken,
-) -> Option<Result<std::fs::File, RestoreError>> {
+) -> Option<Result<CheckedCopy, RestoreError>> {
     if item.choice.recovery.is_some() {
         return None;
     }
@@ -1222,7 +1221,7 @@ async fn run_pg_restore(
     cfg: &PostgresConfig,
     tool: &DumpTool,
     scratch: &str,
-    stored: std::fs::File,
+    stored: CheckedCopy,
 ) -> Result<u64, RestoreError> {
     let args = pg_restore_args(ctx, scratch);
     let here = || {
@@ -1285,7 +1284,7 @@ async fn load_then_index(
     cfg: &PostgresConfig,
     scratch: &str,
     here: &(dyn Fn() -> Launch + Sync),
-    stored: std::fs::File,
+    stored: CheckedCopy,
     spooled: (spool::PlainSpool, std::fs::File),
 ) -> Result<(u64, String, Ended), RestoreError> {
     let (mut plain, file) = spooled;
@@ -1338,7 +1337,7 @@ async fn load_then_index(
         );
         let mut l = here();
         l.arg("--section=post-data");
-        std::io::Seek::rewind(&mut again).map_err(RestoreError::io(
+        again.rewind().map_err(RestoreError::io(
             "cannot read the verified copy of the archive again",
         ))?;
         let p = pipe_into(ctx, item, again, l, None).await?;

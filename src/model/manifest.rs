@@ -134,6 +134,38 @@ pub struct Artifact {
     /// (`directories/*` with `stop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime: Option<Downtime>,
+    /// The sha256 of each piece of the stored bytes, so that a restore
+    /// can check each piece before it reads it rather than the whole
+    /// archive first. Absent in snapshots written before they were
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<Pieces>,
+}
+
+/// The digests of an archive's stored bytes, piece by piece: every piece
+/// holds `bytes` bytes but the last, which holds the rest (at least one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pieces {
+    /// The size of a piece.
+    pub bytes: u64,
+    /// The sha256 of each piece in order, hex.
+    pub sha256: Vec<String>,
+}
+
+impl Pieces {
+    /// The smallest and largest piece size a manifest may record: a
+    /// reader holds one piece in memory.
+    pub const SIZES: std::ops::RangeInclusive<u64> = 4096..=64 * 1024 * 1024;
+
+    /// The most pieces one artifact records (256 GiB of stored bytes in
+    /// 16 MiB pieces, about 1 MiB of manifest): a larger archive records
+    /// none and is checked whole, so that manifests stay small.
+    pub const MAX: usize = 16 * 1024;
+
+    /// How many pieces `stored_bytes` make.
+    pub fn count_for(&self, stored_bytes: u64) -> u64 {
+        stored_bytes.div_ceil(self.bytes.max(1))
+    }
 }
 
 /// Containers kept still while a source was copied.
@@ -172,6 +204,7 @@ impl Artifact {
             file: None,
             wal: None,
             downtime: None,
+            pieces: None,
         }
     }
 
@@ -282,6 +315,7 @@ pub(crate) mod fixtures {
             file: None,
             wal: None,
             downtime: None,
+            pieces: None,
         }
     }
 

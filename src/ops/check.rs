@@ -343,6 +343,7 @@ fn objects_of(m: &crate::model::manifest::Manifest) -> Vec<(Artifact, Expected)>
         a.path = Some(f.path.clone());
         a.stored_bytes = f.stored_bytes;
         a.sha256 = Some(f.sha256.clone());
+        a.pieces = None;
         // The manifest records no plaintext size for the sidecar: it is
         // bounded as every reader of it bounds it.
         objects.push((a, Expected::AtMost(crate::storage::MAX_SMALL_OBJECT)));

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 pub use bounded::{Bounded, Expected, SizeError};
 pub use chunks::ChunkWriter;
 
+use crate::model::manifest::Pieces;
 use crate::storage::{ObjectWriter, StorageError};
 
 /// Size of the pieces that flow between stages.
@@ -81,6 +82,8 @@ pub struct Encoded {
     pub stored_bytes: u64,
     /// sha256 of the stored archive, hex.
     pub sha256: String,
+    /// The sha256 of each of its pieces (`None` past [`Pieces::MAX`]).
+    pub pieces: Option<Pieces>,
     /// The sinks, in the order given to [`encode`].
     pub sinks: Vec<SinkState>,
 }
@@ -216,11 +219,12 @@ pub async fn encode(
 
     let compressed = compressor.await.expect("compressor does not panic");
     let encrypted = encryptor.await.expect("encryptor does not panic");
-    let (sinks, stored_bytes, sha256) = sink_task.await.expect("sink task does not panic");
+    let (sinks, stored_bytes, sha256, pieces) = sink_task.await.expect("sink task does not panic");
     let encoded = Encoded {
         plaintext_bytes,
         stored_bytes,
         sha256,
+        pieces,
         sinks,
     };
 
@@ -312,11 +316,13 @@ fn encrypt(
 async fn fan_out(
     mut rx: mpsc::Receiver<Bytes>,
     mut states: Vec<SinkState>,
-) -> (Vec<SinkState>, u64, String) {
+) -> (Vec<SinkState>, u64, String, Option<Pieces>) {
     let mut hasher = Sha256::new();
+    let mut pieces = PieceHasher::new(piece_bytes());
     let mut stored = 0u64;
     while let Some(b) = rx.recv().await {
         hasher.update(&b);
+        pieces.update(&b);
         stored += b.len() as u64;
         for state in states.iter_mut() {
             if let SinkState::Open(w) = state
@@ -333,7 +339,84 @@ async fn fan_out(
             break; // nobody left to write to: stop, upstream sees a closed channel
         }
     }
-    (states, stored, hex::encode(hasher.finalize()))
+    (
+        states,
+        stored,
+        hex::encode(hasher.finalize()),
+        pieces.finish(),
+    )
+}
+
+/// The size of the pieces whose digests an archive's manifest records
+/// (a restore holds one in memory while it checks it).
+pub const PIECE: u64 = 16 * 1024 * 1024;
+
+/// [`PIECE`], or in a debug build `KOMPOSE_DR_TEST_PIECE` when set (tests
+/// make archives of many pieces from a small database).
+fn piece_bytes() -> u64 {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("KOMPOSE_DR_TEST_PIECE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    PIECE
+}
+
+/// Hashes stored bytes piece by piece.
+struct PieceHasher {
+    bytes: u64,
+    hasher: Sha256,
+    filled: u64,
+    done: Vec<String>,
+    over: bool,
+}
+
+impl PieceHasher {
+    fn new(bytes: u64) -> Self {
+        PieceHasher {
+            bytes,
+            hasher: Sha256::new(),
+            filled: 0,
+            done: Vec::new(),
+            over: false,
+        }
+    }
+
+    /// Takes the next stored bytes.
+    fn update(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            let take = b.len().min((self.bytes - self.filled) as usize);
+            self.hasher.update(&b[..take]);
+            self.filled += take as u64;
+            b = &b[take..];
+            if self.filled == self.bytes {
+                self.done.push(hex::encode(self.hasher.finalize_reset()));
+                self.filled = 0;
+                if self.done.len() > Pieces::MAX {
+                    // Too many to record: none will be.
+                    self.done = Vec::new();
+                    self.over = true;
+                }
+            }
+        }
+    }
+
+    /// The digests, the last (shorter) piece's included; `None` for more
+    /// than [`Pieces::MAX`] pieces.
+    fn finish(mut self) -> Option<Pieces> {
+        if self.filled > 0 {
+            self.done.push(hex::encode(self.hasher.finalize_reset()));
+        }
+        if self.over || self.done.len() > Pieces::MAX {
+            return None;
+        }
+        Some(Pieces {
+            bytes: self.bytes,
+            sha256: self.done,
+        })
+    }
 }
 
 /// Opens an archive for reading: age-decrypts with `identities` and

@@ -189,3 +189,29 @@ fn a_small_archive_that_decompresses_past_the_limit_is_refused() {
     let e = decode_all(&stored, &ids(&id)).unwrap_err();
     assert!(e.to_string().contains("decompresses to more than"), "{e}");
 }
+
+#[test]
+fn the_pieces_digests_do_not_depend_on_how_the_bytes_arrive() {
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let want: Vec<String> = data
+        .chunks(4096)
+        .map(|c| hex::encode(Sha256::digest(c)))
+        .collect();
+    for step in [1, 7, 4096, 4097, 50_000] {
+        let mut h = PieceHasher::new(4096);
+        for c in data.chunks(step) {
+            h.update(c);
+        }
+        let p = h.finish().unwrap();
+        assert_eq!(p.bytes, 4096);
+        assert_eq!(p.sha256, want, "arriving {step} at a time");
+    }
+    // An exact multiple has no empty last piece.
+    let mut h = PieceHasher::new(4096);
+    h.update(&data[..8192]);
+    assert_eq!(h.finish().unwrap().sha256.len(), 2);
+    // Past the most a manifest records: none.
+    let mut h = PieceHasher::new(4096);
+    h.update(&vec![0u8; 4096 * (Pieces::MAX + 1)]);
+    assert!(h.finish().is_none());
+}

@@ -178,6 +178,19 @@ fn artifact<'m>(id: &str, a: &'m Artifact, seen: &mut BTreeSet<&'m str>) -> Resu
             sha.escape_debug()
         )));
     }
+    if let Some(p) = &a.pieces
+        && (!crate::model::manifest::Pieces::SIZES.contains(&p.bytes)
+            || p.sha256.len() > crate::model::manifest::Pieces::MAX
+            || p.sha256.len() as u64 != p.count_for(a.stored_bytes)
+            || !p.sha256.iter().all(|s| is_sha256(s)))
+    {
+        return Err(Invalid(format!(
+            "source `{source}`: the digests of its archive's pieces ({} of {} bytes) do not fit its {} stored bytes",
+            p.sha256.len(),
+            p.bytes,
+            a.stored_bytes
+        )));
+    }
     if a.is_ok() && (a.path.is_none() || a.sha256.is_none()) {
         return Err(Invalid(format!(
             "source `{source}` is ok but names no archive or digest"
@@ -210,6 +223,7 @@ pub(crate) fn is_sha256(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::manifest::Pieces;
     use crate::model::manifest::fixtures::{artifact, manifest as fixture};
 
     const ID: &str = "20261127T030000Z-abcdef";
@@ -295,6 +309,33 @@ mod tests {
                 Box::new(|m| m.artifacts[0].sha256 = Some("x".into())),
             ),
             (
+                "do not fit",
+                Box::new(|m| {
+                    m.artifacts[0].pieces = Some(Pieces {
+                        bytes: 4096,
+                        sha256: vec!["0".repeat(64); 2],
+                    })
+                }),
+            ),
+            (
+                "do not fit",
+                Box::new(|m| {
+                    m.artifacts[0].pieces = Some(Pieces {
+                        bytes: 1,
+                        sha256: vec!["0".repeat(64); 5],
+                    })
+                }),
+            ),
+            (
+                "do not fit",
+                Box::new(|m| {
+                    m.artifacts[0].pieces = Some(Pieces {
+                        bytes: 4096,
+                        sha256: vec!["x".into()],
+                    })
+                }),
+            ),
+            (
                 "listed twice",
                 Box::new(|m| {
                     let a = m.artifacts[0].clone();
@@ -308,6 +349,13 @@ mod tests {
             let e = manifest(&m, &key()).unwrap_err();
             assert!(e.0.contains(want), "{want}: {e}");
         }
+        // Digests that fit are taken.
+        let mut m = good();
+        m.artifacts[0].pieces = Some(Pieces {
+            bytes: 4096,
+            sha256: vec!["0".repeat(64)],
+        });
+        manifest(&m, &key()).unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::io::{self, Read, Seek, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{RestoreError, open_artifact, stream};
+use super::{RestoreError, open_artifact, open_raw, stream};
 use crate::model::manifest::Artifact;
 use crate::repository::Repository;
 
@@ -39,6 +39,70 @@ impl CheckedCopy {
     /// stored and plaintext sizes.
     pub fn reader(self, artifact: &Artifact) -> stream::VerifyingReader<std::fs::File> {
         stream::VerifyingReader::of_checked_copy(self.0, artifact)
+    }
+}
+
+/// A reader of an archive's stored bytes that gives out only bytes that
+/// checked out ([`Checked::reader`]).
+pub type CheckedReader = stream::VerifyingReader<Box<dyn Read + Send>>;
+
+/// How a restore reads an archive whose content runs code: no byte that
+/// did not check out against the signed manifest reaches the program.
+#[derive(Debug)]
+pub enum Checked {
+    /// From the store itself, piece by piece: the manifest records each
+    /// piece's digest, and none of a piece is given out before the whole
+    /// piece checked out (no copy, no pass of its own).
+    Pieces,
+    /// From a checked copy of the whole archive ([`verified_copy`]), for a
+    /// snapshot whose manifest records no pieces.
+    Copy(CheckedCopy),
+}
+
+impl Checked {
+    /// How `artifact` is read: by pieces when its manifest records them,
+    /// else from a checked copy made now.
+    pub async fn prepare(
+        repository: &Repository,
+        artifact: &Artifact,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<Self, RestoreError> {
+        if artifact.pieces.is_some() {
+            return Ok(Checked::Pieces);
+        }
+        Ok(Checked::Copy(
+            verified_copy(repository, artifact, pb).await?,
+        ))
+    }
+
+    /// A reader of the whole archive from its start (again, if called
+    /// again).
+    pub async fn reader(
+        &self,
+        repository: &Repository,
+        artifact: &Artifact,
+    ) -> Result<CheckedReader, RestoreError> {
+        let label = || stream::label(artifact);
+        match self {
+            Checked::Pieces => {
+                let raw: Box<dyn Read + Send> = Box::new(open_raw(repository, artifact).await?);
+                stream::VerifyingReader::by_pieces(raw, artifact, Box::new(|_| {})).ok_or_else(
+                    || RestoreError::Failed(format!("{}: the manifest records no pieces", label())),
+                )
+            }
+            Checked::Copy(copy) => {
+                let mut copy = copy.try_clone().map_err(RestoreError::io(format!(
+                    "{}: cannot read the checked copy again",
+                    label()
+                )))?;
+                copy.rewind().map_err(RestoreError::io(format!(
+                    "{}: cannot read the checked copy again",
+                    label()
+                )))?;
+                let file: Box<dyn Read + Send> = Box::new(copy.0);
+                Ok(stream::VerifyingReader::of_checked_copy(file, artifact))
+            }
+        }
     }
 }
 

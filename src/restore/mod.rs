@@ -30,7 +30,7 @@ use crate::model::config::{
 use crate::model::manifest::ArtifactKind;
 use crate::model::secret::Redactor;
 use crate::repository::Repository;
-pub use checked::{CheckedCopy, spool_artifact, verified_copy};
+pub use checked::{Checked, CheckedCopy, CheckedReader, spool_artifact, verified_copy};
 pub use error::RestoreError;
 pub use plan::{Choice, Selector};
 
@@ -653,6 +653,20 @@ pub async fn open_artifact(
     stream::VerifyingReader<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>>,
     RestoreError,
 > {
+    let pb = pb.clone();
+    Ok(stream::VerifyingReader::new(
+        open_raw(repository, artifact).await?,
+        artifact,
+        Box::new(move |n| pb.set_position(n)),
+    ))
+}
+
+/// The stored bytes of `artifact` as they are in `repository`, for a
+/// blocking reader that checks them.
+pub async fn open_raw(
+    repository: &Repository,
+    artifact: &crate::model::manifest::Artifact,
+) -> Result<tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>, RestoreError> {
     let key = artifact
         .path
         .as_deref()
@@ -665,12 +679,7 @@ pub async fn open_artifact(
             label: stream::label(artifact),
             source,
         })?;
-    let pb = pb.clone();
-    Ok(stream::VerifyingReader::new(
-        tokio_util::io::SyncIoBridge::new(reader),
-        artifact,
-        Box::new(move |n| pb.set_position(n)),
-    ))
+    Ok(tokio_util::io::SyncIoBridge::new(reader))
 }
 
 #[cfg(test)]

@@ -42,6 +42,18 @@ pub enum Mismatch {
         /// The sha256 read, hex.
         got: String,
     },
+    /// A piece of the stored bytes is not what the manifest's digest of
+    /// it says (or there is no digest for it).
+    #[error(
+        "{label}: piece {index} of the stored bytes is not what the manifest says \
+         (its sha256 differs): the archive was replaced or is damaged; nothing of that piece was read"
+    )]
+    Piece {
+        /// The artifact, as [`label`] names it.
+        label: String,
+        /// The piece, from 0.
+        index: usize,
+    },
     /// The plaintext grows past, or ends short of, what the manifest says
     /// (or, where it records no plaintext size, past the bound for it).
     #[error("{label}: {}", plaintext_text(*expected, source))]
@@ -98,8 +110,10 @@ pub struct VerifyingReader<R> {
     progress: Box<dyn FnMut(u64) + Send>,
     /// Whether the bytes are hashed and compared at EOF: all but a
     /// [`crate::restore::CheckedCopy`]'s, whose digest was checked as it
-    /// was written.
+    /// was written, and those read by pieces.
     hashing: bool,
+    /// Reading by pieces, each checked before a byte of it is given out.
+    pieces: Option<PieceState>,
     checked: bool,
     failed: Option<Mismatch>,
 }
@@ -117,9 +131,32 @@ impl<R: Read> VerifyingReader<R> {
             label: label(artifact),
             progress,
             hashing: true,
+            pieces: None,
             checked: false,
             failed: None,
         }
+    }
+
+    /// A reader of the stored bytes that gives out nothing of a piece
+    /// before the whole piece checked out against its digest in the
+    /// manifest (sizes bounded as [`VerifyingReader::new`]); `None` for an
+    /// artifact whose manifest records no pieces.
+    pub fn by_pieces(
+        inner: R,
+        artifact: &Artifact,
+        progress: Box<dyn FnMut(u64) + Send>,
+    ) -> Option<Self> {
+        let p = artifact.pieces.as_ref()?;
+        let mut reader = Self::new(inner, artifact, progress);
+        reader.hashing = false;
+        reader.pieces = Some(PieceState {
+            bytes: usize::try_from(p.bytes).ok()?,
+            digests: p.sha256.clone(),
+            index: 0,
+            piece: Vec::new(),
+            at: 0,
+        });
+        Some(reader)
     }
 
     /// A reader of a private copy whose digest already checked out
@@ -157,6 +194,20 @@ impl<R: Read> VerifyingReader<R> {
     }
 }
 
+/// Where a [`VerifyingReader::by_pieces`] is.
+struct PieceState {
+    /// The size of a piece.
+    bytes: usize,
+    /// Their digests, hex.
+    digests: Vec<String>,
+    /// The next piece's index.
+    index: usize,
+    /// The piece being given out (checked).
+    piece: Vec<u8>,
+    /// How much of it was given out.
+    at: usize,
+}
+
 /// `postgres/x (data/…/x.dump.zst.age)`, for messages.
 pub fn label(a: &Artifact) -> String {
     format!(
@@ -171,6 +222,70 @@ impl<R: Read> Read for VerifyingReader<R> {
         if let Some(m) = &self.failed {
             return Err(io::Error::new(io::ErrorKind::InvalidData, m.clone()));
         }
+        if self.pieces.is_none() {
+            return self.read_stored(buf);
+        }
+        let at_end = self.pieces.as_ref().is_some_and(|p| p.at == p.piece.len());
+        if at_end {
+            self.next_piece()?;
+        }
+        let p = self.pieces.as_mut().expect("pieces checked above");
+        let n = buf.len().min(p.piece.len() - p.at);
+        buf[..n].copy_from_slice(&p.piece[p.at..p.at + n]);
+        p.at += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> VerifyingReader<R> {
+    /// Reads the next piece whole and checks it against its digest;
+    /// leaves it empty at the end of the stored bytes.
+    fn next_piece(&mut self) -> io::Result<()> {
+        let mut p = self.pieces.take().expect("reading by pieces");
+        p.piece.resize(p.bytes, 0);
+        let mut filled = 0;
+        let read = loop {
+            if filled == p.bytes {
+                break Ok(());
+            }
+            match self.read_stored(&mut p.piece[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        p.piece.truncate(filled);
+        p.at = 0;
+        let index = p.index;
+        // An error says more itself; the end must come after the last
+        // piece; a piece must have its digest.
+        let checked = match (&read, filled) {
+            (Err(_), _) => true,
+            (Ok(()), 0) => index == p.digests.len(),
+            (Ok(()), _) => p
+                .digests
+                .get(index)
+                .is_some_and(|want| hex::encode(Sha256::digest(&p.piece)) == *want),
+        };
+        if filled > 0 {
+            p.index += 1;
+        }
+        if !checked {
+            p.piece.clear();
+        }
+        self.pieces = Some(p);
+        read?;
+        if !checked {
+            let label = self.label.clone();
+            return Err(self.fail(Mismatch::Piece { label, index }));
+        }
+        Ok(())
+    }
+
+    /// Reads the stored bytes as they are (sizes bounded, hashed whole
+    /// unless read by pieces).
+    fn read_stored(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = match self.inner.read(buf) {
             Ok(n) => n,
             Err(e) => {
@@ -494,6 +609,78 @@ mod tests {
         let mut out = Vec::new();
         let res = copy_archive(r, ids, &mut out);
         (out, res)
+    }
+
+    /// `figures` with the digests of `stored`'s pieces of `bytes`.
+    fn in_pieces(stored: &[u8], plaintext_bytes: u64, bytes: usize) -> Artifact {
+        let mut a = figures(stored, plaintext_bytes);
+        a.pieces = Some(crate::model::manifest::Pieces {
+            bytes: bytes as u64,
+            sha256: stored
+                .chunks(bytes)
+                .map(|c| hex::encode(Sha256::digest(c)))
+                .collect(),
+        });
+        a
+    }
+
+    #[test]
+    fn read_by_pieces_an_archive_reads_back_and_a_changed_piece_gives_out_nothing_of_itself() {
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (stored, ids) = archive(&plain);
+        for bytes in [4096, 65536, stored.len(), stored.len() + 1] {
+            let a = in_pieces(&stored, plain.len() as u64, bytes);
+            let r = VerifyingReader::by_pieces(&stored[..], &a, Box::new(|_| {})).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(copy_archive(r, &ids, &mut out).unwrap(), plain.len() as u64);
+            assert_eq!(out, plain, "pieces of {bytes}");
+        }
+        // A byte changed in the third piece: the first two are given out,
+        // not a byte of the third.
+        let a = in_pieces(&stored, plain.len() as u64, 4096);
+        let mut bad = stored.clone();
+        bad[2 * 4096 + 100] ^= 1;
+        let mut r = VerifyingReader::by_pieces(&bad[..], &a, Box::new(|_| {})).unwrap();
+        let mut raw = Vec::new();
+        let e = r.read_to_end(&mut raw).unwrap_err();
+        assert_eq!(raw, stored[..2 * 4096], "only the pieces that checked out");
+        assert!(
+            matches!(r.failure(), Some(Mismatch::Piece { index: 2, .. })),
+            "{e}"
+        );
+        assert!(e.to_string().contains("the manifest says"), "{e}");
+        // Through the decoder, the error is the piece's.
+        let r = VerifyingReader::by_pieces(&bad[..], &a, Box::new(|_| {})).unwrap();
+        let res = copy_archive(r, &ids, &mut Vec::new());
+        assert!(
+            matches!(
+                res,
+                Err(ReadError::Mismatch(Mismatch::Piece { index: 2, .. }))
+            ),
+            "{res:?}"
+        );
+        // Another archive of the same size whose pieces do not fit.
+        let (other, _) = archive(&plain);
+        let mut r = VerifyingReader::by_pieces(&other[..], &a, Box::new(|_| {})).unwrap();
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(
+            r.failure(),
+            Some(Mismatch::Piece { index: 0, .. })
+        ));
+        // Cut short, or one byte longer: the size says so.
+        for cut in [
+            &stored[..stored.len() - 1],
+            &[&stored[..], b"x"].concat()[..],
+        ] {
+            let mut r = VerifyingReader::by_pieces(cut, &a, Box::new(|_| {})).unwrap();
+            assert!(r.read_to_end(&mut Vec::new()).is_err());
+            assert!(r.failure().is_some());
+        }
+        // No pieces recorded: no such reader.
+        let plain_figures = figures(&stored, plain.len() as u64);
+        assert!(
+            VerifyingReader::by_pieces(&stored[..], &plain_figures, Box::new(|_| {})).is_none()
+        );
     }
 
     #[test]

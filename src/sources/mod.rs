@@ -145,6 +145,8 @@ pub struct Stored {
     pub stored_bytes: u64,
     /// sha256 of the stored bytes.
     pub sha256: String,
+    /// The sha256 of each piece of them (`None`: too many to record).
+    pub pieces: Option<crate::model::manifest::Pieces>,
     /// The repositories (by name) that do not hold the archive, and why;
     /// every other repository of the run holds it.
     pub failed_in: std::collections::BTreeMap<String, String>,
@@ -306,10 +308,11 @@ impl SourceContext {
             encoded.abort().await;
             return Err(e.scrubbed(&self.redactor));
         }
-        let (plaintext_bytes, stored_bytes, sha256) = (
+        let (plaintext_bytes, stored_bytes, sha256, pieces) = (
             encoded.plaintext_bytes,
             encoded.stored_bytes,
             encoded.sha256.clone(),
+            encoded.pieces.clone(),
         );
         let results = encoded.commit().await;
         let failed_in: std::collections::BTreeMap<String, String> = self
@@ -331,6 +334,7 @@ impl SourceContext {
             plaintext_bytes,
             stored_bytes,
             sha256,
+            pieces,
             failed_in,
         })
     }

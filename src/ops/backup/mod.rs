@@ -726,6 +726,10 @@ fn artifact_for(r: &SourceRun, repository: &str) -> Artifact {
         plaintext_bytes: stored.map_or(0, |s| s.plaintext_bytes),
         stored_bytes: stored.map_or(0, |s| s.stored_bytes),
         sha256: stored.map(|s| s.sha256.clone()),
+        // Only a dump is read by pieces (its restore runs its content).
+        pieces: stored
+            .and_then(|s| s.pieces.clone())
+            .filter(|_| r.kind == ArtifactKind::PostgresDump),
         status,
         error,
         tool_version: r.tool_version.clone(),

@@ -30,9 +30,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use super::stream::{self, copy_archive};
-use super::{
-    CheckedCopy, ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar,
-};
+use super::{Checked, ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::clients::launch::Launch;
 use crate::clients::postgres::database::{self, Ownership};
 use crate::clients::postgres::{
@@ -243,29 +241,31 @@ enum Spooled {
     Start,
 }
 
-/// The item's stored bytes, checked whole against the signed manifest, in
-/// a private file ([`crate::restore::verified_copy`]): a dump runs code,
-/// so pg_restore sees no byte of one that does not check out.
-async fn verified(ctx: &RestoreContext<'_>, item: &ReadyItem) -> Result<CheckedCopy, RestoreError> {
+/// How the item's stored bytes are read checked against the signed
+/// manifest ([`Checked`]): by pieces, or from a checked copy made now. A
+/// dump runs code, so pg_restore sees no byte that did not check out.
+async fn verified(ctx: &RestoreContext<'_>, item: &ReadyItem) -> Result<Checked, RestoreError> {
     let pb = progress_bar(ctx, item);
-    let copy = crate::restore::verified_copy(&ctx.repository, &item.choice.artifact, &pb).await;
+    let checked = Checked::prepare(&ctx.repository, &item.choice.artifact, &pb).await;
     pb.finish_and_clear();
-    copy
+    checked
 }
 
-/// Feeds the item's archive from `stored` ([`verified`], at its start) to
+/// Feeds the item's archive, read from its start through `stored`, to
 /// `launch`'s stdin as it decodes, and a copy of the plaintext's first
 /// bytes to `tee` if given (a file, and how many; a copy that fails to
 /// write is dropped, said in the log, and the feed goes on).
 async fn pipe_into(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
-    stored: CheckedCopy,
+    stored: &Checked,
     launch: Launch,
     tee: Option<(std::fs::File, u64)>,
 ) -> Result<Piped, RestoreError> {
     let program = "pg_restore";
-    let stored = stored.reader(&item.choice.artifact);
+    let stored = stored
+        .reader(&ctx.repository, &item.choice.artifact)
+        .await?;
     let mut child = launch
         .start(program, true)
         .await
@@ -542,7 +542,7 @@ pub async fn restore_database(
 /// What fills the scratch database.
 enum Input {
     /// The item's archive, verified whole ([`verified`]), at its start.
-    Archive(CheckedCopy),
+    Archive(Checked),
     /// The dump of a cluster recovered to the time asked for.
     Recovered(Box<pitr::RecoveredDump>),
 }
@@ -554,7 +554,7 @@ async fn verified_unless(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
     stop: &tokio_util::sync::CancellationToken,
-) -> Option<Result<CheckedCopy, RestoreError>> {
+) -> Option<Result<Checked, RestoreError>> {
     if item.choice.recovery.is_some() {
         return None;
     }
@@ -1221,7 +1221,7 @@ async fn run_pg_restore(
     cfg: &PostgresConfig,
     tool: &DumpTool,
     scratch: &str,
-    stored: CheckedCopy,
+    stored: Checked,
 ) -> Result<u64, RestoreError> {
     let args = pg_restore_args(ctx, scratch);
     let here = || {
@@ -1243,10 +1243,10 @@ async fn run_pg_restore(
     };
     let (bytes, stderr, status) = match spool {
         None => {
-            let p = pipe_into(ctx, item, stored, here(), None).await?;
+            let p = pipe_into(ctx, item, &stored, here(), None).await?;
             (p.bytes, p.stderr, p.status)
         }
-        Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, stored, spooled).await?,
+        Some(spooled) => load_then_index(ctx, item, cfg, scratch, &here, &stored, spooled).await?,
     };
     if !status.success() {
         let hint = if stderr.contains("role") && stderr.contains("does not exist") {
@@ -1284,7 +1284,7 @@ async fn load_then_index(
     cfg: &PostgresConfig,
     scratch: &str,
     here: &(dyn Fn() -> Launch + Sync),
-    stored: CheckedCopy,
+    stored: &Checked,
     spooled: (spool::PlainSpool, std::fs::File),
 ) -> Result<(u64, String, Ended), RestoreError> {
     let (mut plain, file) = spooled;
@@ -1293,13 +1293,7 @@ async fn load_then_index(
     let in_container = !matches!(load, Launch::Local(_));
     tracing::info!("pre-data and data stream into one pg_restore");
     let (loaded, beside) = tokio::join!(
-        async {
-            let again = stored.try_clone().map_err(RestoreError::io(
-                "cannot reopen the verified copy of the archive",
-            ))?;
-            let loaded = pipe_into(ctx, item, stored, load, Some((file, plain.kept))).await?;
-            Ok::<_, RestoreError>((loaded, again))
-        },
+        pipe_into(ctx, item, stored, load, Some((file, plain.kept))),
         async {
             match in_container {
                 true => beside_for(cfg, &plain).await,
@@ -1307,7 +1301,7 @@ async fn load_then_index(
             }
         }
     );
-    let (loaded, mut again) = loaded?;
+    let loaded = loaded?;
     if !loaded.status.success() {
         return Ok((loaded.bytes, loaded.stderr, loaded.status));
     }
@@ -1333,14 +1327,11 @@ async fn load_then_index(
         post_data_from(ctx, make, &plain, feed).await?
     } else {
         tracing::warn!(
-            "no usable plaintext spool: post-data streams from the verified copy of the archive again, one job"
+            "no usable plaintext spool: post-data streams from the checked archive again, one job"
         );
         let mut l = here();
         l.arg("--section=post-data");
-        again.rewind().map_err(RestoreError::io(
-            "cannot read the verified copy of the archive again",
-        ))?;
-        let p = pipe_into(ctx, item, again, l, None).await?;
+        let p = pipe_into(ctx, item, stored, l, None).await?;
         (p.stderr, p.status)
     };
     Ok((loaded.bytes, stderr, status))

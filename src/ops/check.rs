@@ -312,8 +312,17 @@ async fn read_object(
     identities: Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
 ) -> Result<(), ObjectProblem> {
     let path = a.path.as_deref().unwrap_or_default();
-    let r = repo.backend().open(path).await?;
-    let stored = VerifyingReader::new(tokio_util::io::SyncIoBridge::new(r), a, Box::new(|_| {}));
+    let r = tokio_util::io::SyncIoBridge::new(repo.backend().open(path).await?);
+    // By pieces where the manifest records them: their digests too.
+    let stored = if a.pieces.is_some() {
+        VerifyingReader::by_pieces(r, a, Box::new(|_| {}))
+            .map(VerifyingReader::and_whole)
+            .ok_or_else(|| {
+                ObjectProblem::Read(std::io::Error::other("its pieces cannot be read"))
+            })?
+    } else {
+        VerifyingReader::new(r, a, Box::new(|_| {}))
+    };
     let stored = stored.with_plaintext(plaintext);
     tokio::task::spawn_blocking(move || {
         copy_archive(stored, &identities, &mut std::io::sink()).map(|_| ())

@@ -178,10 +178,14 @@ pub fn input_from_bytes(data: Bytes) -> Input {
 /// A sink that fails (or arrives failed) is aborted and recorded; the
 /// others go on. If the source or the encoder fails, or every sink fails,
 /// all sinks are aborted and an error is returned.
+///
+/// With `pieces`, the stored bytes' pieces are hashed too
+/// ([`Encoded::pieces`]): for an archive a restore reads by pieces.
 pub async fn encode(
     mut input: Input,
     settings: &EncodeSettings,
     sinks: Vec<SinkState>,
+    pieces: bool,
 ) -> Result<Encoded, PipelineError> {
     let (plain_tx, plain_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (zst_tx, zst_rx) = mpsc::channel::<Bytes>(DEPTH);
@@ -193,7 +197,8 @@ pub async fn encode(
     let encryptor = tokio::task::spawn_blocking(move || encrypt(zst_rx, enc_tx, &recipients));
     // Dropping `encode` (Ctrl-C, SIGTERM) must drop the sinks now, while the
     // runtime runs, so that unfinished uploads are aborted.
-    let sink_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fan_out(enc_rx, sinks)));
+    let sink_task =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fan_out(enc_rx, sinks, pieces)));
 
     // Pump the input into the compressor.
     let mut plaintext_bytes = 0u64;
@@ -316,13 +321,16 @@ fn encrypt(
 async fn fan_out(
     mut rx: mpsc::Receiver<Bytes>,
     mut states: Vec<SinkState>,
+    pieces: bool,
 ) -> (Vec<SinkState>, u64, String, Option<Pieces>) {
     let mut hasher = Sha256::new();
-    let mut pieces = PieceHasher::new(piece_bytes());
+    let mut pieces = pieces.then(|| PieceHasher::new(piece_bytes()));
     let mut stored = 0u64;
     while let Some(b) = rx.recv().await {
         hasher.update(&b);
-        pieces.update(&b);
+        if let Some(p) = &mut pieces {
+            p.update(&b);
+        }
         stored += b.len() as u64;
         for state in states.iter_mut() {
             if let SinkState::Open(w) = state
@@ -343,7 +351,7 @@ async fn fan_out(
         states,
         stored,
         hex::encode(hasher.finalize()),
-        pieces.finish(),
+        pieces.and_then(PieceHasher::finish),
     )
 }
 
@@ -351,13 +359,15 @@ async fn fan_out(
 /// (a restore holds one in memory while it checks it).
 pub const PIECE: u64 = 16 * 1024 * 1024;
 
-/// [`PIECE`], or in a debug build `KOMPOSE_DR_TEST_PIECE` when set (tests
-/// make archives of many pieces from a small database).
+/// [`PIECE`], or in a debug build `KOMPOSE_DR_TEST_PIECE` when set and
+/// a size a manifest may record (tests make archives of many pieces from
+/// a small database).
 fn piece_bytes() -> u64 {
     #[cfg(debug_assertions)]
     if let Some(n) = std::env::var("KOMPOSE_DR_TEST_PIECE")
         .ok()
         .and_then(|v| v.parse().ok())
+        .filter(|n| Pieces::SIZES.contains(n))
     {
         return n;
     }
@@ -386,7 +396,7 @@ impl PieceHasher {
 
     /// Takes the next stored bytes.
     fn update(&mut self, mut b: &[u8]) {
-        while !b.is_empty() {
+        while !b.is_empty() && !self.over {
             let take = b.len().min((self.bytes - self.filled) as usize);
             self.hasher.update(&b[..take]);
             self.filled += take as u64;

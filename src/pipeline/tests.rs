@@ -69,7 +69,7 @@ async fn store(
         .into_iter()
         .map(|s| SinkState::Open(Box::new(s)))
         .collect();
-    encode(input_from_bytes(Bytes::from(data)), settings, boxed).await
+    encode(input_from_bytes(Bytes::from(data)), settings, boxed, false).await
 }
 
 proptest! {
@@ -169,7 +169,7 @@ fn a_source_error_aborts_everything() {
             .unwrap();
         drop(tx);
         let sinks = vec![SinkState::Open(Box::new(sink.clone()))];
-        encode(rx, &settings, sinks).await.err().unwrap()
+        encode(rx, &settings, sinks, false).await.err().unwrap()
     });
     assert!(matches!(err, PipelineError::Source(_)), "{err}");
     assert!(sink.committed.lock().unwrap().is_none());

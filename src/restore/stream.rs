@@ -155,6 +155,7 @@ impl<R: Read> VerifyingReader<R> {
             index: 0,
             piece: Vec::new(),
             at: 0,
+            broken: false,
         });
         Some(reader)
     }
@@ -166,6 +167,14 @@ impl<R: Read> VerifyingReader<R> {
         let mut reader = Self::new(inner, artifact, Box::new(|_| {}));
         reader.hashing = false;
         reader
+    }
+
+    /// The same reader also hashing the stored bytes whole and comparing
+    /// them at the end (a [`VerifyingReader::by_pieces`] does not): for
+    /// `check --read-data`, which checks every digest the manifest holds.
+    pub fn and_whole(mut self) -> Self {
+        self.hashing = true;
+        self
     }
 
     /// The same reader with another bound on the plaintext: for an object
@@ -206,6 +215,8 @@ struct PieceState {
     piece: Vec<u8>,
     /// How much of it was given out.
     at: usize,
+    /// A read failed: nothing more is given out.
+    broken: bool,
 }
 
 /// `postgres/x (data/…/x.dump.zst.age)`, for messages.
@@ -224,6 +235,12 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         if self.pieces.is_none() {
             return self.read_stored(buf);
+        }
+        if self.pieces.as_ref().is_some_and(|p| p.broken) {
+            return Err(io::Error::other(format!(
+                "{}: an earlier read of the archive failed",
+                self.label
+            )));
         }
         let at_end = self.pieces.as_ref().is_some_and(|p| p.at == p.piece.len());
         if at_end {
@@ -255,15 +272,22 @@ impl<R: Read> VerifyingReader<R> {
                 Err(e) => break Err(e),
             }
         };
-        p.piece.truncate(filled);
         p.at = 0;
+        if read.is_err() {
+            // Nothing of a piece that was not read whole goes out, and
+            // the reader stays broken.
+            p.piece.clear();
+            p.broken = true;
+            self.pieces = Some(p);
+            return read;
+        }
+        p.piece.truncate(filled);
         let index = p.index;
-        // An error says more itself; the end must come after the last
-        // piece; a piece must have its digest.
-        let checked = match (&read, filled) {
-            (Err(_), _) => true,
-            (Ok(()), 0) => index == p.digests.len(),
-            (Ok(()), _) => p
+        // The end must come after the last piece; a piece must have its
+        // digest.
+        let checked = match filled {
+            0 => index == p.digests.len(),
+            _ => p
                 .digests
                 .get(index)
                 .is_some_and(|want| hex::encode(Sha256::digest(&p.piece)) == *want),
@@ -275,7 +299,6 @@ impl<R: Read> VerifyingReader<R> {
             p.piece.clear();
         }
         self.pieces = Some(p);
-        read?;
         if !checked {
             let label = self.label.clone();
             return Err(self.fail(Mismatch::Piece { label, index }));
@@ -345,7 +368,35 @@ pub fn copy_archive<R: Read + Send, W: Write>(
     out: &mut W,
 ) -> Result<u64, ReadError> {
     let mut stored = stored;
-    let result = decode_into(&mut stored, identities, out);
+    copy_archive_from(&mut stored, identities, out)
+}
+
+/// [`copy_archive`] into a program that may stop reading once it has what
+/// it needs (pg_restore of some sections): when writing to it fails, the
+/// rest of the stored bytes is still read and checked, and a mismatch
+/// there is the error, not the write's.
+pub fn copy_archive_to_program<R: Read + Send, W: Write>(
+    stored: VerifyingReader<R>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    out: &mut W,
+) -> Result<u64, ReadError> {
+    let mut stored = stored;
+    let result = copy_archive_from(&mut stored, identities, out);
+    if let Err(ReadError::Output(..)) = &result {
+        let _ = io::copy(&mut stored, &mut io::sink());
+        if let Some(m) = stored.failure() {
+            return Err(ReadError::Mismatch(m.clone()));
+        }
+    }
+    result
+}
+
+fn copy_archive_from<R: Read + Send, W: Write>(
+    stored: &mut VerifyingReader<R>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    out: &mut W,
+) -> Result<u64, ReadError> {
+    let result = decode_into(stored, identities, out);
     if let Err(ReadError::Mismatch(Mismatch::Plaintext {
         source: SizeError::TooShort { .. },
         ..
@@ -353,7 +404,7 @@ pub fn copy_archive<R: Read + Send, W: Write>(
     {
         // The compressed data ended: the rest of the stored bytes is short,
         // and their own check says more when it fails (a replaced archive).
-        let _ = io::copy(&mut stored, &mut io::sink());
+        let _ = io::copy(stored, &mut io::sink());
     }
     match (result, stored.failure()) {
         // The plaintext bound stopped the writing: that is what is said,
@@ -676,11 +727,73 @@ mod tests {
             assert!(r.read_to_end(&mut Vec::new()).is_err());
             assert!(r.failure().is_some());
         }
+    }
+
+    #[test]
+    fn read_by_pieces_a_failing_store_an_early_stop_and_the_whole_digest_are_checked() {
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (stored, ids) = archive(&plain);
+        let a = in_pieces(&stored, plain.len() as u64, 4096);
+        // The store fails in the middle of a piece: nothing of that piece
+        // goes out, then or on a later read.
+        let failing = io::Read::chain(&stored[..4096 + 10], Failing);
+        let mut r = VerifyingReader::by_pieces(failing, &a, Box::new(|_| {})).unwrap();
+        let mut first = vec![0u8; 4096];
+        r.read_exact(&mut first).unwrap();
+        assert_eq!(first, stored[..4096]);
+        assert!(r.read(&mut [0u8; 100]).is_err());
+        assert!(
+            r.read(&mut [0u8; 100]).is_err(),
+            "a later read gives out nothing"
+        );
+        // A program that stops reading early: the rest is still checked,
+        // and a changed piece there is the error.
+        let early = |stored: &[u8]| {
+            let r = VerifyingReader::by_pieces(stored, &a, Box::new(|_| {})).unwrap();
+            copy_archive_to_program(r, &ids, &mut &mut [0u8; 1000][..])
+        };
+        assert!(
+            matches!(early(&stored), Err(ReadError::Output(..))),
+            "{:?}",
+            early(&stored)
+        );
+        let mut tail = stored.clone();
+        let last = tail.len() - 1;
+        tail[last] ^= 1;
+        let res = early(&tail);
+        assert!(
+            matches!(res, Err(ReadError::Mismatch(Mismatch::Piece { .. }))),
+            "{res:?}"
+        );
+        // Read by pieces and whole (`check --read-data`): a whole digest
+        // that differs is refused too.
+        let mut wrong = a.clone();
+        wrong.sha256 = Some("0".repeat(64));
+        let r = VerifyingReader::by_pieces(&stored[..], &wrong, Box::new(|_| {})).unwrap();
+        assert!(
+            copy_archive(r, &ids, &mut io::sink()).is_ok(),
+            "pieces alone"
+        );
+        let r = VerifyingReader::by_pieces(&stored[..], &wrong, Box::new(|_| {})).unwrap();
+        let res = copy_archive(r.and_whole(), &ids, &mut io::sink());
+        assert!(
+            matches!(res, Err(ReadError::Mismatch(Mismatch::Digest { .. }))),
+            "{res:?}"
+        );
         // No pieces recorded: no such reader.
         let plain_figures = figures(&stored, plain.len() as u64);
         assert!(
             VerifyingReader::by_pieces(&stored[..], &plain_figures, Box::new(|_| {})).is_none()
         );
+    }
+
+    /// A store that fails.
+    struct Failing;
+
+    impl Read for Failing {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut"))
+        }
     }
 
     #[test]

@@ -291,7 +291,9 @@ impl SourceContext {
             });
         }
         let input = self.with_progress(key, input);
-        pipeline::encode(input, &self.encode, sinks)
+        // A dump's restore reads it by pieces (its content runs code).
+        let pieces = key.ends_with(crate::model::manifest::ArtifactKind::PostgresDump.extension());
+        pipeline::encode(input, &self.encode, sinks, pieces)
             .await
             .map_err(|e| SourceError::Store(self.redactor.scrub(&e.to_string())))
     }

@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
 
-use super::stream::{self, copy_archive};
+use super::stream;
 use super::{Checked, ReadyItem, RestoreContext, RestoreError, Target, open_stored, progress_bar};
 use crate::clients::launch::Launch;
 use crate::clients::postgres::database::{self, Ownership};
@@ -280,7 +280,7 @@ async fn pipe_into(
         // engine connection for a container) is not.
         let (tee, limit) = tee.map_or((None, 0), |(file, limit)| (Some(file), limit));
         let mut out = spool::Tee::new(tokio_util::io::SyncIoBridge::new(stdin), tee, limit);
-        let copied = copy_archive(stored, &ids, &mut out);
+        let copied = stream::copy_archive_to_program(stored, &ids, &mut out);
         // EOF for the program.
         let _ = out.out.shutdown();
         let spooled = match (out.finish(), copied.is_ok() && !out.cut()) {
@@ -313,7 +313,8 @@ async fn pipe_into(
         Err(stream::ReadError::Output(..)) if !status.success() => 0,
         // It succeeded having read what it needed (`--section=post-data`
         // reads no data; with --exit-on-error, input cut short fails it);
-        // the stored bytes checked out before it started.
+        // the rest of the stored bytes was read and checked all the same
+        // (`copy_archive_to_program`).
         Err(stream::ReadError::Output(..)) => item.choice.artifact.plaintext_bytes,
         Err(e) => return Err(e.into()),
     };
@@ -498,11 +499,11 @@ async fn sweep_leftovers(admin: &Client, server: &str) -> Vec<String> {
 /// locale, given the recorded owner, ACL, settings and comment, then
 /// swapped into place in one transaction.
 ///
-/// The archive's verify pass (its stored bytes copied and checked against
-/// the signed manifest) runs while the server is prepared, so that the
-/// scratch database is there when it ends; pg_restore starts on a
-/// verified archive only. A preparation that fails abandons the pass; a
-/// pass that fails drops the scratch database.
+/// pg_restore reads the archive through a [`Checked`] reader: piece by
+/// piece, or, for a snapshot that records no pieces, from a checked copy
+/// of the whole archive, made while the server is prepared (a preparation
+/// that fails abandons it; a copy that does not check out drops the
+/// scratch database).
 pub async fn restore_database(
     ctx: &RestoreContext<'_>,
     item: &ReadyItem,
@@ -541,13 +542,13 @@ pub async fn restore_database(
 
 /// What fills the scratch database.
 enum Input {
-    /// The item's archive, verified whole ([`verified`]), at its start.
+    /// How the item's archive is read, checked ([`verified`]).
     Archive(Checked),
     /// The dump of a cluster recovered to the time asked for.
     Recovered(Box<pitr::RecoveredDump>),
 }
 
-/// The item's verified archive ([`verified`]), or `None` when the
+/// How the item's archive is read ([`verified`]), or `None` when the
 /// restore is cancelled, `stop` is (the preparation failed), or the item
 /// restores from a recovered cluster instead.
 async fn verified_unless(
@@ -1208,8 +1209,8 @@ fn replaced_name(name: &str) -> String {
     s
 }
 
-/// Runs pg_restore into `scratch` from the item's archive, `stored`
-/// ([`verified`], at its start); returns the plaintext bytes. With jobs (and room in `$TMPDIR`),
+/// Runs pg_restore into `scratch` from the item's archive, read through
+/// `stored` ([`verified`]); returns the plaintext bytes. With jobs (and room in `$TMPDIR`),
 /// the pre-data and data sections stream into one pg_restore as the
 /// archive decodes while a plaintext spool is written beside, and the
 /// post-data section (indexes, constraints, triggers) runs with the jobs

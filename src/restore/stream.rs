@@ -116,6 +116,9 @@ pub struct VerifyingReader<R> {
     pieces: Option<PieceState>,
     checked: bool,
     failed: Option<Mismatch>,
+    /// The store's own read error, when reading it failed (a connection
+    /// cut, a disk error): not a sign of a damaged archive.
+    store_failed: Option<String>,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -134,6 +137,7 @@ impl<R: Read> VerifyingReader<R> {
             pieces: None,
             checked: false,
             failed: None,
+            store_failed: None,
         }
     }
 
@@ -317,7 +321,12 @@ impl<R: Read> VerifyingReader<R> {
                         label: self.label.clone(),
                         source,
                     })),
-                    None => Err(e),
+                    None => {
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            self.store_failed.get_or_insert_with(|| e.to_string());
+                        }
+                        Err(e)
+                    }
                 };
             }
         };
@@ -353,6 +362,13 @@ pub enum ReadError {
     /// (size, sha256); reading stopped at the size it records.
     #[error(transparent)]
     Mismatch(#[from] Mismatch),
+    /// Reading the stored bytes from the repository failed (a connection
+    /// cut, a disk error): nothing says the archive itself is damaged.
+    #[error(
+        "{0}: reading it from the repository failed ({1}); nothing says the archive is damaged: \
+         check the repository's connection or disk, then run it again"
+    )]
+    Store(String, String),
     /// Writing the plaintext failed.
     #[error("{0}: writing the restored data failed: {1}")]
     Output(String, io::Error),
@@ -423,6 +439,11 @@ fn copy_archive_from<R: Read + Send, W: Write>(
         // what is wrong.
         (Err(ReadError::Damaged(..) | ReadError::Mismatch(_)), Some(m)) => {
             Err(ReadError::Mismatch(m.clone()))
+        }
+        // Or the store's: the archive was not found wrong, the read failed.
+        (Err(ReadError::Damaged(..)), None) if stored.store_failed.is_some() => {
+            let why = stored.store_failed.clone().unwrap_or_default();
+            Err(ReadError::Store(stored.label.clone(), why))
         }
         (result, _) => result,
     }
@@ -784,6 +805,44 @@ mod tests {
         let plain_figures = figures(&stored, plain.len() as u64);
         assert!(
             VerifyingReader::by_pieces(&stored[..], &plain_figures, Box::new(|_| {})).is_none()
+        );
+    }
+
+    #[test]
+    fn a_store_failing_mid_read_is_said_to_be_the_store_not_a_damaged_archive() {
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (stored, ids) = archive(&plain);
+        let a = in_pieces(&stored, plain.len() as u64, 4096);
+        let cut = || io::Read::chain(&stored[..3 * 4096 + 10], Failing);
+        let readers = [
+            VerifyingReader::by_pieces(cut(), &a, Box::new(|_| {})).unwrap(),
+            VerifyingReader::new(cut(), &a, Box::new(|_| {})),
+        ];
+        for r in readers {
+            let e = copy_archive(r, &ids, &mut io::sink()).unwrap_err();
+            assert!(matches!(&e, ReadError::Store(..)), "{e:?}");
+            let msg = e.to_string();
+            for want in [
+                "reading it from the repository failed (cut)",
+                "run it again",
+            ] {
+                assert!(msg.contains(want), "{want}: {msg}");
+            }
+            assert!(!msg.contains("damaged or"), "{msg}");
+        }
+        // A changed piece before the cut is what is said.
+        let mut bad = stored.clone();
+        bad[4096 + 100] ^= 1;
+        let r = VerifyingReader::by_pieces(
+            io::Read::chain(&bad[..3 * 4096 + 10], Failing),
+            &a,
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let e = copy_archive(r, &ids, &mut io::sink()).unwrap_err();
+        assert!(
+            matches!(e, ReadError::Mismatch(Mismatch::Piece { index: 1, .. })),
+            "{e:?}"
         );
     }
 

@@ -293,11 +293,9 @@ async fn pipe_into(
     let (copied, spooled) = copy
         .await
         .map_err(|e| RestoreError::Failed(format!("restore thread failed: {e}")))?;
-    if let Err(
-        stream::ReadError::WrongKey(_)
-        | stream::ReadError::Damaged(..)
-        | stream::ReadError::Mismatch(_),
-    ) = &copied
+    if copied
+        .as_ref()
+        .is_err_and(|e| !matches!(e, stream::ReadError::Output(..)))
     {
         // Do not let the program finish on a truncated input.
         child.kill();

@@ -325,10 +325,16 @@ impl Running {
             program: program.to_owned(),
             source,
         })?;
+        // 1 MiB pipes (instead of 64 KiB) let the producer write, and the
+        // reader read, in larger pieces: fewer wake-ups on both sides (the
+        // program's output; our feed of pg_restore's stdin). Best effort:
+        // a smaller `fs.pipe-max-size` leaves the default.
+        let big = || nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20);
         if let Some(out) = &child.stdout {
-            // A 1 MiB pipe (instead of 64 KiB) lets the producer write, and
-            // us read, in larger pieces: fewer wake-ups on both sides.
-            let _ = nix::fcntl::fcntl(out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+            let _ = nix::fcntl::fcntl(out, big());
+        }
+        if let Some(input) = &child.stdin {
+            let _ = nix::fcntl::fcntl(input, big());
         }
         Ok(Running {
             stdin: child.stdin.take().map(|s| Box::pin(s) as Writer),

@@ -2,12 +2,15 @@
 //! `restore::stream::copy_archive` over a `VerifyingReader` (size and
 //! sha256 against the manifest, age authentication, zstd checksums,
 //! nothing after the frame). The first byte picks the layer the rest starts
-//! at (see the crate's docs) and, in its bit 7, whether the manifest's size
-//! and digest match the stored bytes. The output is bounded by the harness
+//! at (see the crate's docs), in its bit 7 whether the manifest's size and
+//! digests match the stored bytes, and in its bit 6 whether the archive is
+//! read by pieces (`VerifyingReader::by_pieces`, 4 KiB pieces, each
+//! checked before a byte of it goes on; a dishonest manifest then has the
+//! right size but no right digest). The output is bounded by the harness
 //! (64 MiB), as a restore target's disk would be.
 #![no_main]
 
-use kompose_dr::model::manifest::{Artifact, ArtifactKind, ArtifactStatus};
+use kompose_dr::model::manifest::{Artifact, ArtifactKind, ArtifactStatus, Pieces};
 use kompose_dr::restore::stream::{ReadError, VerifyingReader, copy_archive};
 use kompose_dr_fuzz::{Bounded, Layer, identities, layer, stored};
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +18,20 @@ use sha2::Digest;
 
 const OUTPUT_LIMIT: usize = 64 << 20;
 
-fn artifact(stored: &[u8], honest: bool) -> Artifact {
+/// The piece size read by pieces: the smallest a manifest may record, so
+/// that small inputs span several.
+const PIECE: usize = 4096;
+
+fn artifact(stored: &[u8], honest: bool, by_pieces: bool) -> Artifact {
     let sha = hex::encode(sha2::Sha256::digest(stored));
+    let digest = |c: &[u8]| match honest {
+        true => hex::encode(sha2::Sha256::digest(c)),
+        false => "0".repeat(64),
+    };
+    let pieces = by_pieces.then(|| Pieces {
+        bytes: PIECE as u64,
+        sha256: stored.chunks(PIECE).map(digest).collect(),
+    });
     Artifact {
         source: "files/plain".into(),
         kind: ArtifactKind::File,
@@ -24,7 +39,11 @@ fn artifact(stored: &[u8], honest: bool) -> Artifact {
         captured_at: None,
         // The bound the readers stop at: the harness keeps no more.
         plaintext_bytes: OUTPUT_LIMIT as u64,
-        stored_bytes: if honest { stored.len() as u64 } else { 7 },
+        stored_bytes: if honest || by_pieces {
+            stored.len() as u64
+        } else {
+            7
+        },
         sha256: Some(if honest { sha } else { "0".repeat(64) }),
         status: ArtifactStatus::Ok,
         error: None,
@@ -34,6 +53,7 @@ fn artifact(stored: &[u8], honest: bool) -> Artifact {
         file: None,
         wal: None,
         downtime: None,
+        pieces,
     }
 }
 
@@ -42,14 +62,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let honest = first & 0x80 == 0;
+    let by_pieces = first & 0x40 != 0;
     let archive = stored(layer, rest);
-    let a = artifact(&archive, honest);
-    let reader = VerifyingReader::new(&archive[..], &a, Box::new(|_| {}));
+    let a = artifact(&archive, honest, by_pieces);
+    let reader = match by_pieces {
+        true => VerifyingReader::by_pieces(&archive[..], &a, Box::new(|_| {}))
+            .expect("the manifest records pieces"),
+        false => VerifyingReader::new(&archive[..], &a, Box::new(|_| {})),
+    };
     let keep = layer == Layer::Plain && rest.len() <= OUTPUT_LIMIT;
     let mut out = Bounded::new(OUTPUT_LIMIT, keep);
     let result = copy_archive(reader, identities(), &mut out);
     match (&result, layer, honest) {
         (Ok(n), _, true) => assert_eq!(*n, out.written, "bytes written miscounted"),
+        // Empty stored bytes have no piece to differ.
+        (Ok(_), _, false) if by_pieces && archive.is_empty() => {}
         (Ok(_), _, false) => panic!("an archive whose digest differs from the manifest's was read"),
         (Err(ReadError::Output(..)), _, _) => {}
         (Err(e), Layer::Plain, true) => panic!("an archive the harness made was refused: {e}"),

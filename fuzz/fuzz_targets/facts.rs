@@ -40,6 +40,11 @@ fn use_facts(f: &Facts) {
             } => {
                 let _ = (files.saturating_add(*bytes), sqlite.len());
             }
+            SourceFacts::Config { files } => {
+                for f in files {
+                    let _ = (&f.path, &f.named_by, f.secret, f.mode, f.bytes, &f.sha256);
+                }
+            }
         }
     }
     let _ = serde_json::to_vec(f).expect("facts serialise");

@@ -300,7 +300,10 @@ pub async fn choose_tool(
 /// Chooses how to run a PostgreSQL client `program` of major version
 /// `min_major` or newer: inside `docker_container`, or the first suitable
 /// local binary from `bin_dir`, `PATH`, `/usr/lib/postgresql/*/bin` (newest
-/// first). `what` names the reason for `min_major` in the error.
+/// first). Without `bin_dir`, Debian's `pg_wrapper` in `PATH` is passed
+/// over for the binaries it would run: it is a perl script that starts an
+/// interpreter on every run (tens of milliseconds before each pg_restore).
+/// `what` names the reason for `min_major` in the error.
 pub async fn choose_client(
     cfg: &PostgresConfig,
     program: &str,
@@ -350,10 +353,13 @@ pub async fn choose_client(
     let mut seen: Vec<(PathBuf, String)> = Vec::new();
     for dir in candidates {
         let exe = dir.join(program);
-        if !exe.is_file() || seen.iter().any(|(p, _)| p == &exe) {
+        if !exe.is_file()
+            || seen.iter().any(|(p, _)| p == &exe)
+            || (cfg.bin_dir.is_none() && is_debian_wrapper(&exe))
+        {
             continue;
         }
-        let Ok(version) = first_line(&exe, ["--version"]).await else {
+        let Ok(version) = version_of(&exe).await else {
             continue;
         };
         if parse_tool_major(&version).is_some_and(|m| m >= min_major) {
@@ -377,6 +383,43 @@ pub async fn choose_client(
             "no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"
         ),
     }))
+}
+
+/// Whether `exe` is Debian's `pg_wrapper` (`/usr/bin/pg_restore` →
+/// `../share/postgresql-common/pg_wrapper`), which runs a binary of
+/// `/usr/lib/postgresql/*/bin`.
+fn is_debian_wrapper(exe: &std::path::Path) -> bool {
+    std::fs::canonicalize(exe).is_ok_and(|p| p.file_name().is_some_and(|n| n == "pg_wrapper"))
+}
+
+/// `exe --version`, asked once per binary: a restore chooses its client
+/// more than once (the plan, each database). A binary replaced since (an
+/// upgrade under a long-running process) is asked again: the answer is
+/// kept with the file's identity (inode and modification time).
+async fn version_of(exe: &std::path::Path) -> Result<String, crate::process::ProcessError> {
+    type Known = Vec<((PathBuf, u64, std::time::SystemTime), String)>;
+    static KNOWN: std::sync::Mutex<Known> = std::sync::Mutex::new(Vec::new());
+    let key = std::fs::metadata(exe).ok().and_then(|m| {
+        use std::os::unix::fs::MetadataExt;
+        Some((exe.to_owned(), m.ino(), m.modified().ok()?))
+    });
+    let lock = || {
+        KNOWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let known = lock()
+        .iter()
+        .find(|(k, _)| Some(k) == key.as_ref())
+        .map(|(_, v)| v.clone());
+    if let Some(v) = known {
+        return Ok(v);
+    }
+    let version = first_line(exe, ["--version"]).await?;
+    if let Some(key) = key {
+        lock().push((key, version.clone()));
+    }
+    Ok(version)
 }
 
 /// The programs whose stdout carries a whole database or cluster: in a
@@ -447,6 +490,46 @@ pub fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debians_wrapper_is_known_by_where_it_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let wrapper = dir.path().join("pg_wrapper");
+        std::fs::write(&wrapper, "#!/usr/bin/perl\n").unwrap();
+        let link = dir.path().join("pg_restore");
+        std::os::unix::fs::symlink("pg_wrapper", &link).unwrap();
+        assert!(is_debian_wrapper(&link));
+        let real = dir.path().join("pg_dump");
+        std::fs::write(&real, "binary").unwrap();
+        assert!(!is_debian_wrapper(&real));
+        assert!(!is_debian_wrapper(&dir.path().join("missing")));
+    }
+
+    #[tokio::test]
+    async fn a_version_is_asked_once_and_again_of_a_replaced_binary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let exe = dir.path().join("pg_restore");
+        let install = |version: &str| {
+            let new = dir.path().join("new");
+            let script = format!(
+                "#!/bin/sh\necho run >> '{}'\necho 'pg_restore (PostgreSQL) {version}'\n",
+                runs.display()
+            );
+            std::fs::write(&new, script).unwrap();
+            std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&new, &exe).unwrap();
+        };
+        install("15.4");
+        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 15.4");
+        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 15.4");
+        let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        assert_eq!(count(), 1, "asked once");
+        install("17.2");
+        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 17.2");
+        assert_eq!(count(), 2, "a replaced binary is asked again");
+    }
 
     #[test]
     fn tool_major_is_parsed() {

@@ -11,6 +11,7 @@
 #![no_main]
 
 use kompose_dr::model::manifest::{Artifact, ArtifactKind, ArtifactStatus, Pieces};
+use kompose_dr::pipeline::Expected;
 use kompose_dr::restore::stream::{ReadError, VerifyingReader, copy_archive};
 use kompose_dr_fuzz::{Bounded, Layer, identities, layer, stored};
 use libfuzzer_sys::fuzz_target;
@@ -37,7 +38,8 @@ fn artifact(stored: &[u8], honest: bool, by_pieces: bool) -> Artifact {
         kind: ArtifactKind::File,
         path: Some("data/20261128T220215Z-8f2f2b/files/plain.zst.age".into()),
         captured_at: None,
-        // The bound the readers stop at: the harness keeps no more.
+        // The bound the readers stop at (the harness keeps no more); the
+        // reader is given the exact plaintext where it is known.
         plaintext_bytes: OUTPUT_LIMIT as u64,
         stored_bytes: if honest || by_pieces {
             stored.len() as u64
@@ -69,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
         true => VerifyingReader::by_pieces(&archive[..], &a, Box::new(|_| {}))
             .expect("the manifest records pieces"),
         false => VerifyingReader::new(&archive[..], &a, Box::new(|_| {})),
+    };
+    // The plaintext of an archive the harness made is known exactly, as a
+    // manifest records it; of any other, only bounded.
+    let reader = match (layer, honest) {
+        (Layer::Plain, true) => reader.with_plaintext(Expected::Exactly(rest.len() as u64)),
+        _ => reader.with_plaintext(Expected::AtMost(OUTPUT_LIMIT as u64)),
     };
     let keep = layer == Layer::Plain && rest.len() <= OUTPUT_LIMIT;
     let mut out = Bounded::new(OUTPUT_LIMIT, keep);

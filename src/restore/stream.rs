@@ -117,8 +117,9 @@ pub struct VerifyingReader<R> {
     checked: bool,
     failed: Option<Mismatch>,
     /// The store's own read error, when reading it failed (a connection
-    /// cut, a disk error): not a sign of a damaged archive.
-    store_failed: Option<String>,
+    /// cut, a disk error): not a sign of a damaged archive. Shared with
+    /// the decrypting stage, which reads through age.
+    store_failed: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -137,7 +138,7 @@ impl<R: Read> VerifyingReader<R> {
             pieces: None,
             checked: false,
             failed: None,
-            store_failed: None,
+            store_failed: std::sync::Arc::default(),
         }
     }
 
@@ -198,6 +199,15 @@ impl<R: Read> VerifyingReader<R> {
     /// the I/O error on its way out).
     pub fn failure(&self) -> Option<&Mismatch> {
         self.failed.as_ref()
+    }
+
+    /// What a failed read of the stored bytes was: the store's own failure
+    /// if it failed, else damage (age or the bytes themselves).
+    fn read_failed(&self) -> ReadError {
+        match self.store_failed.get() {
+            Some(why) => ReadError::Store(self.label.clone(), why.clone()),
+            None => ReadError::Damaged(self.label.clone(), "the archive could not be read".into()),
+        }
     }
 
     fn fail(&mut self, m: Mismatch) -> io::Error {
@@ -322,8 +332,14 @@ impl<R: Read> VerifyingReader<R> {
                         source,
                     })),
                     None => {
-                        if e.kind() != io::ErrorKind::Interrupted {
-                            self.store_failed.get_or_insert_with(|| e.to_string());
+                        // `InvalidData`: the store says the data changed
+                        // under the read (an S3 object replaced), which is
+                        // no mere failure to read.
+                        if !matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::InvalidData
+                        ) {
+                            let _ = self.store_failed.set(e.to_string());
                         }
                         Err(e)
                     }
@@ -398,11 +414,13 @@ pub fn copy_archive_to_program<R: Read + Send, W: Write>(
 ) -> Result<u64, ReadError> {
     let mut stored = stored;
     let result = copy_archive_from(&mut stored, identities, out);
-    if let Err(ReadError::Output(..)) = &result {
-        let _ = io::copy(&mut stored, &mut io::sink());
-        if let Some(m) = stored.failure() {
-            return Err(ReadError::Mismatch(m.clone()));
-        }
+    if let Err(ReadError::Output(..)) = &result
+        && io::copy(&mut stored, &mut io::sink()).is_err()
+    {
+        return Err(match stored.failure() {
+            Some(m) => ReadError::Mismatch(m.clone()),
+            None => stored.read_failed(),
+        });
     }
     result
 }
@@ -440,11 +458,6 @@ fn copy_archive_from<R: Read + Send, W: Write>(
         (Err(ReadError::Damaged(..) | ReadError::Mismatch(_)), Some(m)) => {
             Err(ReadError::Mismatch(m.clone()))
         }
-        // Or the store's: the archive was not found wrong, the read failed.
-        (Err(ReadError::Damaged(..)), None) if stored.store_failed.is_some() => {
-            let why = stored.store_failed.clone().unwrap_or_default();
-            Err(ReadError::Store(stored.label.clone(), why))
-        }
         (result, _) => result,
     }
 }
@@ -466,7 +479,8 @@ fn decode_into<R: Read + Send, W: Write>(
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel(STAGE_DEPTH);
         let producer = s.spawn(|| decrypt_into(stored, identities, tx));
-        let consumed = decompress_from(ChannelReader::new(rx), plaintext, out, &label);
+        let mut channel = ChannelReader::new(rx);
+        let consumed = decompress_from(&mut channel, plaintext, out, &label);
         let produced = producer.join().unwrap_or_else(|_| {
             Err(ReadError::Damaged(
                 label.clone(),
@@ -479,6 +493,11 @@ fn decode_into<R: Read + Send, W: Write>(
                 _,
             )
             | (Err(e), Ok(())) => Err(e),
+            // zstd refused bytes it was given before their stream ended:
+            // damage, whatever the store did while the first stage read ahead.
+            (Err(e @ ReadError::Damaged(..)), Err(ReadError::Store(..))) if !channel.ended => {
+                Err(e)
+            }
             (_, Err(e)) => Err(e),
             (Ok(n), Ok(())) => Ok(n),
         }
@@ -495,7 +514,12 @@ fn decrypt_into<R: Read>(
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
 ) -> Result<(), ReadError> {
     let label = stored.label.clone();
-    let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.clone(), e.to_string());
+    // A failure of the store's read surfaces through age: said as such.
+    let cut = stored.store_failed.clone();
+    let damaged = |e: &dyn std::fmt::Display| match cut.get() {
+        Some(why) => ReadError::Store(label.clone(), why.clone()),
+        None => ReadError::Damaged(label.clone(), e.to_string()),
+    };
     let decryptor = age::Decryptor::new(&mut *stored).map_err(|e| damaged(&e))?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
@@ -548,6 +572,8 @@ struct ChannelReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     piece: Vec<u8>,
     at: usize,
+    /// The first stage ended (its last piece was taken).
+    ended: bool,
 }
 
 impl ChannelReader {
@@ -556,6 +582,7 @@ impl ChannelReader {
             rx,
             piece: Vec::new(),
             at: 0,
+            ended: false,
         }
     }
 }
@@ -565,7 +592,10 @@ impl Read for ChannelReader {
         while self.at == self.piece.len() {
             match self.rx.recv() {
                 Ok(piece) => (self.piece, self.at) = (piece, 0),
-                Err(_) => return Ok(0),
+                Err(_) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
             }
         }
         let n = buf.len().min(self.piece.len() - self.at);
@@ -580,13 +610,13 @@ impl Read for ChannelReader {
 /// that ends short reads the first stage to its end, so that the stored
 /// bytes' own check (a replaced archive) is made.
 fn decompress_from<W: Write>(
-    mut input: ChannelReader,
+    input: &mut ChannelReader,
     plaintext: Expected,
     out: &mut W,
     label: &str,
 ) -> Result<u64, ReadError> {
     let damaged = |e: &dyn std::fmt::Display| ReadError::Damaged(label.to_owned(), e.to_string());
-    let decoder = zstd::stream::read::Decoder::new(&mut input).map_err(|e| damaged(&e))?;
+    let decoder = zstd::stream::read::Decoder::new(&mut *input).map_err(|e| damaged(&e))?;
     let mut z = Bounded::new(decoder, plaintext);
     let mut buf = vec![0u8; crate::pipeline::CHUNK];
     let failed = loop {
@@ -605,7 +635,7 @@ fn decompress_from<W: Write>(
         return Err(match source {
             Some(source) => {
                 if matches!(source, SizeError::TooShort { .. }) {
-                    let _ = io::copy(&mut input, &mut io::sink());
+                    let _ = io::copy(input, &mut io::sink());
                 }
                 ReadError::Mismatch(Mismatch::Plaintext {
                     label: label.to_owned(),
@@ -844,6 +874,61 @@ mod tests {
             matches!(e, ReadError::Mismatch(Mismatch::Piece { index: 1, .. })),
             "{e:?}"
         );
+    }
+
+    /// A store that says the data changed under the read (an S3 object
+    /// replaced).
+    struct Changed;
+
+    impl Read for Changed {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::InvalidData, "replaced"))
+        }
+    }
+
+    #[test]
+    fn a_replaced_object_a_damaged_frame_and_an_unchecked_tail_are_not_a_mere_store_failure() {
+        let plain: Vec<u8> = (0..400_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (stored, ids) = archive(&plain);
+        let a = in_pieces(&stored, plain.len() as u64, 4096);
+        // The store says the object was replaced: not "run it again".
+        let r = VerifyingReader::new(
+            io::Read::chain(&stored[..5000], Changed),
+            &a,
+            Box::new(|_| {}),
+        );
+        let e = copy_archive(r, &ids, &mut io::sink()).unwrap_err();
+        assert!(matches!(e, ReadError::Damaged(..)), "{e:?}");
+        // zstd refuses the first bytes it is given while the first stage,
+        // reading ahead, meets a cut: the damage is what is said.
+        let id = age::x25519::Identity::generate();
+        let mut z = zstd::encode_all(&plain[..], 1).unwrap();
+        z[0] ^= 0xff;
+        let r = id.to_public();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut bad = Vec::new();
+        let mut w = enc.wrap_output(&mut bad).unwrap();
+        w.write_all(&z).unwrap();
+        w.finish().unwrap();
+        let ids2: Ids = vec![Box::new(id)];
+        let b = figures(&bad, plain.len() as u64);
+        for cut in [bad.len() / 2, bad.len() - 10] {
+            let r =
+                VerifyingReader::new(io::Read::chain(&bad[..cut], Failing), &b, Box::new(|_| {}));
+            let e = copy_archive(r, &ids2, &mut io::sink()).unwrap_err();
+            assert!(matches!(e, ReadError::Damaged(..)), "cut at {cut}: {e:?}");
+        }
+        // A program that stopped reading early, and the store fails on
+        // the rest: the rest was not checked, and that is the error.
+        let r = VerifyingReader::by_pieces(
+            io::Read::chain(&stored[..stored.len() - 10], Failing),
+            &a,
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let e = copy_archive_to_program(r, &ids, &mut &mut [0u8; 1000][..]).unwrap_err();
+        assert!(matches!(e, ReadError::Store(..)), "{e:?}");
     }
 
     /// A store that fails.

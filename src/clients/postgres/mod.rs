@@ -329,34 +329,12 @@ pub async fn choose_client(
     }
     let candidates: Vec<PathBuf> = match &cfg.bin_dir {
         Some(dir) => vec![dir.clone()],
-        None => {
-            let mut v: Vec<PathBuf> = std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).collect())
-                .unwrap_or_default();
-            let mut lib: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-                .unwrap_or_default();
-            // Newest first.
-            lib.sort_by_key(|p| {
-                std::cmp::Reverse(
-                    p.parent()
-                        .and_then(|v| v.file_name())
-                        .and_then(|v| v.to_str())
-                        .and_then(|v| v.parse::<u32>().ok())
-                        .unwrap_or(0),
-                )
-            });
-            v.extend(lib);
-            v
-        }
+        None => local_candidates(program),
     };
     let mut seen: Vec<(PathBuf, String)> = Vec::new();
     for dir in candidates {
         let exe = dir.join(program);
-        if !exe.is_file()
-            || seen.iter().any(|(p, _)| p == &exe)
-            || (cfg.bin_dir.is_none() && is_debian_wrapper(&exe))
-        {
+        if !exe.is_file() || seen.iter().any(|(p, _)| p == &exe) {
             continue;
         }
         let Ok(version) = version_of(&exe).await else {
@@ -383,6 +361,37 @@ pub async fn choose_client(
             "no {program} found (looked in postgres.bin_dir, PATH and /usr/lib/postgresql/*/bin); {fix}"
         ),
     }))
+}
+
+/// Where `program` is looked for without `postgres.bin_dir`: `PATH`, then
+/// `/usr/lib/postgresql/*/bin`, newest first. A `PATH` entry where it is
+/// Debian's `pg_wrapper` gives way to those directories, in its place.
+fn local_candidates(program: &str) -> Vec<PathBuf> {
+    let mut lib: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    lib.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    let path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let mut v = Vec::new();
+    for dir in path {
+        if is_debian_wrapper(&dir.join(program)) {
+            v.extend(lib.iter().cloned());
+        } else {
+            v.push(dir);
+        }
+    }
+    v.extend(lib);
+    v
 }
 
 /// Whether `exe` is Debian's `pg_wrapper` (`/usr/bin/pg_restore` →
@@ -416,8 +425,11 @@ async fn version_of(exe: &std::path::Path) -> Result<String, crate::process::Pro
         return Ok(v);
     }
     let version = first_line(exe, ["--version"]).await?;
-    if let Some(key) = key {
-        lock().push((key, version.clone()));
+    // The wrapper's answer depends on what is installed, not on itself.
+    if let Some(key) = key.filter(|_| !is_debian_wrapper(exe)) {
+        let mut known = lock();
+        known.retain(|(k, _)| k.0 != key.0);
+        known.push((key, version.clone()));
     }
     Ok(version)
 }
@@ -522,12 +534,21 @@ mod tests {
             std::fs::rename(&new, &exe).unwrap();
         };
         install("15.4");
-        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 15.4");
-        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 15.4");
+        assert_eq!(
+            version_of(&exe).await.unwrap(),
+            "pg_restore (PostgreSQL) 15.4"
+        );
+        assert_eq!(
+            version_of(&exe).await.unwrap(),
+            "pg_restore (PostgreSQL) 15.4"
+        );
         let count = || std::fs::read_to_string(&runs).unwrap().lines().count();
         assert_eq!(count(), 1, "asked once");
         install("17.2");
-        assert_eq!(version_of(&exe).await.unwrap(), "pg_restore (PostgreSQL) 17.2");
+        assert_eq!(
+            version_of(&exe).await.unwrap(),
+            "pg_restore (PostgreSQL) 17.2"
+        );
         assert_eq!(count(), 2, "a replaced binary is asked again");
     }
 

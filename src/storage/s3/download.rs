@@ -96,10 +96,15 @@ async fn pump(
             Ok(out) => body = out.body,
             Err(e) => {
                 if matches!(e, StorageError::AlreadyExists(_)) {
-                    return Err(std::io::Error::other(format!(
-                        "{} changed while it was being read",
-                        inner.location(key)
-                    )));
+                    // `InvalidData`: the object was replaced, which is
+                    // not a failure to read it (see restore::stream).
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} changed while it was being read: it was replaced",
+                            inner.location(key)
+                        ),
+                    ));
                 }
                 tracing::warn!(error = %e, "ranged request failed");
                 body = ByteStream::from_static(b"");

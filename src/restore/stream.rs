@@ -204,16 +204,30 @@ impl<R: Read> VerifyingReader<R> {
     /// What a failed read of the stored bytes was: the store's own failure
     /// if it failed, else damage (age or the bytes themselves).
     fn read_failed(&self) -> ReadError {
-        match self.store_failed.get() {
-            Some(why) => ReadError::Store(self.label.clone(), why.clone()),
-            None => ReadError::Damaged(self.label.clone(), "the archive could not be read".into()),
-        }
+        read_error(
+            &self.label,
+            &self.store_failed,
+            &"the archive could not be read",
+        )
     }
 
     fn fail(&mut self, m: Mismatch) -> io::Error {
         let e = io::Error::new(io::ErrorKind::InvalidData, m.clone());
         self.failed = Some(m);
         e
+    }
+}
+
+/// A failed read of `label`'s stored bytes: the store's own failure if
+/// `cut` holds one, else damage saying `what`.
+fn read_error(
+    label: &str,
+    cut: &std::sync::OnceLock<String>,
+    what: &dyn std::fmt::Display,
+) -> ReadError {
+    match cut.get() {
+        Some(why) => ReadError::Store(label.to_owned(), why.clone()),
+        None => ReadError::Damaged(label.to_owned(), what.to_string()),
     }
 }
 
@@ -516,10 +530,7 @@ fn decrypt_into<R: Read>(
     let label = stored.label.clone();
     // A failure of the store's read surfaces through age: said as such.
     let cut = stored.store_failed.clone();
-    let damaged = |e: &dyn std::fmt::Display| match cut.get() {
-        Some(why) => ReadError::Store(label.clone(), why.clone()),
-        None => ReadError::Damaged(label.clone(), e.to_string()),
-    };
+    let damaged = |e: &dyn std::fmt::Display| read_error(&label, &cut, e);
     let decryptor = age::Decryptor::new(&mut *stored).map_err(|e| damaged(&e))?;
     let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
@@ -674,13 +685,17 @@ mod tests {
     }
 
     fn archive_to(plain: &[u8], id: &age::x25519::Identity) -> Vec<u8> {
+        encrypt_to(&zstd::encode_all(plain, 3).unwrap(), id)
+    }
+
+    /// `age(bytes)` to `id`.
+    fn encrypt_to(bytes: &[u8], id: &age::x25519::Identity) -> Vec<u8> {
         let r = id.to_public();
-        let z = zstd::encode_all(plain, 3).unwrap();
         let enc =
             age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
         let mut out = Vec::new();
         let mut w = enc.wrap_output(&mut out).unwrap();
-        w.write_all(&z).unwrap();
+        w.write_all(bytes).unwrap();
         w.finish().unwrap();
         out
     }
@@ -787,7 +802,7 @@ mod tests {
         let a = in_pieces(&stored, plain.len() as u64, 4096);
         // The store fails in the middle of a piece: nothing of that piece
         // goes out, then or on a later read.
-        let failing = io::Read::chain(&stored[..4096 + 10], Failing);
+        let failing = io::Read::chain(&stored[..4096 + 10], FAILING);
         let mut r = VerifyingReader::by_pieces(failing, &a, Box::new(|_| {})).unwrap();
         let mut first = vec![0u8; 4096];
         r.read_exact(&mut first).unwrap();
@@ -843,7 +858,7 @@ mod tests {
         let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let (stored, ids) = archive(&plain);
         let a = in_pieces(&stored, plain.len() as u64, 4096);
-        let cut = || io::Read::chain(&stored[..3 * 4096 + 10], Failing);
+        let cut = || io::Read::chain(&stored[..3 * 4096 + 10], FAILING);
         let readers = [
             VerifyingReader::by_pieces(cut(), &a, Box::new(|_| {})).unwrap(),
             VerifyingReader::new(cut(), &a, Box::new(|_| {})),
@@ -864,7 +879,7 @@ mod tests {
         let mut bad = stored.clone();
         bad[4096 + 100] ^= 1;
         let r = VerifyingReader::by_pieces(
-            io::Read::chain(&bad[..3 * 4096 + 10], Failing),
+            io::Read::chain(&bad[..3 * 4096 + 10], FAILING),
             &a,
             Box::new(|_| {}),
         )
@@ -876,16 +891,6 @@ mod tests {
         );
     }
 
-    /// A store that says the data changed under the read (an S3 object
-    /// replaced).
-    struct Changed;
-
-    impl Read for Changed {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::Error::new(io::ErrorKind::InvalidData, "replaced"))
-        }
-    }
-
     #[test]
     fn a_replaced_object_a_damaged_frame_and_an_unchecked_tail_are_not_a_mere_store_failure() {
         let plain: Vec<u8> = (0..400_000u32).flat_map(|i| i.to_le_bytes()).collect();
@@ -893,7 +898,7 @@ mod tests {
         let a = in_pieces(&stored, plain.len() as u64, 4096);
         // The store says the object was replaced: not "run it again".
         let r = VerifyingReader::new(
-            io::Read::chain(&stored[..5000], Changed),
+            io::Read::chain(&stored[..5000], CHANGED),
             &a,
             Box::new(|_| {}),
         );
@@ -904,25 +909,19 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let mut z = zstd::encode_all(&plain[..], 1).unwrap();
         z[0] ^= 0xff;
-        let r = id.to_public();
-        let enc =
-            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
-        let mut bad = Vec::new();
-        let mut w = enc.wrap_output(&mut bad).unwrap();
-        w.write_all(&z).unwrap();
-        w.finish().unwrap();
+        let bad = encrypt_to(&z, &id);
         let ids2: Ids = vec![Box::new(id)];
         let b = figures(&bad, plain.len() as u64);
         for cut in [bad.len() / 2, bad.len() - 10] {
             let r =
-                VerifyingReader::new(io::Read::chain(&bad[..cut], Failing), &b, Box::new(|_| {}));
+                VerifyingReader::new(io::Read::chain(&bad[..cut], FAILING), &b, Box::new(|_| {}));
             let e = copy_archive(r, &ids2, &mut io::sink()).unwrap_err();
             assert!(matches!(e, ReadError::Damaged(..)), "cut at {cut}: {e:?}");
         }
         // A program that stopped reading early, and the store fails on
         // the rest: the rest was not checked, and that is the error.
         let r = VerifyingReader::by_pieces(
-            io::Read::chain(&stored[..stored.len() - 10], Failing),
+            io::Read::chain(&stored[..stored.len() - 10], FAILING),
             &a,
             Box::new(|_| {}),
         )
@@ -931,14 +930,21 @@ mod tests {
         assert!(matches!(e, ReadError::Store(..)), "{e:?}");
     }
 
-    /// A store that fails.
-    struct Failing;
+    /// A store whose read fails with this kind of error.
+    struct FailsWith(io::ErrorKind, &'static str);
 
-    impl Read for Failing {
+    impl Read for FailsWith {
         fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut"))
+            Err(io::Error::new(self.0, self.1))
         }
     }
+
+    /// A store that fails (a connection cut).
+    const FAILING: FailsWith = FailsWith(io::ErrorKind::ConnectionReset, "cut");
+
+    /// A store that says the data changed under the read (an S3 object
+    /// replaced).
+    const CHANGED: FailsWith = FailsWith(io::ErrorKind::InvalidData, "replaced");
 
     #[test]
     fn an_archive_as_the_manifest_says_reads_back() {
